@@ -1,0 +1,73 @@
+"""The contract both sides of edgeloop import: pure code, no I/O, no threads.
+
+- :mod:`shared.topics` — the MQTT topic grammar;
+- :mod:`shared.messages` — message types and their strict JSON codec;
+- :mod:`shared.manifest` — the model package and its manifest;
+- :mod:`shared.features` — sensors and the one feature function;
+- :mod:`shared.errors` — the exception tree.
+
+It never imports ``edge_agent`` or ``cloud_hub``.
+"""
+
+from shared.errors import (
+    ConfigError,
+    ContractError,
+    DecodeError,
+    EdgeloopError,
+    FieldError,
+    ManifestError,
+    TopicError,
+)
+from shared.features import FEATURE_NAMES, SENSOR_NAMES, SENSORS, FeatureWindow
+from shared.manifest import ModelManifest, ModelPackage, load_package
+from shared.messages import (
+    SCHEMA_VERSION,
+    Ack,
+    Desired,
+    Event,
+    Health,
+    Limits,
+    Message,
+    Ota,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
+from shared.topics import DEFAULT_ROOT, Kind, Topics, topic_matches
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "FEATURE_NAMES",
+    "SCHEMA_VERSION",
+    "SENSORS",
+    "SENSOR_NAMES",
+    "Ack",
+    "ConfigError",
+    "ContractError",
+    "DecodeError",
+    "Desired",
+    "EdgeloopError",
+    "Event",
+    "FeatureWindow",
+    "FieldError",
+    "Health",
+    "Kind",
+    "Limits",
+    "ManifestError",
+    "Message",
+    "ModelManifest",
+    "ModelPackage",
+    "Ota",
+    "Status",
+    "Telemetry",
+    "TopicError",
+    "Topics",
+    "__version__",
+    "decode",
+    "encode",
+    "load_package",
+    "topic_matches",
+]

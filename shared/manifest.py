@@ -1,0 +1,498 @@
+"""The model package: ``model.onnx`` + ``manifest.json`` (+ ``manifest.sig``).
+
+DESIGN.md section 4. A package is a directory. The manifest says what the model
+is (name, version, variant), what it reads (feature names, dtype, window) and
+writes (classes, which one is urgent), when to act (urgent thresholds), what
+its training data looked like (reference histograms, for drift), how good it
+is (metrics), where it came from (lineage), and how to check it still works
+(test vectors). ``manifest.sig`` is an Ed25519 signature of the manifest's exact
+bytes; it is read here and verified by the OTA code that holds the public key.
+
+:func:`load_package` refuses anything it cannot trust: a manifest that does not
+validate, a model file whose size or sha256 differ from the manifest's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from shared.errors import ManifestError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "SIGNATURE_FILE",
+    "Histogram",
+    "InputSpec",
+    "Lineage",
+    "ModelFile",
+    "ModelManifest",
+    "ModelPackage",
+    "OutputSpec",
+    "TestVectors",
+    "UrgentSpec",
+    "load_package",
+    "parse_version",
+    "sha256_file",
+    "write_manifest",
+]
+
+MANIFEST_FILE: Final = "manifest.json"
+MODEL_FILE: Final = "model.onnx"
+SIGNATURE_FILE: Final = "manifest.sig"
+FORMAT: Final = 1
+_VERSION_RE = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", re.ASCII)
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """``"1.4.0"`` -> ``(1, 4, 0)``; versions compare as these tuples."""
+    m = _VERSION_RE.fullmatch(version)
+    if m is None:
+        raise ValueError(f"version {version!r} is not of the form MAJOR.MINOR.PATCH, e.g. '1.4.0'")
+    return (int(m[1]), int(m[2]), int(m[3]))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _Obj:
+    """Strict reader of one JSON object inside the manifest; errors name the path."""
+
+    def __init__(self, obj: Any, where: str) -> None:
+        if not isinstance(obj, dict):
+            raise ManifestError(
+                f"manifest: {where or 'the top level'} must be an object", field=where
+            )
+        self.obj: dict[str, Any] = obj
+        self.where = where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
+        if key not in self.obj or (optional and self.obj[key] is None):
+            if optional:
+                return None
+            raise ManifestError(
+                f"manifest: field {self._path(key)!r} is missing", field=self._path(key)
+            )
+        value = self.obj[key]
+        if isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
+            value = None  # bool is an int subclass; never accept it as a number
+        if value is None or not isinstance(value, types):
+            raise ManifestError(
+                f"manifest: field {self._path(key)!r} has the wrong type ({type(self.obj[key]).__name__})",
+                field=self._path(key),
+            )
+        return value
+
+    def num(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        try:
+            value = float(self.get(key, (int, float)))
+        except OverflowError:  # an int beyond float range
+            value = math.inf
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise ManifestError(
+                f"manifest: field {self._path(key)!r} = {value} must be finite and in [{lo}, {hi}]",
+                field=self._path(key),
+            )
+        return value
+
+    def sub(self, key: str) -> _Obj:
+        return _Obj(self.get(key, dict), self._path(key))
+
+    def fail(self, key: str, why: str) -> ManifestError:
+        return ManifestError(f"manifest: field {self._path(key)!r} {why}", field=self._path(key))
+
+
+def _floats(o: _Obj, key: str) -> tuple[float, ...]:
+    values = o.get(key, list)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise o.fail(key, "must be a list of numbers")
+    out = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in out):
+        raise o.fail(key, "must hold only finite numbers")
+    return out
+
+
+def _strings(o: _Obj, key: str) -> tuple[str, ...]:
+    values = o.get(key, list)
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise o.fail(key, "must be a non-empty list of non-empty strings")
+    if len(set(values)) != len(values):
+        raise o.fail(key, "must not repeat a name")
+    return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """The ONNX artifact: file name, integrity, and graph input/output names."""
+
+    file: str
+    sha256: str
+    size: int
+    input_name: str
+    scores_output: str
+    quantization: Literal["int8-dynamic", "int8-static", "fp32"]
+
+    @classmethod
+    def parse(cls, o: _Obj) -> ModelFile:
+        name = o.get("file", str)
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise o.fail("file", f"= {name!r} must be a plain file name inside the package")
+        sha = o.get("sha256", str)
+        if not _SHA_RE.fullmatch(sha):
+            raise o.fail("sha256", "must be 64 lowercase hex digits")
+        quant = o.get("quantization", str)
+        if quant not in ("int8-dynamic", "int8-static", "fp32"):
+            raise o.fail("quantization", f"= {quant!r} must be int8-dynamic, int8-static or fp32")
+        return cls(
+            name,
+            sha,
+            int(o.num("size", 1)),
+            o.get("input_name", str),
+            o.get("scores_output", str),
+            quant,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """What the model reads: named float features over a window of readings."""
+
+    features: tuple[str, ...]
+    window: int
+    dtype: Literal["float32"] = "float32"
+
+    @classmethod
+    def parse(cls, o: _Obj) -> InputSpec:
+        if o.get("dtype", str) != "float32":
+            raise o.fail("dtype", "must be 'float32'")
+        return cls(_strings(o, "features"), int(o.num("window", 2, 10_000)))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    """What the model writes: one probability per class; which class is urgent."""
+
+    classes: tuple[str, ...]
+    urgent_class: str
+
+    @property
+    def urgent_index(self) -> int:
+        return self.classes.index(self.urgent_class)
+
+    @classmethod
+    def parse(cls, o: _Obj) -> OutputSpec:
+        classes = _strings(o, "classes")
+        urgent = o.get("urgent_class", str)
+        if urgent not in classes:
+            raise o.fail("urgent_class", f"= {urgent!r} is not one of the classes {list(classes)}")
+        return cls(classes, urgent)
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentSpec:
+    """When a reading is urgent: a score over threshold for ``consecutive``
+    readings, or a raw sensor value beyond a hard limit (``{sensor: (lo, hi)}``,
+    either bound may be None)."""
+
+    score_threshold: float
+    consecutive: int
+    hard_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, o: _Obj) -> UrgentSpec:
+        limits: dict[str, tuple[float | None, float | None]] = {}
+        raw = o.sub("hard_limits")
+        for sensor in raw.obj:
+            lim = raw.sub(sensor)
+            lo = None if lim.obj.get("min") is None else lim.num("min")
+            hi = None if lim.obj.get("max") is None else lim.num("max")
+            if lo is None and hi is None:
+                raise raw.fail(sensor, "needs 'min', 'max' or both")
+            if lo is not None and hi is not None and lo > hi:
+                raise raw.fail(sensor, f"has min {lo} above max {hi}")
+            limits[sensor] = (lo, hi)
+        return cls(o.num("score_threshold", 0.0, 1.0), int(o.num("consecutive", 1, 1000)), limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Reference distribution: ``edges`` are the k-1 inner cut points of k bins
+    (the outer bins are open), ``proportions`` the k bin shares, summing to 1."""
+
+    edges: tuple[float, ...]
+    proportions: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, o: _Obj) -> Histogram:
+        edges, props = _floats(o, "edges"), _floats(o, "proportions")
+        if len(props) != len(edges) + 1 or len(props) < 2:
+            raise o.fail(
+                "proportions",
+                f"must have len(edges)+1 = {len(edges) + 1} entries, has {len(props)}",
+            )
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise o.fail("edges", "must be strictly increasing")
+        if any(p < 0 for p in props) or abs(sum(props) - 1.0) > 1e-6:
+            raise o.fail("proportions", "must be >= 0 and sum to 1")
+        return cls(edges, props)
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    parent: str | None
+    data_window: str
+    data_hash: str
+    pipeline_run: str
+
+    @classmethod
+    def parse(cls, o: _Obj) -> Lineage:
+        return cls(
+            o.get("parent", str, optional=True),
+            o.get("data_window", str),
+            o.get("data_hash", str),
+            o.get("pipeline_run", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TestVectors:
+    """Inputs and the scores the model must give for them (within ``atol``)."""
+
+    __test__ = False  # not a pytest class
+
+    inputs: tuple[tuple[float, ...], ...]
+    expected_scores: tuple[tuple[float, ...], ...]
+    atol: float
+
+    @classmethod
+    def parse(cls, o: _Obj, n_features: int, n_classes: int) -> TestVectors:
+        inputs = o.get("inputs", list)
+        expected = o.get("expected_scores", list)
+        if not inputs or len(inputs) != len(expected):
+            raise o.fail("inputs", "must be non-empty and as long as 'expected_scores'")
+        rows: list[tuple[float, ...]] = []
+        outs: list[tuple[float, ...]] = []
+        for i, (x, y) in enumerate(zip(inputs, expected, strict=True)):
+            row = _floats(_Obj({f"inputs[{i}]": x}, o.where), f"inputs[{i}]")
+            out = _floats(_Obj({f"expected_scores[{i}]": y}, o.where), f"expected_scores[{i}]")
+            if len(row) != n_features:
+                raise o.fail(f"inputs[{i}]", f"must have {n_features} values, one per input")
+            if len(out) != n_classes:
+                raise o.fail(
+                    f"expected_scores[{i}]", f"must have {n_classes} scores, one per class"
+                )
+            rows.append(row)
+            outs.append(out)
+        return cls(tuple(rows), tuple(outs), o.num("atol", 0.0, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelManifest:
+    """Everything ``manifest.json`` says about one model version."""
+
+    name: str
+    version: str
+    variant: Literal["edge", "heavy"]
+    created: str
+    model: ModelFile
+    input: InputSpec
+    output: OutputSpec
+    urgent: UrgentSpec
+    reference_features: dict[str, Histogram]
+    reference_score: Histogram
+    metrics: dict[str, float]
+    lineage: Lineage
+    min_agent_version: str
+    test_vectors: TestVectors
+
+    @property
+    def version_key(self) -> tuple[int, int, int]:
+        return parse_version(self.version)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> ModelManifest:
+        """Validate a decoded manifest, raising :class:`ManifestError` naming the field."""
+        o = _Obj(obj, "")
+        if o.get("format", int) != FORMAT:
+            raise o.fail("format", f"is {o.obj['format']}; this build reads format {FORMAT}")
+        name = o.get("name", str)
+        if not _NAME_RE.fullmatch(name):
+            raise o.fail("name", f"= {name!r} must be 1-64 of a-z 0-9 _ . - (lowercase)")
+        version, min_agent = o.get("version", str), o.get("min_agent_version", str)
+        for key, value in (("version", version), ("min_agent_version", min_agent)):
+            try:
+                parse_version(value)
+            except ValueError as exc:
+                raise o.fail(key, str(exc)) from None
+        variant = o.get("variant", str)
+        if variant not in ("edge", "heavy"):
+            raise o.fail("variant", f"= {variant!r} must be 'edge' or 'heavy'")
+        inp, out = InputSpec.parse(o.sub("input")), OutputSpec.parse(o.sub("output"))
+        urgent = UrgentSpec.parse(o.sub("urgent"))
+        ref = o.sub("reference")
+        ref_feats = ref.sub("features")
+        reference = {k: Histogram.parse(ref_feats.sub(k)) for k in ref_feats.obj}
+        missing = [k for k in inp.features if k not in reference]
+        if missing:
+            raise ref_feats.fail(
+                missing[0], "is missing: every input feature needs a reference histogram"
+            )
+        metrics_o = o.sub("metrics")
+        metrics = {k: metrics_o.num(k) for k in metrics_o.obj}
+        return cls(
+            name=name,
+            version=version,
+            variant=variant,
+            created=o.get("created", str),
+            model=ModelFile.parse(o.sub("model")),
+            input=inp,
+            output=out,
+            urgent=urgent,
+            reference_features=reference,
+            reference_score=Histogram.parse(ref.sub("score")),
+            metrics=metrics,
+            lineage=Lineage.parse(o.sub("lineage")),
+            min_agent_version=min_agent,
+            test_vectors=TestVectors.parse(
+                o.sub("test_vectors"), len(inp.features), len(out.classes)
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        def hist(h: Histogram) -> dict[str, Any]:
+            return {"edges": list(h.edges), "proportions": list(h.proportions)}
+
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "variant": self.variant,
+            "created": self.created,
+            "model": {
+                "file": self.model.file,
+                "sha256": self.model.sha256,
+                "size": self.model.size,
+                "input_name": self.model.input_name,
+                "scores_output": self.model.scores_output,
+                "quantization": self.model.quantization,
+            },
+            "input": {
+                "features": list(self.input.features),
+                "dtype": self.input.dtype,
+                "window": self.input.window,
+            },
+            "output": {
+                "classes": list(self.output.classes),
+                "urgent_class": self.output.urgent_class,
+            },
+            "urgent": {
+                "score_threshold": self.urgent.score_threshold,
+                "consecutive": self.urgent.consecutive,
+                "hard_limits": {
+                    s: {"min": lo, "max": hi} for s, (lo, hi) in self.urgent.hard_limits.items()
+                },
+            },
+            "reference": {
+                "features": {k: hist(v) for k, v in self.reference_features.items()},
+                "score": hist(self.reference_score),
+            },
+            "metrics": dict(self.metrics),
+            "lineage": {
+                "parent": self.lineage.parent,
+                "data_window": self.lineage.data_window,
+                "data_hash": self.lineage.data_hash,
+                "pipeline_run": self.lineage.pipeline_run,
+            },
+            "min_agent_version": self.min_agent_version,
+            "test_vectors": {
+                "inputs": [list(r) for r in self.test_vectors.inputs],
+                "expected_scores": [list(r) for r in self.test_vectors.expected_scores],
+                "atol": self.test_vectors.atol,
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPackage:
+    """A validated package on disk; ``manifest_bytes`` are what the signature covers."""
+
+    path: Path
+    manifest: ModelManifest
+    manifest_bytes: bytes
+    signature: bytes | None
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model.file
+
+
+def write_manifest(directory: Path, manifest: ModelManifest) -> bytes:
+    """Write ``manifest.json`` (stable key order) and return its bytes."""
+    data = (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+    (directory / MANIFEST_FILE).write_bytes(data)
+    return data
+
+
+def load_package(path: Path) -> ModelPackage:
+    """Load and check a model package directory, or raise :class:`ManifestError`."""
+    if not path.is_dir():
+        raise ManifestError(f"model package {str(path)!r} is not a directory", path=str(path))
+    mpath = path / MANIFEST_FILE
+    try:
+        data = mpath.read_bytes()
+    except OSError as exc:
+        raise ManifestError(
+            f"model package {str(path)!r} has no readable {MANIFEST_FILE} ({exc.strerror}); "
+            "build one with 'edgeloop-hub models build'",
+            path=str(mpath),
+        ) from None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"{mpath} is not valid JSON: {exc}", path=str(mpath)) from None
+    try:
+        manifest = ModelManifest.from_dict(obj)
+    except ManifestError as exc:
+        raise ManifestError(f"{mpath}: {exc}", path=str(mpath), field=exc.field) from None
+    model = path / manifest.model.file
+    if not model.is_file():
+        raise ManifestError(
+            f"model package {str(path)!r} lacks {manifest.model.file}", path=str(model)
+        )
+    size = model.stat().st_size
+    if size != manifest.model.size:
+        raise ManifestError(
+            f"{model}: size {size} bytes differs from the manifest's {manifest.model.size}; "
+            "the file is truncated or replaced",
+            path=str(model),
+            field="model.size",
+        )
+    digest = sha256_file(model)
+    if digest != manifest.model.sha256:
+        raise ManifestError(
+            f"{model}: sha256 {digest[:12]}... differs from the manifest's "
+            f"{manifest.model.sha256[:12]}...; the file is corrupt or replaced",
+            path=str(model),
+            field="model.sha256",
+        )
+    sig = path / SIGNATURE_FILE
+    return ModelPackage(path, manifest, data, sig.read_bytes() if sig.is_file() else None)
