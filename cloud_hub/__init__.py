@@ -1,0 +1,1 @@
+"""The cloud hub: ingest, heavy model, store, drift, registry, rollout, API, embedded broker."""

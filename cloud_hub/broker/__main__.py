@@ -1,0 +1,243 @@
+"""``python -m cloud_hub.broker``: the embedded amqtt broker, in the foreground.
+
+One process, one asyncio loop, all of it amqtt's: the broker gets a core of its
+own instead of competing with the hub (DESIGN.md section 7). It runs until SIGTERM
+or SIGINT, then shuts down cleanly and exits 0. Start-up problems (port in use,
+unreadable password file) are one line on stderr saying what to do, and an exit
+code from :class:`~cloud_hub.broker.embedded.BrokerExit`; never a traceback.
+
+Example::
+
+    python -m cloud_hub.broker --host 127.0.0.1 --port 1883 --password-file passwd
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from amqtt.broker import Broker
+from amqtt.errors import BrokerError, PluginError, PluginLoadError
+
+from cloud_hub.broker.auth import PasswordFileError, read_password_file
+from cloud_hub.broker.embedded import READY_PREFIX, BrokerExit, amqtt_config
+from shared.endpoint import BrokerEndpoint
+
+logger = logging.getLogger("cloud_hub.broker")
+
+_PROG = "python -m cloud_hub.broker"
+
+
+class _StartupError(Exception):
+    def __init__(self, message: str, code: BrokerExit) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the broker until SIGTERM/SIGINT; return the process exit code."""
+    args = _parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        # Read once here for a one-line error; the plugin reads it again to serve.
+        users = read_password_file(args.password_file)
+    except PasswordFileError as exc:
+        return _fail(str(exc), BrokerExit.PASSWORD_FILE)
+    if not users:
+        logger.warning(
+            "password file %s lists no users: every client will be refused", args.password_file
+        )
+    try:
+        return asyncio.run(_serve(args.host, args.port, args.password_file, args.stop_on_stdin_eof))
+    except _StartupError as exc:
+        return _fail(str(exc), exc.code)
+
+
+async def _serve(host: str, port: int, password_file: Path, stop_on_stdin_eof: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    try:
+        broker = Broker(amqtt_config(host, port, password_file.resolve()))
+    except (PluginError, PluginLoadError) as exc:
+        # The plugin re-reads the password file; it may have changed since main() did.
+        cause = exc.__cause__ or exc
+        raise _StartupError(
+            f"cannot load the auth plugin: {cause}", BrokerExit.PASSWORD_FILE
+        ) from None
+    try:
+        with _without_amqtt_startup_traceback():
+            await broker.start()
+    except BrokerError as exc:
+        raise _startup_error(exc, host, port) from None
+
+    url = BrokerEndpoint(host, port).url
+    print(READY_PREFIX + url, flush=True)
+    logger.info("broker listening on %s (users from %s)", url, password_file)
+    if stop_on_stdin_eof:
+        _stop_on_stdin_eof(loop, stop)
+
+    await stop.wait()
+    logger.info("stopping broker on %s", url)
+    await broker.shutdown()
+    return BrokerExit.OK
+
+
+def _startup_error(exc: BaseException, host: str, port: int) -> _StartupError:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__
+    where = f"{host}:{port}"
+    if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+        return _StartupError(
+            f"cannot listen on {where}: the address is already in use; stop the other "
+            "broker or choose another --port",
+            BrokerExit.ADDRESS_IN_USE,
+        )
+    if isinstance(cause, OSError) and cause.errno == errno.EACCES:
+        return _StartupError(
+            f"cannot listen on {where}: permission denied; ports below 1024 need privileges, "
+            "choose a --port of 1024 or more",
+            BrokerExit.FAILED,
+        )
+    if isinstance(cause, OSError) and cause.errno == errno.EADDRNOTAVAIL:
+        return _StartupError(
+            f"cannot listen on {where}: no local interface has that address; check --host",
+            BrokerExit.FAILED,
+        )
+    reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+    return _StartupError(
+        f"cannot start the broker on {where}: {reason}; rerun with --log-level debug for details",
+        BrokerExit.FAILED,
+    )
+
+
+def _stop_on_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set ``stop`` when stdin reaches end-of-file (the parent process went away).
+
+    A daemon thread, not the event loop: the loop cannot watch every kind of stdin,
+    and a daemon thread never holds up exit. It reads the raw descriptor: a daemon
+    thread blocked inside ``sys.stdin.buffer`` holds that object's lock, and the
+    interpreter aborts (SIGABRT) when it cannot take the lock at exit.
+    """
+    fd = sys.stdin.fileno()
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 4096):
+                pass
+        logger.info("stdin closed: the parent process is gone, stopping")
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="stdin-eof-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _without_amqtt_startup_traceback() -> Iterator[None]:
+    """Drop amqtt's own "Broker startup failed" log record; we report it in one line."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.msg != "Broker startup failed"
+
+    amqtt_logger = logging.getLogger("amqtt.broker")
+    amqtt_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        amqtt_logger.removeFilter(keep)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Exceptions as ``Type: message`` on the same line; full tracebacks only at debug."""
+
+    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
+        super().__init__(fmt)
+        self._tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._tracebacks or not record.exc_info:
+            return super().format(record)
+        exc = record.exc_info[1]
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            line = super().format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+        return f"{line} ({type(exc).__name__}: {exc})" if exc is not None else line
+
+
+def _configure_logging(level_name: str) -> None:
+    level = getattr(logging, level_name.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _OneLineFormatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=level <= logging.DEBUG
+        )
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # amqtt's state machine library logs every transition at INFO.
+    logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
+
+
+def _fail(message: str, code: BrokerExit) -> int:
+    print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
+    return int(code)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside 1-65535 (EmbeddedBroker picks a free port for you)"
+        )
+    return value
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Run the embedded amqtt broker with password authentication "
+        "(anonymous access off) until SIGTERM or SIGINT.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument("--port", type=_port, default=1883, help="TCP port (default: %(default)s)")
+    parser.add_argument(
+        "--password-file",
+        type=Path,
+        required=True,
+        help="lines of 'user:pbkdf2_sha256$...'; write them with cloud_hub.broker.auth.add_user",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level; debug also prints tracebacks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="shut down when stdin closes (used by EmbeddedBroker so no broker outlives its parent)",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
