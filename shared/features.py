@@ -5,8 +5,8 @@ Training (``cloud_hub.pipeline``), the edge agent and the hub all call
 production exactly the numbers it was trained on.
 
 A reading is one value per sensor, in :data:`SENSORS` order; a missing value
-(a sensor dropout) is NaN, and an infinite value counts as missing too. The
-window carries the last valid value forward, so features are always finite. For
+(a sensor dropout) is NaN; an infinite value, or one of absurd magnitude
+(:data:`MAX_ABS_VALUE`), counts as missing too. The window carries the last valid value forward, so features are always finite. For
 each sensor the features are, over the last ``window`` readings: the latest
 value, the mean, the standard deviation and the change from the oldest to the
 latest value.
@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_WINDOW",
+    "MAX_ABS_VALUE",
     "FEATURE_NAMES",
     "SENSORS",
     "SENSOR_NAMES",
@@ -69,6 +70,8 @@ SENSORS: tuple[SensorSpec, ...] = (
 SENSOR_NAMES: tuple[str, ...] = tuple(s.name for s in SENSORS)
 STATS: tuple[str, ...] = ("last", "mean", "std", "delta")
 DEFAULT_WINDOW = 10
+MAX_ABS_VALUE = 1e15
+"""A reading whose magnitude reaches this is treated as missing (no sensor reads it)."""
 
 
 def feature_names(sensors: Iterable[str] = SENSOR_NAMES) -> tuple[str, ...]:
@@ -98,8 +101,8 @@ class FeatureWindow:
         self.window = window
         if nominal is None:
             nominal = [s.nominal for s in SENSORS]
-        self._last_valid: F64 = np.array(list(nominal), dtype=np.float64)
-        self.n_sensors = int(self._last_valid.shape[0])
+        self._nominal: F64 = np.array(list(nominal), dtype=np.float64)
+        self.n_sensors = int(self._nominal.shape[0])
         self._buf: F64 = np.empty((2 * window, self.n_sensors), dtype=np.float64)
         self._pos = -1
         self._out: F64 = np.empty((len(STATS), self.n_sensors), dtype=np.float64)
@@ -117,42 +120,40 @@ class FeatureWindow:
         The first reading fills the whole window, so every reading, the first
         included, gets a decision.
         """
-        # A copy: the window keeps the last valid values, and a caller may reuse its array.
-        values = np.array(values, dtype=np.float64)
         if values.shape != (self.n_sensors,):
             raise ValueError(
                 f"a reading needs {self.n_sensors} values, one per sensor; got shape {values.shape}"
             )
-        # An infinite value is no more a measurement than NaN: carry forward, keep features finite.
-        missing = ~np.isfinite(values)
-        if missing.any():
-            self.imputed += int(missing.sum())
-            values = np.where(missing, self._last_valid, values)
-        self._last_valid = values
         w = self.window
+        pos = 0 if self._pos < 0 else (self._pos + 1) % w
+        row = self._buf[pos]
+        row[:] = values  # a copy: a caller may reuse its array
+        # NaN, inf and absurd magnitudes are not measurements: carry the last
+        # valid value forward, so features are always finite.
+        if not np.abs(row).max() < MAX_ABS_VALUE:  # NaN propagates through max
+            missing = ~(np.abs(row) < MAX_ABS_VALUE)
+            self.imputed += int(missing.sum())
+            np.copyto(row, self._nominal if self._pos < 0 else self._buf[self._pos], where=missing)
         if self._pos < 0:
-            self._buf[:] = values
-            self._pos = 0
+            self._buf[:] = row  # the first reading fills the window
         else:
-            self._pos = (self._pos + 1) % w
-            self._buf[self._pos] = values
-            self._buf[self._pos + w] = values
-        # Rows pos+1 .. pos+w hold the window oldest first. Means as a matrix
-        # product cost a third of ndarray.mean on a window this small.
-        win = self._buf[self._pos + 1 : self._pos + 1 + w]
+            self._buf[pos + w] = row
+        self._pos = pos
+        # Rows pos+1 .. pos+w hold the window, oldest first. Work on deviations
+        # from the oldest reading: they stay small on a large offset, and are
+        # exact zeros for a constant signal, whose std is then exactly 0. Means
+        # as matrix products cost a third of ndarray.mean on a window this small.
+        win = self._buf[pos + 1 : pos + 1 + w]
+        first = win[0]
+        dev = win - first
         out = self._out
-        mean = np.matmul(self._weights, win, out=out[1])
-        out[0] = values
-        # Variance from the mean of squares saves a pass. Squares of deviations
-        # from the oldest reading stay small on a large offset and are exact
-        # zeros for a constant signal, whose std is then exactly 0; clip the
-        # tiny negative values that rounding leaves.
-        dev = win - win[0]
-        dev_mean = mean - win[0]
+        mean_dev = np.matmul(self._weights, dev, out=out[1])
         var = np.matmul(self._weights, dev * dev, out=out[2])
-        var -= dev_mean * dev_mean
+        var -= mean_dev * mean_dev
         np.sqrt(np.maximum(var, 0.0, out=var), out=var)
-        np.subtract(values, win[0], out=out[3])
+        mean_dev += first
+        out[0] = row
+        out[3] = dev[-1]
         return out.astype(np.float32).reshape(-1)
 
 
