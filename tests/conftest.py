@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,12 @@ import pytest
 from cloud_hub.broker.embedded import EmbeddedBroker
 from shared.endpoint import BrokerEndpoint
 from tests.brokers import EDGELOOP_SECRET, EDGELOOP_USER, running_amqtt, running_mosquitto
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    edge: Path
+    heavy: Path
 
 
 @pytest.fixture
@@ -37,3 +44,12 @@ def broker(request: pytest.FixtureRequest) -> BrokerEndpoint:
     """Each real broker in turn: a test written once runs against both."""
     endpoint: BrokerEndpoint = request.getfixturevalue(f"{request.param}_broker")
     return endpoint
+
+
+@pytest.fixture(scope="session")
+def model_packages(tmp_path_factory: pytest.TempPathFactory) -> ModelPaths:
+    """The default edge and heavy model packages, built once per test session."""
+    from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+
+    built = build_default_models(tmp_path_factory.mktemp("models"), seed=7)
+    return ModelPaths(edge=built.edge, heavy=built.heavy)

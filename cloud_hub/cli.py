@@ -1,0 +1,179 @@
+"""``edgeloop-hub``: the hub's command line.
+
+    edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
+
+Subcommands import what they need when they run, so ``--help`` stays fast and
+never loads scikit-learn or onnxruntime. Errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shared.errors import EdgeloopError
+
+__all__ = ["main"]
+
+PROG = "edgeloop-hub"
+EXIT_USAGE = 2
+_SHOWN_METRICS = (
+    "auc_macro",
+    "f1_macro",
+    "urgent_recall",
+    "urgent_precision",
+    "int8_fp32_agreement",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.01:
+        # Up to 1.01 so a gate can be shown to fail on purpose.
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1.01")
+    return value
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: --help must not load scikit-learn and onnxruntime.
+    from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    result = build_default_models(
+        args.out,
+        seed=args.seed,
+        devices=args.devices,
+        readings_per_device=args.readings_per_device,
+        min_agreement=args.min_agreement,
+        force=args.force,
+    )
+    for path in (result.edge, result.heavy):
+        m = load_package(path).manifest
+        figures = " ".join(f"{k}={m.metrics[k]:.4f}" for k in _SHOWN_METRICS if k in m.metrics)
+        print(
+            f"{m.name} {m.version} {path} {m.model.quantization} {m.model.size} bytes "
+            f"urgent_threshold={m.urgent.score_threshold:.2f} {figures}"
+        )
+    print(json.dumps(result.to_dict(), sort_keys=True))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The edgeloop cloud hub.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v for progress, -vv for debugging",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    models = commands.add_parser(
+        "models",
+        help="model packages (build)",
+        description="Model packages: the default edge and heavy models.",
+    )
+    models.set_defaults(parser=models)
+    models_cmds = models.add_subparsers(title="model commands", metavar="COMMAND")
+    build = models_cmds.add_parser(
+        "build",
+        help="build the default edge (int8) and heavy (fp32) models from simulator data",
+        description="Simulate a labelled data set, train the default edge and heavy models, "
+        "quantize the edge model to int8, gate it against its fp32 twin, and write both "
+        "packages to OUT/{machine-edge,machine-heavy}/1.0.0. Existing valid packages are "
+        "reused unless --force.",
+    )
+    build.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/models"),
+        metavar="DIR",
+        help="directory to write the packages into (default: ./var/models)",
+    )
+    build.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        metavar="N",
+        help="seed for the simulated data and the training (default: 7)",
+    )
+    build.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if valid packages of this version already exist",
+    )
+    build.add_argument(
+        "--min-agreement",
+        type=_fraction,
+        default=0.99,
+        metavar="X",
+        help="least share of holdout rows on which the int8 edge model must pick "
+        "the same class as its fp32 twin (default: 0.99)",
+    )
+    build.add_argument(
+        "--devices",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="simulated devices in the training data (default: 16)",
+    )
+    build.add_argument(
+        "--readings-per-device",
+        type=_positive_int,
+        default=4000,
+        metavar="N",
+        help="simulated readings per device (default: 4000)",
+    )
+    build.set_defaults(handler=_models_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``edgeloop-hub``; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        (getattr(args, "parser", None) or parser).print_help(sys.stderr)
+        return EXIT_USAGE
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.verbose < 2:
+        # onnxruntime's quantizer and skl2onnx log chatty INFO lines on their own loggers.
+        logging.getLogger("skl2onnx").setLevel(logging.WARNING)
+    try:
+        return handler(args)
+    except (EdgeloopError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

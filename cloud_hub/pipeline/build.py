@@ -1,0 +1,493 @@
+"""Build the default models: simulator data -> edge (int8) and heavy (fp32) packages.
+
+The wiring of the pipeline's steps, in order:
+
+1. simulate a labelled training set (:func:`simulators.dataset.build_training_set`)
+   and split it by device into train and holdout;
+2. train the edge MLP and the heavy trees (:mod:`.train`);
+3. convert both to ONNX and quantize the edge model to int8 (:mod:`.convert`);
+4. gate: the int8 edge model must agree with its fp32 twin on the class of at
+   least ``min_agreement`` of the holdout rows (:func:`.convert.gate_int8_agreement`);
+5. evaluate each shipped model on the holdout, choose its urgent threshold
+   (:func:`.train.choose_urgent_threshold`) and write its package (:mod:`.package`);
+6. publish: rename both packages into place.
+
+Layout: ``{out_dir}/{name}/{version}/`` holding ``model.onnx`` and
+``manifest.json``, for the names :data:`EDGE_NAME` and :data:`HEAVY_NAME`.
+
+Packages are written in hidden staging directories next to their final place
+and renamed into it only when both are complete and every gate passed, so a
+failed or interrupted build never leaves a half-written version where a reader
+looks. A build is idempotent: when both packages of the version already exist,
+load cleanly and were built from the same data settings, they are returned as
+they are (``reused=True``) unless ``force=True``. A version that exists but was
+built from other settings is an error, not a silent overwrite: versions are
+meant to be immutable.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline.convert import (
+    INPUT_NAME,
+    SCORES_OUTPUT,
+    agreement,
+    gate_int8_agreement,
+    quantize_int8,
+    sklearn_to_onnx,
+)
+from cloud_hub.pipeline.package import (
+    MIN_AGENT_VERSION,
+    complete_package,
+    pick_test_rows,
+    save_model,
+)
+from cloud_hub.pipeline.train import (
+    EdgeTrainingConfig,
+    HeavyTrainingConfig,
+    PipelineError,
+    choose_urgent_threshold,
+    holdout_metrics,
+    train_edge,
+    train_heavy,
+)
+from shared.errors import ManifestError
+from shared.features import DEFAULT_WINDOW
+from shared.manifest import Lineage, ModelPackage, UrgentSpec, load_package, parse_version
+from simulators.dataset import TrainingSet, build_training_set
+
+__all__ = [
+    "DEFAULT_VERSION",
+    "EDGE_NAME",
+    "HARD_LIMITS",
+    "HEAVY_NAME",
+    "BuildResult",
+    "DataSettings",
+    "build_default_models",
+    "retrain_edge_sklearn",
+]
+
+log = logging.getLogger(__name__)
+
+EDGE_NAME: Final = "machine-edge"
+HEAVY_NAME: Final = "machine-heavy"
+DEFAULT_VERSION: Final = "1.0.0"
+HARD_LIMITS: Final[dict[str, tuple[float | None, float | None]]] = {
+    "temperature": (None, 110.0),  # degC: the simulator's overheat starts above this
+    "vibration": (None, 15.0),  # mm/s: the simulator's vibration spike starts above this
+}
+"""Raw sensor limits that make a reading urgent whatever the model says."""
+URGENT_CLASS: Final = "urgent"
+NORMAL_CLASS: Final = "normal"
+TEST_VECTORS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """What :func:`build_default_models` produced (or found).
+
+    ``metrics`` holds each package's manifest metrics under ``"edge"`` and
+    ``"heavy"``; ``steps`` the seconds each step took (empty when reused).
+    """
+
+    edge: Path
+    heavy: Path
+    version: str
+    metrics: dict[str, dict[str, float]]
+    elapsed_s: float
+    dataset_sha256: str
+    run_id: str
+    reused: bool
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "edge": str(self.edge),
+            "heavy": str(self.heavy),
+            "version": self.version,
+            "metrics": self.metrics,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "dataset_sha256": self.dataset_sha256,
+            "run_id": self.run_id,
+            "reused": self.reused,
+            "steps": {k: round(v, 3) for k, v in self.steps.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DataSettings:
+    """Which simulated data a build trains and evaluates on."""
+
+    seed: int = 7
+    devices: int = 16
+    readings_per_device: int = 4000
+    window: int = DEFAULT_WINDOW
+    holdout_fraction: float = 0.2
+
+    def describe(self) -> str:
+        """The manifest's ``lineage.data_window``. Deterministic from the
+        settings: it doubles as the key that says whether an existing version
+        was built from the same data."""
+        return (
+            f"simulators.dataset.build_training_set(seed={self.seed}, devices={self.devices}, "
+            f"readings_per_device={self.readings_per_device}, window={self.window}); training "
+            f"rows of split(holdout_fraction={self.holdout_fraction}, seed={self.seed}, "
+            "by='device')"
+        )
+
+    def load(self) -> tuple[TrainingSet, TrainingSet, TrainingSet]:
+        """``(data, train, holdout)``, holdout by whole devices."""
+        data = build_training_set(
+            self.seed,
+            devices=self.devices,
+            readings_per_device=self.readings_per_device,
+            window=self.window,
+        )
+        train, holdout = data.split(self.holdout_fraction, self.seed)
+        classes = data.classes
+        if URGENT_CLASS not in classes or NORMAL_CLASS not in classes:
+            raise PipelineError(
+                f"the training set's classes {list(classes)} lack "
+                f"{URGENT_CLASS!r} or {NORMAL_CLASS!r}"
+            )
+        counts = np.bincount(holdout.y, minlength=len(classes))
+        if not np.all(counts > 0):
+            raise PipelineError(
+                f"the holdout ({self.holdout_fraction:.0%} of {self.devices} devices) has rows "
+                f"per class {dict(zip(classes, counts.tolist(), strict=True))}; every class is "
+                "needed to evaluate: simulate more devices or readings per device"
+            )
+        return data, train, holdout
+
+
+def _find_existing(
+    edge_dir: Path, heavy_dir: Path, data_window: str
+) -> tuple[ModelPackage, ModelPackage] | None:
+    """Both packages when they exist, load cleanly and match ``data_window``;
+    None when something must be (re)built; raises when a valid package of the
+    version was built from other data, even if its sibling is missing."""
+    found: list[ModelPackage] = []
+    for path, variant in ((edge_dir, "edge"), (heavy_dir, "heavy")):
+        if not path.exists():
+            continue
+        try:
+            pkg = load_package(path)
+        except ManifestError as exc:
+            log.warning("existing package is not valid (%s); rebuilding it", exc)
+            continue
+        m = pkg.manifest
+        if m.variant != variant:
+            log.warning(
+                "%s holds a %s package, expected %s; rebuilding it", path, m.variant, variant
+            )
+            continue
+        if m.lineage.data_window != data_window:
+            raise PipelineError(
+                f"{path} already holds {m.name} {m.version} built from other data "
+                f"({m.lineage.data_window!r}); versions are immutable: choose another version "
+                "or output directory, or rebuild it on purpose with force=True (--force)"
+            )
+        found.append(pkg)
+    return (found[0], found[1]) if len(found) == 2 else None
+
+
+def _publish(stage: Path, target: Path) -> None:
+    """Move a complete staged package into place, replacing what was there."""
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    stage.rename(target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+def build_default_models(
+    out_dir: Path,
+    seed: int = 7,
+    *,
+    devices: int = 16,
+    readings_per_device: int = 4000,
+    window: int = DEFAULT_WINDOW,
+    holdout_fraction: float = 0.2,
+    min_agreement: float = 0.99,
+    consecutive: int = 1,
+    version: str = DEFAULT_VERSION,
+    force: bool = False,
+    threads: int = 1,
+    edge_config: EdgeTrainingConfig | None = None,
+    heavy_config: HeavyTrainingConfig | None = None,
+) -> BuildResult:
+    """Build (or find) the default ``machine-edge`` and ``machine-heavy`` packages.
+
+    Same arguments, same dataset hash and same metrics. Raises
+    :class:`~cloud_hub.pipeline.convert.GateError` when the int8 edge model
+    agrees with its fp32 twin on less than ``min_agreement`` of the holdout,
+    :class:`~cloud_hub.pipeline.train.PipelineError` when the data cannot
+    support a model or the version exists with other data, ``ValueError`` for
+    bad arguments.
+
+    ``consecutive`` goes to the manifest's urgent rule. ``threads`` caps the
+    BLAS/OpenMP threads of training and the onnxruntime threads of scoring.
+    One is the default on purpose: on a machine whose cores are busy with
+    other work (a broker, the hub, tests), OpenMP threads that wait for each
+    other made gradient boosting ten times slower here, not faster.
+
+    >>> result = build_default_models(Path("var/models"))  # doctest: +SKIP
+    >>> result.edge  # doctest: +SKIP
+    PosixPath('var/models/machine-edge/1.0.0')
+    """
+    t0 = time.perf_counter()
+    parse_version(version)
+    if consecutive < 1:
+        raise ValueError(f"consecutive must be >= 1, got {consecutive}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    settings = DataSettings(seed, devices, readings_per_device, window, holdout_fraction)
+    out_dir = Path(out_dir)
+    edge_dir, heavy_dir = out_dir / EDGE_NAME / version, out_dir / HEAVY_NAME / version
+    if not force:
+        found = _find_existing(edge_dir, heavy_dir, settings.describe())
+        if found is not None:
+            edge_pkg, heavy_pkg = found
+            log.info(
+                "models %s already built in %s; reusing them (force=True rebuilds)",
+                version,
+                out_dir,
+            )
+            return BuildResult(
+                edge=edge_dir,
+                heavy=heavy_dir,
+                version=version,
+                metrics={
+                    "edge": dict(edge_pkg.manifest.metrics),
+                    "heavy": dict(heavy_pkg.manifest.metrics),
+                },
+                elapsed_s=time.perf_counter() - t0,
+                dataset_sha256=edge_pkg.manifest.lineage.data_hash,
+                run_id=edge_pkg.manifest.lineage.pipeline_run,
+                reused=True,
+            )
+    try:  # before the minutes of work, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot use {str(out_dir)!r} as the model directory: {exc.strerror or exc}"
+        ) from None
+    with threadpool_limits(limits=threads):
+        return _build(
+            edge_dir,
+            heavy_dir,
+            settings,
+            t0=t0,
+            min_agreement=min_agreement,
+            consecutive=consecutive,
+            version=version,
+            threads=threads,
+            edge_config=edge_config,
+            heavy_config=heavy_config,
+        )
+
+
+def retrain_edge_sklearn(
+    out_dir: Path,
+    seed: int = 7,
+    *,
+    devices: int = 16,
+    readings_per_device: int = 4000,
+    window: int = DEFAULT_WINDOW,
+    holdout_fraction: float = 0.2,
+    version: str = DEFAULT_VERSION,
+    threads: int = 1,
+    edge_config: EdgeTrainingConfig | None = None,
+) -> Pipeline:
+    """The fitted scikit-learn pipeline the edge package was converted from.
+
+    Packages keep no pickle, so this retrains it; training is seeded, so it is
+    the same model. For baselines (per-row ``predict_proba``) and conversion
+    checks. When ``{out_dir}/machine-edge/{version}`` exists, its lineage must
+    name the same data, else :class:`PipelineError`.
+    """
+    settings = DataSettings(seed, devices, readings_per_device, window, holdout_fraction)
+    with threadpool_limits(limits=threads):
+        data, train, _ = settings.load()
+        edge_dir = Path(out_dir) / EDGE_NAME / version
+        if edge_dir.exists():
+            lineage = load_package(edge_dir).manifest.lineage
+            if lineage.data_hash != data.sha256:
+                raise PipelineError(
+                    f"{edge_dir} was trained on data {lineage.data_hash[:12]}... "
+                    f"({lineage.data_window!r}), not on these settings' data "
+                    f"{data.sha256[:12]}...; pass the settings it was built with"
+                )
+        return train_edge(train.X, train.y, seed, len(data.classes), edge_config)
+
+
+def _build(
+    edge_dir: Path,
+    heavy_dir: Path,
+    settings: DataSettings,
+    *,
+    t0: float,
+    min_agreement: float,
+    consecutive: int,
+    version: str,
+    threads: int,
+    edge_config: EdgeTrainingConfig | None,
+    heavy_config: HeavyTrainingConfig | None,
+) -> BuildResult:
+    steps: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        steps[name] = now - mark
+        mark = now
+        log.info("build step %-9s %.2f s", name, steps[name])
+
+    seed = settings.seed
+    data, train, holdout = settings.load()
+    classes = data.classes
+    urgent_index, n_classes = classes.index(URGENT_CLASS), len(classes)
+    step("dataset")
+
+    edge_sk = train_edge(train.X, train.y, seed, n_classes, edge_config)
+    heavy_sk = train_heavy(train.X, train.y, seed, n_classes, heavy_config)
+    step("train")
+
+    n_features = train.X.shape[1]
+    edge_fp32 = sklearn_to_onnx(edge_sk, n_features, EDGE_NAME)
+    edge_int8 = quantize_int8(edge_fp32)
+    heavy_fp32 = sklearn_to_onnx(heavy_sk, n_features, HEAVY_NAME)
+    step("convert")
+
+    created = datetime.now(UTC)
+    run_id = f"build-{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    edge_stage = edge_dir.with_name(f".staging-{version}-{run_id}")
+    heavy_stage = heavy_dir.with_name(f".staging-{version}-{run_id}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeloop-twin-") as tmp:
+            twin_path = Path(tmp, "fp32-twin.onnx")
+            twin_path.write_bytes(edge_fp32.SerializeToString())
+            twin = OnnxScorer(twin_path, INPUT_NAME, SCORES_OUTPUT, threads)
+            edge = OnnxScorer(save_model(edge_stage, edge_int8), INPUT_NAME, SCORES_OUTPUT, threads)
+            heavy = OnnxScorer(
+                save_model(heavy_stage, heavy_fp32), INPUT_NAME, SCORES_OUTPUT, threads
+            )
+            int8_agreement = gate_int8_agreement(edge, twin, holdout.X, min_agreement, EDGE_NAME)
+            twin_sklearn = agreement(
+                twin.scores(holdout.X), edge_sk.predict_proba(holdout.X).astype(np.float32)
+            )
+        step("gate")
+
+        # The edge model scores one reading at a time on a device; evaluate
+        # and take its reference scores the same way (see convert.py).
+        edge_hold, heavy_hold = edge.scores(holdout.X, batch_size=1), heavy.scores(holdout.X)
+        edge_ref, heavy_ref = edge.scores(train.X, batch_size=1), heavy.scores(train.X)
+        heavy_sklearn = agreement(heavy_hold, heavy_sk.predict_proba(holdout.X).astype(np.float32))
+        step("score")
+
+        is_urgent = holdout.y == urgent_index
+        # The urgent score threshold maximises urgent-vs-rest F1 on the holdout
+        # (see choose_urgent_threshold); the urgent metrics below are measured
+        # at that threshold on the same rows, so they are a little optimistic.
+        thresholds = {
+            "edge": choose_urgent_threshold(edge_hold[:, urgent_index], is_urgent),
+            "heavy": choose_urgent_threshold(heavy_hold[:, urgent_index], is_urgent),
+        }
+        sizes = {"train_rows": float(len(train)), "holdout_rows": float(len(holdout))}
+        edge_metrics = {
+            **holdout_metrics(edge_hold, holdout.y, urgent_index, thresholds["edge"]),
+            "int8_fp32_agreement": int8_agreement,
+            "onnx_sklearn_agreement": twin_sklearn,
+            **sizes,
+        }
+        heavy_metrics = {
+            **holdout_metrics(heavy_hold, holdout.y, urgent_index, thresholds["heavy"]),
+            "onnx_sklearn_agreement": heavy_sklearn,
+            **sizes,
+        }
+        lineage = Lineage(
+            parent=None, data_window=settings.describe(), data_hash=data.sha256, pipeline_run=run_id
+        )
+        test_inputs = holdout.X[pick_test_rows(holdout.y, n_classes, TEST_VECTORS, seed)]
+        common: dict[str, Any] = {
+            "version": version,
+            "feature_names": data.feature_names,
+            "window": data.window,
+            "classes": classes,
+            "urgent_class": URGENT_CLASS,
+            "normal_class": NORMAL_CLASS,
+            "reference_x": train.X,
+            "lineage": lineage,
+            "test_inputs": test_inputs,
+            "min_agent_version": MIN_AGENT_VERSION,
+            "created": created,
+        }
+        edge_pkg = complete_package(
+            edge_stage,
+            name=EDGE_NAME,
+            variant="edge",
+            quantization="int8-dynamic",
+            urgent=UrgentSpec(thresholds["edge"], consecutive, dict(HARD_LIMITS)),
+            reference_scores=edge_ref,
+            metrics=edge_metrics,
+            **common,
+        )
+        heavy_pkg = complete_package(
+            heavy_stage,
+            name=HEAVY_NAME,
+            variant="heavy",
+            quantization="fp32",
+            urgent=UrgentSpec(thresholds["heavy"], consecutive, dict(HARD_LIMITS)),
+            reference_scores=heavy_ref,
+            metrics=heavy_metrics,
+            **common,
+        )
+        step("package")
+
+        _publish(edge_stage, edge_dir)
+        _publish(heavy_stage, heavy_dir)
+        step("publish")
+    finally:
+        for stage in (edge_stage, heavy_stage):
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    elapsed = time.perf_counter() - t0
+    log.info(
+        "built %s and %s %s in %.1f s (run %s)", EDGE_NAME, HEAVY_NAME, version, elapsed, run_id
+    )
+    return BuildResult(
+        edge=edge_dir,
+        heavy=heavy_dir,
+        version=version,
+        metrics={
+            "edge": dict(edge_pkg.manifest.metrics),
+            "heavy": dict(heavy_pkg.manifest.metrics),
+        },
+        elapsed_s=elapsed,
+        dataset_sha256=data.sha256,
+        run_id=run_id,
+        reused=False,
+        steps=steps,
+    )

@@ -1,0 +1,256 @@
+"""Writing a model package (DESIGN.md section 4) with :mod:`shared.manifest`.
+
+A package is written in two steps, so the pipeline can evaluate the very file
+it ships: :func:`save_model` writes ``model.onnx`` into the package directory;
+the pipeline scores with it; :func:`complete_package` then computes the
+reference statistics and test vectors, writes ``manifest.json`` with
+:func:`shared.manifest.write_manifest` and reloads the whole package with
+:func:`shared.manifest.load_package`, so nothing leaves here that the agent
+would refuse. Signing (``manifest.sig``) is the registry's job, not this one.
+
+What the numbers in the manifest mean:
+
+- **Reference histograms** (``reference.features``, for drift): per feature,
+  the inner edges are the 10 %, 20 %, ... 90 % quantiles of the training rows
+  (rounded to 6 significant digits, duplicates merged), so each of the ~10 bins
+  starts with about a tenth of the data; ``proportions`` are the shares measured
+  with those rounded edges.
+- **Reference score** (``reference.score``): the score is ``1 - P(normal)``
+  (:func:`drift_score`) of *this package's own model*, on the training rows,
+  binned on the fixed edges :data:`SCORE_EDGES` (fine near 0 and 1, where a
+  classifier's scores pile up). Fixed edges let scores of different model
+  versions be compared bin for bin.
+- **Bins**: value ``x`` falls in bin ``i`` when ``edges[i-1] <= x < edges[i]``
+  (the first and last bins are open): ``numpy.searchsorted(edges, x, "right")``,
+  which is :func:`binned_proportions`. Drift counting must use the same rule.
+- **Test vectors**: holdout rows covering every class; the expected scores are
+  what onnxruntime gives on the packaged ``model.onnx`` for **each row scored
+  alone** (a batch of one, as on a device): a dynamically quantized model's
+  output depends slightly on the batch it is scored in.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT
+from shared.errors import ManifestError
+from shared.manifest import (
+    MODEL_FILE,
+    Histogram,
+    InputSpec,
+    Lineage,
+    ModelFile,
+    ModelManifest,
+    ModelPackage,
+    OutputSpec,
+    TestVectors,
+    UrgentSpec,
+    load_package,
+    sha256_file,
+    write_manifest,
+)
+
+__all__ = [
+    "MIN_AGENT_VERSION",
+    "REFERENCE_BINS",
+    "SCORE_EDGES",
+    "TEST_VECTOR_ATOL",
+    "binned_proportions",
+    "complete_package",
+    "drift_score",
+    "feature_histograms",
+    "pick_test_rows",
+    "save_model",
+    "score_histogram",
+]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+MIN_AGENT_VERSION: Final = "0.1.0"
+REFERENCE_BINS: Final = 10
+SCORE_EDGES: Final[tuple[float, ...]] = (
+    0.001,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    0.9,
+    0.95,
+    0.99,
+    0.999,
+)
+"""Inner bin edges of the reference score histogram (12 bins over [0, 1])."""
+TEST_VECTOR_ATOL: Final = 1e-4
+
+
+def binned_proportions(
+    values: npt.NDArray[np.floating], edges: tuple[float, ...]
+) -> tuple[float, ...]:
+    """Share of ``values`` in each of the ``len(edges) + 1`` bins (see the module docstring).
+
+    >>> binned_proportions(np.array([0.0, 1.0, 1.5, 2.0, 3.0]), (1.0, 2.0))
+    (0.2, 0.4, 0.4)
+    """
+    if values.size == 0:
+        raise ValueError("binned_proportions needs at least one value")
+    idx = np.searchsorted(
+        np.asarray(edges, dtype=np.float64), values.astype(np.float64), side="right"
+    )
+    counts = np.bincount(idx, minlength=len(edges) + 1)
+    return tuple(float(c) for c in counts / values.size)
+
+
+def feature_histograms(
+    x: F32, names: tuple[str, ...], bins: int = REFERENCE_BINS
+) -> dict[str, Histogram]:
+    """Reference histogram per feature column, with quantile inner edges."""
+    if x.ndim != 2 or x.shape[1] != len(names):
+        raise ValueError(f"feature_histograms: x must be (n, {len(names)}), got {x.shape}")
+    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    out: dict[str, Histogram] = {}
+    for j, name in enumerate(names):
+        col = x[:, j].astype(np.float64)
+        raw = np.quantile(col, qs)
+        edges = tuple(sorted({float(f"{e:.6g}") for e in raw.tolist()}))
+        out[name] = Histogram(edges, binned_proportions(col, edges))
+    return out
+
+
+def drift_score(scores: F32, classes: tuple[str, ...], normal_class: str = "normal") -> F64:
+    """The score drift is measured on: ``1 - P(normal)`` for each row."""
+    if normal_class not in classes:
+        raise ValueError(f"drift_score: class {normal_class!r} is not one of {list(classes)}")
+    return 1.0 - scores[:, classes.index(normal_class)].astype(np.float64)
+
+
+def score_histogram(score: F64, edges: tuple[float, ...] = SCORE_EDGES) -> Histogram:
+    """Reference histogram of :func:`drift_score` values on fixed edges."""
+    return Histogram(edges, binned_proportions(score, edges))
+
+
+def pick_test_rows(y: I64, n_classes: int, n: int = 8, seed: int = 0) -> npt.NDArray[np.intp]:
+    """``n`` seeded row indices covering every class as evenly as the rows allow."""
+    if n < n_classes:
+        raise ValueError(f"pick_test_rows: n={n} cannot cover {n_classes} classes")
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == k) for k in range(n_classes)]
+    empty = [k for k, rows in enumerate(by_class) if rows.size == 0]
+    if empty:
+        raise ValueError(
+            f"pick_test_rows: no row of class {empty[0]}; the test vectors must cover it"
+        )
+    quota = [n // n_classes + (1 if k < n % n_classes else 0) for k in range(n_classes)]
+    picked = [
+        rng.choice(rows, size=min(q, rows.size), replace=False)
+        for rows, q in zip(by_class, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picked)).astype(np.intp)
+
+
+def save_model(directory: Path, model: onnx.ModelProto) -> Path:
+    """Create the package directory (it must not hold a package yet) and write ``model.onnx``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise ManifestError(
+            f"package directory {str(directory)!r} is not empty; write packages into a fresh "
+            "directory",
+            path=str(directory),
+        )
+    path = directory / MODEL_FILE
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def complete_package(
+    directory: Path,
+    *,
+    name: str,
+    version: str,
+    variant: Literal["edge", "heavy"],
+    quantization: Literal["int8-dynamic", "int8-static", "fp32"],
+    feature_names: tuple[str, ...],
+    window: int,
+    classes: tuple[str, ...],
+    urgent: UrgentSpec,
+    reference_x: F32,
+    reference_scores: F32,
+    metrics: dict[str, float],
+    lineage: Lineage,
+    test_inputs: F32,
+    urgent_class: str = "urgent",
+    normal_class: str = "normal",
+    min_agent_version: str = MIN_AGENT_VERSION,
+    created: datetime | None = None,
+) -> ModelPackage:
+    """Write ``manifest.json`` for the ``model.onnx`` that :func:`save_model` wrote.
+
+    ``reference_x`` are the training rows and ``reference_scores`` this model's
+    scores for them (scored as the model will be served). Test vectors are
+    scored here, row by row, on the packaged file. Returns the package as
+    :func:`load_package` reads it back.
+    """
+    model_path = directory / MODEL_FILE
+    scorer = OnnxScorer(model_path, INPUT_NAME, SCORES_OUTPUT)
+    expected = scorer.scores(test_inputs, batch_size=1)
+    if expected.shape[1] != len(classes):
+        raise ManifestError(
+            f"{model_path}: the model gives {expected.shape[1]} scores per row but the package "
+            f"declares {len(classes)} classes {list(classes)}",
+            path=str(model_path),
+        )
+    when = (created or datetime.now(UTC)).astimezone(UTC)
+    manifest = ModelManifest.from_dict(
+        ModelManifest(
+            name=name,
+            version=version,
+            variant=variant,
+            created=when.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            model=ModelFile(
+                file=MODEL_FILE,
+                sha256=sha256_file(model_path),
+                size=model_path.stat().st_size,
+                input_name=INPUT_NAME,
+                scores_output=SCORES_OUTPUT,
+                quantization=quantization,
+            ),
+            input=InputSpec(feature_names, window),
+            output=OutputSpec(classes, urgent_class),
+            urgent=urgent,
+            reference_features=feature_histograms(reference_x, feature_names),
+            reference_score=score_histogram(drift_score(reference_scores, classes, normal_class)),
+            metrics=dict(metrics),
+            lineage=lineage,
+            min_agent_version=min_agent_version,
+            test_vectors=TestVectors(
+                inputs=tuple(tuple(float(v) for v in row) for row in test_inputs.tolist()),
+                expected_scores=tuple(tuple(float(v) for v in row) for row in expected.tolist()),
+                atol=TEST_VECTOR_ATOL,
+            ),
+        ).to_dict()
+    )
+    write_manifest(directory, manifest)
+    package = load_package(directory)
+    log.info(
+        "wrote package %s %s (%s, %d bytes) in %s",
+        name,
+        version,
+        quantization,
+        manifest.model.size,
+        directory,
+    )
+    return package
