@@ -30,8 +30,8 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_WINDOW",
-    "MAX_ABS_VALUE",
     "FEATURE_NAMES",
+    "MAX_ABS_VALUE",
     "SENSORS",
     "SENSOR_NAMES",
     "STATS",
