@@ -148,11 +148,9 @@ def _is_ipv6(host: str) -> bool:
 def _redact(url: object) -> str:
     """Best-effort removal of a password from a URL we failed to parse."""
     text = str(url)
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        return text
+    scheme, sep, rest = text.rpartition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at or ":" not in userinfo:
         return text
     user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{hostpart}"
+    return f"{scheme}{sep}{user}:***@{hostpart}"
