@@ -1,13 +1,13 @@
 """The hub's ONNX inference engine: batched scoring with onnxruntime.
 
-This is the only hub module that imports onnxruntime (DESIGN.md section 2). The
-hub scores whole micro-batches at once, so :meth:`OnnxScorer.scores` takes a
+This is the hub's only inference engine (DESIGN.md section 2); it opens its
+sessions with :func:`edge_agent.engine.open_session`, so hub and devices run a
+model with the same options. The hub scores whole micro-batches at once, so :meth:`OnnxScorer.scores` takes a
 feature matrix and makes one ``session.run`` for it.
 
-Sessions are set up for a machine the hub shares with a broker and its own
-workers: a fixed, small number of intra-op threads that sleep instead of
-spinning when idle, one inter-op thread, sequential execution, full graph
-optimisation, CPU only.
+Sessions use a fixed, small number of intra-op threads that sleep instead of
+spinning when idle (the hub shares its cores with a broker and its workers),
+one inter-op thread, sequential execution, full graph optimisation, CPU only.
 
 A dynamically quantized (int8) model computes its activation scales from the
 batch it is given, so its scores for a row depend slightly on the other rows of
@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from edge_agent.engine import open_session
 from shared.errors import ManifestError
 from shared.manifest import ModelPackage
 
@@ -71,27 +72,7 @@ class OnnxScorer:
                 f"ONNX model {str(self.model_path)!r} does not exist or is not a file",
                 path=str(self.model_path),
             )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads must sleep, not spin: the hub shares its cores.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            first_line = (
-                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            )
-            raise ManifestError(
-                f"{self.model_path}: onnxruntime cannot load it as an ONNX model ({first_line}); "
-                "is it the model.onnx of a package built by 'edgeloop-hub models build'?",
-                path=str(self.model_path),
-            ) from None
+        self._session = open_session(self.model_path, threads)
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
         if input_name not in inputs:

@@ -1,0 +1,94 @@
+"""Collects scored readings into columnar telemetry micro-batches.
+
+A batch is sealed when it holds ``max_batch`` readings (by the reading loop) or
+when its first reading is ``max_delay_ms`` old (by the link thread), whichever
+comes first; hence the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Batch", "Batcher"]
+
+
+class Batch:
+    """A sealed batch's columns (copies, safe to hand to another thread)."""
+
+    __slots__ = ("features", "model_version", "scores", "ts")
+
+    def __init__(
+        self,
+        ts: npt.NDArray[np.float64],
+        features: npt.NDArray[np.float32],
+        scores: npt.NDArray[np.float32],
+        model_version: str,
+    ) -> None:
+        self.ts = ts
+        self.features = features
+        self.scores = scores
+        self.model_version = model_version
+
+
+class Batcher:
+    def __init__(self, max_batch: int, max_delay_s: float, n_features: int, n_classes: int) -> None:
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self._ts = np.empty(max_batch, dtype=np.float64)
+        self._features = np.empty((max_batch, n_features), dtype=np.float32)
+        self._scores = np.empty((max_batch, n_classes), dtype=np.float32)
+        self._n = 0
+        self._first_at = 0.0
+        self._model_version = ""
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        ts: float,
+        features: npt.NDArray[np.float32],
+        scores: npt.NDArray[np.float32],
+        model_version: str,
+    ) -> tuple[Batch | None, bool]:
+        """Add a row. Returns (a sealed batch if this row filled one or the model
+        changed, whether this row started a new batch)."""
+        with self._lock:
+            sealed = None
+            if self._n and model_version != self._model_version:
+                sealed = self._seal()  # one batch, one model version
+            if self._n == 0:
+                self._first_at = time.monotonic()
+                self._model_version = model_version
+            started = self._n == 0
+            i = self._n
+            self._ts[i] = ts
+            self._features[i] = features
+            self._scores[i] = scores
+            self._n += 1
+            if self._n == self.max_batch:
+                sealed = self._seal()
+            return sealed, started
+
+    def deadline(self) -> float | None:
+        """Monotonic time at which the open batch must be sealed (None if empty)."""
+        with self._lock:
+            return self._first_at + self.max_delay_s if self._n else None
+
+    def seal_if_due(self, now: float, force: bool = False) -> Batch | None:
+        with self._lock:
+            if self._n and (force or now >= self._first_at + self.max_delay_s):
+                return self._seal()
+            return None
+
+    def _seal(self) -> Batch:
+        n = self._n
+        self._n = 0
+        return Batch(
+            self._ts[:n].copy(),
+            self._features[:n].copy(),
+            self._scores[:n].copy(),
+            self._model_version,
+        )

@@ -1,0 +1,115 @@
+"""``edgeloop-agent``: the device owner's front door.
+
+The entry point is the only place that configures logging, installs signal
+handlers and builds settings; everything below receives them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
+from edge_agent.settings import AgentSettings, load_settings
+from edge_agent.sources.base import Source
+from shared import __version__
+from shared.errors import ConfigError, ManifestError
+
+__all__ = ["build_actuators", "build_source", "main"]
+
+log = logging.getLogger("edge_agent")
+
+
+def build_source(settings: AgentSettings) -> tuple[Source, object | None]:
+    """The configured source, and the simulated machine when there is one."""
+    if settings.source == "sim":
+        from edge_agent.sources.simulated import SimulatedSource  # noqa: PLC0415
+        from simulators.drift import parse_drift  # noqa: PLC0415
+        from simulators.machine import MachineConfig, SimulatedMachine  # noqa: PLC0415
+
+        try:
+            drifts = tuple(parse_drift(spec) for spec in settings.sim_drift)
+            config = MachineConfig(seed=settings.sim_seed, rate_hz=settings.rate_hz, drifts=drifts)
+            if settings.sim_urgent_rate is not None:
+                config = dataclasses.replace(config, urgent_rate=settings.sim_urgent_rate)
+            if settings.sim_fault_rate is not None:
+                config = dataclasses.replace(config, fault_rate=settings.sim_fault_rate)
+        except ValueError as exc:
+            raise ConfigError(f"simulated machine: {exc}", setting="sim_drift") from None
+        machine = SimulatedMachine(config)
+        return SimulatedSource(machine, settings.rate_hz), machine
+    if settings.source == "csv":
+        from edge_agent.sources.csv_replay import CsvReplaySource  # noqa: PLC0415
+
+        assert settings.csv_path is not None
+        return CsvReplaySource(settings.csv_path, settings.csv_ts_column, settings.csv_pace), None
+    if settings.source == "stdin":
+        from edge_agent.sources.stdin_jsonl import StdinSource  # noqa: PLC0415
+
+        # A byte that is not UTF-8 spoils its line (counted), not the whole stream.
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(errors="replace")
+        return StdinSource(sys.stdin), None
+    from edge_agent.sources.plugins import load_plugin  # noqa: PLC0415
+
+    assert settings.plugin is not None
+    return load_plugin(settings.plugin, settings), None
+
+
+def build_actuators(settings: AgentSettings, machine: object | None) -> list[Actuator]:
+    from simulators.machine import SimulatedMachine  # noqa: PLC0415
+
+    actuators: list[Actuator] = []
+    for name in settings.actions:
+        if name == "log":
+            actuators.append(LogActuator())
+        elif name == "command":
+            assert settings.action_command is not None
+            actuators.append(CommandActuator(settings.action_command))
+        elif name == "machine":
+            assert isinstance(machine, SimulatedMachine)
+            actuators.append(MachineActuator(machine))
+    return actuators
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"edgeloop-agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from edge_agent.agent import Agent  # noqa: PLC0415 - pulls in onnxruntime and paho
+    from edge_agent.engine import load_edge_model  # noqa: PLC0415
+
+    try:
+        model = load_edge_model(settings.model, __version__)
+        source, machine = build_source(settings)
+        actuators = build_actuators(settings, machine)
+    except (ConfigError, ManifestError) as exc:
+        print(f"edgeloop-agent: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info(
+            "device %r: %s received, shutting down", settings.device, signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return Agent(settings, model, source, actuators).run(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""The edge inference engine: one model package, one reading at a time.
+
+The only agent module that imports onnxruntime. The session runs on one thread
+with spinning off: a device has few cores, and a spinning thread would burn one
+while the agent waits for the next reading.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.errors import ManifestError
+from shared.features import FEATURE_NAMES
+from shared.manifest import ModelPackage, load_package, parse_version
+
+__all__ = ["EdgeModel", "load_edge_model", "open_session"]
+
+log = logging.getLogger(__name__)
+F32 = npt.NDArray[np.float32]
+
+
+def open_session(model_path: Path, threads: int = 1) -> Any:
+    """An onnxruntime CPU session that never spins, or :class:`ManifestError`.
+
+    The hub's batch scorer opens its sessions here too, so both sides run a
+    model with the same options.
+    """
+    import onnxruntime as ort  # noqa: PLC0415 - keep import time free of the runtime
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads must sleep, not spin: a device has few cores, the hub shares its own.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        text = str(exc).strip()
+        first_line = text.splitlines()[0] if text else type(exc).__name__
+        raise ManifestError(
+            f"{model_path}: onnxruntime cannot load it as an ONNX model ({first_line}); "
+            "is it the model.onnx of a package built by 'edgeloop-hub models build'?",
+            path=str(model_path),
+        ) from None
+
+
+class EdgeModel:
+    """An ONNX model from a checked package, scoring single feature rows."""
+
+    def __init__(self, package: ModelPackage) -> None:
+        self.package = package
+        self.manifest = package.manifest
+        self._session = open_session(package.model_path)
+        inputs = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        spec = self.manifest.model
+        if spec.input_name not in inputs or spec.scores_output not in outputs:
+            raise ManifestError(
+                f"{package.model_path}: the manifest names input {spec.input_name!r} and output "
+                f"{spec.scores_output!r}, but the graph has inputs {sorted(inputs)} and outputs "
+                f"{sorted(outputs)}",
+                path=str(package.model_path),
+                field="model",
+            )
+        self._input = spec.input_name
+        self._outputs = [spec.scores_output]
+        self.version = self.manifest.version
+        self.n_classes = len(self.manifest.output.classes)
+
+    def score(self, features: F32) -> F32:
+        """Class probabilities for one feature row, shape ``(n_classes,)``."""
+        out: F32 = self._session.run(self._outputs, {self._input: features.reshape(1, -1)})[0]
+        row: F32 = out[0]
+        return row
+
+    def score_batch(self, features: F32) -> F32:
+        """Class probabilities for many rows, shape ``(n, n_classes)``."""
+        out: F32 = self._session.run(self._outputs, {self._input: features})[0]
+        return out
+
+    def smoke_test(self) -> float:
+        """Run the manifest's test vectors; raise if any score is off. Returns the max error."""
+        tv = self.manifest.test_vectors
+        # Row by row, as the reading loop scores: a dynamically quantized model's output
+        # depends on the batch, and the manifest's expected scores are for batches of one.
+        got = np.stack([self.score(row) for row in np.asarray(tv.inputs, dtype=np.float32)])
+        err = float(np.max(np.abs(got - np.asarray(tv.expected_scores, dtype=np.float32))))
+        if not err <= tv.atol:
+            raise ManifestError(
+                f"model {self.manifest.name} {self.version}: smoke test failed, scores differ from "
+                f"the manifest's test vectors by {err:.3g} (allowed {tv.atol:g}); "
+                "the model file does not match its manifest or the runtime computes differently",
+                path=str(self.package.path),
+                field="test_vectors",
+            )
+        return err
+
+
+def load_edge_model(path: Path, agent_version: str, window: int | None = None) -> EdgeModel:
+    """Load, check and smoke-test the package at ``path`` for this agent.
+
+    Refuses a package whose input is not what this agent computes, that needs a
+    newer agent, or whose test vectors do not reproduce.
+    """
+    package = load_package(path)
+    m = package.manifest
+    if m.input.features != FEATURE_NAMES:
+        theirs, ours = list(m.input.features), list(FEATURE_NAMES)
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
+            min(len(theirs), len(ours)),
+        )
+        raise ManifestError(
+            f"model {m.name} {m.version} at {path} expects {len(theirs)} input features but this "
+            f"agent computes {len(ours)}; first difference at position {diff}: "
+            f"{theirs[diff] if diff < len(theirs) else '(none)'!r} vs "
+            f"{ours[diff] if diff < len(ours) else '(none)'!r}. Build the model with this "
+            "edgeloop version's features.",
+            path=str(path),
+            field="input.features",
+        )
+    if window is not None and m.input.window != window:
+        raise ManifestError(
+            f"model {m.name} {m.version} wants a window of {m.input.window}, agent uses {window}",
+            path=str(path),
+            field="input.window",
+        )
+    if parse_version(m.min_agent_version) > parse_version(agent_version):
+        raise ManifestError(
+            f"model {m.name} {m.version} needs agent >= {m.min_agent_version}; this agent is "
+            f"{agent_version}. Upgrade the agent first.",
+            path=str(path),
+            field="min_agent_version",
+        )
+    model = EdgeModel(package)
+    err = model.smoke_test()
+    log.info(
+        "model %s %s loaded from %s (%s), smoke test max error %.2g",
+        m.name,
+        m.version,
+        path,
+        m.model.quantization,
+        err,
+    )
+    return model

@@ -1,0 +1,39 @@
+"""The built-in source: a simulated industrial machine, paced in real time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from edge_agent.sources.base import Reading
+from simulators.machine import SimulatedMachine
+
+__all__ = ["SimulatedSource"]
+
+
+class SimulatedSource:
+    """Readings of a :class:`~simulators.machine.SimulatedMachine` at ``rate_hz``.
+
+    The machine object is shared with the ``machine`` actuator, which can stop
+    it: that is how a local action shows up in the next reading. Pacing uses a
+    fixed schedule (not sleep-after-work), so the rate does not drift.
+    """
+
+    def __init__(self, machine: SimulatedMachine, rate_hz: float, realtime: bool = True) -> None:
+        self.machine = machine
+        self.rate_hz = rate_hz
+        self.realtime = realtime
+        self.invalid: dict[str, int] = {}
+
+    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+        period = 1.0 / self.rate_hz
+        next_at = time.monotonic()
+        while not stop.is_set():
+            if self.realtime:
+                delay = next_at - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    return
+                next_at = max(next_at + period, time.monotonic() - period)
+            r = self.machine.step()
+            yield Reading(time.time(), r.values)

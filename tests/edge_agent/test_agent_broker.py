@@ -1,0 +1,450 @@
+"""The agent against real brokers: amqtt in its own process, and Mosquitto.
+
+Each test uses its own topic root, so nothing leaks between tests. The agent
+runs as a real process (``python -m edge_agent``) where a signal matters, and
+in-process where the test must see the simulated machine it drives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.actuators import MachineActuator
+from edge_agent.agent import Agent
+from edge_agent.engine import load_edge_model
+from edge_agent.settings import load_settings
+from edge_agent.sources.base import Reading
+from shared import __version__
+from shared.endpoint import BrokerEndpoint
+from shared.features import features_for_stream
+from shared.messages import Event, Health, Message, Status, Telemetry, decode
+from shared.topics import Kind, Topics
+from simulators.generate import write_csv
+from simulators.machine import MachineConfig, SimulatedMachine
+from tests.conftest import ModelPaths
+
+pytestmark = pytest.mark.timeout(90)
+WAIT = 30.0
+
+
+class Recorder:
+    """A subscriber that keeps every decoded message of one device, in arrival order."""
+
+    def __init__(self, endpoint: BrokerEndpoint, topics: Topics, device: str) -> None:
+        self.topics = topics
+        self.messages: list[Message] = []
+        self.undecodable: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"rec-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.username_pw_set(endpoint.username, endpoint.password)
+        client.on_connect = lambda c, *_: c.subscribe(f"{topics.root}/dev/{device}/#", qos=1)
+        client.on_subscribe = lambda *_: self._subscribed.set()
+        client.on_message = self._on_message
+        client.connect(endpoint.host, endpoint.port)
+        client.loop_start()
+        self.client = client
+        assert self._subscribed.wait(WAIT), "recorder never subscribed"
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            decoded = decode(self.topics.parse(msg.topic).kind, bytes(msg.payload))
+        except Exception:
+            with self._cond:
+                self.undecodable.append((msg.topic, bytes(msg.payload)))
+            return
+        with self._cond:
+            self.messages.append(decoded)
+            self._cond.notify_all()
+
+    def wait_for(
+        self, what: str, predicate: Callable[[list[Message]], bool], timeout: float = WAIT
+    ) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.messages), timeout):
+                kinds = [type(m).__name__ for m in self.messages[-10:]]
+                raise AssertionError(f"timed out waiting for {what}; last messages: {kinds}")
+
+    def of(self, cls: type[Any]) -> list[Any]:
+        with self._cond:
+            return [m for m in self.messages if isinstance(m, cls)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _count(cls: type[Any], n: int) -> Callable[[list[Message]], bool]:
+    return lambda msgs: sum(isinstance(m, cls) for m in msgs) >= n
+
+
+def _status(state: str) -> Callable[[list[Message]], bool]:
+    return lambda msgs: any(isinstance(m, Status) and m.state == state for m in msgs)
+
+
+def _stream_seqs(rec: Recorder) -> list[int]:
+    return [m.seq for m in rec.messages if isinstance(m, (Telemetry, Event))]
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics(f"edgeloop-test/{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def recorder(broker: BrokerEndpoint, topics: Topics) -> Iterator[Recorder]:
+    rec = Recorder(broker, topics, "dev-a")
+    yield rec
+    rec.close()
+
+
+def _agent_process(
+    endpoint: BrokerEndpoint,
+    topics: Topics,
+    model: Path,
+    state: Path,
+    *args: str,
+    stdin: Any = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "--device",
+        "dev-a",
+        "--root",
+        topics.root,
+        "--model",
+        str(model),
+        "--state-dir",
+        str(state),
+        "--log-level",
+        "INFO",
+        *args,
+    ]
+    env = {**os.environ, "EDGELOOP_AGENT_BROKER": endpoint.url}
+    return subprocess.Popen(
+        argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    out, _ = proc.communicate(timeout=10)
+    return out.decode(errors="replace")
+
+
+def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    proc = _agent_process(
+        broker,
+        topics,
+        model_packages.edge,
+        tmp_path,
+        "--source",
+        "sim",
+        "--rate-hz",
+        "200",
+        "--sim-urgent-rate",
+        "0.02",
+        "--max-batch",
+        "10",
+        "--max-delay-ms",
+        "200",
+        "--heartbeat-s",
+        "0.5",
+    )
+    try:
+        recorder.wait_for("birth", _status("online"))
+        recorder.wait_for("telemetry", _count(Telemetry, 20))
+        recorder.wait_for("an urgent event", _count(Event, 1))
+        recorder.wait_for("a heartbeat", _count(Health, 1))
+        proc.send_signal(signal.SIGKILL)
+        recorder.wait_for("the will", _status("offline"))
+    finally:
+        log = _stop(proc)
+    birth = next(m for m in recorder.of(Status) if m.state == "online")
+    will = next(m for m in recorder.of(Status) if m.state == "offline")
+    assert (birth.agent_version, birth.model_version) == (__version__, "1.0.0")
+    assert birth.epoch >= 1 and will.epoch == birth.epoch
+    seqs = _stream_seqs(recorder)
+    assert seqs == list(range(1, len(seqs) + 1)), (
+        f"stream not contiguous in order: {seqs[:40]}\n{log}"
+    )
+    for t in recorder.of(Telemetry):
+        assert t.features.shape == (len(t), 32) and t.scores.shape == (len(t), 3)
+        assert np.allclose(t.scores.sum(axis=1), 1.0, atol=1e-3)
+    events = recorder.of(Event)
+    assert all(
+        e.rule in ("score", "hard_limit") and e.action == "log" and e.action_ok for e in events
+    )
+    assert not recorder.undecodable
+
+
+def test_finite_run_delivers_every_reading_then_exits_zero(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    proc = _agent_process(
+        broker,
+        topics,
+        model_packages.edge,
+        tmp_path,
+        "--source",
+        "sim",
+        "--rate-hz",
+        "1000",
+        "--readings",
+        "777",
+        "--max-batch",
+        "50",
+    )
+    try:
+        assert proc.wait(WAIT) == 0, _stop(proc)
+        recorder.wait_for("the offline status", _status("offline"))
+    finally:
+        log = _stop(proc)
+    assert sum(len(t) for t in recorder.of(Telemetry)) == 777, log
+    seqs = _stream_seqs(recorder)
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_sigterm_flushes_publishes_offline_and_exits_zero(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    proc = _agent_process(
+        broker,
+        topics,
+        model_packages.edge,
+        tmp_path,
+        "--source",
+        "stdin",
+        "--max-delay-ms",
+        "60000",
+        stdin=subprocess.PIPE,
+    )
+    try:
+        recorder.wait_for("birth", _status("online"))
+        assert proc.stdin is not None
+        for i in range(7):
+            proc.stdin.write(
+                f'{{"ts": {1000 + i}, "values": [65, 2.5, 6, 18, 1800, 50, 100, 75]}}\n'.encode()
+            )
+        proc.stdin.flush()
+        time.sleep(0.5)  # let the agent read them; the batch stays open (max delay 60 s)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        recorder.wait_for("the offline status", _status("offline"))
+    finally:
+        log = _stop(proc)
+    batches = recorder.of(Telemetry)
+    assert sum(len(t) for t in batches) == 7, log
+    assert [float(x) for t in batches for x in t.ts] == [1000.0 + i for i in range(7)]
+
+
+def test_garbage_on_subscribed_topics_is_counted_and_survived(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    proc = _agent_process(
+        broker,
+        topics,
+        model_packages.edge,
+        tmp_path,
+        "--source",
+        "sim",
+        "--rate-hz",
+        "50",
+        "--max-batch",
+        "5",
+        "--heartbeat-s",
+        "0.3",
+    )
+    ack, desired = topics.topic("dev-a", Kind.ACK), topics.topic("dev-a", Kind.DESIRED)
+    garbage: list[tuple[str, bytes]] = [
+        (ack, b"\xff\xfe not utf-8"),
+        (ack, b"{not json"),
+        (ack, b"[1, 2, 3]"),
+        (ack, b'{"v": 99, "device": "dev-a", "epoch": 1, "seq": 1}'),
+        (ack, b'{"v": 1, "device": "dev-a", "epoch": "one", "seq": 1}'),
+        (ack, b'{"v": 1, "device": "someone-else", "epoch": 1, "seq": 1}'),
+        (desired, b'{"v": 1, "device": "dev-a", "ts": NaN}'),
+        (desired, b"x" * 2_000_000),
+        (desired, b""),
+    ]
+    try:
+        recorder.wait_for("birth", _status("online"))
+        recorder.wait_for("telemetry", _count(Telemetry, 2))
+        for topic, payload in garbage:
+            recorder.client.publish(topic, payload, qos=1).wait_for_publish(WAIT)
+
+        def counted(msgs: list[Message]) -> bool:
+            beats = [m for m in msgs if isinstance(m, Health)]
+            return bool(beats) and sum(beats[-1].invalid.values()) >= len(garbage)
+
+        recorder.wait_for("a heartbeat counting every bad message", counted)
+        seen = len(recorder.of(Telemetry))
+        recorder.wait_for("telemetry after the garbage", _count(Telemetry, seen + 3))
+        assert proc.poll() is None, "the agent died"
+    finally:
+        log = _stop(proc)
+    invalid = recorder.of(Health)[-1].invalid
+    for reason in (
+        "not_utf8",
+        "not_json",
+        "not_object",
+        "unknown_version",
+        "wrong_type",
+        "device_mismatch",
+        "too_large",
+    ):
+        assert invalid.get(reason, 0) >= 1, (reason, invalid, log)
+
+
+class _InjectingSource:
+    """The simulated machine, with an overheat injected just before reading ``at``."""
+
+    def __init__(self, machine: SimulatedMachine, at: int, total: int) -> None:
+        self.machine, self.at, self.total = machine, at, total
+        self.invalid: dict[str, int] = {}
+
+    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+        for i in range(self.total):
+            if stop.is_set():
+                return
+            if i == self.at:
+                self.machine.inject_urgent("overheat")
+            yield Reading(time.time(), self.machine.step().values)
+
+
+def test_injected_urgent_condition_stops_machine_before_next_reading_and_is_sent(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        [
+            "--device",
+            "dev-a",
+            "--root",
+            topics.root,
+            "--model",
+            str(model_packages.edge),
+            "--state-dir",
+            str(tmp_path),
+            "--broker",
+            broker.url,
+            "--actions",
+            "machine",
+            "--max-batch",
+            "10",
+        ],
+        env={},
+    )
+    machine = SimulatedMachine(MachineConfig(seed=3, urgent_rate=0.0, fault_rate=0.0))
+    agent = Agent(
+        settings,
+        load_edge_model(model_packages.edge, __version__),
+        _InjectingSource(machine, 60, 120),
+        [MachineActuator(machine)],
+    )
+    assert agent.run(threading.Event()) == 0
+    kinds = [
+        (kind, index) for kind, index, _ in machine.log if kind in ("inject", "stop", "reading")
+    ]
+    stop_at = kinds.index(next(k for k in kinds if k[0] == "stop"))
+    # The overheat shows on reading 60; the stop is logged after reading 60 and
+    # before reading 61 was produced.
+    assert kinds[stop_at] == ("stop", 60)
+    assert kinds[stop_at - 1] == ("reading", 60) and kinds[stop_at + 1] == ("reading", 61)
+    recorder.wait_for("the urgent event", _count(Event, 1))
+    event = recorder.of(Event)[0]
+    assert (event.rule, event.sensor, event.action, event.action_ok) == (
+        "hard_limit",
+        "temperature",
+        "machine",
+        True,
+    )
+    assert event.value is not None and event.value > 110
+
+
+def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "recorded.csv"
+    write_csv(csv_path, MachineConfig(seed=11, urgent_rate=0.01, fault_rate=0.005), 240)
+    proc = _agent_process(
+        broker,
+        topics,
+        model_packages.edge,
+        tmp_path / "state",
+        "--source",
+        "csv",
+        "--csv-path",
+        str(csv_path),
+        "--csv-pace",
+        "fast",
+        "--max-batch",
+        "32",
+    )
+    try:
+        assert proc.wait(WAIT) == 0, _stop(proc)
+        recorder.wait_for("the offline status", _status("offline"))
+    finally:
+        log = _stop(proc)
+    batches = sorted(recorder.of(Telemetry), key=lambda t: t.seq)
+    got_features = np.concatenate([t.features for t in batches])
+    got_scores = np.concatenate([t.scores for t in batches])
+    import csv  # noqa: PLC0415
+
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    from shared.features import SENSOR_NAMES  # noqa: PLC0415
+
+    values = np.array([[float(r[s]) if r[s] else np.nan for s in SENSOR_NAMES] for r in rows])
+    model = load_edge_model(model_packages.edge, __version__)
+    features = features_for_stream(values, model.manifest.input.window)
+    expected = np.stack([model.score(f) for f in features])
+    assert got_features.shape == features.shape, log
+    assert np.array_equal(got_features, features)
+    assert np.array_equal(got_scores, expected)

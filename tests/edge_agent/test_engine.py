@@ -1,0 +1,193 @@
+"""The edge engine: loads the real int8 package, scores, and refuses packages it cannot trust."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.engine import EdgeModel, load_edge_model
+from shared import __version__ as agent_version
+from shared.errors import ManifestError
+from shared.features import FEATURE_NAMES, SENSORS, FeatureWindow
+from shared.manifest import MANIFEST_FILE, load_package
+from tests.conftest import ModelPaths
+
+# func_only: the session fixture that trains the models is not the engine's time.
+pytestmark = pytest.mark.timeout(30, func_only=True)
+
+
+@pytest.fixture(scope="module")
+def edge_model(model_packages: ModelPaths) -> EdgeModel:
+    return load_edge_model(model_packages.edge, agent_version)
+
+
+def broken_copy(
+    src: Path, dst: Path, edit: Callable[[dict[str, Any]], None], model_bytes: bytes | None = None
+) -> Path:
+    """A copy of the package at ``src`` with its manifest edited (and model replaced)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST_FILE).read_text(encoding="utf-8"))
+    if model_bytes is not None:
+        (dst / manifest["model"]["file"]).write_bytes(model_bytes)
+        manifest["model"]["sha256"] = hashlib.sha256(model_bytes).hexdigest()
+        manifest["model"]["size"] = len(model_bytes)
+    edit(manifest)
+    (dst / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return dst
+
+
+def test_loads_the_edge_package_and_smoke_tests(edge_model: EdgeModel) -> None:
+    m = edge_model.manifest
+    assert m.variant == "edge"
+    assert m.model.quantization.startswith("int8")
+    assert edge_model.version == m.version
+    assert edge_model.n_classes == len(m.output.classes)
+    assert 0.0 <= edge_model.smoke_test() <= m.test_vectors.atol
+
+
+def test_score_returns_probabilities(edge_model: EdgeModel) -> None:
+    fw = FeatureWindow(edge_model.manifest.input.window)
+    nominal = np.array([s.nominal for s in SENSORS])
+    for i in range(20):
+        scores = edge_model.score(fw.push(nominal + i * 0.01))
+        assert scores.shape == (edge_model.n_classes,)
+        assert scores.dtype == np.float32
+        assert np.all(scores >= -1e-6)
+        assert float(scores.sum()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_score_batch_of_one_is_score(edge_model: EdgeModel) -> None:
+    rows = np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32)
+    batch = edge_model.score_batch(rows)
+    assert batch.shape == (rows.shape[0], edge_model.n_classes)
+    for row in rows:
+        np.testing.assert_array_equal(
+            edge_model.score_batch(row[None, :])[0], edge_model.score(row)
+        )
+
+
+def test_smoke_test_scores_row_by_row_like_the_reading_loop(
+    model_packages: ModelPaths, edge_model: EdgeModel, tmp_path: Path
+) -> None:
+    # int8-dynamic: a row's scores depend slightly on the batch it is in. The manifest's
+    # expected scores are for rows scored alone (as on a device), so with atol 0 the smoke
+    # test passes only if it scores them alone too.
+    rows = np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32)
+    alone = [edge_model.score(row).tolist() for row in rows]
+
+    def exact(manifest: dict[str, Any]) -> None:
+        manifest["test_vectors"]["expected_scores"] = alone
+        manifest["test_vectors"]["atol"] = 0.0
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", exact)
+    assert load_edge_model(path, agent_version).smoke_test() == 0.0
+
+
+def test_hot_overheat_reading_scores_urgent(edge_model: EdgeModel) -> None:
+    m = edge_model.manifest
+    fw = FeatureWindow(m.input.window)
+    nominal = np.array([s.nominal for s in SENSORS])
+    for _ in range(m.input.window):
+        fw.push(nominal)
+    hot = nominal.copy()
+    hot[0] = 125.0  # temperature far beyond anything normal
+    scores = edge_model.score(fw.push(hot))
+    assert int(np.argmax(scores)) == m.output.urgent_index
+
+
+def test_different_features_name_the_first_difference(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    def swap(manifest: dict[str, Any]) -> None:
+        feats = manifest["input"]["features"]
+        feats[2], feats[3] = feats[3], feats[2]
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", swap)
+    with pytest.raises(ManifestError) as info:
+        load_edge_model(path, agent_version)
+    text = str(info.value)
+    assert info.value.field == "input.features"
+    assert "position 2" in text
+    assert f"{FEATURE_NAMES[3]!r} vs {FEATURE_NAMES[2]!r}" in text
+
+
+def test_renamed_feature_is_named(model_packages: ModelPaths, tmp_path: Path) -> None:
+    def rename(manifest: dict[str, Any]) -> None:
+        old = manifest["input"]["features"][5]
+        manifest["input"]["features"][5] = "vibration_rms"
+        ref = manifest["reference"]["features"]
+        ref["vibration_rms"] = ref[old]
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", rename)
+    with pytest.raises(
+        ManifestError, match=rf"position 5: 'vibration_rms' vs {FEATURE_NAMES[5]!r}"
+    ):
+        load_edge_model(path, agent_version)
+
+
+def test_window_mismatch(model_packages: ModelPaths) -> None:
+    window = load_package(model_packages.edge).manifest.input.window
+    with pytest.raises(ManifestError, match=f"window of {window}") as info:
+        load_edge_model(model_packages.edge, agent_version, window=window + 1)
+    assert info.value.field == "input.window"
+
+
+def test_newer_agent_required(model_packages: ModelPaths, tmp_path: Path) -> None:
+    def bump(manifest: dict[str, Any]) -> None:
+        manifest["min_agent_version"] = "99.0.0"
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", bump)
+    with pytest.raises(ManifestError) as info:
+        load_edge_model(path, agent_version)
+    text = str(info.value)
+    assert info.value.field == "min_agent_version"
+    assert "99.0.0" in text
+    assert agent_version in text
+    assert "Upgrade the agent" in text
+
+
+def test_corrupt_model_file(model_packages: ModelPaths, tmp_path: Path) -> None:
+    good = (model_packages.edge / "model.onnx").read_bytes()
+    corrupt = good[: len(good) // 2] + bytes(range(256)) * 4
+    # sha and size are the corrupt file's own: load_package accepts it; onnxruntime must not.
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", lambda m: None, corrupt)
+    load_package(path)
+    with pytest.raises(ManifestError, match="onnxruntime cannot load it") as info:
+        load_edge_model(path, agent_version)
+    assert info.value.path == str(path / "model.onnx")
+
+
+def test_graph_names_must_match_the_manifest(model_packages: ModelPaths, tmp_path: Path) -> None:
+    def rename(manifest: dict[str, Any]) -> None:
+        manifest["model"]["scores_output"] = "probabilities_v2"
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", rename)
+    with pytest.raises(ManifestError, match=r"'probabilities_v2'.*the graph has"):
+        load_edge_model(path, agent_version)
+
+
+def test_altered_test_vectors_fail_the_smoke_test(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    def alter(manifest: dict[str, Any]) -> None:
+        manifest["test_vectors"]["expected_scores"][0][0] += 0.25
+
+    path = broken_copy(model_packages.edge, tmp_path / "pkg", alter)
+    with pytest.raises(ManifestError) as info:
+        load_edge_model(path, agent_version)
+    text = str(info.value)
+    assert info.value.field == "test_vectors"
+    assert "smoke test failed" in text
+    measured = re.search(r"differ from the manifest's test vectors by ([0-9.e+-]+)", text)
+    assert measured is not None, text
+    atol = load_package(path).manifest.test_vectors.atol
+    assert float(measured.group(1)) == pytest.approx(0.25, abs=atol + 1e-3)
+    assert f"allowed {atol:g}" in text

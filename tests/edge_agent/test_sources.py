@@ -1,0 +1,424 @@
+"""Where readings enter: CSV replay, JSON lines on stdin, plug-ins, the simulated machine."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.settings import AgentSettings, load_settings
+from edge_agent.sources.base import Reading, Source
+from edge_agent.sources.csv_replay import CsvReplaySource, parse_timestamp
+from edge_agent.sources.plugins import GROUP, load_plugin
+from edge_agent.sources.simulated import SimulatedSource
+from edge_agent.sources.stdin_jsonl import StdinSource, parse_line
+from shared.errors import ConfigError
+from shared.features import SENSOR_NAMES
+from simulators.machine import MachineConfig, SimulatedMachine
+
+pytestmark = pytest.mark.timeout(30)
+
+HEADER = ",".join(["ts", *SENSOR_NAMES])
+ROW = ",".join(str(v) for v in range(1, len(SENSOR_NAMES) + 1))  # "1,2,...,8"
+VALUES = [float(v) for v in range(1, len(SENSOR_NAMES) + 1)]
+
+
+def write_csv(path: Path, *lines: str, header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    return path
+
+
+def collect(source: Source, stop: threading.Event | None = None) -> list[Reading]:
+    return list(source.readings(stop or threading.Event()))
+
+
+# -- CSV replay ---------------------------------------------------------------------------------
+
+
+def test_csv_header_check_names_missing_columns(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", header="ts,temperature,pressure,extra")
+    with pytest.raises(ConfigError) as info:
+        CsvReplaySource(path)
+    text = str(info.value)
+    assert info.value.setting == "csv_path"
+    missing = [s for s in SENSOR_NAMES if s not in ("temperature", "pressure")]
+    assert f"lacks column(s) {', '.join(missing)};" in text
+    assert str(path) in text
+
+
+def test_csv_header_check_names_a_missing_timestamp_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", f"1.0,{ROW}")
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) time;"):
+        CsvReplaySource(path, ts_column="time")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_csv_unreadable_or_empty(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "a.csv"
+    if kind == "empty":
+        path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        CsvReplaySource(path)
+    assert info.value.setting == "csv_path"
+    assert str(path) in str(info.value)
+
+
+def test_csv_columns_in_any_order_extra_ignored_bom_accepted(tmp_path: Path) -> None:
+    names = list(reversed(SENSOR_NAMES))
+    path = tmp_path / "a.csv"
+    # A spreadsheet's byte-order mark, columns in another order, an extra column.
+    text = (
+        "note,"
+        + ",".join(names)
+        + ",ts\n"
+        + "x,"
+        + ",".join(str(float(SENSOR_NAMES.index(n) + 1)) for n in names)
+        + ",5.0\n"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (r,) = collect(CsvReplaySource(path, pace="fast"))
+    assert r.ts == 5.0
+    assert r.values.tolist() == VALUES
+
+
+def test_csv_iso_and_unix_timestamps(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "a.csv",
+        f"1763719200.25,{ROW}",
+        f"2026-11-21T10:00:00.250Z,{ROW}",
+        f"2026-11-21T10:00:01+01:00,{ROW}",
+    )
+    got = [r.ts for r in collect(CsvReplaySource(path, pace="fast"))]
+    assert got == [
+        1763719200.25,
+        datetime(2026, 11, 21, 10, 0, 0, 250_000, tzinfo=UTC).timestamp(),
+        datetime(2026, 11, 21, 9, 0, 1, tzinfo=UTC).timestamp(),
+    ]
+    assert parse_timestamp("17") == 17.0
+
+
+def test_csv_empty_cell_is_nan(tmp_path: Path) -> None:
+    cells = ROW.split(",")
+    cells[2] = ""
+    cells[5] = " "
+    path = write_csv(tmp_path / "a.csv", "1.0," + ",".join(cells))
+    (r,) = collect(CsvReplaySource(path, pace="fast"))
+    assert r.values.dtype == np.float64
+    assert math.isnan(r.values[2])
+    assert math.isnan(r.values[5])
+    assert np.isfinite(np.delete(r.values, [2, 5])).all()
+
+
+def test_csv_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
+    bad = [
+        f"yesterday,{ROW}",  # timestamp not parseable
+        f"nan,{ROW}",  # timestamp not finite
+        f"2.0,{ROW.replace('3', 'three')}",  # value not a number
+        "3.0,1,2",  # too short
+        f"4.0,{ROW.replace('4', 'inf')}",  # infinite value
+        f"4.5,{'9' * 200_000},2,3,4,5,6,7,8",  # a field over csv's size limit
+    ]
+    path = write_csv(tmp_path / "a.csv", f"1.0,{ROW}", *bad, f"5.0,{ROW}")
+    with path.open("ab") as fh:  # bytes that are not UTF-8 spoil their row only
+        fh.write(b"6.0,\xff\xfe,2,3,4,5,6,7,8\n" + f"7.0,{ROW}\n".encode())
+    source = CsvReplaySource(path, pace="fast")
+    got = collect(source)
+    assert [r.ts for r in got] == [1.0, 5.0, 7.0]
+    assert source.invalid == {"csv_bad_row": len(bad) + 1}
+
+
+def test_csv_fast_pace_yields_all_rows(tmp_path: Path) -> None:
+    # A recording spanning an hour replays at once.
+    path = write_csv(tmp_path / "a.csv", *(f"{i * 3600.0 / 499},{ROW}" for i in range(500)))
+    t0 = time.monotonic()
+    got = collect(CsvReplaySource(path, pace="fast"))
+    assert len(got) == 500
+    assert time.monotonic() - t0 < 5
+    assert got[-1].ts == 3600.0
+
+
+def test_csv_recorded_pace(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", f"100.0,{ROW}", f"100.1,{ROW}", f"100.2,{ROW}")
+    t0 = time.monotonic()
+    got = collect(CsvReplaySource(path, pace="recorded"))
+    elapsed = time.monotonic() - t0
+    assert [r.ts for r in got] == [100.0, 100.1, 100.2]
+    assert elapsed >= 0.2
+
+
+def test_csv_recorded_pace_is_interrupted_by_stop(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", f"100.0,{ROW}", f"160.0,{ROW}")  # a minute apart
+    stop = threading.Event()
+    it = CsvReplaySource(path, pace="recorded").readings(stop)
+    assert next(it).ts == 100.0
+    timer = threading.Timer(0.1, stop.set)
+    timer.start()
+    t0 = time.monotonic()
+    assert list(it) == []  # the wait for the second row ends at the stop
+    assert time.monotonic() - t0 < 2.0
+    timer.join()
+
+
+def test_csv_stop_before_start_yields_nothing(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "a.csv", f"1.0,{ROW}")
+    stop = threading.Event()
+    stop.set()
+    assert collect(CsvReplaySource(path, pace="fast"), stop) == []
+
+
+# -- JSON lines on stdin ------------------------------------------------------------------------
+
+
+def test_parse_line_forms() -> None:
+    r = parse_line('{"ts": 1.5, "temperature": 64.2, "vibration": null, "speed": 1790}')
+    assert r.ts == 1.5
+    assert r.values[SENSOR_NAMES.index("temperature")] == 64.2
+    assert r.values[SENSOR_NAMES.index("speed")] == 1790.0
+    assert math.isnan(r.values[SENSOR_NAMES.index("vibration")])  # null: a dropout
+    assert math.isnan(r.values[SENSOR_NAMES.index("pressure")])  # absent: a dropout
+    r = parse_line(f'{{"ts": 2, "values": [{", ".join(map(str, VALUES[:-1]))}, null]}}')
+    assert r.ts == 2.0
+    assert r.values[:-1].tolist() == VALUES[:-1]
+    assert math.isnan(r.values[-1])
+    before = time.time()
+    assert parse_line('{"temperature": 1}').ts >= before  # no ts: now
+
+
+BAD_LINES = [
+    "not json",
+    "[1, 2, 3]",
+    '{"ts": "noon", "temperature": 1}',
+    '{"ts": null}',
+    '{"ts": 1e999}',
+    '{"ts": ' + "9" * 400 + "}",
+    '{"values": [1, 2]}',
+    '{"values": "12345678"}',
+    '{"temperature": true}',
+    '{"temperature": "hot"}',
+    '{"temperature": NaN}',
+    '{"temperature": ' + "9" * 400 + "}",
+    "[" * 100_000 + "]" * 100_000,
+]
+
+
+@pytest.mark.parametrize("line", BAD_LINES, ids=lambda s: s[:30])
+def test_parse_line_rejects_with_value_error(line: str) -> None:
+    with pytest.raises(ValueError):
+        parse_line(line)
+
+
+def test_stdin_source_good_bad_and_eof() -> None:
+    text = "\n".join(
+        [
+            '{"ts": 1, "temperature": 64.2}',
+            "",
+            *BAD_LINES,
+            '{"ts": 2, "values": [1, 2, 3, 4, 5, 6, 7, 8]}',
+            "   ",
+        ]
+    )
+    source = StdinSource(io.StringIO(text))
+    got = collect(source)  # returns at EOF
+    assert [r.ts for r in got] == [1.0, 2.0]
+    assert got[1].values.tolist() == VALUES
+    assert source.invalid == {"stdin_bad_line": len(BAD_LINES)}
+
+
+def test_stdin_source_with_more_lines_than_its_queue() -> None:
+    text = "".join(f'{{"ts": {i}, "temperature": 1}}\n' for i in range(1000))
+    got = collect(StdinSource(io.StringIO(text), queue_size=4))
+    assert [r.ts for r in got] == [float(i) for i in range(1000)]
+
+
+def test_stdin_source_undecodable_bytes() -> None:
+    data = b'{"ts": 1, "temperature": 1}\n\xff\xfe{"ts": 2}\n{"ts": 3, "temperature": 1}\n'
+    # The agent reads stdin with errors="replace": the bad line is counted, the rest kept.
+    source = StdinSource(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace"))
+    assert [r.ts for r in collect(source)] == [1.0, 3.0]
+    assert source.invalid == {"stdin_bad_line": 1}
+    # A strict stream ends the source, counted; it never leaves the reading loop waiting.
+    source = StdinSource(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    collect(source)
+    assert source.invalid["stdin_read_error"] == 1
+
+
+def test_stdin_source_stops_while_input_is_silent() -> None:
+    class Silent(io.TextIOBase):
+        """A stdin that never sends a line (a sensor that went quiet)."""
+
+        def __init__(self) -> None:
+            self.closed_event = threading.Event()
+
+        def readline(self, size: int | None = -1) -> str:
+            self.closed_event.wait(30)
+            return ""
+
+    stream = Silent()
+    stop = threading.Event()
+    timer = threading.Timer(0.1, stop.set)
+    timer.start()
+    t0 = time.monotonic()
+    assert collect(StdinSource(stream), stop) == []
+    assert time.monotonic() - t0 < 2.0
+    stream.closed_event.set()
+    timer.join()
+
+
+# -- plug-ins -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real installed distribution (a .dist-info on sys.path) with edgeloop.sources plug-ins."""
+    (tmp_path / "fake_edgeloop_driver.py").write_text(
+        textwrap.dedent(
+            """
+            import threading
+            import numpy as np
+            from edge_agent.sources.base import Reading
+
+            class Driver:
+                def __init__(self, settings):
+                    self.device = settings.device
+                    self.invalid = {}
+
+                def readings(self, stop):
+                    for i in range(3):
+                        yield Reading(float(i), np.full(8, float(i)))
+
+            def make_source(settings):
+                return Driver(settings)
+
+            def broken(settings):
+                raise RuntimeError("no ADC on /dev/spidev0.0")
+
+            def not_a_source(settings):
+                return 42
+            """
+        ),
+        encoding="utf-8",
+    )
+    info = tmp_path / "fake_edgeloop_driver-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-edgeloop-driver\nVersion: 0.1\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        f"[{GROUP}]\n"
+        "fake-adc = fake_edgeloop_driver:make_source\n"
+        "broken-adc = fake_edgeloop_driver:broken\n"
+        "odd-adc = fake_edgeloop_driver:not_a_source\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def _plugin_settings(name: str) -> AgentSettings:
+    return load_settings(
+        ["--model", "m", "--source", "plugin", "--plugin", name, "--device", "pi-9"], env={}
+    )
+
+
+def test_plugin_is_loaded_from_its_entry_point(plugin_dir: Path) -> None:
+    source = load_plugin("fake-adc", _plugin_settings("fake-adc"))
+    assert source.device == "pi-9"  # type: ignore[attr-defined]
+    assert [r.ts for r in collect(source)] == [0.0, 1.0, 2.0]
+
+
+def test_unknown_plugin_lists_the_installed_ones(plugin_dir: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_plugin("spi-adc", _plugin_settings("spi-adc"))
+    text = str(info.value)
+    assert info.value.setting == "plugin"
+    assert "'spi-adc'" in text
+    assert GROUP in text
+    assert "installed: broken-adc, fake-adc, odd-adc" in text
+
+
+def test_unknown_plugin_with_none_installed() -> None:
+    with pytest.raises(ConfigError, match="installed: "):
+        load_plugin("no-such-driver-xyz", _plugin_settings("x"))
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("broken-adc", "failed to start.*spidev0"),
+        ("odd-adc", "returned int, which has no readings"),
+    ],
+)
+def test_broken_plugin_is_a_config_error(plugin_dir: Path, name: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why) as info:
+        load_plugin(name, _plugin_settings(name))
+    assert info.value.setting == "plugin"
+
+
+# -- the simulated machine ----------------------------------------------------------------------
+
+
+def test_simulated_source_yields_the_machines_values() -> None:
+    config = MachineConfig(seed=11, dropout_prob=0.05)
+    twin = SimulatedMachine(config)
+    source = SimulatedSource(SimulatedMachine(config), rate_hz=10.0, realtime=False)
+    got = list(itertools.islice(source.readings(threading.Event()), 300))
+    for reading, expected in zip(got, twin.readings(300), strict=True):
+        np.testing.assert_array_equal(reading.values, expected.values)
+    assert any(np.isnan(r.values).any() for r in got)  # dropouts come through as NaN
+    assert source.invalid == {}
+
+
+def test_simulated_source_realtime_pace_and_stop() -> None:
+    source = SimulatedSource(SimulatedMachine(MachineConfig(seed=1)), rate_hz=50.0)
+    stop = threading.Event()
+    t0 = time.monotonic()
+    it = source.readings(stop)
+    got = list(itertools.islice(it, 6))  # 5 periods of 20 ms after the first
+    assert time.monotonic() - t0 >= 0.1 - 0.005
+    assert len(got) == 6
+    stop.set()
+    assert list(it) == []
+
+
+# -- the contract every source keeps ------------------------------------------------------------
+
+
+def _sim(_: Path) -> Source:
+    return SimulatedSource(SimulatedMachine(MachineConfig(seed=2)), 1000.0, realtime=False)
+
+
+def _csv(tmp: Path) -> Source:
+    return CsvReplaySource(
+        write_csv(tmp / "c.csv", *(f"{i},{ROW}" for i in range(50))), pace="fast"
+    )
+
+
+def _stdin(_: Path) -> Source:
+    return StdinSource(io.StringIO("".join(f'{{"ts": {i}}}\n' for i in range(50))))
+
+
+@pytest.mark.parametrize("make", [_sim, _csv, _stdin], ids=["sim", "csv", "stdin"])
+def test_source_contract(make: Callable[[Path], Source], tmp_path: Path) -> None:
+    source = make(tmp_path)
+    assert isinstance(source.invalid, dict)
+    stop = threading.Event()
+    it: Iterator[Reading] = source.readings(stop)
+    for _ in range(10):
+        r = next(it)
+        assert isinstance(r, Reading)
+        assert isinstance(r.ts, float)
+        assert math.isfinite(r.ts)
+        assert r.values.dtype == np.float64
+        assert r.values.shape == (len(SENSOR_NAMES),)
+        assert not np.isinf(r.values).any()
+    stop.set()
+    assert list(it) == []  # a set stop ends every source
