@@ -43,7 +43,9 @@ def build_source(settings: AgentSettings) -> tuple[Source, object | None]:
         except ValueError as exc:
             raise ConfigError(f"simulated machine: {exc}", setting="sim_drift") from None
         machine = SimulatedMachine(config)
-        return SimulatedSource(machine, settings.rate_hz), machine
+        return SimulatedSource(
+            machine, settings.rate_hz, restart_after_s=settings.sim_restart_s
+        ), machine
     if settings.source == "csv":
         from edge_agent.sources.csv_replay import CsvReplaySource  # noqa: PLC0415
 
@@ -98,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ManifestError) as exc:
         print(f"edgeloop-agent: {exc}", file=sys.stderr)
         return 2
+    # The link thread encodes telemetry in pure Python; a short switch interval
+    # bounds how long it can hold the GIL while a reading waits (default 5 ms).
+    sys.setswitchinterval(0.0005)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

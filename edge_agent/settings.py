@@ -59,6 +59,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
 def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -203,6 +210,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "P",
     ),
     Option(
+        "sim_restart_s",
+        _non_negative_float,
+        0.0,
+        "restart the simulated machine this many seconds after a local action stopped it, as an operator would (0: never)",
+        "S",
+    ),
+    Option(
         "sim_drift",
         _str_list,
         (),
@@ -303,6 +317,7 @@ class AgentSettings:
     sim_seed: int
     sim_urgent_rate: float | None
     sim_fault_rate: float | None
+    sim_restart_s: float
     sim_drift: tuple[str, ...]
     readings: int
     actions: tuple[str, ...]

@@ -20,16 +20,31 @@ class SimulatedSource:
     fixed schedule (not sleep-after-work), so the rate does not drift.
     """
 
-    def __init__(self, machine: SimulatedMachine, rate_hz: float, realtime: bool = True) -> None:
+    def __init__(
+        self,
+        machine: SimulatedMachine,
+        rate_hz: float,
+        realtime: bool = True,
+        restart_after_s: float = 0.0,
+    ) -> None:
         self.machine = machine
         self.rate_hz = rate_hz
         self.realtime = realtime
+        self.restart_after_s = restart_after_s
+        """Like an operator after a repair, start a stopped machine again after this long (0: never)."""
         self.invalid: dict[str, int] = {}
 
     def readings(self, stop: threading.Event) -> Iterator[Reading]:
         period = 1.0 / self.rate_hz
         next_at = time.monotonic()
+        stopped_since: float | None = None
         while not stop.is_set():
+            if self.restart_after_s and self.machine.stopped:
+                now = time.monotonic()
+                stopped_since = stopped_since or now
+                if now - stopped_since >= self.restart_after_s:
+                    self.machine.start()
+                    stopped_since = None
             if self.realtime:
                 delay = next_at - time.monotonic()
                 if delay > 0 and stop.wait(delay):

@@ -1,0 +1,233 @@
+"""``edgeloop-sim bench edge``: the edge agent's hot path, memory and idle CPU.
+
+- Latency: every reading of a seeded simulated stream goes through the agent's
+  own :meth:`~edge_agent.agent.Agent.process` (features, int8 ONNX, urgent rule,
+  action, batching), timed from reading in to return, after an untimed pass
+  over the same stream to warm caches. The baseline, timed in the
+  same run on the same stream, is the same features and rule around per-row
+  scikit-learn ``predict_proba`` of the same MLP (retrained from the same seed
+  and data, which gives the same weights; its fp32 agreement with the packaged
+  model is reported as ``baseline_agreement``).
+- Memory: resident set of a real ``edgeloop-agent`` process running the
+  simulated machine at 10 Hz against the embedded broker.
+- Idle CPU: a real agent reading from a silent stdin, connected to the broker.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+__all__ = ["run_edge_bench"]
+
+_AGENT_USER = "bench-agent"
+_AGENT_SECRET = "bench-agent-secret-0123456789abcdef"
+
+
+def _percentiles(samples_ns: np.ndarray) -> tuple[float, float]:
+    p50, p99 = np.percentile(samples_ns / 1000.0, [50, 99])
+    return round(float(p50), 2), round(float(p99), 2)
+
+
+def _stream(seed: int, n: int) -> np.ndarray:
+    import dataclasses  # noqa: PLC0415
+
+    from simulators.machine import MachineConfig, SimulatedMachine  # noqa: PLC0415
+
+    config = dataclasses.replace(MachineConfig(seed=seed, device_index=99), urgent_rate=2e-3)
+    machine = SimulatedMachine(config)
+    return np.array([r.values for r in machine.readings(n)])
+
+
+def _time_agent(edge_dir: Path, values: np.ndarray, state_dir: Path) -> np.ndarray:
+    from edge_agent.agent import Agent  # noqa: PLC0415
+    from edge_agent.engine import load_edge_model  # noqa: PLC0415
+    from edge_agent.settings import load_settings  # noqa: PLC0415
+    from edge_agent.sources.stdin_jsonl import StdinSource  # noqa: PLC0415
+    from shared import __version__  # noqa: PLC0415
+
+    settings = load_settings(
+        [
+            "--model",
+            str(edge_dir),
+            "--device",
+            "bench-edge",
+            "--state-dir",
+            str(state_dir),
+            "--outbox-max",
+            "100000",
+        ],
+        env={},
+    )
+    agent = Agent(settings, load_edge_model(edge_dir, __version__), StdinSource(sys.stdin), [])
+    now = time.time()
+    gc.freeze()  # as Agent.run does before its loop
+
+    def one(row: np.ndarray) -> None:
+        agent.process(now, row)
+
+    return _timed(one, values)
+
+
+def _timed(step: Callable[[np.ndarray], object], values: np.ndarray) -> np.ndarray:
+    """Nanoseconds per call of ``step``, after one untimed warm-up pass over ``values``."""
+    for row in values:
+        step(row)
+    times = np.empty(values.shape[0], dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i, row in enumerate(values):
+        t0 = clock()
+        step(row)
+        times[i] = clock() - t0
+    return times
+
+
+def _time_baseline(
+    models_dir: Path, seed: int, edge_dir: Path, values: np.ndarray
+) -> tuple[np.ndarray, float]:
+    from cloud_hub.pipeline.build import retrain_edge_sklearn  # noqa: PLC0415
+    from edge_agent.engine import load_edge_model  # noqa: PLC0415
+    from edge_agent.rules import UrgentRule  # noqa: PLC0415
+    from shared import __version__  # noqa: PLC0415
+    from shared.features import SENSOR_NAMES, FeatureWindow, features_for_stream  # noqa: PLC0415
+
+    model = load_edge_model(edge_dir, __version__)
+    manifest = model.manifest
+    sk = retrain_edge_sklearn(models_dir, seed)
+    feats = features_for_stream(values, manifest.input.window)
+    agreement = float(
+        np.mean(sk.predict_proba(feats).argmax(1) == model.score_batch(feats).argmax(1))
+    )
+    fw = FeatureWindow(manifest.input.window)
+    rule = UrgentRule(manifest.urgent, manifest.output.urgent_index, SENSOR_NAMES)
+    ui = manifest.output.urgent_index
+
+    def one(row: np.ndarray) -> None:
+        f = fw.push(row)
+        scores = sk.predict_proba(f.reshape(1, -1))[0]
+        rule.check(row, float(scores[ui]))
+
+    return _timed(one, values), round(agreement, 4)
+
+
+def _agent_processes(edge_dir: Path, work: Path, idle_seconds: float) -> dict[str, float]:
+    """RSS of an agent at 10 Hz and CPU of an idle one, both against the embedded broker."""
+    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
+    from cloud_hub.broker.embedded import EmbeddedBroker  # noqa: PLC0415
+
+    passwd = work / "passwd"
+    add_user(passwd, _AGENT_USER, _AGENT_SECRET)
+    with EmbeddedBroker(password_file=passwd) as broker:
+        url = f"mqtt://{_AGENT_USER}:{_AGENT_SECRET}@{broker.host}:{broker.port}"
+        common = [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "--model",
+            str(edge_dir),
+            "--broker",
+            url,
+            "--log-level",
+            "WARNING",
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        busy = subprocess.Popen(
+            [
+                *common,
+                "--device",
+                "bench-rss",
+                "--state-dir",
+                str(work / "rss"),
+                "--source",
+                "sim",
+                "--rate-hz",
+                "10",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        idle = subprocess.Popen(
+            [
+                *common,
+                "--device",
+                "bench-idle",
+                "--state-dir",
+                str(work / "idle"),
+                "--source",
+                "stdin",
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+        )
+        try:
+            time.sleep(3.0)  # start-up: imports, model load, smoke test, connect
+            busy_p, idle_p = psutil.Process(busy.pid), psutil.Process(idle.pid)
+            b0, i0, t0 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
+            time.sleep(idle_seconds)
+            b1, i1, t1 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
+            rss = busy_p.memory_info().rss / 2**20
+            alive = busy.poll() is None and idle.poll() is None
+        finally:
+            for proc in (busy, idle):
+                proc.terminate()
+            for proc in (busy, idle):
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    if not alive:
+        raise RuntimeError("an agent process died during the benchmark; run it by hand to see why")
+    wall = t1 - t0
+
+    def pct(a: Any, b: Any) -> float:
+        used = float((b.user - a.user) + (b.system - a.system))
+        return round(100.0 * used / wall, 2)
+
+    return {"rss_mb": round(rss, 1), "idle_cpu_pct": pct(i0, i1), "cpu_pct_at_10hz": pct(b0, b1)}
+
+
+def run_edge_bench(
+    models_dir: Path,
+    *,
+    readings: int = 20000,
+    baseline_readings: int = 5000,
+    seed: int = 7,
+    idle_seconds: float = 5.0,
+) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready result."""
+    from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+
+    built = build_default_models(models_dir, seed=seed)
+    edge_dir = built.edge
+    values = _stream(seed, max(readings, baseline_readings))
+    with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
+        work = Path(tmp)
+        ours = _time_agent(edge_dir, values[:readings], work / "state")
+        base, agreement = _time_baseline(models_dir, seed, edge_dir, values[:baseline_readings])
+        procs = _agent_processes(edge_dir, work, idle_seconds)
+    p50, p99 = _percentiles(ours[min(500, readings // 10) :])
+    b50, b99 = _percentiles(base[min(100, baseline_readings // 10) :])
+    return {
+        "bench": "edge",
+        "readings": readings,
+        "p50_us": p50,
+        "p99_us": p99,
+        "baseline_p50_us": b50,
+        "baseline_p99_us": b99,
+        "speedup_p99": round(b99 / p99, 2),
+        "baseline_agreement": agreement,
+        **procs,
+        "model": str(edge_dir),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }

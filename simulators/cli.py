@@ -1,0 +1,219 @@
+"""``edgeloop-sim``: the tester's front door (simulated data, benchmarks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared.errors import EdgeloopError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeloop-sim",
+        description="Simulated sensors, data sets and benchmarks for edgeloop.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate", help="write a simulated machine's readings as CSV (the format CSV replay reads)"
+    )
+    gen.add_argument("--out", type=Path, required=True, help="CSV file to write ('-' for stdout)")
+    gen.add_argument(
+        "--readings", type=int, default=1000, help="number of readings (default: 1000)"
+    )
+    gen.add_argument(
+        "--seed", type=int, default=1, help="random seed; same seed, same stream (default: 1)"
+    )
+    gen.add_argument(
+        "--device-index",
+        type=int,
+        default=0,
+        help="device number within the seed's fleet (default: 0)",
+    )
+    gen.add_argument(
+        "--rate-hz",
+        type=float,
+        default=10.0,
+        help="readings per second of simulated time (default: 10)",
+    )
+    gen.add_argument(
+        "--urgent-rate",
+        type=float,
+        default=None,
+        help="chance per reading of an urgent condition (default: the simulator's)",
+    )
+    gen.add_argument(
+        "--fault-rate",
+        type=float,
+        default=None,
+        help="chance per reading that a slow fault starts (default: the simulator's)",
+    )
+    gen.add_argument(
+        "--drift",
+        action="append",
+        default=[],
+        metavar="KIND:SENSOR:START:MAGNITUDE",
+        help="inject drift, e.g. mean_shift:temperature:500:1.0 (repeatable)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: embedded broker plus a fleet of simulated agents, with a live summary",
+    )
+    demo.add_argument(
+        "--devices",
+        type=int,
+        default=20,
+        help="simulated devices, each a real agent process (default: 20)",
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--rate-hz", type=float, default=5.0, help="readings per second per device (default: 5)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=1, help="seed of the simulated fleet (default: 1)"
+    )
+    demo.add_argument(
+        "--models",
+        type=Path,
+        default=Path("var/models"),
+        help="model directory; default models are built there if missing (default: var/models)",
+    )
+    demo.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("var/demo"),
+        help="where the run keeps broker accounts, agent state and logs (default: var/demo)",
+    )
+    demo.add_argument(
+        "--summary-every",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between summary lines (default: 5)",
+    )
+
+    bench = sub.add_parser("bench", help="run a benchmark; prints one JSON object as its last line")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
+    edge = bench_sub.add_parser(
+        "edge",
+        help="edge latency (reading in to urgent decision out) against per-row scikit-learn, agent memory and idle CPU",
+    )
+    edge.add_argument(
+        "--models",
+        type=Path,
+        default=Path("var/models"),
+        help="model directory; default models are built there if missing (default: var/models)",
+    )
+    edge.add_argument(
+        "--readings", type=int, default=20000, help="readings to time per variant (default: 20000)"
+    )
+    edge.add_argument(
+        "--baseline-readings",
+        type=int,
+        default=5000,
+        help="readings to time for the scikit-learn baseline (default: 5000)",
+    )
+    edge.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="seed of the models and of the timed stream (default: 7)",
+    )
+    edge.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="how long to watch an idle agent's CPU (default: 5)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "bench" and args.bench == "edge":
+            from simulators.bench.edge import run_edge_bench  # noqa: PLC0415
+
+            result = run_edge_bench(
+                args.models,
+                readings=args.readings,
+                baseline_readings=args.baseline_readings,
+                seed=args.seed,
+                idle_seconds=args.idle_seconds,
+            )
+            print(json.dumps(result))
+            return 0
+    except (EdgeloopError, ValueError, OSError) as exc:
+        print(f"edgeloop-sim: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import threading  # noqa: PLC0415
+
+    from simulators.demo import DemoConfig, install_signal_handlers, run_demo  # noqa: PLC0415
+
+    if args.devices < 1 or args.rate_hz <= 0 or args.duration < 0:
+        raise ValueError("demo needs --devices >= 1, --rate-hz > 0 and --duration >= 0")
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    config = DemoConfig(
+        devices=args.devices,
+        duration_s=args.duration,
+        models_dir=args.models,
+        work_dir=args.work_dir,
+        rate_hz=args.rate_hz,
+        seed=args.seed,
+        summary_every_s=args.summary_every,
+    )
+    return run_demo(config, stop)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import dataclasses  # noqa: PLC0415
+
+    from simulators.drift import parse_drift  # noqa: PLC0415
+    from simulators.generate import write_csv  # noqa: PLC0415
+    from simulators.machine import MachineConfig  # noqa: PLC0415
+
+    config = MachineConfig(
+        seed=args.seed,
+        device_index=args.device_index,
+        rate_hz=args.rate_hz,
+        drifts=tuple(parse_drift(d) for d in args.drift),
+    )
+    if args.urgent_rate is not None:
+        config = dataclasses.replace(config, urgent_rate=args.urgent_rate)
+    if args.fault_rate is not None:
+        config = dataclasses.replace(config, fault_rate=args.fault_rate)
+    if str(args.out) == "-":
+        write_csv(sys.stdout, config, args.readings)
+    else:
+        write_csv(args.out, config, args.readings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
