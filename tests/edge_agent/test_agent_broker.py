@@ -448,3 +448,56 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
     assert got_features.shape == features.shape, log
     assert np.array_equal(got_features, features)
     assert np.array_equal(got_scores, expected)
+
+
+@pytest.mark.timeout(120)
+def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
+    embedded_broker: Any, topics: Topics, model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    endpoint: BrokerEndpoint = embedded_broker.endpoint("edgeloop", "edgeloop-test-secret")
+    recorder = Recorder(endpoint, topics, "dev-a")
+    proc = _agent_process(
+        endpoint,
+        topics,
+        model_packages.edge,
+        tmp_path,
+        "--source",
+        "sim",
+        "--rate-hz",
+        "200",
+        "--max-batch",
+        "10",
+        "--outbox-max",
+        "5",
+        "--heartbeat-s",
+        "0.5",
+        "--reconnect-min-s",
+        "1",
+        "--reconnect-max-s",
+        "2",
+    )
+    try:
+        recorder.wait_for("telemetry", _count(Telemetry, 3))
+        recorder.close()
+        embedded_broker.kill()
+        time.sleep(3)  # the outage itself: ~600 readings = 60 batches against an outbox of 5
+        assert proc.poll() is None, "the agent died with the broker"
+        embedded_broker.start()
+        recorder = Recorder(endpoint, topics, "dev-a")
+
+        def dropped_reported(msgs: list[Message]) -> bool:
+            return any(
+                isinstance(m, Health) and m.dropped.get("outbox_full_telemetry", 0) > 0
+                for m in msgs
+            )
+
+        recorder.wait_for("a heartbeat reporting the dropped batches", dropped_reported, timeout=60)
+        recorder.wait_for("telemetry after the outage", _count(Telemetry, 3))
+        assert proc.poll() is None
+    finally:
+        recorder.close()
+        log = _stop(proc)
+    beat = next(m for m in reversed(recorder.of(Health)) if m.dropped.get("outbox_full_telemetry"))
+    # Bounded: whatever the outage, at most outbox_max + mqtt_queue batches are held.
+    assert beat.dropped["outbox_full_readings"] == 10 * beat.dropped["outbox_full_telemetry"], log
+    assert beat.outbox_depth <= 5

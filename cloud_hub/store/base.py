@@ -1,0 +1,220 @@
+"""The hub's store interface: what ingest writes and the API reads.
+
+One interface, several backends (SQLite now, PostgreSQL later); the contract
+tests in ``tests/cloud_hub/store/`` run against every backend, never against a
+class. A backend is used from one writer thread (the ingest worker) and any
+number of reader threads (the API); each method is one transaction.
+
+Durability rule: :meth:`Store.write_stream` returns only after its
+transaction is committed durably; the ack watermarks it returns are what the
+hub may acknowledge to devices. Nothing acknowledged is lost if the hub is
+killed with SIGKILL right after the ack.
+
+Idempotency: a stream message is identified by ``(device, epoch, seq)``.
+Writing one that is already stored stores nothing and is reported as a
+duplicate. Seqs above the contiguous watermark that arrived out of order are
+kept as *pending*; the missing ranges between are the device's *gaps*, until
+a replay fills them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.manifest import ModelManifest
+from shared.messages import Event, Health, Ota, Status
+
+__all__ = [
+    "AckWatermark",
+    "DeadLetter",
+    "DeviceRecord",
+    "EventRecord",
+    "Gap",
+    "ModelRecord",
+    "Page",
+    "Store",
+    "StreamItem",
+    "TelemetryRows",
+    "WriteResult",
+]
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TelemetryRows:
+    """One telemetry message ready to store: edge and heavy predictions side by side."""
+
+    device: str
+    epoch: int
+    seq: int
+    edge_model_version: str
+    heavy_model_version: str
+    ts: F64
+    features: F32
+    edge_scores: F32
+    heavy_scores: F32
+    received_at: float
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+StreamItem = TelemetryRows | Event | Ota
+"""What :meth:`Store.write_stream` takes: every stream message kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckWatermark:
+    device: str
+    epoch: int
+    seq: int
+    """Highest seq such that every seq 1..seq of this epoch is stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    stored: int
+    """Stream messages newly stored."""
+    readings: int
+    """Telemetry readings newly stored."""
+    duplicates: list[tuple[str, int, int]]
+    """(device, epoch, seq) that were already stored; nothing was written for them."""
+    watermarks: list[AckWatermark]
+    """New contiguous watermark of every (device, epoch) this write touched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    device: str
+    epoch: int
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that did not parse or validate, kept (bounded) for operators."""
+
+    received_at: float
+    topic: str
+    device: str | None
+    reason: str
+    error: str
+    payload_head: bytes
+    """The first bytes of the payload (at most 1 KiB), never the whole of a huge one."""
+    payload_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device: str
+    state: Literal["online", "offline", "never_seen"]
+    epoch: int
+    agent_version: str | None
+    model_version: str | None
+    first_seen: float | None
+    last_seen: float | None
+    """Last time any message of the device arrived (the API derives 'stale' from it)."""
+    last_health: dict[str, object] | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    event: Event
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    name: str
+    version: str
+    variant: str
+    path: str
+    registered_at: float
+    manifest: ModelManifest
+
+
+@dataclass(frozen=True, slots=True)
+class Page[T]:
+    items: list[T]
+    next_cursor: str | None
+    """Opaque; pass it back to get the next page. None on the last page."""
+
+
+class Store(Protocol):
+    """Everything the hub keeps. See the module docstring for the rules."""
+
+    # -- life cycle
+    def close(self) -> None: ...
+
+    # -- the stream (ingest's writer thread)
+    def write_stream(self, items: Sequence[StreamItem]) -> WriteResult: ...
+
+    def gaps(self, device: str | None = None, limit: int = 1000) -> list[Gap]: ...
+
+    def watermark(self, device: str, epoch: int) -> int: ...
+
+    # -- devices
+    def record_status(self, status: Status, received_at: float) -> None: ...
+
+    def record_health(self, health: Health, received_at: float) -> None: ...
+
+    def touch(self, device: str, received_at: float) -> None:
+        """Any message from ``device`` arrived: update last_seen (creates the device)."""
+        ...
+
+    def add_device(self, device: str) -> None:
+        """Provisioned but not yet seen (state ``never_seen``); no-op if it exists."""
+        ...
+
+    def devices(self) -> list[DeviceRecord]: ...
+
+    def device(self, device: str) -> DeviceRecord | None: ...
+
+    # -- counters: per device (None for hub-wide) and name, e.g. invalid:not_json
+    def add_counters(self, counts: dict[tuple[str | None, str], int]) -> None: ...
+
+    def counters(self, device: str | None = None) -> dict[str, int]:
+        """Totals by name: one device's, or summed over the hub and every device."""
+        ...
+
+    # -- dead letters (bounded: the oldest go beyond ``keep``)
+    def add_dead_letters(self, letters: Sequence[DeadLetter], keep: int) -> None: ...
+
+    def dead_letters(self, limit: int = 100, device: str | None = None) -> list[DeadLetter]: ...
+
+    # -- reads for the API
+    def telemetry(
+        self, device: str, since: float, until: float, limit: int, cursor: str | None = None
+    ) -> Page[TelemetryRows]:
+        """Readings of ``device`` with since <= ts < until, oldest first, at most
+        ``limit`` readings per page (a stored message may be split across pages)."""
+        ...
+
+    def events(
+        self, device: str | None, since: float, until: float, limit: int, cursor: str | None = None
+    ) -> Page[EventRecord]: ...
+
+    # -- models
+    def register_model(self, manifest: ModelManifest, path: str, registered_at: float) -> ModelRecord:
+        """Idempotent for the same (name, version, manifest); a different manifest
+        under an existing (name, version) raises ValueError."""
+        ...
+
+    def models(self) -> list[ModelRecord]: ...
+
+    def model(self, name: str, version: str) -> ModelRecord | None: ...
+
+    # -- retention
+    def prune_telemetry(self, before_ts: float) -> int:
+        """Delete readings older than ``before_ts``; returns how many. Never touches
+        the dedupe record, so a late replay of a pruned message is still a duplicate."""
+        ...
