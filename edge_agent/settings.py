@@ -15,14 +15,23 @@ import os
 import re
 import shlex
 import socket
-import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
 from shared.endpoint import BrokerEndpoint, parse_broker_url
-from shared.errors import ConfigError
+from shared.options import (
+    Option,
+    OptionTable,
+    choice,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    str_list,
+    unit_float,
+)
 from shared.topics import DEFAULT_ROOT, Topics, validate_device_id
 
 __all__ = [
@@ -38,60 +47,12 @@ SOURCES: Final = ("sim", "csv", "stdin", "plugin")
 ACTIONS: Final = ("log", "command", "machine")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be an integer >= 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be an integer >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise ValueError("must be a number > 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < float("inf"):
-        raise ValueError("must be a number >= 0")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be a number between 0 and 1")
-    return value
-
-
-def _choice(choices: Sequence[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
 def _actions(text: str) -> tuple[str, ...]:
     names = tuple(a.strip() for a in text.split(",") if a.strip())
     bad = [a for a in names if a not in ACTIONS]
     if bad:
         raise ValueError(f"unknown action {bad[0]!r}; choose from {', '.join(ACTIONS)}")
     return names
-
-
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _device(text: str) -> str:
@@ -107,195 +68,189 @@ def _default_device() -> str:
     return name or "device"
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One setting: its name, how to parse it from text, its default and its help."""
-
-    name: str
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-    metavar: str = ""
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-
-OPTIONS: Final[tuple[Option, ...]] = (
-    Option(
-        "device",
-        _device,
-        None,
-        "device id, used in topics and as MQTT client id (default: host name)",
-        "ID",
-    ),
-    Option(
-        "broker",
-        str,
-        "mqtt://127.0.0.1:1883",
-        "broker URL, mqtt://user:password@host:port (keep the password in the environment or the TOML file)",
-        "URL",
-    ),
-    Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
-    Option(
-        "model", Path, None, "model package directory (manifest.json + model.onnx); required", "DIR"
-    ),
-    Option(
-        "state_dir",
-        Path,
-        Path("var/agent"),
-        "directory for the agent's durable state (the epoch counter)",
-        "DIR",
-    ),
-    Option(
-        "source",
-        _choice(SOURCES),
-        "sim",
-        "where readings come from: sim (built-in simulated machine), csv (replay a file), stdin (JSON lines), plugin (an installed sensor driver)",
-        "KIND",
-    ),
-    Option(
-        "csv_path",
-        Path,
-        None,
-        "CSV file for --source csv: a timestamp column plus one column per sensor",
-        "FILE",
-    ),
-    Option(
-        "csv_ts_column",
-        str,
-        "ts",
-        "name of the CSV timestamp column (unix seconds or ISO 8601)",
-        "NAME",
-    ),
-    Option(
-        "csv_pace",
-        _choice(("recorded", "fast")),
-        "recorded",
-        "replay CSV at the recorded pace or as fast as possible",
-        "PACE",
-    ),
-    Option(
-        "plugin",
-        str,
-        None,
-        "entry point name in group 'edgeloop.sources' for --source plugin",
-        "NAME",
-    ),
-    Option("rate_hz", _positive_float, 10.0, "readings per second of the simulated machine", "HZ"),
-    Option(
-        "sim_seed",
-        _non_negative_int,
-        1,
-        "seed of the simulated machine (same seed, same stream)",
-        "N",
-    ),
-    Option(
-        "sim_urgent_rate",
-        _unit_float,
-        None,
-        "chance per reading that the simulated machine hits an urgent condition (default: the simulator's)",
-        "P",
-    ),
-    Option(
-        "sim_fault_rate",
-        _unit_float,
-        None,
-        "chance per reading that a slowly developing fault starts in the simulated machine (default: the simulator's)",
-        "P",
-    ),
-    Option(
-        "sim_restart_s",
-        _non_negative_float,
-        0.0,
-        "restart the simulated machine this many seconds after a local action stopped it, as an operator would (0: never)",
-        "S",
-    ),
-    Option(
-        "sim_drift",
-        _str_list,
-        (),
-        "drift to inject into the simulated machine, comma-separated KIND:SENSOR:START:MAGNITUDE (e.g. mean_shift:temperature:500:1.0)",
-        "SPECS",
-    ),
-    Option(
-        "readings",
-        _non_negative_int,
-        0,
-        "stop after this many readings (0: run until the source ends or a signal)",
-        "N",
-    ),
-    Option(
-        "actions",
-        _actions,
-        ("log",),
-        f"local actions on an urgent decision, comma-separated: {', '.join(ACTIONS)}",
-        "LIST",
-    ),
-    Option(
-        "action_command",
-        str,
-        None,
-        "command line to run for the 'command' action (from this configuration only, never from a message)",
-        "CMD",
-    ),
-    Option(
-        "max_batch", _positive_int, 50, "readings per telemetry micro-batch (flush when full)", "N"
-    ),
-    Option(
-        "max_delay_ms",
-        _positive_int,
-        1000,
-        "flush a non-empty telemetry batch after this many milliseconds",
-        "MS",
-    ),
-    Option("heartbeat_s", _positive_float, 10.0, "seconds between health heartbeats", "S"),
-    Option(
-        "outbox_max",
-        _positive_int,
-        2000,
-        "messages the in-memory send queue holds while the broker is away; the oldest telemetry is dropped (and counted) beyond it",
-        "N",
-    ),
-    Option(
-        "inbox_max",
-        _positive_int,
-        100,
-        "incoming messages queued for handling; more are dropped and counted",
-        "N",
-    ),
-    Option("inflight", _positive_int, 20, "QoS 1 messages in flight to the broker at once", "N"),
-    Option(
-        "mqtt_queue",
-        _positive_int,
-        200,
-        "QoS 1 messages the MQTT client itself may hold (in flight + waiting)",
-        "N",
-    ),
-    Option("keepalive_s", _positive_int, 30, "MQTT keepalive in seconds", "S"),
-    Option(
-        "reconnect_min_s",
-        _positive_int,
-        1,
-        "first reconnect delay, seconds; doubles per failure, with jitter",
-        "S",
-    ),
-    Option("reconnect_max_s", _positive_int, 60, "longest reconnect delay, seconds", "S"),
-    Option(
-        "shutdown_timeout_s",
-        _positive_float,
-        5.0,
-        "on SIGTERM/SIGINT, how long to wait for the send queue to drain",
-        "S",
-    ),
-    Option(
-        "log_level", _choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
-    ),
+OPTIONS: Final = OptionTable(
+    ENV_PREFIX,
+    [
+        Option(
+            "device",
+            _device,
+            None,
+            "device id, used in topics and as MQTT client id (default: host name)",
+            "ID",
+        ),
+        Option(
+            "broker",
+            str,
+            "mqtt://127.0.0.1:1883",
+            "broker URL, mqtt://user:password@host:port (keep the password in the environment or the TOML file)",
+            "URL",
+        ),
+        Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
+        Option(
+            "model",
+            Path,
+            None,
+            "model package directory (manifest.json + model.onnx); required",
+            "DIR",
+        ),
+        Option(
+            "state_dir",
+            Path,
+            Path("var/agent"),
+            "directory for the agent's durable state (the epoch counter)",
+            "DIR",
+        ),
+        Option(
+            "source",
+            choice(SOURCES),
+            "sim",
+            "where readings come from: sim (built-in simulated machine), csv (replay a file), stdin (JSON lines), plugin (an installed sensor driver)",
+            "KIND",
+        ),
+        Option(
+            "csv_path",
+            Path,
+            None,
+            "CSV file for --source csv: a timestamp column plus one column per sensor",
+            "FILE",
+        ),
+        Option(
+            "csv_ts_column",
+            str,
+            "ts",
+            "name of the CSV timestamp column (unix seconds or ISO 8601)",
+            "NAME",
+        ),
+        Option(
+            "csv_pace",
+            choice(("recorded", "fast")),
+            "recorded",
+            "replay CSV at the recorded pace or as fast as possible",
+            "PACE",
+        ),
+        Option(
+            "plugin",
+            str,
+            None,
+            "entry point name in group 'edgeloop.sources' for --source plugin",
+            "NAME",
+        ),
+        Option(
+            "rate_hz", positive_float, 10.0, "readings per second of the simulated machine", "HZ"
+        ),
+        Option(
+            "sim_seed",
+            non_negative_int,
+            1,
+            "seed of the simulated machine (same seed, same stream)",
+            "N",
+        ),
+        Option(
+            "sim_urgent_rate",
+            unit_float,
+            None,
+            "chance per reading that the simulated machine hits an urgent condition (default: the simulator's)",
+            "P",
+        ),
+        Option(
+            "sim_fault_rate",
+            unit_float,
+            None,
+            "chance per reading that a slowly developing fault starts in the simulated machine (default: the simulator's)",
+            "P",
+        ),
+        Option(
+            "sim_restart_s",
+            non_negative_float,
+            0.0,
+            "restart the simulated machine this many seconds after a local action stopped it, as an operator would (0: never)",
+            "S",
+        ),
+        Option(
+            "sim_drift",
+            str_list,
+            (),
+            "drift to inject into the simulated machine, comma-separated KIND:SENSOR:START:MAGNITUDE (e.g. mean_shift:temperature:500:1.0)",
+            "SPECS",
+        ),
+        Option(
+            "readings",
+            non_negative_int,
+            0,
+            "stop after this many readings (0: run until the source ends or a signal)",
+            "N",
+        ),
+        Option(
+            "actions",
+            _actions,
+            ("log",),
+            f"local actions on an urgent decision, comma-separated: {', '.join(ACTIONS)}",
+            "LIST",
+        ),
+        Option(
+            "action_command",
+            str,
+            None,
+            "command line to run for the 'command' action (from this configuration only, never from a message)",
+            "CMD",
+        ),
+        Option(
+            "max_batch",
+            positive_int,
+            50,
+            "readings per telemetry micro-batch (flush when full)",
+            "N",
+        ),
+        Option(
+            "max_delay_ms",
+            positive_int,
+            1000,
+            "flush a non-empty telemetry batch after this many milliseconds",
+            "MS",
+        ),
+        Option("heartbeat_s", positive_float, 10.0, "seconds between health heartbeats", "S"),
+        Option(
+            "outbox_max",
+            positive_int,
+            2000,
+            "messages the in-memory send queue holds while the broker is away; the oldest telemetry is dropped (and counted) beyond it",
+            "N",
+        ),
+        Option(
+            "inbox_max",
+            positive_int,
+            100,
+            "incoming messages queued for handling; more are dropped and counted",
+            "N",
+        ),
+        Option("inflight", positive_int, 20, "QoS 1 messages in flight to the broker at once", "N"),
+        Option(
+            "mqtt_queue",
+            positive_int,
+            200,
+            "QoS 1 messages the MQTT client itself may hold (in flight + waiting)",
+            "N",
+        ),
+        Option("keepalive_s", positive_int, 30, "MQTT keepalive in seconds", "S"),
+        Option(
+            "reconnect_min_s",
+            positive_int,
+            1,
+            "first reconnect delay, seconds; doubles per failure, with jitter",
+            "S",
+        ),
+        Option("reconnect_max_s", positive_int, 60, "longest reconnect delay, seconds", "S"),
+        Option(
+            "shutdown_timeout_s",
+            positive_float,
+            5.0,
+            "on SIGTERM/SIGINT, how long to wait for the send queue to drain",
+            "S",
+        ),
+        Option(
+            "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
+        ),
+    ],
 )
 
 
@@ -348,56 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}MAX_BATCH=100) or as a key in the TOML file."
         ),
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help=f"TOML file of settings (keys as the option names with '_'); env {ENV_PREFIX}CONFIG",
-    )
-    for opt in OPTIONS:
-        default = opt.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        suffix = (
-            f" (default: {shown}; env {opt.env})"
-            if shown not in (None, "")
-            else f" (env {opt.env})"
-        )
-        parser.add_argument(
-            opt.flag,
-            dest=opt.name,
-            default=None,
-            metavar=opt.metavar or None,
-            help=opt.help + suffix,
-        )
-    return parser
-
-
-_CONFIG_HINT: Final = f"(set --config or {ENV_PREFIX}CONFIG)"
-
-
-def _from_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(
-            f"setting 'config': cannot read settings file {path}: {exc.strerror} {_CONFIG_HINT}",
-            setting="config",
-        ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"setting 'config': settings file {path} is not valid UTF-8 TOML: {exc} {_CONFIG_HINT}",
-            setting="config",
-        ) from None
-    known = {o.name for o in OPTIONS}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"setting 'config': settings file {path} has unknown key {unknown[0]!r}; known keys: "
-            f"{', '.join(sorted(known))} {_CONFIG_HINT}",
-            setting=unknown[0],
-        )
-    return data
+    return OPTIONS.add_to(parser)
 
 
 def _scrub_userinfo(url: str, message: str) -> str:
@@ -421,41 +327,12 @@ def load_settings(
 ) -> AgentSettings:
     """Parse and validate settings; raise :class:`ConfigError` saying what to fix."""
     env = os.environ if env is None else env
-    args = build_parser().parse_args(argv)
-    config_path = args.config or (
-        Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
-    )
-    toml = _from_toml(config_path) if config_path else {}
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for opt in OPTIONS:
-        raw: Any
-        if getattr(args, opt.name) is not None:
-            raw, where = getattr(args, opt.name), f"flag {opt.flag}"
-        elif env.get(opt.env) is not None:
-            raw, where = env[opt.env], f"env {opt.env}"
-        elif opt.name in toml:
-            raw, where = toml[opt.name], f"{config_path} key {opt.name!r}"
-        else:
-            values[opt.name], origin[opt.name] = opt.default, "default"
-            continue
-        text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
-        try:
-            values[opt.name] = opt.parse(text)
-        except Exception as exc:  # every parser error becomes one clear message
-            raise ConfigError(
-                f"setting {opt.name!r} (from {where}) = {text!r} is invalid: {exc} "
-                f"(set {opt.flag} or {opt.env})",
-                setting=opt.name,
-            ) from None
-        origin[opt.name] = where
+    values, origin = OPTIONS.resolve(build_parser().parse_args(argv), env)
     return _validate(values, origin)
 
 
 def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
-    def fail(name: str, why: str) -> ConfigError:
-        opt = next(o for o in OPTIONS if o.name == name)
-        return ConfigError(f"setting {name!r} {why} (set {opt.flag} or {opt.env})", setting=name)
+    fail = OPTIONS.fail
 
     if v["device"] is None:
         v["device"] = _default_device()

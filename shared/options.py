@@ -1,0 +1,211 @@
+"""Typed settings from one table: command-line flags, environment, TOML file.
+
+Each program declares its options once, in an :class:`OptionTable`; the
+argument parser, the environment variable names (``{prefix}{NAME}``) and the
+TOML keys all come from that table, so they cannot drift apart. Precedence,
+highest first: flag, environment, TOML file (``--config`` or
+``{prefix}CONFIG``), default. Every bad value becomes one
+:class:`~shared.errors.ConfigError` that names the setting, where the value
+came from, and the flag and variable that set it.
+
+Pure: no I/O beyond reading the TOML file it is pointed at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+__all__ = [
+    "Option",
+    "OptionTable",
+    "choice",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "str_list",
+    "unit_float",
+]
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be an integer >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < float("inf"):
+        raise ValueError("must be a number > 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise ValueError("must be a number >= 0")
+    return value
+
+
+def unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number between 0 and 1")
+    return value
+
+
+def choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its name, how to parse it from text, its default and its help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = ""
+    prefix: str = ""
+    """The environment prefix, filled in by the table."""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return self.prefix + self.name.upper()
+
+
+class OptionTable:
+    """The options of one program, with the prefix of their environment variables."""
+
+    def __init__(self, prefix: str, options: Sequence[Option]) -> None:
+        self.prefix = prefix
+        self.options = tuple(dataclasses.replace(o, prefix=prefix) for o in options)
+        self._by_name = {o.name: o for o in self.options}
+
+    def __iter__(self) -> Any:
+        return iter(self.options)
+
+    def __getitem__(self, name: str) -> Option:
+        return self._by_name[name]
+
+    @property
+    def config_env(self) -> str:
+        return self.prefix + "CONFIG"
+
+    def add_to(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add ``--config`` and every option (default None: resolution fills it)."""
+        parser.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"TOML file of settings (keys as the option names with '_'); env {self.config_env}",
+        )
+        for opt in self.options:
+            default = opt.default
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            suffix = (
+                f" (default: {shown}; env {opt.env})"
+                if shown not in (None, "")
+                else f" (env {opt.env})"
+            )
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                default=None,
+                metavar=opt.metavar or None,
+                help=opt.help + suffix,
+            )
+        return parser
+
+    def fail(self, name: str, why: str) -> ConfigError:
+        """An error about setting ``name`` that says how to set it."""
+        opt = self._by_name[name]
+        return ConfigError(f"setting {name!r} {why} (set {opt.flag} or {opt.env})", setting=name)
+
+    def read_toml(self, path: Path) -> dict[str, Any]:
+        hint = f"(set --config or {self.config_env})"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                f"setting 'config': cannot read settings file {path}: {exc.strerror} {hint}",
+                setting="config",
+            ) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"setting 'config': settings file {path} is not valid UTF-8 TOML: {exc} {hint}",
+                setting="config",
+            ) from None
+        unknown = sorted(set(data) - set(self._by_name))
+        if unknown:
+            raise ConfigError(
+                f"setting 'config': settings file {path} has unknown key {unknown[0]!r}; known "
+                f"keys: {', '.join(sorted(self._by_name))} {hint}",
+                setting=unknown[0],
+            )
+        return data
+
+    def resolve(
+        self, args: argparse.Namespace, env: Mapping[str, str]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Values of every option, and where each came from (flag, env, file, default)."""
+        config_path = getattr(args, "config", None) or (
+            Path(env[self.config_env]) if env.get(self.config_env) else None
+        )
+        toml = self.read_toml(config_path) if config_path else {}
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for opt in self.options:
+            raw: Any
+            if getattr(args, opt.name, None) is not None:
+                raw, where = getattr(args, opt.name), f"flag {opt.flag}"
+            elif env.get(opt.env) is not None:
+                raw, where = env[opt.env], f"env {opt.env}"
+            elif opt.name in toml:
+                raw, where = toml[opt.name], f"{config_path} key {opt.name!r}"
+            else:
+                values[opt.name], origin[opt.name] = opt.default, "default"
+                continue
+            text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+            try:
+                values[opt.name] = opt.parse(text)
+            except Exception as exc:  # every parser error becomes one clear message
+                raise ConfigError(
+                    f"setting {opt.name!r} (from {where}) = {text!r} is invalid: {exc} "
+                    f"(set {opt.flag} or {opt.env})",
+                    setting=opt.name,
+                ) from None
+            origin[opt.name] = where
+        return values, origin
