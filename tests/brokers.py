@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -153,8 +153,14 @@ def mosquitto_conf(port: int, password_file: Path) -> str:
 
 
 @contextmanager
-def running_mosquitto(directory: Path) -> Iterator[BrokerEndpoint]:
-    """Mosquitto with users ``edgeloop`` and ``hub``; yields the ``edgeloop`` endpoint."""
+def running_mosquitto(
+    directory: Path, *, extra_conf: Sequence[str] = (), extra_users: Sequence[str] = ()
+) -> Iterator[BrokerEndpoint]:
+    """Mosquitto with users ``edgeloop`` and ``hub``; yields the ``edgeloop`` endpoint.
+
+    ``extra_users`` are password-file lines to append (as provisioning writes
+    them); ``extra_conf`` lines go at the end of the config (an acl_file, say).
+    """
     binary = require_mosquitto()
     directory.mkdir(parents=True, exist_ok=True)
     password_file = directory / "passwd"
@@ -167,12 +173,17 @@ def running_mosquitto(directory: Path) -> Iterator[BrokerEndpoint]:
             timeout=30,
         )
         create = []
+    if extra_users:
+        with password_file.open("a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in extra_users)
     password_file.chmod(0o600)
     log_path = directory / "mosquitto.log"
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         port = free_port()
         conf = directory / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(port, password_file), encoding="utf-8")
+        conf.write_text(
+            mosquitto_conf(port, password_file) + "\n".join(extra_conf) + "\n", encoding="utf-8"
+        )
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [binary, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
