@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ __all__ = [
     "WriteResult",
 ]
 
+T = TypeVar("T")
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
@@ -143,7 +144,7 @@ class ModelRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Page[T]:
+class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
     """Opaque; pass it back to get the next page. None on the last page."""
@@ -204,7 +205,9 @@ class Store(Protocol):
     ) -> Page[EventRecord]: ...
 
     # -- models
-    def register_model(self, manifest: ModelManifest, path: str, registered_at: float) -> ModelRecord:
+    def register_model(
+        self, manifest: ModelManifest, path: str, registered_at: float
+    ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
         under an existing (name, version) raises ValueError."""
         ...

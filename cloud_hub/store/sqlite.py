@@ -1,0 +1,1229 @@
+"""The SQLite backend of the hub's store (one machine; DESIGN.md section 7).
+
+:class:`SQLiteStore` implements :class:`~cloud_hub.store.base.Store` on one
+database file in WAL mode.
+
+Concurrency. One *writer* connection, used only under ``_write_lock``, takes
+every write (ingest's worker thread, and the odd write from the API or CLI).
+Each reading thread gets its own *reader* connection (``query_only``), created
+on first use and kept in a thread-local; FastAPI's thread pool therefore never
+shares a connection between threads. WAL lets readers read while the writer
+writes. All connections are opened with ``check_same_thread=False`` for one
+reason only: :meth:`SQLiteStore.close` (and the sweep of readers whose thread
+has ended) closes connections from another thread. The rule that makes that
+safe is ours, not sqlite3's: the writer is touched only under the lock, a reader
+only by its own thread, and ``close()`` is called once readers are done.
+
+Durability. :meth:`SQLiteStore.write_stream` commits with ``synchronous=FULL``
+(the WAL is fsynced before it returns): what it acks survives SIGKILL and power
+loss. Other writes (status, health, counters, dead letters, pruning) commit
+with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
+fsyncs them too.
+
+Schema (version 1; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1`, recorded in ``schema_version``:
+
+- ``devices`` - one row per device (``id`` is what the other tables refer to).
+- ``watermarks`` - per (device, epoch) the contiguous watermark: every seq
+  1..watermark is stored.
+- ``pending`` - per (device, epoch) the seqs stored *above* the watermark.
+  Together with ``watermarks`` this is the whole dedupe record: a seq is a
+  duplicate iff it is <= the watermark or pending. Seqs at or below the
+  watermark need no row of their own, so the record stays small however long
+  the stream runs, and pruning telemetry never touches it. Gaps are the ranges
+  between the watermark and the pending seqs.
+- ``telemetry`` - one row per stored message: ``first_ts``/``last_ts``/``n``
+  plus each array as little-endian bytes (``ts`` float64; ``features``,
+  ``edge_scores``, ``heavy_scores`` float32 with their column counts).
+- ``events``, ``ota`` - one row per message, one column per field.
+- ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
+- ``dead_letters`` - bounded; the oldest rows go first.
+- ``models`` - (name, version) -> manifest JSON, path, registered_at.
+
+Errors::
+
+    EdgeloopError
+     └── StoreError   the database cannot be opened or used (path, fix)
+    ValueError        a bad argument: cursor, limit, model conflict, malformed rows
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import json
+import logging
+import math
+import sqlite3
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self, cast
+
+import numpy as np
+
+from cloud_hub.store.base import (
+    F32,
+    F64,
+    AckWatermark,
+    DeadLetter,
+    DeviceRecord,
+    EventRecord,
+    Gap,
+    ModelRecord,
+    Page,
+    StreamItem,
+    TelemetryRows,
+    WriteResult,
+)
+from shared.errors import EdgeloopError
+from shared.manifest import ModelManifest
+from shared.messages import Event, Health, Ota, Status
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+"""The schema version this build creates and reads."""
+
+_HUB: Final = ""
+"""The ``counters.device`` of hub-wide counters (device ids are never empty)."""
+_PAYLOAD_HEAD: Final = 1024
+_PRUNE_CHUNK: Final = 2000
+"""Telemetry messages deleted per prune transaction: ingest waits at most one chunk."""
+_T_CURSOR: Final = struct.Struct("<2sdqq")
+_E_CURSOR: Final = struct.Struct("<2sdq")
+_MIN_SQLITE: Final = (3, 25, 0)
+_F4: Final = np.dtype("<f4")
+_F8: Final = np.dtype("<f8")
+
+
+class StoreError(EdgeloopError):
+    """The store's database cannot be opened or used; ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _migrate_to_1(db: sqlite3.Connection) -> None:
+    statements = [
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL DEFAULT 'never_seen'
+                CHECK (state IN ('online', 'offline', 'never_seen')),
+            epoch INTEGER NOT NULL DEFAULT 0,
+            agent_version TEXT,
+            model_version TEXT,
+            first_seen REAL,
+            last_seen REAL,
+            last_health TEXT,
+            telemetry_span REAL NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE watermarks (
+            device_id INTEGER NOT NULL REFERENCES devices (id),
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (device_id, epoch)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE pending (
+            device_id INTEGER NOT NULL REFERENCES devices (id),
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (device_id, epoch, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE telemetry (
+            id INTEGER PRIMARY KEY,
+            device_id INTEGER NOT NULL REFERENCES devices (id),
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            first_ts REAL NOT NULL,
+            last_ts REAL NOT NULL,
+            n INTEGER NOT NULL,
+            received_at REAL NOT NULL,
+            edge_model_version TEXT NOT NULL,
+            heavy_model_version TEXT NOT NULL,
+            n_features INTEGER NOT NULL,
+            n_edge INTEGER NOT NULL,
+            n_heavy INTEGER NOT NULL,
+            ts BLOB NOT NULL,
+            features BLOB NOT NULL,
+            edge_scores BLOB NOT NULL,
+            heavy_scores BLOB NOT NULL
+        )""",
+        "CREATE INDEX telemetry_by_time ON telemetry (device_id, first_ts)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            device_id INTEGER NOT NULL REFERENCES devices (id),
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            model_version TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            score REAL NOT NULL,
+            sensor TEXT,
+            value REAL,
+            action TEXT NOT NULL,
+            action_ok INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            received_at REAL NOT NULL
+        )""",
+        "CREATE INDEX events_by_time ON events (ts)",
+        "CREATE INDEX events_by_device_time ON events (device_id, ts)",
+        """CREATE TABLE ota (
+            id INTEGER PRIMARY KEY,
+            device_id INTEGER NOT NULL REFERENCES devices (id),
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            ts REAL NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            from_version TEXT,
+            to_version TEXT,
+            detail TEXT NOT NULL,
+            received_at REAL NOT NULL
+        )""",
+        "CREATE INDEX ota_by_device_time ON ota (device_id, ts)",
+        """CREATE TABLE counters (
+            device TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (device, name)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY,
+            received_at REAL NOT NULL,
+            topic TEXT NOT NULL,
+            device TEXT,
+            reason TEXT NOT NULL,
+            error TEXT NOT NULL,
+            payload_head BLOB NOT NULL,
+            payload_size INTEGER NOT NULL
+        )""",
+        "CREATE INDEX dead_letters_by_device ON dead_letters (device)",
+        """CREATE TABLE models (
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            path TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            manifest TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
+    ]
+    for sql in statements:
+        db.execute(sql)
+
+
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {1: _migrate_to_1}
+"""Version -> the function that brings the schema from version-1 to it."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _f32_bytes(arr: F32 | F64) -> bytes:
+    return np.ascontiguousarray(arr, dtype=_F4).tobytes()
+
+
+def _f32(blob: bytes, n: int, cols: int) -> F32:
+    return np.frombuffer(blob, dtype=_F4).reshape(n, cols).astype(np.float32)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(cursor: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"{what} cursor {cursor[:40]!r} is not valid; pass back next_cursor exactly as returned"
+        ) from None
+
+
+def _check_limit(limit: int, what: str) -> None:
+    if limit < 1:
+        raise ValueError(f"{what}: limit must be at least 1, got {limit}")
+
+
+def _check_rows(item: TelemetryRows) -> None:
+    """Reject a malformed TelemetryRows before anything is written (a bug in the caller)."""
+    where = f"telemetry of {item.device!r} epoch {item.epoch} seq {item.seq}"
+    if item.ts.ndim != 1 or item.ts.shape[0] == 0:
+        raise ValueError(f"{where}: ts must be a non-empty 1-d array, has shape {item.ts.shape}")
+    n = item.ts.shape[0]
+    for name in ("features", "edge_scores", "heavy_scores"):
+        arr: F32 = getattr(item, name)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ValueError(f"{where}: {name} must be {n} x k, has shape {arr.shape}")
+    if not np.isfinite(item.ts).all():
+        raise ValueError(f"{where}: ts holds NaN or infinite values")
+
+
+def _contiguous(wm: int, seqs: Iterator[int]) -> int:
+    """The watermark ``wm`` advanced through the ascending ``seqs`` up to the first hole."""
+    for seq in seqs:
+        if seq != wm + 1:
+            break
+        wm = seq
+    return wm
+
+
+@dataclass(slots=True)
+class _Pair:
+    """One (device, epoch) during a write_stream transaction."""
+
+    device_id: int
+    epoch: int
+    start: int
+    """The watermark stored before this transaction."""
+    wm: int
+    first_pending: int | None
+    """The lowest seq pending in the database before this transaction (None: none)."""
+    above: set[int] = field(default_factory=set)
+    """Seqs newly stored in this transaction above ``wm``."""
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore:
+    """The hub's store in one SQLite file, WAL mode. See the module docstring.
+
+    >>> import tempfile, pathlib
+    >>> with tempfile.TemporaryDirectory() as tmp, SQLiteStore(pathlib.Path(tmp) / "hub.db") as s:
+    ...     s.add_device("pi-07")
+    ...     s.device("pi-07").state
+    'never_seen'
+    """
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._closed = False
+        self._write_lock = threading.Lock()
+        self._sync_full: bool | None = None
+        self._device_ids: dict[str, int] = {}
+        self._local = threading.local()
+        self._readers: dict[threading.Thread, sqlite3.Connection] = {}
+        self._readers_lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"store {str(self.path)!r}: cannot create its directory ({exc.strerror}); "
+                "check the path and permissions",
+                path=str(self.path),
+            ) from None
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(
+                f"store {str(self.path)!r}: SQLite {sqlite3.sqlite_version} is too old; the "
+                f"store needs {'.'.join(map(str, _MIN_SQLITE))} or newer (upsert, window functions)",
+                path=str(self.path),
+            )
+        self._writer = self._connect()
+        try:
+            self._setup_writer()
+        except sqlite3.Error as exc:
+            self._writer.close()
+            raise StoreError(
+                f"store {str(self.path)!r}: cannot set up the database ({exc}); "
+                "check the file, its permissions and free space",
+                path=str(self.path),
+            ) from exc
+        except BaseException:
+            self._writer.close()
+            raise
+
+    # -- life cycle
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection. Call it once readers are done; idempotent."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._writer.close()
+        with self._readers_lock:
+            for conn in self._readers.values():
+                conn.close()
+            self._readers.clear()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,  # we BEGIN and COMMIT ourselves
+                check_same_thread=False,  # see the module docstring
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"store {str(self.path)!r}: cannot open the database ({exc}); "
+                "check the path, its permissions and free space",
+                path=str(self.path),
+            ) from None
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _setup_writer(self) -> None:
+        db = self._writer
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"store {str(self.path)!r}: not a usable SQLite database ({exc}); "
+                "point the hub at another file or remove this one",
+                path=str(self.path),
+            ) from None
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"store {str(self.path)!r}: SQLite refused WAL mode (journal_mode is {mode!r}); "
+                "put the database on a local file system",
+                path=str(self.path),
+            )
+        db.execute("PRAGMA journal_size_limit = 67108864")
+        self._set_sync(full=True)
+        with self._write(full=True) as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = int(row[0] or 0)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {str(self.path)!r}: schema version {current} is newer than this "
+                    f"build reads ({SCHEMA_VERSION}); upgrade edgeloop",
+                    path=str(self.path),
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                logger.info("store %s: migrating schema to version %d", self.path, version)
+                _MIGRATIONS[version](db)
+                db.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+    def _set_sync(self, *, full: bool) -> None:
+        if self._sync_full is not full:
+            self._writer.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._sync_full = full
+
+    @contextmanager
+    def _write(self, *, full: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection, under the lock."""
+        with self._write_lock:
+            if self._closed:
+                raise StoreError(f"store {str(self.path)!r} is closed", path=str(self.path))
+            db = self._writer
+            self._set_sync(full=full)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        if self._closed:
+            raise StoreError(f"store {str(self.path)!r} is closed", path=str(self.path))
+        with self._readers_lock:
+            if self._closed:  # close() ran while we waited: do not leak a connection
+                raise StoreError(f"store {str(self.path)!r} is closed", path=str(self.path))
+            for thread in [t for t in self._readers if not t.is_alive()]:
+                self._readers.pop(thread).close()
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._readers[threading.current_thread()] = conn
+        self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction (a consistent snapshot) on this thread's reader."""
+        db = self._reader()
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            if db.in_transaction:
+                db.execute("COMMIT")
+
+    # -- the stream
+
+    def write_stream(self, items: Sequence[StreamItem]) -> WriteResult:
+        """Store every new message of ``items`` in one transaction, durably.
+
+        Duplicates (already stored, or repeated within ``items``) are reported
+        and nothing is written for them. A seq below 1 (the stream starts at 1)
+        is reported as a duplicate too: it can never be new. Events and OTA
+        transitions are stamped ``received_at`` = now; telemetry carries its own.
+        """
+        if not items:
+            return WriteResult(0, 0, [], [])
+        for item in items:
+            if isinstance(item, TelemetryRows):
+                _check_rows(item)
+            elif not isinstance(item, Event | Ota):
+                raise TypeError(
+                    f"write_stream takes TelemetryRows, Event or Ota, got {type(item).__name__}"
+                )
+        now = time.time()
+        new_ids: dict[str, int] = {}
+        with self._write(full=True) as db:
+            seen: dict[str, tuple[float, float]] = {}  # device -> (last_seen, telemetry span)
+            for item in items:
+                at = item.received_at if isinstance(item, TelemetryRows) else now
+                span = (
+                    float(item.ts.max() - item.ts.min()) if isinstance(item, TelemetryRows) else 0.0
+                )
+                last, old_span = seen.get(item.device, (at, 0.0))
+                seen[item.device] = (max(last, at), max(old_span, span))
+            ids: dict[str, int] = {}
+            for name, (last_seen, span) in seen.items():
+                db.execute(
+                    "INSERT INTO devices (name, state, first_seen, last_seen, telemetry_span) "
+                    "VALUES (?, 'online', ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                    "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen), "
+                    "first_seen = coalesce(first_seen, excluded.first_seen), "
+                    "state = CASE state WHEN 'never_seen' THEN 'online' ELSE state END, "
+                    "telemetry_span = max(telemetry_span, excluded.telemetry_span)",
+                    (name, last_seen, last_seen, span),
+                )
+                ids[name] = self._device_ids.get(name) or self._lookup_id(db, name, new_ids)
+
+            pairs: dict[tuple[str, int], _Pair] = {}
+            duplicates: list[tuple[str, int, int]] = []
+            telemetry: list[tuple[Any, ...]] = []
+            events: list[tuple[Any, ...]] = []
+            otas: list[tuple[Any, ...]] = []
+            readings = 0
+            for item in items:
+                key = (item.device, item.epoch)
+                pair = pairs.get(key)
+                if pair is None:
+                    pair = pairs[key] = self._load_pair(db, ids[item.device], item.epoch)
+                if not self._claim(db, pair, item.seq):
+                    duplicates.append((item.device, item.epoch, item.seq))
+                    continue
+                dev = pair.device_id
+                if isinstance(item, TelemetryRows):
+                    readings += len(item)
+                    telemetry.append(
+                        (
+                            dev,
+                            item.epoch,
+                            item.seq,
+                            float(item.ts.min()),
+                            float(item.ts.max()),
+                            len(item),
+                            item.received_at,
+                            item.edge_model_version,
+                            item.heavy_model_version,
+                            item.features.shape[1],
+                            item.edge_scores.shape[1],
+                            item.heavy_scores.shape[1],
+                            np.ascontiguousarray(item.ts, dtype=_F8).tobytes(),
+                            _f32_bytes(item.features),
+                            _f32_bytes(item.edge_scores),
+                            _f32_bytes(item.heavy_scores),
+                        )
+                    )
+                elif isinstance(item, Event):
+                    events.append(
+                        (
+                            dev,
+                            item.epoch,
+                            item.seq,
+                            item.ts,
+                            item.model_version,
+                            item.rule,
+                            item.score,
+                            item.sensor,
+                            item.value,
+                            item.action,
+                            item.action_ok,
+                            item.detail,
+                            now,
+                        )
+                    )
+                else:
+                    otas.append(
+                        (
+                            dev,
+                            item.epoch,
+                            item.seq,
+                            item.ts,
+                            item.state,
+                            item.reason,
+                            item.from_version,
+                            item.to_version,
+                            item.detail,
+                            now,
+                        )
+                    )
+            if telemetry:
+                db.executemany(
+                    "INSERT INTO telemetry (device_id, epoch, seq, first_ts, last_ts, n, "
+                    "received_at, edge_model_version, heavy_model_version, n_features, n_edge, "
+                    "n_heavy, ts, features, edge_scores, heavy_scores) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    telemetry,
+                )
+            if events:
+                db.executemany(
+                    "INSERT INTO events (device_id, epoch, seq, ts, model_version, rule, score, "
+                    "sensor, value, action, action_ok, detail, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    events,
+                )
+            if otas:
+                db.executemany(
+                    "INSERT INTO ota (device_id, epoch, seq, ts, state, reason, from_version, "
+                    "to_version, detail, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    otas,
+                )
+            watermarks = [
+                AckWatermark(device, epoch, self._settle(db, pair))
+                for (device, epoch), pair in pairs.items()
+            ]
+        # Only now is the transaction committed: ids of devices it created are real.
+        self._device_ids.update(new_ids)
+        return WriteResult(
+            stored=len(telemetry) + len(events) + len(otas),
+            readings=readings,
+            duplicates=duplicates,
+            watermarks=watermarks,
+        )
+
+    def _lookup_id(self, db: sqlite3.Connection, name: str, new_ids: dict[str, int]) -> int:
+        device_id = int(db.execute("SELECT id FROM devices WHERE name = ?", (name,)).fetchone()[0])
+        new_ids[name] = device_id
+        return device_id
+
+    @staticmethod
+    def _load_pair(db: sqlite3.Connection, device_id: int, epoch: int) -> _Pair:
+        row = db.execute(
+            "SELECT seq FROM watermarks WHERE device_id = ? AND epoch = ?", (device_id, epoch)
+        ).fetchone()
+        wm = 0 if row is None else int(row[0])
+        row = db.execute(
+            "SELECT min(seq) FROM pending WHERE device_id = ? AND epoch = ?", (device_id, epoch)
+        ).fetchone()
+        first_pending = None if row[0] is None else int(row[0])
+        return _Pair(device_id, epoch, wm, wm, first_pending)
+
+    @staticmethod
+    def _claim(db: sqlite3.Connection, pair: _Pair, seq: int) -> bool:
+        """True if ``seq`` is new (and mark it stored in ``pair``); False for a duplicate."""
+        if seq <= pair.wm or seq in pair.above:
+            return False
+        if pair.first_pending is not None and seq >= pair.first_pending:
+            hit = db.execute(
+                "SELECT 1 FROM pending WHERE device_id = ? AND epoch = ? AND seq = ?",
+                (pair.device_id, pair.epoch, seq),
+            ).fetchone()
+            if hit is not None:
+                return False
+        if seq == pair.wm + 1:
+            pair.wm = seq
+            while pair.wm + 1 in pair.above:
+                pair.wm += 1
+                pair.above.discard(pair.wm)
+        else:
+            pair.above.add(seq)
+        return True
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, pair: _Pair) -> int:
+        """Advance the watermark through pending seqs, store it and the new pending seqs."""
+        epoch = pair.epoch
+        wm = pair.wm
+        above = sorted(pair.above)
+        if pair.first_pending is not None:
+            rows = db.execute(
+                "SELECT seq FROM pending WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq",
+                (pair.device_id, epoch, wm),
+            )
+            try:
+                wm = _contiguous(wm, heapq.merge((int(r[0]) for r in rows), above))
+            finally:
+                rows.close()  # stopped at the first hole: release it before the DELETE
+            db.execute(
+                "DELETE FROM pending WHERE device_id = ? AND epoch = ? AND seq <= ?",
+                (pair.device_id, epoch, wm),
+            )
+        else:
+            wm = _contiguous(wm, iter(above))
+        new_pending = [(pair.device_id, epoch, s) for s in pair.above if s > wm]
+        if new_pending:
+            db.executemany(
+                "INSERT INTO pending (device_id, epoch, seq) VALUES (?, ?, ?)", new_pending
+            )
+        if wm != pair.start:
+            db.execute(
+                "INSERT INTO watermarks (device_id, epoch, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (device_id, epoch) DO UPDATE SET seq = excluded.seq",
+                (pair.device_id, epoch, wm),
+            )
+        return wm
+
+    def gaps(self, device: str | None = None, limit: int = 1000) -> list[Gap]:
+        """Missing seq ranges below stored ones, by device, epoch and seq."""
+        _check_limit(limit, "gaps")
+        sql = (
+            "SELECT d.name, g.epoch, g.prev + 1, g.seq - 1 FROM ("
+            "  SELECT p.device_id, p.epoch, p.seq, coalesce("
+            "    lag(p.seq) OVER (PARTITION BY p.device_id, p.epoch ORDER BY p.seq),"
+            "    (SELECT w.seq FROM watermarks w"
+            "     WHERE w.device_id = p.device_id AND w.epoch = p.epoch), 0) AS prev"
+            "  FROM pending p {where}"
+            ") g JOIN devices d ON d.id = g.device_id WHERE g.seq > g.prev + 1 "
+            "ORDER BY d.name, g.epoch, g.seq LIMIT ?"
+        )
+        with self._read() as db:
+            if device is None:
+                rows = db.execute(sql.format(where=""), (limit,)).fetchall()
+            else:
+                rows = db.execute(
+                    sql.format(where="WHERE p.device_id = (SELECT id FROM devices WHERE name = ?)"),
+                    (device, limit),
+                ).fetchall()
+        return [Gap(name, int(epoch), int(first), int(last)) for name, epoch, first, last in rows]
+
+    def watermark(self, device: str, epoch: int) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT w.seq FROM watermarks w JOIN devices d ON d.id = w.device_id "
+                "WHERE d.name = ? AND w.epoch = ?",
+                (device, epoch),
+            ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- devices
+
+    def record_status(self, status: Status, received_at: float) -> None:
+        """Birth or will. A status of an older epoch than the device's is stale:
+        it updates last_seen only (a late will must not mark a restarted agent offline)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (name, state, epoch, agent_version, model_version, "
+                "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET "
+                "state = CASE WHEN excluded.epoch >= epoch THEN excluded.state ELSE state END, "
+                "agent_version = CASE WHEN excluded.epoch >= epoch THEN excluded.agent_version ELSE agent_version END, "
+                "model_version = CASE WHEN excluded.epoch >= epoch THEN excluded.model_version ELSE model_version END, "
+                "epoch = max(epoch, excluded.epoch), "
+                "first_seen = coalesce(first_seen, excluded.first_seen), "
+                "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen)",
+                (
+                    status.device,
+                    status.state,
+                    status.epoch,
+                    status.agent_version,
+                    status.model_version,
+                    received_at,
+                    received_at,
+                ),
+            )
+
+    def record_health(self, health: Health, received_at: float) -> None:
+        """A heartbeat: kept as ``last_health``; its model version is the device's
+        when it is of the device's current epoch."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (name, state, epoch, model_version, first_seen, last_seen, "
+                "last_health) VALUES (?, 'online', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET "
+                "state = CASE state WHEN 'never_seen' THEN 'online' ELSE state END, "
+                "epoch = CASE WHEN state = 'never_seen' THEN excluded.epoch ELSE epoch END, "
+                "model_version = CASE WHEN state = 'never_seen' OR excluded.epoch = epoch THEN "
+                "excluded.model_version ELSE model_version END, "
+                "first_seen = coalesce(first_seen, excluded.first_seen), "
+                "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen), "
+                "last_health = excluded.last_health",
+                (
+                    health.device,
+                    health.epoch,
+                    health.model_version,
+                    received_at,
+                    received_at,
+                    json.dumps(health.to_dict()),
+                ),
+            )
+
+    def touch(self, device: str, received_at: float) -> None:
+        """Any message from ``device`` arrived: update last_seen (creates the device).
+        A ``never_seen`` device becomes ``online``."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (name, state, first_seen, last_seen) "
+                "VALUES (?, 'online', ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "state = CASE state WHEN 'never_seen' THEN 'online' ELSE state END, "
+                "first_seen = coalesce(first_seen, excluded.first_seen), "
+                "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen)",
+                (device, received_at, received_at),
+            )
+
+    def add_device(self, device: str) -> None:
+        """Provisioned but not yet seen (state ``never_seen``); no-op if it exists."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (device,)
+            )
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every device, by name, each with its counters."""
+        with self._read() as db:
+            counts: dict[str, dict[str, int]] = {}
+            for dev, name, count in db.execute(
+                "SELECT device, name, count FROM counters WHERE device != ?", (_HUB,)
+            ):
+                counts.setdefault(dev, {})[name] = int(count)
+            rows = db.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY name").fetchall()
+        return [_device_record(row, counts.get(row[0], {})) for row in rows]
+
+    def device(self, device: str) -> DeviceRecord | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE name = ?", (device,)
+            ).fetchone()
+            if row is None:
+                return None
+            counts = {
+                name: int(count)
+                for name, count in db.execute(
+                    "SELECT name, count FROM counters WHERE device = ?", (device,)
+                )
+            }
+        return _device_record(row, counts)
+
+    # -- counters
+
+    def add_counters(self, counts: dict[tuple[str | None, str], int]) -> None:
+        """Add to counters; a device of None is hub-wide. Counters of devices the
+        store does not know are kept too (they do not create a device)."""
+        rows = []
+        for (device, name), count in counts.items():
+            if device == _HUB:
+                raise ValueError(f"counter {name!r}: device must be a device id or None, not ''")
+            if count:
+                rows.append((_HUB if device is None else device, name, count))
+        if not rows:
+            return
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO counters (device, name, count) VALUES (?, ?, ?) "
+                "ON CONFLICT (device, name) DO UPDATE SET count = count + excluded.count",
+                rows,
+            )
+
+    def counters(self, device: str | None = None) -> dict[str, int]:
+        """Totals by name: one device's, or summed over the hub and every device."""
+        with self._read() as db:
+            if device is None:
+                rows = db.execute("SELECT name, sum(count) FROM counters GROUP BY name").fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT name, count FROM counters WHERE device = ?", (device,)
+                ).fetchall()
+        return {name: int(count) for name, count in rows}
+
+    # -- dead letters
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter], keep: int) -> None:
+        """Keep ``letters`` (payload heads cut to 1 KiB), then drop all but the newest ``keep``."""
+        if keep < 0:
+            raise ValueError(f"dead letters: keep must be >= 0, got {keep}")
+        with self._write() as db:
+            if letters:
+                db.executemany(
+                    "INSERT INTO dead_letters (received_at, topic, device, reason, error, "
+                    "payload_head, payload_size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            d.received_at,
+                            d.topic,
+                            d.device,
+                            d.reason,
+                            d.error,
+                            bytes(d.payload_head[:_PAYLOAD_HEAD]),
+                            d.payload_size,
+                        )
+                        for d in letters
+                    ],
+                )
+            db.execute(
+                "DELETE FROM dead_letters WHERE id <= "
+                "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (keep,),
+            )
+
+    def dead_letters(self, limit: int = 100, device: str | None = None) -> list[DeadLetter]:
+        """The newest dead letters first."""
+        _check_limit(limit, "dead_letters")
+        cols = "received_at, topic, device, reason, error, payload_head, payload_size"
+        with self._read() as db:
+            if device is None:
+                rows = db.execute(
+                    f"SELECT {cols} FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {cols} FROM dead_letters WHERE device = ? ORDER BY id DESC LIMIT ?",
+                    (device, limit),
+                ).fetchall()
+        return [
+            DeadLetter(float(at), topic, dev, reason, error, bytes(head), int(size))
+            for at, topic, dev, reason, error, head, size in rows
+        ]
+
+    # -- reads for the API
+
+    def telemetry(
+        self, device: str, since: float, until: float, limit: int, cursor: str | None = None
+    ) -> Page[TelemetryRows]:
+        """Readings of ``device`` with since <= ts < until, oldest first, at most
+        ``limit`` readings per page (a stored message may be split across pages).
+
+        Messages come in order of their first reading; readings within a message
+        in their stored order.
+        """
+        _check_limit(limit, "telemetry")
+        start = _decode_telemetry_cursor(cursor) if cursor is not None else None
+        items: list[TelemetryRows] = []
+        remaining = limit
+        next_cursor: str | None = None
+        with self._read() as db:
+            dev = db.execute(
+                "SELECT id, telemetry_span FROM devices WHERE name = ?", (device,)
+            ).fetchone()
+            if dev is None or not since < until:
+                return Page([], None)
+            device_id, span = int(dev[0]), float(dev[1])
+            # A message holding a reading >= since starts at most `span` before it.
+            lowest = since - span * 1.001 - 1.0
+            sql = (
+                "SELECT id, epoch, seq, first_ts, n, received_at, edge_model_version, "
+                "heavy_model_version, n_features, n_edge, n_heavy, ts, features, edge_scores, "
+                "heavy_scores FROM telemetry WHERE device_id = ? AND first_ts >= ? "
+                "AND first_ts < ? AND last_ts >= ? {after} ORDER BY first_ts, id"
+            )
+            if start is None:
+                rows = db.execute(sql.format(after=""), (device_id, lowest, until, since))
+            else:
+                rows = db.execute(
+                    sql.format(after="AND (first_ts, id) >= (?, ?)"),
+                    (device_id, lowest, until, since, start[0], start[1]),
+                )
+            try:
+                for row in rows:
+                    (row_id, epoch, seq, first_ts, n, received_at, edge_v, heavy_v) = row[:8]
+                    (n_features, n_edge, n_heavy, ts_blob, f_blob, e_blob, h_blob) = row[8:]
+                    ts = np.frombuffer(ts_blob, dtype=_F8)
+                    keep = np.flatnonzero((ts >= since) & (ts < until))
+                    if start is not None and row_id == start[1]:
+                        keep = keep[keep >= start[2]]
+                    if keep.size == 0:
+                        continue
+                    if remaining == 0:
+                        next_cursor = _encode_telemetry_cursor(first_ts, row_id, int(keep[0]))
+                        break
+                    take = keep[:remaining]
+                    items.append(
+                        TelemetryRows(
+                            device=device,
+                            epoch=int(epoch),
+                            seq=int(seq),
+                            edge_model_version=edge_v,
+                            heavy_model_version=heavy_v,
+                            ts=ts[take].astype(np.float64),
+                            features=_f32(f_blob, n, n_features)[take],
+                            edge_scores=_f32(e_blob, n, n_edge)[take],
+                            heavy_scores=_f32(h_blob, n, n_heavy)[take],
+                            received_at=float(received_at),
+                        )
+                    )
+                    remaining -= take.size
+                    if take.size < keep.size:
+                        next_cursor = _encode_telemetry_cursor(
+                            first_ts, row_id, int(keep[take.size])
+                        )
+                        break
+            finally:
+                rows.close()  # a page may stop mid-result; release it before COMMIT
+        return Page(items, next_cursor)
+
+    def events(
+        self, device: str | None, since: float, until: float, limit: int, cursor: str | None = None
+    ) -> Page[EventRecord]:
+        """Events with since <= ts < until (of one device, or all), oldest first."""
+        _check_limit(limit, "events")
+        where = ["e.ts >= ?", "e.ts < ?"]
+        args: list[Any] = [since, until]
+        if device is not None:
+            where.append("e.device_id = (SELECT id FROM devices WHERE name = ?)")
+            args.append(device)
+        if cursor is not None:
+            where.append("(e.ts, e.id) > (?, ?)")
+            args.extend(_decode_event_cursor(cursor))
+        args.append(limit + 1)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT e.id, d.name, e.epoch, e.seq, e.ts, e.model_version, e.rule, e.score, "
+                "e.sensor, e.value, e.action, e.action_ok, e.detail, e.received_at "
+                "FROM events e JOIN devices d ON d.id = e.device_id "
+                f"WHERE {' AND '.join(where)} ORDER BY e.ts, e.id LIMIT ?",
+                args,
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            EventRecord(
+                Event(
+                    device=name,
+                    epoch=int(epoch),
+                    seq=int(seq),
+                    ts=float(ts),
+                    model_version=model_version,
+                    rule=rule,
+                    score=float(score),
+                    sensor=sensor,
+                    value=None if value is None else float(value),
+                    action=action,
+                    action_ok=bool(action_ok),
+                    detail=detail,
+                ),
+                float(received_at),
+            )
+            for (
+                _,
+                name,
+                epoch,
+                seq,
+                ts,
+                model_version,
+                rule,
+                score,
+                sensor,
+                value,
+                action,
+                action_ok,
+                detail,
+                received_at,
+            ) in rows
+        ]
+        next_cursor = _encode_event_cursor(rows[-1][4], rows[-1][0]) if more else None
+        return Page(items, next_cursor)
+
+    # -- models
+
+    def register_model(
+        self, manifest: ModelManifest, path: str, registered_at: float
+    ) -> ModelRecord:
+        """Idempotent for the same (name, version, manifest); a different manifest
+        under an existing (name, version) raises ValueError.
+
+        Registering the same manifest again at another ``path`` moves the record
+        there (the manifest's sha256 vouches that it is the same artifact) and
+        keeps the first ``registered_at``.
+        """
+        text = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+        with self._write() as db:
+            row = db.execute(
+                "SELECT manifest, path, registered_at FROM models WHERE name = ? AND version = ?",
+                (manifest.name, manifest.version),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO models (name, version, variant, path, registered_at, manifest) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (manifest.name, manifest.version, manifest.variant, path, registered_at, text),
+                )
+                return ModelRecord(
+                    manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
+                )
+            stored, old_path, first_at = row
+            if stored != text:
+                raise ValueError(
+                    f"model {manifest.name} {manifest.version} is already registered (from "
+                    f"{old_path}) with a different manifest; a changed model needs a new version"
+                )
+            if old_path != path:
+                db.execute(
+                    "UPDATE models SET path = ? WHERE name = ? AND version = ?",
+                    (path, manifest.name, manifest.version),
+                )
+        return ModelRecord(
+            manifest.name, manifest.version, manifest.variant, path, float(first_at), manifest
+        )
+
+    def models(self) -> list[ModelRecord]:
+        """Every registered model, by name, then version (oldest first)."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name, version, variant, path, registered_at, manifest FROM models"
+            ).fetchall()
+        records = [_model_record(row) for row in rows]
+        return sorted(records, key=lambda r: (r.name, r.manifest.version_key))
+
+    def model(self, name: str, version: str) -> ModelRecord | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT name, version, variant, path, registered_at, manifest FROM models "
+                "WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+        return None if row is None else _model_record(row)
+
+    # -- retention
+
+    def prune_telemetry(self, before_ts: float) -> int:
+        """Delete readings older than ``before_ts``; returns how many. Never touches
+        the dedupe record, so a late replay of a pruned message is still a duplicate.
+
+        Works in transactions of a few thousand messages, so that ingest waits for
+        one chunk at most, never for the whole prune; each chunk is consistent.
+        """
+        with self._read() as db:
+            device_ids = [int(r[0]) for r in db.execute("SELECT id FROM devices")]
+        removed = 0
+        for device_id in device_ids:
+            while True:
+                with self._write() as db:
+                    rows = db.execute(
+                        "SELECT id, n, last_ts FROM telemetry WHERE device_id = ? AND first_ts < ? "
+                        "ORDER BY first_ts LIMIT ?",
+                        (device_id, before_ts, _PRUNE_CHUNK),
+                    ).fetchall()
+                    whole = [(int(i),) for i, _, last_ts in rows if last_ts < before_ts]
+                    removed += sum(int(n) for _, n, last_ts in rows if last_ts < before_ts)
+                    db.executemany("DELETE FROM telemetry WHERE id = ?", whole)
+                    for row_id, _, last_ts in rows:
+                        if last_ts >= before_ts:
+                            removed += self._trim(db, int(row_id), before_ts)
+                if len(rows) < _PRUNE_CHUNK:
+                    break
+        return removed
+
+    @staticmethod
+    def _trim(db: sqlite3.Connection, row_id: int, before_ts: float) -> int:
+        """Drop the readings before ``before_ts`` from a message that straddles it."""
+        n, n_f, n_e, n_h, ts_blob, f_blob, e_blob, h_blob = db.execute(
+            "SELECT n, n_features, n_edge, n_heavy, ts, features, edge_scores, heavy_scores "
+            "FROM telemetry WHERE id = ?",
+            (row_id,),
+        ).fetchone()
+        ts = np.frombuffer(ts_blob, dtype=_F8)
+        keep = ts >= before_ts
+        kept = int(keep.sum())
+        db.execute(
+            "UPDATE telemetry SET n = ?, first_ts = ?, last_ts = ?, ts = ?, features = ?, "
+            "edge_scores = ?, heavy_scores = ? WHERE id = ?",
+            (
+                kept,
+                float(ts[keep].min()),
+                float(ts[keep].max()),
+                ts[keep].tobytes(),
+                _f32(f_blob, n, n_f)[keep].astype(_F4).tobytes(),
+                _f32(e_blob, n, n_e)[keep].astype(_F4).tobytes(),
+                _f32(h_blob, n, n_h)[keep].astype(_F4).tobytes(),
+                row_id,
+            ),
+        )
+        return int(n) - kept
+
+
+# --------------------------------------------------------------------------- rows and cursors
+
+_DEVICE_COLUMNS: Final = (
+    "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health"
+)
+
+
+def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord:
+    name, state, epoch, agent_version, model_version, first_seen, last_seen, health = row
+    return DeviceRecord(
+        device=name,
+        state=cast(Literal["online", "offline", "never_seen"], state),
+        epoch=int(epoch),
+        agent_version=agent_version,
+        model_version=model_version,
+        first_seen=None if first_seen is None else float(first_seen),
+        last_seen=None if last_seen is None else float(last_seen),
+        last_health=None if health is None else cast(dict[str, object], json.loads(health)),
+        counters=counts,
+    )
+
+
+def _model_record(row: tuple[Any, ...]) -> ModelRecord:
+    name, version, variant, path, registered_at, text = row
+    return ModelRecord(
+        name,
+        version,
+        variant,
+        path,
+        float(registered_at),
+        ModelManifest.from_dict(json.loads(text)),
+    )
+
+
+def _encode_telemetry_cursor(first_ts: float, row_id: int, offset: int) -> str:
+    return _b64(_T_CURSOR.pack(b"T1", first_ts, row_id, offset))
+
+
+def _decode_telemetry_cursor(cursor: str) -> tuple[float, int, int]:
+    raw = _unb64(cursor, "telemetry")
+    if len(raw) == _T_CURSOR.size:
+        tag, first_ts, row_id, offset = _T_CURSOR.unpack(raw)
+        if tag == b"T1" and math.isfinite(first_ts) and offset >= 0:
+            return first_ts, row_id, offset
+    raise ValueError(
+        f"telemetry cursor {cursor[:40]!r} is not valid; pass back next_cursor exactly as returned"
+    )
+
+
+def _encode_event_cursor(ts: float, row_id: int) -> str:
+    return _b64(_E_CURSOR.pack(b"E1", ts, row_id))
+
+
+def _decode_event_cursor(cursor: str) -> tuple[float, int]:
+    raw = _unb64(cursor, "events")
+    if len(raw) == _E_CURSOR.size:
+        tag, ts, row_id = _E_CURSOR.unpack(raw)
+        if tag == b"E1" and math.isfinite(ts):
+            return ts, row_id
+    raise ValueError(
+        f"events cursor {cursor[:40]!r} is not valid; pass back next_cursor exactly as returned"
+    )

@@ -1,0 +1,597 @@
+"""The store contract, run against every backend (DESIGN.md section 7).
+
+Written against :class:`cloud_hub.store.Store` only: a new backend (PostgreSQL)
+joins by adding a factory to :data:`BACKENDS`; nothing else here changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud_hub.store import SQLiteStore, Store, TelemetryRows
+from tests.cloud_hub.store.samples import (
+    T0,
+    dead_letter,
+    event,
+    health,
+    manifest,
+    ota,
+    status,
+    tele,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+BackendFactory = Callable[[Path], Store]
+
+
+def _sqlite(tmp: Path) -> Store:
+    return SQLiteStore(tmp / "hub.db")
+
+
+BACKENDS: list[object] = [pytest.param(_sqlite, id="sqlite")]
+"""Every backend the contract runs against: a factory taking an empty directory."""
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> BackendFactory:
+    factory: BackendFactory = request.param
+    return factory
+
+
+@pytest.fixture
+def store(backend: BackendFactory, tmp_path: Path) -> Iterator[Store]:
+    s = backend(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def all_readings(
+    store: Store, device: str, since: float = 0.0, until: float = 1e12
+) -> TelemetryRows:
+    """Every stored reading of ``device`` in the range, pages concatenated (limit 1000)."""
+    pages, cursor = [], None
+    while True:
+        page = store.telemetry(device, since, until, limit=1000, cursor=cursor)
+        pages.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    if not pages:
+        empty32 = np.empty((0, 0), np.float32)
+        return TelemetryRows(device, 0, 0, "", "", np.empty(0), empty32, empty32, empty32, 0.0)
+    return TelemetryRows(
+        device,
+        0,
+        0,
+        "",
+        "",
+        np.concatenate([p.ts for p in pages]),
+        np.concatenate([p.features for p in pages]),
+        np.concatenate([p.edge_scores for p in pages]),
+        np.concatenate([p.heavy_scores for p in pages]),
+        0.0,
+    )
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def test_replayed_messages_are_duplicates_and_store_nothing(store: Store) -> None:
+    first = store.write_stream([tele("pi-01", 1, 1), tele("pi-01", 1, 2), event("pi-01", 1, 3)])
+    assert (first.stored, first.readings, first.duplicates) == (3, 10, [])
+    counters_before = store.counters()
+
+    again = store.write_stream([tele("pi-01", 1, 2), event("pi-01", 1, 3), ota("pi-01", 1, 1)])
+
+    assert again.stored == 0
+    assert again.readings == 0
+    assert again.duplicates == [("pi-01", 1, 2), ("pi-01", 1, 3), ("pi-01", 1, 1)]
+    assert [(w.device, w.epoch, w.seq) for w in again.watermarks] == [("pi-01", 1, 3)]
+    assert len(all_readings(store, "pi-01")) == 10
+    assert len(store.events("pi-01", 0, 1e12, limit=100).items) == 1
+    assert store.counters() == counters_before  # counting duplicates is the caller's job
+
+
+def test_duplicates_within_one_call(store: Store) -> None:
+    result = store.write_stream(
+        [
+            tele("pi-01", 1, 1),
+            tele("pi-01", 1, 1),
+            event("pi-01", 1, 2),
+            ota("pi-01", 1, 2),  # another kind, same seq: still the same stream message
+            tele("pi-01", 1, 4),
+            tele("pi-01", 1, 4),
+            tele("pi-02", 1, 1),
+        ]
+    )
+    assert result.stored == 4
+    assert result.readings == 15
+    assert result.duplicates == [("pi-01", 1, 1), ("pi-01", 1, 2), ("pi-01", 1, 4)]
+    assert {(w.device, w.epoch, w.seq) for w in result.watermarks} == {
+        ("pi-01", 1, 2),
+        ("pi-02", 1, 1),
+    }
+    assert len(all_readings(store, "pi-01")) == 10
+
+
+def test_empty_write(store: Store) -> None:
+    result = store.write_stream([])
+    assert (result.stored, result.readings, result.duplicates, result.watermarks) == (0, 0, [], [])
+
+
+# --------------------------------------------------------------------------- gaps and watermarks
+
+
+def test_gaps_appear_and_close_when_replay_fills_them(store: Store) -> None:
+    result = store.write_stream([tele("pi-01", 1, s) for s in (1, 2, 5, 6, 9)])
+    assert [w.seq for w in result.watermarks] == [2]
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(3, 4), (7, 8)]
+    assert {g.device for g in store.gaps()} == {"pi-01"}
+
+    result = store.write_stream([tele("pi-01", 1, 4), tele("pi-01", 1, 3)])
+    assert (result.stored, [w.seq for w in result.watermarks]) == (2, [6])
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(7, 8)]
+
+    store.write_stream([tele("pi-01", 1, 8)])
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(7, 7)]
+    assert store.watermark("pi-01", 1) == 6
+
+    result = store.write_stream([tele("pi-01", 1, 7), tele("pi-01", 1, 9), tele("pi-01", 1, 5)])
+    assert result.stored == 1
+    assert result.duplicates == [("pi-01", 1, 9), ("pi-01", 1, 5)]
+    assert [w.seq for w in result.watermarks] == [9]
+    assert store.gaps() == []
+    assert store.watermark("pi-01", 1) == 9
+    assert len(all_readings(store, "pi-01")) == 45
+
+
+def test_out_of_order_within_one_call(store: Store) -> None:
+    result = store.write_stream([tele("pi-01", 1, s) for s in (3, 1, 4, 2, 6)])
+    assert result.stored == 5
+    assert [w.seq for w in result.watermarks] == [4]
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(5, 5)]
+
+
+def test_gaps_filter_and_limit(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, 3), tele("pi-02", 1, 2), tele("pi-02", 2, 5)])
+    assert [(g.device, g.epoch, g.first_seq, g.last_seq) for g in store.gaps()] == [
+        ("pi-01", 1, 1, 2),
+        ("pi-02", 1, 1, 1),
+        ("pi-02", 2, 1, 4),
+    ]
+    assert [(g.epoch, g.first_seq) for g in store.gaps("pi-02")] == [(1, 1), (2, 1)]
+    assert len(store.gaps(limit=1)) == 1
+    assert store.gaps("nobody") == []
+
+
+def test_watermark_is_per_epoch(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, s) for s in (1, 2, 3)])
+    result = store.write_stream([tele("pi-01", 2, 1), tele("pi-01", 1, 4)])
+    assert {(w.epoch, w.seq) for w in result.watermarks} == {(2, 1), (1, 4)}
+    assert store.watermark("pi-01", 1) == 4
+    assert store.watermark("pi-01", 2) == 1
+    assert store.watermark("pi-01", 3) == 0
+    assert store.watermark("nobody", 1) == 0
+    # A new epoch starts from nothing: seq 1 of epoch 3 is new, not a duplicate.
+    assert store.write_stream([event("pi-01", 3, 1)]).stored == 1
+
+
+def test_ack_watermark_is_highest_contiguous_even_for_duplicate_only_writes(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, s) for s in (1, 2, 4)])
+    result = store.write_stream([tele("pi-01", 1, 2)])
+    assert [(w.device, w.epoch, w.seq) for w in result.watermarks] == [("pi-01", 1, 2)]
+
+
+@pytest.mark.parametrize("backend_factory", BACKENDS)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.lists(st.integers(1, 30), min_size=1, max_size=80),
+    cuts=st.lists(st.integers(0, 80), max_size=6),
+)
+def test_any_arrival_order_stores_each_seq_once(
+    backend_factory: BackendFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    data: list[int],
+    cuts: list[int],
+) -> None:
+    """Replays and reorderings across any batching: each seq stored once, the
+    watermark is the highest contiguous seq, the gaps are exactly what is missing."""
+    store = backend_factory(tmp_path_factory.mktemp("prop"))
+    try:
+        bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+        stored: set[int] = set()
+        for lo, hi in itertools.pairwise(bounds):
+            batch = data[lo:hi]
+            result = store.write_stream([event("pi-01", 1, s) for s in batch])
+            new = [s for s in dict.fromkeys(batch) if s not in stored]
+            assert result.stored == len(new)
+            assert len(result.duplicates) == len(batch) - len(new)
+            stored.update(batch)
+            wm = next(i for i in itertools.count(1) if i not in stored) - 1
+            assert [w.seq for w in result.watermarks] == [wm]
+        missing = sorted(set(range(1, max(stored) + 1)) - stored)
+        assert (
+            sorted(s for g in store.gaps() for s in range(g.first_seq, g.last_seq + 1)) == missing
+        )
+        assert len(store.events(None, 0, 1e12, limit=1000).items) == len(stored)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+def test_telemetry_round_trip_is_bit_exact(store: Store) -> None:
+    msg = tele("pi-01", 3, 1, n=6, n_features=5, received_at=T0 + 0.125)
+    tricky = np.array(
+        [-0.0, np.float32(1e-45), np.finfo(np.float32).max, np.finfo(np.float32).tiny, 1 / 3],
+        dtype=np.float32,
+    )
+    msg.features[0, :] = tricky
+    msg.ts[:] = T0 + np.array([0.1, 0.2, 0.3, 1e-6, 0.5, 0.6]) + 1 / 3  # float64 digits matter
+    store.write_stream([msg])
+
+    page = store.telemetry("pi-01", 0, 1e12, limit=100)
+    assert page.next_cursor is None
+    [got] = page.items
+    assert (got.device, got.epoch, got.seq) == ("pi-01", 3, 1)
+    assert (got.edge_model_version, got.heavy_model_version) == ("1.0.0", "2.0.0")
+    assert got.received_at == T0 + 0.125
+    assert got.ts.dtype == np.float64
+    for name in ("features", "edge_scores", "heavy_scores"):
+        assert getattr(got, name).dtype == np.float32
+        assert getattr(got, name).shape == getattr(msg, name).shape
+        assert getattr(got, name).tobytes() == getattr(msg, name).tobytes(), name
+    assert got.ts.tobytes() == msg.ts.tobytes()
+
+
+def test_telemetry_time_range_is_half_open(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, 1, n=10, t0=100.0, step=1.0)])  # ts 100..109
+    ts = all_readings(store, "pi-01", since=103.0, until=107.0).ts
+    assert ts.tolist() == [103.0, 104.0, 105.0, 106.0]
+    assert len(all_readings(store, "pi-01", since=110.0, until=200.0)) == 0
+    assert len(all_readings(store, "pi-01", since=0.0, until=100.0)) == 0
+    assert len(all_readings(store, "pi-01", since=105.0, until=105.0)) == 0
+
+
+def test_telemetry_of_one_device_only(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, 1), tele("pi-02", 1, 1, n=3)])
+    assert len(all_readings(store, "pi-02")) == 3
+    assert store.telemetry("nobody", 0, 1e12, limit=10).items == []
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 10, 1000])
+def test_telemetry_pages_cover_every_reading_exactly_once(store: Store, limit: int) -> None:
+    # 12 messages of 7 readings, arriving out of time order and in several writes.
+    msgs = [tele("pi-01", 1, s, n=7, t0=1000.0 + 10 * s, step=1.0) for s in range(1, 13)]
+    order = [5, 1, 12, 2, 3, 4, 6, 11, 7, 8, 9, 10]
+    store.write_stream([msgs[s - 1] for s in order[:6]])
+    store.write_stream([msgs[s - 1] for s in order[6:]])
+    since, until = 1013.0, 1105.0  # starts and ends inside a message
+    expected = np.concatenate([m.ts[(m.ts >= since) & (m.ts < until)] for m in msgs])
+    expected_features = np.concatenate([m.features[(m.ts >= since) & (m.ts < until)] for m in msgs])
+
+    seen_ts, seen_features, cursor, pages = [], [], None, 0
+    while True:
+        page = store.telemetry("pi-01", since, until, limit=limit, cursor=cursor)
+        pages += 1
+        n = sum(len(rows) for rows in page.items)
+        assert 0 < n <= limit
+        for rows in page.items:
+            seen_ts.append(rows.ts)
+            seen_features.append(rows.features)
+            assert rows.seq == int((rows.ts[0] - 1000.0) // 10)
+        if page.next_cursor is None:
+            break
+        assert n == limit
+        cursor = page.next_cursor
+    assert np.concatenate(seen_ts).tolist() == expected.tolist()
+    assert np.concatenate(seen_features).tobytes() == expected_features.tobytes()
+    assert pages == -(-len(expected) // limit)
+
+
+def test_telemetry_bad_arguments(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, 1)])
+    with pytest.raises(ValueError, match="cursor"):
+        store.telemetry("pi-01", 0, 1e12, limit=10, cursor="not-a-cursor")
+    with pytest.raises(ValueError, match="limit"):
+        store.telemetry("pi-01", 0, 1e12, limit=0)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def test_events_listing_filters_and_pages(store: Store) -> None:
+    before = time.time()
+    store.write_stream([event("pi-01", 1, s, ts=100.0 + s) for s in range(1, 8)])
+    store.write_stream([event("pi-02", 1, s, ts=100.5 + s) for s in range(1, 4)])
+    after = time.time()
+
+    everything = store.events(None, 0, 1e12, limit=100)
+    assert everything.next_cursor is None
+    assert [(r.event.device, r.event.ts) for r in everything.items] == sorted(
+        [("pi-01", 100.0 + s) for s in range(1, 8)] + [("pi-02", 100.5 + s) for s in range(1, 4)],
+        key=lambda x: x[1],
+    )
+    assert all(before <= r.received_at <= after for r in everything.items)
+    assert everything.items[0].event == event("pi-01", 1, 1, ts=101.0)  # every field round-trips
+    assert everything.items[1].event == event("pi-02", 1, 1, ts=101.5)
+
+    one = store.events("pi-01", 103.0, 106.0, limit=100).items
+    assert [r.event.seq for r in one] == [3, 4, 5]
+
+    got, cursor = [], None
+    while True:
+        page = store.events("pi-01", 0, 1e12, limit=2, cursor=cursor)
+        assert len(page.items) <= 2
+        got += [r.event.seq for r in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert got == list(range(1, 8))
+
+    assert store.events("nobody", 0, 1e12, limit=10).items == []
+    with pytest.raises(ValueError, match="cursor"):
+        store.events(None, 0, 1e12, limit=10, cursor="!!")
+
+
+def test_events_with_equal_timestamps_page_without_loss(store: Store) -> None:
+    store.write_stream([event("pi-01", 1, s, ts=50.0) for s in range(1, 6)])
+    got, cursor = [], None
+    while True:
+        page = store.events(None, 0, 100, limit=2, cursor=cursor)
+        got += [r.event.seq for r in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(got) == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_provisioned_device_is_never_seen(store: Store) -> None:
+    store.add_device("pi-01")
+    store.add_device("pi-01")
+    [rec] = store.devices()
+    assert (rec.device, rec.state, rec.epoch) == ("pi-01", "never_seen", 0)
+    assert (rec.first_seen, rec.last_seen, rec.last_health) == (None, None, None)
+    assert store.device("nobody") is None
+
+
+def test_status_health_and_touch(store: Store) -> None:
+    store.add_device("pi-01")
+    store.record_status(status("pi-01", 4, "online", agent_version="0.2.0"), received_at=T0)
+    rec = store.device("pi-01")
+    assert rec is not None
+    assert (rec.state, rec.epoch, rec.agent_version, rec.model_version) == (
+        "online",
+        4,
+        "0.2.0",
+        "1.0.0",
+    )
+    assert rec.first_seen == rec.last_seen == T0
+
+    store.record_health(health("pi-01", 4, model_version="1.1.0"), received_at=T0 + 5)
+    rec = store.device("pi-01")
+    assert rec is not None
+    assert rec.last_health == health("pi-01", 4, model_version="1.1.0").to_dict()
+    assert rec.model_version == "1.1.0"
+    assert rec.last_seen == T0 + 5
+
+    store.touch("pi-01", T0 + 9)
+    store.touch("pi-01", T0 + 7)  # late arrival: last_seen never goes back
+    rec = store.device("pi-01")
+    assert rec is not None
+    assert (rec.last_seen, rec.first_seen) == (T0 + 9, T0)
+
+    store.record_status(status("pi-01", 4, "offline"), received_at=T0 + 10)
+    rec = store.device("pi-01")
+    assert rec is not None
+    assert (rec.state, rec.epoch) == ("offline", 4)
+
+
+def test_stale_will_of_an_older_epoch_does_not_mark_offline(store: Store) -> None:
+    store.record_status(status("pi-01", 5, "online"), received_at=T0)
+    store.record_status(status("pi-01", 4, "offline"), received_at=T0 + 1)
+    rec = store.device("pi-01")
+    assert rec is not None
+    assert (rec.state, rec.epoch) == ("online", 5)
+
+
+def test_any_record_creates_the_device_and_updates_last_seen(store: Store) -> None:
+    store.add_device("pi-00")
+    store.touch("pi-01", T0)
+    store.write_stream([tele("pi-02", 1, 1, received_at=T0 + 3)])
+    store.write_stream([tele("pi-00", 1, 1, received_at=T0 + 4)])
+    store.record_health(health("pi-03", 2), received_at=T0 + 4)
+    names = [d.device for d in store.devices()]
+    assert names == ["pi-00", "pi-01", "pi-02", "pi-03"]
+    by_name = {d.device: d for d in store.devices()}
+    assert by_name["pi-00"].state == "online"  # it has sent something now
+    assert by_name["pi-00"].last_seen == T0 + 4
+    assert by_name["pi-01"].last_seen == T0
+    assert by_name["pi-02"].last_seen == T0 + 3
+    assert by_name["pi-03"].epoch == 2
+
+
+def test_devices_carry_their_counters(store: Store) -> None:
+    store.add_device("pi-01")
+    store.add_counters({("pi-01", "duplicates"): 2, (None, "invalid:not_json"): 1})
+    [rec] = store.devices()
+    assert rec.counters == {"duplicates": 2}
+    one = store.device("pi-01")
+    assert one is not None
+    assert one.counters == {"duplicates": 2}
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_counters_add_up(store: Store) -> None:
+    store.add_counters({("pi-01", "duplicates"): 2, ("pi-02", "duplicates"): 5})
+    store.add_counters({("pi-01", "duplicates"): 1, (None, "invalid:not_json"): 4})
+    store.add_counters({(None, "invalid:not_json"): 1, ("pi-02", "invalid:not_json"): 2})
+    store.add_counters({})
+    assert store.counters("pi-01") == {"duplicates": 3}
+    assert store.counters("pi-02") == {"duplicates": 5, "invalid:not_json": 2}
+    assert store.counters() == {"duplicates": 8, "invalid:not_json": 7}
+    assert store.counters("nobody") == {}
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def test_dead_letters_are_bounded_dropping_the_oldest(store: Store) -> None:
+    store.add_dead_letters([dead_letter(i) for i in range(3)], keep=4)
+    store.add_dead_letters([dead_letter(i) for i in range(3, 6)], keep=4)
+    got = store.dead_letters(limit=100)
+    assert [d.error for d in got] == ["letter 5", "letter 4", "letter 3", "letter 2"]
+    assert got[0] == dead_letter(5)
+    assert [d.error for d in store.dead_letters(limit=2)] == ["letter 5", "letter 4"]
+
+
+def test_dead_letters_by_device_and_payload_head_cut(store: Store) -> None:
+    big = dataclasses.replace(dead_letter(3), payload_head=b"x" * 5000, payload_size=10_000_000)
+    store.add_dead_letters([dead_letter(1, device=None), dead_letter(2, device="pi-02"), big], 100)
+    assert [d.error for d in store.dead_letters(device="pi-02")] == ["letter 2"]
+    newest = store.dead_letters()[0]
+    assert (newest.payload_head, newest.payload_size) == (b"x" * 1024, 10_000_000)
+    assert store.dead_letters()[-1].device is None
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_models_register_list_get(store: Store) -> None:
+    m1 = manifest("bearing-fault", "1.9.0")
+    m2 = manifest("bearing-fault", "1.10.0")
+    heavy = manifest("bearing-fault-heavy", "1.0.0", variant="heavy")
+    rec = store.register_model(m1, "/models/bf/1.9.0", registered_at=T0)
+    assert (rec.name, rec.version, rec.variant, rec.path, rec.registered_at) == (
+        "bearing-fault",
+        "1.9.0",
+        "edge",
+        "/models/bf/1.9.0",
+        T0,
+    )
+    assert rec.manifest == m1
+    store.register_model(heavy, "/models/bfh/1.0.0", registered_at=T0 + 2)
+    store.register_model(m2, "/models/bf/1.10.0", registered_at=T0 + 1)
+
+    assert [(r.name, r.version) for r in store.models()] == [
+        ("bearing-fault", "1.9.0"),
+        ("bearing-fault", "1.10.0"),
+        ("bearing-fault-heavy", "1.0.0"),
+    ]
+    got = store.model("bearing-fault-heavy", "1.0.0")
+    assert got is not None
+    assert (got.variant, got.manifest) == ("heavy", heavy)
+    assert store.model("bearing-fault", "9.9.9") is None
+
+
+def test_register_model_is_idempotent_and_refuses_a_changed_manifest(store: Store) -> None:
+    m = manifest("bearing-fault", "1.0.0")
+    first = store.register_model(m, "/models/a", registered_at=T0)
+    again = store.register_model(manifest("bearing-fault", "1.0.0"), "/models/a", T0 + 60)
+    assert again == first
+    assert len(store.models()) == 1
+
+    changed = manifest("bearing-fault", "1.0.0", metrics={"holdout_auc": 0.5})
+    with pytest.raises(ValueError, match=r"bearing-fault.*1\.0\.0"):
+        store.register_model(changed, "/models/a", T0 + 120)
+    stored = store.model("bearing-fault", "1.0.0")
+    assert stored is not None
+    assert stored.manifest == m
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_prune_deletes_old_readings_and_keeps_the_dedupe_record(store: Store) -> None:
+    store.write_stream(
+        [
+            tele("pi-01", 1, 1, n=10, t0=100.0, step=1.0),  # 100..109: all old
+            tele("pi-01", 1, 2, n=10, t0=110.0, step=1.0),  # 110..119: straddles 115
+            tele("pi-01", 1, 3, n=10, t0=120.0, step=1.0),  # 120..129: all kept
+            tele("pi-02", 1, 1, n=4, t0=50.0, step=1.0),  # another device, all old
+            event("pi-01", 1, 4, ts=10.0),
+        ]
+    )
+    removed = store.prune_telemetry(before_ts=115.0)
+    assert removed == 10 + 5 + 4
+    ts = all_readings(store, "pi-01").ts
+    assert ts.tolist() == [float(t) for t in range(115, 130)]
+    assert len(all_readings(store, "pi-02")) == 0
+    assert len(store.events("pi-01", 0, 1e12, limit=10).items) == 1  # events are not telemetry
+
+    replay = store.write_stream([tele("pi-01", 1, 1, n=10, t0=100.0, step=1.0)])
+    assert replay.duplicates == [("pi-01", 1, 1)]
+    assert len(all_readings(store, "pi-01")) == 15
+    assert store.watermark("pi-01", 1) == 4
+    assert store.prune_telemetry(before_ts=115.0) == 0
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_readers_read_while_the_writer_writes(store: Store) -> None:
+    errors: list[BaseException] = []
+    done = threading.Event()
+    batches = 150
+
+    def writer() -> None:
+        try:
+            for b in range(batches):
+                store.write_stream(
+                    [tele(f"pi-{d:02d}", 1, b + 1, n=20, n_features=8) for d in range(4)]
+                )
+                store.touch("pi-00", T0 + b)
+                store.add_counters({("pi-00", "stored"): 1})
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            last = 0
+            while not done.is_set():
+                wm = store.watermark("pi-00", 1)
+                assert wm >= last  # watermarks never go back
+                last = wm
+                page = store.telemetry("pi-00", 0, 1e12, limit=500)
+                assert sum(len(r) for r in page.items) <= 500
+                store.devices()
+                store.counters()
+                store.gaps()
+                store.events(None, 0, 1e12, limit=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=50)
+    assert not errors, errors
+    assert store.watermark("pi-03", 1) == batches
+    assert len(all_readings(store, "pi-03")) == batches * 20
+    assert store.counters("pi-00") == {"stored": batches}
