@@ -1,0 +1,136 @@
+"""The app factory: :func:`create_app` wires the store, the config and the routes into a FastAPI app.
+
+It wires only. No work happens at import time or in the factory beyond
+building the app: the store is opened (and closed) by the caller, and the
+lifespan opens the one long-lived thing the API owns, the cache of models
+loaded for ``POST /v1/predict``, and drops it at shutdown.
+
+Concurrency: routes are plain ``def`` functions, which FastAPI runs in the
+server's thread pool; the store is used from those threads (one reader
+connection per thread for SQLite) and the scorer cache is thread-safe.
+
+>>> app = create_app(store, ApiConfig(read_token=r, admin_token=a))  # doctest: +SKIP
+>>> uvicorn.run(app, host="127.0.0.1", port=8080)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from cloud_hub.api.bodylimit import BodySizeLimit
+from cloud_hub.api.config import ApiConfig
+from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
+from cloud_hub.api.errors import install_handlers
+from cloud_hub.api.routes import devices, events, health, models, predict, stats, telemetry
+from cloud_hub.api.scorers import ScorerCache
+from cloud_hub.store.base import Store
+
+__all__ = ["ApiConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+TITLE = "edgeloop hub API"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("edgeloop")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _description(config: ApiConfig) -> str:
+    access = {
+        None: "Every route but `/healthz` needs a bearer token: "
+        "`Authorization: Bearer <token>`. The **read token** reads everything and may "
+        "call `POST /v1/predict` (it writes nothing); the **admin token** is needed for "
+        "admin routes (`/v1/dead-letters`) and works everywhere.",
+        "read": "**This hub runs with --insecure-dev: read routes need no token.** "
+        "Admin routes still need the admin token.",
+        "admin": "**This hub runs with --insecure-dev and no tokens: every route is open "
+        "to anyone who can reach it. Never expose it beyond a development machine.**",
+    }[config.open_access]
+    return (
+        "The cloud hub of edgeloop: devices and their state, telemetry with edge and heavy "
+        "model scores side by side, urgent events, registered models (manifest and artifact "
+        "download with Range resume), ingest statistics, and online inference.\n\n"
+        f"{access}\n\n"
+        "Times are Unix seconds. Lists page with `limit` and `cursor`: pass back "
+        "`next_cursor` until it is null. Every error is JSON with a `detail` that says what "
+        "is wrong and how to fix it."
+    )
+
+
+def create_app(
+    store: Store,
+    config: ApiConfig,
+    *,
+    ingest_stats: Callable[[], dict[str, Any]] | None = None,
+    models_root: Path | None = None,
+) -> FastAPI:
+    """The hub's HTTP API on ``store``.
+
+    ``ingest_stats`` returns the running ingest worker's live figures for
+    ``GET /v1/stats/ingest`` (omit it when ingest runs elsewhere);
+    ``models_root`` is where model paths registered as relative paths live.
+    The caller owns ``store`` and closes it after the server stops.
+    """
+    version = _version()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        scorers = ScorerCache(config.predict_cache_models, models_root)
+        if config.open_access == "admin":
+            log.warning("API: insecure-dev mode with no tokens, every route is open to anyone")
+        elif config.open_access == "read":
+            log.warning("API: insecure-dev mode, read routes are open to anyone")
+        try:
+            yield {SCORERS_KEY: scorers}
+        finally:
+            scorers.clear()
+
+    app = FastAPI(
+        title=TITLE,
+        version=version,
+        description=_description(config),
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "health", "description": "Liveness and store reachability; no token."},
+            {"name": "devices", "description": "The fleet and each device's state."},
+            {"name": "telemetry", "description": "Readings with edge and heavy scores."},
+            {"name": "events", "description": "Urgent events and the local action taken."},
+            {"name": "models", "description": "Registered models: manifests and artifacts."},
+            {"name": "stats", "description": "Ingest statistics; dead letters (admin)."},
+            {"name": "predict", "description": "Online inference with a registered model."},
+        ],
+    )
+    setattr(
+        app.state,
+        STATE_KEY,
+        ApiState(
+            store=store,
+            config=config,
+            ingest_stats=ingest_stats,
+            models_root=models_root,
+            version=version,
+            started_at=time.time(),
+        ),
+    )
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(devices.router)
+    app.include_router(telemetry.router)
+    app.include_router(events.router)
+    app.include_router(models.router)
+    app.include_router(stats.router)
+    app.include_router(predict.router)
+    app.add_middleware(BodySizeLimit, limits={"/v1/predict": config.predict_body_limit})
+    return app

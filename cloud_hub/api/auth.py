@@ -1,0 +1,126 @@
+"""Bearer-token access: who may call which route.
+
+Two levels, each an ``Annotated`` dependency a route takes as a parameter:
+
+- :data:`ReadAccess`: the read token or the admin token;
+- :data:`AdminAccess`: the admin token only.
+
+Missing or unknown credentials give 401 with ``WWW-Authenticate: Bearer``;
+the read token on an admin route gives 403. Tokens are compared in constant
+time, and against both tokens every time, so timing tells nothing about which
+token a guess came close to. Under ``insecure_dev`` a level without a token is
+open (see :mod:`cloud_hub.api.config`).
+
+>>> from fastapi import APIRouter
+>>> router = APIRouter()
+>>> @router.get("/secret")
+... def secret(access: AdminAccess) -> str:
+...     return access
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from cloud_hub.api.config import Access, ApiConfig
+from cloud_hub.api.deps import ConfigDep
+
+__all__ = ["AdminAccess", "ReadAccess", "require_admin", "require_read", "token_access"]
+
+log = logging.getLogger(__name__)
+
+# Stateless: it only reads the header, and makes /docs show an "Authorize" button.
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="The hub's read token (read routes) or admin token (every route).",
+)
+_CHALLENGE = 'Bearer realm="edgeloop"'
+_HOW = "send 'Authorization: Bearer <token>' with the hub's read token (or the admin token)"
+
+
+def token_access(config: ApiConfig, token: str | None) -> Access | None:
+    """The access level a request with ``token`` (None: no token) has under ``config``.
+
+    None means no access. A token that is neither of the hub's gets none, even
+    where a level is open, so a mistyped token is reported rather than ignored;
+    only with no tokens configured at all is every token ignored.
+    """
+    if token is None or (config.read_token is None and config.admin_token is None):
+        return config.open_access
+    given = token.encode()
+    # Both comparisons always run: no early exit that timing could reveal.
+    admin = config.admin_token is not None and secrets.compare_digest(
+        given, config.admin_token.encode()
+    )
+    read = config.read_token is not None and secrets.compare_digest(
+        given, config.read_token.encode()
+    )
+    if admin:
+        return "admin"
+    return "read" if read else None
+
+
+def _unauthorized(detail: str, invalid: bool) -> HTTPException:
+    challenge = _CHALLENGE + (', error="invalid_token"' if invalid else "")
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+def _authenticate(
+    request: Request, config: ApiConfig, credentials: HTTPAuthorizationCredentials | None
+) -> Access:
+    token = credentials.credentials if credentials is not None else None
+    access = token_access(config, token)
+    if access is not None:
+        return access
+    header = request.headers.get("authorization")
+    if header is None:
+        raise _unauthorized(f"this route needs a token: {_HOW}", invalid=False)
+    if credentials is None:
+        scheme = header.split(" ", 1)[0][:20]
+        raise _unauthorized(
+            f"the Authorization header uses scheme {scheme!r}; this API takes only Bearer "
+            f"tokens: {_HOW}",
+            invalid=True,
+        )
+    log.info("API: rejected an unknown bearer token for %s %s", request.method, request.url.path)
+    raise _unauthorized(
+        "the bearer token is not one of this hub's tokens; check for a typo, or ask the "
+        "hub's operator for the current read token",
+        invalid=True,
+    )
+
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require_read(request: Request, config: ConfigDep, credentials: Credentials) -> Access:
+    """Dependency: the read or the admin token (or open read access under insecure_dev)."""
+    return _authenticate(request, config, credentials)
+
+
+def require_admin(request: Request, config: ConfigDep, credentials: Credentials) -> Access:
+    """Dependency: the admin token (or open admin access under insecure_dev)."""
+    access = _authenticate(request, config, credentials)
+    if access != "admin":
+        raise HTTPException(
+            status_code=status.HTTP_403_FORBIDDEN,
+            detail=f"{request.method} {request.url.path} needs the admin token; the read "
+            "token only reads. Send 'Authorization: Bearer <admin token>'",
+        )
+    return access
+
+
+ReadAccess = Annotated[Access, Depends(require_read)]
+"""A route parameter that admits the read or the admin token."""
+AdminAccess = Annotated[Access, Depends(require_admin)]
+"""A route parameter that admits only the admin token."""

@@ -1,0 +1,79 @@
+"""Dependencies routes take as ``Annotated`` parameters: the store, the config, the scorers.
+
+:func:`cloud_hub.api.app.create_app` puts one :class:`ApiState` on
+``app.state``; the lifespan opens the long-lived :class:`ScorerCache` and
+hands it over through the lifespan state. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, Request
+
+from cloud_hub.api.config import ApiConfig
+from cloud_hub.api.scorers import ScorerCache
+from cloud_hub.store.base import Store
+
+__all__ = [
+    "ApiState",
+    "ConfigDep",
+    "ScorersDep",
+    "StateDep",
+    "StoreDep",
+    "get_config",
+    "get_scorers",
+    "get_state",
+    "get_store",
+]
+
+STATE_KEY = "edgeloop"
+"""Attribute of ``app.state`` holding the :class:`ApiState`."""
+SCORERS_KEY = "scorers"
+"""Key of the lifespan state holding the :class:`ScorerCache`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiState:
+    """What every request of one app shares."""
+
+    store: Store
+    config: ApiConfig
+    ingest_stats: Callable[[], dict[str, Any]] | None
+    models_root: Path | None
+    version: str
+    started_at: float
+
+
+def get_state(request: Request) -> ApiState:
+    return cast(ApiState, getattr(request.app.state, STATE_KEY))
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_store(state: StateDep) -> Store:
+    return state.store
+
+
+def get_config(state: StateDep) -> ApiConfig:
+    return state.config
+
+
+def get_scorers(request: Request) -> ScorerCache:
+    scorers = getattr(request.state, SCORERS_KEY, None)
+    if not isinstance(scorers, ScorerCache):
+        # Only reachable when an ASGI server runs the app with its lifespan off.
+        raise RuntimeError(
+            "the API's scorer cache is missing: the app's lifespan did not run; "
+            "serve it with lifespan events on (uvicorn's default, lifespan='auto' or 'on')"
+        )
+    return scorers
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+ConfigDep = Annotated[ApiConfig, Depends(get_config)]
+ScorersDep = Annotated[ScorerCache, Depends(get_scorers)]

@@ -1,0 +1,149 @@
+"""Request parameters several routes share, and their checks beyond type and range.
+
+FastAPI checks each parameter's type and static range (422 naming it); the
+checks here need the config or the store: the page size against
+``max_page``, ``since`` before ``until``, and that a device or a model
+version exists (404, naming what does).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import HTTPException, Path, Query, status
+from fastapi.exceptions import RequestValidationError
+
+from cloud_hub.api.config import ApiConfig
+from cloud_hub.store.base import ModelRecord, Store
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "Cursor",
+    "DeviceFilter",
+    "DeviceId",
+    "Limit",
+    "ModelName",
+    "ModelVersion",
+    "Since",
+    "Until",
+    "bad_param",
+    "check_page",
+    "find_model",
+    "invalid",
+    "require_device",
+    "unknown_device",
+]
+
+DEFAULT_PAGE = 1000
+"""Page size when a request gives no ``limit`` (capped by ``max_page``)."""
+
+DeviceId = Annotated[str, Path(min_length=1, max_length=128, description="A device id.")]
+DeviceFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=128, description="Only this device's items."),
+]
+ModelName = Annotated[str, Path(min_length=1, max_length=64, description="A model's name.")]
+ModelVersion = Annotated[
+    str, Path(min_length=1, max_length=32, description="A version, MAJOR.MINOR.PATCH.")
+]
+Since = Annotated[
+    float,
+    Query(allow_inf_nan=False, description="Start of the range, Unix seconds (inclusive)."),
+]
+Until = Annotated[
+    float | None,
+    Query(
+        allow_inf_nan=False,
+        description="End of the range, Unix seconds (exclusive); omit for no end.",
+    ),
+]
+Limit = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="Most items on one page, at most the hub's max_page; omit for "
+        "min(1000, max_page).",
+    ),
+]
+Cursor = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=512,
+        description="The previous page's next_cursor; keep the other parameters the same.",
+    ),
+]
+
+
+def invalid(
+    loc: tuple[str | int, ...], msg: str, kind: str = "value_error"
+) -> RequestValidationError:
+    """A 422 for the field at ``loc`` (``("query", "limit")``, ``("body", "rows", 3, "x")``),
+    answered like FastAPI's own validation errors: one ``detail`` line, and ``errors``."""
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
+
+
+def bad_param(name: str, msg: str) -> RequestValidationError:
+    """A 422 naming query parameter ``name``."""
+    return invalid(("query", name), msg)
+
+
+def check_page(
+    config: ApiConfig, since: float, until: float | None, limit: int | None
+) -> tuple[float, int]:
+    """Check the range and page size; return ``until`` (None: +infinity) and ``limit``
+    (None: the default page size)."""
+    if limit is None:
+        limit = min(DEFAULT_PAGE, config.max_page)
+    if limit > config.max_page:
+        raise bad_param(
+            "limit",
+            f"{limit} is over this hub's page size {config.max_page}; ask for at most "
+            f"{config.max_page} and follow next_cursor",
+        )
+    if until is not None and not since < until:
+        raise bad_param(
+            "since",
+            f"{since} must be before 'until' ({until}); both are Unix seconds and the "
+            "range is since <= ts < until",
+        )
+    return (math.inf if until is None else until), limit
+
+
+def unknown_device(device: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"device {device!r} is unknown to this hub; GET /v1/devices lists the devices "
+        "it knows (a device appears once provisioned or first heard from)",
+    )
+
+
+def require_device(store: Store, device: str) -> None:
+    """Raise 404 unless the store knows ``device``."""
+    if store.device(device) is None:
+        raise unknown_device(device)
+
+
+def find_model(store: Store, name: str, version: str | None) -> ModelRecord:
+    """The registered ``name`` at ``version`` (None: its latest version), or 404."""
+    if version is not None:
+        record = store.model(name, version)
+        if record is not None:
+            return record
+    records = store.models()
+    versions = sorted((r for r in records if r.name == name), key=lambda r: r.manifest.version_key)
+    if not versions:
+        names = sorted({r.name for r in records})
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"model {name!r} is not registered; registered models: "
+            f"{', '.join(names) or 'none'} (GET /v1/models lists them)",
+        )
+    if version is None:
+        return versions[-1]
+    raise HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"model {name!r} has no version {version!r}; registered versions: "
+        f"{', '.join(r.version for r in versions)} (GET /v1/models lists them)",
+    )

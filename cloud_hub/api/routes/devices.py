@@ -1,0 +1,57 @@
+"""``/v1/devices``: the fleet (state derived from the record and the stale timeout) and one device."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from fastapi import APIRouter
+
+from cloud_hub.api.auth import ReadAccess
+from cloud_hub.api.deps import ConfigDep, StoreDep
+from cloud_hub.api.errors import responses
+from cloud_hub.api.params import DeviceId, unknown_device
+from cloud_hub.api.schemas import DeviceDetailOut, DeviceListOut, DeviceOut, GapOut
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=responses(401))
+
+_GAPS_SHOWN = 100
+
+
+@router.get("", response_model=DeviceListOut)
+def list_devices(access: ReadAccess, store: StoreDep, config: ConfigDep) -> DeviceListOut:
+    """Every device the hub knows, by id, with its state.
+
+    ``stale``: the device's last status said online, but nothing has arrived
+    from it for more than ``stale_after_s`` seconds.
+    """
+    now = time.time()
+    devices = [DeviceOut.from_record(r, now, config.stale_after_s) for r in store.devices()]
+    states = Counter({"online": 0, "offline": 0, "stale": 0, "never_seen": 0})
+    states.update(d.state for d in devices)
+    return DeviceListOut(
+        count=len(devices),
+        stale_after_s=config.stale_after_s,
+        states=dict(states),
+        devices=devices,
+    )
+
+
+@router.get("/{device}", response_model=DeviceDetailOut, responses=responses(404, 422))
+def get_device(
+    access: ReadAccess, store: StoreDep, config: ConfigDep, device: DeviceId
+) -> DeviceDetailOut:
+    """One device: state, versions, its counters, its last heartbeat and its open gaps."""
+    record = store.device(device)
+    if record is None:
+        raise unknown_device(device)
+    summary = DeviceOut.from_record(record, time.time(), config.stale_after_s)
+    return DeviceDetailOut(
+        **summary.model_dump(),
+        acked_seq=store.watermark(device, record.epoch),
+        counters=dict(record.counters),
+        last_health=dict(record.last_health) if record.last_health is not None else None,
+        gaps=[GapOut.from_record(g) for g in store.gaps(device, limit=_GAPS_SHOWN)],
+    )

@@ -1,0 +1,433 @@
+"""The API's pydantic models: what a request may send and what a response shows.
+
+Three kinds of model, kept apart on purpose:
+
+- *request* models (``...In``) validate what a client sends;
+- *stored* models are the store's records (:mod:`cloud_hub.store.base`:
+  :class:`~cloud_hub.store.base.DeviceRecord`, ``TelemetryRows``,
+  ``EventRecord``, ``ModelRecord``, ``DeadLetter``, ``Gap``), never sent as they are;
+- *public* models (``...Out``) are what responses show, built from records by
+  their ``from_record`` constructors, so a new column in the store never leaks
+  into the API by accident.
+
+Times are Unix seconds (floats), as on the wire.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
+
+from cloud_hub.store.base import DeadLetter, DeviceRecord, EventRecord, Gap, ModelRecord
+
+__all__ = [
+    "DeadLetterOut",
+    "DeadLettersOut",
+    "DeviceDetailOut",
+    "DeviceListOut",
+    "DeviceOut",
+    "DeviceState",
+    "ErrorOut",
+    "EventOut",
+    "EventPageOut",
+    "GapOut",
+    "GapsOut",
+    "HealthOut",
+    "IngestStatsOut",
+    "ModelListOut",
+    "ModelOut",
+    "PredictIn",
+    "PredictOut",
+    "PredictionOut",
+    "ReadingOut",
+    "TelemetryPageOut",
+    "ValidationErrorOut",
+    "device_state",
+]
+
+DeviceState = Literal["online", "offline", "stale", "never_seen"]
+
+FiniteNumber = Annotated[float, Strict(), AllowInfNan(False)]
+"""A JSON number that is finite: no strings, no true/false, no NaN or Infinity."""
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorOut(BaseModel):
+    """Every error response: ``detail`` says what is wrong and how to fix it."""
+
+    detail: str
+
+
+class ValidationIssueOut(BaseModel):
+    loc: list[str | int]
+    """Where: ``["query", "limit"]``, ``["body", "rows", 3, "temperature_last"]``."""
+    msg: str
+    type: str
+
+
+class ValidationErrorOut(BaseModel):
+    """A request that did not validate (422): a one-line ``detail``, then every issue."""
+
+    detail: str
+    errors: list[ValidationIssueOut]
+
+
+# --------------------------------------------------------------------------- health
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded"]
+    store: Literal["ok", "unreachable"]
+    detail: str | None = None
+    """Why the store is unreachable, when it is."""
+    version: str
+    uptime_s: float
+    auth: Literal["tokens", "open"]
+    """``open``: the hub runs with --insecure-dev and some routes need no token."""
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def device_state(record: DeviceRecord, now: float, stale_after_s: float) -> DeviceState:
+    """The state a device shows: the stored one, except that an online device whose
+    last message is older than ``stale_after_s`` is ``stale``.
+
+    >>> rec = DeviceRecord("pi-1", "online", 1, "0.1.0", "1.0.0", 0.0, 100.0, None)
+    >>> device_state(rec, now=110.0, stale_after_s=30.0), device_state(rec, 131.0, 30.0)
+    ('online', 'stale')
+    """
+    if record.state == "online" and (
+        record.last_seen is None or now - record.last_seen > stale_after_s
+    ):
+        return "stale"
+    return record.state
+
+
+class DeviceOut(BaseModel):
+    device: str
+    state: DeviceState
+    epoch: int
+    agent_version: str | None
+    model_version: str | None
+    first_seen: float | None
+    last_seen: float | None
+    silent_for_s: float | None
+    """Seconds since the device's last message (None if never seen)."""
+
+    @classmethod
+    def from_record(cls, record: DeviceRecord, now: float, stale_after_s: float) -> DeviceOut:
+        return cls(
+            device=record.device,
+            state=device_state(record, now, stale_after_s),
+            epoch=record.epoch,
+            agent_version=record.agent_version,
+            model_version=record.model_version,
+            first_seen=record.first_seen,
+            last_seen=record.last_seen,
+            silent_for_s=None if record.last_seen is None else max(now - record.last_seen, 0.0),
+        )
+
+
+class DeviceListOut(BaseModel):
+    count: int
+    stale_after_s: float
+    states: dict[str, int]
+    """How many devices are in each state."""
+    devices: list[DeviceOut]
+
+
+class GapOut(BaseModel):
+    """Seqs ``first_seq`` to ``last_seq`` of a device's epoch not (yet) received."""
+
+    device: str
+    epoch: int
+    first_seq: int
+    last_seq: int
+    missing: int
+
+    @classmethod
+    def from_record(cls, gap: Gap) -> GapOut:
+        return cls(
+            device=gap.device,
+            epoch=gap.epoch,
+            first_seq=gap.first_seq,
+            last_seq=gap.last_seq,
+            missing=gap.last_seq - gap.first_seq + 1,
+        )
+
+
+class DeviceDetailOut(DeviceOut):
+    acked_seq: int
+    """Highest seq of the current epoch stored with every seq before it."""
+    counters: dict[str, int]
+    last_health: dict[str, Any] | None
+    """The device's last heartbeat, as it sent it."""
+    gaps: list[GapOut]
+    """The device's first missing seq ranges (at most 100)."""
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class ReadingOut(BaseModel):
+    ts: float
+    epoch: int
+    seq: int
+    """Seq of the telemetry message that carried the reading (several readings share one)."""
+    edge_model_version: str
+    heavy_model_version: str
+    features: list[float]
+    edge_scores: list[float]
+    heavy_scores: list[float]
+    received_at: float
+
+
+class TelemetryPageOut(BaseModel):
+    device: str
+    since: float
+    until: float | None
+    count: int
+    next_cursor: str | None
+    """Pass as ``cursor`` (with the same since/until) for the next page; None on the last."""
+    feature_names: list[str] | None
+    """Names of the ``features`` columns, when the edge model's manifest is registered."""
+    classes: list[str] | None
+    """Names of the score columns, when the edge model's manifest is registered."""
+    readings: list[ReadingOut]
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventOut(BaseModel):
+    device: str
+    epoch: int
+    seq: int
+    ts: float
+    model_version: str
+    rule: str
+    """``score`` (model score over threshold) or ``hard_limit`` (raw sensor value)."""
+    score: float
+    sensor: str | None
+    value: float | None
+    action: str
+    action_ok: bool
+    detail: str
+    received_at: float
+
+    @classmethod
+    def from_record(cls, record: EventRecord) -> EventOut:
+        e = record.event
+        return cls(
+            device=e.device,
+            epoch=e.epoch,
+            seq=e.seq,
+            ts=e.ts,
+            model_version=e.model_version,
+            rule=e.rule,
+            score=e.score,
+            sensor=e.sensor,
+            value=e.value,
+            action=e.action,
+            action_ok=e.action_ok,
+            detail=e.detail,
+            received_at=record.received_at,
+        )
+
+
+class EventPageOut(BaseModel):
+    count: int
+    next_cursor: str | None
+    events: list[EventOut]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    variant: str
+    created: str
+    registered_at: float
+    quantization: str
+    size: int
+    sha256: str
+    features: list[str]
+    classes: list[str]
+    urgent_class: str
+    urgent_threshold: float
+    metrics: dict[str, float]
+    parent: str | None
+    manifest_url: str
+    artifact_url: str
+
+    @classmethod
+    def from_record(cls, record: ModelRecord) -> ModelOut:
+        m = record.manifest
+        base = f"/v1/models/{record.name}/{record.version}"
+        return cls(
+            name=record.name,
+            version=record.version,
+            variant=record.variant,
+            created=m.created,
+            registered_at=record.registered_at,
+            quantization=m.model.quantization,
+            size=m.model.size,
+            sha256=m.model.sha256,
+            features=list(m.input.features),
+            classes=list(m.output.classes),
+            urgent_class=m.output.urgent_class,
+            urgent_threshold=m.urgent.score_threshold,
+            metrics=dict(m.metrics),
+            parent=m.lineage.parent,
+            manifest_url=base,
+            artifact_url=f"{base}/artifact",
+        )
+
+
+class ModelListOut(BaseModel):
+    count: int
+    models: list[ModelOut]
+
+
+# --------------------------------------------------------------------------- stats
+
+
+class GapsOut(BaseModel):
+    count: int
+    """Open gaps (ranges of missing seqs) over every device."""
+    count_is_lower_bound: bool
+    """True when there are more gaps than the API counts (it counts up to a cap)."""
+    missing_seqs: int
+    """Seqs missing in the counted gaps."""
+    ranges: list[GapOut]
+    """The first 100 gaps."""
+
+
+class IngestStatsOut(BaseModel):
+    received: int
+    """MQTT messages the ingest worker took in (every kind, valid or not)."""
+    stored_messages: int
+    stored_readings: int
+    duplicates: int
+    invalid: dict[str, int]
+    """Invalid messages by reason slug (``not_json``, ``wrong_type``, ...)."""
+    invalid_total: int
+    dropped: dict[str, int]
+    """Valid messages lost, by reason (``hub_queue_full``, ``store_error``, ...)."""
+    ingest_errors: int
+    gaps: GapsOut
+    counters: dict[str, int]
+    """Every counter the store keeps, summed over the hub and its devices."""
+    live: dict[str, Any] | None
+    """The running ingest worker's own figures (queue depth, rates), when it runs in this process."""
+
+
+class DeadLetterOut(BaseModel):
+    received_at: float
+    topic: str
+    device: str | None
+    reason: str
+    error: str
+    payload_size: int
+    payload_head: str
+    """The first bytes of the payload as text (undecodable bytes as \\x escapes)."""
+    payload_head_base64: str
+    """The same bytes, exactly, in base64."""
+
+    @classmethod
+    def from_record(cls, letter: DeadLetter) -> DeadLetterOut:
+        return cls(
+            received_at=letter.received_at,
+            topic=letter.topic,
+            device=letter.device,
+            reason=letter.reason,
+            error=letter.error,
+            payload_size=letter.payload_size,
+            payload_head=letter.payload_head.decode("utf-8", errors="backslashreplace"),
+            payload_head_base64=base64.b64encode(letter.payload_head).decode("ascii"),
+        )
+
+
+class DeadLettersOut(BaseModel):
+    count: int
+    dead_letters: list[DeadLetterOut]
+
+
+# --------------------------------------------------------------------------- predict
+
+
+class PredictIn(BaseModel):
+    """Rows to score with one registered model.
+
+    Give ``rows`` (objects keyed by the manifest's feature names) or
+    ``features`` (arrays in the manifest's feature order), not both.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "machine-heavy",
+                    "version": None,
+                    "rows": [{"temperature_last": 65.0, "vibration_last": 2.5}],
+                }
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=64, description="A registered model's name.")
+    version: str | None = Field(
+        default=None, max_length=32, description="MAJOR.MINOR.PATCH; null: the latest version."
+    )
+    rows: list[dict[str, FiniteNumber]] | None = Field(
+        default=None, min_length=1, description="One object per row, keyed by feature name."
+    )
+    features: list[list[FiniteNumber]] | None = Field(
+        default=None, min_length=1, description="One array per row, in the manifest's order."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictIn:
+        if (self.rows is None) == (self.features is None):
+            raise ValueError(
+                "give exactly one of 'rows' (objects keyed by feature name) or 'features' "
+                "(arrays in the manifest's feature order)"
+            )
+        return self
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows if self.rows is not None else self.features or [])
+
+
+class PredictionOut(BaseModel):
+    probabilities: dict[str, float]
+    """Probability of each class."""
+    predicted_class: str
+    urgent_score: float
+    """Probability of the manifest's urgent class."""
+    above_urgent_threshold: bool
+    """urgent_score >= the manifest's threshold. A device acts only after the manifest's
+    ``consecutive`` such readings; one row cannot tell that."""
+
+
+class PredictOut(BaseModel):
+    model: str
+    version: str
+    variant: str
+    quantization: str
+    scored_row_by_row: bool
+    """True for an int8 model: each row scored alone, exactly as a device scores it."""
+    classes: list[str]
+    urgent_class: str
+    urgent_threshold: float
+    count: int
+    predictions: list[PredictionOut]

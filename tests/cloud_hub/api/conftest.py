@@ -1,0 +1,236 @@
+"""One real hub API for the package: a real SQLite store filled through the Store
+interface, the real model packages, a real uvicorn server on an ephemeral port."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cloud_hub.api import ApiConfig, create_app
+from cloud_hub.store import open_store
+from cloud_hub.store.base import DeadLetter, Store, TelemetryRows
+from shared.features import FEATURE_NAMES
+from shared.manifest import MODEL_FILE, ModelPackage, load_package
+from shared.messages import Event, Health, Status
+from tests.cloud_hub.api.server import Client, live_server
+from tests.conftest import ModelPaths
+
+READ_TOKEN = "read-token-for-api-tests-0123456789"
+ADMIN_TOKEN = "admin-token-for-api-tests-0123456789"
+STALE_AFTER_S = 30.0
+MAX_PAGE = 200
+PREDICT_MAX_ROWS = 64
+T0 = 1_700_000_000.0
+"""Timestamp of the first reading."""
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the store holds, for tests to compare the API's answers with."""
+
+    now: float
+    edge: ModelPackage
+    heavy: ModelPackage
+    ts: np.ndarray
+    features: np.ndarray
+    edge_scores: np.ndarray
+    heavy_scores: np.ndarray
+    seqs: np.ndarray
+    """Seq of the message that carried each reading."""
+    events: list[Event]
+    broken_path: Path
+
+
+@dataclass(frozen=True)
+class Hub:
+    anon: Client
+    read: Client
+    admin: Client
+    seeded: Seeded
+    config: ApiConfig
+    app: Any
+
+
+def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
+    now = time.time()
+    rng = np.random.default_rng(11)
+    edge, heavy = load_package(models.edge), load_package(models.heavy)
+    for pkg in (edge, heavy):
+        store.register_model(pkg.manifest, str(pkg.path), now)
+    # A later heavy version (the same artifact) so "version": null has a choice to make.
+    store.register_model(dataclasses.replace(heavy.manifest, version="1.1.0"), str(heavy.path), now)
+    # A registered model whose file was truncated after registration.
+    broken = tmp / "broken"
+    shutil.copytree(heavy.path, broken)
+    with (broken / MODEL_FILE).open("r+b") as fh:
+        fh.truncate(1000)
+    store.register_model(dataclasses.replace(heavy.manifest, name="broken-heavy"), str(broken), now)
+
+    online = Status("pi-online", 2, 0, "online", "0.1.0", "1.0.0", now)
+    store.record_status(online, now)
+    store.record_status(Status("pi-stale", 1, 0, "online", "0.1.0", "1.0.0", now), now - 600)
+    store.record_status(Status("pi-off", 1, 0, "online", "0.1.0", "1.0.0", now), now - 100)
+    store.record_status(Status("pi-off", 1, 3, "offline", "0.1.0", "1.0.0", now), now - 90)
+    store.add_device("pi-new")
+    health = Health(
+        device="pi-online",
+        epoch=2,
+        seq=30,
+        ts=now,
+        model_version="1.0.0",
+        uptime_s=120.0,
+        readings=900,
+        latency_p50_us=40.0,
+        latency_p99_us=90.0,
+        cpu_pct=3.0,
+        rss_mb=41.5,
+        outbox_depth=0,
+        acked_seq=29,
+        dropped={"outbox_full": 1},
+    )
+    store.record_health(health, now)
+
+    n_features = len(FEATURE_NAMES)
+    items: list[Any] = []
+    ts_all, f_all, e_all, h_all, seq_all = [], [], [], [], []
+    t = T0
+    for seq in range(1, 26):
+        if seq == 13:
+            continue  # a gap: seq 13 never arrives
+        n = int(rng.integers(1, 40))
+        ts = t + 0.5 * np.arange(n, dtype=np.float64)
+        t = float(ts[-1]) + 0.5
+        feats = rng.normal(50.0, 20.0, size=(n, n_features)).astype(np.float32)
+        edge_s = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+        heavy_s = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
+        items.append(
+            TelemetryRows("pi-online", 2, seq, "1.0.0", "1.0.0", ts, feats, edge_s, heavy_s, now)
+        )
+        ts_all.append(ts)
+        f_all.append(feats)
+        e_all.append(edge_s)
+        h_all.append(heavy_s)
+        seq_all.append(np.full(n, seq))
+    events = [
+        Event(
+            "pi-online",
+            2,
+            26,
+            T0 + 10.0,
+            "1.0.0",
+            "score",
+            0.97,
+            None,
+            None,
+            "stop",
+            True,
+            "score over threshold",
+        ),
+        Event(
+            "pi-online",
+            2,
+            27,
+            T0 + 20.0,
+            "1.0.0",
+            "hard_limit",
+            0.2,
+            "temperature",
+            120.5,
+            "stop",
+            True,
+            "temperature over 110",
+        ),
+        Event(
+            "pi-off",
+            1,
+            1,
+            T0 + 15.0,
+            "1.0.0",
+            "score",
+            0.91,
+            None,
+            None,
+            "alarm",
+            False,
+            "actuator failed",
+        ),
+        Event(
+            "pi-online", 2, 28, T0 + 30.0, "1.0.0", "score", 0.95, None, None, "stop", True, "again"
+        ),
+    ]
+    store.write_stream(items + events)
+    store.add_counters(
+        {
+            (None, "received"): 7,
+            ("pi-online", "received"): 40,
+            ("pi-online", "stored_messages"): 28,
+            ("pi-online", "stored_readings"): int(sum(len(x) for x in ts_all)),
+            ("pi-online", "duplicates"): 2,
+            ("pi-online", "invalid:not_json"): 3,
+            ("pi-off", "invalid:wrong_type"): 1,
+            (None, "dropped:hub_queue_full"): 4,
+        }
+    )
+    store.add_dead_letters(
+        [
+            DeadLetter(
+                now,
+                "edgeloop/v1/dev/pi-online/telemetry",
+                "pi-online",
+                "not_json",
+                "payload is not JSON",
+                b"\xff\xfenot json",
+                10,
+            ),
+        ],
+        keep=100,
+    )
+    return Seeded(
+        now=now,
+        edge=edge,
+        heavy=heavy,
+        ts=np.concatenate(ts_all),
+        features=np.concatenate(f_all),
+        edge_scores=np.concatenate(e_all),
+        heavy_scores=np.concatenate(h_all),
+        seqs=np.concatenate(seq_all),
+        events=sorted(events, key=lambda e: e.ts),
+        broken_path=broken,
+    )
+
+
+@pytest.fixture(scope="package")
+def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) -> Iterator[Hub]:
+    """The API on a seeded store, served by uvicorn; shared by every API test."""
+    tmp = tmp_path_factory.mktemp("api")
+    store = open_store(f"sqlite:///{tmp / 'hub.db'}")
+    try:
+        seeded = _seed(store, model_packages, tmp)
+        config = ApiConfig(
+            read_token=READ_TOKEN,
+            admin_token=ADMIN_TOKEN,
+            stale_after_s=STALE_AFTER_S,
+            max_page=MAX_PAGE,
+            predict_max_rows=PREDICT_MAX_ROWS,
+        )
+        app = create_app(store, config, ingest_stats=lambda: {"queue_depth": 0, "running": True})
+        with live_server(app) as port:
+            anon = Client(port)
+            yield Hub(
+                anon=anon,
+                read=anon.with_token(READ_TOKEN),
+                admin=anon.with_token(ADMIN_TOKEN),
+                seeded=seeded,
+                config=config,
+                app=app,
+            )
+    finally:
+        store.close()

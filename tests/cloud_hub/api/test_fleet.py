@@ -1,0 +1,188 @@
+"""Devices, telemetry, events and ingest statistics, read back from a real store."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+
+from tests.cloud_hub.api.conftest import MAX_PAGE, STALE_AFTER_S, T0, Hub
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _devices(hub: Hub) -> dict[str, dict[str, Any]]:
+    reply = hub.read.get("/v1/devices")
+    assert reply.status == 200, reply.body
+    return {d["device"]: d for d in reply.json()["devices"]}
+
+
+def test_device_list_derives_every_state(hub: Hub) -> None:
+    body = hub.read.get("/v1/devices").json()
+    devices = {d["device"]: d for d in body["devices"]}
+    assert {k: v["state"] for k, v in devices.items()} == {
+        "pi-new": "never_seen",
+        "pi-off": "offline",
+        "pi-online": "online",
+        "pi-stale": "stale",
+    }
+    assert body["count"] == 4 and body["stale_after_s"] == STALE_AFTER_S
+    assert body["states"] == {"online": 1, "offline": 1, "stale": 1, "never_seen": 1}
+    online, stale, new = devices["pi-online"], devices["pi-stale"], devices["pi-new"]
+    assert online["epoch"] == 2 and online["agent_version"] == "0.1.0"
+    assert online["model_version"] == "1.0.0"
+    assert online["silent_for_s"] < STALE_AFTER_S < stale["silent_for_s"]
+    assert stale["last_seen"] == pytest.approx(hub.seeded.now - 600)
+    assert new["last_seen"] is None and new["silent_for_s"] is None
+
+
+def test_device_detail_has_counters_health_and_gaps(hub: Hub) -> None:
+    body = hub.read.get("/v1/devices/pi-online").json()
+    assert body["state"] == "online"
+    assert body["counters"]["invalid:not_json"] == 3
+    assert body["counters"]["duplicates"] == 2
+    assert body["last_health"]["outbox_depth"] == 0
+    assert body["last_health"]["dropped"] == {"outbox_full": 1}
+    assert body["acked_seq"] == 12  # seq 13 never arrived
+    assert body["gaps"] == [
+        {"device": "pi-online", "epoch": 2, "first_seq": 13, "last_seq": 13, "missing": 1}
+    ]
+
+
+def test_unknown_device_is_404_naming_it(hub: Hub) -> None:
+    for path in ("/v1/devices/pi-nope", "/v1/devices/pi-nope/telemetry"):
+        reply = hub.read.get(path)
+        assert reply.status == 404
+        assert "'pi-nope'" in reply.detail and "GET /v1/devices" in reply.detail
+    reply = hub.read.get("/v1/events?device=pi-nope")
+    assert reply.status == 404 and "'pi-nope'" in reply.detail
+
+
+def _all_pages(hub: Hub, path: str, params: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(10_000):
+        query = dict(params, **({"cursor": cursor} if cursor else {}))
+        reply = hub.read.get(f"{path}?{urlencode(query)}")
+        assert reply.status == 200, reply.body
+        page = reply.json()
+        assert page["count"] == len(page[key]) <= params.get("limit", MAX_PAGE)
+        items.extend(page[key])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("pagination did not end")
+
+
+@pytest.mark.parametrize("limit", [7, 37, MAX_PAGE])
+def test_telemetry_pages_return_every_reading_once_in_order(hub: Hub, limit: int) -> None:
+    s = hub.seeded
+    readings = _all_pages(hub, "/v1/devices/pi-online/telemetry", {"limit": limit}, "readings")
+    assert len(readings) == len(s.ts)
+    np.testing.assert_array_equal([r["ts"] for r in readings], s.ts)
+    np.testing.assert_array_equal([r["seq"] for r in readings], s.seqs)
+    # float32 values survive JSON exactly.
+    got = np.array([r["features"] for r in readings], dtype=np.float32)
+    np.testing.assert_array_equal(got, s.features)
+    np.testing.assert_array_equal(
+        np.array([r["edge_scores"] for r in readings], dtype=np.float32), s.edge_scores
+    )
+    np.testing.assert_array_equal(
+        np.array([r["heavy_scores"] for r in readings], dtype=np.float32), s.heavy_scores
+    )
+    first = readings[0]
+    assert first["edge_model_version"] == first["heavy_model_version"] == "1.0.0"
+    assert first["epoch"] == 2
+
+
+def test_telemetry_time_range_and_column_names(hub: Hub) -> None:
+    s = hub.seeded
+    since, until = float(s.ts[10]), float(s.ts[60])
+    for limit in (1, 13):
+        params = {"since": since, "until": until, "limit": limit}
+        readings = _all_pages(hub, "/v1/devices/pi-online/telemetry", params, "readings")
+        np.testing.assert_array_equal([r["ts"] for r in readings], s.ts[10:60])
+    page = hub.read.get("/v1/devices/pi-online/telemetry?limit=5").json()
+    manifest = s.edge.manifest
+    assert page["feature_names"] == list(manifest.input.features)
+    assert page["classes"] == list(manifest.output.classes)
+    assert page["until"] is None and page["next_cursor"] is not None
+    empty = hub.read.get(f"/v1/devices/pi-online/telemetry?since={T0 + 1e6}").json()
+    assert empty["readings"] == [] and empty["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("limit=0", "query parameter 'limit'"),
+        (f"limit={MAX_PAGE + 1}", f"page size {MAX_PAGE}"),
+        ("limit=many", "query parameter 'limit'"),
+        ("since=yesterday", "query parameter 'since'"),
+        ("since=nan", "query parameter 'since'"),
+        ("until=inf", "query parameter 'until'"),
+        (f"since={T0 + 5}&until={T0}", "must be before 'until'"),
+        ("cursor=%21%21not-a-cursor", "query parameter 'cursor'"),
+        ("cursor=AAAA", "query parameter 'cursor'"),
+    ],
+)
+def test_bad_query_parameters_are_422_naming_them(hub: Hub, query: str, words: str) -> None:
+    for path in ("/v1/devices/pi-online/telemetry", "/v1/events"):
+        reply = hub.read.get(f"{path}?{query}")
+        assert reply.status == 422, (path, query, reply.body)
+        assert words in reply.detail, reply.detail
+        assert reply.json()["errors"], reply.body
+
+
+def test_bad_path_parameter_is_422(hub: Hub) -> None:
+    reply = hub.read.get("/v1/devices/" + "d" * 200)
+    assert reply.status == 422 and "path parameter 'device'" in reply.detail
+
+
+def test_events_in_time_order_filtered_by_device_and_time(hub: Hub) -> None:
+    events = _all_pages(hub, "/v1/events", {"limit": 1}, "events")
+    assert [(e["device"], e["seq"]) for e in events] == [
+        (e.device, e.seq) for e in hub.seeded.events
+    ]
+    assert events[0]["rule"] == "score" and events[0]["action_ok"] is True
+    online = hub.read.get("/v1/events?device=pi-online").json()["events"]
+    assert [e["seq"] for e in online] == [26, 27, 28]
+    limit_event = online[1]
+    assert limit_event["sensor"] == "temperature" and limit_event["value"] == 120.5
+    window = hub.read.get(f"/v1/events?since={T0 + 12}&until={T0 + 25}").json()["events"]
+    assert [(e["device"], e["seq"]) for e in window] == [("pi-off", 1), ("pi-online", 27)]
+
+
+def test_ingest_stats_count_everything(hub: Hub) -> None:
+    body = hub.read.get("/v1/stats/ingest").json()
+    assert body["received"] == 47
+    assert body["stored_messages"] == 28
+    assert body["stored_readings"] == len(hub.seeded.ts)
+    assert body["duplicates"] == 2
+    assert body["invalid"] == {"not_json": 3, "wrong_type": 1}
+    assert body["invalid_total"] == 4
+    assert body["dropped"] == {"hub_queue_full": 4}
+    assert body["gaps"]["count"] == 1 and body["gaps"]["missing_seqs"] == 1
+    assert body["gaps"]["ranges"][0]["first_seq"] == 13
+    assert body["live"] == {"queue_depth": 0, "running": True}
+
+
+def test_dead_letters_show_payload_heads_exactly(hub: Hub) -> None:
+    body = hub.admin.get("/v1/dead-letters?limit=10").json()
+    assert body["count"] == 1
+    letter = body["dead_letters"][0]
+    assert letter["reason"] == "not_json" and letter["device"] == "pi-online"
+    assert base64.b64decode(letter["payload_head_base64"]) == b"\xff\xfenot json"
+    assert letter["payload_head"].endswith("not json")
+    assert hub.admin.get("/v1/dead-letters?device=pi-off").json()["count"] == 0
+    reply = hub.admin.get("/v1/dead-letters?limit=100000")
+    assert reply.status == 422 and "query parameter 'limit'" in reply.detail
+
+
+def test_unknown_route_and_method_say_what_to_do(hub: Hub) -> None:
+    reply = hub.read.get("/v1/nothing-here")
+    assert reply.status == 404 and "/docs" in reply.detail
+    reply = hub.read.request("DELETE", "/v1/devices")
+    assert reply.status == 405 and "GET" in reply.detail

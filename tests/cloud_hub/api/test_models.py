@@ -1,0 +1,127 @@
+"""Models: the list, the manifest byte for byte, and artifact downloads with Range resume."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from cloud_hub.api.byteranges import ByteRange, RangeNotSatisfiableError, parse_range
+from shared.manifest import MANIFEST_FILE, MODEL_FILE
+from tests.cloud_hub.api.conftest import Hub
+
+pytestmark = pytest.mark.timeout(30)
+
+EDGE = "/v1/models/machine-edge/1.0.0"
+HEAVY = "/v1/models/machine-heavy/1.0.0"
+
+
+def test_model_list(hub: Hub) -> None:
+    body = hub.read.get("/v1/models").json()
+    listed = [(m["name"], m["version"], m["variant"]) for m in body["models"]]
+    assert listed == [
+        ("broken-heavy", "1.0.0", "heavy"),
+        ("machine-edge", "1.0.0", "edge"),
+        ("machine-heavy", "1.0.0", "heavy"),
+        ("machine-heavy", "1.1.0", "heavy"),
+    ]
+    edge = body["models"][1]
+    manifest = hub.seeded.edge.manifest
+    assert edge["sha256"] == manifest.model.sha256 and edge["size"] == manifest.model.size
+    assert edge["quantization"] == "int8-dynamic"
+    assert edge["features"] == list(manifest.input.features)
+    assert edge["artifact_url"] == f"{EDGE}/artifact" and edge["manifest_url"] == EDGE
+
+
+def test_manifest_is_the_signed_file_byte_for_byte(hub: Hub) -> None:
+    for path, pkg in ((EDGE, hub.seeded.edge), (HEAVY, hub.seeded.heavy)):
+        reply = hub.read.get(path)
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.body == (pkg.path / MANIFEST_FILE).read_bytes()
+        assert reply.headers["etag"] == f'"{hashlib.sha256(reply.body).hexdigest()}"'
+
+
+def test_artifact_download_equals_the_file(hub: Hub) -> None:
+    for path, pkg in ((EDGE, hub.seeded.edge), (HEAVY, hub.seeded.heavy)):
+        data = (pkg.path / MODEL_FILE).read_bytes()
+        reply = hub.read.get(f"{path}/artifact")
+        assert reply.status == 200
+        assert reply.body == data
+        assert int(reply.headers["content-length"]) == len(data)
+        assert reply.headers["accept-ranges"] == "bytes"
+        assert reply.headers["etag"] == f'"{pkg.manifest.model.sha256}"'
+        assert reply.headers["content-type"] == "application/octet-stream"
+        head = hub.read.request("HEAD", f"{path}/artifact")
+        assert head.status == 200 and head.body == b""
+        assert int(head.headers["content-length"]) == len(data)
+
+
+def test_range_requests_resume_a_download(hub: Hub) -> None:
+    data = (hub.seeded.heavy.path / MODEL_FILE).read_bytes()
+    size = len(data)
+    url = f"{HEAVY}/artifact"
+    for header, lo, hi in (
+        ("bytes=100-199", 100, 199),
+        ("bytes=1000-", 1000, size - 1),
+        ("bytes=-50", size - 50, size - 1),
+        (f"bytes=0-{size * 2}", 0, size - 1),
+    ):
+        reply = hub.read.get(url, headers={"Range": header})
+        assert reply.status == 206, header
+        assert reply.body == data[lo : hi + 1], header
+        assert reply.headers["content-range"] == f"bytes {lo}-{hi}/{size}"
+        assert int(reply.headers["content-length"]) == hi - lo + 1
+    # An interrupted download resumes where it stopped, guarded by If-Range.
+    first = hub.read.get(url, headers={"Range": "bytes=0-65535"})
+    etag = first.headers["etag"]
+    rest = hub.read.get(url, headers={"Range": "bytes=65536-", "If-Range": etag})
+    assert rest.status == 206 and first.body + rest.body == data
+    stale = hub.read.get(url, headers={"Range": "bytes=65536-", "If-Range": '"other"'})
+    assert stale.status == 200 and stale.body == data
+    # Several ranges, or another unit: the whole file (RFC 9110 lets a server ignore them).
+    for header in ("bytes=0-1,5-9", "items=0-1", "bytes=9-3"):
+        reply = hub.read.get(url, headers={"Range": header})
+        assert reply.status == 200 and reply.body == data, header
+
+
+def test_range_past_the_end_is_416(hub: Hub) -> None:
+    size = hub.seeded.heavy.manifest.model.size
+    for header in (f"bytes={size}-", f"bytes={size + 10}-{size + 20}", "bytes=-0"):
+        reply = hub.read.get(f"{HEAVY}/artifact", headers={"Range": header})
+        assert reply.status == 416, header
+        assert reply.headers["content-range"] == f"bytes */{size}"
+        assert "machine-heavy 1.0.0" in reply.detail and f"below {size}" in reply.detail
+
+
+def test_unknown_model_or_version_is_404_listing_what_exists(hub: Hub) -> None:
+    for suffix in ("", "/artifact"):
+        reply = hub.read.get(f"/v1/models/no-such-model/1.0.0{suffix}")
+        assert reply.status == 404
+        assert "'no-such-model' is not registered" in reply.detail
+        assert "machine-heavy" in reply.detail
+        reply = hub.read.get(f"/v1/models/machine-heavy/9.9.9{suffix}")
+        assert reply.status == 404
+        assert "no version '9.9.9'" in reply.detail and "1.0.0, 1.1.0" in reply.detail
+
+
+def test_a_damaged_artifact_is_500_saying_what_to_do(hub: Hub) -> None:
+    reply = hub.read.get("/v1/models/broken-heavy/1.0.0/artifact")
+    assert reply.status == 500
+    assert "broken-heavy 1.0.0" in reply.detail and "register the model again" in reply.detail
+    assert str(hub.seeded.broken_path) not in reply.detail  # paths stay in the log
+
+
+def test_parse_range_rules() -> None:
+    assert parse_range(None, 10) is None
+    assert parse_range("bytes=2-4", 10) == ByteRange(2, 4)
+    assert parse_range("BYTES = 2 - 4", 10) == ByteRange(2, 4)
+    assert parse_range("bytes=-3", 10) == ByteRange(7, 9)
+    assert parse_range("bytes=-30", 10) == ByteRange(0, 9)
+    assert parse_range("bytes=9-", 10) == ByteRange(9, 9)
+    for ignored in ("bytes=", "bytes=-", "bytes=a-b", "bytes=5-2", "bytes=0-1,3-4", "pages=1-2"):
+        assert parse_range(ignored, 10) is None, ignored
+    for unsatisfiable in ("bytes=10-", "bytes=10-20", "bytes=-0"):
+        with pytest.raises(RangeNotSatisfiableError):
+            parse_range(unsatisfiable, 10)
+    assert ByteRange(2, 4).length == 3 and ByteRange(2, 4).content_range(10) == "bytes 2-4/10"
