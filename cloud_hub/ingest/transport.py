@@ -1,0 +1,328 @@
+"""The hub's MQTT link (paho-mqtt): the only ingest module that imports it.
+
+paho's network thread does only this: keep the connection, check that each
+incoming topic is one the hub asked for, and put ``(topic, payload,
+received_at)`` on a bounded queue without ever blocking. Everything else
+(decoding, scoring, storing, acking) is the ingest worker's, on its own thread.
+
+Why the queue is so large (``queue_max``, default 200,000 messages): the hub's
+subscription must never be the one that drops (DESIGN.md section 7). A full
+queue cannot push back on the broker without stalling paho's thread, which
+would also stall keepalives and outgoing acks, so it drops and counts
+``dropped:hub_queue_full`` instead. The queue therefore has to absorb whatever
+the broker may deliver in a burst: Mosquitto sends at most
+``max_inflight_messages`` unacknowledged QoS 1 messages and keeps up to
+``max_queued_messages`` more per client while the hub is slow or away (its
+default, 1000, is too small for the hub: raise it, with ``max_queued_bytes 0``,
+as ``tests/brokers.py`` and ``deploy/`` do); amqtt buffers without bound, so
+only this queue bounds what the hub holds. Size it above the broker's
+per-client queue.
+
+The session is persistent (``clean_session=False``, fixed client id): while the
+hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
+it. Reconnects wait an exponential, jittered delay
+(:class:`~edge_agent.backoff.Backoff`), as the agent's do.
+
+Errors::
+
+    EdgeloopError
+     └── BrokerConnectError     start() could not connect: endpoint (redacted), reason
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.backoff import Backoff
+from shared.endpoint import BrokerEndpoint
+from shared.errors import EdgeloopError
+from shared.topics import EDGE_TO_HUB, Topics, topic_matches
+
+__all__ = ["DEFAULT_QUEUE_MAX", "BrokerConnectError", "HubLink", "Incoming"]
+
+log = logging.getLogger(__name__)
+
+Incoming = tuple[str, bytes, float]
+"""``(topic, payload, received_at)``; ``received_at`` is wall-clock ``time.time()``."""
+
+DEFAULT_QUEUE_MAX: Final = 200_000
+
+# MQTT 3.1.1 CONNACK return codes that mean "these credentials are not accepted".
+_CREDENTIALS_REFUSED: Final = frozenset({4, 5, 134, 135})
+
+
+class BrokerConnectError(EdgeloopError):
+    """The hub could not connect to its broker; the message names the cause and the fix.
+
+    ``reason`` is one of ``not_authorized``, ``refused``, ``unreachable``,
+    ``unknown_host``, ``timeout``, ``no_connack``, ``subscribe_refused``.
+    """
+
+    def __init__(self, message: str, *, endpoint: str, reason: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.reason = reason
+
+
+class HubLink:
+    """The hub's one connection to the broker: subscribe, queue, publish.
+
+    >>> link = HubLink(endpoint, Topics(), client_id="edgeloop-hub")  # doctest: +SKIP
+    >>> link.start(timeout=10)  # doctest: +SKIP
+    >>> topic, payload, received_at = link.queue.get()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        topics: Topics,
+        *,
+        client_id: str = "edgeloop-hub",
+        queue_max: int = DEFAULT_QUEUE_MAX,
+        keepalive_s: int = 30,
+        reconnect_min_s: int = 1,
+        reconnect_max_s: int = 30,
+        max_inflight: int = 1000,
+        max_queued_out: int = 100_000,
+    ) -> None:
+        if queue_max < 1:
+            raise ValueError(f"hub link: queue_max must be >= 1, got {queue_max}")
+        if reconnect_max_s < reconnect_min_s or reconnect_min_s < 1:
+            raise ValueError(
+                f"hub link: reconnect delays must satisfy 1 <= min <= max, got "
+                f"{reconnect_min_s} and {reconnect_max_s}"
+            )
+        self.endpoint = endpoint
+        self.topics = topics
+        self.client_id = client_id
+        self.keepalive_s = keepalive_s
+        self.queue: queue.Queue[Incoming] = queue.Queue(maxsize=queue_max)
+        """Messages for the ingest worker; the paho thread only ever ``put_nowait``s here."""
+        self.subscriptions: tuple[str, ...] = tuple(
+            topics.device_filter(kind) for kind in sorted(EDGE_TO_HUB)
+        )
+        self.connected = threading.Event()
+        self.connects = 0
+        self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
+        self._counts_lock = threading.Lock()
+        self._pending_counts: dict[str, int] = {}
+        self._total_counts: dict[str, int] = {}
+        self._subscribed = threading.Event()
+        self._start_failure: BrokerConnectError | None = None
+        self._closing = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        if endpoint.username:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(max_queued_out)
+        client.reconnect_delay_set(reconnect_min_s, reconnect_min_s)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+
+    # -- counters (the paho thread counts too; our lock is never held around a paho call)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self._pending_counts[name] = self._pending_counts.get(name, 0) + n
+            self._total_counts[name] = self._total_counts.get(name, 0) + n
+
+    def take_counts(self) -> dict[str, int]:
+        """Counts (``dropped:hub_queue_full``, ``invalid:foreign_topic``, ...) since the last take."""
+        with self._counts_lock:
+            taken, self._pending_counts = self._pending_counts, {}
+            return taken
+
+    def counts(self) -> dict[str, int]:
+        """Every count since the link was built."""
+        with self._counts_lock:
+            return dict(self._total_counts)
+
+    # -- paho thread ---------------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+    ) -> None:
+        if rc.is_failure:
+            self._count("connect_refused")
+            failure = self._refusal(rc)
+            if self._start_failure is None and not self.connects:
+                self._start_failure = failure
+                self._subscribed.set()  # wakes start(), which raises the failure
+            else:
+                log.error("%s", failure)
+            self._schedule_reconnect()
+            return
+        self._backoff.reset()
+        self.connects += 1
+        client.subscribe([(f, 1) for f in self.subscriptions])
+        self.connected.set()
+        log.info(
+            "hub connected to %s as %r (session %s)",
+            self.endpoint.redacted_url,
+            self.client_id,
+            "resumed" if getattr(flags, "session_present", False) else "new",
+        )
+
+    def _refusal(self, rc: ReasonCode) -> BrokerConnectError:
+        url = self.endpoint.redacted_url
+        why = str(rc).lower()
+        if rc.value in _CREDENTIALS_REFUSED:
+            return BrokerConnectError(
+                f"broker at {url} refused the hub's credentials ({why}): "
+                "check --broker user and password",
+                endpoint=url,
+                reason="not_authorized",
+            )
+        return BrokerConnectError(
+            f"broker at {url} refused the hub's connection ({why}); "
+            f"is another hub already connected as client id {self.client_id!r}?",
+            endpoint=url,
+            reason="refused",
+        )
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        self._count("connect_failed")
+        self._schedule_reconnect()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if self._closing:
+            return
+        if was:
+            self._count("disconnects")
+            log.warning("hub disconnected from %s (%s)", self.endpoint.redacted_url, rc)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        delay = self._backoff.next()
+        self._client.reconnect_delay_set(delay, delay)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
+        refused = [f for f, code in zip(self.subscriptions, codes, strict=False) if code.is_failure]
+        if refused:
+            self._count("subscribe_refused", len(refused))
+            failure = BrokerConnectError(
+                f"broker at {self.endpoint.redacted_url} refused the hub's subscription to "
+                f"{', '.join(refused)}: allow the hub's user to read '{self.topics.root}/dev/#' "
+                "in the broker's ACL",
+                endpoint=self.endpoint.redacted_url,
+                reason="subscribe_refused",
+            )
+            if self._start_failure is None and self.connects <= 1:
+                self._start_failure = failure
+            else:
+                log.error("%s", failure)
+        self._subscribed.set()
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        received_at = time.time()
+        topic = message.topic
+        # amqtt hands a new client retained messages of other clients' subscriptions.
+        if not any(topic_matches(f, topic) for f in self.subscriptions):
+            self._count("invalid:foreign_topic")
+            return
+        try:
+            self.queue.put_nowait((topic, bytes(message.payload), received_at))
+        except queue.Full:
+            self._count("dropped:hub_queue_full")
+
+    # -- any other thread ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Connect, subscribe, and run paho's network thread; raise :class:`BrokerConnectError`.
+
+        Returns once the broker has acknowledged both the connection and the
+        subscriptions, so every message published after it returns reaches the
+        queue. From then on, lost connections are retried in the background.
+        """
+        url = self.endpoint.redacted_url
+        self._client.connect_timeout = timeout
+        deadline = time.monotonic() + timeout
+        try:
+            self._client.connect(self.endpoint.host, self.endpoint.port, self.keepalive_s)
+        except ConnectionRefusedError:
+            raise BrokerConnectError(
+                f"cannot reach the broker at {url}: connection refused; is it running?",
+                endpoint=url,
+                reason="unreachable",
+            ) from None
+        except socket.gaierror as exc:
+            raise BrokerConnectError(
+                f"cannot reach the broker at {url}: host {self.endpoint.host!r} not found "
+                f"({exc.strerror}); check the --broker host",
+                endpoint=url,
+                reason="unknown_host",
+            ) from None
+        except TimeoutError:
+            raise BrokerConnectError(
+                f"cannot reach the broker at {url}: no answer within {timeout:g} s; "
+                "check the host, the port and any firewall between",
+                endpoint=url,
+                reason="timeout",
+            ) from None
+        except OSError as exc:
+            raise BrokerConnectError(
+                f"cannot reach the broker at {url}: {exc.strerror or exc}; is it running?",
+                endpoint=url,
+                reason="unreachable",
+            ) from None
+        self._client.loop_start()
+        ok = self._subscribed.wait(max(0.0, deadline - time.monotonic()))
+        failure = self._start_failure
+        if failure is None and not ok:
+            failure = BrokerConnectError(
+                f"broker at {url} accepted the TCP connection but did not complete the MQTT "
+                f"handshake (CONNACK and SUBACK) within {timeout:g} s; is it an MQTT broker, "
+                "and is the port the MQTT listener?",
+                endpoint=url,
+                reason="no_connack",
+            )
+        if failure is not None:
+            self.close()
+            raise failure
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Hand a message to paho (sent now, or at QoS 1 kept for the reconnect); False if not.
+
+        paho holds at most ``max_queued_out`` outgoing messages; beyond that it
+        refuses, and the caller decides (an ack is superseded by the next one).
+        """
+        # Never hold a lock of ours around a paho call: paho calls back under its own.
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return qos > 0  # paho keeps a QoS 1 message for the reconnect, drops a QoS 0 one
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread. The broker keeps the session for the next start."""
+        self._closing = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"HubLink({self.endpoint.redacted_url!r}, root={self.topics.root!r}, "
+            f"client_id={self.client_id!r}, queued={self.queue.qsize()})"
+        )

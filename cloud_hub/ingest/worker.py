@@ -1,0 +1,677 @@
+"""The ingest worker: one thread that turns queued MQTT messages into stored rows and acks.
+
+It drains the link's queue in batches (it blocks for the first message, then
+takes more until the batch holds ``batch_max_messages`` or
+``batch_max_wait_ms`` have passed) and, for each batch:
+
+1. parses each topic and decodes each payload; anything that does not parse or
+   validate, or whose payload names another device than its topic, goes to the
+   bounded dead-letter table and is counted per device as ``invalid:<reason>``;
+2. touches every device heard from, records births, wills and heartbeats;
+3. scores the features of *all* the batch's telemetry with the heavy model in
+   one call, and pairs the heavy scores with the edge scores of each message;
+4. writes every stream message (telemetry, events, ota) in ONE
+   :meth:`~cloud_hub.store.base.Store.write_stream` transaction, which
+   dedupes on ``(device, epoch, seq)`` and records gaps;
+5. only then, once the write is durable, publishes an ``ack`` of each touched
+   ``(device, epoch)``'s contiguous watermark (a duplicate is acked too: a
+   device replaying needs to hear where the hub stands);
+6. adds the batch's counters in one call, and its dead letters in another.
+
+Nothing a message can do stops the thread: every message is handled inside its
+own guard, and a store failure is logged, counted as ``ingest_errors`` and the
+write retried once before the batch is dead-lettered with reason
+``store_error`` (never acked, so a device keeping unacked messages sends it
+again).
+
+Counters, per device (``None`` for the hub itself): ``received``,
+``stored_messages``, ``stored_readings``, ``stored_events``, ``duplicates``,
+``compared_readings`` and ``edge_heavy_disagreements`` (edge and heavy model
+picking different classes), ``invalid:<reason>``,
+``dropped:<reason>``; hub-wide ``ingest_errors`` and the link's
+``dropped:hub_queue_full`` and ``invalid:foreign_topic``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.ingest.transport import Incoming
+from cloud_hub.store.base import (
+    AckWatermark,
+    DeadLetter,
+    Store,
+    StreamItem,
+    TelemetryRows,
+    WriteResult,
+)
+from edge_agent.stats import LatencyWindow
+from shared.errors import DecodeError, TopicError
+from shared.messages import Ack, Event, Health, Limits, Ota, Status, Telemetry, decode, encode
+from shared.topics import EDGE_TO_HUB, Kind, Topics
+
+if TYPE_CHECKING:
+    from cloud_hub.inference import OnnxScorer
+
+__all__ = ["IngestConfig", "IngestLink", "IngestStats", "IngestWorker"]
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_HEAD_BYTES: Final = 1024
+_ERROR_CHARS: Final = 500
+_WARNED_MAX: Final = 10_000
+# Put on the queue by stop() to wake a worker blocked on an empty queue.
+_WAKE: Final[Incoming] = ("", b"", -1.0)
+
+CounterKey = tuple[str | None, str]
+
+
+class IngestLink(Protocol):
+    """What the worker needs of its link (:class:`~cloud_hub.ingest.transport.HubLink`)."""
+
+    @property
+    def queue(self) -> queue.Queue[Incoming]: ...
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool: ...
+
+    def take_counts(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """How the worker batches, bounds and acks. Built once by the hub's entry point."""
+
+    batch_max_messages: int = 500
+    """Messages per batch at most (one heavy-model call and one store write per batch)."""
+    batch_max_wait_ms: int = 50
+    """How long a batch stays open after its first message, at most."""
+    dead_letter_keep: int = 10_000
+    """Dead letters kept; the oldest go beyond it."""
+    limits: Limits = field(default_factory=Limits)
+    """Size limits every payload is decoded under."""
+    ack: bool = True
+    """Publish acks (off only for a hub that must not answer devices, e.g. a replay)."""
+    latency_window: int = 4096
+    """Batches in the window p50/p99 of received → committed are taken over."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_max_messages", "dead_letter_keep", "latency_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ingest config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_max_wait_ms < 0:
+            raise ValueError(
+                f"ingest config: batch_max_wait_ms must be >= 0, got {self.batch_max_wait_ms}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    """What the worker has done since it started (the API's ingest statistics)."""
+
+    received: int
+    stored_messages: int
+    stored_readings: int
+    duplicates: int
+    invalid: dict[str, int]
+    """Messages refused, by reason (``not_json``, ``device_mismatch``, ``foreign_topic``, ...)."""
+    dropped: dict[str, int]
+    """Valid messages lost, by reason (``hub_queue_full``, ``store_error``, ...)."""
+    ingest_errors: int
+    acks_sent: int
+    queue_depth: int
+    queue_max: int
+    batches: int
+    last_batch_messages: int
+    last_batch_ms: float
+    """Time the last batch took, from its first message taken off the queue to committed."""
+    last_latency_ms: float
+    """The last batch's oldest message: received by the link → committed."""
+    latency_p50_ms: float
+    latency_p99_ms: float
+    running: bool
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A decoded stream message waiting for the batch's write, with what it came as."""
+
+    msg: Telemetry | Event | Ota
+    raw: Incoming
+    item: StreamItem | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    counts: Counter[CounterKey] = field(default_factory=Counter)
+    dead: list[DeadLetter] = field(default_factory=list)
+    touched: dict[str, float] = field(default_factory=dict)
+    statuses: list[tuple[Status, float]] = field(default_factory=list)
+    healths: dict[str, tuple[Health, float]] = field(default_factory=dict)
+    stream: list[_Stream] = field(default_factory=list)
+    oldest: float = float("inf")
+
+
+class IngestWorker:
+    """The hub's one ingest thread. Build it, :meth:`start` it, :meth:`stop` it.
+
+    ``heavy`` scores every reading on the hub (None stores the edge scores only,
+    with an empty heavy-score matrix and ``heavy_version`` as given).
+
+    >>> worker = IngestWorker(store, link, heavy, "1.0.0", Topics())  # doctest: +SKIP
+    >>> worker.start()  # doctest: +SKIP
+    >>> worker.stats().stored_readings  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        link: IngestLink,
+        heavy: OnnxScorer | None,
+        heavy_version: str,
+        topics: Topics,
+        *,
+        config: IngestConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.link = link
+        self.heavy = heavy
+        self.heavy_version = heavy_version
+        self.topics = topics
+        self.config = config or IngestConfig()
+        self._queue = link.queue
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._drain_deadline = float("inf")
+        self._lock = threading.Lock()  # guards the figures stats() reads
+        self._totals: Counter[str] = Counter()
+        self._batches = 0
+        self._acks = 0
+        self._last_batch = (0, 0.0, 0.0)
+        self._latency = LatencyWindow(self.config.latency_window)
+        self._unsaved: Counter[CounterKey] = Counter()  # counts a failed add_counters kept
+        self._warned: set[CounterKey] = set()
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError("ingest worker: start() was already called")
+        self._thread = threading.Thread(target=self._run, name="edgeloop-ingest", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Store what is queued, then end the thread; True if it ended within ``timeout``.
+
+        Call it while the link is still connected, so the last acks go out; what
+        is still queued when ``timeout`` runs out is counted
+        ``dropped:shutdown_unprocessed``, never acked, and so sent again by its
+        devices.
+        """
+        if self._thread is None:
+            return True
+        self._drain_deadline = time.monotonic() + max(0.0, timeout - 0.5)
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):  # a full queue wakes the worker anyway
+            self._queue.put_nowait(_WAKE)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stats(self) -> IngestStats:
+        """A consistent snapshot of the worker's figures; safe from any thread."""
+        with self._lock:
+            totals = dict(self._totals)
+            batches, acks = self._batches, self._acks
+            last_n, last_ms, last_latency_ms = self._last_batch
+            p50, p99 = self._latency.percentiles()
+        return IngestStats(
+            received=totals.get("received", 0),
+            stored_messages=totals.get("stored_messages", 0),
+            stored_readings=totals.get("stored_readings", 0),
+            duplicates=totals.get("duplicates", 0),
+            invalid=_group(totals, "invalid:"),
+            dropped=_group(totals, "dropped:"),
+            ingest_errors=totals.get("ingest_errors", 0),
+            acks_sent=acks,
+            queue_depth=self._queue.qsize(),
+            queue_max=self._queue.maxsize,
+            batches=batches,
+            last_batch_messages=last_n,
+            last_batch_ms=last_ms,
+            last_latency_ms=last_latency_ms,
+            latency_p50_ms=p50 / 1000.0,
+            latency_p99_ms=p99 / 1000.0,
+            running=self.running,
+        )
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        log.info(
+            "ingest worker started (batches of <= %d messages / %d ms, heavy model %s)",
+            self.config.batch_max_messages,
+            self.config.batch_max_wait_ms,
+            self.heavy_version if self.heavy is not None else "none",
+        )
+        while True:
+            batch = self._collect()
+            if batch is None:
+                break
+            try:
+                self._handle(batch)
+            except Exception:  # a bug here must not end ingest
+                log.exception("ingest: a batch of %d messages failed unexpectedly", len(batch))
+                self._unsaved[(None, "ingest_errors")] += 1
+                self._tally(Counter({(None, "ingest_errors"): 1}))
+        final: Counter[CounterKey] = Counter()
+        left = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                left += self._queue.get_nowait() is not _WAKE
+        if left:
+            log.warning(
+                "ingest stopped with %d messages still queued (not stored, not acked)", left
+            )
+            final[(None, "dropped:shutdown_unprocessed")] += left
+        final.update({(None, name): n for name, n in self.link.take_counts().items()})
+        self._save_counters(final)
+        self._tally(final)
+        log.info("ingest worker stopped")
+
+    def _collect(self) -> list[Incoming] | None:
+        """The next batch; None once stopping and the queue is drained (or out of time)."""
+        q = self._queue
+        first: Incoming | None = None
+        while first is None:
+            if self._stopping.is_set():
+                if time.monotonic() >= self._drain_deadline:
+                    return None
+                try:
+                    first = q.get_nowait()
+                except queue.Empty:
+                    return None
+            else:
+                first = q.get()
+            if first is _WAKE:
+                first = None
+        batch = [first]
+        wait_until = time.monotonic() + self.config.batch_max_wait_ms / 1000.0
+        while len(batch) < self.config.batch_max_messages:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    break
+                try:
+                    item = q.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _WAKE:
+                break
+            batch.append(item)
+        return batch
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def _handle(self, incoming: Sequence[Incoming]) -> None:
+        started = time.monotonic()
+        b = _Batch()
+        for raw in incoming:
+            b.oldest = min(b.oldest, raw[2])
+            try:
+                self._parse(b, raw)
+            except Exception as exc:  # the codec raises only DecodeError; be sure anyway
+                log.exception("ingest: unexpected error on a message on %s", raw[0])
+                b.counts[(None, "ingest_errors")] += 1
+                self._dead(b, None, "internal_error", raw, repr(exc))
+        for device, at in b.touched.items():
+            self._guard(b, device, self.store.touch, device, at)
+        for status, at in b.statuses:
+            self._record_status(b, status, at)
+        for health, at in b.healths.values():
+            self._guard(b, health.device, self.store.record_health, health, at)
+        if b.stream:
+            self._store_stream(b)
+        b.counts.update({(None, name): n for name, n in self.link.take_counts().items()})
+        self._save_counters(b.counts)
+        if b.dead:
+            self._guard(b, None, self.store.add_dead_letters, b.dead, self.config.dead_letter_keep)
+        self._tally(b.counts)
+        done = time.monotonic()
+        with self._lock:
+            self._batches += 1
+            self._last_batch = (
+                len(incoming),
+                (done - started) * 1000.0,
+                self._last_batch[2],
+            )
+
+    def _parse(self, b: _Batch, raw: Incoming) -> None:
+        topic, payload, received_at = raw
+        try:
+            addr = self.topics.parse(topic)
+        except TopicError as exc:
+            b.counts[(None, "received")] += 1
+            self._dead(b, None, exc.reason, raw, str(exc))
+            return
+        device = addr.device
+        b.counts[(device, "received")] += 1
+        if addr.kind not in EDGE_TO_HUB:
+            self._dead(
+                b,
+                device,
+                "foreign_topic",
+                raw,
+                f"the hub does not take {addr.kind.value} messages",
+            )
+            return
+        try:
+            msg = decode(addr.kind, payload, self.config.limits)
+        except DecodeError as exc:
+            self._dead(b, device, exc.reason, raw, str(exc))
+            return
+        if msg.device != device:
+            self._dead(
+                b,
+                device,
+                "device_mismatch",
+                raw,
+                f"topic names device {device!r}, payload names {msg.device!r}",
+            )
+            return
+        b.touched[device] = max(received_at, b.touched.get(device, received_at))
+        if isinstance(msg, Status):
+            b.statuses.append((msg, received_at))
+        elif isinstance(msg, Health):
+            # A heartbeat is a snapshot: a later one of the same batch supersedes it.
+            b.healths[device] = (msg, received_at)
+        elif isinstance(msg, Telemetry | Event | Ota):
+            if isinstance(msg, Telemetry) and not self._fits_heavy(b, msg, raw):
+                return
+            b.stream.append(_Stream(msg, raw))
+        else:  # a hub-to-edge kind; EDGE_TO_HUB already kept these out
+            self._dead(b, device, "foreign_topic", raw, "not an edge message")
+
+    def _fits_heavy(self, b: _Batch, msg: Telemetry, raw: Incoming) -> bool:
+        want = self.heavy.n_features if self.heavy is not None else None
+        if want is None or msg.features.shape[1] == want:
+            return True
+        self._dead(
+            b,
+            msg.device,
+            "feature_count",
+            raw,
+            f"telemetry seq {msg.seq} has {msg.features.shape[1]} features per reading; the "
+            f"heavy model {self.heavy_version} reads {want} (is the device's model from "
+            "another feature set?)",
+        )
+        return False
+
+    def _record_status(self, b: _Batch, status: Status, at: float) -> None:
+        if self._guard(b, status.device, self.store.record_status, status, at):
+            if status.state == "online":
+                log.info(
+                    "device %r online: epoch %d, agent %s, model %s",
+                    status.device,
+                    status.epoch,
+                    status.agent_version,
+                    status.model_version,
+                )
+            else:
+                log.info(
+                    "device %r offline: epoch %d, last seq %d, model %s",
+                    status.device,
+                    status.epoch,
+                    status.seq,
+                    status.model_version,
+                )
+
+    # -- heavy model and the stream write ------------------------------------------------------
+
+    def _score(self, b: _Batch) -> None:
+        """Fill every stream entry's ``item``; telemetry the model cannot score is dead-lettered."""
+        telemetry = [s for s in b.stream if isinstance(s.msg, Telemetry)]
+        heavy_parts: list[npt.NDArray[np.float32]] = []
+        if self.heavy is not None and telemetry:
+            features = [s.msg.features for s in telemetry if isinstance(s.msg, Telemetry)]
+            try:
+                scores = self.heavy.scores(np.concatenate(features))
+                heavy_parts = np.split(scores, np.cumsum([len(f) for f in features])[:-1])
+            except Exception:
+                log.exception(
+                    "ingest: heavy model %s failed on a batch of %d telemetry messages; "
+                    "scoring them one by one",
+                    self.heavy_version,
+                    len(telemetry),
+                )
+                b.counts[(None, "ingest_errors")] += 1
+                heavy_parts = []
+        for i, s in enumerate(telemetry):
+            msg = s.msg
+            assert isinstance(msg, Telemetry)
+            if self.heavy is None:
+                heavy = np.empty((len(msg), 0), dtype=np.float32)
+            elif heavy_parts:
+                heavy = heavy_parts[i]
+            else:
+                try:
+                    heavy = self.heavy.scores(msg.features)
+                except Exception as exc:
+                    self._dead(b, msg.device, "heavy_error", s.raw, str(exc))
+                    continue
+            s.item = TelemetryRows(
+                device=msg.device,
+                epoch=msg.epoch,
+                seq=msg.seq,
+                edge_model_version=msg.model_version,
+                heavy_model_version=self.heavy_version,
+                ts=msg.ts,
+                features=msg.features,
+                edge_scores=msg.scores,
+                heavy_scores=heavy.astype(np.float32, copy=False),
+                received_at=s.raw[2],
+            )
+        for s in b.stream:
+            if not isinstance(s.msg, Telemetry):
+                s.item = s.msg
+
+    def _store_stream(self, b: _Batch) -> None:
+        self._score(b)
+        entries = [s for s in b.stream if s.item is not None]
+        if not entries:
+            return
+        items = [s.item for s in entries if s.item is not None]
+        result: WriteResult | None = None
+        for attempt in (1, 2):
+            try:
+                result = self.store.write_stream(items)
+                break
+            except Exception:
+                log.exception(
+                    "ingest: the store failed to write a batch of %d stream messages "
+                    "(attempt %d of 2)",
+                    len(items),
+                    attempt,
+                )
+                b.counts[(None, "ingest_errors")] += 1
+        if result is None:
+            for s in entries:
+                self._dead(
+                    b,
+                    s.msg.device,
+                    "store_error",
+                    s.raw,
+                    "the store failed twice to write this message's batch",
+                    counter="dropped:store_error",
+                )
+            return
+        committed = time.time()
+        latency_ms = (committed - b.oldest) * 1000.0
+        with self._lock:
+            self._latency.add(latency_ms * 1000.0)
+            self._last_batch = (self._last_batch[0], self._last_batch[1], latency_ms)
+        self._ack(b, result)
+        dups = Counter(result.duplicates)
+        for s in entries:
+            msg = s.msg
+            key = (msg.device, msg.epoch, msg.seq)
+            if dups[key] > 0:
+                dups[key] -= 1
+                b.counts[(msg.device, "duplicates")] += 1
+                log.debug(
+                    "device %r: %s epoch %d seq %d is a duplicate",
+                    msg.device,
+                    msg.kind.value,
+                    msg.epoch,
+                    msg.seq,
+                )
+                continue
+            b.counts[(msg.device, "stored_messages")] += 1
+            if isinstance(msg, Telemetry):
+                b.counts[(msg.device, "stored_readings")] += len(msg)
+                if self.heavy is not None and isinstance(s.item, TelemetryRows):
+                    # Operators watch how often the int8 edge model and the heavy
+                    # model pick different classes for the same readings.
+                    edge, heavy = (
+                        s.item.edge_scores.argmax(axis=1),
+                        s.item.heavy_scores.argmax(axis=1),
+                    )
+                    b.counts[(msg.device, "compared_readings")] += len(msg)
+                    b.counts[(msg.device, "edge_heavy_disagreements")] += int((edge != heavy).sum())
+            elif isinstance(msg, Event):
+                b.counts[(msg.device, "stored_events")] += 1
+
+    def _ack(self, b: _Batch, result: WriteResult) -> None:
+        if not self.config.ack:
+            return
+        marks = {(w.device, w.epoch): w for w in result.watermarks}
+        for device, epoch, _seq in result.duplicates:
+            if (device, epoch) in marks:
+                continue
+            try:
+                marks[(device, epoch)] = AckWatermark(
+                    device, epoch, self.store.watermark(device, epoch)
+                )
+            except Exception:
+                log.exception("ingest: store.watermark failed (device %r)", device)
+                b.counts[(None, "ingest_errors")] += 1
+        sent = 0
+        for mark in marks.values():
+            if mark.seq < 1:
+                continue
+            payload = encode(Ack(mark.device, mark.epoch, mark.seq))
+            if self.link.publish(self.topics.topic(mark.device, Kind.ACK), payload, qos=1):
+                sent += 1
+            else:
+                b.counts[(mark.device, "dropped:ack_refused")] += 1
+        with self._lock:
+            self._acks += sent
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _dead(
+        self,
+        b: _Batch,
+        device: str | None,
+        reason: str,
+        raw: Incoming,
+        error: str,
+        *,
+        counter: str | None = None,
+    ) -> None:
+        topic, payload, received_at = raw
+        b.counts[(device, counter or f"invalid:{reason}")] += 1
+        b.dead.append(
+            DeadLetter(
+                received_at=received_at,
+                topic=topic,
+                device=device,
+                reason=reason,
+                error=error[:_ERROR_CHARS],
+                payload_head=bytes(payload[:_HEAD_BYTES]),
+                payload_size=len(payload),
+            )
+        )
+        key = (device, reason)
+        if key in self._warned:
+            log.debug("device %r: dead letter on %s (%s): %s", device, topic, reason, error)
+        else:
+            if len(self._warned) < _WARNED_MAX:
+                self._warned.add(key)
+            log.warning(
+                "device %r: refused a message on %s (%s): %s; counted as %s, kept as a dead "
+                "letter (further ones of this device and reason are logged at DEBUG)",
+                device,
+                topic,
+                reason,
+                error[:200],
+                counter or f"invalid:{reason}",
+            )
+
+    def _guard(
+        self,
+        b: _Batch,
+        device: str | None,
+        call: Callable[_P, object],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> bool:
+        """Run one store call; a failure is logged and counted, never raised. True if it worked."""
+        try:
+            call(*args, **kwargs)
+        except Exception:
+            what = getattr(call, "__name__", repr(call))
+            log.exception("ingest: store.%s failed (device %r)", what, device)
+            b.counts[(None, "ingest_errors")] += 1
+            return False
+        return True
+
+    def _save_counters(self, counts: Counter[CounterKey]) -> None:
+        """One add_counters per batch; counts a failed call keeps go with the next one."""
+        pending = self._unsaved + counts
+        if not pending:
+            return
+        try:
+            self.store.add_counters(dict(pending))
+        except Exception:
+            log.exception(
+                "ingest: store.add_counters failed; keeping %d counts for the next batch",
+                len(pending),
+            )
+            counts[(None, "ingest_errors")] += 1
+            self._unsaved = pending
+            self._unsaved[(None, "ingest_errors")] += 1
+            return
+        self._unsaved = Counter()
+
+    def _tally(self, counts: Counter[CounterKey]) -> None:
+        with self._lock:
+            for (_device, name), n in counts.items():
+                self._totals[name] += n
+
+    def __repr__(self) -> str:
+        return (
+            f"IngestWorker(heavy={self.heavy_version!r}, root={self.topics.root!r}, "
+            f"running={self.running}, queued={self._queue.qsize()})"
+        )
+
+
+def _group(totals: dict[str, int], prefix: str) -> dict[str, int]:
+    return {name[len(prefix) :]: n for name, n in sorted(totals.items()) if name.startswith(prefix)}
