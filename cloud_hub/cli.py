@@ -1,5 +1,7 @@
 """``edgeloop-hub``: the hub's command line.
 
+    edgeloop-hub serve [--broker embedded|URL] [--read-token T --admin-token T | --insecure-dev true] ...
+    edgeloop-hub devices add NAME
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
@@ -77,6 +79,23 @@ def _models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from cloud_hub.service import serve  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+
+    settings = resolve_settings(args, serving=True)
+    logging.getLogger().setLevel(settings.log_level)
+    return serve(settings)
+
+
+def _devices_add(args: argparse.Namespace) -> int:
+    from cloud_hub.provision import add_device  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+
+    print(add_device(resolve_settings(args, serving=False), args.name).render())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -148,6 +167,34 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated readings per device (default: 4000)",
     )
     build.set_defaults(handler=_models_build)
+
+    from cloud_hub.settings import OPTIONS  # noqa: PLC0415 - settings import nothing heavy
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the hub: broker (embedded by default), ingest, store and HTTP API",
+        description="Run the hub until SIGTERM or Ctrl-C. Every option can also be set as an "
+        "environment variable EDGELOOP_HUB_<OPTION> or a key of the --config TOML file. The API "
+        "needs --read-token and --admin-token unless --insecure-dev true.",
+    )
+    OPTIONS.add_to(serve)
+    serve.set_defaults(handler=_serve)
+
+    devices = commands.add_parser("devices", help="device provisioning (add)")
+    devices.set_defaults(parser=devices)
+    devices_cmds = devices.add_subparsers(title="device commands", metavar="COMMAND")
+    add = devices_cmds.add_parser(
+        "add",
+        help="create a device's broker credentials and print the agent settings to copy onto it",
+        description="Create a random secret for device NAME. With the embedded broker it is added "
+        "to the broker's password file at once; with an external Mosquitto (--broker URL) the "
+        "password_file and acl_file lines to append are printed. Takes the same settings as serve.",
+    )
+    add.add_argument(
+        "name", metavar="NAME", help="device id: 1-64 of letters, digits, '_', '-', '.'"
+    )
+    OPTIONS.add_to(add)
+    add.set_defaults(handler=_devices_add)
     return parser
 
 

@@ -15,11 +15,21 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.endpoint import BrokerEndpoint
 from shared.topics import Kind, Topics, validate_device_id
 
-__all__ = ["Provisioned", "mosquitto_acl", "mosquitto_password_line", "provision_device"]
+__all__ = [
+    "Provisioned",
+    "add_device",
+    "mosquitto_acl",
+    "mosquitto_password_line",
+    "provision_device",
+]
+
+if TYPE_CHECKING:
+    from cloud_hub.settings import HubSettings
 
 _MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's own default for $7$ hashes
 
@@ -98,3 +108,26 @@ def provision_device(
     return Provisioned(
         device, secret, env, mosquitto_password_line(device, secret), mosquitto_acl(device, topics)
     )
+
+
+def add_device(settings: HubSettings, device: str) -> Provisioned:
+    """What ``edgeloop-hub devices add`` does: credentials for the hub's broker, and
+    the device in the store as never seen. The simulator provisions its agents here too."""
+    from cloud_hub.store import open_store  # noqa: PLC0415
+
+    if settings.embedded_broker:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        broker = BrokerEndpoint(settings.broker_host, settings.broker_port)
+        password_file: Path | None = settings.password_file
+    else:
+        external = settings.external_broker()
+        broker, password_file = BrokerEndpoint(external.host, external.port), None
+    done = provision_device(
+        device, broker=broker, topics=Topics(settings.root), password_file=password_file
+    )
+    store = open_store(settings.store)
+    try:
+        store.add_device(device)
+    finally:
+        store.close()
+    return done

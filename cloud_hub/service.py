@@ -1,0 +1,258 @@
+"""Wires a hub together: broker, store, models, ingest, HTTP API. Wiring only.
+
+Concurrency model of the hub process (each part's own docstring has details):
+
+- the main thread runs uvicorn (asyncio) for the HTTP API, which reads the
+  store from its thread pool;
+- paho's network thread only puts incoming messages on a bounded queue;
+- one ingest worker thread drains that queue in batches, scores them with the
+  heavy model, writes the store (its single writer) and publishes acks;
+- one maintenance thread prunes old telemetry now and then;
+- the embedded broker (amqtt) runs in its own process.
+
+Start-up failures (port in use, broker unreachable, bad credentials, bad
+store URL) become one :class:`HubStartError` line; ``serve`` prints it and
+exits non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.settings import HubSettings
+from shared.endpoint import BrokerEndpoint
+from shared.errors import EdgeloopError
+from shared.topics import Topics
+
+__all__ = ["Hub", "HubStartError", "serve"]
+
+log = logging.getLogger(__name__)
+HUB_USER = "hub"
+PRUNE_EVERY_S = 3600.0
+
+
+class HubStartError(EdgeloopError):
+    """The hub cannot start; the message names the problem and the fix."""
+
+
+def _hub_secret(data_dir: Path) -> str:
+    """The hub's own broker secret for the embedded broker, made once and kept (0600)."""
+    path = data_dir / "hub-broker-secret"
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    secret = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n", encoding="ascii")
+    return secret
+
+
+class Hub:
+    """A running hub's parts. ``start`` brings them up in order; ``stop`` takes them down."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.root)
+        self.broker: Any = None
+        self.endpoint: BrokerEndpoint | None = None
+        self.store: Any = None
+        self.link: Any = None
+        self.worker: Any = None
+        self.app: Any = None
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+
+    # -- start-up, in dependency order -------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.endpoint = self._start_broker()
+        self._open_store()
+        heavy_path = self._models()
+        self._start_ingest(heavy_path)
+        self._make_app()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="hub-maintenance", daemon=True
+        )
+        self._maintenance.start()
+
+    def _start_broker(self) -> BrokerEndpoint:
+        s = self.settings
+        if not s.embedded_broker:
+            return s.external_broker()
+        from cloud_hub.broker.auth import add_user, read_password_file  # noqa: PLC0415
+        from cloud_hub.broker.embedded import BrokerStartError, EmbeddedBroker  # noqa: PLC0415
+
+        secret = _hub_secret(s.data_dir)
+        known = read_password_file(s.password_file) if s.password_file.exists() else {}
+        if HUB_USER not in known:
+            add_user(s.password_file, HUB_USER, secret)
+        broker = EmbeddedBroker(
+            s.broker_host,
+            s.broker_port,
+            password_file=s.password_file,
+            log_path=s.data_dir / "broker.log",
+        )
+        try:
+            broker.start()
+        except BrokerStartError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise HubStartError(
+                f"the embedded broker could not start on {s.broker_host}:{s.broker_port}: {first}; "
+                "free the port or choose another with --broker-port"
+            ) from None
+        self.broker = broker
+        log.info("embedded broker listening on %s (accounts in %s)", broker.url, s.password_file)
+        return broker.endpoint(HUB_USER, secret)
+
+    def _open_store(self) -> None:
+        from cloud_hub.store import StoreError, open_store  # noqa: PLC0415
+
+        try:
+            self.store = open_store(self.settings.store)
+        except (ValueError, OSError, StoreError) as exc:
+            raise HubStartError(f"cannot open the store {self.settings.store!r}: {exc}") from None
+
+    def _models(self) -> Path:
+        """Build (or find) the default models, register them, return the heavy package."""
+        from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+        from shared.manifest import load_package  # noqa: PLC0415
+
+        built = build_default_models(self.settings.models_dir)
+        for path in (built.edge, built.heavy):
+            package = load_package(path)
+            self.store.register_model(package.manifest, str(path), time.time())
+        log.info(
+            "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
+        )
+        return built.heavy
+
+    def _start_ingest(self, heavy_path: Path) -> None:
+        from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+        from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
+        from shared.manifest import load_package  # noqa: PLC0415
+
+        s = self.settings
+        assert self.endpoint is not None
+        heavy = load_package(heavy_path)
+        config = IngestConfig(
+            batch_max_messages=s.ingest_batch_max,
+            batch_max_wait_ms=s.ingest_batch_wait_ms,
+            dead_letter_keep=s.dead_letter_keep,
+        )
+        self.link = HubLink(self.endpoint, self.topics, queue_max=s.ingest_queue_max)
+        self.worker = IngestWorker(
+            self.store,
+            self.link,
+            OnnxScorer.from_package(heavy),
+            heavy.manifest.version,
+            self.topics,
+            config=config,
+        )
+        self.worker.start()
+        try:
+            self.link.start()
+        except (OSError, EdgeloopError, RuntimeError) as exc:
+            raise HubStartError(str(exc)) from None
+
+    def _make_app(self) -> None:
+        from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+
+        s = self.settings
+        config = ApiConfig(
+            read_token=s.read_token,
+            admin_token=s.admin_token,
+            insecure_dev=s.insecure_dev,
+            stale_after_s=s.stale_after_s,
+        )
+        worker = self.worker
+        self.app = create_app(
+            self.store,
+            config,
+            ingest_stats=lambda: dataclasses.asdict(worker.stats()),
+            models_root=s.models_dir,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _maintain(self) -> None:
+        days = self.settings.retention_days
+        while days and not self._stop.wait(PRUNE_EVERY_S):
+            try:
+                pruned = self.store.prune_telemetry(time.time() - days * 86400)
+                log.info("retention: pruned %d readings older than %g days", pruned, days)
+            except Exception:  # retention must never take the hub down
+                log.exception("retention: pruning failed; will retry")
+
+    def stop(self) -> None:
+        """Drain ingest, then close the link, the store and the broker (each if started)."""
+        self._stop.set()
+        parts: list[tuple[str, Any, Callable[[Any], object]]] = [
+            ("ingest", self.worker, lambda worker: worker.stop(10.0)),
+            ("mqtt link", self.link, lambda link: link.close()),
+            ("store", self.store, lambda store: store.close()),
+            ("broker", self.broker, lambda broker: broker.stop()),
+        ]
+        for name, part, action in parts:
+            if part is None:
+                continue
+            try:
+                action(part)
+            except Exception:  # one part failing to stop must not leave the others running
+                log.exception("stopping the %s failed", name)
+
+
+def serve(settings: HubSettings) -> int:
+    """Run the hub until SIGTERM or Ctrl-C; returns the exit status."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    hub = Hub(settings)
+    try:
+        hub.start()
+    except HubStartError as exc:
+        hub.stop()
+        print(f"edgeloop-hub: {exc}", file=sys.stderr)
+        return 2
+    except BaseException:
+        hub.stop()
+        raise
+    try:
+        config = uvicorn.Config(
+            hub.app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again
+        # once it has shut down; with these handlers in place that second delivery
+        # is a no-op and the hub goes on to stop its parts and exit 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+        print(
+            f"edgeloop hub: API http://{settings.http_host}:{settings.http_port} (docs at /docs), "
+            f"broker {hub.endpoint.redacted_url if hub.endpoint else '?'}, store {settings.store}",
+            flush=True,
+        )
+        server.run()
+        if not server.started:
+            print(
+                f"edgeloop-hub: the HTTP API could not listen on {settings.http_host}:{settings.http_port}; "
+                "free the port or choose another with --http-port",
+                file=sys.stderr,
+            )
+            return 2
+    finally:
+        hub.stop()
+    return 0

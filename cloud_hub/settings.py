@@ -1,0 +1,223 @@
+"""Hub settings: flags, environment ``EDGELOOP_HUB_*`` and TOML, from one table.
+
+Built once in the entry point and passed down. The hub refuses to serve
+without API tokens unless ``--insecure-dev`` is given, and refuses tokens that
+are placeholders or too short to be secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.options import (
+    Option,
+    OptionTable,
+    choice,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+from shared.topics import DEFAULT_ROOT, Topics
+
+__all__ = ["ENV_PREFIX", "OPTIONS", "HubSettings", "resolve_settings"]
+
+ENV_PREFIX: Final = "EDGELOOP_HUB_"
+EMBEDDED: Final = "embedded"
+_PLACEHOLDERS: Final = frozenset(
+    {"changeme", "change-me", "secret", "token", "admin", "read", "password"}
+)
+_MIN_TOKEN_LENGTH: Final = 16
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 0-65535 (0: pick a free one)")
+    return value
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _root(text: str) -> str:
+    return Topics(text).root
+
+
+OPTIONS: Final = OptionTable(
+    ENV_PREFIX,
+    [
+        Option(
+            "data_dir",
+            Path,
+            Path("var/hub"),
+            "directory for the hub's database, broker accounts and secrets",
+            "DIR",
+        ),
+        Option(
+            "models_dir",
+            Path,
+            Path("var/models"),
+            "model directory; the default models are built there at first start",
+            "DIR",
+        ),
+        Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
+        Option(
+            "broker",
+            str,
+            EMBEDDED,
+            "'embedded' to run amqtt in its own process, or an external broker URL mqtt://user:password@host:port",
+            "URL",
+        ),
+        Option("broker_host", str, "127.0.0.1", "interface the embedded broker listens on", "HOST"),
+        Option(
+            "broker_port", _port, 1883, "port of the embedded broker (0: pick a free one)", "PORT"
+        ),
+        Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
+        Option("http_host", str, "127.0.0.1", "interface the HTTP API listens on", "HOST"),
+        Option("http_port", _port, 8080, "port of the HTTP API (0: pick a free one)", "PORT"),
+        Option(
+            "read_token",
+            str,
+            None,
+            "bearer token for read routes (at least 16 characters)",
+            "TOKEN",
+        ),
+        Option(
+            "admin_token",
+            str,
+            None,
+            "bearer token for every route, writes included (at least 16 characters)",
+            "TOKEN",
+        ),
+        Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
+        Option(
+            "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
+        ),
+        Option(
+            "retention_days",
+            non_negative_float,
+            7.0,
+            "keep telemetry this many days (0: forever)",
+            "DAYS",
+        ),
+        Option(
+            "ingest_queue_max",
+            positive_int,
+            200_000,
+            "messages queued between the MQTT client and the ingest worker",
+            "N",
+        ),
+        Option(
+            "ingest_batch_max",
+            positive_int,
+            500,
+            "messages the ingest worker handles per batch",
+            "N",
+        ),
+        Option(
+            "ingest_batch_wait_ms",
+            positive_int,
+            50,
+            "how long the ingest worker waits to fill a batch",
+            "MS",
+        ),
+        Option(
+            "dead_letter_keep",
+            positive_int,
+            10_000,
+            "invalid messages kept for operators (oldest dropped)",
+            "N",
+        ),
+        Option(
+            "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
+        ),
+    ],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """Validated settings of one hub process."""
+
+    data_dir: Path
+    models_dir: Path
+    store: str
+    broker: str
+    broker_host: str
+    broker_port: int
+    root: str
+    http_host: str
+    http_port: int
+    read_token: str | None
+    admin_token: str | None
+    insecure_dev: bool
+    stale_after_s: float
+    retention_days: float
+    ingest_queue_max: int
+    ingest_batch_max: int
+    ingest_batch_wait_ms: int
+    dead_letter_keep: int
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker == EMBEDDED
+
+    @property
+    def password_file(self) -> Path:
+        """The embedded broker's accounts (``edgeloop-hub devices add`` writes here)."""
+        return self.data_dir / "broker-passwd"
+
+    def external_broker(self) -> BrokerEndpoint:
+        return parse_broker_url(self.broker)
+
+
+def resolve_settings(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None, *, serving: bool
+) -> HubSettings:
+    """Settings from parsed flags, environment and TOML; :class:`ConfigError` says what to fix.
+
+    ``serving`` adds the checks only the server needs (tokens).
+    """
+    values, origin = OPTIONS.resolve(args, os.environ if env is None else env)
+    fail = OPTIONS.fail
+    if values["store"] is None:
+        values["store"] = f"sqlite:///{values['data_dir'] / 'hub.db'}"
+    if values["broker"] != EMBEDDED:
+        try:
+            parse_broker_url(values["broker"])
+        except ValueError as exc:
+            raise fail("broker", f"is neither 'embedded' nor a usable broker URL: {exc}") from None
+    if serving and not values["insecure_dev"]:
+        for name in ("read_token", "admin_token"):
+            token: Any = values[name]
+            if not token:
+                raise fail(
+                    name,
+                    "is required to serve the API; give both tokens, or --insecure-dev true for development",
+                )
+            if token.lower() in _PLACEHOLDERS or len(token) < _MIN_TOKEN_LENGTH:
+                raise fail(
+                    name,
+                    f"looks like a placeholder or is shorter than {_MIN_TOKEN_LENGTH} characters; use a random secret, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                )
+        if values["read_token"] == values["admin_token"]:
+            raise fail(
+                "read_token",
+                "equals the admin token; they must differ or read access is admin access",
+            )
+    names = {f.name for f in fields(HubSettings)} - {"sources"}
+    return HubSettings(**{k: values[k] for k in names}, sources=origin)
