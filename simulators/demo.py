@@ -1,44 +1,42 @@
-"""``edgeloop-sim demo``: a simulated fleet of real agents on the embedded broker.
+"""``edgeloop-sim demo``: the hub and a simulated fleet of real agents, on one machine.
 
-It builds (or finds) the default models, starts the embedded broker with one
-account per device, starts ``--devices`` real ``edgeloop-agent`` processes on
-simulated machines (every fourth develops faults, hits urgent conditions,
-stops itself, and is restarted 15 s later), and watches the wire: devices
-online, readings per second, urgent events, and how often the edge model
-disagrees with the heavy model on the same readings. Ctrl-C or ``--duration`` ends it; everything it started is
-shut down cleanly.
+It builds (or finds) the default models, starts ``edgeloop-hub serve`` with its
+embedded broker on free ports and fresh API tokens, provisions ``--devices``
+devices the way ``edgeloop-hub devices add`` does, and starts one real
+``edgeloop-agent`` process per device on a simulated machine (every fourth
+develops faults, hits urgent conditions, stops itself, and is restarted 15 s
+later). It prints the API URL and the read token, then every few seconds a
+summary read from the hub's own API: devices online, readings stored per
+second, urgent events, edge/heavy disagreement. Ctrl-C or ``--duration`` ends
+it; agents get SIGTERM first (they flush and say offline), then the hub.
 
-Concurrency: the main thread runs the summary loop; the watcher's paho network
-thread only puts messages on a bounded queue that the main thread drains.
+Concurrency: one thread; the hub and the agents are child processes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import json
 import logging
 import os
-import queue
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
-import numpy as np
-
-from shared.endpoint import BrokerEndpoint
-from shared.errors import ContractError
-from shared.messages import Event, Status, Telemetry, decode
-from shared.topics import EDGE_TO_HUB, Kind, Topics
+from shared.errors import EdgeloopError
 
 __all__ = ["DemoConfig", "run_demo"]
 
 log = logging.getLogger(__name__)
+_HUB_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,91 +49,132 @@ class DemoConfig:
     rate_hz: float = 5.0
     seed: int = 1
     summary_every_s: float = 5.0
-    out: Any = field(default=sys.stdout, repr=False)
+    out: TextIO = field(default=sys.stdout, repr=False)
 
 
-@dataclass(slots=True)
-class _Tally:
-    online: set[str] = field(default_factory=set)
-    seen: set[str] = field(default_factory=set)
-    readings: int = 0
-    events: int = 0
-    compared: int = 0
-    disagreed: int = 0
-    invalid: int = 0
+class DemoError(EdgeloopError):
+    """The demo could not bring something up; the message says what."""
 
 
 def _say(config: DemoConfig, text: str) -> None:
     print(text, file=config.out, flush=True)
 
 
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Api:
+    """A tiny client for the hub's HTTP API."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+
+    def get(self, path: str) -> Any:
+        request = urllib.request.Request(
+            self.base + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
 def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
     """Run the demo until ``stop`` is set or the duration ends; returns the exit code."""
-    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
-    from cloud_hub.broker.embedded import EmbeddedBroker  # noqa: PLC0415
-    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
-    from shared.manifest import load_package  # noqa: PLC0415
+    from cloud_hub.provision import add_device  # noqa: PLC0415
+    from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
 
     stop = stop or threading.Event()
-    _say(config, f"edgeloop demo: {config.devices} simulated devices on the embedded broker")
+    _say(
+        config,
+        f"edgeloop demo: a hub with its embedded broker and {config.devices} simulated devices",
+    )
     built = build_default_models(config.models_dir)
     _say(config, f"models: edge {built.edge}, heavy {built.heavy}")
-    heavy = OnnxScorer.from_package(load_package(built.heavy))
 
-    run_dir = config.work_dir / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = (config.work_dir / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    passwd = run_dir / "passwd"
-    accounts = {f"sim-{i:03d}": secrets.token_urlsafe(24) for i in range(config.devices)}
-    accounts["demo-watcher"] = secrets.token_urlsafe(24)
-    for user, secret in accounts.items():
-        add_user(passwd, user, secret)
-    topics = Topics()
-    with EmbeddedBroker(password_file=passwd, log_path=run_dir / "broker.log") as broker:
-        _say(config, f"broker: {broker.url} (log {run_dir / 'broker.log'})")
-        inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=10_000)
-        watcher = _watch(broker.endpoint("demo-watcher", accounts["demo-watcher"]), topics, inbox)
+    read_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    http_port = _free_port()
+    hub_flags = [
+        "--data-dir",
+        str(run_dir / "hub"),
+        "--models-dir",
+        str(config.models_dir.resolve()),
+        "--broker-port",
+        str(_free_port()),
+        "--http-port",
+        str(http_port),
+        "--read-token",
+        read_token,
+        "--admin-token",
+        admin_token,
+    ]
+    settings = resolve_settings(
+        OPTIONS.add_to(argparse.ArgumentParser()).parse_args(hub_flags), env={}, serving=True
+    )
+    devices = [add_device(settings, f"sim-{i:03d}") for i in range(config.devices)]
+
+    hub_log = (run_dir / "hub.log").open("wb")
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "cloud_hub", "serve", *hub_flags, "--log-level", "WARNING"],
+        stdin=subprocess.DEVNULL,
+        stdout=hub_log,
+        stderr=subprocess.STDOUT,
+    )
+    agents: list[subprocess.Popen[bytes]] = []
+    api = _Api(f"http://127.0.0.1:{http_port}", read_token)
+    try:
+        _wait_for_hub(api, hub, run_dir / "hub.log", stop)
+        _say(config, f"hub: API {api.base} (docs at {api.base}/docs), read token {read_token}")
+        _say(config, f"     admin token {admin_token}; logs and state in {run_dir}")
         agents = [
-            _start_agent(config, built.edge, broker.endpoint(user, secret), i, run_dir)
-            for i, (user, secret) in enumerate(accounts.items())
-            if user != "demo-watcher"
+            _start_agent(config, built.edge, device.agent_env, i, run_dir)
+            for i, device in enumerate(devices)
         ]
-        _say(config, f"agents: {len(agents)} started (logs in {run_dir})")
-        try:
-            _summary_loop(config, topics, inbox, heavy, stop)
-        finally:
-            _say(config, "stopping agents ...")
-            for proc in agents:
-                proc.send_signal(signal.SIGTERM)
-            codes = []
-            for proc in agents:
-                try:
-                    codes.append(proc.wait(15))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    codes.append(proc.wait())
-            watcher.disconnect()
-            watcher.loop_stop()
-            clean = sum(1 for c in codes if c == 0)
-            _say(config, f"agents stopped: {clean}/{len(codes)} exited cleanly")
+        _say(config, f"agents: {len(agents)} started")
+        _summary_loop(config, api, stop)
+    finally:
+        _stop_all(config, agents, hub)
+        hub_log.close()
     return 0
 
 
+def _wait_for_hub(
+    api: _Api, hub: subprocess.Popen[bytes], log_path: Path, stop: threading.Event
+) -> None:
+    deadline = time.monotonic() + _HUB_START_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if hub.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise DemoError("the hub exited during start-up:\n" + "\n".join(tail))
+        try:
+            api.get("/healthz")
+            return
+        except (urllib.error.URLError, OSError):
+            stop.wait(0.2)
+    raise DemoError(
+        f"the hub did not answer on {api.base} within {_HUB_START_TIMEOUT_S:.0f} s; see {log_path}"
+    )
+
+
 def _start_agent(
-    config: DemoConfig, edge: Path, endpoint: BrokerEndpoint, i: int, run_dir: Path
+    config: DemoConfig, edge: Path, agent_env: dict[str, str], i: int, run_dir: Path
 ) -> subprocess.Popen[bytes]:
-    device = endpoint.username or f"sim-{i:03d}"
-    troubled = i % 4 == 3
+    device = agent_env["EDGELOOP_AGENT_DEVICE"]
     argv = [
         sys.executable,
         "-m",
         "edge_agent",
-        "--device",
-        device,
         "--model",
         str(edge),
         "--state-dir",
-        str(run_dir / "state" / device),
+        str(run_dir / "agents" / device),
         "--source",
         "sim",
         "--sim-seed",
@@ -151,103 +190,82 @@ def _start_agent(
         "--log-level",
         "WARNING",
     ]
-    if troubled:
+    if i % 4 == 3:
         argv += ["--sim-urgent-rate", "0.01", "--sim-fault-rate", "0.002", "--sim-restart-s", "15"]
-    env = {
-        **os.environ,
-        "EDGELOOP_AGENT_BROKER": endpoint.url,
-    }  # the secret stays off the command line
-    log_file = (run_dir / f"{device}.log").open("wb")
-    return subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
-    )
+    log_file = run_dir / "agents" / f"{device}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    # The secret travels in the environment, never on a command line others can read.
+    env = {**os.environ, **agent_env}
+    with log_file.open("wb") as out:
+        return subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
-def _watch(endpoint: BrokerEndpoint, topics: Topics, inbox: queue.Queue[tuple[str, bytes]]) -> Any:
-    import paho.mqtt.client as mqtt  # noqa: PLC0415
-    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="demo-watcher", protocol=mqtt.MQTTv311
-    )
-    client.username_pw_set(endpoint.username, endpoint.password)
-    filters = [topics.device_filter(kind) for kind in EDGE_TO_HUB]
-
-    def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if not rc.is_failure:
-            c.subscribe([(f, 1) for f in filters])
-
-    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        # Past 10,000 queued the summary becomes a sample; agents count exactly.
-        with contextlib.suppress(queue.Full):
-            inbox.put_nowait((msg.topic, bytes(msg.payload)))
-
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.connect(endpoint.host, endpoint.port)
-    client.loop_start()
-    return client
-
-
-def _summary_loop(
-    config: DemoConfig,
-    topics: Topics,
-    inbox: queue.Queue[tuple[str, bytes]],
-    heavy: Any,
-    stop: threading.Event,
-) -> None:
+def _summary_loop(config: DemoConfig, api: _Api, stop: threading.Event) -> None:
     started = time.monotonic()
-    tally = _Tally()
-    last = (started, 0)
-    next_summary = started + config.summary_every_s
-    while not stop.is_set():
+    last_time, last_readings = started, 0
+    while True:
+        wait = config.summary_every_s
+        if config.duration_s:
+            wait = min(wait, max(0.0, started + config.duration_s - time.monotonic()))
+        if stop.wait(wait):
+            return
         now = time.monotonic()
-        if config.duration_s and now - started >= config.duration_s:
-            break
+        over = bool(config.duration_s) and now - started >= config.duration_s - 1e-3
         try:
-            topic, payload = inbox.get(timeout=0.2)
-        except queue.Empty:
-            pass
-        else:
-            _tally_message(tally, topics, topic, payload, heavy)
-        if now >= next_summary:
-            rate = (tally.readings - last[1]) / max(now - last[0], 1e-9)
-            last = (now, tally.readings)
-            disagree = 100.0 * tally.disagreed / tally.compared if tally.compared else 0.0
-            _say(
-                config,
-                f"[{now - started:6.0f}s] devices online {len(tally.online)}/{config.devices}  "
-                f"readings/s {rate:7.1f}  readings {tally.readings}  urgent events {tally.events}  "
-                f"edge/heavy disagreement {disagree:.2f}%  invalid {tally.invalid}",
-            )
-            next_summary = now + config.summary_every_s
+            devices = api.get("/v1/devices")
+            stats = api.get("/v1/stats/ingest")
+        except (urllib.error.URLError, OSError) as exc:
+            _say(config, f"[{now - started:6.0f}s] hub not answering: {exc}")
+            if over:
+                return
+            continue
+        counters = stats.get("counters", {})
+        readings = int(stats.get("stored_readings", 0))
+        compared = int(counters.get("compared_readings", 0))
+        disagree = (
+            100.0 * int(counters.get("edge_heavy_disagreements", 0)) / compared if compared else 0.0
+        )
+        rate = (readings - last_readings) / max(now - last_time, 1e-9)
+        last_time, last_readings = now, readings
+        _say(
+            config,
+            f"[{now - started:6.0f}s] devices online {devices['states'].get('online', 0)}/{config.devices}  "
+            f"readings/s {rate:7.1f}  readings {readings}  urgent events {int(counters.get('stored_events', 0))}  "
+            f"edge/heavy disagreement {disagree:.2f}%  invalid {stats.get('invalid_total', 0)}",
+        )
+        if over:
+            return
 
 
-def _tally_message(tally: _Tally, topics: Topics, topic: str, payload: bytes, heavy: Any) -> None:
+def _stop_all(
+    config: DemoConfig, agents: list[subprocess.Popen[bytes]], hub: subprocess.Popen[bytes]
+) -> None:
+    _say(config, "stopping agents ...")
+    for proc in agents:
+        proc.send_signal(signal.SIGTERM)
+    clean = 0
+    for proc in agents:
+        try:
+            clean += proc.wait(15) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _say(config, f"agents stopped: {clean}/{len(agents)} exited cleanly; stopping the hub ...")
+    hub.send_signal(signal.SIGTERM)
     try:
-        addr = topics.parse(topic)
-        msg = decode(addr.kind, payload)
-    except ContractError:
-        tally.invalid += 1
-        return
-    if isinstance(msg, Status):
-        (tally.online.add if msg.state == "online" else tally.online.discard)(msg.device)
-    elif isinstance(msg, Telemetry):
-        tally.readings += len(msg)
-        edge = msg.scores.argmax(axis=1)
-        heavy_pred = np.asarray(heavy.scores(msg.features)).argmax(axis=1)
-        tally.compared += len(msg)
-        tally.disagreed += int((edge != heavy_pred).sum())
-    elif isinstance(msg, Event):
-        tally.events += 1
-    if addr.kind is not Kind.STATUS:
-        tally.seen.add(addr.device)
+        code = hub.wait(30)
+    except subprocess.TimeoutExpired:
+        hub.kill()
+        code = hub.wait()
+    _say(config, f"hub stopped (exit {code})")
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
     """Ctrl-C and SIGTERM end the demo cleanly."""
 
-    def handler(_signum: int, _frame: FrameType | None) -> None:
+    def handler(_signum: int, _frame: Any) -> None:
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

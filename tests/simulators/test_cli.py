@@ -86,6 +86,8 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: Mod
     readings = re.search(r"readings (\d+)", summaries[-1])
     assert readings is not None and int(readings[1]) > 0, summaries[-1]
     assert "agents stopped: 3/3 exited cleanly" in done.stdout
+    assert "hub stopped (exit 0)" in done.stdout
+    assert re.search(r"read token \S{20,}", done.stdout), done.stdout
 
 
 @pytest.mark.timeout(240)
