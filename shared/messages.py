@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -249,6 +250,11 @@ def _header(f: _Fields) -> tuple[str, int, int]:
     return device, f.int_("epoch"), f.int_("seq")
 
 
+def _fields_dict(msg: Any) -> dict[str, Any]:
+    """A message's fields as a JSON-ready dict, in declaration order."""
+    return {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+
+
 def _float32_json(arr: F32) -> str:
     """JSON for a finite float32 array, each number in its shortest float32 form."""
     if arr.ndim == 1:
@@ -273,15 +279,7 @@ class Status:
     kind: ClassVar[Kind] = Kind.STATUS
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "state": self.state,
-            "agent_version": self.agent_version,
-            "model_version": self.model_version,
-            "ts": self.ts,
-        }
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Status:
@@ -418,20 +416,7 @@ class Event:
     kind: ClassVar[Kind] = Kind.EVENTS
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "ts": self.ts,
-            "model_version": self.model_version,
-            "rule": self.rule,
-            "score": self.score,
-            "sensor": self.sensor,
-            "value": self.value,
-            "action": self.action,
-            "action_ok": self.action_ok,
-            "detail": self.detail,
-        }
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Event:
@@ -477,23 +462,7 @@ class Health:
     kind: ClassVar[Kind] = Kind.HEALTH
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "ts": self.ts,
-            "model_version": self.model_version,
-            "uptime_s": self.uptime_s,
-            "readings": self.readings,
-            "latency_p50_us": self.latency_p50_us,
-            "latency_p99_us": self.latency_p99_us,
-            "cpu_pct": self.cpu_pct,
-            "rss_mb": self.rss_mb,
-            "outbox_depth": self.outbox_depth,
-            "acked_seq": self.acked_seq,
-            "dropped": self.dropped,
-            "invalid": self.invalid,
-        }
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Health:
@@ -533,17 +502,7 @@ class Ota:
     kind: ClassVar[Kind] = Kind.OTA
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "epoch": self.epoch,
-            "seq": self.seq,
-            "ts": self.ts,
-            "state": self.state,
-            "reason": self.reason,
-            "from_version": self.from_version,
-            "to_version": self.to_version,
-            "detail": self.detail,
-        }
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Ota:
@@ -576,16 +535,7 @@ class Desired:
     kind: ClassVar[Kind] = Kind.DESIRED
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device,
-            "ts": self.ts,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "manifest_url": self.manifest_url,
-            "manifest_sha256": self.manifest_sha256,
-            "rollout": self.rollout,
-            "allow_downgrade": self.allow_downgrade,
-        }
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Desired:
@@ -615,7 +565,7 @@ class Ack:
     kind: ClassVar[Kind] = Kind.ACK
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "epoch": self.epoch, "seq": self.seq}
+        return _fields_dict(self)
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Ack:
