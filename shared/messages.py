@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Final, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from shared.errors import DecodeError, FieldError, TopicError
 from shared.topics import Kind, validate_device_id
@@ -105,6 +106,9 @@ class _Fields:
 
     def int_(self, name: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
         value = self._get(name)
+        if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+            # orjson reads an integer literal beyond 64 bits as a float.
+            value = int(value)
         if type(value) is not int:
             raise self._wrong(name, "an integer", value)
         if not lo <= value <= hi:
@@ -345,24 +349,23 @@ class Telemetry:
                     f"telemetry for {self.device!r}: {name} holds NaN or inf "
                     "(or values beyond float32 range)"
                 )
-        head = json.dumps(
-            {
-                "v": SCHEMA_VERSION,
-                "device": self.device,
-                "epoch": self.epoch,
-                "seq": self.seq,
-                "model_version": self.model_version,
-            }
-        )
-        arrays = (
-            f'"ts":{json.dumps(self.ts.tolist())},'
-            f'"features":{_float32_json(features)},'
-            f'"scores":{_float32_json(scores)}'
-        )
-        return head[:-1] + "," + arrays + "}"
+        # orjson writes float32 arrays in their shortest float32 form and float64
+        # in their shortest float64 form: exact, compact and ~30x faster than
+        # formatting each number in Python.
+        body = {
+            "v": SCHEMA_VERSION,
+            "device": self.device,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "model_version": self.model_version,
+            "ts": np.ascontiguousarray(self.ts, dtype=np.float64),
+            "features": np.ascontiguousarray(features),
+            "scores": np.ascontiguousarray(scores),
+        }
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
     def to_dict(self) -> dict[str, Any]:
-        return cast(dict[str, Any], json.loads(self.to_json()))
+        return cast(dict[str, Any], orjson.loads(self.to_json()))
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Telemetry:
@@ -594,14 +597,22 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Telemetry):
         return msg.to_json().encode()
     body = msg.to_dict()
-    for key in ("ts", "score", "value"):
-        if isinstance(body.get(key), float) and not math.isfinite(body[key]):
+    for key, value in body.items():
+        # orjson would write NaN and inf as null; refuse them instead.
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{msg.kind.value} message for {msg.device!r}: {key} is not finite")
-    return json.dumps({"v": SCHEMA_VERSION, **body}, allow_nan=False).encode()
+    return orjson.dumps({"v": SCHEMA_VERSION, **body})
 
 
 def _reject_constant(name: str) -> Any:
     raise DecodeError(f"payload holds {name}, which is not valid JSON", reason="not_finite")
+
+
+def _loads_slowly(kind: Kind, text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise DecodeError(f"{kind.value} payload is not valid JSON", reason="not_json") from None
 
 
 def decode(kind: Kind, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -613,11 +624,18 @@ def decode(kind: Kind, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Messa
             reason="too_large",
         )
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError(f"{kind.value} payload is not UTF-8", reason="not_utf8") from None
-    except (ValueError, RecursionError):
-        raise DecodeError(f"{kind.value} payload is not valid JSON", reason="not_json") from None
+    try:
+        # orjson parses ~3x faster than json, which is most of the hub's ingest time.
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson refuses some JSON that is valid but useless to us (integers beyond
+        # 64 bits, numbers that overflow a double). Only on this error path, parse
+        # with the standard library, so such input gets the same field-level
+        # reason as everywhere else.
+        obj = _loads_slowly(kind, text)
     if not isinstance(obj, dict):
         raise DecodeError(
             f"{kind.value} payload must be a JSON object, got {type(obj).__name__}",
