@@ -1,0 +1,1036 @@
+"""``edgeloop-sim bench fleet``: N real agents against one hub, on one machine.
+
+It starts and stops everything it needs, on free loopback ports:
+
+1. a broker: Mosquitto when installed (``--broker auto``, the default) or the
+   embedded amqtt broker (``--broker embedded``, started by the hub);
+2. the default models (built in ``--models-dir`` if missing);
+3. N device accounts, made by :func:`cloud_hub.provision.add_device` as
+   ``edgeloop-hub devices add`` makes them: one account per device, with either
+   broker (for Mosquitto, its ``password_file`` and ``acl_file`` lines, so each
+   device is confined to its own topics, as in production);
+4. the hub, ``python -m cloud_hub serve``, with fresh API tokens and a
+   temporary data directory;
+5. P agent hosts, ``python -m simulators.fleet``, each running K = N/P real
+   :class:`~edge_agent.agent.Agent` objects (own MQTT connection, birth and
+   will, outbox, heartbeat; one shared model) at ``--rate-hz`` readings/s.
+   A thousand agent processes would need tens of GB; a host costs one
+   process's runtime plus a few MB per agent.
+
+Once the hub's API shows every device online (or ``--startup-timeout-s`` has
+passed) it measures for ``--duration-s``: devices online (polled through
+``GET /v1/devices``), CPU and resident memory of the hub, the broker and the
+hosts (psutil). Then it stops the hosts with SIGTERM (every agent flushes,
+drains and says offline), reads the readings each host's agents produced,
+waits for ingest to settle, and compares with what the hub stored
+(``GET /v1/stats/ingest``). The last line on stdout is one JSON object;
+progress goes to stderr. Nothing here is pass/fail: the figures are reported.
+
+The main keys of the result::
+
+    devices, broker, hosts        what ran (broker: mosquitto | embedded)
+    devices_online                most devices the hub showed online at once
+    devices_online_min_steady     fewest during the measured phase (flapping shows here)
+    all_online, startup_s         whether, and how long after the hosts started, all were online
+    readings_sent                 readings the agents scored and queued (their hosts' totals)
+    readings_stored, lost         what the hub stored; lost = sent - stored
+    duplicates, gaps_missing_seqs the hub's dedupe and gap counters (resends after reconnects)
+    hub_cpu_pct, hub_rss_mb       the hub process alone (percent of one core, peak MB)
+    broker_cpu_pct, broker_rss_mb Mosquitto, or the embedded broker (the hub's child)
+    host_cpu_pct, host_rss_mb     all agent hosts together; agent_*_each divides by devices
+    stored_readings_per_s_steady  ingest rate while measuring (vs expected_readings_per_s)
+    agent_reconnects, agent_dropped, agent_counters   the agents' own counters, summed
+
+Concurrency: one thread, plus one daemon thread per host reading its stdout.
+Children run in their own sessions, so Ctrl-C reaches only the bench, which
+then stops them in order (agents first, so they can flush, then the hub, then
+the broker) and reports what it measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import math
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from shared.errors import EdgeloopError
+
+if TYPE_CHECKING:
+    import psutil
+
+    from cloud_hub.provision import Provisioned
+
+__all__ = ["HELP", "FleetBenchConfig", "FleetBenchError", "add_arguments", "run", "run_fleet_bench"]
+
+HELP: Final = (
+    "N real agents (1 reading/s each) against one hub with its broker; reports devices online, "
+    "readings lost, hub and broker CPU and memory (JSON)"
+)
+
+HOST = "127.0.0.1"
+MAX_DEVICES: Final = 20_000
+MAX_HOSTS: Final = 64
+AGENTS_PER_HOST: Final = 200
+"""Auto host count: about this many agents per host process (at least 2 hosts).
+
+Measured on 2 cores at 1 reading/s: 125 or 200 agents per host cost the same
+CPU per agent; 500 per host (1,500 threads contending for one GIL) cost 50 %
+more per agent and starved the hosts' own reading loops."""
+MAX_AUTO_HOSTS: Final = 16
+DEVICE_PREFIX: Final = "fleet-"
+_HUB_START_TIMEOUT_S: Final = 120.0
+_BROKER_START_TIMEOUT_S: Final = 20.0
+_STOP_TIMEOUT_S: Final = 30.0
+_HOST_JOIN_TIMEOUT_S: Final = 60.0
+_SETTLE_QUIET_S: Final = 10.0
+_LOG_TAIL_LINES: Final = 15
+_PORT_ATTEMPTS: Final = 3
+
+
+class FleetBenchError(EdgeloopError):
+    """The bench could not bring something up; the message says what and where its log is."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetBenchConfig:
+    """What one run does. Built from the command line by :func:`run`."""
+
+    devices: int = 100
+    duration_s: float = 60.0
+    broker: str = "auto"
+    """``auto`` (Mosquitto when installed), ``mosquitto`` or ``embedded``."""
+    hosts: int = 0
+    """Agent host processes; 0 picks about one per :data:`AGENTS_PER_HOST` agents."""
+    rate_hz: float = 1.0
+    models_dir: Path = Path("var/models")
+    work_dir: Path | None = None
+    """Kept if given; otherwise a temporary directory, removed after a clean run."""
+    ramp_per_s: float = 100.0
+    """Agents started per second, over all hosts: connects arrive as a ramp, not a storm."""
+    startup_timeout_s: float = 0.0
+    """How long to wait for every device online; 0: 60 s plus twice the ramp's length."""
+    settle_timeout_s: float = 120.0
+    poll_s: float = 2.0
+    seed: int = 1
+    agent_args: tuple[str, ...] = ()
+    """Extra ``edgeloop-agent`` flags for every agent (e.g. ``--max-delay-ms 2000``)."""
+    progress: IO[str] | None = field(default=sys.stderr, repr=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.devices <= MAX_DEVICES:
+            problems.append(f"--devices must be 1-{MAX_DEVICES}, got {self.devices}")
+        if not 0 <= self.hosts <= MAX_HOSTS:
+            problems.append(f"--hosts must be 0 (auto) to {MAX_HOSTS}, got {self.hosts}")
+        if not 0 < self.duration_s <= 86_400:
+            problems.append(f"--duration-s must be in (0, 86400], got {self.duration_s:g}")
+        if not 0 < self.rate_hz <= 1000:
+            problems.append(f"--rate-hz must be in (0, 1000], got {self.rate_hz:g}")
+        if not 0 < self.ramp_per_s <= 100_000:
+            problems.append(f"--ramp-per-s must be in (0, 100000], got {self.ramp_per_s:g}")
+        if self.startup_timeout_s < 0 or self.settle_timeout_s <= 0 or self.poll_s <= 0:
+            problems.append("--startup-timeout-s must be >= 0, --settle-timeout-s and --poll-s > 0")
+        if self.broker not in ("auto", "mosquitto", "embedded"):
+            problems.append(f"--broker must be auto, mosquitto or embedded, got {self.broker!r}")
+        if problems:
+            raise ValueError("bench fleet: " + "; ".join(problems))
+
+    @property
+    def host_count(self) -> int:
+        if self.hosts:
+            return min(self.hosts, self.devices)
+        return min(
+            self.devices, max(2, min(MAX_AUTO_HOSTS, math.ceil(self.devices / AGENTS_PER_HOST)))
+        )
+
+    @property
+    def startup_budget_s(self) -> float:
+        if self.startup_timeout_s:
+            return self.startup_timeout_s
+        return 60.0 + 2.0 * self.devices / self.ramp_per_s
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the bench's options to its sub-parser."""
+    d = FleetBenchConfig()
+    parser.add_argument(
+        "--devices", type=int, default=d.devices, help=f"real agents to run (default: {d.devices})"
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=d.duration_s,
+        help=f"seconds to measure once every device is online (default: {d.duration_s:g})",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default=d.broker,
+        help="broker to start: auto = Mosquitto when installed, else the embedded amqtt broker "
+        "(default: auto)",
+    )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        default=d.hosts,
+        help=f"agent host processes sharing the agents (default: 0 = about one per "
+        f"{AGENTS_PER_HOST} agents, 2 to {MAX_AUTO_HOSTS})",
+    )
+    parser.add_argument(
+        "--rate-hz",
+        type=float,
+        default=d.rate_hz,
+        help=f"readings per second per agent (default: {d.rate_hz:g})",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=d.models_dir,
+        help="model directory; the default models are built there if missing (default: var/models)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the run's logs, accounts and state here (default: a temporary directory, "
+        "removed after a clean run)",
+    )
+    parser.add_argument(
+        "--ramp-per-s",
+        type=float,
+        default=d.ramp_per_s,
+        help=f"agents started per second over all hosts (default: {d.ramp_per_s:g})",
+    )
+    parser.add_argument(
+        "--startup-timeout-s",
+        type=float,
+        default=d.startup_timeout_s,
+        help="how long to wait for every device online before measuring anyway "
+        "(default: 0 = 60 s plus twice the ramp)",
+    )
+    parser.add_argument(
+        "--settle-timeout-s",
+        type=float,
+        default=d.settle_timeout_s,
+        help=f"after the agents stop, how long to wait for ingest to store everything "
+        f"(default: {d.settle_timeout_s:g})",
+    )
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=d.poll_s,
+        help=f"seconds between reads of the hub's API and of CPU/memory (default: {d.poll_s:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=d.seed, help=f"seed of the simulated fleet (default: {d.seed})"
+    )
+    parser.add_argument(
+        "--agent-args",
+        default="",
+        metavar="FLAGS",
+        help="extra edgeloop-agent flags for every agent, one string (e.g. '--max-delay-ms 2000')",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark from parsed arguments and return its JSON-able result."""
+    config = FleetBenchConfig(
+        devices=args.devices,
+        duration_s=args.duration_s,
+        broker=args.broker,
+        hosts=args.hosts,
+        rate_hz=args.rate_hz,
+        models_dir=args.models_dir,
+        work_dir=args.work_dir,
+        ramp_per_s=args.ramp_per_s,
+        startup_timeout_s=args.startup_timeout_s,
+        settle_timeout_s=args.settle_timeout_s,
+        poll_s=args.poll_s,
+        seed=args.seed,
+        agent_args=tuple(shlex.split(args.agent_args)),
+    )
+    return run_fleet_bench(config)
+
+
+# -- small parts -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> bool:
+    """True once ``port`` accepts connections; False if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    fallback = "/usr/sbin/mosquitto"
+    return fallback if os.access(fallback, os.X_OK) else None
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment for children: ours without stray edgeloop settings, plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EDGELOOP_HUB_", "EDGELOOP_AGENT_"))
+    }
+    env.update(extra)
+    return env
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class _Api:
+    """A tiny client for the hub's HTTP API."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.token = token
+
+    def get(self, path: str, timeout: float = 10.0) -> Any:
+        request = urllib.request.Request(
+            self.base + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def states(self) -> dict[str, int] | None:
+        """Devices per state (online, offline, stale, never_seen), or None if the hub did not answer."""
+        try:
+            body = self.get("/v1/devices")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return {str(k): int(v) for k, v in body.get("states", {}).items()}
+
+    def ingest(self) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self.get("/v1/stats/ingest")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return body
+
+
+class _Usage:
+    """CPU and resident memory of a group of processes over a measured phase."""
+
+    def __init__(self, procs: list[psutil.Process]) -> None:
+        self.procs = procs
+        self._cpu0 = 0.0
+        self._t0 = 0.0
+        self._cpu1: float | None = None
+        self._t1 = 0.0
+        self.rss_max = 0.0
+        self.threads_max = 0
+        self.fds_max = 0
+
+    def _cpu(self) -> float:
+        total = 0.0
+        for p in self.procs:
+            with contextlib.suppress(Exception):  # psutil.Error: a process may be gone
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def begin(self) -> None:
+        self._cpu0, self._t0 = self._cpu(), time.monotonic()
+        self.sample()
+
+    def sample(self) -> None:
+        rss, threads, fds = 0.0, 0, 0
+        for p in self.procs:
+            with contextlib.suppress(Exception), p.oneshot():
+                rss += p.memory_info().rss / 2**20
+                threads = max(threads, p.num_threads())
+                fds = max(fds, p.num_fds())
+        self.rss_max = max(self.rss_max, rss)
+        self.threads_max = max(self.threads_max, threads)
+        self.fds_max = max(self.fds_max, fds)
+
+    def end(self) -> None:
+        self.sample()
+        self._cpu1, self._t1 = self._cpu(), time.monotonic()
+
+    @property
+    def cpu_pct(self) -> float | None:
+        """Percent of one core over the phase (200 = two cores busy)."""
+        if self._cpu1 is None or self._t1 <= self._t0:
+            return None
+        return round(100.0 * (self._cpu1 - self._cpu0) / (self._t1 - self._t0), 1)
+
+
+@dataclass
+class _Host:
+    """One agent host process and what it has said on stdout."""
+
+    index: int
+    agents: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    started: dict[str, Any] | None = None
+    connected: int = 0
+    """Agents connected to the broker, by the host's last status line."""
+    exited: dict[str, Any] | None = None
+    other: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
+            if isinstance(msg, dict) and msg.get("event") == "started":
+                self.started = msg
+            elif isinstance(msg, dict) and msg.get("event") == "status":
+                self.connected = int(msg.get("connected", 0))
+            elif isinstance(msg, dict) and msg.get("event") == "exit":
+                self.exited = msg
+            elif line and len(self.other) < 20:
+                self.other.append(line)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+class _FleetBench:
+    def __init__(self, config: FleetBenchConfig) -> None:
+        self.config = config
+        self.created_dir = config.work_dir is None
+        self.work = Path()
+        self.broker_kind = ""
+        self.read_token = secrets.token_urlsafe(24)
+        self.hub_secret = secrets.token_urlsafe(32)
+        self.broker_port = 0
+        self.http_port = 0
+        self.hub_flags: list[str] = []
+        self._spawned_at = 0.0
+        self.mosquitto: subprocess.Popen[bytes] | None = None
+        self.hub: subprocess.Popen[bytes] | None = None
+        self.hosts: list[_Host] = []
+        self.api: _Api | None = None
+        self.result: dict[str, Any] = {}
+        self.errors: list[str] = []
+        self._t_start = time.monotonic()
+
+    def say(self, text: str) -> None:
+        if self.config.progress is not None:
+            elapsed = time.monotonic() - self._t_start
+            print(f"[bench fleet {elapsed:6.1f}s] {text}", file=self.config.progress, flush=True)
+
+    # -- bring-up ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from simulators.fleet import raise_fd_limit  # noqa: PLC0415
+
+        c = self.config
+        fd_soft, _ = raise_fd_limit()  # Mosquitto and the hub inherit it
+        self.broker_kind = self._pick_broker()
+        if c.work_dir is None:
+            self.work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-fleet-"))
+        else:
+            self.work = c.work_dir.resolve()
+            self.work.mkdir(parents=True, exist_ok=True)
+        n_hosts = c.host_count
+        self.result = {
+            "devices": c.devices,
+            "broker": self.broker_kind,
+            "hosts": n_hosts,
+            "agents_per_host": math.ceil(c.devices / n_hosts),
+            "rate_hz": c.rate_hz,
+            "fd_limit": fd_soft,
+        }
+        interrupted = False
+        installed, previous = self._sigterm_as_interrupt()
+        ok = False
+        try:
+            try:
+                edge = self._models()
+                secrets_env, settings = self._hub_settings()
+                provisioned = self._provision(settings)
+                self._start_broker(provisioned, secrets_env)
+                self._start_hub(settings, secrets_env)
+                self._start_hosts(edge, provisioned)
+                self._startup()
+                self._steady()
+            except KeyboardInterrupt:
+                interrupted = True
+                self.say("interrupted: stopping everything and reporting what was measured")
+            self._stop_hosts()
+            self._settle()
+            ok = True
+        finally:
+            for host in self.hosts:
+                _stop_process(host.proc, 5.0)
+            hub_code = _stop_process(self.hub, _STOP_TIMEOUT_S)
+            _stop_process(self.mosquitto, 10.0)
+            if installed:
+                signal.signal(signal.SIGTERM, previous)
+            if self.created_dir and ok and not interrupted and not self.errors:
+                shutil.rmtree(self.work, ignore_errors=True)
+            else:
+                self.say(f"logs and state kept in {self.work}")
+        self.result["hub_exit_code"] = hub_code
+        self.result["interrupted"] = interrupted
+        self.result["errors"] = self.errors
+        if not self.created_dir or interrupted or self.errors:
+            self.result["work_dir"] = str(self.work)
+        return self.result
+
+    def _sigterm_as_interrupt(self) -> tuple[bool, Any]:
+        """SIGTERM stops the bench as Ctrl-C does (cleanly).
+
+        Returns whether a handler was installed (only the main thread can) and
+        the one to restore.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return False, None
+
+        def handler(_signum: int, _frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        return True, signal.signal(signal.SIGTERM, handler)
+
+    def _pick_broker(self) -> str:
+        want = self.config.broker
+        if want == "embedded":
+            return "embedded"
+        if _mosquitto_binary() is not None:
+            return "mosquitto"
+        if want == "mosquitto":
+            raise FleetBenchError(
+                "bench fleet: --broker mosquitto, but the mosquitto binary is not installed "
+                "(apt-get install mosquitto); or use --broker embedded"
+            )
+        return "embedded"
+
+    def _models(self) -> Path:
+        from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+
+        t0 = time.monotonic()
+        built = build_default_models(self.config.models_dir)
+        self.say(f"models ready in {time.monotonic() - t0:.1f} s: edge {built.edge}")
+        return built.edge.resolve()
+
+    def _hub_settings(self) -> tuple[dict[str, str], Any]:
+        from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
+
+        c = self.config
+        self.broker_port = _free_port()
+        self.http_port = _free_port()
+        env = {
+            "EDGELOOP_HUB_READ_TOKEN": self.read_token,
+            "EDGELOOP_HUB_ADMIN_TOKEN": secrets.token_urlsafe(24),
+        }
+        self.hub_flags = [
+            "--data-dir",
+            str(self.work / "hub"),
+            "--models-dir",
+            str(c.models_dir.resolve()),
+            "--http-port",
+            str(self.http_port),
+            "--log-level",
+            "WARNING",
+        ]
+        if self.broker_kind == "embedded":
+            self.hub_flags += ["--broker-host", HOST, "--broker-port", str(self.broker_port)]
+        else:
+            # The hub's broker secret travels in the environment, not on its command line.
+            env["EDGELOOP_HUB_BROKER"] = f"mqtt://hub:{self.hub_secret}@{HOST}:{self.broker_port}"
+        parser = OPTIONS.add_to(argparse.ArgumentParser())
+        settings = resolve_settings(parser.parse_args(self.hub_flags), env=env, serving=True)
+        return env, settings
+
+    def _provision(self, settings: Any) -> list[Provisioned]:
+        from cloud_hub.provision import add_device  # noqa: PLC0415
+
+        t0 = time.monotonic()
+        done = [add_device(settings, f"{DEVICE_PREFIX}{i:05d}") for i in range(self.config.devices)]
+        self.result["provision_s"] = round(time.monotonic() - t0, 2)
+        self.result["accounts"] = "per device (edgeloop-hub devices add)" + (
+            ", with Mosquitto ACLs" if self.broker_kind == "mosquitto" else ""
+        )
+        self.say(f"{len(done)} devices provisioned in {self.result['provision_s']} s")
+        return done
+
+    def _start_broker(self, provisioned: list[Provisioned], hub_env: dict[str, str]) -> None:
+        if self.broker_kind != "mosquitto":
+            return  # the hub starts the embedded broker itself
+        from cloud_hub.provision import mosquitto_password_line  # noqa: PLC0415
+        from shared.topics import Topics  # noqa: PLC0415
+
+        binary = _mosquitto_binary()
+        assert binary is not None
+        directory = self.work / "mosquitto"
+        directory.mkdir(parents=True, exist_ok=True)
+        passwd, acl = directory / "passwd", directory / "acl"
+        lines = [mosquitto_password_line("hub", self.hub_secret)]
+        lines += [p.mosquitto_password_line or "" for p in provisioned]
+        passwd.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        passwd.chmod(0o600)
+        root = Topics().root
+        blocks = [f"user hub\ntopic readwrite {root}/#"]
+        blocks += [p.mosquitto_acl or "" for p in provisioned]
+        acl.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+        log_path = directory / "mosquitto.log"
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            conf = directory / "mosquitto.conf"
+            conf.write_text(_mosquitto_conf(self.broker_port, passwd, acl), encoding="utf-8")
+            with log_path.open("ab") as log:
+                proc = subprocess.Popen(
+                    [binary, "-c", str(conf)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            if _wait_for_port(self.broker_port, _BROKER_START_TIMEOUT_S, proc):
+                self.mosquitto = proc
+                self.say(f"mosquitto listening on {HOST}:{self.broker_port}")
+                return
+            _stop_process(proc, 5.0)
+            if attempt < _PORT_ATTEMPTS and "Address already in use" in _tail(log_path):
+                # Someone took the free port meanwhile: move hub and broker to another one.
+                self.broker_port = _free_port()
+                hub_env["EDGELOOP_HUB_BROKER"] = (
+                    f"mqtt://hub:{self.hub_secret}@{HOST}:{self.broker_port}"
+                )
+                continue
+            raise FleetBenchError(
+                f"bench fleet: mosquitto did not start on {HOST}:{self.broker_port}; "
+                f"its log {log_path} ends:\n{_tail(log_path)}"
+            )
+
+    def _start_hub(self, settings: Any, hub_env: dict[str, str]) -> None:
+        log_path = self.work / "hub.log"
+        with log_path.open("wb") as log:
+            self.hub = subprocess.Popen(
+                [sys.executable, "-m", "cloud_hub", "serve", *self.hub_flags],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_clean_env(**hub_env),
+                start_new_session=True,
+            )
+        api = _Api(f"http://{HOST}:{self.http_port}", self.read_token)
+        deadline = time.monotonic() + _HUB_START_TIMEOUT_S
+        while True:
+            if self.hub.poll() is not None:
+                raise FleetBenchError(
+                    f"bench fleet: the hub exited during start-up (status {self.hub.returncode}); "
+                    f"its log {log_path} ends:\n{_tail(log_path)}"
+                )
+            try:
+                api.get("/healthz", timeout=2.0)
+                break
+            except (urllib.error.URLError, OSError, ValueError):
+                if time.monotonic() > deadline:
+                    raise FleetBenchError(
+                        f"bench fleet: the hub did not answer on {api.base} within "
+                        f"{_HUB_START_TIMEOUT_S:.0f} s; see {log_path}"
+                    ) from None
+                time.sleep(0.2)
+        self.api = api
+        self.say(f"hub up: API {api.base}, broker {self.broker_kind} on port {self.broker_port}")
+
+    def _start_hosts(self, edge: Path, provisioned: list[Provisioned]) -> None:
+        from simulators.fleet import AgentSpec, HostSpec  # noqa: PLC0415
+
+        c = self.config
+        n_hosts = c.host_count
+        agent_args = (
+            "--rate-hz",
+            f"{c.rate_hz:g}",
+            "--source",
+            "sim",
+            "--log-level",
+            "WARNING",
+            *c.agent_args,
+        )
+        interval = n_hosts / c.ramp_per_s
+        (self.work / "hosts").mkdir(parents=True, exist_ok=True)
+        self._spawned_at = time.monotonic()
+        for h in range(n_hosts):
+            mine = provisioned[h::n_hosts]
+            spec = HostSpec(
+                model=str(edge),
+                agents=tuple(
+                    AgentSpec(
+                        device=p.device,
+                        broker=p.agent_env["EDGELOOP_AGENT_BROKER"],
+                        state_dir=str(self.work / "agents" / p.device),
+                        seed=c.seed * 100_000 + h + n_hosts * i,
+                    )
+                    for i, p in enumerate(mine)
+                ),
+                agent_args=agent_args,
+                start_interval_s=interval,
+            )
+            spec_path = self.work / "hosts" / f"host-{h}.json"
+            # The spec holds every device's secret: create it private, never on a command line.
+            fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(spec.to_json())
+            log_path = self.work / "hosts" / f"host-{h}.log"
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "simulators.fleet",
+                        "--spec",
+                        str(spec_path),
+                        "--join-timeout-s",
+                        str(_HOST_JOIN_TIMEOUT_S),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=_clean_env(),
+                    start_new_session=True,
+                )
+            host = _Host(h, len(mine), proc, log_path)
+            host.reader = threading.Thread(
+                target=host.read_stdout, name=f"host-{h}-stdout", daemon=True
+            )
+            host.reader.start()
+            self.hosts.append(host)
+        self.say(
+            f"{n_hosts} agent hosts started for {c.devices} agents "
+            f"(ramp {c.ramp_per_s:g} agents/s, {c.rate_hz:g} readings/s each)"
+        )
+
+    # -- measuring -----------------------------------------------------------------------------
+
+    def _procs(self) -> tuple[_Usage, _Usage, _Usage]:
+        import psutil  # noqa: PLC0415
+
+        assert self.hub is not None
+        hub = psutil.Process(self.hub.pid)
+        if self.mosquitto is not None:
+            broker = [psutil.Process(self.mosquitto.pid)]
+        else:
+            broker = list(hub.children(recursive=True))
+        hosts = [psutil.Process(h.proc.pid) for h in self.hosts if h.proc.poll() is None]
+        return _Usage([hub]), _Usage(broker), _Usage(hosts)
+
+    def _check_hosts(self, *, fatal: bool) -> None:
+        for host in self.hosts:
+            code = host.proc.poll()
+            if code is None or host.exited is not None:
+                continue
+            message = (
+                f"agent host {host.index} ({host.agents} agents) exited early with status {code}; "
+                f"its log {host.log_path} ends:\n{_tail(host.log_path)}"
+            )
+            if fatal:
+                raise FleetBenchError(f"bench fleet: {message}")
+            if message not in self.errors:
+                self.errors.append(message)
+
+    def _startup(self) -> None:
+        c, api = self.config, self.api
+        assert api is not None
+        deadline = self._spawned_at + c.startup_budget_s
+        online_max, startup_s, last_say = 0, None, 0.0
+        while True:
+            self._check_hosts(fatal=True)
+            states = api.states()
+            now = time.monotonic()
+            online = states.get("online", 0) if states else 0
+            online_max = max(online_max, online)
+            if online >= c.devices:
+                startup_s = round(now - self._spawned_at, 2)
+                break
+            if now >= deadline:
+                self.errors.append(
+                    f"only {online} of {c.devices} devices online after {c.startup_budget_s:.0f} s "
+                    "of start-up; measuring anyway"
+                )
+                break
+            if now - last_say >= 5.0:
+                started = sum(h.started is not None for h in self.hosts)
+                self.say(
+                    f"start-up: {online}/{c.devices} online, {started}/{len(self.hosts)} hosts "
+                    "have started all their agents"
+                )
+                last_say = now
+            time.sleep(min(1.0, c.poll_s))
+        self.result["startup_s"] = startup_s
+        self.result["all_online"] = startup_s is not None
+        self.result["devices_online"] = online_max
+        host_start = [h.started["start_s"] for h in self.hosts if h.started]
+        self.result["host_start_s_max"] = max(host_start) if host_start else None
+        self.say(
+            f"all {c.devices} devices online after {startup_s} s"
+            if startup_s is not None
+            else f"start-up timed out at {online_max}/{c.devices} online"
+        )
+
+    def _steady(self) -> None:
+        c, api = self.config, self.api
+        assert api is not None
+        hub, broker, hosts = self._procs()
+        self.result["steady_s"] = 0.0
+        online_max = int(self.result.get("devices_online", 0))
+        online_min: int | None = None
+        stale_max = 0
+        connected_min: int | None = None
+        poll_failures, poll_max_s = 0, 0.0
+        queue_max, latency_p99_max = 0, 0.0
+        stats0 = api.ingest()
+        stored0 = int(stats0.get("stored_readings", 0)) if stats0 else 0
+        for usage in (hub, broker, hosts):
+            usage.begin()
+        t0 = time.monotonic()
+        end = t0 + c.duration_s
+        last_say = t0
+        try:
+            while (now := time.monotonic()) < end:
+                time.sleep(min(c.poll_s, max(0.0, end - now)))
+                self._check_hosts(fatal=False)
+                asked = time.monotonic()
+                states = api.states()
+                poll_max_s = max(poll_max_s, time.monotonic() - asked)
+                live = (api.ingest() or {}).get("live") or {}
+                queue_max = max(queue_max, int(live.get("queue_depth", 0)))
+                latency_p99_max = max(latency_p99_max, float(live.get("latency_p99_ms", 0.0)))
+                for usage in (hub, broker, hosts):
+                    usage.sample()
+                if states is None:
+                    poll_failures += 1
+                    continue
+                online = states.get("online", 0)
+                online_max = max(online_max, online)
+                online_min = online if online_min is None else min(online_min, online)
+                connected = sum(h.connected for h in self.hosts)
+                connected_min = (
+                    connected if connected_min is None else min(connected_min, connected)
+                )
+                stale_max = max(stale_max, states.get("stale", 0))
+                if time.monotonic() - last_say >= 10.0:
+                    self.say(f"steady: {online}/{c.devices} online, {states.get('stale', 0)} stale")
+                    last_say = time.monotonic()
+        finally:
+            for usage in (hub, broker, hosts):
+                usage.end()
+            stats1 = api.ingest()
+            elapsed = time.monotonic() - t0
+            stored1 = int(stats1.get("stored_readings", 0)) if stats1 else stored0
+            if poll_failures:
+                self.errors.append(f"the hub's API did not answer {poll_failures} polls")
+            self.result.update(
+                {
+                    "devices_online": online_max,
+                    "devices_online_min_steady": online_min,
+                    "devices_stale_max_steady": stale_max,
+                    "agents_connected_min_steady": connected_min,
+                    "steady_s": round(elapsed, 1),
+                    "stored_readings_per_s_steady": round((stored1 - stored0) / elapsed, 1)
+                    if elapsed > 0
+                    else None,
+                    "hub_api_poll_max_s": round(poll_max_s, 2),
+                    "hub_queue_depth_max": queue_max,
+                    "hub_ingest_p99_ms_max": round(latency_p99_max, 1),
+                    "expected_readings_per_s": round(c.devices * c.rate_hz, 1),
+                    "hub_cpu_pct": hub.cpu_pct,
+                    "hub_rss_mb": round(hub.rss_max, 1),
+                    "hub_threads": hub.threads_max,
+                    "broker_cpu_pct": broker.cpu_pct,
+                    "broker_rss_mb": round(broker.rss_max, 1),
+                    "broker_fds": broker.fds_max,
+                    "host_cpu_pct": hosts.cpu_pct,
+                    "host_rss_mb": round(hosts.rss_max, 1),
+                    "host_threads_max": hosts.threads_max,
+                    "agent_cpu_pct_each": round(hosts.cpu_pct / c.devices, 3)
+                    if hosts.cpu_pct is not None
+                    else None,
+                    "agent_rss_mb_each": round(hosts.rss_max / c.devices, 2),
+                }
+            )
+
+    # -- stopping and counting -----------------------------------------------------------------
+
+    def _stop_hosts(self) -> None:
+        if not self.hosts:
+            return
+        self.say("stopping the agents (SIGTERM: flush, drain, offline) ...")
+        t0 = time.monotonic()
+        for host in self.hosts:
+            if host.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    host.proc.send_signal(signal.SIGTERM)
+        codes: list[int | None] = []
+        deadline = time.monotonic() + _HOST_JOIN_TIMEOUT_S + 15.0
+        for host in self.hosts:
+            # Signalled once only: a second SIGTERM could hit a host while Python is
+            # finalizing (its handler gone) and kill it half way through its report.
+            try:
+                codes.append(host.proc.wait(max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                host.proc.kill()
+                codes.append(host.proc.wait())
+            if host.reader is not None:
+                host.reader.join(5.0)
+        self.result["hosts_stop_s"] = round(time.monotonic() - t0, 2)
+        self.result["host_exit_codes"] = codes
+        exits = [h.exited for h in self.hosts if h.exited is not None]
+        if len(exits) < len(self.hosts):
+            self.errors.append(
+                f"{len(self.hosts) - len(exits)} agent hosts did not report their totals; "
+                "readings_sent is a lower bound"
+            )
+        dropped: Counter[str] = Counter()
+        counters: Counter[str] = Counter()
+        for e in exits:
+            dropped.update(e.get("dropped", {}))
+            counters.update(e.get("counters", {}))
+            self.errors.extend(e.get("errors", []))
+            self.errors.extend(e.get("stuck", []))
+
+        def total(key: str) -> int:
+            return sum(int(e.get(key, 0)) for e in exits)
+
+        started = total("started")
+        self.result.update(
+            {
+                "agents_started": started,
+                "agents_failed": total("failed"),
+                "agents_still_stopping_at_host_exit": total("still_running"),
+                "readings_sent": total("readings"),
+                "messages_sent": total("messages"),
+                "urgent_events": total("events"),
+                "agent_reconnects": max(0, total("connects") - started),
+                "agent_dropped": dict(dropped),
+                "agent_counters": dict(counters),
+            }
+        )
+
+    def _settle(self) -> None:
+        api = self.api
+        sent = self.result.get("readings_sent")
+        if api is None or sent is None:
+            return
+        self.say(f"agents stopped; waiting for ingest to store {sent} readings ...")
+        deadline = time.monotonic() + self.config.settle_timeout_s
+        stats, last, quiet_since = None, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            stats = api.ingest() or stats
+            stored = int(stats.get("stored_readings", 0)) if stats else 0
+            if stored >= sent:
+                break
+            now = time.monotonic()
+            if stored != last:
+                last, quiet_since = stored, now
+            elif now - quiet_since >= _SETTLE_QUIET_S:
+                break
+            time.sleep(0.5)
+        stored = int(stats.get("stored_readings", 0)) if stats else 0
+        gaps = (stats or {}).get("gaps", {})
+        states = api.states() or {}
+        self.result.update(
+            {
+                "readings_stored": stored,
+                "lost": sent - stored,
+                "duplicates": int((stats or {}).get("duplicates", 0)),
+                "gaps_missing_seqs": int(gaps.get("missing_seqs", 0)),
+                "invalid_total": int((stats or {}).get("invalid_total", 0)),
+                "hub_dropped": (stats or {}).get("dropped", {}),
+                "ingest_errors": int((stats or {}).get("ingest_errors", 0)),
+                "devices_offline_after_stop": states.get("offline", 0),
+            }
+        )
+        self.say(f"stored {stored} of {sent} readings")
+
+
+def _mosquitto_conf(port: int, password_file: Path, acl_file: Path) -> str:
+    """Mosquitto 2.x sized as ``deploy/mosquitto/mosquitto.conf`` sizes it for the hub."""
+    lines = [
+        f"listener {port} {HOST}",
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        f"acl_file {acl_file}",
+        "persistence false",
+        # The hub's subscription must never be the one that drops (DESIGN.md section 7).
+        "max_queued_messages 200000",
+        "max_queued_bytes 0",
+        "max_inflight_messages 200",
+        "message_size_limit 2097152",
+        "set_tcp_nodelay true",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages false",
+    ]
+    if os.geteuid() == 0:
+        # Root would otherwise switch to user 'mosquitto', who cannot read our files.
+        lines.append(f"user {getpass.getuser()}")
+    return "\n".join(lines) + "\n"
+
+
+def run_fleet_bench(config: FleetBenchConfig) -> dict[str, Any]:
+    """Run the fleet benchmark; returns its result (the JSON object the CLI prints).
+
+    Raises :class:`FleetBenchError` when the broker, the hub or an agent host
+    cannot start; everything started is stopped first.
+    """
+    return _FleetBench(config).run()
