@@ -124,7 +124,7 @@ class FleetBenchConfig:
     rate_hz: float = 1.0
     models_dir: Path = Path("var/models")
     work_dir: Path | None = None
-    """Kept if given; otherwise a temporary directory, removed after a clean run."""
+    """Kept if given; otherwise a temporary directory, removed unless something went wrong."""
     ramp_per_s: float = 100.0
     """Agents started per second, over all hosts: connects arrive as a ramp, not a storm."""
     startup_timeout_s: float = 0.0
@@ -216,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="keep the run's logs, accounts and state here (default: a temporary directory, "
-        "removed after a clean run)",
+        "removed unless something went wrong)",
     )
     parser.add_argument(
         "--ramp-per-s",
@@ -524,14 +524,14 @@ class _FleetBench:
             _stop_process(self.mosquitto, 10.0)
             if installed:
                 signal.signal(signal.SIGTERM, previous)
-            if self.created_dir and ok and not interrupted and not self.errors:
+            if self.created_dir and (ok or interrupted) and not self.errors:
                 shutil.rmtree(self.work, ignore_errors=True)
             else:
                 self.say(f"logs and state kept in {self.work}")
         self.result["hub_exit_code"] = hub_code
         self.result["interrupted"] = interrupted
         self.result["errors"] = self.errors
-        if not self.created_dir or interrupted or self.errors:
+        if not self.created_dir or self.errors:
             self.result["work_dir"] = str(self.work)
         return self.result
 
@@ -957,6 +957,7 @@ class _FleetBench:
                 "agents_still_stopping_at_host_exit": total("still_running"),
                 "readings_sent": total("readings"),
                 "messages_sent": total("messages"),
+                "messages_acked_by_hub": total("acked_messages"),
                 "urgent_events": total("events"),
                 "agent_reconnects": max(0, total("connects") - started),
                 "agent_dropped": dict(dropped),
