@@ -72,6 +72,7 @@ STATS: tuple[str, ...] = ("last", "mean", "std", "delta")
 DEFAULT_WINDOW = 10
 MAX_ABS_VALUE = 1e15
 """A reading whose magnitude reaches this is treated as missing (no sensor reads it)."""
+_MAX_SQUARES = MAX_ABS_VALUE * MAX_ABS_VALUE
 
 
 def feature_names(sensors: Iterable[str] = SENSOR_NAMES) -> tuple[str, ...]:
@@ -86,9 +87,17 @@ FEATURE_NAMES: tuple[str, ...] = feature_names()
 class FeatureWindow:
     """A sliding window over one device's readings that yields model input.
 
-    ``push`` costs a few microseconds: the window is stored twice over in a
-    buffer of ``2 * window`` rows, so the current window is always one
-    contiguous slice in time order and no data is moved per reading.
+    ``push`` is on the agent's hot path, where each numpy call costs about a
+    third of a microsecond whatever its size, so it is written for few calls:
+
+    - The window is stored twice over, in two ``window``-row halves of one
+      buffer, and a reading is written to both halves with one assignment; the
+      current window is then always one contiguous slice, oldest first.
+    - Statistics are taken on deviations from the oldest reading: they stay
+      small on a large offset, and are exact zeros for a constant signal, whose
+      std is then exactly 0. The deviations come from one matrix product, whose
+      coefficients (1, -1, 0) make each one exactly ``x - oldest``; means are
+      dot products with ``1/window`` weights. No call broadcasts or casts.
     """
 
     def __init__(
@@ -102,11 +111,24 @@ class FeatureWindow:
         if nominal is None:
             nominal = [s.nominal for s in SENSORS]
         self._nominal: F64 = np.array(list(nominal), dtype=np.float64)
-        self.n_sensors = int(self._nominal.shape[0])
-        self._buf: F64 = np.empty((2 * window, self.n_sensors), dtype=np.float64)
+        n = self.n_sensors = int(self._nominal.shape[0])
+        halves: F64 = np.empty((2, window, n), dtype=np.float64)
+        self._buf: F64 = halves.reshape(2 * window, n)  # a view: row i + window is row i's twin
         self._pos = -1
-        self._out: F64 = np.empty((len(STATS), self.n_sensors), dtype=np.float64)
+        # Views made once, by position of the newest reading: the pair of rows it
+        # is written to, and the window it closes (rows pos+1 .. pos+window).
+        self._pairs = [halves[:, pos] for pos in range(window)]
+        self._windows = [self._buf[pos + 1 : pos + 1 + window] for pos in range(window)]
+        deviation: F64 = np.eye(window)
+        deviation[:, 0] -= 1.0  # row i of (deviation @ win) is win[i] - win[0]
+        self._deviation = deviation
         self._weights: F64 = np.full(window, 1.0 / window)
+        self._zeros: F64 = np.zeros(n)
+        out: F64 = np.empty(len(STATS) * n, dtype=np.float64)
+        self._out = out
+        self._last, self._mean, self._std, self._delta = (
+            out[i * n : (i + 1) * n] for i in range(4)
+        )
         self.imputed = 0
         """How many sensor values were missing and carried forward."""
 
@@ -118,43 +140,44 @@ class FeatureWindow:
         """Add one reading (NaN, or inf, for a missing value) and return its features.
 
         The first reading fills the whole window, so every reading, the first
-        included, gets a decision.
+        included, gets a decision. The result is a new array: a caller may keep it.
         """
         if values.shape != (self.n_sensors,):
             raise ValueError(
                 f"a reading needs {self.n_sensors} values, one per sensor; got shape {values.shape}"
             )
-        w = self.window
-        pos = 0 if self._pos < 0 else (self._pos + 1) % w
-        row = self._buf[pos]
-        row[:] = values  # a copy: a caller may reuse its array
-        # NaN, inf and absurd magnitudes are not measurements: carry the last
-        # valid value forward, so features are always finite.
-        if not np.abs(row).max() < MAX_ABS_VALUE:  # NaN propagates through max
-            missing = ~(np.abs(row) < MAX_ABS_VALUE)
-            self.imputed += int(missing.sum())
-            np.copyto(row, self._nominal if self._pos < 0 else self._buf[self._pos], where=missing)
-        if self._pos < 0:
-            self._buf[:] = row  # the first reading fills the window
-        else:
-            self._buf[pos + w] = row
+        prev = self._pos
+        pos = 0 if prev < 0 else (prev + 1) % self.window
+        pair = self._pairs[pos]
+        pair[...] = values  # a copy into both halves: a caller may reuse its array
+        row = pair[0]
+        # Every |x| < MAX_ABS_VALUE implies a sum of squares under its square; NaN
+        # and inf fail the test. Only then is each value looked at.
+        if prev < 0 or not row.dot(row) < _MAX_SQUARES:
+            self._impute(row, pair, prev)
         self._pos = pos
-        # Rows pos+1 .. pos+w hold the window, oldest first. Work on deviations
-        # from the oldest reading: they stay small on a large offset, and are
-        # exact zeros for a constant signal, whose std is then exactly 0. Means
-        # as matrix products cost a third of ndarray.mean on a window this small.
-        win = self._buf[pos + 1 : pos + 1 + w]
+        win = self._windows[pos]
         first = win[0]
-        dev = win - first
-        out = self._out
-        mean_dev = np.matmul(self._weights, dev, out=out[1])
-        var = np.matmul(self._weights, dev * dev, out=out[2])
+        dev = self._deviation.dot(win)
+        mean_dev = self._weights.dot(dev)
+        var = self._weights.dot(dev * dev)
         var -= mean_dev * mean_dev
-        np.sqrt(np.maximum(var, 0.0, out=var), out=var)
-        mean_dev += first
-        out[0] = row
-        out[3] = dev[-1]
-        return out.astype(np.float32).reshape(-1)
+        np.maximum(var, self._zeros, out=var)  # rounding may leave a tiny negative
+        self._last[...] = row
+        np.add(first, mean_dev, out=self._mean)
+        np.sqrt(var, out=self._std)
+        self._delta[...] = dev[-1]
+        return self._out.astype(np.float32)
+
+    def _impute(self, row: F64, pair: F64, prev: int) -> None:
+        """Carry the last valid value forward into missing ones; the first reading fills all."""
+        missing = ~(np.abs(row) < MAX_ABS_VALUE)  # NaN compares false
+        if missing.any():
+            self.imputed += int(missing.sum())
+            np.copyto(row, self._nominal if prev < 0 else self._buf[prev], where=missing)
+            pair[1] = row
+        if prev < 0:
+            self._buf[:] = row
 
 
 def features_for_stream(
