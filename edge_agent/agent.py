@@ -134,7 +134,7 @@ class Agent:
         t0 = time.perf_counter_ns()
         feats = self.features.push(values)  # always finite: bad values are carried forward
         scores = self.model.score(feats)
-        decision = self.rule.check(values, float(scores[self.urgent_index]))
+        decision = self.rule.check(values, scores.item(self.urgent_index))
         self.latency.add((time.perf_counter_ns() - t0) / 1000.0)
         if decision is not None:
             results = [a.act(self.device, decision) for a in self.actuators]

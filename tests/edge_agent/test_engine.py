@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_agent import engine
 from edge_agent.engine import EdgeModel, load_edge_model
 from shared import __version__ as agent_version
 from shared.errors import ManifestError
@@ -191,3 +192,22 @@ def test_altered_test_vectors_fail_the_smoke_test(
     atol = load_package(path).manifest.test_vectors.atol
     assert float(measured.group(1)) == pytest.approx(0.25, abs=atol + 1e-3)
     assert f"allowed {atol:g}" in text
+
+
+class _PublicOnly:
+    """An onnxruntime session seen only through its public methods (no bound ``_sess``)."""
+
+    def __init__(self, session: Any) -> None:
+        self.get_inputs = session.get_inputs
+        self.get_outputs = session.get_outputs
+        self.run = session.run
+
+
+def test_scores_through_the_public_run_when_the_binding_is_not_there(
+    model_packages: ModelPaths, edge_model: EdgeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = engine.open_session
+    monkeypatch.setattr(engine, "open_session", lambda path: _PublicOnly(real_open(path)))
+    public = load_edge_model(model_packages.edge, agent_version)  # smoke test included
+    for row in np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32):
+        np.testing.assert_array_equal(public.score(row), edge_model.score(row))
