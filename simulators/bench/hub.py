@@ -78,6 +78,7 @@ from urllib.parse import quote
 
 from shared.errors import EdgeloopError
 from shared.topics import DEFAULT_ROOT, Topics
+from simulators.bench.arguments import non_negative_float, positive_float, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,27 +132,6 @@ class BenchError(EdgeloopError):
     """The benchmark could not bring something up or finish; the message says what and where."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``edgeloop-sim bench hub``."""
     parser.add_argument(
@@ -162,36 +142,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: auto)",
     )
     parser.add_argument(
-        "--devices", type=_positive_int, default=100, help="simulated devices (default: 100)"
+        "--devices", type=positive_int, default=100, help="simulated devices (default: 100)"
     )
     parser.add_argument(
         "--readings-per-message",
-        type=_positive_int,
+        type=positive_int,
         default=50,
         metavar="N",
         help="readings in each telemetry message (default: 50)",
     )
     parser.add_argument(
         "--messages",
-        type=_positive_int,
+        type=positive_int,
         default=20_000,
         help="telemetry messages in the stream, spread evenly over the devices (default: 20000)",
     )
     parser.add_argument(
         "--publishers",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="publisher processes, each with its share of the devices (default: 2)",
     )
     parser.add_argument(
         "--inflight",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="unacknowledged QoS 1 messages per publisher at most (default: 100)",
     )
     parser.add_argument(
         "--rate",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.0,
         metavar="READINGS_PER_S",
         help="offered load to the hub, all publishers together; 0: as fast as the broker takes "
@@ -199,14 +179,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ingest-batch-max",
-        type=_positive_int,
+        type=positive_int,
         default=200,
         metavar="N",
         help="the hub's --ingest-batch-max: messages per ingest batch (default: 200)",
     )
     parser.add_argument(
         "--ingest-batch-wait-ms",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         metavar="MS",
         help="the hub's --ingest-batch-wait-ms (default: 20)",
@@ -223,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout-s",
-        type=_positive_float,
+        type=positive_float,
         default=180.0,
         metavar="S",
         help="longest each phase may take, publishing and draining (default: 180)",
