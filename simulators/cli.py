@@ -109,37 +109,6 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a benchmark; prints one JSON object as its last line")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
-    edge = bench_sub.add_parser(
-        "edge",
-        help="edge latency (reading in to urgent decision out) against per-row scikit-learn, agent memory and idle CPU",
-    )
-    edge.add_argument(
-        "--models",
-        type=Path,
-        default=Path("var/models"),
-        help="model directory; default models are built there if missing (default: var/models)",
-    )
-    edge.add_argument(
-        "--readings", type=int, default=20000, help="readings to time per variant (default: 20000)"
-    )
-    edge.add_argument(
-        "--baseline-readings",
-        type=int,
-        default=5000,
-        help="readings to time for the scikit-learn baseline (default: 5000)",
-    )
-    edge.add_argument(
-        "--seed",
-        type=int,
-        default=7,
-        help="seed of the models and of the timed stream (default: 7)",
-    )
-    edge.add_argument(
-        "--idle-seconds",
-        type=float,
-        default=5.0,
-        help="how long to watch an idle agent's CPU (default: 5)",
-    )
     for name in _BENCHES:
         module = importlib.import_module(f"simulators.bench.{name}")
         module.add_arguments(bench_sub.add_parser(name, help=module.HELP, description=module.HELP))
@@ -148,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
 # Their modules import nothing heavy at the top, so --help stays fast.
-_BENCHES = ("hub", "fleet")
+_BENCHES = ("edge", "hub", "fleet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,18 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "demo":
             return _demo(args)
-        if args.command == "bench" and args.bench == "edge":
-            from simulators.bench.edge import run_edge_bench  # noqa: PLC0415
-
-            result = run_edge_bench(
-                args.models,
-                readings=args.readings,
-                baseline_readings=args.baseline_readings,
-                seed=args.seed,
-                idle_seconds=args.idle_seconds,
-            )
-            print(json.dumps(result))
-            return 0
         if args.command == "bench" and args.bench in _BENCHES:
             module = importlib.import_module(f"simulators.bench.{args.bench}")
             print(json.dumps(module.run(args)), flush=True)
