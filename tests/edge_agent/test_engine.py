@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,8 @@ class _PublicOnly:
         self.get_inputs = session.get_inputs
         self.get_outputs = session.get_outputs
         self.run = session.run
+        self.io_binding = session.io_binding
+        self.run_with_iobinding = session.run_with_iobinding
 
 
 def test_scores_through_the_public_run_when_the_binding_is_not_there(
@@ -211,3 +214,35 @@ def test_scores_through_the_public_run_when_the_binding_is_not_there(
     public = load_edge_model(model_packages.edge, agent_version)  # smoke test included
     for row in np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32):
         np.testing.assert_array_equal(public.score(row), edge_model.score(row))
+
+
+def test_threads_sharing_one_model_get_their_own_scores(edge_model: EdgeModel) -> None:
+    # The fleet host shares one model among its agents' threads; each thread
+    # scores through buffers of its own, so no thread sees another's row.
+    rows = np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32)
+    want = [edge_model.score(row) for row in rows]
+    failures: list[str] = []
+
+    def worker(k: int) -> None:
+        for i in range(300):
+            j = (i + k) % len(rows)
+            got = edge_model.score(rows[j])
+            if not np.array_equal(got, want[j]):
+                failures.append(f"thread {k} row {j}: {got} != {want[j]}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures, failures[:3]
+
+
+def test_a_returned_score_is_not_overwritten_by_the_next(edge_model: EdgeModel) -> None:
+    rows = np.asarray(edge_model.manifest.test_vectors.inputs, dtype=np.float32)
+    first = edge_model.score(rows[0])
+    kept = first.copy()
+    edge_model.score(rows[-1])
+    np.testing.assert_array_equal(first, kept)
