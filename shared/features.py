@@ -152,8 +152,14 @@ class FeatureWindow:
         pair[...] = values  # a copy into both halves: a caller may reuse its array
         row = pair[0]
         # Every |x| < MAX_ABS_VALUE implies a sum of squares under its square; NaN
-        # and inf fail the test. Only then is each value looked at.
-        if prev < 0 or not row.dot(row) < _MAX_SQUARES:
+        # and inf fail the test. Only then is each value looked at. A value past
+        # 1e154 overflows the square (inf, so it fails too), with a RuntimeWarning
+        # that warning filters or np.seterr may turn into an exception: same answer.
+        try:
+            clean = prev >= 0 and row.dot(row) < _MAX_SQUARES
+        except (RuntimeWarning, FloatingPointError):
+            clean = False
+        if not clean:
             self._impute(row, pair, prev)
         self._pos = pos
         win = self._windows[pos]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import numpy.typing as npt
@@ -174,6 +175,23 @@ def test_infinite_value_counts_as_missing(bad: float) -> None:
     x = fw.push(reading)
     assert np.isfinite(x).all()
     assert x[3] == np.float32(NOMINAL[3] + 1.0)
+    assert fw.imputed == 1
+
+
+@pytest.mark.parametrize("bad", [1e200, -1e300, 1.7e308])
+@pytest.mark.parametrize("escalate", ["warnings", "seterr"])
+def test_a_value_whose_square_overflows_counts_as_missing(bad: float, escalate: str) -> None:
+    # The quick test squares the values; past 1e154 that overflows, and numpy's
+    # overflow warning may be an error (warning filters, np.seterr). Same answer.
+    fw = FeatureWindow(window=3)
+    fw.push(NOMINAL + 1.0)
+    reading = NOMINAL + 2.0
+    reading[0] = bad
+    with warnings.catch_warnings(), np.errstate(over="raise" if escalate == "seterr" else "warn"):
+        warnings.simplefilter("error")
+        x = fw.push(reading)
+    assert x[0] == np.float32(NOMINAL[0] + 1.0)
+    assert np.isfinite(x).all()
     assert fw.imputed == 1
 
 
