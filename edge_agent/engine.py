@@ -127,6 +127,11 @@ class EdgeModel:
             bound = self._local.bound = _Binding(
                 self._session, self._input, self._outputs[0], len(FEATURE_NAMES), self.n_classes
             )
+        if features.shape != bound.features.shape or features.dtype != np.float32:
+            raise ValueError(
+                f"a feature row is float32 of shape {bound.features.shape}; "
+                f"got {features.dtype} of shape {features.shape}"
+            )
         bound.features[...] = features
         bound.run(bound.binding, bound.run_options)
         row: F32 = bound.scores.copy()

@@ -246,3 +246,20 @@ def test_a_returned_score_is_not_overwritten_by_the_next(edge_model: EdgeModel) 
     kept = first.copy()
     edge_model.score(rows[-1])
     np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        np.zeros(len(FEATURE_NAMES), dtype=np.float64),
+        np.zeros(1, dtype=np.float32),
+        np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32),
+        np.zeros(len(FEATURE_NAMES) + 1, dtype=np.float32),
+    ],
+    ids=["float64", "one value", "2-d", "too long"],
+)
+def test_score_refuses_a_row_of_the_wrong_shape_or_type(
+    edge_model: EdgeModel, row: np.ndarray
+) -> None:
+    with pytest.raises(ValueError, match=r"a feature row is float32 of shape \(32,\); got"):
+        edge_model.score(row)
