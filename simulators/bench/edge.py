@@ -13,9 +13,9 @@
 - Paced latency: the same recorder while readings arrive at ``paced_rate_hz``,
   the loop sleeping between them as a live agent's does. Between readings
   the CPU's caches and predictors lose the hot path's state, so each reading
-  pays to bring it back: this is the figure a running agent's heartbeat
-  reports, and the distance from the back-to-back figure says what a machine's
-  other work costs the agent.
+  pays to bring it back, the more the longer the wait: this is what the
+  heartbeat of an agent reading at that rate reports, and the distance from
+  the back-to-back figure says what a machine's other work costs the agent.
 - Memory: resident set of a real ``edgeloop-agent`` process running the
   simulated machine at 10 Hz against the embedded broker.
 - Idle CPU: a real agent reading from a silent stdin, connected to the broker.
@@ -66,7 +66,7 @@ def _stream(seed: int, n: int) -> np.ndarray:
 
 
 def _time_agent(
-    edge_dir: Path, values: np.ndarray, state_dir: Path, paced: int, paced_rate_hz: float
+    edge_dir: Path, values: np.ndarray, paced: np.ndarray, paced_rate_hz: float, state_dir: Path
 ) -> tuple[tuple[float, float], np.ndarray, tuple[float, float]]:
     from edge_agent.agent import Agent  # noqa: PLC0415
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
@@ -102,16 +102,16 @@ def _time_agent(
     agent.latency = LatencyWindow(values.shape[0])
     whole = _timed(one, values, warm_up=False)
     warm = agent.latency.percentiles()
-    agent.latency = LatencyWindow(max(paced, 1))
+    agent.latency = LatencyWindow(max(paced.shape[0], 1))
     period = 1.0 / paced_rate_hz
     due = time.monotonic()
-    for row in values[:paced]:
+    for row in paced:
         due += period
         pause = due - time.monotonic()
         if pause > 0:
             time.sleep(pause)
         one(row)
-    return warm, whole, agent.latency.percentiles() if paced else (0.0, 0.0)
+    return warm, whole, agent.latency.percentiles()
 
 
 def _timed(
@@ -251,11 +251,16 @@ def run_edge_bench(
 
     built = build_default_models(models_dir, seed=seed)
     edge_dir = built.edge
-    values = _stream(seed, max(readings, baseline_readings, paced_readings))
+    values = _stream(seed, max(readings, baseline_readings) + paced_readings)
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         work = Path(tmp)
+        # The paced readings continue the stream where the timed ones end.
         (p50, p99), whole, (paced50, paced99) = _time_agent(
-            edge_dir, values[:readings], work / "state", paced_readings, paced_rate_hz
+            edge_dir,
+            values[:readings],
+            values[readings : readings + paced_readings],
+            paced_rate_hz,
+            work / "state",
         )
         base, agreement = _time_baseline(models_dir, seed, edge_dir, values[:baseline_readings])
         procs = _agent_processes(edge_dir, work, idle_seconds)
