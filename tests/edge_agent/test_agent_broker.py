@@ -7,10 +7,8 @@ in-process where the test must see the simulated machine it drives.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,6 +33,7 @@ from shared.messages import Event, Health, Message, Status, Telemetry, decode
 from shared.topics import Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
+from tests.agents import start_agent, stop_agent
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(90)
@@ -116,43 +115,6 @@ def recorder(broker: BrokerEndpoint, topics: Topics) -> Iterator[Recorder]:
     rec.close()
 
 
-def _agent_process(
-    endpoint: BrokerEndpoint,
-    topics: Topics,
-    model: Path,
-    state: Path,
-    *args: str,
-    stdin: Any = subprocess.DEVNULL,
-) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "edge_agent",
-        "--device",
-        "dev-a",
-        "--root",
-        topics.root,
-        "--model",
-        str(model),
-        "--state-dir",
-        str(state),
-        "--log-level",
-        "INFO",
-        *args,
-    ]
-    env = {**os.environ, "EDGELOOP_AGENT_BROKER": endpoint.url}
-    return subprocess.Popen(
-        argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    if proc.poll() is None:
-        proc.kill()
-    out, _ = proc.communicate(timeout=10)
-    return out.decode(errors="replace")
-
-
 def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
     broker: BrokerEndpoint,
     topics: Topics,
@@ -160,7 +122,7 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
     model_packages: ModelPaths,
     tmp_path: Path,
 ) -> None:
-    proc = _agent_process(
+    proc = start_agent(
         broker,
         topics,
         model_packages.edge,
@@ -186,7 +148,7 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
         proc.send_signal(signal.SIGKILL)
         recorder.wait_for("the will", _status("offline"))
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     birth = next(m for m in recorder.of(Status) if m.state == "online")
     will = next(m for m in recorder.of(Status) if m.state == "offline")
     assert (birth.agent_version, birth.model_version) == (__version__, "1.0.0")
@@ -212,7 +174,7 @@ def test_finite_run_delivers_every_reading_then_exits_zero(
     model_packages: ModelPaths,
     tmp_path: Path,
 ) -> None:
-    proc = _agent_process(
+    proc = start_agent(
         broker,
         topics,
         model_packages.edge,
@@ -227,10 +189,10 @@ def test_finite_run_delivers_every_reading_then_exits_zero(
         "50",
     )
     try:
-        assert proc.wait(WAIT) == 0, _stop(proc)
+        assert proc.wait(WAIT) == 0, stop_agent(proc)
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     assert sum(len(t) for t in recorder.of(Telemetry)) == 777, log
     seqs = _stream_seqs(recorder)
     assert seqs == list(range(1, len(seqs) + 1))
@@ -243,7 +205,7 @@ def test_sigterm_flushes_publishes_offline_and_exits_zero(
     model_packages: ModelPaths,
     tmp_path: Path,
 ) -> None:
-    proc = _agent_process(
+    proc = start_agent(
         broker,
         topics,
         model_packages.edge,
@@ -267,7 +229,7 @@ def test_sigterm_flushes_publishes_offline_and_exits_zero(
         assert proc.wait(WAIT) == 0
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     batches = recorder.of(Telemetry)
     assert sum(len(t) for t in batches) == 7, log
     assert [float(x) for t in batches for x in t.ts] == [1000.0 + i for i in range(7)]
@@ -280,7 +242,7 @@ def test_garbage_on_subscribed_topics_is_counted_and_survived(
     model_packages: ModelPaths,
     tmp_path: Path,
 ) -> None:
-    proc = _agent_process(
+    proc = start_agent(
         broker,
         topics,
         model_packages.edge,
@@ -321,7 +283,7 @@ def test_garbage_on_subscribed_topics_is_counted_and_survived(
         recorder.wait_for("telemetry after the garbage", _count(Telemetry, seen + 3))
         assert proc.poll() is None, "the agent died"
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     invalid = recorder.of(Health)[-1].invalid
     for reason in (
         "not_utf8",
@@ -413,7 +375,7 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
 ) -> None:
     csv_path = tmp_path / "recorded.csv"
     write_csv(csv_path, MachineConfig(seed=11, urgent_rate=0.01, fault_rate=0.005), 240)
-    proc = _agent_process(
+    proc = start_agent(
         broker,
         topics,
         model_packages.edge,
@@ -428,10 +390,10 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
         "32",
     )
     try:
-        assert proc.wait(WAIT) == 0, _stop(proc)
+        assert proc.wait(WAIT) == 0, stop_agent(proc)
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     batches = sorted(recorder.of(Telemetry), key=lambda t: t.seq)
     got_features = np.concatenate([t.features for t in batches])
     got_scores = np.concatenate([t.scores for t in batches])
@@ -456,7 +418,7 @@ def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
 ) -> None:
     endpoint: BrokerEndpoint = embedded_broker.endpoint("edgeloop", "edgeloop-test-secret")
     recorder = Recorder(endpoint, topics, "dev-a")
-    proc = _agent_process(
+    proc = start_agent(
         endpoint,
         topics,
         model_packages.edge,
@@ -496,7 +458,7 @@ def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
         assert proc.poll() is None
     finally:
         recorder.close()
-        log = _stop(proc)
+        log = stop_agent(proc)
     beat = next(m for m in reversed(recorder.of(Health)) if m.dropped.get("outbox_full_telemetry"))
     # Bounded: whatever the outage, at most outbox_max + mqtt_queue batches are held.
     assert beat.dropped["outbox_full_readings"] == 10 * beat.dropped["outbox_full_telemetry"], log

@@ -7,9 +7,7 @@ they computed and the hub's heavy scores, and the hub's acks reach them.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Message, Status
 from shared.topics import Kind, Topics
+from tests.agents import start_agent, stop_agent
 from tests.cloud_hub.ingest.conftest import WAIT, Client, Hub, settled, wait_until
 from tests.cloud_hub.ingest.test_worker import stored_rows
 from tests.conftest import ModelPaths
@@ -26,47 +25,6 @@ pytestmark = pytest.mark.timeout(120)
 
 DEVICES = ("dev-0", "dev-1", "dev-2")
 READINGS = 300
-
-
-def _agent(
-    endpoint: BrokerEndpoint,
-    topics: Topics,
-    device: str,
-    model: Path,
-    state: Path,
-    *args: str,
-    stdin: int = subprocess.DEVNULL,
-) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "edge_agent",
-        "--device",
-        device,
-        "--root",
-        topics.root,
-        "--model",
-        str(model),
-        "--state-dir",
-        str(state),
-        "--heartbeat-s",
-        "0.3",
-        *args,
-    ]
-    env = {**os.environ, "EDGELOOP_AGENT_BROKER": endpoint.url}
-    return subprocess.Popen(
-        argv, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    if proc.poll() is None:
-        proc.kill()
-    if proc.stdin is not None and not proc.stdin.closed:
-        proc.stdin.close()
-    proc.wait(10)
-    assert proc.stdout is not None
-    return proc.stdout.read().decode(errors="replace")
 
 
 def _wills(msgs: list[Message]) -> dict[str, Status]:
@@ -86,12 +44,13 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
         subscribe=(topics.device_filter(Kind.ACK), topics.device_filter(Kind.STATUS)),
     )
     procs = {
-        d: _agent(
+        d: start_agent(
             broker,
             topics,
-            d,
             model_packages.edge,
             tmp_path / d,
+            "--heartbeat-s",
+            "0.3",
             "--source",
             "sim",
             "--sim-seed",
@@ -102,13 +61,14 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
             "500",
             "--sim-urgent-rate",
             "0.01",
+            device=d,
         )
         for i, d in enumerate(DEVICES)
     }
     logs: dict[str, str] = {}
     try:
         for proc in procs.values():
-            assert proc.wait(WAIT) == 0, _stop(proc)
+            assert proc.wait(WAIT) == 0, stop_agent(proc)
         wire.wait_for("every agent's will", lambda msgs: set(_wills(msgs)) == set(DEVICES))
         wills = _wills(wire.messages)
         # A will's seq is the last stream seq its agent issued: every one must be acked.
@@ -118,7 +78,7 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
         )
     finally:
         for d, proc in procs.items():
-            logs[d] = _stop(proc)
+            logs[d] = stop_agent(proc)
         wire.close()
     store = hub.store
 
@@ -166,16 +126,18 @@ def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
     broker, before the next heartbeat; a stdin source stays up until its input
     closes, so the test can wait for that heartbeat first.
     """
-    proc = _agent(
+    proc = start_agent(
         broker,
         topics,
-        "dev-s",
         model_packages.edge,
         tmp_path,
+        "--heartbeat-s",
+        "0.3",
         "--source",
         "stdin",
         "--max-batch",
         "50",
+        device="dev-s",
         stdin=subprocess.PIPE,
     )
     store = hub.store
@@ -201,7 +163,7 @@ def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
         proc.stdin.close()
         assert proc.wait(WAIT) == 0
     finally:
-        log = _stop(proc)
+        log = stop_agent(proc)
     rows = stored_rows(store, "dev-s")
     assert sum(len(r) for r in rows) == READINGS, log
     assert sorted(r.seq for r in rows) == list(range(1, READINGS // 50 + 1))
