@@ -214,6 +214,8 @@ def test_sigterm_flushes_publishes_offline_and_exits_zero(
         "stdin",
         "--max-delay-ms",
         "60000",
+        "--heartbeat-s",
+        "0.2",
         stdin=subprocess.PIPE,
     )
     try:
@@ -224,7 +226,12 @@ def test_sigterm_flushes_publishes_offline_and_exits_zero(
                 f'{{"ts": {1000 + i}, "values": [65, 2.5, 6, 18, 1800, 50, 100, 75]}}\n'.encode()
             )
         proc.stdin.flush()
-        time.sleep(0.5)  # let the agent read them; the batch stays open (max delay 60 s)
+        # The agent has read all 7 once a heartbeat says so; their batch stays open (60 s).
+        recorder.wait_for(
+            "a heartbeat after 7 readings",
+            lambda msgs: any(isinstance(m, Health) and m.readings == 7 for m in msgs),
+        )
+        assert not recorder.of(Telemetry)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
         recorder.wait_for("the offline status", _status("offline"))
