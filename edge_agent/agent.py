@@ -21,7 +21,7 @@ from edge_agent.actuators import ActionResult, Actuator
 from edge_agent.batcher import Batch, Batcher
 from edge_agent.engine import EdgeModel
 from edge_agent.epoch import next_epoch
-from edge_agent.outbox import MemoryOutbox
+from edge_agent.outbox import Outbox
 from edge_agent.rules import Decision, UrgentRule
 from edge_agent.settings import AgentSettings
 from edge_agent.sources.base import Source
@@ -37,6 +37,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 AGENT_VERSION: Final = __version__
+_RESEND_MAX_S: Final = 300.0
+_SEND_CHUNK: Final = 50
 
 
 class Agent:
@@ -66,16 +68,29 @@ class Agent:
             model.n_classes,
         )
         self.wake = threading.Event()
-        self.outbox = MemoryOutbox(settings.outbox_max, self.wake)
+        # The epoch is bumped (and fsynced) here, so the outbox knows which epoch
+        # its new seqs belong to before the first reading.
+        self.epoch = next_epoch(settings.state_dir)
+        self.outbox = Outbox(
+            settings.state_dir / "outbox.db" if settings.outbox == "disk" else None,
+            self.epoch,
+            max_bytes=settings.outbox_max_bytes,
+            max_messages=settings.outbox_max,
+            max_age_s=settings.outbox_max_age_s,
+            fsync_ms=settings.outbox_fsync_ms,
+            wake=self.wake,
+        )
         self.counters = Counters()
         self.latency = LatencyWindow()
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=settings.inbox_max)
-        self.epoch = 0
         self.readings = 0
         self.events = 0
         self.desired: Desired | None = None
         self._started = time.monotonic()
         self._draining = threading.Event()
+        self._resend_at: float | None = None
+        self._resend_every = settings.resend_after_s
+        self._connects_seen = 0
         self._link: MqttLink | None = None
         self._process = psutil.Process()
 
@@ -124,7 +139,8 @@ class Agent:
                 action,
                 all(r.ok for r in results),
                 detail[:500],
-            )
+            ),
+            urgent=True,
         )
 
     # -- the reading loop ----------------------------------------------------------------------
@@ -149,7 +165,6 @@ class Agent:
 
     def run(self, stop: threading.Event) -> int:
         """Run until the source ends, ``settings.readings`` are done, or ``stop`` is set."""
-        self.epoch = next_epoch(self.settings.state_dir)
         topics, device = self.topics, self.device
         link = MqttLink(
             self.settings,
@@ -160,6 +175,7 @@ class Agent:
             counters=self.counters,
         )
         link.birth = lambda: self._status("online")
+        link.will = lambda: self._status("offline")
         self._link = link
         log.info(
             "device %r: agent %s starting, epoch %d, model %s %s, broker %s",
@@ -170,6 +186,13 @@ class Agent:
             self.model.version,
             self.settings.broker.redacted_url,
         )
+        if self.outbox.recovered:
+            log.info(
+                "device %r: %d unacked messages of earlier runs are in the outbox; sending them "
+                "again with their original epoch and seq",
+                device,
+                self.outbox.recovered,
+            )
         link.start()
         link_thread = threading.Thread(target=self._link_loop, name="edgeloop-link", daemon=True)
         link_thread.start()
@@ -193,15 +216,32 @@ class Agent:
         self._draining.set()
         self.wake.set()
         link_thread.join(self.settings.shutdown_timeout_s + 1.0)
-        unsent = len(self.outbox) + link.outstanding
-        if unsent:
-            self.counters.add("dropped:shutdown_unsent", unsent)
-            log.warning(
-                "device %r: %d messages not delivered before shutdown (broker unreachable?)",
-                self.device,
-                unsent,
-            )
+        outbox = self.outbox
+        outbox.flush()
+        if outbox.depth:
+            if self.settings.outbox == "disk":
+                log.info(
+                    "device %r: %d messages not yet acked by the hub stay in the outbox and "
+                    "are sent at the next start",
+                    self.device,
+                    outbox.depth,
+                )
+            else:
+                # A memory outbox ends with the process: declare what it still holds,
+                # so the hub counts it lost at the edge rather than waiting for it.
+                lost = outbox.drop_all("shutdown_unsent")
+                log.warning(
+                    "device %r: %d messages not acked before shutdown are lost (memory "
+                    "outbox); declared to the hub",
+                    self.device,
+                    lost,
+                )
+                if link.connected.is_set():
+                    self._send_declarations(link)
+        if link.connected.is_set():
+            self._send_health(link)  # the hub hears the last counts before the will
         link.close(self._status("offline"), timeout=1.0)
+        outbox.close()
         for actuator in self.actuators:
             actuator.close()
         log.info(
@@ -216,6 +256,7 @@ class Agent:
     def _link_loop(self) -> None:
         link = self._link
         assert link is not None
+        outbox = self.outbox
         heartbeat = self.settings.heartbeat_s
         next_beat = time.monotonic() + min(heartbeat, 1.0)
         drain_deadline: float | None = None
@@ -227,39 +268,72 @@ class Agent:
             batch = self.batcher.seal_if_due(now)
             if batch is not None:
                 self._emit_batch(batch)
+            try:
+                outbox.flush()
+            except Exception:  # a full or failing disk must not end the link
+                self.counters.add("outbox_write_errors")
+                log.exception("device %r: writing the outbox failed; retrying", self.device)
             if link.connected.is_set():
+                self._resend_if_due(link, now)
                 self._pump(link)
             if now >= next_beat:
                 self._send_health(link)
                 next_beat = now + heartbeat
+            outbox.sync_if_due()
             if self._draining.is_set():
                 if drain_deadline is None:
                     drain_deadline = now + self.settings.shutdown_timeout_s
-                if (not len(self.outbox) and not link.outstanding) or now >= drain_deadline:
+                if (not len(outbox) and not link.outstanding) or now >= drain_deadline:
                     return
             waits = [next_beat - now]
-            deadline = self.batcher.deadline()
-            if deadline is not None:
-                waits.append(deadline - now)
+            for due in (self.batcher.deadline(), outbox.fsync_due(), self._resend_at):
+                if due is not None:
+                    waits.append(due - now)
             if drain_deadline is not None:
                 waits.append(0.05)
             self.wake.wait(max(0.0, min(waits)))
 
+    def _resend_if_due(self, link: MqttLink, now: float) -> None:
+        """Rewind the outbox at a reconnect, and when acks stopped while messages wait."""
+        if link.connects != self._connects_seen:
+            self._connects_seen = link.connects
+            self.outbox.rewind()
+            self._resend_every = self.settings.resend_after_s
+            self._resend_at = None
+        if not self.outbox.depth:
+            self._resend_at = None
+        elif self._resend_at is None:
+            self._resend_at = now + self._resend_every
+        elif now >= self._resend_at:
+            # Sent, taken by the broker, never acked: the hub lost them (or is away).
+            self.counters.add("resends")
+            log.info(
+                "device %r: no ack for %.0f s; sending the %d unacked messages again",
+                self.device,
+                self._resend_every,
+                self.outbox.depth,
+            )
+            self.outbox.rewind()
+            self._resend_every = min(self._resend_every * 2, _RESEND_MAX_S)
+            self._resend_at = now + self._resend_every
+
     def _pump(self, link: MqttLink) -> None:
+        self._send_declarations(link)
         while link.connected.is_set():
-            msg = self.outbox.take()
-            if msg is None:
+            chunk = self.outbox.unsent(_SEND_CHUNK)
+            if not chunk:
                 return
-            try:
-                payload = encode(msg)
-            except ValueError as exc:  # never let one bad message stop the link
-                self.counters.add(f"dropped:unencodable_{msg.kind.value}")
-                log.error(
-                    "device %r: dropped %s seq %d: %s", self.device, msg.kind.value, msg.seq, exc
-                )
-                continue
-            if not link.publish(self.topics.topic(self.device, msg.kind), payload, qos=1):
-                self.outbox.give_back(msg)  # paho's queue is full; on_publish wakes us
+            for msg in chunk:
+                if not link.publish(self.topics.topic(self.device, msg.kind), msg.payload, qos=1):
+                    return  # paho's queue is full; on_publish wakes us
+                self.outbox.sent(msg)
+
+    def _send_declarations(self, link: MqttLink) -> None:
+        declarations = self.outbox.declarations(self.device)
+        for i, d in enumerate(declarations):
+            if not link.publish(self.topics.topic(self.device, Kind.DROPPED), encode(d), qos=1):
+                self.outbox.redeclare()  # paho's queue is full: all of them again later
+                log.debug("device %r: %d declarations wait", self.device, len(declarations) - i)
                 return
 
     def _send_health(self, link: MqttLink) -> None:
@@ -268,6 +342,7 @@ class Agent:
         p50, p99 = self.latency.percentiles()
         counts = self.counters.snapshot()
         dropped = dict(self.outbox.dropped)
+        dropped.update(self.outbox.declared)
         invalid = dict(self.source.invalid)
         for name, n in counts.items():
             group, _, key = name.partition(":")
@@ -288,7 +363,7 @@ class Agent:
             self._process.cpu_percent(None),
             round(self._process.memory_info().rss / 2**20, 2),
             len(self.outbox),
-            self.outbox.acked_seq,
+            self.outbox.acked_seq(),
             dropped,
             invalid,
         )
@@ -313,10 +388,23 @@ class Agent:
             if msg.device != self.device:
                 self.counters.add("invalid:device_mismatch")
             elif isinstance(msg, Ack):
-                if msg.epoch == self.epoch:
-                    self.outbox.acked(msg.seq)
-                else:
-                    self.counters.add("invalid:stale_epoch")
+                depth = self.outbox.depth
+                verdict = self.outbox.ack(msg.epoch, msg.seq)
+                if verdict is not None:
+                    self.counters.add(f"invalid:{verdict}")
+                    log.warning(
+                        "device %r: ignored an ack of epoch %d seq %d (%s; this agent is at "
+                        "epoch %d, seq %d)",
+                        self.device,
+                        msg.epoch,
+                        msg.seq,
+                        verdict,
+                        self.epoch,
+                        self.outbox.last_seq,
+                    )
+                elif self.outbox.depth < depth:  # progress: the hub is there
+                    self._resend_every = self.settings.resend_after_s
+                    self._resend_at = None
             elif isinstance(msg, Desired):
                 self.desired = msg
                 log.info(

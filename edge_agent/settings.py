@@ -97,7 +97,7 @@ OPTIONS: Final = OptionTable(
             "state_dir",
             Path,
             Path("var/agent"),
-            "directory for the agent's durable state (the epoch counter)",
+            "directory for the agent's durable state (the epoch counter, the outbox)",
             "DIR",
         ),
         Option(
@@ -210,11 +210,46 @@ OPTIONS: Final = OptionTable(
         ),
         Option("heartbeat_s", positive_float, 10.0, "seconds between health heartbeats", "S"),
         Option(
+            "outbox",
+            choice(("disk", "memory")),
+            "disk",
+            "where unacked stream messages are kept: disk (STATE_DIR/outbox.db, survives a restart) or memory (lost at exit; for tests and benchmarks)",
+            "KIND",
+        ),
+        Option(
             "outbox_max",
             positive_int,
-            2000,
-            "messages the in-memory send queue holds while the broker is away; the oldest telemetry is dropped (and counted) beyond it",
+            1_000_000,
+            "messages the outbox keeps unacked at most; beyond it the oldest telemetry is dropped and declared to the hub",
             "N",
+        ),
+        Option(
+            "outbox_max_bytes",
+            positive_int,
+            64 * 2**20,
+            "payload bytes the outbox keeps unacked at most (default 64 MiB, sized for a Pi's SD card); beyond it the oldest telemetry is dropped and declared to the hub",
+            "BYTES",
+        ),
+        Option(
+            "outbox_max_age_s",
+            positive_float,
+            7 * 86400.0,
+            "unacked messages older than this are dropped and declared to the hub (default 7 days)",
+            "S",
+        ),
+        Option(
+            "outbox_fsync_ms",
+            non_negative_int,
+            1000,
+            "fsync the outbox at most this long after a write; 0 = at every write. Any value survives the agent being killed (the write is in the OS cache at once); a power cut loses at most this much of the newest messages. Lower is safer and costs more SD-card writes",
+            "MS",
+        ),
+        Option(
+            "resend_after_s",
+            positive_float,
+            15.0,
+            "send unacked messages again when no ack has come for this long (doubling up to 300 s while none comes); they are also sent again at every reconnect",
+            "S",
         ),
         Option(
             "inbox_max",
@@ -280,7 +315,12 @@ class AgentSettings:
     max_batch: int
     max_delay_ms: int
     heartbeat_s: float
+    outbox: str
     outbox_max: int
+    outbox_max_bytes: int
+    outbox_max_age_s: float
+    outbox_fsync_ms: int
+    resend_after_s: float
     inbox_max: int
     inflight: int
     mqtt_queue: int

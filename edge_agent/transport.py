@@ -57,6 +57,8 @@ class MqttLink:
         self.connected = threading.Event()
         self.birth: Callable[[], tuple[str, bytes]] | None = None
         """Builds the retained birth message afresh at every connect."""
+        self.will: Callable[[], tuple[str, bytes]] | None = None
+        """Builds the last will afresh before every reconnect (it carries the last seq)."""
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         # Infos of QoS 1 messages handed to paho; pruned once published. Bounded
         # because paho refuses more than mqtt_queue messages.
@@ -127,6 +129,11 @@ class MqttLink:
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
+        if self.will is not None:
+            # The broker takes the will at connect time: give the next connect the
+            # newest last seq, so a will tells the hub how far this epoch went.
+            topic, payload = self.will()
+            self._client.will_set(topic, payload, qos=1, retain=True)
         delay = self._backoff.next()
         self._client.reconnect_delay_set(delay, delay)
 

@@ -43,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Ack",
     "Desired",
+    "Dropped",
     "Event",
     "Health",
     "Limits",
@@ -524,6 +525,83 @@ class Ota:
 
 
 @dataclass(frozen=True, slots=True)
+class Dropped:
+    """Edge to hub: stream seqs ``first``..``seq`` of ``epoch`` were dropped at the edge.
+
+    A declaration, not a stream message: it takes no seq of its own. ``seq`` is
+    the last seq of the range (so the header reads like every other edge
+    message's); ``readings`` holds, per seq of the range, how many readings that
+    message carried (0 for an event or an OTA transition). The agent sends it
+    again until the hub's ack of ``epoch`` reaches ``seq``; the hub closes the
+    range as *lost at the edge* and counts it by ``reason``.
+
+    >>> d = Dropped("pi-07", 3, 12, 10, "outbox_full", (50, 0, 50))
+    >>> decode(Kind.DROPPED, encode(d)) == d
+    True
+    """
+
+    device: str
+    epoch: int
+    seq: int
+    first: int
+    reason: str
+    readings: tuple[int, ...]
+    kind: ClassVar[Kind] = Kind.DROPPED
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first <= self.seq:
+            raise ValueError(
+                f"dropped declaration for {self.device!r}: range {self.first}..{self.seq} "
+                "must start at 1 or later and not end before it starts"
+            )
+        if len(self.readings) != self.seq - self.first + 1:
+            raise ValueError(
+                f"dropped declaration for {self.device!r}: {len(self.readings)} reading counts "
+                f"for the {self.seq - self.first + 1} seqs {self.first}..{self.seq}"
+            )
+
+    @property
+    def messages(self) -> int:
+        return self.seq - self.first + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        body = _fields_dict(self)
+        body["readings"] = list(self.readings)
+        return body
+
+    @classmethod
+    def from_fields(cls, f: _Fields) -> Dropped:
+        device, epoch, seq = _header(f)
+        first = f.int_("first", 1, max(seq, 1))
+        if seq < 1:
+            raise FieldError("dropped field 'seq' must be >= 1", field="seq", reason="out_of_range")
+        n = seq - first + 1
+        if n > f.limits.max_batch:
+            raise FieldError(
+                f"dropped range {first}..{seq} covers {n} seqs, over the limit of "
+                f"{f.limits.max_batch} per declaration (split it)",
+                field="seq",
+                reason="batch_too_large",
+            )
+        counts = f.obj.get("readings")
+        if (
+            not isinstance(counts, list)
+            or len(counts) != n
+            or any(type(c) is not int or not 0 <= c <= f.limits.max_batch for c in counts)
+        ):
+            raise FieldError(
+                f"dropped field 'readings' must list {n} counts in [0, {f.limits.max_batch}], "
+                "one per seq of the range",
+                field="readings",
+                reason="wrong_type",
+            )
+        reason = f.str_("reason")
+        if not reason:
+            raise FieldError("dropped field 'reason' is empty", field="reason", reason="wrong_type")
+        return cls(device, epoch, seq, first, reason, tuple(counts))
+
+
+@dataclass(frozen=True, slots=True)
 class Desired:
     """Hub to edge (retained): the model version this device should run."""
 
@@ -576,14 +654,15 @@ class Ack:
         return cls(device, epoch, seq)
 
 
-Message = Status | Telemetry | Event | Health | Ota | Desired | Ack
-_M = TypeVar("_M", Status, Telemetry, Event, Health, Ota, Desired, Ack)
+Message = Status | Telemetry | Event | Health | Ota | Dropped | Desired | Ack
+_M = TypeVar("_M", Status, Telemetry, Event, Health, Ota, Dropped, Desired, Ack)
 _TYPES: Final[dict[Kind, Callable[[_Fields], Message]]] = {
     Kind.STATUS: Status.from_fields,
     Kind.TELEMETRY: Telemetry.from_fields,
     Kind.EVENTS: Event.from_fields,
     Kind.HEALTH: Health.from_fields,
     Kind.OTA: Ota.from_fields,
+    Kind.DROPPED: Dropped.from_fields,
     Kind.DESIRED: Desired.from_fields,
     Kind.ACK: Ack.from_fields,
 }

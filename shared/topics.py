@@ -46,12 +46,13 @@ class Kind(StrEnum):
     EVENTS = "events"
     HEALTH = "health"
     OTA = "ota"
+    DROPPED = "dropped"
     DESIRED = "desired"
     ACK = "ack"
 
 
 EDGE_TO_HUB: frozenset[Kind] = frozenset(
-    {Kind.STATUS, Kind.TELEMETRY, Kind.EVENTS, Kind.HEALTH, Kind.OTA}
+    {Kind.STATUS, Kind.TELEMETRY, Kind.EVENTS, Kind.HEALTH, Kind.OTA, Kind.DROPPED}
 )
 HUB_TO_EDGE: frozenset[Kind] = frozenset({Kind.DESIRED, Kind.ACK})
 _KINDS = {k.value: k for k in Kind}

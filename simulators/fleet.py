@@ -277,7 +277,7 @@ class FleetHost:
             t.readings += agent.readings
             t.events += agent.events
             t.messages += agent.outbox.last_seq
-            t.acked_messages += agent.outbox.acked_seq
+            t.acked_messages += agent.outbox.acked_seq()
             t.unacked_outbox += len(agent.outbox)
             link = agent._link
             t.connects += link.connects if link is not None else 0

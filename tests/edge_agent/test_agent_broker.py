@@ -29,7 +29,7 @@ from edge_agent.sources.base import Reading
 from shared import __version__
 from shared.endpoint import BrokerEndpoint
 from shared.features import features_for_stream
-from shared.messages import Event, Health, Message, Status, Telemetry, decode
+from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, decode
 from shared.topics import Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
@@ -456,17 +456,21 @@ def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
 
         def dropped_reported(msgs: list[Message]) -> bool:
             return any(
-                isinstance(m, Health) and m.dropped.get("outbox_full_telemetry", 0) > 0
-                for m in msgs
+                isinstance(m, Health) and m.dropped.get("outbox_full_messages", 0) > 0 for m in msgs
             )
 
         recorder.wait_for("a heartbeat reporting the dropped batches", dropped_reported, timeout=60)
+        recorder.wait_for("a declaration of the dropped seqs", _count(Dropped, 1))
         recorder.wait_for("telemetry after the outage", _count(Telemetry, 3))
         assert proc.poll() is None
     finally:
         recorder.close()
         log = stop_agent(proc)
-    beat = next(m for m in reversed(recorder.of(Health)) if m.dropped.get("outbox_full_telemetry"))
-    # Bounded: whatever the outage, at most outbox_max + mqtt_queue batches are held.
-    assert beat.dropped["outbox_full_readings"] == 10 * beat.dropped["outbox_full_telemetry"], log
+    beat = next(m for m in reversed(recorder.of(Health)) if m.dropped.get("outbox_full_messages"))
+    # Bounded: whatever the outage, at most outbox_max messages are held; each
+    # dropped one is declared with the readings it carried.
+    assert beat.dropped["outbox_full_readings"] == 10 * beat.dropped["outbox_full_messages"], log
+    declared = recorder.of(Dropped)
+    assert all(d.reason == "outbox_full" and set(d.readings) == {10} for d in declared), log
+    assert all(d.epoch == beat.epoch for d in declared)
     assert beat.outbox_depth <= 5

@@ -1,149 +1,272 @@
-"""The send queue: seqs, FIFO order, the bound and what it drops, acks, threads."""
+"""The outbox: seqs, send order, acks of any epoch, resends, bounds and declarations."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_agent.outbox import MemoryOutbox
-from shared.messages import Event, Telemetry
+from edge_agent.outbox import AckVerdict, Outbox, Outgoing
+from shared.messages import Event, Telemetry, decode
+from shared.topics import Kind
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
-DEVICE, EPOCH = "pi-07", 3
-
-
-def telemetry(seq: int, n: int = 2) -> Telemetry:
-    return Telemetry(
-        DEVICE,
-        EPOCH,
-        seq,
-        "1.0.0",
-        np.arange(n, dtype=np.float64),
-        np.zeros((n, 4), dtype=np.float32),
-        np.full((n, 3), 1 / 3, dtype=np.float32),
-    )
+DEVICE = "pi-07"
 
 
-def event(seq: int) -> Event:
-    return Event(DEVICE, EPOCH, seq, 1.0, "1.0.0", "score", 0.9, None, None, "log", True, "logged")
+def telemetry(epoch: int, n: int = 2):  # type: ignore[no-untyped-def]
+    def make(seq: int) -> Telemetry:
+        return Telemetry(
+            DEVICE,
+            epoch,
+            seq,
+            "1.0.0",
+            np.arange(n, dtype=np.float64),
+            np.zeros((n, 4), dtype=np.float32),
+            np.full((n, 3), 1 / 3, dtype=np.float32),
+        )
+
+    return make
 
 
-def drain(box: MemoryOutbox) -> list[int]:
-    seqs = []
-    while (msg := box.take()) is not None:
-        seqs.append(msg.seq)
-    return seqs
+def event(epoch: int):  # type: ignore[no-untyped-def]
+    def make(seq: int) -> Event:
+        return Event(DEVICE, epoch, seq, 1.0, "1.0.0", "score", 0.9, None, None, "log", True, "")
+
+    return make
 
 
-def test_seqs_start_at_one_contiguous_fifo() -> None:
-    box = MemoryOutbox(100)
-    assert box.last_seq == 0
-    assert box.take() is None
-    made = [box.emit(telemetry) if i % 3 else box.emit(event) for i in range(10)]
-    assert [m.seq for m in made] == list(range(1, 11))
-    assert box.last_seq == 10
-    assert len(box) == 10
-    out = []
-    while (msg := box.take()) is not None:
-        out.append(msg)
-    assert out == made  # same objects, same order
-    assert len(box) == 0
-    assert box.emit(event).seq == 11  # seqs are never reused
+def send_all(box: Outbox) -> list[Outgoing]:
+    out: list[Outgoing] = []
+    for _ in range(1000):
+        chunk = box.unsent(7)
+        if not chunk:
+            return out
+        for msg in chunk:
+            box.sent(msg)
+        out += chunk
+    raise AssertionError("unsent() never ran dry")
 
 
-def test_emit_wakes_the_link() -> None:
+def keys(msgs: list[Outgoing]) -> list[tuple[str, int, int]]:
+    return [(m.kind.value, m.epoch, m.seq) for m in msgs]
+
+
+def test_seqs_start_at_one_and_events_go_first(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=3)
+    assert box.last_seq == 0 and box.unsent(10) == []
+    for i in range(6):
+        box.emit(event(3) if i in (2, 4) else telemetry(3), urgent=i in (2, 4))
+    assert box.depth == 0 and box.staged == 6  # emit only stages
+    assert box.flush() == 6
+    assert box.last_seq == 6 and box.depth == 6
+    sent = send_all(box)
+    assert keys(sent) == [
+        ("events", 3, 3),
+        ("events", 3, 5),
+        ("telemetry", 3, 1),
+        ("telemetry", 3, 2),
+        ("telemetry", 3, 4),
+        ("telemetry", 3, 6),
+    ]
+    msg = decode(Kind.TELEMETRY, sent[2].payload)
+    assert (msg.device, msg.epoch, msg.seq) == (DEVICE, 3, 1)
+    assert send_all(box) == []  # sent once per round
+    box.rewind()
+    assert keys(send_all(box)) == keys(sent)  # a rewind sends every unacked one again
+
+
+def test_a_new_event_overtakes_telemetry_waiting_to_be_sent(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=1)
+    for _ in range(5):
+        box.emit(telemetry(1))
+    box.flush()
+    first = box.unsent(2)
+    for m in first:
+        box.sent(m)
+    box.emit(event(1), urgent=True)
+    box.flush()
+    assert keys(box.unsent(1)) == [("events", 1, 6)]
+
+
+def test_ack_forgets_what_it_covers_and_refuses_what_was_never_sent(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=2)
+    for _ in range(5):
+        box.emit(telemetry(2))
+    box.flush()
+    assert box.ack(3, 1) == AckVerdict.FUTURE_EPOCH
+    assert box.ack(1, 1) == AckVerdict.UNKNOWN_EPOCH
+    assert box.ack(2, 6) == AckVerdict.BEYOND_SENT
+    assert box.depth == 5
+    assert box.ack(2, 3) is None
+    assert box.depth == 2 and box.acked_seq() == 3
+    assert box.ack(2, 2) is None and box.depth == 2  # an old ack changes nothing
+    box.rewind()
+    assert [m.seq for m in send_all(box)] == [4, 5]
+
+
+def test_a_restart_resends_the_old_epoch_with_its_own_seqs_and_honours_its_ack(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, epoch=7)
+    for _ in range(4):
+        box.emit(telemetry(7, n=3))
+    box.flush()
+    box.ack(7, 1)
+    box.close()
+
+    box = Outbox(path, epoch=8)
+    assert box.recovered == 3 and box.last_seq == 0
+    box.emit(telemetry(8))
+    box.flush()
+    assert keys(send_all(box)) == [
+        ("telemetry", 7, 2),
+        ("telemetry", 7, 3),
+        ("telemetry", 7, 4),
+        ("telemetry", 8, 1),
+    ]
+    assert box.ack(7, 4) is None
+    assert box.depth == 1
+    assert box.issued() == {7: (4, 12), 8: (1, 2)}
+
+
+def test_full_outbox_drops_oldest_telemetry_first_and_declares_each_range(tmp_path: Path) -> None:
+    probe = Outbox(None, epoch=1)
+    probe.emit(telemetry(1))
+    probe.flush()
+    size = probe.size_bytes
+    box = Outbox(tmp_path / "outbox.db", epoch=1, max_bytes=4 * size + size // 2)
+    box.emit(telemetry(1))  # 1
+    box.emit(event(1), urgent=True)  # 2
+    box.emit(telemetry(1))  # 3
+    box.emit(telemetry(1))  # 4
+    box.flush()
+    assert box.declarations(DEVICE) == []
+    box.emit(telemetry(1))  # 5: over the bound -> drop 1
+    box.emit(telemetry(1))  # 6: drop 3
+    box.flush()
+    assert box.size_bytes <= box.max_bytes
+    kept = [m.seq for m in send_all(box)]
+    assert kept == [2, 4, 5, 6]  # the event stays while telemetry is left
+    declared = box.declarations(DEVICE)
+    assert [(d.epoch, d.first, d.seq, d.reason, d.readings) for d in declared] == [
+        (1, 1, 1, "outbox_full", (2,)),
+        (1, 3, 3, "outbox_full", (2,)),
+    ]
+    assert box.declared == {"outbox_full_messages": 2, "outbox_full_readings": 4}
+    assert box.declarations(DEVICE) == []  # sent once per round...
+    box.rewind()
+    assert len(box.declarations(DEVICE)) == 2  # ...and again after a rewind
+    box.ack(1, 2)
+    box.rewind()
+    assert [(d.first, d.seq) for d in box.declarations(DEVICE)] == [(3, 3)]
+    box.ack(1, 4)
+    assert box.pending_declarations == 0
+
+
+def test_only_events_left_drops_the_oldest_event(tmp_path: Path) -> None:
+    probe = Outbox(None, epoch=1)
+    probe.emit(event(1))
+    probe.flush()
+    box = Outbox(tmp_path / "outbox.db", epoch=1, max_bytes=2 * probe.size_bytes)
+    for _ in range(3):
+        box.emit(event(1), urgent=True)
+    box.flush()
+    assert [m.seq for m in send_all(box)] == [2, 3]
+    assert [(d.first, d.seq, d.readings) for d in box.declarations(DEVICE)] == [(1, 1, (0,))]
+
+
+def test_contiguous_drops_make_one_range(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=1, max_messages=2)
+    for _ in range(10):
+        box.emit(telemetry(1, n=5))
+    box.flush()
+    assert [(d.first, d.seq, sum(d.readings)) for d in box.declarations(DEVICE)] == [(1, 8, 40)]
+
+
+def test_messages_older_than_the_age_bound_are_declared_expired(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=1, max_age_s=60.0)
+    box.emit(telemetry(1))
+    box.flush(now=1000.0)
+    box.emit(telemetry(1))
+    box.flush(now=1061.0)
+    assert [m.seq for m in send_all(box)] == [2]
+    assert [(d.first, d.reason) for d in box.declarations(DEVICE)] == [(1, "expired")]
+
+
+def test_memory_outbox_declares_everything_it_holds_at_drop_all() -> None:
+    box = Outbox(None, epoch=4)
+    for _ in range(3):
+        box.emit(telemetry(4, n=3))
+    box.flush()
+    box.ack(4, 1)
+    assert box.drop_all("shutdown_unsent") == 2
+    assert [(d.first, d.seq, d.reason, d.readings) for d in box.declarations(DEVICE)] == [
+        (2, 3, "shutdown_unsent", (3, 3))
+    ]
+
+
+def test_staging_is_bounded_and_counts_what_it_drops() -> None:
     wake = threading.Event()
-    box = MemoryOutbox(5, wake)
-    box.emit(event)
+    box = Outbox(None, epoch=1, staging_max=3, wake=wake)
+    box.emit(event(1), urgent=True)
+    for _ in range(4):
+        box.emit(telemetry(1))
     assert wake.is_set()
+    assert box.staged == 3
+    assert box.dropped == {"staging_full_messages": 2}
+    box.flush()
+    assert keys(send_all(box))[0] == ("events", 1, 1)  # the urgent one was kept
 
 
-def test_bound_drops_oldest_telemetry_and_counts_it() -> None:
-    box = MemoryOutbox(4)
-    box.emit(event)  # 1
-    box.emit(lambda s: telemetry(s, n=3))  # 2
-    box.emit(event)  # 3
-    box.emit(lambda s: telemetry(s, n=5))  # 4
-    assert box.dropped == {}
-    box.emit(event)  # 5: drops telemetry 2
-    assert len(box) == 4
-    assert box.dropped == {"outbox_full_telemetry": 1, "outbox_full_readings": 3}
-    box.emit(event)  # 6: drops telemetry 4
-    assert box.dropped == {"outbox_full_telemetry": 2, "outbox_full_readings": 8}
-    assert drain(box) == [1, 3, 5, 6]  # every event kept while telemetry was left
+def test_a_corrupt_outbox_is_moved_aside_and_a_new_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 100)
+    box = Outbox(path, epoch=2)
+    assert box.corrupt is not None
+    moved = box.corrupt.moved_to
+    assert moved.exists() and moved.read_bytes().startswith(b"this is not")
+    assert box.dropped == {"outbox_corrupt_files": 1}
+    assert str(path) in caplog.text and "moved it to" in caplog.text
+    box.emit(telemetry(2))
+    assert box.flush() == 1  # the new outbox works
 
 
-def test_bound_with_only_events_drops_the_oldest_event() -> None:
-    box = MemoryOutbox(2)
-    for _ in range(3):
-        box.emit(event)
-    assert box.dropped == {"outbox_full_events": 1}
-    assert drain(box) == [2, 3]
-
-
-def test_bound_holds_under_a_long_outage() -> None:
-    box = MemoryOutbox(10)
-    events = []
-    for i in range(1000):
-        msg = box.emit(event if i % 50 == 0 else telemetry)
-        if isinstance(msg, Event):
-            events.append(msg.seq)
-        assert len(box) <= 10
-    # Telemetry goes first; once the queue is all events, the oldest event goes. The newest
-    # telemetry batch then keeps one slot, the newest events the rest.
-    assert drain(box) == [*events[-9:], 1000]
-    assert box.dropped["outbox_full_events"] == len(events) - 9
-    assert box.dropped["outbox_full_telemetry"] == 990 - (len(events) - 9)
-    assert box.dropped["outbox_full_readings"] == 2 * box.dropped["outbox_full_telemetry"]
-
-
-def test_give_back_puts_at_the_front() -> None:
-    box = MemoryOutbox(10)
-    for _ in range(3):
-        box.emit(event)
-    first = box.take()
-    assert first is not None
-    box.give_back(first)
-    assert drain(box) == [1, 2, 3]
-
-
-def test_ack_never_exceeds_last_seq_and_never_goes_back() -> None:
-    box = MemoryOutbox(10)
-    box.acked(5)
-    assert box.acked_seq == 0
-    for _ in range(3):
-        box.emit(event)
-    box.acked(2)
-    assert box.acked_seq == 2
-    box.acked(1)
-    assert box.acked_seq == 2
-    box.acked(99)
-    assert box.acked_seq == 3
-
-
-def test_outbox_must_hold_something() -> None:
-    with pytest.raises(ValueError):
-        MemoryOutbox(0)
-
-
-def test_concurrent_emitters_get_unique_contiguous_seqs() -> None:
-    box = MemoryOutbox(100_000)
-    threads, per_thread = 8, 500
-    start = threading.Barrier(threads)
-
-    def work(i: int) -> None:
-        start.wait()
-        for j in range(per_thread):
-            box.emit(event if (i + j) % 2 else telemetry)
-
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seqs = drain(box)
-    assert seqs == list(range(1, threads * per_thread + 1))  # unique, contiguous, in order
-    assert box.last_seq == threads * per_thread
+def test_a_write_survives_the_process_being_killed(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    script = f"""
+import sys, numpy as np
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_outbox import telemetry
+from edge_agent.outbox import Outbox
+from pathlib import Path
+box = Outbox(Path({str(path)!r}), epoch=5, fsync_ms=60_000)
+for _ in range(20):
+    box.emit(telemetry(5))
+box.flush()
+print("flushed", flush=True)
+import time; time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=os.getcwd())
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"flushed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    box = Outbox(path, epoch=6)
+    assert box.recovered == 20
+    assert [m.seq for m in send_all(box)] == list(range(1, 21))
