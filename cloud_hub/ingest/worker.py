@@ -58,7 +58,18 @@ from cloud_hub.store.base import (
 )
 from edge_agent.stats import LatencyWindow
 from shared.errors import DecodeError, TopicError
-from shared.messages import Ack, Event, Health, Limits, Ota, Status, Telemetry, decode, encode
+from shared.messages import (
+    Ack,
+    Dropped,
+    Event,
+    Health,
+    Limits,
+    Ota,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
 from shared.topics import EDGE_TO_HUB, Kind, Topics
 
 if TYPE_CHECKING:
@@ -105,6 +116,20 @@ class IngestConfig:
     """Publish acks (off only for a hub that must not answer devices, e.g. a replay)."""
     latency_window: int = 4096
     """Batches in the window p50/p99 of received → committed are taken over."""
+    max_seq_ahead: int = 1_000_000
+    """A seq further than this beyond its device's watermark is refused, not a giant gap."""
+    ts_floor: float = 1_577_836_800.0
+    """Readings stamped before this (unix seconds; default 2020-01-01) are refused."""
+    max_future_s: float = 86_400.0
+    """Readings stamped more than this after the hub's clock are refused."""
+    max_span_s: float = 86_400.0
+    """One telemetry message may span this many seconds at most."""
+    gap_retention_s: float = 8 * 86_400.0
+    """A gap neither filled nor declared closes after this as lost, unexplained. Longer
+    than an agent's default outbox age (7 days), so a gap a device could still fill
+    is never given up on first."""
+    gap_check_s: float = 60.0
+    """How often gaps are checked against the retention."""
 
     def __post_init__(self) -> None:
         for name in ("batch_max_messages", "dead_letter_keep", "latency_window"):
@@ -160,6 +185,11 @@ class _Batch:
     statuses: list[tuple[Status, float]] = field(default_factory=list)
     healths: dict[str, tuple[Health, float]] = field(default_factory=dict)
     stream: list[_Stream] = field(default_factory=list)
+    declarations: list[Dropped] = field(default_factory=list)
+    refused: list[tuple[Telemetry | Event | Ota, str]] = field(default_factory=list)
+    """Stream messages kept aside (dead-lettered): their seqs close as refused."""
+    marks: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Watermarks to ack besides the stream write's (from closed seqs)."""
     oldest: float = float("inf")
 
 
@@ -202,6 +232,7 @@ class IngestWorker:
         self._latency = LatencyWindow(self.config.latency_window)
         self._unsaved: Counter[CounterKey] = Counter()  # counts a failed add_counters kept
         self._warned: set[CounterKey] = set()
+        self._next_gap_check = time.monotonic() + self.config.gap_check_s
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -307,7 +338,11 @@ class IngestWorker:
                 except queue.Empty:
                     return None
             else:
-                first = q.get()
+                try:
+                    first = q.get(timeout=max(0.05, self._next_gap_check - time.monotonic()))
+                except queue.Empty:
+                    self._check_gaps()
+                    continue
             if first is _WAKE:
                 first = None
         batch = [first]
@@ -347,8 +382,22 @@ class IngestWorker:
             self._record_status(b, status, at)
         for health, at in b.healths.values():
             self._guard(b, health.device, self.store.record_health, health, at)
+        issued: dict[tuple[str, int], tuple[int, float]] = {}
+        beats: list[tuple[Status | Health, float]] = [*b.statuses, *b.healths.values()]
+        for msg, at in beats:
+            key = (msg.device, msg.epoch)
+            if msg.seq > issued.get(key, (0, 0.0))[0]:
+                issued[key] = (msg.seq, at)
+        for (device, epoch), (seq, at) in issued.items():
+            self._guard(b, device, self.store.note_issued, device, epoch, seq, at)
         if b.stream:
             self._store_stream(b)
+        self._close_refused(b)
+        for d in b.declarations:
+            self._declared(b, d)
+        self._ack_marks(b)
+        if time.monotonic() >= self._next_gap_check:
+            self._check_gaps(b)
         b.counts.update({(None, name): n for name, n in self.link.take_counts().items()})
         self._save_counters(b.counts)
         if b.dead:
@@ -402,22 +451,144 @@ class IngestWorker:
         elif isinstance(msg, Health):
             # A heartbeat is a snapshot: a later one of the same batch supersedes it.
             b.healths[device] = (msg, received_at)
+        elif isinstance(msg, Dropped):
+            b.declarations.append(msg)
         elif isinstance(msg, Telemetry | Event | Ota):
+            if not self._ts_ok(b, msg, raw, received_at):
+                return
             if isinstance(msg, Telemetry) and not self._fits_heavy(b, msg, raw):
                 return
             b.stream.append(_Stream(msg, raw))
         else:  # a hub-to-edge kind; EDGE_TO_HUB already kept these out
             self._dead(b, device, "foreign_topic", raw, "not an edge message")
 
+    def _ts_ok(self, b: _Batch, msg: Telemetry | Event | Ota, raw: Incoming, now: float) -> bool:
+        """Timestamps inside [ts_floor, now + max_future_s], a message's span bounded."""
+        cfg = self.config
+        if isinstance(msg, Telemetry):
+            lo, hi = float(msg.ts.min()), float(msg.ts.max())
+        else:
+            lo = hi = msg.ts
+        if lo < cfg.ts_floor:
+            problem = f"a timestamp {lo:.0f} before the floor {cfg.ts_floor:.0f}"
+        elif hi > now + cfg.max_future_s:
+            problem = f"a timestamp {hi - now:.0f} s in the future"
+        elif hi - lo > cfg.max_span_s:
+            problem = f"timestamps spanning {hi - lo:.3g} s (at most {cfg.max_span_s:.0f})"
+        else:
+            return True
+        self._refuse(
+            b,
+            msg,
+            raw,
+            "ts_out_of_range",
+            f"{msg.kind.value} seq {msg.seq} has {problem}; is the device's clock set?",
+        )
+        return False
+
+    def _refuse(
+        self, b: _Batch, msg: Telemetry | Event | Ota, raw: Incoming, reason: str, error: str
+    ) -> None:
+        """Keep a valid-looking stream message aside: dead letter, and close its seq."""
+        self._dead(b, msg.device, reason, raw, error)
+        b.refused.append((msg, reason))
+
+    def _close_refused(self, b: _Batch) -> None:
+        for msg, reason in b.refused:
+            closed = self._close(b, msg.device, msg.epoch, msg.seq, msg.seq)
+            if closed:
+                n = len(msg) if isinstance(msg, Telemetry) else 0
+                b.counts[(msg.device, f"refused_messages:{reason}")] += 1
+                b.counts[(msg.device, f"refused_readings:{reason}")] += n
+
+    def _declared(self, b: _Batch, d: Dropped) -> None:
+        """A device declared seqs dropped at its edge: close them, count what was lost."""
+        closed = self._close(b, d.device, d.epoch, d.first, d.seq)
+        if closed is None:
+            return
+        messages = readings = 0
+        for first, last in closed:
+            messages += last - first + 1
+            readings += sum(d.readings[first - d.first : last - d.first + 1])
+        b.counts[(d.device, f"lost_at_edge_messages:{d.reason}")] += messages
+        b.counts[(d.device, f"lost_at_edge_readings:{d.reason}")] += readings
+        if messages:
+            log.warning(
+                "device %r: epoch %d seqs %d..%d dropped at the edge (%s): %d messages, "
+                "%d readings lost",
+                d.device,
+                d.epoch,
+                d.first,
+                d.seq,
+                d.reason,
+                messages,
+                readings,
+            )
+
+    def _close(
+        self, b: _Batch, device: str, epoch: int, first: int, last: int
+    ) -> list[tuple[int, int]] | None:
+        try:
+            result = self.store.close_seqs(device, epoch, first, last)
+        except Exception:
+            log.exception("ingest: store.close_seqs failed (device %r)", device)
+            b.counts[(None, "ingest_errors")] += 1
+            return None
+        b.marks[(device, epoch)] = result.watermark
+        return result.ranges
+
+    def _check_gaps(self, b: _Batch | None = None) -> None:
+        """Close gaps older than the retention as lost, unexplained (must stay 0)."""
+        self._next_gap_check = time.monotonic() + self.config.gap_check_s
+        own = b is None
+        b = _Batch() if b is None else b
+        try:
+            expired = self.store.expire_gaps(time.time() - self.config.gap_retention_s)
+        except Exception:
+            log.exception("ingest: store.expire_gaps failed")
+            b.counts[(None, "ingest_errors")] += 1
+            expired = []
+        for c in expired:
+            b.counts[(c.device, "lost_unexplained_messages")] += c.count
+            b.marks[(c.device, c.epoch)] = c.watermark
+            log.error(
+                "device %r: epoch %d seqs %s never arrived and were not declared dropped "
+                "within %.0f s; counted lost_unexplained",
+                c.device,
+                c.epoch,
+                ", ".join(f"{a}..{z}" for a, z in c.ranges),
+                self.config.gap_retention_s,
+            )
+        if own:
+            self._ack_marks(b)
+            self._save_counters(b.counts)
+            self._tally(b.counts)
+
+    def _ack_marks(self, b: _Batch) -> None:
+        if not self.config.ack or not b.marks:
+            return
+        sent = 0
+        for (device, epoch), seq in b.marks.items():
+            if seq < 1:
+                continue
+            payload = encode(Ack(device, epoch, seq))
+            if self.link.publish(self.topics.topic(device, Kind.ACK), payload, qos=1):
+                sent += 1
+            else:
+                b.counts[(device, "dropped:ack_refused")] += 1
+        b.marks.clear()
+        with self._lock:
+            self._acks += sent
+
     def _fits_heavy(self, b: _Batch, msg: Telemetry, raw: Incoming) -> bool:
         want = self.heavy.n_features if self.heavy is not None else None
         if want is None or msg.features.shape[1] == want:
             return True
-        self._dead(
+        self._refuse(
             b,
-            msg.device,
-            "feature_count",
+            msg,
             raw,
+            "feature_count",
             f"telemetry seq {msg.seq} has {msg.features.shape[1]} features per reading; the "
             f"heavy model {self.heavy_version} reads {want} (is the device's model from "
             "another feature set?)",
@@ -474,7 +645,7 @@ class IngestWorker:
                 try:
                     heavy = self.heavy.scores(msg.features)
                 except Exception as exc:
-                    self._dead(b, msg.device, "heavy_error", s.raw, str(exc))
+                    self._refuse(b, msg, s.raw, "heavy_error", str(exc))
                     continue
             s.item = TelemetryRows(
                 device=msg.device,
@@ -501,7 +672,7 @@ class IngestWorker:
         result: WriteResult | None = None
         for attempt in (1, 2):
             try:
-                result = self.store.write_stream(items)
+                result = self.store.write_stream(items, max_ahead=self.config.max_seq_ahead)
                 break
             except Exception:
                 log.exception(
@@ -529,9 +700,21 @@ class IngestWorker:
             self._last_batch = (self._last_batch[0], self._last_batch[1], latency_ms)
         self._ack(b, result)
         dups = Counter(result.duplicates)
+        far = Counter(result.too_far)
         for s in entries:
             msg = s.msg
             key = (msg.device, msg.epoch, msg.seq)
+            if far[key] > 0:
+                far[key] -= 1
+                self._dead(
+                    b,
+                    msg.device,
+                    "seq_too_far_ahead",
+                    s.raw,
+                    f"{msg.kind.value} epoch {msg.epoch} seq {msg.seq} is more than "
+                    f"{self.config.max_seq_ahead} beyond the device's watermark; refused",
+                )
+                continue
             if dups[key] > 0:
                 dups[key] -= 1
                 b.counts[(msg.device, "duplicates")] += 1

@@ -12,9 +12,10 @@ killed with SIGKILL right after the ack.
 
 Idempotency: a stream message is identified by ``(device, epoch, seq)``.
 Writing one that is already stored stores nothing and is reported as a
-duplicate. Seqs above the contiguous watermark that arrived out of order are
-kept as *pending*; the missing ranges between are the device's *gaps*, until
-a replay fills them.
+duplicate. Which seqs are settled is kept per (device, epoch) as a
+:class:`~cloud_hub.store.ledger.Ledger` (a watermark and ranges: O(gaps)); the
+missing ranges are the device's *gaps*, until a replay fills them, the device
+declares them dropped, or the hub gives up on them after a retention.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
 
 __all__ = [
+    "DEFAULT_MAX_AHEAD",
     "AckWatermark",
+    "ClosedSeqs",
     "DeadLetter",
     "DeviceRecord",
     "EventRecord",
@@ -44,6 +47,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+DEFAULT_MAX_AHEAD = 1_000_000
+"""A seq further than this beyond a device's watermark is refused, not recorded as a gap."""
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
@@ -89,6 +94,22 @@ class WriteResult:
     """(device, epoch, seq) that were already stored; nothing was written for them."""
     watermarks: list[AckWatermark]
     """New contiguous watermark of every (device, epoch) this write touched."""
+    too_far: list[tuple[str, int, int]] = field(default_factory=list)
+    """(device, epoch, seq) refused: more than ``max_ahead`` beyond the watermark."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSeqs:
+    """Seqs of one (device, epoch) settled without being stored, and the new watermark."""
+
+    device: str
+    epoch: int
+    ranges: list[tuple[int, int]]
+    watermark: int
+
+    @property
+    def count(self) -> int:
+        return sum(b - a + 1 for a, b in self.ranges)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +178,21 @@ class Store(Protocol):
     def close(self) -> None: ...
 
     # -- the stream (ingest's writer thread)
-    def write_stream(self, items: Sequence[StreamItem]) -> WriteResult: ...
+    def write_stream(
+        self, items: Sequence[StreamItem], *, max_ahead: int = DEFAULT_MAX_AHEAD
+    ) -> WriteResult: ...
+
+    def close_seqs(self, device: str, epoch: int, first: int, last: int) -> ClosedSeqs:
+        """Settle first..last without storing (declared dropped, or refused)."""
+        ...
+
+    def note_issued(self, device: str, epoch: int, seq: int, at: float) -> None:
+        """The device says it issued up to ``seq``: a missing tail is a gap from ``at``."""
+        ...
+
+    def expire_gaps(self, before: float) -> list[ClosedSeqs]:
+        """Close gaps first seen before ``before`` (lost, unexplained)."""
+        ...
 
     def gaps(self, device: str | None = None, limit: int = 1000) -> list[Gap]: ...
 

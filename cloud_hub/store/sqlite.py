@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import json
 import logging
 import math
@@ -61,7 +60,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self, cast
@@ -69,9 +68,11 @@ from typing import Any, Final, Literal, Self, cast
 import numpy as np
 
 from cloud_hub.store.base import (
+    DEFAULT_MAX_AHEAD,
     F32,
     F64,
     AckWatermark,
+    ClosedSeqs,
     DeadLetter,
     DeviceRecord,
     EventRecord,
@@ -82,6 +83,7 @@ from cloud_hub.store.base import (
     TelemetryRows,
     WriteResult,
 )
+from cloud_hub.store.ledger import Ledger
 from shared.errors import EdgeloopError
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
@@ -90,7 +92,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -226,7 +228,35 @@ def _migrate_to_1(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
-_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {1: _migrate_to_1}
+def _migrate_to_2(db: sqlite3.Connection) -> None:
+    """Seqs above the watermark as a ledger of ranges (O(gaps)), not a row per message."""
+    db.execute("ALTER TABLE watermarks ADD COLUMN ledger TEXT")
+    pending: dict[tuple[int, int], list[int]] = {}
+    for device_id, epoch, seq in db.execute(
+        "SELECT device_id, epoch, seq FROM pending ORDER BY device_id, epoch, seq"
+    ):
+        pending.setdefault((int(device_id), int(epoch)), []).append(int(seq))
+    now = time.time()
+    for (device_id, epoch), seqs in pending.items():
+        row = db.execute(
+            "SELECT seq FROM watermarks WHERE device_id = ? AND epoch = ?", (device_id, epoch)
+        ).fetchone()
+        ledger = Ledger(0 if row is None else int(row[0]))
+        for seq in seqs:
+            ledger.claim(seq, now=now, max_ahead=2**62)
+        db.execute(
+            "INSERT INTO watermarks (device_id, epoch, seq, ledger) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (device_id, epoch) DO UPDATE SET seq = excluded.seq, "
+            "ledger = excluded.ledger",
+            (device_id, epoch, ledger.wm, ledger.dumps()),
+        )
+    db.execute("DROP TABLE pending")
+
+
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
+    1: _migrate_to_1,
+    2: _migrate_to_2,
+}
 """Version -> the function that brings the schema from version-1 to it."""
 
 
@@ -273,28 +303,14 @@ def _check_rows(item: TelemetryRows) -> None:
         raise ValueError(f"{where}: ts holds NaN or infinite values")
 
 
-def _contiguous(wm: int, seqs: Iterator[int]) -> int:
-    """The watermark ``wm`` advanced through the ascending ``seqs`` up to the first hole."""
-    for seq in seqs:
-        if seq != wm + 1:
-            break
-        wm = seq
-    return wm
-
-
 @dataclass(slots=True)
 class _Pair:
-    """One (device, epoch) during a write_stream transaction."""
+    """One (device, epoch) during a write transaction."""
 
     device_id: int
-    epoch: int
-    start: int
-    """The watermark stored before this transaction."""
-    wm: int
-    first_pending: int | None
-    """The lowest seq pending in the database before this transaction (None: none)."""
-    above: set[int] = field(default_factory=set)
-    """Seqs newly stored in this transaction above ``wm``."""
+    ledger: Ledger
+    before: str
+    """The ledger as stored before this transaction (unchanged: no write)."""
 
 
 # --------------------------------------------------------------------------- the store
@@ -482,7 +498,9 @@ class SQLiteStore:
 
     # -- the stream
 
-    def write_stream(self, items: Sequence[StreamItem]) -> WriteResult:
+    def write_stream(
+        self, items: Sequence[StreamItem], *, max_ahead: int = DEFAULT_MAX_AHEAD
+    ) -> WriteResult:
         """Store every new message of ``items`` in one transaction, durably.
 
         Duplicates (already stored, or repeated within ``items``) are reported
@@ -491,7 +509,7 @@ class SQLiteStore:
         transitions are stamped ``received_at`` = now; telemetry carries its own.
         """
         if not items:
-            return WriteResult(0, 0, [], [])
+            return WriteResult(0, 0, [], [], [])
         for item in items:
             if isinstance(item, TelemetryRows):
                 _check_rows(item)
@@ -525,6 +543,7 @@ class SQLiteStore:
 
             pairs: dict[tuple[str, int], _Pair] = {}
             duplicates: list[tuple[str, int, int]] = []
+            too_far: list[tuple[str, int, int]] = []
             telemetry: list[tuple[Any, ...]] = []
             events: list[tuple[Any, ...]] = []
             otas: list[tuple[Any, ...]] = []
@@ -534,8 +553,12 @@ class SQLiteStore:
                 pair = pairs.get(key)
                 if pair is None:
                     pair = pairs[key] = self._load_pair(db, ids[item.device], item.epoch)
-                if not self._claim(db, pair, item.seq):
+                claim = pair.ledger.claim(item.seq, now=now, max_ahead=max_ahead)
+                if claim == "duplicate":
                     duplicates.append((item.device, item.epoch, item.seq))
+                    continue
+                if claim == "too_far":
+                    too_far.append((item.device, item.epoch, item.seq))
                     continue
                 dev = pair.device_id
                 if isinstance(item, TelemetryRows):
@@ -615,7 +638,7 @@ class SQLiteStore:
                     otas,
                 )
             watermarks = [
-                AckWatermark(device, epoch, self._settle(db, pair))
+                AckWatermark(device, epoch, self._save_pair(db, epoch, pair))
                 for (device, epoch), pair in pairs.items()
             ]
         # Only now is the transaction committed: ids of devices it created are real.
@@ -625,6 +648,7 @@ class SQLiteStore:
             readings=readings,
             duplicates=duplicates,
             watermarks=watermarks,
+            too_far=too_far,
         )
 
     def _lookup_id(self, db: sqlite3.Connection, name: str, new_ids: dict[str, int]) -> int:
@@ -635,92 +659,99 @@ class SQLiteStore:
     @staticmethod
     def _load_pair(db: sqlite3.Connection, device_id: int, epoch: int) -> _Pair:
         row = db.execute(
-            "SELECT seq FROM watermarks WHERE device_id = ? AND epoch = ?", (device_id, epoch)
+            "SELECT seq, ledger FROM watermarks WHERE device_id = ? AND epoch = ?",
+            (device_id, epoch),
         ).fetchone()
-        wm = 0 if row is None else int(row[0])
-        row = db.execute(
-            "SELECT min(seq) FROM pending WHERE device_id = ? AND epoch = ?", (device_id, epoch)
-        ).fetchone()
-        first_pending = None if row[0] is None else int(row[0])
-        return _Pair(device_id, epoch, wm, wm, first_pending)
+        if row is None:
+            return _Pair(device_id, Ledger(), "")
+        ledger = Ledger.loads(int(row[0]), row[1])
+        return _Pair(device_id, ledger, ledger.dumps() + str(ledger.wm))
 
     @staticmethod
-    def _claim(db: sqlite3.Connection, pair: _Pair, seq: int) -> bool:
-        """True if ``seq`` is new (and mark it stored in ``pair``); False for a duplicate."""
-        if seq <= pair.wm or seq in pair.above:
-            return False
-        if pair.first_pending is not None and seq >= pair.first_pending:
-            hit = db.execute(
-                "SELECT 1 FROM pending WHERE device_id = ? AND epoch = ? AND seq = ?",
-                (pair.device_id, pair.epoch, seq),
-            ).fetchone()
-            if hit is not None:
-                return False
-        if seq == pair.wm + 1:
-            pair.wm = seq
-            while pair.wm + 1 in pair.above:
-                pair.wm += 1
-                pair.above.discard(pair.wm)
-        else:
-            pair.above.add(seq)
-        return True
+    def _save_pair(db: sqlite3.Connection, epoch: int, pair: _Pair) -> int:
+        """Store the pair's ledger if it changed; returns its watermark."""
+        ledger = pair.ledger
+        text = ledger.dumps()
+        if text + str(ledger.wm) != pair.before:
+            db.execute(
+                "INSERT INTO watermarks (device_id, epoch, seq, ledger) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device_id, epoch) DO UPDATE SET seq = excluded.seq, "
+                "ledger = excluded.ledger",
+                (pair.device_id, epoch, ledger.wm, text),
+            )
+        return ledger.wm
 
-    @staticmethod
-    def _settle(db: sqlite3.Connection, pair: _Pair) -> int:
-        """Advance the watermark through pending seqs, store it and the new pending seqs."""
-        epoch = pair.epoch
-        wm = pair.wm
-        above = sorted(pair.above)
-        if pair.first_pending is not None:
+    def _pairs_write(
+        self, device: str, epoch: int, change: Callable[[Ledger], list[tuple[int, int]]]
+    ) -> tuple[list[tuple[int, int]], int]:
+        """Apply ``change`` to one (device, epoch)'s ledger in one transaction."""
+        with self._write(full=True) as db:
+            db.execute(
+                "INSERT INTO devices (name, state) VALUES (?, 'online') ON CONFLICT (name) DO NOTHING",
+                (device,),
+            )
+            device_id = int(
+                db.execute("SELECT id FROM devices WHERE name = ?", (device,)).fetchone()[0]
+            )
+            pair = self._load_pair(db, device_id, epoch)
+            changed = change(pair.ledger)
+            return changed, self._save_pair(db, epoch, pair)
+
+    def close_seqs(self, device: str, epoch: int, first: int, last: int) -> ClosedSeqs:
+        """Settle the unsettled seqs of first..last without storing anything (declared
+        dropped at the edge, or refused by the hub); durable when it returns."""
+        closed, wm = self._pairs_write(
+            device, epoch, lambda led: led.close(first, last, now=time.time())
+        )
+        return ClosedSeqs(device, epoch, closed, wm)
+
+    def note_issued(self, device: str, epoch: int, seq: int, at: float) -> None:
+        """The device says it issued seqs up to ``seq`` of ``epoch`` (birth, will, heartbeat)."""
+
+        def change(led: Ledger) -> list[tuple[int, int]]:
+            led.note_issued(seq, now=at)
+            return []
+
+        self._pairs_write(device, epoch, change)
+
+    def expire_gaps(self, before: float) -> list[ClosedSeqs]:
+        """Close every gap first seen before ``before`` (lost, unexplained)."""
+        out: list[ClosedSeqs] = []
+        with self._write(full=True) as db:
             rows = db.execute(
-                "SELECT seq FROM pending WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq",
-                (pair.device_id, epoch, wm),
-            )
-            try:
-                wm = _contiguous(wm, heapq.merge((int(r[0]) for r in rows), above))
-            finally:
-                rows.close()  # stopped at the first hole: release it before the DELETE
-            db.execute(
-                "DELETE FROM pending WHERE device_id = ? AND epoch = ? AND seq <= ?",
-                (pair.device_id, epoch, wm),
-            )
-        else:
-            wm = _contiguous(wm, iter(above))
-        new_pending = [(pair.device_id, epoch, s) for s in pair.above if s > wm]
-        if new_pending:
-            db.executemany(
-                "INSERT INTO pending (device_id, epoch, seq) VALUES (?, ?, ?)", new_pending
-            )
-        if wm != pair.start:
-            db.execute(
-                "INSERT INTO watermarks (device_id, epoch, seq) VALUES (?, ?, ?) "
-                "ON CONFLICT (device_id, epoch) DO UPDATE SET seq = excluded.seq",
-                (pair.device_id, epoch, wm),
-            )
-        return wm
+                "SELECT d.name, w.device_id, w.epoch, w.seq, w.ledger FROM watermarks w "
+                "JOIN devices d ON d.id = w.device_id WHERE w.ledger IS NOT NULL "
+                'AND w.ledger != \'{"r":[],"i":0,"t":0.0}\''
+            ).fetchall()
+            for name, device_id, epoch, wm, text in rows:
+                pair = _Pair(int(device_id), Ledger.loads(int(wm), text), "")
+                closed = pair.ledger.expire(before=before)
+                if closed:
+                    new_wm = self._save_pair(db, int(epoch), pair)
+                    out.append(ClosedSeqs(str(name), int(epoch), closed, new_wm))
+        return out
 
     def gaps(self, device: str | None = None, limit: int = 1000) -> list[Gap]:
-        """Missing seq ranges below stored ones, by device, epoch and seq."""
+        """Missing seq ranges (below stored ones, or up to the last seq a device said
+        it issued), by device, epoch and seq. Reads one row per (device, epoch)."""
         _check_limit(limit, "gaps")
         sql = (
-            "SELECT d.name, g.epoch, g.prev + 1, g.seq - 1 FROM ("
-            "  SELECT p.device_id, p.epoch, p.seq, coalesce("
-            "    lag(p.seq) OVER (PARTITION BY p.device_id, p.epoch ORDER BY p.seq),"
-            "    (SELECT w.seq FROM watermarks w"
-            "     WHERE w.device_id = p.device_id AND w.epoch = p.epoch), 0) AS prev"
-            "  FROM pending p {where}"
-            ") g JOIN devices d ON d.id = g.device_id WHERE g.seq > g.prev + 1 "
-            "ORDER BY d.name, g.epoch, g.seq LIMIT ?"
+            "SELECT d.name, w.epoch, w.seq, w.ledger FROM watermarks w "
+            "JOIN devices d ON d.id = w.device_id WHERE w.ledger IS NOT NULL {where} "
+            "ORDER BY d.name, w.epoch"
         )
         with self._read() as db:
             if device is None:
-                rows = db.execute(sql.format(where=""), (limit,)).fetchall()
+                rows = db.execute(sql.format(where="")).fetchall()
             else:
-                rows = db.execute(
-                    sql.format(where="WHERE p.device_id = (SELECT id FROM devices WHERE name = ?)"),
-                    (device, limit),
-                ).fetchall()
-        return [Gap(name, int(epoch), int(first), int(last)) for name, epoch, first, last in rows]
+                rows = db.execute(sql.format(where="AND d.name = ?"), (device,)).fetchall()
+        out: list[Gap] = []
+        for name, epoch, wm, text in rows:
+            for first, last, _seen in Ledger.loads(int(wm), text).gaps():
+                out.append(Gap(str(name), int(epoch), first, last))
+                if len(out) >= limit:
+                    return out
+        return out
 
     def watermark(self, device: str, epoch: int) -> int:
         with self._read() as db:

@@ -196,11 +196,11 @@ class _FailingStore:
         self.inner = inner
         self.failures = failures
 
-    def write_stream(self, items: Sequence[StreamItem]) -> WriteResult:
+    def write_stream(self, items: Sequence[StreamItem], **kwargs: Any) -> WriteResult:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("disk I/O error (injected)")
-        return self.inner.write_stream(items)
+        return self.inner.write_stream(items, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

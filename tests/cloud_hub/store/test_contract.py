@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -595,3 +596,49 @@ def test_readers_read_while_the_writer_writes(store: Store) -> None:
     assert store.watermark("pi-03", 1) == batches
     assert len(all_readings(store, "pi-03")) == batches * 20
     assert store.counters("pi-00") == {"stored": batches}
+
+
+def test_a_permanent_gap_keeps_the_dedupe_record_small(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, s) for s in range(1, 11)])
+    for start in range(13, 10_013, 500):  # seqs 11 and 12 never come
+        store.write_stream([tele("pi-01", 1, s, n=1) for s in range(start, start + 500)])
+    assert store.watermark("pi-01", 1) == 10
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(11, 12)]
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            rows = db.execute("SELECT length(ledger) FROM watermarks").fetchall()
+        assert len(rows) == 1 and rows[0][0] < 200  # O(gaps), not O(messages)
+    # A duplicate far above the watermark is still a duplicate.
+    assert store.write_stream([tele("pi-01", 1, 9_000)]).duplicates == [("pi-01", 1, 9_000)]
+
+
+def test_declared_seqs_close_the_gap_and_advance_the_watermark(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, s) for s in (1, 2, 5, 6)])
+    closed = store.close_seqs("pi-01", 1, 2, 4)  # 2 is stored already: only 3..4 close
+    assert (closed.ranges, closed.count, closed.watermark) == ([(3, 4)], 2, 6)
+    assert store.gaps() == []
+    assert store.write_stream([tele("pi-01", 1, 3)]).duplicates == [("pi-01", 1, 3)]
+    tail = store.close_seqs("pi-01", 1, 7, 9)  # a dropped tail: nothing after it yet
+    assert (tail.ranges, tail.watermark) == ([(7, 9)], 9)
+
+
+def test_a_seq_far_ahead_is_refused_not_a_giant_gap(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, 1)])
+    result = store.write_stream([tele("pi-01", 1, 2**62), tele("pi-01", 1, 2)], max_ahead=1000)
+    assert result.too_far == [("pi-01", 1, 2**62)]
+    assert result.stored == 1 and store.gaps() == []
+
+
+def test_an_issued_tail_is_a_gap_until_it_comes_or_expires(store: Store) -> None:
+    store.write_stream([tele("pi-01", 1, s) for s in (1, 2)])
+    store.note_issued("pi-01", 1, 5, at=T0)
+    assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(3, 5)]
+    store.write_stream([tele("pi-01", 1, 3)])
+    assert store.expire_gaps(before=T0 - 1) == []
+    expired = store.expire_gaps(before=T0 + 1)
+    assert [(c.device, c.epoch, c.ranges, c.watermark) for c in expired] == [
+        ("pi-01", 1, [(4, 5)], 5)
+    ]
+    assert store.gaps() == [] and store.watermark("pi-01", 1) == 5
+    store.note_issued("pi-01", 1, 4, at=T0)  # behind the watermark: nothing opens
+    assert store.gaps() == []

@@ -77,8 +77,7 @@ def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         versions = conn.execute("SELECT version FROM schema_version").fetchall()
-    assert versions == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 1
+    assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -196,3 +195,19 @@ def test_open_store_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         open_store(url)
     assert "s3cret" not in str(info.value)
+
+
+def test_migration_2_turns_pending_rows_into_a_ledger(tmp_path: Path) -> None:
+    from cloud_hub.store.sqlite import _migrate_to_1  # noqa: PLC0415
+
+    db_path = tmp_path / "hub.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+        _migrate_to_1(db)
+        db.execute("INSERT INTO schema_version VALUES (1, 0)")
+        db.execute("INSERT INTO devices (id, name, state) VALUES (1, 'pi-01', 'online')")
+        db.execute("INSERT INTO watermarks VALUES (1, 1, 2)")
+        db.executemany("INSERT INTO pending VALUES (1, 1, ?)", [(5,), (6,), (9,)])
+    with SQLiteStore(db_path) as store:
+        assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(3, 4), (7, 8)]
+        assert store.write_stream([tele("pi-01", 1, 6)]).duplicates == [("pi-01", 1, 6)]
