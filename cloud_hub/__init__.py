@@ -1,1 +1,4 @@
-"""The cloud hub: ingest, heavy model, store, drift, registry, rollout, API, embedded broker."""
+"""The cloud hub: embedded broker, ingest, heavy model, store, model build and registry, API.
+
+Coming (not built yet): drift tracking, retraining, signed OTA rollouts.
+"""

@@ -1,13 +1,13 @@
 """The hub's ONNX inference engine: batched scoring with onnxruntime.
 
-This is the hub's only inference engine (DESIGN.md section 2); it opens its
-sessions with :func:`edge_agent.engine.open_session`, so hub and devices run a
-model with the same options. The hub scores whole micro-batches at once, so :meth:`OnnxScorer.scores` takes a
-feature matrix and makes one ``session.run`` for it.
-
-Sessions use a fixed, small number of intra-op threads that sleep instead of
-spinning when idle (the hub shares its cores with a broker and its workers),
-one inter-op thread, sequential execution, full graph optimisation, CPU only.
+This is the hub's only inference engine (DESIGN.md section 2). It opens its
+sessions with the options of :mod:`shared.session_options`, as the edge agent's
+engine does, so hub and devices run a model the same way: a fixed, small number
+of intra-op threads that sleep instead of spinning when idle (the hub shares its
+cores with a broker and its workers), one inter-op thread, sequential
+execution, full graph optimisation, CPU only. The hub scores whole
+micro-batches at once, so :meth:`OnnxScorer.scores` takes a feature matrix and
+makes one ``session.run`` for it.
 
 A dynamically quantized (int8) model computes its activation scales from the
 batch it is given, so its scores for a row depend slightly on the other rows of
@@ -30,9 +30,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edge_agent.engine import open_session
 from shared.errors import ManifestError
 from shared.manifest import ModelPackage
+from shared.session_options import PROVIDERS, configure_session, unloadable_model
 
 __all__ = ["OnnxScorer"]
 
@@ -72,7 +72,13 @@ class OnnxScorer:
                 f"ONNX model {str(self.model_path)!r} does not exist or is not a file",
                 path=str(self.model_path),
             )
-        self._session = open_session(self.model_path, threads)
+        opts = configure_session(ort.SessionOptions(), threads)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path), sess_options=opts, providers=list(PROVIDERS)
+            )
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise unloadable_model(self.model_path, exc) from None
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = {o.name: o for o in self._session.get_outputs()}
         if input_name not in inputs:

@@ -3,7 +3,8 @@
 Built-ins: ``log`` (a warning line), ``command`` (runs the command line from
 the agent's own configuration, never one named by a message; started, not
 awaited, so a slow script cannot stall the reading loop), and ``machine``
-(stops the simulated machine, which then reacts in its next reading).
+(stops the simulated machine, which then reacts in its next reading; it is
+handed the machine, so this module never imports :mod:`simulators`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import shlex
 import subprocess
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_agent.rules import Decision
-from simulators.machine import SimulatedMachine
+
+if TYPE_CHECKING:  # a device without the simulator never loads it
+    from simulators.machine import SimulatedMachine
 
 __all__ = ["ActionResult", "Actuator", "CommandActuator", "LogActuator", "MachineActuator"]
 

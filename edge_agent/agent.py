@@ -145,14 +145,18 @@ class Agent:
 
     # -- the reading loop ----------------------------------------------------------------------
 
-    def process(self, ts: float, values: np.ndarray) -> Decision | None:
-        """Score one reading, act on it if urgent, and queue it. The hot path."""
+    def process(self, ts: float, values: np.ndarray) -> tuple[Decision, ...]:
+        """Score one reading, act on each urgent cause that starts on it, and queue it.
+
+        The hot path. Every decision gets the actuators' actions and an event of
+        its own, the most severe first; returns the decisions (usually none).
+        """
         t0 = time.perf_counter_ns()
         feats = self.features.push(values)  # always finite: bad values are carried forward
         scores = self.model.score(feats)
-        decision = self.rule.check(values, scores.item(self.urgent_index))
+        decisions = self.rule.check(values, scores.item(self.urgent_index))
         self.latency.add((time.perf_counter_ns() - t0) / 1000.0)
-        if decision is not None:
+        for decision in decisions:
             results = [a.act(self.device, decision) for a in self.actuators]
             self._emit_event(ts, decision, results)
         sealed, started = self.batcher.add(ts, feats, scores, self.model.version)
@@ -161,7 +165,7 @@ class Agent:
         elif started:
             self.wake.set()  # the link thread must learn the new batch's deadline
         self.readings += 1
-        return decision
+        return decisions
 
     def run(self, stop: threading.Event) -> int:
         """Run until the source ends, ``settings.readings`` are done, or ``stop`` is set."""

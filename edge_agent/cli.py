@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
 from edge_agent.settings import AgentSettings, load_settings
@@ -21,13 +22,20 @@ from edge_agent.sources.base import Source
 from shared import __version__
 from shared.errors import ConfigError, ManifestError
 
+if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
+    from simulators.machine import SimulatedMachine
+
 __all__ = ["build_actuators", "build_source", "main"]
 
 log = logging.getLogger("edge_agent")
 
 
-def build_source(settings: AgentSettings) -> tuple[Source, object | None]:
-    """The configured source, and the simulated machine when there is one."""
+def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | None]:
+    """The configured source, and the simulated machine when there is one.
+
+    Each source's module is imported only when it is chosen: the simulator
+    (and :mod:`simulators`) loads only with ``--source sim``.
+    """
     if settings.source == "sim":
         from edge_agent.sources.simulated import SimulatedSource  # noqa: PLC0415
         from simulators.drift import parse_drift  # noqa: PLC0415
@@ -64,9 +72,8 @@ def build_source(settings: AgentSettings) -> tuple[Source, object | None]:
     return load_plugin(settings.plugin, settings), None
 
 
-def build_actuators(settings: AgentSettings, machine: object | None) -> list[Actuator]:
-    from simulators.machine import SimulatedMachine  # noqa: PLC0415
-
+def build_actuators(settings: AgentSettings, machine: SimulatedMachine | None) -> list[Actuator]:
+    """The configured actions; ``machine`` is the simulated one, for the ``machine`` action."""
     actuators: list[Actuator] = []
     for name in settings.actions:
         if name == "log":
@@ -75,7 +82,7 @@ def build_actuators(settings: AgentSettings, machine: object | None) -> list[Act
             assert settings.action_command is not None
             actuators.append(CommandActuator(settings.action_command))
         elif name == "machine":
-            assert isinstance(machine, SimulatedMachine)
+            assert machine is not None  # settings refuse 'machine' without --source sim
             actuators.append(MachineActuator(machine))
     return actuators
 

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from shared.errors import ManifestError
 from shared.features import FEATURE_NAMES
 from shared.manifest import ModelPackage, load_package, parse_version
+from shared.session_options import PROVIDERS, configure_session, unloadable_model
 
 __all__ = ["EdgeModel", "load_edge_model", "open_session"]
 
@@ -25,34 +26,19 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 
 
-def open_session(model_path: Path, threads: int = 1) -> Any:
-    """An onnxruntime CPU session that never spins, or :class:`ManifestError`.
+def open_session(model_path: Path) -> Any:
+    """A one-thread onnxruntime CPU session with edgeloop's options, or :class:`ManifestError`.
 
-    The hub's batch scorer opens its sessions here too, so both sides run a
-    model with the same options.
+    The options are :mod:`shared.session_options`'s, which the hub's batch
+    scorer uses too, so both sides run a model the same way.
     """
     import onnxruntime as ort  # noqa: PLC0415 - keep import time free of the runtime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads must sleep, not spin: a device has few cores, the hub shares its own.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts = configure_session(ort.SessionOptions(), threads=1)
     try:
-        return ort.InferenceSession(
-            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(str(model_path), sess_options=opts, providers=list(PROVIDERS))
     except Exception as exc:  # onnxruntime raises its own pybind exception types
-        text = str(exc).strip()
-        first_line = text.splitlines()[0] if text else type(exc).__name__
-        raise ManifestError(
-            f"{model_path}: onnxruntime cannot load it as an ONNX model ({first_line}); "
-            "is it the model.onnx of a package built by 'edgeloop-hub models build'?",
-            path=str(model_path),
-        ) from None
+        raise unloadable_model(model_path, exc) from None
 
 
 class _Binding:

@@ -1,27 +1,48 @@
 """The urgent rule: when a reading calls for a local action. Pure logic.
 
-A reading is urgent when a raw sensor value is beyond a hard limit, or when the
-urgent-class score has been at or over the threshold for ``consecutive``
-readings in a row. The rule fires once when a condition starts and re-arms
-when a reading is clear again, so a machine that stays hot is stopped once,
-not once per reading.
+Each *cause* is watched on its own: the score rule, and the hard limit of each
+sensor that has one. A cause starts an episode, and fires once, when
 
+- score: the urgent-class score has been at or over the threshold for
+  ``consecutive`` readings in a row; the episode ends at the first score below
+  the threshold;
+- hard limit: a sensor's value is beyond its limit; the episode ends at the
+  first reading of that sensor back inside its limit.
+
+A cause re-arms when its episode ends, so a machine that stays hot is stopped
+once, not once per reading; and a cause that starts while another's episode
+goes on fires its own decision, so an escalation is never swallowed. A missing
+value (NaN or inf, as in :mod:`shared.features`) neither starts nor ends a
+hard-limit episode: an unseen sensor is not known to be back inside its limit.
+
+:meth:`UrgentRule.check` returns every cause that started on the reading, the
+most severe first: hard limits (a measured value is beyond its limit) in the
+manifest's order, then the score. Usually that is the empty tuple.
+
+>>> import numpy as np
 >>> from shared.manifest import UrgentSpec
 >>> rule = UrgentRule(UrgentSpec(0.8, 2, {"temperature": (None, 110.0)}), 2, ("temperature",))
->>> import numpy as np
->>> rule.check(np.array([70.0]), 0.9) is None   # first high score: not yet
-True
->>> rule.check(np.array([70.0]), 0.95).rule      # second in a row: fire
-'score'
->>> rule.check(np.array([120.0]), 0.95) is None  # still the same episode
-True
+>>> rule.check(np.array([70.0]), 0.9)               # first high score: not yet
+()
+>>> [d.rule for d in rule.check(np.array([70.0]), 0.95)]   # second in a row: fire
+['score']
+>>> rule.check(np.array([80.0]), 0.97)              # the same score episode: nothing new
+()
+>>> rule.check(np.array([120.0]), 0.95)             # a new cause during it fires on its own
+(Decision(rule='hard_limit', score=0.95, sensor='temperature', value=120.0),)
+>>> rule.check(np.array([125.0]), 0.1)              # still beyond: the same limit episode
+()
+>>> rule.check(np.array([100.0]), 0.1)              # back inside: re-armed
+()
+>>> [d.sensor for d in rule.check(np.array([130.0]), 0.1)]
+['temperature']
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -41,8 +62,11 @@ class Decision:
     value: float | None = None
 
 
+_NOTHING: Final[tuple[Decision, ...]] = ()
+
+
 class UrgentRule:
-    """Stateful urgent detector for one device's stream."""
+    """Stateful urgent detector for one device's stream: one episode per cause."""
 
     def __init__(self, spec: UrgentSpec, urgent_index: int, sensors: tuple[str, ...]) -> None:
         self.threshold = spec.score_threshold
@@ -63,28 +87,33 @@ class UrgentRule:
             )
             for name, (lo, hi) in spec.hard_limits.items()
         ]
-        self._run = 0
-        self._armed = True
+        self._beyond: set[str] = set()  # sensors in a hard-limit episode
+        self._run = 0  # high scores in a row; the score episode is on while >= consecutive
 
-    def check(self, raw: npt.NDArray[np.float64], score: float) -> Decision | None:
-        """Feed one reading's raw values (NaN or inf = missing) and urgent score."""
-        decision: Decision | None = None
+    def check(self, raw: npt.NDArray[np.float64], score: float) -> tuple[Decision, ...]:
+        """Feed one reading's raw values (NaN or inf = missing) and urgent score.
+
+        Returns the causes that start on this reading, most severe first; the
+        empty tuple (no allocation) when none does.
+        """
+        fired = _NOTHING
         if self._limits:
             vals = raw.tolist()
+            beyond = self._beyond
             for name, i, lo, hi in self._limits:
                 v = vals[i]
-                # A dropout (NaN, or inf as in shared.features) is never a limit breach;
-                # NaN compares false both ways, inf is checked only on a breach.
-                if (v < lo or v > hi) and math.isfinite(v):
-                    decision = Decision("hard_limit", score, name, v)
-                    break
-        self._run = self._run + 1 if score >= self.threshold else 0
-        if decision is None and self._run >= self.consecutive:
-            decision = Decision("score", score)
-        if decision is None:
-            self._armed = True
-            return None
-        if not self._armed:
-            return None
-        self._armed = False
-        return decision
+                # NaN compares false both ways, so it is never beyond; inf (missing
+                # too) is told apart only on the rare paths, never on a clear reading.
+                if v < lo or v > hi:
+                    if name not in beyond and math.isfinite(v):
+                        beyond.add(name)
+                        fired += (Decision("hard_limit", score, name, v),)
+                elif beyond and name in beyond and math.isfinite(v):
+                    beyond.discard(name)
+        if score >= self.threshold:
+            self._run += 1
+            if self._run == self.consecutive:
+                fired += (Decision("score", score),)
+        else:
+            self._run = 0
+        return fired

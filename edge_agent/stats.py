@@ -1,32 +1,16 @@
-"""Bounded counters and latency figures the heartbeat reports."""
+"""The figures the heartbeat reports: named counters, and the latency window.
+
+:class:`~shared.latency.LatencyWindow` lives in :mod:`shared` (the hub's ingest
+keeps one too) and is offered here beside the counters the agent reports with it.
+"""
 
 from __future__ import annotations
 
 import threading
 
-import numpy as np
+from shared.latency import LatencyWindow
 
 __all__ = ["Counters", "LatencyWindow"]
-
-
-class LatencyWindow:
-    """The last ``size`` latencies in microseconds, in a fixed ring (no growth)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._ring = np.zeros(size, dtype=np.float64)
-        self._n = 0
-
-    def add(self, micros: float) -> None:
-        self._ring[self._n % self._ring.shape[0]] = micros
-        self._n += 1
-
-    def percentiles(self) -> tuple[float, float]:
-        """(p50, p99) over the window, (0, 0) before the first reading."""
-        filled = self._ring[: min(self._n, self._ring.shape[0])]
-        if not filled.size:
-            return 0.0, 0.0
-        p50, p99 = np.percentile(filled, [50, 99])
-        return float(p50), float(p99)
 
 
 class Counters:

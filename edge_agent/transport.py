@@ -4,7 +4,7 @@ paho's network thread does only this: keep the connection, hand incoming
 messages to a bounded inbox (dropping and counting when it is full), and wake
 the agent's link thread. Birth is published retained on every connect, the
 last will ``offline`` is registered with the broker, and reconnects wait an
-exponential, jittered delay (:class:`~edge_agent.backoff.Backoff`).
+exponential, jittered delay (:class:`~shared.backoff.Backoff`).
 
 Memory stays bounded whatever the broker does: paho holds at most
 ``mqtt_queue`` QoS 1 messages (``publish`` refuses beyond that and the
@@ -25,9 +25,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.backoff import Backoff
 from edge_agent.settings import AgentSettings
 from edge_agent.stats import Counters
+from shared.backoff import Backoff
 from shared.topics import topic_matches
 
 __all__ = ["MqttLink"]

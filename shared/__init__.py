@@ -4,7 +4,11 @@
 - :mod:`shared.messages` — message types and their strict JSON codec;
 - :mod:`shared.manifest` — the model package and its manifest;
 - :mod:`shared.features` — sensors and the one feature function;
-- :mod:`shared.errors` — the exception tree.
+- :mod:`shared.errors` — the exception tree;
+- :mod:`shared.backoff` — reconnect delays, for the agent's and the hub's MQTT links;
+- :mod:`shared.latency` — the latency window both sides report from;
+- :mod:`shared.session_options` — how both inference engines run an ONNX model
+  (as options to apply; onnxruntime itself is imported only by the engines).
 
 It never imports ``edge_agent`` or ``cloud_hub``.
 """

@@ -3,10 +3,11 @@
 DESIGN.md section 4. A package is a directory. The manifest says what the model
 is (name, version, variant), what it reads (feature names, dtype, window) and
 writes (classes, which one is urgent), when to act (urgent thresholds), what
-its training data looked like (reference histograms, for drift), how good it
-is (metrics), where it came from (lineage), and how to check it still works
-(test vectors). ``manifest.sig`` is an Ed25519 signature of the manifest's exact
-bytes; it is read here and verified by the OTA code that holds the public key.
+its training data looked like (reference histograms, for drift tracking:
+coming, not built yet), how good it is (metrics), where it came from (lineage),
+and how to check it still works (test vectors). ``manifest.sig`` is to be an
+Ed25519 signature of the manifest's exact bytes; it is read here when present,
+but nothing signs or verifies it yet (signed OTA: coming, not built yet).
 
 :func:`load_package` refuses anything it cannot trust: a manifest that does not
 validate, a model file whose size or sha256 differ from the manifest's.

@@ -492,7 +492,10 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Ota:
-    """One OTA state transition of an agent, with a reason code."""
+    """One OTA state transition of an agent, with a reason code.
+
+    Part of the contract already; no agent sends it yet (OTA: coming, not built yet).
+    """
 
     device: str
     epoch: int
@@ -603,7 +606,11 @@ class Dropped:
 
 @dataclass(frozen=True, slots=True)
 class Desired:
-    """Hub to edge (retained): the model version this device should run."""
+    """Hub to edge (retained): the model version this device should run.
+
+    Part of the contract already; the hub sends none yet and the agent only
+    logs one (OTA and rollouts: coming, not built yet).
+    """
 
     device: str
     ts: float

@@ -21,7 +21,7 @@ per-client queue.
 The session is persistent (``clean_session=False``, fixed client id): while the
 hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
 it. Reconnects wait an exponential, jittered delay
-(:class:`~edge_agent.backoff.Backoff`), as the agent's do.
+(:class:`~shared.backoff.Backoff`), as the agent's do.
 
 Errors::
 
@@ -42,7 +42,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.backoff import Backoff
+from shared.backoff import Backoff
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.topics import EDGE_TO_HUB, Topics, topic_matches

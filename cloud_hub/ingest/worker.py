@@ -56,8 +56,8 @@ from cloud_hub.store.base import (
     TelemetryRows,
     WriteResult,
 )
-from edge_agent.stats import LatencyWindow
 from shared.errors import DecodeError, TopicError
+from shared.latency import LatencyWindow
 from shared.messages import (
     Ack,
     Dropped,

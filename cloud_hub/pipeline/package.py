@@ -6,11 +6,13 @@ the pipeline scores with it; :func:`complete_package` then computes the
 reference statistics and test vectors, writes ``manifest.json`` with
 :func:`shared.manifest.write_manifest` and reloads the whole package with
 :func:`shared.manifest.load_package`, so nothing leaves here that the agent
-would refuse. Signing (``manifest.sig``) is the registry's job, not this one.
+would refuse. Nothing signs a package yet (``manifest.sig``: coming, not built
+yet); when something does, it will be the registry, not this module.
 
 What the numbers in the manifest mean:
 
-- **Reference histograms** (``reference.features``, for drift): per feature,
+- **Reference histograms** (``reference.features``, for drift tracking, which
+  is coming, not built yet): per feature,
   the inner edges are the 10 %, 20 %, ... 90 % quantiles of the training rows
   (rounded to 6 significant digits, duplicates merged), so each of the ~10 bins
   starts with about a tenth of the data; ``proportions`` are the shares measured
@@ -22,7 +24,7 @@ What the numbers in the manifest mean:
   versions be compared bin for bin.
 - **Bins**: value ``x`` falls in bin ``i`` when ``edges[i-1] <= x < edges[i]``
   (the first and last bins are open): ``numpy.searchsorted(edges, x, "right")``,
-  which is :func:`binned_proportions`. Drift counting must use the same rule.
+  which is :func:`binned_proportions`. Drift tracking, when built, must use the same rule.
 - **Test vectors**: holdout rows covering every class; the expected scores are
   what onnxruntime gives on the packaged ``model.onnx`` for **each row scored
   alone** (a batch of one, as on a device): a dynamically quantized model's

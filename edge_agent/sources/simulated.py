@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from edge_agent.sources.base import Reading
-from simulators.machine import SimulatedMachine
+
+if TYPE_CHECKING:  # the machine is handed in; only the factory that picks it imports it
+    from simulators.machine import SimulatedMachine
 
 __all__ = ["SimulatedSource"]
 

@@ -72,8 +72,8 @@ def _time_agent(
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
     from edge_agent.settings import load_settings  # noqa: PLC0415
     from edge_agent.sources.stdin_jsonl import StdinSource  # noqa: PLC0415
-    from edge_agent.stats import LatencyWindow  # noqa: PLC0415
     from shared import __version__  # noqa: PLC0415
+    from shared.latency import LatencyWindow  # noqa: PLC0415
 
     settings = load_settings(
         [

@@ -100,7 +100,8 @@ def test_session_options_sleep_instead_of_spinning(models: dict[str, Path]) -> N
     opts = scorer.session_options
     assert opts.intra_op_num_threads == 2
     assert opts.inter_op_num_threads == 1
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    for pool in ("intra", "inter"):
+        assert opts.get_session_config_entry(f"session.{pool}_op.allow_spinning") == "0"
     assert "sequential" in str(opts.execution_mode).lower()
     assert "all" in str(opts.graph_optimization_level).lower()
 

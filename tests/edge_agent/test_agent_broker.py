@@ -21,14 +21,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.actuators import MachineActuator
+from edge_agent.actuators import LogActuator, MachineActuator
 from edge_agent.agent import Agent
 from edge_agent.engine import load_edge_model
 from edge_agent.settings import load_settings
 from edge_agent.sources.base import Reading
 from shared import __version__
 from shared.endpoint import BrokerEndpoint
-from shared.features import features_for_stream
+from shared.features import SENSOR_NAMES, SENSORS, features_for_stream
 from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, decode
 from shared.topics import Kind, Topics
 from simulators.generate import write_csv
@@ -371,6 +371,85 @@ def test_injected_urgent_condition_stops_machine_before_next_reading_and_is_sent
         True,
     )
     assert event.value is not None and event.value > 110
+
+
+class _ListSource:
+    """Readings given in advance, as they are."""
+
+    def __init__(self, rows: list[np.ndarray]) -> None:
+        self.rows = rows
+        self.invalid: dict[str, int] = {}
+
+    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+        for row in self.rows:
+            if stop.is_set():
+                return
+            yield Reading(time.time(), row)
+
+
+def test_every_urgent_cause_gets_its_own_action_and_event(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    nominal = np.array([s.nominal for s in SENSORS])
+
+    def reading(**values: float) -> np.ndarray:
+        row = nominal.copy()
+        for name, value in values.items():
+            row[SENSOR_NAMES.index(name)] = value
+        return row
+
+    rows = (
+        [nominal] * 20
+        + [reading(temperature=120.0, vibration=20.0)] * 4  # two causes start together
+        + [nominal] * 5  # both back inside: re-armed
+        + [reading(vibration=21.0)] * 3
+        + [reading(vibration=21.0, temperature=125.0)] * 3  # an escalation mid-episode
+        + [nominal] * 5
+    )
+    settings = load_settings(
+        [
+            "--device",
+            "dev-a",
+            "--root",
+            topics.root,
+            "--model",
+            str(model_packages.edge),
+            "--state-dir",
+            str(tmp_path),
+            "--broker",
+            broker.url,
+            "--actions",
+            "log",
+        ],
+        env={},
+    )
+    agent = Agent(
+        settings,
+        load_edge_model(model_packages.edge, __version__),
+        _ListSource(rows),
+        [LogActuator()],
+    )
+    assert agent.run(threading.Event()) == 0
+    want = [
+        ("temperature", 120.0),
+        ("vibration", 20.0),
+        ("vibration", 21.0),
+        ("temperature", 125.0),
+    ]
+    recorder.wait_for(
+        "an event per cause",
+        lambda msgs: sum(isinstance(m, Event) and m.rule == "hard_limit" for m in msgs) >= 4,
+    )
+    events = recorder.of(Event)
+    limits = [e for e in events if e.rule == "hard_limit"]
+    assert [(e.sensor, e.value) for e in limits] == want
+    assert all((e.action, e.action_ok) == ("log", True) for e in events)
+    assert len({e.seq for e in events}) == len(events)  # each its own message
+    assert limits[0].ts == limits[1].ts  # the two that started on one reading
 
 
 def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(

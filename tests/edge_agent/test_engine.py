@@ -195,6 +195,20 @@ def test_altered_test_vectors_fail_the_smoke_test(
     assert f"allowed {atol:g}" in text
 
 
+def test_session_runs_on_one_thread_that_sleeps_instead_of_spinning(
+    model_packages: ModelPaths,
+) -> None:
+    # The same options as the hub's scorer (tests/cloud_hub/test_inference.py), one thread.
+    session = engine.open_session(load_package(model_packages.edge).model_path)
+    opts = session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+    for pool in ("intra", "inter"):
+        assert opts.get_session_config_entry(f"session.{pool}_op.allow_spinning") == "0"
+    assert "sequential" in str(opts.execution_mode).lower()
+    assert "all" in str(opts.graph_optimization_level).lower()
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
 class _PublicOnly:
     """An onnxruntime session seen only through its public methods (no bound ``_sess``)."""
 

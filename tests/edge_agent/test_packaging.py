@@ -18,7 +18,16 @@ pytestmark = pytest.mark.timeout(30)
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "edgeloop"
 FORBIDDEN = ("scikit-learn", "fastapi", "uvicorn", "amqtt", "skl2onnx")
-FORBIDDEN_MODULES = ("sklearn", "skl2onnx", "fastapi", "uvicorn", "amqtt", "cloud_hub")
+# The simulator is for demos and tests: a device that does not choose it never loads it.
+FORBIDDEN_MODULES = (
+    "sklearn",
+    "skl2onnx",
+    "fastapi",
+    "uvicorn",
+    "amqtt",
+    "cloud_hub",
+    "simulators",
+)
 
 try:
     from packaging.markers import Marker as _Marker
@@ -127,20 +136,42 @@ def test_requirement_parsers(parse: Any) -> None:
     assert parse("sympy; extra == 'symbolic'", frozenset({"symbolic"})) == ("sympy", frozenset())
 
 
-def test_importing_the_agent_imports_no_hub_module() -> None:
+def _agent_start_up(source: str, actions: str) -> dict[str, Any]:
+    """``sys.modules`` (top-level names) and root log handlers of a fresh interpreter that
+    imported the agent and built what ``edgeloop-agent`` builds before it loads the model:
+    the parser, the settings, the source and the actions."""
     code = (
         "import logging, sys, json\n"
         "import edge_agent.agent, edge_agent.cli, edge_agent.engine, edge_agent.transport\n"
-        "print(json.dumps({'modules': sorted(sys.modules),"
+        "from edge_agent.cli import build_actuators, build_source\n"
+        "from edge_agent.settings import build_parser, load_settings\n"
+        "build_parser()\n"
+        f"argv = ['--model', 'no/such/model', '--source', {source!r}, '--actions', {actions!r}]\n"
+        "settings = load_settings(argv, env={})\n"
+        "source, machine = build_source(settings)\n"
+        "build_actuators(settings, machine)\n"
+        "print(json.dumps({'modules': sorted({m.split('.')[0] for m in sys.modules}),"
         " 'handlers': len(logging.getLogger().handlers)}))\n"
     )
     out = run("-c", code)
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
-    tops = {m.split(".")[0] for m in result["modules"]}
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_importing_the_agent_imports_no_hub_or_simulator_module() -> None:
+    result = _agent_start_up("stdin", "log")
+    tops = set(result["modules"])
     assert not tops & set(FORBIDDEN_MODULES), sorted(tops & set(FORBIDDEN_MODULES))
     assert "onnxruntime" not in tops  # loaded with the first model, not at import
     assert result["handlers"] == 0  # no logging set-up at import time
+
+
+def test_the_simulator_loads_when_chosen() -> None:
+    # The check above would be hollow if nothing could load the simulator this way.
+    tops = set(_agent_start_up("sim", "log,machine")["modules"])
+    assert "simulators" in tops
+    assert not tops & (set(FORBIDDEN_MODULES) - {"simulators"})
 
 
 @pytest.mark.parametrize("package", ["edge_agent", "cloud_hub", "simulators"])

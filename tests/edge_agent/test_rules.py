@@ -1,7 +1,8 @@
-"""The urgent rule: once per episode, re-armed by a clear reading; hard limits at once."""
+"""The urgent rule: one episode per cause, each firing once at its start and re-armed when clear."""
 
 from __future__ import annotations
 
+import doctest
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge_agent import rules
 from edge_agent.rules import Decision, UrgentRule
 from shared.manifest import UrgentSpec
 
@@ -26,75 +28,128 @@ def rule(threshold: float = 0.8, k: int = 3, limits: bool = True) -> UrgentRule:
     return UrgentRule(UrgentSpec(threshold, k, dict(LIMITS) if limits else {}), 2, SENSORS)
 
 
-def with_value(sensor: str, value: float) -> np.ndarray:
+def with_values(**values: float) -> np.ndarray:
     raw = NORMAL.copy()
-    raw[SENSORS.index(sensor)] = value
+    for sensor, value in values.items():
+        raw[SENSORS.index(sensor)] = value
     return raw
+
+
+def hot(temperature: float) -> Decision:
+    return Decision("hard_limit", 0.0, "temperature", temperature)
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(rules, report=False)
+    assert result.attempted >= 8 and result.failed == 0
 
 
 def test_score_fires_after_k_consecutive_readings_once_per_episode() -> None:
     r = rule(k=3)
     got = [r.check(NORMAL, s) for s in (0.9, 0.95, 0.9, 0.99, 0.9, 0.85)]
-    assert got[:2] == [None, None]
-    assert got[2] == Decision("score", 0.9)
-    assert got[3:] == [None, None, None]  # same episode: fired once
+    assert got[:2] == [(), ()]
+    assert got[2] == (Decision("score", 0.9),)
+    assert got[3:] == [(), (), ()]  # same episode: fired once
 
 
 def test_score_run_is_reset_by_a_low_score() -> None:
     r = rule(k=3)
     got = [r.check(NORMAL, s) for s in (0.9, 0.9, 0.1, 0.9, 0.9)]
-    assert got == [None] * 5
-    assert r.check(NORMAL, 0.9) == Decision("score", 0.9)
+    assert got == [()] * 5
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
 
 
-def test_rearms_after_a_clear_reading() -> None:
+def test_score_rearms_when_the_score_drops_below_threshold() -> None:
     r = rule(k=2)
-    assert r.check(NORMAL, 0.9) is None
-    assert r.check(NORMAL, 0.9) is not None
-    assert r.check(NORMAL, 0.9) is None
-    assert r.check(NORMAL, 0.2) is None  # clear: re-arm
-    assert r.check(NORMAL, 0.9) is None  # a new run starts from one
-    assert r.check(NORMAL, 0.9) == Decision("score", 0.9)
+    assert r.check(NORMAL, 0.9) == ()
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
+    assert r.check(NORMAL, 0.9) == ()
+    assert r.check(NORMAL, 0.2) == ()  # below: the episode ends
+    assert r.check(NORMAL, 0.9) == ()  # a new run starts from one
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
 
 
 def test_threshold_is_inclusive() -> None:
     r = rule(threshold=0.5, k=1)
-    assert r.check(NORMAL, 0.5) == Decision("score", 0.5)
+    assert r.check(NORMAL, 0.5) == (Decision("score", 0.5),)
 
 
 def test_hard_limit_max_fires_immediately_with_sensor_and_value() -> None:
     r = rule(k=5)
-    d = r.check(with_value("temperature", 118.5), 0.1)
-    assert d == Decision("hard_limit", 0.1, "temperature", 118.5)
+    assert r.check(with_values(temperature=118.5), 0.1) == (
+        Decision("hard_limit", 0.1, "temperature", 118.5),
+    )
 
 
 def test_hard_limit_min_fires_immediately() -> None:
     r = rule(k=5)
-    d = r.check(with_value("pressure", 1.5), 0.3)
-    assert d == Decision("hard_limit", 0.3, "pressure", 1.5)
+    assert r.check(with_values(pressure=1.5), 0.3) == (
+        Decision("hard_limit", 0.3, "pressure", 1.5),
+    )
 
 
-def test_hard_limit_once_per_episode_and_rearm() -> None:
+def test_hard_limit_once_per_episode_and_rearmed_back_inside() -> None:
     r = rule(k=5)
-    hot = with_value("temperature", 120.0)
-    assert r.check(hot, 0.0) is not None
-    assert r.check(hot, 0.0) is None
-    assert r.check(with_value("pressure", 12.0), 0.0) is None  # still urgent: same episode
-    assert r.check(NORMAL, 0.0) is None
-    assert r.check(hot, 0.0) is not None
+    assert r.check(with_values(temperature=120.0), 0.0) == (hot(120.0),)
+    assert r.check(with_values(temperature=125.0), 0.0) == ()  # same episode
+    assert r.check(with_values(temperature=100.0), 0.0) == ()  # back inside: re-armed
+    assert r.check(with_values(temperature=121.0), 0.0) == (hot(121.0),)
 
 
-def test_hard_limit_wins_over_score() -> None:
+def test_a_breach_on_another_sensor_during_a_limit_episode_fires() -> None:
+    r = rule(k=5)
+    assert r.check(with_values(temperature=120.0), 0.0) == (hot(120.0),)
+    assert r.check(with_values(temperature=120.0, pressure=12.0), 0.0) == (
+        Decision("hard_limit", 0.0, "pressure", 12.0),
+    )
+    # Pressure back inside re-arms pressure only: temperature is still in its episode.
+    assert r.check(with_values(temperature=120.0), 0.0) == ()
+    assert r.check(with_values(temperature=120.0, pressure=1.0), 0.0) == (
+        Decision("hard_limit", 0.0, "pressure", 1.0),
+    )
+
+
+def test_a_breach_during_a_score_episode_fires() -> None:
+    r = rule(k=2)
+    assert r.check(NORMAL, 0.9) == ()
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
+    assert r.check(with_values(pressure=9.5), 0.95) == (
+        Decision("hard_limit", 0.95, "pressure", 9.5),
+    )
+    assert r.check(with_values(pressure=9.5), 0.95) == ()  # both episodes go on
+
+
+def test_a_score_episode_during_a_breach_fires() -> None:
+    r = rule(k=2)
+    assert r.check(with_values(temperature=130.0), 0.9) == (
+        Decision("hard_limit", 0.9, "temperature", 130.0),
+    )
+    assert r.check(with_values(temperature=130.0), 0.9) == (Decision("score", 0.9),)
+
+
+def test_causes_starting_together_all_fire_most_severe_first() -> None:
     r = rule(k=1)
-    d = r.check(with_value("temperature", 130.0), 0.99)
-    assert d is not None
-    assert (d.rule, d.sensor) == ("hard_limit", "temperature")
+    raw = with_values(temperature=130.0, pressure=0.5)
+    assert r.check(raw, 0.99) == (
+        Decision("hard_limit", 0.99, "temperature", 130.0),
+        Decision("hard_limit", 0.99, "pressure", 0.5),
+        Decision("score", 0.99),
+    )
+    assert r.check(raw, 0.99) == ()
+
+
+def test_the_score_ending_does_not_rearm_a_limit() -> None:
+    r = rule(k=1)
+    assert len(r.check(with_values(temperature=130.0), 0.9)) == 2
+    assert r.check(with_values(temperature=130.0), 0.1) == ()  # score ends; limit goes on
+    assert r.check(with_values(temperature=130.0), 0.9) == (Decision("score", 0.9),)
 
 
 def test_value_on_the_limit_is_not_beyond() -> None:
     r = rule()
-    assert r.check(with_value("temperature", 110.0), 0.0) is None
-    assert r.check(with_value("pressure", 2.0), 0.0) is None
+    assert r.check(with_values(temperature=110.0), 0.0) == ()
+    assert r.check(with_values(pressure=2.0), 0.0) == ()
+    assert r.check(with_values(pressure=9.0), 0.0) == ()
 
 
 @pytest.mark.parametrize("missing", [math.nan, math.inf, -math.inf])
@@ -102,13 +157,25 @@ def test_missing_values_never_breach(missing: float) -> None:
     r = rule()
     raw = np.full(len(SENSORS), missing)
     for _ in range(5):
-        assert r.check(raw, 0.0) is None
+        assert r.check(raw, 0.0) == ()
+
+
+@pytest.mark.parametrize("missing", [math.nan, math.inf, -math.inf])
+def test_a_missing_value_does_not_end_a_limit_episode(missing: float) -> None:
+    # An unseen sensor is not known to be back inside: a dropout in the middle of
+    # an overheat must not make it fire again.
+    r = rule()
+    assert r.check(with_values(temperature=120.0), 0.0) == (hot(120.0),)
+    assert r.check(with_values(temperature=missing), 0.0) == ()
+    assert r.check(with_values(temperature=120.0), 0.0) == ()
+    assert r.check(with_values(temperature=100.0), 0.0) == ()
+    assert r.check(with_values(temperature=120.0), 0.0) == (hot(120.0),)
 
 
 def test_no_limits() -> None:
     r = rule(k=1, limits=False)
-    assert r.check(np.array([1e9, 1e9, 1e9]), 0.0) is None
-    assert r.check(NORMAL, 1.0) == Decision("score", 1.0)
+    assert r.check(np.array([1e9, 1e9, 1e9]), 0.0) == ()
+    assert r.check(NORMAL, 1.0) == (Decision("score", 1.0),)
 
 
 def test_limit_on_unknown_sensor_is_refused() -> None:
@@ -116,38 +183,87 @@ def test_limit_on_unknown_sensor_is_refused() -> None:
         UrgentRule(UrgentSpec(0.5, 1, {"oil_pressure": (None, 5.0)}), 2, SENSORS)
 
 
-_VALUE = st.one_of(st.floats(-50.0, 200.0), st.just(math.nan), st.just(math.inf))
+# -- properties: the rule restated per cause, episode by episode ------------------------------
 
-
-@given(
-    k=st.integers(1, 4),
-    stream=st.lists(
-        st.tuples(st.floats(0.0, 1.0), _VALUE, _VALUE),
-        max_size=80,
-    ),
+THRESHOLD = 0.7
+_VALUE = st.one_of(
+    st.floats(-50.0, 200.0),
+    st.sampled_from([2.0, 9.0, 110.0, math.nan, math.inf, -math.inf]),
 )
-def test_never_fires_twice_without_a_clear_reading_between(
+_SCORE = st.one_of(st.floats(0.0, 1.0), st.just(THRESHOLD))
+_STREAM = st.lists(st.tuples(_SCORE, _VALUE, _VALUE), max_size=80)
+
+
+def _limit_starts(values: list[float], lo: float, hi: float) -> list[int]:
+    """Readings where a limit episode starts: a finite value beyond, where the last
+    finite value before it (missing ones skipped) was inside or there was none."""
+    starts, was_beyond = [], False
+    for t, v in enumerate(values):
+        if not math.isfinite(v):
+            continue
+        is_beyond = not lo <= v <= hi
+        if is_beyond and not was_beyond:
+            starts.append(t)
+        was_beyond = is_beyond
+    return starts
+
+
+def _score_starts(scores: list[float], k: int) -> list[int]:
+    """Readings that complete a window of k high scores not preceded by a high one."""
+    high = [s >= THRESHOLD for s in scores]
+    return [
+        t
+        for t in range(k - 1, len(scores))
+        if all(high[t - k + 1 : t + 1]) and (t < k or not high[t - k])
+    ]
+
+
+def _fire_log(k: int, stream: list[tuple[float, float, float]]) -> list[tuple[int, Decision]]:
+    r = rule(threshold=THRESHOLD, k=k)
+    return [
+        (t, d)
+        for t, (score, temp, pressure) in enumerate(stream)
+        for d in r.check(np.array([temp, 3.0, pressure]), score)
+    ]
+
+
+@given(k=st.integers(1, 4), stream=_STREAM)
+def test_every_cause_fires_exactly_once_at_the_start_of_each_episode(
     k: int, stream: list[tuple[float, float, float]]
 ) -> None:
-    r = rule(threshold=0.7, k=k)
-    armed = True
-    run = 0
-    for score, temp, pressure in stream:
-        raw = np.array([temp, 3.0, pressure])
-        d = r.check(raw, score)
-        # What a clear reading is, restated: no finite value beyond a limit, and fewer than
-        # k high scores in a row.
-        run = run + 1 if score >= 0.7 else 0
-        breach = (math.isfinite(temp) and temp > 110.0) or (
-            math.isfinite(pressure) and not 2.0 <= pressure <= 9.0
-        )
-        urgent = breach or run >= k
-        if d is not None:
-            assert armed, "fired twice in one episode"
-            assert urgent
-            assert (d.rule == "hard_limit") == breach
-            armed = False
-        elif not urgent:
-            armed = True
-        else:
-            assert not armed, "an urgent reading while armed must fire"
+    log = _fire_log(k, stream)
+    scores = [s for s, _, _ in stream]
+    temps = [t for _, t, _ in stream]
+    pressures = [p for _, _, p in stream]
+    by_cause: dict[str | None, list[int]] = {"temperature": [], "pressure": [], None: []}
+    for t, d in log:
+        by_cause[d.sensor].append(t)
+        if d.rule == "hard_limit":
+            assert d.value == stream[t][1 if d.sensor == "temperature" else 2]
+        assert d.score == stream[t][0]
+    assert by_cause["temperature"] == _limit_starts(temps, -math.inf, 110.0)
+    assert by_cause["pressure"] == _limit_starts(pressures, 2.0, 9.0)
+    assert by_cause[None] == _score_starts(scores, k)
+
+
+@given(k=st.integers(1, 4), stream=_STREAM)
+def test_causes_are_independent_and_reported_most_severe_first(
+    k: int, stream: list[tuple[float, float, float]]
+) -> None:
+    log = _fire_log(k, stream)
+    # What fires for one cause does not depend on the others: the same stream with
+    # every other input held normal fires that cause on the same readings.
+    alone = {
+        "temperature": [(s, t, 6.0) for s, t, _ in stream],
+        "pressure": [(s, 70.0, p) for s, _, p in stream],
+    }
+    for sensor, only in alone.items():
+        mine = [(t, d) for t, d in _fire_log(k, only) if d.sensor == sensor]
+        assert mine == [(t, d) for t, d in log if d.sensor == sensor]
+    quiet = [(s, 70.0, 6.0) for s, _, _ in stream]
+    assert _fire_log(k, quiet) == [(t, d) for t, d in log if d.rule == "score"]
+    # On one reading: temperature, then pressure (the manifest's order), then the score.
+    rank = {"temperature": 0, "pressure": 1, None: 2}
+    for t in {t for t, _ in log}:
+        order = [rank[d.sensor] for u, d in log if u == t]
+        assert order == sorted(order) and len(set(order)) == len(order)

@@ -1,8 +1,10 @@
 """``shared`` is pure: no heavy or I/O dependencies, no imports of either side, and
-its docstring examples hold."""
+its docstring examples hold. The two sides meet only in ``shared``: the hub
+imports nothing of the agent, nor the agent of the hub."""
 
 from __future__ import annotations
 
+import ast
 import doctest
 import importlib
 import json
@@ -72,6 +74,64 @@ def test_public_names() -> None:
     for name in shared.__all__:
         assert hasattr(shared, name), name
     assert sorted(shared.__all__) == sorted(set(shared.__all__))
+
+
+def _imported(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports, wherever in the file (inside
+    functions and ``if TYPE_CHECKING:`` too), and of ``import_module("...")`` calls."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names.add(node.args[0].value)
+    return {name.split(".")[0] for name in names}
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("package", "other"),
+    [("cloud_hub", "edge_agent"), ("edge_agent", "cloud_hub")],
+    ids=["hub-imports-no-agent", "agent-imports-no-hub"],
+)
+def test_one_side_never_imports_the_other(package: str, other: str) -> None:
+    # What both need lives in shared/; a hub that imported agent internals would
+    # break whenever the agent changed them, and pull the agent into every hub.
+    offenders = [
+        str(path.relative_to(REPO)) for path in _sources(package) if other in _imported(path)
+    ]
+    assert _sources(package), f"no sources found under {package}/"
+    assert not offenders, f"{package} modules that import {other}: {offenders}"
+
+
+def test_shared_source_imports_nothing_forbidden_even_lazily() -> None:
+    for path in _sources("shared"):
+        bad = sorted(_imported(path) & set(FORBIDDEN))
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_the_import_finder_sees_every_form(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import a.b\nfrom c.d import e\nfrom . import f\n"
+        "def g():\n    import h\n    importlib.import_module('i.j')\n    __import__('k')\n"
+        "if TYPE_CHECKING:\n    from l import m\n",
+        encoding="utf-8",
+    )
+    assert _imported(probe) == {"a", "c", "h", "i", "k", "l"}
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -1,12 +1,13 @@
 """``/v1/models``: registered model versions, their manifests and their ONNX artifacts.
 
 The manifest comes back as the canonical ``manifest.json`` bytes (sorted keys,
-two-space indent, final newline): the very bytes ``manifest.sig`` signs when
-the package was written by the pipeline, so a device can verify the download.
+two-space indent, final newline): the very bytes a ``manifest.sig`` is to sign,
+so a device will be able to verify the download (signing and verifying:
+coming, not built yet).
 
 The artifact streams ``model.onnx`` with ``Content-Length``, a strong
 ``ETag`` (the manifest's sha256) and single-range ``Range`` requests (206, or
-416 past the end), so an OTA download that broke off resumes where it stopped;
+416 past the end), so a download that broke off resumes where it stopped;
 ``If-Range`` with a stale ETag gets the whole file. ``HEAD`` gives the headers
 alone.
 """
@@ -42,7 +43,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=responses(401
 _CHUNK = 64 * 1024
 _MANIFEST_DOC: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "manifest.json, byte for byte as the pipeline writes (and signs) it.",
+        "description": "manifest.json, byte for byte as the pipeline writes it.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }

@@ -1,7 +1,8 @@
-"""Reconnect delays: exponential, capped, with full jitter.
+"""Reconnect delays: exponential, capped, with full jitter. Pure: no I/O, no threads.
 
 Jitter spreads a fleet's reconnects after a broker restart, so a thousand
-devices do not knock at the same second.
+devices do not knock at the same second. The agent's MQTT link and the hub's
+both wait this way.
 
 >>> import random
 >>> b = Backoff(1, 60, random.Random(3))

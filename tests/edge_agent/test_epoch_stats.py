@@ -1,0 +1,81 @@
+"""The epoch counter on disk, and the heartbeat's counters."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_agent.epoch import next_epoch
+from edge_agent.stats import Counters
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# -- epoch --------------------------------------------------------------------------------------
+
+
+def test_epoch_starts_at_one_and_counts_up(tmp_path: Path) -> None:
+    state = tmp_path / "var" / "agent"  # created on first use
+    assert next_epoch(state) == 1
+    assert next_epoch(state) == 2
+    assert next_epoch(state) == 3
+    assert (state / "epoch").read_text(encoding="ascii") == "3\n"
+    assert sorted(p.name for p in state.iterdir()) == ["epoch"]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "content", [b"garbage\n", b"", b"-4\n", b"\xff\xfe\x00", b"12.5\n"], ids=repr
+)
+def test_corrupt_epoch_file_jumps_to_unix_time(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "epoch").write_bytes(content)
+    before = int(time.time())
+    with caplog.at_level(logging.WARNING, logger="edge_agent.epoch"):
+        epoch = next_epoch(tmp_path)
+    assert before + 1 <= epoch <= int(time.time()) + 1
+    assert "corrupt" in caplog.text
+    assert str(tmp_path / "epoch") in caplog.text
+    assert (tmp_path / "epoch").read_text(encoding="ascii") == f"{epoch}\n"
+    assert next_epoch(tmp_path) == epoch + 1  # and counts on from there
+
+
+def test_epoch_file_is_read_back_across_restarts(tmp_path: Path) -> None:
+    (tmp_path / "epoch").write_text("  41 \n", encoding="ascii")
+    assert next_epoch(tmp_path) == 42
+
+
+# -- counters -------------------------------------------------------------------------------------
+
+
+def test_counters() -> None:
+    c = Counters()
+    assert c.snapshot() == {}
+    c.add("dropped:inbox_full")
+    c.add("dropped:inbox_full", 4)
+    c.add("invalid:not_json")
+    snap = c.snapshot()
+    assert snap == {"dropped:inbox_full": 5, "invalid:not_json": 1}
+    snap["dropped:inbox_full"] = 0
+    assert c.snapshot()["dropped:inbox_full"] == 5  # a snapshot is a copy
+
+
+def test_counters_from_many_threads() -> None:
+    c = Counters()
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(2000):
+            c.add("n")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.snapshot() == {"n": 16_000}
