@@ -322,6 +322,16 @@ class IngestStatsOut(BaseModel):
     dropped: dict[str, int]
     """Valid messages lost, by reason (``hub_queue_full``, ``store_error``, ...)."""
     ingest_errors: int
+    lost_at_edge_readings: dict[str, int]
+    """Readings devices dropped and declared, by reason (``outbox_full``, ``expired``, ...)."""
+    lost_at_edge_messages: dict[str, int]
+    """The stream messages behind ``lost_at_edge_readings``."""
+    lost_unexplained_messages: int
+    """Stream messages that never arrived and were never declared, given up on after the
+    gap retention. Must be 0: anything else is a bug or a device that lost its disk."""
+    refused_readings: dict[str, int]
+    """Readings the hub kept aside as dead letters (bad timestamps, ...), by reason; their
+    seqs are closed so devices stop sending them."""
     gaps: GapsOut
     counters: dict[str, int]
     """Every counter the store keeps, summed over the hub and its devices."""

@@ -28,7 +28,10 @@ Counters, per device (``None`` for the hub itself): ``received``,
 ``stored_messages``, ``stored_readings``, ``stored_events``, ``duplicates``,
 ``compared_readings`` and ``edge_heavy_disagreements`` (edge and heavy model
 picking different classes), ``invalid:<reason>``,
-``dropped:<reason>``; hub-wide ``ingest_errors`` and the link's
+``dropped:<reason>``, ``lost_at_edge_messages:<reason>`` and
+``lost_at_edge_readings:<reason>`` (declared by the device), ``refused_messages:<reason>``
+and ``refused_readings:<reason>`` (kept aside, seq closed),
+``lost_unexplained_messages`` (gap retention passed); hub-wide ``ingest_errors`` and the link's
 ``dropped:hub_queue_full`` and ``invalid:foreign_topic``.
 """
 

@@ -2,7 +2,8 @@
 
 Ingest's counters live in the store (``received``, ``stored_messages``,
 ``stored_readings``, ``duplicates``, ``invalid:<reason>``, ``dropped:<reason>``,
-``ingest_errors``; see :mod:`cloud_hub.ingest.worker`), so they survive a
+``ingest_errors``, ``lost_at_edge_*:<reason>``, ``lost_unexplained_messages``,
+``refused_*:<reason>``; see :mod:`cloud_hub.ingest.worker`), so they survive a
 restart and several hub workers add up. The running worker's own figures
 (queue depth, latency) come from ``ingest_stats()`` when the app was given one.
 
@@ -73,6 +74,10 @@ def ingest_stats(access: ReadAccess, state: StateDep, store: StoreDep) -> Ingest
         invalid_total=sum(invalid.values()),
         dropped=_group(counters, "dropped:"),
         ingest_errors=counters.get("ingest_errors", 0),
+        lost_at_edge_readings=_group(counters, "lost_at_edge_readings:"),
+        lost_at_edge_messages=_group(counters, "lost_at_edge_messages:"),
+        lost_unexplained_messages=counters.get("lost_unexplained_messages", 0),
+        refused_readings=_group(counters, "refused_readings:"),
         gaps=GapsOut(
             count=len(gaps),
             count_is_lower_bound=len(gaps) >= _GAPS_COUNTED,
