@@ -532,10 +532,23 @@ class IngestWorker:
         self, b: _Batch, device: str, epoch: int, first: int, last: int
     ) -> list[tuple[int, int]] | None:
         try:
-            result = self.store.close_seqs(device, epoch, first, last)
+            result = self.store.close_seqs(
+                device, epoch, first, last, max_ahead=self.config.max_seq_ahead
+            )
         except Exception:
             log.exception("ingest: store.close_seqs failed (device %r)", device)
             b.counts[(None, "ingest_errors")] += 1
+            return None
+        if result is None:
+            b.counts[(device, "invalid:seq_too_far_ahead")] += 1
+            log.warning(
+                "device %r: epoch %d seqs %d..%d are more than %d beyond the watermark; not closed",
+                device,
+                epoch,
+                first,
+                last,
+                self.config.max_seq_ahead,
+            )
             return None
         b.marks[(device, epoch)] = result.watermark
         return result.ranges
@@ -599,6 +612,8 @@ class IngestWorker:
         return False
 
     def _record_status(self, b: _Batch, status: Status, at: float) -> None:
+        if status.state == "online":
+            self._check_epoch(b, status)
         if self._guard(b, status.device, self.store.record_status, status, at):
             if status.state == "online":
                 log.info(
@@ -616,6 +631,29 @@ class IngestWorker:
                     status.seq,
                     status.model_version,
                 )
+
+    def _check_epoch(self, b: _Batch, status: Status) -> None:
+        """A birth of an older epoch than the device's: its state was wiped and its clock
+        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so."""
+        try:
+            known = self.store.device(status.device)
+        except Exception:
+            log.exception("ingest: store.device failed (device %r)", status.device)
+            b.counts[(None, "ingest_errors")] += 1
+            return
+        if known is None or known.epoch <= status.epoch:
+            return
+        b.counts[(status.device, "epoch_regressed")] += 1
+        log.error(
+            "device %r started at epoch %d, below its epoch %d: its state directory was "
+            "wiped and its clock is behind. Readings it sends under seqs already stored "
+            "for epoch %d will be taken for replays; set the device's clock and restart "
+            "the agent (a new state directory starts at the current unix time)",
+            status.device,
+            status.epoch,
+            known.epoch,
+            status.epoch,
+        )
 
     # -- heavy model and the stream write ------------------------------------------------------
 

@@ -182,8 +182,11 @@ class Store(Protocol):
         self, items: Sequence[StreamItem], *, max_ahead: int = DEFAULT_MAX_AHEAD
     ) -> WriteResult: ...
 
-    def close_seqs(self, device: str, epoch: int, first: int, last: int) -> ClosedSeqs:
-        """Settle first..last without storing (declared dropped, or refused)."""
+    def close_seqs(
+        self, device: str, epoch: int, first: int, last: int, *, max_ahead: int = DEFAULT_MAX_AHEAD
+    ) -> ClosedSeqs | None:
+        """Settle first..last without storing (declared dropped, or refused); None when
+        ``last`` is more than ``max_ahead`` beyond the watermark (nothing settled)."""
         ...
 
     def note_issued(self, device: str, epoch: int, seq: int, at: float) -> None:

@@ -84,8 +84,13 @@ class Ledger:
         self._settle(seq, seq, now)
         return "new"
 
-    def close(self, first: int, last: int, *, now: float) -> list[tuple[int, int]]:
-        """Settle every unsettled seq of first..last; returns the ranges it settled."""
+    def close(
+        self, first: int, last: int, *, now: float, max_ahead: int = 2**62
+    ) -> list[tuple[int, int]] | None:
+        """Settle every unsettled seq of first..last; returns the ranges it settled,
+        or None (nothing settled) when ``last`` is more than ``max_ahead`` beyond ``wm``."""
+        if last - self.wm > max_ahead:
+            return None
         first = max(first, self.wm + 1)
         if last < first:
             return []

@@ -682,8 +682,8 @@ class SQLiteStore:
         return ledger.wm
 
     def _pairs_write(
-        self, device: str, epoch: int, change: Callable[[Ledger], list[tuple[int, int]]]
-    ) -> tuple[list[tuple[int, int]], int]:
+        self, device: str, epoch: int, change: Callable[[Ledger], list[tuple[int, int]] | None]
+    ) -> tuple[list[tuple[int, int]] | None, int]:
         """Apply ``change`` to one (device, epoch)'s ledger in one transaction."""
         with self._write(full=True) as db:
             db.execute(
@@ -697,13 +697,18 @@ class SQLiteStore:
             changed = change(pair.ledger)
             return changed, self._save_pair(db, epoch, pair)
 
-    def close_seqs(self, device: str, epoch: int, first: int, last: int) -> ClosedSeqs:
+    def close_seqs(
+        self, device: str, epoch: int, first: int, last: int, *, max_ahead: int = DEFAULT_MAX_AHEAD
+    ) -> ClosedSeqs | None:
         """Settle the unsettled seqs of first..last without storing anything (declared
-        dropped at the edge, or refused by the hub); durable when it returns."""
+        dropped at the edge, or refused by the hub); durable when it returns. None when
+        ``last`` is more than ``max_ahead`` beyond the watermark."""
         closed, wm = self._pairs_write(
-            device, epoch, lambda led: led.close(first, last, now=time.time())
+            device,
+            epoch,
+            lambda led: led.close(first, last, now=time.time(), max_ahead=max_ahead),
         )
-        return ClosedSeqs(device, epoch, closed, wm)
+        return None if closed is None else ClosedSeqs(device, epoch, closed, wm)
 
     def note_issued(self, device: str, epoch: int, seq: int, at: float) -> None:
         """The device says it issued seqs up to ``seq`` of ``epoch`` (birth, will, heartbeat)."""

@@ -18,13 +18,23 @@ pytestmark = pytest.mark.timeout(30)
 # -- epoch --------------------------------------------------------------------------------------
 
 
-def test_epoch_starts_at_one_and_counts_up(tmp_path: Path) -> None:
+def test_a_new_state_dir_starts_at_unix_time_and_counts_up(tmp_path: Path) -> None:
     state = tmp_path / "var" / "agent"  # created on first use
-    assert next_epoch(state) == 1
-    assert next_epoch(state) == 2
-    assert next_epoch(state) == 3
-    assert (state / "epoch").read_text(encoding="ascii") == "3\n"
+    before = int(time.time())
+    first = next_epoch(state)
+    assert before <= first <= int(time.time())
+    assert next_epoch(state) == first + 1
+    assert next_epoch(state) == first + 2
+    assert (state / "epoch").read_text(encoding="ascii") == f"{first + 2}\n"
     assert sorted(p.name for p in state.iterdir()) == ["epoch"]  # no temp file left
+
+
+def test_a_wiped_state_dir_never_repeats_an_epoch(tmp_path: Path) -> None:
+    state = tmp_path / "agent"
+    used = [next_epoch(state, now=1_800_000_000.5) for _ in range(5)]  # five quick restarts
+    assert used == list(range(1_800_000_000, 1_800_000_005))
+    (state / "epoch").unlink()  # the disk was wiped; the device restarts a minute later
+    assert next_epoch(state, now=1_800_000_060.0) == 1_800_000_060
 
 
 @pytest.mark.parametrize(
