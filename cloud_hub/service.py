@@ -147,7 +147,12 @@ class Hub:
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
         )
-        self.link = HubLink(self.endpoint, self.topics, queue_max=s.ingest_queue_max)
+        self.link = HubLink(
+            self.endpoint,
+            self.topics,
+            queue_max=s.ingest_queue_max,
+            queue_max_bytes=s.ingest_queue_max_bytes,
+        )
         self.worker = IngestWorker(
             self.store,
             self.link,

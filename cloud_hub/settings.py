@@ -116,8 +116,15 @@ OPTIONS: Final = OptionTable(
             "ingest_queue_max",
             positive_int,
             200_000,
-            "messages queued between the MQTT client and the ingest worker",
+            "messages queued between the MQTT client and the ingest worker; when full, the hub stops reading from the broker until the worker catches up",
             "N",
+        ),
+        Option(
+            "ingest_queue_max_bytes",
+            positive_int,
+            256 * 2**20,
+            "payload bytes queued between the MQTT client and the ingest worker (default 256 MiB); when full, the hub stops reading from the broker until the worker catches up",
+            "BYTES",
         ),
         Option(
             "ingest_batch_max",
@@ -166,6 +173,7 @@ class HubSettings:
     stale_after_s: float
     retention_days: float
     ingest_queue_max: int
+    ingest_queue_max_bytes: int
     ingest_batch_max: int
     ingest_batch_wait_ms: int
     dead_letter_keep: int

@@ -320,7 +320,7 @@ class IngestStatsOut(BaseModel):
     """Invalid messages by reason slug (``not_json``, ``wrong_type``, ...)."""
     invalid_total: int
     dropped: dict[str, int]
-    """Valid messages lost, by reason (``hub_queue_full``, ``store_error``, ...)."""
+    """Valid messages lost at the hub, by reason (``store_error``, ``shutdown_unprocessed``, ...)."""
     ingest_errors: int
     lost_at_edge_readings: dict[str, int]
     """Readings devices dropped and declared, by reason (``outbox_full``, ``expired``, ...)."""

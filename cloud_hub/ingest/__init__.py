@@ -2,10 +2,10 @@
 
 Concurrency model (one per process, STYLE.md)::
 
-    paho network thread ──put_nowait──▶ bounded queue ──▶ ONE worker thread ──▶ store
-      (HubLink: topic check,            (queue.Queue,      (IngestWorker: decode,    (single
-       never blocks, drops and           200,000 by          heavy model per batch,    writer)
-       counts when full)                 default)            write, then ack)
+    paho network thread ──put_waiting──▶ bounded queue ──▶ ONE worker thread ──▶ store
+      (HubLink: topic check;             (IngestQueue:      (IngestWorker: decode,    (single
+       waits when the queue is full:      200,000 msgs and    heavy model per batch,    writer)
+       backpressure to the broker)        256 MiB default)    write, then ack)
                                                                   │
                                         paho publish ◀── ack ─────┘
 
@@ -18,21 +18,31 @@ Concurrency model (one per process, STYLE.md)::
 - Other threads (the API) read :meth:`IngestWorker.stats` and the store.
 
 Backpressure is explicit: when the worker falls behind, the queue fills, and
-beyond it messages are dropped and counted (``dropped:hub_queue_full``). The
-hub never acks what it has not stored, so a device whose outbox keeps unacked
-messages sends them again.
+paho's thread waits for room (counted ``backpressure_waits``), so the broker
+holds the rest. The hub never acks what it has not stored, so a device's
+outbox keeps what the hub lost (a broker that dropped for the hub, a hub
+killed with messages queued) and sends it again.
 """
 
-from cloud_hub.ingest.transport import DEFAULT_QUEUE_MAX, BrokerConnectError, HubLink, Incoming
+from cloud_hub.ingest.transport import (
+    DEFAULT_QUEUE_MAX,
+    DEFAULT_QUEUE_MAX_BYTES,
+    BrokerConnectError,
+    HubLink,
+    Incoming,
+    IngestQueue,
+)
 from cloud_hub.ingest.worker import IngestConfig, IngestLink, IngestStats, IngestWorker
 
 __all__ = [
     "DEFAULT_QUEUE_MAX",
+    "DEFAULT_QUEUE_MAX_BYTES",
     "BrokerConnectError",
     "HubLink",
     "Incoming",
     "IngestConfig",
     "IngestLink",
+    "IngestQueue",
     "IngestStats",
     "IngestWorker",
 ]

@@ -2,21 +2,21 @@
 
 paho's network thread does only this: keep the connection, check that each
 incoming topic is one the hub asked for, and put ``(topic, payload,
-received_at)`` on a bounded queue without ever blocking. Everything else
+received_at)`` on a bounded queue (:class:`IngestQueue`). Everything else
 (decoding, scoring, storing, acking) is the ingest worker's, on its own thread.
 
-Why the queue is so large (``queue_max``, default 200,000 messages): the hub's
-subscription must never be the one that drops (DESIGN.md section 7). A full
-queue cannot push back on the broker without stalling paho's thread, which
-would also stall keepalives and outgoing acks, so it drops and counts
-``dropped:hub_queue_full`` instead. The queue therefore has to absorb whatever
-the broker may deliver in a burst: Mosquitto sends at most
-``max_inflight_messages`` unacknowledged QoS 1 messages and keeps up to
-``max_queued_messages`` more per client while the hub is slow or away (its
-default, 1000, is too small for the hub: raise it, with ``max_queued_bytes 0``,
-as ``tests/brokers.py`` and ``deploy/`` do); amqtt buffers without bound, so
-only this queue bounds what the hub holds. Size it above the broker's
-per-client queue.
+Backpressure, not drops: the queue is bounded in messages (``queue_max``) and
+in payload bytes (``queue_max_bytes``). When it is full, paho's thread waits
+for the worker to take a batch (it re-checks every half second, and gives up
+only when the link closes) instead of dropping. While it waits it reads
+nothing more from the socket, so the broker holds what is left: Mosquitto
+queues it in the hub's persistent session up to ``max_queued_messages`` (raise
+it for the hub, as ``deploy/mosquitto/mosquitto.conf`` does), and beyond that
+drops it. The devices send again what the hub never acked. The wait lasts as
+long as the worker takes to finish a batch, far less than the keepalive, so
+the connection stays up. What the hub holds is bounded by the queue's two
+limits whatever the broker does (amqtt buffers without bound in its own
+process).
 
 The session is persistent (``clean_session=False``, fixed client id): while the
 hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
@@ -36,6 +36,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
@@ -47,7 +48,14 @@ from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.topics import EDGE_TO_HUB, Topics, topic_matches
 
-__all__ = ["DEFAULT_QUEUE_MAX", "BrokerConnectError", "HubLink", "Incoming"]
+__all__ = [
+    "DEFAULT_QUEUE_MAX",
+    "DEFAULT_QUEUE_MAX_BYTES",
+    "BrokerConnectError",
+    "HubLink",
+    "Incoming",
+    "IngestQueue",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,58 @@ Incoming = tuple[str, bytes, float]
 """``(topic, payload, received_at)``; ``received_at`` is wall-clock ``time.time()``."""
 
 DEFAULT_QUEUE_MAX: Final = 200_000
+DEFAULT_QUEUE_MAX_BYTES: Final = 256 * 2**20
+_WAIT_SLICE_S: Final = 0.5
+
+
+class IngestQueue(queue.Queue[Incoming]):
+    """A FIFO of incoming messages bounded in count (``maxsize``) and payload bytes.
+
+    :meth:`put_waiting` blocks while either bound is reached; one message larger
+    than ``max_bytes`` on its own is let in when the queue is empty, so it cannot
+    wedge the link.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"ingest queue: max_bytes must be >= 1, got {max_bytes}")
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def _put(self, item: Incoming) -> None:
+        self.queue.append(item)
+        self.bytes += len(item[1])
+
+    def _get(self) -> Incoming:
+        item: Incoming = self.queue.popleft()
+        self.bytes -= len(item[1])
+        return item
+
+    def _room_for(self, size: int) -> bool:
+        n = self._qsize()
+        return n == 0 or (n < self.maxsize and self.bytes + size <= self.max_bytes)
+
+    def put_waiting(
+        self, item: Incoming, closing: threading.Event, on_wait: Callable[[], None] | None = None
+    ) -> bool:
+        """Put ``item``, waiting for room (calling ``on_wait`` once when it must wait);
+        False only when ``closing`` is set while waiting."""
+        size = len(item[1])
+        waited = False
+        with self.not_full:
+            while not self._room_for(size):
+                if closing.is_set():
+                    return False
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                self.not_full.wait(_WAIT_SLICE_S)
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+        return True
+
 
 # MQTT 3.1.1 CONNACK return codes that mean "these credentials are not accepted".
 _CREDENTIALS_REFUSED: Final = frozenset({4, 5, 134, 135})
@@ -88,6 +148,7 @@ class HubLink:
         *,
         client_id: str = "edgeloop-hub",
         queue_max: int = DEFAULT_QUEUE_MAX,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
         keepalive_s: int = 30,
         reconnect_min_s: int = 1,
         reconnect_max_s: int = 30,
@@ -105,8 +166,8 @@ class HubLink:
         self.topics = topics
         self.client_id = client_id
         self.keepalive_s = keepalive_s
-        self.queue: queue.Queue[Incoming] = queue.Queue(maxsize=queue_max)
-        """Messages for the ingest worker; the paho thread only ever ``put_nowait``s here."""
+        self.queue = IngestQueue(queue_max, queue_max_bytes)
+        """Messages for the ingest worker; when it is full, paho's thread waits (backpressure)."""
         self.subscriptions: tuple[str, ...] = tuple(
             topics.device_filter(kind) for kind in sorted(EDGE_TO_HUB)
         )
@@ -119,6 +180,7 @@ class HubLink:
         self._subscribed = threading.Event()
         self._start_failure: BrokerConnectError | None = None
         self._closing = False
+        self._closed = threading.Event()
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -145,7 +207,7 @@ class HubLink:
             self._total_counts[name] = self._total_counts.get(name, 0) + n
 
     def take_counts(self) -> dict[str, int]:
-        """Counts (``dropped:hub_queue_full``, ``invalid:foreign_topic``, ...) since the last take."""
+        """Counts (``backpressure_waits``, ``invalid:foreign_topic``, ...) since the last take."""
         with self._counts_lock:
             taken, self._pending_counts = self._pending_counts, {}
             return taken
@@ -242,10 +304,13 @@ class HubLink:
         if not any(topic_matches(f, topic) for f in self.subscriptions):
             self._count("invalid:foreign_topic")
             return
-        try:
-            self.queue.put_nowait((topic, bytes(message.payload), received_at))
-        except queue.Full:
-            self._count("dropped:hub_queue_full")
+        put = self.queue.put_waiting(
+            (topic, bytes(message.payload), received_at),
+            self._closed,
+            lambda: self._count("backpressure_waits"),
+        )
+        if not put:  # closing: paho has acked it to the broker; the device will resend
+            self._count("dropped:hub_closing")
 
     # -- any other thread ----------------------------------------------------------------------
 
@@ -317,6 +382,7 @@ class HubLink:
     def close(self) -> None:
         """Disconnect and stop paho's thread. The broker keeps the session for the next start."""
         self._closing = True
+        self._closed.set()
         self._client.disconnect()
         self._client.loop_stop()
         self.connected.clear()

@@ -32,7 +32,7 @@ picking different classes), ``invalid:<reason>``,
 ``lost_at_edge_readings:<reason>`` (declared by the device), ``refused_messages:<reason>``
 and ``refused_readings:<reason>`` (kept aside, seq closed),
 ``lost_unexplained_messages`` (gap retention passed); hub-wide ``ingest_errors`` and the link's
-``dropped:hub_queue_full`` and ``invalid:foreign_topic``.
+``backpressure_waits``, ``dropped:hub_closing`` and ``invalid:foreign_topic``.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class IngestStats:
     invalid: dict[str, int]
     """Messages refused, by reason (``not_json``, ``device_mismatch``, ``foreign_topic``, ...)."""
     dropped: dict[str, int]
-    """Valid messages lost, by reason (``hub_queue_full``, ``store_error``, ...)."""
+    """Valid messages lost at the hub, by reason (``store_error``, ``shutdown_unprocessed``, ...)."""
     ingest_errors: int
     acks_sent: int
     queue_depth: int

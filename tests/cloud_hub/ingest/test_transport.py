@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid
 
 import pytest
 
-from cloud_hub.ingest import BrokerConnectError, HubLink
+from cloud_hub.ingest import BrokerConnectError, HubLink, IngestQueue
 from shared.endpoint import BrokerEndpoint
+from shared.messages import decode
 from shared.topics import EDGE_TO_HUB, Kind, Topics, topic_matches
 from tests.brokers import free_port
 from tests.cloud_hub.ingest.conftest import WAIT, Client, hub_endpoint, telemetry, wait_until
@@ -94,7 +96,7 @@ def test_foreign_retained_messages_are_counted_never_queued(
     assert link.counts().get("invalid:foreign_topic", 0) == (1 if leaks else 0)
 
 
-def test_a_full_queue_drops_and_counts_without_blocking_paho(
+def test_a_full_queue_pushes_back_on_the_broker_and_loses_nothing(
     broker: BrokerEndpoint, topics: Topics
 ) -> None:
     link = HubLink(
@@ -105,16 +107,26 @@ def test_a_full_queue_drops_and_counts_without_blocking_paho(
     try:
         for seq in range(1, 9):
             sender.send(telemetry("dev-a", seq))
-        wait_until(
-            "five drops counted", lambda: link.counts().get("dropped:hub_queue_full", 0) == 5
-        )
-        assert link.queue.qsize() == 3
-        # paho's thread is still free: the link still answers (a publish round trip).
-        assert link.publish(topics.topic("dev-a", Kind.ACK), b"{}", qos=1)
-        assert link.connected.is_set()
-        assert link.take_counts() == {"dropped:hub_queue_full": 5}
-        assert link.take_counts() == {}
-        assert link.counts() == {"dropped:hub_queue_full": 5}
+        wait_until("the queue full", lambda: link.queue.qsize() == 3)
+        wait_until("paho waiting", lambda: link.counts().get("backpressure_waits", 0) >= 1)
+        assert link.queue.qsize() == 3  # bounded: the broker holds the rest
+        got = [link.queue.get(timeout=WAIT) for _ in range(8)]  # the worker catches up
+        seqs = [decode(Kind.TELEMETRY, payload).seq for _, payload, _ in got]
+        assert seqs == list(range(1, 9))  # nothing dropped, in order
+        assert "dropped:hub_queue_full" not in link.counts()
     finally:
         sender.close()
         link.close()
+
+
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    q = IngestQueue(100, max_bytes=10)
+    closing = threading.Event()
+    assert q.put_waiting(("t", b"x" * 6, 0.0), closing)
+    closing.set()  # a second one would wait for room: with closing set it is refused
+    assert not q.put_waiting(("t", b"y" * 6, 0.0), closing)
+    assert q.bytes == 6 and q.qsize() == 1
+    q.get_nowait()
+    assert q.bytes == 0
+    # One message over the byte bound on its own still goes into an empty queue.
+    assert q.put_waiting(("t", b"z" * 50, 0.0), closing)
