@@ -62,6 +62,7 @@ def test_serve_names_a_busy_broker_port(tmp_path: Path, model_packages: ModelPat
             cwd=tmp_path,
         )
     _one_clear_line(done, str(port), "--broker-port")
+    assert "http://" not in done.stdout, "the API was announced by a hub that did not start"
 
 
 def test_serve_names_an_unreachable_external_broker(
@@ -127,3 +128,34 @@ def test_devices_add_prints_agent_settings_and_mosquitto_lines(tmp_path: Path) -
     )
     bad = _hub("devices", "add", "bad/name", "--data-dir", str(tmp_path / "hub"), cwd=tmp_path)
     assert bad.returncode == 2 and "bad/name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_serve_names_a_busy_http_port_and_starts_nothing(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    broker_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _hub(
+            "serve",
+            "--insecure-dev",
+            "true",
+            "--data-dir",
+            str(tmp_path / "hub"),
+            "--models-dir",
+            str(model_packages.edge.parent.parent),
+            "--broker-port",
+            str(broker_port),
+            "--http-port",
+            str(port),
+            cwd=tmp_path,
+        )
+    _one_clear_line(done, str(port), "--http-port")
+    assert "Errno" not in done.stderr, done.stderr
+    assert "http://" not in done.stdout, "the API was announced on a port it never got"
+    # Nothing was started before the check: the broker never took its port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", broker_port))
+    assert not (tmp_path / "hub" / "broker.log").exists()
