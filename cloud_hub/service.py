@@ -136,7 +136,10 @@ class Hub:
         built = build_default_models(self.settings.models_dir)
         for path in (built.edge, built.heavy):
             package = load_package(path)
-            self.store.register_model(package.manifest, str(path), time.time())
+            # Absolute: --models-dir (relative by default) means nothing once the hub runs
+            # from another directory, and the API must not join it to the models dir again.
+            # Registering again moves a record made by an older start to this path.
+            self.store.register_model(package.manifest, str(path.resolve()), time.time())
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )
@@ -185,7 +188,7 @@ class Hub:
             self.store,
             config,
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
-            models_root=s.models_dir,
+            models_root=s.models_dir.resolve(),
         )
 
     # -- running -----------------------------------------------------------------------------

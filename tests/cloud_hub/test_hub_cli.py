@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
+from shared.manifest import MODEL_FILE, load_package
 from tests.brokers import free_port
 from tests.conftest import ModelPaths
 
@@ -25,6 +35,47 @@ def _hub(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProc
         timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def _serving(*args: str, cwd: Path) -> Iterator[str]:
+    """``edgeloop-hub serve ARGS`` in ``cwd``; yields the API URL it announces once it
+    holds its port, and stops it with SIGTERM (it must exit 0)."""
+    log = (cwd / "hub.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_hub", "serve", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()  # "" once the hub exits without announcing
+        assert "API http://" in line, (cwd / "hub.log").read_text()[-3000:]
+        yield line.split("API ", 1)[1].split()[0]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+    assert process.returncode == 0, (cwd / "hub.log").read_text()[-3000:]
+
+
+def _call(url: str, token: str, body: Any = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def _one_clear_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -159,3 +210,30 @@ def test_serve_names_a_busy_http_port_and_starts_nothing(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", broker_port))
     assert not (tmp_path / "hub" / "broker.log").exists()
+
+
+def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    # The defaults, var/hub and var/models, are relative to the working directory;
+    # the packages are put where the hub would build them, so it finds them.
+    for package in (model_packages.edge, model_packages.heavy):
+        shutil.copytree(package, tmp_path / "var" / "models" / package.parent.name / "1.0.0")
+    edge = load_package(model_packages.edge)
+    # As an earlier hub stored it: relative to the working directory, not to the models dir.
+    store = open_store(f"sqlite:///{tmp_path / 'var' / 'hub' / 'hub.db'}")
+    try:
+        store.register_model(edge.manifest, "var/models/machine-edge/1.0.0", 0.0)
+    finally:
+        store.close()
+    read, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    # --opt=VALUE: a token may start with '-', which argparse would take for an option.
+    flags = (f"--read-token={read}", f"--admin-token={admin}", "--http-port", "0")
+    row = dict.fromkeys(edge.manifest.input.features, 1.0)
+    with _serving(*flags, "--broker-port", "0", cwd=tmp_path) as api:
+        status, body = _call(api + "/v1/predict", read, {"model": "machine-edge", "rows": [row]})
+        assert status == 200, body
+        assert json.loads(body)["count"] == 1
+        status, body = _call(api + "/v1/models/machine-heavy/1.0.0/artifact", read)
+        assert status == 200, body
+        assert body == (model_packages.heavy / MODEL_FILE).read_bytes()
