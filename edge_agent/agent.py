@@ -229,6 +229,7 @@ class Agent:
                 self._emit_batch(batch)
             if link.connected.is_set():
                 self._pump(link)
+            report_in = link.report_failures(now)
             if now >= next_beat:
                 self._send_health(link)
                 next_beat = now + heartbeat
@@ -238,6 +239,8 @@ class Agent:
                 if (not len(self.outbox) and not link.outstanding) or now >= drain_deadline:
                     return
             waits = [next_beat - now]
+            if report_in is not None:
+                waits.append(report_in)
             deadline = self.batcher.deadline()
             if deadline is not None:
                 waits.append(deadline - now)
