@@ -92,7 +92,8 @@ def _devices_add(args: argparse.Namespace) -> int:
     from cloud_hub.provision import add_device  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
 
-    print(add_device(resolve_settings(args, serving=False), args.name).render())
+    settings = resolve_settings(args, serving=False)
+    print(add_device(settings, args.name, rotate=args.rotate).render())
     return 0
 
 
@@ -188,10 +189,17 @@ def _parser() -> argparse.ArgumentParser:
         help="create a device's broker credentials and print the agent settings to copy onto it",
         description="Create a random secret for device NAME. With the embedded broker it is added "
         "to the broker's password file at once; with an external Mosquitto (--broker URL) the "
-        "password_file and acl_file lines to append are printed. Takes the same settings as serve.",
+        "password_file and acl_file lines to append are printed. A device that already exists "
+        "is refused unless --rotate. Takes the same settings as serve.",
     )
     add.add_argument(
         "name", metavar="NAME", help="device id: 1-64 of letters, digits, '_', '-', '.'"
+    )
+    add.add_argument(
+        "--rotate",
+        action="store_true",
+        help="give a device that already exists a new secret, replacing the old one; prints "
+        "the new agent settings and when the old password stops working",
     )
     OPTIONS.add_to(add)
     add.set_defaults(handler=_devices_add)

@@ -237,3 +237,29 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
         status, body = _call(api + "/v1/models/machine-heavy/1.0.0/artifact", read)
         assert status == 200, body
         assert body == (model_packages.heavy / MODEL_FILE).read_bytes()
+
+
+def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) -> None:
+    data = ("--data-dir", str(tmp_path / "hub"))
+    passwd = tmp_path / "hub" / "broker-passwd"
+    first = _hub("devices", "add", "pi-07", *data, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = passwd.read_text()
+    again = _hub("devices", "add", "pi-07", *data, cwd=tmp_path)
+    _one_clear_line(again, "'pi-07' already exists", "--rotate")
+    assert passwd.read_text() == before, "a refused add must not touch the password file"
+    rotated = _hub("devices", "add", "pi-07", "--rotate", *data, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert passwd.read_text() != before
+    assert "keeps its session" in rotated.stdout and "next reconnect" in rotated.stdout
+    old_url = next(x for x in first.stdout.splitlines() if x.startswith("EDGELOOP_AGENT_BROKER="))
+    assert old_url not in rotated.stdout and "EDGELOOP_AGENT_BROKER=" in rotated.stdout
+
+    external = (*data, "--broker", "mqtt://hub:pw@broker.example:1883")
+    assert _hub("devices", "add", "pi-08", *external, cwd=tmp_path).returncode == 0
+    again = _hub("devices", "add", "pi-08", *external, cwd=tmp_path)
+    _one_clear_line(again, "'pi-08' already exists", "--rotate")
+    rotated = _hub("devices", "add", "pi-08", "--rotate", *external, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "replace the line that starts with 'pi-08:'" in rotated.stdout
+    assert "on reload Mosquitto 2 disconnects" in rotated.stdout
