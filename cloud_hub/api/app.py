@@ -63,7 +63,8 @@ def _description(config: ApiConfig) -> str:
         "model scores side by side, urgent events, registered models (manifest and artifact "
         "download with Range resume), ingest statistics, and online inference.\n\n"
         f"{access}\n\n"
-        "Times are Unix seconds. Lists page with `limit` and `cursor`: pass back "
+        "Times in responses are Unix seconds; `since` and `until` also take ISO 8601 "
+        "(`2024-05-01T12:00:00Z`; without an offset a time is UTC). Lists page with `limit` and `cursor`: pass back "
         "`next_cursor` until it is null. Every error is JSON with a `detail` that says what "
         "is wrong and how to fix it."
     )
