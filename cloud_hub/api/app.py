@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from cloud_hub.api.bodylimit import BodySizeLimit
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
+from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_handlers
 from cloud_hub.api.routes import devices, events, health, models, predict, stats, telemetry
 from cloud_hub.api.scorers import ScorerCache
@@ -103,6 +104,9 @@ def create_app(
         version=version,
         description=_description(config),
         lifespan=lifespan,
+        # Swagger UI from the package (install_docs), not from a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "health", "description": "Liveness and store reachability; no token."},
             {"name": "devices", "description": "The fleet and each device's state."},
@@ -126,6 +130,7 @@ def create_app(
         ),
     )
     install_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(devices.router)
     app.include_router(telemetry.router)
