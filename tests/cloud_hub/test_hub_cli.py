@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import secrets
 import shutil
 import signal
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.settings import OPTIONS, resolve_settings
 from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
 from shared.manifest import MODEL_FILE, load_package
@@ -263,3 +266,45 @@ def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) ->
     assert rotated.returncode == 0, rotated.stderr
     assert "replace the line that starts with 'pi-08:'" in rotated.stdout
     assert "on reload Mosquitto 2 disconnects" in rotated.stdout
+
+
+def test_devices_add_help_lists_only_its_own_options(tmp_path: Path) -> None:
+    add = _hub("devices", "add", "--help", cwd=tmp_path)
+    assert add.returncode == 0, add.stderr
+    for own in ("--data-dir", "--store", "--broker", "--broker-port", "--root", "--rotate"):
+        assert own in add.stdout, own
+    for serve_only in ("--http-port", "--read-token", "--models-dir", "--ingest-queue-max"):
+        assert serve_only not in add.stdout, serve_only
+    serve = _hub("serve", "--help", cwd=tmp_path)
+    assert "--http-port" in serve.stdout and "--read-token" in serve.stdout
+
+
+def test_devices_add_reads_a_config_file_that_holds_serve_settings_too(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(f'data_dir = "{tmp_path / "hub"}"\nhttp_port = 8081\nroot = "plant-3/v1"\n')
+    done = _hub("devices", "add", "pi-07", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "EDGELOOP_AGENT_ROOT=plant-3/v1" in done.stdout
+    assert (tmp_path / "hub" / "broker-passwd").read_text().startswith("pi-07:")
+
+
+def _section(markdown: str, title: str) -> str:
+    return markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_says_how_to_make_tokens_the_hub_accepts() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = _section(readme, "Running the hub")
+    recipes = re.findall(r"python3 -c '([^']*secrets[^']*)'", section)
+    assert len(recipes) == 2, "the section shows how to make the read and the admin token"
+    tokens = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        for code in recipes
+    ]
+    # Flags, as a shell passes them: the hub accepts what the recipe makes.
+    flags = ["--read-token", tokens[0], "--admin-token", tokens[1]]
+    args = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(flags)
+    settings = resolve_settings(args, env={}, serving=True)
+    assert (settings.read_token, settings.admin_token) == tuple(tokens)
