@@ -92,7 +92,8 @@ def _devices_add(args: argparse.Namespace) -> int:
     from cloud_hub.provision import add_device  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
 
-    print(add_device(resolve_settings(args, serving=False), args.name).render())
+    settings = resolve_settings(args, serving=False)
+    print(add_device(settings, args.name, rotate=args.rotate).render())
     return 0
 
 
@@ -168,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(handler=_models_build)
 
-    from cloud_hub.settings import OPTIONS  # noqa: PLC0415 - settings import nothing heavy
+    # settings import nothing heavy
+    from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415
 
     serve = commands.add_parser(
         "serve",
@@ -188,12 +190,21 @@ def _parser() -> argparse.ArgumentParser:
         help="create a device's broker credentials and print the agent settings to copy onto it",
         description="Create a random secret for device NAME. With the embedded broker it is added "
         "to the broker's password file at once; with an external Mosquitto (--broker URL) the "
-        "password_file and acl_file lines to append are printed. Takes the same settings as serve.",
+        "password_file and acl_file lines to append are printed. A device that already exists "
+        "is refused unless --rotate. The options below say where the broker, its accounts and "
+        "the store are; like serve's, each is also EDGELOOP_HUB_<OPTION> or a key of the "
+        "--config file (which may hold serve's other settings too).",
     )
     add.add_argument(
         "name", metavar="NAME", help="device id: 1-64 of letters, digits, '_', '-', '.'"
     )
-    OPTIONS.add_to(add)
+    add.add_argument(
+        "--rotate",
+        action="store_true",
+        help="give a device that already exists a new secret, replacing the old one; prints "
+        "the new agent settings and when the old password stops working",
+    )
+    OPTIONS.add_to(add, only=PROVISION_OPTIONS)
     add.set_defaults(handler=_devices_add)
     return parser
 

@@ -12,14 +12,21 @@ Concurrency model of the hub process (each part's own docstring has details):
 
 Start-up failures (port in use, broker unreachable, bad credentials, bad
 store URL) become one :class:`HubStartError` line; ``serve`` prints it and
-exits non-zero.
+exits non-zero. The API's port is bound first, before the broker or anything
+else starts, so a busy port stops the hub with nothing to clean up and the URL
+it announces is one it holds (the real port when ``--http-port 0``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 import secrets
+import signal
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,11 +38,12 @@ from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.topics import Topics
 
-__all__ = ["Hub", "HubStartError", "serve"]
+__all__ = ["Hub", "HubStartError", "listen", "serve"]
 
 log = logging.getLogger(__name__)
 HUB_USER = "hub"
 PRUNE_EVERY_S = 3600.0
+_LISTEN_BACKLOG = 2048
 
 
 class HubStartError(EdgeloopError):
@@ -128,7 +136,10 @@ class Hub:
         built = build_default_models(self.settings.models_dir)
         for path in (built.edge, built.heavy):
             package = load_package(path)
-            self.store.register_model(package.manifest, str(path), time.time())
+            # Absolute: --models-dir (relative by default) means nothing once the hub runs
+            # from another directory, and the API must not join it to the models dir again.
+            # Registering again moves a record made by an older start to this path.
+            self.store.register_model(package.manifest, str(path.resolve()), time.time())
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )
@@ -182,7 +193,7 @@ class Hub:
             self.store,
             config,
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
-            models_root=s.models_dir,
+            models_root=s.models_dir.resolve(),
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -214,11 +225,56 @@ class Hub:
                 log.exception("stopping the %s failed", name)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket on ``host:port``, or a :class:`HubStartError` naming
+    the port and ``--http-port`` (or ``--http-host``)."""
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise HubStartError(
+            f"the HTTP API cannot listen on {where}: {host!r} does not resolve ({exc.strerror}); "
+            "give an address of this machine with --http-host"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # As uvicorn does: a port left in TIME_WAIT by a previous run is free to reuse.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(_LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            why = (
+                f"port {port} is already in use on {host} (another hub, or another program); "
+                "stop it, or choose another port with --http-port"
+            )
+        elif exc.errno == errno.EACCES:
+            why = (
+                f"port {port} needs privileges this process lacks; choose a port above 1023 "
+                "with --http-port"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine; check --http-host"
+        else:
+            why = f"{exc.strerror}; check --http-host and --http-port"
+        raise HubStartError(f"the HTTP API cannot listen on {where}: {why}") from None
+    return sock
+
+
 def serve(settings: HubSettings) -> int:
     """Run the hub until SIGTERM or Ctrl-C; returns the exit status."""
-    import signal  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    try:
+        api_socket = listen(settings.http_host, settings.http_port)
+    except HubStartError as exc:
+        print(f"edgeloop-hub: {exc}", file=sys.stderr)
+        return 2
+    with api_socket:
+        return _serve_on(settings, api_socket)
 
+
+def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
     import uvicorn  # noqa: PLC0415
 
     hub = Hub(settings)
@@ -231,30 +287,30 @@ def serve(settings: HubSettings) -> int:
     except BaseException:
         hub.stop()
         raise
+    host, port = api_socket.getsockname()[:2]
+    url_host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     try:
-        config = uvicorn.Config(
-            hub.app,
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="warning",
-            lifespan="on",
-        )
+        config = uvicorn.Config(hub.app, log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
         # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again
         # once it has shut down; with these handlers in place that second delivery
         # is a no-op and the hub goes on to stop its parts and exit 0.
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: None)
+        # The socket already listens: a client that connects after this line waits in
+        # its backlog until uvicorn accepts, rather than being refused.
         print(
-            f"edgeloop hub: API http://{settings.http_host}:{settings.http_port} (docs at /docs), "
+            f"edgeloop hub: API http://{url_host}:{port} (docs at /docs), "
             f"broker {hub.endpoint.redacted_url if hub.endpoint else '?'}, store {settings.store}",
             flush=True,
         )
-        server.run()
+        # uvicorn raises SystemExit when the app's lifespan start-up fails.
+        with contextlib.suppress(SystemExit):
+            server.run(sockets=[api_socket])
         if not server.started:
             print(
-                f"edgeloop-hub: the HTTP API could not listen on {settings.http_host}:{settings.http_port}; "
-                "free the port or choose another with --http-port",
+                f"edgeloop-hub: the HTTP API on {host}:{port} did not start (the log above "
+                "says why); fix that and start the hub again",
                 file=sys.stderr,
             )
             return 2

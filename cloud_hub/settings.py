@@ -25,7 +25,7 @@ from shared.options import (
 )
 from shared.topics import DEFAULT_ROOT, Topics
 
-__all__ = ["ENV_PREFIX", "OPTIONS", "HubSettings", "resolve_settings"]
+__all__ = ["ENV_PREFIX", "OPTIONS", "PROVISION_OPTIONS", "HubSettings", "resolve_settings"]
 
 ENV_PREFIX: Final = "EDGELOOP_HUB_"
 EMBEDDED: Final = "embedded"
@@ -33,6 +33,8 @@ _PLACEHOLDERS: Final = frozenset(
     {"changeme", "change-me", "secret", "token", "admin", "read", "password"}
 )
 _MIN_TOKEN_LENGTH: Final = 16
+# Hex, not token_urlsafe: a token that starts with '-' cannot follow '--read-token '.
+TOKEN_RECIPE: Final = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 def _port(text: str) -> int:
@@ -154,6 +156,10 @@ OPTIONS: Final = OptionTable(
 )
 
 
+PROVISION_OPTIONS: Final = ("data_dir", "store", "broker", "broker_host", "broker_port", "root")
+"""The options ``devices add`` takes: where the broker, its accounts and the store are."""
+
+
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     """Validated settings of one hub process."""
@@ -220,7 +226,7 @@ def resolve_settings(
             if token.lower() in _PLACEHOLDERS or len(token) < _MIN_TOKEN_LENGTH:
                 raise fail(
                     name,
-                    f"looks like a placeholder or is shorter than {_MIN_TOKEN_LENGTH} characters; use a random secret, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                    f"looks like a placeholder or is shorter than {_MIN_TOKEN_LENGTH} characters; use a random secret, e.g. {TOKEN_RECIPE}",
                 )
         if values["read_token"] == values["admin_token"]:
             raise fail(

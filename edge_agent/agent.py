@@ -280,6 +280,7 @@ class Agent:
             if link.connected.is_set():
                 self._resend_if_due(link, now)
                 self._pump(link)
+            report_in = link.report_failures(now)
             if now >= next_beat:
                 self._send_health(link)
                 next_beat = now + heartbeat
@@ -290,6 +291,8 @@ class Agent:
                 if (not len(outbox) and not link.outstanding) or now >= drain_deadline:
                     return
             waits = [next_beat - now]
+            if report_in is not None:
+                waits.append(report_in)
             for due in (self.batcher.deadline(), outbox.fsync_due(), self._resend_at):
                 if due is not None:
                     waits.append(due - now)

@@ -276,6 +276,13 @@ OPTIONS: Final = OptionTable(
         ),
         Option("reconnect_max_s", positive_int, 60, "longest reconnect delay, seconds", "S"),
         Option(
+            "connect_report_s",
+            positive_float,
+            30.0,
+            "while the broker cannot be reached, log why (address tried, error, what to check) at the first failed attempt, then at most once every S seconds",
+            "S",
+        ),
+        Option(
             "shutdown_timeout_s",
             positive_float,
             5.0,
@@ -327,6 +334,7 @@ class AgentSettings:
     keepalive_s: int
     reconnect_min_s: int
     reconnect_max_s: int
+    connect_report_s: float
     shutdown_timeout_s: float
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)

@@ -9,16 +9,25 @@ exponential, jittered delay (:class:`~shared.backoff.Backoff`).
 Memory stays bounded whatever the broker does: paho holds at most
 ``mqtt_queue`` QoS 1 messages (``publish`` refuses beyond that and the
 message stays in the agent's outbox), and the inbox at most ``inbox_max``.
+
+When the broker cannot be reached (nothing listens, the name does not
+resolve, the port is not MQTT, the credentials are refused), paho's thread
+only records the failure in a :class:`ConnectReport` and wakes the link
+thread, which logs it (address tried, what happened, what to check) at the
+first failure and then at most every ``connect_report_s`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import socket
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,9 +39,123 @@ from edge_agent.stats import Counters
 from shared.backoff import Backoff
 from shared.topics import topic_matches
 
-__all__ = ["MqttLink"]
+__all__ = ["ConnectFailure", "ConnectReport", "MqttLink", "session_failure", "socket_failure"]
 
 log = logging.getLogger(__name__)
+
+_CHECK_ADDRESS = (
+    "that the broker runs and that the broker URL (--broker or EDGELOOP_AGENT_BROKER) names "
+    "its host and MQTT port (the hub's embedded broker listens on 1883 unless the hub was "
+    "started with --broker-port; the hub's HTTP API, 8080 by default, is not MQTT)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailure:
+    """One failed attempt to reach the broker: what happened, and what to check."""
+
+    what: str
+    check: str
+
+
+def socket_failure(exc: BaseException | None, host: str, port: int) -> ConnectFailure:
+    """The failure of a TCP connection to ``host:port`` that raised ``exc``."""
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectFailure(
+            f"connection refused: nothing listens on port {port} of {host}", _CHECK_ADDRESS
+        )
+    if isinstance(exc, socket.gaierror):
+        return ConnectFailure(
+            f"the host name {host!r} does not resolve ({exc.strerror})",
+            "the host name in the broker URL (--broker) and the device's DNS settings",
+        )
+    if isinstance(exc, TimeoutError):
+        return ConnectFailure(
+            f"no answer from {host} port {port} (timed out)",
+            "the host address in the broker URL (--broker), the network route to it and any "
+            "firewall on the way",
+        )
+    if isinstance(exc, OSError):
+        return ConnectFailure(
+            f"{exc.strerror or exc} (errno {exc.errno}) connecting to {host} port {port}",
+            _CHECK_ADDRESS + ", and the device's network",
+        )
+    return ConnectFailure(f"the connection to {host} port {port} failed ({exc!r})", _CHECK_ADDRESS)
+
+
+def session_failure(rc: ReasonCode, host: str, port: int) -> ConnectFailure:
+    """A TCP connection that ended before the broker accepted the MQTT session."""
+    if rc.getName() == "Protocol error":
+        what = f"{host} port {port} accepted the connection but did not answer as an MQTT broker"
+    else:
+        what = f"{host} port {port} closed the connection before answering the MQTT CONNECT"
+    return ConnectFailure(
+        f"{what} ({rc})",
+        f"that port {port} is the broker's MQTT port (1883 by default), not an HTTP port "
+        "such as the hub's API (8080 by default) or another service; if it is the broker, "
+        "its log says why it dropped this client",
+    )
+
+
+class ConnectReport:
+    """Failed attempts to reach the broker, to be said at the first one and then at most
+    once every ``every_s`` seconds while they go on.
+
+    paho's thread calls :meth:`failed` (it records, never logs); the agent's link thread
+    calls :meth:`due` and logs what it returns. Times are ``time.monotonic()`` seconds.
+
+    >>> report = ConnectReport(30.0)
+    >>> report.failed(ConnectFailure("refused", "the port"))
+    >>> report.due(100.0)
+    (ConnectFailure(what='refused', check='the port'), 1, 1)
+    >>> report.failed(ConnectFailure("refused", "the port"))
+    >>> report.due(110.0) is None, report.next_due(110.0)
+    (True, 20.0)
+    """
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._latest: ConnectFailure | None = None
+        self._unreported = 0
+        self._attempts = 0
+        self._reported_at: float | None = None
+
+    def failed(self, failure: ConnectFailure) -> None:
+        """Record a failed attempt (paho's thread)."""
+        with self._lock:
+            self._latest = failure
+            self._unreported += 1
+            self._attempts += 1
+
+    def connected(self) -> int:
+        """The broker was reached: forget the failures, so the next one is said at once.
+        Returns how many attempts had failed."""
+        with self._lock:
+            attempts = self._attempts
+            self._latest, self._unreported, self._attempts, self._reported_at = None, 0, 0, None
+            return attempts
+
+    def due(self, now: float) -> tuple[ConnectFailure, int, int] | None:
+        """The latest failure, the failures since the last report and those since the
+        broker was last reached, if a report is due at ``now``; else None."""
+        with self._lock:
+            if self._latest is None or not self._unreported:
+                return None
+            if self._reported_at is not None and now - self._reported_at < self.every_s:
+                return None
+            self._reported_at = now
+            unreported, self._unreported = self._unreported, 0
+            return self._latest, unreported, self._attempts
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until an unreported failure may be said (None: none is waiting)."""
+        with self._lock:
+            if not self._unreported:
+                return None
+            if self._reported_at is None:
+                return 0.0
+            return max(0.0, self._reported_at + self.every_s - now)
 
 
 class MqttLink:
@@ -65,7 +188,9 @@ class MqttLink:
         self._pending: deque[mqtt.MQTTMessageInfo] = deque()
         self._lock = threading.Lock()
         self.connects = 0
+        self.failures = ConnectReport(settings.connect_report_s)
         self._closing = False
+        self._refused = False
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.device,
@@ -91,27 +216,42 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if rc.is_failure:
             self.counters.add("connect_refused")
-            log.error(
-                "device %r: broker %s refused the connection: %s; check the device's broker "
-                "credentials (edgeloop-hub devices add prints them)",
-                self.device,
-                self.settings.broker.redacted_url,
-                rc,
+            self._refused = True  # the broker now closes the connection: not another failure
+            self._failed(
+                ConnectFailure(
+                    f"the broker refused the session: {rc}",
+                    "the device's user name and password in the broker URL (edgeloop-hub "
+                    "devices add prints them), and that the device is provisioned on this broker",
+                )
             )
             self._schedule_reconnect()
             return
         self._backoff.reset()
         self.connects += 1
+        failed = self.failures.connected()
         if self.birth is not None:
             topic, payload = self.birth()
             client.publish(topic, payload, qos=1, retain=True)
         client.subscribe([(topic, 1) for topic in self.subscriptions])
         self.connected.set()
         self.wake.set()
-        log.info("device %r: connected to %s", self.device, self.settings.broker.redacted_url)
+        log.info(
+            "device %r: connected to %s%s",
+            self.device,
+            self.settings.broker.redacted_url,
+            f" after {failed} failed attempts" if failed else "",
+        )
+
+    def _failed(self, failure: ConnectFailure) -> None:
+        self.failures.failed(failure)
+        self.wake.set()  # the link thread says it
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this from the except clause around its socket connect.
         self.counters.add("connect_failed")
+        self._refused = False
+        broker = self.settings.broker
+        self._failed(socket_failure(sys.exception(), broker.host, broker.port))
         self._schedule_reconnect()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
@@ -126,6 +266,11 @@ class MqttLink:
                 self.settings.broker.redacted_url,
                 rc,
             )
+        elif self._refused:
+            self._refused = False
+        else:  # connected over TCP, but no MQTT session came of it
+            broker = self.settings.broker
+            self._failed(session_failure(rc, broker.host, broker.port))
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
@@ -171,6 +316,32 @@ class MqttLink:
             with self._lock:
                 self._pending.append(info)
         return True
+
+    def report_failures(self, now: float) -> float | None:
+        """Log why the broker cannot be reached, if a report is due (link thread).
+
+        Returns the seconds until a failure not yet said may be (None: none waits).
+        """
+        due = self.failures.due(now)
+        if due is not None:
+            failure, _since_last, attempts = due
+            s = self.settings
+            if attempts == 1:
+                tail = (
+                    f"Retrying (delays {s.reconnect_min_s}-{s.reconnect_max_s} s); said again "
+                    f"at most every {s.connect_report_s:g} s (--connect-report-s) while it fails"
+                )
+            else:
+                tail = f"{attempts} attempts failed so far; still retrying"
+            log.error(
+                "device %r: cannot connect to the broker at %s: %s; check %s. %s",
+                self.device,
+                s.broker.redacted_url,
+                failure.what,
+                failure.check,
+                tail,
+            )
+        return self.failures.next_due(now)
 
     @property
     def outstanding(self) -> int:

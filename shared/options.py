@@ -123,8 +123,15 @@ class OptionTable:
     def config_env(self) -> str:
         return self.prefix + "CONFIG"
 
-    def add_to(self, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Add ``--config`` and every option (default None: resolution fills it)."""
+    def add_to(
+        self, parser: argparse.ArgumentParser, only: Sequence[str] | None = None
+    ) -> argparse.ArgumentParser:
+        """Add ``--config`` and every option, or the options named in ``only`` (default
+        None: resolution fills it). Options left off still resolve from the environment,
+        the TOML file and their defaults, so one file serves several commands."""
+        unknown = sorted(set(only or ()) - set(self._by_name))
+        if unknown:
+            raise ValueError(f"add_to: no option {unknown[0]!r} in this table")
         parser.add_argument(
             "--config",
             type=Path,
@@ -133,6 +140,8 @@ class OptionTable:
             help=f"TOML file of settings (keys as the option names with '_'); env {self.config_env}",
         )
         for opt in self.options:
+            if only is not None and opt.name not in only:
+                continue
             default = opt.default
             shown = ",".join(default) if isinstance(default, tuple) else default
             suffix = (

@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from cloud_hub.api.bodylimit import BodySizeLimit
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
+from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_handlers
 from cloud_hub.api.routes import devices, events, health, models, predict, stats, telemetry
 from cloud_hub.api.scorers import ScorerCache
@@ -63,7 +64,8 @@ def _description(config: ApiConfig) -> str:
         "model scores side by side, urgent events, registered models (manifest and artifact "
         "download with Range resume), ingest statistics, and online inference.\n\n"
         f"{access}\n\n"
-        "Times are Unix seconds. Lists page with `limit` and `cursor`: pass back "
+        "Times in responses are Unix seconds; `since` and `until` also take ISO 8601 "
+        "(`2024-05-01T12:00:00Z`; without an offset a time is UTC). Lists page with `limit` and `cursor`: pass back "
         "`next_cursor` until it is null. Every error is JSON with a `detail` that says what "
         "is wrong and how to fix it."
     )
@@ -102,6 +104,9 @@ def create_app(
         version=version,
         description=_description(config),
         lifespan=lifespan,
+        # Swagger UI from the package (install_docs), not from a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
             {"name": "health", "description": "Liveness and store reachability; no token."},
             {"name": "devices", "description": "The fleet and each device's state."},
@@ -125,6 +130,7 @@ def create_app(
         ),
     )
     install_handlers(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(devices.router)
     app.include_router(telemetry.router)

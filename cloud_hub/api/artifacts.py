@@ -1,8 +1,9 @@
 """Where a registered model's ``model.onnx`` is on disk, and whether it is still the one registered.
 
 A :class:`~cloud_hub.store.base.ModelRecord` keeps the path it was registered
-with: the package directory (or the model file itself). A relative path is
-taken relative to the API's ``models_root``.
+with: the package directory (or the model file itself). The hub registers
+absolute paths; a relative one (registered by other code) is taken relative
+to the API's ``models_root``, never to the working directory.
 
 Errors::
 

@@ -42,6 +42,24 @@ _bearer = HTTPBearer(
 )
 _CHALLENGE = 'Bearer realm="edgeloop"'
 _HOW = "send 'Authorization: Bearer <token>' with the hub's read token (or the admin token)"
+# Schemes a client may send by mistake, named back only as spelled here: nothing of the
+# header itself is ever echoed, since it may hold a secret.
+_OTHER_SCHEMES = {s.lower(): s for s in ("Basic", "Digest", "Token", "Negotiate", "NTLM", "ApiKey")}
+
+
+def _malformed(header: str) -> str:
+    """What is wrong with an Authorization header that is not 'Bearer <token>'."""
+    words = header.split()
+    if not words:
+        return "the Authorization header is empty"
+    first = words[0].lower()
+    if first == "bearer":
+        return "the Authorization header says 'Bearer' but has no token after it"
+    if first in _OTHER_SCHEMES:
+        return f"the Authorization header uses the {_OTHER_SCHEMES[first]!r} scheme"
+    if len(words) == 1:
+        return "the Authorization header has no scheme (is the 'Bearer ' before the token missing?)"
+    return "the Authorization header does not start with 'Bearer '"
 
 
 def token_access(config: ApiConfig, token: str | None) -> Access | None:
@@ -86,11 +104,8 @@ def _authenticate(
     if header is None:
         raise _unauthorized(f"this route needs a token: {_HOW}", invalid=False)
     if credentials is None:
-        scheme = header.split(" ", 1)[0][:20]
         raise _unauthorized(
-            f"the Authorization header uses scheme {scheme!r}; this API takes only Bearer "
-            f"tokens: {_HOW}",
-            invalid=True,
+            f"{_malformed(header)}; this API takes only Bearer tokens: {_HOW}", invalid=True
         )
     log.info("API: rejected an unknown bearer token for %s %s", request.method, request.url.path)
     raise _unauthorized(

@@ -33,12 +33,12 @@ def _check_token(name: str, token: str | None) -> None:
     if not token or token != token.strip() or any(c.isspace() for c in token):
         raise ConfigError(
             f"API {name} must be a non-empty secret without whitespace; generate one with "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            "python3 -c 'import secrets; print(secrets.token_hex(32))'"
         )
     if not token.isascii() or not token.isprintable():
         raise ConfigError(
             f"API {name} must be printable ASCII (it travels in an HTTP header); generate one "
-            "with python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            "with python3 -c 'import secrets; print(secrets.token_hex(32))'"
         )
 
 

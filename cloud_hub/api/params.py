@@ -9,10 +9,13 @@ version exists (404, naming what does).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Query, status
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.store.base import ModelRecord, Store
@@ -31,6 +34,7 @@ __all__ = [
     "check_page",
     "find_model",
     "invalid",
+    "parse_time",
     "require_device",
     "unknown_device",
 ]
@@ -47,16 +51,63 @@ ModelName = Annotated[str, Path(min_length=1, max_length=64, description="A mode
 ModelVersion = Annotated[
     str, Path(min_length=1, max_length=32, description="A version, MAJOR.MINOR.PATCH.")
 ]
+_TIME_FORMS = (
+    "Unix seconds (1714564800) or an ISO 8601 date or date-time (2024-05-01, "
+    "2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00); a date-time without an offset is "
+    "UTC, a date alone is its midnight UTC; in a URL send '+' as %2B"
+)
+
+
+def parse_time(value: Any) -> float | None:
+    """Unix seconds from a number or from an ISO 8601 date or date-time (naive: UTC).
+
+    >>> parse_time("2024-05-01T12:00:00Z") == parse_time("2024-05-01T12:00:00") == 1714564800.0
+    True
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise PydanticCustomError("time_format", "expected " + _TIME_FORMS)
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise PydanticCustomError(
+                "time_format",
+                "{given} is not a time; give " + _TIME_FORMS,
+                {"given": repr(text[:40])},
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp()
+    if not math.isfinite(seconds):
+        raise PydanticCustomError("time_format", "must be a finite time; give " + _TIME_FORMS)
+    return seconds
+
+
+_TIME_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "number", "description": "Unix seconds"},
+            {"type": "string", "format": "date-time"},
+            {"type": "string", "format": "date"},
+        ]
+    }
+)
 Since = Annotated[
     float,
-    Query(allow_inf_nan=False, description="Start of the range, Unix seconds (inclusive)."),
+    BeforeValidator(parse_time),
+    _TIME_SCHEMA,
+    Query(description=f"Start of the range (inclusive): {_TIME_FORMS}. Default: 0."),
 ]
 Until = Annotated[
     float | None,
-    Query(
-        allow_inf_nan=False,
-        description="End of the range, Unix seconds (exclusive); omit for no end.",
-    ),
+    BeforeValidator(parse_time),
+    _TIME_SCHEMA,
+    Query(description=f"End of the range (exclusive): {_TIME_FORMS}. Omit for no end."),
 ]
 Limit = Annotated[
     int | None,
@@ -105,8 +156,8 @@ def check_page(
     if until is not None and not since < until:
         raise bad_param(
             "since",
-            f"{since} must be before 'until' ({until}); both are Unix seconds and the "
-            "range is since <= ts < until",
+            f"{since} must be before 'until' ({until}) (both as Unix seconds); the range "
+            "is since <= ts < until",
         )
     return (math.inf if until is None else until), limit
 

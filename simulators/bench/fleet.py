@@ -603,7 +603,12 @@ class _FleetBench:
         from cloud_hub.provision import add_device  # noqa: PLC0415
 
         t0 = time.monotonic()
-        done = [add_device(settings, f"{DEVICE_PREFIX}{i:05d}") for i in range(self.config.devices)]
+        # Fresh secrets every run, also in a --work-dir reused from an earlier run: its
+        # brokers and agents all start anew with them.
+        done = [
+            add_device(settings, f"{DEVICE_PREFIX}{i:05d}", rotate=True)
+            for i in range(self.config.devices)
+        ]
         self.result["provision_s"] = round(time.monotonic() - t0, 2)
         self.result["accounts"] = "per device (edgeloop-hub devices add)" + (
             ", with Mosquitto ACLs" if self.broker_kind == "mosquitto" else ""

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud_hub.settings import OPTIONS, resolve_settings
+from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
+from shared.manifest import MODEL_FILE, load_package
 from tests.brokers import free_port
 from tests.conftest import ModelPaths
 
@@ -25,6 +38,47 @@ def _hub(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProc
         timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def _serving(*args: str, cwd: Path) -> Iterator[str]:
+    """``edgeloop-hub serve ARGS`` in ``cwd``; yields the API URL it announces once it
+    holds its port, and stops it with SIGTERM (it must exit 0)."""
+    log = (cwd / "hub.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_hub", "serve", *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()  # "" once the hub exits without announcing
+        assert "API http://" in line, (cwd / "hub.log").read_text()[-3000:]
+        yield line.split("API ", 1)[1].split()[0]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+    assert process.returncode == 0, (cwd / "hub.log").read_text()[-3000:]
+
+
+def _call(url: str, token: str, body: Any = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def _one_clear_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -62,6 +116,7 @@ def test_serve_names_a_busy_broker_port(tmp_path: Path, model_packages: ModelPat
             cwd=tmp_path,
         )
     _one_clear_line(done, str(port), "--broker-port")
+    assert "http://" not in done.stdout, "the API was announced by a hub that did not start"
 
 
 def test_serve_names_an_unreachable_external_broker(
@@ -127,3 +182,129 @@ def test_devices_add_prints_agent_settings_and_mosquitto_lines(tmp_path: Path) -
     )
     bad = _hub("devices", "add", "bad/name", "--data-dir", str(tmp_path / "hub"), cwd=tmp_path)
     assert bad.returncode == 2 and "bad/name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_serve_names_a_busy_http_port_and_starts_nothing(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    broker_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _hub(
+            "serve",
+            "--insecure-dev",
+            "true",
+            "--data-dir",
+            str(tmp_path / "hub"),
+            "--models-dir",
+            str(model_packages.edge.parent.parent),
+            "--broker-port",
+            str(broker_port),
+            "--http-port",
+            str(port),
+            cwd=tmp_path,
+        )
+    _one_clear_line(done, str(port), "--http-port")
+    assert "Errno" not in done.stderr, done.stderr
+    assert "http://" not in done.stdout, "the API was announced on a port it never got"
+    # Nothing was started before the check: the broker never took its port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", broker_port))
+    assert not (tmp_path / "hub" / "broker.log").exists()
+
+
+def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    # The defaults, var/hub and var/models, are relative to the working directory;
+    # the packages are put where the hub would build them, so it finds them.
+    for package in (model_packages.edge, model_packages.heavy):
+        shutil.copytree(package, tmp_path / "var" / "models" / package.parent.name / "1.0.0")
+    edge = load_package(model_packages.edge)
+    # As an earlier hub stored it: relative to the working directory, not to the models dir.
+    store = open_store(f"sqlite:///{tmp_path / 'var' / 'hub' / 'hub.db'}")
+    try:
+        store.register_model(edge.manifest, "var/models/machine-edge/1.0.0", 0.0)
+    finally:
+        store.close()
+    read, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    # --opt=VALUE: a token may start with '-', which argparse would take for an option.
+    flags = (f"--read-token={read}", f"--admin-token={admin}", "--http-port", "0")
+    row = dict.fromkeys(edge.manifest.input.features, 1.0)
+    with _serving(*flags, "--broker-port", "0", cwd=tmp_path) as api:
+        status, body = _call(api + "/v1/predict", read, {"model": "machine-edge", "rows": [row]})
+        assert status == 200, body
+        assert json.loads(body)["count"] == 1
+        status, body = _call(api + "/v1/models/machine-heavy/1.0.0/artifact", read)
+        assert status == 200, body
+        assert body == (model_packages.heavy / MODEL_FILE).read_bytes()
+
+
+def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) -> None:
+    data = ("--data-dir", str(tmp_path / "hub"))
+    passwd = tmp_path / "hub" / "broker-passwd"
+    first = _hub("devices", "add", "pi-07", *data, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = passwd.read_text()
+    again = _hub("devices", "add", "pi-07", *data, cwd=tmp_path)
+    _one_clear_line(again, "'pi-07' already exists", "--rotate")
+    assert passwd.read_text() == before, "a refused add must not touch the password file"
+    rotated = _hub("devices", "add", "pi-07", "--rotate", *data, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert passwd.read_text() != before
+    assert "keeps its session" in rotated.stdout and "next reconnect" in rotated.stdout
+    old_url = next(x for x in first.stdout.splitlines() if x.startswith("EDGELOOP_AGENT_BROKER="))
+    assert old_url not in rotated.stdout and "EDGELOOP_AGENT_BROKER=" in rotated.stdout
+
+    external = (*data, "--broker", "mqtt://hub:pw@broker.example:1883")
+    assert _hub("devices", "add", "pi-08", *external, cwd=tmp_path).returncode == 0
+    again = _hub("devices", "add", "pi-08", *external, cwd=tmp_path)
+    _one_clear_line(again, "'pi-08' already exists", "--rotate")
+    rotated = _hub("devices", "add", "pi-08", "--rotate", *external, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "replace the line that starts with 'pi-08:'" in rotated.stdout
+    assert "on reload Mosquitto 2 disconnects" in rotated.stdout
+
+
+def test_devices_add_help_lists_only_its_own_options(tmp_path: Path) -> None:
+    add = _hub("devices", "add", "--help", cwd=tmp_path)
+    assert add.returncode == 0, add.stderr
+    for own in ("--data-dir", "--store", "--broker", "--broker-port", "--root", "--rotate"):
+        assert own in add.stdout, own
+    for serve_only in ("--http-port", "--read-token", "--models-dir", "--ingest-queue-max"):
+        assert serve_only not in add.stdout, serve_only
+    serve = _hub("serve", "--help", cwd=tmp_path)
+    assert "--http-port" in serve.stdout and "--read-token" in serve.stdout
+
+
+def test_devices_add_reads_a_config_file_that_holds_serve_settings_too(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(f'data_dir = "{tmp_path / "hub"}"\nhttp_port = 8081\nroot = "plant-3/v1"\n')
+    done = _hub("devices", "add", "pi-07", "--config", str(config), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "EDGELOOP_AGENT_ROOT=plant-3/v1" in done.stdout
+    assert (tmp_path / "hub" / "broker-passwd").read_text().startswith("pi-07:")
+
+
+def _section(markdown: str, title: str) -> str:
+    return markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_says_how_to_make_tokens_the_hub_accepts() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = _section(readme, "Running the hub")
+    recipes = re.findall(r"python3 -c '([^']*secrets[^']*)'", section)
+    assert len(recipes) == 2, "the section shows how to make the read and the admin token"
+    tokens = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        for code in recipes
+    ]
+    # Flags, as a shell passes them: the hub accepts what the recipe makes.
+    flags = ["--read-token", tokens[0], "--admin-token", tokens[1]]
+    args = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(flags)
+    settings = resolve_settings(args, env={}, serving=True)
+    assert (settings.read_token, settings.admin_token) == tuple(tokens)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -12,10 +14,24 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.broker.embedded import EmbeddedBroker
-from cloud_hub.provision import mosquitto_acl, mosquitto_password_line, provision_device
+from cloud_hub.provision import (
+    DeviceExistsError,
+    mosquitto_acl,
+    mosquitto_password_line,
+    provision_device,
+)
 from shared.endpoint import BrokerEndpoint, parse_broker_url
 from shared.topics import Kind, Topics
-from tests.brokers import HUB_SECRET, HUB_USER, running_mosquitto
+from tests.brokers import (
+    HOST,
+    HUB_SECRET,
+    HUB_USER,
+    free_port,
+    mosquitto_conf,
+    require_mosquitto,
+    running_mosquitto,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,3 +129,77 @@ def test_mosquitto_accepts_the_printed_lines_and_confines_the_device(tmp_path: P
             client.disconnect()
             client.loop_stop()
     assert own in got and other not in got
+
+
+def test_embedded_broker_rotation_keeps_the_connected_session_and_refuses_the_old_secret(
+    tmp_path: Path,
+) -> None:
+    """What ``devices add --rotate`` prints for the embedded broker, checked."""
+    passwd = tmp_path / "passwd"
+    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
+
+    add_user(passwd, HUB_USER, HUB_SECRET)
+    with EmbeddedBroker(password_file=passwd) as broker:
+        where = BrokerEndpoint(broker.host, broker.port)
+        old = provision_device("pi-07", broker=where, topics=Topics(), password_file=passwd)
+        with pytest.raises(DeviceExistsError, match="--rotate"):
+            provision_device("pi-07", broker=where, topics=Topics(), password_file=passwd)
+        session, rc = _connect(BrokerEndpoint(broker.host, broker.port, "pi-07", old.secret))
+        assert not rc.is_failure, rc
+        new = provision_device(
+            "pi-07", broker=where, topics=Topics(), password_file=passwd, rotate=True
+        )
+        assert new.rotated and new.secret != old.secret
+        # The connected session still works: a QoS 1 publish is acknowledged.
+        session.publish("edgeloop/v1/dev/pi-07/telemetry", b"x", qos=1).wait_for_publish(10)
+        refused, rc = _connect(BrokerEndpoint(broker.host, broker.port, "pi-07", old.secret))
+        refused.loop_stop()
+        assert rc.is_failure, "the old secret must not open a new session"
+        fresh, rc = _connect(BrokerEndpoint(broker.host, broker.port, "pi-07", new.secret))
+        assert not rc.is_failure, rc
+        for client in (session, fresh):
+            client.disconnect()
+            client.loop_stop()
+
+
+@pytest.mark.mosquitto
+def test_mosquitto_reload_after_rotation_drops_the_session_and_refuses_the_old_secret(
+    tmp_path: Path,
+) -> None:
+    """What ``devices add --rotate`` prints for Mosquitto, checked against Mosquitto."""
+    binary = require_mosquitto()
+    where = BrokerEndpoint(HOST, 1883)
+    old = provision_device("pi-07", broker=where, topics=Topics(), password_file=None)
+    new = provision_device(
+        "pi-07", broker=where, topics=Topics(), password_file=None, known=True, rotate=True
+    )
+    assert old.mosquitto_password_line and new.mosquitto_password_line
+    assert "replace the line that starts with 'pi-07:'" in new.render()
+    passwd = tmp_path / "passwd"
+    passwd.write_text(old.mosquitto_password_line + "\n")
+    passwd.chmod(0o600)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(mosquitto_conf(port, passwd))
+    with (tmp_path / "mosquitto.log").open("wb") as log:
+        process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+    try:
+        wait_for_port(HOST, port, 20, process)
+        session, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", old.secret))
+        assert not rc.is_failure, rc
+        dropped = threading.Event()
+        session.on_disconnect = lambda *_: dropped.set()
+        passwd.write_text(new.mosquitto_password_line + "\n")
+        process.send_signal(signal.SIGHUP)
+        assert dropped.wait(20), "Mosquitto kept the session of a rotated password"
+        session.loop_stop()
+        refused, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", old.secret))
+        refused.loop_stop()
+        assert rc.is_failure, "the old secret must not open a new session"
+        fresh, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", new.secret))
+        assert not rc.is_failure, rc
+        fresh.disconnect()
+        fresh.loop_stop()
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -77,6 +77,28 @@ def test_a_wrong_token_or_scheme_is_401_with_a_reason(hub: Hub) -> None:
         assert "not one of this hub's tokens" in reply.detail
     basic = hub.anon.get("/v1/devices", headers={"Authorization": "Basic dXNlcjpwYXNz"})
     assert basic.status == 401 and "'Basic'" in basic.detail and "Bearer" in basic.detail
+    assert "dXNlcjpwYXNz" not in basic.body.decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        (READ_TOKEN, "no scheme"),
+        (f"{READ_TOKEN} {READ_TOKEN}", "does not start with 'Bearer '"),
+        ("Bearer", "no token after it"),
+        (f"Basic {READ_TOKEN}", "'Basic'"),
+    ],
+    ids=["bare-token", "two-words", "bearer-alone", "basic"],
+)
+def test_a_header_without_bearer_never_echoes_the_credentials(
+    hub: Hub, header: str, says: str
+) -> None:
+    reply = hub.anon.get("/v1/devices", headers={"Authorization": header})
+    assert reply.status == 401
+    assert says in reply.detail and "Authorization: Bearer <token>" in reply.detail
+    body = reply.body.decode() + str(reply.headers)
+    # No piece of the token, however short, comes back.
+    assert not any(READ_TOKEN[i : i + 6] in body for i in range(len(READ_TOKEN) - 5)), body
 
 
 def test_read_token_is_refused_on_admin_routes_and_admin_token_passes(hub: Hub) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -112,6 +113,62 @@ def test_telemetry_time_range_and_column_names(hub: Hub) -> None:
     assert page["until"] is None and page["next_cursor"] is not None
     empty = hub.read.get(f"/v1/devices/pi-online/telemetry?since={T0 + 1e6}").json()
     assert empty["readings"] == [] and empty["next_cursor"] is None
+
+
+def _iso(ts: float, offset_h: int | None = 0) -> str:
+    """``ts`` as ISO 8601 with a UTC offset of ``offset_h`` hours (None: naive, in UTC)."""
+    if offset_h is None:
+        return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat()
+    return datetime.fromtimestamp(ts, timezone(timedelta(hours=offset_h))).isoformat()
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda ts: _iso(ts).replace("+00:00", "Z"),
+        lambda ts: _iso(ts, 2),
+        lambda ts: _iso(ts, -5),
+        lambda ts: _iso(ts, None),
+    ],
+    ids=["Z", "plus-2h", "minus-5h", "naive-is-utc"],
+)
+def test_since_and_until_take_iso_8601_as_well_as_unix_seconds(hub: Hub, form: Any) -> None:
+    s = hub.seeded
+    since, until = float(s.ts[10]), float(s.ts[60])
+    for path, key in (("/v1/devices/pi-online/telemetry", "readings"), ("/v1/events", "events")):
+        unix = hub.read.get(f"{path}?{urlencode({'since': since, 'until': until})}").json()
+        iso = {"since": form(since), "until": form(until)}
+        reply = hub.read.get(f"{path}?{urlencode(iso)}")
+        assert reply.status == 200, (iso, reply.body)
+        body = reply.json()
+        assert body[key] == unix[key], iso
+        if key == "readings":  # the telemetry page says how it read the range
+            assert body["since"] == since and body["until"] == until
+
+
+def test_a_date_alone_is_its_midnight_utc(hub: Hub) -> None:
+    day = datetime.fromtimestamp(T0, UTC).date()
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+    body = hub.read.get(f"/v1/devices/pi-online/telemetry?since={day.isoformat()}").json()
+    assert body["since"] == midnight
+
+
+def test_a_time_that_is_neither_form_says_which_forms_it_takes(hub: Hub) -> None:
+    reply = hub.read.get("/v1/events?until=next+tuesday")
+    assert reply.status == 422
+    assert "query parameter 'until'" in reply.detail and "'next tuesday'" in reply.detail
+    assert "Unix seconds" in reply.detail and "ISO 8601" in reply.detail, reply.detail
+
+
+def test_openapi_says_since_and_until_take_iso_8601(hub: Hub) -> None:
+    spec = hub.anon.get("/openapi.json").json()
+    for path in ("/v1/devices/{device}/telemetry", "/v1/events"):
+        params = {p["name"]: p for p in spec["paths"][path]["get"]["parameters"]}
+        for name in ("since", "until"):
+            text = params[name]["description"]
+            assert "ISO 8601" in text and "Unix seconds" in text and "UTC" in text, text
+            formats = {s.get("format") for s in params[name]["schema"]["anyOf"]}
+            assert "date-time" in formats, params[name]
 
 
 @pytest.mark.parametrize(
