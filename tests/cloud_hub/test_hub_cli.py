@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.endpoint import BrokerEndpoint
-from tests.brokers import free_port
+from simulators.harness import free_port
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,8 @@ from cloud_hub.broker.embedded import EmbeddedBroker
 from cloud_hub.provision import mosquitto_acl, mosquitto_password_line, provision_device
 from shared.endpoint import BrokerEndpoint, parse_broker_url
 from shared.topics import Kind, Topics
-from tests.brokers import HUB_SECRET, HUB_USER, running_mosquitto
+from simulators.harness import Mosquitto
+from tests.brokers import HUB_SECRET, HUB_USER, USERS, require_mosquitto
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,19 +73,18 @@ def test_embedded_broker_accepts_a_device_provisioned_while_it_runs(tmp_path: Pa
 
 @pytest.mark.mosquitto
 def test_mosquitto_accepts_the_printed_lines_and_confines_the_device(tmp_path: Path) -> None:
+    require_mosquitto()
     topics = Topics(f"edgeloop-test/{uuid.uuid4().hex[:8]}")
-    acl = tmp_path / "acl"
-    acl.write_text(
-        f"user {HUB_USER}\ntopic readwrite #\n\n" + mosquitto_acl("pi-07", topics) + "\n"
-    )
     device = provision_device(
         "pi-07", broker=BrokerEndpoint("127.0.0.1", 1883), topics=topics, password_file=None
     )
     assert device.mosquitto_password_line and "pi-07" in device.render()
-    with running_mosquitto(
+    with Mosquitto(
         tmp_path / "mosquitto",
-        extra_conf=[f"acl_file {acl}"],
-        extra_users=[device.mosquitto_password_line],
+        users=USERS,
+        password_lines=[device.mosquitto_password_line],
+        acl=f"user {HUB_USER}\ntopic readwrite #\n\n" + mosquitto_acl("pi-07", topics),
+        verbose_log=True,
     ) as base:
         hub, rc = _connect(BrokerEndpoint(base.host, base.port, HUB_USER, HUB_SECRET))
         assert not rc.is_failure

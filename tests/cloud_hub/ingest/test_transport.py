@@ -10,7 +10,7 @@ import pytest
 from cloud_hub.ingest import BrokerConnectError, HubLink
 from shared.endpoint import BrokerEndpoint
 from shared.topics import EDGE_TO_HUB, Kind, Topics, topic_matches
-from tests.brokers import free_port
+from simulators.harness import free_port
 from tests.cloud_hub.ingest.conftest import WAIT, Client, hub_endpoint, telemetry, wait_until
 
 pytestmark = pytest.mark.timeout(60)
