@@ -1125,6 +1125,14 @@ class HubApi:
     def with_token(self, token: str | None) -> HubApi:
         return dataclasses.replace(self, token=token)
 
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or HOST
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.base_url).port or 80
+
     def request(
         self,
         method: str,
@@ -1141,9 +1149,8 @@ class HubApi:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
-        parts = urlsplit(self.base_url)
         conn = http.client.HTTPConnection(
-            parts.hostname or HOST, parts.port, timeout=self.timeout if timeout is None else timeout
+            self.host, self.port, timeout=self.timeout if timeout is None else timeout
         )
         try:
             conn.request(method, path, body=body, headers=sent)
