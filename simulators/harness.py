@@ -57,12 +57,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO, Any, Final, Protocol, Self
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, Self
 from urllib.parse import urlsplit
 
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.topics import DEFAULT_ROOT
+
+if TYPE_CHECKING:
+    from cloud_hub.provision import Provisioned
+    from cloud_hub.settings import HubSettings
 
 __all__ = [
     "HOST",
@@ -367,14 +371,15 @@ class ManagedProcess:
     def start(self, *, wait: bool = True, cancel: threading.Event | None = None) -> Self:
         """Spawn the process and (unless ``wait`` is false) wait until it is ready.
 
-        If it does not become ready it is killed and :class:`StartError` raised.
+        If it does not become ready (or the wait is cancelled) it is stopped and
+        :class:`StartError` (or :class:`CancelledError`) raised.
         """
         self._spawn()
         if wait:
             try:
                 self.wait_ready(cancel=cancel)
             except BaseException:
-                self.kill()
+                self.stop()
                 raise
         return self
 
@@ -596,12 +601,13 @@ class Mosquitto(ManagedProcess):
     Files live in ``directory``: ``mosquitto.conf``, ``passwd`` (mode 0600),
     ``acl`` (if an ACL is given), ``mosquitto.log``, and with ``persistent``
     the session store (``persistence true``, as in production; without it a
-    restart loses sessions and retained messages). ``message_size_limit`` 0
-    lets any payload through, for tests of the hub's own limits. ``users`` maps names to
+    restart loses sessions and retained messages). ``users`` maps names to
     secrets; ``password_lines`` are lines as ``edgeloop-hub devices add``
     prints them; ``acl`` is acl_file text (None: no ACL, every user may use
-    every topic). ``port=0`` picks a free port; if that port turns out busy at
-    the first start, another is picked, unless :attr:`port` was read already.
+    every topic). ``message_size_limit=0`` lets any payload through, for tests
+    of the hub's and the agent's own limits. ``port=0`` picks a free port; if
+    that port turns out busy at the first start, another is picked, unless
+    :attr:`port` was read already.
     """
 
     kind: Final = "mosquitto"
@@ -985,7 +991,7 @@ class HubProcess(ManagedProcess):
         assert self.broker_port is not None
         return BrokerEndpoint(HOST, self.broker_port)
 
-    def settings(self) -> Any:
+    def settings(self) -> HubSettings:
         """The hub's :class:`~cloud_hub.settings.HubSettings`, as ``serve`` resolves them."""
         import argparse  # noqa: PLC0415
 
@@ -994,7 +1000,7 @@ class HubProcess(ManagedProcess):
         parsed = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(self.flags)
         return resolve_settings(parsed, env=self.secret_env, serving=True)
 
-    def provision(self, device: str) -> Any:
+    def provision(self, device: str) -> Provisioned:
         """Provision ``device`` as ``edgeloop-hub devices add`` does; returns its
         :class:`~cloud_hub.provision.Provisioned` (``agent_env`` for the agent; for
         an external Mosquitto, the password and ACL lines to give it)."""

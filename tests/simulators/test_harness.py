@@ -186,6 +186,52 @@ def test_mosquitto_kill_restart_same_port_and_accounts_added_live(tmp_path: Path
     assert broker.returncode == 0
 
 
+def _retained(endpoint: BrokerEndpoint, topic: str) -> bytes | None:
+    """The retained message on ``topic`` (None if there is none), read by a fresh client."""
+    got: list[bytes] = []
+    subscribed, arrived = threading.Event(), threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}")
+    client.username_pw_set(endpoint.username, endpoint.password)
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        got.append(bytes(msg.payload))
+        arrived.set()
+
+    client.on_message = on_message
+    client.connect(endpoint.host, endpoint.port, keepalive=10)
+    client.loop_start()
+    try:
+        assert subscribed.wait(WAIT), "no SUBACK"
+        # A retained message comes right after the SUBACK; the broker sends it or nothing.
+        arrived.wait(2.0)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got[0] if got else None
+
+
+@pytest.mark.mosquitto
+@pytest.mark.timeout(60)
+def test_persistent_mosquitto_keeps_retained_messages_across_a_restart(tmp_path: Path) -> None:
+    require_mosquitto()
+    with Mosquitto(
+        tmp_path / "mosquitto", users={"hub": "hub-secret-0123456789"}, persistent=True
+    ) as broker:
+        endpoint = broker.endpoint("hub")
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="retainer")
+        client.username_pw_set(endpoint.username, endpoint.password)
+        client.connect(endpoint.host, endpoint.port)
+        client.loop_start()
+        client.publish("t/state", b"kept", qos=1, retain=True).wait_for_publish(WAIT)
+        client.disconnect()
+        client.loop_stop()
+        assert broker.stop() == 0  # a clean stop saves the store
+        broker.start()
+        assert _retained(endpoint, "t/state") == b"kept"
+
+
 # -- a hub and an agent -------------------------------------------------------------------
 
 
