@@ -15,28 +15,27 @@ Concurrency: one thread; the hub and the agents are child processes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from shared.errors import EdgeloopError
+from simulators.harness import (
+    AgentProcess,
+    CancelledError,
+    HarnessError,
+    HubApi,
+    HubProcess,
+)
 
 __all__ = ["DemoConfig", "run_demo"]
 
 log = logging.getLogger(__name__)
-_HUB_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,34 +59,9 @@ def _say(config: DemoConfig, text: str) -> None:
     print(text, file=config.out, flush=True)
 
 
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _Api:
-    """A tiny client for the hub's HTTP API."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
-
-    def get(self, path: str) -> Any:
-        request = urllib.request.Request(
-            self.base + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-
 def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
     """Run the demo until ``stop`` is set or the duration ends; returns the exit code."""
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
-    from cloud_hub.provision import add_device  # noqa: PLC0415
-    from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
 
     stop = stop or threading.Event()
     _say(
@@ -99,82 +73,37 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
 
     run_dir = (config.work_dir / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    read_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    http_port = _free_port()
-    hub_flags = [
-        "--data-dir",
-        str(run_dir / "hub"),
-        "--models-dir",
-        str(config.models_dir.resolve()),
-        "--broker-port",
-        str(_free_port()),
-        "--http-port",
-        str(http_port),
-        "--read-token",
-        read_token,
-        "--admin-token",
-        admin_token,
-    ]
-    settings = resolve_settings(
-        OPTIONS.add_to(argparse.ArgumentParser()).parse_args(hub_flags), env={}, serving=True
-    )
-    devices = [add_device(settings, f"sim-{i:03d}") for i in range(config.devices)]
-
-    hub_log = (run_dir / "hub.log").open("wb")
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "cloud_hub", "serve", *hub_flags, "--log-level", "WARNING"],
-        stdin=subprocess.DEVNULL,
-        stdout=hub_log,
-        stderr=subprocess.STDOUT,
-    )
-    agents: list[subprocess.Popen[bytes]] = []
-    api = _Api(f"http://127.0.0.1:{http_port}", read_token)
+    hub = HubProcess(run_dir / "hub", config.models_dir, log_path=run_dir / "hub.log")
+    devices = [hub.provision(f"sim-{i:03d}") for i in range(config.devices)]
+    agents: list[AgentProcess] = []
     try:
-        _wait_for_hub(api, hub, run_dir / "hub.log", stop)
-        _say(config, f"hub: API {api.base} (docs at {api.base}/docs), read token {read_token}")
-        _say(config, f"     admin token {admin_token}; logs and state in {run_dir}")
-        agents = [
-            _start_agent(config, built.edge, device.agent_env, i, run_dir)
-            for i, device in enumerate(devices)
-        ]
+        try:
+            hub.start(cancel=stop)
+        except CancelledError:
+            return 0
+        except HarnessError as exc:
+            raise DemoError(f"the hub did not start: {exc}") from None
+        api = hub.api
+        _say(
+            config,
+            f"hub: API {api.base_url} (docs at {api.base_url}/docs), read token {hub.read_token}",
+        )
+        _say(config, f"     admin token {hub.admin_token}; logs and state in {run_dir}")
+        for i, device in enumerate(devices):
+            agent = _agent(config, built.edge, device.agent_env, i, run_dir)
+            agents.append(agent)
+            agent.start(wait=False)
         _say(config, f"agents: {len(agents)} started")
         _summary_loop(config, api, stop)
     finally:
         _stop_all(config, agents, hub)
-        hub_log.close()
     return 0
 
 
-def _wait_for_hub(
-    api: _Api, hub: subprocess.Popen[bytes], log_path: Path, stop: threading.Event
-) -> None:
-    deadline = time.monotonic() + _HUB_START_TIMEOUT_S
-    while time.monotonic() < deadline and not stop.is_set():
-        if hub.poll() is not None:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            raise DemoError("the hub exited during start-up:\n" + "\n".join(tail))
-        try:
-            api.get("/healthz")
-            return
-        except (urllib.error.URLError, OSError):
-            stop.wait(0.2)
-    raise DemoError(
-        f"the hub did not answer on {api.base} within {_HUB_START_TIMEOUT_S:.0f} s; see {log_path}"
-    )
-
-
-def _start_agent(
+def _agent(
     config: DemoConfig, edge: Path, agent_env: dict[str, str], i: int, run_dir: Path
-) -> subprocess.Popen[bytes]:
-    device = agent_env["EDGELOOP_AGENT_DEVICE"]
-    argv = [
-        sys.executable,
-        "-m",
-        "edge_agent",
-        "--model",
-        str(edge),
-        "--state-dir",
-        str(run_dir / "agents" / device),
+) -> AgentProcess:
+    args = [
         "--source",
         "sim",
         "--sim-seed",
@@ -187,22 +116,15 @@ def _start_agent(
         "20",
         "--heartbeat-s",
         "5",
-        "--log-level",
-        "WARNING",
     ]
     if i % 4 == 3:
-        argv += ["--sim-urgent-rate", "0.01", "--sim-fault-rate", "0.002", "--sim-restart-s", "15"]
-    log_file = run_dir / "agents" / f"{device}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    # The secret travels in the environment, never on a command line others can read.
-    env = {**os.environ, **agent_env}
-    with log_file.open("wb") as out:
-        return subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
+        args += ["--sim-urgent-rate", "0.01", "--sim-fault-rate", "0.002", "--sim-restart-s", "15"]
+    # The device's secret travels in the environment, never on a command line others can read.
+    device = agent_env["EDGELOOP_AGENT_DEVICE"]
+    return AgentProcess(edge, run_dir / "agents" / device, env=agent_env, args=args)
 
 
-def _summary_loop(config: DemoConfig, api: _Api, stop: threading.Event) -> None:
+def _summary_loop(config: DemoConfig, api: HubApi, stop: threading.Event) -> None:
     started = time.monotonic()
     last_time, last_readings = started, 0
     while True:
@@ -214,9 +136,9 @@ def _summary_loop(config: DemoConfig, api: _Api, stop: threading.Event) -> None:
         now = time.monotonic()
         over = bool(config.duration_s) and now - started >= config.duration_s - 1e-3
         try:
-            devices = api.get("/v1/devices")
-            stats = api.get("/v1/stats/ingest")
-        except (urllib.error.URLError, OSError) as exc:
+            devices = api.get_json("/v1/devices")
+            stats = api.get_json("/v1/stats/ingest")
+        except (HarnessError, OSError, ValueError) as exc:
             _say(config, f"[{now - started:6.0f}s] hub not answering: {exc}")
             if over:
                 return
@@ -239,27 +161,13 @@ def _summary_loop(config: DemoConfig, api: _Api, stop: threading.Event) -> None:
             return
 
 
-def _stop_all(
-    config: DemoConfig, agents: list[subprocess.Popen[bytes]], hub: subprocess.Popen[bytes]
-) -> None:
+def _stop_all(config: DemoConfig, agents: list[AgentProcess], hub: HubProcess) -> None:
     _say(config, "stopping agents ...")
-    for proc in agents:
-        proc.send_signal(signal.SIGTERM)
-    clean = 0
-    for proc in agents:
-        try:
-            clean += proc.wait(15) == 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    for agent in agents:
+        agent.terminate()
+    clean = sum(agent.stop() == 0 for agent in agents)
     _say(config, f"agents stopped: {clean}/{len(agents)} exited cleanly; stopping the hub ...")
-    hub.send_signal(signal.SIGTERM)
-    try:
-        code = hub.wait(30)
-    except subprocess.TimeoutExpired:
-        hub.kill()
-        code = hub.wait()
-    _say(config, f"hub stopped (exit {code})")
+    _say(config, f"hub stopped (exit {hub.stop()})")
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -8,23 +8,20 @@ HTTP API, as an operator would.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.brokers import HUB_SECRET, HUB_USER, free_port
+from shared.endpoint import BrokerEndpoint
+from simulators.harness import AgentProcess, HubProcess
+from tests.brokers import HUB_SECRET, HUB_USER
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(240)
@@ -34,77 +31,41 @@ AGENTS = 5
 
 @dataclass
 class RunningHub:
-    api: str
-    token: str
-    process: subprocess.Popen[bytes]
+    process: HubProcess
     provision: Callable[[str], dict[str, str]]
     """Agent environment for a new device, made as an operator would make it."""
+    agents: list[AgentProcess] = field(default_factory=list)
+    """Every agent started, killed at teardown if still running."""
 
     def get(self, path: str) -> Any:
-        request = urllib.request.Request(
-            self.api + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return self.process.api.get_json(path)
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if check():
-                    return
-            except OSError:
-                pass
-            assert self.process.poll() is None, f"the hub exited while waiting for {what}"
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}")
+        self.process.wait_until(what, check, timeout=timeout, ignore=(OSError,))
 
 
 @pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
 def hub(
     request: pytest.FixtureRequest, tmp_path: Path, model_packages: ModelPaths
 ) -> Iterator[RunningHub]:
-    read, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     root = f"edgeloop-test/{uuid.uuid4().hex[:8]}"
-    http_port = free_port()
-    flags = [
-        "--data-dir",
-        str(tmp_path / "hub"),
-        "--models-dir",
-        str(model_packages.edge.parent.parent),
-        "--http-port",
-        str(http_port),
-        "--root",
-        root,
-        "--read-token",
-        read,
-        "--admin-token",
-        admin,
-    ]
-    if request.param == "embedded":
-        flags += ["--broker-port", str(free_port())]
-    else:
+    mosquitto: BrokerEndpoint | None = None
+    if request.param == "mosquitto":
         mosquitto = request.getfixturevalue("mosquitto_broker")
-        flags += ["--broker", replace(mosquitto, username=HUB_USER, password=HUB_SECRET).url]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cloud_hub", "serve", *flags],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    process = HubProcess(
+        tmp_path / "hub",
+        model_packages.edge.parent.parent,
+        broker=None
+        if mosquitto is None
+        else replace(mosquitto, username=HUB_USER, password=HUB_SECRET),
+        root=root,
+        log_level="INFO",
     )
-    if request.param == "embedded":
-        add_flags = [
-            "--data-dir",
-            str(tmp_path / "hub"),
-            "--root",
-            root,
-            "--broker-port",
-            flags[flags.index("--broker-port") + 1],
-        ]
+    if mosquitto is None:
 
         def provision(device: str) -> dict[str, str]:
             done = subprocess.run(
-                [sys.executable, "-m", "cloud_hub", "devices", "add", device, *add_flags],
+                [sys.executable, "-m", "cloud_hub", "devices", "add", device, *process.flags],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -116,46 +77,32 @@ def hub(
                 if line.startswith("EDGELOOP_AGENT_")
             )
     else:
+        shared = mosquitto
 
         def provision(device: str) -> dict[str, str]:
             # Mosquitto's accounts are the test fixture's; devices share one here.
             return {
                 "EDGELOOP_AGENT_DEVICE": device,
-                "EDGELOOP_AGENT_BROKER": mosquitto.url,
+                "EDGELOOP_AGENT_BROKER": shared.url,
                 "EDGELOOP_AGENT_ROOT": root,
             }
 
-    running = RunningHub(f"http://127.0.0.1:{http_port}", read, process, provision)
+    running = RunningHub(process, provision)
     try:
-        running.wait_for("the API", lambda: bool(running.get("/healthz")))
-        yield running
+        with process:
+            yield running
+        assert process.returncode == 0, process.log_tail(60)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            out, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, _ = process.communicate()
-        assert process.returncode == 0, out.decode(errors="replace")[-3000:]
+        for agent in running.agents:
+            agent.kill()
 
 
-def _agent(
-    hub: RunningHub, device: str, model: Path, state: Path, *args: str
-) -> subprocess.Popen[bytes]:
-    argv = [
-        sys.executable,
-        "-m",
-        "edge_agent",
-        "--model",
-        str(model),
-        "--state-dir",
-        str(state / device),
-        *args,
-    ]
-    env = {**os.environ, **hub.provision(device)}
-    return subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+def _agent(hub: RunningHub, device: str, model: Path, state: Path, *args: str) -> AgentProcess:
+    agent = AgentProcess(
+        model, state / device, env=hub.provision(device), args=args, log_level="INFO"
     )
+    hub.agents.append(agent)
+    return agent.start()
 
 
 def test_hub_and_agents_store_every_reading_once_with_both_predictions(
@@ -187,9 +134,8 @@ def test_hub_and_agents_store_every_reading_once_with_both_predictions(
     victim = _agent(
         hub, "e2e-victim", model_packages.edge, tmp_path, "--source", "sim", "--rate-hz", "50"
     )
-    for name, proc in agents.items():
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, (name, out.decode(errors="replace")[-2000:])
+    for name, agent in agents.items():
+        assert agent.wait(120) == 0, (name, agent.log_tail(40))
 
     def all_stored() -> bool:
         return all(
@@ -201,8 +147,7 @@ def test_hub_and_agents_store_every_reading_once_with_both_predictions(
     hub.wait_for(
         "the victim online", lambda: hub.get("/v1/devices/e2e-victim")["state"] == "online"
     )
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    assert victim.kill() == -signal.SIGKILL
     hub.wait_for(
         "the victim offline through its will",
         lambda: hub.get("/v1/devices/e2e-victim")["state"] == "offline",

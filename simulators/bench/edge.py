@@ -19,6 +19,8 @@
 - Memory: resident set of a real ``edgeloop-agent`` process running the
   simulated machine at 10 Hz against the embedded broker.
 - Idle CPU: a real agent reading from a silent stdin, connected to the broker.
+  Both are measured from the moment both say they are connected (the broker
+  and agents come from :mod:`simulators.harness`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import argparse
 import gc
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ from typing import Any, Final
 import numpy as np
 
 from simulators.bench.arguments import non_negative_int, positive_float, positive_int
+from simulators.harness import AgentProcess, AmqttBroker
 
 __all__ = ["HELP", "add_arguments", "run", "run_edge_bench"]
 
@@ -162,71 +164,39 @@ def _agent_processes(edge_dir: Path, work: Path, idle_seconds: float) -> dict[st
     """RSS of an agent at 10 Hz and CPU of an idle one, both against the embedded broker."""
     import psutil  # noqa: PLC0415
 
-    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
-    from cloud_hub.broker.embedded import EmbeddedBroker  # noqa: PLC0415
-
-    passwd = work / "passwd"
-    add_user(passwd, _AGENT_USER, _AGENT_SECRET)
-    with EmbeddedBroker(password_file=passwd) as broker:
-        url = f"mqtt://{_AGENT_USER}:{_AGENT_SECRET}@{broker.host}:{broker.port}"
-        common = [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "--model",
-            str(edge_dir),
-            "--broker",
-            url,
-            "--log-level",
-            "WARNING",
-        ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        busy = subprocess.Popen(
-            [
-                *common,
-                "--device",
-                "bench-rss",
-                "--state-dir",
-                str(work / "rss"),
-                "--source",
-                "sim",
-                "--rate-hz",
-                "10",
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
+    with AmqttBroker(work / "broker", users={_AGENT_USER: _AGENT_SECRET}) as broker:
+        endpoint = broker.endpoint(_AGENT_USER)
+        # Logging at INFO, each is ready once it says it is connected (after
+        # imports, model load and smoke test); then the clock starts.
+        busy = AgentProcess(
+            edge_dir,
+            work / "rss",
+            broker=endpoint,
+            device="bench-rss",
+            args=["--source", "sim", "--rate-hz", "10"],
+            log_level="INFO",
+            stop_timeout=10.0,
         )
-        idle = subprocess.Popen(
-            [
-                *common,
-                "--device",
-                "bench-idle",
-                "--state-dir",
-                str(work / "idle"),
-                "--source",
-                "stdin",
-            ],
-            env=env,
-            stdin=subprocess.PIPE,
+        idle = AgentProcess(
+            edge_dir,
+            work / "idle",
+            broker=endpoint,
+            device="bench-idle",
+            args=["--source", "stdin"],
+            log_level="INFO",
+            stdin_pipe=True,
+            stop_timeout=10.0,
         )
-        try:
-            time.sleep(3.0)  # start-up: imports, model load, smoke test, connect
+        with busy.start(wait=False), idle.start(wait=False):
+            busy.wait_ready()
+            idle.wait_ready()
             busy_p, idle_p = psutil.Process(busy.pid), psutil.Process(idle.pid)
             b0, i0, t0 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
-            time.sleep(idle_seconds)
+            time.sleep(idle_seconds)  # the measured interval itself
             b1, i1, t1 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
             rss = busy_p.memory_info().rss / 2**20
-            alive = busy.poll() is None and idle.poll() is None
-        finally:
-            for proc in (busy, idle):
-                proc.terminate()
-            for proc in (busy, idle):
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    if not alive:
-        raise RuntimeError("an agent process died during the benchmark; run it by hand to see why")
+            for agent in (busy, idle):
+                agent.check_alive()
     wall = t1 - t0
 
     def pct(a: Any, b: Any) -> float:

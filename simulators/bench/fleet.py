@@ -1,6 +1,7 @@
 """``edgeloop-sim bench fleet``: N real agents against one hub, on one machine.
 
-It starts and stops everything it needs, on free loopback ports:
+It starts and stops everything it needs, on free loopback ports (the broker,
+the hub and the host processes through :mod:`simulators.harness`):
 
 1. a broker: Mosquitto when installed (``--broker auto``, the default) or the
    embedded amqtt broker (``--broker embedded``, started by the hub);
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import json
 import math
 import os
@@ -59,21 +59,27 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from simulators.harness import (
+    HUB_USER,
+    HarnessError,
+    HubApi,
+    HubProcess,
+    ManagedProcess,
+    Mosquitto,
+    find_mosquitto,
+)
 
 if TYPE_CHECKING:
     import psutil
@@ -87,7 +93,6 @@ HELP: Final = (
     "readings lost, hub and broker CPU and memory (JSON)"
 )
 
-HOST = "127.0.0.1"
 MAX_DEVICES: Final = 20_000
 MAX_HOSTS: Final = 64
 AGENTS_PER_HOST: Final = 200
@@ -104,7 +109,6 @@ _STOP_TIMEOUT_S: Final = 30.0
 _HOST_JOIN_TIMEOUT_S: Final = 60.0
 _SETTLE_QUIET_S: Final = 10.0
 _LOG_TAIL_LINES: Final = 15
-_PORT_ATTEMPTS: Final = 3
 
 
 class FleetBenchError(EdgeloopError):
@@ -278,93 +282,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # -- small parts -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> bool:
-    """True once ``port`` accepts connections; False if ``process`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def _states(api: HubApi) -> dict[str, int] | None:
+    """Devices per state (online, offline, stale, never_seen), or None if the hub did not answer."""
     try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _mosquitto_binary() -> str | None:
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    fallback = "/usr/sbin/mosquitto"
-    return fallback if os.access(fallback, os.X_OK) else None
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment for children: ours without stray edgeloop settings, plus ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("EDGELOOP_HUB_", "EDGELOOP_AGENT_"))
-    }
-    env.update(extra)
-    return env
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
-    """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
-    if proc is None:
+        body = api.get_json("/v1/devices", timeout=10.0)
+    except (HarnessError, OSError, ValueError):
         return None
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return {str(k): int(v) for k, v in body.get("states", {}).items()}
 
 
-class _Api:
-    """A tiny client for the hub's HTTP API."""
-
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.token = token
-
-    def get(self, path: str, timeout: float = 10.0) -> Any:
-        request = urllib.request.Request(
-            self.base + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
-
-    def states(self) -> dict[str, int] | None:
-        """Devices per state (online, offline, stale, never_seen), or None if the hub did not answer."""
-        try:
-            body = self.get("/v1/devices")
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-        return {str(k): int(v) for k, v in body.get("states", {}).items()}
-
-    def ingest(self) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = self.get("/v1/stats/ingest")
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-        return body
+def _ingest(api: HubApi) -> dict[str, Any] | None:
+    """``/v1/stats/ingest``, or None if the hub did not answer."""
+    try:
+        body: dict[str, Any] = api.get_json("/v1/stats/ingest", timeout=10.0)
+    except (HarnessError, OSError, ValueError):
+        return None
+    return body
 
 
 class _Usage:
@@ -421,8 +354,7 @@ class _Host:
 
     index: int
     agents: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    process: ManagedProcess
     started: dict[str, Any] | None = None
     connected: int = 0
     """Agents connected to the broker, by the host's last status line."""
@@ -430,9 +362,12 @@ class _Host:
     other: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
 
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
     def read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
+        for raw in self.process.stdout:
             line = raw.decode(errors="replace").strip()
             try:
                 msg = json.loads(line)
@@ -457,16 +392,11 @@ class _FleetBench:
         self.created_dir = config.work_dir is None
         self.work = Path()
         self.broker_kind = ""
-        self.read_token = secrets.token_urlsafe(24)
-        self.hub_secret = secrets.token_urlsafe(32)
-        self.broker_port = 0
-        self.http_port = 0
-        self.hub_flags: list[str] = []
         self._spawned_at = 0.0
-        self.mosquitto: subprocess.Popen[bytes] | None = None
-        self.hub: subprocess.Popen[bytes] | None = None
+        self.mosquitto: Mosquitto | None = None
+        self.hub: HubProcess | None = None
         self.hosts: list[_Host] = []
-        self.api: _Api | None = None
+        self.api: HubApi | None = None
         self.result: dict[str, Any] = {}
         self.errors: list[str] = []
         self._t_start = time.monotonic()
@@ -504,10 +434,10 @@ class _FleetBench:
         try:
             try:
                 edge = self._models()
-                secrets_env, settings = self._hub_settings()
-                provisioned = self._provision(settings)
-                self._start_broker(provisioned, secrets_env)
-                self._start_hub(settings, secrets_env)
+                self._make_broker_and_hub()
+                provisioned = self._provision()
+                self._start_broker(provisioned)
+                self._start_hub()
                 self._start_hosts(edge, provisioned)
                 self._startup()
                 self._steady()
@@ -519,9 +449,10 @@ class _FleetBench:
             ok = True
         finally:
             for host in self.hosts:
-                _stop_process(host.proc, 5.0)
-            hub_code = _stop_process(self.hub, _STOP_TIMEOUT_S)
-            _stop_process(self.mosquitto, 10.0)
+                host.process.stop(5.0)
+            hub_code = self.hub.stop() if self.hub is not None else None
+            if self.mosquitto is not None:
+                self.mosquitto.stop()
             if installed:
                 signal.signal(signal.SIGTERM, previous)
             if self.created_dir and (ok or interrupted) and not self.errors:
@@ -553,7 +484,7 @@ class _FleetBench:
         want = self.config.broker
         if want == "embedded":
             return "embedded"
-        if _mosquitto_binary() is not None:
+        if find_mosquitto() is not None:
             return "mosquitto"
         if want == "mosquitto":
             raise FleetBenchError(
@@ -570,41 +501,38 @@ class _FleetBench:
         self.say(f"models ready in {time.monotonic() - t0:.1f} s: edge {built.edge}")
         return built.edge.resolve()
 
-    def _hub_settings(self) -> tuple[dict[str, str], Any]:
-        from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
+    def _make_broker_and_hub(self) -> None:
+        """Mosquitto (if chosen) and the hub, on free ports picked now; neither started yet."""
+        from shared.topics import Topics  # noqa: PLC0415
 
-        c = self.config
-        self.broker_port = _free_port()
-        self.http_port = _free_port()
-        env = {
-            "EDGELOOP_HUB_READ_TOKEN": self.read_token,
-            "EDGELOOP_HUB_ADMIN_TOKEN": secrets.token_urlsafe(24),
-        }
-        self.hub_flags = [
-            "--data-dir",
-            str(self.work / "hub"),
-            "--models-dir",
-            str(c.models_dir.resolve()),
-            "--http-port",
-            str(self.http_port),
-            "--log-level",
-            "WARNING",
-        ]
-        if self.broker_kind == "embedded":
-            self.hub_flags += ["--broker-host", HOST, "--broker-port", str(self.broker_port)]
-        else:
-            # The hub's broker secret travels in the environment, not on its command line.
-            env["EDGELOOP_HUB_BROKER"] = f"mqtt://hub:{self.hub_secret}@{HOST}:{self.broker_port}"
-        parser = OPTIONS.add_to(argparse.ArgumentParser())
-        settings = resolve_settings(parser.parse_args(self.hub_flags), env=env, serving=True)
-        return env, settings
+        broker: BrokerEndpoint | None = None
+        if self.broker_kind == "mosquitto":
+            self.mosquitto = Mosquitto(
+                self.work / "mosquitto",
+                users={HUB_USER: secrets.token_urlsafe(32)},
+                acl=f"user {HUB_USER}\ntopic readwrite {Topics().root}/#",
+                new_session=True,
+                start_timeout=_BROKER_START_TIMEOUT_S,
+            )
+            broker = self.mosquitto.endpoint(HUB_USER)
+        self.hub = HubProcess(
+            self.work / "hub",
+            self.config.models_dir,
+            broker=broker,
+            log_path=self.work / "hub.log",
+            new_session=True,
+            start_timeout=_HUB_START_TIMEOUT_S,
+            stop_timeout=_STOP_TIMEOUT_S,
+        )
 
-    def _provision(self, settings: Any) -> list[Provisioned]:
+    def _provision(self) -> list[Provisioned]:
         from cloud_hub.provision import add_device  # noqa: PLC0415
 
+        assert self.hub is not None
         t0 = time.monotonic()
         # Fresh secrets every run, also in a --work-dir reused from an earlier run: its
         # brokers and agents all start anew with them.
+        settings = self.hub.settings()
         done = [
             add_device(settings, f"{DEVICE_PREFIX}{i:05d}", rotate=True)
             for i in range(self.config.devices)
@@ -616,85 +544,30 @@ class _FleetBench:
         self.say(f"{len(done)} devices provisioned in {self.result['provision_s']} s")
         return done
 
-    def _start_broker(self, provisioned: list[Provisioned], hub_env: dict[str, str]) -> None:
-        if self.broker_kind != "mosquitto":
+    def _start_broker(self, provisioned: list[Provisioned]) -> None:
+        if self.mosquitto is None:
             return  # the hub starts the embedded broker itself
-        from cloud_hub.provision import mosquitto_password_line  # noqa: PLC0415
-        from shared.topics import Topics  # noqa: PLC0415
+        self.mosquitto.add_accounts(
+            password_lines=[p.mosquitto_password_line or "" for p in provisioned],
+            acl_blocks=[p.mosquitto_acl or "" for p in provisioned],
+        )
+        try:
+            self.mosquitto.start()
+        except HarnessError as exc:
+            raise FleetBenchError(f"bench fleet: mosquitto did not start: {exc}") from None
+        self.say(f"mosquitto listening on {self.mosquitto.host}:{self.mosquitto.port}")
 
-        binary = _mosquitto_binary()
-        assert binary is not None
-        directory = self.work / "mosquitto"
-        directory.mkdir(parents=True, exist_ok=True)
-        passwd, acl = directory / "passwd", directory / "acl"
-        lines = [mosquitto_password_line("hub", self.hub_secret)]
-        lines += [p.mosquitto_password_line or "" for p in provisioned]
-        passwd.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        passwd.chmod(0o600)
-        root = Topics().root
-        blocks = [f"user hub\ntopic readwrite {root}/#"]
-        blocks += [p.mosquitto_acl or "" for p in provisioned]
-        acl.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
-        log_path = directory / "mosquitto.log"
-        for attempt in range(1, _PORT_ATTEMPTS + 1):
-            conf = directory / "mosquitto.conf"
-            conf.write_text(_mosquitto_conf(self.broker_port, passwd, acl), encoding="utf-8")
-            with log_path.open("ab") as log:
-                proc = subprocess.Popen(
-                    [binary, "-c", str(conf)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
-            if _wait_for_port(self.broker_port, _BROKER_START_TIMEOUT_S, proc):
-                self.mosquitto = proc
-                self.say(f"mosquitto listening on {HOST}:{self.broker_port}")
-                return
-            _stop_process(proc, 5.0)
-            if attempt < _PORT_ATTEMPTS and "Address already in use" in _tail(log_path):
-                # Someone took the free port meanwhile: move hub and broker to another one.
-                self.broker_port = _free_port()
-                hub_env["EDGELOOP_HUB_BROKER"] = (
-                    f"mqtt://hub:{self.hub_secret}@{HOST}:{self.broker_port}"
-                )
-                continue
-            raise FleetBenchError(
-                f"bench fleet: mosquitto did not start on {HOST}:{self.broker_port}; "
-                f"its log {log_path} ends:\n{_tail(log_path)}"
-            )
-
-    def _start_hub(self, settings: Any, hub_env: dict[str, str]) -> None:
-        log_path = self.work / "hub.log"
-        with log_path.open("wb") as log:
-            self.hub = subprocess.Popen(
-                [sys.executable, "-m", "cloud_hub", "serve", *self.hub_flags],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_clean_env(**hub_env),
-                start_new_session=True,
-            )
-        api = _Api(f"http://{HOST}:{self.http_port}", self.read_token)
-        deadline = time.monotonic() + _HUB_START_TIMEOUT_S
-        while True:
-            if self.hub.poll() is not None:
-                raise FleetBenchError(
-                    f"bench fleet: the hub exited during start-up (status {self.hub.returncode}); "
-                    f"its log {log_path} ends:\n{_tail(log_path)}"
-                )
-            try:
-                api.get("/healthz", timeout=2.0)
-                break
-            except (urllib.error.URLError, OSError, ValueError):
-                if time.monotonic() > deadline:
-                    raise FleetBenchError(
-                        f"bench fleet: the hub did not answer on {api.base} within "
-                        f"{_HUB_START_TIMEOUT_S:.0f} s; see {log_path}"
-                    ) from None
-                time.sleep(0.2)
-        self.api = api
-        self.say(f"hub up: API {api.base}, broker {self.broker_kind} on port {self.broker_port}")
+    def _start_hub(self) -> None:
+        assert self.hub is not None
+        try:
+            self.hub.start()
+        except HarnessError as exc:
+            raise FleetBenchError(f"bench fleet: the hub did not start: {exc}") from None
+        self.api = self.hub.api
+        broker = self.hub.broker_endpoint()
+        self.say(
+            f"hub up: API {self.api.base_url}, broker {self.broker_kind} on port {broker.port}"
+        )
 
     def _start_hosts(self, edge: Path, provisioned: list[Provisioned]) -> None:
         from simulators.fleet import AgentSpec, HostSpec  # noqa: PLC0415
@@ -734,25 +607,22 @@ class _FleetBench:
             fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(spec.to_json())
-            log_path = self.work / "hosts" / f"host-{h}.log"
-            with log_path.open("wb") as log:
-                proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "simulators.fleet",
-                        "--spec",
-                        str(spec_path),
-                        "--join-timeout-s",
-                        str(_HOST_JOIN_TIMEOUT_S),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    env=_clean_env(),
-                    start_new_session=True,
-                )
-            host = _Host(h, len(mine), proc, log_path)
+            process = ManagedProcess(
+                [
+                    sys.executable,
+                    "-m",
+                    "simulators.fleet",
+                    "--spec",
+                    str(spec_path),
+                    "--join-timeout-s",
+                    str(_HOST_JOIN_TIMEOUT_S),
+                ],
+                log_path=self.work / "hosts" / f"host-{h}.log",
+                name=f"agent host {h}",
+                stdout_pipe=True,
+                new_session=True,
+            )
+            host = _Host(h, len(mine), process.start(wait=False))
             host.reader = threading.Thread(
                 target=host.read_stdout, name=f"host-{h}-stdout", daemon=True
             )
@@ -774,17 +644,17 @@ class _FleetBench:
             broker = [psutil.Process(self.mosquitto.pid)]
         else:
             broker = list(hub.children(recursive=True))
-        hosts = [psutil.Process(h.proc.pid) for h in self.hosts if h.proc.poll() is None]
+        hosts = [psutil.Process(h.process.pid) for h in self.hosts if h.process.is_running]
         return _Usage([hub]), _Usage(broker), _Usage(hosts)
 
     def _check_hosts(self, *, fatal: bool) -> None:
         for host in self.hosts:
-            code = host.proc.poll()
+            code = host.process.poll()
             if code is None or host.exited is not None:
                 continue
             message = (
                 f"agent host {host.index} ({host.agents} agents) exited early with status {code}; "
-                f"its log {host.log_path} ends:\n{_tail(host.log_path)}"
+                f"its log {host.log_path} ends:\n{host.process.log_tail(_LOG_TAIL_LINES)}"
             )
             if fatal:
                 raise FleetBenchError(f"bench fleet: {message}")
@@ -798,7 +668,7 @@ class _FleetBench:
         online_max, startup_s, last_say = 0, None, 0.0
         while True:
             self._check_hosts(fatal=True)
-            states = api.states()
+            states = _states(api)
             now = time.monotonic()
             online = states.get("online", 0) if states else 0
             online_max = max(online_max, online)
@@ -841,7 +711,7 @@ class _FleetBench:
         connected_min: int | None = None
         poll_failures, poll_max_s = 0, 0.0
         queue_max, latency_p99_max = 0, 0.0
-        stats0 = api.ingest()
+        stats0 = _ingest(api)
         stored0 = int(stats0.get("stored_readings", 0)) if stats0 else 0
         for usage in (hub, broker, hosts):
             usage.begin()
@@ -853,9 +723,9 @@ class _FleetBench:
                 time.sleep(min(c.poll_s, max(0.0, end - now)))
                 self._check_hosts(fatal=False)
                 asked = time.monotonic()
-                states = api.states()
+                states = _states(api)
                 poll_max_s = max(poll_max_s, time.monotonic() - asked)
-                live = (api.ingest() or {}).get("live") or {}
+                live = (_ingest(api) or {}).get("live") or {}
                 queue_max = max(queue_max, int(live.get("queue_depth", 0)))
                 latency_p99_max = max(latency_p99_max, float(live.get("latency_p99_ms", 0.0)))
                 for usage in (hub, broker, hosts):
@@ -877,7 +747,7 @@ class _FleetBench:
         finally:
             for usage in (hub, broker, hosts):
                 usage.end()
-            stats1 = api.ingest()
+            stats1 = _ingest(api)
             elapsed = time.monotonic() - t0
             stored1 = int(stats1.get("stored_readings", 0)) if stats1 else stored0
             if poll_failures:
@@ -920,19 +790,13 @@ class _FleetBench:
         self.say("stopping the agents (SIGTERM: flush, drain, offline) ...")
         t0 = time.monotonic()
         for host in self.hosts:
-            if host.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    host.proc.send_signal(signal.SIGTERM)
+            host.process.terminate()
         codes: list[int | None] = []
         deadline = time.monotonic() + _HOST_JOIN_TIMEOUT_S + 15.0
         for host in self.hosts:
             # Signalled once only: a second SIGTERM could hit a host while Python is
             # finalizing (its handler gone) and kill it half way through its report.
-            try:
-                codes.append(host.proc.wait(max(0.0, deadline - time.monotonic())))
-            except subprocess.TimeoutExpired:
-                host.proc.kill()
-                codes.append(host.proc.wait())
+            codes.append(host.process.stop(max(0.0, deadline - time.monotonic())))
             if host.reader is not None:
                 host.reader.join(5.0)
         self.result["hosts_stop_s"] = round(time.monotonic() - t0, 2)
@@ -979,7 +843,7 @@ class _FleetBench:
         deadline = time.monotonic() + self.config.settle_timeout_s
         stats, last, quiet_since = None, -1, time.monotonic()
         while time.monotonic() < deadline:
-            stats = api.ingest() or stats
+            stats = _ingest(api) or stats
             stored = int(stats.get("stored_readings", 0)) if stats else 0
             if stored >= sent:
                 break
@@ -991,7 +855,7 @@ class _FleetBench:
             time.sleep(0.5)
         stored = int(stats.get("stored_readings", 0)) if stats else 0
         gaps = (stats or {}).get("gaps", {})
-        states = api.states() or {}
+        states = _states(api) or {}
         self.result.update(
             {
                 "readings_stored": stored,
@@ -1005,32 +869,6 @@ class _FleetBench:
             }
         )
         self.say(f"stored {stored} of {sent} readings")
-
-
-def _mosquitto_conf(port: int, password_file: Path, acl_file: Path) -> str:
-    """Mosquitto 2.x sized as ``deploy/mosquitto/mosquitto.conf`` sizes it for the hub."""
-    lines = [
-        f"listener {port} {HOST}",
-        "allow_anonymous false",
-        f"password_file {password_file}",
-        f"acl_file {acl_file}",
-        "persistence false",
-        # The hub's subscription must never be the one that drops (DESIGN.md section 7).
-        "max_queued_messages 200000",
-        "max_queued_bytes 0",
-        "max_inflight_messages 200",
-        "message_size_limit 2097152",
-        "set_tcp_nodelay true",
-        "log_dest stderr",
-        "log_type error",
-        "log_type warning",
-        "log_type notice",
-        "connection_messages false",
-    ]
-    if os.geteuid() == 0:
-        # Root would otherwise switch to user 'mosquitto', who cannot read our files.
-        lines.append(f"user {getpass.getuser()}")
-    return "\n".join(lines) + "\n"
 
 
 def run_fleet_bench(config: FleetBenchConfig) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """``edgeloop-sim bench hub``: sustained hub ingest, against the broker's own ceiling.
 
-Everything runs on this machine, on free loopback ports, started and stopped here:
+Everything runs on this machine, on free loopback ports, started and stopped
+here (the broker and the hub by :mod:`simulators.harness`):
 
 - a broker: Mosquitto when installed (the default), from a temporary config
   and password file with the per-client queue limits that
-  ``deploy/mosquitto/mosquitto.conf`` documents for the hub; or, with
+  ``deploy/mosquitto/mosquitto.conf`` documents for the hub
+  (:data:`~simulators.harness.MOSQUITTO_HUB_LIMITS`); or, with
   ``--broker embedded``, amqtt in its own process. Users ``hub`` and ``bench``,
   fresh secrets.
 - ``--publishers`` publisher processes (this module run with ``--publisher``,
@@ -53,32 +55,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import getpass
 import json
 import os
 import platform
 import queue
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
 
 from shared.errors import EdgeloopError
 from shared.topics import DEFAULT_ROOT, Topics
 from simulators.bench.arguments import non_negative_float, positive_float, positive_int
+from simulators.harness import (
+    HOST,
+    HUB_USER,
+    AmqttBroker,
+    Broker,
+    HarnessError,
+    HubProcess,
+    Mosquitto,
+    find_mosquitto,
+    log_tail,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -92,9 +97,7 @@ HELP: Final = (
     "broker-plus-client ceiling measured in the same run (starts its own broker and hub)"
 )
 
-HOST: Final = "127.0.0.1"
 TARGET_READINGS_PER_S: Final = 50_000
-_HUB_USER: Final = "hub"
 _BENCH_USER: Final = "bench"
 _EPOCH: Final = 1
 _READING_INTERVAL_S: Final = 0.1
@@ -104,7 +107,6 @@ _POOL_ROWS: Final = 4096
 _MODEL_VERSION: Final = "1.0.0"
 _START_TIMEOUT_S: Final = 120.0
 _STOP_TIMEOUT_S: Final = 30.0
-_PORT_ATTEMPTS: Final = 3
 _AUDIT_PAGE: Final = 100_000
 _HEADLINE: Final = (
     "readings_per_s",
@@ -117,15 +119,6 @@ _HEADLINE: Final = (
     "complete",
 )
 """The hub phase's figures that lead the result, before the parameters and details."""
-# Per-client limits from deploy/mosquitto/mosquitto.conf: the hub's subscription
-# must never be the one that drops.
-_MOSQUITTO_LIMITS: Final = (
-    "max_queued_messages 200000",
-    "max_queued_bytes 0",
-    "max_inflight_messages 200",
-    "message_size_limit 2097152",
-    "set_tcp_nodelay true",
-)
 
 
 class BenchError(EdgeloopError):
@@ -277,153 +270,17 @@ def _plan(args: argparse.Namespace) -> _Plan:
 # --------------------------------------------------------------------------- brokers
 
 
-@dataclass(slots=True)
-class _Broker:
-    name: str
-    version: str
-    port: int
-    secrets: dict[str, str]
-    pid: int | None
-    log_path: Path
-    stop: Callable[[], object] | None = None
-
-
-def _mosquitto_binary() -> str | None:
-    binary = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-    )
-    return binary if binary and shutil.which("mosquitto_passwd") else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
-    """True once ``HOST:port`` accepts connections; False if ``proc`` exits or time runs out."""
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def _tail(path: Path, lines: int = 15) -> str:
+def _start_broker(kind: str, work: Path, users: dict[str, str]) -> Broker:
+    """Mosquitto or the embedded broker, with ``users``, started and ready."""
+    broker: Broker
     try:
-        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _stop_process(proc: subprocess.Popen[bytes], *, term_timeout: float = _STOP_TIMEOUT_S) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(term_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _start_mosquitto(work: Path, users: dict[str, str]) -> _Broker:
-    binary = _mosquitto_binary()
-    if binary is None:
-        raise BenchError(
-            "bench hub: --broker mosquitto needs mosquitto and mosquitto_passwd "
-            "(apt-get install mosquitto mosquitto-clients), or use --broker embedded"
-        )
-    password_file = work / "mosquitto.passwd"
-    create = ["-c"]
-    for username, secret in users.items():
-        subprocess.run(
-            ["mosquitto_passwd", "-b", *create, str(password_file), username, secret],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        create = []
-    password_file.chmod(0o600)
-    version = subprocess.run(
-        [binary, "-h"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout.split("\n", 1)[0]
-    version = version.removeprefix("mosquitto version ").strip() or "unknown"
-    log_path = work / "mosquitto.log"
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"listener {port} {HOST}",
-                    "allow_anonymous false",
-                    f"password_file {password_file}",
-                    "persistence false",
-                    *_MOSQUITTO_LIMITS,
-                    # Started as root, mosquitto would switch to user 'mosquitto',
-                    # who cannot read the temporary files.
-                    f"user {getpass.getuser()}",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "",
-                ]
-            ),
-            encoding="utf-8",
-        )
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [binary, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        if _wait_for_port(port, _START_TIMEOUT_S, proc):
-            return _Broker(
-                "mosquitto",
-                version,
-                port,
-                users,
-                proc.pid,
-                log_path,
-                stop=functools.partial(_stop_process, proc, term_timeout=5.0),
-            )
-        _stop_process(proc, term_timeout=5.0)
-        if attempt < _PORT_ATTEMPTS and "Address already in use" in _tail(log_path):
-            continue
-        break
-    raise BenchError(f"bench hub: mosquitto did not start; its log ends:\n{_tail(log_path)}")
-
-
-def _start_amqtt(work: Path, users: dict[str, str]) -> _Broker:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
-    from cloud_hub.broker.embedded import BrokerStartError, EmbeddedBroker  # noqa: PLC0415
-
-    password_file = work / "amqtt.passwd"
-    for username, secret in users.items():
-        add_user(password_file, username, secret)
-    log_path = work / "amqtt.log"
-    broker = EmbeddedBroker(
-        HOST, 0, password_file=password_file, log_path=log_path, startup_timeout=_START_TIMEOUT_S
-    )
-    try:
-        broker.start()
-    except BrokerStartError as exc:
-        raise BenchError(f"bench hub: the embedded broker did not start: {exc}") from None
-    return _Broker(
-        "embedded",
-        f"amqtt {version('amqtt')}",
-        broker.port,
-        users,
-        broker.pid,
-        log_path,
-        stop=broker.stop,
-    )
+        if kind == "mosquitto":
+            broker = Mosquitto(work / "mosquitto", users=users)
+        else:
+            broker = AmqttBroker(work / "amqtt", users=users, start_timeout=_START_TIMEOUT_S)
+        return broker.start()
+    except HarnessError as exc:
+        raise BenchError(f"bench hub: the {kind} broker did not start: {exc}") from None
 
 
 # --------------------------------------------------------------------------- MQTT clients here
@@ -582,7 +439,7 @@ class _Publisher:
         if line is None or line.get("event") != event:
             raise BenchError(
                 f"bench hub: publisher {self.k} exited or answered {line!r} instead of "
-                f"{event!r}; its log ends:\n{_tail(self.log_path)}"
+                f"{event!r}; its log ends:\n{log_tail(self.log_path, 15)}"
             )
         return line
 
@@ -768,95 +625,28 @@ def _publisher_main() -> int:
 # --------------------------------------------------------------------------- the hub
 
 
-@dataclass(slots=True)
-class _Hub:
-    proc: subprocess.Popen[bytes]
-    base: str
-    read_token: str
-    data_dir: Path
-    log_path: Path
-
-    def get(self, path: str) -> Any:
-        request = urllib.request.Request(
-            self.base + path, headers={"Authorization": f"Bearer {self.read_token}"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def _start_hub(args: argparse.Namespace, broker: _Broker, models_dir: Path, work: Path) -> _Hub:
-    read_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    http_port = _free_port()
-    data_dir = work / "hub"
-    secret = quote(broker.secrets[_HUB_USER], safe="")
-    env = {
-        **os.environ,
-        # Secrets go by environment, not argv, where any user's `ps` would show them.
-        "EDGELOOP_HUB_BROKER": f"mqtt://{_HUB_USER}:{secret}@{HOST}:{broker.port}",
-        "EDGELOOP_HUB_READ_TOKEN": read_token,
-        "EDGELOOP_HUB_ADMIN_TOKEN": admin_token,
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "cloud_hub",
-        "serve",
-        "--data-dir",
-        str(data_dir),
-        "--models-dir",
-        str(models_dir),
-        "--http-host",
-        HOST,
-        "--http-port",
-        str(http_port),
-        "--root",
-        args.root,
-        "--ingest-batch-max",
-        str(args.ingest_batch_max),
-        "--ingest-batch-wait-ms",
-        str(args.ingest_batch_wait_ms),
-        "--retention-days",
-        "0",
-        "--log-level",
-        "WARNING",
-    ]
-    log_path = work / "hub.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-    return _Hub(proc, f"http://{HOST}:{http_port}", read_token, data_dir, log_path)
-
-
-def _wait_for_hub(hub: _Hub, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if hub.proc.poll() is not None:
-            raise BenchError(
-                f"bench hub: the hub exited with status {hub.proc.returncode} during start-up; "
-                f"its log ends:\n{_tail(hub.log_path)}"
-            )
-        try:
-            hub.get("/healthz")
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise BenchError(
-        f"bench hub: the hub did not answer on {hub.base} within {timeout:.0f} s; see {hub.log_path}"
+def _hub(args: argparse.Namespace, broker: Broker, models_dir: Path, work: Path) -> HubProcess:
+    """The hub against ``broker``, with this run's ingest batches; not started yet."""
+    return HubProcess(
+        work / "hub",
+        models_dir,
+        broker=broker.endpoint(HUB_USER),
+        root=args.root,
+        args=[
+            "--ingest-batch-max",
+            str(args.ingest_batch_max),
+            "--ingest-batch-wait-ms",
+            str(args.ingest_batch_wait_ms),
+            "--retention-days",
+            "0",
+        ],
+        log_path=work / "hub.log",
+        start_timeout=_START_TIMEOUT_S,
+        stop_timeout=_STOP_TIMEOUT_S,
     )
 
 
-def _final_stats(hub: _Hub, expected_readings: int) -> dict[str, Any]:
+def _final_stats(hub: HubProcess, expected_readings: int) -> dict[str, Any]:
     """``/v1/stats/ingest`` once the counters have caught up with the last ack.
 
     The worker acks right after the commit and saves the batch's counters just
@@ -866,7 +656,7 @@ def _final_stats(hub: _Hub, expected_readings: int) -> dict[str, Any]:
     deadline = time.monotonic() + 10.0
     previous: Any = None
     while True:
-        stats: dict[str, Any] = hub.get("/v1/stats/ingest")
+        stats: dict[str, Any] = hub.api.get_json("/v1/stats/ingest", timeout=30.0)
         live = stats.get("live") or {}
         now = (stats.get("stored_readings"), stats.get("received"))
         settled = now == previous and live.get("queue_depth") == 0
@@ -1040,7 +830,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = _plan(args)
     Topics(args.root)  # a bad root fails here, with the topic grammar's message
     if args.broker == "auto":
-        args.broker = "mosquitto" if _mosquitto_binary() else "embedded"
+        args.broker = "mosquitto" if find_mosquitto() else "embedded"
     # SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so the broker, hub and
     # publishers are stopped on the way out instead of being left running.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -1063,8 +853,8 @@ class _Rig:
     """Everything a run started, so that one ``finally`` stops all of it."""
 
     users: dict[str, str]
-    broker: _Broker | None = None
-    hub: _Hub | None = None
+    broker: Broker | None = None
+    hub: HubProcess | None = None
     publishers: list[_Publisher] = field(default_factory=list)
     clients: list[mqtt.Client] = field(default_factory=list)
 
@@ -1075,7 +865,7 @@ class _Rig:
             publisher.close()
         if self.hub is not None:
             self.hub.stop()
-        if self.broker is not None and self.broker.stop is not None:
+        if self.broker is not None:
             self.broker.stop()
 
 
@@ -1083,10 +873,9 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
     # Another job on the machine skews every figure; say how busy it was.
     load_before = round(os.getloadavg()[0], 2)
     models_dir, n_features, n_classes, window = _models(args.models_dir)
-    rig = _Rig({_HUB_USER: secrets.token_urlsafe(24), _BENCH_USER: secrets.token_urlsafe(24)})
+    rig = _Rig({HUB_USER: secrets.token_urlsafe(24), _BENCH_USER: secrets.token_urlsafe(24)})
     try:
-        start = _start_mosquitto if args.broker == "mosquitto" else _start_amqtt
-        broker = rig.broker = start(work, rig.users)
+        broker = rig.broker = _start_broker(args.broker, work, rig.users)
         t_gen = time.monotonic()
         for k in range(plan.publishers):
             spec = {
@@ -1105,11 +894,14 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
             rig.publishers.append(_Publisher(k, spec, work))
         # The hub starts while the publishers build their streams; it sits idle
         # (nothing under its root) through the ceiling phase.
-        hub = rig.hub = _start_hub(args, broker, models_dir, work)
+        hub = rig.hub = _hub(args, broker, models_dir, work).start(wait=False)
         gen_timeout = _START_TIMEOUT_S + plan.messages / 200
         ready = [p.expect("ready", gen_timeout) for p in rig.publishers]
         generate_s = time.monotonic() - t_gen
-        _wait_for_hub(hub, _START_TIMEOUT_S)
+        try:
+            hub.wait_ready()
+        except HarnessError as exc:
+            raise BenchError(f"bench hub: the hub did not start: {exc}") from None
         ceiling = _ceiling_phase(rig, broker, args, plan)
         ingest = _hub_phase(rig, broker, hub, args, plan)
     finally:
@@ -1118,7 +910,7 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
     top = ceiling["ceiling_readings_per_s"]
     return {
         "bench": "hub",
-        "broker": broker.name,
+        "broker": broker.kind,
         "broker_version": broker.version,
         **headline,
         "ceiling_readings_per_s": top,
@@ -1147,7 +939,7 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
 
 
 def _ceiling_phase(
-    rig: _Rig, broker: _Broker, args: argparse.Namespace, plan: _Plan
+    rig: _Rig, broker: Broker, args: argparse.Namespace, plan: _Plan
 ) -> dict[str, Any]:
     """Phase 1: the stream, at full speed, to a subscriber that only counts."""
     root = f"{args.root}-ceiling"
@@ -1186,7 +978,7 @@ def _ceiling_phase(
 
 
 def _hub_phase(
-    rig: _Rig, broker: _Broker, hub: _Hub, args: argparse.Namespace, plan: _Plan
+    rig: _Rig, broker: Broker, hub: HubProcess, args: argparse.Namespace, plan: _Plan
 ) -> dict[str, Any]:
     """Phase 2: the stream to the hub; acks timed here, then its stats and its store audited."""
     listener = _AckListener(dict(plan.devices))
@@ -1200,7 +992,7 @@ def _hub_phase(
     rig.clients.append(client)
     watch = _CpuWatch(
         {
-            "hub": hub.proc.pid,
+            "hub": hub.pid,
             "broker": broker.pid,
             **{f"p{p.k}": p.proc.pid for p in rig.publishers},
         }
@@ -1225,7 +1017,7 @@ def _hub_phase(
     rig.clients.remove(client)
     _close(client)
     status = hub.stop()
-    audit = _audit(hub.data_dir / "hub.db", published, r)
+    audit = _audit(hub.db_path, published, r)
 
     first = min(float(d["first"]) for d in done)
     last = (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,8 +32,10 @@ from cloud_hub.broker.auth import (
 )
 from cloud_hub.broker.embedded import BrokerExit, BrokerStartError, EmbeddedBroker
 from shared.endpoint import BrokerEndpoint, parse_broker_url
+from simulators import harness
+from simulators.harness import AmqttBroker, wait_for_port, wait_for_port_closed
 from tests import brokers
-from tests.brokers import HUB_SECRET, HUB_USER, wait_for_port, wait_for_port_closed
+from tests.brokers import HUB_SECRET, HUB_USER
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0  # seconds to wait for any one broker event; generous for loaded CI machines
@@ -230,7 +231,7 @@ def test_offline_persistent_session_gets_queued_qos1_messages(broker: BrokerEndp
 
 @pytest.mark.timeout(30)
 def test_killed_broker_is_detected(
-    embedded_broker: EmbeddedBroker, amqtt_broker: BrokerEndpoint
+    embedded_broker: AmqttBroker, amqtt_broker: BrokerEndpoint
 ) -> None:
     probe = Probe(amqtt_broker)
     try:
@@ -247,7 +248,7 @@ def test_killed_broker_is_detected(
 
 @pytest.mark.timeout(60)
 def test_restart_after_kill_keeps_the_port(
-    embedded_broker: EmbeddedBroker, amqtt_broker: BrokerEndpoint
+    embedded_broker: AmqttBroker, amqtt_broker: BrokerEndpoint
 ) -> None:
     port = embedded_broker.port
     embedded_broker.kill()
@@ -261,7 +262,7 @@ def test_restart_after_kill_keeps_the_port(
 
 
 @pytest.mark.timeout(30)
-def test_sigterm_stops_the_broker_cleanly(embedded_broker: EmbeddedBroker) -> None:
+def test_sigterm_stops_the_broker_cleanly(embedded_broker: AmqttBroker) -> None:
     assert embedded_broker.stop() == BrokerExit.OK
     assert not embedded_broker.is_running
 
@@ -294,7 +295,7 @@ def test_broker_exits_when_its_parent_process_dies(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(30)
 def test_user_added_while_running_can_log_in(
-    embedded_broker: EmbeddedBroker, amqtt_broker: BrokerEndpoint
+    embedded_broker: AmqttBroker, amqtt_broker: BrokerEndpoint
 ) -> None:
     add_user(embedded_broker.password_file, "pi-07", "late-device-secret")
     probe = Probe(replace(amqtt_broker, username="pi-07", password="late-device-secret"))
@@ -489,8 +490,7 @@ def test_parse_broker_url_errors_do_not_leak_the_password() -> None:
 def test_missing_mosquitto_skips_locally_and_fails_under_ci(
     monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
 ) -> None:
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(brokers, "_first_existing", lambda path: None)
+    monkeypatch.setattr(harness, "find_mosquitto", lambda: None)
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="mosquitto"):
         brokers.require_mosquitto()

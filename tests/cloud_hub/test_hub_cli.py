@@ -23,7 +23,7 @@ from cloud_hub.settings import OPTIONS, resolve_settings
 from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
 from shared.manifest import MODEL_FILE, load_package
-from tests.brokers import free_port
+from simulators.harness import free_port
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -22,16 +20,8 @@ from cloud_hub.provision import (
 )
 from shared.endpoint import BrokerEndpoint, parse_broker_url
 from shared.topics import Kind, Topics
-from tests.brokers import (
-    HOST,
-    HUB_SECRET,
-    HUB_USER,
-    free_port,
-    mosquitto_conf,
-    require_mosquitto,
-    running_mosquitto,
-    wait_for_port,
-)
+from simulators.harness import Mosquitto
+from tests.brokers import HUB_SECRET, HUB_USER, USERS, require_mosquitto
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,19 +78,18 @@ def test_embedded_broker_accepts_a_device_provisioned_while_it_runs(tmp_path: Pa
 
 @pytest.mark.mosquitto
 def test_mosquitto_accepts_the_printed_lines_and_confines_the_device(tmp_path: Path) -> None:
+    require_mosquitto()
     topics = Topics(f"edgeloop-test/{uuid.uuid4().hex[:8]}")
-    acl = tmp_path / "acl"
-    acl.write_text(
-        f"user {HUB_USER}\ntopic readwrite #\n\n" + mosquitto_acl("pi-07", topics) + "\n"
-    )
     device = provision_device(
         "pi-07", broker=BrokerEndpoint("127.0.0.1", 1883), topics=topics, password_file=None
     )
     assert device.mosquitto_password_line and "pi-07" in device.render()
-    with running_mosquitto(
+    with Mosquitto(
         tmp_path / "mosquitto",
-        extra_conf=[f"acl_file {acl}"],
-        extra_users=[device.mosquitto_password_line],
+        users=USERS,
+        password_lines=[device.mosquitto_password_line],
+        acl=f"user {HUB_USER}\ntopic readwrite #\n\n" + mosquitto_acl("pi-07", topics),
+        verbose_log=True,
     ) as base:
         hub, rc = _connect(BrokerEndpoint(base.host, base.port, HUB_USER, HUB_SECRET))
         assert not rc.is_failure
@@ -167,39 +156,27 @@ def test_mosquitto_reload_after_rotation_drops_the_session_and_refuses_the_old_s
     tmp_path: Path,
 ) -> None:
     """What ``devices add --rotate`` prints for Mosquitto, checked against Mosquitto."""
-    binary = require_mosquitto()
-    where = BrokerEndpoint(HOST, 1883)
+    where = BrokerEndpoint("127.0.0.1", 1883)
     old = provision_device("pi-07", broker=where, topics=Topics(), password_file=None)
     new = provision_device(
         "pi-07", broker=where, topics=Topics(), password_file=None, known=True, rotate=True
     )
     assert old.mosquitto_password_line and new.mosquitto_password_line
     assert "replace the line that starts with 'pi-07:'" in new.render()
-    passwd = tmp_path / "passwd"
-    passwd.write_text(old.mosquitto_password_line + "\n")
-    passwd.chmod(0o600)
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, passwd))
-    with (tmp_path / "mosquitto.log").open("wb") as log:
-        process = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
-    try:
-        wait_for_port(HOST, port, 20, process)
-        session, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", old.secret))
+    require_mosquitto()
+    with Mosquitto(tmp_path / "mosquitto", password_lines=[old.mosquitto_password_line]) as mq:
+        session, rc = _connect(mq.endpoint("pi-07", old.secret))
         assert not rc.is_failure, rc
         dropped = threading.Event()
         session.on_disconnect = lambda *_: dropped.set()
-        passwd.write_text(new.mosquitto_password_line + "\n")
-        process.send_signal(signal.SIGHUP)
+        mq.password_lines = [new.mosquitto_password_line]  # replaced, not appended
+        mq.add_accounts()  # rewrites the password file and sends SIGHUP
         assert dropped.wait(20), "Mosquitto kept the session of a rotated password"
         session.loop_stop()
-        refused, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", old.secret))
+        refused, rc = _connect(mq.endpoint("pi-07", old.secret))
         refused.loop_stop()
         assert rc.is_failure, "the old secret must not open a new session"
-        fresh, rc = _connect(BrokerEndpoint(HOST, port, "pi-07", new.secret))
+        fresh, rc = _connect(mq.endpoint("pi-07", new.secret))
         assert not rc.is_failure, rc
         fresh.disconnect()
         fresh.loop_stop()
-    finally:
-        process.terminate()
-        process.wait(10)

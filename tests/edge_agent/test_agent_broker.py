@@ -8,7 +8,6 @@ in-process where the test must see the simulated machine it drives.
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -33,8 +32,7 @@ from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, 
 from shared.topics import Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
-from tests.agents import start_agent, stop_agent
-from tests.conftest import ModelPaths
+from tests.conftest import ModelPaths, StartAgent
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 30.0
@@ -44,6 +42,7 @@ class Recorder:
     """A subscriber that keeps every decoded message of one device, in arrival order."""
 
     def __init__(self, endpoint: BrokerEndpoint, topics: Topics, device: str) -> None:
+        self.endpoint = endpoint
         self.topics = topics
         self.messages: list[Message] = []
         self.undecodable: list[tuple[str, bytes]] = []
@@ -116,17 +115,14 @@ def recorder(broker: BrokerEndpoint, topics: Topics) -> Iterator[Recorder]:
 
 
 def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     recorder: Recorder,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     proc = start_agent(
         broker,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--source",
         "sim",
         "--rate-hz",
@@ -148,7 +144,8 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
         proc.send_signal(signal.SIGKILL)
         recorder.wait_for("the will", _status("offline"))
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     birth = next(m for m in recorder.of(Status) if m.state == "online")
     will = next(m for m in recorder.of(Status) if m.state == "offline")
     assert (birth.agent_version, birth.model_version) == (__version__, "1.0.0")
@@ -168,17 +165,14 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
 
 
 def test_finite_run_delivers_every_reading_then_exits_zero(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     recorder: Recorder,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     proc = start_agent(
         broker,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--source",
         "sim",
         "--rate-hz",
@@ -189,34 +183,32 @@ def test_finite_run_delivers_every_reading_then_exits_zero(
         "50",
     )
     try:
-        assert proc.wait(WAIT) == 0, stop_agent(proc)
+        assert proc.wait(WAIT) == 0, proc.output()
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     assert sum(len(t) for t in recorder.of(Telemetry)) == 777, log
     seqs = _stream_seqs(recorder)
     assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_sigterm_flushes_publishes_offline_and_exits_zero(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     recorder: Recorder,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     proc = start_agent(
         broker,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--source",
         "stdin",
         "--max-delay-ms",
         "60000",
         "--heartbeat-s",
         "0.2",
-        stdin=subprocess.PIPE,
+        stdin_pipe=True,
     )
     try:
         recorder.wait_for("birth", _status("online"))
@@ -236,24 +228,22 @@ def test_sigterm_flushes_publishes_offline_and_exits_zero(
         assert proc.wait(WAIT) == 0
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     batches = recorder.of(Telemetry)
     assert sum(len(t) for t in batches) == 7, log
     assert [float(x) for t in batches for x in t.ts] == [1000.0 + i for i in range(7)]
 
 
 def test_garbage_on_subscribed_topics_is_counted_and_survived(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     recorder: Recorder,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     proc = start_agent(
         broker,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--source",
         "sim",
         "--rate-hz",
@@ -290,7 +280,8 @@ def test_garbage_on_subscribed_topics_is_counted_and_survived(
         recorder.wait_for("telemetry after the garbage", _count(Telemetry, seen + 3))
         assert proc.poll() is None, "the agent died"
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     invalid = recorder.of(Health)[-1].invalid
     for reason in (
         "not_utf8",
@@ -453,7 +444,7 @@ def test_every_urgent_cause_gets_its_own_action_and_event(
 
 
 def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
-    broker: BrokerEndpoint,
+    start_agent: StartAgent,
     topics: Topics,
     recorder: Recorder,
     model_packages: ModelPaths,
@@ -462,10 +453,8 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
     csv_path = tmp_path / "recorded.csv"
     write_csv(csv_path, MachineConfig(seed=11, urgent_rate=0.01, fault_rate=0.005), 240)
     proc = start_agent(
-        broker,
+        recorder.endpoint,
         topics,
-        model_packages.edge,
-        tmp_path / "state",
         "--source",
         "csv",
         "--csv-path",
@@ -476,10 +465,11 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
         "32",
     )
     try:
-        assert proc.wait(WAIT) == 0, stop_agent(proc)
+        assert proc.wait(WAIT) == 0, proc.output()
         recorder.wait_for("the offline status", _status("offline"))
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     batches = sorted(recorder.of(Telemetry), key=lambda t: t.seq)
     got_features = np.concatenate([t.features for t in batches])
     got_scores = np.concatenate([t.scores for t in batches])
@@ -500,15 +490,13 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
 
 @pytest.mark.timeout(120)
 def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
-    embedded_broker: Any, topics: Topics, model_packages: ModelPaths, tmp_path: Path
+    start_agent: StartAgent, embedded_broker: Any, topics: Topics
 ) -> None:
     endpoint: BrokerEndpoint = embedded_broker.endpoint("edgeloop", "edgeloop-test-secret")
     recorder = Recorder(endpoint, topics, "dev-a")
     proc = start_agent(
         endpoint,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--source",
         "sim",
         "--rate-hz",
@@ -544,7 +532,8 @@ def test_agent_rides_out_a_broker_outage_with_a_bounded_queue(
         assert proc.poll() is None
     finally:
         recorder.close()
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     beat = next(m for m in reversed(recorder.of(Health)) if m.dropped.get("outbox_full_messages"))
     # Bounded: whatever the outage, at most outbox_max messages are held; each
     # dropped one is declared with the readings it carried.

@@ -20,7 +20,8 @@ from cloud_hub.store.base import DeadLetter, Store, TelemetryRows
 from shared.features import FEATURE_NAMES
 from shared.manifest import MODEL_FILE, ModelPackage, load_package
 from shared.messages import Event, Health, Status
-from tests.cloud_hub.api.server import Client, live_server
+from simulators.harness import HubApi
+from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 
 READ_TOKEN = "read-token-for-api-tests-0123456789"
@@ -51,9 +52,9 @@ class Seeded:
 
 @dataclass(frozen=True)
 class Hub:
-    anon: Client
-    read: Client
-    admin: Client
+    anon: HubApi
+    read: HubApi
+    admin: HubApi
     seeded: Seeded
     config: ApiConfig
     app: Any
@@ -222,8 +223,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
             predict_max_rows=PREDICT_MAX_ROWS,
         )
         app = create_app(store, config, ingest_stats=lambda: {"queue_depth": 0, "running": True})
-        with live_server(app) as port:
-            anon = Client(port)
+        with live_server(app) as anon:
             yield Hub(
                 anon=anon,
                 read=anon.with_token(READ_TOKEN),

@@ -13,7 +13,7 @@ from cloud_hub.api.auth import token_access
 from cloud_hub.store import open_store
 from shared.errors import ConfigError
 from tests.cloud_hub.api.conftest import ADMIN_TOKEN, READ_TOKEN, Hub
-from tests.cloud_hub.api.server import Client, live_server
+from tests.cloud_hub.api.server import live_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -155,8 +155,7 @@ def test_config_refuses_senseless_access_rules(kwargs: dict[str, Any], words: st
 def test_insecure_dev_without_tokens_opens_everything_and_says_so(hub: Hub) -> None:
     store = hub.app.state.edgeloop.store
     app = create_app(store, ApiConfig(read_token=None, admin_token=None, insecure_dev=True))
-    with live_server(app) as port:
-        client = Client(port)
+    with live_server(app) as client:
         assert client.get("/v1/devices").status == 200
         assert client.get("/v1/dead-letters").status == 200
         assert client.get("/healthz").json()["auth"] == "open"
@@ -181,8 +180,8 @@ def test_a_failing_store_is_503_on_healthz_and_500_elsewhere(hub: Hub, tmp_path:
     store = open_store(f"sqlite:///{tmp_path / 'closed.db'}")
     store.close()
     app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
-    with live_server(app) as port:
-        client = Client(port, READ_TOKEN)
+    with live_server(app) as anon:
+        client = anon.with_token(READ_TOKEN)
         health = client.get("/healthz")
         assert health.status == 503
         body = health.json()

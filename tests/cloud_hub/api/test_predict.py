@@ -17,7 +17,6 @@ from cloud_hub.store.base import ModelRecord
 from shared.features import SENSORS, features_for_stream
 from shared.manifest import ModelPackage
 from tests.cloud_hub.api.conftest import PREDICT_MAX_ROWS, READ_TOKEN, Hub
-from tests.cloud_hub.api.server import HOST
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -182,7 +181,7 @@ def test_a_chunked_body_over_the_limit_is_413(hub: Hub) -> None:
     limit = hub.config.predict_body_limit
     body = b'{"model": "machine-heavy", "features": [' + b" " * limit  # just over the limit
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
-    conn = http.client.HTTPConnection(HOST, hub.read.port, timeout=20)
+    conn = http.client.HTTPConnection(hub.read.host, hub.read.port, timeout=20)
     try:
         conn.request(
             "POST",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from shared.endpoint import BrokerEndpoint
 from shared.manifest import load_package
 from shared.messages import Message, Telemetry, decode, encode
 from shared.topics import Topics
+from simulators import harness
 from tests.brokers import HUB_SECRET, HUB_USER
 from tests.conftest import ModelPaths
 
@@ -37,12 +37,11 @@ N_CLASSES = 3
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Poll ``check`` (a store or stats read: nothing to await) until true, or fail."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.02)
+    """Poll ``check`` (a store or stats read: nothing to await) until true, or fail the test."""
+    try:
+        harness.wait_until(what, check, timeout=timeout, interval=0.02)
+    except harness.WaitTimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def settled(worker: IngestWorker, what: str, check: Callable[[IngestStats], bool]) -> IngestStats:

@@ -7,8 +7,6 @@ they computed and the hub's heavy scores, and the hub's acks reach them.
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +14,9 @@ import pytest
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Message, Status
 from shared.topics import Kind, Topics
-from tests.agents import start_agent, stop_agent
 from tests.cloud_hub.ingest.conftest import WAIT, Client, Hub, settled, wait_until
 from tests.cloud_hub.ingest.test_worker import stored_rows
-from tests.conftest import ModelPaths
+from tests.conftest import StartAgent
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,11 +29,10 @@ def _wills(msgs: list[Message]) -> dict[str, Status]:
 
 
 def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     hub: Hub,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     wire = Client(
         broker,
@@ -47,8 +43,6 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
         d: start_agent(
             broker,
             topics,
-            model_packages.edge,
-            tmp_path / d,
             "--heartbeat-s",
             "0.3",
             "--source",
@@ -68,7 +62,7 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
     logs: dict[str, str] = {}
     try:
         for proc in procs.values():
-            assert proc.wait(WAIT) == 0, stop_agent(proc)
+            assert proc.wait(WAIT) == 0, proc.output()
         wire.wait_for("every agent's will", lambda msgs: set(_wills(msgs)) == set(DEVICES))
         wills = _wills(wire.messages)
         # A will's seq is the last stream seq its agent issued: every one must be acked.
@@ -78,7 +72,8 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
         )
     finally:
         for d, proc in procs.items():
-            logs[d] = stop_agent(proc)
+            proc.kill()
+            logs[d] = proc.output()
         wire.close()
     store = hub.store
 
@@ -114,11 +109,10 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
 
 
 def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
+    start_agent: StartAgent,
     broker: BrokerEndpoint,
     topics: Topics,
     hub: Hub,
-    model_packages: ModelPaths,
-    tmp_path: Path,
 ) -> None:
     """The agent itself takes the acks in: its heartbeat's acked_seq reaches its last seq.
 
@@ -129,8 +123,6 @@ def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
     proc = start_agent(
         broker,
         topics,
-        model_packages.edge,
-        tmp_path,
         "--heartbeat-s",
         "0.3",
         "--source",
@@ -138,7 +130,7 @@ def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
         "--max-batch",
         "50",
         device="dev-s",
-        stdin=subprocess.PIPE,
+        stdin_pipe=True,
     )
     store = hub.store
 
@@ -163,7 +155,8 @@ def test_an_agents_heartbeat_reports_the_hubs_ack_of_its_last_seq(
         proc.stdin.close()
         assert proc.wait(WAIT) == 0
     finally:
-        log = stop_agent(proc)
+        proc.kill()
+        log = proc.output()
     rows = stored_rows(store, "dev-s")
     assert sum(len(r) for r in rows) == READINGS, log
     assert sorted(r.seq for r in rows) == list(range(1, READINGS // 50 + 1))

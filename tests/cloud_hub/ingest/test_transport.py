@@ -12,7 +12,7 @@ from cloud_hub.ingest import BrokerConnectError, HubLink, IngestQueue
 from shared.endpoint import BrokerEndpoint
 from shared.messages import decode
 from shared.topics import EDGE_TO_HUB, Kind, Topics, topic_matches
-from tests.brokers import free_port
+from simulators.harness import free_port
 from tests.cloud_hub.ingest.conftest import WAIT, Client, hub_endpoint, telemetry, wait_until
 
 pytestmark = pytest.mark.timeout(60)
