@@ -233,18 +233,20 @@ class Outbox:
         """
         with self._stage_lock:
             if len(self._staged) >= self.staging_max:
-                for i, (_, is_urgent) in enumerate(self._staged):
-                    if not is_urgent:
-                        del self._staged[i]
-                        break
-                else:
-                    self._staged.popleft()
-                self.dropped["staging_full_messages"] = (
-                    self.dropped.get("staging_full_messages", 0) + 1
-                )
+                self._drop_staged()
             self._staged.append((make, urgent))
         if self._wake is not None:
             self._wake.set()
+
+    def _drop_staged(self) -> None:
+        """Drop the oldest staged telemetry (an urgent one only if none is left); under the lock."""
+        for i, (_, is_urgent) in enumerate(self._staged):
+            if not is_urgent:
+                del self._staged[i]
+                break
+        else:
+            self._staged.popleft()
+        self.dropped["staging_full_messages"] = self.dropped.get("staging_full_messages", 0) + 1
 
     # -- the link thread -----------------------------------------------------------------------
 
@@ -274,14 +276,28 @@ class Outbox:
         """Give staged messages their seqs, write and commit them; enforce the bounds.
 
         Returns how many messages were written. Unencodable messages (a bug)
-        are logged and counted ``unencodable_<kind>``, and take no seq.
+        are logged and counted ``unencodable_<kind>``, and take no seq. When
+        the write fails (a full or failing disk) the error is raised and
+        nothing is lost: the messages stay staged, in order, and their seqs
+        are not spent, so the next flush tries them again.
         """
         now = time.time() if now is None else now
         with self._stage_lock:
             staged = list(self._staged)
             self._staged.clear()
+        try:
+            return self._write(staged, now)
+        except sqlite3.Error:
+            with self._stage_lock:
+                self._staged.extendleft(reversed(staged))
+                while len(self._staged) > self.staging_max:
+                    self._drop_staged()
+            raise
+
+    def _write(self, staged: list[tuple[Maker, bool]], now: float) -> int:
         rows = []
         readings = 0
+        first_seq = self._next_seq
         for make, _ in staged:
             msg = make(self._next_seq)
             try:
@@ -295,18 +311,12 @@ class Outbox:
             readings += n
             rows.append((msg.epoch, msg.seq, msg.kind.value, n, now, len(payload), payload))
             self._next_seq += 1
-        db = self._db
         if rows:
-            with db:
-                db.executemany(
-                    "INSERT INTO messages (epoch, seq, kind, readings, created, size, payload) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute(
-                    "UPDATE epochs SET last_seq = ?, readings = readings + ? WHERE epoch = ?",
-                    (self.last_seq, readings, self.epoch),
-                )
+            try:
+                self._insert(rows, readings)
+            except sqlite3.Error:
+                self._next_seq = first_seq
+                raise
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True
@@ -316,6 +326,22 @@ class Outbox:
         ):
             self._fsync()
         return len(rows)
+
+    def _insert(
+        self, rows: list[tuple[int, int, str, int, float, int, bytes]], readings: int
+    ) -> None:
+        """One transaction: the rows and the epoch's counters (the disk seam of the outbox)."""
+        db = self._db
+        with db:
+            db.executemany(
+                "INSERT INTO messages (epoch, seq, kind, readings, created, size, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute(
+                "UPDATE epochs SET last_seq = ?, readings = readings + ? WHERE epoch = ?",
+                (self.last_seq, readings, self.epoch),
+            )
 
     def fsync_due(self) -> float | None:
         """Monotonic time at which written data must be synced (None: nothing pending)."""

@@ -7,8 +7,6 @@ the reports is checked on :class:`ConnectReport` with explicit times.
 
 from __future__ import annotations
 
-import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +17,7 @@ from fastapi import FastAPI
 
 from edge_agent.transport import ConnectFailure, ConnectReport
 from shared.endpoint import BrokerEndpoint
-from shared.topics import Topics
-from tests.agents import start_agent
-from tests.brokers import HOST, free_port
+from simulators.harness import HOST, AgentProcess, free_port, wait_until
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 
@@ -32,56 +28,40 @@ REPORT = "cannot connect to the broker at"
 
 
 class Output:
-    """Every line a process prints, with a wait for the first line that contains a text."""
+    """An agent process's log, with a wait for the first line that contains a text."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
+    def __init__(self, agent: AgentProcess) -> None:
+        self.agent = agent
 
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode(errors="replace"))
-                self._cond.notify_all()
+    def _find(self, text: str) -> str | None:
+        return next((ln for ln in self.agent.output().splitlines() if text in ln), None)
 
     def wait_for(self, text: str) -> str:
-        def found() -> str | None:
-            return next((line for line in self.lines if text in line), None)
-
-        with self._cond:
-            if not self._cond.wait_for(lambda: found() is not None, WAIT):
-                raise AssertionError(f"no line with {text!r} in:\n{''.join(self.lines)}")
-            line = found()
-            assert line is not None
-            return line
+        wait_until(f"a line with {text!r}", lambda: self._find(text) is not None, timeout=WAIT)
+        line = self._find(text)
+        assert line is not None
+        return line
 
     def text(self) -> str:
-        self._thread.join(WAIT)
-        with self._cond:
-            return "".join(self.lines)
+        return self.agent.output()
 
 
 @contextmanager
 def _agent(endpoint: BrokerEndpoint, model: Path, state: Path) -> Iterator[Output]:
-    proc = start_agent(
-        endpoint,
-        Topics(f"edgeloop-test/{uuid.uuid4().hex[:10]}"),
+    agent = AgentProcess(
         model,
-        state,
-        "--reconnect-min-s",
-        "1",
-        "--reconnect-max-s",
-        "1",
+        state / "agent",
+        broker=endpoint,
+        device=endpoint.username or "dev-a",
+        root=f"edgeloop-test/{uuid.uuid4().hex[:10]}",
+        args=("--reconnect-min-s", "1", "--reconnect-max-s", "1"),
+        log_level="INFO",
     )
-    output = Output(proc)
+    agent.start(wait=False)  # it never connects: that is the point
     try:
-        yield output
+        yield Output(agent)
     finally:
-        proc.kill()
-        proc.wait(10)
+        agent.kill()
 
 
 def test_closed_port_is_reported_with_the_address_the_error_and_what_to_check(
@@ -100,7 +80,8 @@ def test_closed_port_is_reported_with_the_address_the_error_and_what_to_check(
 def test_an_http_port_is_reported_as_not_an_mqtt_broker(
     model_packages: ModelPaths, tmp_path: Path
 ) -> None:
-    with live_server(FastAPI()) as port:
+    with live_server(FastAPI()) as api:
+        port = api.port
         endpoint = BrokerEndpoint(HOST, port, "dev-a", SECRET)
         with _agent(endpoint, model_packages.edge, tmp_path) as output:
             line = output.wait_for(REPORT)

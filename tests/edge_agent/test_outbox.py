@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -270,3 +271,40 @@ import time; time.sleep(60)
     box = Outbox(path, epoch=6)
     assert box.recovered == 20
     assert [m.seq for m in send_all(box)] == list(range(1, 21))
+
+
+class _FullDisk(Outbox):
+    """The real outbox whose writes fail while ``full`` is set (the fault, injected)."""
+
+    full = False
+
+    def _insert(
+        self, rows: list[tuple[int, int, str, int, float, int, bytes]], readings: int
+    ) -> None:
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._insert(rows, readings)
+
+
+def test_a_failed_write_keeps_the_messages_staged_and_spends_no_seq(tmp_path: Path) -> None:
+    box = _FullDisk(tmp_path / "outbox.db", epoch=1)
+    box.emit(telemetry(1))
+    box.flush()
+    box.full = True
+    for _ in range(3):
+        box.emit(telemetry(1))
+    with pytest.raises(sqlite3.OperationalError):
+        box.flush()
+    assert box.staged == 3 and box.last_seq == 1 and box.depth == 1
+    box.emit(event(1), urgent=True)
+    with pytest.raises(sqlite3.OperationalError):
+        box.flush()
+    box.full = False
+    assert box.flush() == 4
+    assert keys(send_all(box)) == [
+        ("events", 1, 5),
+        ("telemetry", 1, 1),
+        ("telemetry", 1, 2),
+        ("telemetry", 1, 3),
+        ("telemetry", 1, 4),
+    ]
