@@ -150,6 +150,7 @@ class Outbox:
         self._db = self._open()
         self._next_seq = 1
         self._last_fsync = time.monotonic()
+        self._next_age_check = 0.0
         self._dirty = False
         self._cursor_events = (0, 0)
         self._cursor_other = (0, 0)
@@ -369,7 +370,9 @@ class Outbox:
 
     def _enforce_bounds(self, now: float) -> None:
         db = self._db
-        if self.max_age_s > 0:
+        # The age bound is days; checking it once a minute spares a table scan per flush.
+        if self.max_age_s > 0 and now >= self._next_age_check:
+            self._next_age_check = now + min(60.0, self.max_age_s / 10)
             old = db.execute(
                 "SELECT epoch, seq, readings, size FROM messages WHERE created < ? "
                 "ORDER BY epoch, seq",

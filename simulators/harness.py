@@ -894,6 +894,11 @@ class AmqttBroker:
 # --------------------------------------------------------------------------- the hub
 
 
+_DEVICES_ADD_FLAGS: Final = frozenset(
+    {"--data-dir", "--store", "--broker", "--broker-host", "--broker-port", "--root"}
+)
+
+
 class HubProcess(ManagedProcess):
     """``edgeloop-hub serve`` (as ``python -m cloud_hub serve``), ready once ``/healthz`` answers.
 
@@ -932,7 +937,8 @@ class HubProcess(ManagedProcess):
         self.broker_port: int | None = None if broker else (broker_port or free_port())
         self.read_token = read_token or secrets.token_urlsafe(24)
         self.admin_token = admin_token or secrets.token_urlsafe(24)
-        # ``serve`` flags without secrets; ``devices add`` takes the same ones.
+        # ``serve`` flags without secrets (``devices_add_flags`` are the ones
+        # ``devices add`` takes of them).
         self.flags = [
             "--data-dir",
             str(self.data_dir),
@@ -965,6 +971,15 @@ class HubProcess(ManagedProcess):
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
         )
+
+    @property
+    def devices_add_flags(self) -> list[str]:
+        """The flags of :attr:`flags` that ``edgeloop-hub devices add`` takes."""
+        out: list[str] = []
+        for i, flag in enumerate(self.flags[:-1]):
+            if flag in _DEVICES_ADD_FLAGS:
+                out += [flag, self.flags[i + 1]]
+        return out
 
     @property
     def base_url(self) -> str:

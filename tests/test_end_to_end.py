@@ -65,7 +65,15 @@ def hub(
 
         def provision(device: str) -> dict[str, str]:
             done = subprocess.run(
-                [sys.executable, "-m", "cloud_hub", "devices", "add", device, *process.flags],
+                [
+                    sys.executable,
+                    "-m",
+                    "cloud_hub",
+                    "devices",
+                    "add",
+                    device,
+                    *process.devices_add_flags,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=60,
