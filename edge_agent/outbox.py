@@ -188,6 +188,7 @@ class Outbox:
             db.execute("SELECT count(*) FROM messages").fetchone()
             return db
         except sqlite3.DatabaseError as exc:
+            unread = self._count_unacked()
             with contextlib.suppress(NameError, sqlite3.Error):
                 db.close()
             moved = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -195,16 +196,27 @@ class Outbox:
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
                     os.replace(src, f"{moved}{suffix}")
+            held = "an unknown number of" if unread is None else f"{unread}"
             self.corrupt = OutboxCorruptError(
                 f"outbox {self.path} cannot be read ({exc}); moved it to {moved} and started a "
-                "new one. Messages in it that the hub had not acked cannot be sent: the hub "
-                "will count them as lost once its gap retention passes. Keep the moved file "
-                "for inspection, or delete it.",
+                f"new one. It held {held} messages the hub had not acked; they cannot be "
+                "sent, and the hub will count them as lost once its gap retention passes. "
+                "Keep the moved file for inspection, or delete it.",
                 moved_to=moved,
             )
             self.dropped["outbox_corrupt_files"] = 1
+            if unread:
+                self.dropped["outbox_corrupt_messages"] = unread
             log.error("%s", self.corrupt)
             return self._connect(str(self.path))
+
+    def _count_unacked(self) -> int | None:
+        """How many messages a damaged outbox file still shows, if SQLite can say."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+                return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+        except sqlite3.Error:
+            return None
 
     def _connect(self, target: str) -> sqlite3.Connection:
         db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)

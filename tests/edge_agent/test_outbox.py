@@ -243,6 +243,24 @@ def test_a_corrupt_outbox_is_moved_aside_and_a_new_one_started(
     assert box.flush() == 1  # the new outbox works
 
 
+def test_a_truncated_outbox_is_moved_aside_and_what_it_held_counted(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, epoch=1, fsync_ms=0)
+    for _ in range(400):
+        box.emit(telemetry(1, n=20))
+    box.flush()
+    box.close()
+    with sqlite3.connect(path) as db:  # fold the WAL in, so the main file holds it all
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # a torn copy, or a card that lost its tail
+    box = Outbox(path, epoch=2)
+    assert box.corrupt is not None and box.corrupt.moved_to.exists()
+    assert box.dropped["outbox_corrupt_files"] == 1
+    assert "cannot be read" in str(box.corrupt) and str(path) in str(box.corrupt)
+    assert box.recovered == 0 and box.flush() == 0
+
+
 def test_a_write_survives_the_process_being_killed(tmp_path: Path) -> None:
     path = tmp_path / "outbox.db"
     script = f"""
