@@ -125,7 +125,7 @@ OPTIONS: Final = OptionTable(
             "ingest_queue_max_bytes",
             positive_int,
             256 * 2**20,
-            "payload bytes queued between the MQTT client and the ingest worker (default 256 MiB); when full, the hub stops reading from the broker until the worker catches up",
+            "payload bytes (256 MiB) queued between the MQTT client and the ingest worker; when full, the hub stops reading from the broker until the worker catches up",
             "BYTES",
         ),
         Option(

@@ -227,14 +227,14 @@ OPTIONS: Final = OptionTable(
             "outbox_max_bytes",
             positive_int,
             64 * 2**20,
-            "payload bytes the outbox keeps unacked at most (default 64 MiB, sized for a Pi's SD card); beyond it the oldest telemetry is dropped and declared to the hub",
+            "payload bytes the outbox keeps unacked at most (64 MiB, sized for a Pi's SD card); beyond it the oldest telemetry is dropped and declared to the hub",
             "BYTES",
         ),
         Option(
             "outbox_max_age_s",
             positive_float,
             7 * 86400.0,
-            "unacked messages older than this are dropped and declared to the hub (default 7 days)",
+            "unacked messages older than this (7 days) are dropped and declared to the hub",
             "S",
         ),
         Option(

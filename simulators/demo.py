@@ -155,7 +155,9 @@ def _summary_loop(config: DemoConfig, api: HubApi, stop: threading.Event) -> Non
             config,
             f"[{now - started:6.0f}s] devices online {devices['states'].get('online', 0)}/{config.devices}  "
             f"readings/s {rate:7.1f}  readings {readings}  urgent events {int(counters.get('stored_events', 0))}  "
-            f"edge/heavy disagreement {disagree:.2f}%  invalid {stats.get('invalid_total', 0)}",
+            f"edge/heavy disagreement {disagree:.2f}%  invalid {stats.get('invalid_total', 0)}  "
+            f"lost at edge {sum(stats.get('lost_at_edge_readings', {}).values())}  "
+            f"lost unexplained {stats.get('lost_unexplained_messages', 0)}",
         )
         if over:
             return
