@@ -286,13 +286,21 @@ class Outbox:
             staged = list(self._staged)
             self._staged.clear()
         try:
-            return self._write(staged, now)
+            written = self._write(staged, now)
         except sqlite3.Error:
             with self._stage_lock:
                 self._staged.extendleft(reversed(staged))
                 while len(self._staged) > self.staging_max:
                     self._drop_staged()
             raise
+        # The messages are written and have their seqs: whatever fails from here
+        # on must not stage them again (that would issue their readings twice).
+        self._enforce_bounds(now)
+        if self._dirty and (
+            not self.fsync_ms or (time.monotonic() - self._last_fsync) * 1000 >= self.fsync_ms
+        ):
+            self._fsync()
+        return written
 
     def _write(self, staged: list[tuple[Maker, bool]], now: float) -> int:
         rows = []
@@ -320,11 +328,6 @@ class Outbox:
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True
-        self._enforce_bounds(now)
-        if self._dirty and (
-            not self.fsync_ms or (time.monotonic() - self._last_fsync) * 1000 >= self.fsync_ms
-        ):
-            self._fsync()
         return len(rows)
 
     def _insert(
@@ -499,8 +502,11 @@ class Outbox:
             "ORDER BY epoch, first"
         ).fetchall()
         if rows:
-            with db:
-                db.execute("UPDATE declared SET due = 0 WHERE due = 1")
+            try:
+                with db:
+                    db.execute("UPDATE declared SET due = 0 WHERE due = 1")
+            except sqlite3.Error as exc:  # a full disk: they stay due, and go again next time
+                log.debug("outbox: declarations sent but not marked sent: %s", exc)
         return [
             Dropped(device, int(e), int(last), int(first), reason, tuple(map(int, c.split(","))))
             for e, first, last, reason, c in rows
