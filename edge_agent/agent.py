@@ -78,6 +78,7 @@ class Agent:
             max_bytes=settings.outbox_max_bytes,
             max_messages=settings.outbox_max,
             max_age_s=settings.outbox_max_age_s,
+            min_free_bytes=settings.outbox_min_free_bytes,
             fsync_ms=settings.outbox_fsync_ms,
             wake=self.wake,
         )

@@ -1,8 +1,16 @@
-"""The outbox on a full disk: a failed write never issues a reading twice."""
+"""The outbox on a small or full disk: its WAL stays small, it stops growing below its
+free-space reserve (declaring what it drops), and a failed write never issues a reading twice.
+
+The small disk is a real tmpfs where the test may mount one (root); the
+reserve is tested on any disk by injecting what the outbox reads as free space.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +41,95 @@ def telemetry(epoch: int):  # type: ignore[no-untyped-def]
         )
 
     return make
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path``; the test is skipped where mounting is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], timeout=10, check=False)
+
+
+def test_the_wal_stays_small_while_the_hub_acks(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", epoch=1)
+    for _ in range(400):
+        box.emit(telemetry(1))
+        box.flush()
+        assert box.ack(1, box.last_seq) is None
+    # SQLite's own default checkpoints at 1,000 pages and keeps the file: ~4 MiB here.
+    assert (tmp_path / "outbox.db-wal").stat().st_size <= 512 * 1024
+    box.close()
+
+
+def test_an_outbox_on_a_small_disk_keeps_working_while_the_hub_acks(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "512k") as disk:
+        box = Outbox(disk / "outbox.db", epoch=1, min_free_bytes=128 * 1024)
+        for _ in range(600):
+            box.emit(telemetry(1))
+            assert box.flush() == 1
+            assert box.ack(1, box.last_seq) is None
+        assert box.depth == 0 and box.declared == {}
+        box.close()
+
+
+class _NearlyFull(Outbox):
+    """The real outbox, told its disk has ``free`` bytes left (the fault, injected)."""
+
+    free = 10**12
+
+    def _disk_free(self) -> int:
+        return self.free
+
+
+def test_below_its_reserve_the_outbox_stops_growing_and_declares_what_it_drops(
+    tmp_path: Path,
+) -> None:
+    box = _NearlyFull(tmp_path / "outbox.db", epoch=3, min_free_bytes=1024 * 1024)
+    for _ in range(100):  # the hub is away: nothing is acked, the outbox grows
+        box.emit(telemetry(3))
+        box.flush()
+    assert box.declared == {}
+    pages = box._pages()
+    box.free = 1000  # now the disk is nearly full
+    for _ in range(300):
+        box.emit(telemetry(3))
+        box.flush()
+    assert box._pages() <= pages + 4, "the file kept growing below the reserve"
+    dropped = box.declared["disk_full_readings"]
+    assert dropped > 0 and dropped == READINGS * box.declared["disk_full_messages"]
+    kept = box._db.execute("SELECT coalesce(sum(readings), 0) FROM messages").fetchone()[0]
+    assert kept + dropped == 400 * READINGS  # every reading issued is kept or declared
+    declarations = box.declarations(DEVICE)
+    assert {d.reason for d in declarations} == {"disk_full"}
+    assert sum(sum(d.readings) for d in declarations) == dropped
+    assert declarations[0].first == 1  # the oldest went first
+    assert box.issued() == {3: (400, 400 * READINGS)}
+
+
+def test_below_its_reserve_the_outbox_drops_nothing_while_the_hub_acks(tmp_path: Path) -> None:
+    box = _NearlyFull(tmp_path / "outbox.db", epoch=3, min_free_bytes=1024 * 1024)
+    for _ in range(5):
+        box.emit(telemetry(3))
+        box.flush()
+    box.ack(3, box.last_seq)
+    box.free = 1000
+    for _ in range(200):
+        box.emit(telemetry(3))
+        box.flush()
+        box.ack(3, box.last_seq)
+    assert box.declared == {}
 
 
 class _DropFails(Outbox):
