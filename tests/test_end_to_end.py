@@ -27,6 +27,7 @@ from tests.conftest import ModelPaths
 pytestmark = pytest.mark.timeout(240)
 READINGS = 400
 AGENTS = 5
+ADD_OPTIONS = frozenset({"--data-dir", "--root", "--broker-host", "--broker-port"})
 
 
 @dataclass
@@ -62,10 +63,14 @@ def hub(
         log_level="INFO",
     )
     if mosquitto is None:
+        # `devices add` takes only the options that say where the broker, its
+        # accounts and the store are; serve's others (--http-port...) it refuses.
+        pairs = zip(process.flags[::2], process.flags[1::2], strict=True)
+        add_flags = [x for option, value in pairs if option in ADD_OPTIONS for x in (option, value)]
 
         def provision(device: str) -> dict[str, str]:
             done = subprocess.run(
-                [sys.executable, "-m", "cloud_hub", "devices", "add", device, *process.flags],
+                [sys.executable, "-m", "cloud_hub", "devices", "add", device, *add_flags],
                 capture_output=True,
                 text=True,
                 timeout=60,
