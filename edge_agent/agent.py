@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from typing import Final
@@ -77,6 +78,7 @@ class Agent:
             max_bytes=settings.outbox_max_bytes,
             max_messages=settings.outbox_max,
             max_age_s=settings.outbox_max_age_s,
+            min_free_bytes=settings.outbox_min_free_bytes,
             fsync_ms=settings.outbox_fsync_ms,
             wake=self.wake,
         )
@@ -91,6 +93,8 @@ class Agent:
         self._resend_at: float | None = None
         self._resend_every = settings.resend_after_s
         self._connects_seen = 0
+        self._write_failures = 0
+        """Outbox writes failed in a row (a full or failing disk); 0 once one succeeds."""
         self._link: MqttLink | None = None
         self._process = psutil.Process()
 
@@ -221,7 +225,20 @@ class Agent:
         self.wake.set()
         link_thread.join(self.settings.shutdown_timeout_s + 1.0)
         outbox = self.outbox
-        outbox.flush()
+        try:
+            outbox.flush()
+        except Exception as exc:  # a full disk: say what is lost, and still shut down cleanly
+            unwritten = outbox.staged
+            self.counters.add("dropped:unwritten_at_shutdown_messages", unwritten)
+            log.error(
+                "device %r: %d messages could not be written to the outbox at shutdown (%s); "
+                "they are lost (they never got a seq, so the hub sees no gap). Free space on "
+                "the state directory's disk (%s)",
+                self.device,
+                unwritten,
+                exc,
+                self.settings.state_dir,
+            )
         if outbox.depth:
             if self.settings.outbox == "disk":
                 log.info(
@@ -273,10 +290,10 @@ class Agent:
             if batch is not None:
                 self._emit_batch(batch)
             try:
-                outbox.flush()
-            except Exception:  # a full or failing disk must not end the link
-                self.counters.add("outbox_write_errors")
-                log.exception("device %r: writing the outbox failed; retrying", self.device)
+                if outbox.flush():
+                    self._write_succeeded()
+            except Exception as exc:  # a full or failing disk must not end the link
+                self._write_failed("writing new messages", exc)
             if link.connected.is_set():
                 self._resend_if_due(link, now)
                 self._pump(link)
@@ -299,6 +316,36 @@ class Agent:
             if drain_deadline is not None:
                 waits.append(0.05)
             self.wake.wait(max(0.0, min(waits)))
+
+    def _write_failed(self, what: str, exc: Exception) -> None:
+        """Count an outbox write that failed; log the first of a run of them (not each one)."""
+        self.counters.add("outbox_write_errors")
+        self._write_failures += 1
+        if self._write_failures == 1:
+            log.error(
+                "device %r: the outbox cannot be written (%s: %s) while %s; new messages wait "
+                "in memory (%d now, at most %d) and the write is retried. Free space on the "
+                "state directory's disk (%s)",
+                self.device,
+                type(exc).__name__,
+                exc,
+                what,
+                self.outbox.staged,
+                self.outbox.staging_max,
+                self.settings.state_dir,
+                exc_info=not isinstance(exc, sqlite3.Error),
+            )
+        else:
+            log.debug("device %r: outbox write failed again while %s: %s", self.device, what, exc)
+
+    def _write_succeeded(self) -> None:
+        if self._write_failures:
+            log.warning(
+                "device %r: the outbox can be written again, after %d failed attempts",
+                self.device,
+                self._write_failures,
+            )
+            self._write_failures = 0
 
     def _resend_if_due(self, link: MqttLink, now: float) -> None:
         """Rewind the outbox at a reconnect, and when acks stopped while messages wait."""
@@ -396,7 +443,13 @@ class Agent:
                 self.counters.add("invalid:device_mismatch")
             elif isinstance(msg, Ack):
                 depth = self.outbox.depth
-                verdict = self.outbox.ack(msg.epoch, msg.seq)
+                try:
+                    verdict = self.outbox.ack(msg.epoch, msg.seq)
+                except sqlite3.Error as exc:
+                    # A full disk: the ack is not applied, and a later one (acks are
+                    # cumulative; a resend brings the hub's ack again) covers it.
+                    self._write_failed("applying an ack", exc)
+                    continue
                 if verdict is not None:
                     self.counters.add(f"invalid:{verdict}")
                     log.warning(

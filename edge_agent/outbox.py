@@ -27,6 +27,18 @@ are kept while telemetry is left), and every dropped seq is *declared*: a
 readings per seq and the reason, sent (and resent) until the hub's ack passes
 it, so the hub closes that gap as lost at the edge instead of waiting.
 
+The disk: the outbox never grows its file into the last ``min_free_bytes`` of
+its filesystem. Below that much free space it stops growing: it keeps a little
+room free inside its own file (SQLite reuses the pages of deleted messages) by
+dropping the oldest telemetry, declared as ``disk_full``. The reserve is what
+SQLite needs to go on working at all: applying an ack (a delete) and
+checkpointing the WAL both write, so an outbox that filled its disk to the
+last byte could never shrink again. The WAL is checkpointed every
+``_WAL_CHECKPOINT_PAGES`` pages (SQLite's default, 1,000 pages or 4 MiB of
+mostly superseded pages, would itself fill a small disk) and truncated back to
+``_WAL_SIZE_LIMIT``. When the disk fills anyway (another program filled it),
+new messages wait in memory (``staging_max``) and writes are retried.
+
 Send order: unacked events first, then everything else, each oldest first by
 ``(epoch, seq)``.
 """
@@ -71,6 +83,14 @@ _SCHEMA: Final = (
 )
 _DECLARE_MAX: Final = 1000
 """Seqs per declaration at most (the hub's decoder limit on a batch)."""
+_WAL_CHECKPOINT_PAGES: Final = 32
+"""Checkpoint the WAL every this many pages (128 KiB at 4 KiB pages)."""
+_WAL_SIZE_LIMIT: Final = 256 * 1024
+"""Truncate the WAL back to this size after a checkpoint."""
+_DISK_FLOOR_BYTES: Final = 256 * 1024
+"""Below the free-space reserve the outbox may still fill this much of its file (its
+working set while the hub acks), or what it held when the disk got there if more."""
+_DISK_ROUNDS: Final = 50
 
 
 class OutboxCorruptError(Exception):
@@ -124,17 +144,21 @@ class Outbox:
         max_bytes: int = 64 * 2**20,
         max_messages: int = 1_000_000,
         max_age_s: float = 7 * 86400.0,
+        min_free_bytes: int = 4 * 2**20,
         fsync_ms: int = 1000,
         staging_max: int = 10_000,
         wake: threading.Event | None = None,
     ) -> None:
         if max_bytes < 1 or max_messages < 1 or staging_max < 1:
             raise ValueError("outbox bounds must be >= 1")
+        if min_free_bytes < 0:
+            raise ValueError("outbox min_free_bytes must be >= 0")
         self.path = path
         self.epoch = epoch
         self.max_bytes = max_bytes
         self.max_messages = max_messages
         self.max_age_s = max_age_s
+        self.min_free_bytes = min_free_bytes
         self.fsync_ms = fsync_ms
         self.staging_max = staging_max
         self._wake = wake
@@ -147,6 +171,8 @@ class Outbox:
         self.recovered: int = 0
         """Unacked messages found in the outbox at start (they are sent again)."""
         self.corrupt: OutboxCorruptError | None = None
+        self._disk_cap: int | None = None
+        """Pages in use allowed while the disk is below the reserve (None: it is not)."""
         self._db = self._open()
         self._next_seq = 1
         self._last_fsync = time.monotonic()
@@ -223,6 +249,8 @@ class Outbox:
         db.execute("PRAGMA busy_timeout = 2000")
         if target != ":memory:":
             db.execute("PRAGMA journal_mode = WAL")
+            db.execute(f"PRAGMA wal_autocheckpoint = {_WAL_CHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         # The WAL is synced by flush() on the fsync_ms schedule, not by SQLite.
         db.execute("PRAGMA synchronous = OFF" if self.fsync_ms else "PRAGMA synchronous = FULL")
         db.isolation_level = "DEFERRED"
@@ -299,13 +327,21 @@ class Outbox:
             staged = list(self._staged)
             self._staged.clear()
         try:
-            return self._write(staged, now)
+            written = self._write(staged, now)
         except sqlite3.Error:
             with self._stage_lock:
                 self._staged.extendleft(reversed(staged))
                 while len(self._staged) > self.staging_max:
                     self._drop_staged()
             raise
+        # The messages are written and have their seqs: whatever fails from here
+        # on must not stage them again (that would issue their readings twice).
+        self._enforce_bounds(now)
+        if self._dirty and (
+            not self.fsync_ms or (time.monotonic() - self._last_fsync) * 1000 >= self.fsync_ms
+        ):
+            self._fsync()
+        return written
 
     def _write(self, staged: list[tuple[Maker, bool]], now: float) -> int:
         rows = []
@@ -333,11 +369,6 @@ class Outbox:
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True
-        self._enforce_bounds(now)
-        if self._dirty and (
-            not self.fsync_ms or (time.monotonic() - self._last_fsync) * 1000 >= self.fsync_ms
-        ):
-            self._fsync()
         return len(rows)
 
     def _insert(
@@ -393,24 +424,65 @@ class Outbox:
             if old:
                 self._drop(old, "expired")
         while self._bytes > self.max_bytes or self._depth > self.max_messages:
-            over_bytes = self._bytes - self.max_bytes
-            over_count = self._depth - self.max_messages
-            victims: list[tuple[int, int, int, int]] = []
-            for kind_clause in ("kind != 'events'", "1"):
-                freed = 0
-                for row in db.execute(
-                    f"SELECT epoch, seq, readings, size FROM messages WHERE {kind_clause} "
-                    "ORDER BY epoch, seq LIMIT 500"
-                ):
-                    victims.append((int(row[0]), int(row[1]), int(row[2]), int(row[3])))
-                    freed += int(row[3])
-                    if freed >= over_bytes and len(victims) >= over_count:
-                        break
-                if victims:
-                    break
+            victims = self._oldest(self._bytes - self.max_bytes, self._depth - self.max_messages)
             if not victims:
                 return
             self._drop(victims, "outbox_full")
+        self._keep_disk_reserve()
+
+    def _oldest(self, over_bytes: int, over_count: int) -> list[tuple[int, int, int, int]]:
+        """The oldest telemetry (events only when none is left) that frees ``over_bytes``
+        of payload and ``over_count`` messages, up to 500 at a time."""
+        victims: list[tuple[int, int, int, int]] = []
+        for kind_clause in ("kind != 'events'", "1"):
+            freed = 0
+            for row in self._db.execute(
+                f"SELECT epoch, seq, readings, size FROM messages WHERE {kind_clause} "
+                "ORDER BY epoch, seq LIMIT 500"
+            ):
+                victims.append((int(row[0]), int(row[1]), int(row[2]), int(row[3])))
+                freed += int(row[3])
+                if freed >= over_bytes and len(victims) >= over_count:
+                    break
+            if victims:
+                break
+        return victims
+
+    def _disk_free(self) -> int:
+        """Bytes free (to us) on the outbox's filesystem; the outbox's view of the disk."""
+        assert self.path is not None
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _pages(self) -> int:
+        """Pages in the database (its file's size once the WAL is checkpointed)."""
+        return int(self._db.execute("PRAGMA page_count").fetchone()[0])
+
+    def _used_pages(self) -> int:
+        """Pages holding data: the file's pages less those free for reuse."""
+        return self._pages() - int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def _keep_disk_reserve(self) -> None:
+        """Below ``min_free_bytes`` free on the disk, hold the pages in use to what they
+        were when it got there (at least ``_DISK_FLOOR_BYTES``), dropping the oldest
+        telemetry as ``disk_full``: new messages reuse the freed pages, the file stops growing."""
+        if self.path is None or not self.min_free_bytes:
+            return
+        if self._disk_free() >= self.min_free_bytes:
+            self._disk_cap = None
+            return
+        page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        used = self._used_pages()
+        if self._disk_cap is None:
+            self._disk_cap = max(used, _DISK_FLOOR_BYTES // page_size)
+        for _ in range(_DISK_ROUNDS):
+            if used <= self._disk_cap or not self._depth:
+                return
+            victims = self._oldest((used - self._disk_cap) * page_size, 0)
+            if not victims:
+                return
+            self._drop(victims, "disk_full")
+            used = self._used_pages()
 
     def _drop(self, victims: list[tuple[int, int, int, int]], reason: str) -> None:
         """Delete ``victims`` (epoch, seq, readings, size), sorted, and declare them."""
@@ -514,8 +586,11 @@ class Outbox:
             "ORDER BY epoch, first"
         ).fetchall()
         if rows:
-            with db:
-                db.execute("UPDATE declared SET due = 0 WHERE due = 1")
+            try:
+                with db:
+                    db.execute("UPDATE declared SET due = 0 WHERE due = 1")
+            except sqlite3.Error as exc:  # a full disk: they stay due, and go again next time
+                log.debug("outbox: declarations sent but not marked sent: %s", exc)
         return [
             Dropped(device, int(e), int(last), int(first), reason, tuple(map(int, c.split(","))))
             for e, first, last, reason, c in rows

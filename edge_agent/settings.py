@@ -238,6 +238,13 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "outbox_min_free_bytes",
+            non_negative_int,
+            4 * 2**20,
+            "keep at least this much free on the state directory's disk (default 4 MiB): below it the outbox stops growing and drops its oldest telemetry instead, declared to the hub as disk_full; SQLite needs the room to apply acks. 0: no reserve",
+            "BYTES",
+        ),
+        Option(
             "outbox_fsync_ms",
             non_negative_int,
             1000,
@@ -326,6 +333,7 @@ class AgentSettings:
     outbox_max: int
     outbox_max_bytes: int
     outbox_max_age_s: float
+    outbox_min_free_bytes: int
     outbox_fsync_ms: int
     resend_after_s: float
     inbox_max: int
