@@ -15,7 +15,6 @@ import time
 from typing import Final
 
 import numpy as np
-import psutil
 
 from edge_agent.actuators import ActionResult, Actuator
 from edge_agent.batcher import Batch, Batcher
@@ -25,7 +24,7 @@ from edge_agent.outbox import Outbox
 from edge_agent.rules import Decision, UrgentRule
 from edge_agent.settings import AgentSettings
 from edge_agent.sources.base import Source
-from edge_agent.stats import Counters, LatencyWindow
+from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
 from shared import __version__
 from shared.errors import ContractError
@@ -92,7 +91,7 @@ class Agent:
         self._resend_every = settings.resend_after_s
         self._connects_seen = 0
         self._link: MqttLink | None = None
-        self._process = psutil.Process()
+        self._usage = ProcessUsage()
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -264,7 +263,7 @@ class Agent:
         heartbeat = self.settings.heartbeat_s
         next_beat = time.monotonic() + min(heartbeat, 1.0)
         drain_deadline: float | None = None
-        self._process.cpu_percent(None)
+        self._usage.cpu_percent()  # the heartbeat's CPU figure counts from here
         while True:
             self.wake.clear()
             now = time.monotonic()
@@ -367,8 +366,8 @@ class Agent:
             self.readings,
             round(p50, 2),
             round(p99, 2),
-            self._process.cpu_percent(None),
-            round(self._process.memory_info().rss / 2**20, 2),
+            self._usage.cpu_percent(),
+            round(self._usage.rss_bytes() / 2**20, 2),
             len(self.outbox),
             self.outbox.acked_seq(),
             dropped,
