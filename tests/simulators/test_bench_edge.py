@@ -25,7 +25,13 @@ KEYS = {
     "paced_p50_us",
     "paced_p99_us",
     "process_p99_us",
+    "baseline_process_p99_us",
     "baseline_agreement",
+    "timed_span",
+    "outbox",
+    "outbox_messages",
+    "broker",
+    "load_avg_1m_before",
 }
 
 
@@ -69,6 +75,10 @@ def test_bench_edge_reports_consistent_figures(model_packages: ModelPaths, tmp_p
     )
     assert result["baseline_agreement"] >= 0.99  # the baseline is the same MLP
     assert result["rss_mb"] > 0 and result["idle_cpu_pct"] >= 0
+    # The agent's default outbox, written by its link thread while it was timed:
+    # 800 readings in batches of 50 at least.
+    assert result["outbox"] == "disk" and result["outbox_messages"] >= 16
+    assert result["broker"] in ("mosquitto", "embedded")
     assert result["model"].endswith("machine-edge/1.0.0")
 
 
