@@ -17,7 +17,7 @@ from shared.endpoint import BrokerEndpoint
 from shared.messages import Telemetry
 from shared.topics import Topics
 from tests.conftest import StartAgent
-from tests.edge_agent.test_agent_broker import Recorder, _count
+from tests.edge_agent.test_agent_broker import Recorder, _check_stream, _count, _status
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,3 +51,39 @@ def test_a_slow_source_s_batches_go_out_by_their_deadline(
         proc.kill()
     sizes = [len(t) for t in recorder.of(Telemetry)]
     assert max(sizes) <= 10, f"batches waited past their deadline: {sizes}\n{proc.output()}"
+
+
+def test_every_message_leaves_through_a_paho_queue_of_one(
+    start_agent: StartAgent, amqtt_broker: BrokerEndpoint
+) -> None:
+    # paho refuses all but one message at a time, so the link thread's pump stops
+    # at nearly every message and must be woken to go on (by the broker's
+    # acknowledgement, or the next write); nothing may be left behind or reordered.
+    topics = Topics(f"edgeloop-test/{uuid.uuid4().hex[:10]}")
+    recorder = Recorder(amqtt_broker, topics, "dev-a")
+    proc = start_agent(
+        amqtt_broker,
+        topics,
+        "--source",
+        "sim",
+        "--rate-hz",
+        "1000",
+        "--readings",
+        "1500",
+        "--max-batch",
+        "10",
+        "--mqtt-queue",
+        "1",
+        "--inflight",
+        "1",
+        "--heartbeat-s",
+        "60",
+    )
+    try:
+        assert proc.wait(60) == 0, proc.output()
+        recorder.wait_for("the offline status", _status("offline"))
+    finally:
+        recorder.close()
+        proc.kill()
+    assert sum(len(t) for t in recorder.of(Telemetry)) == 1500, proc.output()
+    _check_stream(recorder, complete=True)
