@@ -14,6 +14,9 @@ Everything runs here, against a broker started here on a free loopback port
   ``process`` call (action and staging too) from outside. Meanwhile the link
   thread seals, writes (SQLite, ``STATE_DIR/outbox.db``) and publishes every
   batch, as it does in a live agent; ``outbox_messages`` says how many it wrote.
+  With ``--broker none`` nothing listens where the agent connects: its link
+  thread writes the outbox and sends nothing, which tells the outbox's cost to
+  the reading loop from the sending's.
 - Baseline: the very same agent and loop, its model's scores coming from
   per-row scikit-learn ``predict_proba`` of the same MLP (retrained from the
   same seed and data, which gives the same weights; its agreement with the
@@ -52,11 +55,13 @@ import numpy as np
 
 from simulators.bench.arguments import non_negative_int, positive_float, positive_int
 from simulators.harness import (
+    HOST,
     AgentProcess,
     AmqttBroker,
     Broker,
     Mosquitto,
     find_mosquitto,
+    free_port,
     wait_until,
 )
 
@@ -135,12 +140,16 @@ def _figures(
     state_dir: Path,
     phases: Sequence[Phase],
     model: EdgeModel | None = None,
+    *,
+    connect: bool = True,
 ) -> tuple[dict[str, tuple[float, float]], int]:
     """Run an agent over ``phases``; per timed phase, (p50, p99) of its own recorder
     and of the whole ``process`` call (``NAME`` and ``NAME_process``); and the
     messages its disk outbox wrote. Phases named ``warm-up`` are not timed.
 
-    ``model`` replaces the packaged int8 model (the baseline).
+    ``model`` replaces the packaged int8 model (the baseline). With ``connect``
+    the timing starts once the agent is connected; else nothing listens at
+    ``endpoint`` and the agent only writes its outbox.
     """
     from edge_agent.agent import Agent  # noqa: PLC0415
     from edge_agent.cli import SWITCH_INTERVAL_S  # noqa: PLC0415
@@ -183,7 +192,7 @@ def _figures(
             found[current[0]] = agent.latency.percentiles()
             found[f"{current[0]}_process"] = agent.whole.percentiles()
         current[:] = [] if name is None else [name]
-        if name == "warm-up":
+        if name == "warm-up" and connect:
             wait_until(
                 "the bench's agent to connect to the broker",
                 lambda: agent.link is not None and agent.link.connected.is_set(),
@@ -314,6 +323,7 @@ def run_edge_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+    from shared.endpoint import BrokerEndpoint  # noqa: PLC0415
 
     load_before = round(os.getloadavg()[0], 2)
     built = build_default_models(models_dir, seed=seed)
@@ -327,24 +337,34 @@ def run_edge_bench(
     sk_model, agreement = _sklearn_model(models_dir, seed, edge_dir, base)
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         work = Path(tmp)
-        running = _start_broker(broker, work, {_AGENT_USER: secrets.token_urlsafe(24)})
+        secret = secrets.token_urlsafe(24)
+        running = None if broker == "none" else _start_broker(broker, work, {_AGENT_USER: secret})
         try:
-            endpoint = running.endpoint(_AGENT_USER)
+            endpoint = (
+                running.endpoint(_AGENT_USER)
+                if running is not None
+                else BrokerEndpoint(HOST, free_port(), _AGENT_USER, secret)  # nothing listens
+            )
             phases: list[Phase] = [("warm-up", timed, 0.0), ("timed", timed, 0.0)]
             if paced_readings:
                 phases.append(("paced", paced, paced_rate_hz))
-            agent, written = _figures(edge_dir, endpoint, work / "bench-edge", phases)
+            connect = running is not None
+            agent, written = _figures(
+                edge_dir, endpoint, work / "bench-edge", phases, connect=connect
+            )
             baseline, _ = _figures(
                 edge_dir,
                 endpoint,
                 work / "bench-baseline",
                 [("warm-up", base, 0.0), ("timed", base, 0.0)],
                 model=sk_model,
+                connect=connect,
             )
-            procs = _agent_processes(edge_dir, endpoint, work, idle_seconds)
-            broker_version = running.version
+            procs = _agent_processes(edge_dir, endpoint, work, idle_seconds) if connect else {}
+            broker_version = running.version if running is not None else None
         finally:
-            running.stop()
+            if running is not None:
+                running.stop()
     p50, p99 = _rounded(agent["timed"])
     b50, b99 = _rounded(baseline["timed"])
     paced50, paced99 = _rounded(agent.get("paced", (0.0, 0.0)))
@@ -427,10 +447,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--broker",
-        choices=("auto", "mosquitto", "embedded"),
+        choices=("auto", "mosquitto", "embedded", "none"),
         default="auto",
-        help="broker the agents connect to: mosquitto, embedded (amqtt), or auto: mosquitto "
-        "when installed (default: auto)",
+        help="broker the agents connect to: mosquitto, embedded (amqtt), auto: mosquitto "
+        "when installed; or none: the timed agents' broker cannot be reached, so their link "
+        "thread writes the disk outbox and sends nothing (no memory or CPU figures then) "
+        "(default: auto)",
     )
 
 

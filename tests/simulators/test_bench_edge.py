@@ -82,6 +82,31 @@ def test_bench_edge_reports_consistent_figures(model_packages: ModelPaths, tmp_p
     assert result["model"].endswith("machine-edge/1.0.0")
 
 
+@pytest.mark.timeout(180)
+def test_bench_edge_without_a_broker_times_the_disk_outbox_alone(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    done = _bench(
+        "--models",
+        str(model_packages.edge.parent.parent),
+        "--readings",
+        "400",
+        "--baseline-readings",
+        "200",
+        "--paced-readings",
+        "0",
+        "--broker",
+        "none",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["broker"] == "none" and result["outbox"] == "disk"
+    assert result["outbox_messages"] >= 16  # written, though nothing was sent
+    assert 0 < result["p50_us"] <= result["p99_us"] and result["baseline_p99_us"] > 0
+    assert "rss_mb" not in result  # no agent process ran
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     ("option", "value"),
