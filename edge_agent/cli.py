@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
 from edge_agent.settings import AgentSettings, load_settings
@@ -25,9 +25,14 @@ from shared.errors import ConfigError, ManifestError
 if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
     from simulators.machine import SimulatedMachine
 
-__all__ = ["build_actuators", "build_source", "main"]
+__all__ = ["SWITCH_INTERVAL_S", "build_actuators", "build_source", "main"]
 
 log = logging.getLogger("edge_agent")
+
+SWITCH_INTERVAL_S: Final = 0.0005
+"""The agent's GIL switch interval. The link thread encodes telemetry in pure
+Python; a short interval bounds how long it can hold the GIL while a reading
+waits (Python's default is 5 ms). ``bench edge`` runs its agents with it too."""
 
 
 def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | None]:
@@ -107,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ManifestError) as exc:
         print(f"edgeloop-agent: {exc}", file=sys.stderr)
         return 2
-    # The link thread encodes telemetry in pure Python; a short switch interval
-    # bounds how long it can hold the GIL while a reading waits (default 5 ms).
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

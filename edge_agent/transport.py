@@ -314,6 +314,7 @@ class MqttLink:
             return False
         if qos:
             with self._lock:
+                self._prune()
                 self._pending.append(info)
         return True
 
@@ -347,9 +348,17 @@ class MqttLink:
     def outstanding(self) -> int:
         """QoS 1 messages handed to paho and not yet acknowledged by the broker."""
         with self._lock:
-            while self._pending and self._pending[0].is_published():
-                self._pending.popleft()
+            self._prune()
             return sum(not info.is_published() for info in self._pending)
+
+    def _prune(self) -> None:
+        """Forget the infos of the oldest messages the broker has acknowledged (under the lock).
+
+        Pruned at every publish, so a running agent keeps about as many as paho holds,
+        not one per message sent since it started.
+        """
+        while self._pending and self._pending[0].is_published():
+            self._pending.popleft()
 
     def close(self, offline: tuple[str, bytes] | None, timeout: float) -> None:
         """Publish ``offline`` (retained), wait for it up to ``timeout``, disconnect."""

@@ -1,23 +1,37 @@
 """``edgeloop-sim bench edge``: the edge agent's hot path, memory and idle CPU.
 
-- Latency: every reading of a seeded simulated stream goes through the agent's
-  own :meth:`~edge_agent.agent.Agent.process` after an untimed pass over the
-  same stream to warm caches. ``p50_us``/``p99_us`` are reading in to urgent
-  decision out (features, int8 ONNX, urgent rule), as the agent's own latency
-  recorder measures it for its heartbeat; ``process_*`` time the whole call,
-  action and queueing included. The baseline, timed in the same run on the
-  same stream, is the same features and rule around per-row scikit-learn
-  ``predict_proba`` of the same MLP (retrained from the same seed and data,
-  which gives the same weights; its agreement with the packaged model is
-  reported as ``baseline_agreement``).
+Everything runs here, against a broker started here on a free loopback port
+(Mosquitto when installed, else the embedded amqtt; ``--broker``).
+
+- Latency: the agent's own reading loop (:meth:`~edge_agent.agent.Agent.run`,
+  as ``edgeloop-agent`` runs it: its switch interval, ``gc.freeze``, the link
+  thread, the default *disk* outbox, connected to the broker) reads a seeded
+  simulated stream from a source here: an untimed pass to warm caches, then
+  the same readings timed back to back. ``p50_us``/``p99_us`` are what the
+  agent's own recorder measures for its heartbeat: inside
+  :meth:`~edge_agent.agent.Agent.process`, from before the features to after
+  the urgent rule (features, int8 ONNX, rule). ``process_*`` time the whole
+  ``process`` call (action and staging too) from outside. Meanwhile the link
+  thread seals, writes (SQLite, ``STATE_DIR/outbox.db``) and publishes every
+  batch, as it does in a live agent; ``outbox_messages`` says how many it wrote.
+  With ``--broker none`` nothing listens where the agent connects: its link
+  thread writes the outbox and sends nothing, which tells the outbox's cost to
+  the reading loop from the sending's.
+- Baseline: the very same agent and loop, its model's scores coming from
+  per-row scikit-learn ``predict_proba`` of the same MLP (retrained from the
+  same seed and data, which gives the same weights; its agreement with the
+  packaged model is ``baseline_agreement``). So ``baseline_p99_us`` is timed by
+  the same recorder over the same span (features, model, rule) in the same
+  loop, and ``speedup_p99`` compares like with like.
 - Paced latency: the same recorder while readings arrive at ``paced_rate_hz``,
   the loop sleeping between them as a live agent's does. Between readings
   the CPU's caches and predictors lose the hot path's state, so each reading
   pays to bring it back, the more the longer the wait: this is what the
   heartbeat of an agent reading at that rate reports, and the distance from
   the back-to-back figure says what a machine's other work costs the agent.
-- Memory: resident set of a real ``edgeloop-agent`` process running the
-  simulated machine at 10 Hz against the embedded broker.
+- Memory: resident set of a real ``edgeloop-agent`` process (simulated
+  machine at 10 readings/s, default settings, so the disk outbox) connected
+  to the broker, read ``idle_seconds`` after it said it was connected.
 - Idle CPU: a real agent reading from a silent stdin, connected to the broker.
   Both are measured from the moment both say they are connected (the broker
   and agents come from :mod:`simulators.harness`).
@@ -26,20 +40,38 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
+import secrets
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 
 from simulators.bench.arguments import non_negative_int, positive_float, positive_int
-from simulators.harness import AgentProcess, AmqttBroker
+from simulators.harness import (
+    HOST,
+    AgentProcess,
+    AmqttBroker,
+    Broker,
+    Mosquitto,
+    find_mosquitto,
+    free_port,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from edge_agent.engine import EdgeModel
+    from edge_agent.rules import Decision
+    from edge_agent.sources.base import Reading
+    from shared.endpoint import BrokerEndpoint
 
 __all__ = ["HELP", "add_arguments", "run", "run_edge_bench"]
 
@@ -48,13 +80,16 @@ HELP: Final = (
     "agent memory and idle CPU"
 )
 
-_AGENT_USER = "bench-agent"
-_AGENT_SECRET = "bench-agent-secret-0123456789abcdef"
+TIMED_SPAN: Final = "features -> model -> urgent rule, by Agent.process's own recorder"
+"""What ``p50_us``/``p99_us`` and ``baseline_p50_us``/``baseline_p99_us`` time, both."""
 
+_AGENT_USER: Final = "bench-agent"
+_CONNECT_TIMEOUT_S: Final = 30.0
+_SHUTDOWN_S: Final = "1"
+"""The in-process agents' --shutdown-timeout-s: no hub acks here, so do not wait 5 s for them."""
 
-def _percentiles(samples_ns: np.ndarray) -> tuple[float, float]:
-    p50, p99 = np.percentile(samples_ns / 1000.0, [50, 99])
-    return round(float(p50), 2), round(float(p99), 2)
+Phase = tuple[str, "npt.NDArray[np.float64]", float]
+"""A phase of the bench's source: its name, its readings, their rate (0: back to back)."""
 
 
 def _stream(seed: int, n: int) -> np.ndarray:
@@ -67,143 +102,212 @@ def _stream(seed: int, n: int) -> np.ndarray:
     return np.array([r.values for r in machine.readings(n)])
 
 
-def _time_agent(
-    edge_dir: Path, values: np.ndarray, paced: np.ndarray, paced_rate_hz: float, state_dir: Path
-) -> tuple[tuple[float, float], np.ndarray, tuple[float, float]]:
+class _PhasedSource:
+    """The bench's source: phases of the seeded stream, back to back or paced.
+
+    ``before(name)`` runs in the reading loop before each phase and
+    ``before(None)`` after the last, between two ``process`` calls, where the
+    bench may swap the agent's recorders.
+    """
+
+    def __init__(self, phases: Sequence[Phase], before: Callable[[str | None], None]) -> None:
+        self.invalid: dict[str, int] = {}
+        self._phases = phases
+        self._before = before
+
+    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+        from edge_agent.sources.base import Reading  # noqa: PLC0415
+
+        for name, values, rate_hz in self._phases:
+            self._before(name)
+            period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+            due = time.monotonic()
+            for row in values:
+                if stop.is_set():
+                    return
+                if period:
+                    due += period
+                    pause = due - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                yield Reading(time.time(), row)
+        self._before(None)
+
+
+def _figures(
+    edge_dir: Path,
+    endpoint: BrokerEndpoint,
+    state_dir: Path,
+    phases: Sequence[Phase],
+    model: EdgeModel | None = None,
+    *,
+    connect: bool = True,
+) -> tuple[dict[str, tuple[float, float]], int]:
+    """Run an agent over ``phases``; per timed phase, (p50, p99) of its own recorder
+    and of the whole ``process`` call (``NAME`` and ``NAME_process``); and the
+    messages its disk outbox wrote. Phases named ``warm-up`` are not timed.
+
+    ``model`` replaces the packaged int8 model (the baseline). With ``connect``
+    the timing starts once the agent is connected; else nothing listens at
+    ``endpoint`` and the agent only writes its outbox.
+    """
     from edge_agent.agent import Agent  # noqa: PLC0415
+    from edge_agent.cli import SWITCH_INTERVAL_S  # noqa: PLC0415
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
     from edge_agent.settings import load_settings  # noqa: PLC0415
-    from edge_agent.sources.stdin_jsonl import StdinSource  # noqa: PLC0415
     from shared import __version__  # noqa: PLC0415
     from shared.latency import LatencyWindow  # noqa: PLC0415
+
+    class TimedAgent(Agent):
+        """The agent, with a second clock around each whole :meth:`process` call."""
+
+        whole = LatencyWindow(1)  # each timed phase gives the agent a window of its own
+
+        def process(self, ts: float, values: np.ndarray) -> tuple[Decision, ...]:
+            t0 = time.perf_counter_ns()
+            decisions = super().process(ts, values)
+            self.whole.add((time.perf_counter_ns() - t0) / 1000.0)
+            return decisions
 
     settings = load_settings(
         [
             "--model",
             str(edge_dir),
             "--device",
-            "bench-edge",
+            state_dir.name,
             "--state-dir",
             str(state_dir),
-            "--outbox-max",
-            "100000",
+            "--shutdown-timeout-s",
+            _SHUTDOWN_S,
         ],
-        env={},
+        env={"EDGELOOP_AGENT_BROKER": endpoint.url},
     )
-    agent = Agent(settings, load_edge_model(edge_dir, __version__), StdinSource(sys.stdin), [])
-    now = time.time()
-    gc.freeze()  # as Agent.run does before its loop
+    if settings.outbox != "disk":
+        raise AssertionError(f"bench edge: the agent's default outbox is {settings.outbox!r}")
+    found: dict[str, tuple[float, float]] = {}
+    current: list[str] = []
 
-    def one(row: np.ndarray) -> None:
-        agent.process(now, row)
+    def before(name: str | None) -> None:
+        if current and current[0] != "warm-up":
+            found[current[0]] = agent.latency.percentiles()
+            found[f"{current[0]}_process"] = agent.whole.percentiles()
+        current[:] = [] if name is None else [name]
+        if name == "warm-up" and connect:
+            wait_until(
+                "the bench's agent to connect to the broker",
+                lambda: agent.link is not None and agent.link.connected.is_set(),
+                timeout=_CONNECT_TIMEOUT_S,
+                interval=0.01,
+            )
+        elif name is not None:
+            n = max(len(values) for phase, values, _ in phases if phase == name)
+            agent.latency = LatencyWindow(n)
+            agent.whole = LatencyWindow(n)
 
-    for row in values:  # warm-up
-        one(row)
-    # The agent's own recorder times reading in -> urgent decision out, the
-    # figure the heartbeat reports; the outer clock adds action and queueing.
-    agent.latency = LatencyWindow(values.shape[0])
-    whole = _timed(one, values, warm_up=False)
-    warm = agent.latency.percentiles()
-    agent.latency = LatencyWindow(max(paced.shape[0], 1))
-    period = 1.0 / paced_rate_hz
-    due = time.monotonic()
-    for row in paced:
-        due += period
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        one(row)
-    return warm, whole, agent.latency.percentiles()
-
-
-def _timed(
-    step: Callable[[np.ndarray], object], values: np.ndarray, warm_up: bool = True
-) -> np.ndarray:
-    """Nanoseconds per call of ``step``, after an untimed warm-up pass over ``values``."""
-    if warm_up:
-        for row in values:
-            step(row)
-    times = np.empty(values.shape[0], dtype=np.int64)
-    clock = time.perf_counter_ns
-    for i, row in enumerate(values):
-        t0 = clock()
-        step(row)
-        times[i] = clock() - t0
-    return times
+    source = _PhasedSource(phases, before)
+    if model is None:
+        model = load_edge_model(edge_dir, __version__)
+    agent = TimedAgent(settings, model, source, [])
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as edgeloop-agent runs
+    try:
+        agent.run(threading.Event())
+    finally:
+        sys.setswitchinterval(previous)
+    return found, agent.outbox.last_seq
 
 
-def _time_baseline(
-    models_dir: Path, seed: int, edge_dir: Path, values: np.ndarray
-) -> tuple[np.ndarray, float]:
+def _sklearn_model(
+    models_dir: Path, seed: int, edge_dir: Path, values: npt.NDArray[np.float64]
+) -> tuple[EdgeModel, float]:
+    """The packaged edge model with scikit-learn's per-row ``predict_proba`` as its scores,
+    and the two models' class agreement on ``values``."""
     from cloud_hub.pipeline.build import retrain_edge_sklearn  # noqa: PLC0415
-    from edge_agent.engine import load_edge_model  # noqa: PLC0415
-    from edge_agent.rules import UrgentRule  # noqa: PLC0415
+    from edge_agent.engine import EdgeModel, load_edge_model  # noqa: PLC0415
     from shared import __version__  # noqa: PLC0415
-    from shared.features import SENSOR_NAMES, FeatureWindow, features_for_stream  # noqa: PLC0415
+    from shared.features import features_for_stream  # noqa: PLC0415
+    from shared.manifest import load_package  # noqa: PLC0415
 
-    model = load_edge_model(edge_dir, __version__)
-    manifest = model.manifest
     sk = retrain_edge_sklearn(models_dir, seed)
-    feats = features_for_stream(values, manifest.input.window)
+    packaged = load_edge_model(edge_dir, __version__)
+
+    class SklearnScored(EdgeModel):
+        def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            # float64 as scikit-learn gives them: the agent reads one score and
+            # the batcher stores float32, so no conversion is timed here.
+            return cast("npt.NDArray[np.float32]", sk.predict_proba(features.reshape(1, -1))[0])
+
+    feats = features_for_stream(values, packaged.manifest.input.window)
     agreement = float(
-        np.mean(sk.predict_proba(feats).argmax(1) == model.score_batch(feats).argmax(1))
+        np.mean(sk.predict_proba(feats).argmax(1) == packaged.score_batch(feats).argmax(1))
     )
-    fw = FeatureWindow(manifest.input.window)
-    rule = UrgentRule(manifest.urgent, manifest.output.urgent_index, SENSOR_NAMES)
-    ui = manifest.output.urgent_index
-
-    def one(row: np.ndarray) -> None:
-        f = fw.push(row)
-        scores = sk.predict_proba(f.reshape(1, -1))[0]
-        rule.check(row, float(scores[ui]))
-
-    return _timed(one, values), round(agreement, 4)
+    return SklearnScored(load_package(edge_dir)), round(agreement, 4)
 
 
-def _agent_processes(edge_dir: Path, work: Path, idle_seconds: float) -> dict[str, float]:
-    """RSS of an agent at 10 Hz and CPU of an idle one, both against the embedded broker."""
+def _start_broker(kind: str, work: Path, users: dict[str, str]) -> Broker:
+    broker: Broker
+    if kind == "mosquitto":
+        broker = Mosquitto(work / "mosquitto", users=users)
+    else:
+        broker = AmqttBroker(work / "amqtt", users=users)
+    return broker.start()
+
+
+def _agent_processes(
+    edge_dir: Path, endpoint: BrokerEndpoint, work: Path, idle_seconds: float
+) -> dict[str, Any]:
+    """RSS of an agent at 10 Hz (disk outbox) and CPU of an idle one, both connected."""
     import psutil  # noqa: PLC0415
 
-    with AmqttBroker(work / "broker", users={_AGENT_USER: _AGENT_SECRET}) as broker:
-        endpoint = broker.endpoint(_AGENT_USER)
-        # Logging at INFO, each is ready once it says it is connected (after
-        # imports, model load and smoke test); then the clock starts.
-        busy = AgentProcess(
-            edge_dir,
-            work / "rss",
-            broker=endpoint,
-            device="bench-rss",
-            args=["--source", "sim", "--rate-hz", "10"],
-            log_level="INFO",
-            stop_timeout=10.0,
-        )
-        idle = AgentProcess(
-            edge_dir,
-            work / "idle",
-            broker=endpoint,
-            device="bench-idle",
-            args=["--source", "stdin"],
-            log_level="INFO",
-            stdin_pipe=True,
-            stop_timeout=10.0,
-        )
-        with busy.start(wait=False), idle.start(wait=False):
-            busy.wait_ready()
-            idle.wait_ready()
-            busy_p, idle_p = psutil.Process(busy.pid), psutil.Process(idle.pid)
-            b0, i0, t0 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
-            time.sleep(idle_seconds)  # the measured interval itself
-            b1, i1, t1 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
-            rss = busy_p.memory_info().rss / 2**20
-            for agent in (busy, idle):
-                agent.check_alive()
+    # Logging at INFO, each is ready once it says it is connected (after
+    # imports, model load and smoke test); then the clock starts.
+    busy = AgentProcess(
+        edge_dir,
+        work / "rss",
+        broker=endpoint,
+        device="bench-rss",
+        args=["--source", "sim", "--rate-hz", "10"],
+        log_level="INFO",
+        stop_timeout=10.0,
+    )
+    idle = AgentProcess(
+        edge_dir,
+        work / "idle",
+        broker=endpoint,
+        device="bench-idle",
+        args=["--source", "stdin"],
+        log_level="INFO",
+        stdin_pipe=True,
+        stop_timeout=10.0,
+    )
+    with busy.start(wait=False), idle.start(wait=False):
+        busy.wait_ready()
+        idle.wait_ready()
+        busy_p, idle_p = psutil.Process(busy.pid), psutil.Process(idle.pid)
+        b0, i0, t0 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
+        time.sleep(idle_seconds)  # the measured interval itself
+        b1, i1, t1 = busy_p.cpu_times(), idle_p.cpu_times(), time.monotonic()
+        rss = busy_p.memory_info().rss / 2**20
+        for agent in (busy, idle):
+            agent.check_alive()
     wall = t1 - t0
+    if not (work / "rss" / "outbox.db").is_file():
+        raise AssertionError("bench edge: the measured agent wrote no disk outbox")
 
     def pct(a: Any, b: Any) -> float:
         used = float((b.user - a.user) + (b.system - a.system))
         return round(100.0 * used / wall, 2)
 
-    return {"rss_mb": round(rss, 1), "idle_cpu_pct": pct(i0, i1), "cpu_pct_at_10hz": pct(b0, b1)}
+    return {
+        "rss_mb": round(rss, 1),
+        "rss_after_s": idle_seconds,
+        "idle_cpu_pct": pct(i0, i1),
+        "cpu_pct_at_10hz": pct(b0, b1),
+    }
+
+
+def _rounded(pair: tuple[float, float]) -> tuple[float, float]:
+    return round(pair[0], 2), round(pair[1], 2)
 
 
 def run_edge_bench(
@@ -215,45 +319,84 @@ def run_edge_bench(
     idle_seconds: float = 5.0,
     paced_readings: int = 2000,
     paced_rate_hz: float = 1000.0,
+    broker: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+    from shared.endpoint import BrokerEndpoint  # noqa: PLC0415
 
+    load_before = round(os.getloadavg()[0], 2)
     built = build_default_models(models_dir, seed=seed)
     edge_dir = built.edge
+    if broker == "auto":
+        broker = "mosquitto" if find_mosquitto() else "embedded"
     values = _stream(seed, max(readings, baseline_readings) + paced_readings)
+    timed = values[:readings]
+    paced = values[readings : readings + paced_readings]  # continues the stream
+    base = values[:baseline_readings]
+    sk_model, agreement = _sklearn_model(models_dir, seed, edge_dir, base)
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-") as tmp:
         work = Path(tmp)
-        # The paced readings continue the stream where the timed ones end.
-        (p50, p99), whole, (paced50, paced99) = _time_agent(
-            edge_dir,
-            values[:readings],
-            values[readings : readings + paced_readings],
-            paced_rate_hz,
-            work / "state",
-        )
-        base, agreement = _time_baseline(models_dir, seed, edge_dir, values[:baseline_readings])
-        procs = _agent_processes(edge_dir, work, idle_seconds)
-    w50, w99 = _percentiles(whole)
-    b50, b99 = _percentiles(base)
+        secret = secrets.token_urlsafe(24)
+        running = None if broker == "none" else _start_broker(broker, work, {_AGENT_USER: secret})
+        try:
+            endpoint = (
+                running.endpoint(_AGENT_USER)
+                if running is not None
+                else BrokerEndpoint(HOST, free_port(), _AGENT_USER, secret)  # nothing listens
+            )
+            phases: list[Phase] = [("warm-up", timed, 0.0), ("timed", timed, 0.0)]
+            if paced_readings:
+                phases.append(("paced", paced, paced_rate_hz))
+            connect = running is not None
+            agent, written = _figures(
+                edge_dir, endpoint, work / "bench-edge", phases, connect=connect
+            )
+            baseline, _ = _figures(
+                edge_dir,
+                endpoint,
+                work / "bench-baseline",
+                [("warm-up", base, 0.0), ("timed", base, 0.0)],
+                model=sk_model,
+                connect=connect,
+            )
+            procs = _agent_processes(edge_dir, endpoint, work, idle_seconds) if connect else {}
+            broker_version = running.version if running is not None else None
+        finally:
+            if running is not None:
+                running.stop()
+    p50, p99 = _rounded(agent["timed"])
+    b50, b99 = _rounded(baseline["timed"])
+    paced50, paced99 = _rounded(agent.get("paced", (0.0, 0.0)))
+    w50, w99 = _rounded(agent["timed_process"])
+    bw50, bw99 = _rounded(baseline["timed_process"])
     return {
         "bench": "edge",
         "readings": readings,
-        "p50_us": round(p50, 2),
-        "p99_us": round(p99, 2),
-        "paced_p50_us": round(paced50, 2),
-        "paced_p99_us": round(paced99, 2),
+        "p50_us": p50,
+        "p99_us": p99,
+        "paced_p50_us": paced50,
+        "paced_p99_us": paced99,
         "paced_rate_hz": paced_rate_hz,
         "paced_readings": paced_readings,
         "process_p50_us": w50,
         "process_p99_us": w99,
+        "baseline_readings": baseline_readings,
         "baseline_p50_us": b50,
         "baseline_p99_us": b99,
+        "baseline_process_p50_us": bw50,
+        "baseline_process_p99_us": bw99,
         "speedup_p99": round(b99 / p99, 2),
         "baseline_agreement": agreement,
+        "timed_span": TIMED_SPAN,
+        "outbox": "disk",
+        "outbox_messages": written,
         **procs,
+        "broker": broker,
+        "broker_version": broker_version,
         "model": str(edge_dir),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load_avg_1m_before": load_before,
     }
 
 
@@ -299,7 +442,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--idle-seconds",
         type=positive_float,
         default=5.0,
-        help="how long to watch an idle agent's CPU (default: 5)",
+        help="how long to watch an idle agent's CPU, and the 10 Hz agent before its "
+        "memory is read (default: 5)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded", "none"),
+        default="auto",
+        help="broker the agents connect to: mosquitto, embedded (amqtt), auto: mosquitto "
+        "when installed; or none: the timed agents' broker cannot be reached, so their link "
+        "thread writes the disk outbox and sends nothing (no memory or CPU figures then) "
+        "(default: auto)",
     )
 
 
@@ -313,4 +466,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         idle_seconds=args.idle_seconds,
         paced_readings=args.paced_readings,
         paced_rate_hz=args.paced_rate_hz,
+        broker=args.broker,
     )

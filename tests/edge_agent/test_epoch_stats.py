@@ -1,4 +1,4 @@
-"""The epoch counter on disk, and the heartbeat's counters."""
+"""The epoch counter on disk, and the heartbeat's counters and process figures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.epoch import next_epoch
-from edge_agent.stats import Counters
+from edge_agent.stats import Counters, ProcessUsage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -89,3 +89,24 @@ def test_counters_from_many_threads() -> None:
     for t in threads:
         t.join()
     assert c.snapshot() == {"n": 16_000}
+
+
+# -- process figures ----------------------------------------------------------------------------
+
+
+def test_process_rss_is_what_psutil_reports() -> None:
+    psutil = pytest.importorskip("psutil")  # the benches' dependency, not the agent's
+    usage = ProcessUsage()
+    ours, theirs = usage.rss_bytes(), psutil.Process().memory_info().rss
+    assert ours == pytest.approx(theirs, rel=0.05)
+
+
+def test_process_cpu_counts_this_process_since_the_last_call() -> None:
+    usage = ProcessUsage()
+    spent = time.process_time()
+    while time.process_time() - spent < 0.05:  # burn some CPU
+        pass
+    busy = usage.cpu_percent()
+    assert busy > 0.0
+    time.sleep(0.05)  # CPU idle: the next figure covers only this
+    assert usage.cpu_percent() < busy

@@ -314,6 +314,7 @@ def test_a_failed_write_keeps_the_messages_staged_and_spends_no_seq(tmp_path: Pa
     with pytest.raises(sqlite3.OperationalError):
         box.flush()
     assert box.staged == 3 and box.last_seq == 1 and box.depth == 1
+    assert box.write_due() is not None  # still to be written
     box.emit(event(1), urgent=True)
     with pytest.raises(sqlite3.OperationalError):
         box.flush()
@@ -326,3 +327,27 @@ def test_a_failed_write_keeps_the_messages_staged_and_spends_no_seq(tmp_path: Pa
         ("telemetry", 1, 3),
         ("telemetry", 1, 4),
     ]
+
+
+def test_staged_messages_wait_to_share_a_write_and_urgent_ones_do_not() -> None:
+    wake = threading.Event()
+    box = Outbox(None, epoch=1, write_delay_ms=20, wake=wake)
+    assert box.write_due() is None
+    box.emit(telemetry(1))
+    assert wake.is_set()  # the link thread learns when to write
+    due = box.write_due()
+    assert due is not None
+    wake.clear()
+    box.emit(telemetry(1))
+    assert not wake.is_set()  # it knows already
+    assert box.write_due() == due  # counted from the oldest staged message
+    box.emit(event(1), urgent=True)
+    assert wake.is_set()  # an urgent message is written at once, with what waits
+    assert box.write_due() == pytest.approx(due - 0.02)
+    wake.clear()
+    box.emit(event(1), urgent=True)
+    assert not wake.is_set()
+    assert box.flush() == 4
+    assert box.write_due() is None
+    box.emit(telemetry(1))
+    assert wake.is_set()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -28,3 +31,35 @@ def test_latency_window_is_a_bounded_ring() -> None:
     assert p50 == pytest.approx(994.5)  # only the last 10 values count
     assert 998 <= p99 <= 999
     assert w._ring.shape == (10,)  # no growth
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_latency_percentiles_are_numpys_linear_percentiles(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 3000))
+    w = LatencyWindow(size=size)
+    values = rng.lognormal(3.0, 1.0, int(rng.integers(1, 3000)))
+    if seed % 2:
+        values = np.round(values)  # ties
+    for v in values:
+        w.add(float(v))
+    kept = values[-size:]  # the ring holds the newest `size`, in some order
+    expected = tuple(float(p) for p in np.percentile(kept, [50, 99]))
+    assert w.percentiles() == expected
+
+
+def test_latency_percentiles_do_not_load_numpy_ma() -> None:
+    # np.percentile imports numpy.ma at its first call: 2 MB of an agent's memory.
+    code = (
+        "import sys\n"
+        "from shared.latency import LatencyWindow\n"
+        "w = LatencyWindow(16)\n"
+        "for v in range(40): w.add(float(v))\n"
+        "w.percentiles()\n"
+        "print('numpy.ma' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=25, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

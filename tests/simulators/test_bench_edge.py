@@ -25,7 +25,13 @@ KEYS = {
     "paced_p50_us",
     "paced_p99_us",
     "process_p99_us",
+    "baseline_process_p99_us",
     "baseline_agreement",
+    "timed_span",
+    "outbox",
+    "outbox_messages",
+    "broker",
+    "load_avg_1m_before",
 }
 
 
@@ -69,7 +75,36 @@ def test_bench_edge_reports_consistent_figures(model_packages: ModelPaths, tmp_p
     )
     assert result["baseline_agreement"] >= 0.99  # the baseline is the same MLP
     assert result["rss_mb"] > 0 and result["idle_cpu_pct"] >= 0
+    # The agent's default outbox, written by its link thread while it was timed:
+    # 800 readings in batches of 50 at least.
+    assert result["outbox"] == "disk" and result["outbox_messages"] >= 16
+    assert result["broker"] in ("mosquitto", "embedded")
     assert result["model"].endswith("machine-edge/1.0.0")
+
+
+@pytest.mark.timeout(180)
+def test_bench_edge_without_a_broker_times_the_disk_outbox_alone(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    done = _bench(
+        "--models",
+        str(model_packages.edge.parent.parent),
+        "--readings",
+        "400",
+        "--baseline-readings",
+        "200",
+        "--paced-readings",
+        "0",
+        "--broker",
+        "none",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["broker"] == "none" and result["outbox"] == "disk"
+    assert result["outbox_messages"] >= 16  # written, though nothing was sent
+    assert 0 < result["p50_us"] <= result["p99_us"] and result["baseline_p99_us"] > 0
+    assert "rss_mb" not in result  # no agent process ran
 
 
 @pytest.mark.timeout(30)
