@@ -24,6 +24,8 @@ def test_a_declared_range_closes_the_gap_counts_the_loss_and_moves_the_ack(
     # 3..5 dropped at the edge; 2 is stored already and must not count as lost.
     device_client.send(Dropped("dev-a", 1, 5, 2, "outbox_full", (4, 4, 0, 4)))
     device_client.wait_for("the ack past the declared range", acked("dev-a", 6))
+    # Acks go out once the batch is durable; its counters follow: wait for all 4 taken in.
+    settled(hub.worker, "4 messages counted", lambda st: st.received == 4)
     counters = hub.store.counters("dev-a")
     assert counters["lost_at_edge_messages:outbox_full"] == 3
     assert counters["lost_at_edge_readings:outbox_full"] == 8
@@ -32,6 +34,7 @@ def test_a_declared_range_closes_the_gap_counts_the_loss_and_moves_the_ack(
     device_client.send(Dropped("dev-a", 1, 5, 2, "outbox_full", (4, 4, 0, 4)))  # again
     device_client.send(telemetry("dev-a", 7))
     device_client.wait_for("the ack of seq 7", acked("dev-a", 7))
+    settled(hub.worker, "6 messages counted", lambda st: st.received == 6)
     assert hub.store.counters("dev-a")["lost_at_edge_messages:outbox_full"] == 3  # once
 
 
@@ -56,6 +59,11 @@ def test_bad_timestamps_are_kept_aside_and_their_seq_closed(
     for msg in (good, future, absurd, ancient):
         device_client.send(msg)
     device_client.wait_for("the ack past the refused seqs", acked("dev-a", 4))
+    # Acks go out once the batch is durable; its counters and dead letters follow.
+    wait_until("the dead letters", lambda: len(hub.store.dead_letters(10, "dev-a")) == 3)
+    wait_until(
+        "the counters", lambda: hub.store.counters("dev-a").get("invalid:ts_out_of_range") == 3
+    )
     counters = hub.store.counters("dev-a")
     assert counters["invalid:ts_out_of_range"] == 3
     assert counters["refused_readings:ts_out_of_range"] == 15
