@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Final
 
 from simulators.bench.arguments import non_negative_float, positive_float, positive_int
+from simulators.bench.workdir import in_work_dir
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -205,21 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         agent_args=tuple(args.agent_arg),
     )
     config.check()
-    # SIGTERM (a CI timeout, say) unwinds like Ctrl-C: agents, hub and broker are
-    # stopped and the small disk unmounted on the way out.
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            return _run(args, config, args.work_dir.resolve())
-        with tempfile.TemporaryDirectory(prefix="edgeloop-bench-chaos-") as tmp:
-            return _run(args, config, Path(tmp))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+    return in_work_dir(
+        args.work_dir, "edgeloop-bench-chaos-", lambda work: _run(args, config, work)
+    )
 
 
 def _run(args: argparse.Namespace, config: Any, work: Path) -> dict[str, Any]:

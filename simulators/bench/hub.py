@@ -60,10 +60,8 @@ import os
 import platform
 import queue
 import secrets
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Final
 from shared.errors import EdgeloopError
 from shared.topics import DEFAULT_ROOT, Topics
 from simulators.bench.arguments import non_negative_float, positive_float, positive_int
+from simulators.bench.workdir import in_work_dir
 from simulators.harness import (
     HOST,
     HUB_USER,
@@ -831,21 +830,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     Topics(args.root)  # a bad root fails here, with the topic grammar's message
     if args.broker == "auto":
         args.broker = "mosquitto" if find_mosquitto() else "embedded"
-    # SIGTERM (a CI timeout, say) unwinds like Ctrl-C, so the broker, hub and
-    # publishers are stopped on the way out instead of being left running.
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
-    try:
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            return _run(args, plan, args.work_dir.resolve())
-        with tempfile.TemporaryDirectory(prefix="edgeloop-bench-hub-") as tmp:
-            return _run(args, plan, Path(tmp))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+    return in_work_dir(args.work_dir, "edgeloop-bench-hub-", lambda work: _run(args, plan, work))
 
 
 @dataclass(slots=True)
