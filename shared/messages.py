@@ -7,6 +7,8 @@ device's *stream*: each takes the next ``seq`` of its epoch, and the hub stores
 and acks that stream. Status and health are not part of the stream (health goes
 at QoS 0 and may be lost); their ``seq`` is the last stream seq issued so far,
 which lets the hub notice a lost tail without waiting for the next batch.
+A ``dropped`` message (:class:`Dropped`) declares stream seqs the device
+dropped; it takes no seq of its own.
 
 Telemetry is columnar: ``ts`` (n), ``features`` (n x f) and ``scores`` (n x c)
 are numpy arrays. Floats of float32 arrays are written in their shortest

@@ -12,11 +12,17 @@ takes more until the batch holds ``batch_max_messages`` or
    one call, and pairs the heavy scores with the edge scores of each message;
 4. writes every stream message (telemetry, events, ota) in ONE
    :meth:`~cloud_hub.store.base.Store.write_stream` transaction, which
-   dedupes on ``(device, epoch, seq)`` and records gaps;
-5. only then, once the write is durable, publishes an ``ack`` of each touched
-   ``(device, epoch)``'s contiguous watermark (a duplicate is acked too: a
+   dedupes on ``(device, epoch, seq)`` and records gaps (a seq more than
+   ``max_seq_ahead`` beyond the watermark is refused);
+5. closes seqs without storing them: those of messages it refused (bad
+   timestamps, wrong feature count: dead-lettered), and those a device
+   declared dropped (a ``dropped`` message, counted ``lost_at_edge_*``); every
+   ``gap_check_s`` it also closes gaps older than ``gap_retention_s``
+   (``lost_unexplained_messages``);
+6. only then, once the writes are durable, publishes an ``ack`` of each touched
+   ``(device, epoch)``'s settled watermark (a duplicate is acked too: a
    device replaying needs to hear where the hub stands);
-6. adds the batch's counters in one call, and its dead letters in another.
+7. adds the batch's counters in one call, and its dead letters in another.
 
 Nothing a message can do stops the thread: every message is handled inside its
 own guard, and a store failure is logged, counted as ``ingest_errors`` and the

@@ -20,18 +20,17 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 1; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1`, recorded in ``schema_version``:
+Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` and :func:`_migrate_to_2`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
-- ``watermarks`` - per (device, epoch) the contiguous watermark: every seq
-  1..watermark is stored.
-- ``pending`` - per (device, epoch) the seqs stored *above* the watermark.
-  Together with ``watermarks`` this is the whole dedupe record: a seq is a
-  duplicate iff it is <= the watermark or pending. Seqs at or below the
-  watermark need no row of their own, so the record stays small however long
-  the stream runs, and pruning telemetry never touches it. Gaps are the ranges
-  between the watermark and the pending seqs.
+- ``watermarks`` - per (device, epoch) the settled watermark (every seq
+  1..watermark is stored or closed: what the hub acks) and the ``ledger``: a
+  :class:`~cloud_hub.store.ledger.Ledger` as JSON, the settled ranges above
+  the watermark and the last seq the device said it issued. That is the whole
+  dedupe record, O(open gaps) however long the stream runs, and pruning
+  telemetry never touches it. Version 2 replaced version 1's ``pending``
+  table (a row per seq above the watermark) with it.
 - ``telemetry`` - one row per stored message: ``first_ts``/``last_ts``/``n``
   plus each array as little-endian bytes (``ts`` float64; ``features``,
   ``edge_scores``, ``heavy_scores`` float32 with their column counts).
