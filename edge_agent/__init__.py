@@ -21,6 +21,9 @@ Concurrency model: three threads, each with one job.
 - paho's *network thread* only keeps the connection and puts incoming
   messages on a bounded inbox.
 
+``edgeloop-agent`` keeps the three on one CPU (``--cpu``): on two, the others
+take the GIL in the middle of a reading; :mod:`edge_agent.scheduling` says why.
+
 Backpressure is explicit: the staging queue, the outbox (bytes, messages,
 age), the inbox and paho's own queue are all bounded. Everything dropped is
 counted and reported in the heartbeat, and every dropped seq is declared to

@@ -14,9 +14,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
+from edge_agent.scheduling import configure_threads
 from edge_agent.settings import AgentSettings, load_settings
 from edge_agent.sources.base import Source
 from shared import __version__
@@ -25,14 +26,9 @@ from shared.errors import ConfigError, ManifestError
 if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
     from simulators.machine import SimulatedMachine
 
-__all__ = ["SWITCH_INTERVAL_S", "build_actuators", "build_source", "main"]
+__all__ = ["build_actuators", "build_source", "main"]
 
 log = logging.getLogger("edge_agent")
-
-SWITCH_INTERVAL_S: Final = 0.0005
-"""The agent's GIL switch interval. The link thread encodes telemetry in pure
-Python; a short interval bounds how long it can hold the GIL while a reading
-waits (Python's default is 5 ms). ``bench edge`` runs its agents with it too."""
 
 
 def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | None]:
@@ -102,6 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        # Before any thread starts: the threads started later stay on this CPU.
+        cpu = configure_threads(settings.cpu)
+    except ConfigError as exc:
+        print(f"edgeloop-agent: {exc}", file=sys.stderr)
+        return 2
+    if cpu is not None:
+        log.info(
+            "device %r: the agent's threads run on CPU %d (--cpu %s)",
+            settings.device,
+            cpu,
+            settings.cpu,
+        )
     from edge_agent.agent import Agent  # noqa: PLC0415 - pulls in onnxruntime and paho
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
 
@@ -112,7 +121,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ManifestError) as exc:
         print(f"edgeloop-agent: {exc}", file=sys.stderr)
         return 2
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -4,8 +4,9 @@ Everything runs here, against a broker started here on a free loopback port
 (Mosquitto when installed, else the embedded amqtt; ``--broker``).
 
 - Latency: the agent's own reading loop (:meth:`~edge_agent.agent.Agent.run`,
-  as ``edgeloop-agent`` runs it: its switch interval, ``gc.freeze``, the link
-  thread, the default *disk* outbox, connected to the broker) reads a seeded
+  as ``edgeloop-agent`` runs it: its threads on one CPU (``--cpu auto``) with
+  its switch interval, ``gc.freeze``, the link thread, the default *disk*
+  outbox, connected to the broker) reads a seeded
   simulated stream from a source here: an untimed pass to warm caches, then
   the same readings timed back to back. ``p50_us``/``p99_us`` are what the
   agent's own recorder measures for its heartbeat: inside
@@ -17,12 +18,19 @@ Everything runs here, against a broker started here on a free loopback port
   With ``--broker none`` nothing listens where the agent connects: its link
   thread writes the outbox and sends nothing, which tells the outbox's cost to
   the reading loop from the sending's.
+- The same readings again with ``--cpu any`` (the threads left to the OS):
+  ``any_cpu_*``, what the one-CPU placement saves.
 - Baseline: the very same agent and loop, its model's scores coming from
   per-row scikit-learn ``predict_proba`` of the same MLP (retrained from the
   same seed and data, which gives the same weights; its agreement with the
   packaged model is ``baseline_agreement``). So ``baseline_p99_us`` is timed by
   the same recorder over the same span (features, model, rule) in the same
-  loop, and ``speedup_p99`` compares like with like.
+  loop, and ``speedup_p99`` compares like with like. The baseline runs both
+  with ``--cpu auto`` and ``--cpu any`` (``baseline_one_cpu_p99_us``,
+  ``baseline_any_cpu_p99_us``); its figures and the speedup take the run with
+  the lower p99: a reading that holds the GIL for 350 µs is interrupted by the
+  link thread's forced switches on one CPU, so the baseline is better off
+  without it.
 - Paced latency: the same recorder while readings arrive at ``paced_rate_hz``,
   the loop sleeping between them as a live agent's does. Between readings
   the CPU's caches and predictors lose the hot path's state, so each reading
@@ -142,6 +150,7 @@ def _figures(
     model: EdgeModel | None = None,
     *,
     connect: bool = True,
+    cpu: str = "auto",
 ) -> tuple[dict[str, tuple[float, float]], int]:
     """Run an agent over ``phases``; per timed phase, (p50, p99) of its own recorder
     and of the whole ``process`` call (``NAME`` and ``NAME_process``); and the
@@ -149,11 +158,16 @@ def _figures(
 
     ``model`` replaces the packaged int8 model (the baseline). With ``connect``
     the timing starts once the agent is connected; else nothing listens at
-    ``endpoint`` and the agent only writes its outbox.
+    ``endpoint`` and the agent only writes its outbox. ``cpu`` is the agent's
+    ``--cpu``, applied as ``edgeloop-agent`` applies it, and undone after.
     """
     from edge_agent.agent import Agent  # noqa: PLC0415
-    from edge_agent.cli import SWITCH_INTERVAL_S  # noqa: PLC0415
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
+    from edge_agent.scheduling import (  # noqa: PLC0415
+        allowed_cpus,
+        configure_threads,
+        set_thread_cpus,
+    )
     from edge_agent.settings import load_settings  # noqa: PLC0415
     from shared import __version__  # noqa: PLC0415
     from shared.latency import LatencyWindow  # noqa: PLC0415
@@ -179,6 +193,8 @@ def _figures(
             str(state_dir),
             "--shutdown-timeout-s",
             _SHUTDOWN_S,
+            "--cpu",
+            cpu,
         ],
         env={"EDGELOOP_AGENT_BROKER": endpoint.url},
     )
@@ -208,12 +224,16 @@ def _figures(
     if model is None:
         model = load_edge_model(edge_dir, __version__)
     agent = TimedAgent(settings, model, source, [])
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as edgeloop-agent runs
+    if os.environ.get("PIN1"):
+        os.sched_setaffinity(0, {int(os.environ["PIN1"])})
+    interval, cpus = sys.getswitchinterval(), allowed_cpus()
+    configure_threads(settings.cpu)  # as edgeloop-agent does, before the agent's threads start
     try:
         agent.run(threading.Event())
     finally:
-        sys.setswitchinterval(previous)
+        sys.setswitchinterval(interval)
+        if cpus:
+            set_thread_cpus(cpus)
     return found, agent.outbox.last_seq
 
 
@@ -323,6 +343,7 @@ def run_edge_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready result."""
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+    from edge_agent.scheduling import CPU_AUTO, allowed_cpus, choose_cpu  # noqa: PLC0415
     from shared.endpoint import BrokerEndpoint  # noqa: PLC0415
 
     load_before = round(os.getloadavg()[0], 2)
@@ -352,27 +373,41 @@ def run_edge_bench(
             agent, written = _figures(
                 edge_dir, endpoint, work / "bench-edge", phases, connect=connect
             )
-            baseline, _ = _figures(
-                edge_dir,
-                endpoint,
-                work / "bench-baseline",
-                [("warm-up", base, 0.0), ("timed", base, 0.0)],
-                model=sk_model,
-                connect=connect,
+            # The same readings with the threads left to the OS (--cpu any), and the
+            # baseline both ways: the speedup takes the baseline's better p99.
+            free, _ = _figures(
+                edge_dir, endpoint, work / "bench-any-cpu", phases, connect=connect, cpu="any"
             )
+            baseline = {
+                cpu: _figures(
+                    edge_dir,
+                    endpoint,
+                    work / f"bench-baseline-{cpu}",
+                    [("warm-up", base, 0.0), ("timed", base, 0.0)],
+                    model=sk_model,
+                    connect=connect,
+                    cpu=cpu,
+                )[0]
+                for cpu in ("auto", "any")
+            }
             procs = _agent_processes(edge_dir, endpoint, work, idle_seconds) if connect else {}
             broker_version = running.version if running is not None else None
         finally:
             if running is not None:
                 running.stop()
     p50, p99 = _rounded(agent["timed"])
-    b50, b99 = _rounded(baseline["timed"])
     paced50, paced99 = _rounded(agent.get("paced", (0.0, 0.0)))
     w50, w99 = _rounded(agent["timed_process"])
-    bw50, bw99 = _rounded(baseline["timed_process"])
+    f50, f99 = _rounded(free["timed"])
+    fpaced50, fpaced99 = _rounded(free.get("paced", (0.0, 0.0)))
+    pinned, unpinned = baseline["auto"], baseline["any"]
+    best = min((pinned, unpinned), key=lambda b: b["timed"][1])
+    b50, b99 = _rounded(best["timed"])
+    bw50, bw99 = _rounded(best["timed_process"])
     return {
         "bench": "edge",
         "readings": readings,
+        "cpu": choose_cpu(CPU_AUTO, allowed_cpus(), os.getpid()),
         "p50_us": p50,
         "p99_us": p99,
         "paced_p50_us": paced50,
@@ -381,11 +416,17 @@ def run_edge_bench(
         "paced_readings": paced_readings,
         "process_p50_us": w50,
         "process_p99_us": w99,
+        "any_cpu_p50_us": f50,
+        "any_cpu_p99_us": f99,
+        "any_cpu_paced_p50_us": fpaced50,
+        "any_cpu_paced_p99_us": fpaced99,
         "baseline_readings": baseline_readings,
         "baseline_p50_us": b50,
         "baseline_p99_us": b99,
         "baseline_process_p50_us": bw50,
         "baseline_process_p99_us": bw99,
+        "baseline_one_cpu_p99_us": _rounded(pinned["timed"])[1],
+        "baseline_any_cpu_p99_us": _rounded(unpinned["timed"])[1],
         "speedup_p99": round(b99 / p99, 2),
         "baseline_agreement": agreement,
         "timed_span": TIMED_SPAN,

@@ -7,6 +7,7 @@ another); the speed figures are the benchmark's to report, never a test's to ass
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,10 @@ KEYS = {
     "outbox_messages",
     "broker",
     "load_avg_1m_before",
+    "cpu",
+    "any_cpu_p99_us",
+    "baseline_one_cpu_p99_us",
+    "baseline_any_cpu_p99_us",
 }
 
 
@@ -74,6 +79,14 @@ def test_bench_edge_reports_consistent_figures(model_packages: ModelPaths, tmp_p
         result["baseline_p99_us"] / result["p99_us"], rel=0.01
     )
     assert result["baseline_agreement"] >= 0.99  # the baseline is the same MLP
+    # The baseline ran on one CPU and on any; its figures are the better run's.
+    assert result["baseline_p99_us"] == min(
+        result["baseline_one_cpu_p99_us"], result["baseline_any_cpu_p99_us"]
+    )
+    assert 0 < result["any_cpu_p50_us"] <= result["any_cpu_p99_us"]
+    assert 0 < result["any_cpu_paced_p50_us"] <= result["any_cpu_paced_p99_us"]
+    # As edgeloop-agent --cpu auto picks: one of this process's CPUs.
+    assert result["cpu"] in os.sched_getaffinity(0)
     assert result["rss_mb"] > 0 and result["idle_cpu_pct"] >= 0
     # The agent's default outbox, written by its link thread while it was timed:
     # 800 readings in batches of 50 at least.
