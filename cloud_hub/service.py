@@ -187,6 +187,8 @@ class Hub:
             admin_token=s.admin_token,
             insecure_dev=s.insecure_dev,
             stale_after_s=s.stale_after_s,
+            predict_max_body_bytes=s.predict_max_body_bytes,
+            max_body_bytes=s.http_max_body_bytes,
         )
         worker = self.worker
         self.app = create_app(

@@ -20,6 +20,7 @@ from shared.options import (
     OptionTable,
     choice,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -105,6 +106,20 @@ OPTIONS: Final = OptionTable(
         ),
         Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
         Option(
+            "predict_max_body_bytes",
+            positive_int,
+            None,
+            "largest POST /v1/predict body (default: 4 KiB per row it may score plus 64 KiB, ~41 MB); checked after the token, before the body is read",
+            "BYTES",
+        ),
+        Option(
+            "http_max_body_bytes",
+            non_negative_int,
+            65_536,
+            "largest body of any other HTTP request (no other route reads one)",
+            "BYTES",
+        ),
+        Option(
             "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
         ),
         Option(
@@ -176,6 +191,8 @@ class HubSettings:
     read_token: str | None
     admin_token: str | None
     insecure_dev: bool
+    predict_max_body_bytes: int | None
+    http_max_body_bytes: int
     stale_after_s: float
     retention_days: float
     ingest_queue_max: int
