@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.messages import DEFAULT_LIMITS
 from shared.options import (
     Option,
     OptionTable,
@@ -120,6 +121,13 @@ OPTIONS: Final = OptionTable(
             "BYTES",
         ),
         Option(
+            "max_payload_bytes",
+            positive_int,
+            DEFAULT_LIMITS.max_payload_bytes,
+            "largest MQTT payload a device may send (1 MiB); a larger one is counted as invalid:too_large and dropped before it is queued or decoded",
+            "BYTES",
+        ),
+        Option(
             "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
         ),
         Option(
@@ -193,6 +201,7 @@ class HubSettings:
     insecure_dev: bool
     predict_max_body_bytes: int | None
     http_max_body_bytes: int
+    max_payload_bytes: int
     stale_after_s: float
     retention_days: float
     ingest_queue_max: int
