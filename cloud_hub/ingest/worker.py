@@ -318,6 +318,9 @@ class IngestWorker:
                 log.exception("ingest: a batch of %d messages failed unexpectedly", len(batch))
                 self._unsaved[(None, "ingest_errors")] += 1
                 self._tally(Counter({(None, "ingest_errors"): 1}))
+            # Let the batch's payloads go now, not when the next batch arrives: after
+            # a flood of large messages they would otherwise stay in RSS while idle.
+            batch = None
         final: Counter[CounterKey] = Counter()
         left = 0
         with contextlib.suppress(queue.Empty):
