@@ -7,6 +7,7 @@ for the body, the read would time out.
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.datastructures import Headers
 
 from cloud_hub.api.bodylimit import admit
 from cloud_hub.api.config import ApiConfig
+from cloud_hub.settings import OPTIONS, resolve_settings
 from tests.cloud_hub.api.conftest import ADMIN_TOKEN, READ_TOKEN, Hub
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,3 +187,18 @@ def test_admit_open_access_under_insecure_dev() -> None:
     config = ApiConfig(read_token=None, admin_token=None, insecure_dev=True)
     refusal, cap = admit(config, "POST", "/v1/predict", Headers({"content-length": "100"}))
     assert refusal is None and cap == config.predict_body_limit
+
+
+def test_the_limits_are_hub_settings() -> None:
+    args = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(
+        ["--predict-max-body-bytes", "2048", "--http-max-body-bytes", "0"]
+    )
+    env = {"EDGELOOP_HUB_MAX_PAYLOAD_BYTES": "65536"}
+    settings = resolve_settings(args, env=env, serving=False)
+    assert (settings.predict_max_body_bytes, settings.http_max_body_bytes) == (2048, 0)
+    assert settings.max_payload_bytes == 65536
+    defaults = resolve_settings(
+        OPTIONS.add_to(argparse.ArgumentParser()).parse_args([]), env={}, serving=False
+    )
+    assert defaults.predict_max_body_bytes is None and defaults.http_max_body_bytes == 65_536
+    assert defaults.max_payload_bytes == 1_048_576
