@@ -80,10 +80,12 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from cloud_hub.memory import return_large_blocks  # noqa: PLC0415
     from cloud_hub.service import serve  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=True)
+    return_large_blocks()  # so a flood of large payloads leaves no lasting RSS
     logging.getLogger().setLevel(settings.log_level)
     return serve(settings)
 

@@ -149,6 +149,7 @@ class Hub:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
+        from shared.messages import Limits  # noqa: PLC0415
 
         s = self.settings
         assert self.endpoint is not None
@@ -157,12 +158,14 @@ class Hub:
             batch_max_messages=s.ingest_batch_max,
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
+            limits=Limits(max_payload_bytes=s.max_payload_bytes),
         )
         self.link = HubLink(
             self.endpoint,
             self.topics,
             queue_max=s.ingest_queue_max,
             queue_max_bytes=s.ingest_queue_max_bytes,
+            max_payload_bytes=s.max_payload_bytes,
         )
         self.worker = IngestWorker(
             self.store,
@@ -187,6 +190,8 @@ class Hub:
             admin_token=s.admin_token,
             insecure_dev=s.insecure_dev,
             stale_after_s=s.stale_after_s,
+            predict_max_body_bytes=s.predict_max_body_bytes,
+            max_body_bytes=s.http_max_body_bytes,
         )
         worker = self.worker
         self.app = create_app(

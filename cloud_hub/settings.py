@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.messages import DEFAULT_LIMITS
 from shared.options import (
     Option,
     OptionTable,
     choice,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -105,6 +107,27 @@ OPTIONS: Final = OptionTable(
         ),
         Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
         Option(
+            "predict_max_body_bytes",
+            positive_int,
+            None,
+            "largest POST /v1/predict body (default: 4 KiB per row it may score plus 64 KiB, ~41 MB); checked after the token, before the body is read",
+            "BYTES",
+        ),
+        Option(
+            "http_max_body_bytes",
+            non_negative_int,
+            65_536,
+            "largest body of any other HTTP request (no other route reads one)",
+            "BYTES",
+        ),
+        Option(
+            "max_payload_bytes",
+            positive_int,
+            DEFAULT_LIMITS.max_payload_bytes,
+            "largest MQTT payload a device may send (1 MiB); a larger one is counted as invalid:too_large and dropped before it is queued or decoded",
+            "BYTES",
+        ),
+        Option(
             "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
         ),
         Option(
@@ -176,6 +199,9 @@ class HubSettings:
     read_token: str | None
     admin_token: str | None
     insecure_dev: bool
+    predict_max_body_bytes: int | None
+    http_max_body_bytes: int
+    max_payload_bytes: int
     stale_after_s: float
     retention_days: float
     ingest_queue_max: int

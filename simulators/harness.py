@@ -72,7 +72,7 @@ __all__ = [
     "HOST",
     "HUB_USER",
     "MOSQUITTO_HUB_LIMITS",
-    "MOSQUITTO_MESSAGE_SIZE_LIMIT",
+    "MOSQUITTO_MAX_PACKET_SIZE",
     "AgentProcess",
     "AmqttBroker",
     "ApiError",
@@ -118,9 +118,11 @@ receives ~1,000 messages/s, and a minute's hub restart must fit in its queue.
 bounded (0 would be unlimited) so slow consumers still get flow control.
 """
 
-MOSQUITTO_MESSAGE_SIZE_LIMIT: Final = 2_097_152
-"""Payloads over 2 MiB are refused at the broker, as in ``deploy/mosquitto/mosquitto.conf``
-(the hub has its own, lower limit). Tests of the hub's own defences turn it off (0)."""
+MOSQUITTO_MAX_PACKET_SIZE: Final = 1_048_576 + 4096
+"""Packets over the payload limit a device may send (1 MiB, the hub's ``--max-payload-bytes``
+default) plus 4 KiB for the topic and headers are refused at the broker before they are
+read (the client is disconnected), as in ``deploy/mosquitto/mosquitto.conf``. Tests of the
+hub's own defences turn it off (0)."""
 
 _MOSQUITTO_FALLBACK: Final = "/usr/sbin/mosquitto"
 _PORT_ATTEMPTS: Final = 3
@@ -604,7 +606,7 @@ class Mosquitto(ManagedProcess):
     restart loses sessions and retained messages). ``users`` maps names to
     secrets; ``password_lines`` are lines as ``edgeloop-hub devices add``
     prints them; ``acl`` is acl_file text (None: no ACL, every user may use
-    every topic). ``message_size_limit=0`` lets any payload through, for tests
+    every topic). ``max_packet_size=0`` lets any payload through, for tests
     of the hub's and the agent's own limits. ``port=0`` picks a free port; if
     that port turns out busy at the first start, another is picked, unless
     :attr:`port` was read already.
@@ -622,7 +624,7 @@ class Mosquitto(ManagedProcess):
         extra_conf: Sequence[str] = (),
         port: int = 0,
         persistent: bool = False,
-        message_size_limit: int = MOSQUITTO_MESSAGE_SIZE_LIMIT,
+        max_packet_size: int = MOSQUITTO_MAX_PACKET_SIZE,
         verbose_log: bool = False,
         binary: str | None = None,
         new_session: bool = False,
@@ -642,7 +644,7 @@ class Mosquitto(ManagedProcess):
         self.use_acl = acl is not None
         self.extra_conf = list(extra_conf)
         self.persistent = persistent
-        self.message_size_limit = message_size_limit
+        self.max_packet_size = max_packet_size
         self.verbose_log = verbose_log
         self._port = port or free_port()
         self._port_pinned = bool(port)
@@ -730,7 +732,9 @@ class Mosquitto(ManagedProcess):
         if self.use_acl:
             lines.append(f"acl_file {self.acl_file}")
         lines += [f"{key} {value}" for key, value in MOSQUITTO_HUB_LIMITS.items()]
-        lines += [f"message_size_limit {self.message_size_limit}", "set_tcp_nodelay true"]
+        if self.max_packet_size:
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        lines.append("set_tcp_nodelay true")
         if self.persistent:
             lines += [
                 "persistence true",

@@ -42,7 +42,7 @@ def mosquitto_process(tmp_path: Path) -> Iterator[Mosquitto]:
     # No size limit at the broker: tests send the hub and the agents oversized
     # payloads to see them refused there, whatever broker is in front.
     with Mosquitto(
-        tmp_path / "mosquitto", users=USERS, message_size_limit=0, verbose_log=True
+        tmp_path / "mosquitto", users=USERS, max_packet_size=0, verbose_log=True
     ) as broker:
         yield broker
 

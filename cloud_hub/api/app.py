@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cloud_hub.api.bodylimit import BodySizeLimit
+from cloud_hub.api.bodylimit import BodyGate
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
 from cloud_hub.api.docs import install_docs
@@ -138,5 +138,6 @@ def create_app(
     app.include_router(models.router)
     app.include_router(stats.router)
     app.include_router(predict.router)
-    app.add_middleware(BodySizeLimit, limits={"/v1/predict": config.predict_body_limit})
+    # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
+    app.add_middleware(BodyGate, config=config)
     return app

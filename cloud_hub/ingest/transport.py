@@ -18,6 +18,11 @@ the connection stays up. What the hub holds is bounded by the queue's two
 limits whatever the broker does (amqtt buffers without bound in its own
 process).
 
+Size: a payload over ``max_payload_bytes`` (the size a device may send,
+:attr:`shared.messages.Limits.max_payload_bytes` by default) is not queued:
+its first kilobyte is, as an :class:`OversizedPayload` that the worker counts
+(``invalid:too_large`` for its device) and dead-letters without decoding.
+
 The session is persistent (``clean_session=False``, fixed client id): while the
 hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
 it. Reconnects wait an exponential, jittered delay
@@ -46,21 +51,51 @@ from paho.mqtt.reasoncodes import ReasonCode
 from shared.backoff import Backoff
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from shared.messages import DEFAULT_LIMITS
 from shared.topics import EDGE_TO_HUB, Topics, topic_matches
 
 __all__ = [
     "DEFAULT_QUEUE_MAX",
     "DEFAULT_QUEUE_MAX_BYTES",
+    "HEAD_BYTES",
     "BrokerConnectError",
     "HubLink",
     "Incoming",
     "IngestQueue",
+    "OversizedPayload",
 ]
 
 log = logging.getLogger(__name__)
 
 Incoming = tuple[str, bytes, float]
 """``(topic, payload, received_at)``; ``received_at`` is wall-clock ``time.time()``."""
+
+HEAD_BYTES: Final = 1024
+"""How much of a refused payload is kept (for the dead letter an operator reads)."""
+
+
+class OversizedPayload(bytes):
+    """What is queued in place of a payload over the link's ``max_payload_bytes``.
+
+    Its bytes are the payload's first :data:`HEAD_BYTES`; :attr:`size` is the
+    size that arrived and :attr:`limit` the one it is over. The worker counts
+    and dead-letters it as ``too_large`` for its device without decoding it, so
+    an oversized flood costs the queue a kilobyte a message, not the payloads.
+
+    >>> p = OversizedPayload(b"x" * 5000, limit=4096)
+    >>> (len(p), p.size, p.limit)
+    (1024, 5000, 4096)
+    """
+
+    size: int
+    limit: int
+
+    def __new__(cls, payload: bytes | bytearray, *, limit: int) -> OversizedPayload:
+        head = super().__new__(cls, payload[:HEAD_BYTES])
+        head.size = len(payload)
+        head.limit = limit
+        return head
+
 
 DEFAULT_QUEUE_MAX: Final = 200_000
 DEFAULT_QUEUE_MAX_BYTES: Final = 256 * 2**20
@@ -154,6 +189,7 @@ class HubLink:
         reconnect_max_s: int = 30,
         max_inflight: int = 1000,
         max_queued_out: int = 100_000,
+        max_payload_bytes: int = DEFAULT_LIMITS.max_payload_bytes,
     ) -> None:
         if queue_max < 1:
             raise ValueError(f"hub link: queue_max must be >= 1, got {queue_max}")
@@ -166,6 +202,7 @@ class HubLink:
         self.topics = topics
         self.client_id = client_id
         self.keepalive_s = keepalive_s
+        self.max_payload_bytes = max_payload_bytes
         self.queue = IngestQueue(queue_max, queue_max_bytes)
         """Messages for the ingest worker; when it is full, paho's thread waits (backpressure)."""
         self.subscriptions: tuple[str, ...] = tuple(
@@ -304,8 +341,14 @@ class HubLink:
         if not any(topic_matches(f, topic) for f in self.subscriptions):
             self._count("invalid:foreign_topic")
             return
+        payload = message.payload
+        if len(payload) > self.max_payload_bytes:
+            # Only its head is queued, never decoded; the worker counts it for its device.
+            payload = OversizedPayload(payload, limit=self.max_payload_bytes)
+        else:
+            payload = bytes(payload)
         put = self.queue.put_waiting(
-            (topic, bytes(message.payload), received_at),
+            (topic, payload, received_at),
             self._closed,
             lambda: self._count("backpressure_waits"),
         )
