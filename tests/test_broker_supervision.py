@@ -25,7 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.broker.auth import add_user
 from cloud_hub.broker.embedded import EmbeddedBroker
-from simulators.harness import AgentProcess, HubProcess, wait_until
+from simulators.harness import HUB_USER, AgentProcess, HubProcess, Mosquitto, wait_until
+from tests.brokers import HUB_SECRET
 from tests.conftest import ModelPaths
 from tests.readings import count_readings
 
@@ -179,11 +180,33 @@ def test_a_killed_embedded_broker_is_restarted_and_loses_nothing(
     assert stats["counters"].get("broker_reconnects") == 1, stats["counters"]
 
 
+@pytest.fixture(params=["amqtt", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def any_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, model_packages: ModelPaths
+) -> Iterator[tuple[HubProcess, str]]:
+    """A hub on its embedded broker, then on Mosquitto; with the hub account's secret."""
+    if request.param == "amqtt":
+        hub: HubProcess = request.getfixturevalue("hub")
+        yield hub, (hub.data_dir / "hub-broker-secret").read_text().strip()
+        return
+    mosquitto: Mosquitto = request.getfixturevalue("mosquitto_process")
+    with HubProcess(
+        tmp_path / "hub",
+        model_packages.edge.parent.parent,
+        broker=mosquitto.endpoint(HUB_USER, HUB_SECRET),
+        root=f"edgeloop-test/{uuid.uuid4().hex[:8]}",
+        log_level="INFO",
+    ) as hub:
+        yield hub, HUB_SECRET
+
+
 @pytest.mark.timeout(60)
-def test_a_taken_over_hub_session_is_noticed_counted_and_taken_back(hub: HubProcess) -> None:
+def test_a_taken_over_hub_session_is_noticed_counted_and_taken_back(
+    any_hub: tuple[HubProcess, str],
+) -> None:
     # The hub's own account and client id, as a leaked hub secret would allow: the
     # broker hands the session to the newcomer and closes the hub's connection.
-    secret = (hub.data_dir / "hub-broker-secret").read_text().strip()
+    hub, secret = any_hub
     endpoint = hub.broker_endpoint()
     intruder = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -191,7 +214,7 @@ def test_a_taken_over_hub_session_is_noticed_counted_and_taken_back(hub: HubProc
         clean_session=False,
         protocol=mqtt.MQTTv311,
     )
-    intruder.username_pw_set("hub", secret)
+    intruder.username_pw_set(HUB_USER, secret)
     intruder.connect(endpoint.host, endpoint.port, 30)
     intruder.loop_start()
     try:
@@ -209,8 +232,33 @@ def test_a_taken_over_hub_session_is_noticed_counted_and_taken_back(hub: HubProc
     assert status == 200 and link["up"], body
     assert link["counts"]["reconnects"] >= 1, link
     assert "connection to the broker was lost" in link["reason"], link
-    assert body["parts"]["embedded_broker"]["counts"]["exits"] == 0, body
+    if hub.external_broker is None:
+        assert body["parts"]["embedded_broker"]["counts"]["exits"] == 0, body
+    else:
+        assert set(body["parts"]) == {"broker_link"}, body
     assert "hub lost its broker link" in hub.output()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.mosquitto
+def test_a_restarted_external_broker_is_reported_down_then_up(
+    mosquitto_process: Mosquitto, tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    with HubProcess(
+        tmp_path / "hub",
+        model_packages.edge.parent.parent,
+        broker=mosquitto_process.endpoint(HUB_USER, HUB_SECRET),
+        log_level="INFO",
+    ) as hub:
+        mosquitto_process.kill()
+        wait_until("the hub to see the broker gone", lambda: _health(hub)[0] == 503, timeout=WAIT)
+        status, body = _health(hub)
+        assert status == 503 and body["down"] == ["broker_link"], body
+        assert body["parts"]["broker_link"]["check"], body
+        mosquitto_process.restart()
+        wait_until("the hub's link back up", lambda: _health(hub)[0] == 200, timeout=WAIT)
+        counts = _health(hub)[1]["parts"]["broker_link"]["counts"]
+    assert counts == {"disconnects": 1, "reconnects": 1}, counts
 
 
 @pytest.mark.timeout(60)

@@ -30,7 +30,8 @@ hub's session by connecting with its client id) until it is up again.
 :meth:`HubLink.health` says which, since when and why (``/healthz`` reports
 it). Each outage is logged once when it starts (with what to check) and once
 when it ends, and counted: ``broker_disconnects`` and ``broker_reconnects``
-(stored with ingest's counters, so ``/v1/stats/ingest`` shows them).
+(``/healthz`` shows them at once; they join ingest's stored counters, shown
+by ``/v1/stats/ingest``, with the worker's next batch).
 
 Errors::
 
