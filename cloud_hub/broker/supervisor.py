@@ -91,7 +91,7 @@ class BrokerSupervisor:
                 reason=self._reason,
                 check=None
                 if self._up
-                else f"the broker's log {self._broker.log_path} and the hub's log",
+                else "the hub's log, which quotes the end of the broker's log",
                 counts={"exits": self._exits, "restarts": self._restarts},
             )
 

@@ -336,8 +336,8 @@ class HubLink:
             check=None
             if up
             else (
-                f"that the broker at {self.endpoint.redacted_url} runs and accepts the hub's "
-                f"account; that no other client uses the client id {self.client_id!r}"
+                "that the broker runs and accepts the hub's account, and that no other "
+                "client uses the hub's client id; the hub's log says more"
             ),
             counts={
                 "disconnects": counts.get("broker_disconnects", 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -106,3 +107,37 @@ def test_a_killed_broker_is_restarted_on_its_port_and_counted(tmp_path: Path) ->
             assert supervisor.health().counts["exits"] == 1
         finally:
             supervisor.stop()
+
+
+def test_a_broker_that_cannot_start_again_is_retried_until_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    password_file = tmp_path / "passwd"
+    add_user(password_file, "hub", "hub-secret-0123456789")
+    with EmbeddedBroker(password_file=password_file, log_path=tmp_path / "broker.log") as broker:
+        supervisor = BrokerSupervisor(broker, RestartPolicy(min_s=1.0, max_s=1.0), poll_s=0.05)
+        supervisor.start()
+        squatter = socket.socket()
+        try:
+            first = broker.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            wait_until("the exit seen", lambda: not supervisor.health().up, timeout=30)
+            # Another program takes the port before the broker is back (1 s from now).
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind((broker.host, broker.port))
+            squatter.listen()
+            wait_until(
+                "a failed restart reported",
+                lambda: "does not start again" in (supervisor.health().reason or ""),
+                timeout=30,
+            )
+            assert not supervisor.health().up
+            squatter.close()
+            wait_until("the broker back", lambda: supervisor.health().up, timeout=30)
+            assert supervisor.health().counts == {"exits": 1, "restarts": 1}
+            assert broker.is_running and broker.pid != first
+        finally:
+            squatter.close()
+            supervisor.stop()
+    assert any("did not start again" in r.getMessage() for r in caplog.records)

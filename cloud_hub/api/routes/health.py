@@ -40,7 +40,8 @@ def healthz(state: StateDep, response: Response) -> HealthOut:
 
     While the embedded broker restarts, or the hub's session was taken from it,
     devices' readings cannot reach the hub: ``down`` says so until the link is
-    subscribed again.
+    subscribed again. The body needs no token, so it names no address, path or
+    account; the hub's log has the details.
     """
     detail: str | None = None
     try:
