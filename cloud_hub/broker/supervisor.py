@@ -135,9 +135,8 @@ class BrokerSupervisor:
                 self._broker.start()
             except BrokerStartError as exc:
                 delay = self._policy.next_delay(0.0)
-                first = str(exc).strip().splitlines()[0]
                 with self._lock:
-                    self._reason = f"the broker does not start again: {first}"
+                    self._reason = "the broker process does not start again; retrying"
                 log.error(
                     "the embedded broker did not start again: %s; next attempt in %.1f s",
                     exc,

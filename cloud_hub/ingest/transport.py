@@ -367,7 +367,7 @@ class HubLink:
             else:
                 log.error("%s", failure)
                 with self._state_lock:
-                    self._down_reason = f"the broker refused the subscriptions: {failure}"
+                    self._down_reason = "the broker refused the hub's subscriptions"
         else:
             self._came_up()
         self._subscribed.set()
