@@ -8,7 +8,11 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one ingest worker thread drains that queue in batches, scores them with the
   heavy model, writes the store (its single writer) and publishes acks;
 - one maintenance thread prunes old telemetry now and then;
-- the embedded broker (amqtt) runs in its own process.
+- the embedded broker (amqtt) runs in its own process, watched by one supervisor
+  thread that restarts it when it dies (:mod:`cloud_hub.broker.supervisor`).
+
+``/healthz`` reports the parts that can fail while the hub runs: its broker
+link (:meth:`HubLink.health`) and, when embedded, the broker's process.
 
 Start-up failures (port in use, broker unreachable, bad credentials, bad
 store URL) become one :class:`HubStartError` line; ``serve`` prints it and
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
@@ -68,6 +73,7 @@ class Hub:
         self.settings = settings
         self.topics = Topics(settings.root)
         self.broker: Any = None
+        self.supervisor: Any = None
         self.endpoint: BrokerEndpoint | None = None
         self.store: Any = None
         self.link: Any = None
@@ -82,6 +88,7 @@ class Hub:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.endpoint = self._start_broker()
+        self._supervise_broker()
         self._open_store()
         heavy_path = self._models()
         self._start_ingest(heavy_path)
@@ -107,6 +114,8 @@ class Hub:
             s.broker_port,
             password_file=s.password_file,
             log_path=s.data_dir / "broker.log",
+            # After a restart, devices wait until the hub has subscribed again.
+            hold_devices_for=HUB_USER,
         )
         try:
             broker.start()
@@ -119,6 +128,23 @@ class Hub:
         self.broker = broker
         log.info("embedded broker listening on %s (accounts in %s)", broker.url, s.password_file)
         return broker.endpoint(HUB_USER, secret)
+
+    def _supervise_broker(self) -> None:
+        if self.broker is None:
+            return
+        from cloud_hub.broker.supervisor import BrokerSupervisor  # noqa: PLC0415
+
+        self.supervisor = BrokerSupervisor(self.broker)
+        self.supervisor.start()
+
+    def parts(self) -> dict[str, PartHealth]:
+        """The health of the parts that can fail while the hub runs, for ``/healthz``."""
+        parts: dict[str, PartHealth] = {}
+        if self.link is not None:
+            parts["broker_link"] = self.link.health()
+        if self.supervisor is not None:
+            parts["embedded_broker"] = self.supervisor.health()
+        return parts
 
     def _open_store(self) -> None:
         from cloud_hub.store import StoreError, open_store  # noqa: PLC0415
@@ -199,6 +225,7 @@ class Hub:
             config,
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
             models_root=s.models_dir.resolve(),
+            parts=self.parts,
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -219,6 +246,7 @@ class Hub:
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),
             ("store", self.store, lambda store: store.close()),
+            ("broker supervisor", self.supervisor, lambda supervisor: supervisor.stop()),
             ("broker", self.broker, lambda broker: broker.stop()),
         ]
         for name, part, action in parts:

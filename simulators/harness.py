@@ -904,7 +904,7 @@ _DEVICES_ADD_FLAGS: Final = frozenset(
 
 
 class HubProcess(ManagedProcess):
-    """``edgeloop-hub serve`` (as ``python -m cloud_hub serve``), ready once ``/healthz`` answers.
+    """``edgeloop-hub serve`` (as ``python -m cloud_hub serve``), ready once ``/healthz`` says 200.
 
     ``broker=None`` runs the hub's embedded broker on ``broker_port``; otherwise
     the hub logs in to ``broker`` (give Mosquitto the :data:`HUB_USER` account).

@@ -57,19 +57,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             "password file %s lists no users: every client will be refused", args.password_file
         )
     try:
-        return asyncio.run(_serve(args.host, args.port, args.password_file, args.stop_on_stdin_eof))
+        return asyncio.run(
+            _serve(
+                args.host,
+                args.port,
+                args.password_file,
+                args.stop_on_stdin_eof,
+                args.hold_devices_for,
+            )
+        )
     except _StartupError as exc:
         return _fail(str(exc), exc.code)
 
 
-async def _serve(host: str, port: int, password_file: Path, stop_on_stdin_eof: bool) -> int:
+async def _serve(
+    host: str,
+    port: int,
+    password_file: Path,
+    stop_on_stdin_eof: bool,
+    hold_devices_for: str | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
     try:
-        broker = Broker(amqtt_config(host, port, password_file.resolve()))
+        broker = Broker(
+            amqtt_config(host, port, password_file.resolve(), hold_devices_for=hold_devices_for)
+        )
     except (PluginError, PluginLoadError) as exc:
         # The plugin re-reads the password file; it may have changed since main() did.
         cause = exc.__cause__ or exc
@@ -235,6 +251,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--stop-on-stdin-eof",
         action="store_true",
         help="shut down when stdin closes (used by EmbeddedBroker so no broker outlives its parent)",
+    )
+    parser.add_argument(
+        "--hold-devices-for",
+        metavar="USER",
+        help="hold other clients' CONNECTs until USER (the hub) has subscribed, so no device "
+        "publishes before the hub listens (cloud_hub.broker.gate)",
     )
     return parser.parse_args(argv)
 

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 READY_PREFIX = "edgeloop broker ready on "
 
 _AUTH_PLUGIN = "cloud_hub.broker.auth.PasswordFileAuthPlugin"
+_GATE_PLUGIN = "cloud_hub.broker.gate.HubFirstGate"
 _LOG_TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
 
@@ -82,7 +83,12 @@ class BrokerStartError(RuntimeError):
 
 
 def amqtt_config(
-    host: str, port: int, password_file: Path, cache_size: int = 100_000
+    host: str,
+    port: int,
+    password_file: Path,
+    cache_size: int = 100_000,
+    *,
+    hold_devices_for: str | None = None,
 ) -> dict[str, Any]:
     """The amqtt ``BrokerConfig`` dict the child runs with.
 
@@ -90,14 +96,19 @@ def amqtt_config(
     ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
     no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
+    With ``hold_devices_for`` (the hub's user), :mod:`cloud_hub.broker.gate` holds
+    other clients' CONNECTs until that user has subscribed.
     """
+    plugins: dict[str, Any] = {
+        _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
+    }
+    if hold_devices_for:
+        plugins[_GATE_PLUGIN] = {"hub_user": hold_devices_for}
     return {
         "listeners": {
             "default": {"type": "tcp", "bind": f"{_bind_host(host)}:{port}"},
         },
-        "plugins": {
-            _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
-        },
+        "plugins": plugins,
     }
 
 
@@ -121,6 +132,7 @@ class EmbeddedBroker:
         stop_timeout: float = 5.0,
         log_path: Path | None = None,
         log_level: str = "warning",
+        hold_devices_for: str | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedBroker: port {port} is out of range 0-65535 (0 = pick one)")
@@ -130,6 +142,7 @@ class EmbeddedBroker:
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
+        self._hold_devices_for = hold_devices_for
         self._own_log = log_path is None
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -284,7 +297,7 @@ class EmbeddedBroker:
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
             "--stop-on-stdin-eof",
-        ]
+        ] + (["--hold-devices-for", self._hold_devices_for] if self._hold_devices_for else [])
 
     def _spawn_and_wait(self) -> None:
         command = self._command()
@@ -349,7 +362,7 @@ class EmbeddedBroker:
             self._proc.wait(timeout)
 
     def _start_error(self, message: str, command: list[str]) -> BrokerStartError:
-        tail = self._log_tail()
+        tail = self.log_tail()
         detail = f"\n--- broker log {self._log_path} (last lines) ---\n{tail}" if tail else ""
         return BrokerStartError(
             message + detail,
@@ -358,7 +371,8 @@ class EmbeddedBroker:
             log_tail=tail,
         )
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
+        """The last lines of the broker's log ("" if there is none)."""
         if self._log_path is None:
             return ""
         try:

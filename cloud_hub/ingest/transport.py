@@ -28,6 +28,16 @@ hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
 it. Reconnects wait an exponential, jittered delay
 (:class:`~shared.backoff.Backoff`), as the agent's do.
 
+Outages: the link is *up* once the broker has acknowledged its subscriptions
+on the current connection, and *down* from the moment the connection is lost
+(the broker died or restarted, the network failed, or another client took the
+hub's session by connecting with its client id) until it is up again.
+:meth:`HubLink.health` says which, since when and why (``/healthz`` reports
+it). Each outage is logged once when it starts (with what to check) and once
+when it ends, and counted: ``broker_disconnects`` and ``broker_reconnects``
+(``/healthz`` shows them at once; they join ingest's stored counters, shown
+by ``/v1/stats/ingest``, with the worker's next batch).
+
 Errors::
 
     EdgeloopError
@@ -48,6 +58,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud_hub.health import PartHealth
 from shared.backoff import Backoff
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
@@ -210,6 +221,10 @@ class HubLink:
         )
         self.connected = threading.Event()
         self.connects = 0
+        self._state_lock = threading.Lock()
+        self._up = False
+        self._since = time.time()
+        self._down_reason: str | None = "not connected yet"
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
         self._counts_lock = threading.Lock()
         self._pending_counts: dict[str, int] = {}
@@ -307,9 +322,65 @@ class HubLink:
         if self._closing:
             return
         if was:
-            self._count("disconnects")
-            log.warning("hub disconnected from %s (%s)", self.endpoint.redacted_url, rc)
+            self._went_down(f"the connection to the broker was lost ({rc})")
         self._schedule_reconnect()
+
+    def _went_down(self, reason: str) -> None:
+        """Mark the link down and say so, once per outage."""
+        with self._state_lock:
+            if not self._up:
+                return
+            self._up = False
+            self._since = time.time()
+            self._down_reason = reason
+        self._count("broker_disconnects")
+        log.warning(
+            "hub lost its broker link to %s: %s; reconnecting with backoff, and /healthz "
+            "answers 503 until it is back. Check that the broker runs; if this repeats while "
+            "it runs, another client is connecting with the hub's client id %r (the broker's "
+            "log shows a take-over) and must be stopped",
+            self.endpoint.redacted_url,
+            reason,
+            self.client_id,
+        )
+
+    def _came_up(self) -> None:
+        with self._state_lock:
+            if self._up:
+                return
+            outage = time.time() - self._since
+            again = self.connects > 1
+            self._up = True
+            self._since = time.time()
+        if again:
+            self._count("broker_reconnects")
+            log.warning(
+                "hub broker link to %s is back after %.1f s (subscribed again as %r)",
+                self.endpoint.redacted_url,
+                outage,
+                self.client_id,
+            )
+
+    def health(self) -> PartHealth:
+        """Up (connected and subscribed) or down, since when, and why it last went down."""
+        counts = self.counts()
+        with self._state_lock:
+            up, since, reason = self._up, self._since, self._down_reason
+        return PartHealth(
+            up=up,
+            since=since,
+            reason=reason,
+            check=None
+            if up
+            else (
+                "that the broker runs and accepts the hub's account, and that no other "
+                "client uses the hub's client id; the hub's log says more"
+            ),
+            counts={
+                "disconnects": counts.get("broker_disconnects", 0),
+                "reconnects": counts.get("broker_reconnects", 0),
+            },
+        )
 
     def _schedule_reconnect(self) -> None:
         delay = self._backoff.next()
@@ -332,6 +403,10 @@ class HubLink:
                 self._start_failure = failure
             else:
                 log.error("%s", failure)
+                with self._state_lock:
+                    self._down_reason = "the broker refused the hub's subscriptions"
+        else:
+            self._came_up()
         self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
@@ -425,6 +500,10 @@ class HubLink:
     def close(self) -> None:
         """Disconnect and stop paho's thread. The broker keeps the session for the next start."""
         self._closing = True
+        with self._state_lock:
+            self._up = False
+            self._since = time.time()
+            self._down_reason = "the hub closed its link (shutting down)"
         self._closed.set()
         self._client.disconnect()
         self._client.loop_stop()
