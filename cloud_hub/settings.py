@@ -3,6 +3,13 @@
 Built once in the entry point and passed down. The hub refuses to serve
 without API tokens unless ``--insecure-dev`` is given, and refuses tokens that
 are placeholders or too short to be secrets.
+
+Secrets (the API tokens, the password of the hub's account on an external
+broker) never come from command-line flags, which every local user can read
+through ``ps``: they come from files (``--read-token-file``,
+``--admin-token-file``, ``--broker-password-file``; mode 0600, checked), the
+hub's own environment, or a ``--config`` TOML file of mode 0600 (checked).
+``repr`` of :class:`HubSettings` shows them as ``***``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.endpoint import BrokerEndpoint, parse_broker_url, redact_url
 from shared.options import (
     Option,
     OptionTable,
@@ -33,7 +40,7 @@ _PLACEHOLDERS: Final = frozenset(
     {"changeme", "change-me", "secret", "token", "admin", "read", "password"}
 )
 _MIN_TOKEN_LENGTH: Final = 16
-# Hex, not token_urlsafe: a token that starts with '-' cannot follow '--read-token '.
+# Hex, not token_urlsafe: a token that starts with '-' is awkward in shells and files.
 TOKEN_RECIPE: Final = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 
@@ -79,8 +86,20 @@ OPTIONS: Final = OptionTable(
             "broker",
             str,
             EMBEDDED,
-            "'embedded' to run amqtt in its own process, or an external broker URL mqtt://user:password@host:port",
+            "'embedded' to run amqtt in its own process, or an external broker URL mqtt://user@host:port "
+            "(its password in --broker-password-file)",
             "URL",
+            redact=redact_url,
+            secret_hint=f"or leave the password out of the URL and put it in a file named by "
+            f"--broker-password-file or in {ENV_PREFIX}BROKER_PASSWORD",
+        ),
+        Option(
+            "broker_password",
+            str,
+            None,
+            "password of the hub's account on the external broker",
+            "PASSWORD",
+            secret=True,
         ),
         Option("broker_host", str, "127.0.0.1", "interface the embedded broker listens on", "HOST"),
         Option(
@@ -95,6 +114,7 @@ OPTIONS: Final = OptionTable(
             None,
             "bearer token for read routes (at least 16 characters)",
             "TOKEN",
+            secret=True,
         ),
         Option(
             "admin_token",
@@ -102,6 +122,7 @@ OPTIONS: Final = OptionTable(
             None,
             "bearer token for every route, writes included (at least 16 characters)",
             "TOKEN",
+            secret=True,
         ),
         Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
         Option(
@@ -168,6 +189,7 @@ class HubSettings:
     models_dir: Path
     store: str
     broker: str
+    broker_password: str | None
     broker_host: str
     broker_port: int
     root: str
@@ -186,6 +208,9 @@ class HubSettings:
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
+    def __repr__(self) -> str:
+        return OPTIONS.redacted_repr(self)
+
     @property
     def embedded_broker(self) -> bool:
         return self.broker == EMBEDDED
@@ -196,7 +221,11 @@ class HubSettings:
         return self.data_dir / "broker-passwd"
 
     def external_broker(self) -> BrokerEndpoint:
-        return parse_broker_url(self.broker)
+        """The external broker's endpoint, with the password from ``broker_password`` if given."""
+        endpoint = parse_broker_url(self.broker)
+        if self.broker_password is None:
+            return endpoint
+        return BrokerEndpoint(endpoint.host, endpoint.port, endpoint.username, self.broker_password)
 
 
 def resolve_settings(
@@ -212,9 +241,27 @@ def resolve_settings(
         values["store"] = f"sqlite:///{values['data_dir'] / 'hub.db'}"
     if values["broker"] != EMBEDDED:
         try:
-            parse_broker_url(values["broker"])
+            endpoint = parse_broker_url(values["broker"])
         except ValueError as exc:
             raise fail("broker", f"is neither 'embedded' nor a usable broker URL: {exc}") from None
+        if values["broker_password"] is not None:
+            if endpoint.password is not None:
+                raise fail(
+                    "broker_password",
+                    "is given, but the broker URL has a password too; keep one (the file)",
+                )
+            if endpoint.username is None:
+                raise fail(
+                    "broker_password",
+                    f"is given, but the broker URL {endpoint.url} names no user; "
+                    "write it as mqtt://USER@host:port",
+                )
+    elif values["broker_password"] is not None:
+        raise fail(
+            "broker_password",
+            "applies only to an external --broker URL; the embedded broker makes the hub's own "
+            "account (DATA_DIR/hub-broker-secret)",
+        )
     if serving and not values["insecure_dev"]:
         for name in ("read_token", "admin_token"):
             token: Any = values[name]
