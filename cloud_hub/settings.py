@@ -21,10 +21,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from shared.endpoint import BrokerEndpoint, parse_broker_url, redact_url
+from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
 from shared.options import (
     Option,
     OptionTable,
+    broker_options,
     choice,
     non_negative_float,
     positive_float,
@@ -82,24 +83,12 @@ OPTIONS: Final = OptionTable(
             "DIR",
         ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
-        Option(
-            "broker",
-            str,
+        *broker_options(
+            ENV_PREFIX,
             EMBEDDED,
-            "'embedded' to run amqtt in its own process, or an external broker URL mqtt://user@host:port "
-            "(its password in --broker-password-file)",
-            "URL",
-            redact=redact_url,
-            secret_hint=f"or leave the password out of the URL and put it in a file named by "
-            f"--broker-password-file or in {ENV_PREFIX}BROKER_PASSWORD",
-        ),
-        Option(
-            "broker_password",
-            str,
-            None,
+            "'embedded' to run amqtt in its own process, or an external broker URL "
+            "mqtt://user@host:port (its password in --broker-password-file)",
             "password of the hub's account on the external broker",
-            "PASSWORD",
-            secret=True,
         ),
         Option("broker_host", str, "127.0.0.1", "interface the embedded broker listens on", "HOST"),
         Option(
@@ -222,10 +211,7 @@ class HubSettings:
 
     def external_broker(self) -> BrokerEndpoint:
         """The external broker's endpoint, with the password from ``broker_password`` if given."""
-        endpoint = parse_broker_url(self.broker)
-        if self.broker_password is None:
-            return endpoint
-        return BrokerEndpoint(endpoint.host, endpoint.port, endpoint.username, self.broker_password)
+        return with_password(parse_broker_url(self.broker), self.broker_password)
 
 
 def resolve_settings(
@@ -244,18 +230,10 @@ def resolve_settings(
             endpoint = parse_broker_url(values["broker"])
         except ValueError as exc:
             raise fail("broker", f"is neither 'embedded' nor a usable broker URL: {exc}") from None
-        if values["broker_password"] is not None:
-            if endpoint.password is not None:
-                raise fail(
-                    "broker_password",
-                    "is given, but the broker URL has a password too; keep one (the file)",
-                )
-            if endpoint.username is None:
-                raise fail(
-                    "broker_password",
-                    f"is given, but the broker URL {endpoint.url} names no user; "
-                    "write it as mqtt://USER@host:port",
-                )
+        try:
+            with_password(endpoint, values["broker_password"])
+        except ValueError as exc:
+            raise fail("broker_password", str(exc)) from None
     elif values["broker_password"] is not None:
         raise fail(
             "broker_password",

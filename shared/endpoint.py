@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["DEFAULT_MQTT_PORT", "BrokerEndpoint", "parse_broker_url", "redact_url"]
+__all__ = ["DEFAULT_MQTT_PORT", "BrokerEndpoint", "parse_broker_url", "redact_url", "with_password"]
 
 DEFAULT_MQTT_PORT = 1883
 _SCHEME = "mqtt"
@@ -136,6 +136,27 @@ def parse_broker_url(url: str) -> BrokerEndpoint:
         return BrokerEndpoint(host=host, port=port, username=username, password=password)
     except ValueError as exc:
         raise ValueError(f"broker URL {shown!r}: {exc}") from None
+
+
+def with_password(endpoint: BrokerEndpoint, password: str | None) -> BrokerEndpoint:
+    """``endpoint`` with ``password``, given apart from its URL (from a file, say).
+
+    ``ValueError`` (never showing either password) if the URL has a password too
+    or names no user.
+
+    >>> with_password(parse_broker_url("mqtt://pi-07@hub.local"), "s3cret")
+    BrokerEndpoint(host='hub.local', port=1883, username='pi-07', password='***')
+    """
+    if password is None:
+        return endpoint
+    if endpoint.password is not None:
+        raise ValueError("is given, but the broker URL has a password too; keep one (the file)")
+    if endpoint.username is None:
+        raise ValueError(
+            f"is given, but the broker URL {endpoint.url} names no user; "
+            "write it as mqtt://USER@host:port"
+        )
+    return BrokerEndpoint(endpoint.host, endpoint.port, endpoint.username, password)
 
 
 def _is_ipv6(host: str) -> bool:

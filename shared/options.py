@@ -29,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.endpoint import redact_url
 from shared.errors import ConfigError
 from shared.secret_file import check_private, read_secret_file
 
 __all__ = [
     "Option",
     "OptionTable",
+    "broker_options",
     "choice",
     "non_negative_float",
     "non_negative_int",
@@ -91,6 +93,26 @@ def choice(choices: Sequence[str]) -> Callable[[str], str]:
 
 def str_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def broker_options(
+    prefix: str, default: str, url_help: str, password_help: str
+) -> tuple[Option, Option]:
+    """``broker`` (a URL, refused as a flag when it holds a password) and ``broker_password``
+    (a secret, so also ``broker_password_file``), for table ``prefix``."""
+    return (
+        Option(
+            "broker",
+            str,
+            default,
+            url_help,
+            "URL",
+            redact=redact_url,
+            secret_hint="or leave the password out of the URL and put it in a file named by "
+            f"--broker-password-file or in {prefix}BROKER_PASSWORD",
+        ),
+        Option("broker_password", str, None, password_help, "PASSWORD", secret=True),
+    )
 
 
 @dataclass(frozen=True, slots=True)
