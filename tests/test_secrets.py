@@ -183,3 +183,21 @@ def test_the_embedded_broker_child_does_not_get_the_hubs_secrets(
         environ = psutil.Process(broker.pid).environ()
     assert not [v for v in environ.values() if "Pw7" in v], sorted(environ)
     assert "PATH" in environ
+
+
+@pytest.mark.timeout(30)
+def test_api_config_and_a_provisioned_device_hide_their_secrets_in_repr(tmp_path: Path) -> None:
+    from cloud_hub.api import ApiConfig  # noqa: PLC0415
+    from cloud_hub.provision import provision_device  # noqa: PLC0415
+    from shared.endpoint import BrokerEndpoint  # noqa: PLC0415
+    from shared.topics import Topics  # noqa: PLC0415
+
+    config = ApiConfig(read_token="read-token-Pw7-0123456789", admin_token="admin-Pw7-0123456789")
+    assert "Pw7" not in repr(config)
+    done = provision_device(
+        "pi-07",
+        broker=BrokerEndpoint("127.0.0.1", 1883),
+        topics=Topics("edgeloop/v1"),
+        password_file=tmp_path / "passwd",
+    )
+    assert done.secret not in repr(done) and "pi-07" in repr(done)
