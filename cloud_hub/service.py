@@ -41,6 +41,7 @@ from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from shared.secret_file import read_secret_file, write_private
 from shared.topics import Topics
 
 __all__ = ["Hub", "HubStartError", "listen", "serve"]
@@ -59,10 +60,10 @@ def _hub_secret(data_dir: Path) -> str:
     """The hub's own broker secret for the embedded broker, made once and kept (0600)."""
     path = data_dir / "hub-broker-secret"
     if path.exists():
-        return path.read_text(encoding="ascii").strip()
+        # Refused, with the chmod to run, if others may read it.
+        return read_secret_file(path, what="the hub's broker secret")
     secret = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(secret + "\n", encoding="ascii")
+    write_private(path, secret + "\n")
     return secret
 
 

@@ -16,7 +16,7 @@ Access levels and tokens:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.errors import ConfigError
@@ -50,9 +50,10 @@ class ApiConfig:
     'admin'
     """
 
-    read_token: str | None
+    # repr=False: a config printed in a log or a test failure must not show the tokens.
+    read_token: str | None = field(repr=False)
     """Bearer token for read routes (the admin token is accepted there too)."""
-    admin_token: str | None
+    admin_token: str | None = field(repr=False)
     """Bearer token for every route, admin routes included."""
     insecure_dev: bool = False
     """Allow a level without a token to be open to anyone (development only)."""

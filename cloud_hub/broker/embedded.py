@@ -411,9 +411,32 @@ def _bind_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+_CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONWARNINGS",
+        "VIRTUAL_ENV",
+    }
+)
+"""What the broker child keeps of our environment: where Python and its packages are,
+locale and time zone. Nothing else: the hub's environment may hold its API tokens."""
+
+
 def _child_env() -> dict[str, str]:
-    """Our environment, plus the project root on PYTHONPATH when not installed."""
-    env = dict(os.environ)
+    """A minimal environment for the child (:data:`_CHILD_ENV_NAMES` and ``LC_*``), plus the
+    project root on PYTHONPATH when not installed."""
+    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_NAMES or k.startswith("LC_")}
     root = str(Path(__file__).resolve().parents[2])
     installed = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     if root not in installed:
