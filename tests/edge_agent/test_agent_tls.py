@@ -62,6 +62,18 @@ def _agent(model: Path, state: Path, url: str, ca: Path) -> AgentProcess:
     )
 
 
+def _report(agent: AgentProcess, text: str) -> str:
+    """Start ``agent`` (it never connects) until it logs a line with ``text``; that line."""
+    agent.start(wait=False)
+    try:
+        wait_until(f"the agent to log {text!r}", lambda: text in agent.output(), timeout=WAIT)
+        agent.check_alive()  # it keeps retrying
+    finally:
+        agent.kill()
+    assert "connected to" not in agent.output()
+    return next(ln for ln in agent.output().splitlines() if text in ln)
+
+
 def _tls_url(port: int) -> str:
     return BrokerEndpoint(HOST, port, EDGELOOP_USER, EDGELOOP_SECRET, tls=True).url
 
@@ -87,19 +99,8 @@ def test_another_ca_is_refused_and_the_report_says_what_to_check(
     other = TlsFiles(tmp_path / "other-site")
     init_ca(other, [HOST])
     agent = _agent(model_packages.edge, tmp_path / "agent", _tls_url(tls_port), other.ca_cert)
-    agent.start(wait=False)
-    try:
-        wait_until(
-            "the agent to report the untrusted certificate",
-            lambda: "is not trusted" in agent.output(),
-            timeout=WAIT,
-        )
-        agent.check_alive()  # it keeps retrying
-    finally:
-        agent.kill()
-    line = next(ln for ln in agent.output().splitlines() if "is not trusted" in ln)
+    line = _report(agent, "is not trusted")
     assert f"{HOST} port {tls_port}" in line and "--broker-ca-file" in line, line
-    assert "connected to" not in agent.output()
 
 
 def test_tls_against_the_plain_port_says_which_port_is_which(
@@ -112,16 +113,7 @@ def test_tls_against_the_plain_port_says_which_port_is_which(
     agent = _agent(
         model_packages.edge, tmp_path / "agent", _tls_url(broker.port), tls_files.ca_cert
     )
-    agent.start(wait=False)
-    try:
-        wait_until(
-            "the agent to report the failed TLS handshake",
-            lambda: "TLS with" in agent.output(),
-            timeout=WAIT,
-        )
-    finally:
-        agent.kill()
-    line = next(ln for ln in agent.output().splitlines() if "TLS with" in ln)
+    line = _report(agent, "TLS with")
     assert "8883" in line and "mqtt://" in line, line
 
 
