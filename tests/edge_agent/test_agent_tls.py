@@ -121,7 +121,7 @@ def test_a_ca_file_needs_tls_and_a_certificate(tls_files: TlsFiles, tmp_path: Pa
     base = ["--model", str(tmp_path), "--device", "d1"]
     ca = str(tls_files.ca_cert)
     settings = load_settings(
-        [*base, "--broker", "mqtts://d1:s@hub.example:8883", "--broker-ca-file", ca], env={}
+        [*base, "--broker", "mqtts://d1@hub.example:8883", "--broker-ca-file", ca], env={}
     )
     assert settings.broker.tls and settings.broker.port == 8883
     assert parse_broker_url("mqtts://hub.example").port == 8883
