@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from cloud_hub.broker.rules import BrokerRules
 from shared.endpoint import BrokerEndpoint
 
 __all__ = [
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 READY_PREFIX = "edgeloop broker ready on "
 
 _AUTH_PLUGIN = "cloud_hub.broker.auth.PasswordFileAuthPlugin"
+_TOPIC_PLUGIN = "cloud_hub.broker.topic_check.TopicRulesPlugin"
 _LOG_TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
 
@@ -82,21 +84,34 @@ class BrokerStartError(RuntimeError):
 
 
 def amqtt_config(
-    host: str, port: int, password_file: Path, cache_size: int = 100_000
+    host: str,
+    port: int,
+    password_file: Path,
+    cache_size: int = 100_000,
+    rules: BrokerRules | None = None,
 ) -> dict[str, Any]:
     """The amqtt ``BrokerConfig`` dict the child runs with.
 
-    Only our password plugin is loaded: amqtt's default plugin set includes
+    Our two plugins are loaded: the password plugin and the topic rules
+    (:mod:`cloud_hub.broker.rules`: roots, the hub's account and client id, the
+    fleet accounts; the defaults when ``rules`` is None). Nothing else: amqtt's default plugin set includes
     ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
     no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
     """
+    rules = rules if rules is not None else BrokerRules()
     return {
         "listeners": {
             "default": {"type": "tcp", "bind": f"{_bind_host(host)}:{port}"},
         },
         "plugins": {
             _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
+            _TOPIC_PLUGIN: {
+                "roots": list(rules.roots),
+                "hub_user": rules.hub_user,
+                "hub_client_id": rules.hub_client_id,
+                "fleet": sorted(rules.fleet),
+            },
         },
     }
 
@@ -121,12 +136,14 @@ class EmbeddedBroker:
         stop_timeout: float = 5.0,
         log_path: Path | None = None,
         log_level: str = "warning",
+        rules: BrokerRules | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedBroker: port {port} is out of range 0-65535 (0 = pick one)")
         self._host = host
         self._port = port
         self._password_file = Path(password_file)
+        self._rules = rules if rules is not None else BrokerRules()
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
@@ -281,6 +298,7 @@ class EmbeddedBroker:
             str(self._password_file),
             "--log-level",
             self._log_level,
+            *_rules_args(self._rules),
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
             "--stop-on-stdin-eof",
@@ -383,6 +401,16 @@ class EmbeddedBroker:
         if self._own_log and self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
+
+
+def _rules_args(rules: BrokerRules) -> list[str]:
+    """The child's options for ``rules`` (names only, never a secret)."""
+    args = ["--hub-user", rules.hub_user, "--hub-client-id", rules.hub_client_id]
+    for root in rules.roots:
+        args += ["--root", root]
+    for name in sorted(rules.fleet):
+        args += ["--fleet", name]
+    return args
 
 
 def _free_port(host: str) -> int:
