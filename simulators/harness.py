@@ -748,7 +748,9 @@ class Mosquitto(ManagedProcess):
             lines += [
                 "persistence true",
                 f"persistence_location {self.directory}/",
-                "autosave_interval 30",
+                # As deploy/mosquitto/mosquitto.conf ships it.
+                "autosave_interval 5",
+                "autosave_on_changes false",
             ]
         else:
             lines.append("persistence false")

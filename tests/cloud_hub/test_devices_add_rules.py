@@ -110,3 +110,21 @@ def test_mosquitto_runs_on_the_files_devices_add_wrote(tmp_path: Path) -> None:
         finally:
             hub.close()
             device.close()
+
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
+
+
+def test_the_shipped_mosquitto_files_match_the_rules() -> None:
+    example = (DEPLOY / "edgeloop.acl.example").read_text()
+    rules = BrokerRules()
+    assert rules.mosquitto_acl("hub") in example and rules.mosquitto_acl("pi-07") in example
+    conf = {
+        line.split()[0]: line.split(maxsplit=1)[1]
+        for line in (DEPLOY / "mosquitto.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert conf["use_username_as_clientid"] == "true"
+    assert conf["allow_anonymous"] == "false"
+    assert conf["persistence"] == "true" and conf["autosave_on_changes"] == "false"
+    assert "acl_file" in conf and "password_file" in conf
