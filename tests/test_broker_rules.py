@@ -13,6 +13,8 @@ brokers deliver one publisher's messages to a subscriber in order).
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,11 +26,14 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.broker.rules import HUB_CLIENT_ID, BrokerRules
-from shared.endpoint import BrokerEndpoint
+from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.messages import encode
 from shared.topics import EDGE_TO_HUB, Kind, Topics
-from simulators.harness import HUB_USER, AmqttBroker, Mosquitto
+from simulators.harness import HUB_USER, AmqttBroker, ApiError, HubProcess, Mosquitto
 from tests.brokers import require_mosquitto
+from tests.cloud_hub.ingest.conftest import telemetry
 from tests.cloud_hub.test_broker import Probe
+from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,12 +122,16 @@ def guarded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 
 class Peers:
-    def __init__(self, kind: str, broker: BrokerEndpoint) -> None:
+    def __init__(
+        self, kind: str, broker: BrokerEndpoint, secrets: dict[str, str] | None = None
+    ) -> None:
         self.kind = kind
         self.broker = broker
+        self.secrets = SECRETS if secrets is None else secrets
         self.open: list[Peer] = []
 
     def connect(self, username: str, **kwargs: object) -> Peer:
+        kwargs.setdefault("password", self.secrets.get(username))
         peer = Peer(self.broker, username, **kwargs)  # type: ignore[arg-type]
         self.open.append(peer)
         code = peer.connect()
@@ -263,3 +272,122 @@ def test_a_device_cannot_use_another_devices_client_id(peers: Peers, clean_sessi
 def test_unique_roots_are_not_confused() -> None:
     # The fixture's default rules allow only the default root.
     assert not BrokerRules().may_publish(A, f"edgeloop-test/{uuid.uuid4().hex}/dev/{A}/status")
+
+
+# -- with a real hub: what a hostile device gets stored -------------------------------
+
+
+@pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+def hub_and_devices(
+    request: pytest.FixtureRequest, tmp_path: Path, model_packages: ModelPaths
+) -> Iterator[tuple[HubProcess, Peers]]:
+    """``edgeloop-hub serve`` with devices dev-a and dev-b: on its embedded broker,
+    provisioned by ``devices add``; or on Mosquitto with the rules' ACL."""
+    models = model_packages.edge.parent.parent
+    if request.param == "embedded":
+        hub = HubProcess(tmp_path / "hub", models, log_level="INFO")
+        secrets: dict[str, str] = {}
+        for device in (A, B):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cloud_hub",
+                    "devices",
+                    "add",
+                    device,
+                    *hub.devices_add_flags,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            line = next(
+                x for x in done.stdout.splitlines() if x.startswith("EDGELOOP_AGENT_BROKER=")
+            )
+            secrets[device] = parse_broker_url(line.split("=", 1)[1]).password or ""
+        with hub:
+            assert hub.broker_port is not None
+            yield hub, Peers("amqtt", BrokerEndpoint("127.0.0.1", hub.broker_port), secrets)
+        return
+    require_mosquitto()
+    with Mosquitto(
+        tmp_path / "mosquitto", users=SECRETS, rules=BrokerRules(), username_as_clientid=True
+    ) as mq:
+        hub = HubProcess(tmp_path / "hub", models, broker=mq.endpoint(HUB_USER), log_level="INFO")
+        with hub:
+            yield hub, Peers("mosquitto", mq.endpoint(HUB_USER), SECRETS)
+
+
+def _stored(hub: HubProcess, device: str) -> int:
+    try:
+        detail = hub.api.get_json(f"/v1/devices/{device}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return 0
+        raise
+    return int(detail["counters"].get("stored_readings", 0))
+
+
+@pytest.mark.timeout(240)
+def test_the_hub_stores_nothing_a_device_forges(
+    hub_and_devices: tuple[HubProcess, Peers],
+) -> None:
+    hub, peers = hub_and_devices
+    try:
+        a = peers.connect(A)
+        for kind in (Kind.EVENTS, Kind.HEALTH, Kind.OTA):
+            a.publish(T.topic(B, kind), b"{}")
+        a.publish(T.topic(B, Kind.TELEMETRY), encode(telemetry(B, 1)))
+        for n in range(5):
+            a.publish(T.topic(f"ghost-{n}", Kind.STATUS), b"{}", retain=True)
+        a.publish(T.topic(A, Kind.TELEMETRY), encode(telemetry(A, 1)))
+        hub.wait_until(
+            "dev-a's own telemetry stored", lambda: _stored(hub, A) == 5, timeout=WAIT * 3
+        )
+        listed = {d["device"] for d in hub.api.get_json("/v1/devices")["devices"]}
+        assert not any(d.startswith("ghost-") for d in listed), listed
+        assert _stored(hub, B) == 0
+
+        # The hub's client id from dev-a: refused (amqtt) or renamed (Mosquitto).
+        attacker = Peer(
+            peers.broker,
+            A,
+            client_id=HUB_CLIENT_ID,
+            clean_session=False,
+            password=peers.secrets[A],
+        )
+        peers.open.append(attacker)
+        attacker.connect()
+        attacker.close()
+        b = peers.connect(B)
+        b.publish(T.topic(B, Kind.TELEMETRY), encode(telemetry(B, 1)))
+        hub.wait_until("dev-b's telemetry stored", lambda: _stored(hub, B) == 5, timeout=WAIT * 3)
+    finally:
+        for peer in peers.open:
+            peer.close()
+
+
+def test_the_embedded_broker_logs_and_counts_refusals(tmp_path: Path) -> None:
+    with AmqttBroker(tmp_path / "amqtt", users=SECRETS) as broker:
+        peers = Peers("amqtt", broker.endpoint(HUB_USER))
+        try:
+            a = peers.connect(A)
+            assert not a.subscribe("#") and not a.subscribe("edgeloop/v1/#")
+            a.publish(T.topic(B, Kind.TELEMETRY), b"forged")
+            assert peers.refused(B, password="wrong").is_failure
+            wanted = (
+                "refused subscribe '#' by account 'dev-a' (client 'dev-a'), refusal 1 of this kind",
+                "refused subscribe 'edgeloop/v1/#' by account 'dev-a'",
+                "refused publish 'edgeloop/v1/dev/dev-b/telemetry' by account 'dev-a'",
+                "device 'dev-a' may publish only its own topics",
+                "refused CONNECT from 127.0.0.1",
+            )
+            broker.broker.stop()  # flush the log
+            log = broker.log_path.read_text()
+        finally:
+            for peer in peers.open:
+                peer.close()
+    for line in wanted:
+        assert line in log, log[-3000:]
