@@ -13,8 +13,6 @@ brokers deliver one publisher's messages to a subscriber in order).
 from __future__ import annotations
 
 import queue
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,7 +24,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.broker.rules import HUB_CLIENT_ID, BrokerRules
-from shared.endpoint import BrokerEndpoint, parse_broker_url
+from cloud_hub.provision import provision_device
+from shared.endpoint import BrokerEndpoint
 from shared.messages import encode
 from shared.topics import EDGE_TO_HUB, Kind, Topics
 from simulators.harness import HUB_USER, AmqttBroker, ApiError, HubProcess, Mosquitto
@@ -282,31 +281,19 @@ def hub_and_devices(
     request: pytest.FixtureRequest, tmp_path: Path, model_packages: ModelPaths
 ) -> Iterator[tuple[HubProcess, Peers]]:
     """``edgeloop-hub serve`` with devices dev-a and dev-b: on its embedded broker,
-    provisioned by ``devices add``; or on Mosquitto with the rules' ACL."""
+    provisioned in its password file as ``devices add`` does; or on Mosquitto with
+    the rules' ACL."""
     models = model_packages.edge.parent.parent
     if request.param == "embedded":
         hub = HubProcess(tmp_path / "hub", models, log_level="INFO")
-        secrets: dict[str, str] = {}
-        for device in (A, B):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "cloud_hub",
-                    "devices",
-                    "add",
-                    device,
-                    *hub.devices_add_flags,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            )
-            line = next(
-                x for x in done.stdout.splitlines() if x.startswith("EDGELOOP_AGENT_BROKER=")
-            )
-            secrets[device] = parse_broker_url(line.split("=", 1)[1]).password or ""
+        assert hub.broker_port is not None
+        where = BrokerEndpoint("127.0.0.1", hub.broker_port)
+        secrets = {
+            device: provision_device(
+                device, broker=where, topics=T, password_file=hub.data_dir / "broker-passwd"
+            ).secret
+            for device in (A, B)
+        }
         with hub:
             assert hub.broker_port is not None
             yield hub, Peers("amqtt", BrokerEndpoint("127.0.0.1", hub.broker_port), secrets)
