@@ -94,8 +94,8 @@ def amqtt_config(
 
     Our two plugins are loaded: the password plugin and the topic rules
     (:mod:`cloud_hub.broker.rules`: roots, the hub's account and client id, the
-    fleet accounts; the defaults when ``rules`` is None). Nothing else: amqtt's default plugin set includes
-    ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
+    fleet accounts; the defaults when ``rules`` is None). Nothing else: amqtt's
+    default plugin set includes ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
     no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
     """

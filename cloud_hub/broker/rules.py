@@ -133,7 +133,7 @@ class BrokerRules:
         return None
 
     def may_connect(self, username: str, client_id: str) -> Decision:
-        """Whether ``username`` may connect with ``client_id`` (the password is checked elsewhere)."""
+        """Whether ``username`` may connect with ``client_id`` (passwords are checked elsewhere)."""
         role = self.role(username)
         if client_id == self.hub_client_id and role is not Role.HUB:
             return Decision(

@@ -44,26 +44,24 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseTopicPlugin
 from amqtt.session import Session
 
-from cloud_hub.broker.rules import HUB_CLIENT_ID, HUB_USER, BrokerRules
+from cloud_hub.broker.rules import HUB_CLIENT_ID, HUB_USER, BrokerRules, Decision
 from shared.topics import DEFAULT_ROOT
 
-__all__ = ["LOG_EVERY", "LOG_FIRST", "RulesBroker", "TopicRulesPlugin", "rules_from_config"]
+__all__ = [
+    "DECISION_CACHE",
+    "LOG_EVERY",
+    "LOG_FIRST",
+    "RulesBroker",
+    "TopicRulesPlugin",
+]
 
 logger = logging.getLogger("cloud_hub.broker.rules")
 
 #: Refusals logged per (account, action) before only every LOG_EVERY-th is.
 LOG_FIRST = 20
 LOG_EVERY = 1000
-
-
-def rules_from_config(config: dict[str, Any]) -> BrokerRules:
-    """The rules from the plugin's entry of the broker config (see ``amqtt_config``)."""
-    return BrokerRules(
-        roots=tuple(config.get("roots") or (DEFAULT_ROOT,)),
-        hub_user=str(config.get("hub_user") or HUB_USER),
-        hub_client_id=str(config.get("hub_client_id") or HUB_CLIENT_ID),
-        fleet=frozenset(config.get("fleet") or ()),
-    )
+#: Decisions remembered by the plugin before it starts over.
+DECISION_CACHE = 100_000
 
 
 class _Refusals:
@@ -120,6 +118,8 @@ class TopicRulesPlugin(BaseTopicPlugin):  # type: ignore[misc]
             fleet=frozenset(config.fleet),
         )
         self.refusals = _Refusals()
+        # Every delivery is checked: remember answers (accounts and topics are few).
+        self._decided: dict[tuple[str, str, str], Decision] = {}
         logger.info(
             "topic rules: roots %s, hub account %r, fleet accounts %s",
             ", ".join(self.rules.roots),
@@ -139,15 +139,19 @@ class TopicRulesPlugin(BaseTopicPlugin):  # type: ignore[misc]
         if not username or topic is None:
             self.refusals.record(username, client_id, str(action), "no account or no topic")
             return False
-        if action == Action.PUBLISH:
-            decision = self.rules.may_publish(username, topic)
-            name = "publish"
-        elif action == Action.SUBSCRIBE:
-            decision = self.rules.may_subscribe(username, topic)
-            name = "subscribe"
-        else:
-            decision = self.rules.may_receive(username, topic)
-            name = "receive"
+        name = {Action.PUBLISH: "publish", Action.SUBSCRIBE: "subscribe"}.get(action, "receive")
+        key = (username, name, topic)
+        decision = self._decided.get(key)
+        if decision is None:
+            if name == "publish":
+                decision = self.rules.may_publish(username, topic)
+            elif name == "subscribe":
+                decision = self.rules.may_subscribe(username, topic)
+            else:
+                decision = self.rules.may_receive(username, topic)
+            if len(self._decided) >= DECISION_CACHE:
+                self._decided.clear()  # a client inventing topics only costs recomputing
+            self._decided[key] = decision
         if not decision:
             self.refusals.record(username, client_id, f"{name} {topic!r}", decision.reason)
         return decision.allowed
