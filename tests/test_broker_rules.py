@@ -13,6 +13,8 @@ brokers deliver one publisher's messages to a subscriber in order).
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -378,3 +380,27 @@ def test_the_embedded_broker_logs_and_counts_refusals(tmp_path: Path) -> None:
                 peer.close()
     for line in wanted:
         assert line in log, log[-3000:]
+
+
+def test_the_broker_process_refuses_bad_rules_in_one_line(tmp_path: Path) -> None:
+    from cloud_hub.broker.auth import add_user  # noqa: PLC0415
+
+    add_user(tmp_path / "passwd", HUB_USER, "x" * 20)
+    for bad, says in ((["--root", "a/#"], "topic root"), (["--fleet", HUB_USER], "fleet")):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cloud_hub.broker",
+                "--password-file",
+                str(tmp_path / "passwd"),
+                *bad,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "bad topic rules" in done.stderr and says in done.stderr
+        assert "Traceback" not in done.stderr
