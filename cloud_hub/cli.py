@@ -1,6 +1,6 @@
 """``edgeloop-hub``: the hub's command line.
 
-    edgeloop-hub serve [--broker embedded|URL] [--read-token T --admin-token T | --insecure-dev true] ...
+    edgeloop-hub serve [--broker embedded|URL] [--read-token-file F --admin-token-file F | --insecure-dev true] ...
     edgeloop-hub devices add NAME
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
 
@@ -80,10 +80,12 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from cloud_hub.memory import return_large_blocks  # noqa: PLC0415
     from cloud_hub.service import serve  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=True)
+    return_large_blocks()  # so a flood of large payloads leaves no lasting RSS
     logging.getLogger().setLevel(settings.log_level)
     return serve(settings)
 
@@ -185,7 +187,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run the hub: broker (embedded by default), ingest, store and HTTP API",
         description="Run the hub until SIGTERM or Ctrl-C. Every option can also be set as an "
         "environment variable EDGELOOP_HUB_<OPTION> or a key of the --config TOML file. The API "
-        "needs --read-token and --admin-token unless --insecure-dev true.",
+        "needs a read token and an admin token unless --insecure-dev true: in files "
+        "(--read-token-file, --admin-token-file, mode 0600) or the environment "
+        "(EDGELOOP_HUB_READ_TOKEN, EDGELOOP_HUB_ADMIN_TOKEN); secrets given as flags are "
+        "refused, since every local user can read flags (ps).",
     )
     OPTIONS.add_to(serve)
     serve.set_defaults(handler=_serve)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,8 +128,8 @@ def mosquitto_acl(device: str, topics: Topics) -> str:
 @dataclass(frozen=True, slots=True)
 class Provisioned:
     device: str
-    secret: str
-    agent_env: dict[str, str]
+    secret: str = field(repr=False)
+    agent_env: dict[str, str] = field(repr=False)  # its broker URL holds the secret
     mosquitto_password_line: str | None = None
     mosquitto_acl: str | None = None
     rotated: bool = False

@@ -8,7 +8,11 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one ingest worker thread drains that queue in batches, scores them with the
   heavy model, writes the store (its single writer) and publishes acks;
 - one maintenance thread prunes old telemetry now and then;
-- the embedded broker (amqtt) runs in its own process.
+- the embedded broker (amqtt) runs in its own process, watched by one supervisor
+  thread that restarts it when it dies (:mod:`cloud_hub.broker.supervisor`).
+
+``/healthz`` reports the parts that can fail while the hub runs: its broker
+link (:meth:`HubLink.health`) and, when embedded, the broker's process.
 
 Start-up failures (port in use, broker unreachable, bad credentials, bad
 store URL) become one :class:`HubStartError` line; ``serve`` prints it and
@@ -33,9 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from shared.secret_file import read_secret_file, write_private
 from shared.topics import Topics
 
 __all__ = ["Hub", "HubStartError", "listen", "serve"]
@@ -54,10 +60,10 @@ def _hub_secret(data_dir: Path) -> str:
     """The hub's own broker secret for the embedded broker, made once and kept (0600)."""
     path = data_dir / "hub-broker-secret"
     if path.exists():
-        return path.read_text(encoding="ascii").strip()
+        # Refused, with the chmod to run, if others may read it.
+        return read_secret_file(path, what="the hub's broker secret")
     secret = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(secret + "\n", encoding="ascii")
+    write_private(path, secret + "\n")
     return secret
 
 
@@ -68,6 +74,7 @@ class Hub:
         self.settings = settings
         self.topics = Topics(settings.root)
         self.broker: Any = None
+        self.supervisor: Any = None
         self.endpoint: BrokerEndpoint | None = None
         self.store: Any = None
         self.link: Any = None
@@ -82,6 +89,7 @@ class Hub:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.endpoint = self._start_broker()
+        self._supervise_broker()
         self._open_store()
         heavy_path = self._models()
         self._start_ingest(heavy_path)
@@ -109,6 +117,8 @@ class Hub:
             password_file=s.password_file,
             log_path=s.data_dir / "broker.log",
             rules=BrokerRules(roots=(s.root,), hub_user=HUB_USER),
+            # After a restart, devices wait until the hub has subscribed again.
+            hold_devices_for=HUB_USER,
         )
         try:
             broker.start()
@@ -121,6 +131,23 @@ class Hub:
         self.broker = broker
         log.info("embedded broker listening on %s (accounts in %s)", broker.url, s.password_file)
         return broker.endpoint(HUB_USER, secret)
+
+    def _supervise_broker(self) -> None:
+        if self.broker is None:
+            return
+        from cloud_hub.broker.supervisor import BrokerSupervisor  # noqa: PLC0415
+
+        self.supervisor = BrokerSupervisor(self.broker)
+        self.supervisor.start()
+
+    def parts(self) -> dict[str, PartHealth]:
+        """The health of the parts that can fail while the hub runs, for ``/healthz``."""
+        parts: dict[str, PartHealth] = {}
+        if self.link is not None:
+            parts["broker_link"] = self.link.health()
+        if self.supervisor is not None:
+            parts["embedded_broker"] = self.supervisor.health()
+        return parts
 
     def _open_store(self) -> None:
         from cloud_hub.store import StoreError, open_store  # noqa: PLC0415
@@ -151,6 +178,7 @@ class Hub:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
+        from shared.messages import Limits  # noqa: PLC0415
 
         s = self.settings
         assert self.endpoint is not None
@@ -159,12 +187,14 @@ class Hub:
             batch_max_messages=s.ingest_batch_max,
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
+            limits=Limits(max_payload_bytes=s.max_payload_bytes),
         )
         self.link = HubLink(
             self.endpoint,
             self.topics,
             queue_max=s.ingest_queue_max,
             queue_max_bytes=s.ingest_queue_max_bytes,
+            max_payload_bytes=s.max_payload_bytes,
         )
         self.worker = IngestWorker(
             self.store,
@@ -189,6 +219,8 @@ class Hub:
             admin_token=s.admin_token,
             insecure_dev=s.insecure_dev,
             stale_after_s=s.stale_after_s,
+            predict_max_body_bytes=s.predict_max_body_bytes,
+            max_body_bytes=s.http_max_body_bytes,
         )
         worker = self.worker
         self.app = create_app(
@@ -196,6 +228,7 @@ class Hub:
             config,
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
             models_root=s.models_dir.resolve(),
+            parts=self.parts,
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -216,6 +249,7 @@ class Hub:
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),
             ("store", self.store, lambda store: store.close()),
+            ("broker supervisor", self.supervisor, lambda supervisor: supervisor.stop()),
             ("broker", self.broker, lambda broker: broker.stop()),
         ]
         for name, part, action in parts:

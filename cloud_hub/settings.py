@@ -3,6 +3,13 @@
 Built once in the entry point and passed down. The hub refuses to serve
 without API tokens unless ``--insecure-dev`` is given, and refuses tokens that
 are placeholders or too short to be secrets.
+
+Secrets (the API tokens, the password of the hub's account on an external
+broker) never come from command-line flags, which every local user can read
+through ``ps``: they come from files (``--read-token-file``,
+``--admin-token-file``, ``--broker-password-file``; mode 0600, checked), the
+hub's own environment, or a ``--config`` TOML file of mode 0600 (checked).
+``repr`` of :class:`HubSettings` shows them as ``***``.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
+from shared.messages import DEFAULT_LIMITS
 from shared.options import (
     Option,
     OptionTable,
+    broker_options,
     choice,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -33,7 +43,7 @@ _PLACEHOLDERS: Final = frozenset(
     {"changeme", "change-me", "secret", "token", "admin", "read", "password"}
 )
 _MIN_TOKEN_LENGTH: Final = 16
-# Hex, not token_urlsafe: a token that starts with '-' cannot follow '--read-token '.
+# Hex, not token_urlsafe: a token that starts with '-' is awkward in shells and files.
 TOKEN_RECIPE: Final = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 
@@ -75,12 +85,12 @@ OPTIONS: Final = OptionTable(
             "DIR",
         ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
-        Option(
-            "broker",
-            str,
+        *broker_options(
+            ENV_PREFIX,
             EMBEDDED,
-            "'embedded' to run amqtt in its own process, or an external broker URL mqtt://user:password@host:port",
-            "URL",
+            "'embedded' to run amqtt in its own process, or an external broker URL "
+            "mqtt://user@host:port (its password in --broker-password-file)",
+            "password of the hub's account on the external broker",
         ),
         Option("broker_host", str, "127.0.0.1", "interface the embedded broker listens on", "HOST"),
         Option(
@@ -95,6 +105,7 @@ OPTIONS: Final = OptionTable(
             None,
             "bearer token for read routes (at least 16 characters)",
             "TOKEN",
+            secret=True,
         ),
         Option(
             "admin_token",
@@ -102,8 +113,30 @@ OPTIONS: Final = OptionTable(
             None,
             "bearer token for every route, writes included (at least 16 characters)",
             "TOKEN",
+            secret=True,
         ),
         Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
+        Option(
+            "predict_max_body_bytes",
+            positive_int,
+            None,
+            "largest POST /v1/predict body (default: 4 KiB per row it may score plus 64 KiB, ~41 MB); checked after the token, before the body is read",
+            "BYTES",
+        ),
+        Option(
+            "http_max_body_bytes",
+            non_negative_int,
+            65_536,
+            "largest body of any other HTTP request (no other route reads one)",
+            "BYTES",
+        ),
+        Option(
+            "max_payload_bytes",
+            positive_int,
+            DEFAULT_LIMITS.max_payload_bytes,
+            "largest MQTT payload a device may send (1 MiB); a larger one is counted as invalid:too_large and dropped before it is queued or decoded",
+            "BYTES",
+        ),
         Option(
             "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
         ),
@@ -168,6 +201,7 @@ class HubSettings:
     models_dir: Path
     store: str
     broker: str
+    broker_password: str | None
     broker_host: str
     broker_port: int
     root: str
@@ -176,6 +210,9 @@ class HubSettings:
     read_token: str | None
     admin_token: str | None
     insecure_dev: bool
+    predict_max_body_bytes: int | None
+    http_max_body_bytes: int
+    max_payload_bytes: int
     stale_after_s: float
     retention_days: float
     ingest_queue_max: int
@@ -185,6 +222,9 @@ class HubSettings:
     dead_letter_keep: int
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        return OPTIONS.redacted_repr(self)
 
     @property
     def embedded_broker(self) -> bool:
@@ -196,7 +236,8 @@ class HubSettings:
         return self.data_dir / "broker-passwd"
 
     def external_broker(self) -> BrokerEndpoint:
-        return parse_broker_url(self.broker)
+        """The external broker's endpoint, with the password from ``broker_password`` if given."""
+        return with_password(parse_broker_url(self.broker), self.broker_password)
 
 
 def resolve_settings(
@@ -212,9 +253,19 @@ def resolve_settings(
         values["store"] = f"sqlite:///{values['data_dir'] / 'hub.db'}"
     if values["broker"] != EMBEDDED:
         try:
-            parse_broker_url(values["broker"])
+            endpoint = parse_broker_url(values["broker"])
         except ValueError as exc:
             raise fail("broker", f"is neither 'embedded' nor a usable broker URL: {exc}") from None
+        try:
+            with_password(endpoint, values["broker_password"])
+        except ValueError as exc:
+            raise fail("broker_password", str(exc)) from None
+    elif values["broker_password"] is not None:
+        raise fail(
+            "broker_password",
+            "applies only to an external --broker URL; the embedded broker makes the hub's own "
+            "account (DATA_DIR/hub-broker-secret)",
+        )
     if serving and not values["insecure_dev"]:
         for name in ("read_token", "admin_token"):
             token: Any = values[name]

@@ -2,7 +2,9 @@
 
 Built-ins: ``log`` (a warning line), ``command`` (runs the command line from
 the agent's own configuration, never one named by a message; started, not
-awaited, so a slow script cannot stall the reading loop), and ``machine``
+awaited, so a slow script cannot stall the reading loop; its environment is
+the agent's without the ``EDGELOOP_AGENT_*`` settings, which may hold the
+broker password), and ``machine``
 (stops the simulated machine, which then reacts in its next reading; it is
 handed the machine, so this module never imports :mod:`simulators`).
 """
@@ -79,7 +81,8 @@ class CommandActuator:
             return ActionResult(
                 self.name, False, f"{len(self._running)} earlier commands still running"
             )
-        env = dict(os.environ)
+        # The agent's own settings stay with it: EDGELOOP_AGENT_BROKER may hold the password.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_AGENT_")}
         env.update(
             EDGELOOP_DEVICE=device,
             EDGELOOP_RULE=decision.rule,

@@ -6,6 +6,13 @@ Precedence, highest first: command-line flag, environment variable
 :data:`OPTIONS`; the argument parser, the environment names and the TOML keys
 all come from that table, so they cannot drift apart. Settings are built once,
 in the entry point, validated as a whole, and passed down.
+
+The broker password never comes from a command-line flag, which every local
+user can read through ``ps``: give it in a file (``--broker-password-file``,
+mode 0600, checked), the agent's own environment (``EDGELOOP_AGENT_BROKER``
+with the password in the URL, or ``EDGELOOP_AGENT_BROKER_PASSWORD``), or a
+``--config`` TOML file of mode 0600 (checked). ``repr`` of
+:class:`AgentSettings` never shows it.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent.scheduling import parse_cpu
-from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
 from shared.options import (
     Option,
     OptionTable,
+    broker_options,
     choice,
     non_negative_float,
     non_negative_int,
@@ -79,12 +87,11 @@ OPTIONS: Final = OptionTable(
             "device id, used in topics and as MQTT client id (default: host name)",
             "ID",
         ),
-        Option(
-            "broker",
-            str,
+        *broker_options(
+            ENV_PREFIX,
             "mqtt://127.0.0.1:1883",
-            "broker URL, mqtt://user:password@host:port (keep the password in the environment or the TOML file)",
-            "URL",
+            "broker URL, mqtt://user@host:port (the password in --broker-password-file)",
+            "password of the device's broker account",
         ),
         Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
         Option(
@@ -357,6 +364,9 @@ class AgentSettings:
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Where each setting came from (flag, env, toml, default), for the start-up log."""
 
+    def __repr__(self) -> str:
+        return OPTIONS.redacted_repr(self)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -410,6 +420,10 @@ def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
         broker = parse_broker_url(v["broker"])
     except ValueError as exc:
         raise fail("broker", f"is not usable: {_scrub_userinfo(v['broker'], str(exc))}") from None
+    try:
+        broker = with_password(broker, v["broker_password"])
+    except ValueError as exc:
+        raise fail("broker_password", str(exc)) from None
     if v["source"] == "csv" and v["csv_path"] is None:
         raise fail("csv_path", "is required with --source csv")
     if v["source"] == "plugin" and not v["plugin"]:

@@ -16,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["DEFAULT_MQTT_PORT", "BrokerEndpoint", "parse_broker_url"]
+__all__ = ["DEFAULT_MQTT_PORT", "BrokerEndpoint", "parse_broker_url", "redact_url", "with_password"]
 
 DEFAULT_MQTT_PORT = 1883
 _SCHEME = "mqtt"
@@ -99,7 +99,7 @@ def parse_broker_url(url: str) -> BrokerEndpoint:
     ...
     ValueError: broker URL 'http://broker.local': scheme 'http' is not supported; use mqtt://host:port
     """
-    shown = _redact(url)
+    shown = redact_url(url)
     if not isinstance(url, str) or not url.strip():
         raise ValueError("broker URL is empty; expected mqtt://[user:password@]host:port")
     try:
@@ -138,6 +138,27 @@ def parse_broker_url(url: str) -> BrokerEndpoint:
         raise ValueError(f"broker URL {shown!r}: {exc}") from None
 
 
+def with_password(endpoint: BrokerEndpoint, password: str | None) -> BrokerEndpoint:
+    """``endpoint`` with ``password``, given apart from its URL (from a file, say).
+
+    ``ValueError`` (never showing either password) if the URL has a password too
+    or names no user.
+
+    >>> with_password(parse_broker_url("mqtt://pi-07@hub.local"), "s3cret")
+    BrokerEndpoint(host='hub.local', port=1883, username='pi-07', password='***')
+    """
+    if password is None:
+        return endpoint
+    if endpoint.password is not None:
+        raise ValueError("is given, but the broker URL has a password too; keep one (the file)")
+    if endpoint.username is None:
+        raise ValueError(
+            f"is given, but the broker URL {endpoint.url} names no user; "
+            "write it as mqtt://USER@host:port"
+        )
+    return BrokerEndpoint(endpoint.host, endpoint.port, endpoint.username, password)
+
+
 def _is_ipv6(host: str) -> bool:
     try:
         return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
@@ -145,8 +166,15 @@ def _is_ipv6(host: str) -> bool:
         return False
 
 
-def _redact(url: object) -> str:
-    """Best-effort removal of a password from a URL we failed to parse."""
+def redact_url(url: object) -> str:
+    """``url`` with its password (if any) replaced by ``***``; best effort, even for a URL
+    that does not parse.
+
+    >>> redact_url("mqtt://pi-07:s3cret@hub.local:1883")
+    'mqtt://pi-07:***@hub.local:1883'
+    >>> redact_url("mqtt://pi-07@hub.local")
+    'mqtt://pi-07@hub.local'
+    """
     text = str(url)
     scheme, sep, rest = text.rpartition("://")
     userinfo, at, hostpart = rest.rpartition("@")

@@ -8,7 +8,15 @@ highest first: flag, environment, TOML file (``--config`` or
 :class:`~shared.errors.ConfigError` that names the setting, where the value
 came from, and the flag and variable that set it.
 
-Pure: no I/O beyond reading the TOML file it is pointed at.
+Secrets: an option marked ``secret`` (a token) or with a ``redact`` function
+(a URL that may carry a password) is refused as a command-line flag, which
+every local user can read through ``ps``; it comes from the environment of the
+process that needs it, from a TOML file that only its owner may read (mode
+0600, checked), or, for a ``secret`` option, from a file of its own named by the
+``NAME_file`` option the table adds (``--read-token-file``). Errors never echo
+a secret, and :meth:`OptionTable.redacted_repr` shows settings without them.
+
+No I/O beyond reading the TOML file and the secret files it is pointed at.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.endpoint import redact_url
 from shared.errors import ConfigError
+from shared.secret_file import check_private, read_secret_file
 
 __all__ = [
     "Option",
     "OptionTable",
+    "broker_options",
     "choice",
     "non_negative_float",
     "non_negative_int",
@@ -84,6 +95,26 @@ def str_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def broker_options(
+    prefix: str, default: str, url_help: str, password_help: str
+) -> tuple[Option, Option]:
+    """``broker`` (a URL, refused as a flag when it holds a password) and ``broker_password``
+    (a secret, so also ``broker_password_file``), for table ``prefix``."""
+    return (
+        Option(
+            "broker",
+            str,
+            default,
+            url_help,
+            "URL",
+            redact=redact_url,
+            secret_hint="or leave the password out of the URL and put it in a file named by "
+            f"--broker-password-file or in {prefix}BROKER_PASSWORD",
+        ),
+        Option("broker_password", str, None, password_help, "PASSWORD", secret=True),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One setting: its name, how to parse it from text, its default and its help."""
@@ -95,6 +126,13 @@ class Option:
     metavar: str = ""
     prefix: str = ""
     """The environment prefix, filled in by the table."""
+    secret: bool = False
+    """The value is a secret: never a flag, never echoed; the table adds a ``NAME_file`` option."""
+    redact: Callable[[str], str] | None = None
+    """For a value that may hold a secret (a URL with a password): the text with the secret
+    replaced by ``***``. A value it changes is treated as a secret."""
+    secret_hint: str = ""
+    """Where else the secret may be given, for the error that refuses it as a flag."""
 
     @property
     def flag(self) -> str:
@@ -104,13 +142,39 @@ class Option:
     def env(self) -> str:
         return self.prefix + self.name.upper()
 
+    def holds_secret(self, text: str) -> bool:
+        return self.secret or (self.redact is not None and self.redact(text) != text)
+
+    def shown(self, text: str) -> str:
+        """``text`` as errors and logs may show it."""
+        if self.secret:
+            return "***"
+        return self.redact(text) if self.redact is not None else text
+
+
+def _file_option(opt: Option) -> Option:
+    """The ``NAME_file`` option that names a file holding secret option ``opt``."""
+    return Option(
+        f"{opt.name}_file",
+        Path,
+        None,
+        f"file holding the {opt.name.replace('_', ' ')} ({opt.help}); only its owner may "
+        "read it (chmod 600)",
+        "FILE",
+    )
+
 
 class OptionTable:
     """The options of one program, with the prefix of their environment variables."""
 
     def __init__(self, prefix: str, options: Sequence[Option]) -> None:
         self.prefix = prefix
-        self.options = tuple(dataclasses.replace(o, prefix=prefix) for o in options)
+        with_files: list[Option] = []
+        for o in options:
+            with_files.append(o)
+            if o.secret:
+                with_files.append(_file_option(o))
+        self.options = tuple(dataclasses.replace(o, prefix=prefix) for o in with_files)
         self._by_name = {o.name: o for o in self.options}
 
     def __iter__(self) -> Any:
@@ -149,6 +213,10 @@ class OptionTable:
                 if shown not in (None, "")
                 else f" (env {opt.env})"
             )
+            if opt.secret:
+                suffix = f" (env {opt.env}, or {opt.flag}-file; refused as a flag: ps shows flags)"
+            elif opt.redact is not None:
+                suffix += "; a secret in it is refused as a flag: ps shows flags"
             parser.add_argument(
                 opt.flag,
                 dest=opt.name,
@@ -208,13 +276,73 @@ class OptionTable:
                 values[opt.name], origin[opt.name] = opt.default, "default"
                 continue
             text = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+            if opt.holds_secret(text):
+                if where.startswith("flag"):
+                    raise self._secret_as_flag(opt)
+                if config_path is not None and where.startswith(str(config_path)):
+                    check_private(config_path, what=f"setting {opt.name!r}", setting=opt.name)
             try:
                 values[opt.name] = opt.parse(text)
             except Exception as exc:  # every parser error becomes one clear message
                 raise ConfigError(
-                    f"setting {opt.name!r} (from {where}) = {text!r} is invalid: {exc} "
-                    f"(set {opt.flag} or {opt.env})",
+                    f"setting {opt.name!r} (from {where}) = {opt.shown(text)!r} is invalid: "
+                    f"{opt.shown(str(exc))} (set {opt.flag} or {opt.env})",
                     setting=opt.name,
                 ) from None
             origin[opt.name] = where
+        for opt in self.options:
+            if opt.secret:
+                self._read_secret_file(opt, values, origin)
         return values, origin
+
+    def _secret_as_flag(self, opt: Option) -> ConfigError:
+        where = f"the environment variable {opt.env} or a --config file of mode 0600"
+        if opt.secret:
+            where = f"a file named by {opt.flag}-file (mode 0600), " + where.replace(
+                " or ", ", or "
+            )
+        hint = f"; {opt.secret_hint}" if opt.secret_hint else ""
+        return ConfigError(
+            f"setting {opt.name!r} holds a secret and was given as the flag {opt.flag}, where "
+            f"every local user can read it (ps); give it in {where}{hint}",
+            setting=opt.name,
+        )
+
+    def _read_secret_file(
+        self, opt: Option, values: dict[str, Any], origin: dict[str, str]
+    ) -> None:
+        file_opt = self._by_name[f"{opt.name}_file"]
+        path = values.get(file_opt.name)
+        if path is None:
+            return
+        if values[opt.name] is not None:
+            raise ConfigError(
+                f"setting {opt.name!r} is given twice: {origin[opt.name]} and the file {path} "
+                f"({origin[file_opt.name]}); keep one",
+                setting=opt.name,
+            )
+        secret = read_secret_file(
+            path, what=f"setting {opt.name!r} ({file_opt.flag})", setting=opt.name
+        )
+        try:
+            values[opt.name] = opt.parse(secret)
+        except Exception as exc:  # every parser error becomes one clear message
+            raise ConfigError(
+                f"setting {opt.name!r} (from the file {path}) is invalid: {exc}",
+                setting=opt.name,
+            ) from None
+        origin[opt.name] = f"file {path}"
+
+    def redacted_repr(self, obj: Any) -> str:
+        """``repr`` of settings dataclass ``obj`` with every secret value shown as ``***``."""
+        parts = []
+        for f in dataclasses.fields(obj):
+            if not f.repr:
+                continue
+            value = getattr(obj, f.name)
+            opt = self._by_name.get(f.name)
+            shown = repr(value)
+            if opt is not None and isinstance(value, str):
+                shown = repr(opt.shown(value))
+            parts.append(f"{f.name}={shown}")
+        return f"{type(obj).__name__}({', '.join(parts)})"

@@ -5,7 +5,8 @@ embedded broker on free ports and fresh API tokens, provisions ``--devices``
 devices the way ``edgeloop-hub devices add`` does, and starts one real
 ``edgeloop-agent`` process per device on a simulated machine (every fourth
 develops faults, hits urgent conditions, stops itself, and is restarted 15 s
-later). It prints the API URL and the read token, then every few seconds a
+later). It prints the API URL and the files that hold the API tokens (mode
+0600; the tokens themselves never appear in its output), then every few seconds a
 summary read from the hub's own API: devices online, readings stored per
 second, urgent events, edge/heavy disagreement. Ctrl-C or ``--duration`` ends
 it; agents get SIGTERM first (they flush and say offline), then the hub.
@@ -84,11 +85,15 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
         except HarnessError as exc:
             raise DemoError(f"the hub did not start: {exc}") from None
         api = hub.api
+        # The files, not the tokens: this output may end up in a terminal log or a CI log.
+        read_file, admin_file = hub.secrets_dir / "read-token", hub.secrets_dir / "admin-token"
+        _say(config, f"hub: API {api.base_url} (docs at {api.base_url}/docs)")
+        _say(config, f"     read token in {read_file}, admin token in {admin_file}")
         _say(
             config,
-            f"hub: API {api.base_url} (docs at {api.base_url}/docs), read token {hub.read_token}",
+            f'     e.g. curl -H "Authorization: Bearer $(cat {read_file})" {api.base_url}/v1/devices',
         )
-        _say(config, f"     admin token {hub.admin_token}; logs and state in {run_dir}")
+        _say(config, f"     logs and state in {run_dir}")
         for i, device in enumerate(devices):
             agent = _agent(config, built.edge, device.agent_env, i, run_dir)
             agents.append(agent)
@@ -119,7 +124,7 @@ def _agent(
     ]
     if i % 4 == 3:
         args += ["--sim-urgent-rate", "0.01", "--sim-fault-rate", "0.002", "--sim-restart-s", "15"]
-    # The device's secret travels in the environment, never on a command line others can read.
+    # The harness puts the device's secret in a 0600 file, never on a command line.
     device = agent_env["EDGELOOP_AGENT_DEVICE"]
     return AgentProcess(edge, run_dir / "agents" / device, env=agent_env, args=args)
 

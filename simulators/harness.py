@@ -21,9 +21,12 @@ place that knows how:
 - :class:`HubApi`: a small client for the hub's JSON routes.
 
 Everything listens on :data:`HOST` (loopback) only. Secrets (API tokens, broker
-passwords) go to children by environment, never on a command line other users
-can read, and children get an environment without stray ``EDGELOOP_HUB_*`` or
-``EDGELOOP_AGENT_*`` settings of the caller's.
+passwords) go to children in files of mode 0600 (``--read-token-file``,
+``--broker-password-file``) in a ``*.secrets`` directory (mode 0700) beside
+the child's data or state directory, never on a command line or in an
+environment other users or other children can read; children get an
+environment without stray ``EDGELOOP_HUB_*`` or ``EDGELOOP_AGENT_*`` settings
+of the caller's.
 
 Nothing runs at import, and nothing heavy is imported: ``cloud_hub`` parts and
 psutil are imported by the methods that need them. The edge agent never
@@ -60,8 +63,9 @@ from types import MappingProxyType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol, Self
 from urllib.parse import urlsplit
 
-from shared.endpoint import BrokerEndpoint
+from shared.endpoint import BrokerEndpoint, parse_broker_url
 from shared.errors import EdgeloopError
+from shared.secret_file import write_private
 from shared.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -73,7 +77,7 @@ __all__ = [
     "HOST",
     "HUB_USER",
     "MOSQUITTO_HUB_LIMITS",
-    "MOSQUITTO_MESSAGE_SIZE_LIMIT",
+    "MOSQUITTO_MAX_PACKET_SIZE",
     "AgentProcess",
     "AmqttBroker",
     "ApiError",
@@ -91,6 +95,7 @@ __all__ = [
     "find_mosquitto",
     "free_port",
     "log_tail",
+    "secrets_dir",
     "wait_for_port",
     "wait_for_port_closed",
     "wait_until",
@@ -119,9 +124,11 @@ receives ~1,000 messages/s, and a minute's hub restart must fit in its queue.
 bounded (0 would be unlimited) so slow consumers still get flow control.
 """
 
-MOSQUITTO_MESSAGE_SIZE_LIMIT: Final = 2_097_152
-"""Payloads over 2 MiB are refused at the broker, as in ``deploy/mosquitto/mosquitto.conf``
-(the hub has its own, lower limit). Tests of the hub's own defences turn it off (0)."""
+MOSQUITTO_MAX_PACKET_SIZE: Final = 1_048_576 + 4096
+"""Packets over the payload limit a device may send (1 MiB, the hub's ``--max-payload-bytes``
+default) plus 4 KiB for the topic and headers are refused at the broker before they are
+read (the client is disconnected), as in ``deploy/mosquitto/mosquitto.conf``. Tests of the
+hub's own defences turn it off (0)."""
 
 _MOSQUITTO_FALLBACK: Final = "/usr/sbin/mosquitto"
 _PORT_ATTEMPTS: Final = 3
@@ -251,6 +258,14 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def secrets_dir(beside: Path) -> Path:
+    """``BESIDE.secrets``, made with mode 0700: where a child's secret files go."""
+    path = beside.with_name(beside.name + ".secrets")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def find_mosquitto() -> str | None:
@@ -609,7 +624,7 @@ class Mosquitto(ManagedProcess):
     the block of every account in ``users`` to the ACL, as ``edgeloop-hub devices
     add`` writes them; ``username_as_clientid`` binds client ids to user names as
     the shipped config does (off by default: a fleet account connects as many
-    clients). ``message_size_limit=0`` lets any payload through, for tests
+    clients). ``max_packet_size=0`` lets any payload through, for tests
     of the hub's and the agent's own limits. ``port=0`` picks a free port; if
     that port turns out busy at the first start, another is picked, unless
     :attr:`port` was read already.
@@ -629,7 +644,7 @@ class Mosquitto(ManagedProcess):
         extra_conf: Sequence[str] = (),
         port: int = 0,
         persistent: bool = False,
-        message_size_limit: int = MOSQUITTO_MESSAGE_SIZE_LIMIT,
+        max_packet_size: int = MOSQUITTO_MAX_PACKET_SIZE,
         verbose_log: bool = False,
         binary: str | None = None,
         new_session: bool = False,
@@ -653,7 +668,7 @@ class Mosquitto(ManagedProcess):
         self.username_as_clientid = username_as_clientid
         self.extra_conf = list(extra_conf)
         self.persistent = persistent
-        self.message_size_limit = message_size_limit
+        self.max_packet_size = max_packet_size
         self.verbose_log = verbose_log
         self._port = port or free_port()
         self._port_pinned = bool(port)
@@ -743,7 +758,9 @@ class Mosquitto(ManagedProcess):
         if self.username_as_clientid:
             lines.append("use_username_as_clientid true")
         lines += [f"{key} {value}" for key, value in MOSQUITTO_HUB_LIMITS.items()]
-        lines += [f"message_size_limit {self.message_size_limit}", "set_tcp_nodelay true"]
+        if self.max_packet_size:
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        lines.append("set_tcp_nodelay true")
         if self.persistent:
             lines += [
                 "persistence true",
@@ -924,12 +941,14 @@ _DEVICES_ADD_FLAGS: Final = frozenset(
 
 
 class HubProcess(ManagedProcess):
-    """``edgeloop-hub serve`` (as ``python -m cloud_hub serve``), ready once ``/healthz`` answers.
+    """``edgeloop-hub serve`` (as ``python -m cloud_hub serve``), ready once ``/healthz`` says 200.
 
     ``broker=None`` runs the hub's embedded broker on ``broker_port``; otherwise
     the hub logs in to ``broker`` (give Mosquitto the :data:`HUB_USER` account).
     Free ports are picked here for 0, once, so restarts (and agents provisioned
-    before the first start) keep them. Tokens default to fresh random ones.
+    before the first start) keep them. Tokens default to fresh random ones. They,
+    and the password of an external broker, go to the hub in files of mode 0600
+    under :attr:`secrets_dir` (``DATA_DIR.secrets``), named by ``--*-file`` flags.
     ``args`` are more ``serve`` flags (``--ingest-batch-max 200``, say).
     """
 
@@ -961,8 +980,11 @@ class HubProcess(ManagedProcess):
         self.broker_port: int | None = None if broker else (broker_port or free_port())
         self.read_token = read_token or secrets.token_urlsafe(24)
         self.admin_token = admin_token or secrets.token_urlsafe(24)
-        # ``serve`` flags without secrets (``devices_add_flags`` are the ones
-        # ``devices add`` takes of them).
+        self.secrets_dir = secrets_dir(self.data_dir)
+        write_private(self.secrets_dir / "read-token", self.read_token + "\n")
+        write_private(self.secrets_dir / "admin-token", self.admin_token + "\n")
+        # ``serve`` flags, secrets only as the files that hold them (``devices_add_flags``
+        # are the ones ``devices add`` takes of them).
         self.flags = [
             "--data-dir",
             str(self.data_dir),
@@ -977,20 +999,25 @@ class HubProcess(ManagedProcess):
             "--log-level",
             log_level,
         ]
+        self.flags += ["--read-token-file", str(self.secrets_dir / "read-token")]
+        self.flags += ["--admin-token-file", str(self.secrets_dir / "admin-token")]
         if self.broker_port is not None:
             self.flags += ["--broker-host", HOST, "--broker-port", str(self.broker_port)]
-        self.flags += list(args)
-        self.secret_env = {
-            "EDGELOOP_HUB_READ_TOKEN": self.read_token,
-            "EDGELOOP_HUB_ADMIN_TOKEN": self.admin_token,
-        }
         if broker is not None:
-            self.secret_env["EDGELOOP_HUB_BROKER"] = broker.url
+            self.flags += [
+                "--broker",
+                BrokerEndpoint(broker.host, broker.port, broker.username).url,
+            ]
+            if broker.password is not None:
+                password_file = self.secrets_dir / "broker-password"
+                write_private(password_file, broker.password + "\n")
+                self.flags += ["--broker-password-file", str(password_file)]
+        self.flags += list(args)
         super().__init__(
             [sys.executable, "-m", "cloud_hub", "serve", *self.flags],
             log_path=log_path or self.data_dir.with_name(self.data_dir.name + ".log"),
             name="the hub",
-            env=child_env(self.secret_env),
+            env=child_env(),
             new_session=new_session,
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
@@ -1037,7 +1064,7 @@ class HubProcess(ManagedProcess):
         from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
 
         parsed = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(self.flags)
-        return resolve_settings(parsed, env=self.secret_env, serving=True)
+        return resolve_settings(parsed, env={}, serving=True)
 
     def provision(self, device: str) -> Provisioned:
         """Provision ``device`` as ``edgeloop-hub devices add`` does; returns its
@@ -1068,7 +1095,9 @@ class AgentProcess(ManagedProcess):
 
     Its settings come from ``env`` (``EDGELOOP_AGENT_*``, e.g. a provisioned
     device's ``agent_env``), ``broker``/``device``/``root``, and ``args`` (more
-    flags). The broker URL, with its secret, goes by environment. Logging at
+    flags). The broker's password (from ``broker`` or the URL in ``env``) goes
+    in a file of mode 0600 under :attr:`secrets_dir` (``STATE_DIR.secrets``),
+    named by ``--broker-password-file``; the URL without it goes by environment. Logging at
     INFO or DEBUG, it is ready once it says it is connected; at WARNING and
     above it says nothing, so it is ready once spawned (ask the hub instead).
     The log defaults to ``STATE_DIR.log`` beside the state directory.
@@ -1095,6 +1124,18 @@ class AgentProcess(ManagedProcess):
         settings = dict(env or {})
         if broker is not None:
             settings["EDGELOOP_AGENT_BROKER"] = broker.url
+        self.secrets_dir = secrets_dir(self.state_dir)
+        password_flags: list[str] = []
+        password = settings.pop("EDGELOOP_AGENT_BROKER_PASSWORD", None)
+        if "EDGELOOP_AGENT_BROKER" in settings:
+            endpoint = parse_broker_url(settings["EDGELOOP_AGENT_BROKER"])
+            settings["EDGELOOP_AGENT_BROKER"] = BrokerEndpoint(
+                endpoint.host, endpoint.port, endpoint.username
+            ).url
+            password = endpoint.password if endpoint.password is not None else password
+        if password is not None:
+            write_private(self.secrets_dir / "broker-password", password + "\n")
+            password_flags = ["--broker-password-file", str(self.secrets_dir / "broker-password")]
         self.device = device or settings.get("EDGELOOP_AGENT_DEVICE") or self.state_dir.name
         argv = [
             sys.executable,
@@ -1109,7 +1150,7 @@ class AgentProcess(ManagedProcess):
             argv += ["--device", device]
         if root is not None:
             argv += ["--root", root]
-        argv += ["--log-level", log_level, *args]
+        argv += [*password_flags, "--log-level", log_level, *args]
         super().__init__(
             argv,
             log_path=log_path or self.state_dir.with_name(self.state_dir.name + ".log"),

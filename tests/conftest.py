@@ -48,7 +48,7 @@ def mosquitto_process(tmp_path: Path) -> Iterator[Mosquitto]:
         tmp_path / "mosquitto",
         users=USERS,
         rules=BrokerRules(roots=ROOTS, fleet=frozenset(FLEET)),
-        message_size_limit=0,
+        max_packet_size=0,
         verbose_log=True,
     ) as broker:
         yield broker

@@ -21,6 +21,7 @@ from shared.topics import Topics
 from simulators.harness import HUB_USER, HubProcess, Mosquitto, wait_until
 from tests.brokers import HUB_SECRET
 from tests.conftest import ModelPaths, StartAgent
+from tests.readings import count_readings
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.mosquitto]
 AGENTS = 3
@@ -30,21 +31,6 @@ READINGS = 1500
 def _stats(hub: HubProcess) -> dict[str, Any]:
     stats: dict[str, Any] = hub.api.get_json("/v1/stats/ingest")
     return stats
-
-
-def _count_readings(hub: HubProcess, device: str) -> int:
-    """A device's stored readings through the telemetry API, page by page."""
-    total, cursor = 0, ""
-    for _ in range(1000):
-        path = f"/v1/devices/{device}/telemetry?limit=1000" + (
-            f"&cursor={cursor}" if cursor else ""
-        )
-        page = hub.api.get_json(path)
-        total += len(page["readings"])
-        cursor = page.get("next_cursor") or ""
-        if not cursor:
-            return total
-    raise AssertionError("telemetry pages never ended")
 
 
 def test_hub_killed_and_restarted_loses_and_duplicates_nothing(
@@ -102,7 +88,7 @@ def test_hub_killed_and_restarted_loses_and_duplicates_nothing(
         for agent in agents:
             assert agent.wait(180) == 0, agent.output()[-3000:]
         stats = _stats(hub)
-        per_device = [_count_readings(hub, f"fault-{i}") for i in range(AGENTS)]
+        per_device = [count_readings(hub, f"fault-{i}") for i in range(AGENTS)]
     assert stats["stored_readings"] == AGENTS * READINGS, (stats, hub.output()[-3000:])
     assert stats["lost_unexplained_messages"] == 0
     assert stats["lost_at_edge_readings"] == {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
@@ -25,13 +25,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from cloud_hub.api.bodylimit import BodySizeLimit
+from cloud_hub.api.bodylimit import BodyGate
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
 from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_handlers
 from cloud_hub.api.routes import devices, events, health, models, predict, stats, telemetry
 from cloud_hub.api.scorers import ScorerCache
+from cloud_hub.health import PartHealth
 from cloud_hub.store.base import Store
 
 __all__ = ["ApiConfig", "create_app"]
@@ -77,12 +78,15 @@ def create_app(
     *,
     ingest_stats: Callable[[], dict[str, Any]] | None = None,
     models_root: Path | None = None,
+    parts: Callable[[], Mapping[str, PartHealth]] | None = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
     ``ingest_stats`` returns the running ingest worker's live figures for
     ``GET /v1/stats/ingest`` (omit it when ingest runs elsewhere);
-    ``models_root`` is where model paths registered as relative paths live.
+    ``models_root`` is where model paths registered as relative paths live;
+    ``parts`` returns the health of the hub's parts (broker link, embedded
+    broker) for ``GET /healthz``, which answers 503 while one is down.
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -108,7 +112,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_tags=[
-            {"name": "health", "description": "Liveness and store reachability; no token."},
+            {
+                "name": "health",
+                "description": "Liveness: the store, the broker link, the embedded broker; no token.",
+            },
             {"name": "devices", "description": "The fleet and each device's state."},
             {"name": "telemetry", "description": "Readings with edge and heavy scores."},
             {"name": "events", "description": "Urgent events and the local action taken."},
@@ -127,6 +134,7 @@ def create_app(
             models_root=models_root,
             version=version,
             started_at=time.time(),
+            parts=parts,
         ),
     )
     install_handlers(app)
@@ -138,5 +146,6 @@ def create_app(
     app.include_router(models.router)
     app.include_router(stats.router)
     app.include_router(predict.router)
-    app.add_middleware(BodySizeLimit, limits={"/v1/predict": config.predict_body_limit})
+    # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
+    app.add_middleware(BodyGate, config=config)
     return app

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -30,11 +31,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cloud_hub.api.config import Access, ApiConfig
 from cloud_hub.api.deps import ConfigDep
 
-__all__ = ["AdminAccess", "ReadAccess", "require_admin", "require_read", "token_access"]
+__all__ = [
+    "AdminAccess",
+    "ReadAccess",
+    "Refusal",
+    "bearer_token",
+    "check_access",
+    "require_admin",
+    "require_read",
+    "token_access",
+]
 
 log = logging.getLogger(__name__)
 
-# Stateless: it only reads the header, and makes /docs show an "Authorize" button.
+# Only for /docs: it shows an "Authorize" button. check_access reads the header itself.
 _bearer = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
@@ -84,55 +94,91 @@ def token_access(config: ApiConfig, token: str | None) -> Access | None:
     return "read" if read else None
 
 
-def _unauthorized(detail: str, invalid: bool) -> HTTPException:
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request may not go on: the status, the ``detail`` and the headers to answer with."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def exception(self) -> HTTPException:
+        return HTTPException(self.status, detail=self.detail, headers=self.headers or None)
+
+
+def _unauthorized(detail: str, invalid: bool) -> Refusal:
     challenge = _CHALLENGE + (', error="invalid_token"' if invalid else "")
-    return HTTPException(
-        status_code=status.HTTP_401_UNAUTHORIZED,
-        detail=detail,
-        headers={"WWW-Authenticate": challenge},
-    )
+    return Refusal(status.HTTP_401_UNAUTHORIZED, detail, {"WWW-Authenticate": challenge})
 
 
-def _authenticate(
-    request: Request, config: ApiConfig, credentials: HTTPAuthorizationCredentials | None
-) -> Access:
-    token = credentials.credentials if credentials is not None else None
-    access = token_access(config, token)
-    if access is not None:
-        return access
-    header = request.headers.get("authorization")
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for anything else."""
     if header is None:
-        raise _unauthorized(f"this route needs a token: {_HOW}", invalid=False)
-    if credentials is None:
-        raise _unauthorized(
-            f"{_malformed(header)}; this API takes only Bearer tokens: {_HOW}", invalid=True
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def check_access(
+    config: ApiConfig, header: str | None, need: Access, method: str, path: str
+) -> Refusal | None:
+    """None if the ``Authorization`` header ``header`` gives ``need`` access, else why not.
+
+    Pure: the route dependencies and :mod:`cloud_hub.api.bodylimit` (which must
+    decide before a body is read) both answer with what this returns.
+
+    >>> config = ApiConfig(read_token="r" * 16, admin_token="a" * 16)
+    >>> check_access(config, "Bearer " + "r" * 16, "read", "GET", "/v1/devices") is None
+    True
+    >>> check_access(config, None, "read", "POST", "/v1/predict").status
+    401
+    """
+    token = bearer_token(header)
+    access = token_access(config, token)
+    if access is None:
+        if header is None:
+            return _unauthorized(f"this route needs a token: {_HOW}", invalid=False)
+        if token is None:
+            return _unauthorized(
+                f"{_malformed(header)}; this API takes only Bearer tokens: {_HOW}", invalid=True
+            )
+        log.info("API: rejected an unknown bearer token for %s %s", method, path)
+        return _unauthorized(
+            "the bearer token is not one of this hub's tokens; check for a typo, or ask the "
+            "hub's operator for the current read token",
+            invalid=True,
         )
-    log.info("API: rejected an unknown bearer token for %s %s", request.method, request.url.path)
-    raise _unauthorized(
-        "the bearer token is not one of this hub's tokens; check for a typo, or ask the "
-        "hub's operator for the current read token",
-        invalid=True,
-    )
+    if need == "admin" and access != "admin":
+        return Refusal(
+            status.HTTP_403_FORBIDDEN,
+            f"{method} {path} needs the admin token; the read token only reads. Send "
+            "'Authorization: Bearer <admin token>'",
+        )
+    return None
+
+
+def _require(request: Request, config: ApiConfig, need: Access) -> Access:
+    header = request.headers.get("authorization")
+    refusal = check_access(config, header, need, request.method, request.url.path)
+    if refusal is not None:
+        raise refusal.exception()
+    access = token_access(config, bearer_token(header))
+    assert access is not None  # check_access refused every request without access
+    return access
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_read(request: Request, config: ConfigDep, credentials: Credentials) -> Access:
+def require_read(request: Request, config: ConfigDep, _credentials: Credentials) -> Access:
     """Dependency: the read or the admin token (or open read access under insecure_dev)."""
-    return _authenticate(request, config, credentials)
+    return _require(request, config, "read")
 
 
-def require_admin(request: Request, config: ConfigDep, credentials: Credentials) -> Access:
+def require_admin(request: Request, config: ConfigDep, _credentials: Credentials) -> Access:
     """Dependency: the admin token (or open admin access under insecure_dev)."""
-    access = _authenticate(request, config, credentials)
-    if access != "admin":
-        raise HTTPException(
-            status_code=status.HTTP_403_FORBIDDEN,
-            detail=f"{request.method} {request.url.path} needs the admin token; the read "
-            "token only reads. Send 'Authorization: Bearer <admin token>'",
-        )
-    return access
+    return _require(request, config, "admin")
 
 
 ReadAccess = Annotated[Access, Depends(require_read)]

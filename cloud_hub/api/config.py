@@ -16,7 +16,7 @@ Access levels and tokens:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.errors import ConfigError
@@ -50,9 +50,10 @@ class ApiConfig:
     'admin'
     """
 
-    read_token: str | None
+    # repr=False: a config printed in a log or a test failure must not show the tokens.
+    read_token: str | None = field(repr=False)
     """Bearer token for read routes (the admin token is accepted there too)."""
-    admin_token: str | None
+    admin_token: str | None = field(repr=False)
     """Bearer token for every route, admin routes included."""
     insecure_dev: bool = False
     """Allow a level without a token to be open to anyone (development only)."""
@@ -66,6 +67,8 @@ class ApiConfig:
     """Largest ``POST /v1/predict`` body; ``None``: 4 KiB per allowed row plus 64 KiB."""
     predict_cache_models: int = 4
     """Models ``/v1/predict`` keeps loaded (least recently used go first)."""
+    max_body_bytes: int = 65_536
+    """Largest body of any request but ``POST /v1/predict`` (no other route reads one)."""
 
     def __post_init__(self) -> None:
         _check_token("read_token", self.read_token)
@@ -94,6 +97,8 @@ class ApiConfig:
         for name in ("max_page", "predict_max_rows", "predict_cache_models"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"API {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_body_bytes < 0:
+            raise ConfigError(f"API max_body_bytes must be >= 0, got {self.max_body_bytes}")
         if self.predict_max_body_bytes is not None and self.predict_max_body_bytes < 1024:
             raise ConfigError(
                 f"API predict_max_body_bytes must be >= 1024, got {self.predict_max_body_bytes}"

@@ -7,7 +7,7 @@ hands it over through the lifespan state. Nothing here is global.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.scorers import ScorerCache
+from cloud_hub.health import PartHealth
 from cloud_hub.store.base import Store
 
 __all__ = [
@@ -46,6 +47,7 @@ class ApiState:
     models_root: Path | None
     version: str
     started_at: float
+    parts: Callable[[], Mapping[str, PartHealth]] | None = None
 
 
 def get_state(request: Request) -> ApiState:

@@ -79,11 +79,30 @@ class ValidationErrorOut(BaseModel):
 # --------------------------------------------------------------------------- health
 
 
+class PartHealthOut(BaseModel):
+    """One part the hub depends on (its broker link, the embedded broker's process)."""
+
+    up: bool
+    since: float
+    """When it last came up or went down (Unix seconds)."""
+    reason: str | None = None
+    """Why it is down, or, when up, why it last went down (null if it never did)."""
+    check: str | None = None
+    """What to check while it is down."""
+    counts: dict[str, int] = {}
+    """Its outage counters since the hub started: ``disconnects``, ``reconnects``, ``restarts``."""
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     store: Literal["ok", "unreachable"]
     detail: str | None = None
     """Why the store is unreachable, when it is."""
+    down: list[str] = []
+    """What is down, sorted: ``store``, ``broker_link``, ``embedded_broker``; empty when all is up."""
+    parts: dict[str, PartHealthOut] = {}
+    """The hub's parts by name: ``broker_link`` (its MQTT session, up once subscribed) and,
+    when the hub runs its embedded broker, ``embedded_broker`` (the broker's process)."""
     version: str
     uptime_s: float
     auth: Literal["tokens", "open"]

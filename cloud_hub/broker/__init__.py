@@ -14,10 +14,13 @@ Where things are:
 - ``topic_check``: the amqtt side of the rules: a topic-check plugin and the
   broker subclass that checks credentials before amqtt touches a session.
 - ``files``: atomic rewrites of account files.
+- ``gate``: the amqtt plugin that holds devices' CONNECTs until the hub has subscribed.
+- ``restart`` (pure) and ``supervisor``: the hub's thread that restarts a broker
+  child that died, with growing delays.
 - ``__main__``: the child process itself, one asyncio loop running amqtt.
 
 Concurrency: the parent side is synchronous (``subprocess``); the broker process
-is amqtt's single asyncio loop. Only ``auth`` and ``__main__`` import amqtt
+is amqtt's single asyncio loop. Only ``auth``, ``gate`` and ``__main__`` import amqtt
 (≈0.2 s); the names from ``auth`` are loaded here on first use, so a process that
 only starts a broker or parses a URL does not pay for it.
 

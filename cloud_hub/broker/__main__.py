@@ -70,14 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"bad topic rules: {exc}", BrokerExit.USAGE)
     try:
         return asyncio.run(
-            _serve(args.host, args.port, args.password_file, rules, args.stop_on_stdin_eof)
+            _serve(
+                args.host,
+                args.port,
+                args.password_file,
+                args.stop_on_stdin_eof,
+                args.hold_devices_for,
+                rules=rules,
+            )
         )
     except _StartupError as exc:
         return _fail(str(exc), exc.code)
 
 
 async def _serve(
-    host: str, port: int, password_file: Path, rules: BrokerRules, stop_on_stdin_eof: bool
+    host: str,
+    port: int,
+    password_file: Path,
+    stop_on_stdin_eof: bool,
+    hold_devices_for: str | None = None,
+    *,
+    rules: BrokerRules,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,7 +98,16 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     try:
-        broker = RulesBroker(amqtt_config(host, port, password_file.resolve(), rules=rules), rules)
+        broker = RulesBroker(
+            amqtt_config(
+                host,
+                port,
+                password_file.resolve(),
+                hold_devices_for=hold_devices_for,
+                rules=rules,
+            ),
+            rules,
+        )
     except (PluginError, PluginLoadError) as exc:
         # The plugin re-reads the password file; it may have changed since main() did.
         cause = exc.__cause__ or exc
@@ -277,6 +299,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--stop-on-stdin-eof",
         action="store_true",
         help="shut down when stdin closes (used by EmbeddedBroker so no broker outlives its parent)",
+    )
+    parser.add_argument(
+        "--hold-devices-for",
+        metavar="USER",
+        help="hold other clients' CONNECTs until USER (the hub) has subscribed, so no device "
+        "publishes before the hub listens (cloud_hub.broker.gate)",
     )
     return parser.parse_args(argv)
 

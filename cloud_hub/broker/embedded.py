@@ -57,6 +57,7 @@ READY_PREFIX = "edgeloop broker ready on "
 
 _AUTH_PLUGIN = "cloud_hub.broker.auth.PasswordFileAuthPlugin"
 _TOPIC_PLUGIN = "cloud_hub.broker.topic_check.TopicRulesPlugin"
+_GATE_PLUGIN = "cloud_hub.broker.gate.HubFirstGate"
 _LOG_TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
 
@@ -88,31 +89,38 @@ def amqtt_config(
     port: int,
     password_file: Path,
     cache_size: int = 100_000,
+    *,
+    hold_devices_for: str | None = None,
     rules: BrokerRules | None = None,
 ) -> dict[str, Any]:
     """The amqtt ``BrokerConfig`` dict the child runs with.
 
-    Our two plugins are loaded: the password plugin and the topic rules
+    Our plugins are loaded: the password plugin and the topic rules
     (:mod:`cloud_hub.broker.rules`: roots, the hub's account and client id, the
     fleet accounts; the defaults when ``rules`` is None). Nothing else: amqtt's
-    default plugin set includes ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
-    no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
+    default plugin set includes ``AnonymousAuthPlugin`` with anonymous access on,
+    and an anonymous session gets no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
+    With ``hold_devices_for`` (the hub's user), :mod:`cloud_hub.broker.gate` holds
+    other clients' CONNECTs until that user has subscribed.
     """
     rules = rules if rules is not None else BrokerRules()
+    plugins: dict[str, Any] = {
+        _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
+        _TOPIC_PLUGIN: {
+            "roots": list(rules.roots),
+            "hub_user": rules.hub_user,
+            "hub_client_id": rules.hub_client_id,
+            "fleet": sorted(rules.fleet),
+        },
+    }
+    if hold_devices_for:
+        plugins[_GATE_PLUGIN] = {"hub_user": hold_devices_for}
     return {
         "listeners": {
             "default": {"type": "tcp", "bind": f"{_bind_host(host)}:{port}"},
         },
-        "plugins": {
-            _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
-            _TOPIC_PLUGIN: {
-                "roots": list(rules.roots),
-                "hub_user": rules.hub_user,
-                "hub_client_id": rules.hub_client_id,
-                "fleet": sorted(rules.fleet),
-            },
-        },
+        "plugins": plugins,
     }
 
 
@@ -136,6 +144,7 @@ class EmbeddedBroker:
         stop_timeout: float = 5.0,
         log_path: Path | None = None,
         log_level: str = "warning",
+        hold_devices_for: str | None = None,
         rules: BrokerRules | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
@@ -147,6 +156,7 @@ class EmbeddedBroker:
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
+        self._hold_devices_for = hold_devices_for
         self._own_log = log_path is None
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -302,7 +312,7 @@ class EmbeddedBroker:
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
             "--stop-on-stdin-eof",
-        ]
+        ] + (["--hold-devices-for", self._hold_devices_for] if self._hold_devices_for else [])
 
     def _spawn_and_wait(self) -> None:
         command = self._command()
@@ -367,7 +377,7 @@ class EmbeddedBroker:
             self._proc.wait(timeout)
 
     def _start_error(self, message: str, command: list[str]) -> BrokerStartError:
-        tail = self._log_tail()
+        tail = self.log_tail()
         detail = f"\n--- broker log {self._log_path} (last lines) ---\n{tail}" if tail else ""
         return BrokerStartError(
             message + detail,
@@ -376,7 +386,8 @@ class EmbeddedBroker:
             log_tail=tail,
         )
 
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
+        """The last lines of the broker's log ("" if there is none)."""
         if self._log_path is None:
             return ""
         try:
@@ -425,9 +436,32 @@ def _bind_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+_CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONWARNINGS",
+        "VIRTUAL_ENV",
+    }
+)
+"""What the broker child keeps of our environment: where Python and its packages are,
+locale and time zone. Nothing else: the hub's environment may hold its API tokens."""
+
+
 def _child_env() -> dict[str, str]:
-    """Our environment, plus the project root on PYTHONPATH when not installed."""
-    env = dict(os.environ)
+    """A minimal environment for the child (:data:`_CHILD_ENV_NAMES` and ``LC_*``), plus the
+    project root on PYTHONPATH when not installed."""
+    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_NAMES or k.startswith("LC_")}
     root = str(Path(__file__).resolve().parents[2])
     installed = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
     if root not in installed:

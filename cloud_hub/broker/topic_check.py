@@ -19,13 +19,15 @@ Two pieces, both needed:
     published. :class:`RulesBroker` checks the password and the client-id rule
     (only the hub's account may use the hub's client id; a device's client id is
     its name) on the CONNECT first and refuses with CONNACK 5 before amqtt
-    touches any session.
+    touches any session. amqtt checks the password again before its CONNACK;
+    that second check of a CONNECT that passed is answered from memory, so the
+    gate plugin (:mod:`cloud_hub.broker.gate`) holds a device at most once.
   * amqtt sends a new client the retained messages matching *every* client's
     subscriptions, without asking the topic plugins. :class:`RulesBroker` sends
     only those of filters the client itself may subscribe to.
 
-Both rely on private methods of amqtt 0.12's ``Broker`` (the dependency is
-pinned below 0.13); tests/cloud_hub/test_broker_rules.py fails if they change.
+These override private methods of amqtt 0.12's ``Broker`` (the dependency is
+pinned below 0.13); tests/test_broker_rules.py fails if they change.
 """
 
 from __future__ import annotations
@@ -195,6 +197,10 @@ class _ReplayReader(ReaderAdapter):  # type: ignore[misc]
         self.inner.feed_eof()
 
 
+def _connect_key(session: Session) -> tuple[str, str, str]:
+    return (session.client_id or "", session.username or "", session.password or "")
+
+
 class RulesBroker(Broker):  # type: ignore[misc]
     """amqtt's broker, checking credentials and client ids before any session is touched,
     and sending retained messages only for filters the client may subscribe to."""
@@ -203,6 +209,7 @@ class RulesBroker(Broker):  # type: ignore[misc]
         super().__init__(config)
         self.rules = rules
         self.connect_refusals = _Refusals()
+        self._passed: set[tuple[str, str, str]] = set()
 
     async def _initialize_client_session(
         self,
@@ -220,7 +227,7 @@ class RulesBroker(Broker):  # type: ignore[misc]
         username = incoming.username or ""
         client_id = incoming.client_id or ""
         reason = ""
-        if not await self._authenticate(incoming, None):
+        if not await super()._authenticate(incoming, None):
             reason = "wrong password, unknown or missing account"
         else:
             decision = self.rules.may_connect(username, client_id)
@@ -235,10 +242,28 @@ class RulesBroker(Broker):  # type: ignore[misc]
             # amqtt logs this and releases the connection; no session was touched,
             # so no other client is disconnected and this client's will is dropped.
             raise AMQTTError(f"client {client_id!r} refused: {reason}")
+        # amqtt authenticates again before CONNACK; this CONNECT passed already (and
+        # the gate plugin, if loaded, must not hold it a second time).
+        key = _connect_key(incoming)
+        self._passed.add(key)
         replay = _ReplayReader(bytes(recorder.seen), reader)
-        result: tuple[BrokerProtocolHandler, Session] = await super()._initialize_client_session(
-            replay, writer, remote_address, remote_port
-        )
+        try:
+            result: tuple[
+                BrokerProtocolHandler, Session
+            ] = await super()._initialize_client_session(
+                replay, writer, remote_address, remote_port
+            )
+        except BaseException:
+            self._passed.discard(key)
+            raise
+        return result
+
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        key = _connect_key(session)
+        if key in self._passed:
+            self._passed.discard(key)
+            return True
+        result: bool = await super()._authenticate(session, listener)
         return result
 
     async def _publish_retained_messages_for_subscription(

@@ -18,10 +18,25 @@ the connection stays up. What the hub holds is bounded by the queue's two
 limits whatever the broker does (amqtt buffers without bound in its own
 process).
 
+Size: a payload over ``max_payload_bytes`` (the size a device may send,
+:attr:`shared.messages.Limits.max_payload_bytes` by default) is not queued:
+its first kilobyte is, as an :class:`OversizedPayload` that the worker counts
+(``invalid:too_large`` for its device) and dead-letters without decoding.
+
 The session is persistent (``clean_session=False``, fixed client id): while the
 hub restarts, the broker keeps its subscriptions and queues QoS 1 messages for
 it. Reconnects wait an exponential, jittered delay
 (:class:`~shared.backoff.Backoff`), as the agent's do.
+
+Outages: the link is *up* once the broker has acknowledged its subscriptions
+on the current connection, and *down* from the moment the connection is lost
+(the broker died or restarted, the network failed, or another client took the
+hub's session by connecting with its client id) until it is up again.
+:meth:`HubLink.health` says which, since when and why (``/healthz`` reports
+it). Each outage is logged once when it starts (with what to check) and once
+when it ends, and counted: ``broker_disconnects`` and ``broker_reconnects``
+(``/healthz`` shows them at once; they join ingest's stored counters, shown
+by ``/v1/stats/ingest``, with the worker's next batch).
 
 Errors::
 
@@ -43,24 +58,55 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from cloud_hub.health import PartHealth
 from shared.backoff import Backoff
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from shared.messages import DEFAULT_LIMITS
 from shared.topics import EDGE_TO_HUB, Topics, topic_matches
 
 __all__ = [
     "DEFAULT_QUEUE_MAX",
     "DEFAULT_QUEUE_MAX_BYTES",
+    "HEAD_BYTES",
     "BrokerConnectError",
     "HubLink",
     "Incoming",
     "IngestQueue",
+    "OversizedPayload",
 ]
 
 log = logging.getLogger(__name__)
 
 Incoming = tuple[str, bytes, float]
 """``(topic, payload, received_at)``; ``received_at`` is wall-clock ``time.time()``."""
+
+HEAD_BYTES: Final = 1024
+"""How much of a refused payload is kept (for the dead letter an operator reads)."""
+
+
+class OversizedPayload(bytes):
+    """What is queued in place of a payload over the link's ``max_payload_bytes``.
+
+    Its bytes are the payload's first :data:`HEAD_BYTES`; :attr:`size` is the
+    size that arrived and :attr:`limit` the one it is over. The worker counts
+    and dead-letters it as ``too_large`` for its device without decoding it, so
+    an oversized flood costs the queue a kilobyte a message, not the payloads.
+
+    >>> p = OversizedPayload(b"x" * 5000, limit=4096)
+    >>> (len(p), p.size, p.limit)
+    (1024, 5000, 4096)
+    """
+
+    size: int
+    limit: int
+
+    def __new__(cls, payload: bytes | bytearray, *, limit: int) -> OversizedPayload:
+        head = super().__new__(cls, payload[:HEAD_BYTES])
+        head.size = len(payload)
+        head.limit = limit
+        return head
+
 
 DEFAULT_QUEUE_MAX: Final = 200_000
 DEFAULT_QUEUE_MAX_BYTES: Final = 256 * 2**20
@@ -154,6 +200,7 @@ class HubLink:
         reconnect_max_s: int = 30,
         max_inflight: int = 1000,
         max_queued_out: int = 100_000,
+        max_payload_bytes: int = DEFAULT_LIMITS.max_payload_bytes,
     ) -> None:
         if queue_max < 1:
             raise ValueError(f"hub link: queue_max must be >= 1, got {queue_max}")
@@ -166,6 +213,7 @@ class HubLink:
         self.topics = topics
         self.client_id = client_id
         self.keepalive_s = keepalive_s
+        self.max_payload_bytes = max_payload_bytes
         self.queue = IngestQueue(queue_max, queue_max_bytes)
         """Messages for the ingest worker; when it is full, paho's thread waits (backpressure)."""
         self.subscriptions: tuple[str, ...] = tuple(
@@ -173,6 +221,10 @@ class HubLink:
         )
         self.connected = threading.Event()
         self.connects = 0
+        self._state_lock = threading.Lock()
+        self._up = False
+        self._since = time.time()
+        self._down_reason: str | None = "not connected yet"
         self._backoff = Backoff(reconnect_min_s, reconnect_max_s)
         self._counts_lock = threading.Lock()
         self._pending_counts: dict[str, int] = {}
@@ -270,9 +322,65 @@ class HubLink:
         if self._closing:
             return
         if was:
-            self._count("disconnects")
-            log.warning("hub disconnected from %s (%s)", self.endpoint.redacted_url, rc)
+            self._went_down(f"the connection to the broker was lost ({rc})")
         self._schedule_reconnect()
+
+    def _went_down(self, reason: str) -> None:
+        """Mark the link down and say so, once per outage."""
+        with self._state_lock:
+            if not self._up:
+                return
+            self._up = False
+            self._since = time.time()
+            self._down_reason = reason
+        self._count("broker_disconnects")
+        log.warning(
+            "hub lost its broker link to %s: %s; reconnecting with backoff, and /healthz "
+            "answers 503 until it is back. Check that the broker runs; if this repeats while "
+            "it runs, another client is connecting with the hub's client id %r (the broker's "
+            "log shows a take-over) and must be stopped",
+            self.endpoint.redacted_url,
+            reason,
+            self.client_id,
+        )
+
+    def _came_up(self) -> None:
+        with self._state_lock:
+            if self._up:
+                return
+            outage = time.time() - self._since
+            again = self.connects > 1
+            self._up = True
+            self._since = time.time()
+        if again:
+            self._count("broker_reconnects")
+            log.warning(
+                "hub broker link to %s is back after %.1f s (subscribed again as %r)",
+                self.endpoint.redacted_url,
+                outage,
+                self.client_id,
+            )
+
+    def health(self) -> PartHealth:
+        """Up (connected and subscribed) or down, since when, and why it last went down."""
+        counts = self.counts()
+        with self._state_lock:
+            up, since, reason = self._up, self._since, self._down_reason
+        return PartHealth(
+            up=up,
+            since=since,
+            reason=reason,
+            check=None
+            if up
+            else (
+                "that the broker runs and accepts the hub's account, and that no other "
+                "client uses the hub's client id; the hub's log says more"
+            ),
+            counts={
+                "disconnects": counts.get("broker_disconnects", 0),
+                "reconnects": counts.get("broker_reconnects", 0),
+            },
+        )
 
     def _schedule_reconnect(self) -> None:
         delay = self._backoff.next()
@@ -295,6 +403,10 @@ class HubLink:
                 self._start_failure = failure
             else:
                 log.error("%s", failure)
+                with self._state_lock:
+                    self._down_reason = "the broker refused the hub's subscriptions"
+        else:
+            self._came_up()
         self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
@@ -304,8 +416,14 @@ class HubLink:
         if not any(topic_matches(f, topic) for f in self.subscriptions):
             self._count("invalid:foreign_topic")
             return
+        payload = message.payload
+        if len(payload) > self.max_payload_bytes:
+            # Only its head is queued, never decoded; the worker counts it for its device.
+            payload = OversizedPayload(payload, limit=self.max_payload_bytes)
+        else:
+            payload = bytes(payload)
         put = self.queue.put_waiting(
-            (topic, bytes(message.payload), received_at),
+            (topic, payload, received_at),
             self._closed,
             lambda: self._count("backpressure_waits"),
         )
@@ -382,6 +500,10 @@ class HubLink:
     def close(self) -> None:
         """Disconnect and stop paho's thread. The broker keeps the session for the next start."""
         self._closing = True
+        with self._state_lock:
+            self._up = False
+            self._since = time.time()
+            self._down_reason = "the hub closed its link (shutting down)"
         self._closed.set()
         self._client.disconnect()
         self._client.loop_stop()

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cloud_hub.ingest.transport import Incoming
+from cloud_hub.ingest.transport import HEAD_BYTES, Incoming, OversizedPayload
 from cloud_hub.store.base import (
     AckWatermark,
     DeadLetter,
@@ -89,7 +89,6 @@ __all__ = ["IngestConfig", "IngestLink", "IngestStats", "IngestWorker"]
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
-_HEAD_BYTES: Final = 1024
 _ERROR_CHARS: Final = 500
 _WARNED_MAX: Final = 10_000
 # Put on the queue by stop() to wake a worker blocked on an empty queue.
@@ -319,6 +318,9 @@ class IngestWorker:
                 log.exception("ingest: a batch of %d messages failed unexpectedly", len(batch))
                 self._unsaved[(None, "ingest_errors")] += 1
                 self._tally(Counter({(None, "ingest_errors"): 1}))
+            # Let the batch's payloads go now, not when the next batch arrives: after
+            # a flood of large messages they would otherwise stay in RSS while idle.
+            batch = None
         final: Counter[CounterKey] = Counter()
         left = 0
         with contextlib.suppress(queue.Empty):
@@ -438,6 +440,17 @@ class IngestWorker:
                 "foreign_topic",
                 raw,
                 f"the hub does not take {addr.kind.value} messages",
+            )
+            return
+        if isinstance(payload, OversizedPayload):
+            self._dead(
+                b,
+                device,
+                "too_large",
+                raw,
+                f"{addr.kind.value} payload of {payload.size} bytes is over the limit of "
+                f"{payload.limit} a device may send (the hub's --max-payload-bytes); refused "
+                "before decoding, only its first kilobyte kept",
             )
             return
         try:
@@ -835,8 +848,10 @@ class IngestWorker:
                 device=device,
                 reason=reason,
                 error=error[:_ERROR_CHARS],
-                payload_head=bytes(payload[:_HEAD_BYTES]),
-                payload_size=len(payload),
+                payload_head=bytes(payload[:HEAD_BYTES]),
+                payload_size=payload.size
+                if isinstance(payload, OversizedPayload)
+                else len(payload),
             )
         )
         key = (device, reason)

@@ -14,6 +14,11 @@ has ended) closes connections from another thread. The rule that makes that
 safe is ours, not sqlite3's: the writer is touched only under the lock, a reader
 only by its own thread, and ``close()`` is called once readers are done.
 
+Access. The database holds every device's data, so only its owner may read it:
+a new database file is created with mode 0600 (SQLite gives its ``-wal`` and
+``-shm`` files the database's mode), and one that its group or others may
+read, left by an older version, is narrowed to 0600 with a warning.
+
 Durability. :meth:`SQLiteStore.write_stream` commits with ``synchronous=FULL``
 (the WAL is fsynced before it returns): what it acks survives SIGKILL and power
 loss. Other writes (status, health, counters, dead letters, pruning) commit
@@ -53,7 +58,9 @@ import binascii
 import json
 import logging
 import math
+import os
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -90,6 +97,7 @@ from shared.messages import Event, Health, Ota, Status
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 
 logger = logging.getLogger(__name__)
+_SIDE_FILES: Final = ("-wal", "-shm")
 
 SCHEMA_VERSION: Final = 2
 """The schema version this build creates and reads."""
@@ -349,6 +357,7 @@ class SQLiteStore:
                 f"store needs {'.'.join(map(str, _MIN_SQLITE))} or newer (upsert, window functions)",
                 path=str(self.path),
             )
+        self._make_private()
         self._writer = self._connect()
         try:
             self._setup_writer()
@@ -387,6 +396,44 @@ class SQLiteStore:
             for conn in self._readers.values():
                 conn.close()
             self._readers.clear()
+
+    def _make_private(self) -> None:
+        """Create the database file 0600, or narrow an existing one (and its WAL and SHM)
+        that others may read; see "Access" in the module docstring."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(
+                f"store {str(self.path)!r}: cannot create the database ({exc.strerror}); "
+                "check the path and permissions",
+                path=str(self.path),
+            ) from None
+        else:
+            os.close(fd)
+            return
+        for path in (self.path, *(self.path.with_name(self.path.name + s) for s in _SIDE_FILES)):
+            try:
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    path.chmod(mode & stat.S_IRWXU)
+                    logger.warning(
+                        "store %s: mode %04o let other users read it; narrowed to %04o",
+                        path,
+                        mode,
+                        mode & stat.S_IRWXU,
+                    )
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning(
+                    "store %s: other users may read it and it cannot be narrowed (%s); "
+                    "run 'chmod 600 %s'",
+                    path,
+                    exc.strerror,
+                    path,
+                )
 
     def _connect(self) -> sqlite3.Connection:
         try:

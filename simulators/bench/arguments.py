@@ -1,10 +1,17 @@
-"""Argument types the benchmarks' command lines share: numbers that must be in range."""
+"""What the benchmarks' command lines share: numbers that must be in range, directories."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-__all__ = ["non_negative_float", "non_negative_int", "positive_float", "positive_int"]
+__all__ = [
+    "add_dir_options",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+]
 
 
 def positive_int(text: str) -> int:
@@ -33,3 +40,21 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
+
+
+def add_dir_options(parser: argparse.ArgumentParser, keeps: str) -> None:
+    """``--models-dir`` and ``--work-dir`` (where the run keeps ``keeps``)."""
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("var/models"),
+        metavar="DIR",
+        help="model directory; default models are built there if missing (default: var/models)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"keep {keeps} here (default: a temporary directory, removed at the end)",
+    )

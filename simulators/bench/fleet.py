@@ -54,7 +54,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import secrets
 import shlex
 import shutil
@@ -71,6 +70,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
+from shared.secret_file import write_private
 from simulators.harness import (
     HUB_USER,
     HarnessError,
@@ -611,9 +611,7 @@ class _FleetBench:
             )
             spec_path = self.work / "hosts" / f"host-{h}.json"
             # The spec holds every device's secret: create it private, never on a command line.
-            fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(spec.to_json())
+            write_private(spec_path, spec.to_json())
             process = ManagedProcess(
                 [
                     sys.executable,

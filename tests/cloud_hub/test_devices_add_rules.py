@@ -19,7 +19,7 @@ from tests.test_broker_rules import Peer
 
 pytestmark = pytest.mark.timeout(120)
 
-EXTERNAL = ("--broker", "mqtt://hub:pw@127.0.0.1:1883")
+EXTERNAL = ("--broker", "mqtt://hub@127.0.0.1:1883")
 
 
 def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

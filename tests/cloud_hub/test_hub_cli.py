@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import shutil
@@ -23,16 +24,22 @@ from cloud_hub.settings import OPTIONS, resolve_settings
 from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
 from shared.manifest import MODEL_FILE, load_package
+from shared.secret_file import write_private
 from simulators.harness import free_port
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _hub(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def _hub(
+    *args: str, cwd: Path, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``edgeloop-hub ARGS``; ``env`` is added to ours (secrets go there or in files, never in
+    flags)."""
     return subprocess.run(
         [sys.executable, "-m", "cloud_hub", *args],
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -94,7 +101,8 @@ def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_placeholder_tokens(tmp_path: Path) -> None:
-    done = _hub("serve", "--read-token", "changeme", "--admin-token", "x" * 20, cwd=tmp_path)
+    tokens = {"EDGELOOP_HUB_READ_TOKEN": "changeme", "EDGELOOP_HUB_ADMIN_TOKEN": "x" * 20}
+    done = _hub("serve", cwd=tmp_path, env=tokens)
     _one_clear_line(done, "placeholder")
 
 
@@ -131,9 +139,8 @@ def test_serve_names_an_unreachable_external_broker(
         str(tmp_path / "hub"),
         "--models-dir",
         str(model_packages.edge.parent.parent),
-        "--broker",
-        url,
         cwd=tmp_path,
+        env={"EDGELOOP_HUB_BROKER": url},
     )
     _one_clear_line(done, "127.0.0.1")
     assert "secret" not in done.stderr
@@ -151,9 +158,8 @@ def test_serve_names_bad_credentials(
         str(tmp_path / "hub"),
         "--models-dir",
         str(model_packages.edge.parent.parent),
-        "--broker",
-        url,
         cwd=tmp_path,
+        env={"EDGELOOP_HUB_BROKER": url},
     )
     _one_clear_line(done, "credentials")
     assert "not-the-password" not in done.stderr
@@ -172,7 +178,7 @@ def test_devices_add_prints_agent_settings_and_mosquitto_lines(tmp_path: Path) -
         "--data-dir",
         str(tmp_path / "hub"),
         "--broker",
-        "mqtt://hub:pw@broker.example:1883",
+        "mqtt://hub@broker.example:1883",
         cwd=tmp_path,
     )
     assert external.returncode == 0, external.stderr
@@ -230,8 +236,10 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
     finally:
         store.close()
     read, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    # --opt=VALUE: a token may start with '-', which argparse would take for an option.
-    flags = (f"--read-token={read}", f"--admin-token={admin}", "--http-port", "0")
+    write_private(tmp_path / "read-token", read + "\n")
+    write_private(tmp_path / "admin-token", admin + "\n")
+    flags = ("--read-token-file", "read-token", "--admin-token-file", "admin-token")
+    flags += ("--http-port", "0")
     row = dict.fromkeys(edge.manifest.input.features, 1.0)
     with _serving(*flags, "--broker-port", "0", cwd=tmp_path) as api:
         status, body = _call(api + "/v1/predict", read, {"model": "machine-edge", "rows": [row]})
@@ -258,7 +266,7 @@ def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) ->
     old_url = next(x for x in first.stdout.splitlines() if x.startswith("EDGELOOP_AGENT_BROKER="))
     assert old_url not in rotated.stdout and "EDGELOOP_AGENT_BROKER=" in rotated.stdout
 
-    external = (*data, "--broker", "mqtt://hub:pw@broker.example:1883")
+    external = (*data, "--broker", "mqtt://hub@broker.example:1883")
     assert _hub("devices", "add", "pi-08", *external, cwd=tmp_path).returncode == 0
     again = _hub("devices", "add", "pi-08", *external, cwd=tmp_path)
     _one_clear_line(again, "'pi-08' already exists", "--rotate")
@@ -292,7 +300,7 @@ def _section(markdown: str, title: str) -> str:
     return markdown.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_readme_says_how_to_make_tokens_the_hub_accepts() -> None:
+def test_readme_says_how_to_make_tokens_the_hub_accepts(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = _section(readme, "Running the hub")
     recipes = re.findall(r"python3 -c '([^']*secrets[^']*)'", section)
@@ -303,8 +311,14 @@ def test_readme_says_how_to_make_tokens_the_hub_accepts() -> None:
         ).stdout.strip()
         for code in recipes
     ]
-    # Flags, as a shell passes them: the hub accepts what the recipe makes.
-    flags = ["--read-token", tokens[0], "--admin-token", tokens[1]]
+    files = re.findall(r"--read-token-file (\S+) --admin-token-file (\S+)", section)
+    assert len(files) == 1, "the section shows serve reading the tokens from files"
+    # As the shell writes them (print adds a newline): the hub accepts what the recipe makes.
+    for name, token in zip(files[0], tokens, strict=True):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_private(tmp_path / name, token + "\n")
+    flags = ["--read-token-file", str(tmp_path / files[0][0])]
+    flags += ["--admin-token-file", str(tmp_path / files[0][1])]
     args = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(flags)
     settings = resolve_settings(args, env={}, serving=True)
     assert (settings.read_token, settings.admin_token) == tuple(tokens)

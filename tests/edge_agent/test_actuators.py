@@ -135,3 +135,17 @@ def test_machine_actuator_stops_the_machine() -> None:
     assert speeds[-1] < speeds[0] / 2  # the shaft coasts down
     assert machine.log[-11] == ("stop", 50, "urgent hard_limit")
     act.close()
+
+
+def test_command_does_not_inherit_the_agents_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGELOOP_AGENT_BROKER", "mqtt://pi-07:Pw7-secret@hub.local:1883")
+    monkeypatch.setenv("EDGELOOP_AGENT_BROKER_PASSWORD", "Pw7-secret")
+    out = tmp_path / "env.txt"
+    act = CommandActuator(f"sh -c {shlex.quote(f'env > {shlex.quote(str(out))}')}")
+    assert act.act("pi-07", HOT).ok
+    act.close()
+    seen = out.read_text()
+    assert "Pw7-secret" not in seen and "EDGELOOP_AGENT_" not in seen
+    assert "EDGELOOP_DEVICE=pi-07" in seen

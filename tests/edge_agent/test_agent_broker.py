@@ -349,14 +349,12 @@ def test_injected_urgent_condition_stops_machine_before_next_reading_and_is_sent
             str(model_packages.edge),
             "--state-dir",
             str(tmp_path),
-            "--broker",
-            broker.url,
             "--actions",
             "machine",
             "--max-batch",
             "10",
         ],
-        env={},
+        env={"EDGELOOP_AGENT_BROKER": broker.url},
     )
     machine = SimulatedMachine(MachineConfig(seed=3, urgent_rate=0.0, fault_rate=0.0))
     agent = Agent(
@@ -432,12 +430,10 @@ def test_every_urgent_cause_gets_its_own_action_and_event(
             str(model_packages.edge),
             "--state-dir",
             str(tmp_path),
-            "--broker",
-            broker.url,
             "--actions",
             "log",
         ],
-        env={},
+        env={"EDGELOOP_AGENT_BROKER": broker.url},
     )
     agent = Agent(
         settings,

@@ -40,8 +40,6 @@ def _agent(broker: BrokerEndpoint, topics: Topics, model: Path, state: Path, *ar
             str(model),
             "--state-dir",
             str(state),
-            "--broker",
-            broker.url,
             "--source",
             "sim",
             "--rate-hz",
@@ -52,7 +50,7 @@ def _agent(broker: BrokerEndpoint, topics: Topics, model: Path, state: Path, *ar
             "100",
             *args,
         ],
-        env={},
+        env={"EDGELOOP_AGENT_BROKER": broker.url},
     )
     source, _ = build_source(settings)
     return Agent(settings, load_edge_model(model, __version__), source, [])

@@ -44,7 +44,7 @@ def assert_names(err: ConfigError, setting: str, flag: str, env: str) -> None:
 def test_defaults() -> None:
     s = load()
     for opt in OPTIONS:
-        if opt.name in ("device", "broker", "model"):
+        if opt.name in ("device", "broker", "model") or opt.name.startswith("broker_password"):
             continue
         assert getattr(s, opt.name) == opt.default, opt.name
     assert s.model == Path("var/models/m")
@@ -96,6 +96,7 @@ def test_toml_lists_and_typed_values(tmp_path: Path) -> None:
         'broker = "mqtt://dev:pw@broker.local:1884"\n',
         encoding="utf-8",
     )
+    cfg.chmod(0o600)  # it holds a password
     s = load("--config", str(cfg))
     assert s.actions == ("log", "command")
     assert s.action_command == "logger urgent"
@@ -250,7 +251,7 @@ def test_broker_password_never_in_error(template: str, password: str) -> None:
 
 
 def test_broker_password_not_in_settings_repr() -> None:
-    s = load("--broker", "mqtt://dev:Pw7hidden@broker.local:1883")
+    s = load(env={OPT["broker"].env: "mqtt://dev:Pw7hidden@broker.local:1883"})
     assert s.broker.password == "Pw7hidden"
     assert "Pw7hidden" not in repr(s)
 
@@ -268,3 +269,62 @@ def test_help_mentions_every_option() -> None:
         assert opt.env in squashed, opt.name
         assert opt.help.strip(), f"option {opt.name} has no help text"
         assert "".join(opt.help.split()) in squashed, opt.name
+
+
+# -- the broker password comes from a file or the agent's own environment ----------------------
+
+
+def test_broker_password_from_a_private_file(tmp_path: Path) -> None:
+    from shared.secret_file import write_private  # noqa: PLC0415
+
+    secret = tmp_path / "broker-password"
+    write_private(secret, "Pw7-from-file\n")
+    s = load(
+        "--broker",
+        "mqtt://pi-07@hub.local:1883",
+        "--broker-password-file",
+        str(secret),
+    )
+    assert s.broker == BrokerEndpoint("hub.local", 1883, "pi-07", "Pw7-from-file")
+    assert "Pw7-from-file" not in repr(s)
+    assert s.sources["broker_password"] == f"file {secret}"
+    secret.chmod(0o644)
+    err = config_error(
+        "--broker", "mqtt://pi-07@hub.local:1883", "--broker-password-file", str(secret)
+    )
+    assert f"chmod 600 {secret}" in str(err) and "Pw7-from-file" not in str(err)
+
+
+def test_broker_password_from_the_environment() -> None:
+    env = {OPT["broker_password"].env: "Pw7-from-env"}
+    s = load("--broker", "mqtt://pi-07@hub.local:1883", env=env)
+    assert s.broker.password == "Pw7-from-env"
+    assert "Pw7-from-env" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("argv", "setting"),
+    [
+        (["--broker", "mqtt://pi-07:Pw7-flag@hub.local:1883"], "broker"),
+        (["--broker-password", "Pw7-flag"], "broker_password"),
+    ],
+)
+def test_broker_password_as_a_flag_is_refused(argv: list[str], setting: str) -> None:
+    err = config_error(*argv)
+    assert err.setting == setting
+    assert "Pw7-flag" not in str(err)
+    assert "--broker-password-file" in str(err) and "ps" in str(err)
+
+
+def test_a_toml_file_with_the_password_must_be_private(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('broker = "mqtt://pi-07:Pw7-toml@hub.local:1883"\n', encoding="utf-8")
+    cfg.chmod(0o644)
+    err = config_error("--config", str(cfg))
+    assert f"chmod 600 {cfg}" in str(err) and "Pw7-toml" not in str(err)
+
+
+def test_broker_password_twice_is_refused() -> None:
+    env = {OPT["broker_password"].env: "Pw7-env", OPT["broker"].env: "mqtt://a:Pw7-url@h:1883"}
+    err = config_error(env=env)
+    assert err.setting == "broker_password" and "Pw7" not in str(err)

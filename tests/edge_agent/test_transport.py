@@ -21,7 +21,7 @@ def test_a_running_link_forgets_what_the_broker_acknowledged(broker: BrokerEndpo
     # the link. Kept until shutdown, they grew a running agent's memory by one
     # per message sent: about 2 MB an hour at the default 10 readings/s.
     settings = load_settings(
-        ["--model", "unused", "--device", "link-test", "--broker", broker.url], env={}
+        ["--model", "unused", "--device", "link-test"], env={"EDGELOOP_AGENT_BROKER": broker.url}
     )
     link = MqttLink(
         settings,

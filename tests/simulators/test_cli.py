@@ -87,7 +87,9 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: Mod
     assert readings is not None and int(readings[1]) > 0, summaries[-1]
     assert "agents stopped: 3/3 exited cleanly" in done.stdout
     assert "hub stopped (exit 0)" in done.stdout
-    assert re.search(r"read token \S{20,}", done.stdout), done.stdout
+    found = re.search(r"read token in (\S+),", done.stdout)
+    assert found is not None, done.stdout
+    assert Path(found[1]).read_text().strip() not in done.stdout, "the token itself is not shown"
 
 
 @pytest.mark.timeout(240)

@@ -72,7 +72,8 @@ def test_mosquitto_limits_are_the_deploy_configs() -> None:
     )
     for key, value in harness.MOSQUITTO_HUB_LIMITS.items():
         assert deployed.get(key) == str(value), key
-    assert deployed["message_size_limit"] == str(harness.MOSQUITTO_MESSAGE_SIZE_LIMIT)
+    assert deployed["max_packet_size"] == str(harness.MOSQUITTO_MAX_PACKET_SIZE)
+    assert "message_size_limit" not in deployed
     assert harness.HUB_USER == service.HUB_USER
 
 
@@ -170,7 +171,7 @@ def test_mosquitto_kill_restart_same_port_and_accounts_added_live(tmp_path: Path
         assert not _logs_in(broker.endpoint("hub", "wrong"))
         for key, value in harness.MOSQUITTO_HUB_LIMITS.items():
             assert f"{key} {value}\n" in broker.config()
-        assert f"message_size_limit {harness.MOSQUITTO_MESSAGE_SIZE_LIMIT}\n" in broker.config()
+        assert f"max_packet_size {harness.MOSQUITTO_MAX_PACKET_SIZE}\n" in broker.config()
         assert broker.kill() == -signal.SIGKILL
         wait_for_port_closed(harness.HOST, port, WAIT)
         broker.restart()

@@ -76,9 +76,11 @@ def running_hub(
     *,
     config: IngestConfig | None = None,
     client_id: str | None = None,
+    max_payload_bytes: int | None = None,
 ) -> Iterator[Hub]:
     client_id = client_id or f"hub-{uuid.uuid4().hex[:8]}"
-    link = HubLink(hub_endpoint(broker), topics, client_id=client_id)
+    size = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
+    link = HubLink(hub_endpoint(broker), topics, client_id=client_id, **size)
     worker = IngestWorker(store, link, heavy, "1.0.0", topics, config=config)
     worker.start()
     link.start(timeout=WAIT)
