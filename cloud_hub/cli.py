@@ -2,6 +2,7 @@
 
     edgeloop-hub serve [--broker embedded|URL] [--read-token-file F --admin-token-file F | --insecure-dev true] ...
     edgeloop-hub devices add NAME
+    edgeloop-hub certs init [--host NAME ...] [--force] | certs server [--host NAME ...]
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
@@ -104,6 +105,21 @@ def _devices_add(args: argparse.Namespace) -> int:
     if args.mosquitto_password_file is not None:
         files = MosquittoFiles(args.mosquitto_password_file, args.mosquitto_acl_file)
     print(add_device(settings, args.name, rotate=args.rotate, mosquitto_files=files).render())
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from cloud_hub.certs import TlsFiles, default_hosts, describe, init_ca, issue_server  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+
+    settings = resolve_settings(args, serving=False)
+    files = TlsFiles(settings.data_dir / "tls")
+    hosts = args.host or default_hosts()
+    if args.certs_command == "init":
+        init_ca(files, hosts, force=args.force)
+    else:
+        issue_server(files, hosts)
+    print(describe(files))
     return 0
 
 
@@ -237,6 +253,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     OPTIONS.add_to(add, only=PROVISION_OPTIONS)
     add.set_defaults(handler=_devices_add, parser=add)
+
+    certs = commands.add_parser("certs", help="a private CA and the hub's TLS certificate")
+    certs.set_defaults(parser=certs)
+    certs_cmds = certs.add_subparsers(title="certificate commands", metavar="COMMAND")
+    hosts_help = (
+        "a DNS name or IP address devices and clients use to reach the hub; repeat for each "
+        "(default: this host's name, localhost, 127.0.0.1, ::1)"
+    )
+    init = certs_cmds.add_parser(
+        "init",
+        help="make a private CA and a server certificate in DATA_DIR/tls",
+        description="Make a small private certificate authority (ECDSA P-256, 10 years) and a "
+        "server certificate signed by it (825 days) for the --host names, in DATA_DIR/tls: "
+        "ca.pem, ca.key, server.pem, server.key (keys 0600). For a site that has no CA of "
+        "its own. An existing CA is kept unless --force.",
+    )
+    init.add_argument("--host", action="append", metavar="NAME", help=hosts_help)
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA; every device then needs the new ca.pem",
+    )
+    OPTIONS.add_to(init, only=("data_dir",))
+    init.set_defaults(handler=_certs, certs_command="init")
+    server = certs_cmds.add_parser(
+        "server",
+        help="issue a new server certificate from the existing CA (new names, renewal)",
+        description="Issue a new server certificate and key in DATA_DIR/tls from the CA that "
+        "`certs init` made, for the --host names. Devices keep their ca.pem.",
+    )
+    server.add_argument("--host", action="append", metavar="NAME", help=hosts_help)
+    OPTIONS.add_to(server, only=("data_dir",))
+    server.set_defaults(handler=_certs, certs_command="server")
     return parser
 
 

@@ -24,6 +24,7 @@ clients when it reloads its password file and disconnects the device at once.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -249,7 +250,7 @@ def provision_device(
     elif known and not rotate:
         raise _exists(device, "this hub's store knows it: provisioned, or heard from")
     secret = secrets.token_urlsafe(32)
-    endpoint = BrokerEndpoint(broker.host, broker.port, device, secret)
+    endpoint = dataclasses.replace(broker, username=device, password=secret)
     env = {
         "EDGELOOP_AGENT_DEVICE": device,
         "EDGELOOP_AGENT_BROKER": endpoint.url,
@@ -300,7 +301,8 @@ def add_device(
         password_file: Path | None = settings.password_file
     else:
         external = settings.external_broker()
-        broker, password_file = BrokerEndpoint(external.host, external.port), None
+        broker = dataclasses.replace(external, username=None, password=None)  # keeps mqtts
+        password_file = None
         hub_user = external.username or HUB_USER
     if settings.embedded_broker and mosquitto_files is not None:
         raise ValueError(

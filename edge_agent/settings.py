@@ -22,13 +22,15 @@ import os
 import re
 import shlex
 import socket
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
 from edge_agent.scheduling import parse_cpu
 from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
+from shared.errors import ConfigError
 from shared.options import (
     Option,
     OptionTable,
@@ -90,8 +92,15 @@ OPTIONS: Final = OptionTable(
         *broker_options(
             ENV_PREFIX,
             "mqtt://127.0.0.1:1883",
-            "broker URL, mqtt://user@host:port (the password in --broker-password-file)",
+            "broker URL, mqtt://user@host:port, or mqtts://user@host:8883 for TLS (the password in --broker-password-file)",
             "password of the device's broker account",
+        ),
+        Option(
+            "broker_ca_file",
+            Path,
+            None,
+            "CA certificate (PEM) to verify an mqtts:// broker with, e.g. the hub's DATA_DIR/tls/ca.pem from edgeloop-hub certs init (default: the system's CAs)",
+            "FILE",
         ),
         Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
         Option(
@@ -324,6 +333,7 @@ class AgentSettings:
 
     device: str
     broker: BrokerEndpoint
+    broker_ca_file: Path | None
     root: str
     model: Path
     state_dir: Path
@@ -397,6 +407,19 @@ def _scrub_userinfo(url: str, message: str) -> str:
     return message
 
 
+def _check_ca_file(path: Path, fail: Callable[[str, str], ConfigError]) -> None:
+    """Refuse a CA file that is missing or holds no certificate, before any connect."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except FileNotFoundError:
+        raise fail("broker_ca_file", f"= {path} does not exist") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise fail(
+            "broker_ca_file",
+            f"= {path} holds no usable PEM certificate ({exc}); copy the hub's ca.pem",
+        ) from None
+
+
 def load_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> AgentSettings:
@@ -447,6 +470,14 @@ def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
         )
     if v["mqtt_queue"] < v["inflight"]:
         raise fail("mqtt_queue", f"= {v['mqtt_queue']} is below inflight = {v['inflight']}")
+    if v["broker_ca_file"] is not None:
+        if not broker.tls:
+            raise fail(
+                "broker_ca_file",
+                "is set, but the broker URL is mqtt:// (no TLS); use mqtts://host:8883 to "
+                "connect with TLS",
+            )
+        _check_ca_file(v["broker_ca_file"], fail)
     v["broker"] = broker
     names = {f.name for f in fields(AgentSettings)} - {"sources"}
     return AgentSettings(**{k: v[k] for k in names}, sources=origin)

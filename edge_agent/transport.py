@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -58,8 +59,27 @@ class ConnectFailure:
     check: str
 
 
-def socket_failure(exc: BaseException | None, host: str, port: int) -> ConnectFailure:
-    """The failure of a TCP connection to ``host:port`` that raised ``exc``."""
+def socket_failure(
+    exc: BaseException | None, host: str, port: int, *, tls: bool = False
+) -> ConnectFailure:
+    """The failure of a TCP (or, with ``tls``, TLS) connection to ``host:port`` that raised
+    ``exc``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectFailure(
+            f"the TLS certificate of {host} port {port} is not trusted "
+            f"({exc.verify_message or exc})",
+            "that --broker-ca-file names the CA that signed the broker's certificate (for the "
+            "hub: its DATA_DIR/tls/ca.pem, from edgeloop-hub certs init) and that the "
+            f"certificate names {host} (edgeloop-hub certs server --host {host})",
+        )
+    if isinstance(exc, ssl.SSLError) or (tls and isinstance(exc, ConnectionResetError)):
+        # A plain MQTT port answers a TLS hello by closing the connection.
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else exc.strerror
+        return ConnectFailure(
+            f"TLS with {host} port {port} failed ({reason or exc})",
+            f"that port {port} is the broker's TLS port (8883 by default) for an mqtts:// URL; "
+            "a plain MQTT port needs mqtt://",
+        )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectFailure(
             f"connection refused: nothing listens on port {port} of {host}", _CHECK_ADDRESS
@@ -200,6 +220,9 @@ class MqttLink:
         broker = settings.broker
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
+        if broker.tls:  # the certificate and its host name are verified (paho's default)
+            ca = settings.broker_ca_file
+            client.tls_set(ca_certs=None if ca is None else str(ca), cert_reqs=ssl.CERT_REQUIRED)
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.max_inflight_messages_set(settings.inflight)
         client.max_queued_messages_set(settings.mqtt_queue)
@@ -251,7 +274,7 @@ class MqttLink:
         self.counters.add("connect_failed")
         self._refused = False
         broker = self.settings.broker
-        self._failed(socket_failure(sys.exception(), broker.host, broker.port))
+        self._failed(socket_failure(sys.exception(), broker.host, broker.port, tls=broker.tls))
         self._schedule_reconnect()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

@@ -1,7 +1,8 @@
 """Where a broker is and how to log in to it, as one validated value.
 
 Every process in edgeloop (hub, simulators, tests) is told about its broker with
-one URL, ``mqtt://user:secret@host:port``. Parsing it once, here, into a frozen
+one URL, ``mqtt://user:secret@host:port``, or ``mqtts://`` for MQTT over TLS
+(port 8883 by default; the client verifies the broker's certificate). Parsing it once, here, into a frozen
 :class:`BrokerEndpoint` means a typo fails at start-up with a message naming the
 bad part, not later as an opaque connection error. This module imports no MQTT
 library, so anything may use it cheaply.
@@ -12,14 +13,23 @@ Messages never echo the password.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["DEFAULT_MQTT_PORT", "BrokerEndpoint", "parse_broker_url", "redact_url", "with_password"]
+__all__ = [
+    "DEFAULT_MQTTS_PORT",
+    "DEFAULT_MQTT_PORT",
+    "BrokerEndpoint",
+    "parse_broker_url",
+    "redact_url",
+    "with_password",
+]
 
 DEFAULT_MQTT_PORT = 1883
-_SCHEME = "mqtt"
+DEFAULT_MQTTS_PORT = 8883
+_SCHEMES = {"mqtt": False, "mqtts": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +48,8 @@ class BrokerEndpoint:
     username: str | None = None
     # repr=False and a hand-written __repr__: pytest and logs print endpoints.
     password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    """MQTT over TLS (``mqtts://``): the client verifies the broker's certificate."""
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -61,14 +73,15 @@ class BrokerEndpoint:
 
     def __repr__(self) -> str:
         password = None if self.password is None else "***"
+        tls = ", tls=True" if self.tls else ""
         return (
             f"BrokerEndpoint(host={self.host!r}, port={self.port}, "
-            f"username={self.username!r}, password={password!r})"
+            f"username={self.username!r}, password={password!r}{tls})"
         )
 
     @property
     def url(self) -> str:
-        """``mqtt://user:pass@host:port`` (credentials percent-encoded); round-trips."""
+        """``mqtt[s]://user:pass@host:port`` (credentials percent-encoded); round-trips."""
         return self._url(self.password)
 
     @property
@@ -84,20 +97,22 @@ class BrokerEndpoint:
             if password is not None:
                 userinfo += ":" + (password if password == "***" else quote(password, safe=""))
             userinfo += "@"
-        return f"{_SCHEME}://{userinfo}{host}:{self.port}"
+        scheme = "mqtts" if self.tls else "mqtt"
+        return f"{scheme}://{userinfo}{host}:{self.port}"
 
 
 def parse_broker_url(url: str) -> BrokerEndpoint:
-    """Parse ``mqtt://[user[:password]@]host[:port]`` into a :class:`BrokerEndpoint`.
+    """Parse ``mqtt[s]://[user[:password]@]host[:port]`` into a :class:`BrokerEndpoint`.
 
-    The port defaults to 1883. User name and password are percent-decoded.
+    The port defaults to 1883 (``mqtts``: 8883). User name and password are
+    percent-decoded.
 
     >>> parse_broker_url("mqtt://hub:p%40ss@broker.local:1884")
     BrokerEndpoint(host='broker.local', port=1884, username='hub', password='***')
     >>> parse_broker_url("http://broker.local")
     Traceback (most recent call last):
     ...
-    ValueError: broker URL 'http://broker.local': scheme 'http' is not supported; use mqtt://host:port
+    ValueError: broker URL 'http://broker.local': scheme 'http' is not supported; use mqtt://host:port (or mqtts:// for TLS)
     """
     shown = redact_url(url)
     if not isinstance(url, str) or not url.strip():
@@ -106,10 +121,12 @@ def parse_broker_url(url: str) -> BrokerEndpoint:
         parts = urlsplit(url.strip())
     except ValueError as exc:
         raise ValueError(f"broker URL {shown!r} does not parse: {exc}") from None
-    if parts.scheme.lower() != _SCHEME:
+    tls = _SCHEMES.get(parts.scheme.lower())
+    if tls is None:
         scheme = parts.scheme or "(none)"
         raise ValueError(
-            f"broker URL {shown!r}: scheme {scheme!r} is not supported; use mqtt://host:port"
+            f"broker URL {shown!r}: scheme {scheme!r} is not supported; use mqtt://host:port "
+            "(or mqtts:// for TLS)"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(
@@ -127,13 +144,13 @@ def parse_broker_url(url: str) -> BrokerEndpoint:
             f"broker URL {shown!r}: port {raw!r} is not a number in range 1-65535"
         ) from None
     if port is None:
-        port = DEFAULT_MQTT_PORT
+        port = DEFAULT_MQTTS_PORT if tls else DEFAULT_MQTT_PORT
     if port == 0:
         raise ValueError(f"broker URL {shown!r}: port 0 is not a connectable port; use 1-65535")
     username = None if parts.username is None else unquote(parts.username)
     password = None if parts.password is None else unquote(parts.password)
     try:
-        return BrokerEndpoint(host=host, port=port, username=username, password=password)
+        return BrokerEndpoint(host=host, port=port, username=username, password=password, tls=tls)
     except ValueError as exc:
         raise ValueError(f"broker URL {shown!r}: {exc}") from None
 
@@ -156,7 +173,7 @@ def with_password(endpoint: BrokerEndpoint, password: str | None) -> BrokerEndpo
             f"is given, but the broker URL {endpoint.url} names no user; "
             "write it as mqtt://USER@host:port"
         )
-    return BrokerEndpoint(endpoint.host, endpoint.port, endpoint.username, password)
+    return dataclasses.replace(endpoint, password=password)
 
 
 def _is_ipv6(host: str) -> bool:

@@ -1006,7 +1006,7 @@ class HubProcess(ManagedProcess):
         if broker is not None:
             self.flags += [
                 "--broker",
-                BrokerEndpoint(broker.host, broker.port, broker.username).url,
+                dataclasses.replace(broker, password=None).url,
             ]
             if broker.password is not None:
                 password_file = self.secrets_dir / "broker-password"
@@ -1053,7 +1053,7 @@ class HubProcess(ManagedProcess):
     def broker_endpoint(self) -> BrokerEndpoint:
         """Where the hub's broker listens (no credentials)."""
         if self.external_broker is not None:
-            return BrokerEndpoint(self.external_broker.host, self.external_broker.port)
+            return dataclasses.replace(self.external_broker, username=None, password=None)
         assert self.broker_port is not None
         return BrokerEndpoint(HOST, self.broker_port)
 
@@ -1129,9 +1129,7 @@ class AgentProcess(ManagedProcess):
         password = settings.pop("EDGELOOP_AGENT_BROKER_PASSWORD", None)
         if "EDGELOOP_AGENT_BROKER" in settings:
             endpoint = parse_broker_url(settings["EDGELOOP_AGENT_BROKER"])
-            settings["EDGELOOP_AGENT_BROKER"] = BrokerEndpoint(
-                endpoint.host, endpoint.port, endpoint.username
-            ).url
+            settings["EDGELOOP_AGENT_BROKER"] = dataclasses.replace(endpoint, password=None).url
             password = endpoint.password if endpoint.password is not None else password
         if password is not None:
             write_private(self.secrets_dir / "broker-password", password + "\n")
