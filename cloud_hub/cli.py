@@ -92,11 +92,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _devices_add(args: argparse.Namespace) -> int:
-    from cloud_hub.provision import add_device  # noqa: PLC0415
+    from cloud_hub.provision import MosquittoFiles, add_device  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=False)
-    print(add_device(settings, args.name, rotate=args.rotate).render())
+    files = None
+    if (args.mosquitto_password_file is None) != (args.mosquitto_acl_file is None):
+        args.parser.error(
+            "give both --mosquitto-password-file and --mosquitto-acl-file (the files that "
+            "mosquitto.conf's password_file and acl_file name), or neither to print the lines"
+        )
+    if args.mosquitto_password_file is not None:
+        files = MosquittoFiles(args.mosquitto_password_file, args.mosquitto_acl_file)
+    print(add_device(settings, args.name, rotate=args.rotate, mosquitto_files=files).render())
     return 0
 
 
@@ -210,9 +218,12 @@ def _parser() -> argparse.ArgumentParser:
         "add",
         help="create a device's broker credentials and print the agent settings to copy onto it",
         description="Create a random secret for device NAME. With the embedded broker it is added "
-        "to the broker's password file at once; with an external Mosquitto (--broker URL) the "
-        "password_file and acl_file lines to append are printed. A device that already exists "
-        "is refused unless --rotate. The options below say where the broker, its accounts and "
+        "to the broker's password file at once; with an external Mosquitto (--broker URL) its "
+        "password line and ACL block (the device reads and writes only its own topics) are "
+        "written to --mosquitto-password-file and --mosquitto-acl-file, or printed without them. "
+        "A device that already exists is refused unless --rotate; the hub's own names (its "
+        "account 'hub', its client id 'edgeloop-hub') are always refused. The options below "
+        "say where the broker, its accounts and "
         "the store are; like serve's, each is also EDGELOOP_HUB_<OPTION> or a key of the "
         "--config file (which may hold serve's other settings too).",
     )
@@ -225,8 +236,23 @@ def _parser() -> argparse.ArgumentParser:
         help="give a device that already exists a new secret, replacing the old one; prints "
         "the new agent settings and when the old password stops working",
     )
+    add.add_argument(
+        "--mosquitto-password-file",
+        type=Path,
+        metavar="PATH",
+        help="external Mosquitto only: the file mosquitto.conf's 'password_file' names; the "
+        "device's line is written there (replacing an older one). Then reload Mosquitto: "
+        "kill -HUP $(pidof mosquitto)",
+    )
+    add.add_argument(
+        "--mosquitto-acl-file",
+        type=Path,
+        metavar="PATH",
+        help="external Mosquitto only: the file mosquitto.conf's 'acl_file' names; the device's "
+        "ACL block is written there (and the hub's, if missing)",
+    )
     OPTIONS.add_to(add, only=PROVISION_OPTIONS)
-    add.set_defaults(handler=_devices_add)
+    add.set_defaults(handler=_devices_add, parser=add)
 
     certs = commands.add_parser("certs", help="a private CA and the hub's TLS certificate")
     certs.set_defaults(parser=certs)

@@ -2,10 +2,16 @@
 
 ``edgeloop-hub devices add NAME`` creates a random secret for the device. With
 the embedded broker it adds the account to the broker's password file (the
-broker re-reads it, so no restart). With an external Mosquitto it writes the
+broker re-reads it, so no restart). With an external Mosquitto it makes the
 line for Mosquitto's ``password_file`` (the ``$7$`` PBKDF2-SHA512 format that
-``mosquitto_passwd`` writes) and the ACL lines that confine the device to its
-own topics. Either way it prints the settings to copy onto the device.
+``mosquitto_passwd`` writes) and the ACL block that confines the device to its
+own topics (from :mod:`cloud_hub.broker.rules`, the table the embedded broker
+enforces); given the two files (:class:`MosquittoFiles`) it writes them there,
+else it prints them. Either way it prints the settings to copy onto the device.
+
+Names the hub's identity uses (its account ``hub``, its client id
+``edgeloop-hub``) are refused (:class:`ReservedNameError`): a device by that name
+would replace the hub's broker password or share its session.
 
 A device that already has credentials is refused (:class:`DeviceExistsError`):
 a second ``devices add`` would silently lock its agent out. ``--rotate`` makes
@@ -25,13 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cloud_hub.broker.files import replace_file
+from cloud_hub.broker.rules import HUB_USER, BrokerRules
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
-from shared.topics import Kind, Topics, validate_device_id
+from shared.topics import Topics, validate_device_id
 
 __all__ = [
     "DeviceExistsError",
+    "MosquittoFiles",
     "Provisioned",
+    "ReservedNameError",
     "add_device",
     "mosquitto_acl",
     "mosquitto_password_line",
@@ -48,6 +58,59 @@ class DeviceExistsError(EdgeloopError):
     """The device already has broker credentials and ``rotate`` was not asked for."""
 
 
+class ReservedNameError(EdgeloopError):
+    """The name belongs to the hub's identity (its account or its client id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MosquittoFiles:
+    """The files an external Mosquitto reads: its ``password_file`` and ``acl_file``."""
+
+    password_file: Path
+    acl_file: Path
+
+    def write(self, device: str, password_line: str, rules: BrokerRules) -> None:
+        """Put ``device``'s password line and ACL block in the files, replacing older ones.
+
+        The ACL file also gets the hub's block if it has none. Existing files keep
+        their mode and owner; new ones are created 0600.
+        """
+        lines = _read_lines(self.password_file)
+        kept = [line for line in lines if line.partition(":")[0] != device]
+        replace_file(
+            self.password_file, "".join(f"{x}\n" for x in [*kept, password_line]), keep_mode=True
+        )
+        blocks = _acl_blocks(_read_lines(self.acl_file))
+        blocks.pop(device, None)
+        if rules.hub_user not in blocks:
+            blocks[rules.hub_user] = rules.mosquitto_acl(rules.hub_user).splitlines()
+        blocks[device] = rules.mosquitto_acl(device).splitlines()
+        text = "\n\n".join("\n".join(block).strip("\n") for block in blocks.values())
+        replace_file(self.acl_file, text.strip("\n") + "\n", keep_mode=True)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def _acl_blocks(lines: list[str]) -> dict[str, list[str]]:
+    """An acl_file split at its ``user NAME`` lines; what precedes the first is kept under ""."""
+    blocks: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in lines:
+        words = line.split()
+        if len(words) == 2 and words[0] == "user":
+            current = words[1]
+            blocks[current] = []
+        blocks[current].append(line)
+    if not any(line.strip() for line in blocks[""]):
+        del blocks[""]
+    return blocks
+
+
 def mosquitto_password_line(username: str, secret: str, *, salt: bytes | None = None) -> str:
     """A line for Mosquitto's ``password_file``, as ``mosquitto_passwd -b`` writes it."""
     salt = salt if salt is not None else secrets.token_bytes(12)
@@ -60,14 +123,7 @@ def mosquitto_password_line(username: str, secret: str, *, salt: bytes | None = 
 
 def mosquitto_acl(device: str, topics: Topics) -> str:
     """ACL lines that let ``device`` write only its own edge topics and read its own hub topics."""
-    lines = [f"user {device}"]
-    lines += [
-        f"topic write {topics.topic(device, kind)}"
-        for kind in sorted(Kind)
-        if kind not in (Kind.DESIRED, Kind.ACK)
-    ]
-    lines += [f"topic read {topics.topic(device, kind)}" for kind in (Kind.DESIRED, Kind.ACK)]
-    return "\n".join(lines)
+    return BrokerRules(roots=(topics.root,)).mosquitto_acl(device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +135,10 @@ class Provisioned:
     mosquitto_acl: str | None = None
     rotated: bool = False
     """The device had a secret before; this one replaces it."""
+    mosquitto_hub_acl: str | None = None
+    """The hub's acl_file block, for an acl_file that has none yet."""
+    written_to: MosquittoFiles | None = None
+    """Where the Mosquitto lines were written (None: printed only)."""
 
     def render(self) -> str:
         """What ``devices add`` prints: the agent settings and, for Mosquitto, the broker lines."""
@@ -103,7 +163,15 @@ class Provisioned:
             "# mode 0600), then restart the agent:" if self.rotated else "# mode 0600):",
             *(f"{k}={v}" for k, v in self.agent_env.items()),
         ]
-        if self.mosquitto_password_line:
+        if self.written_to is not None:
+            out += [
+                "",
+                f"# Mosquitto: the device's password line is in {self.written_to.password_file}",
+                f"# and its ACL block in {self.written_to.acl_file} (older ones for it replaced).",
+                "# They take effect when Mosquitto reloads them: kill -HUP $(pidof mosquitto)",
+                "# (or systemctl reload mosquitto).",
+            ]
+        elif self.mosquitto_password_line:
             if self.rotated:
                 out += [
                     "",
@@ -119,8 +187,11 @@ class Provisioned:
                     "# Mosquitto: append to the password_file, then reload (kill -HUP):",
                     self.mosquitto_password_line,
                     "",
-                    "# Mosquitto: append to the acl_file (the hub's own user needs 'topic readwrite #'):",
+                    "# Mosquitto: append to the acl_file, then reload (kill -HUP):",
                     self.mosquitto_acl or "",
+                    "",
+                    "# Mosquitto: and, if the acl_file has no block for the hub's account yet:",
+                    self.mosquitto_hub_acl or "",
                 ]
         return "\n".join(out)
 
@@ -142,14 +213,26 @@ def provision_device(
     password_file: Path | None,
     rotate: bool = False,
     known: bool = False,
+    mosquitto_files: MosquittoFiles | None = None,
+    hub_user: str = HUB_USER,
 ) -> Provisioned:
     """Create ``device``'s secret; add it to ``password_file`` for the embedded broker
-    (None for an external Mosquitto, which gets its lines printed instead).
+    (None for an external Mosquitto, whose lines go to ``mosquitto_files`` if given,
+    else are only printed). ``hub_user`` is the hub's broker account.
 
-    A device that has an account in ``password_file``, or is ``known`` otherwise, is
-    refused with :class:`DeviceExistsError` unless ``rotate``.
+    A name of the hub's identity is refused with :class:`ReservedNameError`. A device
+    that has an account in ``password_file`` (or ``mosquitto_files``), or is ``known``
+    otherwise, is refused with :class:`DeviceExistsError` unless ``rotate``.
     """
     validate_device_id(device)
+    rules = BrokerRules(roots=(topics.root,), hub_user=hub_user)
+    reserved = rules.reserved_reason(device)
+    if reserved is not None:
+        raise ReservedNameError(
+            f"device name {device!r} is refused: {reserved}, which no device may share "
+            "(a device by that name could replace the hub's broker password or take over its "
+            "session); choose another name"
+        )
     rotated = known
     if password_file is not None and password_file.exists():
         from cloud_hub.broker.auth import read_password_file  # noqa: PLC0415
@@ -158,6 +241,12 @@ def provision_device(
             if not rotate:
                 raise _exists(device, f"it has an account in {password_file}")
             rotated = True
+    elif mosquitto_files is not None and any(
+        line.partition(":")[0] == device for line in _read_lines(mosquitto_files.password_file)
+    ):
+        if not rotate:
+            raise _exists(device, f"it has an account in {mosquitto_files.password_file}")
+        rotated = True
     elif known and not rotate:
         raise _exists(device, "this hub's store knows it: provisioned, or heard from")
     secret = secrets.token_urlsafe(32)
@@ -172,19 +261,31 @@ def provision_device(
 
         add_user(password_file, device, secret)
         return Provisioned(device, secret, env, rotated=rotated)
+    line = mosquitto_password_line(device, secret)
+    if mosquitto_files is not None:
+        mosquitto_files.write(device, line, rules)
     return Provisioned(
         device,
         secret,
         env,
-        mosquitto_password_line(device, secret),
-        mosquitto_acl(device, topics),
+        line,
+        rules.mosquitto_acl(device),
         rotated=rotated,
+        mosquitto_hub_acl=rules.mosquitto_acl(hub_user),
+        written_to=mosquitto_files,
     )
 
 
-def add_device(settings: HubSettings, device: str, *, rotate: bool = False) -> Provisioned:
+def add_device(
+    settings: HubSettings,
+    device: str,
+    *,
+    rotate: bool = False,
+    mosquitto_files: MosquittoFiles | None = None,
+) -> Provisioned:
     """What ``edgeloop-hub devices add`` does: credentials for the hub's broker, and
     the device in the store as never seen. The simulator provisions its agents here too.
+    With an external Mosquitto and ``mosquitto_files``, its lines are written there.
 
     A device that already has credentials is refused unless ``rotate`` (see
     :func:`provision_device`). With an external broker the hub cannot see its
@@ -193,6 +294,7 @@ def add_device(settings: HubSettings, device: str, *, rotate: bool = False) -> P
     from cloud_hub.store import open_store  # noqa: PLC0415
 
     validate_device_id(device)
+    hub_user = HUB_USER
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         broker = BrokerEndpoint(settings.broker_host, settings.broker_port)
@@ -201,6 +303,12 @@ def add_device(settings: HubSettings, device: str, *, rotate: bool = False) -> P
         external = settings.external_broker()
         broker = dataclasses.replace(external, username=None, password=None)  # keeps mqtts
         password_file = None
+        hub_user = external.username or HUB_USER
+    if settings.embedded_broker and mosquitto_files is not None:
+        raise ValueError(
+            "the Mosquitto files are for an external Mosquitto (--broker mqtt://...); the "
+            "embedded broker keeps its accounts in its own password file"
+        )
     store = open_store(settings.store)
     try:
         known = password_file is None and store.device(device) is not None
@@ -211,6 +319,8 @@ def add_device(settings: HubSettings, device: str, *, rotate: bool = False) -> P
             password_file=password_file,
             rotate=rotate,
             known=known,
+            mosquitto_files=mosquitto_files,
+            hub_user=hub_user,
         )
         store.add_device(device)
     finally:

@@ -105,6 +105,7 @@ class Hub:
             return s.external_broker()
         from cloud_hub.broker.auth import add_user, read_password_file  # noqa: PLC0415
         from cloud_hub.broker.embedded import BrokerStartError, EmbeddedBroker  # noqa: PLC0415
+        from cloud_hub.broker.rules import BrokerRules  # noqa: PLC0415
 
         secret = _hub_secret(s.data_dir)
         known = read_password_file(s.password_file) if s.password_file.exists() else {}
@@ -115,6 +116,7 @@ class Hub:
             s.broker_port,
             password_file=s.password_file,
             log_path=s.data_dir / "broker.log",
+            rules=BrokerRules(roots=(s.root,), hub_user=HUB_USER),
             # After a restart, devices wait until the hub has subscribed again.
             hold_devices_for=HUB_USER,
         )

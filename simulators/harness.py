@@ -69,6 +69,7 @@ from shared.secret_file import write_private
 from shared.topics import DEFAULT_ROOT
 
 if TYPE_CHECKING:
+    from cloud_hub.broker.rules import BrokerRules
     from cloud_hub.provision import Provisioned
     from cloud_hub.settings import HubSettings
 
@@ -619,7 +620,11 @@ class Mosquitto(ManagedProcess):
     restart loses sessions and retained messages). ``users`` maps names to
     secrets; ``password_lines`` are lines as ``edgeloop-hub devices add``
     prints them; ``acl`` is acl_file text (None: no ACL, every user may use
-    every topic). ``max_packet_size=0`` lets any payload through, for tests
+    every topic); ``rules`` (:class:`~cloud_hub.broker.rules.BrokerRules`) adds
+    the block of every account in ``users`` to the ACL, as ``edgeloop-hub devices
+    add`` writes them; ``username_as_clientid`` binds client ids to user names as
+    the shipped config does (off by default: a fleet account connects as many
+    clients). ``max_packet_size=0`` lets any payload through, for tests
     of the hub's and the agent's own limits. ``port=0`` picks a free port; if
     that port turns out busy at the first start, another is picked, unless
     :attr:`port` was read already.
@@ -634,6 +639,8 @@ class Mosquitto(ManagedProcess):
         users: Mapping[str, str] | None = None,
         password_lines: Sequence[str] = (),
         acl: str | None = None,
+        rules: BrokerRules | None = None,
+        username_as_clientid: bool = False,
         extra_conf: Sequence[str] = (),
         port: int = 0,
         persistent: bool = False,
@@ -654,7 +661,11 @@ class Mosquitto(ManagedProcess):
         self.users = dict(users or {})
         self.password_lines = list(password_lines)
         self.acl_blocks = [] if acl is None else [acl]
-        self.use_acl = acl is not None
+        self.rules = rules
+        """With rules, the acl_file gives every account in ``users`` its block
+        (:meth:`BrokerRules.mosquitto_acl`), as ``edgeloop-hub devices add`` does."""
+        self.use_acl = acl is not None or rules is not None
+        self.username_as_clientid = username_as_clientid
         self.extra_conf = list(extra_conf)
         self.persistent = persistent
         self.max_packet_size = max_packet_size
@@ -744,6 +755,8 @@ class Mosquitto(ManagedProcess):
         ]
         if self.use_acl:
             lines.append(f"acl_file {self.acl_file}")
+        if self.username_as_clientid:
+            lines.append("use_username_as_clientid true")
         lines += [f"{key} {value}" for key, value in MOSQUITTO_HUB_LIMITS.items()]
         if self.max_packet_size:
             lines.append(f"max_packet_size {self.max_packet_size}")
@@ -752,7 +765,9 @@ class Mosquitto(ManagedProcess):
             lines += [
                 "persistence true",
                 f"persistence_location {self.directory}/",
-                "autosave_interval 30",
+                # As deploy/mosquitto/mosquitto.conf ships it.
+                "autosave_interval 5",
+                "autosave_on_changes false",
             ]
         else:
             lines.append("persistence false")
@@ -788,7 +803,10 @@ class Mosquitto(ManagedProcess):
         lines += self.password_lines
         _write_private(self.password_file, "".join(line + "\n" for line in lines))
         if self.use_acl:
-            _write_private(self.acl_file, "\n\n".join(self.acl_blocks) + "\n")
+            blocks = list(self.acl_blocks)
+            if self.rules is not None:
+                blocks.insert(0, self.rules.mosquitto_acl_file(self.users))
+            _write_private(self.acl_file, "\n\n".join(blocks) + "\n")
         self.conf_path.write_text(self.config(), encoding="utf-8")
 
 
@@ -810,12 +828,17 @@ class AmqttBroker:
         log_level: str = "warning",
         start_timeout: float = 20.0,
         stop_timeout: float = 5.0,
+        fleet: Iterable[str] = (),
+        roots: Sequence[str] = (DEFAULT_ROOT,),
     ) -> None:
         from cloud_hub.broker.embedded import EmbeddedBroker  # noqa: PLC0415
+        from cloud_hub.broker.rules import BrokerRules  # noqa: PLC0415
 
         self.directory = Path(directory).resolve()
         self.users = dict(users or {})
         self._written = False
+        self.rules = BrokerRules(roots=tuple(roots), hub_user=HUB_USER, fleet=frozenset(fleet))
+        """Who may say what (:mod:`cloud_hub.broker.rules`); ``fleet`` accounts act as any device."""
         self.broker = EmbeddedBroker(
             HOST,
             port,
@@ -824,6 +847,7 @@ class AmqttBroker:
             stop_timeout=stop_timeout,
             log_path=self.directory / "amqtt.log",
             log_level=log_level,
+            rules=self.rules,
         )
 
     @property

@@ -14,6 +14,7 @@ import os
 
 import pytest
 
+from shared.topics import DEFAULT_ROOT
 from simulators import harness
 
 EDGELOOP_USER = "edgeloop"
@@ -21,6 +22,11 @@ EDGELOOP_SECRET = "edgeloop-test-secret"
 HUB_USER = harness.HUB_USER
 HUB_SECRET = "hub-test-secret"
 USERS = {EDGELOOP_USER: EDGELOOP_SECRET, HUB_USER: HUB_SECRET}
+#: Accounts that act as many devices: ``edgeloop`` plays every test device.
+FLEET = (EDGELOOP_USER,)
+#: Topic roots the test brokers allow: the default, and one fresh root per test
+#: (``Topics(f"edgeloop-test/{uuid}")``).
+ROOTS = (DEFAULT_ROOT, "edgeloop-test/+")
 
 
 def require_mosquitto() -> str:

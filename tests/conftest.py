@@ -9,10 +9,11 @@ from typing import Protocol
 
 import pytest
 
+from cloud_hub.broker.rules import BrokerRules
 from shared.endpoint import BrokerEndpoint
 from shared.topics import Topics
 from simulators.harness import AgentProcess, AmqttBroker, Mosquitto
-from tests.brokers import EDGELOOP_USER, USERS, require_mosquitto
+from tests.brokers import EDGELOOP_USER, FLEET, ROOTS, USERS, require_mosquitto
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,15 @@ class ModelPaths:
 @pytest.fixture
 def embedded_broker(tmp_path: Path) -> Iterator[AmqttBroker]:
     """The embedded amqtt broker process, for tests that stop, kill or restart it."""
-    with AmqttBroker(tmp_path / "amqtt", users=USERS, log_level="info") as broker:
+    with AmqttBroker(
+        tmp_path / "amqtt", users=USERS, log_level="info", fleet=FLEET, roots=ROOTS
+    ) as broker:
         yield broker
 
 
 @pytest.fixture
 def amqtt_broker(embedded_broker: AmqttBroker) -> BrokerEndpoint:
-    """The embedded amqtt broker, as user ``edgeloop`` (``hub`` exists too)."""
+    """The embedded amqtt broker, as the fleet account ``edgeloop`` (``hub`` exists too)."""
     return embedded_broker.endpoint(EDGELOOP_USER)
 
 
@@ -42,14 +45,18 @@ def mosquitto_process(tmp_path: Path) -> Iterator[Mosquitto]:
     # No size limit at the broker: tests send the hub and the agents oversized
     # payloads to see them refused there, whatever broker is in front.
     with Mosquitto(
-        tmp_path / "mosquitto", users=USERS, max_packet_size=0, verbose_log=True
+        tmp_path / "mosquitto",
+        users=USERS,
+        rules=BrokerRules(roots=ROOTS, fleet=frozenset(FLEET)),
+        max_packet_size=0,
+        verbose_log=True,
     ) as broker:
         yield broker
 
 
 @pytest.fixture
 def mosquitto_broker(mosquitto_process: Mosquitto) -> BrokerEndpoint:
-    """Mosquitto 2.x, as user ``edgeloop`` (``hub`` exists too)."""
+    """Mosquitto 2.x, as the fleet account ``edgeloop`` (``hub`` exists too)."""
     return mosquitto_process.endpoint(EDGELOOP_USER)
 
 

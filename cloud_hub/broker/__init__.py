@@ -1,4 +1,5 @@
-"""The embedded MQTT broker: amqtt in its own process, password authentication on.
+"""The embedded MQTT broker: amqtt in its own process, password authentication and
+topic rules on.
 
 Where things are:
 
@@ -8,6 +9,11 @@ Where things are:
   ``python -m cloud_hub.broker`` as a child process.
 - ``auth``: the password file (:func:`add_user`, :func:`hash_password`, ...) and
   the amqtt plugin that checks CONNECTs against it.
+- ``rules``: who may publish, subscribe and receive what (:class:`BrokerRules`),
+  pure logic shared with Mosquitto's ACL lines.
+- ``topic_check``: the amqtt side of the rules: a topic-check plugin and the
+  broker subclass that checks credentials before amqtt touches a session.
+- ``files``: atomic rewrites of account files.
 - ``gate``: the amqtt plugin that holds devices' CONNECTs until the hub has subscribed.
 - ``restart`` (pure) and ``supervisor``: the hub's thread that restarts a broker
   child that died, with growing delays.

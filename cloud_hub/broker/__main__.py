@@ -25,12 +25,15 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from amqtt.broker import Broker
 from amqtt.errors import BrokerError, PluginError, PluginLoadError
 
 from cloud_hub.broker.auth import PasswordFileError, read_password_file
 from cloud_hub.broker.embedded import READY_PREFIX, BrokerExit, amqtt_config
+from cloud_hub.broker.rules import HUB_CLIENT_ID, HUB_USER, BrokerRules
+from cloud_hub.broker.topic_check import RulesBroker
 from shared.endpoint import BrokerEndpoint
+from shared.errors import TopicError
+from shared.topics import DEFAULT_ROOT
 
 logger = logging.getLogger("cloud_hub.broker")
 
@@ -57,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "password file %s lists no users: every client will be refused", args.password_file
         )
     try:
+        rules = BrokerRules(
+            roots=tuple(args.root or [DEFAULT_ROOT]),
+            hub_user=args.hub_user,
+            hub_client_id=args.hub_client_id,
+            fleet=frozenset(args.fleet),
+        )
+    except (ValueError, TopicError) as exc:
+        return _fail(f"bad topic rules: {exc}", BrokerExit.USAGE)
+    try:
         return asyncio.run(
             _serve(
                 args.host,
@@ -64,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.password_file,
                 args.stop_on_stdin_eof,
                 args.hold_devices_for,
+                rules=rules,
             )
         )
     except _StartupError as exc:
@@ -76,6 +89,8 @@ async def _serve(
     password_file: Path,
     stop_on_stdin_eof: bool,
     hold_devices_for: str | None = None,
+    *,
+    rules: BrokerRules,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -83,14 +98,21 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     try:
-        broker = Broker(
-            amqtt_config(host, port, password_file.resolve(), hold_devices_for=hold_devices_for)
+        broker = RulesBroker(
+            amqtt_config(
+                host,
+                port,
+                password_file.resolve(),
+                hold_devices_for=hold_devices_for,
+                rules=rules,
+            ),
+            rules,
         )
     except (PluginError, PluginLoadError) as exc:
         # The plugin re-reads the password file; it may have changed since main() did.
         cause = exc.__cause__ or exc
         raise _StartupError(
-            f"cannot load the auth plugin: {cause}", BrokerExit.PASSWORD_FILE
+            f"cannot load the broker's plugins: {cause}", BrokerExit.PASSWORD_FILE
         ) from None
     try:
         with _without_amqtt_startup_traceback():
@@ -229,7 +251,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Run the embedded amqtt broker with password authentication "
-        "(anonymous access off) until SIGTERM or SIGINT.",
+        "(anonymous access off) and edgeloop's topic rules (each device reads and writes "
+        "only its own topics) until SIGTERM or SIGINT.",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -240,6 +263,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         required=True,
         help="lines of 'user:pbkdf2_sha256$...'; write them with cloud_hub.broker.auth.add_user",
+    )
+    parser.add_argument(
+        "--root",
+        action="append",
+        help=f"topic root the rules allow, repeatable; a '+' level stands for any one level "
+        f"(default: {DEFAULT_ROOT})",
+    )
+    parser.add_argument(
+        "--hub-user",
+        default=HUB_USER,
+        help="the hub's account: reads every device's edge topics, writes desired/ack "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hub-client-id",
+        default=HUB_CLIENT_ID,
+        help="the hub's MQTT client id, refused to every other account (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fleet",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="a simulator account that may act as any device (tests, benches); repeatable, "
+        "never for production",
     )
     parser.add_argument(
         "--log-level",

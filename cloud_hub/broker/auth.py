@@ -32,9 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from pathlib import Path
 from amqtt.contexts import BaseContext
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
+
+from cloud_hub.broker.files import replace_file
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -162,18 +162,7 @@ def add_user(path: Path, username: str, secret: str, iterations: int = DEFAULT_I
     users = read_password_file(path) if path.exists() else {}
     users[username] = encoded
     body = "".join(f"{name}:{value}\n" for name, value in users.items())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(body)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    replace_file(path, body, mode=0o600)
 
 
 def _check_username(username: str) -> None:

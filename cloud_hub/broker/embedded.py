@@ -39,6 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from cloud_hub.broker.rules import BrokerRules
 from shared.endpoint import BrokerEndpoint
 
 __all__ = [
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 READY_PREFIX = "edgeloop broker ready on "
 
 _AUTH_PLUGIN = "cloud_hub.broker.auth.PasswordFileAuthPlugin"
+_TOPIC_PLUGIN = "cloud_hub.broker.topic_check.TopicRulesPlugin"
 _GATE_PLUGIN = "cloud_hub.broker.gate.HubFirstGate"
 _LOG_TAIL_LINES = 20
 _PORT_ATTEMPTS = 3
@@ -89,18 +91,28 @@ def amqtt_config(
     cache_size: int = 100_000,
     *,
     hold_devices_for: str | None = None,
+    rules: BrokerRules | None = None,
 ) -> dict[str, Any]:
     """The amqtt ``BrokerConfig`` dict the child runs with.
 
-    Only our password plugin is loaded: amqtt's default plugin set includes
-    ``AnonymousAuthPlugin`` with anonymous access on, and an anonymous session gets
-    no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
+    Our plugins are loaded: the password plugin and the topic rules
+    (:mod:`cloud_hub.broker.rules`: roots, the hub's account and client id, the
+    fleet accounts; the defaults when ``rules`` is None). Nothing else: amqtt's
+    default plugin set includes ``AnonymousAuthPlugin`` with anonymous access on,
+    and an anonymous session gets no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
     With ``hold_devices_for`` (the hub's user), :mod:`cloud_hub.broker.gate` holds
     other clients' CONNECTs until that user has subscribed.
     """
+    rules = rules if rules is not None else BrokerRules()
     plugins: dict[str, Any] = {
         _AUTH_PLUGIN: {"password_file": str(password_file), "cache_size": cache_size},
+        _TOPIC_PLUGIN: {
+            "roots": list(rules.roots),
+            "hub_user": rules.hub_user,
+            "hub_client_id": rules.hub_client_id,
+            "fleet": sorted(rules.fleet),
+        },
     }
     if hold_devices_for:
         plugins[_GATE_PLUGIN] = {"hub_user": hold_devices_for}
@@ -133,12 +145,14 @@ class EmbeddedBroker:
         log_path: Path | None = None,
         log_level: str = "warning",
         hold_devices_for: str | None = None,
+        rules: BrokerRules | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedBroker: port {port} is out of range 0-65535 (0 = pick one)")
         self._host = host
         self._port = port
         self._password_file = Path(password_file)
+        self._rules = rules if rules is not None else BrokerRules()
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
@@ -294,6 +308,7 @@ class EmbeddedBroker:
             str(self._password_file),
             "--log-level",
             self._log_level,
+            *_rules_args(self._rules),
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
             "--stop-on-stdin-eof",
@@ -397,6 +412,16 @@ class EmbeddedBroker:
         if self._own_log and self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
+
+
+def _rules_args(rules: BrokerRules) -> list[str]:
+    """The child's options for ``rules`` (names only, never a secret)."""
+    args = ["--hub-user", rules.hub_user, "--hub-client-id", rules.hub_client_id]
+    for root in rules.roots:
+        args += ["--root", root]
+    for name in sorted(rules.fleet):
+        args += ["--fleet", name]
+    return args
 
 
 def _free_port(host: str) -> int:

@@ -269,7 +269,8 @@ def _start_broker(kind: str, work: Path, users: dict[str, str]) -> Broker:
     if kind == "mosquitto":
         broker = Mosquitto(work / "mosquitto", users=users)
     else:
-        broker = AmqttBroker(work / "amqtt", users=users)
+        # One account plays both agents (devices bench-rss and bench-idle).
+        broker = AmqttBroker(work / "amqtt", users=users, fleet=(_AGENT_USER,))
     return broker.start()
 
 

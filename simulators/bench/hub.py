@@ -269,17 +269,32 @@ def _plan(args: argparse.Namespace) -> _Plan:
 # --------------------------------------------------------------------------- brokers
 
 
-def _start_broker(kind: str, work: Path, users: dict[str, str]) -> Broker:
-    """Mosquitto or the embedded broker, with ``users``, started and ready."""
+def _start_broker(kind: str, work: Path, users: dict[str, str], root: str) -> Broker:
+    """Mosquitto or the embedded broker, with ``users``, started and ready.
+
+    On the embedded broker, whose topic rules are always on, the bench's publisher
+    account acts as every device (a fleet account), under ``root`` and the ceiling
+    phase's root; the ceiling counter reads as the hub."""
     broker: Broker
     try:
         if kind == "mosquitto":
             broker = Mosquitto(work / "mosquitto", users=users)
         else:
-            broker = AmqttBroker(work / "amqtt", users=users, start_timeout=_START_TIMEOUT_S)
+            broker = AmqttBroker(
+                work / "amqtt",
+                users=users,
+                start_timeout=_START_TIMEOUT_S,
+                fleet=(_BENCH_USER,),
+                roots=(root, _ceiling_root(root)),
+            )
         return broker.start()
     except HarnessError as exc:
         raise BenchError(f"bench hub: the {kind} broker did not start: {exc}") from None
+
+
+def _ceiling_root(root: str) -> str:
+    """The ceiling phase's own root, so its stream never reaches the hub."""
+    return f"{root}-ceiling"
 
 
 # --------------------------------------------------------------------------- MQTT clients here
@@ -860,7 +875,7 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
     models_dir, n_features, n_classes, window = _models(args.models_dir)
     rig = _Rig({HUB_USER: secrets.token_urlsafe(24), _BENCH_USER: secrets.token_urlsafe(24)})
     try:
-        broker = rig.broker = _start_broker(args.broker, work, rig.users)
+        broker = rig.broker = _start_broker(args.broker, work, rig.users, args.root)
         t_gen = time.monotonic()
         for k in range(plan.publishers):
             spec = {
@@ -927,12 +942,12 @@ def _ceiling_phase(
     rig: _Rig, broker: Broker, args: argparse.Namespace, plan: _Plan
 ) -> dict[str, Any]:
     """Phase 1: the stream, at full speed, to a subscriber that only counts."""
-    root = f"{args.root}-ceiling"
+    root = _ceiling_root(args.root)
     counter = _Counter(plan.messages)
     client = _client(
         f"bench-ceiling-{os.getpid()}",
         broker.port,
-        auth=(_BENCH_USER, rig.users[_BENCH_USER]),
+        auth=(HUB_USER, rig.users[HUB_USER]),
         topic_filter=f"{root}/dev/+/telemetry",
         on_message=counter.on_message,
     )

@@ -126,7 +126,13 @@ class Probe:
 
 
 def unique_topic(name: str) -> str:
-    return f"edgeloop-test/{uuid.uuid4().hex}/{name}"
+    """A device topic under a fresh root (the test brokers' rules allow ``edgeloop-test/+``)."""
+    return f"edgeloop-test/{uuid.uuid4().hex}/dev/probe/{name}"
+
+
+def as_hub(broker: BrokerEndpoint) -> BrokerEndpoint:
+    """The hub's account: only it may read telemetry and write desired."""
+    return replace(broker, username=HUB_USER, password=HUB_SECRET)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -148,7 +154,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(30)
 def test_qos1_publish_round_trips_to_a_subscriber(broker: BrokerEndpoint) -> None:
     topic = unique_topic("telemetry")
-    subscriber, publisher = Probe(broker), Probe(broker)
+    subscriber, publisher = Probe(as_hub(broker)), Probe(broker)
     try:
         assert not subscriber.connect().is_failure
         subscriber.subscribe(topic, qos=1)
@@ -211,7 +217,7 @@ def test_offline_persistent_session_gets_queued_qos1_messages(broker: BrokerEndp
         first.subscribe(topic, qos=1)
     finally:
         first.close()
-    publisher = Probe(broker)
+    publisher = Probe(as_hub(broker))
     try:
         assert not publisher.connect().is_failure
         publisher.publish(topic, b"while-offline", qos=1)
@@ -298,7 +304,8 @@ def test_user_added_while_running_can_log_in(
     embedded_broker: AmqttBroker, amqtt_broker: BrokerEndpoint
 ) -> None:
     add_user(embedded_broker.password_file, "pi-07", "late-device-secret")
-    probe = Probe(replace(amqtt_broker, username="pi-07", password="late-device-secret"))
+    # A device connects with its name as client id (the broker's rules).
+    probe = Probe(replace(amqtt_broker, username="pi-07", password="late-device-secret"), "pi-07")
     try:
         assert not probe.connect().is_failure
     finally:

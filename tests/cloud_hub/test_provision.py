@@ -35,7 +35,10 @@ def _connect(endpoint: BrokerEndpoint) -> tuple[mqtt.Client, Any]:
         result["rc"] = rc
         done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+    # A device's client id is its account name (the broker's rules).
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=endpoint.username or f"t-{uuid.uuid4().hex[:8]}"
+    )
     client.username_pw_set(endpoint.username, endpoint.password)
     client.on_connect = on_connect
     client.connect(endpoint.host, endpoint.port)

@@ -29,9 +29,10 @@ from shared import __version__
 from shared.endpoint import BrokerEndpoint
 from shared.features import SENSOR_NAMES, SENSORS, features_for_stream
 from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, decode
-from shared.topics import Kind, Topics
+from shared.topics import EDGE_TO_HUB, Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
+from tests.brokers import HUB_SECRET, HUB_USER
 from tests.conftest import ModelPaths, StartAgent
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,7 +40,10 @@ WAIT = 30.0
 
 
 class Recorder:
-    """A subscriber that keeps every decoded message of one device, in arrival order."""
+    """A subscriber that keeps every decoded message of one device, in arrival order.
+
+    It logs in as the hub (only the hub's account may read a device's edge topics);
+    ``endpoint`` stays the agents' account."""
 
     def __init__(self, endpoint: BrokerEndpoint, topics: Topics, device: str) -> None:
         self.endpoint = endpoint
@@ -53,8 +57,9 @@ class Recorder:
             client_id=f"rec-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv311,
         )
-        client.username_pw_set(endpoint.username, endpoint.password)
-        client.on_connect = lambda c, *_: c.subscribe(f"{topics.root}/dev/{device}/#", qos=1)
+        client.username_pw_set(HUB_USER, HUB_SECRET)
+        filters = [(topics.topic(device, kind), 1) for kind in sorted(EDGE_TO_HUB)]
+        client.on_connect = lambda c, *_: c.subscribe(filters)
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.on_message = self._on_message
         client.connect(endpoint.host, endpoint.port)

@@ -14,7 +14,14 @@ import pytest
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Message, Status
 from shared.topics import Kind, Topics
-from tests.cloud_hub.ingest.conftest import WAIT, Client, Hub, settled, wait_until
+from tests.cloud_hub.ingest.conftest import (
+    WAIT,
+    Client,
+    Hub,
+    hub_endpoint,
+    settled,
+    wait_until,
+)
 from tests.cloud_hub.ingest.test_worker import stored_rows
 from tests.conftest import StartAgent
 
@@ -34,11 +41,9 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
     topics: Topics,
     hub: Hub,
 ) -> None:
-    wire = Client(
-        broker,
-        topics,
-        subscribe=(topics.device_filter(Kind.ACK), topics.device_filter(Kind.STATUS)),
-    )
+    # The broker's rules: the hub's account reads statuses, a fleet account reads acks.
+    wire = Client(hub_endpoint(broker), topics, subscribe=(topics.device_filter(Kind.STATUS),))
+    acks = Client(broker, topics, subscribe=(topics.device_filter(Kind.ACK),))
     procs = {
         d: start_agent(
             broker,
@@ -66,7 +71,7 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
         wire.wait_for("every agent's will", lambda msgs: set(_wills(msgs)) == set(DEVICES))
         wills = _wills(wire.messages)
         # A will's seq is the last stream seq its agent issued: every one must be acked.
-        wire.wait_for(
+        acks.wait_for(
             "the ack of every agent's last seq",
             lambda msgs: all(Ack(d, w.epoch, w.seq) in msgs for d, w in wills.items()),
         )
@@ -75,6 +80,7 @@ def test_three_agents_every_reading_stored_once_with_both_scores_and_acked(
             proc.kill()
             logs[d] = proc.output()
         wire.close()
+        acks.close()
     store = hub.store
 
     def all_offline() -> bool:

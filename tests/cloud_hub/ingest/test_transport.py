@@ -72,22 +72,23 @@ def test_foreign_retained_messages_are_counted_never_queued(
 ) -> None:
     """amqtt hands a new client retained messages matching *other* clients' subscriptions."""
     other = Topics(f"edgeloop-test/{uuid.uuid4().hex[:10]}")
-    bystander = Client(broker, other, subscribe=(other.device_filter(Kind.STATUS),))
+    # Another hub's subscription, on another root: the broker's rules let the hub read it.
+    bystander = Client(hub_endpoint(broker), other, subscribe=(other.device_filter(Kind.STATUS),))
+    device = Client(broker, other)
     try:
-        info = bystander.client.publish(
-            other.topic("dev-x", Kind.STATUS), b"{}", qos=1, retain=True
-        )
+        info = device.client.publish(other.topic("dev-x", Kind.STATUS), b"{}", qos=1, retain=True)
         info.wait_for_publish(WAIT)
         link = HubLink(hub_endpoint(broker), topics, client_id=f"hub-{uuid.uuid4().hex[:8]}")
         link.start(timeout=WAIT)
         try:
-            bystander.publish(topics.topic("dev-a", Kind.STATUS), b"{}")
+            device.publish(topics.topic("dev-a", Kind.STATUS), b"{}")
             wait_until("the hub's own message", lambda: link.queue.qsize() >= 1)
             queued = [link.queue.get_nowait()[0] for _ in range(link.queue.qsize())]
         finally:
             link.close()
     finally:
-        bystander.client.publish(other.topic("dev-x", Kind.STATUS), b"", qos=1, retain=True)
+        device.client.publish(other.topic("dev-x", Kind.STATUS), b"", qos=1, retain=True)
+        device.close()
         bystander.close()
     assert all(any(topic_matches(f, t) for f in link.subscriptions) for t in queued)
     # Counted where the broker leaked it (amqtt), zero where it did not (Mosquitto).
