@@ -104,7 +104,11 @@ class Hub:
         if not s.embedded_broker:
             return s.external_broker()
         from cloud_hub.broker.auth import add_user, read_password_file  # noqa: PLC0415
-        from cloud_hub.broker.embedded import BrokerStartError, EmbeddedBroker  # noqa: PLC0415
+        from cloud_hub.broker.embedded import (  # noqa: PLC0415
+            BrokerStartError,
+            EmbeddedBroker,
+            TlsListener,
+        )
         from cloud_hub.broker.rules import BrokerRules  # noqa: PLC0415
 
         secret = _hub_secret(s.data_dir)
@@ -119,6 +123,7 @@ class Hub:
             rules=BrokerRules(roots=(s.root,), hub_user=HUB_USER),
             # After a restart, devices wait until the hub has subscribed again.
             hold_devices_for=HUB_USER,
+            tls=TlsListener(s.mqtt_tls_port, *s.tls_files) if s.mqtt_tls_port else None,
         )
         try:
             broker.start()
@@ -130,6 +135,8 @@ class Hub:
             ) from None
         self.broker = broker
         log.info("embedded broker listening on %s (accounts in %s)", broker.url, s.password_file)
+        if s.mqtt_tls_port:
+            log.info("and with TLS on port %d (certificate %s)", s.mqtt_tls_port, s.tls_files[0])
         return broker.endpoint(HUB_USER, secret)
 
     def _supervise_broker(self) -> None:
@@ -195,6 +202,7 @@ class Hub:
             queue_max=s.ingest_queue_max,
             queue_max_bytes=s.ingest_queue_max_bytes,
             max_payload_bytes=s.max_payload_bytes,
+            ca_file=s.broker_ca_file,
         )
         self.worker = IngestWorker(
             self.store,
@@ -326,7 +334,14 @@ def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
     host, port = api_socket.getsockname()[:2]
     url_host = f"[{settings.http_host}]" if ":" in settings.http_host else settings.http_host
     try:
-        config = uvicorn.Config(hub.app, log_level="warning", lifespan="on")
+        cert, key = settings.tls_files
+        config = uvicorn.Config(
+            hub.app,
+            log_level="warning",
+            lifespan="on",
+            ssl_certfile=str(cert) if settings.http_tls else None,
+            ssl_keyfile=str(key) if settings.http_tls else None,
+        )
         server = uvicorn.Server(config)
         # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again
         # once it has shut down; with these handlers in place that second delivery
@@ -336,7 +351,8 @@ def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
         # The socket already listens: a client that connects after this line waits in
         # its backlog until uvicorn accepts, rather than being refused.
         print(
-            f"edgeloop hub: API http://{url_host}:{port} (docs at /docs), "
+            f"edgeloop hub: API {'https' if settings.http_tls else 'http'}://{url_host}:{port} "
+            "(docs at /docs), "
             f"broker {hub.endpoint.redacted_url if hub.endpoint else '?'}, store {settings.store}",
             flush=True,
         )

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
 from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
+from shared.errors import ConfigError
 from shared.messages import DEFAULT_LIMITS
 from shared.options import (
     Option,
@@ -33,6 +35,7 @@ from shared.options import (
     positive_float,
     positive_int,
 )
+from shared.secret_file import check_private
 from shared.topics import DEFAULT_ROOT, Topics
 
 __all__ = ["ENV_PREFIX", "OPTIONS", "PROVISION_OPTIONS", "HubSettings", "resolve_settings"]
@@ -51,6 +54,13 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number 0-65535 (0: pick a free one)")
+    return value
+
+
+def _tls_port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 1-65535, or 0 for no TLS listener")
     return value
 
 
@@ -96,7 +106,42 @@ OPTIONS: Final = OptionTable(
         Option(
             "broker_port", _port, 1883, "port of the embedded broker (0: pick a free one)", "PORT"
         ),
+        Option(
+            "broker_ca_file",
+            Path,
+            None,
+            "CA certificate (PEM) to verify an external mqtts:// broker with (default: the system's CAs)",
+            "FILE",
+        ),
+        Option(
+            "mqtt_tls_port",
+            _tls_port,
+            0,
+            "port of the embedded broker's MQTT-over-TLS listener, e.g. 8883, beside the plain one (0: none); it serves --tls-cert",
+            "PORT",
+        ),
+        Option(
+            "tls_cert",
+            Path,
+            None,
+            "server certificate (PEM) for --mqtt-tls-port and --http-tls (default: DATA_DIR/tls/server.pem, from edgeloop-hub certs init)",
+            "FILE",
+        ),
+        Option(
+            "tls_key",
+            Path,
+            None,
+            "its private key, mode 0600 (default: DATA_DIR/tls/server.key)",
+            "FILE",
+        ),
         Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
+        Option(
+            "http_tls",
+            _bool,
+            False,
+            "serve the HTTP API over HTTPS with --tls-cert and --tls-key",
+            "BOOL",
+        ),
         Option("http_host", str, "127.0.0.1", "interface the HTTP API listens on", "HOST"),
         Option("http_port", _port, 8080, "port of the HTTP API (0: pick a free one)", "PORT"),
         Option(
@@ -204,7 +249,12 @@ class HubSettings:
     broker_password: str | None
     broker_host: str
     broker_port: int
+    broker_ca_file: Path | None
+    mqtt_tls_port: int
+    tls_cert: Path | None
+    tls_key: Path | None
     root: str
+    http_tls: bool
     http_host: str
     http_port: int
     read_token: str | None
@@ -235,9 +285,36 @@ class HubSettings:
         """The embedded broker's accounts (``edgeloop-hub devices add`` writes here)."""
         return self.data_dir / "broker-passwd"
 
+    @property
+    def tls_files(self) -> tuple[Path, Path]:
+        """The server certificate and key for TLS listeners (defaults under ``DATA_DIR/tls``)."""
+        tls = self.data_dir / "tls"
+        return (self.tls_cert or tls / "server.pem", self.tls_key or tls / "server.key")
+
     def external_broker(self) -> BrokerEndpoint:
         """The external broker's endpoint, with the password from ``broker_password`` if given."""
         return with_password(parse_broker_url(self.broker), self.broker_password)
+
+
+def _check_tls_files(values: dict[str, Any], fail: Callable[[str, str], ConfigError]) -> None:
+    """The certificate and key a TLS listener needs: present, the key private and matching."""
+    tls = values["data_dir"] / "tls"
+    cert = values["tls_cert"] or tls / "server.pem"
+    key = values["tls_key"] or tls / "server.key"
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if not path.is_file():
+            raise fail(
+                name,
+                f"= {path} does not exist; --mqtt-tls-port and --http-tls need a server "
+                f"certificate and key: make them with 'edgeloop-hub certs init --data-dir "
+                f"{values['data_dir']} --host NAME' (NAME: how devices reach this hub), or "
+                "give your own with --tls-cert and --tls-key",
+            )
+    check_private(key, what="the TLS server key", setting="tls_key")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise fail("tls_cert", f"= {cert} with key {key} cannot be used for TLS ({exc})") from None
 
 
 def resolve_settings(
@@ -266,6 +343,15 @@ def resolve_settings(
             "applies only to an external --broker URL; the embedded broker makes the hub's own "
             "account (DATA_DIR/hub-broker-secret)",
         )
+    if values["broker_ca_file"] is not None and (
+        values["broker"] == EMBEDDED or not parse_broker_url(values["broker"]).tls
+    ):
+        raise fail(
+            "broker_ca_file",
+            "applies only to an external mqtts:// broker (--broker mqtts://hub@host:8883)",
+        )
+    if serving and (values["mqtt_tls_port"] or values["http_tls"]):
+        _check_tls_files(values, fail)
     if serving and not values["insecure_dev"]:
         for name in ("read_token", "admin_token"):
             token: Any = values[name]

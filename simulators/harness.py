@@ -53,6 +53,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -950,6 +951,8 @@ class HubProcess(ManagedProcess):
     and the password of an external broker, go to the hub in files of mode 0600
     under :attr:`secrets_dir` (``DATA_DIR.secrets``), named by ``--*-file`` flags.
     ``args`` are more ``serve`` flags (``--ingest-batch-max 200``, say).
+    ``https_ca``: the API is served over HTTPS (``args`` hold ``--http-tls true``)
+    and its clients here verify it with this CA certificate.
     """
 
     def __init__(
@@ -958,6 +961,7 @@ class HubProcess(ManagedProcess):
         models_dir: Path,
         *,
         broker: BrokerEndpoint | None = None,
+        https_ca: Path | None = None,
         root: str = DEFAULT_ROOT,
         http_port: int = 0,
         broker_port: int = 0,
@@ -975,6 +979,7 @@ class HubProcess(ManagedProcess):
         self.data_dir = Path(data_dir).resolve()
         self.models_dir = Path(models_dir).resolve()
         self.external_broker = broker
+        self.https_ca = https_ca
         self.root = root
         self.http_port = http_port or free_port()
         self.broker_port: int | None = None if broker else (broker_port or free_port())
@@ -1034,16 +1039,17 @@ class HubProcess(ManagedProcess):
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
+        scheme = "http" if self.https_ca is None else "https"
+        return f"{scheme}://{HOST}:{self.http_port}"
 
     @property
     def api(self) -> HubApi:
         """The API with the read token."""
-        return HubApi(self.base_url, self.read_token)
+        return HubApi(self.base_url, self.read_token, ca_file=self.https_ca)
 
     @property
     def admin_api(self) -> HubApi:
-        return HubApi(self.base_url, self.admin_token)
+        return HubApi(self.base_url, self.admin_token, ca_file=self.https_ca)
 
     @property
     def db_path(self) -> Path:
@@ -1195,7 +1201,8 @@ class Reply:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HubApi:
-    """A small client for the hub's HTTP API (standard library only, no redirects).
+    """A small client for the hub's HTTP API (standard library only, no redirects);
+    an ``https://`` base URL is verified with ``ca_file`` (default: the system's CAs).
 
     ``request``/``get``/``post`` return every :class:`Reply`, error statuses
     included; :meth:`get_json` returns the parsed body of a 2xx answer and raises
@@ -1205,6 +1212,7 @@ class HubApi:
     base_url: str
     token: str | None = None
     timeout: float = 20.0
+    ca_file: Path | None = None
 
     def with_token(self, token: str | None) -> HubApi:
         return dataclasses.replace(self, token=token)
@@ -1215,7 +1223,8 @@ class HubApi:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.base_url).port or 80
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     def request(
         self,
@@ -1233,9 +1242,15 @@ class HubApi:
         if json_body is not None:
             body = json.dumps(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
-        conn = http.client.HTTPConnection(
-            self.host, self.port, timeout=self.timeout if timeout is None else timeout
-        )
+        wait = self.timeout if timeout is None else timeout
+        conn: http.client.HTTPConnection
+        if urlsplit(self.base_url).scheme == "https":
+            context = ssl.create_default_context(
+                cafile=None if self.ca_file is None else str(self.ca_file)
+            )
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=wait, context=context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=wait)
         try:
             conn.request(method, path, body=body, headers=sent)
             response = conn.getresponse()

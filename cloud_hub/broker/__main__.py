@@ -28,7 +28,7 @@ from pathlib import Path
 from amqtt.errors import BrokerError, PluginError, PluginLoadError
 
 from cloud_hub.broker.auth import PasswordFileError, read_password_file
-from cloud_hub.broker.embedded import READY_PREFIX, BrokerExit, amqtt_config
+from cloud_hub.broker.embedded import READY_PREFIX, BrokerExit, TlsListener, amqtt_config
 from cloud_hub.broker.rules import HUB_CLIENT_ID, HUB_USER, BrokerRules
 from cloud_hub.broker.topic_check import RulesBroker
 from shared.endpoint import BrokerEndpoint
@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.port,
                 args.password_file,
                 args.stop_on_stdin_eof,
-                args.hold_devices_for,
+                hold_devices_for=args.hold_devices_for,
                 rules=rules,
+                tls=_tls(args),
             )
         )
     except _StartupError as exc:
@@ -88,9 +89,10 @@ async def _serve(
     port: int,
     password_file: Path,
     stop_on_stdin_eof: bool,
-    hold_devices_for: str | None = None,
     *,
+    hold_devices_for: str | None = None,
     rules: BrokerRules,
+    tls: TlsListener | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -105,6 +107,7 @@ async def _serve(
                 password_file.resolve(),
                 hold_devices_for=hold_devices_for,
                 rules=rules,
+                tls=tls,
             ),
             rules,
         )
@@ -123,6 +126,10 @@ async def _serve(
     url = BrokerEndpoint(host, port).url
     print(READY_PREFIX + url, flush=True)
     logger.info("broker listening on %s (users from %s)", url, password_file)
+    if tls is not None:
+        logger.info(
+            "and on %s with TLS (%s)", BrokerEndpoint(host, tls.port, tls=True).url, tls.certfile
+        )
     if stop_on_stdin_eof:
         _stop_on_stdin_eof(loop, stop)
 
@@ -247,6 +254,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _tls(args: argparse.Namespace) -> TlsListener | None:
+    if args.tls_port is None:
+        return None
+    if args.certfile is None or args.keyfile is None:
+        raise SystemExit(f"{_PROG}: error: --tls-port needs --certfile and --keyfile")
+    return TlsListener(args.tls_port, args.certfile, args.keyfile)
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=_PROG,
@@ -258,6 +273,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
     parser.add_argument("--port", type=_port, default=1883, help="TCP port (default: %(default)s)")
+    parser.add_argument(
+        "--tls-port", type=_port, default=None, help="also listen with TLS on this port"
+    )
+    parser.add_argument("--certfile", type=Path, default=None, help="TLS server certificate (PEM)")
+    parser.add_argument("--keyfile", type=Path, default=None, help="its private key (PEM)")
     parser.add_argument(
         "--password-file",
         type=Path,

@@ -35,6 +35,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -47,6 +48,7 @@ __all__ = [
     "BrokerExit",
     "BrokerStartError",
     "EmbeddedBroker",
+    "TlsListener",
     "amqtt_config",
 ]
 
@@ -84,6 +86,26 @@ class BrokerStartError(RuntimeError):
         self.log_tail = log_tail
 
 
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A second listener, MQTT over TLS, on ``port`` with a server certificate and key."""
+
+    port: int
+    certfile: Path
+    keyfile: Path
+
+    def argv(self) -> list[str]:
+        """The broker child's flags for it."""
+        return [
+            "--tls-port",
+            str(self.port),
+            "--certfile",
+            str(self.certfile),
+            "--keyfile",
+            str(self.keyfile),
+        ]
+
+
 def amqtt_config(
     host: str,
     port: int,
@@ -92,6 +114,7 @@ def amqtt_config(
     *,
     hold_devices_for: str | None = None,
     rules: BrokerRules | None = None,
+    tls: TlsListener | None = None,
 ) -> dict[str, Any]:
     """The amqtt ``BrokerConfig`` dict the child runs with.
 
@@ -102,7 +125,8 @@ def amqtt_config(
     and an anonymous session gets no offline queue in amqtt 0.12. Also left out: the ``$SYS`` plugin (a periodic
     publish nobody reads) and the packet/event loggers (a log call per packet).
     With ``hold_devices_for`` (the hub's user), :mod:`cloud_hub.broker.gate` holds
-    other clients' CONNECTs until that user has subscribed.
+    other clients' CONNECTs until that user has subscribed. With ``tls``, a second
+    listener serves MQTT over TLS with the same accounts and rules.
     """
     rules = rules if rules is not None else BrokerRules()
     plugins: dict[str, Any] = {
@@ -116,12 +140,18 @@ def amqtt_config(
     }
     if hold_devices_for:
         plugins[_GATE_PLUGIN] = {"hub_user": hold_devices_for}
-    return {
-        "listeners": {
-            "default": {"type": "tcp", "bind": f"{_bind_host(host)}:{port}"},
-        },
-        "plugins": plugins,
+    listeners: dict[str, Any] = {
+        "default": {"type": "tcp", "bind": f"{_bind_host(host)}:{port}"},
     }
+    if tls is not None:
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": f"{_bind_host(host)}:{tls.port}",
+            "ssl": True,
+            "certfile": str(tls.certfile),
+            "keyfile": str(tls.keyfile),
+        }
+    return {"listeners": listeners, "plugins": plugins}
 
 
 class EmbeddedBroker:
@@ -146,6 +176,7 @@ class EmbeddedBroker:
         log_level: str = "warning",
         hold_devices_for: str | None = None,
         rules: BrokerRules | None = None,
+        tls: TlsListener | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedBroker: port {port} is out of range 0-65535 (0 = pick one)")
@@ -157,6 +188,7 @@ class EmbeddedBroker:
         self._stop_timeout = stop_timeout
         self._log_level = log_level
         self._hold_devices_for = hold_devices_for
+        self.tls = tls
         self._own_log = log_path is None
         self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
@@ -312,7 +344,10 @@ class EmbeddedBroker:
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
             "--stop-on-stdin-eof",
-        ] + (["--hold-devices-for", self._hold_devices_for] if self._hold_devices_for else [])
+        ] + (
+            (["--hold-devices-for", self._hold_devices_for] if self._hold_devices_for else [])
+            + (self.tls.argv() if self.tls is not None else [])
+        )
 
     def _spawn_and_wait(self) -> None:
         command = self._command()

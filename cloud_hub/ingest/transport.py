@@ -49,9 +49,11 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
@@ -201,6 +203,7 @@ class HubLink:
         max_inflight: int = 1000,
         max_queued_out: int = 100_000,
         max_payload_bytes: int = DEFAULT_LIMITS.max_payload_bytes,
+        ca_file: Path | None = None,
     ) -> None:
         if queue_max < 1:
             raise ValueError(f"hub link: queue_max must be >= 1, got {queue_max}")
@@ -241,6 +244,10 @@ class HubLink:
         )
         if endpoint.username:
             client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:  # mqtts://: the broker's certificate and host name are verified
+            client.tls_set(
+                ca_certs=None if ca_file is None else str(ca_file), cert_reqs=ssl.CERT_REQUIRED
+            )
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(max_queued_out)
         client.reconnect_delay_set(reconnect_min_s, reconnect_min_s)
