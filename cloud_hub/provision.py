@@ -29,7 +29,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from cloud_hub.broker.files import replace_file
 from cloud_hub.broker.rules import HUB_USER, BrokerRules
@@ -126,6 +126,10 @@ def mosquitto_acl(device: str, topics: Topics) -> str:
     return BrokerRules(roots=(topics.root,)).mosquitto_acl(device)
 
 
+DEVICE_CA_FILE: Final = Path("/etc/edgeloop/ca.pem")
+"""Where ``devices add`` tells the operator to put the hub's CA certificate on a device."""
+
+
 @dataclass(frozen=True, slots=True)
 class Provisioned:
     device: str
@@ -139,6 +143,8 @@ class Provisioned:
     """The hub's acl_file block, for an acl_file that has none yet."""
     written_to: MosquittoFiles | None = None
     """Where the Mosquitto lines were written (None: printed only)."""
+    ca_file: Path | None = None
+    """The CA certificate to copy onto the device for an mqtts:// broker (None: no TLS)."""
 
     def render(self) -> str:
         """What ``devices add`` prints: the agent settings and, for Mosquitto, the broker lines."""
@@ -163,6 +169,11 @@ class Provisioned:
             "# mode 0600), then restart the agent:" if self.rotated else "# mode 0600):",
             *(f"{k}={v}" for k, v in self.agent_env.items()),
         ]
+        if self.ca_file is not None:
+            out += [
+                f"# and copy the hub's {self.ca_file} onto the device as {DEVICE_CA_FILE}: the",
+                "# agent verifies the broker's TLS certificate with it.",
+            ]
         if self.written_to is not None:
             out += [
                 "",
@@ -297,7 +308,11 @@ def add_device(
     hub_user = HUB_USER
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        broker = BrokerEndpoint(settings.broker_host, settings.broker_port)
+        # With a TLS listener, devices are given it (mqtts://) and the CA to check it.
+        tls_port = settings.mqtt_tls_port
+        broker = BrokerEndpoint(
+            settings.broker_host, tls_port or settings.broker_port, tls=bool(tls_port)
+        )
         password_file: Path | None = settings.password_file
     else:
         external = settings.external_broker()
@@ -325,4 +340,8 @@ def add_device(
         store.add_device(device)
     finally:
         store.close()
+    if broker.tls and settings.embedded_broker:
+        env = {**done.agent_env, "EDGELOOP_AGENT_BROKER_CA_FILE": str(DEVICE_CA_FILE)}
+        ca = settings.data_dir.resolve() / "tls" / "ca.pem"
+        return dataclasses.replace(done, agent_env=env, ca_file=ca)
     return done

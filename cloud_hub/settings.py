@@ -234,7 +234,15 @@ OPTIONS: Final = OptionTable(
 )
 
 
-PROVISION_OPTIONS: Final = ("data_dir", "store", "broker", "broker_host", "broker_port", "root")
+PROVISION_OPTIONS: Final = (
+    "data_dir",
+    "store",
+    "broker",
+    "broker_host",
+    "broker_port",
+    "mqtt_tls_port",
+    "root",
+)
 """The options ``devices add`` takes: where the broker, its accounts and the store are."""
 
 

@@ -134,3 +134,21 @@ def test_an_external_broker_ca_file_needs_an_mqtts_url(
     )
     assert done.returncode == 2, done.stderr
     assert "applies only to an external mqtts:// broker" in done.stderr
+
+
+def test_devices_add_gives_a_tls_hubs_devices_mqtts_and_the_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_hub.cli import main  # noqa: PLC0415
+
+    data = tmp_path / "hub"
+    init_ca(TlsFiles(data / "tls"), [HOST])
+    assert (
+        main(["devices", "add", "pi-07", "--data-dir", str(data), "--mqtt-tls-port", "8883"]) == 0
+    )
+    out = capsys.readouterr().out
+    url = next(ln for ln in out.splitlines() if ln.startswith("EDGELOOP_AGENT_BROKER="))
+    endpoint = parse_broker_url(url.partition("=")[2])
+    assert endpoint.tls and endpoint.port == 8883 and endpoint.username == "pi-07", endpoint
+    assert "EDGELOOP_AGENT_BROKER_CA_FILE=/etc/edgeloop/ca.pem" in out
+    assert f"copy the hub's {(data / 'tls' / 'ca.pem').resolve()} onto the device" in out
