@@ -119,6 +119,8 @@ def test_serve_names_a_busy_broker_port(tmp_path: Path, model_packages: ModelPat
             str(tmp_path / "hub"),
             "--models-dir",
             str(model_packages.edge.parent.parent),
+            "--http-port",
+            str(free_port()),
             "--broker-port",
             str(port),
             cwd=tmp_path,
@@ -139,6 +141,8 @@ def test_serve_names_an_unreachable_external_broker(
         str(tmp_path / "hub"),
         "--models-dir",
         str(model_packages.edge.parent.parent),
+        "--http-port",
+        str(free_port()),
         cwd=tmp_path,
         env={"EDGELOOP_HUB_BROKER": url},
     )
@@ -158,6 +162,8 @@ def test_serve_names_bad_credentials(
         str(tmp_path / "hub"),
         "--models-dir",
         str(model_packages.edge.parent.parent),
+        "--http-port",
+        str(free_port()),
         cwd=tmp_path,
         env={"EDGELOOP_HUB_BROKER": url},
     )
