@@ -89,6 +89,13 @@ def socket_failure(
             f"the host name {host!r} does not resolve ({exc.strerror})",
             "the host name in the broker URL (--broker) and the device's DNS settings",
         )
+    if tls and isinstance(exc, TimeoutError):
+        return ConnectFailure(
+            f"no TLS answer from {host} port {port} (timed out)",
+            f"that port {port} is the broker's TLS port (8883 by default) for an mqtts:// URL "
+            "(a plain MQTT port waits for MQTT, not TLS: use mqtt:// there), then the address, "
+            "the route and any firewall",
+        )
     if isinstance(exc, TimeoutError):
         return ConnectFailure(
             f"no answer from {host} port {port} (timed out)",
@@ -240,13 +247,18 @@ class MqttLink:
         if rc.is_failure:
             self.counters.add("connect_refused")
             self._refused = True  # the broker now closes the connection: not another failure
-            self._failed(
-                ConnectFailure(
-                    f"the broker refused the session: {rc}",
-                    "the device's user name and password in the broker URL (edgeloop-hub "
-                    "devices add prints them), and that the device is provisioned on this broker",
-                )
+            check = (
+                "the device's user name and password in the broker URL (edgeloop-hub "
+                "devices add prints them), and that the device is provisioned on this broker"
             )
+            user = self.settings.broker.username
+            if user is not None and user != self.device:
+                check += (
+                    f"; and the device id: it is {self.device!r} (--device) but the broker "
+                    f"account is {user!r}, and edgeloop's brokers let a device account connect "
+                    "only with its own name as client id"
+                )
+            self._failed(ConnectFailure(f"the broker refused the session: {rc}", check))
             self._schedule_reconnect()
             return
         self._backoff.reset()

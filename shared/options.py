@@ -142,6 +142,13 @@ class Option:
     def env(self) -> str:
         return self.prefix + self.name.upper()
 
+    @property
+    def how_to_set(self) -> str:
+        """How to set it, for the end of an error: a secret never as a flag."""
+        if self.secret:
+            return f"(set {self.flag}-file or {self.env})"
+        return f"(set {self.flag} or {self.env})"
+
     def holds_secret(self, text: str) -> bool:
         return self.secret or (self.redact is not None and self.redact(text) != text)
 
@@ -229,7 +236,7 @@ class OptionTable:
     def fail(self, name: str, why: str) -> ConfigError:
         """An error about setting ``name`` that says how to set it."""
         opt = self._by_name[name]
-        return ConfigError(f"setting {name!r} {why} (set {opt.flag} or {opt.env})", setting=name)
+        return ConfigError(f"setting {name!r} {why} {opt.how_to_set}", setting=name)
 
     def read_toml(self, path: Path) -> dict[str, Any]:
         hint = f"(set --config or {self.config_env})"
@@ -286,7 +293,7 @@ class OptionTable:
             except Exception as exc:  # every parser error becomes one clear message
                 raise ConfigError(
                     f"setting {opt.name!r} (from {where}) = {opt.shown(text)!r} is invalid: "
-                    f"{opt.shown(str(exc))} (set {opt.flag} or {opt.env})",
+                    f"{opt.shown(str(exc))} {opt.how_to_set}",
                     setting=opt.name,
                 ) from None
             origin[opt.name] = where

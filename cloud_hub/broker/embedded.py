@@ -360,6 +360,10 @@ class EmbeddedBroker:
                 stderr=log,
                 env=_child_env(),
                 close_fds=True,
+                # Its own session: a Ctrl-C at the terminal (SIGINT to the foreground
+                # process group) reaches the hub, which stops the broker itself; were
+                # the broker to get it too, it would exit first and be "restarted".
+                start_new_session=True,
             )
         try:
             self._wait_ready(command)

@@ -369,14 +369,14 @@ class HubLink:
             )
 
     def health(self) -> PartHealth:
-        """Up (connected and subscribed) or down, since when, and why it last went down."""
+        """Up (connected and subscribed) or down, since when, and (while down) why."""
         counts = self.counts()
         with self._state_lock:
             up, since, reason = self._up, self._since, self._down_reason
         return PartHealth(
             up=up,
             since=since,
-            reason=reason,
+            reason=None if up else reason,
             check=None
             if up
             else (

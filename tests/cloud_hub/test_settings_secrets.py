@@ -128,3 +128,13 @@ def test_the_broker_password_needs_an_external_url_with_a_user_and_no_password(
         with pytest.raises(ConfigError, match=why) as caught:
             _resolve(*_files(tmp_path), env={**env, "EDGELOOP_HUB_BROKER": broker})
         _assert_hidden(str(caught.value))
+
+
+def test_an_error_about_a_token_points_at_its_file_option_never_its_flag(tmp_path: Path) -> None:
+    read, admin = tmp_path / "read", tmp_path / "admin"
+    write_private(read, "same-token-for-both-0123456789\n")
+    write_private(admin, "same-token-for-both-0123456789\n")
+    with pytest.raises(ConfigError) as caught:
+        _resolve("--read-token-file", str(read), "--admin-token-file", str(admin))
+    assert "(set --read-token-file or EDGELOOP_HUB_READ_TOKEN)" in str(caught.value)
+    assert "same-token" not in str(caught.value)

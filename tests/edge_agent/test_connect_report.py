@@ -7,6 +7,7 @@ the reports is checked on :class:`ConnectReport` with explicit times.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 
 from edge_agent.transport import ConnectFailure, ConnectReport
 from shared.endpoint import BrokerEndpoint
-from simulators.harness import HOST, AgentProcess, free_port, wait_until
+from simulators.harness import HOST, AgentProcess, AmqttBroker, free_port, wait_until
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 
@@ -130,3 +131,36 @@ def test_report_after_a_connection_says_the_next_failure_at_once() -> None:
     later = ConnectFailure("protocol error", "the port")
     report.failed(later)
     assert report.due(101.0) == (later, 1, 1)
+
+
+def test_a_device_id_other_than_its_account_is_named_in_the_report(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    """A device account may connect only with its own name as client id (the topic rules)."""
+    with AmqttBroker(tmp_path / "amqtt", users={"pi-07": SECRET}) as broker:
+        endpoint = broker.endpoint("pi-07")
+        agent = AgentProcess(
+            model_packages.edge,
+            tmp_path / "agent",
+            broker=endpoint,
+            device="pi-08",
+            args=("--reconnect-min-s", "1", "--reconnect-max-s", "1"),
+            log_level="INFO",
+        )
+        agent.start(wait=False)
+        try:
+            line = Output(agent).wait_for(REPORT)
+        finally:
+            agent.kill()
+    assert "the broker refused the session" in line, line
+    assert "it is 'pi-08' (--device) but the broker account is 'pi-07'" in line, line
+
+
+def test_tls_to_the_embedded_brokers_plain_port_says_which_port_is_which(
+    amqtt_broker: BrokerEndpoint, model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    """amqtt does not answer a TLS hello on its plain port: the report says to check the port."""
+    endpoint = dataclasses.replace(amqtt_broker, tls=True)
+    with _agent(endpoint, model_packages.edge, tmp_path) as output:
+        line = output.wait_for(REPORT)
+    assert "TLS" in line and "8883" in line and "mqtt://" in line, line
