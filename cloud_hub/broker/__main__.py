@@ -31,6 +31,7 @@ from cloud_hub.broker.auth import PasswordFileError, read_password_file
 from cloud_hub.broker.embedded import READY_PREFIX, BrokerExit, TlsListener, amqtt_config
 from cloud_hub.broker.rules import HUB_CLIENT_ID, HUB_USER, BrokerRules
 from cloud_hub.broker.topic_check import RulesBroker
+from cloud_hub.memory import return_large_blocks
 from shared.endpoint import BrokerEndpoint
 from shared.errors import TopicError
 from shared.topics import DEFAULT_ROOT
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker until SIGTERM/SIGINT; return the process exit code."""
     args = _parse_args(argv)
     _configure_logging(args.log_level)
+    # amqtt reads every packet whole: after a flood of large ones, give the blocks back.
+    return_large_blocks()
     try:
         # Read once here for a one-line error; the plugin reads it again to serve.
         users = read_password_file(args.password_file)

@@ -256,6 +256,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         watches += [rss, broker_rss]
         time.sleep(args.settle_s)
         baseline = rss.steady()
+        broker_baseline = broker_rss.steady()
         client = _device_client(broker, users[_DEVICE])
         topic = Topics().topic(_DEVICE, Kind.TELEMETRY)
 
@@ -312,6 +313,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             broker_peak = broker_rss.peak()
             time.sleep(args.settle_s)
             after = rss.steady()
+            broker_after = broker_rss.steady()
             result = {
                 **figures,
                 "seconds": round(seconds, 1),
@@ -319,7 +321,8 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "after_mb": round(after / _MB, 1),
                 "peak_over_baseline_mb": round((peak - baseline) / _MB, 1),
                 "after_over_baseline_mb": round((after - baseline) / _MB, 1),
-                "broker_peak_mb": round(broker_peak / _MB, 1),
+                "broker_peak_over_baseline_mb": round((broker_peak - broker_baseline) / _MB, 1),
+                "broker_after_over_baseline_mb": round((broker_after - broker_baseline) / _MB, 1),
             }
             results[name] = result
             print(f"{name}: {json.dumps(result)}", flush=True)
@@ -338,6 +341,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "bench": "flood",
         "broker": broker.version,
         "baseline_mb": round(baseline / _MB, 1),
+        "broker_baseline_mb": round(broker_baseline / _MB, 1),
         "peak_over_baseline_mb": max(r["peak_over_baseline_mb"] for r in results.values()),
         "after_over_baseline_mb": max(r["after_over_baseline_mb"] for r in results.values()),
         **results,
