@@ -104,6 +104,7 @@ def test_a_killed_embedded_broker_is_restarted_and_loses_nothing(
     status, body = _health(hub)
     assert status == 200 and body["down"] == [], body
     assert set(body["parts"]) == {"broker_link", "embedded_broker"}
+    assert body["parts"]["broker_link"]["reason"] is None, body  # no outage yet
     devices = [f"sup-{i}" for i in range(AGENTS)]
     agents = [
         AgentProcess(

@@ -359,6 +359,8 @@ class HubLink:
             again = self.connects > 1
             self._up = True
             self._since = time.time()
+            if not again:
+                self._down_reason = None  # "not connected yet" was no outage
         if again:
             self._count("broker_reconnects")
             log.warning(
@@ -369,14 +371,14 @@ class HubLink:
             )
 
     def health(self) -> PartHealth:
-        """Up (connected and subscribed) or down, since when, and (while down) why."""
+        """Up (connected and subscribed) or down, since when, and why it last went down."""
         counts = self.counts()
         with self._state_lock:
             up, since, reason = self._up, self._since, self._down_reason
         return PartHealth(
             up=up,
             since=since,
-            reason=None if up else reason,
+            reason=reason,
             check=None
             if up
             else (
