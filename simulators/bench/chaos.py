@@ -32,7 +32,12 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from simulators.bench.arguments import non_negative_float, positive_float, positive_int
+from simulators.bench.arguments import (
+    add_dir_options,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from simulators.bench.workdir import in_work_dir
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -162,21 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one more edgeloop-agent flag for every agent (repeatable; e.g. "
         "--agent-arg=--resend-after-s --agent-arg=2)",
     )
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path("var/models"),
-        metavar="DIR",
-        help="model directory; default models are built there if missing (default: var/models)",
-    )
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="keep the broker, hub and agents' files and logs here (default: a temporary "
-        "directory, removed at the end)",
-    )
+    add_dir_options(parser, "the broker, hub and agents' files and logs")
 
 
 def _say(text: str) -> None:

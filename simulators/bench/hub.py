@@ -70,7 +70,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shared.errors import EdgeloopError
 from shared.topics import DEFAULT_ROOT, Topics
-from simulators.bench.arguments import non_negative_float, positive_float, positive_int
+from simulators.bench.arguments import (
+    add_dir_options,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from simulators.bench.workdir import in_work_dir
 from simulators.harness import (
     HOST,
@@ -183,13 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="the hub's --ingest-batch-wait-ms (default: 20)",
     )
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=Path("var/models"),
-        metavar="DIR",
-        help="model directory; default models are built there if missing (default: var/models)",
-    )
+    add_dir_options(parser, "the broker, hub and publisher files and logs")
     parser.add_argument(
         "--root", default=DEFAULT_ROOT, help=f"MQTT topic root of the hub (default: {DEFAULT_ROOT})"
     )
@@ -202,14 +201,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=1, help="seed of the simulated stream (default: 1)"
-    )
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="keep the broker, hub and publisher files and logs here "
-        "(default: a temporary directory, removed afterwards)",
     )
 
 
