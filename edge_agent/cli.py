@@ -59,7 +59,10 @@ def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | No
         from edge_agent.sources.csv_replay import CsvReplaySource  # noqa: PLC0415
 
         assert settings.csv_path is not None
-        return CsvReplaySource(settings.csv_path, settings.csv_ts_column, settings.csv_pace), None
+        source = CsvReplaySource(
+            settings.csv_path, settings.csv_ts_column, settings.csv_pace, settings.csv_delimiter
+        )
+        return source, None
     if settings.source == "stdin":
         from edge_agent.sources.stdin_jsonl import StdinSource  # noqa: PLC0415
 

@@ -139,6 +139,13 @@ OPTIONS: Final = OptionTable(
             "NAME",
         ),
         Option(
+            "csv_delimiter",
+            choice(("auto", ",", ";", "tab")),
+            "auto",
+            "the CSV field separator: ',', ';' or tab; auto takes the one that splits the header into the most fields",
+            "SEP",
+        ),
+        Option(
             "csv_pace",
             choice(("recorded", "fast")),
             "recorded",
@@ -340,6 +347,7 @@ class AgentSettings:
     source: str
     csv_path: Path | None
     csv_ts_column: str
+    csv_delimiter: str
     csv_pace: str
     plugin: str | None
     rate_hz: float

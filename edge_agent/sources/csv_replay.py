@@ -2,7 +2,9 @@
 
 The file has a header row: a timestamp column (unix seconds, or ISO 8601 such
 as ``2026-11-21T10:00:00.250Z``) and one column per sensor, named as in
-:data:`shared.features.SENSOR_NAMES`; other columns are ignored. An empty cell
+:data:`shared.features.SENSOR_NAMES`; other columns are ignored. Fields are
+separated by ``,``, ``;`` or a tab: ``delimiter="auto"`` takes the one that
+splits the header into the most fields (:func:`detect_delimiter`). An empty cell
 is a missing value (a dropout). A row that cannot be parsed is skipped and
 counted, never fatal.
 """
@@ -23,7 +25,24 @@ from edge_agent.sources.base import Reading
 from shared.errors import ConfigError
 from shared.features import SENSOR_NAMES
 
-__all__ = ["CsvReplaySource", "parse_timestamp"]
+__all__ = ["DELIMITERS", "CsvReplaySource", "detect_delimiter", "parse_timestamp"]
+
+DELIMITERS: dict[str, str] = {",": ",", ";": ";", "tab": "\t"}
+"""What ``--csv-delimiter`` takes (besides ``auto``), and the character each means."""
+
+
+def detect_delimiter(header_line: str) -> str:
+    r"""The delimiter that splits ``header_line`` into the most fields (``,`` on a tie or none).
+
+    >>> detect_delimiter("datetime;flow;current"), detect_delimiter("ts\ta\tb"), detect_delimiter("ts")
+    (';', '\t', ',')
+    """
+    best, most = ",", 1
+    for char in DELIMITERS.values():
+        fields = len(next(csv.reader([header_line], delimiter=char), []))
+        if fields > most:
+            best, most = char, fields
+    return best
 
 
 def parse_timestamp(text: str) -> float:
@@ -45,17 +64,23 @@ def parse_timestamp(text: str) -> float:
 class CsvReplaySource:
     """Readings from a CSV file, at the recorded pace or as fast as possible."""
 
-    def __init__(self, path: Path, ts_column: str = "ts", pace: str = "recorded") -> None:
+    def __init__(
+        self, path: Path, ts_column: str = "ts", pace: str = "recorded", delimiter: str = "auto"
+    ) -> None:
         self.path = path
         self.ts_column = ts_column
         self.pace = pace
         self.invalid: dict[str, int] = {}
-        self._columns = self._check_header()
+        self.delimiter = DELIMITERS.get(delimiter, ",")
+        self._columns = self._check_header(auto=delimiter == "auto")
 
-    def _check_header(self) -> list[int]:
+    def _check_header(self, *, auto: bool) -> list[int]:
         try:
             with self.path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
-                header = next(csv.reader(fh), None)
+                first = fh.readline()
+            if auto:
+                self.delimiter = detect_delimiter(first)
+            header = next(csv.reader([first], delimiter=self.delimiter), None) if first else None
         except (OSError, csv.Error) as exc:
             raise ConfigError(
                 f"cannot read CSV file {self.path}: {getattr(exc, 'strerror', None) or exc}",
@@ -68,9 +93,12 @@ class CsvReplaySource:
         header = [h.strip() for h in header]
         missing = [c for c in (self.ts_column, *SENSOR_NAMES) if c not in header]
         if missing:
+            shown = repr({"\t": "tab"}.get(self.delimiter, self.delimiter))
             raise ConfigError(
                 f"CSV file {self.path} lacks column(s) {', '.join(missing)}; it needs "
-                f"{self.ts_column!r} and one column per sensor: {', '.join(SENSOR_NAMES)}",
+                f"{self.ts_column!r} and one column per sensor: {', '.join(SENSOR_NAMES)}. "
+                f"Its header, split at {shown}, has: {', '.join(header)[:300]} "
+                "(--csv-ts-column names the timestamp column; --csv-delimiter the separator)",
                 setting="csv_path",
             )
         return [header.index(c) for c in (self.ts_column, *SENSOR_NAMES)]
@@ -85,7 +113,7 @@ class CsvReplaySource:
         # utf-8-sig: spreadsheets write a byte-order mark; errors="replace": a
         # bad byte spoils its row (counted below), not the whole replay.
         with self.path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
-            rows = csv.reader(fh)
+            rows = csv.reader(fh, delimiter=self.delimiter)
             next(rows, None)
             while not stop.is_set():
                 try:

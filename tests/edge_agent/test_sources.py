@@ -61,6 +61,37 @@ def test_csv_header_check_names_a_missing_timestamp_column(tmp_path: Path) -> No
         CsvReplaySource(path, ts_column="time")
 
 
+@pytest.mark.parametrize(("sep", "name"), [(";", ";"), ("\t", "tab"), (",", ",")])
+def test_csv_separated_by_semicolon_or_tab_is_detected_or_named(
+    tmp_path: Path, sep: str, name: str
+) -> None:
+    path = tmp_path / "rig.csv"
+    path.write_text(
+        HEADER.replace(",", sep) + "\n" + f"1.0,{ROW}".replace(",", sep) + "\n", encoding="utf-8"
+    )
+    for delimiter in ("auto", name):
+        (r,) = collect(CsvReplaySource(path, pace="fast", delimiter=delimiter))
+        assert r.ts == 1.0 and r.values.tolist() == VALUES, delimiter
+
+
+def test_csv_with_another_separator_than_named_shows_the_header_as_read(tmp_path: Path) -> None:
+    path = tmp_path / "rig.csv"
+    path.write_text(HEADER.replace(",", ";") + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        CsvReplaySource(path, delimiter=",")
+    text = str(info.value)
+    assert f"split at ',', has: {HEADER.replace(',', ';')}" in text, text
+    assert "--csv-delimiter" in text and "--csv-ts-column" in text
+
+
+def test_agent_settings_take_the_csv_delimiter(tmp_path: Path) -> None:
+    base = ["--model", str(tmp_path), "--source", "csv", "--csv-path", "x.csv"]
+    assert load_settings(base, env={}).csv_delimiter == "auto"
+    assert load_settings([*base, "--csv-delimiter", "tab"], env={}).csv_delimiter == "tab"
+    with pytest.raises(ConfigError, match="csv_delimiter"):
+        load_settings([*base, "--csv-delimiter", "|"], env={})
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_csv_unreadable_or_empty(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "a.csv"
