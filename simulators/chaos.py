@@ -603,24 +603,25 @@ def _warm(fleet: _Fleet) -> None:
     fleet.wait_stored(max(1, round(c.warmup_s * c.rate_hz)), "readings stored before the fault")
 
 
-def _fault_a(rig: ChaosRig, fleet: _Fleet, w: _Window, disk: SmallDisk | None) -> None:
+def _broker_outage(
+    rig: ChaosRig, fleet: _Fleet, w: _Window, take_down: Callable[[], object], seconds: float
+) -> None:
     fleet.start()
     _warm(fleet)
     w.start()
-    rig.broker.kill()
-    time.sleep(fleet.config.broker_down_s)  # the outage itself
+    take_down()
+    time.sleep(seconds)  # the outage itself
     rig.broker.start()
     w.end()
+
+
+def _fault_a(rig: ChaosRig, fleet: _Fleet, w: _Window, disk: SmallDisk | None) -> None:
+    _broker_outage(rig, fleet, w, rig.broker.kill, fleet.config.broker_down_s)
 
 
 def _fault_b(rig: ChaosRig, fleet: _Fleet, w: _Window, disk: SmallDisk | None) -> None:
-    fleet.start()
-    _warm(fleet)
-    w.start()
-    rig.broker.stop()
-    time.sleep(fleet.config.network_cut_s)  # the cut itself
-    rig.broker.start()
-    w.end()
+    # A network cut, as the devices see it: the broker stopped for its length.
+    _broker_outage(rig, fleet, w, rig.broker.stop, fleet.config.network_cut_s)
 
 
 def _fault_c(rig: ChaosRig, fleet: _Fleet, w: _Window, disk: SmallDisk | None) -> None:
