@@ -30,7 +30,7 @@ from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
 from shared import __version__
 from shared.errors import ContractError
-from shared.features import SENSOR_NAMES, FeatureWindow
+from shared.features import FeatureWindow, InputCheck
 from shared.messages import Ack, Desired, Event, Health, Status, Telemetry, decode, encode
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
@@ -61,8 +61,11 @@ class Agent:
         self.actuators = actuators
         self.topics = Topics(settings.root)
         manifest = model.manifest
-        self.features = FeatureWindow(manifest.input.window)
-        self.rule = UrgentRule(manifest.urgent, manifest.output.urgent_index, SENSOR_NAMES)
+        self.features = FeatureWindow(manifest.input.window, manifest.input.fallback)
+        self.inputs = InputCheck(manifest.input.sensors, manifest.expected_ranges())
+        self.rule = UrgentRule(
+            manifest.urgent, manifest.output.urgent_index, manifest.input.sensor_names
+        )
         self.urgent_index = manifest.output.urgent_index
         self.batcher = Batcher(
             settings.max_batch,
@@ -169,6 +172,7 @@ class Agent:
         its own, the most severe first; returns the decisions (usually none).
         """
         t0 = time.perf_counter_ns()
+        values = self.inputs.check(values)  # out-of-range values become missing, counted
         feats = self.features.push(values)  # always finite: bad values are carried forward
         scores = self.model.score(feats)
         decisions = self.rule.check(values, scores.item(self.urgent_index))
@@ -441,6 +445,7 @@ class Agent:
         dropped = dict(self.outbox.dropped)
         dropped.update(self.outbox.declared)
         invalid = dict(self.source.invalid)
+        invalid.update(self.inputs.counts())
         for name, n in counts.items():
             group, _, key = name.partition(":")
             if group == "dropped":

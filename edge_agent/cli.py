@@ -24,6 +24,7 @@ from shared import __version__
 from shared.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
+    from shared.features import SensorSpec
     from simulators.machine import SimulatedMachine
 
 __all__ = ["build_actuators", "build_source", "main"]
@@ -31,8 +32,13 @@ __all__ = ["build_actuators", "build_source", "main"]
 log = logging.getLogger("edge_agent")
 
 
-def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | None]:
-    """The configured source, and the simulated machine when there is one.
+def build_source(
+    settings: AgentSettings, sensors: tuple[SensorSpec, ...]
+) -> tuple[Source, SimulatedMachine | None]:
+    """The configured source of the model's ``sensors``, and the simulated machine when there is one.
+
+    A sensor the source cannot provide is a :class:`ConfigError` naming what the
+    model reads and what the source has.
 
     Each source's module is imported only when it is chosen: the simulator
     (and :mod:`simulators`) loads only with ``--source sim``.
@@ -53,14 +59,23 @@ def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | No
             raise ConfigError(f"simulated machine: {exc}", setting="sim_drift") from None
         machine = SimulatedMachine(config)
         return SimulatedSource(
-            machine, settings.rate_hz, restart_after_s=settings.sim_restart_s
+            machine,
+            settings.rate_hz,
+            restart_after_s=settings.sim_restart_s,
+            sensors=[s.name for s in sensors],
         ), machine
     if settings.source == "csv":
         from edge_agent.sources.csv_replay import CsvReplaySource  # noqa: PLC0415
 
         assert settings.csv_path is not None
         source = CsvReplaySource(
-            settings.csv_path, settings.csv_ts_column, settings.csv_pace, settings.csv_delimiter
+            settings.csv_path,
+            [s.name for s in sensors],
+            settings.csv_ts_column,
+            settings.csv_pace,
+            settings.csv_delimiter,
+            column_map=settings.csv_map,
+            ts_unit=settings.csv_ts_unit,
         )
         return source, None
     if settings.source == "stdin":
@@ -69,11 +84,11 @@ def build_source(settings: AgentSettings) -> tuple[Source, SimulatedMachine | No
         # A byte that is not UTF-8 spoils its line (counted), not the whole stream.
         if isinstance(sys.stdin, io.TextIOWrapper):
             sys.stdin.reconfigure(errors="replace")
-        return StdinSource(sys.stdin), None
+        return StdinSource(sys.stdin, [s.name for s in sensors]), None
     from edge_agent.sources.plugins import load_plugin  # noqa: PLC0415
 
     assert settings.plugin is not None
-    return load_plugin(settings.plugin, settings), None
+    return load_plugin(settings.plugin, settings, sensors), None
 
 
 def build_actuators(settings: AgentSettings, machine: SimulatedMachine | None) -> list[Actuator]:
@@ -119,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         model = load_edge_model(settings.model, __version__)
-        source, machine = build_source(settings)
+        source, machine = build_source(settings, model.manifest.input.sensors)
         actuators = build_actuators(settings, machine)
     except (ConfigError, ManifestError) as exc:
         print(f"edgeloop-agent: {exc}", file=sys.stderr)

@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import ManifestError
-from shared.features import FEATURE_NAMES
 from shared.manifest import ModelPackage, load_package, parse_version
 from shared.session_options import PROVIDERS, configure_session, unloadable_model
 
@@ -101,6 +100,7 @@ class EdgeModel:
         self._local = threading.local()
         self.version = self.manifest.version
         self.n_classes = len(self.manifest.output.classes)
+        self.n_features = len(self.manifest.input.features)
 
     def score(self, features: F32) -> F32:
         """Class probabilities for one feature row, shape ``(n_classes,)``.
@@ -111,7 +111,7 @@ class EdgeModel:
             bound: _Binding = self._local.bound
         except AttributeError:
             bound = self._local.bound = _Binding(
-                self._session, self._input, self._outputs[0], len(FEATURE_NAMES), self.n_classes
+                self._session, self._input, self._outputs[0], self.n_features, self.n_classes
             )
         if features.shape != bound.features.shape or features.dtype != np.float32:
             raise ValueError(
@@ -149,26 +149,12 @@ class EdgeModel:
 def load_edge_model(path: Path, agent_version: str, window: int | None = None) -> EdgeModel:
     """Load, check and smoke-test the package at ``path`` for this agent.
 
-    Refuses a package whose input is not what this agent computes, that needs a
-    newer agent, or whose test vectors do not reproduce.
+    Refuses a package that needs a newer agent, or whose test vectors do not
+    reproduce. The sensors it reads are the manifest's (``manifest.input``); the
+    source must provide them (checked when the source is built).
     """
     package = load_package(path)
     m = package.manifest
-    if m.input.features != FEATURE_NAMES:
-        theirs, ours = list(m.input.features), list(FEATURE_NAMES)
-        diff = next(
-            (i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
-            min(len(theirs), len(ours)),
-        )
-        raise ManifestError(
-            f"model {m.name} {m.version} at {path} expects {len(theirs)} input features but this "
-            f"agent computes {len(ours)}; first difference at position {diff}: "
-            f"{theirs[diff] if diff < len(theirs) else '(none)'!r} vs "
-            f"{ours[diff] if diff < len(ours) else '(none)'!r}. Build the model with this "
-            "edgeloop version's features.",
-            path=str(path),
-            field="input.features",
-        )
     if window is not None and m.input.window != window:
         raise ManifestError(
             f"model {m.name} {m.version} wants a window of {m.input.window}, agent uses {window}",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge_agent.scheduling import parse_cpu
+from shared.columns import parse_column_map
 from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
 from shared.errors import ConfigError
 from shared.options import (
@@ -128,15 +129,33 @@ OPTIONS: Final = OptionTable(
             "csv_path",
             Path,
             None,
-            "CSV file for --source csv: a timestamp column plus one column per sensor",
+            "CSV file for --source csv: a header row, a timestamp column and one column per "
+            "sensor the model reads (found by name; --csv-map renames)",
             "FILE",
         ),
         Option(
             "csv_ts_column",
             str,
             "ts",
-            "name of the CSV timestamp column (unix seconds or ISO 8601)",
+            "name of the CSV timestamp column (ISO 8601, or unix seconds or milliseconds: "
+            "--csv-ts-unit)",
             "NAME",
+        ),
+        Option(
+            "csv_ts_unit",
+            choice(("auto", "s", "ms")),
+            "auto",
+            "unit of a numeric CSV timestamp: s, ms, or auto (ms when the first timestamp is "
+            "over 1e11, i.e. seconds past the year 5000)",
+            "UNIT",
+        ),
+        Option(
+            "csv_map",
+            str,
+            "",
+            "where each sensor is in the CSV when the column has another name: "
+            "SENSOR=COLUMN,... (e.g. vibration=vib_rms_g,flow=Flow [l/min])",
+            "MAP",
         ),
         Option(
             "csv_delimiter",
@@ -347,6 +366,8 @@ class AgentSettings:
     source: str
     csv_path: Path | None
     csv_ts_column: str
+    csv_ts_unit: str
+    csv_map: dict[str, str]
     csv_delimiter: str
     csv_pace: str
     plugin: str | None
@@ -457,6 +478,10 @@ def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
         raise fail("broker_password", str(exc)) from None
     if v["source"] == "csv" and v["csv_path"] is None:
         raise fail("csv_path", "is required with --source csv")
+    try:
+        v["csv_map"] = parse_column_map(v["csv_map"])
+    except ValueError as exc:
+        raise fail("csv_map", str(exc)) from None
     if v["source"] == "plugin" and not v["plugin"]:
         raise fail("plugin", "is required with --source plugin: the entry point name of the driver")
     if "command" in v["actions"]:

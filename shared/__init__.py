@@ -22,7 +22,7 @@ from shared.errors import (
     ManifestError,
     TopicError,
 )
-from shared.features import FEATURE_NAMES, SENSOR_NAMES, SENSORS, FeatureWindow
+from shared.features import FeatureWindow, SensorSpec
 from shared.manifest import ModelManifest, ModelPackage, load_package
 from shared.messages import (
     SCHEMA_VERSION,
@@ -44,10 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_ROOT",
-    "FEATURE_NAMES",
     "SCHEMA_VERSION",
-    "SENSORS",
-    "SENSOR_NAMES",
     "Ack",
     "ConfigError",
     "ContractError",
@@ -65,6 +62,7 @@ __all__ = [
     "ModelManifest",
     "ModelPackage",
     "Ota",
+    "SensorSpec",
     "Status",
     "Telemetry",
     "TopicError",

@@ -1,28 +1,33 @@
 """Sensors and features: the one place where raw readings become model input.
 
-Training (``cloud_hub.pipeline``), the edge agent and the hub all call
+A model declares the sensors it reads (:class:`SensorSpec`: name, unit, valid
+range, fallback value) in its manifest; nothing here knows any particular
+machine. Training (``cloud_hub.pipeline``), the edge agent and the hub all call
 :class:`FeatureWindow`, so there is no train/serve skew: a model sees in
 production exactly the numbers it was trained on.
 
-A reading is one value per sensor, in :data:`SENSORS` order; a missing value
+A reading is one value per sensor, in the model's sensor order; a missing value
 (a sensor dropout) is NaN; an infinite value, or one of absurd magnitude
-(:data:`MAX_ABS_VALUE`), counts as missing too. The window carries the last valid value forward, so features are always finite. For
-each sensor the features are, over the last ``window`` readings: the latest
-value, the mean, the standard deviation and the change from the oldest to the
-latest value.
+(:data:`MAX_ABS_VALUE`), counts as missing too, and so does a value outside the
+sensor's valid range (:class:`InputCheck`). The window carries the last valid
+value forward (the sensor's fallback before the first), so features are always
+finite. For each sensor the features are, over the last ``window`` readings:
+the latest value, the mean, the standard deviation and the change from the
+oldest to the latest value (:func:`feature_names`).
 
 >>> import numpy as np
->>> fw = FeatureWindow(window=4)
->>> x = fw.push(np.array([s.nominal for s in SENSORS]))
->>> x.shape == (len(FEATURE_NAMES),) and x.dtype == np.float32
+>>> fw = FeatureWindow(window=4, fallback=[65.0, 2.5])
+>>> x = fw.push(np.array([64.0, np.nan]))
+>>> x.shape == (len(feature_names(["temp", "vib"])),) and x.dtype == np.float32
 True
->>> bool(np.all(x[len(SENSORS):2 * len(SENSORS)] == x[:len(SENSORS)]))  # mean == last at start
-True
+>>> [float(v) for v in x[:2]]  # the missing vibration took its fallback
+[64.0, 2.5]
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,58 +35,154 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_WINDOW",
-    "FEATURE_NAMES",
     "MAX_ABS_VALUE",
-    "SENSORS",
-    "SENSOR_NAMES",
+    "OUT_OF_DISTRIBUTION_MARGIN",
     "STATS",
     "FeatureWindow",
+    "InputCheck",
     "SensorSpec",
+    "expected_range",
     "feature_names",
     "features_for_stream",
 ]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
-    """One sensor of the industrial machine: its name, unit and normal value.
+    """One sensor a model reads: its name, unit, valid range and fallback value.
 
-    ``nominal`` stands in for a sensor that has not yet reported a valid value.
+    A value outside ``[min, max]`` is a sensor error, not a measurement: it is
+    counted and treated as missing. ``fallback`` stands in for a sensor that has
+    not yet reported a valid value.
     """
 
     name: str
     unit: str
-    nominal: float
+    min: float
+    max: float
+    fallback: float
+
+    def problem(self) -> str | None:
+        """What is wrong with this spec, or None."""
+        if not (math.isfinite(self.min) and math.isfinite(self.max) and self.min < self.max):
+            return f"valid range [{self.min}, {self.max}] must be finite with min < max"
+        if not self.min <= self.fallback <= self.max:
+            return f"fallback {self.fallback} must lie in the valid range [{self.min}, {self.max}]"
+        return None
 
 
-SENSORS: tuple[SensorSpec, ...] = (
-    SensorSpec("temperature", "degC", 65.0),
-    SensorSpec("vibration", "mm/s", 2.5),
-    SensorSpec("pressure", "bar", 6.0),
-    SensorSpec("current", "A", 18.0),
-    SensorSpec("speed", "rpm", 1800.0),
-    SensorSpec("oil_temp", "degC", 50.0),
-    SensorSpec("flow", "l/min", 100.0),
-    SensorSpec("acoustic", "dB", 75.0),
-)
-SENSOR_NAMES: tuple[str, ...] = tuple(s.name for s in SENSORS)
 STATS: tuple[str, ...] = ("last", "mean", "std", "delta")
 DEFAULT_WINDOW = 10
 MAX_ABS_VALUE = 1e15
 """A reading whose magnitude reaches this is treated as missing (no sensor reads it)."""
 _MAX_SQUARES = MAX_ABS_VALUE * MAX_ABS_VALUE
+OUT_OF_DISTRIBUTION_MARGIN = 0.5
+"""How far beyond its training range (in spans of that range) a value is "far outside"."""
 
 
-def feature_names(sensors: Iterable[str] = SENSOR_NAMES) -> tuple[str, ...]:
-    """Names of the model inputs, in order: every stat for every sensor."""
+def feature_names(sensors: Iterable[str]) -> tuple[str, ...]:
+    """Names of the model inputs, in order: every stat for every sensor.
+
+    >>> feature_names(["temp", "vib"])
+    ('temp_last', 'vib_last', 'temp_mean', 'vib_mean', 'temp_std', 'vib_std', 'temp_delta', 'vib_delta')
+    """
     names = tuple(sensors)
     return tuple(f"{sensor}_{stat}" for stat in STATS for sensor in names)
 
 
-FEATURE_NAMES: tuple[str, ...] = feature_names()
+def expected_range(low: float, high: float) -> tuple[float, float]:
+    """The values a sensor whose training data spanned ``[low, high]`` may take
+    before they count as far outside the training distribution.
+
+    >>> expected_range(10.0, 20.0)
+    (5.0, 25.0)
+    """
+    span = max(high - low, 1e-6 * max(1.0, abs(low), abs(high)))
+    margin = OUT_OF_DISTRIBUTION_MARGIN * span
+    return (low - margin, high + margin)
+
+
+class InputCheck:
+    """Counts, per sensor, values that are missing, outside the valid range, or
+    far outside the training distribution; turns out-of-range values into
+    missing ones. Pure: no I/O.
+
+    ``expected`` gives each sensor's ``(low, high)`` training range (see
+    :func:`expected_range`), or None to skip that check. :meth:`check` is on the
+    agent's hot path: a reading inside every interval costs four numpy calls.
+
+    >>> s = [SensorSpec("t", "degC", -40.0, 200.0, 20.0)]
+    >>> ic = InputCheck(s, [(15.0, 25.0)])
+    >>> ic.check(np.array([21.0])), ic.check(np.array([900.0])), ic.check(np.array([60.0]))
+    (array([21.]), array([nan]), array([60.]))
+    >>> ic.counts()
+    {'out_of_range:t': 1, 'out_of_distribution:t': 1}
+    """
+
+    KINDS = ("missing", "out_of_range", "out_of_distribution")
+
+    def __init__(
+        self,
+        sensors: Sequence[SensorSpec],
+        expected: Sequence[tuple[float, float]] | None = None,
+    ) -> None:
+        self.names = tuple(s.name for s in sensors)
+        n = len(self.names)
+        self._min: F64 = np.array([s.min for s in sensors], dtype=np.float64)
+        self._max: F64 = np.array([s.max for s in sensors], dtype=np.float64)
+        if expected is None:
+            self._lo, self._hi = self._min.copy(), self._max.copy()
+        else:
+            if len(expected) != n:
+                raise ValueError(f"InputCheck: {len(expected)} expected ranges for {n} sensors")
+            ranges = [expected_range(lo, hi) for lo, hi in expected]
+            self._lo = np.array([r[0] for r in ranges], dtype=np.float64)
+            self._hi = np.array([r[1] for r in ranges], dtype=np.float64)
+        # The fast path's interval: inside both the valid and the expected range.
+        lo, hi = np.maximum(self._min, self._lo), np.minimum(self._max, self._hi)
+        hi = np.maximum(hi, lo)  # disjoint ranges: every value takes the slow path
+        self._center: F64 = (lo + hi) / 2.0
+        self._half: F64 = (hi - lo) / 2.0
+        self._dev: F64 = np.empty(n, dtype=np.float64)
+        self.missing: I64 = np.zeros(n, dtype=np.int64)
+        self.out_of_range: I64 = np.zeros(n, dtype=np.int64)
+        self.out_of_distribution: I64 = np.zeros(n, dtype=np.int64)
+
+    def check(self, values: F64) -> F64:
+        """``values`` itself when every value is inside both ranges; else a copy
+        with out-of-range values set to NaN, after counting."""
+        dev = np.subtract(values, self._center, out=self._dev)
+        np.abs(dev, out=dev)
+        if (dev <= self._half).all():  # NaN fails the test
+            return values
+        return self._slow(values)
+
+    def _slow(self, values: F64) -> F64:
+        with np.errstate(invalid="ignore"):
+            missing = ~(np.abs(values) < MAX_ABS_VALUE)
+            present = ~missing
+            bad = present & ((values < self._min) | (values > self._max))
+            far = present & ~bad & ((values < self._lo) | (values > self._hi))
+        self.missing += missing
+        self.out_of_range += bad
+        self.out_of_distribution += far
+        if bad.any():
+            values = values.copy()
+            values[bad] = math.nan
+        return values
+
+    def counts(self) -> dict[str, int]:
+        """Non-zero counters as ``{"<kind>:<sensor>": n}``, for the heartbeat."""
+        out: dict[str, int] = {}
+        for kind in self.KINDS:
+            arr: I64 = getattr(self, kind)
+            for j in np.flatnonzero(arr).tolist():
+                out[f"{kind}:{self.names[j]}"] = int(arr[j])
+        return out
 
 
 class FeatureWindow:
@@ -100,17 +201,13 @@ class FeatureWindow:
       dot products with ``1/window`` weights. No call broadcasts or casts.
     """
 
-    def __init__(
-        self,
-        window: int = DEFAULT_WINDOW,
-        nominal: Iterable[float] | None = None,
-    ) -> None:
+    def __init__(self, window: int, fallback: Iterable[float]) -> None:
         if window < 2:
             raise ValueError(f"feature window must hold at least 2 readings, got {window}")
         self.window = window
-        if nominal is None:
-            nominal = [s.nominal for s in SENSORS]
-        self._nominal: F64 = np.array(list(nominal), dtype=np.float64)
+        self._nominal: F64 = np.array(list(fallback), dtype=np.float64)
+        if self._nominal.ndim != 1 or self._nominal.size == 0:
+            raise ValueError("a feature window needs one fallback value per sensor")
         n = self.n_sensors = int(self._nominal.shape[0])
         halves: F64 = np.empty((2, window, n), dtype=np.float64)
         self._buf: F64 = halves.reshape(2 * window, n)  # a view: row i + window is row i's twin
@@ -186,14 +283,12 @@ class FeatureWindow:
             self._buf[:] = row
 
 
-def features_for_stream(
-    values: F64, window: int = DEFAULT_WINDOW, nominal: Iterable[float] | None = None
-) -> F32:
+def features_for_stream(values: F64, window: int, fallback: Iterable[float]) -> F32:
     """Features for every reading of one device's stream, shape ``(n, n_features)``.
 
     This runs the very :class:`FeatureWindow` the agent runs, reading by reading.
     """
-    fw = FeatureWindow(window, nominal)
+    fw = FeatureWindow(window, fallback)
     out = np.empty((values.shape[0], fw.n_features), dtype=np.float32)
     for i, row in enumerate(values):
         out[i] = fw.push(row)

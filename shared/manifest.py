@@ -1,10 +1,12 @@
 """The model package: ``model.onnx`` + ``manifest.json`` (+ ``manifest.sig``).
 
 DESIGN.md section 4. A package is a directory. The manifest says what the model
-is (name, version, variant), what it reads (feature names, dtype, window) and
-writes (classes, which one is urgent), when to act (urgent thresholds), what
-its training data looked like (reference histograms, for drift tracking:
-coming, not built yet), how good it is (metrics), where it came from (lineage),
+is (name, version, variant), what it reads (the sensors, each with its unit,
+valid range and fallback value; the window; the feature names derived from
+them) and writes (classes, which one is urgent), when to act (urgent
+thresholds), what its training data looked like (per sensor: location, scale
+and range; reference histograms per feature and for the score, for drift
+tracking: coming, not built yet), how good it is (metrics), where it came from (lineage),
 and how to check it still works (test vectors). ``manifest.sig`` is to be an
 Ed25519 signature of the manifest's exact bytes; it is read here when present,
 but nothing signs or verifies it yet (signed OTA: coming, not built yet).
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from shared.errors import ManifestError
+from shared.features import SensorSpec, feature_names
 
 __all__ = [
     "MANIFEST_FILE",
@@ -37,6 +40,7 @@ __all__ = [
     "ModelManifest",
     "ModelPackage",
     "OutputSpec",
+    "SensorReference",
     "TestVectors",
     "UrgentSpec",
     "load_package",
@@ -48,9 +52,10 @@ __all__ = [
 MANIFEST_FILE: Final = "manifest.json"
 MODEL_FILE: Final = "model.onnx"
 SIGNATURE_FILE: Final = "manifest.sig"
-FORMAT: Final = 1
+FORMAT: Final = 2
 _VERSION_RE = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", re.ASCII)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_SENSOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -76,7 +81,8 @@ class _Obj:
     def __init__(self, obj: Any, where: str) -> None:
         if not isinstance(obj, dict):
             raise ManifestError(
-                f"manifest: {where or 'the top level'} must be an object", field=where
+                f"manifest: {f'field {where!r}' if where else 'the top level'} must be an object",
+                field=where,
             )
         self.obj: dict[str, Any] = obj
         self.where = where
@@ -173,19 +179,66 @@ class ModelFile:
         )
 
 
+def _sensor(o: _Obj) -> SensorSpec:
+    name = o.get("name", str)
+    if not _SENSOR_RE.fullmatch(name):
+        raise o.fail("name", f"= {name!r} must be 1-64 of letters, digits, _ . - (not first . -)")
+    spec = SensorSpec(name, o.get("unit", str), o.num("min"), o.num("max"), o.num("fallback"))
+    problem = spec.problem()
+    if problem is not None:
+        raise o.fail("min", problem)
+    return spec
+
+
 @dataclass(frozen=True, slots=True)
 class InputSpec:
-    """What the model reads: named float features over a window of readings."""
+    """What the model reads: the sensors, and the float features of a window
+    of their readings (:func:`shared.features.feature_names` of the sensors)."""
 
-    features: tuple[str, ...]
+    sensors: tuple[SensorSpec, ...]
     window: int
     dtype: Literal["float32"] = "float32"
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.sensors)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return feature_names(self.sensor_names)
+
+    @property
+    def fallback(self) -> tuple[float, ...]:
+        return tuple(s.fallback for s in self.sensors)
 
     @classmethod
     def parse(cls, o: _Obj) -> InputSpec:
         if o.get("dtype", str) != "float32":
             raise o.fail("dtype", "must be 'float32'")
-        return cls(_strings(o, "features"), int(o.num("window", 2, 10_000)))
+        raw = o.get("sensors", list)
+        if not raw:
+            raise o.fail("sensors", "must list at least one sensor")
+        sensors = tuple(
+            _sensor(_Obj(item, f"{o.where}.sensors[{i}]")) for i, item in enumerate(raw)
+        )
+        names = [s.name for s in sensors]
+        if len(set(names)) != len(names):
+            raise o.fail("sensors", "must not repeat a sensor name")
+        spec = cls(sensors, int(o.num("window", 2, 10_000)))
+        theirs, ours = _strings(o, "features"), spec.features
+        if theirs != ours:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b),
+                min(len(theirs), len(ours)),
+            )
+            raise o.fail(
+                "features",
+                f"lists {len(theirs)} features where its {len(sensors)} sensors give {len(ours)} "
+                f"(each of last, mean, std, delta for every sensor, in order); first difference "
+                f"at position {at}: {theirs[at] if at < len(theirs) else '(none)'!r} vs "
+                f"{ours[at] if at < len(ours) else '(none)'!r}",
+            )
+        return spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +311,28 @@ class Histogram:
 
 
 @dataclass(frozen=True, slots=True)
+class SensorReference:
+    """One sensor's training data: ``location`` (median) and ``scale`` (a robust
+    standard deviation, > 0) for baselines; ``low`` and ``high`` (the 0.1 % and
+    99.9 % quantiles), the range beyond which values count as far outside the
+    training distribution (:func:`shared.features.expected_range`)."""
+
+    location: float
+    scale: float
+    low: float
+    high: float
+
+    @classmethod
+    def parse(cls, o: _Obj) -> SensorReference:
+        ref = cls(o.num("location"), o.num("scale"), o.num("low"), o.num("high"))
+        if not ref.scale > 0:
+            raise o.fail("scale", f"= {ref.scale} must be > 0")
+        if ref.low > ref.high:
+            raise o.fail("low", f"= {ref.low} is above high {ref.high}")
+        return ref
+
+
+@dataclass(frozen=True, slots=True)
 class Lineage:
     parent: str | None
     data_window: str
@@ -318,6 +393,7 @@ class ModelManifest:
     input: InputSpec
     output: OutputSpec
     urgent: UrgentSpec
+    reference_sensors: dict[str, SensorReference]
     reference_features: dict[str, Histogram]
     reference_score: Histogram
     metrics: dict[str, float]
@@ -329,12 +405,24 @@ class ModelManifest:
     def version_key(self) -> tuple[int, int, int]:
         return parse_version(self.version)
 
+    def expected_ranges(self) -> list[tuple[float, float]]:
+        """Each sensor's training range ``(low, high)``, in sensor order."""
+        return [
+            (self.reference_sensors[n].low, self.reference_sensors[n].high)
+            for n in self.input.sensor_names
+        ]
+
     @classmethod
     def from_dict(cls, obj: Any) -> ModelManifest:
         """Validate a decoded manifest, raising :class:`ManifestError` naming the field."""
         o = _Obj(obj, "")
         if o.get("format", int) != FORMAT:
-            raise o.fail("format", f"is {o.obj['format']}; this build reads format {FORMAT}")
+            raise o.fail(
+                "format",
+                f"is {o.obj['format']}; this build reads format {FORMAT} (format 2 declares the "
+                "sensors in the input spec): rebuild the package with this edgeloop "
+                "('edgeloop-hub models build --force' or 'models train')",
+            )
         name = o.get("name", str)
         if not _NAME_RE.fullmatch(name):
             raise o.fail("name", f"= {name!r} must be 1-64 of a-z 0-9 _ . - (lowercase)")
@@ -349,7 +437,21 @@ class ModelManifest:
             raise o.fail("variant", f"= {variant!r} must be 'edge' or 'heavy'")
         inp, out = InputSpec.parse(o.sub("input")), OutputSpec.parse(o.sub("output"))
         urgent = UrgentSpec.parse(o.sub("urgent"))
+        unknown = [k for k in urgent.hard_limits if k not in inp.sensor_names]
+        if unknown:
+            raise (
+                o.sub("urgent")
+                .sub("hard_limits")
+                .fail(
+                    unknown[0], f"names no sensor of the input (sensors: {list(inp.sensor_names)})"
+                )
+            )
         ref = o.sub("reference")
+        ref_sensors_o = ref.sub("sensors")
+        ref_sensors = {k: SensorReference.parse(ref_sensors_o.sub(k)) for k in ref_sensors_o.obj}
+        lacking = [k for k in inp.sensor_names if k not in ref_sensors]
+        if lacking:
+            raise ref_sensors_o.fail(lacking[0], "is missing: every sensor needs its reference")
         ref_feats = ref.sub("features")
         reference = {k: Histogram.parse(ref_feats.sub(k)) for k in ref_feats.obj}
         missing = [k for k in inp.features if k not in reference]
@@ -368,6 +470,7 @@ class ModelManifest:
             input=inp,
             output=out,
             urgent=urgent,
+            reference_sensors={k: ref_sensors[k] for k in inp.sensor_names},
             reference_features=reference,
             reference_score=Histogram.parse(ref.sub("score")),
             metrics=metrics,
@@ -397,6 +500,16 @@ class ModelManifest:
                 "quantization": self.model.quantization,
             },
             "input": {
+                "sensors": [
+                    {
+                        "name": x.name,
+                        "unit": x.unit,
+                        "min": x.min,
+                        "max": x.max,
+                        "fallback": x.fallback,
+                    }
+                    for x in self.input.sensors
+                ],
                 "features": list(self.input.features),
                 "dtype": self.input.dtype,
                 "window": self.input.window,
@@ -413,6 +526,10 @@ class ModelManifest:
                 },
             },
             "reference": {
+                "sensors": {
+                    k: {"location": r.location, "scale": r.scale, "low": r.low, "high": r.high}
+                    for k, r in self.reference_sensors.items()
+                },
                 "features": {k: hist(v) for k, v in self.reference_features.items()},
                 "score": hist(self.reference_score),
             },

@@ -2,7 +2,7 @@
 labelled training sets.
 
 - :mod:`simulators.machine` — one industrial machine with the eight sensors of
-  :data:`shared.features.SENSORS`: operating regimes, coupled physics, noise,
+  :data:`simulators.sensors.SENSORS`: operating regimes, coupled physics, noise,
   dropouts, a slowly developing fault, urgent conditions (random or injected),
   and a local ``stop``/``start`` action. Every reading carries its ground-truth
   label (:data:`CLASSES`).

@@ -23,9 +23,10 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from shared.features import DEFAULT_WINDOW, FEATURE_NAMES, SENSORS, features_for_stream
+from shared.features import DEFAULT_WINDOW, features_for_stream
 from simulators.drift import SimConfigError
 from simulators.machine import CLASSES, MachineConfig, SimulatedMachine
+from simulators.sensors import FEATURE_NAMES, SENSORS
 
 __all__ = [
     "TRAINING_FAULT_RATE",
@@ -207,7 +208,7 @@ def build_training_set(
             values[k] = reading.values
             ys[base + k] = reading.label
             times[base + k] = reading.sim_time
-        xs.append(features_for_stream(values, window))
+        xs.append(features_for_stream(values, window, [s.fallback for s in SENSORS]))
     return TrainingSet(
         X=np.concatenate(xs),
         y=ys,

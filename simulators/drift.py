@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
 from shared.errors import ConfigError
-from shared.features import SENSOR_NAMES
+from simulators.sensors import SENSOR_NAMES
 
 __all__ = ["DRIFT_KINDS", "DriftKind", "DriftSpec", "SimConfigError", "parse_drift"]
 
@@ -104,7 +104,7 @@ class DriftSpec:
 
     @property
     def sensor_index(self) -> int:
-        """Position of the drifted sensor in :data:`shared.features.SENSORS`."""
+        """Position of the drifted sensor in :data:`simulators.sensors.SENSORS`."""
         return SENSOR_NAMES.index(self.sensor)
 
     def __str__(self) -> str:

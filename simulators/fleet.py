@@ -209,7 +209,7 @@ class FleetHost:
             try:
                 # The broker URL holds the secret: pass it as the environment would.
                 settings = load_settings(argv, env={"EDGELOOP_AGENT_BROKER": a.broker})
-                source, machine = build_source(settings)
+                source, machine = build_source(settings, model.manifest.input.sensors)
                 actuators = build_actuators(settings, machine)
                 slot.agent = Agent(settings, model, source, actuators)
             except (EdgeloopError, ValueError, OSError) as exc:

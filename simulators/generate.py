@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import TextIO
 
-from shared.features import SENSOR_NAMES
 from simulators.machine import CLASSES, MachineConfig, SimulatedMachine
+from simulators.sensors import SENSOR_NAMES
 
 __all__ = ["write_csv"]
 

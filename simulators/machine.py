@@ -1,12 +1,13 @@
 """A seeded simulator of one industrial machine with the eight sensors of
-:data:`shared.features.SENSORS`.
+:data:`SENSORS`: one sensor set among others, declared to the models trained on
+it like any user's sensors.
 
 The model, per reading (the dynamics are defined per reading; ``rate_hz`` only
 sets ``sim_time``):
 
 - **Regimes.** The machine runs ``idle`` (700 rpm, 15 % load), ``low`` (1400 rpm,
   55 %) or ``high`` (1800 rpm, 100 %: the nominal operating point of
-  :data:`~shared.features.SENSORS`), switching as a Markov chain about every
+  :data:`SENSORS`), switching as a Markov chain about every
   ``regime_dwell`` readings. A slow AR(1) process wobbles load and speed within a
   regime. Speed and load follow their targets with a lag of a few readings.
 - **Coupling.** Current follows load x speed; temperature follows the heat
@@ -59,13 +60,16 @@ from typing import Literal, cast, get_args
 import numpy as np
 import numpy.typing as npt
 
-from shared.features import SENSOR_NAMES
 from simulators.drift import DriftSpec, SimConfigError
+from simulators.sensors import FEATURE_NAMES, SENSOR_NAMES, SENSORS
 
 __all__ = [
     "CLASSES",
+    "FEATURE_NAMES",
     "NOISE_SIGMA",
     "REGIMES",
+    "SENSORS",
+    "SENSOR_NAMES",
     "URGENT_KINDS",
     "LogEntry",
     "MachineConfig",
@@ -86,17 +90,7 @@ REGIMES: tuple[str, ...] = ("idle", "low", "high")
 LogEntry = tuple[str, int, str]
 """``(kind, reading_index, detail)``; see :attr:`SimulatedMachine.log`."""
 
-# The order the step code writes values in; checked against shared.features.
-_ORDER = (
-    "temperature",
-    "vibration",
-    "pressure",
-    "current",
-    "speed",
-    "oil_temp",
-    "flow",
-    "acoustic",
-)
+_ORDER = SENSOR_NAMES
 _SIGMA = (0.4, 0.12, 0.05, 0.3, 6.0, 0.25, 1.2, 0.7)
 
 NOISE_SIGMA: Mapping[str, float] = MappingProxyType(dict(zip(_ORDER, _SIGMA, strict=True)))
@@ -226,7 +220,7 @@ class MachineConfig:
 @dataclass(frozen=True, slots=True)
 class SimReading:
     """One reading: its index on the device, ``sim_time = index / rate_hz`` (s),
-    one value per sensor in :data:`shared.features.SENSORS` order (NaN for a
+    one value per sensor in :data:`SENSORS` order (NaN for a
     dropout; read-only) and its ground-truth ``label`` (an index into
     :data:`CLASSES`)."""
 
@@ -252,11 +246,6 @@ class SimulatedMachine:
     """
 
     def __init__(self, config: MachineConfig) -> None:
-        if SENSOR_NAMES != _ORDER:
-            raise RuntimeError(
-                f"shared.features.SENSORS is now {SENSOR_NAMES}; the simulator writes "
-                f"{_ORDER}: update simulators/machine.py"
-            )
         self._config = config
         self._rng = np.random.Generator(
             np.random.PCG64(np.random.SeedSequence((config.seed, config.device_index)))

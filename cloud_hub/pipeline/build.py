@@ -69,6 +69,7 @@ from shared.errors import ManifestError
 from shared.features import DEFAULT_WINDOW
 from shared.manifest import Lineage, ModelPackage, UrgentSpec, load_package, parse_version
 from simulators.dataset import TrainingSet, build_training_set
+from simulators.sensors import SENSORS
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -432,7 +433,7 @@ def _build(
         test_inputs = holdout.X[pick_test_rows(holdout.y, n_classes, TEST_VECTORS, seed)]
         common: dict[str, Any] = {
             "version": version,
-            "feature_names": data.feature_names,
+            "sensors": SENSORS,
             "window": data.window,
             "classes": classes,
             "urgent_class": URGENT_CLASS,

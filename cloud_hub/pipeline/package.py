@@ -11,6 +11,13 @@ yet); when something does, it will be the registry, not this module.
 
 What the numbers in the manifest mean:
 
+- **Reference sensors** (``reference.sensors``): per sensor, from the ``_last``
+  feature of the training rows (the reading itself, dropouts carried forward):
+  ``location`` the median, ``scale`` a robust standard deviation (the
+  interquartile range / 1.349, floored so a constant sensor still has one),
+  ``low``/``high`` the 0.1 % and 99.9 % quantiles. The agent counts values far
+  beyond ``[low, high]`` (:func:`shared.features.expected_range`); baselines map
+  a device's own location and scale onto these.
 - **Reference histograms** (``reference.features``, for drift tracking, which
   is coming, not built yet): per feature,
   the inner edges are the 10 %, 20 %, ... 90 % quantiles of the training rows
@@ -45,6 +52,7 @@ import onnx
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT
 from shared.errors import ManifestError
+from shared.features import SensorSpec
 from shared.manifest import (
     MODEL_FILE,
     Histogram,
@@ -54,6 +62,7 @@ from shared.manifest import (
     ModelManifest,
     ModelPackage,
     OutputSpec,
+    SensorReference,
     TestVectors,
     UrgentSpec,
     load_package,
@@ -73,6 +82,7 @@ __all__ = [
     "pick_test_rows",
     "save_model",
     "score_histogram",
+    "sensor_references",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,6 +143,27 @@ def feature_histograms(
     return out
 
 
+def sensor_references(x: F32, sensors: tuple[SensorSpec, ...]) -> dict[str, SensorReference]:
+    """Reference statistics per sensor from the ``_last`` columns of feature rows ``x``
+    (the first ``len(sensors)`` columns; see the module docstring)."""
+    n = len(sensors)
+    if x.ndim != 2 or x.shape[1] < n or x.shape[0] == 0:
+        raise ValueError(f"sensor_references: x must be (n > 0, >= {n}), got {x.shape}")
+    out: dict[str, SensorReference] = {}
+    for j, sensor in enumerate(sensors):
+        col = x[:, j].astype(np.float64)
+        q001, q25, q50, q75, q999 = np.quantile(col, [0.001, 0.25, 0.5, 0.75, 0.999]).tolist()
+        spread = max(abs(q999 - q001), abs(q50), 1.0)
+        scale = max((q75 - q25) / 1.349, 1e-3 * spread)
+        out[sensor.name] = SensorReference(
+            location=float(f"{q50:.6g}"),
+            scale=float(f"{scale:.6g}"),
+            low=float(f"{q001:.6g}"),
+            high=float(f"{q999:.6g}"),
+        )
+    return out
+
+
 def drift_score(scores: F32, classes: tuple[str, ...], normal_class: str = "normal") -> F64:
     """The score drift is measured on: ``1 - P(normal)`` for each row."""
     if normal_class not in classes:
@@ -185,7 +216,7 @@ def complete_package(
     version: str,
     variant: Literal["edge", "heavy"],
     quantization: Literal["int8-dynamic", "int8-static", "fp32"],
-    feature_names: tuple[str, ...],
+    sensors: tuple[SensorSpec, ...],
     window: int,
     classes: tuple[str, ...],
     urgent: UrgentSpec,
@@ -201,11 +232,13 @@ def complete_package(
 ) -> ModelPackage:
     """Write ``manifest.json`` for the ``model.onnx`` that :func:`save_model` wrote.
 
+    ``sensors`` are the model's input sensors, in the order of its readings;
     ``reference_x`` are the training rows and ``reference_scores`` this model's
     scores for them (scored as the model will be served). Test vectors are
     scored here, row by row, on the packaged file. Returns the package as
     :func:`load_package` reads it back.
     """
+    inp = InputSpec(sensors, window)
     model_path = directory / MODEL_FILE
     scorer = OnnxScorer(model_path, INPUT_NAME, SCORES_OUTPUT)
     expected = scorer.scores(test_inputs, batch_size=1)
@@ -230,10 +263,11 @@ def complete_package(
                 scores_output=SCORES_OUTPUT,
                 quantization=quantization,
             ),
-            input=InputSpec(feature_names, window),
+            input=inp,
             output=OutputSpec(classes, urgent_class),
             urgent=urgent,
-            reference_features=feature_histograms(reference_x, feature_names),
+            reference_sensors=sensor_references(reference_x, sensors),
+            reference_features=feature_histograms(reference_x, inp.features),
             reference_score=score_histogram(drift_score(reference_scores, classes, normal_class)),
             metrics=dict(metrics),
             lineage=lineage,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from edge_agent.sources.base import Reading
+from shared.columns import resolve_columns
+from shared.errors import ConfigError
 
 if TYPE_CHECKING:  # the machine is handed in; only the factory that picks it imports it
     from simulators.machine import SimulatedMachine
@@ -29,7 +31,24 @@ class SimulatedSource:
         rate_hz: float,
         realtime: bool = True,
         restart_after_s: float = 0.0,
+        sensors: Sequence[str] | None = None,
     ) -> None:
+        """``sensors``: the model's sensors, found by name among the machine's
+        (:data:`simulators.sensors.SENSOR_NAMES`); None takes the machine's as they are."""
+        from simulators.sensors import SENSOR_NAMES  # noqa: PLC0415
+
+        self._order: list[int] | None = None
+        if sensors is not None and tuple(sensors) != SENSOR_NAMES:
+            try:
+                self._order, _ = resolve_columns(
+                    sensors, SENSOR_NAMES, where="the simulated machine"
+                )
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{exc}. The simulated machine runs only models trained on its own sensors; "
+                    "feed this model its recordings with --source csv",
+                    setting="source",
+                ) from None
         self.machine = machine
         self.rate_hz = rate_hz
         self.realtime = realtime
@@ -54,4 +73,4 @@ class SimulatedSource:
                     return
                 next_at = max(next_at + period, time.monotonic() - period)
             r = self.machine.step()
-            yield Reading(time.time(), r.values)
+            yield Reading(time.time(), r.values if self._order is None else r.values[self._order])

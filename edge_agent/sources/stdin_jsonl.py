@@ -1,8 +1,9 @@
 """Readings as JSON lines on standard input.
 
 Each line is an object with ``ts`` (unix seconds; optional, default now) and
-either one key per sensor (``{"ts": 1.5, "temperature": 64.2, ...}``, a
-missing key or ``null`` is a dropout) or ``values``, a list in sensor order.
+either one key per sensor the model reads (``{"ts": 1.5, "temperature": 64.2,
+...}``; a missing key or ``null`` is a dropout, a key the model does not read is
+ignored) or ``values``, a list in the model's sensor order.
 A line that does not parse is skipped and counted. A reader thread feeds a
 small bounded queue, so the main loop can notice a stop request even while
 stdin is silent, and a fast producer is slowed down rather than buffered.
@@ -16,13 +17,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
 
 from edge_agent.sources.base import Reading
-from shared.features import SENSOR_NAMES
 
 __all__ = ["StdinSource", "parse_line"]
 
@@ -38,8 +38,8 @@ def _finite(v: float) -> bool:
         return False
 
 
-def parse_line(line: str) -> Reading:
-    """One JSON line to a :class:`Reading`, or ``ValueError`` saying what is wrong."""
+def parse_line(line: str, sensors: Sequence[str]) -> Reading:
+    """One JSON line to a :class:`Reading` of ``sensors``, or ``ValueError`` saying what is wrong."""
     try:
         obj: Any = json.loads(line)
     except RecursionError:
@@ -51,10 +51,12 @@ def parse_line(line: str) -> Reading:
         raise ValueError("'ts' must be a finite number of unix seconds")
     if "values" in obj:
         raw = obj["values"]
-        if not isinstance(raw, list) or len(raw) != len(SENSOR_NAMES):
-            raise ValueError(f"'values' must be a list of {len(SENSOR_NAMES)} numbers")
+        if not isinstance(raw, list) or len(raw) != len(sensors):
+            raise ValueError(
+                f"'values' must be a list of {len(sensors)} numbers ({', '.join(sensors)})"
+            )
     else:
-        raw = [obj.get(name) for name in SENSOR_NAMES]
+        raw = [obj.get(name) for name in sensors]
     values = []
     for v in raw:
         if v is None:
@@ -69,8 +71,9 @@ def parse_line(line: str) -> Reading:
 class StdinSource:
     """Readings parsed from JSON lines of a text stream (stdin by default)."""
 
-    def __init__(self, stream: IO[str], queue_size: int = 256) -> None:
+    def __init__(self, stream: IO[str], sensors: Sequence[str], queue_size: int = 256) -> None:
         self.stream = stream
+        self.sensors = tuple(sensors)
         self.invalid: dict[str, int] = {}
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._error: Exception | None = None
@@ -101,6 +104,6 @@ class StdinSource:
             if not line:
                 continue
             try:
-                yield parse_line(line)
+                yield parse_line(line, self.sensors)
             except ValueError:
                 self.invalid["stdin_bad_line"] = self.invalid.get("stdin_bad_line", 0) + 1

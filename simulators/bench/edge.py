@@ -257,7 +257,9 @@ def _sklearn_model(
             # the batcher stores float32, so no conversion is timed here.
             return cast("npt.NDArray[np.float32]", sk.predict_proba(features.reshape(1, -1))[0])
 
-    feats = features_for_stream(values, packaged.manifest.input.window)
+    feats = features_for_stream(
+        values, packaged.manifest.input.window, packaged.manifest.input.fallback
+    )
     agreement = float(
         np.mean(sk.predict_proba(feats).argmax(1) == packaged.score_batch(feats).argmax(1))
     )

@@ -474,11 +474,12 @@ def _make_stream(spec: dict[str, Any]) -> list[tuple[str, int, bytes]]:
     from shared.features import features_for_stream  # noqa: PLC0415
     from shared.messages import Telemetry, encode  # noqa: PLC0415
     from simulators.machine import MachineConfig, SimulatedMachine  # noqa: PLC0415
+    from simulators.sensors import SENSORS  # noqa: PLC0415
 
     k, seed, r = int(spec["k"]), int(spec["seed"]), int(spec["readings_per_message"])
     machine = SimulatedMachine(MachineConfig(seed=seed, device_index=k))
     values = np.array([reading.values for reading in machine.readings(_POOL_ROWS)])
-    features = features_for_stream(values, int(spec["window"]))
+    features = features_for_stream(values, int(spec["window"]), [s.fallback for s in SENSORS])
     if features.shape[1] != int(spec["features"]):
         raise SystemExit(
             f"publisher {k}: the simulator gives {features.shape[1]} features per reading, "

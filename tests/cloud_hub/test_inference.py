@@ -22,7 +22,8 @@ from cloud_hub.pipeline.convert import (
     sklearn_to_onnx,
 )
 from shared.errors import ManifestError
-from shared.features import FEATURE_NAMES, SENSORS, features_for_stream
+from shared.features import features_for_stream
+from simulators.sensors import FEATURE_NAMES, SENSORS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,9 +33,9 @@ N_FEATURES = len(FEATURE_NAMES)
 def _data(n: int = 1200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Features of a random walk around the nominal sensor values, labelled by two of them."""
     rng = np.random.default_rng(seed)
-    nominal = np.array([s.nominal for s in SENSORS])
+    nominal = np.array([s.fallback for s in SENSORS])
     values = nominal + np.cumsum(rng.normal(size=(n, len(SENSORS))), axis=0) * nominal * 0.01
-    x = features_for_stream(values)
+    x = features_for_stream(values, 10, [s.fallback for s in SENSORS])
     y = (x[:, 0] > np.median(x[:, 0])).astype(np.int64) + (x[:, 1] > np.quantile(x[:, 1], 0.8))
     return x, y.astype(np.int64)
 

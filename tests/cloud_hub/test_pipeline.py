@@ -37,8 +37,9 @@ from cloud_hub.pipeline import (
 from cloud_hub.pipeline.convert import QUANTIZED_OPS, dedupe_opsets
 from cloud_hub.pipeline.package import binned_proportions, pick_test_rows
 from cloud_hub.pipeline.train import choose_urgent_threshold
-from shared.features import DEFAULT_WINDOW, FEATURE_NAMES
+from shared.features import DEFAULT_WINDOW
 from shared.manifest import load_package
+from simulators.sensors import FEATURE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 7

@@ -16,8 +16,8 @@ import pytest
 
 from edge_agent.actuators import ActionResult, CommandActuator, LogActuator, MachineActuator
 from edge_agent.rules import Decision
-from shared.features import SENSOR_NAMES
 from simulators.machine import MachineConfig, SimulatedMachine
+from simulators.sensors import SENSOR_NAMES
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,11 +27,12 @@ from edge_agent.settings import load_settings
 from edge_agent.sources.base import Reading
 from shared import __version__
 from shared.endpoint import BrokerEndpoint
-from shared.features import SENSOR_NAMES, SENSORS, features_for_stream
+from shared.features import features_for_stream
 from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, decode
 from shared.topics import EDGE_TO_HUB, Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
+from simulators.sensors import SENSOR_NAMES, SENSORS
 from tests.brokers import HUB_SECRET, HUB_USER
 from tests.conftest import ModelPaths, StartAgent
 
@@ -404,7 +405,7 @@ def test_every_urgent_cause_gets_its_own_action_and_event(
     model_packages: ModelPaths,
     tmp_path: Path,
 ) -> None:
-    nominal = np.array([s.nominal for s in SENSORS])
+    nominal = np.array([s.fallback for s in SENSORS])
 
     def reading(**values: float) -> np.ndarray:
         row = nominal.copy()
@@ -494,11 +495,12 @@ def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
 
     with csv_path.open() as fh:
         rows = list(csv.DictReader(fh))
-    from shared.features import SENSOR_NAMES  # noqa: PLC0415
 
     values = np.array([[float(r[s]) if r[s] else np.nan for s in SENSOR_NAMES] for r in rows])
     model = load_edge_model(model_packages.edge, __version__)
-    features = features_for_stream(values, model.manifest.input.window)
+    features = features_for_stream(
+        values, model.manifest.input.window, model.manifest.input.fallback
+    )
     expected = np.stack([model.score(f) for f in features])
     assert got_features.shape == features.shape, log
     assert np.array_equal(got_features, features)

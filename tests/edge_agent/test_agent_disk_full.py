@@ -52,8 +52,9 @@ def _agent(broker: BrokerEndpoint, topics: Topics, model: Path, state: Path, *ar
         ],
         env={"EDGELOOP_AGENT_BROKER": broker.url},
     )
-    source, _ = build_source(settings)
-    return Agent(settings, load_edge_model(model, __version__), source, [])
+    edge = load_edge_model(model, __version__)
+    source, _ = build_source(settings, edge.manifest.input.sensors)
+    return Agent(settings, edge, source, [])
 
 
 def test_acks_that_cannot_be_written_do_not_stop_the_link(

@@ -18,8 +18,9 @@ from edge_agent import engine
 from edge_agent.engine import EdgeModel, load_edge_model
 from shared import __version__ as agent_version
 from shared.errors import ManifestError
-from shared.features import FEATURE_NAMES, SENSORS, FeatureWindow
+from shared.features import FeatureWindow
 from shared.manifest import MANIFEST_FILE, load_package
+from simulators.sensors import FEATURE_NAMES, SENSORS
 from tests.conftest import ModelPaths
 
 # func_only: the session fixture that trains the models is not the engine's time.
@@ -56,8 +57,8 @@ def test_loads_the_edge_package_and_smoke_tests(edge_model: EdgeModel) -> None:
 
 
 def test_score_returns_probabilities(edge_model: EdgeModel) -> None:
-    fw = FeatureWindow(edge_model.manifest.input.window)
-    nominal = np.array([s.nominal for s in SENSORS])
+    fw = FeatureWindow(edge_model.manifest.input.window, edge_model.manifest.input.fallback)
+    nominal = np.array([s.fallback for s in SENSORS])
     for i in range(20):
         scores = edge_model.score(fw.push(nominal + i * 0.01))
         assert scores.shape == (edge_model.n_classes,)
@@ -95,8 +96,8 @@ def test_smoke_test_scores_row_by_row_like_the_reading_loop(
 
 def test_hot_overheat_reading_scores_urgent(edge_model: EdgeModel) -> None:
     m = edge_model.manifest
-    fw = FeatureWindow(m.input.window)
-    nominal = np.array([s.nominal for s in SENSORS])
+    fw = FeatureWindow(m.input.window, m.input.fallback)
+    nominal = np.array([s.fallback for s in SENSORS])
     for _ in range(m.input.window):
         fw.push(nominal)
     hot = nominal.copy()

@@ -22,8 +22,8 @@ from edge_agent.sources.plugins import GROUP, load_plugin
 from edge_agent.sources.simulated import SimulatedSource
 from edge_agent.sources.stdin_jsonl import StdinSource, parse_line
 from shared.errors import ConfigError
-from shared.features import SENSOR_NAMES
 from simulators.machine import MachineConfig, SimulatedMachine
+from simulators.sensors import SENSOR_NAMES
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,22 +14,35 @@ from hypothesis.extra.numpy import arrays
 
 from shared.features import (
     DEFAULT_WINDOW,
-    FEATURE_NAMES,
-    SENSOR_NAMES,
-    SENSORS,
     STATS,
     FeatureWindow,
     feature_names,
     features_for_stream,
 )
+from simulators.sensors import FEATURE_NAMES, SENSOR_NAMES, SENSORS
 
 pytestmark = pytest.mark.timeout(30)
 
 SETTINGS = settings(
     max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
-NOMINAL = np.array([s.nominal for s in SENSORS])
+NOMINAL = np.array([s.fallback for s in SENSORS])
 N = len(SENSORS)
+
+
+def window_of(window: int = DEFAULT_WINDOW, nominal: npt.ArrayLike | None = None) -> FeatureWindow:
+    """A window over the simulated machine's sensors unless ``nominal`` says otherwise."""
+    return FeatureWindow(window, NOMINAL if nominal is None else np.asarray(nominal).tolist())
+
+
+def stream_features(
+    stream: npt.NDArray[np.float64],
+    window: int = DEFAULT_WINDOW,
+    nominal: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.float32]:
+    return features_for_stream(
+        stream, window, NOMINAL if nominal is None else np.asarray(nominal).tolist()
+    )
 
 
 def reference(
@@ -81,7 +94,7 @@ def _assert_close(
 @SETTINGS
 def test_matches_brute_force_reference(case: tuple[int, npt.NDArray[np.float64]]) -> None:
     window, stream = case
-    fw = FeatureWindow(window)
+    fw = window_of(window)
     got = np.array([fw.push(row) for row in stream])
     want = reference(stream, window, NOMINAL)
     _assert_close(got, want, stream)
@@ -98,9 +111,9 @@ def test_features_for_stream_equals_pushing_one_by_one(
     case: tuple[int, npt.NDArray[np.float64]],
 ) -> None:
     window, stream = case
-    fw = FeatureWindow(window)
+    fw = window_of(window)
     one_by_one = np.array([fw.push(row) for row in stream])
-    batch = features_for_stream(stream, window)
+    batch = stream_features(stream, window)
     assert batch.dtype == np.float32 and batch.shape == (len(stream), len(FEATURE_NAMES))
     np.testing.assert_array_equal(batch, one_by_one)
 
@@ -108,10 +121,10 @@ def test_features_for_stream_equals_pushing_one_by_one(
 def test_features_for_stream_with_nan_and_custom_nominal() -> None:
     nominal = np.array([1.0, 2.0, 3.0])
     stream = np.array([[np.nan, 5.0, np.nan], [4.0, np.nan, 6.0], [np.nan, np.nan, np.nan]])
-    got = features_for_stream(stream, window=3, nominal=nominal)
+    got = stream_features(stream, window=3, nominal=nominal)
     np.testing.assert_allclose(got, reference(stream, 3, nominal), rtol=1e-6)
     np.testing.assert_array_equal(got[:, :3], [[1.0, 5.0, 3.0], [4.0, 5.0, 6.0], [4.0, 5.0, 6.0]])
-    assert features_for_stream(np.empty((0, N))).shape == (0, len(FEATURE_NAMES))
+    assert stream_features(np.empty((0, N))).shape == (0, len(FEATURE_NAMES))
 
 
 @pytest.mark.parametrize("window", [2, 3, DEFAULT_WINDOW, 50])
@@ -119,7 +132,7 @@ def test_window_slides_over_many_wraps(window: int) -> None:
     rng = np.random.default_rng(window)
     stream = rng.normal(NOMINAL, 1.0 + NOMINAL / 10, size=(5 * window + 3, N))
     stream[rng.random(stream.shape) < 0.05] = np.nan
-    got = features_for_stream(stream, window)
+    got = stream_features(stream, window)
     _assert_close(got, reference(stream, window, NOMINAL), stream)
 
 
@@ -127,7 +140,7 @@ def test_window_slides_over_many_wraps(window: int) -> None:
 
 
 def test_nan_is_carried_forward_and_counted() -> None:
-    fw = FeatureWindow(window=4)
+    fw = window_of(window=4)
     first = NOMINAL + 1.0
     fw.push(first)
     assert fw.imputed == 0
@@ -149,9 +162,9 @@ def test_nan_is_carried_forward_and_counted() -> None:
 def test_leading_nan_uses_the_nominal_value() -> None:
     reading = NOMINAL * 2
     reading[[0, 5]] = np.nan
-    x = FeatureWindow().push(reading)
-    assert x[0] == np.float32(SENSORS[0].nominal) == np.float32(65.0)
-    assert x[5] == np.float32(SENSORS[5].nominal)
+    x = window_of().push(reading)
+    assert x[0] == np.float32(SENSORS[0].fallback) == np.float32(65.0)
+    assert x[5] == np.float32(SENSORS[5].fallback)
     assert x[1] == np.float32(reading[1])
     # a constant window at start: mean == last, std == delta == 0
     np.testing.assert_array_equal(x[N : 2 * N], x[:N])
@@ -159,7 +172,7 @@ def test_leading_nan_uses_the_nominal_value() -> None:
 
 
 def test_leading_nan_uses_a_custom_nominal() -> None:
-    fw = FeatureWindow(window=3, nominal=[7.5, -1.0])
+    fw = window_of(window=3, nominal=[7.5, -1.0])
     assert fw.n_sensors == 2 and fw.n_features == 8
     x = fw.push(np.array([np.nan, 4.0]))
     np.testing.assert_array_equal(x[:2], [7.5, 4.0])
@@ -168,7 +181,7 @@ def test_leading_nan_uses_a_custom_nominal() -> None:
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf])
 def test_infinite_value_counts_as_missing(bad: float) -> None:
-    fw = FeatureWindow(window=3)
+    fw = window_of(window=3)
     fw.push(NOMINAL + 1.0)
     reading = NOMINAL + 2.0
     reading[3] = bad
@@ -183,7 +196,7 @@ def test_infinite_value_counts_as_missing(bad: float) -> None:
 def test_a_value_whose_square_overflows_counts_as_missing(bad: float, escalate: str) -> None:
     # The quick test squares the values; past 1e154 that overflows, and numpy's
     # overflow warning may be an error (warning filters, np.seterr). Same answer.
-    fw = FeatureWindow(window=3)
+    fw = window_of(window=3)
     fw.push(NOMINAL + 1.0)
     reading = NOMINAL + 2.0
     reading[0] = bad
@@ -197,7 +210,7 @@ def test_a_value_whose_square_overflows_counts_as_missing(bad: float, escalate: 
 
 def test_caller_may_reuse_its_reading_array() -> None:
     """Agents read sensors into one buffer; the window must not keep a reference to it."""
-    fw, ref = FeatureWindow(window=3), FeatureWindow(window=3)
+    fw, ref = window_of(window=3), window_of(window=3)
     buf = NOMINAL + 1.0
     fw.push(buf)
     ref.push(buf.copy())
@@ -210,7 +223,7 @@ def test_caller_may_reuse_its_reading_array() -> None:
 
 
 def test_returned_features_are_not_overwritten_by_the_next_push() -> None:
-    fw = FeatureWindow(window=3)
+    fw = window_of(window=3)
     x1 = fw.push(NOMINAL)
     saved = x1.copy()
     fw.push(NOMINAL * 3)
@@ -220,7 +233,7 @@ def test_returned_features_are_not_overwritten_by_the_next_push() -> None:
 def test_input_is_not_modified() -> None:
     reading = NOMINAL.copy()
     reading[0] = np.nan
-    FeatureWindow().push(reading)
+    window_of().push(reading)
     assert np.isnan(reading[0])
 
 
@@ -240,7 +253,7 @@ def test_input_is_not_modified() -> None:
     ids=["short", "long", "row-matrix", "column", "empty", "scalar"],
 )
 def test_wrong_length_reading(reading: npt.NDArray[np.float64]) -> None:
-    fw = FeatureWindow()
+    fw = window_of()
     with pytest.raises(ValueError, match=f"needs {N} values"):
         fw.push(reading)
     assert fw.imputed == 0
@@ -250,13 +263,13 @@ def test_wrong_length_reading(reading: npt.NDArray[np.float64]) -> None:
 @pytest.mark.parametrize("window", [1, 0, -3])
 def test_window_too_small(window: int) -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        FeatureWindow(window)
+        window_of(window)
 
 
 @given(st.integers(2, 20), st.integers(1, 40))
 @settings(max_examples=30, deadline=None, database=None)
 def test_output_dtype_and_shape(window: int, n: int) -> None:
-    fw = FeatureWindow(window)
+    fw = window_of(window)
     rng = np.random.default_rng(n)
     for _ in range(n):
         x = fw.push(rng.normal(NOMINAL, 1.0))
@@ -266,10 +279,10 @@ def test_output_dtype_and_shape(window: int, n: int) -> None:
 
 def test_integer_and_float32_readings() -> None:
     whole = np.round(NOMINAL)
-    a = FeatureWindow(3).push(whole.astype(np.int64))
-    b = FeatureWindow(3).push(whole.astype(np.float32))
+    a = window_of(3).push(whole.astype(np.int64))
+    b = window_of(3).push(whole.astype(np.float32))
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, FeatureWindow(3).push(whole))
+    np.testing.assert_array_equal(a, window_of(3).push(whole))
 
 
 # --------------------------------------------------------------------------- constant signals
@@ -282,7 +295,7 @@ def test_integer_and_float32_readings() -> None:
 )
 @settings(max_examples=100, deadline=None, database=None)
 def test_constant_signal_has_std_exactly_zero(c: float, window: int, extra: int) -> None:
-    fw = FeatureWindow(window, nominal=[c, c])
+    fw = window_of(window, nominal=[c, c])
     for _ in range(window + extra):
         x = fw.push(np.array([c, c]))
         std, delta = x[4:6], x[6:8]
@@ -296,7 +309,7 @@ def test_constant_signal_has_std_exactly_zero(c: float, window: int, extra: int)
 def test_std_returns_to_zero_once_the_window_is_constant_again(
     a: float, b: float, window: int
 ) -> None:
-    fw = FeatureWindow(window, nominal=[a])
+    fw = window_of(window, nominal=[a])
     fw.push(np.array([a]))
     for _ in range(window):
         x = fw.push(np.array([b]))
@@ -308,7 +321,7 @@ def test_large_offset_small_noise_std_is_accurate() -> None:
     """E[x^2] - E[x]^2 on raw values loses every digit here; the window must not."""
     rng = np.random.default_rng(0)
     stream = 1e7 + rng.normal(0.0, 0.01, size=(40, 1))
-    got = features_for_stream(stream, window=10, nominal=[1e7])
+    got = stream_features(stream, window=10, nominal=[1e7])
     want = reference(stream, 10, np.array([1e7]))
     np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=1e-3)
 
@@ -339,7 +352,7 @@ def test_feature_names_are_stats_by_sensors() -> None:
 def test_values_sit_where_their_names_say() -> None:
     rng = np.random.default_rng(7)
     stream = rng.normal(NOMINAL, 1.0, size=(12, N))
-    x = features_for_stream(stream, window=5)[-1]
+    x = stream_features(stream, window=5)[-1]
     win = stream[-5:]
     by_name = dict(zip(FEATURE_NAMES, x, strict=True))
     for j, sensor in enumerate(SENSOR_NAMES):
@@ -352,4 +365,4 @@ def test_values_sit_where_their_names_say() -> None:
 def test_sensor_specs() -> None:
     assert len(set(SENSOR_NAMES)) == N
     for s in SENSORS:
-        assert s.unit and math.isfinite(s.nominal)
+        assert s.unit and math.isfinite(s.fallback)

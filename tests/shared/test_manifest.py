@@ -29,14 +29,18 @@ from shared.manifest import (
 pytestmark = pytest.mark.timeout(30)
 
 MODEL_BYTES = b"not really onnx, but load_package only checks size and sha256\n" * 40
-FEATURES = ["temperature_last", "temperature_mean", "vibration_std"]
+SENSORS = [
+    {"name": "temperature", "unit": "degC", "min": -40.0, "max": 250.0, "fallback": 65.0},
+    {"name": "pressure", "unit": "bar", "min": 0.0, "max": 40.0, "fallback": 6.0},
+]
+FEATURES = [f"{s['name']}_{stat}" for stat in ("last", "mean", "std", "delta") for s in SENSORS]
 
 
 @pytest.fixture
 def manifest_dict() -> dict[str, Any]:
     """A valid manifest, as ``json.loads`` would return it."""
     return {
-        "format": 1,
+        "format": 2,
         "name": "bearing-fault",
         "version": "1.4.0",
         "variant": "edge",
@@ -49,7 +53,12 @@ def manifest_dict() -> dict[str, Any]:
             "scores_output": "probabilities",
             "quantization": "int8-dynamic",
         },
-        "input": {"features": list(FEATURES), "dtype": "float32", "window": 10},
+        "input": {
+            "sensors": copy.deepcopy(SENSORS),
+            "features": list(FEATURES),
+            "dtype": "float32",
+            "window": 10,
+        },
         "output": {"classes": ["normal", "fault"], "urgent_class": "fault"},
         "urgent": {
             "score_threshold": 0.8,
@@ -60,6 +69,10 @@ def manifest_dict() -> dict[str, Any]:
             },
         },
         "reference": {
+            "sensors": {
+                "temperature": {"location": 65.0, "scale": 2.0, "low": 55.0, "high": 80.0},
+                "pressure": {"location": 6.0, "scale": 0.3, "low": 5.0, "high": 7.5},
+            },
             "features": {
                 name: {"edges": [-1.0, 0.0, 1.0], "proportions": [0.25, 0.25, 0.25, 0.25]}
                 for name in FEATURES
@@ -75,7 +88,10 @@ def manifest_dict() -> dict[str, Any]:
         },
         "min_agent_version": "0.1.0",
         "test_vectors": {
-            "inputs": [[65.0, 64.5, 0.1], [120.0, 90.0, 4.0]],
+            "inputs": [
+                [65.0, 6.0, 64.5, 6.1, 0.1, 0.0, 0.2, 0.0],
+                [120.0, 9.0, 90.0, 8.0, 4.0, 0.5, 30.0, 1.0],
+            ],
             "expected_scores": [[0.98, 0.02], [0.05, 0.95]],
             "atol": 0.01,
         },
@@ -109,7 +125,11 @@ def test_parsed_values(manifest_dict: dict[str, Any]) -> None:
     assert m.output.urgent_index == 1
     assert m.urgent.hard_limits == {"temperature": (None, 110.0), "pressure": (1.5, 9.0)}
     assert m.reference_score.edges == (0.5,)
-    assert m.test_vectors.inputs[1] == (120.0, 90.0, 4.0)
+    assert m.test_vectors.inputs[1][:3] == (120.0, 9.0, 90.0)
+    assert m.input.sensor_names == ("temperature", "pressure")
+    assert m.input.fallback == (65.0, 6.0)
+    assert m.reference_sensors["pressure"].scale == 0.3
+    assert m.expected_ranges() == [(55.0, 80.0), (5.0, 7.5)]
     assert m.model.size == len(MODEL_BYTES) and isinstance(m.model.size, int)
     assert isinstance(m.input.window, int)
 
@@ -232,7 +252,43 @@ MUTATIONS: list[tuple[str, tuple[Any, ...], Any, str]] = [
         "urgent.hard_limits.temperature.max",
     ),
     # values out of range or not allowed
-    ("format-2", ("format",), 2, "format"),
+    ("format-1", ("format",), 1, "format"),
+    ("format-3", ("format",), 3, "format"),
+    # the sensors
+    ("sensors-empty", ("input", "sensors"), [], "input.sensors"),
+    ("sensors-not-list", ("input", "sensors"), {}, "input.sensors"),
+    ("sensor-not-object", ("input", "sensors", 0), "temperature", "input.sensors[0]"),
+    ("sensor-name-space", ("input", "sensors", 0, "name"), "oil temp", "input.sensors[0].name"),
+    ("sensor-name-empty", ("input", "sensors", 0, "name"), "", "input.sensors[0].name"),
+    ("sensor-unit-missing", ("input", "sensors", 1, "unit"), None, "input.sensors[1].unit"),
+    ("sensor-min-above-max", ("input", "sensors", 0, "min"), 300.0, "input.sensors[0].min"),
+    ("sensor-fallback-outside", ("input", "sensors", 0, "fallback"), 999.0, "input.sensors[0].min"),
+    ("sensor-max-inf", ("input", "sensors", 0, "max"), math.inf, "input.sensors[0].max"),
+    ("features-not-derived", ("input", "features", 0), "temperature_mean", "input.features"),
+    (
+        "hard-limit-unknown-sensor",
+        ("urgent", "hard_limits", "flow"),
+        {"max": 1.0},
+        "urgent.hard_limits.flow",
+    ),
+    (
+        "ref-sensor-missing",
+        ("reference", "sensors", "pressure"),
+        DELETE,
+        "reference.sensors.pressure",
+    ),
+    (
+        "ref-scale-zero",
+        ("reference", "sensors", "pressure", "scale"),
+        0.0,
+        "reference.sensors.pressure.scale",
+    ),
+    (
+        "ref-low-above-high",
+        ("reference", "sensors", "pressure", "low"),
+        9.0,
+        "reference.sensors.pressure.low",
+    ),
     ("name-upper", ("name",), "Bearing Fault", "name"),
     ("name-empty", ("name",), "", "name"),
     ("variant", ("variant",), "mobile", "variant"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.features import SENSOR_NAMES
+from simulators.sensors import SENSOR_NAMES
 from tests.conftest import ModelPaths
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from shared.features import DEFAULT_WINDOW, FEATURE_NAMES, features_for_stream
+from shared.features import DEFAULT_WINDOW, features_for_stream
 from simulators import (
     CLASSES,
     TRAINING_FAULT_RATE,
@@ -18,6 +18,7 @@ from simulators import (
     TrainingSet,
     build_training_set,
 )
+from simulators.sensors import FEATURE_NAMES, SENSORS
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,9 @@ def test_rows_are_the_one_feature_function_of_each_device_stream(small: Training
     readings = list(m.readings(1500))
     values = np.array([r.values for r in readings])
     rows = small.device == d
-    assert np.array_equal(small.X[rows], features_for_stream(values, DEFAULT_WINDOW))
+    assert np.array_equal(
+        small.X[rows], features_for_stream(values, DEFAULT_WINDOW, [s.fallback for s in SENSORS])
+    )
     assert np.array_equal(small.y[rows], [r.label for r in readings])
     assert np.array_equal(small.sim_time[rows], [r.sim_time for r in readings])
 

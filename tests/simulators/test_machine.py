@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ConfigError
-from shared.features import SENSOR_NAMES
 from simulators import (
     CLASSES,
     DRIFT_KINDS,
@@ -23,6 +22,7 @@ from simulators import (
     SimulatedMachine,
     parse_drift,
 )
+from simulators.sensors import SENSOR_NAMES
 
 TEMP = SENSOR_NAMES.index("temperature")
 VIB = SENSOR_NAMES.index("vibration")

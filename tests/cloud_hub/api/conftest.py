@@ -17,10 +17,10 @@ import pytest
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.store import open_store
 from cloud_hub.store.base import DeadLetter, Store, TelemetryRows
-from shared.features import FEATURE_NAMES
 from shared.manifest import MODEL_FILE, ModelPackage, load_package
 from shared.messages import Event, Health, Status
 from simulators.harness import HubApi
+from simulators.sensors import FEATURE_NAMES
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 

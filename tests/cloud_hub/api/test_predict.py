@@ -14,8 +14,9 @@ import pytest
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.store.base import ModelRecord
-from shared.features import SENSORS, features_for_stream
+from shared.features import features_for_stream
 from shared.manifest import ModelPackage
+from simulators.sensors import SENSORS
 from tests.cloud_hub.api.conftest import PREDICT_MAX_ROWS, READ_TOKEN, Hub
 
 pytestmark = pytest.mark.timeout(30)
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.timeout(30)
 def _features(n: int = 40, seed: int = 3) -> np.ndarray:
     """Realistic feature rows: the shared feature code over a random walk of the sensors."""
     rng = np.random.default_rng(seed)
-    nominal = np.array([s.nominal for s in SENSORS])
+    nominal = np.array([s.fallback for s in SENSORS])
     walk = nominal + np.cumsum(rng.normal(size=(n, len(SENSORS))), axis=0) * nominal * 0.02
-    return features_for_stream(walk)
+    return features_for_stream(walk, 10, [s.fallback for s in SENSORS])
 
 
 def _rows(pkg: ModelPackage, x: np.ndarray) -> list[dict[str, float]]:

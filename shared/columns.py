@@ -1,0 +1,158 @@
+"""How a recording's columns become a model's sensors. Pure: no I/O.
+
+Every reader of recorded data (the agent's CSV source, ``models train``,
+``batch score``, ``edgeloop-sim replay``) finds its columns with these
+functions, so a file that one accepts the others accept too:
+
+- the field separator: ``,``, ``;`` or a tab, detected from the header
+  (:func:`detect_delimiter`) unless named;
+- the sensors: a column of the sensor's name, or the column a ``SENSOR=COLUMN``
+  map names (:func:`parse_column_map`, :func:`resolve_columns`); a sensor that
+  no column provides is an error naming both lists; a column no sensor uses is
+  ignored (and reported once by the caller);
+- the timestamp: ISO 8601 (UTC unless it says otherwise) or unix seconds or
+  milliseconds (:func:`parse_timestamp`, :func:`timestamp_scale`).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+__all__ = [
+    "DELIMITERS",
+    "MS_THRESHOLD",
+    "describe_delimiter",
+    "detect_delimiter",
+    "parse_column_map",
+    "parse_timestamp",
+    "resolve_columns",
+    "timestamp_scale",
+]
+
+DELIMITERS: Final[dict[str, str]] = {",": ",", ";": ";", "tab": "\t"}
+"""The separators a recording may use (by option name), and the character each means."""
+MS_THRESHOLD: Final = 1e11
+"""A numeric timestamp over this is in milliseconds: as seconds it would be past the year 5000."""
+
+
+def detect_delimiter(header_line: str) -> str:
+    r"""The delimiter that splits ``header_line`` into the most fields (``,`` on a tie or none).
+
+    >>> detect_delimiter("datetime;flow;current"), detect_delimiter("ts\ta\tb"), detect_delimiter("ts")
+    (';', '\t', ',')
+    """
+    best, most = ",", 1
+    for char in DELIMITERS.values():
+        fields = len(next(csv.reader([header_line], delimiter=char), []))
+        if fields > most:
+            best, most = char, fields
+    return best
+
+
+def describe_delimiter(char: str) -> str:
+    """``"';'"``, or ``"tab"``: how to name a delimiter in a message."""
+    return "tab" if char == "\t" else repr(char)
+
+
+def parse_column_map(text: str) -> dict[str, str]:
+    """``"vibration=vib_rms_g, flow=Flow"`` -> ``{"vibration": "vib_rms_g", "flow": "Flow"}``.
+
+    >>> parse_column_map("a=x, b = y z"), parse_column_map("")
+    ({'a': 'x', 'b': 'y z'}, {})
+    """
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        sensor, eq, column = part.partition("=")
+        sensor, column = sensor.strip(), column.strip()
+        if not eq or not sensor or not column:
+            raise ValueError(
+                f"{part.strip()!r} is not SENSOR=COLUMN; write e.g. "
+                "'vibration=vib_rms_g,flow=Flow' (sensor name = column name)"
+            )
+        if sensor in out:
+            raise ValueError(f"sensor {sensor!r} is mapped twice")
+        out[sensor] = column
+    return out
+
+
+def resolve_columns(
+    sensors: Sequence[str],
+    header: Sequence[str],
+    column_map: Mapping[str, str] | None = None,
+    *,
+    where: str = "the file",
+) -> tuple[list[int], list[str]]:
+    """Index of each sensor's column in ``header``, and the columns no sensor uses.
+
+    Raises ``ValueError`` naming what is missing, what the model wants and what
+    the file has.
+
+    >>> resolve_columns(["flow", "vib"], ["ts", "vib_g", "flow", "note"], {"vib": "vib_g"})
+    ([2, 1], ['ts', 'note'])
+    """
+    column_map = dict(column_map or {})
+    unknown = sorted(set(column_map) - set(sensors))
+    if unknown:
+        raise ValueError(
+            f"the column map names {', '.join(map(repr, unknown))}, which the model does not "
+            f"read; its sensors are: {', '.join(sensors)}"
+        )
+    index = {name: i for i, name in reversed(list(enumerate(header)))}
+    wanted = [column_map.get(s, s) for s in sensors]
+    missing = [(s, c) for s, c in zip(sensors, wanted, strict=True) if c not in index]
+    if missing:
+        said = ", ".join(s if s == c else f"{s} (as column {c!r})" for s, c in missing)
+        raise ValueError(
+            f"{where} lacks the sensor(s) {said}. The model reads: {', '.join(sensors)}; "
+            f"{where} has: {', '.join(header)[:400]}. Name a column for each missing sensor "
+            "with a column map, e.g. --csv-map "
+            f"{missing[0][0]}=<column>"
+        )
+    used = {index[c] for c in wanted}
+    return [index[c] for c in wanted], [h for i, h in enumerate(header) if i not in used]
+
+
+def timestamp_scale(first: str, unit: str = "auto") -> float:
+    """Seconds per unit of a numeric timestamp column: 1.0 or 0.001.
+
+    ``unit`` is ``"s"``, ``"ms"`` or ``"auto"``: milliseconds when the first
+    timestamp (``first``) is a number over :data:`MS_THRESHOLD`.
+
+    >>> timestamp_scale("1763719200"), timestamp_scale("1763719200250"), timestamp_scale("2026-01-01")
+    (1.0, 0.001, 1.0)
+    """
+    if unit == "s":
+        return 1.0
+    if unit == "ms":
+        return 0.001
+    if unit != "auto":
+        raise ValueError(f"timestamp unit {unit!r} must be s, ms or auto")
+    try:
+        return 0.001 if abs(float(first)) > MS_THRESHOLD else 1.0
+    except ValueError:
+        return 1.0
+
+
+def parse_timestamp(text: str, scale: float = 1.0) -> float:
+    """Unix seconds from ``"1763719200.25"`` (times ``scale``) or an ISO 8601 string.
+
+    An ISO time without a zone is UTC: a recording's clock is not this machine's.
+
+    >>> parse_timestamp("1970-01-01T00:01:00"), parse_timestamp("1970-01-01 01:01:00+01:00")
+    (60.0, 60.0)
+    >>> parse_timestamp("60000", 0.001)
+    60.0
+    """
+    try:
+        return float(text) * scale
+    except ValueError:
+        pass
+    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
