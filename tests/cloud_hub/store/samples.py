@@ -132,9 +132,12 @@ def dead_letter(i: int, *, device: str | None = "pi-01", size: int = 10) -> Dead
 def manifest(name: str = "bearing-fault", version: str = "1.0.0", **changes: Any) -> ModelManifest:
     """A valid manifest; ``changes`` replace top-level fields of its dict."""
     model = b"model bytes " + version.encode()
-    features = ["temperature_last", "vibration_std"]
+    sensors = [
+        {"name": "temperature", "unit": "degC", "min": -40.0, "max": 250.0, "fallback": 65.0},
+    ]
+    features = ["temperature_last", "temperature_mean", "temperature_std", "temperature_delta"]
     d: dict[str, Any] = {
-        "format": 1,
+        "format": 2,
         "name": name,
         "version": version,
         "variant": "edge",
@@ -147,10 +150,11 @@ def manifest(name: str = "bearing-fault", version: str = "1.0.0", **changes: Any
             "scores_output": "probabilities",
             "quantization": "int8-dynamic",
         },
-        "input": {"features": features, "dtype": "float32", "window": 10},
+        "input": {"sensors": sensors, "features": features, "dtype": "float32", "window": 10},
         "output": {"classes": ["normal", "fault"], "urgent_class": "fault"},
         "urgent": {"score_threshold": 0.8, "consecutive": 3, "hard_limits": {}},
         "reference": {
+            "sensors": {"temperature": {"location": 65.0, "scale": 2.0, "low": 50.0, "high": 90.0}},
             "features": {f: {"edges": [0.0], "proportions": [0.5, 0.5]} for f in features},
             "score": {"edges": [0.5], "proportions": [0.9, 0.1]},
         },
@@ -163,7 +167,7 @@ def manifest(name: str = "bearing-fault", version: str = "1.0.0", **changes: Any
         },
         "min_agent_version": "0.1.0",
         "test_vectors": {
-            "inputs": [[65.0, 0.1]],
+            "inputs": [[65.0, 65.0, 0.1, 0.0]],
             "expected_scores": [[0.98, 0.02]],
             "atol": 0.01,
         },

@@ -1,0 +1,371 @@
+"""Recorded sensor data in CSV files: the one reader that training and batch scoring share.
+
+A recording is a CSV file with a header row: a timestamp column, one column per
+sensor and, optionally, a label column and a device column. The columns are
+found as the agent's CSV source finds them (:mod:`shared.columns`: the
+separator detected from the header, sensors by name or through a column map,
+timestamps in ISO 8601 or unix seconds or milliseconds), so a file one accepts
+the other accepts too.
+
+Files are read in chunks (:meth:`Recording.chunks`), never whole: a 2 GB
+recording costs one chunk's memory. Two modes:
+
+- **strict** (training): a cell that is not a number, a row with too few
+  fields, a timestamp that does not parse, or a timestamp not after the
+  previous one of the same series (the device column's value, or the file)
+  raises :class:`RecordingError` naming the file, the line, the column and what
+  to do. An empty cell is a missing value (a dropout), never an error.
+- **lenient** (batch scoring, which keeps every row): such cells become missing
+  and are counted (:attr:`Chunk.bad_cells`), a timestamp that does not parse
+  becomes NaN, and the order is not checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.columns import (
+    DELIMITERS,
+    describe_delimiter,
+    detect_delimiter,
+    parse_timestamp,
+    resolve_columns,
+    timestamp_scale,
+)
+from shared.errors import EdgeloopError
+
+__all__ = [
+    "SUFFIXES",
+    "Chunk",
+    "CsvOptions",
+    "Recording",
+    "RecordingError",
+    "find_recordings",
+    "read_recording",
+]
+
+F64 = npt.NDArray[np.float64]
+
+SUFFIXES: Final = (".csv", ".tsv")
+"""What a directory given as data is searched for."""
+
+
+class RecordingError(EdgeloopError):
+    """A recording that cannot be read as asked; the message says where and what to do."""
+
+    def __init__(
+        self, message: str, *, path: str, line: int | None = None, column: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+        self.column = column
+
+
+@dataclass(frozen=True, slots=True)
+class CsvOptions:
+    """How to read recordings: the separator, the timestamp, and the special columns."""
+
+    delimiter: str = "auto"
+    ts_column: str = "ts"
+    ts_unit: str = "auto"
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    label_column: str | None = None
+    device_column: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive rows of a recording.
+
+    ``first_line`` is the file line of the first row (the header is line 1);
+    ``values`` has one column per sensor, NaN for a missing value.
+    """
+
+    first_line: int
+    ts: F64
+    values: F64
+    labels: list[str] | None
+    devices: list[str] | None
+    bad_cells: int = 0
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+def find_recordings(paths: Sequence[Path]) -> list[Path]:
+    """The files to read: files as given, directories searched (recursively) for
+    ``*.csv`` and ``*.tsv``, in name order. Raises :class:`RecordingError` for a
+    path that does not exist or a directory that holds no recording."""
+    if not paths:
+        raise RecordingError("no data given: name CSV files or directories", path="")
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
+            )
+            if not inside:
+                raise RecordingError(
+                    f"directory {str(path)!r} holds no {' or '.join(SUFFIXES)} file; name the "
+                    "recordings themselves or the directory that holds them",
+                    path=str(path),
+                )
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise RecordingError(
+                f"{str(path)!r} does not exist (relative paths start at {Path.cwd()})",
+                path=str(path),
+            )
+    return found
+
+
+def _header(path: Path, options: CsvOptions) -> tuple[list[str], str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+            first = fh.readline()
+    except OSError as exc:
+        raise RecordingError(
+            f"cannot read {str(path)!r}: {exc.strerror or exc}", path=str(path)
+        ) from None
+    if not first.strip():
+        raise RecordingError(
+            f"{str(path)!r} is empty; a recording needs a header row (a timestamp column and "
+            "one column per sensor) and data rows",
+            path=str(path),
+            line=1,
+        )
+    if options.delimiter == "auto":
+        delimiter = detect_delimiter(first)
+    elif options.delimiter in DELIMITERS:
+        delimiter = DELIMITERS[options.delimiter]
+    else:
+        raise ValueError(f"delimiter {options.delimiter!r} must be auto, ',', ';' or tab")
+    header = [h.strip() for h in next(csv.reader([first], delimiter=delimiter), [])]
+    return header, delimiter
+
+
+class Recording:
+    """One CSV recording whose header has been checked; read it with :meth:`chunks`."""
+
+    def __init__(
+        self,
+        path: Path,
+        options: CsvOptions,
+        *,
+        header: list[str],
+        delimiter: str,
+        sensors: tuple[str, ...],
+        columns: list[int],
+        unused: list[str],
+    ) -> None:
+        self.path = path
+        self.options = options
+        self.header = header
+        self.delimiter = delimiter
+        self.sensors = sensors
+        self.unused = unused
+        self._columns = columns
+        self._ts = header.index(options.ts_column)
+        self._label = header.index(options.label_column) if options.label_column else None
+        self._device = header.index(options.device_column) if options.device_column else None
+
+    @classmethod
+    def open(
+        cls, path: Path, options: CsvOptions, sensors: Sequence[str] | None = None
+    ) -> Recording:
+        """Check the header of ``path`` for the timestamp, the sensors and the
+        label and device columns; ``sensors=None`` takes every other column."""
+        header, delimiter = _header(path, options)
+        split = f"split at {describe_delimiter(delimiter)}"
+        shown = ", ".join(header)[:400]
+        special = {
+            "timestamp": (options.ts_column, "--ts-column"),
+            "label": (options.label_column, "--label"),
+            "device": (options.device_column, "--device-column"),
+        }
+        for what, (column, flag) in special.items():
+            if column is not None and column not in header:
+                hint = (
+                    " The header is one field: is the separator another one? (--csv-delimiter)"
+                    if len(header) == 1
+                    else ""
+                )
+                raise RecordingError(
+                    f"{str(path)!r} has no {what} column {column!r}; its header, {split}, has: "
+                    f"{shown}. Name the column with {flag}.{hint}",
+                    path=str(path),
+                    line=1,
+                    column=column,
+                )
+        taken = {c for c, _ in special.values() if c is not None}
+        if sensors is None:
+            mapped = {options.column_map.get(s, s) for s in options.column_map}
+            sensors = [h for h in header if h and h not in taken and h not in mapped]
+            sensors += list(options.column_map)
+            if not sensors:
+                raise RecordingError(
+                    f"{str(path)!r} has no sensor column: its header, {split}, has only {shown}",
+                    path=str(path),
+                    line=1,
+                )
+        try:
+            columns, unused = resolve_columns(
+                sensors, header, options.column_map, where=f"{str(path)!r} ({split})"
+            )
+        except ValueError as exc:
+            raise RecordingError(str(exc), path=str(path), line=1) from None
+        unused = [c for c in unused if c not in taken]
+        return cls(
+            path,
+            options,
+            header=header,
+            delimiter=delimiter,
+            sensors=tuple(sensors),
+            columns=columns,
+            unused=unused,
+        )
+
+    def _fail(self, line: int, column: str | None, why: str) -> RecordingError:
+        where = f"{str(self.path)!r} line {line}" + (f", column {column!r}" if column else "")
+        return RecordingError(f"{where}: {why}", path=str(self.path), line=line, column=column)
+
+    def chunks(self, rows: int = 65_536, *, strict: bool = True) -> Iterator[Chunk]:
+        """The data rows, ``rows`` at a time (see the module docstring for ``strict``)."""
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        with self.path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+            yield from self._chunks(fh, rows, strict)
+
+    def _chunks(self, fh: TextIO, rows: int, strict: bool) -> Iterator[Chunk]:
+        reader = csv.reader(fh, delimiter=self.delimiter)
+        next(reader, None)
+        n_sensors = len(self.sensors)
+        names = [self.header[c] for c in self._columns]
+        cols, ts_col = self._columns, self._ts
+        label_col, device_col = self._label, self._device
+        need = max([ts_col, *cols, label_col or 0, device_col or 0]) + 1
+        scale: float | None = None
+        last_ts: dict[str, float] = {}
+        line = 1
+        while True:
+            ts = np.empty(rows, dtype=np.float64)
+            values = np.empty((rows, n_sensors), dtype=np.float64)
+            labels: list[str] | None = [] if label_col is not None else None
+            devices: list[str] | None = [] if device_col is not None else None
+            first_line = line + 1
+            bad = 0
+            n = 0
+            while n < rows:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    line += 1
+                    if strict:
+                        raise self._fail(line, None, f"is not valid CSV ({exc})") from None
+                    row = []
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # a blank line
+                if len(row) < need:
+                    if strict:
+                        raise self._fail(
+                            line,
+                            None,
+                            f"has {len(row)} fields, the header {len(self.header)}; fix or "
+                            "remove the row",
+                        )
+                    bad += n_sensors
+                    row = row + [""] * (need - len(row))
+                text = row[ts_col].strip()
+                if scale is None and text:
+                    scale = timestamp_scale(text, self.options.ts_unit)
+                try:
+                    t = parse_timestamp(text, scale or 1.0)
+                    if not math.isfinite(t):
+                        raise ValueError(text)
+                except ValueError:
+                    if strict:
+                        raise self._fail(
+                            line,
+                            self.options.ts_column,
+                            f"timestamp {text[:40]!r} is neither ISO 8601 (e.g. "
+                            "2026-11-21T10:00:00Z) nor a number of unix seconds or milliseconds",
+                        ) from None
+                    t = math.nan
+                series = row[device_col] if device_col is not None else ""
+                if strict:
+                    prev = last_ts.get(series)
+                    if prev is not None and not t > prev:
+                        what = "repeats" if t == prev else "is before"
+                        raise self._fail(
+                            line,
+                            self.options.ts_column,
+                            f"timestamp {text[:40]!r} {what} the previous row's"
+                            + (f" of device {series!r}" if device_col is not None else "")
+                            + ": rows must be in time order, one per instant. Sort the file "
+                            "by time and drop repeated rows",
+                        )
+                    last_ts[series] = t
+                ts[n] = t
+                out = values[n]
+                for j, c in enumerate(cols):
+                    cell = row[c].strip()
+                    if not cell:
+                        out[j] = math.nan
+                        continue
+                    try:
+                        out[j] = float(cell)
+                    except ValueError:
+                        if strict:
+                            raise self._fail(
+                                line,
+                                names[j],
+                                f"{cell[:40]!r} is not a number (sensor {self.sensors[j]!r}); "
+                                "leave a missing value empty, write numbers with '.' as the "
+                                "decimal point, or leave this column out with --sensors",
+                            ) from None
+                        out[j] = math.nan
+                        bad += 1
+                if labels is not None and label_col is not None:
+                    labels.append(row[label_col].strip())
+                if devices is not None:
+                    devices.append(series.strip())
+                n += 1
+            if n == 0:
+                return
+            yield Chunk(first_line, ts[:n].copy(), values[:n].copy(), labels, devices, bad)
+            if n < rows:
+                return
+
+
+def read_recording(
+    path: Path, options: CsvOptions, sensors: Sequence[str] | None = None
+) -> tuple[Recording, Chunk]:
+    """A whole recording as one strict :class:`Chunk` (for training; see :meth:`Recording.chunks`).
+
+    A file with a header but no data row is a :class:`RecordingError`.
+    """
+    rec = Recording.open(path, options, sensors)
+    parts = list(rec.chunks(strict=True))
+    if not parts:
+        raise RecordingError(f"{str(path)!r} has a header but no data rows", path=str(path), line=2)
+    return rec, Chunk(
+        first_line=parts[0].first_line,
+        ts=np.concatenate([p.ts for p in parts]),
+        values=np.concatenate([p.values for p in parts]),
+        labels=None if parts[0].labels is None else [x for p in parts for x in p.labels or []],
+        devices=None if parts[0].devices is None else [x for p in parts for x in p.devices or []],
+    )
