@@ -4,6 +4,7 @@
     edgeloop-hub devices add NAME
     edgeloop-hub certs init [--host NAME ...] [--force] | certs server [--host NAME ...]
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
+    edgeloop-hub models train --data FILE_OR_DIR... [--label COLUMN --urgent VALUE...] ...
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
 never loads scikit-learn or onnxruntime. Errors print one line and exit 2.
@@ -139,8 +140,9 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="model packages (build)",
-        description="Model packages: the default edge and heavy models.",
+        help="model packages (build, train)",
+        description="Model packages: the default edge and heavy models (build), or a pair "
+        "trained on your recordings (train).",
     )
     models.set_defaults(parser=models)
     models_cmds = models.add_subparsers(title="model commands", metavar="COMMAND")
@@ -194,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated readings per device (default: 4000)",
     )
     build.set_defaults(handler=_models_build)
+    from cloud_hub.train_command import add_train_parser  # noqa: PLC0415
+
+    add_train_parser(models_cmds)
 
     # settings import nothing heavy
     from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415

@@ -4,13 +4,14 @@ The wiring of the pipeline's steps, in order:
 
 1. simulate a labelled training set (:func:`simulators.dataset.build_training_set`)
    and split it by device into train and holdout;
-2. train the edge MLP and the heavy trees (:mod:`.train`);
-3. convert both to ONNX and quantize the edge model to int8 (:mod:`.convert`);
-4. gate: the int8 edge model must agree with its fp32 twin on the class of at
-   least ``min_agreement`` of the holdout rows (:func:`.convert.gate_int8_agreement`);
-5. evaluate each shipped model on the holdout, choose its urgent threshold
-   (:func:`.train.choose_urgent_threshold`) and write its package (:mod:`.package`);
-6. publish: rename both packages into place.
+2. hand both to the trainer (:func:`.trainer.train_classifier_pair`, the one
+   ``models train`` uses too): train the edge MLP and the heavy trees
+   (:mod:`.train`), convert both to ONNX and quantize the edge model to int8
+   (:mod:`.convert`), gate (the int8 edge model must agree with its fp32 twin on
+   the class of at least ``min_agreement`` of the holdout rows), choose each
+   model's urgent threshold (:func:`.train.choose_urgent_threshold`; here on the
+   holdout, which the metrics are measured on too), write the packages
+   (:mod:`.package`) and publish them by renaming them into place.
 
 Layout: ``{out_dir}/{name}/{version}/`` holding ``model.onnx`` and
 ``manifest.json``, for the names :data:`EDGE_NAME` and :data:`HEAVY_NAME`.
@@ -27,47 +28,27 @@ meant to be immutable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import shutil
-import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-from cloud_hub.inference import OnnxScorer
-from cloud_hub.pipeline.convert import (
-    INPUT_NAME,
-    SCORES_OUTPUT,
-    agreement,
-    gate_int8_agreement,
-    quantize_int8,
-    sklearn_to_onnx,
-)
-from cloud_hub.pipeline.package import (
-    MIN_AGENT_VERSION,
-    complete_package,
-    pick_test_rows,
-    save_model,
-)
 from cloud_hub.pipeline.train import (
     EdgeTrainingConfig,
     HeavyTrainingConfig,
     PipelineError,
-    choose_urgent_threshold,
-    holdout_metrics,
     train_edge,
-    train_heavy,
 )
+from cloud_hub.pipeline.trainer import PairSpec, Split, TrainResult, train_classifier_pair
 from shared.errors import ManifestError
 from shared.features import DEFAULT_WINDOW
-from shared.manifest import Lineage, ModelPackage, UrgentSpec, load_package, parse_version
+from shared.manifest import ModelPackage, load_package, parse_version
 from simulators.dataset import TrainingSet, build_training_set
 from simulators.sensors import SENSORS
 
@@ -94,40 +75,10 @@ HARD_LIMITS: Final[dict[str, tuple[float | None, float | None]]] = {
 """Raw sensor limits that make a reading urgent whatever the model says."""
 URGENT_CLASS: Final = "urgent"
 NORMAL_CLASS: Final = "normal"
-TEST_VECTORS: Final = 8
 
 
-@dataclass(frozen=True, slots=True)
-class BuildResult:
-    """What :func:`build_default_models` produced (or found).
-
-    ``metrics`` holds each package's manifest metrics under ``"edge"`` and
-    ``"heavy"``; ``steps`` the seconds each step took (empty when reused).
-    """
-
-    edge: Path
-    heavy: Path
-    version: str
-    metrics: dict[str, dict[str, float]]
-    elapsed_s: float
-    dataset_sha256: str
-    run_id: str
-    reused: bool
-    steps: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary."""
-        return {
-            "edge": str(self.edge),
-            "heavy": str(self.heavy),
-            "version": self.version,
-            "metrics": self.metrics,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "dataset_sha256": self.dataset_sha256,
-            "run_id": self.run_id,
-            "reused": self.reused,
-            "steps": {k: round(v, 3) for k, v in self.steps.items()},
-        }
+BuildResult = TrainResult
+"""What :func:`build_default_models` produced (or found): a :class:`.trainer.TrainResult`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,20 +156,6 @@ def _find_existing(
             )
         found.append(pkg)
     return (found[0], found[1]) if len(found) == 2 else None
-
-
-def _publish(stage: Path, target: Path) -> None:
-    """Move a complete staged package into place, replacing what was there."""
-    old: Path | None = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-    stage.rename(target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def build_default_models(
@@ -355,140 +292,38 @@ def _build(
     edge_config: EdgeTrainingConfig | None,
     heavy_config: HeavyTrainingConfig | None,
 ) -> BuildResult:
-    steps: dict[str, float] = {}
     mark = time.perf_counter()
-
-    def step(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        steps[name] = now - mark
-        mark = now
-        log.info("build step %-9s %.2f s", name, steps[name])
-
-    seed = settings.seed
     data, train, holdout = settings.load()
-    classes = data.classes
-    urgent_index, n_classes = classes.index(URGENT_CLASS), len(classes)
-    step("dataset")
-
-    edge_sk = train_edge(train.X, train.y, seed, n_classes, edge_config)
-    heavy_sk = train_heavy(train.X, train.y, seed, n_classes, heavy_config)
-    step("train")
-
-    n_features = train.X.shape[1]
-    edge_fp32 = sklearn_to_onnx(edge_sk, n_features, EDGE_NAME)
-    edge_int8 = quantize_int8(edge_fp32)
-    heavy_fp32 = sklearn_to_onnx(heavy_sk, n_features, HEAVY_NAME)
-    step("convert")
-
-    created = datetime.now(UTC)
-    run_id = f"build-{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    edge_stage = edge_dir.with_name(f".staging-{version}-{run_id}")
-    heavy_stage = heavy_dir.with_name(f".staging-{version}-{run_id}")
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgeloop-twin-") as tmp:
-            twin_path = Path(tmp, "fp32-twin.onnx")
-            twin_path.write_bytes(edge_fp32.SerializeToString())
-            twin = OnnxScorer(twin_path, INPUT_NAME, SCORES_OUTPUT, threads)
-            edge = OnnxScorer(save_model(edge_stage, edge_int8), INPUT_NAME, SCORES_OUTPUT, threads)
-            heavy = OnnxScorer(
-                save_model(heavy_stage, heavy_fp32), INPUT_NAME, SCORES_OUTPUT, threads
-            )
-            int8_agreement = gate_int8_agreement(edge, twin, holdout.X, min_agreement, EDGE_NAME)
-            twin_sklearn = agreement(
-                twin.scores(holdout.X), edge_sk.predict_proba(holdout.X).astype(np.float32)
-            )
-        step("gate")
-
-        # The edge model scores one reading at a time on a device; evaluate
-        # and take its reference scores the same way (see convert.py).
-        edge_hold, heavy_hold = edge.scores(holdout.X, batch_size=1), heavy.scores(holdout.X)
-        edge_ref, heavy_ref = edge.scores(train.X, batch_size=1), heavy.scores(train.X)
-        heavy_sklearn = agreement(heavy_hold, heavy_sk.predict_proba(holdout.X).astype(np.float32))
-        step("score")
-
-        is_urgent = holdout.y == urgent_index
-        # The urgent score threshold maximises urgent-vs-rest F1 on the holdout
-        # (see choose_urgent_threshold); the urgent metrics below are measured
-        # at that threshold on the same rows, so they are a little optimistic.
-        thresholds = {
-            "edge": choose_urgent_threshold(edge_hold[:, urgent_index], is_urgent),
-            "heavy": choose_urgent_threshold(heavy_hold[:, urgent_index], is_urgent),
-        }
-        sizes = {"train_rows": float(len(train)), "holdout_rows": float(len(holdout))}
-        edge_metrics = {
-            **holdout_metrics(edge_hold, holdout.y, urgent_index, thresholds["edge"]),
-            "int8_fp32_agreement": int8_agreement,
-            "onnx_sklearn_agreement": twin_sklearn,
-            **sizes,
-        }
-        heavy_metrics = {
-            **holdout_metrics(heavy_hold, holdout.y, urgent_index, thresholds["heavy"]),
-            "onnx_sklearn_agreement": heavy_sklearn,
-            **sizes,
-        }
-        lineage = Lineage(
-            parent=None, data_window=settings.describe(), data_hash=data.sha256, pipeline_run=run_id
-        )
-        test_inputs = holdout.X[pick_test_rows(holdout.y, n_classes, TEST_VECTORS, seed)]
-        common: dict[str, Any] = {
-            "version": version,
-            "sensors": SENSORS,
-            "window": data.window,
-            "classes": classes,
-            "urgent_class": URGENT_CLASS,
-            "normal_class": NORMAL_CLASS,
-            "reference_x": train.X,
-            "lineage": lineage,
-            "test_inputs": test_inputs,
-            "min_agent_version": MIN_AGENT_VERSION,
-            "created": created,
-        }
-        edge_pkg = complete_package(
-            edge_stage,
-            name=EDGE_NAME,
-            variant="edge",
-            quantization="int8-dynamic",
-            urgent=UrgentSpec(thresholds["edge"], consecutive, dict(HARD_LIMITS)),
-            reference_scores=edge_ref,
-            metrics=edge_metrics,
-            **common,
-        )
-        heavy_pkg = complete_package(
-            heavy_stage,
-            name=HEAVY_NAME,
-            variant="heavy",
-            quantization="fp32",
-            urgent=UrgentSpec(thresholds["heavy"], consecutive, dict(HARD_LIMITS)),
-            reference_scores=heavy_ref,
-            metrics=heavy_metrics,
-            **common,
-        )
-        step("package")
-
-        _publish(edge_stage, edge_dir)
-        _publish(heavy_stage, heavy_dir)
-        step("publish")
-    finally:
-        for stage in (edge_stage, heavy_stage):
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
-
-    elapsed = time.perf_counter() - t0
-    log.info(
-        "built %s and %s %s in %.1f s (run %s)", EDGE_NAME, HEAVY_NAME, version, elapsed, run_id
-    )
-    return BuildResult(
-        edge=edge_dir,
-        heavy=heavy_dir,
+    dataset_s = time.perf_counter() - mark
+    log.info("build step %-9s %.2f s", "dataset", dataset_s)
+    spec = PairSpec(
+        edge_name=edge_dir.parent.name,
+        heavy_name=heavy_dir.parent.name,
         version=version,
-        metrics={
-            "edge": dict(edge_pkg.manifest.metrics),
-            "heavy": dict(heavy_pkg.manifest.metrics),
-        },
-        elapsed_s=elapsed,
-        dataset_sha256=data.sha256,
-        run_id=run_id,
-        reused=False,
-        steps=steps,
+        sensors=SENSORS,
+        window=data.window,
+        classes=data.classes,
+        urgent_class=URGENT_CLASS,
+        normal_class=NORMAL_CLASS,
+        data_window=settings.describe(),
+        data_hash=data.sha256,
+        hard_limits=dict(HARD_LIMITS),
+        consecutive=consecutive,
+        min_agreement=min_agreement,
+        seed=settings.seed,
+        threads=threads,
     )
+    # The default build chooses its thresholds on its holdout devices and reports on
+    # them too, as it always has (so its packages stay the same); `models train`
+    # chooses on a validation slice of its own.
+    split = Split(train.X, train.y, holdout.X, holdout.y, holdout.X, holdout.y)
+    result = train_classifier_pair(
+        edge_dir.parent.parent,
+        spec,
+        split,
+        edge_config=edge_config,
+        heavy_config=heavy_config,
+        report=False,
+        t0=t0,
+    )
+    return dataclasses.replace(result, steps={"dataset": dataset_s, **result.steps})

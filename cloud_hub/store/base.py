@@ -244,10 +244,11 @@ class Store(Protocol):
 
     # -- models
     def register_model(
-        self, manifest: ModelManifest, path: str, registered_at: float
+        self, manifest: ModelManifest, path: str, registered_at: float, *, replace: bool = False
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
-        under an existing (name, version) raises ValueError."""
+        under an existing (name, version) raises ValueError, or replaces the
+        record when ``replace`` (``models train --force``)."""
         ...
 
     def models(self) -> list[ModelRecord]: ...

@@ -1132,10 +1132,12 @@ class SQLiteStore:
     # -- models
 
     def register_model(
-        self, manifest: ModelManifest, path: str, registered_at: float
+        self, manifest: ModelManifest, path: str, registered_at: float, *, replace: bool = False
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
-        under an existing (name, version) raises ValueError.
+        under an existing (name, version) raises ValueError, or, when ``replace``
+        (a version rebuilt on purpose: ``models train --force``), takes the new
+        manifest, path and time.
 
         Registering the same manifest again at another ``path`` moves the record
         there (the manifest's sha256 vouches that it is the same artifact) and
@@ -1157,6 +1159,15 @@ class SQLiteStore:
                     manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
                 )
             stored, old_path, first_at = row
+            if stored != text and replace:
+                db.execute(
+                    "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ? "
+                    "WHERE name = ? AND version = ?",
+                    (manifest.variant, path, registered_at, text, manifest.name, manifest.version),
+                )
+                return ModelRecord(
+                    manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
+                )
             if stored != text:
                 raise ValueError(
                     f"model {manifest.name} {manifest.version} is already registered (from "

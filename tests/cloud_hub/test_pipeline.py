@@ -317,6 +317,8 @@ def test_cli_help_is_fast_and_loads_nothing_heavy() -> None:
         "cloud_hub.pipeline.convert",
         "cloud_hub.pipeline.package",
         "cloud_hub.pipeline.build",
+        "cloud_hub.pipeline.anomaly",
+        "cloud_hub.pipeline.recorded",
         "cloud_hub.cli",
     ],
 )

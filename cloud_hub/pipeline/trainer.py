@@ -1,0 +1,555 @@
+"""The trainer: feature rows -> an edge (int8) and heavy (fp32) package pair.
+
+One engine for every model the hub builds: the default simulator build
+(:func:`cloud_hub.pipeline.build.build_default_models`) and ``models train`` on
+recorded data (:mod:`cloud_hub.pipeline.recorded`) both end in one call here.
+Two paths:
+
+- :func:`train_classifier_pair` (labelled data): the edge MLP and the heavy
+  gradient-boosted trees (:mod:`.train`), the urgent threshold that maximises
+  urgent F1 on the *validation* rows, metrics on the *holdout* rows;
+- :func:`train_anomaly_pair` (data said to be normal, no labels): the edge
+  Mahalanobis distance and the heavy autoencoder (:mod:`.anomaly`), the urgent
+  threshold from a false-alarm budget on the validation rows, the false-alarm
+  rate measured on the holdout rows and the recall on synthetic anomalies.
+
+Both then run the same steps: convert, quantize the edge model to int8, gate it
+(int8/fp32 class agreement >= ``min_agreement``), score, package (reference
+statistics, test vectors, lineage) in hidden staging directories, and publish
+both packages by renaming them into place only when everything passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline import anomaly
+from cloud_hub.pipeline.convert import (
+    INPUT_NAME,
+    SCORES_OUTPUT,
+    agreement,
+    gate_int8_agreement,
+    quantize_int8,
+    sklearn_to_onnx,
+)
+from cloud_hub.pipeline.package import (
+    MIN_AGENT_VERSION,
+    complete_package,
+    pick_test_rows,
+    save_model,
+)
+from cloud_hub.pipeline.train import (
+    EdgeTrainingConfig,
+    HeavyTrainingConfig,
+    choose_urgent_threshold,
+    holdout_metrics,
+    train_edge,
+    train_heavy,
+)
+from shared.features import SensorSpec
+from shared.manifest import Lineage, UrgentSpec
+
+__all__ = [
+    "DEFAULT_FALSE_ALARM_BUDGET",
+    "PairSpec",
+    "Split",
+    "TrainResult",
+    "publish",
+    "train_anomaly_pair",
+    "train_classifier_pair",
+]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+DEFAULT_FALSE_ALARM_BUDGET: Final = 1e-4
+"""At most one false alarm per 10,000 normal readings."""
+TEST_VECTORS: Final = 8
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Feature rows in three parts that share no reading: train, validation
+    (thresholds are chosen here) and holdout (metrics are reported here).
+    ``*_y`` are class indices; ``*_series`` say which series each row is from
+    (alarms are counted per series)."""
+
+    train_x: F32
+    train_y: I64
+    validation_x: F32
+    validation_y: I64
+    holdout_x: F32
+    holdout_y: I64
+    holdout_series: I64 | None = None
+    validation_series: I64 | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PairSpec:
+    """What to call the pair and what its manifests declare."""
+
+    edge_name: str
+    heavy_name: str
+    version: str
+    sensors: tuple[SensorSpec, ...]
+    window: int
+    classes: tuple[str, ...]
+    urgent_class: str
+    normal_class: str
+    data_window: str
+    data_hash: str
+    hard_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    consecutive: int = 1
+    min_agreement: float = 0.99
+    seed: int = 7
+    threads: int = 1
+    run_prefix: str = "build"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """What the trainer produced (or found, when ``reused``).
+
+    ``metrics`` holds each package's manifest metrics under ``"edge"`` and
+    ``"heavy"``; ``steps`` the seconds each step took (empty when reused);
+    ``details`` what the report shows beyond the manifests (thresholds and
+    why, confusion matrices); empty for the default build.
+    """
+
+    edge: Path
+    heavy: Path
+    version: str
+    metrics: dict[str, dict[str, float]]
+    elapsed_s: float
+    dataset_sha256: str
+    run_id: str
+    reused: bool
+    steps: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        out = {
+            "edge": str(self.edge),
+            "heavy": str(self.heavy),
+            "version": self.version,
+            "metrics": self.metrics,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "dataset_sha256": self.dataset_sha256,
+            "run_id": self.run_id,
+            "reused": self.reused,
+            "steps": {k: round(v, 3) for k, v in self.steps.items()},
+        }
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def publish(stage: Path, target: Path) -> None:
+    """Move a complete staged package into place, replacing what was there."""
+    old: Path | None = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".old-{target.name}-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    stage.rename(target)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
+class _Steps:
+    def __init__(self, progress: Progress | None) -> None:
+        self.times: dict[str, float] = {}
+        self._progress = progress
+        self._mark = time.perf_counter()
+
+    def done(self, name: str, next_step: str | None = None) -> None:
+        now = time.perf_counter()
+        self.times[name] = now - self._mark
+        self._mark = now
+        log.info("build step %-9s %.2f s", name, self.times[name])
+        if self._progress is not None and next_step is not None:
+            self._progress(next_step)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """What the evaluation of the shipped models decided."""
+
+    thresholds: dict[str, float]
+    edge_metrics: dict[str, float]
+    heavy_metrics: dict[str, float]
+    test_inputs: F32
+    details: dict[str, Any]
+
+
+def _ship(
+    out_dir: Path,
+    spec: PairSpec,
+    *,
+    edge_fp32: onnx.ModelProto,
+    heavy_fp32: onnx.ModelProto,
+    gate_x: F32,
+    reference_x: F32,
+    evaluate: Callable[[OnnxScorer, OnnxScorer, OnnxScorer, float], _Scored],
+    steps: _Steps,
+    t0: float,
+) -> TrainResult:
+    """Quantize, gate, evaluate, package and publish (the steps both paths share)."""
+    edge_dir = out_dir / spec.edge_name / spec.version
+    heavy_dir = out_dir / spec.heavy_name / spec.version
+    edge_int8 = quantize_int8(edge_fp32)
+    steps.done("convert", "gate")
+    created = datetime.now(UTC)
+    run_id = f"{spec.run_prefix}-{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    for d in (edge_dir, heavy_dir):
+        d.parent.mkdir(parents=True, exist_ok=True)
+    edge_stage = edge_dir.with_name(f".staging-{spec.version}-{run_id}")
+    heavy_stage = heavy_dir.with_name(f".staging-{spec.version}-{run_id}")
+    threads = spec.threads
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeloop-twin-") as tmp:
+            twin_path = Path(tmp, "fp32-twin.onnx")
+            twin_path.write_bytes(edge_fp32.SerializeToString())
+            twin = OnnxScorer(twin_path, INPUT_NAME, SCORES_OUTPUT, threads)
+            edge = OnnxScorer(save_model(edge_stage, edge_int8), INPUT_NAME, SCORES_OUTPUT, threads)
+            heavy = OnnxScorer(
+                save_model(heavy_stage, heavy_fp32), INPUT_NAME, SCORES_OUTPUT, threads
+            )
+            int8_agreement = gate_int8_agreement(
+                edge, twin, gate_x, spec.min_agreement, spec.edge_name
+            )
+            steps.done("gate", "score")
+            scored = evaluate(edge, heavy, twin, int8_agreement)
+        steps.done("score", "package")
+        lineage = Lineage(
+            parent=None, data_window=spec.data_window, data_hash=spec.data_hash, pipeline_run=run_id
+        )
+        common: dict[str, Any] = {
+            "version": spec.version,
+            "sensors": spec.sensors,
+            "window": spec.window,
+            "classes": spec.classes,
+            "urgent_class": spec.urgent_class,
+            "normal_class": spec.normal_class,
+            "reference_x": reference_x,
+            "lineage": lineage,
+            "test_inputs": scored.test_inputs,
+            "min_agent_version": MIN_AGENT_VERSION,
+            "created": created,
+        }
+        edge_ref = edge.scores(reference_x, batch_size=1)
+        heavy_ref = heavy.scores(reference_x)
+        packages = {}
+        for variant, stage, name, quant, ref, metrics in (
+            ("edge", edge_stage, spec.edge_name, "int8-dynamic", edge_ref, scored.edge_metrics),
+            ("heavy", heavy_stage, spec.heavy_name, "fp32", heavy_ref, scored.heavy_metrics),
+        ):
+            packages[variant] = complete_package(
+                stage,
+                name=name,
+                variant="edge" if variant == "edge" else "heavy",
+                quantization="int8-dynamic" if quant == "int8-dynamic" else "fp32",
+                urgent=UrgentSpec(
+                    scored.thresholds[variant], spec.consecutive, dict(spec.hard_limits)
+                ),
+                reference_scores=ref,
+                metrics=metrics,
+                **common,
+            )
+        steps.done("package", "publish")
+        publish(edge_stage, edge_dir)
+        publish(heavy_stage, heavy_dir)
+        steps.done("publish")
+    finally:
+        for stage in (edge_stage, heavy_stage):
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+    elapsed = time.perf_counter() - t0
+    log.info(
+        "built %s and %s %s in %.1f s (run %s)",
+        spec.edge_name,
+        spec.heavy_name,
+        spec.version,
+        elapsed,
+        run_id,
+    )
+    return TrainResult(
+        edge=edge_dir,
+        heavy=heavy_dir,
+        version=spec.version,
+        metrics={k: dict(p.manifest.metrics) for k, p in packages.items()},
+        elapsed_s=elapsed,
+        dataset_sha256=spec.data_hash,
+        run_id=run_id,
+        reused=False,
+        steps=steps.times,
+        details=scored.details,
+    )
+
+
+def _confusion(scores: F32, y: I64, classes: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """``{true class: {predicted class: rows}}`` of the arg-max class."""
+    pred = scores.argmax(axis=1)
+    return {
+        c: {d: int(np.sum((y == i) & (pred == j))) for j, d in enumerate(classes)}
+        for i, c in enumerate(classes)
+    }
+
+
+def train_classifier_pair(
+    out_dir: Path,
+    spec: PairSpec,
+    split: Split,
+    *,
+    edge_config: EdgeTrainingConfig | None = None,
+    heavy_config: HeavyTrainingConfig | None = None,
+    progress: Progress | None = None,
+    report: bool = True,
+    t0: float | None = None,
+) -> TrainResult:
+    """Train, gate, package and publish the labelled pair (see the module docstring).
+
+    The urgent threshold maximises urgent-vs-rest F1 on ``split.validation_*``
+    (:func:`.train.choose_urgent_threshold`); the metrics are measured on
+    ``split.holdout_*``. When the two are the same rows (the default simulator
+    build passes its holdout as both, as it always has), the urgent metrics are
+    a little optimistic. ``report`` adds the confusion matrices and the
+    thresholds' reasons to ``details``.
+    """
+    start = time.perf_counter() if t0 is None else t0
+    steps = _Steps(progress)
+    if progress is not None:
+        progress("train")
+    seed, n_classes = spec.seed, len(spec.classes)
+    urgent_index = spec.classes.index(spec.urgent_class)
+    edge_sk = train_edge(split.train_x, split.train_y, seed, n_classes, edge_config)
+    heavy_sk = train_heavy(split.train_x, split.train_y, seed, n_classes, heavy_config)
+    steps.done("train", "convert")
+    n_features = split.train_x.shape[1]
+    edge_fp32 = sklearn_to_onnx(edge_sk, n_features, spec.edge_name)
+    heavy_fp32 = sklearn_to_onnx(heavy_sk, n_features, spec.heavy_name)
+    hold_x, hold_y = split.holdout_x, split.holdout_y
+    same_rows = split.validation_x is hold_x
+
+    def evaluate(edge: OnnxScorer, heavy: OnnxScorer, twin: OnnxScorer, int8: float) -> _Scored:
+        twin_sklearn = agreement(
+            twin.scores(hold_x), edge_sk.predict_proba(hold_x).astype(np.float32)
+        )
+        # The edge model scores one reading at a time on a device; evaluate it so.
+        edge_hold, heavy_hold = edge.scores(hold_x, batch_size=1), heavy.scores(hold_x)
+        if same_rows:
+            edge_val, heavy_val = edge_hold, heavy_hold
+        else:
+            edge_val = edge.scores(split.validation_x, batch_size=1)
+            heavy_val = heavy.scores(split.validation_x)
+        heavy_sklearn = agreement(heavy_hold, heavy_sk.predict_proba(hold_x).astype(np.float32))
+        is_urgent = split.validation_y == urgent_index
+        thresholds = {
+            "edge": choose_urgent_threshold(edge_val[:, urgent_index], is_urgent),
+            "heavy": choose_urgent_threshold(heavy_val[:, urgent_index], is_urgent),
+        }
+        sizes = {"train_rows": float(split.train_y.size), "holdout_rows": float(hold_y.size)}
+        if not same_rows:
+            sizes["validation_rows"] = float(split.validation_y.size)
+        edge_metrics = {
+            **holdout_metrics(edge_hold, hold_y, urgent_index, thresholds["edge"]),
+            "int8_fp32_agreement": int8,
+            "onnx_sklearn_agreement": twin_sklearn,
+            **sizes,
+        }
+        heavy_metrics = {
+            **holdout_metrics(heavy_hold, hold_y, urgent_index, thresholds["heavy"]),
+            "onnx_sklearn_agreement": heavy_sklearn,
+            **sizes,
+        }
+        details: dict[str, Any] = {}
+        if report:
+            why = (
+                f"maximises urgent F1 on the validation rows ({split.validation_y.size}, "
+                "before the holdout in time); the metrics are on the holdout rows"
+            )
+            details = {
+                "kind": "classifier",
+                "classes": list(spec.classes),
+                "urgent_class": spec.urgent_class,
+                "threshold_reason": why,
+                "confusion": {
+                    "edge": _confusion(edge_hold, hold_y, spec.classes),
+                    "heavy": _confusion(heavy_hold, hold_y, spec.classes),
+                },
+            }
+        test_rows = pick_test_rows(hold_y, n_classes, TEST_VECTORS, seed)
+        return _Scored(thresholds, edge_metrics, heavy_metrics, hold_x[test_rows], details)
+
+    return _ship(
+        out_dir,
+        spec,
+        edge_fp32=edge_fp32,
+        heavy_fp32=heavy_fp32,
+        gate_x=hold_x,
+        reference_x=split.train_x,
+        evaluate=evaluate,
+        steps=steps,
+        t0=start,
+    )
+
+
+def _alarms(over: npt.NDArray[np.bool_], series: I64 | None, consecutive: int) -> int:
+    if series is None:
+        return anomaly.alarm_count(over, consecutive)
+    return sum(
+        anomaly.alarm_count(over[series == s], consecutive) for s in np.unique(series).tolist()
+    )
+
+
+def train_anomaly_pair(
+    out_dir: Path,
+    spec: PairSpec,
+    split: Split,
+    anomalies: F32,
+    *,
+    budget: float = DEFAULT_FALSE_ALARM_BUDGET,
+    progress: Progress | None = None,
+    t0: float | None = None,
+) -> TrainResult:
+    """Train the unsupervised pair on normal rows (every ``split`` part is normal).
+
+    ``anomalies`` are feature rows of synthetic faults (see
+    :func:`cloud_hub.pipeline.recorded.inject_faults`): the int8 gate runs on
+    the holdout and on them, and their recall is reported. Each model's urgent
+    threshold comes from ``budget`` (false alarms per normal reading) on the
+    validation rows scored by the shipped model (:func:`.anomaly.tail_threshold`).
+    """
+    start = time.perf_counter() if t0 is None else t0
+    if not 0.0 < budget < 0.5:
+        raise ValueError(f"the false-alarm budget must be in (0, 0.5), got {budget!r}")
+    steps = _Steps(progress)
+    if progress is not None:
+        progress("train")
+    x, n_features = split.train_x, split.train_x.shape[1]
+    maha = anomaly.Mahalanobis.fit(x)
+    auto = anomaly.fit_autoencoder(x, spec.seed)
+    steps.done("train", "convert")
+    val = split.validation_x
+    s0 = {
+        "edge": anomaly.tail_threshold(maha.raw(val), budget)[0],
+        "heavy": anomaly.tail_threshold(anomaly.autoencoder_raw(auto, val), budget)[0],
+    }
+    edge_fp32 = anomaly.mahalanobis_onnx(maha, n_features, s0["edge"], spec.edge_name)
+    heavy_fp32 = anomaly.autoencoder_onnx(auto, n_features, s0["heavy"], spec.heavy_name)
+    hold_x = split.holdout_x
+    gate_x = np.concatenate([hold_x, anomalies]).astype(np.float32)
+    urgent_index = spec.classes.index(spec.urgent_class)
+
+    def evaluate(edge: OnnxScorer, heavy: OnnxScorer, twin: OnnxScorer, int8: float) -> _Scored:
+        thresholds: dict[str, float] = {}
+        edge_metrics: dict[str, float] = {}
+        heavy_metrics: dict[str, float] = {}
+        details: dict[str, Any] = {
+            "kind": "anomaly",
+            "classes": list(spec.classes),
+            "false_alarm_budget": budget,
+            "consecutive": spec.consecutive,
+            "thresholds": {},
+        }
+        for variant, scorer, metrics in (
+            ("edge", edge, edge_metrics),
+            ("heavy", heavy, heavy_metrics),
+        ):
+            batch = 1 if variant == "edge" else None
+            p_val = _urgent(scorer, val, batch, urgent_index)
+            raw_t, why = anomaly.tail_threshold(
+                anomaly.raw_from_probability(p_val, s0[variant]), budget
+            )
+            t = raw_t / (raw_t + s0[variant])
+            thresholds[variant] = float(min(t, 1.0))
+            p_hold = _urgent(scorer, hold_x, batch, urgent_index)
+            p_anom = _urgent(scorer, anomalies, batch, urgent_index)
+            alarms = _alarms(p_hold >= t, split.holdout_series, spec.consecutive)
+            metrics.update(
+                {
+                    "false_alarm_rate": alarms / max(1, hold_x.shape[0]),
+                    "false_alarm_budget": budget,
+                    "holdout_urgent_share": float(np.mean(p_hold >= t)),
+                    "synthetic_anomaly_recall": float(np.mean(p_anom >= t)),
+                    "auc_synthetic": _auc(p_hold, p_anom),
+                    "train_rows": float(x.shape[0]),
+                    "validation_rows": float(val.shape[0]),
+                    "holdout_rows": float(hold_x.shape[0]),
+                    "synthetic_anomaly_rows": float(anomalies.shape[0]),
+                }
+            )
+            details["thresholds"][variant] = {
+                "threshold": thresholds[variant],
+                "why": f"false-alarm budget {budget:g} per reading on {val.shape[0]} validation "
+                f"rows of normal data: {why}",
+                "holdout_false_alarms": alarms,
+            }
+        edge_metrics["int8_fp32_agreement"] = int8
+        y = np.concatenate(
+            [np.zeros(hold_x.shape[0], np.int64), np.ones(anomalies.shape[0], np.int64)]
+        )
+        twin_scores = twin.scores(gate_x)
+        details["confusion"] = {
+            "edge": _confusion(edge.scores(gate_x, batch_size=1), y, ("normal", "anomaly")),
+            "heavy": _confusion(heavy.scores(gate_x), y, ("normal", "anomaly")),
+            "edge_fp32": _confusion(twin_scores, y, ("normal", "anomaly")),
+        }
+        details["confusion_rows"] = "holdout normal rows vs synthetic anomaly rows, arg-max class"
+        test_rows = pick_test_rows(y, 2, TEST_VECTORS, spec.seed)
+        return _Scored(thresholds, edge_metrics, heavy_metrics, gate_x[test_rows], details)
+
+    return _ship(
+        out_dir,
+        spec,
+        edge_fp32=edge_fp32,
+        heavy_fp32=heavy_fp32,
+        gate_x=gate_x,
+        reference_x=x,
+        evaluate=evaluate,
+        steps=steps,
+        t0=start,
+    )
+
+
+def _urgent(scorer: OnnxScorer, x: F32, batch: int | None, urgent_index: int) -> F32:
+    scores = scorer.scores(x, batch_size=batch) if batch else scorer.scores(x)
+    out: F32 = scores[:, urgent_index]
+    return out
+
+
+def _auc(normal: F32, anomalous: F32) -> float:
+    """Probability that a random anomaly scores above a random normal row (ties half)."""
+    if normal.size == 0 or anomalous.size == 0:
+        return math.nan
+    both = np.concatenate([normal, anomalous]).astype(np.float64)
+    order = both.argsort(kind="mergesort")
+    ranks = np.empty_like(both)
+    ranks[order] = np.arange(1, both.size + 1)
+    # Average ranks of ties.
+    _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    ranks = (sums / counts)[inv]
+    n1, n0 = anomalous.size, normal.size
+    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))

@@ -1,0 +1,674 @@
+"""``edgeloop-hub models train``: an edge and heavy pair from recorded CSV.
+
+    edgeloop-hub models train --data FILE_OR_DIR... [--sensors a,b] [--csv-map S=COL,...]
+        [--label COLUMN --urgent VALUE... [--normal VALUE]] [--normal-from T --normal-to T]
+        [--name NAME] [--version V] [--force] [--false-alarm-budget X] [--data-dir DIR]
+        [--models-dir DIR] [--store URL]
+
+The packages go to MODELS_DIR/NAME-edge/VERSION and MODELS_DIR/NAME-heavy/VERSION
+and are registered in the store's models table, so a running hub's API lists
+them at once (SQLite in WAL mode takes a second writer). Importing this module
+loads nothing heavy: scikit-learn, onnxruntime and tqdm load when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from shared.options import positive_int
+
+if TYPE_CHECKING:
+    from cloud_hub.pipeline.recorded import Series
+    from cloud_hub.pipeline.trainer import TrainResult
+    from cloud_hub.settings import HubSettings
+    from shared.features import SensorSpec
+
+__all__ = ["TRAIN_OPTIONS", "add_train_parser"]
+
+TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
+"""serve's options that say where the registry is."""
+_MIN_TRAIN_ROWS: Final = 200
+_MIN_SLICE_ROWS: Final = 50
+_SHOWN: Final = (
+    "auc_macro",
+    "f1_macro",
+    "urgent_recall",
+    "urgent_precision",
+    "false_alarm_rate",
+    "synthetic_anomaly_recall",
+    "auc_synthetic",
+    "int8_fp32_agreement",
+)
+
+
+def _pairs(text: str, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"{flag}: {item!r} is not NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _units(text: str) -> dict[str, str]:
+    return _pairs(text, "--units")
+
+
+def _ranges(text: str) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for key, value in _pairs(text, "--valid-range").items():
+        lo, sep, hi = value.partition(":")
+        try:
+            pair = (float(lo), float(hi))
+        except ValueError:
+            pair = (math.nan, math.nan)
+        if not sep or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
+            raise argparse.ArgumentTypeError(
+                f"--valid-range: {key}={value!r} is not LO:HI with LO < HI (e.g. {key}=0:100)"
+            )
+        out[key] = pair
+    return out
+
+
+def _csv_map(text: str) -> dict[str, str]:
+    from shared.columns import parse_column_map  # noqa: PLC0415
+
+    try:
+        return parse_column_map(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
+    """An argparse type: a number with ``lo <= x <= hi`` (``lo`` excluded when it is 0)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (lo < value if lo == 0 else lo <= value) or not value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        return value
+
+    return parse
+
+
+_budget = _number(0.0, 0.5, "a share of readings in (0, 0.5], e.g. 1e-4 (1 in 10,000)")
+_fraction = _number(0.05, 0.5, "between 0.05 and 0.5")
+
+
+def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
+    """Add ``train`` to the ``models`` subcommands."""
+    from cloud_hub.settings import OPTIONS  # noqa: PLC0415  (imports nothing heavy)
+
+    p: argparse.ArgumentParser = models_cmds.add_parser(
+        "train",
+        help="train an edge (int8) and heavy (fp32) pair from recorded CSV and register it",
+        description="Read recorded CSV (one series per file, or per --device-column value), "
+        "split each series by time (the latest readings held out), train an edge model "
+        "(int8) and a heavy model (fp32), gate the int8 model against its fp32 twin, write "
+        "both packages to MODELS_DIR/NAME-{edge,heavy}/VERSION and register them in the store. "
+        "With --label: classifiers over the label's values (--urgent names the urgent ones). "
+        "Without: anomaly models trained on data you say is normal (all of it, or "
+        "--normal-from/--normal-to), with the urgent threshold set by --false-alarm-budget. "
+        "Prints a report, then one JSON line.",
+    )
+    p.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE_OR_DIR")
+    p.add_argument(
+        "--sensors",
+        metavar="A,B,...",
+        help="the sensor columns, in order (default: every numeric column but the timestamp, "
+        "label and device columns)",
+    )
+    p.add_argument(
+        "--csv-map",
+        type=_csv_map,
+        default={},
+        metavar="SENSOR=COLUMN,...",
+        help="sensor names for columns (as the agent's --csv-map)",
+    )
+    p.add_argument(
+        "--csv-delimiter",
+        choices=("auto", ",", ";", "tab"),
+        default="auto",
+        help="the separator (default: detected from the header)",
+    )
+    p.add_argument("--ts-column", default="ts", metavar="COLUMN", help="(default: ts)")
+    p.add_argument(
+        "--device-column",
+        metavar="COLUMN",
+        help="a column naming the device of each row: one series per device",
+    )
+    p.add_argument("--label", metavar="COLUMN", help="the label column (supervised training)")
+    p.add_argument(
+        "--urgent",
+        nargs="+",
+        metavar="VALUE",
+        help="with --label: the label values that are urgent",
+    )
+    p.add_argument(
+        "--normal",
+        metavar="VALUE",
+        help="with --label: the normal label value (default: the most common non-urgent one)",
+    )
+    p.add_argument(
+        "--normal-from",
+        metavar="T",
+        help="without --label: normal data starts at T (ISO or unix s)",
+    )
+    p.add_argument("--normal-to", metavar="T", help="without --label: normal data ends before T")
+    p.add_argument("--name", help="model name (default: from the first file's name)")
+    p.add_argument("--version", help="MAJOR.MINOR.PATCH (default: 1.0.0, or the next free one)")
+    p.add_argument("--force", action="store_true", help="replace an existing --version")
+    p.add_argument(
+        "--false-alarm-budget",
+        type=_budget,
+        default=1e-4,
+        metavar="X",
+        help="without --label: false alarms allowed per normal reading (default: 1e-4)",
+    )
+    p.add_argument(
+        "--units", type=_units, default={}, metavar="SENSOR=UNIT,...", help="(default: none)"
+    )
+    p.add_argument(
+        "--valid-range",
+        type=_ranges,
+        default={},
+        metavar="SENSOR=LO:HI,...",
+        help="(default: the data's range widened by two spans each side)",
+    )
+    p.add_argument("--window", type=positive_int, default=None, metavar="N", help="(default: 10)")
+    p.add_argument(
+        "--consecutive",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="readings over the threshold in a row before an urgent event (default: 1)",
+    )
+    p.add_argument("--validation-fraction", type=_fraction, default=0.2, metavar="X")
+    p.add_argument("--holdout-fraction", type=_fraction, default=0.2, metavar="X")
+    p.add_argument("--min-agreement", type=float, default=0.99, metavar="X")
+    p.add_argument("--seed", type=int, default=7, metavar="N")
+    OPTIONS.add_to(p, only=TRAIN_OPTIONS)
+    p.set_defaults(handler=_train, parser=p)
+    return p
+
+
+@contextmanager
+def _bar(desc: str, total: int | None, unit: str) -> Iterator[Any]:
+    """A tqdm bar on stderr when it is a terminal (else nothing is drawn)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _fail(message: str) -> Exception:
+    from cloud_hub.pipeline.train import PipelineError  # noqa: PLC0415
+
+    return PipelineError(message)
+
+
+def _timestamp(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    from shared.columns import parse_timestamp  # noqa: PLC0415
+
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise _fail(f"{flag} {text!r} is neither an ISO 8601 time nor unix seconds") from None
+
+
+def _versions(settings: HubSettings, store: Any, names: Sequence[str]) -> set[str]:
+    from shared.manifest import parse_version  # noqa: PLC0415
+
+    found: set[str] = set()
+    for name in names:
+        d = settings.models_dir / name
+        if d.is_dir():
+            for child in d.iterdir():
+                try:
+                    parse_version(child.name)
+                except ValueError:
+                    continue
+                found.add(child.name)
+    found.update(r.version for r in store.models() if r.name in names)
+    return found
+
+
+def _choose_version(
+    requested: str | None, existing: set[str], force: bool, base: str
+) -> tuple[str, str]:
+    from shared.manifest import parse_version  # noqa: PLC0415
+
+    keys = sorted(parse_version(v) for v in existing)
+    nxt = f"{keys[-1][0]}.{keys[-1][1] + 1}.0" if keys else "1.0.0"
+    if requested is not None:
+        parse_version(requested)
+        if requested in existing and not force:
+            raise _fail(
+                f"{base} {requested} already exists (in the models directory or the store); "
+                f"versions are immutable: give --version {nxt}, leave --version out (the next "
+                "free one is taken), or replace it on purpose with --force"
+            )
+        return requested, (
+            f"version {requested} (replacing the existing one: --force)"
+            if requested in existing
+            else f"version {requested}"
+        )
+    if not keys:
+        return nxt, f"version {nxt} (the first of {base})"
+    shown = ", ".join(".".join(map(str, k)) for k in keys[-3:])
+    return nxt, f"version {nxt}: the next free one ({base} has {shown})"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+    from cloud_hub.store import open_store  # noqa: PLC0415
+
+    if args.label is None and (args.urgent or args.normal):
+        args.parser.error("--urgent and --normal go with --label COLUMN")
+    if args.label is not None and not args.urgent:
+        args.parser.error(
+            "--label needs --urgent VALUE...: the label values that are urgent (e.g. --urgent "
+            "fault alarm)"
+        )
+    if args.label is not None and (args.normal_from or args.normal_to):
+        args.parser.error(
+            "--normal-from/--normal-to select normal data for training without --label"
+        )
+    settings = resolve_settings(args, serving=False)
+    t0 = time.perf_counter()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.store)
+    try:
+        with threadpool_limits(limits=1):
+            result, report = _run(args, settings, store, t0)
+    finally:
+        store.close()
+    for line in report:
+        print(line)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _run(
+    args: argparse.Namespace, settings: HubSettings, store: Any, t0: float
+) -> tuple[dict[str, Any], list[str]]:
+    from cloud_hub.pipeline import recorded  # noqa: PLC0415
+    from cloud_hub.recordings import CsvOptions, find_recordings  # noqa: PLC0415
+    from shared.features import DEFAULT_WINDOW  # noqa: PLC0415
+
+    options = CsvOptions(
+        delimiter=args.csv_delimiter,
+        ts_column=args.ts_column,
+        column_map=dict(args.csv_map),
+        label_column=args.label,
+        device_column=args.device_column,
+    )
+    paths = find_recordings(args.data)
+    report: list[str] = []
+    if args.sensors:
+        names = [s.strip() for s in args.sensors.split(",") if s.strip()]
+    else:
+        names, skipped = recorded.numeric_sensors(paths[0], options)
+        report.append(
+            f"sensors: every numeric column of {paths[0].name}: {', '.join(names)}"
+            + (f" (not numeric, left out: {', '.join(skipped)})" if skipped else "")
+        )
+    base = args.name or recorded.derive_name(paths[0])
+    edge_name, heavy_name = f"{base}-edge", f"{base}-heavy"
+    if args.name is not None and not recorded.MODEL_NAME_RE.fullmatch(base):
+        raise _fail(
+            f"--name {args.name!r}: a model name is 1-58 of a-z 0-9 _ . - (lowercase, "
+            "starting with a letter or digit)"
+        )
+    version, version_note = _choose_version(
+        args.version, _versions(settings, store, (edge_name, heavy_name)), args.force, base
+    )
+    with _bar("reading", None, "rows") as bar:
+        series = recorded.read_series(paths, options, names, on_rows=bar.update)
+    for path in paths:
+        rec_unused = _unused_columns(path, options, names)
+        if rec_unused:
+            report.append(f"{path.name}: columns not used: {', '.join(rec_unused)}")
+    rows = sum(len(s) for s in series)
+    report.insert(0, f"data: {len(paths)} file(s), {len(series)} series, {rows} rows")
+    window = args.window or DEFAULT_WINDOW
+    if args.label is None:
+        series = _normal_range(series, args)
+    sensors, notes = recorded.infer_sensors(
+        names, series, units=args.units, valid_ranges=args.valid_range
+    )
+    report += notes
+    hashes = recorded.files_sha256(paths)
+    data_hash = _combined_hash(hashes)
+    data_window = "recorded CSV: " + ", ".join(f"{p} sha256={h}" for p, h in hashes.items())
+    if args.normal_from or args.normal_to:
+        data_window += f"; normal from {args.normal_from or 'start'} to {args.normal_to or 'end'}"
+    from cloud_hub.pipeline.trainer import PairSpec  # noqa: PLC0415
+
+    common = {
+        "edge_name": edge_name,
+        "heavy_name": heavy_name,
+        "version": version,
+        "sensors": sensors,
+        "window": window,
+        "data_window": data_window,
+        "data_hash": data_hash,
+        "consecutive": args.consecutive,
+        "min_agreement": args.min_agreement,
+        "seed": args.seed,
+        "run_prefix": "train",
+    }
+    with _bar("features", len(series), "series") as bar:
+        feats = []
+        for s in series:
+            feats.append(recorded.features(s, window, sensors))
+            bar.update(1)
+    steps = ["train", "convert", "gate", "score", "package", "publish"]
+    with _bar("training", len(steps), "step") as bar:
+
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            if step != "train":
+                bar.update(1)
+
+        if args.label is not None:
+            classes, urgent_class, normal_class, split, split_note = _labelled(
+                args, series, feats, window
+            )
+            spec = PairSpec(
+                classes=classes, urgent_class=urgent_class, normal_class=normal_class, **common
+            )
+            from cloud_hub.pipeline.trainer import train_classifier_pair  # noqa: PLC0415
+
+            result = train_classifier_pair(
+                settings.models_dir, spec, split, progress=progress, t0=t0
+            )
+        else:
+            split, anomalies, split_note = _unlabelled(args, series, feats, window, sensors)
+            spec = PairSpec(
+                classes=("normal", "urgent"), urgent_class="urgent", normal_class="normal", **common
+            )
+            from cloud_hub.pipeline.trainer import train_anomaly_pair  # noqa: PLC0415
+
+            result = train_anomaly_pair(
+                settings.models_dir,
+                spec,
+                split,
+                anomalies,
+                budget=args.false_alarm_budget,
+                progress=progress,
+                t0=t0,
+            )
+        bar.update(1)
+    report.append(split_note)
+    report.append(f"{base}: {version_note}")
+    report += _describe(result)
+    if args.label is None:
+        n_val = int(result.metrics["edge"]["validation_rows"])
+        if n_val * args.false_alarm_budget < 1:
+            report.append(
+                f"note: {n_val} validation rows resolve a false-alarm rate down to 1/{n_val} "
+                f"only, above the budget {args.false_alarm_budget:g}: the threshold extrapolates "
+                "the tail of the scores; more normal data measures it directly"
+            )
+    report += _register(settings, store, result, replace=args.force)
+    out = result.to_dict()
+    out.update({"name": base, "data_files": hashes, "store": _safe_store(settings.store)})
+    return out, report
+
+
+def _safe_store(url: str) -> str:
+    return url if url.startswith("sqlite:") else url.partition("://")[0] + "://..."
+
+
+def _unused_columns(path: Path, options: Any, names: Sequence[str]) -> list[str]:
+    from cloud_hub.recordings import Recording  # noqa: PLC0415
+
+    return list(Recording.open(path, options, names).unused)
+
+
+def _combined_hash(hashes: dict[str, str]) -> str:
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    for path, digest in hashes.items():
+        h.update(f"{Path(path).name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def _normal_range(series: list[Series], args: argparse.Namespace) -> list[Series]:
+    from dataclasses import replace  # noqa: PLC0415
+
+    lo = _timestamp(args.normal_from, "--normal-from")
+    hi = _timestamp(args.normal_to, "--normal-to")
+    if lo is None and hi is None:
+        return series
+    out = []
+    for s in series:
+        keep = np.ones(len(s), dtype=bool)
+        if lo is not None:
+            keep &= s.ts >= lo
+        if hi is not None:
+            keep &= s.ts < hi
+        out.append(replace(s, ts=s.ts[keep], values=s.values[keep]))
+    total = sum(len(s) for s in out)
+    if total < _MIN_TRAIN_ROWS + 2 * _MIN_SLICE_ROWS:
+        per = ", ".join(f"{s.source}: {len(s)}" for s in out)
+        raise _fail(
+            f"the normal range [{args.normal_from or 'start'}, {args.normal_to or 'end'}) holds "
+            f"{total} readings ({per}); training without labels needs at least "
+            f"{_MIN_TRAIN_ROWS + 2 * _MIN_SLICE_ROWS} (train, validation and holdout slices): "
+            "widen --normal-from/--normal-to or give more recordings"
+        )
+    return [s for s in out if len(s) > 0]
+
+
+def _sides(args: argparse.Namespace, series: Sequence[Series], window: int) -> list[Any]:
+    from cloud_hub.pipeline.recorded import time_sides  # noqa: PLC0415
+
+    return [
+        time_sides(len(s), window, args.validation_fraction, args.holdout_fraction) for s in series
+    ]
+
+
+def _split_note(args: argparse.Namespace, counts: dict[str, int], window: int) -> str:
+    return (
+        f"split by time: train {counts['train']}, validation {counts['validation']}, holdout "
+        f"{counts['holdout']} rows (of each series the last {args.holdout_fraction:.0%} held out, "
+        f"the {args.validation_fraction:.0%} before it for thresholds; {window - 1} rows dropped "
+        "after each cut, whose window reaches across it)"
+    )
+
+
+def _labelled(
+    args: argparse.Namespace, series: list[Series], feats: list[Any], window: int
+) -> tuple[tuple[str, ...], str, str, Any, str]:
+    from cloud_hub.pipeline.recorded import label_counts  # noqa: PLC0415
+    from cloud_hub.pipeline.trainer import Split  # noqa: PLC0415
+
+    where = f"column {args.label!r} of {', '.join(sorted({str(s.path) for s in series}))}"
+    counts = label_counts(series)
+    if "" in counts:
+        raise _fail(
+            f"{where} has {counts['']} empty label cell(s); give every row a label (or leave "
+            "--label out to train on normal data without labels)"
+        )
+    urgent_values = list(dict.fromkeys(args.urgent))
+    missing = [v for v in urgent_values if v not in counts]
+    if missing:
+        raise _fail(
+            f"{where} never holds the urgent value {missing[0]!r}; its values are "
+            f"{dict(counts.most_common(10))}: name the urgent ones with --urgent"
+        )
+    rest = [v for v, _ in counts.most_common() if v not in urgent_values]
+    if not rest:
+        raise _fail(
+            f"{where} holds only urgent values ({', '.join(urgent_values)}): a classifier "
+            "needs normal rows too; label them, or train without --label on normal data"
+        )
+    if len(counts) < 2:
+        raise _fail(
+            f"{where} holds one class only ({next(iter(counts))!r}); a classifier needs at "
+            "least two: label the other rows, or train without --label on normal data"
+        )
+    normal = args.normal or rest[0]
+    if normal not in rest:
+        raise _fail(f"--normal {normal!r} is not a non-urgent value of {where}: {rest}")
+    urgent_class = urgent_values[0] if len(urgent_values) == 1 else "urgent"
+    if urgent_class in rest:
+        urgent_class = "urgent!"
+    others = sorted(v for v in rest if v != normal)
+    classes = (normal, *others, urgent_class)
+    index = {v: classes.index(v) for v in rest}
+    index.update({v: len(classes) - 1 for v in urgent_values})
+    xs: dict[int, list[Any]] = {0: [], 1: [], 2: []}
+    ys: dict[int, list[Any]] = {0: [], 1: [], 2: []}
+    for s, f, side in zip(series, feats, _sides(args, series, window), strict=True):
+        codes = np.array([index[v] for v in s.labels or []], dtype=np.int64)
+        for k in (0, 1, 2):
+            xs[k].append(f[side == k])
+            ys[k].append(codes[side == k])
+    x = {k: np.concatenate(v) for k, v in xs.items()}
+    y = {k: np.concatenate(v) for k, v in ys.items()}
+    part = {0: "train", 1: "validation", 2: "holdout"}
+    sizes = {part[k]: int(y[k].size) for k in part}
+    for k, what in part.items():
+        have = np.bincount(y[k], minlength=len(classes))
+        lacking = [classes[i] for i in range(len(classes)) if have[i] == 0]
+        if y[k].size < _MIN_SLICE_ROWS or lacking:
+            raise _fail(
+                f"the {what} slice (by time: {sizes}) "
+                + (f"has no row of class {lacking[0]!r}" if lacking else "has too few rows")
+                + f" ({where}; rows per class: {dict(zip(classes, have.tolist(), strict=True))});"
+                " every class is needed in every slice: record longer, give more files, or move "
+                "the cut with --holdout-fraction/--validation-fraction"
+            )
+    split = Split(x[0], y[0], x[1], y[1], x[2], y[2])
+    return classes, urgent_class, normal, split, _split_note(args, sizes, window)
+
+
+def _unlabelled(
+    args: argparse.Namespace,
+    series: list[Series],
+    feats: list[Any],
+    window: int,
+    sensors: tuple[SensorSpec, ...],
+) -> tuple[Any, Any, str]:
+    from cloud_hub.pipeline import recorded  # noqa: PLC0415
+    from cloud_hub.pipeline.trainer import Split  # noqa: PLC0415
+
+    sides = _sides(args, series, window)
+    parts: dict[int, list[Any]] = {0: [], 1: [], 2: []}
+    ids: dict[int, list[Any]] = {1: [], 2: []}
+    for i, (f, side) in enumerate(zip(feats, sides, strict=True)):
+        for k in (0, 1, 2):
+            parts[k].append(f[side == k])
+            if k in ids:
+                ids[k].append(np.full(int((side == k).sum()), i, dtype=np.int64))
+    x = {k: np.concatenate(v) for k, v in parts.items()}
+    sizes = {"train": len(x[0]), "validation": len(x[1]), "holdout": len(x[2])}
+    if len(x[0]) < _MIN_TRAIN_ROWS or min(len(x[1]), len(x[2])) < _MIN_SLICE_ROWS:
+        raise _fail(
+            f"the normal data ({', '.join(s.source for s in series)}) gives too few rows by "
+            f"time: {sizes}; training without labels needs >= {_MIN_TRAIN_ROWS} train and "
+            f">= {_MIN_SLICE_ROWS} validation and holdout rows: give more recordings or a wider "
+            "--normal-from/--normal-to"
+        )
+    train_values = np.concatenate(
+        [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
+    )
+    scale = recorded.robust_scale(train_values)
+    anomalies = []
+    for s, side in zip(series, sides, strict=True):
+        held = s.values[side == 2]
+        faulty_values, faulty = recorded.inject_faults(held, scale, sensors, window)
+        if faulty.any():
+            f = recorded.feature_rows(faulty_values, window, sensors)
+            anomalies.append(f[faulty])
+    if not anomalies:
+        raise _fail(
+            f"the holdout slices ({sizes['holdout']} rows) are too short for synthetic faults "
+            f"({3 * window + window} readings each): give more data or a larger --holdout-fraction"
+        )
+    split = Split(
+        x[0],
+        np.zeros(len(x[0]), np.int64),
+        x[1],
+        np.zeros(len(x[1]), np.int64),
+        x[2],
+        np.zeros(len(x[2]), np.int64),
+        holdout_series=np.concatenate(ids[2]),
+        validation_series=np.concatenate(ids[1]),
+    )
+    return split, np.concatenate(anomalies), _split_note(args, sizes, window)
+
+
+def _register(
+    settings: HubSettings, store: Any, result: TrainResult, *, replace: bool
+) -> list[str]:
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    lines = []
+    for path in (result.edge, result.heavy):
+        m = load_package(path).manifest
+        store.register_model(m, str(path.resolve()), time.time(), replace=replace)
+        lines.append(
+            f"registered {m.name} {m.version} ({m.variant}) in {_safe_store(settings.store)}"
+        )
+    return lines
+
+
+def _describe(result: TrainResult) -> list[str]:
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    lines = []
+    details = result.details
+    for variant, path in (("edge", result.edge), ("heavy", result.heavy)):
+        m = load_package(path).manifest
+        figures = " ".join(f"{k}={m.metrics[k]:.4g}" for k in _SHOWN if k in m.metrics)
+        lines.append(
+            f"{m.name} {m.version} {path} {m.model.quantization} {m.model.size} bytes "
+            f"urgent_threshold={m.urgent.score_threshold:.4g} {figures}"
+        )
+        if details.get("kind") == "anomaly":
+            t = details["thresholds"][variant]
+            holdout = int(m.metrics["holdout_rows"])
+            lines.append(
+                f"  threshold {t['threshold']:.4g}: {t['why']}; on held-out normal data: "
+                f"{t['holdout_false_alarms']} false alarm(s) in {holdout} readings "
+                f"(rate {m.metrics['false_alarm_rate']:.2g}, budget "
+                f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}); "
+                f"synthetic faults found: {m.metrics['synthetic_anomaly_recall']:.1%}"
+            )
+        elif details:
+            lines.append(
+                f"  threshold {m.urgent.score_threshold:.2f}: {details['threshold_reason']}"
+            )
+        confusion = details.get("confusion", {}).get(variant)
+        if confusion:
+            cols = list(next(iter(confusion.values())))
+            lines.append("  confusion (rows: true, columns: predicted): " + " | ".join(cols))
+            for true, row in confusion.items():
+                lines.append(f"    {true}: " + " ".join(str(row[c]) for c in cols))
+    return lines
