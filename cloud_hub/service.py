@@ -179,7 +179,28 @@ class Hub:
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )
-        return built.heavy
+        if self.settings.heavy_model is None:
+            return built.heavy
+        return self._registered_heavy(self.settings.heavy_model)
+
+    def _registered_heavy(self, wanted: str) -> Path:
+        """The package of ``NAME`` (its highest version) or ``NAME@VERSION`` from the store."""
+        from shared.manifest import parse_version  # noqa: PLC0415
+
+        name, _, version = wanted.partition("@")
+        records = [r for r in self.store.models() if r.name == name and r.variant == "heavy"]
+        if version:
+            records = [r for r in records if r.version == version]
+        if not records:
+            known = sorted({f"{r.name}@{r.version}" for r in self.store.models()})
+            raise HubStartError(
+                f"--heavy-model {wanted}: no such heavy model in the store (registered: "
+                f"{', '.join(known) or 'none'}); train one with 'edgeloop-hub models train' "
+                "on this hub's --data-dir/--models-dir"
+            )
+        record = max(records, key=lambda r: parse_version(r.version))
+        log.info("heavy model: %s %s (%s)", record.name, record.version, record.path)
+        return Path(record.path)
 
     def _start_ingest(self, heavy_path: Path) -> None:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415

@@ -94,6 +94,15 @@ OPTIONS: Final = OptionTable(
             "model directory; the default models are built there at first start",
             "DIR",
         ),
+        Option(
+            "heavy_model",
+            str,
+            None,
+            "the registered heavy model that scores telemetry, NAME or NAME@VERSION (default: "
+            "the default machine-heavy); e.g. NAME-heavy of 'models train --name NAME'. One "
+            "per hub: telemetry of another feature count is dead-lettered",
+            "NAME[@VERSION]",
+        ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
         *broker_options(
             ENV_PREFIX,
@@ -252,6 +261,7 @@ class HubSettings:
 
     data_dir: Path
     models_dir: Path
+    heavy_model: str | None
     store: str
     broker: str
     broker_password: str | None

@@ -514,6 +514,11 @@ def _labelled(
             f"{where} has {counts['']} empty label cell(s); give every row a label (or leave "
             "--label out to train on normal data without labels)"
         )
+    if len(counts) < 2:
+        raise _fail(
+            f"{where} holds one class only ({next(iter(counts))!r}); a classifier needs at "
+            "least two: label the other rows, or train without --label on normal data"
+        )
     urgent_values = list(dict.fromkeys(args.urgent))
     missing = [v for v in urgent_values if v not in counts]
     if missing:
@@ -526,11 +531,6 @@ def _labelled(
         raise _fail(
             f"{where} holds only urgent values ({', '.join(urgent_values)}): a classifier "
             "needs normal rows too; label them, or train without --label on normal data"
-        )
-    if len(counts) < 2:
-        raise _fail(
-            f"{where} holds one class only ({next(iter(counts))!r}); a classifier needs at "
-            "least two: label the other rows, or train without --label on normal data"
         )
     normal = args.normal or rest[0]
     if normal not in rest:
@@ -595,6 +595,15 @@ def _unlabelled(
             f">= {_MIN_SLICE_ROWS} validation and holdout rows: give more recordings or a wider "
             "--normal-from/--normal-to"
         )
+    # Each (re)start of an agent makes window - 1 rows of a half-filled window: normal.
+    for k in (0, 1):
+        starts = [
+            recorded.startup_rows(s.values[side == k], window, sensors)
+            for s, side in zip(series, sides, strict=True)
+        ]
+        x[k] = np.concatenate([x[k], *starts])
+        if k == 1:
+            ids[1] += [np.full(len(r), -1 - i, dtype=np.int64) for i, r in enumerate(starts)]
     train_values = np.concatenate(
         [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
     )

@@ -50,6 +50,7 @@ __all__ = [
     "numeric_sensors",
     "read_series",
     "robust_scale",
+    "startup_rows",
     "time_sides",
 ]
 
@@ -67,6 +68,8 @@ MODEL_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,57}")
 """A model's base name: the manifest's name grammar, leaving room for ``-heavy``."""
 _SENSOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _PROBE_ROWS: Final = 1000
+STARTUP_EVERY: Final = 200
+"""Readings between the simulated agent restarts of :func:`startup_rows`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,25 @@ def features(series: Series, window: int, sensors: Sequence[SensorSpec]) -> F32:
 def feature_rows(values: F64, window: int, sensors: Sequence[SensorSpec]) -> F32:
     """Feature rows of readings ``values`` (one column per sensor, in order)."""
     return features_for_stream(values, window, [s.fallback for s in sensors])
+
+
+def startup_rows(
+    values: F64, window: int, sensors: Sequence[SensorSpec], every: int = STARTUP_EVERY
+) -> F32:
+    """Feature rows an agent makes right after a (re)start, from restarts every
+    ``every`` readings of ``values``: the first ``window - 1`` rows of each, whose
+    window is still filled with the first reading (zero spread and change).
+
+    Every start of an agent makes such rows, so the anomaly models must learn
+    them as normal and their thresholds must allow for them.
+    """
+    parts = [
+        feature_rows(values[k : k + window - 1], window, sensors)
+        for k in range(0, values.shape[0] - window + 1, every)
+    ]
+    if not parts:
+        return np.empty((0, len(sensors) * 4), dtype=np.float32)
+    return np.concatenate(parts)
 
 
 def time_sides(n: int, window: int, validation: float, holdout: float) -> I8:
