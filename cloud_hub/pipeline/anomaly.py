@@ -8,15 +8,17 @@ so any threshold on ``s`` is a threshold on ``p``; ``s0`` is set to the score
 threshold chosen on validation data, which puts the urgent decision at
 ``p = 0.5``, where the arg-max class changes too.
 
-The candidates (figures in docs/architecture.md, "Training from your data"):
+The candidates (``edgeloop-sim bench anomaly``; figures and the choice in
+docs/architecture.md, "Training from your data"):
 
+- **Autoencoder** (:func:`fit_autoencoder`): an ``MLPRegressor`` trained to
+  reproduce the standardised features through a narrow layer; the score is the
+  mean squared reconstruction error. MatMuls, so it quantizes to int8: the edge
+  model, and a wider one in fp32 the heavy model.
 - **Mahalanobis distance** (:class:`Mahalanobis`): the features standardised
   robustly (median, interquartile range), rotated onto the principal axes of
   the normal data and each axis scaled by its spread; the score is the mean
-  squared distance. One MatMul, so it quantizes to int8; the edge model.
-- **Autoencoder** (:func:`fit_autoencoder`): an ``MLPRegressor`` trained to
-  reproduce the standardised features through a narrow layer; the score is the
-  mean squared reconstruction error. MatMuls too; the heavy model (fp32).
+  squared distance. One MatMul. Compared, not shipped.
 - **Isolation forest** (:func:`fit_isolation_forest`): scikit-learn's
   ``IsolationForest``; the score is ``-score_samples``. Compared, not shipped.
 
@@ -242,9 +244,10 @@ def alarm_count(over: npt.NDArray[np.bool_], consecutive: int) -> int:
     return fired
 
 
-def fit_autoencoder(x: F32, seed: int) -> Any:
-    """An ``MLPRegressor`` that reproduces standardised features through a narrow layer;
-    returns ``(scaler, mlp)``. For the comparison only (see the docs)."""
+def fit_autoencoder(x: F32, seed: int, outer: int = 2) -> Any:
+    """An ``MLPRegressor`` that reproduces standardised features through a narrow
+    layer (``outer * w, w, outer * w`` units, ``w`` half the features and at least
+    8); returns ``(scaler, mlp)``."""
     from sklearn.neural_network import MLPRegressor  # noqa: PLC0415
     from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
 
@@ -254,7 +257,7 @@ def fit_autoencoder(x: F32, seed: int) -> Any:
     # a shifted sensor whose partners had not moved on the test rig's data.
     width = max(8, x.shape[1] // 2)
     mlp = MLPRegressor(
-        hidden_layer_sizes=(2 * width, width, 2 * width),
+        hidden_layer_sizes=(outer * width, width, outer * width),
         batch_size=256,
         max_iter=300,
         early_stopping=True,

@@ -8,8 +8,9 @@ Two paths:
 - :func:`train_classifier_pair` (labelled data): the edge MLP and the heavy
   gradient-boosted trees (:mod:`.train`), the urgent threshold that maximises
   urgent F1 on the *validation* rows, metrics on the *holdout* rows;
-- :func:`train_anomaly_pair` (data said to be normal, no labels): the edge
-  Mahalanobis distance and the heavy autoencoder (:mod:`.anomaly`), the urgent
+- :func:`train_anomaly_pair` (data said to be normal, no labels): an
+  autoencoder's reconstruction error, small for the edge and wider for the
+  heavy model (:mod:`.anomaly`), the urgent
   threshold from a false-alarm budget on the validation rows, the false-alarm
   rate measured on the holdout rows and the recall on synthetic anomalies.
 
@@ -82,6 +83,8 @@ I64 = npt.NDArray[np.int64]
 DEFAULT_FALSE_ALARM_BUDGET: Final = 1e-4
 """At most one false alarm per 10,000 normal readings."""
 TEST_VECTORS: Final = 8
+HEAVY_AUTOENCODER_OUTER: Final = 4
+"""The heavy autoencoder's outer layers are this many bottlenecks wide (the edge's: 2)."""
 Progress = Callable[[str], None]
 
 
@@ -448,16 +451,17 @@ def train_anomaly_pair(
     if progress is not None:
         progress("train")
     x, n_features = split.train_x, split.train_x.shape[1]
-    maha = anomaly.Mahalanobis.fit(x)
-    auto = anomaly.fit_autoencoder(x, spec.seed)
+    # The choice and its figures: docs/architecture.md, "Training from your data".
+    small = anomaly.fit_autoencoder(x, spec.seed)
+    wide = anomaly.fit_autoencoder(x, spec.seed, outer=HEAVY_AUTOENCODER_OUTER)
     steps.done("train", "convert")
     val = split.validation_x
     s0 = {
-        "edge": anomaly.tail_threshold(maha.raw(val), budget)[0],
-        "heavy": anomaly.tail_threshold(anomaly.autoencoder_raw(auto, val), budget)[0],
+        "edge": anomaly.tail_threshold(anomaly.autoencoder_raw(small, val), budget)[0],
+        "heavy": anomaly.tail_threshold(anomaly.autoencoder_raw(wide, val), budget)[0],
     }
-    edge_fp32 = anomaly.mahalanobis_onnx(maha, n_features, s0["edge"], spec.edge_name)
-    heavy_fp32 = anomaly.autoencoder_onnx(auto, n_features, s0["heavy"], spec.heavy_name)
+    edge_fp32 = anomaly.autoencoder_onnx(small, n_features, s0["edge"], spec.edge_name)
+    heavy_fp32 = anomaly.autoencoder_onnx(wide, n_features, s0["heavy"], spec.heavy_name)
     hold_x = split.holdout_x
     gate_x = np.concatenate([hold_x, anomalies]).astype(np.float32)
     urgent_index = spec.classes.index(spec.urgent_class)
