@@ -105,10 +105,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for d in np.unique(holdout.device).tolist()
         )
         keep = holdout.y != fault
+
+        def recall(cls: int, s: np.ndarray = s, threshold: float = threshold) -> float | None:
+            rows = holdout.y == cls
+            return float(np.mean(s[rows] >= threshold)) if rows.any() else None
+
         figures = {
             "false_alarm_rate": alarms / int(hold_normal.sum()),
-            "urgent_recall": float(np.mean(s[holdout.y == urgent] >= threshold)),
-            "fault_recall": float(np.mean(s[holdout.y == fault] >= threshold)),
+            "urgent_recall": recall(urgent),
+            "fault_recall": recall(fault),
             "auc_urgent_vs_normal": float(roc_auc_score(holdout.y[keep] == urgent, s[keep])),
             "fit_s": round(fit_s, 2),
             "score_us_per_row": round(score_us, 2),
