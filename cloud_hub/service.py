@@ -205,6 +205,7 @@ class Hub:
     def _start_ingest(self, heavy_path: Path) -> None:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
+        from cloud_hub.ingest.heavy import HeavyModels  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
         from shared.messages import Limits  # noqa: PLC0415
 
@@ -225,13 +226,16 @@ class Hub:
             max_payload_bytes=s.max_payload_bytes,
             ca_file=s.broker_ca_file,
         )
+        default = OnnxScorer.from_package(heavy)
         self.worker = IngestWorker(
             self.store,
             self.link,
-            OnnxScorer.from_package(heavy),
+            default,
             heavy.manifest.version,
             self.topics,
             config=config,
+            # Each device's telemetry goes to the heavy twin of its edge model.
+            heavy_models=HeavyModels(default, heavy.manifest.version, self.store.models),
         )
         self.worker.start()
         try:

@@ -98,9 +98,9 @@ OPTIONS: Final = OptionTable(
             "heavy_model",
             str,
             None,
-            "the registered heavy model that scores telemetry, NAME or NAME@VERSION (default: "
-            "the default machine-heavy); e.g. NAME-heavy of 'models train --name NAME'. One "
-            "per hub: telemetry of another feature count is dead-lettered",
+            "the registered heavy model that scores telemetry for which no registered heavy "
+            "twin of its edge model is found, NAME or NAME@VERSION (default: the default "
+            "machine-heavy); e.g. NAME-heavy of 'models train --name NAME'",
             "NAME[@VERSION]",
         ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),

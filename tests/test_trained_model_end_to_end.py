@@ -2,9 +2,10 @@
 
 ``models train`` on a generated rig's normal CSV (';', ISO ``datetime``, four
 sensors of other names and units) registers ``rig-edge`` and ``rig-heavy`` in a
-hub's registry; the hub serves with ``--heavy-model rig-heavy``; an agent runs
-``rig-edge`` on another recording of the rig with a fault in it. What the hub
-stores must be what the models give when called directly.
+hub's registry; the hub serves with its default models; an agent runs
+``rig-edge`` on another recording of the rig with a fault in it. The hub scores
+that device's telemetry with ``rig-heavy``, the twin of its edge model, and
+what it stores must be what the models give when called directly.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def test_a_trained_model_runs_in_an_agent_into_a_hub(
         models,
         root=root,
         log_level="INFO",
-        args=["--heavy-model", "rig-heavy", "--retention-days", "0"],
+        args=["--retention-days", "0"],
     )
     agent: AgentProcess | None = None
     with hub:
