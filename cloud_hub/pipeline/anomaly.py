@@ -223,7 +223,10 @@ def tail_threshold(raw: F64, budget: float) -> tuple[float, str]:
             f"extrapolated to 1 - {budget:g}"
         )
         return fitted, why
-    return seen, f"the largest validation score ({seen:.4g}; above the fitted tail's {fitted:.4g})"
+    return (
+        seen,
+        f"the largest raw validation score ({seen:.4g}; above the fitted tail's {fitted:.4g})",
+    )
 
 
 def alarm_count(over: npt.NDArray[np.bool_], consecutive: int) -> int:
