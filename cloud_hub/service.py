@@ -179,33 +179,11 @@ class Hub:
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )
-        if self.settings.heavy_model is None:
-            return built.heavy
-        return self._registered_heavy(self.settings.heavy_model)
-
-    def _registered_heavy(self, wanted: str) -> Path:
-        """The package of ``NAME`` (its highest version) or ``NAME@VERSION`` from the store."""
-        from shared.manifest import parse_version  # noqa: PLC0415
-
-        name, _, version = wanted.partition("@")
-        records = [r for r in self.store.models() if r.name == name and r.variant == "heavy"]
-        if version:
-            records = [r for r in records if r.version == version]
-        if not records:
-            known = sorted({f"{r.name}@{r.version}" for r in self.store.models()})
-            raise HubStartError(
-                f"--heavy-model {wanted}: no such heavy model in the store (registered: "
-                f"{', '.join(known) or 'none'}); train one with 'edgeloop-hub models train' "
-                "on this hub's --data-dir/--models-dir"
-            )
-        record = max(records, key=lambda r: parse_version(r.version))
-        log.info("heavy model: %s %s (%s)", record.name, record.version, record.path)
-        return Path(record.path)
+        return built.heavy
 
     def _start_ingest(self, heavy_path: Path) -> None:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
-        from cloud_hub.ingest.heavy import HeavyModels  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
         from shared.messages import Limits  # noqa: PLC0415
 
@@ -226,16 +204,13 @@ class Hub:
             max_payload_bytes=s.max_payload_bytes,
             ca_file=s.broker_ca_file,
         )
-        default = OnnxScorer.from_package(heavy)
         self.worker = IngestWorker(
             self.store,
             self.link,
-            default,
+            OnnxScorer.from_package(heavy),
             heavy.manifest.version,
             self.topics,
             config=config,
-            # Each device's telemetry goes to the heavy twin of its edge model.
-            heavy_models=HeavyModels(default, heavy.manifest.version, self.store.models),
         )
         self.worker.start()
         try:

@@ -94,15 +94,6 @@ OPTIONS: Final = OptionTable(
             "model directory; the default models are built there at first start",
             "DIR",
         ),
-        Option(
-            "heavy_model",
-            str,
-            None,
-            "the registered heavy model that scores telemetry for which no registered heavy "
-            "twin of its edge model is found, NAME or NAME@VERSION (default: the default "
-            "machine-heavy); e.g. NAME-heavy of 'models train --name NAME'",
-            "NAME[@VERSION]",
-        ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
         *broker_options(
             ENV_PREFIX,
@@ -261,7 +252,6 @@ class HubSettings:
 
     data_dir: Path
     models_dir: Path
-    heavy_model: str | None
     store: str
     broker: str
     broker_password: str | None

@@ -4,8 +4,8 @@
 sensors of other names and units) registers ``rig-edge`` and ``rig-heavy`` in a
 hub's registry; the hub serves with its default models; an agent runs
 ``rig-edge`` on another recording of the rig with a fault in it. The hub scores
-that device's telemetry with ``rig-heavy``, the twin of its edge model, and
-what it stores must be what the models give when called directly.
+that device's telemetry with ``rig-heavy``, the heavy partner of its edge
+model, and what it stores must be what the models give when called directly.
 """
 
 from __future__ import annotations

@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cloud_hub.ingest.heavy import HeavyModels
 from cloud_hub.ingest.transport import HEAD_BYTES, Incoming, OversizedPayload
 from cloud_hub.store.base import (
     AckWatermark,
@@ -207,9 +206,6 @@ class IngestWorker:
 
     ``heavy`` scores every reading on the hub (None stores the edge scores only,
     with an empty heavy-score matrix and ``heavy_version`` as given).
-    ``heavy_models`` (:class:`~cloud_hub.ingest.heavy.HeavyModels`) picks, per
-    message, the heavy twin of the edge model that made it, ``heavy`` being its
-    default.
 
     >>> worker = IngestWorker(store, link, heavy, "1.0.0", Topics())  # doctest: +SKIP
     >>> worker.start()  # doctest: +SKIP
@@ -225,13 +221,11 @@ class IngestWorker:
         topics: Topics,
         *,
         config: IngestConfig | None = None,
-        heavy_models: HeavyModels | None = None,
     ) -> None:
         self.store = store
         self.link = link
         self.heavy = heavy
         self.heavy_version = heavy_version
-        self.heavy_models = heavy_models or HeavyModels(heavy, heavy_version)
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -621,22 +615,18 @@ class IngestWorker:
         with self._lock:
             self._acks += sent
 
-    def _heavy_for(self, msg: Telemetry) -> tuple[OnnxScorer, str] | None:
-        return self.heavy_models.for_telemetry(msg.features.shape[1], msg.model_version)
-
     def _fits_heavy(self, b: _Batch, msg: Telemetry, raw: Incoming) -> bool:
-        if not self.heavy_models.scores_anything or self._heavy_for(msg) is not None:
-            return True
         want = self.heavy.n_features if self.heavy is not None else None
+        if want is None or msg.features.shape[1] == want:
+            return True
         self._refuse(
             b,
             msg,
             raw,
             "feature_count",
             f"telemetry seq {msg.seq} has {msg.features.shape[1]} features per reading; the "
-            f"heavy model {self.heavy_version} reads {want} and no registered heavy model "
-            f"is the twin of edge model version {msg.model_version} (is the device's model "
-            "registered? 'edgeloop-hub models train' registers both)",
+            f"heavy model {self.heavy_version} reads {want} (is the device's model from "
+            "another feature set?)",
         )
         return False
 
@@ -687,71 +677,51 @@ class IngestWorker:
     # -- heavy model and the stream write ------------------------------------------------------
 
     def _score(self, b: _Batch) -> None:
-        """Fill every stream entry's ``item``; telemetry the model cannot score is dead-lettered.
-
-        Each heavy model scores all of the batch's telemetry it is chosen for in one call."""
+        """Fill every stream entry's ``item``; telemetry the model cannot score is dead-lettered."""
         telemetry = [s for s in b.stream if isinstance(s.msg, Telemetry)]
-        groups: dict[int, tuple[OnnxScorer, str, list[_Stream]]] = {}
-        unscored: list[_Stream] = []
-        for s in telemetry:
-            assert isinstance(s.msg, Telemetry)
-            choice = self._heavy_for(s.msg) if self.heavy_models.scores_anything else None
-            if choice is None:
-                unscored.append(s)
-            else:
-                groups.setdefault(id(choice[0]), (choice[0], choice[1], []))[2].append(s)
-        for s in unscored:
-            msg = s.msg
-            assert isinstance(msg, Telemetry)
-            s.item = self._rows(
-                msg, s.raw, np.empty((len(msg), 0), dtype=np.float32), self.heavy_version
-            )
-        for scorer, version, members in groups.values():
-            features = [s.msg.features for s in members if isinstance(s.msg, Telemetry)]
-            parts: list[npt.NDArray[np.float32]] = []
+        heavy_parts: list[npt.NDArray[np.float32]] = []
+        if self.heavy is not None and telemetry:
+            features = [s.msg.features for s in telemetry if isinstance(s.msg, Telemetry)]
             try:
-                scores = scorer.scores(np.concatenate(features))
-                parts = np.split(scores, np.cumsum([len(f) for f in features])[:-1])
+                scores = self.heavy.scores(np.concatenate(features))
+                heavy_parts = np.split(scores, np.cumsum([len(f) for f in features])[:-1])
             except Exception:
                 log.exception(
                     "ingest: heavy model %s failed on a batch of %d telemetry messages; "
                     "scoring them one by one",
-                    version,
-                    len(members),
+                    self.heavy_version,
+                    len(telemetry),
                 )
                 b.counts[(None, "ingest_errors")] += 1
-            for i, s in enumerate(members):
-                msg = s.msg
-                assert isinstance(msg, Telemetry)
-                if parts:
-                    heavy = parts[i]
-                else:
-                    try:
-                        heavy = scorer.scores(msg.features)
-                    except Exception as exc:
-                        self._refuse(b, msg, s.raw, "heavy_error", str(exc))
-                        continue
-                s.item = self._rows(msg, s.raw, heavy, version)
+                heavy_parts = []
+        for i, s in enumerate(telemetry):
+            msg = s.msg
+            assert isinstance(msg, Telemetry)
+            if self.heavy is None:
+                heavy = np.empty((len(msg), 0), dtype=np.float32)
+            elif heavy_parts:
+                heavy = heavy_parts[i]
+            else:
+                try:
+                    heavy = self.heavy.scores(msg.features)
+                except Exception as exc:
+                    self._refuse(b, msg, s.raw, "heavy_error", str(exc))
+                    continue
+            s.item = TelemetryRows(
+                device=msg.device,
+                epoch=msg.epoch,
+                seq=msg.seq,
+                edge_model_version=msg.model_version,
+                heavy_model_version=self.heavy_version,
+                ts=msg.ts,
+                features=msg.features,
+                edge_scores=msg.scores,
+                heavy_scores=heavy.astype(np.float32, copy=False),
+                received_at=s.raw[2],
+            )
         for s in b.stream:
             if not isinstance(s.msg, Telemetry):
                 s.item = s.msg
-
-    @staticmethod
-    def _rows(
-        msg: Telemetry, raw: Incoming, heavy: npt.NDArray[np.float32], version: str
-    ) -> TelemetryRows:
-        return TelemetryRows(
-            device=msg.device,
-            epoch=msg.epoch,
-            seq=msg.seq,
-            edge_model_version=msg.model_version,
-            heavy_model_version=version,
-            ts=msg.ts,
-            features=msg.features,
-            edge_scores=msg.scores,
-            heavy_scores=heavy.astype(np.float32, copy=False),
-            received_at=raw[2],
-        )
 
     def _store_stream(self, b: _Batch) -> None:
         self._score(b)
@@ -819,7 +789,7 @@ class IngestWorker:
             b.counts[(msg.device, "stored_messages")] += 1
             if isinstance(msg, Telemetry):
                 b.counts[(msg.device, "stored_readings")] += len(msg)
-                if isinstance(s.item, TelemetryRows) and s.item.heavy_scores.shape[1]:
+                if self.heavy is not None and isinstance(s.item, TelemetryRows):
                     # Operators watch how often the int8 edge model and the heavy
                     # model pick different classes for the same readings.
                     edge, heavy = (
