@@ -135,6 +135,7 @@ class Agent:
             AGENT_VERSION,
             self.model.version,
             time.time(),
+            self.model.manifest.name,
         )
         return self.topics.topic(self.device, Kind.STATUS), encode(msg)
 
@@ -148,6 +149,7 @@ class Agent:
                 batch.ts,
                 batch.features,
                 batch.scores,
+                self.model.manifest.name,
             )
         )
 
