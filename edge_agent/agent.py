@@ -31,7 +31,17 @@ from edge_agent.transport import MqttLink
 from shared import __version__
 from shared.errors import ContractError
 from shared.features import FeatureWindow, InputCheck
-from shared.messages import Ack, Desired, Event, Health, Status, Telemetry, decode, encode
+from shared.messages import (
+    DEFAULT_LIMITS,
+    Ack,
+    Desired,
+    Event,
+    Health,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
 __all__ = ["Agent"]
@@ -125,6 +135,7 @@ class Agent:
             AGENT_VERSION,
             self.model.version,
             time.time(),
+            self.model.manifest.name,
         )
         return self.topics.topic(self.device, Kind.STATUS), encode(msg)
 
@@ -138,6 +149,7 @@ class Agent:
                 batch.ts,
                 batch.features,
                 batch.scores,
+                self.model.manifest.name,
             )
         )
 
@@ -446,6 +458,9 @@ class Agent:
         dropped.update(self.outbox.declared)
         invalid = dict(self.source.invalid)
         invalid.update(self.inputs.counts())
+        if len(invalid) > DEFAULT_LIMITS.max_counters:  # the hub refuses more; keep the largest
+            top = sorted(invalid.items(), key=lambda kv: -kv[1])[: DEFAULT_LIMITS.max_counters]
+            invalid = dict(top)
         for name, n in counts.items():
             group, _, key = name.partition(":")
             if group == "dropped":

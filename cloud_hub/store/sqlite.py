@@ -90,7 +90,7 @@ from cloud_hub.store.base import (
     WriteResult,
 )
 from cloud_hub.store.ledger import Ledger
-from shared.errors import EdgeloopError
+from shared.errors import EdgeloopError, ManifestError
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
 
@@ -1159,7 +1159,19 @@ class SQLiteStore:
                     manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
                 )
             stored, old_path, first_at = row
-            if stored != text and replace:
+            unreadable = (
+                stored != text
+                and _model_record((manifest.name, manifest.version, "", "", 0.0, stored)) is None
+            )
+            if stored != text and (replace or unreadable):
+                if unreadable:
+                    # A record of a manifest format this build no longer reads (the sensors
+                    # moved into the manifest in format 2): the package was rebuilt; take it.
+                    logger.warning(
+                        "model %s %s: replacing its record of an older manifest format",
+                        manifest.name,
+                        manifest.version,
+                    )
                 db.execute(
                     "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ? "
                     "WHERE name = ? AND version = ?",
@@ -1188,7 +1200,7 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT name, version, variant, path, registered_at, manifest FROM models"
             ).fetchall()
-        records = [_model_record(row) for row in rows]
+        records = [r for r in map(_model_record, rows) if r is not None]
         return sorted(records, key=lambda r: (r.name, r.manifest.version_key))
 
     def model(self, name: str, version: str) -> ModelRecord | None:
@@ -1198,7 +1210,7 @@ class SQLiteStore:
                 "WHERE name = ? AND version = ?",
                 (name, version),
             ).fetchone()
-        return None if row is None else _model_record(row)
+        return None if row is None else _model_record(row)  # None too if unreadable
 
     # -- retention
 
@@ -1280,16 +1292,16 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
     )
 
 
-def _model_record(row: tuple[Any, ...]) -> ModelRecord:
+def _model_record(row: tuple[Any, ...]) -> ModelRecord | None:
+    """The record, or None for a manifest this build cannot read (an older format):
+    such a model is left out until it is rebuilt and registered again."""
     name, version, variant, path, registered_at, text = row
-    return ModelRecord(
-        name,
-        version,
-        variant,
-        path,
-        float(registered_at),
-        ModelManifest.from_dict(json.loads(text)),
-    )
+    try:
+        manifest = ModelManifest.from_dict(json.loads(text))
+    except (ManifestError, ValueError) as exc:
+        logger.warning("model %s %s: its registered manifest is unreadable: %s", name, version, exc)
+        return None
+    return ModelRecord(name, version, variant, path, float(registered_at), manifest)
 
 
 def _encode_telemetry_cursor(first_ts: float, row_id: int, offset: int) -> str:
