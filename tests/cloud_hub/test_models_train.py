@@ -85,6 +85,17 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     lines, _ = _run(capsys, argv)
     assert json.loads(lines[-1])["version"] == "1.1.0"
     assert any("version 1.1.0: the next free one" in line for line in lines)
+    # --force replaces a version on purpose: the packages and the store's record.
+    lines, _ = _run(capsys, [*argv, "--version", "1.0.0", "--force"])
+    again = json.loads(lines[-1])
+    assert any("replacing the existing one: --force" in line for line in lines)
+    store = open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
+    try:
+        record = store.model("test-rig-edge", "1.0.0")
+    finally:
+        store.close()
+    assert record is not None
+    assert record.manifest.lineage.pipeline_run == again["run_id"] != result["run_id"]
 
 
 def test_unsupervised_training_keeps_the_budget_and_finds_faults(

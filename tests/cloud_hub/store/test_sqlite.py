@@ -233,3 +233,16 @@ def test_a_model_record_of_an_older_manifest_format_is_replaced_not_fatal(tmp_pa
         changed = manifest("machine-edge", "1.0.0", metrics={"holdout_auc": 0.5})
         with pytest.raises(ValueError, match="different manifest"):  # a readable one is kept
             store.register_model(changed, "/other", registered_at=3.0)
+
+
+def test_a_changed_model_replaces_its_record_only_when_asked(tmp_path: Path) -> None:
+    """``models train --force`` rebuilds a version on purpose: its record follows."""
+    first = manifest("rig-edge", "1.0.0")
+    rebuilt = manifest("rig-edge", "1.0.0", metrics={"holdout_auc": 0.5})
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        store.register_model(first, "/a", registered_at=1.0)
+        with pytest.raises(ValueError, match="different manifest"):
+            store.register_model(rebuilt, "/b", registered_at=2.0)
+        rec = store.register_model(rebuilt, "/b", registered_at=2.0, replace=True)
+        assert (rec.path, rec.registered_at, rec.manifest) == ("/b", 2.0, rebuilt)
+        assert [(r.path, r.manifest) for r in store.models()] == [("/b", rebuilt)]
