@@ -199,8 +199,12 @@ def tail_threshold(raw: F64, budget: float) -> tuple[float, str]:
     largest score seen is a coin toss against the next batch. So the tail above
     the 90 % quantile ``u`` is fitted with an exponential (peaks over threshold;
     the mean excess ``b`` estimates its scale) and extrapolated:
-    ``u + b * ln(0.1 / budget)``. The larger of that and the largest score seen
-    is returned.
+    ``u + b * ln(0.1 / budget)``. With enough rows to resolve the budget
+    (``n * budget >= 1``) the threshold is at least the empirical quantile.
+    With fewer, where the scores' tail is lighter than the fit the largest
+    score seen is above it, and as many new normal readings beat that largest
+    about half the time; so the threshold is at least the largest seen plus
+    ``b * ln(10)``, which under the fitted tail they pass about one time in ten.
 
     >>> t, why = tail_threshold(np.random.default_rng(0).exponential(1.0, 20_000), 1e-4)
     >>> 8.0 < t < 11.0  # the exponential's true 1e-4 quantile: ln(1e4) = 9.2
@@ -217,15 +221,23 @@ def tail_threshold(raw: F64, budget: float) -> tuple[float, str]:
     b = float(excess.mean()) if excess.size else 0.0
     fitted = u + b * math.log((1.0 - _TAIL_QUANTILE) / budget)
     seen = float(raw.max())
-    if fitted >= seen:
+    if raw.size * budget >= 1.0:
+        empirical = float(np.quantile(raw, 1.0 - budget))
+        if empirical > fitted:
+            return empirical, f"the empirical 1 - {budget:g} quantile of {raw.size} scores"
+        floor = fitted
+    else:
+        floor = seen + b * math.log(10.0)
+    if fitted >= floor:
         why = (
             f"exponential tail fitted above the 90% quantile ({u:.4g}, mean excess {b:.4g}) "
             f"extrapolated to 1 - {budget:g}"
         )
         return fitted, why
     return (
-        seen,
-        f"the largest raw validation score ({seen:.4g}; above the fitted tail's {fitted:.4g})",
+        floor,
+        f"the largest raw validation score ({seen:.4g}) plus ln(10) mean excesses ({b:.4g}); "
+        f"the fitted tail's {fitted:.4g} is below the scores seen",
     )
 
 
