@@ -580,12 +580,12 @@ def _unlabelled(
 
     sides = _sides(args, series, window)
     parts: dict[int, list[Any]] = {0: [], 1: [], 2: []}
-    ids: dict[int, list[Any]] = {1: [], 2: []}
+    ids: list[Any] = []
     for i, (f, side) in enumerate(zip(feats, sides, strict=True)):
         for k in (0, 1, 2):
             parts[k].append(f[side == k])
-            if k in ids:
-                ids[k].append(np.full(int((side == k).sum()), i, dtype=np.int64))
+            if k == 2:
+                ids.append(np.full(int((side == k).sum()), i, dtype=np.int64))
     x = {k: np.concatenate(v) for k, v in parts.items()}
     sizes = {"train": len(x[0]), "validation": len(x[1]), "holdout": len(x[2])}
     if len(x[0]) < _MIN_TRAIN_ROWS or min(len(x[1]), len(x[2])) < _MIN_SLICE_ROWS:
@@ -602,8 +602,6 @@ def _unlabelled(
             for s, side in zip(series, sides, strict=True)
         ]
         x[k] = np.concatenate([x[k], *starts])
-        if k == 1:
-            ids[1] += [np.full(len(r), -1 - i, dtype=np.int64) for i, r in enumerate(starts)]
     train_values = np.concatenate(
         [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
     )
@@ -627,8 +625,7 @@ def _unlabelled(
         np.zeros(len(x[1]), np.int64),
         x[2],
         np.zeros(len(x[2]), np.int64),
-        holdout_series=np.concatenate(ids[2]),
-        validation_series=np.concatenate(ids[1]),
+        holdout_series=np.concatenate(ids),
     )
     return split, np.concatenate(anomalies), _split_note(args, sizes, window)
 

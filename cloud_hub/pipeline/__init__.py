@@ -7,7 +7,12 @@ runs in the hub, never on a device. Modules, in data-flow order:
   metrics and the urgent threshold;
 - :mod:`.convert` — scikit-learn -> ONNX, int8 quantization, the int8/fp32 gate;
 - :mod:`.package` — reference statistics, test vectors, the package on disk;
-- :mod:`.build` — wires the steps into :func:`build_default_models`.
+- :mod:`.anomaly` — the anomaly models for data without labels, their ONNX
+  graphs, and the threshold from a false-alarm budget;
+- :mod:`.trainer` — one trainer for every pair: train, convert, quantize, gate,
+  threshold, package and publish, with or without labels;
+- :mod:`.recorded` — recorded CSV as training data: series, sensors, time splits;
+- :mod:`.build` — the default simulator build, one call of the trainer.
 
 Errors::
 

@@ -23,7 +23,6 @@ both packages by renaming them into place only when everything passed.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import onnx
+from sklearn.metrics import roc_auc_score
 
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.pipeline import anomaly
@@ -92,8 +92,8 @@ Progress = Callable[[str], None]
 class Split:
     """Feature rows in three parts that share no reading: train, validation
     (thresholds are chosen here) and holdout (metrics are reported here).
-    ``*_y`` are class indices; ``*_series`` say which series each row is from
-    (alarms are counted per series)."""
+    ``*_y`` are class indices; ``holdout_series`` says which series each holdout
+    row is from (alarms are counted per series)."""
 
     train_x: F32
     train_y: I64
@@ -102,7 +102,6 @@ class Split:
     holdout_x: F32
     holdout_y: I64
     holdout_series: I64 | None = None
-    validation_series: I64 | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,15 +544,5 @@ def _urgent(scorer: OnnxScorer, x: F32, batch: int | None, urgent_index: int) ->
 
 def _auc(normal: F32, anomalous: F32) -> float:
     """Probability that a random anomaly scores above a random normal row (ties half)."""
-    if normal.size == 0 or anomalous.size == 0:
-        return math.nan
-    both = np.concatenate([normal, anomalous]).astype(np.float64)
-    order = both.argsort(kind="mergesort")
-    ranks = np.empty_like(both)
-    ranks[order] = np.arange(1, both.size + 1)
-    # Average ranks of ties.
-    _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    n1, n0 = anomalous.size, normal.size
-    return float((ranks[n0:].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+    y = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
+    return float(roc_auc_score(y, np.concatenate([normal, anomalous])))
