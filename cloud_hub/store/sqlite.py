@@ -25,8 +25,9 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` and :func:`_migrate_to_2`, recorded in ``schema_version``:
+Schema (version 3; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1`, :func:`_migrate_to_2` and :func:`_migrate_to_3`,
+recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
 - ``watermarks`` - per (device, epoch) the settled watermark (every seq
@@ -43,6 +44,8 @@ Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
 - ``models`` - (name, version) -> manifest JSON, path, registered_at.
+- ``batch_jobs`` - one row per batch scoring job (version 3): its request
+  (devices as JSON, time range, model), state, progress, result file, error.
 
 Errors::
 
@@ -78,6 +81,7 @@ from cloud_hub.store.base import (
     F32,
     F64,
     AckWatermark,
+    BatchJob,
     ClosedSeqs,
     DeadLetter,
     DeviceRecord,
@@ -99,7 +103,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -260,9 +264,34 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE pending")
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Batch scoring jobs over stored telemetry (``POST /v1/batch/jobs``)."""
+    db.execute(
+        """CREATE TABLE batch_jobs (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            devices TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            rows_total INTEGER,
+            rows_done INTEGER NOT NULL,
+            urgent_rows INTEGER NOT NULL,
+            result_path TEXT,
+            error TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX batch_jobs_by_time ON batch_jobs (created_at)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1191,6 +1220,64 @@ class SQLiteStore:
 
     # -- retention
 
+    # -- batch jobs
+
+    def save_batch_job(self, job: BatchJob) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO batch_jobs ({_JOB_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.state,
+                    json.dumps(list(job.devices)),
+                    job.since,
+                    # SQLite keeps inf as a REAL; json would not, so it goes as it is.
+                    job.until,
+                    job.model,
+                    job.version,
+                    job.created_at,
+                    job.started_at,
+                    job.finished_at,
+                    job.rows_total,
+                    job.rows_done,
+                    job.urgent_rows,
+                    job.result_path,
+                    job.error,
+                ),
+            )
+
+    def batch_job(self, job_id: str) -> BatchJob | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM batch_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else _batch_job(row)
+
+    def batch_jobs(self, limit: int = 100) -> list[BatchJob]:
+        _check_limit(limit, "batch_jobs")
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM batch_jobs ORDER BY created_at DESC, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_batch_job(r) for r in rows]
+
+    def fail_unfinished_batch_jobs(self, reason: str, at: float) -> list[str]:
+        with self._write() as db:
+            ids = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT id FROM batch_jobs WHERE state IN ('queued', 'running') ORDER BY id"
+                )
+            ]
+            db.execute(
+                "UPDATE batch_jobs SET state = 'failed', error = ?, finished_at = ? "
+                "WHERE state IN ('queued', 'running')",
+                (reason, at),
+            )
+        return ids
+
     def prune_telemetry(self, before_ts: float) -> int:
         """Delete readings older than ``before_ts``; returns how many. Never touches
         the dedupe record, so a late replay of a pruned message is still a duplicate.
@@ -1266,6 +1353,34 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
         last_seen=None if last_seen is None else float(last_seen),
         last_health=None if health is None else cast(dict[str, object], json.loads(health)),
         counters=counts,
+    )
+
+
+_JOB_COLUMNS: Final = (
+    "id, state, devices, since, until, model, version, created_at, started_at, finished_at, "
+    "rows_total, rows_done, urgent_rows, result_path, error"
+)
+
+
+def _batch_job(row: tuple[Any, ...]) -> BatchJob:
+    (job_id, state, devices, since, until, model, version, created, started, finished) = row[:10]
+    rows_total, rows_done, urgent_rows, result_path, error = row[10:]
+    return BatchJob(
+        id=job_id,
+        state=state,
+        devices=tuple(json.loads(devices)),
+        since=float(since),
+        until=float(until),
+        model=model,
+        version=version,
+        created_at=float(created),
+        started_at=None if started is None else float(started),
+        finished_at=None if finished is None else float(finished),
+        rows_total=None if rows_total is None else int(rows_total),
+        rows_done=int(rows_done),
+        urgent_rows=int(urgent_rows),
+        result_path=result_path,
+        error=error,
     )
 
 

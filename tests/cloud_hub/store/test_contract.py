@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.store import SQLiteStore, Store, TelemetryRows
+from cloud_hub.store import BatchJob, SQLiteStore, Store, TelemetryRows
 from tests.cloud_hub.store.samples import (
     T0,
     dead_letter,
@@ -642,3 +643,20 @@ def test_an_issued_tail_is_a_gap_until_it_comes_or_expires(store: Store) -> None
     assert store.gaps() == [] and store.watermark("pi-01", 1) == 5
     store.note_issued("pi-01", 1, 4, at=T0)  # behind the watermark: nothing opens
     assert store.gaps() == []
+
+
+def test_batch_jobs_round_trip_and_unfinished_ones_fail(store: Store) -> None:
+    queued = BatchJob("j1", "queued", ("pi-01", "pi-02"), 10.0, math.inf, "m", "1.0.0", 100.0)
+    store.save_batch_job(queued)
+    assert store.batch_job("j1") == queued
+    running = dataclasses.replace(queued, id="j2", state="running", created_at=101.0, rows_done=5)
+    done = dataclasses.replace(queued, id="j3", state="done", created_at=102.0, result_path="r")
+    store.save_batch_job(running)
+    store.save_batch_job(done)
+    assert [j.id for j in store.batch_jobs()] == ["j3", "j2", "j1"]
+    assert store.batch_job("nope") is None
+    assert store.fail_unfinished_batch_jobs("the hub stopped", 200.0) == ["j1", "j2"]
+    failed = store.batch_job("j2")
+    assert failed is not None and failed.state == "failed" and failed.error == "the hub stopped"
+    assert failed.rows_done == 5 and failed.finished_at == 200.0
+    assert store.batch_job("j3") == done
