@@ -8,6 +8,9 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one ingest worker thread drains that queue in batches, scores them with the
   heavy model, writes the store (its single writer) and publishes acks;
 - one maintenance thread prunes old telemetry now and then;
+- one batch thread runs batch jobs (``/v1/batch/jobs``), one at a time
+  (:mod:`cloud_hub.batch.jobs`); at start it marks failed the jobs an earlier
+  hub left unfinished;
 - the embedded broker (amqtt) runs in its own process, watched by one supervisor
   thread that restarts it when it dies (:mod:`cloud_hub.broker.supervisor`).
 
@@ -80,6 +83,7 @@ class Hub:
         self.link: Any = None
         self.worker: Any = None
         self.app: Any = None
+        self.batch_jobs: Any = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -93,6 +97,7 @@ class Hub:
         self._open_store()
         heavy_path = self._models()
         self._start_ingest(heavy_path)
+        self._start_batch_jobs()
         self._make_app()
         self._maintenance = threading.Thread(
             target=self._maintain, name="hub-maintenance", daemon=True
@@ -218,6 +223,13 @@ class Hub:
         except (OSError, EdgeloopError, RuntimeError) as exc:
             raise HubStartError(str(exc)) from None
 
+    def _start_batch_jobs(self) -> None:
+        from cloud_hub.batch.jobs import BatchJobs  # noqa: PLC0415
+
+        s = self.settings
+        self.batch_jobs = BatchJobs(self.store, s.data_dir / "batch", s.models_dir.resolve())
+        self.batch_jobs.start()
+
     def _make_app(self) -> None:
         from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
 
@@ -237,6 +249,7 @@ class Hub:
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
             models_root=s.models_dir.resolve(),
             parts=self.parts,
+            batch_jobs=self.batch_jobs,
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -255,6 +268,7 @@ class Hub:
         self._stop.set()
         parts: list[tuple[str, Any, Callable[[Any], object]]] = [
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
+            ("batch jobs", self.batch_jobs, lambda jobs: jobs.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),
             ("store", self.store, lambda store: store.close()),
             ("broker supervisor", self.supervisor, lambda supervisor: supervisor.stop()),

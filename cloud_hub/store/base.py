@@ -172,9 +172,10 @@ BatchJobState = Literal["queued", "running", "done", "failed"]
 class BatchJob:
     """A batch scoring job over stored telemetry (``POST /v1/batch/jobs``).
 
-    ``rows_total`` is known once the job has counted its readings;
-    ``result_path`` names the result file (under the hub's DATA_DIR) once done;
-    ``error`` says why a failed job failed.
+    Progress: ``devices_done`` of ``devices`` scored, ``rows_done`` readings
+    scored; ``rows_total`` is set when the job is done. ``result_path`` is the
+    result's path without its suffix (``.csv``, ``.jsonl``: one file each) once
+    done; ``error`` says why a failed job failed.
     """
 
     id: str
@@ -189,6 +190,7 @@ class BatchJob:
     finished_at: float | None = None
     rows_total: int | None = None
     rows_done: int = 0
+    devices_done: int = 0
     urgent_rows: int = 0
     result_path: str | None = None
     error: str | None = None

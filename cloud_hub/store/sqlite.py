@@ -280,6 +280,7 @@ def _migrate_to_3(db: sqlite3.Connection) -> None:
             finished_at REAL,
             rows_total INTEGER,
             rows_done INTEGER NOT NULL,
+            devices_done INTEGER NOT NULL,
             urgent_rows INTEGER NOT NULL,
             result_path TEXT,
             error TEXT
@@ -1226,7 +1227,7 @@ class SQLiteStore:
         with self._write() as db:
             db.execute(
                 f"INSERT OR REPLACE INTO batch_jobs ({_JOB_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state,
@@ -1241,6 +1242,7 @@ class SQLiteStore:
                     job.finished_at,
                     job.rows_total,
                     job.rows_done,
+                    job.devices_done,
                     job.urgent_rows,
                     job.result_path,
                     job.error,
@@ -1358,13 +1360,13 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
 
 _JOB_COLUMNS: Final = (
     "id, state, devices, since, until, model, version, created_at, started_at, finished_at, "
-    "rows_total, rows_done, urgent_rows, result_path, error"
+    "rows_total, rows_done, devices_done, urgent_rows, result_path, error"
 )
 
 
 def _batch_job(row: tuple[Any, ...]) -> BatchJob:
     (job_id, state, devices, since, until, model, version, created, started, finished) = row[:10]
-    rows_total, rows_done, urgent_rows, result_path, error = row[10:]
+    rows_total, rows_done, devices_done, urgent_rows, result_path, error = row[10:]
     return BatchJob(
         id=job_id,
         state=state,
@@ -1378,6 +1380,7 @@ def _batch_job(row: tuple[Any, ...]) -> BatchJob:
         finished_at=None if finished is None else float(finished),
         rows_total=None if rows_total is None else int(rows_total),
         rows_done=int(rows_done),
+        devices_done=int(devices_done),
         urgent_rows=int(urgent_rows),
         result_path=result_path,
         error=error,
