@@ -213,6 +213,8 @@ def score_files(
     from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
 
     m = package.manifest
+    if fmt == "parquet":
+        require_pyarrow("--format parquet")  # before any input is read
     opened = _open_inputs(inputs, options, m.input.sensor_names)
     resolved = {p.path.resolve() for p in opened}
     if output.resolve() in resolved:
