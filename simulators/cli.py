@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
 # Their modules import nothing heavy at the top, so --help stays fast.
-_BENCHES = ("edge", "hub", "fleet", "chaos", "flood")
+_BENCHES = ("edge", "hub", "fleet", "chaos", "flood", "batch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
