@@ -31,7 +31,17 @@ from edge_agent.transport import MqttLink
 from shared import __version__
 from shared.errors import ContractError
 from shared.features import FeatureWindow, InputCheck
-from shared.messages import Ack, Desired, Event, Health, Status, Telemetry, decode, encode
+from shared.messages import (
+    DEFAULT_LIMITS,
+    Ack,
+    Desired,
+    Event,
+    Health,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
 __all__ = ["Agent"]
@@ -446,6 +456,9 @@ class Agent:
         dropped.update(self.outbox.declared)
         invalid = dict(self.source.invalid)
         invalid.update(self.inputs.counts())
+        if len(invalid) > DEFAULT_LIMITS.max_counters:  # the hub refuses more; keep the largest
+            top = sorted(invalid.items(), key=lambda kv: -kv[1])[: DEFAULT_LIMITS.max_counters]
+            invalid = dict(top)
         for name, n in counts.items():
             group, _, key = name.partition(":")
             if group == "dropped":

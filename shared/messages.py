@@ -71,7 +71,7 @@ class Limits:
     max_features: int = 256
     max_classes: int = 16
     max_text: int = 512
-    max_counters: int = 64
+    max_counters: int = 256
 
 
 DEFAULT_LIMITS: Final = Limits()

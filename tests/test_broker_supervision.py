@@ -290,8 +290,16 @@ def test_the_broker_holds_devices_until_the_hub_has_subscribed(tmp_path: Path) -
         )
         hub.username_pw_set("hub", "hub-secret-0123456789")
         subscribed = threading.Event()
-        hub.on_connect = lambda c, *_: c.subscribe("edgeloop/v1/dev/+/telemetry", 1)
-        hub.on_subscribe = lambda *_: (order.append("hub suback"), subscribed.set())
+
+        def on_hub_connect(client: mqtt.Client, *_: object) -> None:
+            # Recorded before the SUBSCRIBE leaves: the device's CONNACK may only follow it.
+            # (The hub's SUBACK and the device's CONNACK arrive on two client threads, whose
+            # callbacks a loaded machine may run in either order.)
+            order.append("hub subscribes")
+            client.subscribe("edgeloop/v1/dev/+/telemetry", 1)
+
+        hub.on_connect = on_hub_connect
+        hub.on_subscribe = lambda *_: subscribed.set()
         try:
             # Held: the device's CONNACK does not come while the hub is away.
             assert not connacked.wait(2.0), order
@@ -302,4 +310,4 @@ def test_the_broker_holds_devices_until_the_hub_has_subscribed(tmp_path: Path) -
             for client in (device, hub):
                 client.loop_stop()
                 client.disconnect()
-    assert order == ["hub suback", "device connack"], order
+    assert order == ["hub subscribes", "device connack"], order

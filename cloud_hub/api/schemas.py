@@ -16,6 +16,7 @@ Times are Unix seconds (floats), as on the wire.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
@@ -180,7 +181,34 @@ class GapOut(BaseModel):
         )
 
 
+class SensorInputsOut(BaseModel):
+    """One sensor's input counters since the agent started, from its last heartbeat."""
+
+    missing: int = 0
+    """Values that did not arrive (carried forward)."""
+    out_of_range: int = 0
+    """Values outside the sensor's valid range in the manifest (treated as missing)."""
+    out_of_distribution: int = 0
+    """Valid values far outside the model's training range (see docs/architecture.md)."""
+
+    @staticmethod
+    def from_health(health: Mapping[str, Any] | None) -> dict[str, SensorInputsOut]:
+        """Per sensor, from the heartbeat's ``invalid`` counters named ``<kind>:<sensor>``."""
+        invalid = (health or {}).get("invalid")
+        out: dict[str, SensorInputsOut] = {}
+        if not isinstance(invalid, dict):
+            return out
+        kinds = set(SensorInputsOut.model_fields)
+        for key, count in invalid.items():
+            kind, sep, sensor = str(key).partition(":")
+            if sep and kind in kinds and isinstance(count, int):
+                setattr(out.setdefault(sensor, SensorInputsOut()), kind, count)
+        return out
+
+
 class DeviceDetailOut(DeviceOut):
+    inputs: dict[str, SensorInputsOut]
+    """Per sensor: missing, out-of-range and out-of-distribution values (last heartbeat)."""
     acked_seq: int
     """Highest seq of the current epoch stored with every seq before it."""
     counters: dict[str, int]

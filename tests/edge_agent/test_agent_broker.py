@@ -461,6 +461,40 @@ def test_every_urgent_cause_gets_its_own_action_and_event(
     assert limits[0].ts == limits[1].ts  # the two that started on one reading
 
 
+def test_heartbeat_counts_inputs_per_sensor_and_out_of_range_is_not_urgent(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+) -> None:
+    nominal = np.array([s.fallback for s in SENSORS])
+    broken = nominal.copy()
+    broken[SENSOR_NAMES.index("temperature")] = 9999.0  # beyond the valid range: a sensor error
+    unseen = nominal.copy()
+    unseen[SENSOR_NAMES.index("speed")] = 5500.0  # valid, but far beyond the training data
+    dropout = nominal.copy()
+    dropout[SENSOR_NAMES.index("flow")] = np.nan
+    rows = [nominal] * 10 + [broken] * 3 + [unseen] * 2 + [dropout] * 4 + [nominal] * 5
+    settings = load_settings(
+        [
+            *("--device", "dev-a", "--root", topics.root, "--model", str(model_packages.edge)),
+            *("--state-dir", str(tmp_path), "--actions", "log"),
+        ],
+        env={"EDGELOOP_AGENT_BROKER": broker.url},
+    )
+    model = load_edge_model(model_packages.edge, __version__)
+    agent = Agent(settings, model, _ListSource(rows), [LogActuator()])
+    assert agent.run(threading.Event()) == 0
+    recorder.wait_for("the last heartbeat", lambda msgs: any(isinstance(m, Health) for m in msgs))
+    invalid = recorder.of(Health)[-1].invalid
+    assert invalid["out_of_range:temperature"] == 3
+    assert invalid["out_of_distribution:speed"] == 2
+    assert invalid["missing:flow"] == 4
+    # 9999 degC is a broken sensor, not an overheating machine: no hard-limit event for it.
+    assert not [e for e in recorder.of(Event) if e.rule == "hard_limit"]
+
+
 def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(
     start_agent: StartAgent,
     topics: Topics,

@@ -44,7 +44,9 @@ def assert_names(err: ConfigError, setting: str, flag: str, env: str) -> None:
 def test_defaults() -> None:
     s = load()
     for opt in OPTIONS:
-        if opt.name in ("device", "broker", "model") or opt.name.startswith("broker_password"):
+        if opt.name in ("device", "broker", "model", "csv_map") or opt.name.startswith(
+            "broker_password"
+        ):
             continue
         assert getattr(s, opt.name) == opt.default, opt.name
     assert s.model == Path("var/models/m")
@@ -52,6 +54,8 @@ def test_defaults() -> None:
     assert s.root == DEFAULT_ROOT
     assert s.device  # the host name, made into a valid device id
     assert s.actions == ("log",)
+    assert s.csv_map == {}  # parsed from its default, ''
+
     assert s.sources["model"] == "flag --model"
     assert {k for k, v in s.sources.items() if v != "default"} == {"model"}
     assert set(s.sources) == set(OPT)

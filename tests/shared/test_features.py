@@ -16,6 +16,9 @@ from shared.features import (
     DEFAULT_WINDOW,
     STATS,
     FeatureWindow,
+    InputCheck,
+    SensorSpec,
+    expected_range,
     feature_names,
     features_for_stream,
 )
@@ -366,3 +369,60 @@ def test_sensor_specs() -> None:
     assert len(set(SENSOR_NAMES)) == N
     for s in SENSORS:
         assert s.unit and math.isfinite(s.fallback)
+
+
+# -- InputCheck: what the agent counts before the features -------------------------------------
+
+CHECKED = [
+    SensorSpec("t", "degC", -40.0, 200.0, 20.0),
+    SensorSpec("p", "bar", 0.0, 10.0, 5.0),
+]
+
+
+def test_input_check_passes_a_normal_reading_through_untouched() -> None:
+    ic = InputCheck(CHECKED, [(15.0, 25.0), (4.0, 6.0)])
+    values = np.array([20.0, 5.0])
+    assert ic.check(values) is values
+    assert ic.counts() == {}
+
+
+def test_input_check_counts_each_kind_per_sensor() -> None:
+    ic = InputCheck(CHECKED, [(15.0, 25.0), (4.0, 6.0)])
+    out = ic.check(np.array([250.0, math.nan]))  # t beyond its valid range; p missing
+    assert math.isnan(out[0]) and math.isnan(out[1])
+    out = ic.check(np.array([40.0, 9.0]))  # both valid, both far outside the training range
+    assert out.tolist() == [40.0, 9.0]
+    ic.check(np.array([29.0, 6.9]))  # within half a span of the training range: fine
+    assert ic.counts() == {
+        "missing:p": 1,
+        "out_of_range:t": 1,
+        "out_of_distribution:t": 1,
+        "out_of_distribution:p": 1,
+    }
+
+
+def test_input_check_without_training_ranges_checks_validity_only() -> None:
+    ic = InputCheck(CHECKED)
+    assert ic.check(np.array([150.0, 0.0])).tolist() == [150.0, 0.0]
+    assert np.isnan(ic.check(np.array([150.0, -1.0]))[1])
+    assert ic.counts() == {"out_of_range:p": 1}
+
+
+def test_input_check_does_not_change_the_callers_array() -> None:
+    values = np.array([500.0, 5.0])
+    InputCheck(CHECKED).check(values)
+    assert values.tolist() == [500.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [(10.0, 20.0, (5.0, 25.0)), (3.0, 3.0, (3.0 - 5e-7 * 3, 3.0 + 5e-7 * 3))],
+)
+def test_expected_range(low: float, high: float, expected: tuple[float, float]) -> None:
+    assert expected_range(low, high) == pytest.approx(expected)
+
+
+def test_sensor_spec_problems() -> None:
+    assert SensorSpec("t", "u", 0.0, 1.0, 0.5).problem() is None
+    assert "min < max" in (SensorSpec("t", "u", 1.0, 1.0, 1.0).problem() or "")
+    assert "fallback" in (SensorSpec("t", "u", 0.0, 1.0, 2.0).problem() or "")

@@ -11,7 +11,13 @@ from cloud_hub.api.auth import ReadAccess
 from cloud_hub.api.deps import ConfigDep, StoreDep
 from cloud_hub.api.errors import responses
 from cloud_hub.api.params import DeviceId, unknown_device
-from cloud_hub.api.schemas import DeviceDetailOut, DeviceListOut, DeviceOut, GapOut
+from cloud_hub.api.schemas import (
+    DeviceDetailOut,
+    DeviceListOut,
+    DeviceOut,
+    GapOut,
+    SensorInputsOut,
+)
 
 __all__ = ["router"]
 
@@ -50,6 +56,7 @@ def get_device(
     summary = DeviceOut.from_record(record, time.time(), config.stale_after_s)
     return DeviceDetailOut(
         **summary.model_dump(),
+        inputs=SensorInputsOut.from_health(record.last_health),
         acked_seq=store.watermark(device, record.epoch),
         counters=dict(record.counters),
         last_health=dict(record.last_health) if record.last_health is not None else None,

@@ -99,6 +99,12 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
         outbox_depth=0,
         acked_seq=29,
         dropped={"outbox_full": 1},
+        invalid={
+            "csv_bad_row": 2,
+            "missing:vibration": 4,
+            "out_of_range:temperature": 1,
+            "out_of_distribution:temperature": 7,
+        },
     )
     store.record_health(health, now)
 

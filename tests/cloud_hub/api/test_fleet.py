@@ -47,6 +47,10 @@ def test_device_detail_has_counters_health_and_gaps(hub: Hub) -> None:
     assert body["counters"]["duplicates"] == 2
     assert body["last_health"]["outbox_depth"] == 0
     assert body["last_health"]["dropped"] == {"outbox_full": 1}
+    assert body["inputs"] == {  # per sensor, from the heartbeat's counters
+        "vibration": {"missing": 4, "out_of_range": 0, "out_of_distribution": 0},
+        "temperature": {"missing": 0, "out_of_range": 1, "out_of_distribution": 7},
+    }
     assert body["acked_seq"] == 12  # seq 13 never arrived
     assert body["gaps"] == [
         {"device": "pi-online", "epoch": 2, "first_seq": 13, "last_seq": 13, "missing": 1}
