@@ -18,6 +18,8 @@ hard-limit episode: an unseen sensor is not known to be back inside its limit.
 :meth:`UrgentRule.check` returns every cause that started on the reading, the
 most severe first: hard limits (a measured value is beyond its limit) in the
 manifest's order, then the score. Usually that is the empty tuple.
+:meth:`UrgentRule.check_block` feeds a block of readings through :meth:`check`
+(batch scoring), skipping only the calls that provably change nothing.
 
 >>> import numpy as np
 >>> from shared.manifest import UrgentSpec
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -116,4 +118,38 @@ class UrgentRule:
                 fired += (Decision("score", score),)
         else:
             self._run = 0
+        return fired
+
+    def check_block(
+        self, raw: npt.NDArray[np.float64], scores: npt.NDArray[np.floating[Any]]
+    ) -> npt.NDArray[np.bool_]:
+        """:meth:`check` for each reading of ``raw`` ``(n, n_sensors)`` in order, with
+        its urgent score; True where a cause starts.
+
+        While no episode is on and no run of high scores counts, a reading whose
+        score is under the threshold and whose limited sensors are inside their
+        limits (or missing) changes nothing and fires nothing, so :meth:`check` is
+        called only for the other readings, and for every reading while an
+        episode or a run is on. The verdicts are :meth:`check`'s own.
+        """
+        n = int(raw.shape[0])
+        fired = np.zeros(n, dtype=np.bool_)
+        with np.errstate(invalid="ignore"):
+            busy = np.asarray(scores >= self.threshold)
+            for _, i, lo, hi in self._limits:
+                busy = busy | (raw[:, i] < lo) | (raw[:, i] > hi)
+        todo = np.flatnonzero(busy).tolist()
+        score = scores.tolist()
+        check = self.check
+        r = t = 0
+        while r < n:
+            if self._run == 0 and not self._beyond:
+                while t < len(todo) and todo[t] < r:
+                    t += 1
+                if t == len(todo):
+                    break
+                r = todo[t]
+            if check(raw[r], score[r]):
+                fired[r] = True
+            r += 1
         return fired

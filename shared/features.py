@@ -317,16 +317,15 @@ class BlockFeatureWindow:
 
     Batch scoring reads a recording in chunks; pushing each reading through
     :class:`FeatureWindow` costs a few microseconds of Python per reading. This
-    computes the same features for a whole block with a handful of numpy
-    calls, and carries the window (its last ``window - 1`` readings) and the
+    computes the same features for a whole block with a few numpy calls per
+    position in the window, and carries the window (its last ``window - 1`` readings) and the
     last valid values from one block to the next, so a stream cut into blocks
     anywhere gives the features of the stream read reading by reading. The
     arithmetic is FeatureWindow's (deviations from the oldest reading of each
     window, means as products with ``1/window`` weights); only the order of
     the float64 sums may differ, so results agree within float32 rounding
     (``tests/shared/test_block_features.py`` checks it on random streams with
-    missing values). Memory: about ``8 * window * n_sensors`` bytes per reading
-    of a block, so callers keep blocks to some thousands of readings.
+    missing values). Memory: a few arrays of the block's shape.
 
     >>> import numpy as np
     >>> block = BlockFeatureWindow(window=4, fallback=[65.0, 2.5])
@@ -376,16 +375,26 @@ class BlockFeatureWindow:
         before = np.repeat(x[:1], w - 1, axis=0) if self._tail is None else self._tail
         padded = np.concatenate([before, x])
         self._tail = padded[n:].copy()
-        windows = np.lib.stride_tricks.sliding_window_view(padded, w, axis=0)  # (n, s, w)
+        # Row i's window is padded[i : i + w]; its oldest reading is padded[i]. One
+        # pass per position in the window, each over contiguous (n, s) arrays,
+        # summing the weighted deviations in FeatureWindow's order.
         first = padded[:n]
-        dev = windows - first[:, :, None]
-        mean_dev = dev @ self._weights
-        var = (dev * dev) @ self._weights
+        weight = float(self._weights[0])
+        mean_dev = np.zeros((n, s))
+        var = np.zeros((n, s))
+        dev = np.empty((n, s))
+        term = np.empty((n, s))
+        for k in range(1, w):  # position 0 deviates by exactly 0
+            np.subtract(padded[k : k + n], first, out=dev)
+            np.multiply(dev, weight, out=term)
+            mean_dev += term
+            term *= dev
+            var += term
         var -= mean_dev * mean_dev
         np.maximum(var, 0.0, out=var)
         out = np.empty((n, 4 * s), dtype=np.float32)
         out[:, :s] = x
         out[:, s : 2 * s] = first + mean_dev
         out[:, 2 * s : 3 * s] = np.sqrt(var)
-        out[:, 3 * s :] = dev[:, :, -1]
+        out[:, 3 * s :] = dev  # the last position: the newest reading
         return out

@@ -5,7 +5,9 @@ lenient: a bad cell becomes missing and is counted, a bad timestamp leaves the
 row's ``ts`` empty; every row is kept), scored by
 :class:`~cloud_hub.batch.scoring.BatchScorer` (one state per device, or per
 file without a device column) and written out at once; memory is a few chunks
-whatever the file's size. The result goes to ``OUTPUT.part`` first and takes
+whatever the file's size. Reading runs one chunk ahead and writing one
+behind, each in a thread of its own, so the model scores (onnxruntime
+releases the GIL) while the next chunk is parsed. The result goes to ``OUTPUT.part`` first and takes
 its name at the end, so an interrupted run leaves no half file under the
 output's name. Parquet files (``*.parquet``, named directly) are read with
 pyarrow when it is installed.
@@ -15,17 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import numpy as np
 
 from cloud_hub.batch import BatchError
-from cloud_hub.batch.output import OutputBlock, open_writer, require_pyarrow
+from cloud_hub.batch.output import OutputBlock, Writer, open_writer, require_pyarrow
 from cloud_hub.batch.scoring import BatchScorer
 from cloud_hub.recordings import Chunk, CsvOptions, Recording, find_recordings
 from shared.columns import MS_THRESHOLD, parse_timestamp, resolve_columns
@@ -181,6 +185,96 @@ def _open_inputs(
     return opened
 
 
+def _all_chunks(opened: Sequence[_Input], rows: int) -> Iterator[tuple[int, Chunk]]:
+    for index, source in enumerate(opened):
+        for chunk in source.chunks(rows, strict=False):
+            yield index, chunk
+
+
+_T = TypeVar("_T")
+_DEPTH: Final = 2
+"""Chunks read ahead, and blocks waiting to be written: memory stays a few chunks."""
+_POLL_S: Final = 0.1
+
+
+def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+    """``items``, produced by a thread of their own at most :data:`_DEPTH` ahead.
+
+    Parsing holds the GIL, but onnxruntime releases it while it scores: the next
+    chunk is parsed while this one is scored. An error in the reader is raised
+    here, in order.
+    """
+    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=_DEPTH)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((0, item), timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((1, None))
+        except BaseException as exc:  # handed over to the consumer, which raises it
+            q.put((2, exc))
+
+    thread = threading.Thread(target=produce, name="batch-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=_POLL_S)
+        thread.join()
+
+
+class _WriteBehind:
+    """Writes blocks in a thread of its own, at most :data:`_DEPTH` behind; a write
+    error is raised by the next :meth:`write` or by :meth:`close`."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._q: queue.Queue[OutputBlock | None] = queue.Queue(maxsize=_DEPTH)
+        self._thread = threading.Thread(target=self._run, name="batch-write", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._q.get()
+            if block is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(block)
+                except BaseException as exc:  # raised in the caller's thread
+                    self.error = exc
+
+    def write(self, block: OutputBlock) -> None:
+        if self.error is not None:
+            raise self.error
+        self._q.put(block)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+        self.writer.close()
+        if self.error is not None:
+            raise self.error
+
+
 def _estimate_rows(paths: Sequence[Path]) -> int:
     """Rows in the files, from their sizes and the line length of their first MiB."""
     total = 0.0
@@ -242,44 +336,40 @@ def score_files(
         )
     start = time.perf_counter()
     done = False
+    behind = _WriteBehind(writer)
     try:
-        for index, source in enumerate(opened):
-            name = str(source.path) if several else None
-            for chunk in source.chunks(chunk_rows, strict=False):
-                key: str | list[str] = str(index)
-                if chunk.devices is not None:
-                    key = [f"{index}\x00{d}" for d in chunk.devices]
-                scored = scorer.score_readings(chunk.values, key)
-                try:
-                    writer.write(
-                        OutputBlock(
-                            chunk.ts,
-                            chunk.devices,
-                            name,
-                            scored.predicted,
-                            scored.urgent_score,
-                            scored.urgent,
-                        )
+        for index, chunk in _read_ahead(_all_chunks(opened, chunk_rows)):
+            series = "" if chunk.devices is None else chunk.devices
+            scored = scorer.score_readings(chunk.values, series, prefix=f"{index}\x00")
+            try:
+                behind.write(
+                    OutputBlock(
+                        chunk.ts,
+                        chunk.devices,
+                        str(opened[index].path) if several else None,
+                        scored.predicted,
+                        scored.urgent_score,
+                        scored.urgent,
                     )
-                except OSError as exc:
-                    raise BatchError(
-                        f"cannot write the output {str(part)!r}: {exc.strerror or exc}"
-                    ) from None
-                n = len(chunk)
-                summary.rows += n
-                summary.chunks += 1
-                summary.bad_cells += chunk.bad_cells
-                summary.urgent_rows += int(scored.urgent.sum())
-                counts += np.bincount(scored.predicted, minlength=counts.shape[0])
-                if bar is not None:
-                    bar.update(n)
-                if on_chunk is not None:
-                    on_chunk(n)
-            summary.series = max(summary.series, scorer.series)
+                )
+            except OSError as exc:
+                raise BatchError(
+                    f"cannot write the output {str(part)!r}: {exc.strerror or exc}"
+                ) from None
+            n = len(chunk)
+            summary.rows += n
+            summary.chunks += 1
+            summary.bad_cells += chunk.bad_cells
+            summary.urgent_rows += int(scored.urgent.sum())
+            counts += np.bincount(scored.predicted, minlength=counts.shape[0])
+            if bar is not None:
+                bar.update(n)
+            if on_chunk is not None:
+                on_chunk(n)
         done = True
     finally:
         try:
-            writer.close()
+            behind.close()
         except OSError as exc:
             if done:
                 raise BatchError(

@@ -108,7 +108,9 @@ class _CsvWriter(_Text):
         score = [f"{s:.6g}" for s in block.urgent_score.tolist()]
         cols: list[list[str]] = [ts]
         if self.has_device:
-            cols.append([_csv_text(d) for d in _devices(block)])
+            devices = _devices(block)
+            quoted = {d: _csv_text(d) for d in set(devices)}
+            cols.append([quoted[d] for d in devices])
         if self.has_file:
             cols.append([_csv_text(block.file or "")] * len(ts))
         cols += [cls, score, [("1" if u else "0") for u in block.urgent.tolist()]]

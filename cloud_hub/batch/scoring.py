@@ -12,8 +12,8 @@ one recording):
    int8 model, whose dynamically quantized scores depend on the rows scored
    together: batch scoring then gives each reading exactly the scores a device
    gives it (as ``POST /v1/predict`` does);
-4. :class:`~edge_agent.rules.UrgentRule`, reading by reading in each series'
-   order: ``urgent`` is 1 on a reading where a cause starts (the score over the
+4. :class:`~edge_agent.rules.UrgentRule` (:meth:`~edge_agent.rules.UrgentRule.check_block`),
+   reading by reading in each series' order: ``urgent`` is 1 on a reading where a cause starts (the score over the
    threshold for ``consecutive`` readings, or a hard limit crossed), where a
    device would act.
 
@@ -106,15 +106,16 @@ class BatchScorer:
         """Drop a series' state (its recording ended)."""
         self._series.pop(key, None)
 
-    def score_readings(self, values: F64, series: str | Sequence[str]) -> Scored:
+    def score_readings(self, values: F64, series: str | Sequence[str], prefix: str = "") -> Scored:
         """Score raw readings ``(n, n_sensors)`` (NaN: missing), in the model's sensor
-        order; ``series`` names the series of the whole block, or of each reading."""
+        order; ``series`` names the series of the whole block, or of each reading
+        (``prefix`` is put before each name: the file, say)."""
         if values.ndim != 2 or values.shape[1] != self._n_sensors:
             raise ValueError(
                 f"readings need {self._n_sensors} values each; got shape {values.shape}"
             )
         checked = self.inputs.check_block(values)
-        groups = self._groups(series, checked.shape[0])
+        groups = self._groups(series, checked.shape[0], prefix)
         if len(groups) == 1:
             key, _ = groups[0]
             feats = self._state(key).features.push_block(checked)
@@ -134,20 +135,22 @@ class BatchScorer:
         return self._decide(features, raw, [(series, None)])
 
     @staticmethod
-    def _groups(series: str | Sequence[str], n: int) -> list[tuple[str, I64 | None]]:
+    def _groups(series: str | Sequence[str], n: int, prefix: str) -> list[tuple[str, I64 | None]]:
+        """Each series' key and its rows (in order); None for all the rows."""
         if isinstance(series, str):
-            return [(series, None)]
+            return [(prefix + series, None)]
         if len(series) != n:
             raise ValueError(f"{len(series)} series names for {n} readings")
-        keys, inverse = np.unique(np.asarray(series, dtype=object).astype(str), return_inverse=True)
-        if keys.shape[0] == 1:
-            return [(str(keys[0]), None)]
+        codes: dict[str, int] = {}
+        inverse = np.fromiter(
+            (codes.setdefault(name, len(codes)) for name in series), dtype=np.int64, count=n
+        )
+        names = [prefix + name for name in codes]
+        if len(names) == 1:
+            return [(names[0], None)]
         order = np.argsort(inverse, kind="stable")
-        bounds = np.cumsum(np.bincount(inverse, minlength=keys.shape[0]))[:-1]
-        return [
-            (str(k), rows.astype(np.int64))
-            for k, rows in zip(keys.tolist(), np.split(order, bounds), strict=True)
-        ]
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
+        return list(zip(names, np.split(order, bounds), strict=True))
 
     def _decide(self, feats: F32, raw: F64, groups: list[tuple[str, I64 | None]]) -> Scored:
         n = feats.shape[0]
@@ -160,10 +163,10 @@ class BatchScorer:
         predicted = scores.argmax(axis=1).astype(np.int64)
         urgent_score = np.ascontiguousarray(scores[:, self._urgent])
         urgent = np.zeros(n, dtype=np.uint8)
-        u = urgent_score.tolist()
         for key, rows in groups:
-            check = self._state(key).rule.check
-            for i in range(n) if rows is None else rows.tolist():
-                if check(raw[i], u[i]):
-                    urgent[i] = 1
+            rule = self._state(key).rule
+            if rows is None:
+                urgent[rule.check_block(raw, urgent_score)] = 1
+            else:
+                urgent[rows[rule.check_block(raw[rows], urgent_score[rows])]] = 1
         return Scored(predicted, urgent_score, urgent)
