@@ -202,6 +202,16 @@ class InputCheck:
         return out
 
 
+def _window_fallback(window: int, fallback: Iterable[float]) -> F64:
+    """The fallback values of a feature window, checked with its length."""
+    if window < 2:
+        raise ValueError(f"feature window must hold at least 2 readings, got {window}")
+    nominal: F64 = np.array(list(fallback), dtype=np.float64)
+    if nominal.ndim != 1 or nominal.size == 0:
+        raise ValueError("a feature window needs one fallback value per sensor")
+    return nominal
+
+
 class FeatureWindow:
     """A sliding window over one device's readings that yields model input.
 
@@ -219,12 +229,8 @@ class FeatureWindow:
     """
 
     def __init__(self, window: int, fallback: Iterable[float]) -> None:
-        if window < 2:
-            raise ValueError(f"feature window must hold at least 2 readings, got {window}")
         self.window = window
-        self._nominal: F64 = np.array(list(fallback), dtype=np.float64)
-        if self._nominal.ndim != 1 or self._nominal.size == 0:
-            raise ValueError("a feature window needs one fallback value per sensor")
+        self._nominal: F64 = _window_fallback(window, fallback)
         n = self.n_sensors = int(self._nominal.shape[0])
         halves: F64 = np.empty((2, window, n), dtype=np.float64)
         self._buf: F64 = halves.reshape(2 * window, n)  # a view: row i + window is row i's twin
@@ -335,12 +341,8 @@ class BlockFeatureWindow:
     """
 
     def __init__(self, window: int, fallback: Iterable[float]) -> None:
-        if window < 2:
-            raise ValueError(f"feature window must hold at least 2 readings, got {window}")
         self.window = window
-        self._nominal: F64 = np.array(list(fallback), dtype=np.float64)
-        if self._nominal.ndim != 1 or self._nominal.size == 0:
-            raise ValueError("a feature window needs one fallback value per sensor")
+        self._nominal: F64 = _window_fallback(window, fallback)
         self.n_sensors = int(self._nominal.shape[0])
         self._tail: F64 | None = None  # the last window - 1 readings, imputed, oldest first
         self._weights: F64 = np.full(window, 1.0 / window)

@@ -12,7 +12,7 @@ one recording):
    int8 model, whose dynamically quantized scores depend on the rows scored
    together: batch scoring then gives each reading exactly the scores a device
    gives it (as ``POST /v1/predict`` does);
-4. :class:`~edge_agent.rules.UrgentRule` (:meth:`~edge_agent.rules.UrgentRule.check_block`),
+4. :class:`~shared.urgent.UrgentRule` (:meth:`~shared.urgent.UrgentRule.check_block`),
    reading by reading in each series' order: ``urgent`` is 1 on a reading where a cause starts (the score over the
    threshold for ``consecutive`` readings, or a hard limit crossed), where a
    device would act.
@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.inference import OnnxScorer
-from edge_agent.rules import UrgentRule
 from shared.features import BlockFeatureWindow, InputCheck
 from shared.manifest import ModelManifest
+from shared.urgent import UrgentRule
 
 __all__ = ["BatchScorer", "Scored"]
 

@@ -143,8 +143,8 @@ def _model_only(scorer: Any, x: np.ndarray, chunk: int, row_by_row: bool) -> flo
 
 
 def _per_row(package: Any, scorer: Any, values: np.ndarray) -> float:
-    from edge_agent.rules import UrgentRule  # noqa: PLC0415
     from shared.features import FeatureWindow, InputCheck  # noqa: PLC0415
+    from shared.urgent import UrgentRule  # noqa: PLC0415
 
     m = package.manifest
     check = InputCheck(m.input.sensors, m.expected_ranges())

@@ -16,9 +16,9 @@ from cloud_hub.batch.files import score_files
 from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.recordings import CsvOptions
-from edge_agent.rules import UrgentRule
 from shared.features import FeatureWindow, InputCheck
 from shared.manifest import ModelPackage, load_package
+from shared.urgent import UrgentRule
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(60)
@@ -222,102 +222,21 @@ def test_errors_name_the_model_the_input_or_the_output(
     data = tmp_path / "rec.csv"
     _recording(data, load_package(model_packages.heavy), 20)
     out = tmp_path / "o.csv"
-    common = ["--ts-column", "when", "--csv-map", _csv_map(load_package(model_packages.heavy))]
+    mapped = ["--ts-column", "when", "--csv-map", _csv_map(load_package(model_packages.heavy))]
 
-    assert (
-        main(
-            _args(
-                model_packages,
-                tmp_path,
-                "--model",
-                "nope",
-                "--input",
-                str(data),
-                "--output",
-                str(out),
-                *common,
-            )
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    def error(model: str, source: Path, output: Path, *options: str) -> str:
+        args = ["--model", model, "--input", str(source), "--output", str(output), *options]
+        assert main(_args(model_packages, tmp_path, *args)) == 2
+        return capsys.readouterr().err
+
+    err = error("nope", data, out, *mapped)
     assert "'nope'" in err and "machine-edge" in err and "machine-heavy" in err
-
-    assert (
-        main(
-            _args(
-                model_packages,
-                tmp_path,
-                "--model",
-                "machine-heavy@9.0.0",
-                "--input",
-                str(data),
-                "--output",
-                str(out),
-                *common,
-            )
-        )
-        == 2
-    )
-    assert "1.0.0" in capsys.readouterr().err
-
+    assert "1.0.0" in error("machine-heavy@9.0.0", data, out, *mapped)
     missing = tmp_path / "missing.csv"
-    assert (
-        main(
-            _args(
-                model_packages,
-                tmp_path,
-                "--model",
-                "machine-heavy",
-                "--input",
-                str(missing),
-                "--output",
-                str(out),
-                *common,
-            )
-        )
-        == 2
-    )
-    assert str(missing) in capsys.readouterr().err
-
-    assert (
-        main(
-            _args(
-                model_packages,
-                tmp_path,
-                "--model",
-                "machine-heavy",
-                "--input",
-                str(data),
-                "--output",
-                str(out),
-                "--ts-column",
-                "when",
-            )
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    assert str(missing) in error("machine-heavy", missing, out, *mapped)
+    err = error("machine-heavy", data, out, "--ts-column", "when")
     assert "temperature" in err and "--csv-map" in err  # the sensors lack their columns
-
-    unwritable = tmp_path / "no-such-dir" / "o.csv"
-    assert (
-        main(
-            _args(
-                model_packages,
-                tmp_path,
-                "--model",
-                "machine-heavy",
-                "--input",
-                str(data),
-                "--output",
-                str(unwritable),
-                *common,
-            )
-        )
-        == 2
-    )
-    err = capsys.readouterr().err
+    err = error("machine-heavy", data, tmp_path / "no-such-dir" / "o.csv", *mapped)
     assert "no-such-dir" in err and "cannot write the output" in err
     assert not out.exists()
 

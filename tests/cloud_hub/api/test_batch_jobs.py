@@ -20,9 +20,9 @@ from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.store import BatchJob, open_store
 from cloud_hub.store.base import Store, TelemetryRows
-from edge_agent.rules import UrgentRule
 from shared.features import FeatureWindow
 from shared.manifest import ModelPackage, load_package
+from shared.urgent import UrgentRule
 from simulators.harness import HubApi
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.rules import UrgentRule
 from shared.manifest import UrgentSpec
+from shared.urgent import UrgentRule
 
 
 @pytest.mark.parametrize("seed", range(8))
