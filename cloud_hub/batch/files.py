@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -333,6 +334,9 @@ def score_files(
             unit_scale=True,
             file=sys.stderr,
             desc=f"{m.name} {m.version}",
+            # A terminal that reports no size (some ptys) still gets a bar.
+            ncols=shutil.get_terminal_size().columns,
+            nrows=shutil.get_terminal_size().lines,
         )
     start = time.perf_counter()
     done = False
@@ -376,6 +380,9 @@ def score_files(
                     f"cannot write the output {str(part)!r}: {exc.strerror or exc}"
                 ) from None
         if bar is not None:
+            if done:
+                bar.total = summary.rows  # the estimate, made right
+                bar.refresh()
             bar.close()
         if not done:
             with contextlib.suppress(OSError):
