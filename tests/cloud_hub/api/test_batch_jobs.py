@@ -206,3 +206,29 @@ def test_a_job_left_running_is_marked_failed_at_the_next_start(
     finally:
         jobs.stop()
         store.close()
+
+
+def test_a_clean_stop_marks_the_running_job_failed(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    edge, heavy = load_package(model_packages.edge), load_package(model_packages.heavy)
+    _seed(store, edge, heavy)
+    jobs = BatchJobs(store, tmp_path / "batch", None, page_rows=1)  # 600 pages: a slow job
+    try:
+        jobs.start()
+        record = store.model("machine-heavy", "1.0.0")
+        assert record is not None
+        job = jobs.submit(["pi-a"], T0, float("inf"), record)
+        deadline = time.monotonic() + 20.0
+        while (state := store.batch_job(job.id)) is not None and state.state == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        jobs.stop()
+        stopped = store.batch_job(job.id)
+        assert stopped is not None and stopped.state == "failed"
+        assert stopped.error is not None and "hub stopped during the job" in stopped.error
+        assert not list((tmp_path / "batch").glob("*"))  # no partial result left
+    finally:
+        jobs.stop()
+        store.close()
