@@ -66,6 +66,7 @@ from cloud_hub.store.base import (
     TelemetryRows,
     WriteResult,
 )
+from shared.epochs import is_replay_epoch
 from shared.errors import DecodeError, TopicError
 from shared.latency import LatencyWindow
 from shared.messages import (
@@ -663,7 +664,10 @@ class IngestWorker:
 
     def _check_epoch(self, b: _Batch, status: Status) -> None:
         """A birth of an older epoch than the device's: its state was wiped and its clock
-        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so."""
+        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so.
+        A replay's epoch (shared.epochs) is the recording's, repeated on purpose: not checked."""
+        if is_replay_epoch(status.epoch):
+            return
         try:
             known = self.store.device(status.device)
         except Exception:

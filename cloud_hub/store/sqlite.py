@@ -90,6 +90,7 @@ from cloud_hub.store.base import (
     WriteResult,
 )
 from cloud_hub.store.ledger import Ledger
+from shared.epochs import is_replay_epoch
 from shared.errors import EdgeloopError, ManifestError
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
@@ -123,6 +124,11 @@ class StoreError(EdgeloopError):
 
 
 # --------------------------------------------------------------------------- schema
+
+
+def _live_epoch(epoch: int) -> int:
+    """The epoch a device record keeps: a replay's counts as 0 (below every live one)."""
+    return 0 if is_replay_epoch(epoch) else epoch
 
 
 def _migrate_to_1(db: sqlite3.Connection) -> None:
@@ -817,7 +823,9 @@ class SQLiteStore:
 
     def record_status(self, status: Status, received_at: float) -> None:
         """Birth or will. A status of an older epoch than the device's is stale:
-        it updates last_seen only (a late will must not mark a restarted agent offline)."""
+        it updates last_seen only (a late will must not mark a restarted agent offline).
+        A replay's epoch (:mod:`shared.epochs`) is never the device's: it counts as 0, so a
+        replay moves the state of a device that has no live agent, and leaves a live one's."""
         with self._write() as db:
             db.execute(
                 "INSERT INTO devices (name, state, epoch, agent_version, model_version, "
@@ -832,7 +840,7 @@ class SQLiteStore:
                 (
                     status.device,
                     status.state,
-                    status.epoch,
+                    _live_epoch(status.epoch),
                     status.agent_version,
                     status.model_version,
                     received_at,
@@ -857,7 +865,7 @@ class SQLiteStore:
                 "last_health = excluded.last_health",
                 (
                     health.device,
-                    health.epoch,
+                    _live_epoch(health.epoch),
                     health.model_version,
                     received_at,
                     received_at,

@@ -1,0 +1,85 @@
+"""Replaying a recording: ``edgeloop-agent --source csv`` twice against a real hub stores it once.
+
+The recording is the simulator's (``edgeloop-sim generate``: its sensor names,
+a ``ts`` column, timestamps of November 2025), replayed as fast as possible by
+a real agent process into ``edgeloop-hub serve`` with its embedded broker,
+first from one state directory, then from a fresh one (another machine), so
+that the second run's messages reach the hub and its dedupe must recognise
+them. The device also has a live agent, whose epoch the replays must not
+disturb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.generate import write_csv
+from simulators.harness import AgentProcess, HubProcess
+from simulators.machine import MachineConfig
+from tests.conftest import ModelPaths
+
+pytestmark = pytest.mark.timeout(180)
+ROWS = 600
+
+
+def recording(path: Path, seed: int, rows: int = ROWS) -> Path:
+    config = dataclasses.replace(MachineConfig(seed=seed, rate_hz=10.0), urgent_rate=0.02)
+    write_csv(path, config, rows)
+    return path
+
+
+def counters(hub: HubProcess, device: str) -> dict[str, int]:
+    detail: dict[str, Any] = hub.api.get_json(f"/v1/devices/{device}")
+    return dict(detail["counters"])
+
+
+def run_agent(hub: HubProcess, model: Path, state: Path, env: dict[str, str], *args: str) -> None:
+    agent = AgentProcess(model, state, env=env, args=args, log_level="INFO")
+    with agent.start():
+        assert agent.wait(120) == 0, agent.log_tail(40)
+
+
+def test_a_recording_replayed_twice_is_stored_once(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    csv = recording(tmp_path / "press-7.csv", seed=3)
+    with HubProcess(tmp_path / "hub", model_packages.edge.parent.parent) as hub:
+        env = hub.provision("press-7").agent_env
+        run_agent(hub, model_packages.edge, tmp_path / "live", env, "--readings", "30")
+        live_epoch = hub.api.get_json("/v1/devices/press-7")["epoch"]
+        replay = ("--source", "csv", "--csv-path", str(csv), "--csv-pace", "fast")
+
+        run_agent(hub, model_packages.edge, tmp_path / "replay-a", env, *replay)
+        hub.wait_until(
+            "the recording stored",
+            lambda: counters(hub, "press-7").get("stored_readings", 0) >= 30 + ROWS,
+            timeout=60,
+        )
+        first = counters(hub, "press-7")
+        assert first["stored_readings"] == 30 + ROWS
+        assert first["stored_events"] > 0, "urgent events were expected at a 2 % urgent rate"
+
+        # A fresh state directory: nothing local says what the hub has; the hub's dedupe does.
+        run_agent(hub, model_packages.edge, tmp_path / "replay-b", env, *replay)
+        hub.wait_until(
+            "the second replay's messages counted as duplicates",
+            lambda: counters(hub, "press-7").get("duplicates", 0) > 0,
+            timeout=60,
+        )
+        second = counters(hub, "press-7")
+        assert second["stored_readings"] == first["stored_readings"]
+        assert second["stored_events"] == first["stored_events"]
+        assert "epoch_regressed" not in second  # a replay is not a wiped device
+        detail = hub.api.get_json("/v1/devices/press-7")
+        assert detail["epoch"] == live_epoch and detail["gaps"] == []
+        readings = hub.api.get_json("/v1/devices/press-7/telemetry?since=0&limit=1000")
+        replayed = [r for r in readings["readings"] if r["epoch"] != live_epoch]
+        assert len(replayed) == ROWS
+        assert len({r["ts"] for r in replayed}) == ROWS
+        assert len({r["epoch"] for r in replayed}) == 1
+        stats = hub.api.get_json("/v1/stats/ingest")
+        assert stats["invalid_total"] == 0, stats
