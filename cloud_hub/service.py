@@ -199,6 +199,7 @@ class Hub:
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
             limits=Limits(max_payload_bytes=s.max_payload_bytes),
+            max_future_s=s.max_future_s,
         )
         self.link = HubLink(
             self.endpoint,
@@ -272,7 +273,7 @@ class Hub:
         while days and not self._stop.wait(PRUNE_EVERY_S):
             try:
                 pruned = self.store.prune_telemetry(time.time() - days * 86400)
-                log.info("retention: pruned %d readings older than %g days", pruned, days)
+                log.info("retention: pruned %d readings received over %g days ago", pruned, days)
             except Exception:  # retention must never take the hub down
                 log.exception("retention: pruning failed; will retry")
 

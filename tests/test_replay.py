@@ -6,17 +6,19 @@ a real agent process into ``edgeloop-hub serve`` with its embedded broker,
 first from one state directory, then from a fresh one (another machine), so
 that the second run's messages reach the hub and its dedupe must recognise
 them. The device also has a live agent, whose epoch the replays must not
-disturb.
+disturb. Retention, counted from arrival, keeps the year-old recording.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloud_hub.store import open_store
 from simulators.generate import write_csv
 from simulators.harness import AgentProcess, HubProcess
 from simulators.machine import MachineConfig
@@ -83,3 +85,11 @@ def test_a_recording_replayed_twice_is_stored_once(
         assert len({r["epoch"] for r in replayed}) == 1
         stats = hub.api.get_json("/v1/stats/ingest")
         assert stats["invalid_total"] == 0, stats
+
+        # Retention counts from arrival: the recording (stamped November 2025) stays.
+        store = open_store(f"sqlite:///{hub.db_path}")
+        try:
+            assert store.prune_telemetry(received_before=time.time() - 7 * 86_400) == 0
+            assert store.prune_telemetry(received_before=time.time() + 1) == 30 + ROWS
+        finally:
+            store.close()

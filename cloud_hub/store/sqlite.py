@@ -25,8 +25,9 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` and :func:`_migrate_to_2`, recorded in ``schema_version``:
+Schema (version 3; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1`, :func:`_migrate_to_2` and :func:`_migrate_to_3`,
+recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
 - ``watermarks`` - per (device, epoch) the settled watermark (every seq
@@ -38,7 +39,9 @@ Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
   table (a row per seq above the watermark) with it.
 - ``telemetry`` - one row per stored message: ``first_ts``/``last_ts``/``n``
   plus each array as little-endian bytes (``ts`` float64; ``features``,
-  ``edge_scores``, ``heavy_scores`` float32 with their column counts).
+  ``edge_scores``, ``heavy_scores`` float32 with their column counts), and
+  ``received_at``, when the hub received it, which retention counts from
+  (indexed since version 3).
 - ``events``, ``ota`` - one row per message, one column per field.
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
@@ -100,7 +103,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -266,9 +269,15 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE pending")
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Retention counts from arrival, not from the readings' own timestamps."""
+    db.execute("CREATE INDEX telemetry_by_arrival ON telemetry (received_at)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1218,60 +1227,27 @@ class SQLiteStore:
 
     # -- retention
 
-    def prune_telemetry(self, before_ts: float) -> int:
-        """Delete readings older than ``before_ts``; returns how many. Never touches
+    def prune_telemetry(self, received_before: float) -> int:
+        """Delete the readings the hub received before ``received_before``; returns how
+        many. A reading's own timestamp does not count: a recording from last year,
+        replayed today, is kept for the retention like a reading of today. Never touches
         the dedupe record, so a late replay of a pruned message is still a duplicate.
 
         Works in transactions of a few thousand messages, so that ingest waits for
         one chunk at most, never for the whole prune; each chunk is consistent.
         """
-        with self._read() as db:
-            device_ids = [int(r[0]) for r in db.execute("SELECT id FROM devices")]
         removed = 0
-        for device_id in device_ids:
-            while True:
-                with self._write() as db:
-                    rows = db.execute(
-                        "SELECT id, n, last_ts FROM telemetry WHERE device_id = ? AND first_ts < ? "
-                        "ORDER BY first_ts LIMIT ?",
-                        (device_id, before_ts, _PRUNE_CHUNK),
-                    ).fetchall()
-                    whole = [(int(i),) for i, _, last_ts in rows if last_ts < before_ts]
-                    removed += sum(int(n) for _, n, last_ts in rows if last_ts < before_ts)
-                    db.executemany("DELETE FROM telemetry WHERE id = ?", whole)
-                    for row_id, _, last_ts in rows:
-                        if last_ts >= before_ts:
-                            removed += self._trim(db, int(row_id), before_ts)
-                if len(rows) < _PRUNE_CHUNK:
-                    break
-        return removed
-
-    @staticmethod
-    def _trim(db: sqlite3.Connection, row_id: int, before_ts: float) -> int:
-        """Drop the readings before ``before_ts`` from a message that straddles it."""
-        n, n_f, n_e, n_h, ts_blob, f_blob, e_blob, h_blob = db.execute(
-            "SELECT n, n_features, n_edge, n_heavy, ts, features, edge_scores, heavy_scores "
-            "FROM telemetry WHERE id = ?",
-            (row_id,),
-        ).fetchone()
-        ts = np.frombuffer(ts_blob, dtype=_F8)
-        keep = ts >= before_ts
-        kept = int(keep.sum())
-        db.execute(
-            "UPDATE telemetry SET n = ?, first_ts = ?, last_ts = ?, ts = ?, features = ?, "
-            "edge_scores = ?, heavy_scores = ? WHERE id = ?",
-            (
-                kept,
-                float(ts[keep].min()),
-                float(ts[keep].max()),
-                ts[keep].tobytes(),
-                _f32(f_blob, n, n_f)[keep].astype(_F4).tobytes(),
-                _f32(e_blob, n, n_e)[keep].astype(_F4).tobytes(),
-                _f32(h_blob, n, n_h)[keep].astype(_F4).tobytes(),
-                row_id,
-            ),
-        )
-        return int(n) - kept
+        while True:
+            with self._write() as db:
+                rows = db.execute(
+                    "SELECT id, n FROM telemetry WHERE received_at < ? ORDER BY received_at "
+                    "LIMIT ?",
+                    (received_before, _PRUNE_CHUNK),
+                ).fetchall()
+                db.executemany("DELETE FROM telemetry WHERE id = ?", [(r[0],) for r in rows])
+                removed += sum(int(r[1]) for r in rows)
+            if len(rows) < _PRUNE_CHUNK:
+                return removed
 
 
 # --------------------------------------------------------------------------- rows and cursors
