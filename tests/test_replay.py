@@ -12,6 +12,9 @@ disturb. Retention, counted from arrival, keeps the year-old recording.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,3 +96,70 @@ def test_a_recording_replayed_twice_is_stored_once(
             assert store.prune_telemetry(received_before=time.time() + 1) == 30 + ROWS
         finally:
             store.close()
+
+
+def sim_replay(hub: HubProcess, model: Path, state: Path, *paths: Path) -> tuple[int, list[str]]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulators",
+            "replay",
+            *map(str, paths),
+            "--hub",
+            hub.base_url,
+            "--read-token-file",
+            str(hub.secrets_dir / "read-token"),
+            "--model",
+            str(model),
+            "--state-dir",
+            str(state),
+            *hub.devices_add_flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_sim_replay_runs_a_folder_as_a_fleet_and_a_second_run_stores_nothing_twice(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    recording(folder / "line 1 press.csv", seed=1, rows=300)
+    recording(folder / "mill-2.csv", seed=2, rows=200)
+    (folder / "broken.csv").write_text("ts,foo\n1763700000,1\n")
+    (tmp_path / "empty").mkdir()
+    missing = tmp_path / "nowhere.csv"
+    state = tmp_path / "replay-state"
+    with HubProcess(tmp_path / "hub", model_packages.edge.parent.parent) as hub:
+        code, first = sim_replay(
+            hub, model_packages.edge, state, folder, tmp_path / "empty", missing
+        )
+        assert code == 1, first  # some input was refused; the rest was replayed
+        report = json.loads(first[-1])
+        assert (report["replayed"], report["refused"]) == (2, 3), first
+        assert report["rows_sent"] == report["rows_stored"] == 500, first
+        lines = "\n".join(first)
+        assert "mill-2.csv -> mill-2: 200 rows sent, 200 stored" in lines
+        assert "line 1 press.csv -> line-1-press: 300 rows sent, 300 stored" in lines
+        assert "broken.csv: REFUSED" in lines and "lacks the sensor(s)" in lines
+        assert f"{tmp_path / 'empty'}: REFUSED: directory" in lines
+        assert f"{missing}: REFUSED" in lines and "does not exist" in lines
+        assert first[-2].startswith("replay: 2 files replayed, 3 refused; 500 rows sent")
+        events = {f["device"]: f["urgent_events"] for f in report["files"] if not f["error"]}
+        assert sum(events.values()) > 0
+
+        code, second = sim_replay(hub, model_packages.edge, state, folder / "mill-2.csv", folder)
+        again = json.loads(second[-1])
+        # mill-2.csv twice in one run is one device twice: the second is refused.
+        assert (again["replayed"], again["refused"]) == (2, 2), second
+        assert again["rows_stored"] == 500, second
+        for device, rows in (("line-1-press", 300), ("mill-2", 200)):
+            assert counters(hub, device)["stored_readings"] == rows
+        assert {f["device"]: f["urgent_events"] for f in again["files"] if not f["error"]} == events
+        refused = [f["error"] for f in again["files"] if f["error"]]
+        assert any("'mill-2' is" in e and "already" in e for e in refused), refused
