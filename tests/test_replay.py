@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ from typing import Any
 import pytest
 
 from cloud_hub.store import open_store
+from shared.endpoint import parse_broker_url
 from simulators.generate import write_csv
-from simulators.harness import AgentProcess, HubProcess
+from simulators.harness import AgentProcess, HubProcess, free_port
 from simulators.machine import MachineConfig
 from tests.conftest import ModelPaths
 
@@ -163,3 +165,60 @@ def test_sim_replay_runs_a_folder_as_a_fleet_and_a_second_run_stores_nothing_twi
         assert {f["device"]: f["urgent_events"] for f in again["files"] if not f["error"]} == events
         refused = [f["error"] for f in again["files"] if f["error"]]
         assert any("'mill-2' is" in e and "already" in e for e in refused), refused
+
+
+def outbox_messages(state: Path) -> int:
+    db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_replay_interrupted_away_from_its_hub_is_completed_by_the_next_one(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    """The first run cannot reach its broker and is stopped half-way: its outbox holds
+    the first messages of the recording's epoch, unsent. The next run, from the same
+    state directory, sends those as they are and numbers the rest after them."""
+    csv = tmp_path / "kiln-3.csv"
+    write_csv(csv, MachineConfig(seed=5, rate_hz=100.0), ROWS)  # 6 s of recorded time
+    state = tmp_path / "kiln-3"
+    with HubProcess(tmp_path / "hub", model_packages.edge.parent.parent) as hub:
+        env = hub.provision("kiln-3").agent_env
+        away = parse_broker_url(env["EDGELOOP_AGENT_BROKER"])
+        first = AgentProcess(
+            model_packages.edge,
+            state,
+            env={**env, "EDGELOOP_AGENT_BROKER": dataclasses.replace(away, port=free_port()).url},
+            args=(
+                *("--source", "csv", "--csv-path", str(csv), "--csv-pace", "recorded"),
+                *("--shutdown-timeout-s", "0.5"),
+            ),
+            log_level="INFO",
+        )
+        with first.start(wait=False):
+            first.wait_until(
+                "some messages in the outbox",
+                lambda: outbox_messages(state) >= 5,
+                timeout=30,
+                ignore=(sqlite3.Error,),
+            )
+            assert first.stop() == 0, first.log_tail(20)
+        held = outbox_messages(state)
+        assert 5 <= held < ROWS // 10, held
+
+        # At another pace: the identity does not depend on it.
+        fast = ("--source", "csv", "--csv-path", str(csv), "--csv-pace", "fast")
+        run_agent(hub, model_packages.edge, state, env, *fast)
+        hub.wait_until(
+            "the recording stored",
+            lambda: counters(hub, "kiln-3").get("stored_readings", 0) >= ROWS,
+            timeout=60,
+        )
+        stored = counters(hub, "kiln-3")
+        assert stored["stored_readings"] == ROWS and "duplicates" not in stored, stored
+        readings = hub.api.get_json("/v1/devices/kiln-3/telemetry?since=0&limit=1000")
+        assert len({r["ts"] for r in readings["readings"]}) == ROWS
+        assert hub.api.get_json("/v1/devices/kiln-3")["gaps"] == []
+        assert outbox_messages(state) == 0
