@@ -244,14 +244,12 @@ def _credentials(config: ReplayConfig, device: str) -> dict[str, str]:
     return env
 
 
-def _build(config: ReplayConfig, run: _Run, path: Path, model: Any) -> None:
+def _build(config: ReplayConfig, run: _Run, path: Path, device: str, model: Any) -> None:
     """Provision the device and build its agent; a problem is the file's error."""
     from edge_agent.agent import Agent  # noqa: PLC0415
     from edge_agent.cli import build_actuators, build_source  # noqa: PLC0415
     from edge_agent.settings import load_settings  # noqa: PLC0415
 
-    device = device_for(path, config.device_column)
-    run.result.device = device
     env = _credentials(config, device)
     argv = [
         "--shutdown-timeout-s",
@@ -319,14 +317,14 @@ def run_replay(config: ReplayConfig, stop: threading.Event, out: TextIO) -> dict
     for path in files:
         run = _Run(FileResult(str(path)))
         try:
-            _build(config, run, path, model)
-            assert run.result.device is not None
-            if run.result.device in devices:
+            device = run.result.device = device_for(path, config.device_column)
+            if device in devices:
                 raise ReplayFileError(
-                    f"{path}: device {run.result.device!r} is {devices[run.result.device]}'s "
-                    "already; one device, one file per replay (rename one of them)"
+                    f"{path}: device {device!r} is {devices[device]}'s already; one device, "
+                    "one file per replay (rename one of them)"
                 )
-            devices[run.result.device] = str(path)
+            devices[device] = str(path)
+            _build(config, run, path, device, model)
         except (EdgeloopError, ValueError, OSError) as exc:
             run.result.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             run.agent = None
