@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
@@ -46,6 +46,9 @@ from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.secret_file import read_secret_file, write_private
 from shared.topics import Topics
+
+if TYPE_CHECKING:
+    from cloud_hub.inference import OnnxScorer
 
 __all__ = ["Hub", "HubStartError", "listen", "serve"]
 
@@ -189,6 +192,7 @@ class Hub:
     def _start_ingest(self, heavy_path: Path) -> None:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
+        from cloud_hub.ingest.heavy import HeavyModels  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
         from shared.messages import Limits  # noqa: PLC0415
 
@@ -200,6 +204,7 @@ class Hub:
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
             limits=Limits(max_payload_bytes=s.max_payload_bytes),
+            max_future_s=s.max_future_s,
         )
         self.link = HubLink(
             self.endpoint,
@@ -209,13 +214,21 @@ class Hub:
             max_payload_bytes=s.max_payload_bytes,
             ca_file=s.broker_ca_file,
         )
+        default = OnnxScorer.from_package(heavy)
+        edge_name = heavy.manifest.name.removesuffix("-heavy") + "-edge"
         self.worker = IngestWorker(
             self.store,
             self.link,
-            OnnxScorer.from_package(heavy),
+            default,
             heavy.manifest.version,
             self.topics,
             config=config,
+            heavy_models=HeavyModels(
+                default,
+                heavy.manifest.version,
+                default_edge=edge_name,
+                lookup=self._heavy_lookup,
+            ),
         )
         self.worker.start()
         try:
@@ -229,6 +242,20 @@ class Hub:
         s = self.settings
         self.batch_jobs = BatchJobs(self.store, s.data_dir / "batch", s.models_dir.resolve())
         self.batch_jobs.start()
+
+    def _heavy_lookup(self, name: str, version: str) -> tuple[OnnxScorer, str] | None:
+        """The registered heavy model ``name``: ``version`` if registered, else the newest."""
+        from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+        from shared.manifest import load_package, parse_version  # noqa: PLC0415
+
+        assert self.store is not None
+        found = [r for r in self.store.models() if r.name == name and r.variant == "heavy"]
+        if not found:
+            return None
+        same = [r for r in found if r.version == version]
+        record = same[0] if same else max(found, key=lambda r: parse_version(r.version))
+        package = load_package(Path(record.path))
+        return OnnxScorer.from_package(package), record.version
 
     def _make_app(self) -> None:
         from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
@@ -259,7 +286,7 @@ class Hub:
         while days and not self._stop.wait(PRUNE_EVERY_S):
             try:
                 pruned = self.store.prune_telemetry(time.time() - days * 86400)
-                log.info("retention: pruned %d readings older than %g days", pruned, days)
+                log.info("retention: pruned %d readings received over %g days ago", pruned, days)
             except Exception:  # retention must never take the hub down
                 log.exception("retention: pruning failed; will retry")
 

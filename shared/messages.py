@@ -283,6 +283,8 @@ class Status:
     agent_version: str
     model_version: str | None
     ts: float
+    model: str | None = None
+    """The name of the model the agent runs (optional: agents before it leave it out)."""
     kind: ClassVar[Kind] = Kind.STATUS
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,6 +304,7 @@ class Status:
             f.str_("agent_version"),
             f.opt_str("model_version"),
             f.float_("ts", 0.0),
+            f.opt_str("model"),
         )
 
 
@@ -316,6 +319,9 @@ class Telemetry:
     ts: F64
     features: F32
     scores: F32
+    model: str | None = None
+    """The name of the edge model that computed ``scores`` (optional: agents before it
+    leave it out, and the hub then takes the model to be its default edge model)."""
     kind: ClassVar[Kind] = Kind.TELEMETRY
 
     def __post_init__(self) -> None:
@@ -333,8 +339,8 @@ class Telemetry:
         if not isinstance(other, Telemetry):
             return NotImplemented
         return (
-            (self.device, self.epoch, self.seq, self.model_version)
-            == (other.device, other.epoch, other.seq, other.model_version)
+            (self.device, self.epoch, self.seq, self.model_version, self.model)
+            == (other.device, other.epoch, other.seq, other.model_version, other.model)
             and np.array_equal(self.ts, other.ts)
             and np.array_equal(self.features, other.features)
             and np.array_equal(self.scores, other.scores)
@@ -365,6 +371,8 @@ class Telemetry:
             "features": np.ascontiguousarray(features),
             "scores": np.ascontiguousarray(scores),
         }
+        if self.model is not None:
+            body["model"] = self.model
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
     def to_dict(self) -> dict[str, Any]:
@@ -400,7 +408,7 @@ class Telemetry:
                     field=name,
                     reason="batch_too_large",
                 )
-        return cls(device, epoch, seq, model_version, ts, features, scores)
+        return cls(device, epoch, seq, model_version, ts, features, scores, f.opt_str("model"))
 
 
 @dataclass(frozen=True, slots=True)

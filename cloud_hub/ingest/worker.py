@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.ingest.heavy import HeavyModels
 from cloud_hub.ingest.transport import HEAD_BYTES, Incoming, OversizedPayload
 from cloud_hub.store.base import (
     AckWatermark,
@@ -65,6 +66,7 @@ from cloud_hub.store.base import (
     TelemetryRows,
     WriteResult,
 )
+from shared.epochs import is_replay_epoch
 from shared.errors import DecodeError, TopicError
 from shared.latency import LatencyWindow
 from shared.messages import (
@@ -128,8 +130,8 @@ class IngestConfig:
     """A seq further than this beyond its device's watermark is refused, not a giant gap."""
     ts_floor: float = 1_577_836_800.0
     """Readings stamped before this (unix seconds; default 2020-01-01) are refused."""
-    max_future_s: float = 86_400.0
-    """Readings stamped more than this after the hub's clock are refused."""
+    max_future_s: float = 300.0
+    """Readings stamped more than this after the hub's clock are refused (``ts_in_future``)."""
     max_span_s: float = 86_400.0
     """One telemetry message may span this many seconds at most."""
     gap_retention_s: float = 8 * 86_400.0
@@ -205,7 +207,9 @@ class IngestWorker:
     """The hub's one ingest thread. Build it, :meth:`start` it, :meth:`stop` it.
 
     ``heavy`` scores every reading on the hub (None stores the edge scores only,
-    with an empty heavy-score matrix and ``heavy_version`` as given).
+    with an empty heavy-score matrix and ``heavy_version`` as given);
+    ``heavy_models``, when given, picks the heavy model by the edge model a
+    message names (:mod:`.heavy`), ``heavy`` being its default.
 
     >>> worker = IngestWorker(store, link, heavy, "1.0.0", Topics())  # doctest: +SKIP
     >>> worker.start()  # doctest: +SKIP
@@ -221,11 +225,13 @@ class IngestWorker:
         topics: Topics,
         *,
         config: IngestConfig | None = None,
+        heavy_models: HeavyModels | None = None,
     ) -> None:
         self.store = store
         self.link = link
         self.heavy = heavy
         self.heavy_version = heavy_version
+        self.heavy_models = heavy_models or HeavyModels(heavy, heavy_version)
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -491,10 +497,15 @@ class IngestWorker:
             lo, hi = float(msg.ts.min()), float(msg.ts.max())
         else:
             lo = hi = msg.ts
+        reason = "ts_out_of_range"
         if lo < cfg.ts_floor:
             problem = f"a timestamp {lo:.0f} before the floor {cfg.ts_floor:.0f}"
         elif hi > now + cfg.max_future_s:
-            problem = f"a timestamp {hi - now:.0f} s in the future"
+            reason = "ts_in_future"
+            problem = (
+                f"a timestamp {hi - now:.0f} s ahead of the hub's clock (at most "
+                f"{cfg.max_future_s:g} s, the hub's --max-future-s)"
+            )
         elif hi - lo > cfg.max_span_s:
             problem = f"timestamps spanning {hi - lo:.3g} s (at most {cfg.max_span_s:.0f})"
         else:
@@ -503,7 +514,7 @@ class IngestWorker:
             b,
             msg,
             raw,
-            "ts_out_of_range",
+            reason,
             f"{msg.kind.value} seq {msg.seq} has {problem}; is the device's clock set?",
         )
         return False
@@ -616,7 +627,12 @@ class IngestWorker:
             self._acks += sent
 
     def _fits_heavy(self, b: _Batch, msg: Telemetry, raw: Incoming) -> bool:
-        want = self.heavy.n_features if self.heavy is not None else None
+        heavy, version = self.heavy_models.for_edge(msg.model, msg.model_version)
+        if heavy is None:
+            if msg.model is not None and msg.model != self.heavy_models.default_edge:
+                b.counts[(msg.device, "no_heavy_model")] += 1
+            return True
+        want = heavy.n_features
         if want is None or msg.features.shape[1] == want:
             return True
         self._refuse(
@@ -625,7 +641,7 @@ class IngestWorker:
             raw,
             "feature_count",
             f"telemetry seq {msg.seq} has {msg.features.shape[1]} features per reading; the "
-            f"heavy model {self.heavy_version} reads {want} (is the device's model from "
+            f"heavy model {version} reads {want} (is the device's model from "
             "another feature set?)",
         )
         return False
@@ -653,7 +669,10 @@ class IngestWorker:
 
     def _check_epoch(self, b: _Batch, status: Status) -> None:
         """A birth of an older epoch than the device's: its state was wiped and its clock
-        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so."""
+        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so.
+        A replay's epoch (shared.epochs) is the recording's, repeated on purpose: not checked."""
+        if is_replay_epoch(status.epoch):
+            return
         try:
             known = self.store.device(status.device)
         except Exception:
@@ -677,19 +696,34 @@ class IngestWorker:
     # -- heavy model and the stream write ------------------------------------------------------
 
     def _score(self, b: _Batch) -> None:
-        """Fill every stream entry's ``item``; telemetry the model cannot score is dead-lettered."""
-        telemetry = [s for s in b.stream if isinstance(s.msg, Telemetry)]
+        """Fill every stream entry's ``item``; telemetry the model cannot score is dead-lettered.
+
+        Telemetry is scored in one call per heavy model (usually one for the batch).
+        """
+        groups: dict[int, tuple[OnnxScorer | None, str, list[_Stream]]] = {}
+        for s in b.stream:
+            if isinstance(s.msg, Telemetry):
+                heavy, version = self.heavy_models.for_edge(s.msg.model, s.msg.model_version)
+                groups.setdefault(id(heavy), (heavy, version, []))[2].append(s)
+            else:
+                s.item = s.msg
+        for heavy, version, telemetry in groups.values():
+            self._score_group(b, heavy, version, telemetry)
+
+    def _score_group(
+        self, b: _Batch, model: OnnxScorer | None, version: str, telemetry: list[_Stream]
+    ) -> None:
         heavy_parts: list[npt.NDArray[np.float32]] = []
-        if self.heavy is not None and telemetry:
+        if model is not None:
             features = [s.msg.features for s in telemetry if isinstance(s.msg, Telemetry)]
             try:
-                scores = self.heavy.scores(np.concatenate(features))
+                scores = model.scores(np.concatenate(features))
                 heavy_parts = np.split(scores, np.cumsum([len(f) for f in features])[:-1])
             except Exception:
                 log.exception(
                     "ingest: heavy model %s failed on a batch of %d telemetry messages; "
                     "scoring them one by one",
-                    self.heavy_version,
+                    version,
                     len(telemetry),
                 )
                 b.counts[(None, "ingest_errors")] += 1
@@ -697,13 +731,13 @@ class IngestWorker:
         for i, s in enumerate(telemetry):
             msg = s.msg
             assert isinstance(msg, Telemetry)
-            if self.heavy is None:
+            if model is None:
                 heavy = np.empty((len(msg), 0), dtype=np.float32)
             elif heavy_parts:
                 heavy = heavy_parts[i]
             else:
                 try:
-                    heavy = self.heavy.scores(msg.features)
+                    heavy = model.scores(msg.features)
                 except Exception as exc:
                     self._refuse(b, msg, s.raw, "heavy_error", str(exc))
                     continue
@@ -712,16 +746,13 @@ class IngestWorker:
                 epoch=msg.epoch,
                 seq=msg.seq,
                 edge_model_version=msg.model_version,
-                heavy_model_version=self.heavy_version,
+                heavy_model_version=version if model is not None else self.heavy_version,
                 ts=msg.ts,
                 features=msg.features,
                 edge_scores=msg.scores,
                 heavy_scores=heavy.astype(np.float32, copy=False),
                 received_at=s.raw[2],
             )
-        for s in b.stream:
-            if not isinstance(s.msg, Telemetry):
-                s.item = s.msg
 
     def _store_stream(self, b: _Batch) -> None:
         self._score(b)
@@ -789,7 +820,7 @@ class IngestWorker:
             b.counts[(msg.device, "stored_messages")] += 1
             if isinstance(msg, Telemetry):
                 b.counts[(msg.device, "stored_readings")] += len(msg)
-                if self.heavy is not None and isinstance(s.item, TelemetryRows):
+                if isinstance(s.item, TelemetryRows) and s.item.heavy_scores.shape[1]:
                     # Operators watch how often the int8 edge model and the heavy
                     # model pick different classes for the same readings.
                     edge, heavy = (

@@ -307,7 +307,8 @@ class Store(Protocol):
         ...
 
     # -- retention
-    def prune_telemetry(self, before_ts: float) -> int:
-        """Delete readings older than ``before_ts``; returns how many. Never touches
-        the dedupe record, so a late replay of a pruned message is still a duplicate."""
+    def prune_telemetry(self, received_before: float) -> int:
+        """Delete the readings received (``received_at``) before ``received_before``,
+        whatever their own timestamps; returns how many. Never touches the dedupe
+        record, so a late replay of a pruned message is still a duplicate."""
         ...

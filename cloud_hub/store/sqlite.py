@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 3; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1`, :func:`_migrate_to_2` and :func:`_migrate_to_3`,
+Schema (version 4; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_4`,
 recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
@@ -39,12 +39,14 @@ recorded in ``schema_version``:
   table (a row per seq above the watermark) with it.
 - ``telemetry`` - one row per stored message: ``first_ts``/``last_ts``/``n``
   plus each array as little-endian bytes (``ts`` float64; ``features``,
-  ``edge_scores``, ``heavy_scores`` float32 with their column counts).
+  ``edge_scores``, ``heavy_scores`` float32 with their column counts), and
+  ``received_at``, when the hub received it, which retention counts from
+  (indexed since version 3).
 - ``events``, ``ota`` - one row per message, one column per field.
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
 - ``models`` - (name, version) -> manifest JSON, path, registered_at.
-- ``batch_jobs`` - one row per batch scoring job (version 3): its request
+- ``batch_jobs`` - one row per batch scoring job (version 4): its request
   (devices as JSON, time range, model), state, progress, result file, error.
 
 Errors::
@@ -94,7 +96,8 @@ from cloud_hub.store.base import (
     WriteResult,
 )
 from cloud_hub.store.ledger import Ledger
-from shared.errors import EdgeloopError
+from shared.epochs import is_replay_epoch
+from shared.errors import EdgeloopError, ManifestError
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
 
@@ -103,7 +106,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -127,6 +130,11 @@ class StoreError(EdgeloopError):
 
 
 # --------------------------------------------------------------------------- schema
+
+
+def _live_epoch(epoch: int) -> int:
+    """The epoch a device record keeps: a replay's counts as 0 (below every live one)."""
+    return 0 if is_replay_epoch(epoch) else epoch
 
 
 def _migrate_to_1(db: sqlite3.Connection) -> None:
@@ -265,6 +273,11 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
 
 
 def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Retention counts from arrival, not from the readings' own timestamps."""
+    db.execute("CREATE INDEX telemetry_by_arrival ON telemetry (received_at)")
+
+
+def _migrate_to_4(db: sqlite3.Connection) -> None:
     """Batch scoring jobs over stored telemetry (``POST /v1/batch/jobs``)."""
     db.execute(
         """CREATE TABLE batch_jobs (
@@ -293,6 +306,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
+    4: _migrate_to_4,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -847,7 +861,9 @@ class SQLiteStore:
 
     def record_status(self, status: Status, received_at: float) -> None:
         """Birth or will. A status of an older epoch than the device's is stale:
-        it updates last_seen only (a late will must not mark a restarted agent offline)."""
+        it updates last_seen only (a late will must not mark a restarted agent offline).
+        A replay's epoch (:mod:`shared.epochs`) is never the device's: it counts as 0, so a
+        replay moves the state of a device that has no live agent, and leaves a live one's."""
         with self._write() as db:
             db.execute(
                 "INSERT INTO devices (name, state, epoch, agent_version, model_version, "
@@ -862,7 +878,7 @@ class SQLiteStore:
                 (
                     status.device,
                     status.state,
-                    status.epoch,
+                    _live_epoch(status.epoch),
                     status.agent_version,
                     status.model_version,
                     received_at,
@@ -887,7 +903,7 @@ class SQLiteStore:
                 "last_health = excluded.last_health",
                 (
                     health.device,
-                    health.epoch,
+                    _live_epoch(health.epoch),
                     health.model_version,
                     received_at,
                     received_at,
@@ -1187,6 +1203,25 @@ class SQLiteStore:
                     manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
                 )
             stored, old_path, first_at = row
+            if (
+                stored != text
+                and _model_record((manifest.name, manifest.version, "", "", 0.0, stored)) is None
+            ):
+                # A record of a manifest format this build no longer reads (the sensors
+                # moved into the manifest in format 2): the package was rebuilt; take it.
+                logger.warning(
+                    "model %s %s: replacing its record of an older manifest format",
+                    manifest.name,
+                    manifest.version,
+                )
+                db.execute(
+                    "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ? "
+                    "WHERE name = ? AND version = ?",
+                    (manifest.variant, path, registered_at, text, manifest.name, manifest.version),
+                )
+                return ModelRecord(
+                    manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
+                )
             if stored != text:
                 raise ValueError(
                     f"model {manifest.name} {manifest.version} is already registered (from "
@@ -1207,7 +1242,7 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT name, version, variant, path, registered_at, manifest FROM models"
             ).fetchall()
-        records = [_model_record(row) for row in rows]
+        records = [r for r in map(_model_record, rows) if r is not None]
         return sorted(records, key=lambda r: (r.name, r.manifest.version_key))
 
     def model(self, name: str, version: str) -> ModelRecord | None:
@@ -1217,9 +1252,7 @@ class SQLiteStore:
                 "WHERE name = ? AND version = ?",
                 (name, version),
             ).fetchone()
-        return None if row is None else _model_record(row)
-
-    # -- retention
+        return None if row is None else _model_record(row)  # None too if unreadable
 
     # -- batch jobs
 
@@ -1280,60 +1313,29 @@ class SQLiteStore:
             )
         return ids
 
-    def prune_telemetry(self, before_ts: float) -> int:
-        """Delete readings older than ``before_ts``; returns how many. Never touches
+    # -- retention
+
+    def prune_telemetry(self, received_before: float) -> int:
+        """Delete the readings the hub received before ``received_before``; returns how
+        many. A reading's own timestamp does not count: a recording from last year,
+        replayed today, is kept for the retention like a reading of today. Never touches
         the dedupe record, so a late replay of a pruned message is still a duplicate.
 
         Works in transactions of a few thousand messages, so that ingest waits for
         one chunk at most, never for the whole prune; each chunk is consistent.
         """
-        with self._read() as db:
-            device_ids = [int(r[0]) for r in db.execute("SELECT id FROM devices")]
         removed = 0
-        for device_id in device_ids:
-            while True:
-                with self._write() as db:
-                    rows = db.execute(
-                        "SELECT id, n, last_ts FROM telemetry WHERE device_id = ? AND first_ts < ? "
-                        "ORDER BY first_ts LIMIT ?",
-                        (device_id, before_ts, _PRUNE_CHUNK),
-                    ).fetchall()
-                    whole = [(int(i),) for i, _, last_ts in rows if last_ts < before_ts]
-                    removed += sum(int(n) for _, n, last_ts in rows if last_ts < before_ts)
-                    db.executemany("DELETE FROM telemetry WHERE id = ?", whole)
-                    for row_id, _, last_ts in rows:
-                        if last_ts >= before_ts:
-                            removed += self._trim(db, int(row_id), before_ts)
-                if len(rows) < _PRUNE_CHUNK:
-                    break
-        return removed
-
-    @staticmethod
-    def _trim(db: sqlite3.Connection, row_id: int, before_ts: float) -> int:
-        """Drop the readings before ``before_ts`` from a message that straddles it."""
-        n, n_f, n_e, n_h, ts_blob, f_blob, e_blob, h_blob = db.execute(
-            "SELECT n, n_features, n_edge, n_heavy, ts, features, edge_scores, heavy_scores "
-            "FROM telemetry WHERE id = ?",
-            (row_id,),
-        ).fetchone()
-        ts = np.frombuffer(ts_blob, dtype=_F8)
-        keep = ts >= before_ts
-        kept = int(keep.sum())
-        db.execute(
-            "UPDATE telemetry SET n = ?, first_ts = ?, last_ts = ?, ts = ?, features = ?, "
-            "edge_scores = ?, heavy_scores = ? WHERE id = ?",
-            (
-                kept,
-                float(ts[keep].min()),
-                float(ts[keep].max()),
-                ts[keep].tobytes(),
-                _f32(f_blob, n, n_f)[keep].astype(_F4).tobytes(),
-                _f32(e_blob, n, n_e)[keep].astype(_F4).tobytes(),
-                _f32(h_blob, n, n_h)[keep].astype(_F4).tobytes(),
-                row_id,
-            ),
-        )
-        return int(n) - kept
+        while True:
+            with self._write() as db:
+                rows = db.execute(
+                    "SELECT id, n FROM telemetry WHERE received_at < ? ORDER BY received_at "
+                    "LIMIT ?",
+                    (received_before, _PRUNE_CHUNK),
+                ).fetchall()
+                db.executemany("DELETE FROM telemetry WHERE id = ?", [(r[0],) for r in rows])
+                removed += sum(int(r[1]) for r in rows)
+            if len(rows) < _PRUNE_CHUNK:
+                return removed
 
 
 # --------------------------------------------------------------------------- rows and cursors
@@ -1387,16 +1389,16 @@ def _batch_job(row: tuple[Any, ...]) -> BatchJob:
     )
 
 
-def _model_record(row: tuple[Any, ...]) -> ModelRecord:
+def _model_record(row: tuple[Any, ...]) -> ModelRecord | None:
+    """The record, or None for a manifest this build cannot read (an older format):
+    such a model is left out until it is rebuilt and registered again."""
     name, version, variant, path, registered_at, text = row
-    return ModelRecord(
-        name,
-        version,
-        variant,
-        path,
-        float(registered_at),
-        ModelManifest.from_dict(json.loads(text)),
-    )
+    try:
+        manifest = ModelManifest.from_dict(json.loads(text))
+    except (ManifestError, ValueError) as exc:
+        logger.warning("model %s %s: its registered manifest is unreadable: %s", name, version, exc)
+        return None
+    return ModelRecord(name, version, variant, path, float(registered_at), manifest)
 
 
 def _encode_telemetry_cursor(first_ts: float, row_id: int, offset: int) -> str:

@@ -177,7 +177,7 @@ messages = st.one_of(*STRATEGIES.values())
 
 # One fixed, valid example of every type: the base of the mutation tests.
 EXAMPLES: dict[type, Message] = {
-    Status: Status("pi-07", 3, 41, "online", "0.1.0", "1.4.0", 1_700_000_000.5),
+    Status: Status("pi-07", 3, 41, "online", "0.1.0", "1.4.0", 1_700_000_000.5, "rig-edge"),
     Telemetry: Telemetry(
         "pi-07",
         3,
@@ -186,6 +186,7 @@ EXAMPLES: dict[type, Message] = {
         np.array([1.0, 2.0, 3.0]),
         np.arange(12, dtype=np.float32).reshape(3, 4) / np.float32(3),
         np.array([[0.9, 0.1], [0.5, 0.5], [0.25, 0.75]], dtype=np.float32),
+        "rig-edge",
     ),
     Event: Event(
         "pi-07",
@@ -588,6 +589,7 @@ FIELDS: dict[type, dict[str, Any]] = {
         "agent_version": Str(),
         "model_version": Str(optional=True),
         "ts": Float(0.0),
+        "model": Str(optional=True),
     },
     Telemetry: {
         **_HEAD,
@@ -595,6 +597,7 @@ FIELDS: dict[type, dict[str, Any]] = {
         "ts": Array(1),
         "features": Array(2),
         "scores": Array(2),
+        "model": Str(optional=True),
     },
     Event: {
         **_HEAD,

@@ -4,6 +4,7 @@ schema version, and the ``sqlite:///`` URLs of :func:`open_store`."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.store import SCHEMA_VERSION, SQLiteStore, StoreError, open_store
-from tests.cloud_hub.store.samples import event, tele
+from tests.cloud_hub.store.samples import event, manifest, tele
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -211,3 +212,24 @@ def test_migration_2_turns_pending_rows_into_a_ledger(tmp_path: Path) -> None:
     with SQLiteStore(db_path) as store:
         assert [(g.first_seq, g.last_seq) for g in store.gaps()] == [(3, 4), (7, 8)]
         assert store.write_stream([tele("pi-01", 1, 6)]).duplicates == [("pi-01", 1, 6)]
+
+
+def test_a_model_record_of_an_older_manifest_format_is_replaced_not_fatal(tmp_path: Path) -> None:
+    """A hub upgraded across manifest format 2 finds format-1 records in its store."""
+    new = manifest("machine-edge", "1.0.0")
+    old = new.to_dict()
+    old["format"] = 1
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        with store._write() as db:  # as an older build left it
+            db.execute(
+                "INSERT INTO models (name, version, variant, path, registered_at, manifest) "
+                "VALUES ('machine-edge', '1.0.0', 'edge', '/old', 1.0, ?)",
+                (json.dumps(old),),
+            )
+        assert store.models() == [] and store.model("machine-edge", "1.0.0") is None
+        rec = store.register_model(new, "/new", registered_at=2.0)
+        assert (rec.path, rec.manifest) == ("/new", new)
+        assert [r.manifest for r in store.models()] == [new]
+        changed = manifest("machine-edge", "1.0.0", metrics={"holdout_auc": 0.5})
+        with pytest.raises(ValueError, match="different manifest"):  # a readable one is kept
+            store.register_model(changed, "/other", registered_at=3.0)
