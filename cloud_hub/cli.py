@@ -5,6 +5,7 @@
     edgeloop-hub certs init [--host NAME ...] [--force] | certs server [--host NAME ...]
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
     edgeloop-hub models train --data FILE_OR_DIR... [--label COLUMN --urgent VALUE...] ...
+    edgeloop-hub batch score --model NAME[@VERSION] --input FILE_OR_DIR... --output FILE [--format F]
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
 never loads scikit-learn or onnxruntime. Errors print one line and exit 2.
@@ -18,6 +19,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from shared.errors import EdgeloopError
 
@@ -122,6 +124,156 @@ def _certs(args: argparse.Namespace) -> int:
         issue_server(files, hosts)
     print(describe(files))
     return 0
+
+
+def _store_records(store_url: str) -> list[Any]:
+    """The registry's models; none when the store's SQLite file does not exist yet
+    (batch score creates no store)."""
+    from cloud_hub.store import open_store  # noqa: PLC0415
+
+    if store_url.startswith("sqlite:///") and not Path(store_url[len("sqlite:///") :]).exists():
+        return []
+    store = open_store(store_url)
+    try:
+        return list(store.models())
+    finally:
+        store.close()
+
+
+def _batch_score(args: argparse.Namespace) -> int:
+    from cloud_hub.batch.files import score_files  # noqa: PLC0415
+    from cloud_hub.batch.output import format_for  # noqa: PLC0415
+    from cloud_hub.batch.registry import resolve_model  # noqa: PLC0415
+    from cloud_hub.recordings import CsvOptions  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+    from shared.columns import parse_column_map  # noqa: PLC0415
+
+    settings = resolve_settings(args, serving=False)
+    try:
+        column_map = parse_column_map(args.csv_map)
+    except ValueError as exc:
+        args.parser.error(f"--csv-map: {exc}")
+    options = CsvOptions(
+        delimiter=args.csv_delimiter,
+        ts_column=args.ts_column,
+        ts_unit=args.ts_unit,
+        column_map=column_map,
+        device_column=args.device_column,
+    )
+    fmt = format_for(args.output, args.format)
+    package = resolve_model(args.model, _store_records(settings.store), settings.models_dir)
+    summary = score_files(
+        package,
+        args.input,
+        args.output,
+        fmt,
+        options,
+        chunk_rows=args.chunk_rows,
+        row_by_row={"auto": None, "yes": True, "no": False}[args.row_by_row],
+    )
+    checks = ", ".join(f"{k}={v}" for k, v in sorted(summary.input_checks.items())) or "none"
+    print(
+        f"{summary.rows} rows from {summary.files} file(s), {summary.series} series, in "
+        f"{summary.elapsed_s:.2f} s ({summary.rows_per_s:,.0f} rows/s); urgent rows: "
+        f"{summary.urgent_rows}; bad cells: {summary.bad_cells}; input checks: {checks}; "
+        f"model {summary.model} {summary.version}"
+        f"{' (scored row by row, as a device does)' if summary.row_by_row else ''}; "
+        f"written to {summary.output} ({summary.format})"
+    )
+    print(json.dumps(summary.to_dict(), sort_keys=True))
+    return 0
+
+
+def _add_batch(commands: Any) -> None:
+    from cloud_hub.settings import OPTIONS  # noqa: PLC0415
+
+    batch = commands.add_parser(
+        "batch",
+        help="batch inference (score)",
+        description="Batch inference with a registered model.",
+    )
+    batch.set_defaults(parser=batch)
+    batch_cmds = batch.add_subparsers(title="batch commands", metavar="COMMAND")
+    score = batch_cmds.add_parser(
+        "score",
+        help="score recorded CSV (or Parquet) files with a registered model into one result file",
+        description="Read each input (CSV, or Parquet with pyarrow) in chunks, compute the "
+        "model's features per device (--device-column) or per file, score them, apply the "
+        "model's urgent rule, and write every input row, in order, with its timestamp (and "
+        "device), the predicted class, the urgent score and urgent (0/1) to --output. A cell "
+        "that is not a number counts as missing (and is counted); every row is kept. Prints a "
+        "summary, then one JSON line. The model comes from the hub's registry (--store, "
+        "--models-dir), whether or not the hub runs.",
+    )
+    score.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME[@VERSION]",
+        help="a registered model, e.g. machine-heavy or machine-edge@1.0.0 (no version: the newest)",
+    )
+    score.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="CSV or Parquet files, or directories searched for *.csv and *.tsv",
+    )
+    score.add_argument(
+        "--output", required=True, type=Path, metavar="FILE", help="the result file (replaced)"
+    )
+    score.add_argument(
+        "--format",
+        choices=("csv", "jsonl", "parquet"),
+        help="output format (default: from --output's suffix, .jsonl or .parquet; else csv)",
+    )
+    score.add_argument(
+        "--device-column",
+        metavar="NAME",
+        help="column naming each row's device: one feature window and urgent rule per device "
+        "(default: one series per file)",
+    )
+    score.add_argument(
+        "--csv-map",
+        default="",
+        metavar="MAP",
+        help="where each sensor is when its column has another name: SENSOR=COLUMN,...",
+    )
+    score.add_argument(
+        "--csv-delimiter",
+        choices=("auto", ",", ";", "tab"),
+        default="auto",
+        help="CSV field separator (default: auto, from the header)",
+    )
+    score.add_argument(
+        "--ts-column",
+        default="ts",
+        metavar="NAME",
+        help="timestamp column: ISO 8601, or unix seconds or milliseconds (default: ts)",
+    )
+    score.add_argument(
+        "--ts-unit",
+        choices=("auto", "s", "ms"),
+        default="auto",
+        help="unit of a numeric timestamp (default: auto, ms when over 1e11)",
+    )
+    score.add_argument(
+        "--chunk-rows",
+        type=_positive_int,
+        default=16_384,
+        metavar="N",
+        help="rows read, scored and written at a time (default: 16384)",
+    )
+    score.add_argument(
+        "--row-by-row",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="score each row alone, as a device does (auto: for int8 models, whose dynamic "
+        "quantization makes a row's scores depend on the rows scored with it)",
+    )
+    OPTIONS.add_to(score, only=("data_dir", "models_dir", "store"))
+    score.set_defaults(handler=_batch_score, parser=score)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -291,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--host", action="append", metavar="NAME", help=hosts_help)
     OPTIONS.add_to(server, only=("data_dir",))
     server.set_defaults(handler=_certs, certs_command="server")
+    _add_batch(commands)
     return parser
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "Provisioned",
     "ReservedNameError",
     "add_device",
+    "device_broker",
     "mosquitto_acl",
     "mosquitto_password_line",
     "provision_device",
@@ -287,6 +288,18 @@ def provision_device(
     )
 
 
+def device_broker(settings: HubSettings) -> BrokerEndpoint:
+    """Where the hub's devices reach its broker, without credentials: the embedded
+    broker's listener (its TLS one if there is one), or the external broker."""
+    if settings.embedded_broker:
+        tls_port = settings.mqtt_tls_port
+        return BrokerEndpoint(
+            settings.broker_host, tls_port or settings.broker_port, tls=bool(tls_port)
+        )
+    # The hub's own URL, without its account: it keeps mqtts.
+    return dataclasses.replace(settings.external_broker(), username=None, password=None)
+
+
 def add_device(
     settings: HubSettings,
     device: str,
@@ -306,19 +319,14 @@ def add_device(
 
     validate_device_id(device)
     hub_user = HUB_USER
+    # With a TLS listener, devices are given it (mqtts://) and the CA to check it.
+    broker = device_broker(settings)
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # With a TLS listener, devices are given it (mqtts://) and the CA to check it.
-        tls_port = settings.mqtt_tls_port
-        broker = BrokerEndpoint(
-            settings.broker_host, tls_port or settings.broker_port, tls=bool(tls_port)
-        )
         password_file: Path | None = settings.password_file
     else:
-        external = settings.external_broker()
-        broker = dataclasses.replace(external, username=None, password=None)  # keeps mqtts
         password_file = None
-        hub_user = external.username or HUB_USER
+        hub_user = settings.external_broker().username or HUB_USER
     if settings.embedded_broker and mosquitto_files is not None:
         raise ValueError(
             "the Mosquitto files are for an external Mosquitto (--broker mqtt://...); the "

@@ -23,11 +23,13 @@ recording costs one chunk's memory. Two modes:
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -248,16 +250,84 @@ class Recording:
             yield from self._chunks(fh, rows, strict)
 
     def _chunks(self, fh: TextIO, rows: int, strict: bool) -> Iterator[Chunk]:
+        if not strict:
+            yield from self._lenient_chunks(fh, rows)
+            return
         reader = csv.reader(fh, delimiter=self.delimiter)
         next(reader, None)
+        yield from self._parse(reader, 0, rows, strict, _ReadState())
+
+    def _lenient_chunks(self, fh: TextIO, rows: int) -> Iterator[Chunk]:
+        """Lenient chunks, ``rows`` lines at a time: numpy's C parser where a block
+        allows it (numbers only, no quotes, every field there), else the row-by-row
+        parser for that block, which gives the same values. From the first quote on,
+        the rest of the file goes through the row-by-row parser (a quoted field may
+        hold a line break)."""
+        fh.readline()  # the header, read by Recording.open
+        state = _ReadState()
+        while True:
+            lines = list(itertools.islice(fh, rows))
+            if not lines:
+                return
+            if any('"' in text for text in lines):
+                reader = csv.reader(itertools.chain(lines, fh), delimiter=self.delimiter)
+                yield from self._parse(reader, state.line, rows, False, state)
+                return
+            chunk = self._numeric_block(lines, state)
+            if chunk is None:
+                reader = csv.reader(lines, delimiter=self.delimiter)
+                chunk = next(self._parse(reader, state.line, len(lines), False, state), None)
+            if chunk is not None:
+                yield chunk
+            if len(lines) < rows:
+                return
+
+    def _numeric_block(self, lines: list[str], state: _ReadState) -> Chunk | None:
+        """The block through ``np.loadtxt``, or None when it does not parse whole."""
+        d = self.delimiter
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = np.loadtxt(
+                    lines,
+                    delimiter=d,
+                    usecols=[self._ts, *self._columns],
+                    dtype=np.float64,
+                    comments=None,
+                    ndmin=2,
+                )
+        except ValueError:
+            return None
+        if parsed.shape[0] != len(lines):
+            return None  # blank lines: the row-by-row parser skips them
+        if state.scale is None:
+            state.scale = timestamp_scale(lines[0].split(d)[self._ts].strip(), self.options.ts_unit)
+        ts = parsed[:, 0] * state.scale
+        ts[~np.isfinite(ts)] = math.nan
+        labels = devices = None
+        if self._label is not None or self._device is not None:
+            cut = max(self._label or 0, self._device or 0) + 1
+            fields = [text.split(d, cut) for text in lines]
+            if self._label is not None:
+                labels = [f[self._label].strip() for f in fields]
+            if self._device is not None:
+                devices = [f[self._device].strip() for f in fields]
+        first = state.line + 1
+        state.line += len(lines)
+        return Chunk(first, ts, np.ascontiguousarray(parsed[:, 1:]), labels, devices, 0)
+
+    def _parse(
+        self, reader: Any, base: int, rows: int, strict: bool, state: _ReadState
+    ) -> Iterator[Chunk]:
+        """Chunks of the rows ``reader`` gives, row by row; ``base`` is the file line
+        before the reader's first."""
         n_sensors = len(self.sensors)
         names = [self.header[c] for c in self._columns]
         cols, ts_col = self._columns, self._ts
         label_col, device_col = self._label, self._device
         need = max([ts_col, *cols, label_col or 0, device_col or 0]) + 1
-        scale: float | None = None
-        last_ts: dict[str, float] = {}
-        line = 1
+        last_ts = state.last_ts
+        line = state.line
         while True:
             ts = np.empty(rows, dtype=np.float64)
             values = np.empty((rows, n_sensors), dtype=np.float64)
@@ -272,11 +342,11 @@ class Recording:
                 except StopIteration:
                     break
                 except csv.Error as exc:
-                    line += 1
+                    line = state.line = line + 1
                     if strict:
                         raise self._fail(line, None, f"is not valid CSV ({exc})") from None
                     row = []
-                line = reader.line_num
+                line = state.line = base + reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # a blank line
                 if len(row) < need:
@@ -290,10 +360,10 @@ class Recording:
                     bad += n_sensors
                     row = row + [""] * (need - len(row))
                 text = row[ts_col].strip()
-                if scale is None and text:
-                    scale = timestamp_scale(text, self.options.ts_unit)
+                if state.scale is None and text:
+                    state.scale = timestamp_scale(text, self.options.ts_unit)
                 try:
-                    t = parse_timestamp(text, scale or 1.0)
+                    t = parse_timestamp(text, state.scale or 1.0)
                     if not math.isfinite(t):
                         raise ValueError(text)
                 except ValueError:
@@ -349,6 +419,16 @@ class Recording:
             yield Chunk(first_line, ts[:n].copy(), values[:n].copy(), labels, devices, bad)
             if n < rows:
                 return
+
+
+@dataclass(slots=True)
+class _ReadState:
+    """What reading a file carries from row to row: the timestamp unit, each series'
+    last timestamp (strict), and the file line of the last row read."""
+
+    scale: float | None = None
+    last_ts: dict[str, float] = field(default_factory=dict)
+    line: int = 1
 
 
 def read_recording(

@@ -8,6 +8,9 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one ingest worker thread drains that queue in batches, scores them with the
   heavy model, writes the store (its single writer) and publishes acks;
 - one maintenance thread prunes old telemetry now and then;
+- one batch thread runs batch jobs (``/v1/batch/jobs``), one at a time
+  (:mod:`cloud_hub.batch.jobs`); at start it marks failed the jobs an earlier
+  hub left unfinished;
 - the embedded broker (amqtt) runs in its own process, watched by one supervisor
   thread that restarts it when it dies (:mod:`cloud_hub.broker.supervisor`).
 
@@ -83,6 +86,7 @@ class Hub:
         self.link: Any = None
         self.worker: Any = None
         self.app: Any = None
+        self.batch_jobs: Any = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -96,6 +100,7 @@ class Hub:
         self._open_store()
         heavy_path = self._models()
         self._start_ingest(heavy_path)
+        self._start_batch_jobs()
         self._make_app()
         self._maintenance = threading.Thread(
             target=self._maintain, name="hub-maintenance", daemon=True
@@ -199,6 +204,7 @@ class Hub:
             batch_max_wait_ms=s.ingest_batch_wait_ms,
             dead_letter_keep=s.dead_letter_keep,
             limits=Limits(max_payload_bytes=s.max_payload_bytes),
+            max_future_s=s.max_future_s,
         )
         self.link = HubLink(
             self.endpoint,
@@ -229,6 +235,13 @@ class Hub:
             self.link.start()
         except (OSError, EdgeloopError, RuntimeError) as exc:
             raise HubStartError(str(exc)) from None
+
+    def _start_batch_jobs(self) -> None:
+        from cloud_hub.batch.jobs import BatchJobs  # noqa: PLC0415
+
+        s = self.settings
+        self.batch_jobs = BatchJobs(self.store, s.data_dir / "batch", s.models_dir.resolve())
+        self.batch_jobs.start()
 
     def _heavy_lookup(self, name: str, version: str) -> tuple[OnnxScorer, str] | None:
         """The registered heavy model ``name``: ``version`` if registered, else the newest."""
@@ -263,6 +276,7 @@ class Hub:
             ingest_stats=lambda: dataclasses.asdict(worker.stats()),
             models_root=s.models_dir.resolve(),
             parts=self.parts,
+            batch_jobs=self.batch_jobs,
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -272,7 +286,7 @@ class Hub:
         while days and not self._stop.wait(PRUNE_EVERY_S):
             try:
                 pruned = self.store.prune_telemetry(time.time() - days * 86400)
-                log.info("retention: pruned %d readings older than %g days", pruned, days)
+                log.info("retention: pruned %d readings received over %g days ago", pruned, days)
             except Exception:  # retention must never take the hub down
                 log.exception("retention: pruning failed; will retry")
 
@@ -281,6 +295,7 @@ class Hub:
         self._stop.set()
         parts: list[tuple[str, Any, Callable[[Any], object]]] = [
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
+            ("batch jobs", self.batch_jobs, lambda jobs: jobs.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),
             ("store", self.store, lambda store: store.close()),
             ("broker supervisor", self.supervisor, lambda supervisor: supervisor.stop()),

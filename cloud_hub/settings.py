@@ -189,8 +189,15 @@ OPTIONS: Final = OptionTable(
             "retention_days",
             non_negative_float,
             7.0,
-            "keep telemetry this many days (0: forever)",
+            "keep telemetry this many days after the hub received it, whatever its own timestamps (0: forever); events are kept",
             "DAYS",
+        ),
+        Option(
+            "max_future_s",
+            non_negative_float,
+            300.0,
+            "a stream message stamped more than this many seconds after the hub's clock is refused: counted invalid:ts_in_future, kept as a dead letter and acked, never stored",
+            "S",
         ),
         Option(
             "ingest_queue_max",
@@ -273,6 +280,7 @@ class HubSettings:
     max_payload_bytes: int
     stale_after_s: float
     retention_days: float
+    max_future_s: float
     ingest_queue_max: int
     ingest_queue_max_bytes: int
     ingest_batch_max: int

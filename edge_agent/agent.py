@@ -23,6 +23,7 @@ from edge_agent.batcher import Batch, Batcher
 from edge_agent.engine import EdgeModel
 from edge_agent.epoch import next_epoch
 from edge_agent.outbox import Outbox
+from edge_agent.replay_identity import identity_for
 from edge_agent.rules import Decision, UrgentRule
 from edge_agent.settings import AgentSettings
 from edge_agent.sources.base import Source
@@ -77,16 +78,19 @@ class Agent:
             manifest.urgent, manifest.output.urgent_index, manifest.input.sensor_names
         )
         self.urgent_index = manifest.output.urgent_index
+        # A replayed recording's epoch is the recording's (edge_agent.replay_identity);
+        # any other source's is bumped (and fsynced) here, so the outbox knows which
+        # epoch its new seqs belong to before the first reading.
+        self.replay = identity_for(settings, manifest)
+        self.epoch = self.replay.epoch if self.replay else next_epoch(settings.state_dir)
         self.batcher = Batcher(
             settings.max_batch,
             settings.max_delay_ms / 1000.0,
             self.features.n_features,
             model.n_classes,
+            recorded_time=self.replay is not None,
         )
         self.wake = threading.Event()
-        # The epoch is bumped (and fsynced) here, so the outbox knows which epoch
-        # its new seqs belong to before the first reading.
-        self.epoch = next_epoch(settings.state_dir)
         self.outbox = Outbox(
             settings.state_dir / "outbox.db" if settings.outbox == "disk" else None,
             self.epoch,
@@ -96,6 +100,7 @@ class Agent:
             min_free_bytes=settings.outbox_min_free_bytes,
             fsync_ms=settings.outbox_fsync_ms,
             wake=self.wake,
+            replay=self.replay is not None,
         )
         self.counters = Counters()
         self.latency = LatencyWindow()
@@ -214,6 +219,14 @@ class Agent:
         link.birth = lambda: self._status("online")
         link.will = lambda: self._status("offline")
         self._link = link
+        if self.replay is not None:
+            log.info(
+                "device %r: replaying %s (sha256 %s) as epoch %d, seqs from 1",
+                device,
+                self.settings.csv_path,
+                self.replay.file_sha256[:16],
+                self.epoch,
+            )
         log.info(
             "device %r: agent %s starting, epoch %d, model %s %s, broker %s",
             device,
@@ -237,16 +250,53 @@ class Agent:
         # Everything loaded so far lives as long as the process: keep it out of
         # the collector's way so its pauses stay short on the reading path.
         gc.freeze()
+        finished = False
         try:
             for reading in self.source.readings(stop):
                 self.process(reading.ts, reading.values)
                 if limit and self.readings >= limit:
                     break
+                if self.replay is not None and self.readings % self.settings.max_batch == 0:
+                    self._wait_for_room(stop)
+            finished = not stop.is_set()
         finally:
-            self._shutdown(link, link_thread)
+            self._shutdown(link, link_thread, finished=finished)
         return 0
 
-    def _shutdown(self, link: MqttLink, link_thread: threading.Thread) -> None:
+    def _wait_for_room(self, stop: threading.Event) -> None:
+        """A replay waits for acks rather than let its outbox reach a bound and drop: its
+        source can wait, and a dropped seq is closed on the hub for every later replay."""
+        outbox, waited = self.outbox, False
+        while not stop.is_set() and (
+            outbox.depth + outbox.staged >= outbox.max_messages // 2
+            or outbox.size_bytes >= outbox.max_bytes // 2
+            or outbox.staged >= outbox.staging_max // 2
+        ):
+            if not waited:
+                waited = True
+                log.info(
+                    "device %r: replay paused at reading %d: %d messages (%d bytes) wait for "
+                    "the hub's ack",
+                    self.device,
+                    self.readings,
+                    len(outbox),
+                    outbox.size_bytes,
+                )
+            stop.wait(0.05)
+
+    def _shutdown(self, link: MqttLink, link_thread: threading.Thread, *, finished: bool) -> None:
+        if self.replay is not None and not finished:
+            # Sealed now, the open batch would be cut where this run stopped, not where
+            # every full replay cuts it: its seq would name other rows next time.
+            unsent = self.batcher.discard()
+            if unsent:
+                log.info(
+                    "device %r: replay stopped before the end of %s; the %d readings of its "
+                    "open batch are not sent (replay the file again to send them)",
+                    self.device,
+                    self.settings.csv_path,
+                    unsent,
+                )
         batch = self.batcher.seal_if_due(time.monotonic(), force=True)
         if batch is not None:
             self._emit_batch(batch)
@@ -273,6 +323,15 @@ class Agent:
                 log.info(
                     "device %r: %d messages not yet acked by the hub stay in the outbox and "
                     "are sent at the next start",
+                    self.device,
+                    outbox.depth,
+                )
+            elif self.replay is not None:
+                # Declared lost, these seqs would be closed on the hub for every later
+                # replay of the recording; left open, the next replay fills them.
+                log.warning(
+                    "device %r: %d messages of the replay not acked before shutdown are "
+                    "not kept (memory outbox); replay the file again to deliver them",
                     self.device,
                     outbox.depth,
                 )

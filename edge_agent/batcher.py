@@ -3,6 +3,13 @@
 A batch is sealed when it holds ``max_batch`` readings (by the reading loop) or
 when its first reading is ``max_delay_ms`` old (by the link thread), whichever
 comes first; hence the lock.
+
+With ``recorded_time`` (a replayed recording) "old" is measured in the
+readings' own timestamps, not the wall clock: a reading at least
+``max_delay_ms`` of recorded time after the open batch's first one seals that
+batch before it joins the next, and the link thread never seals. The same rows
+then always make the same batches, whatever the pace or the machine's load,
+which is what lets a replay's messages keep their seqs from one run to the next.
 """
 
 from __future__ import annotations
@@ -35,9 +42,18 @@ class Batch:
 
 
 class Batcher:
-    def __init__(self, max_batch: int, max_delay_s: float, n_features: int, n_classes: int) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_delay_s: float,
+        n_features: int,
+        n_classes: int,
+        *,
+        recorded_time: bool = False,
+    ) -> None:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.recorded_time = recorded_time
         self._ts = np.empty(max_batch, dtype=np.float64)
         self._features = np.empty((max_batch, n_features), dtype=np.float32)
         self._scores = np.empty((max_batch, n_classes), dtype=np.float32)
@@ -57,8 +73,11 @@ class Batcher:
         changed, whether this row started a new batch)."""
         with self._lock:
             sealed = None
-            if self._n and model_version != self._model_version:
-                sealed = self._seal()  # one batch, one model version
+            if self._n and (
+                model_version != self._model_version  # one batch, one model version
+                or (self.recorded_time and ts - self._ts[0] >= self.max_delay_s)
+            ):
+                sealed = self._seal()
             if self._n == 0:
                 self._first_at = time.monotonic()
                 self._model_version = model_version
@@ -73,15 +92,25 @@ class Batcher:
             return sealed, started
 
     def deadline(self) -> float | None:
-        """Monotonic time at which the open batch must be sealed (None if empty)."""
+        """Monotonic time at which the open batch must be sealed (None if empty, or
+        with ``recorded_time``: the readings themselves seal it)."""
         with self._lock:
-            return self._first_at + self.max_delay_s if self._n else None
+            if self.recorded_time or not self._n:
+                return None
+            return self._first_at + self.max_delay_s
 
     def seal_if_due(self, now: float, force: bool = False) -> Batch | None:
         with self._lock:
-            if self._n and (force or now >= self._first_at + self.max_delay_s):
+            due = not self.recorded_time and now >= self._first_at + self.max_delay_s
+            if self._n and (force or due):
                 return self._seal()
             return None
+
+    def discard(self) -> int:
+        """Drop the open batch unsent; returns how many readings it held."""
+        with self._lock:
+            n, self._n = self._n, 0
+            return n
 
     def _seal(self) -> Batch:
         n = self._n

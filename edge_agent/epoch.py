@@ -12,6 +12,10 @@ the time it first started (a device without a clock that boots at 1970 and
 loses its disk can repeat an epoch; the hub counts such a birth as
 ``epoch_regressed``). A state file that cannot be read as a number is treated
 the same way, and a warning says so.
+
+An agent replaying a recording (``--source csv``) leaves this file alone: its
+epoch is the recording's (:mod:`edge_agent.replay_identity`), so a replay
+neither uses up live epochs nor moves the next live start.
 """
 
 from __future__ import annotations

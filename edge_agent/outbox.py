@@ -41,6 +41,17 @@ new messages wait in memory (``staging_max``) and writes are retried.
 
 Send order: unacked events first, then everything else, each oldest first by
 ``(epoch, seq)``.
+
+A replay (``replay=True``, an agent replaying a recording: its epoch is the
+recording's, see ``edge_agent.replay_identity``) numbers its messages from 1
+again at every run, so that message k of the recording is always seq k. The
+epoch may then already be in this outbox, from an earlier or interrupted
+replay of the same recording: a message whose seq the hub has acked is not
+written again (the hub has it), one still in the outbox is kept as it is (it
+is the same message), and only the others are written. The ``epochs`` row of a
+replay records the highest seq ever issued, and an ack of a replay's epoch
+beyond what this run has issued is applied (the hub holds that much of the
+recording from an earlier run), not refused.
 """
 
 from __future__ import annotations
@@ -57,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from shared.epochs import is_replay_epoch
 from shared.messages import Dropped, Event, Ota, Telemetry, encode
 from shared.topics import Kind
 
@@ -149,6 +161,7 @@ class Outbox:
         write_delay_ms: int = 20,
         staging_max: int = 10_000,
         wake: threading.Event | None = None,
+        replay: bool = False,
     ) -> None:
         if max_bytes < 1 or max_messages < 1 or staging_max < 1:
             raise ValueError("outbox bounds must be >= 1")
@@ -175,6 +188,10 @@ class Outbox:
         """Readings and messages dropped and declared, by ``<reason>_readings|_messages``."""
         self.recovered: int = 0
         """Unacked messages found in the outbox at start (they are sent again)."""
+        self.replay = replay
+        self.replay_known: int = 0
+        """Replay only: messages not written because the hub acked them or the outbox
+        already held them (from an earlier run of the same recording)."""
         self.corrupt: OutboxCorruptError | None = None
         self._disk_cap: int | None = None
         """Pages in use allowed while the disk is below the reserve (None: it is not)."""
@@ -193,11 +210,13 @@ class Outbox:
             (epoch,),
         )
         row = db.execute(
-            "SELECT last_seq FROM epochs WHERE epoch = ?",
+            "SELECT last_seq, acked_seq FROM epochs WHERE epoch = ?",
             (epoch,),
         ).fetchone()
-        self._next_seq = int(row[0]) + 1
-        self._acked = 0
+        self._next_seq = 1 if replay else int(row[0]) + 1
+        self._issued_before = int(row[0]) if replay else 0
+        """Replay only: the highest seq of this epoch issued by earlier runs."""
+        self._acked = int(row[1]) if replay else 0
         count, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
         self._depth, self._bytes = int(count), int(size)
         self.recovered = self._depth
@@ -377,6 +396,8 @@ class Outbox:
         rows = []
         readings = 0
         first_seq = self._next_seq
+        known = self._known_seqs(first_seq, first_seq + len(staged) - 1) if self.replay else set()
+        skipped = 0
         for make, _ in staged:
             msg = make(self._next_seq)
             try:
@@ -387,19 +408,38 @@ class Outbox:
                 log.error("device %r: %s not sent: %s", msg.device, msg.kind.value, exc)
                 continue
             n = len(msg) if isinstance(msg, Telemetry) else 0
-            readings += n
-            rows.append((msg.epoch, msg.seq, msg.kind.value, n, now, len(payload), payload))
             self._next_seq += 1
-        if rows:
+            if msg.seq in known:
+                skipped += 1
+                continue
+            if msg.seq > self._issued_before:
+                readings += n
+            rows.append((msg.epoch, msg.seq, msg.kind.value, n, now, len(payload), payload))
+        if rows or self._next_seq != first_seq:
             try:
                 self._insert(rows, readings)
             except sqlite3.Error:
                 self._next_seq = first_seq
                 raise
+            self.replay_known += skipped
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True
         return len(rows)
+
+    def _known_seqs(self, first: int, last: int) -> set[int]:
+        """Replay: seqs of first..last the hub has acked or the outbox holds already."""
+        known = set(range(first, min(last, self._acked) + 1))
+        top = min(last, self._issued_before)
+        if top >= first:
+            known.update(
+                int(r[0])
+                for r in self._db.execute(
+                    "SELECT seq FROM messages WHERE epoch = ? AND seq BETWEEN ? AND ?",
+                    (self.epoch, first, top),
+                )
+            )
+        return known
 
     def _insert(
         self, rows: list[tuple[int, int, str, int, float, int, bytes]], readings: int
@@ -413,7 +453,8 @@ class Outbox:
                 rows,
             )
             db.execute(
-                "UPDATE epochs SET last_seq = ?, readings = readings + ? WHERE epoch = ?",
+                "UPDATE epochs SET last_seq = max(last_seq, ?), readings = readings + ? "
+                "WHERE epoch = ?",
                 (self.last_seq, readings, self.epoch),
             )
 
@@ -657,7 +698,7 @@ class Outbox:
         ignored (an :class:`AckVerdict` value): an epoch this device never had,
         or a seq it never issued.
         """
-        if epoch > self.epoch:
+        if epoch > self.epoch and not is_replay_epoch(epoch):
             return AckVerdict.FUTURE_EPOCH
         row = self._db.execute(
             "SELECT last_seq, acked_seq FROM epochs WHERE epoch = ?", (epoch,)
@@ -667,7 +708,7 @@ class Outbox:
         issued, acked = int(row[0]), int(row[1])
         if epoch == self.epoch:
             issued = self.last_seq
-        if seq > issued:
+        if seq > issued and not (self.replay and epoch == self.epoch):
             return AckVerdict.BEYOND_SENT
         if seq <= acked:
             return None

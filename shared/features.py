@@ -38,6 +38,7 @@ __all__ = [
     "MAX_ABS_VALUE",
     "OUT_OF_DISTRIBUTION_MARGIN",
     "STATS",
+    "BlockFeatureWindow",
     "FeatureWindow",
     "InputCheck",
     "SensorSpec",
@@ -161,6 +162,22 @@ class InputCheck:
             return values
         return self._slow(values)
 
+    def check_block(self, values: F64) -> F64:
+        """:meth:`check` for a block of readings ``(n, n_sensors)`` at once (batch
+        scoring): the same counts and the same result as checking row by row."""
+        with np.errstate(invalid="ignore"):
+            missing = ~(np.abs(values) < MAX_ABS_VALUE)
+            present = ~missing
+            bad = present & ((values < self._min) | (values > self._max))
+            far = present & ~bad & ((values < self._lo) | (values > self._hi))
+        self.missing += missing.sum(axis=0)
+        self.out_of_range += bad.sum(axis=0)
+        self.out_of_distribution += far.sum(axis=0)
+        if bad.any():
+            values = values.copy()
+            values[bad] = math.nan
+        return values
+
     def _slow(self, values: F64) -> F64:
         with np.errstate(invalid="ignore"):
             missing = ~(np.abs(values) < MAX_ABS_VALUE)
@@ -185,6 +202,16 @@ class InputCheck:
         return out
 
 
+def _window_fallback(window: int, fallback: Iterable[float]) -> F64:
+    """The fallback values of a feature window, checked with its length."""
+    if window < 2:
+        raise ValueError(f"feature window must hold at least 2 readings, got {window}")
+    nominal: F64 = np.array(list(fallback), dtype=np.float64)
+    if nominal.ndim != 1 or nominal.size == 0:
+        raise ValueError("a feature window needs one fallback value per sensor")
+    return nominal
+
+
 class FeatureWindow:
     """A sliding window over one device's readings that yields model input.
 
@@ -202,12 +229,8 @@ class FeatureWindow:
     """
 
     def __init__(self, window: int, fallback: Iterable[float]) -> None:
-        if window < 2:
-            raise ValueError(f"feature window must hold at least 2 readings, got {window}")
         self.window = window
-        self._nominal: F64 = np.array(list(fallback), dtype=np.float64)
-        if self._nominal.ndim != 1 or self._nominal.size == 0:
-            raise ValueError("a feature window needs one fallback value per sensor")
+        self._nominal: F64 = _window_fallback(window, fallback)
         n = self.n_sensors = int(self._nominal.shape[0])
         halves: F64 = np.empty((2, window, n), dtype=np.float64)
         self._buf: F64 = halves.reshape(2 * window, n)  # a view: row i + window is row i's twin
@@ -293,3 +316,87 @@ def features_for_stream(values: F64, window: int, fallback: Iterable[float]) -> 
     for i, row in enumerate(values):
         out[i] = fw.push(row)
     return out
+
+
+class BlockFeatureWindow:
+    """:class:`FeatureWindow` for a block of consecutive readings of one series at once.
+
+    Batch scoring reads a recording in chunks; pushing each reading through
+    :class:`FeatureWindow` costs a few microseconds of Python per reading. This
+    computes the same features for a whole block with a few numpy calls per
+    position in the window, and carries the window (its last ``window - 1`` readings) and the
+    last valid values from one block to the next, so a stream cut into blocks
+    anywhere gives the features of the stream read reading by reading. The
+    arithmetic is FeatureWindow's (deviations from the oldest reading of each
+    window, means as products with ``1/window`` weights); only the order of
+    the float64 sums may differ, so results agree within float32 rounding
+    (``tests/shared/test_block_features.py`` checks it on random streams with
+    missing values). Memory: a few arrays of the block's shape.
+
+    >>> import numpy as np
+    >>> block = BlockFeatureWindow(window=4, fallback=[65.0, 2.5])
+    >>> x = block.push_block(np.array([[64.0, np.nan], [66.0, 3.0]]))
+    >>> x.shape, [float(v) for v in x[0, :2]]
+    ((2, 8), [64.0, 2.5])
+    """
+
+    def __init__(self, window: int, fallback: Iterable[float]) -> None:
+        self.window = window
+        self._nominal: F64 = _window_fallback(window, fallback)
+        self.n_sensors = int(self._nominal.shape[0])
+        self._tail: F64 | None = None  # the last window - 1 readings, imputed, oldest first
+        self._weights: F64 = np.full(window, 1.0 / window)
+        self.imputed = 0
+        """How many sensor values were missing and carried forward."""
+
+    @property
+    def n_features(self) -> int:
+        return len(STATS) * self.n_sensors
+
+    def push_block(self, values: F64) -> F32:
+        """Features of every reading of ``values`` ``(n, n_sensors)``, shape ``(n, n_features)``."""
+        if values.ndim != 2 or values.shape[1] != self.n_sensors:
+            raise ValueError(
+                f"a block needs {self.n_sensors} values per reading; got shape {values.shape}"
+            )
+        n, w, s = int(values.shape[0]), self.window, self.n_sensors
+        if n == 0:
+            return np.empty((0, self.n_features), dtype=np.float32)
+        x = np.array(values, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            missing = ~(np.abs(x) < MAX_ABS_VALUE)
+        if missing.any():
+            self.imputed += int(missing.sum())
+            start = self._nominal if self._tail is None else self._tail[-1]
+            # Carry forward: each missing value takes the last valid one above it in
+            # its column, or the value before the block.
+            rows = np.where(missing, -1, np.arange(n)[:, None])
+            np.maximum.accumulate(rows, axis=0, out=rows)
+            filled = x[np.maximum(rows, 0), np.arange(s)]
+            x = np.where(rows >= 0, filled, start)
+        before = np.repeat(x[:1], w - 1, axis=0) if self._tail is None else self._tail
+        padded = np.concatenate([before, x])
+        self._tail = padded[n:].copy()
+        # Row i's window is padded[i : i + w]; its oldest reading is padded[i]. One
+        # pass per position in the window, each over contiguous (n, s) arrays,
+        # summing the weighted deviations in FeatureWindow's order.
+        first = padded[:n]
+        weight = float(self._weights[0])
+        mean_dev = np.zeros((n, s))
+        var = np.zeros((n, s))
+        dev = np.empty((n, s))
+        term = np.empty((n, s))
+        for k in range(1, w):  # position 0 deviates by exactly 0
+            np.subtract(padded[k : k + n], first, out=dev)
+            np.multiply(dev, weight, out=term)
+            mean_dev += term
+            term *= dev
+            var += term
+        var -= mean_dev * mean_dev
+        np.maximum(var, 0.0, out=var)
+        out = np.empty((n, 4 * s), dtype=np.float32)
+        out[:, :s] = x
+        out[:, s : 2 * s] = first + mean_dev
+        out[:, 2 * s : 3 * s] = np.sqrt(var)
+        out[:, 3 * s :] = dev  # the last position: the newest reading
+        return out

@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between summary lines (default: 5)",
     )
 
+    _add_replay(sub)
+
     bench = sub.add_parser("bench", help="run a benchmark; prints one JSON object as its last line")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     for name in _BENCHES:
@@ -115,9 +117,108 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415
+    from simulators.bench.arguments import positive_float  # noqa: PLC0415
+
+    replay = sub.add_parser(
+        "replay",
+        help="replay a folder of CSV recordings into a running hub, one agent per file; "
+        "prints rows sent, stored and urgent events per file, then one JSON object",
+        description="Replay CSV recordings (the format 'generate' writes and --source csv "
+        "reads) into a running hub: one real agent per file, named after the file (or "
+        "--device-column), its broker account made as 'edgeloop-hub devices add' makes it "
+        "(the hub options below, for the hub's embedded broker) and kept under --state-dir. "
+        "A recording replayed again is stored once: its messages carry the recording's "
+        "identity (see docs/architecture.md). Prints one line per file, a summary, and last "
+        "one JSON object; exits 1 if a file was refused.",
+    )
+    replay.add_argument(
+        "recordings", nargs="+", type=Path, metavar="DIR_OR_FILE", help="CSV files or folders"
+    )
+    replay.add_argument(
+        "--hub",
+        required=True,
+        metavar="URL",
+        help="the hub's HTTP API, e.g. http://127.0.0.1:8080 (asked what it stored)",
+    )
+    replay.add_argument(
+        "--read-token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file (mode 0600) holding the hub's read token (default: $EDGELOOP_HUB_READ_TOKEN)",
+    )
+    replay.add_argument(
+        "--hub-ca-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="CA certificate to verify an https:// --hub with (default: the system's CAs)",
+    )
+    replay.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="edge model package (default: the default edge model in --models-dir, built if missing)",
+    )
+    replay.add_argument(
+        "--models-dir",
+        type=Path,
+        default=Path("var/models"),
+        metavar="DIR",
+        help="model directory for the default model (default: var/models)",
+    )
+    replay.add_argument(
+        "--pace",
+        choices=("fast", "recorded"),
+        default="fast",
+        help="as fast as possible, or at the pace the timestamps say (default: fast)",
+    )
+    replay.add_argument(
+        "--device-column",
+        default=None,
+        metavar="NAME",
+        help="name each file's device by this column (one value per file) instead of the file name",
+    )
+    replay.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("var/replay"),
+        metavar="DIR",
+        help="agents' state (outbox) and broker credentials, DEVICE/ each (default: var/replay)",
+    )
+    replay.add_argument(
+        "--rotate",
+        action="store_true",
+        help="give a device that has broker credentials this replay did not make new ones",
+    )
+    replay.add_argument(
+        "--agent-args",
+        default="",
+        metavar="FLAGS",
+        help="more edgeloop-agent flags for every agent, one string (e.g. '--max-batch 100')",
+    )
+    replay.add_argument(
+        "--timeout-s",
+        type=positive_float,
+        default=3600.0,
+        metavar="S",
+        help="stop every agent after this long (default: 3600)",
+    )
+    replay.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default="WARNING",
+        help="log level (default: WARNING; each urgent event is logged only at INFO or DEBUG)",
+    )
+    OPTIONS.add_to(replay, only=PROVISION_OPTIONS)
+
+
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
 # Their modules import nothing heavy at the top, so --help stays fast.
-_BENCHES = ("edge", "hub", "fleet", "chaos", "flood", "anomaly")
+_BENCHES = ("edge", "hub", "fleet", "chaos", "flood", "batch", "anomaly")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "bench" and args.bench in _BENCHES:
             module = importlib.import_module(f"simulators.bench.{args.bench}")
             print(json.dumps(module.run(args)), flush=True)
@@ -159,6 +262,53 @@ def _demo(args: argparse.Namespace) -> int:
         summary_every_s=args.summary_every,
     )
     return run_demo(config, stop)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+    import shlex  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+    from simulators.demo import install_signal_handlers  # noqa: PLC0415
+    from simulators.harness import HubApi  # noqa: PLC0415
+    from simulators.replay import ReplayConfig, read_token, run_replay  # noqa: PLC0415
+
+    logging.getLogger().setLevel(args.log_level)
+    if args.log_level not in ("DEBUG", "INFO"):  # one line per urgent event drowns the report
+        logging.getLogger("edge_agent.actuators").setLevel(logging.ERROR)
+    settings = resolve_settings(args, serving=False)
+    if not settings.embedded_broker:
+        raise ValueError(
+            "replay makes its devices' accounts on the hub's embedded broker; with an external "
+            f"broker ({settings.broker}) it cannot yet: run 'edgeloop-agent --source csv "
+            "--csv-path FILE' per file with the settings 'edgeloop-hub devices add' prints"
+        )
+    api = HubApi(args.hub.rstrip("/"), read_token(args.read_token_file, dict(os.environ)))
+    if args.hub_ca_file is not None:
+        api = HubApi(api.base_url, api.token, ca_file=args.hub_ca_file)
+    model = args.model
+    if model is None:
+        from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+
+        model = build_default_models(args.models_dir).edge
+    config = ReplayConfig(
+        paths=tuple(args.recordings),
+        hub=api,
+        hub_settings=settings,
+        model=model,
+        state_dir=args.state_dir,
+        pace=args.pace,
+        device_column=args.device_column,
+        rotate=args.rotate,
+        agent_args=tuple(shlex.split(args.agent_args)),
+        timeout_s=args.timeout_s,
+    )
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    report = run_replay(config, stop, sys.stdout)
+    print(json.dumps(report), flush=True)
+    return 1 if report["refused"] else 0
 
 
 def _generate(args: argparse.Namespace) -> int:

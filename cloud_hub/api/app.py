@@ -30,7 +30,16 @@ from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
 from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_handlers
-from cloud_hub.api.routes import devices, events, health, models, predict, stats, telemetry
+from cloud_hub.api.routes import (
+    batch,
+    devices,
+    events,
+    health,
+    models,
+    predict,
+    stats,
+    telemetry,
+)
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
 from cloud_hub.store.base import Store
@@ -54,7 +63,7 @@ def _description(config: ApiConfig) -> str:
         None: "Every route but `/healthz` needs a bearer token: "
         "`Authorization: Bearer <token>`. The **read token** reads everything and may "
         "call `POST /v1/predict` (it writes nothing); the **admin token** is needed for "
-        "admin routes (`/v1/dead-letters`) and works everywhere.",
+        "admin routes (`/v1/dead-letters`, `/v1/batch/jobs`) and works everywhere.",
         "read": "**This hub runs with --insecure-dev: read routes need no token.** "
         "Admin routes still need the admin token.",
         "admin": "**This hub runs with --insecure-dev and no tokens: every route is open "
@@ -79,6 +88,7 @@ def create_app(
     ingest_stats: Callable[[], dict[str, Any]] | None = None,
     models_root: Path | None = None,
     parts: Callable[[], Mapping[str, PartHealth]] | None = None,
+    batch_jobs: Any = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -86,7 +96,9 @@ def create_app(
     ``GET /v1/stats/ingest`` (omit it when ingest runs elsewhere);
     ``models_root`` is where model paths registered as relative paths live;
     ``parts`` returns the health of the hub's parts (broker link, embedded
-    broker) for ``GET /healthz``, which answers 503 while one is down.
+    broker) for ``GET /healthz``, which answers 503 while one is down;
+    ``batch_jobs`` (a started :class:`~cloud_hub.batch.jobs.BatchJobs`) runs
+    ``/v1/batch/jobs`` (without it those routes answer 503).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -122,6 +134,7 @@ def create_app(
             {"name": "models", "description": "Registered models: manifests and artifacts."},
             {"name": "stats", "description": "Ingest statistics; dead letters (admin)."},
             {"name": "predict", "description": "Online inference with a registered model."},
+            {"name": "batch", "description": "Batch scoring jobs over stored telemetry (admin)."},
         ],
     )
     setattr(
@@ -135,6 +148,7 @@ def create_app(
             version=version,
             started_at=time.time(),
             parts=parts,
+            batch_jobs=batch_jobs,
         ),
     )
     install_handlers(app)
@@ -146,6 +160,7 @@ def create_app(
     app.include_router(models.router)
     app.include_router(stats.router)
     app.include_router(predict.router)
+    app.include_router(batch.router)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
     return app

@@ -50,6 +50,7 @@ class BodyRoute:
 
 BODY_ROUTES: Final[dict[tuple[str, str], BodyRoute]] = {
     ("POST", "/v1/predict"): BodyRoute("read", "predict_max_body_bytes"),
+    ("POST", "/v1/batch/jobs"): BodyRoute("admin", "http_max_body_bytes"),
 }
 """Routes that read a request body, by method and path."""
 _OTHER: Final = BodyRoute("read", "http_max_body_bytes")

@@ -48,6 +48,8 @@ class ApiState:
     version: str
     started_at: float
     parts: Callable[[], Mapping[str, PartHealth]] | None = None
+    batch_jobs: Any = None
+    """The hub's :class:`~cloud_hub.batch.jobs.BatchJobs`, or None (no batch routes)."""
 
 
 def get_state(request: Request) -> ApiState:

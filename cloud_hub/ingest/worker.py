@@ -66,6 +66,7 @@ from cloud_hub.store.base import (
     TelemetryRows,
     WriteResult,
 )
+from shared.epochs import is_replay_epoch
 from shared.errors import DecodeError, TopicError
 from shared.latency import LatencyWindow
 from shared.messages import (
@@ -129,8 +130,8 @@ class IngestConfig:
     """A seq further than this beyond its device's watermark is refused, not a giant gap."""
     ts_floor: float = 1_577_836_800.0
     """Readings stamped before this (unix seconds; default 2020-01-01) are refused."""
-    max_future_s: float = 86_400.0
-    """Readings stamped more than this after the hub's clock are refused."""
+    max_future_s: float = 300.0
+    """Readings stamped more than this after the hub's clock are refused (``ts_in_future``)."""
     max_span_s: float = 86_400.0
     """One telemetry message may span this many seconds at most."""
     gap_retention_s: float = 8 * 86_400.0
@@ -496,10 +497,15 @@ class IngestWorker:
             lo, hi = float(msg.ts.min()), float(msg.ts.max())
         else:
             lo = hi = msg.ts
+        reason = "ts_out_of_range"
         if lo < cfg.ts_floor:
             problem = f"a timestamp {lo:.0f} before the floor {cfg.ts_floor:.0f}"
         elif hi > now + cfg.max_future_s:
-            problem = f"a timestamp {hi - now:.0f} s in the future"
+            reason = "ts_in_future"
+            problem = (
+                f"a timestamp {hi - now:.0f} s ahead of the hub's clock (at most "
+                f"{cfg.max_future_s:g} s, the hub's --max-future-s)"
+            )
         elif hi - lo > cfg.max_span_s:
             problem = f"timestamps spanning {hi - lo:.3g} s (at most {cfg.max_span_s:.0f})"
         else:
@@ -508,7 +514,7 @@ class IngestWorker:
             b,
             msg,
             raw,
-            "ts_out_of_range",
+            reason,
             f"{msg.kind.value} seq {msg.seq} has {problem}; is the device's clock set?",
         )
         return False
@@ -663,7 +669,10 @@ class IngestWorker:
 
     def _check_epoch(self, b: _Batch, status: Status) -> None:
         """A birth of an older epoch than the device's: its state was wiped and its clock
-        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so."""
+        is behind (see edge_agent.epoch). Its readings may collide with old ones: say so.
+        A replay's epoch (shared.epochs) is the recording's, repeated on purpose: not checked."""
+        if is_replay_epoch(status.epoch):
+            return
         try:
             known = self.store.device(status.device)
         except Exception:

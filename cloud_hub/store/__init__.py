@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from cloud_hub.store.base import (
     AckWatermark,
+    BatchJob,
     DeadLetter,
     DeviceRecord,
     EventRecord,
@@ -39,6 +40,7 @@ from cloud_hub.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreError
 __all__ = [
     "SCHEMA_VERSION",
     "AckWatermark",
+    "BatchJob",
     "DeadLetter",
     "DeviceRecord",
     "EventRecord",

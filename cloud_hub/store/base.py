@@ -33,6 +33,7 @@ from shared.messages import Event, Health, Ota, Status
 __all__ = [
     "DEFAULT_MAX_AHEAD",
     "AckWatermark",
+    "BatchJob",
     "ClosedSeqs",
     "DeadLetter",
     "DeviceRecord",
@@ -164,6 +165,41 @@ class ModelRecord:
     manifest: ModelManifest
 
 
+BatchJobState = Literal["queued", "running", "done", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A batch scoring job over stored telemetry (``POST /v1/batch/jobs``).
+
+    Progress: ``devices_done`` of ``devices`` scored, ``rows_done`` readings
+    scored; ``rows_total`` is set when the job is done. ``result_path`` is the
+    result's path without its suffix (``.csv``, ``.jsonl``: one file each) once
+    done; ``error`` says why a failed job failed.
+    """
+
+    id: str
+    state: BatchJobState
+    devices: tuple[str, ...]
+    since: float
+    until: float
+    model: str
+    version: str
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    rows_total: int | None = None
+    rows_done: int = 0
+    devices_done: int = 0
+    urgent_rows: int = 0
+    result_path: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+
 @dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]
@@ -255,8 +291,25 @@ class Store(Protocol):
 
     def model(self, name: str, version: str) -> ModelRecord | None: ...
 
+    # -- batch jobs
+    def save_batch_job(self, job: BatchJob) -> None:
+        """Insert ``job``, or replace the stored job of the same id."""
+        ...
+
+    def batch_job(self, job_id: str) -> BatchJob | None: ...
+
+    def batch_jobs(self, limit: int = 100) -> list[BatchJob]:
+        """The newest ``limit`` jobs, newest first."""
+        ...
+
+    def fail_unfinished_batch_jobs(self, reason: str, at: float) -> list[str]:
+        """Mark every queued or running job failed with ``reason`` (a hub that
+        starts: nothing runs them any more); returns their ids."""
+        ...
+
     # -- retention
-    def prune_telemetry(self, before_ts: float) -> int:
-        """Delete readings older than ``before_ts``; returns how many. Never touches
-        the dedupe record, so a late replay of a pruned message is still a duplicate."""
+    def prune_telemetry(self, received_before: float) -> int:
+        """Delete the readings received (``received_at``) before ``received_before``,
+        whatever their own timestamps; returns how many. Never touches the dedupe
+        record, so a late replay of a pruned message is still a duplicate."""
         ...

@@ -25,8 +25,9 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` and :func:`_migrate_to_2`, recorded in ``schema_version``:
+Schema (version 4; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_4`,
+recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
 - ``watermarks`` - per (device, epoch) the settled watermark (every seq
@@ -38,11 +39,15 @@ Schema (version 2; :data:`SCHEMA_VERSION`), created on open by
   table (a row per seq above the watermark) with it.
 - ``telemetry`` - one row per stored message: ``first_ts``/``last_ts``/``n``
   plus each array as little-endian bytes (``ts`` float64; ``features``,
-  ``edge_scores``, ``heavy_scores`` float32 with their column counts).
+  ``edge_scores``, ``heavy_scores`` float32 with their column counts), and
+  ``received_at``, when the hub received it, which retention counts from
+  (indexed since version 3).
 - ``events``, ``ota`` - one row per message, one column per field.
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
 - ``models`` - (name, version) -> manifest JSON, path, registered_at.
+- ``batch_jobs`` - one row per batch scoring job (version 4): its request
+  (devices as JSON, time range, model), state, progress, result file, error.
 
 Errors::
 
@@ -78,6 +83,7 @@ from cloud_hub.store.base import (
     F32,
     F64,
     AckWatermark,
+    BatchJob,
     ClosedSeqs,
     DeadLetter,
     DeviceRecord,
@@ -90,6 +96,7 @@ from cloud_hub.store.base import (
     WriteResult,
 )
 from cloud_hub.store.ledger import Ledger
+from shared.epochs import is_replay_epoch
 from shared.errors import EdgeloopError, ManifestError
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
@@ -99,7 +106,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 4
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -123,6 +130,11 @@ class StoreError(EdgeloopError):
 
 
 # --------------------------------------------------------------------------- schema
+
+
+def _live_epoch(epoch: int) -> int:
+    """The epoch a device record keeps: a replay's counts as 0 (below every live one)."""
+    return 0 if is_replay_epoch(epoch) else epoch
 
 
 def _migrate_to_1(db: sqlite3.Connection) -> None:
@@ -260,9 +272,41 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE pending")
 
 
+def _migrate_to_3(db: sqlite3.Connection) -> None:
+    """Retention counts from arrival, not from the readings' own timestamps."""
+    db.execute("CREATE INDEX telemetry_by_arrival ON telemetry (received_at)")
+
+
+def _migrate_to_4(db: sqlite3.Connection) -> None:
+    """Batch scoring jobs over stored telemetry (``POST /v1/batch/jobs``)."""
+    db.execute(
+        """CREATE TABLE batch_jobs (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            devices TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            rows_total INTEGER,
+            rows_done INTEGER NOT NULL,
+            devices_done INTEGER NOT NULL,
+            urgent_rows INTEGER NOT NULL,
+            result_path TEXT,
+            error TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX batch_jobs_by_time ON batch_jobs (created_at)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
+    4: _migrate_to_4,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -817,7 +861,9 @@ class SQLiteStore:
 
     def record_status(self, status: Status, received_at: float) -> None:
         """Birth or will. A status of an older epoch than the device's is stale:
-        it updates last_seen only (a late will must not mark a restarted agent offline)."""
+        it updates last_seen only (a late will must not mark a restarted agent offline).
+        A replay's epoch (:mod:`shared.epochs`) is never the device's: it counts as 0, so a
+        replay moves the state of a device that has no live agent, and leaves a live one's."""
         with self._write() as db:
             db.execute(
                 "INSERT INTO devices (name, state, epoch, agent_version, model_version, "
@@ -832,7 +878,7 @@ class SQLiteStore:
                 (
                     status.device,
                     status.state,
-                    status.epoch,
+                    _live_epoch(status.epoch),
                     status.agent_version,
                     status.model_version,
                     received_at,
@@ -857,7 +903,7 @@ class SQLiteStore:
                 "last_health = excluded.last_health",
                 (
                     health.device,
-                    health.epoch,
+                    _live_epoch(health.epoch),
                     health.model_version,
                     received_at,
                     received_at,
@@ -1212,62 +1258,88 @@ class SQLiteStore:
             ).fetchone()
         return None if row is None else _model_record(row)  # None too if unreadable
 
+    # -- batch jobs
+
+    def save_batch_job(self, job: BatchJob) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO batch_jobs ({_JOB_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.state,
+                    json.dumps(list(job.devices)),
+                    job.since,
+                    # SQLite keeps inf as a REAL; json would not, so it goes as it is.
+                    job.until,
+                    job.model,
+                    job.version,
+                    job.created_at,
+                    job.started_at,
+                    job.finished_at,
+                    job.rows_total,
+                    job.rows_done,
+                    job.devices_done,
+                    job.urgent_rows,
+                    job.result_path,
+                    job.error,
+                ),
+            )
+
+    def batch_job(self, job_id: str) -> BatchJob | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM batch_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return None if row is None else _batch_job(row)
+
+    def batch_jobs(self, limit: int = 100) -> list[BatchJob]:
+        _check_limit(limit, "batch_jobs")
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM batch_jobs ORDER BY created_at DESC, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_batch_job(r) for r in rows]
+
+    def fail_unfinished_batch_jobs(self, reason: str, at: float) -> list[str]:
+        with self._write() as db:
+            ids = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT id FROM batch_jobs WHERE state IN ('queued', 'running') ORDER BY id"
+                )
+            ]
+            db.execute(
+                "UPDATE batch_jobs SET state = 'failed', error = ?, finished_at = ? "
+                "WHERE state IN ('queued', 'running')",
+                (reason, at),
+            )
+        return ids
+
     # -- retention
 
-    def prune_telemetry(self, before_ts: float) -> int:
-        """Delete readings older than ``before_ts``; returns how many. Never touches
+    def prune_telemetry(self, received_before: float) -> int:
+        """Delete the readings the hub received before ``received_before``; returns how
+        many. A reading's own timestamp does not count: a recording from last year,
+        replayed today, is kept for the retention like a reading of today. Never touches
         the dedupe record, so a late replay of a pruned message is still a duplicate.
 
         Works in transactions of a few thousand messages, so that ingest waits for
         one chunk at most, never for the whole prune; each chunk is consistent.
         """
-        with self._read() as db:
-            device_ids = [int(r[0]) for r in db.execute("SELECT id FROM devices")]
         removed = 0
-        for device_id in device_ids:
-            while True:
-                with self._write() as db:
-                    rows = db.execute(
-                        "SELECT id, n, last_ts FROM telemetry WHERE device_id = ? AND first_ts < ? "
-                        "ORDER BY first_ts LIMIT ?",
-                        (device_id, before_ts, _PRUNE_CHUNK),
-                    ).fetchall()
-                    whole = [(int(i),) for i, _, last_ts in rows if last_ts < before_ts]
-                    removed += sum(int(n) for _, n, last_ts in rows if last_ts < before_ts)
-                    db.executemany("DELETE FROM telemetry WHERE id = ?", whole)
-                    for row_id, _, last_ts in rows:
-                        if last_ts >= before_ts:
-                            removed += self._trim(db, int(row_id), before_ts)
-                if len(rows) < _PRUNE_CHUNK:
-                    break
-        return removed
-
-    @staticmethod
-    def _trim(db: sqlite3.Connection, row_id: int, before_ts: float) -> int:
-        """Drop the readings before ``before_ts`` from a message that straddles it."""
-        n, n_f, n_e, n_h, ts_blob, f_blob, e_blob, h_blob = db.execute(
-            "SELECT n, n_features, n_edge, n_heavy, ts, features, edge_scores, heavy_scores "
-            "FROM telemetry WHERE id = ?",
-            (row_id,),
-        ).fetchone()
-        ts = np.frombuffer(ts_blob, dtype=_F8)
-        keep = ts >= before_ts
-        kept = int(keep.sum())
-        db.execute(
-            "UPDATE telemetry SET n = ?, first_ts = ?, last_ts = ?, ts = ?, features = ?, "
-            "edge_scores = ?, heavy_scores = ? WHERE id = ?",
-            (
-                kept,
-                float(ts[keep].min()),
-                float(ts[keep].max()),
-                ts[keep].tobytes(),
-                _f32(f_blob, n, n_f)[keep].astype(_F4).tobytes(),
-                _f32(e_blob, n, n_e)[keep].astype(_F4).tobytes(),
-                _f32(h_blob, n, n_h)[keep].astype(_F4).tobytes(),
-                row_id,
-            ),
-        )
-        return int(n) - kept
+        while True:
+            with self._write() as db:
+                rows = db.execute(
+                    "SELECT id, n FROM telemetry WHERE received_at < ? ORDER BY received_at "
+                    "LIMIT ?",
+                    (received_before, _PRUNE_CHUNK),
+                ).fetchall()
+                db.executemany("DELETE FROM telemetry WHERE id = ?", [(r[0],) for r in rows])
+                removed += sum(int(r[1]) for r in rows)
+            if len(rows) < _PRUNE_CHUNK:
+                return removed
 
 
 # --------------------------------------------------------------------------- rows and cursors
@@ -1289,6 +1361,35 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
         last_seen=None if last_seen is None else float(last_seen),
         last_health=None if health is None else cast(dict[str, object], json.loads(health)),
         counters=counts,
+    )
+
+
+_JOB_COLUMNS: Final = (
+    "id, state, devices, since, until, model, version, created_at, started_at, finished_at, "
+    "rows_total, rows_done, devices_done, urgent_rows, result_path, error"
+)
+
+
+def _batch_job(row: tuple[Any, ...]) -> BatchJob:
+    (job_id, state, devices, since, until, model, version, created, started, finished) = row[:10]
+    rows_total, rows_done, devices_done, urgent_rows, result_path, error = row[10:]
+    return BatchJob(
+        id=job_id,
+        state=state,
+        devices=tuple(json.loads(devices)),
+        since=float(since),
+        until=float(until),
+        model=model,
+        version=version,
+        created_at=float(created),
+        started_at=None if started is None else float(started),
+        finished_at=None if finished is None else float(finished),
+        rows_total=None if rows_total is None else int(rows_total),
+        rows_done=int(rows_done),
+        devices_done=int(devices_done),
+        urgent_rows=int(urgent_rows),
+        result_path=result_path,
+        error=error,
     )
 
 

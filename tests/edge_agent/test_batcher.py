@@ -139,3 +139,19 @@ def test_reading_loop_and_link_thread_never_lose_a_row() -> None:
     if last is not None:
         sealed_rows.extend(last.ts.tolist())
     assert sorted(sealed_rows) == [1000.0 + i for i in range(5000)]
+
+
+def test_recorded_time_seals_by_the_readings_own_timestamps_never_by_the_clock() -> None:
+    b = Batcher(10, 2.0, N_FEATURES, N_CLASSES, recorded_time=True)
+    sealed = []
+    for i, ts in enumerate((100.0, 100.5, 101.9, 102.0, 102.1, 110.0)):
+        _, feats, scores = row(i)
+        done, _ = b.add(ts, feats, scores, "1.0.0")
+        if done is not None:
+            sealed.append(done.ts.tolist())
+    # 102.0 is 2 s of recorded time after 100.0: it starts the next batch.
+    assert sealed == [[100.0, 100.5, 101.9], [102.0, 102.1]]
+    assert b.deadline() is None  # the link thread has nothing to seal by the clock
+    assert b.seal_if_due(float("inf")) is None
+    assert b.discard() == 1  # 110.0, open
+    assert b.seal_if_due(0.0, force=True) is None

@@ -351,3 +351,50 @@ def test_staged_messages_wait_to_share_a_write_and_urgent_ones_do_not() -> None:
     assert box.write_due() is None
     box.emit(telemetry(1))
     assert wake.is_set()
+
+
+REPLAY_EPOCH = 2**52 + 12345
+
+
+def write_recording(box: Outbox, kinds: str) -> None:
+    for k in kinds:
+        box.emit(event(REPLAY_EPOCH) if k == "e" else telemetry(REPLAY_EPOCH), urgent=k == "e")
+    box.flush(now=1.0)
+
+
+def test_a_replay_numbers_from_one_each_run_and_writes_only_what_the_hub_lacks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "outbox.db"
+    first = Outbox(path, REPLAY_EPOCH, replay=True)
+    write_recording(first, "ttet")  # an interrupted run: 4 of the recording's 6 messages
+    assert first.ack(REPLAY_EPOCH, 2) is None
+    first.close()
+
+    again = Outbox(path, REPLAY_EPOCH, replay=True)
+    assert again.recovered == 2  # seqs 3 and 4, unacked
+    write_recording(again, "ttetee")
+    assert again.last_seq == 6
+    assert again.replay_known == 4  # 1-2 acked, 3-4 still held: not written twice
+    assert keys(send_all(again)) == [
+        ("events", REPLAY_EPOCH, 3),
+        ("events", REPLAY_EPOCH, 5),
+        ("events", REPLAY_EPOCH, 6),
+        ("telemetry", REPLAY_EPOCH, 4),
+    ]
+    assert again.issued() == {REPLAY_EPOCH: (6, 6)}  # each telemetry's 2 readings, once
+    again.close()
+
+
+def test_a_replay_takes_the_hubs_ack_beyond_what_this_run_issued(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", REPLAY_EPOCH, replay=True)
+    write_recording(box, "tt")
+    # The hub stored 40 messages of this recording in an earlier run elsewhere.
+    assert box.ack(REPLAY_EPOCH, 40) is None
+    assert box.depth == 0
+    write_recording(box, "tttt")
+    assert box.depth == 0
+    assert box.replay_known == 4
+    live = Outbox(tmp_path / "live.db", 1_764_000_000)
+    assert live.ack(REPLAY_EPOCH, 1) == AckVerdict.UNKNOWN_EPOCH  # not a future epoch
+    assert live.ack(1_764_000_001, 1) == AckVerdict.FUTURE_EPOCH

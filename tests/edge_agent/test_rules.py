@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent import rules
 from edge_agent.rules import Decision, UrgentRule
+from shared import urgent as rules
 from shared.manifest import UrgentSpec
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from cloud_hub.api import ApiConfig, create_app
+from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.store import open_store
-from cloud_hub.store.base import DeadLetter, Store, TelemetryRows
+from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
 from shared.manifest import MODEL_FILE, ModelPackage, load_package
 from shared.messages import Event, Health, Status
 from simulators.harness import HubApi
@@ -31,6 +32,8 @@ MAX_PAGE = 200
 PREDICT_MAX_ROWS = 64
 T0 = 1_700_000_000.0
 """Timestamp of the first reading."""
+JOB_ID = "job-1"
+"""A batch job the seeded store holds as done, with its result files."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,26 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
         ),
     ]
     store.write_stream(items + events)
+    results = tmp / "batch"
+    results.mkdir()
+    for fmt in ("csv", "jsonl"):
+        (results / f"{JOB_ID}.{fmt}").write_text("ts,device,predicted_class,urgent_score,urgent\n")
+    store.save_batch_job(
+        BatchJob(
+            JOB_ID,
+            "done",
+            ("pi-online",),
+            T0,
+            T0 + 60.0,
+            "machine-heavy",
+            "1.0.0",
+            now,
+            started_at=now,
+            finished_at=now,
+            rows_total=0,
+            result_path=str(results / JOB_ID),
+        )
+    )
     store.add_counters(
         {
             (None, "received"): 7,
@@ -228,7 +251,14 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
             max_page=MAX_PAGE,
             predict_max_rows=PREDICT_MAX_ROWS,
         )
-        app = create_app(store, config, ingest_stats=lambda: {"queue_depth": 0, "running": True})
+        jobs = BatchJobs(store, tmp / "batch", None)
+        jobs.start()
+        app = create_app(
+            store,
+            config,
+            ingest_stats=lambda: {"queue_depth": 0, "running": True},
+            batch_jobs=jobs,
+        )
         with live_server(app) as anon:
             yield Hub(
                 anon=anon,
@@ -238,5 +268,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
                 config=config,
                 app=app,
             )
+        jobs.stop()
     finally:
         store.close()

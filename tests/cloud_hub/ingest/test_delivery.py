@@ -61,16 +61,38 @@ def test_bad_timestamps_are_kept_aside_and_their_seq_closed(
     device_client.wait_for("the ack past the refused seqs", acked("dev-a", 4))
     # Acks go out once the batch is durable; its counters and dead letters follow.
     wait_until("the dead letters", lambda: len(hub.store.dead_letters(10, "dev-a")) == 3)
-    wait_until(
-        "the counters", lambda: hub.store.counters("dev-a").get("invalid:ts_out_of_range") == 3
-    )
+    wait_until("the counters", lambda: hub.store.counters("dev-a").get("invalid:ts_in_future") == 2)
     counters = hub.store.counters("dev-a")
-    assert counters["invalid:ts_out_of_range"] == 3
-    assert counters["refused_readings:ts_out_of_range"] == 15
+    assert counters["invalid:ts_out_of_range"] == 1  # the ancient one
+    assert counters["refused_readings:ts_out_of_range"] == 5
+    assert counters["invalid:ts_in_future"] == 2  # 10 days ahead, and 1e300
+    assert counters["refused_readings:ts_in_future"] == 10
     assert counters["stored_readings"] == 5
     letters = hub.store.dead_letters(10, "dev-a")
-    assert {d.reason for d in letters} == {"ts_out_of_range"}
+    assert {d.reason for d in letters} == {"ts_out_of_range", "ts_in_future"}
     assert any("clock" in d.error for d in letters)
+
+
+def test_a_reading_from_the_future_beyond_the_setting_is_kept_aside_and_acked(
+    hub: Hub, device_client: Client
+) -> None:
+    """``max_future_s`` is 300 s by default (the hub's --max-future-s): a clock a minute
+    fast is tolerated, ten minutes is not; the refused message is acked all the same,
+    so the device stops sending it."""
+    now = time.time()
+    soon = dataclasses.replace(telemetry("dev-a", 1), ts=np.full(5, now + 60.0))
+    later = dataclasses.replace(telemetry("dev-a", 2), ts=np.linspace(now, now + 600.0, 5))
+    for msg in (soon, later):
+        device_client.send(msg)
+    device_client.wait_for("the ack past the refused seq", acked("dev-a", 2))
+    wait_until("the dead letter", lambda: len(hub.store.dead_letters(10, "dev-a")) == 1)
+    wait_until("the counters", lambda: hub.store.counters("dev-a").get("invalid:ts_in_future") == 1)
+    counters = hub.store.counters("dev-a")
+    assert counters["stored_readings"] == 5
+    assert counters["refused_readings:ts_in_future"] == 5
+    (letter,) = hub.store.dead_letters(10, "dev-a")
+    assert letter.reason == "ts_in_future" and "--max-future-s" in letter.error
+    assert hub.store.gaps() == []
 
 
 def test_a_seq_far_beyond_the_watermark_is_refused_not_a_giant_gap(

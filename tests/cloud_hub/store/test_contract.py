@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_hub.store import SQLiteStore, Store, TelemetryRows
+from cloud_hub.store import BatchJob, SQLiteStore, Store, TelemetryRows
 from tests.cloud_hub.store.samples import (
     T0,
     dead_letter,
@@ -524,28 +525,33 @@ def test_register_model_is_idempotent_and_refuses_a_changed_manifest(store: Stor
 # --------------------------------------------------------------------------- retention
 
 
-def test_prune_deletes_old_readings_and_keeps_the_dedupe_record(store: Store) -> None:
+def test_prune_counts_from_arrival_and_keeps_the_dedupe_record(store: Store) -> None:
+    day = 86_400.0
+    now = T0 + 400 * day
     store.write_stream(
         [
-            tele("pi-01", 1, 1, n=10, t0=100.0, step=1.0),  # 100..109: all old
-            tele("pi-01", 1, 2, n=10, t0=110.0, step=1.0),  # 110..119: straddles 115
-            tele("pi-01", 1, 3, n=10, t0=120.0, step=1.0),  # 120..129: all kept
-            tele("pi-02", 1, 1, n=4, t0=50.0, step=1.0),  # another device, all old
+            # A recording of a year ago, replayed today: kept.
+            tele("pi-01", 1, 1, n=10, t0=T0, step=1.0, received_at=now),
+            # Readings stamped today that arrived 8 days ago: pruned.
+            tele("pi-01", 1, 2, n=10, t0=now, step=1.0, received_at=now - 8 * day),
+            tele("pi-01", 1, 3, n=10, t0=now, step=1.0, received_at=now - 6 * day),
+            tele("pi-02", 1, 1, n=4, t0=T0, received_at=now - 9 * day),
             event("pi-01", 1, 4, ts=10.0),
         ]
     )
-    removed = store.prune_telemetry(before_ts=115.0)
-    assert removed == 10 + 5 + 4
-    ts = all_readings(store, "pi-01").ts
-    assert ts.tolist() == [float(t) for t in range(115, 130)]
+    removed = store.prune_telemetry(received_before=now - 7 * day)
+    assert removed == 10 + 4
+    kept = store.telemetry("pi-01", 0.0, 1e12, limit=1000).items
+    assert sorted((m.seq, m.received_at) for m in kept) == [(1, now), (3, now - 6 * day)]
+    assert len(all_readings(store, "pi-01")) == 20
     assert len(all_readings(store, "pi-02")) == 0
-    assert len(store.events("pi-01", 0, 1e12, limit=10).items) == 1  # events are not telemetry
+    assert len(store.events("pi-01", 0, 1e12, limit=10).items) == 1  # events are not pruned
 
-    replay = store.write_stream([tele("pi-01", 1, 1, n=10, t0=100.0, step=1.0)])
-    assert replay.duplicates == [("pi-01", 1, 1)]
-    assert len(all_readings(store, "pi-01")) == 15
+    replay = store.write_stream([tele("pi-01", 1, 2, n=10, t0=now, step=1.0, received_at=now)])
+    assert replay.duplicates == [("pi-01", 1, 2)]
+    assert len(all_readings(store, "pi-01")) == 20
     assert store.watermark("pi-01", 1) == 4
-    assert store.prune_telemetry(before_ts=115.0) == 0
+    assert store.prune_telemetry(received_before=now - 7 * day) == 0
 
 
 # --------------------------------------------------------------------------- threads
@@ -642,3 +648,20 @@ def test_an_issued_tail_is_a_gap_until_it_comes_or_expires(store: Store) -> None
     assert store.gaps() == [] and store.watermark("pi-01", 1) == 5
     store.note_issued("pi-01", 1, 4, at=T0)  # behind the watermark: nothing opens
     assert store.gaps() == []
+
+
+def test_batch_jobs_round_trip_and_unfinished_ones_fail(store: Store) -> None:
+    queued = BatchJob("j1", "queued", ("pi-01", "pi-02"), 10.0, math.inf, "m", "1.0.0", 100.0)
+    store.save_batch_job(queued)
+    assert store.batch_job("j1") == queued
+    running = dataclasses.replace(queued, id="j2", state="running", created_at=101.0, rows_done=5)
+    done = dataclasses.replace(queued, id="j3", state="done", created_at=102.0, result_path="r")
+    store.save_batch_job(running)
+    store.save_batch_job(done)
+    assert [j.id for j in store.batch_jobs()] == ["j3", "j2", "j1"]
+    assert store.batch_job("nope") is None
+    assert store.fail_unfinished_batch_jobs("the hub stopped", 200.0) == ["j1", "j2"]
+    failed = store.batch_job("j2")
+    assert failed is not None and failed.state == "failed" and failed.error == "the hub stopped"
+    assert failed.rows_done == 5 and failed.finished_at == 200.0
+    assert store.batch_job("j3") == done

@@ -1,0 +1,272 @@
+"""``edgeloop-hub batch score``: every row kept in order with its ts and device,
+predictions equal to the model called directly, ``urgent`` equal to UrgentRule
+over each device's series, streamed in chunks, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.batch.files import score_files
+from cloud_hub.cli import main
+from cloud_hub.inference import OnnxScorer
+from cloud_hub.recordings import CsvOptions
+from shared.features import FeatureWindow, InputCheck
+from shared.manifest import ModelPackage, load_package
+from shared.urgent import UrgentRule
+from tests.conftest import ModelPaths
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_763_719_200.0
+
+
+def _recording(path: Path, package: ModelPackage, n: int, seed: int = 5) -> np.ndarray:
+    """Two devices interleaved, with dropouts, bad cells and hard-limit crossings;
+    returns the values as the reader sees them (NaN for empty or bad cells)."""
+    m = package.manifest
+    rng = np.random.default_rng(seed)
+    fallback = np.array(m.input.fallback)
+    x = fallback + rng.normal(0.0, 0.03, size=(n, fallback.size)) * np.abs(fallback)
+    x[n // 3 : n // 3 + 30, 0] = 140.0  # temperature beyond its hard limit
+    x[n // 2 : n // 2 + 40, 1] *= 9.0
+    x[rng.random(x.shape) < 0.02] = np.nan
+    cells = x.astype(object)
+    cells[np.isnan(x)] = ""
+    bad = rng.random(x.shape) < 0.01
+    cells[bad] = "n/a"
+    x[bad] = np.nan
+    with path.open("w") as fh:
+        fh.write("when;machine;" + ";".join(f"col_{s}" for s in m.input.sensor_names) + "\n")
+        for i in range(n):
+            row = ";".join(str(c) for c in cells[i])
+            fh.write(f"{T0 + i // 2:.1f};{'ab'[i % 2]};{row}\n")
+    return x
+
+
+def _expected(package: ModelPackage, x: np.ndarray, devices: list[str]) -> dict[str, np.ndarray]:
+    """What a device running ``package`` computes, reading by reading, per device."""
+    m = package.manifest
+    scorer = OnnxScorer.from_package(package)
+    check = InputCheck(m.input.sensors, m.expected_ranges())
+    windows: dict[str, FeatureWindow] = {}
+    rules: dict[str, UrgentRule] = {}
+    checked = np.stack([check.check(row.copy()) for row in x])
+    feats = np.empty((len(x), len(m.input.features)), dtype=np.float32)
+    for i, d in enumerate(devices):
+        fw = windows.setdefault(d, FeatureWindow(m.input.window, m.input.fallback))
+        feats[i] = fw.push(checked[i])
+    row_by_row = m.model.quantization != "fp32"
+    scores = scorer.scores(feats, batch_size=1 if row_by_row else None)
+    u = scores[:, m.output.urgent_index]
+    urgent = np.zeros(len(x), dtype=np.int64)
+    for i, d in enumerate(devices):
+        rule = rules.setdefault(
+            d, UrgentRule(m.urgent, m.output.urgent_index, m.input.sensor_names)
+        )
+        urgent[i] = int(bool(rule.check(checked[i], float(u[i]))))
+    return {"scores": scores, "urgent": urgent}
+
+
+def _args(models: ModelPaths, tmp: Path, *extra: str) -> list[str]:
+    return [
+        "batch",
+        "score",
+        "--models-dir",
+        str(models.heavy.parent.parent),
+        "--data-dir",
+        str(tmp / "hub"),
+        *extra,
+    ]
+
+
+def _csv_map(package: ModelPackage) -> str:
+    return ",".join(f"{s}=col_{s}" for s in package.manifest.input.sensor_names)
+
+
+@pytest.mark.parametrize("variant", ["heavy", "edge"])
+def test_every_row_in_order_with_the_model_and_the_rule_applied_per_device(
+    tmp_path: Path,
+    model_packages: ModelPaths,
+    capsys: pytest.CaptureFixture[str],
+    variant: str,
+) -> None:
+    package = load_package(getattr(model_packages, variant))
+    m = package.manifest
+    data = tmp_path / "rec.csv"
+    n = 1500 if variant == "heavy" else 400
+    x = _recording(data, package, n)
+    out = tmp_path / "scored.csv"
+    args = ["--model", m.name, "--input", str(data), "--output", str(out)]
+    args += ["--device-column", "machine", "--ts-column", "when", "--chunk-rows", "97"]
+    assert main(_args(model_packages, tmp_path, *args, "--csv-map", _csv_map(package))) == 0
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads(printed[-1])
+    devices = ["ab"[i % 2] for i in range(n)]
+    want = _expected(package, x, devices)
+
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["ts", "device", "predicted_class", "urgent_score", "urgent"]
+    assert [float(r["ts"]) for r in rows] == [T0 + i // 2 for i in range(n)]
+    assert [r["device"] for r in rows] == devices
+    classes = [m.output.classes[i] for i in want["scores"].argmax(axis=1)]
+    assert [r["predicted_class"] for r in rows] == classes
+    np.testing.assert_allclose(
+        [float(r["urgent_score"]) for r in rows],
+        want["scores"][:, m.output.urgent_index],
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    assert [int(r["urgent"]) for r in rows] == want["urgent"].tolist()
+    assert want["urgent"].sum() >= 2  # the hard-limit crossings, at least
+    assert summary["rows"] == n and summary["urgent_rows"] == int(want["urgent"].sum())
+    assert summary["bad_cells"] > 0 and summary["series"] == 2
+    assert summary["row_by_row"] is (variant == "edge")
+    assert "urgent rows" in printed[-2] and "rows/s" in printed[-2]
+
+
+def test_jsonl_and_parquet_outputs_hold_the_same_rows(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    package = load_package(model_packages.heavy)
+    data = tmp_path / "rec.csv"
+    _recording(data, package, 300)
+    base = ["--model", "machine-heavy@1.0.0", "--input", str(tmp_path), "--ts-column", "when"]
+    base += ["--csv-map", _csv_map(package)]
+    csv_out, jsonl_out = tmp_path / "o.csv.out", tmp_path / "o.jsonl"
+    assert (
+        main(_args(model_packages, tmp_path, *base, "--output", str(csv_out), "--format", "csv"))
+        == 0
+    )
+    assert main(_args(model_packages, tmp_path, *base, "--output", str(jsonl_out))) == 0
+    with csv_out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    lines = [json.loads(x) for x in jsonl_out.read_text().splitlines()]
+    assert len(rows) == len(lines) == 300
+    assert [r["predicted_class"] for r in rows] == [x["predicted_class"] for x in lines]
+    assert [int(r["urgent"]) for r in rows] == [x["urgent"] for x in lines]
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq_out = tmp_path / "o.parquet"
+    assert main(_args(model_packages, tmp_path, *base, "--output", str(pq_out))) == 0
+    table = pq.read_table(pq_out).to_pydict()
+    assert table["predicted_class"] == [x["predicted_class"] for x in lines]
+    assert table["ts"] == [x["ts"] for x in lines]
+    # Parquet in: the same rows give the same results.
+    back = tmp_path / "back.jsonl"
+    pa = pytest.importorskip("pyarrow")
+    src = tmp_path / "in.parquet"
+    with data.open() as fh:
+        cols = list(csv.DictReader(fh, delimiter=";"))
+    pq.write_table(
+        pa.table(
+            {
+                "when": [float(c["when"]) for c in cols],
+                **{
+                    k: [float(c[k]) if c[k] not in ("", "n/a") else None for c in cols]
+                    for k in cols[0]
+                    if k.startswith("col_")
+                },
+            }
+        ),
+        src,
+    )
+    args = ["--model", "machine-heavy", "--input", str(src), "--output", str(back)]
+    assert (
+        main(
+            _args(
+                model_packages,
+                tmp_path,
+                *args,
+                "--ts-column",
+                "when",
+                "--csv-map",
+                _csv_map(package),
+            )
+        )
+        == 0
+    )
+    again = [json.loads(x) for x in back.read_text().splitlines()]
+    assert [x["predicted_class"] for x in again] == [x["predicted_class"] for x in lines]
+    assert [x["urgent"] for x in again] == [x["urgent"] for x in lines]
+
+
+def test_a_large_file_is_streamed_in_chunks(tmp_path: Path, model_packages: ModelPaths) -> None:
+    package = load_package(model_packages.heavy)
+    names = package.manifest.input.sensor_names
+    n, chunk = 50_000, 4096
+    data = tmp_path / "big.csv"
+    rng = np.random.default_rng(1)
+    x = np.array(package.manifest.input.fallback) + rng.normal(0, 0.1, size=(n, len(names)))
+    body = np.column_stack([T0 + np.arange(n), x])
+    np.savetxt(data, body, delimiter=",", header="ts," + ",".join(names), comments="", fmt="%.4f")
+    sizes: list[int] = []
+    out = tmp_path / "big.out.csv"
+    summary = score_files(
+        package, [data], out, "csv", CsvOptions(), chunk_rows=chunk, on_chunk=sizes.append
+    )
+    assert summary.rows == n and sum(sizes) == n
+    assert len(sizes) == math.ceil(n / chunk) and max(sizes) == chunk
+    with out.open() as fh:
+        assert sum(1 for _ in fh) == n + 1
+
+
+def test_errors_name_the_model_the_input_or_the_output(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "rec.csv"
+    _recording(data, load_package(model_packages.heavy), 20)
+    out = tmp_path / "o.csv"
+    mapped = ["--ts-column", "when", "--csv-map", _csv_map(load_package(model_packages.heavy))]
+
+    def error(model: str, source: Path, output: Path, *options: str) -> str:
+        args = ["--model", model, "--input", str(source), "--output", str(output), *options]
+        assert main(_args(model_packages, tmp_path, *args)) == 2
+        return capsys.readouterr().err
+
+    err = error("nope", data, out, *mapped)
+    assert "'nope'" in err and "machine-edge" in err and "machine-heavy" in err
+    assert "1.0.0" in error("machine-heavy@9.0.0", data, out, *mapped)
+    missing = tmp_path / "missing.csv"
+    assert str(missing) in error("machine-heavy", missing, out, *mapped)
+    err = error("machine-heavy", data, out, "--ts-column", "when")
+    assert "temperature" in err and "--csv-map" in err  # the sensors lack their columns
+    err = error("machine-heavy", data, tmp_path / "no-such-dir" / "o.csv", *mapped)
+    assert "no-such-dir" in err and "cannot write the output" in err
+    assert not out.exists()
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(
+    tmp_path: Path,
+    model_packages: ModelPaths,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import builtins  # noqa: PLC0415
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    data = tmp_path / "rec.csv"
+    _recording(data, load_package(model_packages.heavy), 20)
+    args = [
+        "--model",
+        "machine-heavy",
+        "--input",
+        str(data),
+        "--output",
+        str(tmp_path / "o.parquet"),
+    ]
+    assert main(_args(model_packages, tmp_path, *args)) == 2
+    err = capsys.readouterr().err
+    assert "pyarrow" in err and "edgeloop[parquet]" in err

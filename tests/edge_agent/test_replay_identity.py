@@ -1,0 +1,40 @@
+"""A replayed recording's epoch: the file and what shapes its messages, nothing else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_agent.replay_identity import replay_identity
+from shared.epochs import is_replay_epoch
+from shared.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(30)
+
+SHAPE = {"model": "machine-edge 1.0.0", "max_batch": 50, "max_delay_ms": 1000}
+
+
+def test_same_content_same_epoch_wherever_the_file_is(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "sub" / "b.csv"
+    b.parent.mkdir()
+    a.write_text("ts,x\n1,2\n3,4\n")
+    b.write_text("ts,x\n1,2\n3,4\n")
+    ida, idb = replay_identity(a, SHAPE), replay_identity(b, SHAPE)
+    assert ida.epoch == idb.epoch
+    assert is_replay_epoch(ida.epoch)
+    assert ida.file_sha256 == idb.file_sha256
+
+
+def test_one_byte_or_one_setting_makes_another_replay(tmp_path: Path) -> None:
+    a = tmp_path / "a.csv"
+    a.write_text("ts,x\n1,2\n3,4\n")
+    base = replay_identity(a, SHAPE).epoch
+    assert replay_identity(a, {**SHAPE, "max_batch": 51}).epoch != base
+    a.write_text("ts,x\n1,2\n3,5\n")
+    assert replay_identity(a, SHAPE).epoch != base
+
+
+def test_an_unreadable_file_names_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.csv"):
+        replay_identity(tmp_path / "missing.csv", SHAPE)
