@@ -439,6 +439,7 @@ def _build(
             "urgent_class": URGENT_CLASS,
             "normal_class": NORMAL_CLASS,
             "reference_x": train.X,
+            "reference_normal": train.y == classes.index(NORMAL_CLASS),
             "lineage": lineage,
             "test_inputs": test_inputs,
             "min_agent_version": MIN_AGENT_VERSION,
