@@ -200,6 +200,22 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "baseline_readings",
+            non_negative_int,
+            5000,
+            "commission each device's baseline from its first N stored readings (0: never; "
+            "edgeloop-hub devices baseline makes one over any range); 5000 is ~8 minutes at 10 Hz, "
+            "long enough to see a machine's operating regimes, not only the one it started in",
+            "N",
+        ),
+        Option(
+            "baseline_check_s",
+            positive_float,
+            10.0,
+            "how often the hub looks for devices whose first --baseline-readings readings are stored",
+            "S",
+        ),
+        Option(
             "ingest_queue_max",
             positive_int,
             200_000,
@@ -281,6 +297,8 @@ class HubSettings:
     stale_after_s: float
     retention_days: float
     max_future_s: float
+    baseline_readings: int
+    baseline_check_s: float
     ingest_queue_max: int
     ingest_queue_max_bytes: int
     ingest_batch_max: int
