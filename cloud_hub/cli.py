@@ -132,7 +132,7 @@ def _devices_baseline(args: argparse.Namespace) -> int:
     from cloud_hub.store import open_store  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=False)
-    since = 0.0 if args.since is None else args.since
+    since = -math.inf if args.since is None else args.since
     until = math.inf if args.until is None else args.until
     if not since < until:
         args.parser.error(f"--from ({args.since}) must be before --to ({args.until})")

@@ -218,7 +218,7 @@ class Commissioner:
                 baseline = baseline_from_store(
                     self.store,
                     record.device,
-                    0.0,
+                    -math.inf,
                     math.inf,
                     min_readings=self.readings,
                     limit=self.readings,
