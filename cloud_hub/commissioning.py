@@ -253,4 +253,6 @@ class Commissioner:
             try:
                 self.check()
             except Exception:  # commissioning must never take the hub down
+                if stop.is_set():
+                    return  # the store closed under a pass at shutdown
                 log.exception("commissioning: a pass failed; will retry")
