@@ -202,10 +202,11 @@ OPTIONS: Final = OptionTable(
         Option(
             "baseline_readings",
             non_negative_int,
-            5000,
+            10_000,
             "commission each device's baseline from its first N stored readings (0: never; "
-            "edgeloop-hub devices baseline makes one over any range); 5000 is ~8 minutes at 10 Hz, "
-            "long enough to see a machine's operating regimes, not only the one it started in",
+            "edgeloop-hub devices baseline makes one over any range); 10000 is ~17 minutes at "
+            "10 Hz: the window must show every operating regime of the machine for at least 5 % "
+            "of it, not only the one it started in",
             "N",
         ),
         Option(

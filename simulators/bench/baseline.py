@@ -80,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--readings",
         type=positive_int,
-        default=25_000,
-        help="readings per device, commissioning included (default: 25000)",
+        default=30_000,
+        help="readings per device, commissioning included (default: 30000)",
     )
     parser.add_argument(
         "--commission",
@@ -136,6 +136,7 @@ class _Tally:
     false_alarms: int = 0
     false_by_rule: dict[str, int] = dataclasses.field(default_factory=dict)
     fault_decisions: int = 0
+    fault_by_rule: dict[str, int] = dataclasses.field(default_factory=dict)
     non_urgent: int = 0
     out_of_distribution: int = 0
     readings: int = 0
@@ -164,6 +165,8 @@ class _Tally:
                         self.false_by_rule[rule] = self.false_by_rule.get(rule, 0) + 1
             elif rules:
                 self.fault_decisions += 1
+                for rule in rules:
+                    self.fault_by_rule[rule] = self.fault_by_rule.get(rule, 0) + 1
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -176,6 +179,7 @@ class _Tally:
             "false_alarms_per_10k": round(1e4 * self.false_alarms / max(self.normal, 1), 3),
             "false_alarms_by_rule": dict(sorted(self.false_by_rule.items())),
             "fault_decisions": self.fault_decisions,
+            "fault_decisions_by_rule": dict(sorted(self.fault_by_rule.items())),
             "alarms_per_10k_non_urgent": round(
                 1e4 * (self.false_alarms + self.fault_decisions) / max(self.non_urgent, 1), 3
             ),
