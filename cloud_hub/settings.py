@@ -205,8 +205,8 @@ OPTIONS: Final = OptionTable(
             10_000,
             "commission each device's baseline from its first N stored readings (0: never; "
             "edgeloop-hub devices baseline makes one over any range); 10000 is ~17 minutes at "
-            "10 Hz: the window must show every operating regime of the machine for at least 5 % "
-            "of it, not only the one it started in",
+            "10 Hz: the window must show every operating regime of the machine for at least a "
+            "twentieth of it, not only the one it started in",
             "N",
         ),
         Option(
