@@ -10,8 +10,7 @@ each reading onto the reference before the model sees it::
     x' = ref.location + (x - dev.location) / dev.scale * ref.scale
        = gain * x + offset          (gain = ref.scale / dev.scale > 0)
 
-so a device's median becomes the reference median and its spread the
-reference spread.
+so a device's centre becomes the reference's and its spread the reference's.
 
 Statistics (:func:`robust_stats`, the one definition, which the model's
 reference statistics use too): ``location`` is the midpoint of the 5 % and
@@ -195,7 +194,7 @@ def last_values(features: npt.NDArray[np.floating], sensors: Sequence[str]) -> F
 
 @dataclass(frozen=True, slots=True)
 class SensorBaseline:
-    """One sensor's normal on one device: median and robust standard deviation (> 0)."""
+    """One sensor's normal on one device: location and robust standard deviation (> 0)."""
 
     location: float
     scale: float
