@@ -69,6 +69,7 @@ Errors::
 
 >>> import numpy as np
 >>> from shared.manifest import SensorReference
+from shared.topics import validate_device_id
 >>> rng = np.random.default_rng(0)
 >>> own = rng.normal(70.0, 2.0, size=(4000, 1))            # this device reads ~70 +- 2
 >>> b = compute_baseline(own, ("temp",), device="pi-07", model="m", since=0.0, until=1.0)
@@ -81,7 +82,6 @@ Errors::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,9 +90,10 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TopicError
 from shared.features import feature_names
 from shared.manifest import SensorReference
+from shared.topics import validate_device_id
 
 __all__ = [
     "FORMAT",
@@ -111,7 +112,6 @@ F64 = npt.NDArray[np.float64]
 FORMAT: Final = 1
 SCALE_FLOOR: Final = 1e-3
 """The least scale, as a share of the sensor's span (see the module docstring)."""
-_DEVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _FIELDS: Final = ("format", "device", "model", "sensors", "since", "until", "readings", "created")
 
 
@@ -329,8 +329,10 @@ class Baseline:
             )
         r.get("format", int)
         device = r.get("device", str)
-        if not _DEVICE_RE.fullmatch(device):
-            raise r.fail("device", f"= {device!r} is not a device id (1-128 of A-Z a-z 0-9 _ . -)")
+        try:
+            validate_device_id(device)
+        except TopicError as exc:
+            raise r.fail("device", f"= {device!r}: {exc}") from None
         model = r.get("model", str)
         if not model:
             raise r.fail("model", "must name the model")
