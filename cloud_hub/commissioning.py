@@ -130,6 +130,15 @@ def baseline_from_store(
             "(GET /v1/devices lists the devices)",
             field="device",
         )
+    in_use = (record.last_health or {}).get("baseline")
+    if in_use:
+        log.warning(
+            "device %r: its last heartbeat says its agent maps readings with the baseline "
+            "created %s; readings sent with a baseline are mapped values, and a baseline over "
+            "them describes those: choose a range the agent sent without --baseline",
+            device,
+            in_use,
+        )
     blocks: list[np.ndarray] = []
     first = last = math.nan
     versions: set[str] = set()

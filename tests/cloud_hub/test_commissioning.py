@@ -112,3 +112,9 @@ def test_the_hub_commissions_after_n_readings_and_the_cli_recommissions_over_a_r
                 ),
                 timeout=30,
             )
+        # Its readings are now mapped values: a baseline over them is warned about.
+        again = _hub_cli(
+            hub, "devices", "baseline", device, "--baseline-readings", "200", "--out", str(out)
+        )
+        assert again.returncode == 0, again.stderr
+        assert f"maps readings with the baseline created {baseline.created}" in again.stderr
