@@ -69,7 +69,6 @@ Errors::
 
 >>> import numpy as np
 >>> from shared.manifest import SensorReference
-from shared.topics import validate_device_id
 >>> rng = np.random.default_rng(0)
 >>> own = rng.normal(70.0, 2.0, size=(4000, 1))            # this device reads ~70 +- 2
 >>> b = compute_baseline(own, ("temp",), device="pi-07", model="m", since=0.0, until=1.0)
