@@ -2,6 +2,7 @@
 
     edgeloop-hub serve [--broker embedded|URL] [--read-token-file F --admin-token-file F | --insecure-dev true] ...
     edgeloop-hub devices add NAME
+    edgeloop-hub devices baseline NAME [--from T] [--to T] [--out FILE] [--model NAME]
     edgeloop-hub certs init [--host NAME ...] [--force] | certs server [--host NAME ...]
     edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
     edgeloop-hub models train --data FILE_OR_DIR... [--label COLUMN --urgent VALUE...] ...
@@ -108,6 +109,57 @@ def _devices_add(args: argparse.Namespace) -> int:
     if args.mosquitto_password_file is not None:
         files = MosquittoFiles(args.mosquitto_password_file, args.mosquitto_acl_file)
     print(add_device(settings, args.name, rotate=args.rotate, mosquitto_files=files).render())
+    return 0
+
+
+def _time(text: str) -> float:
+    from shared.columns import parse_timestamp  # noqa: PLC0415
+
+    try:
+        return parse_timestamp(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: give unix seconds or ISO 8601 (2026-11-26T20:00:00Z; "
+            "without a zone it is UTC)"
+        ) from None
+
+
+def _devices_baseline(args: argparse.Namespace) -> int:
+    import math  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from cloud_hub.commissioning import baseline_from_store  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+    from cloud_hub.store import open_store  # noqa: PLC0415
+
+    settings = resolve_settings(args, serving=False)
+    since = -math.inf if args.since is None else args.since
+    until = math.inf if args.until is None else args.until
+    if not since < until:
+        args.parser.error(f"--from ({args.since}) must be before --to ({args.until})")
+    store = open_store(settings.store)
+    try:
+        baseline = baseline_from_store(
+            store,
+            args.name,
+            since,
+            until,
+            min_readings=max(settings.baseline_readings, 1),
+            model=args.model,
+        )
+        store.put_baseline(baseline, time.time())
+    finally:
+        store.close()
+    text = json.dumps(baseline.to_dict(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+        print(
+            f"device {baseline.device!r}: baseline for model {baseline.model} from "
+            f"{baseline.readings} readings written to {args.out} and recorded in the store; "
+            f"give it to the agent with --baseline {args.out.name}"
+        )
     return 0
 
 
@@ -368,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
     OPTIONS.add_to(serve)
     serve.set_defaults(handler=_serve)
 
-    devices = commands.add_parser("devices", help="device provisioning (add)")
+    devices = commands.add_parser("devices", help="device provisioning (add) and baselines")
     devices.set_defaults(parser=devices)
     devices_cmds = devices.add_subparsers(title="device commands", metavar="COMMAND")
     add = devices_cmds.add_parser(
@@ -410,6 +462,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     OPTIONS.add_to(add, only=PROVISION_OPTIONS)
     add.set_defaults(handler=_devices_add, parser=add)
+    base = devices_cmds.add_parser(
+        "baseline",
+        help="compute a device's baseline from its stored readings, record it and print the "
+        "file its agent reads (--baseline)",
+        description="Compute device NAME's baseline (per sensor, the location and scale of its "
+        "normal: the agent maps its readings onto the model's reference with it) from its stored "
+        "readings with FROM <= timestamp < TO, record it in the store (replacing the device's "
+        "earlier one; GET /v1/devices/NAME/baseline serves it) and print it, or write it to "
+        "--out. Choose a range in which the machine ran normally, in all its operating "
+        "regimes, and without a baseline in its agent; it must hold at least "
+        "--baseline-readings readings. Works whether or not the hub runs; "
+        "the options below say where the store is, like serve's.",
+    )
+    base.add_argument("name", metavar="NAME", help="device id")
+    base.add_argument(
+        "--from",
+        dest="since",
+        type=_time,
+        metavar="T",
+        help="first reading's time, unix seconds or ISO 8601 (default: the device's first)",
+    )
+    base.add_argument(
+        "--to",
+        dest="until",
+        type=_time,
+        metavar="T",
+        help="end of the range, exclusive (default: the device's last reading)",
+    )
+    base.add_argument("--out", type=Path, metavar="FILE", help="write the baseline here")
+    base.add_argument(
+        "--model",
+        metavar="NAME",
+        help="the edge model the device runs, if its readings fit several registered ones",
+    )
+    OPTIONS.add_to(base, only=("data_dir", "store", "baseline_readings"))
+    base.set_defaults(handler=_devices_baseline, parser=base)
 
     certs = commands.add_parser("certs", help="a private CA and the hub's TLS certificate")
     certs.set_defaults(parser=certs)

@@ -11,6 +11,8 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one batch thread runs batch jobs (``/v1/batch/jobs``), one at a time
   (:mod:`cloud_hub.batch.jobs`); at start it marks failed the jobs an earlier
   hub left unfinished;
+- one commissioning thread records each new device's baseline once its first
+  ``--baseline-readings`` readings are stored (:mod:`cloud_hub.commissioning`);
 - the embedded broker (amqtt) runs in its own process, watched by one supervisor
   thread that restarts it when it dies (:mod:`cloud_hub.broker.supervisor`).
 
@@ -89,6 +91,9 @@ class Hub:
         self.batch_jobs: Any = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self.commissioner: Any = None
+        self.edge_model: str | None = None
+        """Name of the hub's own edge model (the default build's)."""
 
     # -- start-up, in dependency order -------------------------------------------------------
 
@@ -106,6 +111,19 @@ class Hub:
             target=self._maintain, name="hub-maintenance", daemon=True
         )
         self._maintenance.start()
+        self._start_commissioning()
+
+    def _start_commissioning(self) -> None:
+        s = self.settings
+        if not s.baseline_readings:
+            log.info("commissioning: off (--baseline-readings 0)")
+            return
+        from cloud_hub.commissioning import Commissioner  # noqa: PLC0415
+
+        self.commissioner = Commissioner(
+            self.store, s.baseline_readings, s.baseline_check_s, prefer=self.edge_model
+        )
+        self.commissioner.start(self._stop)
 
     def _start_broker(self) -> BrokerEndpoint:
         s = self.settings
@@ -180,6 +198,8 @@ class Hub:
         built = build_default_models(self.settings.models_dir)
         for path in (built.edge, built.heavy):
             package = load_package(path)
+            if path == built.edge:
+                self.edge_model = package.manifest.name
             # Absolute: --models-dir (relative by default) means nothing once the hub runs
             # from another directory, and the API must not join it to the models dir again.
             # Registering again moves a record made by an older start to this path.

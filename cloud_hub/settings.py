@@ -200,6 +200,23 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "baseline_readings",
+            non_negative_int,
+            10_000,
+            "commission each device's baseline from its first N stored readings (0: never; "
+            "edgeloop-hub devices baseline makes one over any range); 10000 is ~17 minutes at "
+            "10 Hz: the window must show every operating regime of the machine for at least a "
+            "twentieth of it, not only the one it started in",
+            "N",
+        ),
+        Option(
+            "baseline_check_s",
+            positive_float,
+            10.0,
+            "how often the hub looks for devices whose first --baseline-readings readings are stored",
+            "S",
+        ),
+        Option(
             "ingest_queue_max",
             positive_int,
             200_000,
@@ -281,6 +298,8 @@ class HubSettings:
     stale_after_s: float
     retention_days: float
     max_future_s: float
+    baseline_readings: int
+    baseline_check_s: float
     ingest_queue_max: int
     ingest_queue_max_bytes: int
     ingest_batch_max: int

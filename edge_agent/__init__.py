@@ -1,8 +1,9 @@
 """The edgeloop edge agent: score every reading locally, act at once, publish over MQTT.
 
 Data flow, one module per step: ``sources/`` (a reading enters) →
-:mod:`shared.features` (features) → :mod:`edge_agent.engine` (int8 ONNX
-scores) → :mod:`edge_agent.rules` (urgent?) → :mod:`edge_agent.actuators`
+:mod:`edge_agent.reading` (input checks, the device's baseline
+(:mod:`shared.baseline`), :mod:`shared.features`, :mod:`edge_agent.engine`
+(int8 ONNX scores), :mod:`edge_agent.rules` (urgent?)) → :mod:`edge_agent.actuators`
 (local action) → :mod:`edge_agent.batcher` and :mod:`edge_agent.outbox`
 (staged, then given a seq and written to disk) → :mod:`edge_agent.transport`
 (sent, and kept until the hub acks it). :mod:`edge_agent.agent`

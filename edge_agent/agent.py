@@ -23,15 +23,16 @@ from edge_agent.batcher import Batch, Batcher
 from edge_agent.engine import EdgeModel
 from edge_agent.epoch import next_epoch
 from edge_agent.outbox import Outbox
+from edge_agent.reading import ReadingPath
 from edge_agent.replay_identity import identity_for
-from edge_agent.rules import Decision, UrgentRule
+from edge_agent.rules import Decision
 from edge_agent.settings import AgentSettings
 from edge_agent.sources.base import Source
 from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
 from shared import __version__
+from shared.baseline import Baseline
 from shared.errors import ContractError
-from shared.features import FeatureWindow, InputCheck
 from shared.messages import (
     DEFAULT_LIMITS,
     Ack,
@@ -56,7 +57,12 @@ _WRITE_RETRY_S: Final = 1.0
 
 
 class Agent:
-    """One device's agent. Build it, then call :meth:`run` with a stop event."""
+    """One device's agent. Build it, then call :meth:`run` with a stop event.
+
+    ``baseline``: this device's baseline (:func:`edge_agent.reading.load_baseline`
+    reads and checks ``--baseline FILE``); None to feed the model raw values,
+    as its reference expects of an average device.
+    """
 
     def __init__(
         self,
@@ -64,6 +70,7 @@ class Agent:
         model: EdgeModel,
         source: Source,
         actuators: list[Actuator],
+        baseline: Baseline | None = None,
     ) -> None:
         self.settings = settings
         self.device = settings.device
@@ -72,12 +79,11 @@ class Agent:
         self.actuators = actuators
         self.topics = Topics(settings.root)
         manifest = model.manifest
-        self.features = FeatureWindow(manifest.input.window, manifest.input.fallback)
-        self.inputs = InputCheck(manifest.input.sensors, manifest.expected_ranges())
-        self.rule = UrgentRule(
-            manifest.urgent, manifest.output.urgent_index, manifest.input.sensor_names
-        )
-        self.urgent_index = manifest.output.urgent_index
+        self.path = ReadingPath(model, baseline)
+        self.baseline = baseline
+        self.features = self.path.features
+        self.inputs = self.path.inputs
+        self.rule = self.path.rule
         # A replayed recording's epoch is the recording's (edge_agent.replay_identity);
         # any other source's is bumped (and fsynced) here, so the outbox knows which
         # epoch its new seqs belong to before the first reading.
@@ -189,10 +195,7 @@ class Agent:
         its own, the most severe first; returns the decisions (usually none).
         """
         t0 = time.perf_counter_ns()
-        values = self.inputs.check(values)  # out-of-range values become missing, counted
-        feats = self.features.push(values)  # always finite: bad values are carried forward
-        scores = self.model.score(feats)
-        decisions = self.rule.check(values, scores.item(self.urgent_index))
+        feats, scores, decisions = self.path.step(values)  # see edge_agent.reading
         self.latency.add((time.perf_counter_ns() - t0) / 1000.0)
         for decision in decisions:
             results = [a.act(self.device, decision) for a in self.actuators]
@@ -236,6 +239,14 @@ class Agent:
             self.model.version,
             self.settings.broker.redacted_url,
         )
+        if self.baseline is not None:
+            log.info(
+                "device %r: readings are mapped onto the model's reference with the baseline "
+                "created %s from %d readings",
+                device,
+                self.baseline.created,
+                self.baseline.readings,
+            )
         if self.outbox.recovered:
             log.info(
                 "device %r: %d unacked messages of earlier runs are in the outbox; sending them "
@@ -542,6 +553,7 @@ class Agent:
             self.outbox.acked_seq(),
             dropped,
             invalid,
+            None if self.baseline is None else self.baseline.created,
         )
         link.publish(self.topics.topic(self.device, Kind.HEALTH), encode(msg), qos=0)
 

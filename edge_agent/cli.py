@@ -131,9 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     from edge_agent.agent import Agent  # noqa: PLC0415 - pulls in onnxruntime and paho
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
+    from edge_agent.reading import load_baseline  # noqa: PLC0415
 
     try:
         model = load_edge_model(settings.model, __version__)
+        baseline = None
+        if settings.baseline is not None:
+            baseline = load_baseline(settings.baseline, settings.device, model.manifest)
         source, machine = build_source(settings, model.manifest.input.sensors)
         actuators = build_actuators(settings, machine)
     except (ConfigError, ManifestError) as exc:
@@ -149,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return Agent(settings, model, source, actuators).run(stop)
+    return Agent(settings, model, source, actuators, baseline).run(stop)
 
 
 if __name__ == "__main__":

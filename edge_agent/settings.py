@@ -112,6 +112,15 @@ OPTIONS: Final = OptionTable(
             "DIR",
         ),
         Option(
+            "baseline",
+            Path,
+            None,
+            "this device's baseline (JSON from GET /v1/devices/DEVICE/baseline or edgeloop-hub "
+            "devices baseline): readings are mapped onto the model's reference with it; a file "
+            "for another device or model is refused (default: none, the model's reference)",
+            "FILE",
+        ),
+        Option(
             "state_dir",
             Path,
             Path("var/agent"),
@@ -362,6 +371,7 @@ class AgentSettings:
     broker_ca_file: Path | None
     root: str
     model: Path
+    baseline: Path | None
     state_dir: Path
     source: str
     csv_path: Path | None

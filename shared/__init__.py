@@ -4,6 +4,7 @@
 - :mod:`shared.messages` — message types and their strict JSON codec;
 - :mod:`shared.manifest` — the model package and its manifest;
 - :mod:`shared.features` — sensors and the one feature function;
+- :mod:`shared.baseline` — per-device baselines, mapped onto a model's reference;
 - :mod:`shared.errors` — the exception tree;
 - :mod:`shared.backoff` — reconnect delays, for the agent's and the hub's MQTT links;
 - :mod:`shared.latency` — the latency window both sides report from;

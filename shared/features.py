@@ -113,7 +113,9 @@ class InputCheck:
     missing ones. Pure: no I/O.
 
     ``expected`` gives each sensor's ``(low, high)`` training range (see
-    :func:`expected_range`), or None to skip that check. :meth:`check` is on the
+    :func:`expected_range`), or None to skip that check, in the units of the
+    values checked: with a per-device baseline the agent passes the model's
+    range mapped into the device's raw units (:mod:`shared.baseline`). :meth:`check` is on the
     agent's hot path: a reading inside every interval costs four numpy calls.
 
     >>> s = [SensorSpec("t", "degC", -40.0, 200.0, 20.0)]

@@ -312,10 +312,11 @@ class Histogram:
 
 @dataclass(frozen=True, slots=True)
 class SensorReference:
-    """One sensor's training data: ``location`` (median) and ``scale`` (a robust
-    standard deviation, > 0) for baselines; ``low`` and ``high`` (the 0.1 % and
-    99.9 % quantiles), the range beyond which values count as far outside the
-    training distribution (:func:`shared.features.expected_range`)."""
+    """One sensor's training data: ``location`` and ``scale`` (a robust standard
+    deviation, > 0) of its normal rows, which per-device baselines map onto
+    (:func:`shared.baseline.robust_stats`); ``low`` and ``high`` (the 0.1 % and
+    99.9 % quantiles of all rows), the range beyond which values count as far
+    outside the training distribution (:func:`shared.features.expected_range`)."""
 
     location: float
     scale: float

@@ -456,7 +456,13 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """A heartbeat: latency, resources, outbox depth and every drop counter."""
+    """A heartbeat: latency, resources, outbox depth and every drop counter.
+
+    ``baseline``: the ``created`` time of the per-device baseline the agent
+    maps its readings with (:mod:`shared.baseline`), or None when it uses the
+    model's reference. Optional on the wire: a heartbeat without it (an older
+    agent) decodes as None, and an older hub ignores it.
+    """
 
     device: str
     epoch: int
@@ -473,6 +479,7 @@ class Health:
     acked_seq: int
     dropped: dict[str, int] = field(default_factory=dict)
     invalid: dict[str, int] = field(default_factory=dict)
+    baseline: str | None = None
     kind: ClassVar[Kind] = Kind.HEALTH
 
     def to_dict(self) -> dict[str, Any]:
@@ -497,6 +504,7 @@ class Health:
             f.int_("acked_seq", -1),
             f.counters("dropped"),
             f.counters("invalid"),
+            f.opt_str("baseline"),
         )
 
 

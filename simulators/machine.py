@@ -29,6 +29,11 @@ sets ``sim_time``):
   condition clears. :meth:`SimulatedMachine.start` resumes.
 - **Sensor drift** (:mod:`simulators.drift`) changes what a sensor reports, never
   the machine or its labels.
+- **Calibration** (``MachineConfig.calibration``): each device's sensors may
+  report ``gain * value + offset`` instead of the value, with an offset and a
+  gain per sensor drawn for the device from its seed; like drift it changes
+  what the sensors report, never the machine or its labels. Devices of one
+  model differ like this in the field (:mod:`shared.baseline` corrects it).
 
 Random numbers are drawn in fixed-size blocks, the same count every reading
 whatever happens, so a stop, an injection or a drift never shifts the random
@@ -125,6 +130,7 @@ _OVERHEAT_OIL = 12.0
 _SPIKE = (18.0, 10.0)  # vibration = lo + span * u
 _SPIKE_AC = 12.0
 
+_CALIBRATION = 0xCA1  # the calibration's own seed component
 _BLOCK = 64  # readings of random numbers drawn at once
 _N_NOISE = 9  # 8 sensors + the regime wobble
 _N_UNIFORM = 6  # switch?, to which, urgent?, kind, level, duration
@@ -177,6 +183,14 @@ class MachineConfig:
     """Inclusive range of readings an urgent condition lasts if not stopped."""
     log_size: int = 256
     """How many entries :attr:`SimulatedMachine.log` keeps."""
+    calibration: tuple[float, float] = (0.0, 0.0)
+    """``(offset, gain)`` spread of this device's miscalibration. Each sensor
+    reports ``gain * value + offset`` (saturating at its valid range), with
+    ``offset`` drawn uniformly within ``+-offset x`` the sensor's nominal value
+    (its fallback in :data:`SENSORS`) and ``gain`` log-uniformly within
+    ``[1 / (1 + gain), 1 + gain]``, from ``(seed, device_index)`` by a random
+    stream of its own (so the machine's stream is the same with or without it).
+    ``(0, 0)``: every device reports the true values. See :meth:`SimulatedMachine.calibration`."""
 
     def __post_init__(self) -> None:
         if not _is_int(self.seed) or self.seed < 0:
@@ -215,6 +229,14 @@ class MachineConfig:
             )
         if not _is_int(self.log_size) or self.log_size < 1:
             raise _fail("log_size", f"must be an integer >= 1; got {self.log_size!r}")
+        c = self.calibration
+        if not (
+            isinstance(c, tuple) and len(c) == 2 and all(_is_real(x) and 0.0 <= x < 10.0 for x in c)
+        ):
+            raise _fail(
+                "calibration",
+                f"must be a tuple (offset, gain) of spreads, each in [0, 10); got {c!r}",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +250,20 @@ class SimReading:
     sim_time: float
     values: F64
     label: int
+
+
+def _draw_calibration(config: MachineConfig) -> tuple[list[float], list[float]]:
+    """Gain and offset per sensor (see ``MachineConfig.calibration``): always the
+    same draws for a device, whatever the spreads, from a stream of their own."""
+    rng = np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence((config.seed, config.device_index, _CALIBRATION)))
+    )
+    u = rng.uniform(-1.0, 1.0, size=(2, len(SENSORS)))
+    offset_spread, gain_spread = config.calibration
+    nominal = np.array([s.fallback for s in SENSORS])
+    gains = np.exp(u[0] * math.log1p(gain_spread))
+    offsets = u[1] * offset_spread * nominal
+    return [float(g) for g in gains], [float(o) for o in offsets]
 
 
 class SimulatedMachine:
@@ -296,6 +332,11 @@ class SimulatedMachine:
             compiled.append((d.start, k, ops[d.kind], value))
         self._drifts = tuple(compiled)
         self._held: list[float] = [math.nan] * len(compiled)
+        self._gain, self._offset = _draw_calibration(config)
+        self._calibrated = any(config.calibration)
+        self._transfer = tuple(
+            (g, o, s.min, s.max) for g, o, s in zip(self._gain, self._offset, SENSORS, strict=True)
+        )
 
         self._noise = np.empty((_BLOCK, _N_NOISE), dtype=np.float64)
         self._uniform = np.empty((_BLOCK, _N_UNIFORM), dtype=np.float64)
@@ -315,6 +356,10 @@ class SimulatedMachine:
     @property
     def config(self) -> MachineConfig:
         return self._config
+
+    def calibration(self) -> tuple[tuple[float, float], ...]:
+        """This device's ``(gain, offset)`` per sensor, in :data:`SENSORS` order."""
+        return tuple(zip(self._gain, self._offset, strict=True))
 
     @property
     def index(self) -> int:
@@ -508,6 +553,9 @@ class SimulatedMachine:
             max(0.0, flow + r[6]),
             acoustic + r[7],
         ]
+        if self._calibrated:
+            for k, (g, o, lo, hi) in enumerate(self._transfer):
+                out[k] = min(max(g * out[k] + o, lo), hi)
         if self._drifts:
             self._apply_drifts(i, out, r)
         if self._drop_any[j]:

@@ -22,8 +22,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
 
 from cloud_hub.store.base import DeadLetter, DeviceRecord, EventRecord, Gap, ModelRecord
+from shared.baseline import FORMAT as BASELINE_FORMAT
+from shared.baseline import Baseline
 
 __all__ = [
+    "BaselineOut",
     "DeadLetterOut",
     "DeadLettersOut",
     "DeviceDetailOut",
@@ -216,6 +219,32 @@ class DeviceDetailOut(DeviceOut):
     """The device's last heartbeat, as it sent it."""
     gaps: list[GapOut]
     """The device's first missing seq ranges (at most 100)."""
+
+
+class SensorBaselineOut(BaseModel):
+    location: float
+    scale: float
+
+
+class BaselineOut(BaseModel):
+    """A device's baseline, exactly the file ``edgeloop-agent --baseline`` reads
+    (:mod:`shared.baseline`): per sensor the location and scale of its normal."""
+
+    format: int = BASELINE_FORMAT
+    device: str
+    model: str
+    """The model whose sensors (and reference) it is for."""
+    sensors: dict[str, SensorBaselineOut]
+    since: float
+    """Timestamp of the first reading it was computed from."""
+    until: float
+    """Timestamp of the last reading it was computed from."""
+    readings: int
+    created: str
+
+    @classmethod
+    def from_record(cls, baseline: Baseline) -> BaselineOut:
+        return cls.model_validate(baseline.to_dict())
 
 
 # --------------------------------------------------------------------------- telemetry

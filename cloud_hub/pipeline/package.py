@@ -12,12 +12,14 @@ yet); when something does, it will be the registry, not this module.
 What the numbers in the manifest mean:
 
 - **Reference sensors** (``reference.sensors``): per sensor, from the ``_last``
-  feature of the training rows (the reading itself, dropouts carried forward):
-  ``location`` the median, ``scale`` a robust standard deviation (the
-  interquartile range / 1.349, floored so a constant sensor still has one),
-  ``low``/``high`` the 0.1 % and 99.9 % quantiles. The agent counts values far
-  beyond ``[low, high]`` (:func:`shared.features.expected_range`); baselines map
-  a device's own location and scale onto these.
+  feature of the training rows (the reading itself, dropouts carried forward),
+  by :func:`shared.baseline.robust_stats`: ``location`` and ``scale`` (the
+  midpoint of the 5 % and 95 % quantiles and their distance / 3.29, floored so a
+  constant sensor still has one) of the *normal* rows, ``low``/``high`` (the
+  0.1 % and 99.9 % quantiles) of all rows. The agent counts values far beyond
+  ``[low, high]`` (:func:`shared.features.expected_range`); per-device baselines
+  map a device's own location and scale onto these (:mod:`shared.baseline`
+  says why these statistics and why normal rows).
 - **Reference histograms** (``reference.features``, for drift tracking, which
   is coming, not built yet): per feature,
   the inner edges are the 10 %, 20 %, ... 90 % quantiles of the training rows
@@ -51,6 +53,7 @@ import onnx
 
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT
+from shared.baseline import robust_stats
 from shared.errors import ManifestError
 from shared.features import SensorSpec
 from shared.manifest import (
@@ -143,23 +146,30 @@ def feature_histograms(
     return out
 
 
-def sensor_references(x: F32, sensors: tuple[SensorSpec, ...]) -> dict[str, SensorReference]:
+def sensor_references(
+    x: F32, sensors: tuple[SensorSpec, ...], normal: npt.NDArray[np.bool_] | None = None
+) -> dict[str, SensorReference]:
     """Reference statistics per sensor from the ``_last`` columns of feature rows ``x``
-    (the first ``len(sensors)`` columns; see the module docstring)."""
+    (the first ``len(sensors)`` columns; see the module docstring): ``low``/``high``
+    of all rows, ``location``/``scale`` of the ``normal`` rows (None: all rows are normal),
+    each by :func:`shared.baseline.robust_stats`."""
     n = len(sensors)
     if x.ndim != 2 or x.shape[1] < n or x.shape[0] == 0:
         raise ValueError(f"sensor_references: x must be (n > 0, >= {n}), got {x.shape}")
+    if normal is not None and (normal.shape != (x.shape[0],) or not normal.any()):
+        raise ValueError(
+            f"sensor_references: normal must mark at least one of the {x.shape[0]} rows"
+        )
     out: dict[str, SensorReference] = {}
     for j, sensor in enumerate(sensors):
-        col = x[:, j].astype(np.float64)
-        q001, q25, q50, q75, q999 = np.quantile(col, [0.001, 0.25, 0.5, 0.75, 0.999]).tolist()
-        spread = max(abs(q999 - q001), abs(q50), 1.0)
-        scale = max((q75 - q25) / 1.349, 1e-3 * spread)
+        col = x[:, j]
+        every = robust_stats(col)
+        own = every if normal is None else robust_stats(col[normal])
         out[sensor.name] = SensorReference(
-            location=float(f"{q50:.6g}"),
-            scale=float(f"{scale:.6g}"),
-            low=float(f"{q001:.6g}"),
-            high=float(f"{q999:.6g}"),
+            location=float(f"{own.location:.6g}"),
+            scale=float(f"{own.scale:.6g}"),
+            low=float(f"{every.low:.6g}"),
+            high=float(f"{every.high:.6g}"),
         )
     return out
 
@@ -223,6 +233,7 @@ def complete_package(
     reference_x: F32,
     reference_scores: F32,
     metrics: dict[str, float],
+    reference_normal: npt.NDArray[np.bool_] | None = None,
     lineage: Lineage,
     test_inputs: F32,
     urgent_class: str = "urgent",
@@ -234,7 +245,8 @@ def complete_package(
 
     ``sensors`` are the model's input sensors, in the order of its readings;
     ``reference_x`` are the training rows and ``reference_scores`` this model's
-    scores for them (scored as the model will be served). Test vectors are
+    scores for them (scored as the model will be served); ``reference_normal``
+    marks the normal ones (None: all), whose sensor statistics baselines map onto. Test vectors are
     scored here, row by row, on the packaged file. Returns the package as
     :func:`load_package` reads it back.
     """
@@ -266,7 +278,7 @@ def complete_package(
             input=inp,
             output=OutputSpec(classes, urgent_class),
             urgent=urgent,
-            reference_sensors=sensor_references(reference_x, sensors),
+            reference_sensors=sensor_references(reference_x, sensors, reference_normal),
             reference_features=feature_histograms(reference_x, inp.features),
             reference_score=score_histogram(drift_score(reference_scores, classes, normal_class)),
             metrics=dict(metrics),

@@ -213,6 +213,7 @@ def _ship(
     heavy_fp32: onnx.ModelProto,
     gate_x: F32,
     reference_x: F32,
+    reference_normal: npt.NDArray[np.bool_] | None,
     evaluate: Callable[[OnnxScorer, OnnxScorer, OnnxScorer, float], _Scored],
     steps: _Steps,
     t0: float,
@@ -255,6 +256,7 @@ def _ship(
             "urgent_class": spec.urgent_class,
             "normal_class": spec.normal_class,
             "reference_x": reference_x,
+            "reference_normal": reference_normal,
             "lineage": lineage,
             "test_inputs": scored.test_inputs,
             "min_agent_version": MIN_AGENT_VERSION,
@@ -411,6 +413,8 @@ def train_classifier_pair(
         heavy_fp32=heavy_fp32,
         gate_x=hold_x,
         reference_x=split.train_x,
+        # Baselines map a device's normal onto the model's: its normal rows' statistics.
+        reference_normal=split.train_y == spec.classes.index(spec.normal_class),
         evaluate=evaluate,
         steps=steps,
         t0=start,
@@ -530,6 +534,7 @@ def train_anomaly_pair(
         heavy_fp32=heavy_fp32,
         gate_x=gate_x,
         reference_x=x,
+        reference_normal=None,  # trained on normal data only
         evaluate=evaluate,
         steps=steps,
         t0=start,

@@ -27,6 +27,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from shared.baseline import Baseline
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
 
@@ -305,6 +306,17 @@ class Store(Protocol):
     def fail_unfinished_batch_jobs(self, reason: str, at: float) -> list[str]:
         """Mark every queued or running job failed with ``reason`` (a hub that
         starts: nothing runs them any more); returns their ids."""
+        ...
+
+    # -- per-device baselines (shared.baseline); also each device's drift reference
+    def put_baseline(self, baseline: Baseline, recorded_at: float) -> None:
+        """Record ``baseline`` as its device's, replacing an earlier one (creates the device)."""
+        ...
+
+    def baseline(self, device: str) -> Baseline | None: ...
+
+    def baselines(self) -> list[Baseline]:
+        """Every device's baseline, by device."""
         ...
 
     # -- retention

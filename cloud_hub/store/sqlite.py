@@ -25,9 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 4; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_4`,
-recorded in ``schema_version``:
+Schema (version 5; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_5`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to).
 - ``watermarks`` - per (device, epoch) the settled watermark (every seq
@@ -48,6 +47,9 @@ recorded in ``schema_version``:
 - ``models`` - (name, version) -> manifest JSON, path, registered_at.
 - ``batch_jobs`` - one row per batch scoring job (version 4): its request
   (devices as JSON, time range, model), state, progress, result file, error.
+- ``baselines`` - per device its baseline (:mod:`shared.baseline`) as the
+  JSON the agent reads, the model it is for and when it was recorded
+  (version 5).
 
 Errors::
 
@@ -96,6 +98,7 @@ from cloud_hub.store.base import (
     WriteResult,
 )
 from cloud_hub.store.ledger import Ledger
+from shared.baseline import Baseline
 from shared.epochs import is_replay_epoch
 from shared.errors import EdgeloopError, ManifestError
 from shared.manifest import ModelManifest
@@ -106,7 +109,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -302,11 +305,24 @@ def _migrate_to_4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX batch_jobs_by_time ON batch_jobs (created_at)")
 
 
+def _migrate_to_5(db: sqlite3.Connection) -> None:
+    """Per-device baselines: one per device, replaced when a new one is recorded."""
+    db.execute(
+        """CREATE TABLE baselines (
+            device_id INTEGER PRIMARY KEY REFERENCES devices (id),
+            model TEXT NOT NULL,
+            recorded_at REAL NOT NULL,
+            baseline TEXT NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
+    5: _migrate_to_5,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1316,6 +1332,42 @@ class SQLiteStore:
                 (reason, at),
             )
         return ids
+
+    # -- baselines
+
+    def put_baseline(self, baseline: Baseline, recorded_at: float) -> None:
+        """Record ``baseline`` as its device's, replacing an earlier one (creates the device)."""
+        text = json.dumps(baseline.to_dict(), separators=(",", ":"))
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO devices (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                (baseline.device,),
+            )
+            db.execute(
+                "INSERT INTO baselines (device_id, model, recorded_at, baseline) "
+                "VALUES ((SELECT id FROM devices WHERE name = ?), ?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET model = excluded.model, "
+                "recorded_at = excluded.recorded_at, baseline = excluded.baseline",
+                (baseline.device, baseline.model, recorded_at, text),
+            )
+
+    def baseline(self, device: str) -> Baseline | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT b.baseline FROM baselines b JOIN devices d ON d.id = b.device_id "
+                "WHERE d.name = ?",
+                (device,),
+            ).fetchone()
+        return None if row is None else Baseline.from_dict(json.loads(row[0]), "stored baseline")
+
+    def baselines(self) -> list[Baseline]:
+        """Every device's baseline, by device."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT b.baseline FROM baselines b JOIN devices d ON d.id = b.device_id "
+                "ORDER BY d.name"
+            ).fetchall()
+        return [Baseline.from_dict(json.loads(r[0]), "stored baseline") for r in rows]
 
     # -- retention
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 __all__ = [
     "add_dir_options",
+    "add_models_dir_option",
     "non_negative_float",
     "non_negative_int",
     "positive_float",
@@ -42,8 +43,8 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_dir_options(parser: argparse.ArgumentParser, keeps: str) -> None:
-    """``--models-dir`` and ``--work-dir`` (where the run keeps ``keeps``)."""
+def add_models_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--models-dir``: where the default models are, or are built."""
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -51,6 +52,11 @@ def add_dir_options(parser: argparse.ArgumentParser, keeps: str) -> None:
         metavar="DIR",
         help="model directory; default models are built there if missing (default: var/models)",
     )
+
+
+def add_dir_options(parser: argparse.ArgumentParser, keeps: str) -> None:
+    """``--models-dir`` and ``--work-dir`` (where the run keeps ``keeps``)."""
+    add_models_dir_option(parser)
     parser.add_argument(
         "--work-dir",
         type=Path,

@@ -138,6 +138,7 @@ healths = st.builds(
     acked_seq=st.integers(-1, INT64_MAX),
     dropped=_counter_maps,
     invalid=_counter_maps,
+    baseline=st.none() | texts,
 )
 otas = st.builds(
     Ota,
@@ -218,6 +219,7 @@ EXAMPLES: dict[type, Message] = {
         40,
         {"outbox_full": 2},
         {"sensor_nan": 7},
+        "2026-11-26T20:00:00Z",
     ),
     Ota: Ota("pi-07", 3, 44, 1_700_000_003.0, "staged", "smoke_test_passed", "1.4.0", "1.5.0", ""),
     Desired: Desired(
@@ -625,6 +627,7 @@ FIELDS: dict[type, dict[str, Any]] = {
         "acked_seq": Int(-1),
         "dropped": Counters(),
         "invalid": Counters(),
+        "baseline": Str(optional=True),
     },
     Ota: {
         **_HEAD,

@@ -1,17 +1,19 @@
-"""``/v1/devices``: the fleet (state derived from the record and the stale timeout) and one device."""
+"""``/v1/devices``: the fleet (state derived from the record and the stale timeout), one
+device, and its baseline."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 
 from cloud_hub.api.auth import ReadAccess
 from cloud_hub.api.deps import ConfigDep, StoreDep
 from cloud_hub.api.errors import responses
 from cloud_hub.api.params import DeviceId, unknown_device
 from cloud_hub.api.schemas import (
+    BaselineOut,
     DeviceDetailOut,
     DeviceListOut,
     DeviceOut,
@@ -62,3 +64,24 @@ def get_device(
         last_health=dict(record.last_health) if record.last_health is not None else None,
         gaps=[GapOut.from_record(g) for g in store.gaps(device, limit=_GAPS_SHOWN)],
     )
+
+
+@router.get("/{device}/baseline", response_model=BaselineOut, responses=responses(404, 422))
+def get_baseline(access: ReadAccess, store: StoreDep, device: DeviceId) -> BaselineOut:
+    """The device's baseline: the file to give its agent (``edgeloop-agent --baseline FILE``).
+
+    The hub records it from the device's first ``--baseline-readings`` stored
+    readings, or ``edgeloop-hub devices baseline`` over a chosen range. It is
+    also the device's drift reference (drift tracking: not built yet).
+    """
+    baseline = store.baseline(device)
+    if baseline is None:
+        if store.device(device) is None:
+            raise unknown_device(device)
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"device {device!r} has no baseline yet: the hub records one once its first "
+            "--baseline-readings readings are stored, or make one over a range of stored "
+            f"readings with 'edgeloop-hub devices baseline {device} --from T --to T'",
+        )
+    return BaselineOut.from_record(baseline)

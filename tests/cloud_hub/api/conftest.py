@@ -4,6 +4,7 @@ interface, the real model packages, a real uvicorn server on an ephemeral port."
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.batch.jobs import BatchJobs
+from cloud_hub.commissioning import baseline_from_store
 from cloud_hub.store import open_store
 from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
 from shared.manifest import MODEL_FILE, ModelPackage, load_package
@@ -196,6 +198,10 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             rows_total=0,
             result_path=str(results / JOB_ID),
         )
+    )
+    # pi-online's baseline, commissioned from its stored readings as the hub does it.
+    store.put_baseline(
+        baseline_from_store(store, "pi-online", -math.inf, math.inf, min_readings=10), now
     )
     store.add_counters(
         {

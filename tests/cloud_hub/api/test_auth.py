@@ -22,6 +22,7 @@ ROUTES = {
     ("GET", "/v1/devices"),
     ("GET", "/v1/devices/{device}"),
     ("GET", "/v1/devices/{device}/telemetry"),
+    ("GET", "/v1/devices/{device}/baseline"),
     ("GET", "/v1/events"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{name}/{version}"),

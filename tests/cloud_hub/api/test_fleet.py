@@ -247,3 +247,18 @@ def test_unknown_route_and_method_say_what_to_do(hub: Hub) -> None:
     assert reply.status == 404 and "/docs" in reply.detail
     reply = hub.read.request("DELETE", "/v1/devices")
     assert reply.status == 405 and "GET" in reply.detail
+
+
+def test_a_devices_baseline_is_the_file_its_agent_reads(hub: Hub) -> None:
+    from shared.baseline import Baseline  # noqa: PLC0415
+
+    reply = hub.read.get("/v1/devices/pi-online/baseline")
+    assert reply.status == 200, reply.body
+    baseline = Baseline.from_dict(reply.json(), "the served baseline")
+    assert (baseline.device, baseline.model) == ("pi-online", hub.seeded.edge.manifest.name)
+    assert baseline.readings == len(hub.seeded.ts)
+    assert (baseline.since, baseline.until) == (hub.seeded.ts.min(), hub.seeded.ts.max())
+    none_yet = hub.read.get("/v1/devices/pi-new/baseline")
+    assert none_yet.status == 404 and "edgeloop-hub devices baseline pi-new" in none_yet.detail
+    unknown = hub.read.get("/v1/devices/pi-nope/baseline")
+    assert unknown.status == 404 and "unknown to this hub" in unknown.detail

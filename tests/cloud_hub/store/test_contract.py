@@ -665,3 +665,21 @@ def test_batch_jobs_round_trip_and_unfinished_ones_fail(store: Store) -> None:
     assert failed is not None and failed.state == "failed" and failed.error == "the hub stopped"
     assert failed.rows_done == 5 and failed.finished_at == 200.0
     assert store.batch_job("j3") == done
+
+
+def test_a_device_has_one_baseline_the_latest_recorded(store: Store) -> None:
+    from shared.baseline import Baseline, SensorBaseline  # noqa: PLC0415
+
+    def baseline(device: str, location: float) -> Baseline:
+        sensors = {"temperature": SensorBaseline(location, 2.0)}
+        return Baseline(
+            device, "machine-edge", sensors, T0, T0 + 99.9, 1000, "2026-11-26T20:00:00Z"
+        )
+
+    assert store.baseline("pi-01") is None and store.baselines() == []
+    store.put_baseline(baseline("pi-02", 60.0), T0)
+    store.put_baseline(baseline("pi-01", 61.0), T0)
+    store.put_baseline(baseline("pi-01", 62.0), T0 + 1)  # recommissioned: replaces
+    assert store.baseline("pi-01") == baseline("pi-01", 62.0)
+    assert [b.device for b in store.baselines()] == ["pi-01", "pi-02"]
+    assert store.device("pi-02") is not None  # a baseline's device is known to the store

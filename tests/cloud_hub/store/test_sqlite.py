@@ -246,3 +246,30 @@ def test_a_changed_model_replaces_its_record_only_when_asked(tmp_path: Path) -> 
         rec = store.register_model(rebuilt, "/b", registered_at=2.0, replace=True)
         assert (rec.path, rec.registered_at, rec.manifest) == ("/b", 2.0, rebuilt)
         assert [(r.path, r.manifest) for r in store.models()] == [("/b", rebuilt)]
+
+
+def test_migration_5_adds_baselines_to_a_version_4_store(tmp_path: Path) -> None:
+    from cloud_hub.store.sqlite import (  # noqa: PLC0415
+        _migrate_to_1,
+        _migrate_to_2,
+        _migrate_to_3,
+        _migrate_to_4,
+    )
+    from shared.baseline import Baseline, SensorBaseline  # noqa: PLC0415
+
+    db_path = tmp_path / "hub.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+        _migrate_to_1(db)
+        _migrate_to_2(db)
+        _migrate_to_3(db)
+        _migrate_to_4(db)
+        db.executemany("INSERT INTO schema_version VALUES (?, 0)", [(1,), (2,), (3,), (4,)])
+        db.execute("INSERT INTO devices (id, name, state) VALUES (1, 'pi-01', 'online')")
+    b = Baseline(
+        "pi-01", "m", {"t": SensorBaseline(1.0, 2.0)}, 0.0, 1.0, 10, "2026-11-26T20:00:00Z"
+    )
+    with SQLiteStore(db_path) as store:
+        assert store.device("pi-01") is not None and store.baseline("pi-01") is None
+        store.put_baseline(b, 5.0)
+        assert store.baselines() == [b]
