@@ -10,7 +10,8 @@ behind, each in a thread of its own, so the model scores (onnxruntime
 releases the GIL) while the next chunk is parsed. The result goes to ``OUTPUT.part`` first and takes
 its name at the end, so an interrupted run leaves no half file under the
 output's name. Parquet files (``*.parquet``, named directly) are read with
-pyarrow when it is installed.
+pyarrow when it is installed; so are CSV files, block by block, where a block
+parses whole (:meth:`cloud_hub.recordings.Recording.chunks`).
 """
 
 from __future__ import annotations
