@@ -141,13 +141,12 @@ class BatchScorer:
             return [(prefix + series, None)]
         if len(series) != n:
             raise ValueError(f"{len(series)} series names for {n} readings")
-        codes: dict[str, int] = {}
-        inverse = np.fromiter(
-            (codes.setdefault(name, len(codes)) for name in series), dtype=np.int64, count=n
-        )
+        # Each name's code, in order of first appearance; the lookups run in C (map).
+        codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
         names = [prefix + name for name in codes]
         if len(names) == 1:
             return [(names[0], None)]
+        inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
         return list(zip(names, np.split(order, bounds), strict=True))
