@@ -238,7 +238,7 @@ def _write_only(package: Any, path: Path, rows: int, devices: int, chunk: int) -
     m = package.manifest
     writer = open_writer(path, "csv", m.output.classes, device=True, file=False)
     names = [f"dev-{i % devices:02d}" for i in range(chunk)]
-    ts = T0 + np.arange(chunk) / devices
+    ts = T0 + (np.arange(chunk) // devices).astype(np.float64)  # devices share each ts
     block = OutputBlock(
         ts,
         names,
