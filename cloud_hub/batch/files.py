@@ -5,12 +5,14 @@ lenient: a bad cell becomes missing and is counted, a bad timestamp leaves the
 row's ``ts`` empty; every row is kept), scored by
 :class:`~cloud_hub.batch.scoring.BatchScorer` (one state per device, or per
 file without a device column) and written out at once; memory is a few chunks
-whatever the file's size. Reading runs one chunk ahead and writing one
-behind, each in a thread of its own, so the model scores (onnxruntime
-releases the GIL) while the next chunk is parsed. The result goes to ``OUTPUT.part`` first and takes
+whatever the file's size. Reading, the input check and the features run one
+chunk ahead and writing one behind, each in a thread of its own, so the model
+scores (onnxruntime releases the GIL) while the next chunk is parsed and
+prepared (:meth:`~cloud_hub.batch.scoring.BatchScorer.prepare`). The result goes to ``OUTPUT.part`` first and takes
 its name at the end, so an interrupted run leaves no half file under the
 output's name. Parquet files (``*.parquet``, named directly) are read with
-pyarrow when it is installed.
+pyarrow when it is installed; so are CSV files, block by block, where a block
+parses whole (:meth:`cloud_hub.recordings.Recording.chunks`).
 """
 
 from __future__ import annotations
@@ -186,6 +188,11 @@ def _open_inputs(
     return opened
 
 
+def _series(chunk: Chunk) -> str | list[str]:
+    """The chunk's series: each row's device, or one series for the whole file."""
+    return "" if chunk.devices is None else chunk.devices
+
+
 def _all_chunks(opened: Sequence[_Input], rows: int) -> Iterator[tuple[int, Chunk]]:
     for index, source in enumerate(opened):
         for chunk in source.chunks(rows, strict=False):
@@ -342,9 +349,12 @@ def score_files(
     done = False
     behind = _WriteBehind(writer)
     try:
-        for index, chunk in _read_ahead(_all_chunks(opened, chunk_rows)):
-            series = "" if chunk.devices is None else chunk.devices
-            scored = scorer.score_readings(chunk.values, series, prefix=f"{index}\x00")
+        prepared = (
+            (index, chunk, scorer.prepare(chunk.values, _series(chunk), f"{index}\x00"))
+            for index, chunk in _all_chunks(opened, chunk_rows)
+        )
+        for index, chunk, ready in _read_ahead(prepared):
+            scored = scorer.score_prepared(ready)
             try:
                 behind.write(
                     OutputBlock(

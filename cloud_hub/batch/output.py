@@ -13,6 +13,7 @@ says so. Each writer holds one block at a time, never the whole result.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cloud_hub.batch import BatchError
 __all__ = ["FORMATS", "OutputBlock", "Writer", "format_for", "open_writer", "require_pyarrow"]
 
 FORMATS: Final = ("csv", "jsonl", "parquet")
+_FLAGS: Final = np.array(["0", "1"], dtype=object)
 _SUFFIXES: Final = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
@@ -100,20 +102,27 @@ class _CsvWriter(_Text):
     def __init__(self, fh: IO[bytes], columns: list[str], classes: Sequence[str]) -> None:
         super().__init__(fh, columns, classes)
         self.classes = [_csv_text(c) for c in classes]
+        self._classes = np.array(self.classes, dtype=object)
         fh.write((",".join(columns) + "\n").encode())
 
     def write(self, block: OutputBlock) -> None:
-        ts = [("" if math.isnan(t) else repr(t)) for t in block.ts.tolist()]
-        cls = [self.classes[i] for i in block.predicted.tolist()]
-        score = [f"{s:.6g}" for s in block.urgent_score.tolist()]
+        # Column by column, the per-row work in C where it can be (map, numpy's take
+        # of object arrays); a timestamp is formatted once however many devices share it.
+        times = block.ts.tolist()
+        text = {t: ("" if math.isnan(t) else repr(t)) for t in dict.fromkeys(times)}
+        ts = list(map(text.__getitem__, times))
+        cls = self._classes[block.predicted].tolist()
+        score = list(map(format, block.urgent_score.tolist(), itertools.repeat(".6g")))
         cols: list[list[str]] = [ts]
         if self.has_device:
             devices = _devices(block)
-            quoted = {d: _csv_text(d) for d in set(devices)}
-            cols.append([quoted[d] for d in devices])
+            quoted = {d: _csv_text(d) for d in dict.fromkeys(devices)}
+            if any(q != d for d, q in quoted.items()):
+                devices = list(map(quoted.__getitem__, devices))
+            cols.append(devices)
         if self.has_file:
             cols.append([_csv_text(block.file or "")] * len(ts))
-        cols += [cls, score, [("1" if u else "0") for u in block.urgent.tolist()]]
+        cols += [cls, score, _FLAGS[(block.urgent != 0).view(np.uint8)].tolist()]
         lines = map(",".join, zip(*cols, strict=True))
         self.fh.write(("\n".join(lines) + "\n").encode())
 

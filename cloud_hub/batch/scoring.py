@@ -35,7 +35,7 @@ from shared.features import BlockFeatureWindow, InputCheck
 from shared.manifest import ModelManifest
 from shared.urgent import UrgentRule
 
-__all__ = ["BatchScorer", "Scored"]
+__all__ = ["BatchScorer", "Prepared", "Scored"]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -54,6 +54,17 @@ class Scored:
 
     def __len__(self) -> int:
         return int(self.predicted.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A block checked and turned into features (:meth:`BatchScorer.prepare`), not yet scored."""
+
+    features: F32
+    raw: F64
+    """The readings after the input check: what the urgent rule reads."""
+    groups: list[tuple[str, I64 | None]]
+    """Each series' key and its rows in the block (None: all of them)."""
 
 
 class _Series:
@@ -110,6 +121,14 @@ class BatchScorer:
         """Score raw readings ``(n, n_sensors)`` (NaN: missing), in the model's sensor
         order; ``series`` names the series of the whole block, or of each reading
         (``prefix`` is put before each name: the file, say)."""
+        return self.score_prepared(self.prepare(values, series, prefix))
+
+    def prepare(self, values: F64, series: str | Sequence[str], prefix: str = "") -> Prepared:
+        """The first half of :meth:`score_readings`: the input check and each series'
+        features, up to the model. Blocks must be prepared, and then scored with
+        :meth:`score_prepared`, in their order; the two may run in different
+        threads (``batch score`` prepares the next block while the model scores
+        this one)."""
         if values.ndim != 2 or values.shape[1] != self._n_sensors:
             raise ValueError(
                 f"readings need {self._n_sensors} values each; got shape {values.shape}"
@@ -124,7 +143,11 @@ class BatchScorer:
             feats = np.empty((checked.shape[0], 4 * self._n_sensors), dtype=np.float32)
             for key, rows in groups:
                 feats[rows] = self._state(key).features.push_block(checked[rows])
-        return self._decide(feats, checked, groups)
+        return Prepared(feats, checked, groups)
+
+    def score_prepared(self, prepared: Prepared) -> Scored:
+        """The second half of :meth:`score_readings`: the model and the urgent rule."""
+        return self._decide(prepared.features, prepared.raw, prepared.groups)
 
     def score_features(self, features: F32, series: str) -> Scored:
         """Score features already computed (stored telemetry) of one series."""
@@ -141,13 +164,12 @@ class BatchScorer:
             return [(prefix + series, None)]
         if len(series) != n:
             raise ValueError(f"{len(series)} series names for {n} readings")
-        codes: dict[str, int] = {}
-        inverse = np.fromiter(
-            (codes.setdefault(name, len(codes)) for name in series), dtype=np.int64, count=n
-        )
+        # Each name's code, in order of first appearance; the lookups run in C (map).
+        codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
         names = [prefix + name for name in codes]
         if len(names) == 1:
             return [(names[0], None)]
+        inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
         return list(zip(names, np.split(order, bounds), strict=True))

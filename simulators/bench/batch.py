@@ -11,10 +11,15 @@ limits so the urgent rule fires):
 - the limit: the model alone scoring the same rows' feature matrix
   (pre-computed here), in the chunks and the mode (batched, or row by row for
   an int8 model) the batch run uses: ``model_only_rows_per_s``;
-- the naive baseline: a per-row loop over the first ``--per-row-rows`` rows,
-  as the agent scores a reading (InputCheck, FeatureWindow.push, one-row
-  score, UrgentRule.check), with no file reading or writing at all:
-  ``per_row_rows_per_s``;
+- the naive baseline: the same job as end to end, one row at a time, over the
+  first ``--per-row-rows`` rows of the same file: read a row (the csv
+  module), parse it (``float`` per cell), the agent's steps for its device
+  (InputCheck, FeatureWindow.push, a one-row score, UrgentRule.check), and
+  write the row's result (the csv module): ``per_row_rows_per_s``. It reads
+  and writes because end to end does; a loop without file I/O would compare
+  a pipeline that parses and formats text against one that does not.
+  ``agent_loop_rows_per_s`` is that loop without the file reading and
+  writing (as the agent scores a reading), for reference;
 - where the time goes: ``read_only_rows_per_s`` is the CSV reader alone
   (:meth:`cloud_hub.recordings.Recording.chunks`, lenient), ``write_rows_per_s``
   the result writer alone.
@@ -142,7 +147,8 @@ def _model_only(scorer: Any, x: np.ndarray, chunk: int, row_by_row: bool) -> flo
     return float(x.shape[0] / (time.perf_counter() - start))
 
 
-def _per_row(package: Any, scorer: Any, values: np.ndarray) -> float:
+def _agent_loop(package: Any, scorer: Any, values: np.ndarray) -> float:
+    """The agent's steps per reading, one series, no file I/O: ``agent_loop_rows_per_s``."""
     from shared.features import FeatureWindow, InputCheck  # noqa: PLC0415
     from shared.urgent import UrgentRule  # noqa: PLC0415
 
@@ -158,6 +164,60 @@ def _per_row(package: Any, scorer: Any, values: np.ndarray) -> float:
         scores = scorer.scores(feats[None, :], batch_size=1)
         rule.check(checked, float(scores[0, ui]))
     return float(values.shape[0] / (time.perf_counter() - start))
+
+
+def _per_row(package: Any, scorer: Any, data: Path, out: Path, rows: int) -> float:
+    """The naive baseline: end to end's job, one row at a time (see the module docstring)."""
+    import csv  # noqa: PLC0415
+    import math  # noqa: PLC0415
+
+    from shared.features import FeatureWindow, InputCheck  # noqa: PLC0415
+    from shared.urgent import UrgentRule  # noqa: PLC0415
+
+    m = package.manifest
+    check = InputCheck(m.input.sensors, m.expected_ranges())
+    ui = m.output.urgent_index
+    classes = m.output.classes
+    state: dict[str, tuple[Any, Any]] = {}
+    n = 0
+    start = time.perf_counter()
+    with data.open(newline="") as fi, out.open("w", newline="") as fo:
+        reader = csv.reader(fi)
+        header = next(reader)
+        ts_col, dev_col = header.index("ts"), header.index("device")
+        cols = [header.index(s) for s in m.input.sensor_names]
+        writer = csv.writer(fo, lineterminator="\n")
+        writer.writerow(["ts", "device", "predicted_class", "urgent_score", "urgent"])
+        for row in reader:
+            if n >= rows:
+                break
+            try:
+                ts = float(row[ts_col])
+            except ValueError:
+                ts = math.nan
+            device = row[dev_col].strip()
+            raw = np.array([float(row[c]) if row[c].strip() else math.nan for c in cols])
+            series = state.get(device)
+            if series is None:
+                series = state[device] = (
+                    FeatureWindow(m.input.window, m.input.fallback),
+                    UrgentRule(m.urgent, m.output.urgent_index, m.input.sensor_names),
+                )
+            checked = check.check(raw)
+            scores = scorer.scores(series[0].push(checked)[None, :], batch_size=1)
+            score = float(scores[0, ui])
+            urgent = bool(series[1].check(checked, score))
+            writer.writerow(
+                [
+                    "" if math.isnan(ts) else repr(ts),
+                    device,
+                    classes[int(scores[0].argmax())],
+                    f"{score:.6g}",
+                    1 if urgent else 0,
+                ]
+            )
+            n += 1
+    return n / (time.perf_counter() - start)
 
 
 def _read_only(package: Any, path: Path, chunk: int) -> float:
@@ -178,7 +238,7 @@ def _write_only(package: Any, path: Path, rows: int, devices: int, chunk: int) -
     m = package.manifest
     writer = open_writer(path, "csv", m.output.classes, device=True, file=False)
     names = [f"dev-{i % devices:02d}" for i in range(chunk)]
-    ts = T0 + np.arange(chunk) / devices
+    ts = T0 + (np.arange(chunk) // devices).astype(np.float64)  # devices share each ts
     block = OutputBlock(
         ts,
         names,
@@ -268,7 +328,8 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     features = _features(m, values, args.devices)
     model_only = _model_only(scorer, features, args.chunk_rows, row_by_row)
     del features
-    per_row = _per_row(package, scorer, values[: args.per_row_rows])
+    per_row = _per_row(package, scorer, data, work / "per-row.csv", args.per_row_rows)
+    agent_loop = _agent_loop(package, scorer, values[: args.per_row_rows])
     read_only = _read_only(package, data, args.chunk_rows)
     write_only = _write_only(
         package, work / "write-only.csv", args.rows, args.devices, args.chunk_rows
@@ -289,6 +350,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rows_per_s": round(e2e, 1),
         "model_only_rows_per_s": round(model_only, 1),
         "per_row_rows_per_s": round(per_row, 1),
+        "agent_loop_rows_per_s": round(agent_loop, 1),
         "read_only_rows_per_s": round(read_only, 1),
         "write_rows_per_s": round(write_only, 1),
         "ratio_to_model_only": round(ratio, 3),

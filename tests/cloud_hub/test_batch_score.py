@@ -7,11 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from cloud_hub import recordings
 from cloud_hub.batch.files import score_files
 from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
@@ -241,12 +244,9 @@ def test_errors_name_the_model_the_input_or_the_output(
     assert not out.exists()
 
 
-def test_parquet_without_pyarrow_says_how_to_get_it(
-    tmp_path: Path,
-    model_packages: ModelPaths,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture
+def without_pyarrow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """pyarrow made unimportable, as where it is not installed (fault injection)."""
     import builtins  # noqa: PLC0415
 
     real_import = builtins.__import__
@@ -257,6 +257,16 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
         return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    recordings._arrow_csv.cache_clear()
+    yield
+    monkeypatch.undo()
+    recordings._arrow_csv.cache_clear()
+
+
+@pytest.mark.usefixtures("without_pyarrow")
+def test_parquet_without_pyarrow_says_how_to_get_it(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "rec.csv"
     _recording(data, load_package(model_packages.heavy), 20)
     args = [
@@ -270,3 +280,52 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
     assert main(_args(model_packages, tmp_path, *args)) == 2
     err = capsys.readouterr().err
     assert "pyarrow" in err and "edgeloop[parquet]" in err
+
+
+def _rough_recording(path: Path, package: ModelPackage, n: int) -> None:
+    """Blocks pyarrow's reader takes whole (clean; empty cells; millisecond
+    timestamps; spaces around device names; CRLF) and blocks it hands back to
+    the fallback (a bad cell, a blank line, a short row, spaces around a number)."""
+    names = package.manifest.input.sensor_names
+    rng = np.random.default_rng(4)
+    x = np.array(package.manifest.input.fallback) * (1 + rng.normal(0, 0.05, (n, len(names))))
+    lines = ["ts,device," + ",".join(names)]
+    for i, row in enumerate(x.tolist()):
+        cells = [repr(v) for v in row]
+        if 100 <= i < 200 and i % 3 == 0:
+            cells[i % len(cells)] = ""  # a dropout: pyarrow and the row parser agree
+        lines.append(f"{1_763_719_200_000 + 250 * i}, d{i % 3} ," + ",".join(cells))
+    cells = lines[350].split(",")
+    lines[350] = ",".join([*cells[:2], "n/a", *cells[3:]])
+    lines[450] = ""
+    lines[550] = lines[550].rsplit(",", 2)[0]
+    lines[650] = lines[650].replace(",", ", ", 3)
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode())
+
+
+def test_pyarrow_and_the_fallback_reader_write_the_same_file(
+    tmp_path: Path, model_packages: ModelPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pyarrow")
+    package = load_package(model_packages.heavy)
+    data = tmp_path / "rough.csv"
+    _rough_recording(data, package, 800)
+    options = CsvOptions(device_column="device")
+    fast = score_files(package, [data], tmp_path / "arrow.csv", "csv", options, chunk_rows=100)
+    blocks: list[int] = []
+    arrow_block = recordings.Recording._arrow_block
+
+    def counted(self: recordings.Recording, *args: Any) -> recordings.Chunk | None:
+        chunk = arrow_block(self, *args)
+        blocks.append(chunk is not None)
+        return chunk
+
+    monkeypatch.setattr(recordings.Recording, "_arrow_block", counted)
+    score_files(package, [data], tmp_path / "again.csv", "csv", options, chunk_rows=100)
+    assert 0 < sum(blocks) < len(blocks)  # both kinds of block were in the file
+    monkeypatch.undo()
+    recordings._arrow_csv.cache_clear()
+    monkeypatch.setattr(recordings, "_arrow_csv", lambda: None)
+    slow = score_files(package, [data], tmp_path / "fallback.csv", "csv", options, chunk_rows=100)
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "fallback.csv").read_bytes()
+    assert (fast.rows, fast.bad_cells) == (slow.rows, slow.bad_cells) == (799, 1 + 8)

@@ -1,12 +1,25 @@
-"""The lenient reader's numeric blocks (numpy's parser) give what the row-by-row parser gives."""
+"""The lenient reader's numeric blocks (pyarrow's CSV reader where installed, else
+numpy's parser) give what the row-by-row parser gives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from cloud_hub import recordings
 from cloud_hub.recordings import Chunk, CsvOptions, Recording
+
+
+@pytest.fixture(autouse=True, params=["pyarrow", "numpy"])
+def block_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs with pyarrow's reader (skipped where it is not installed) and without."""
+    if request.param == "pyarrow":
+        pytest.importorskip("pyarrow")
+    else:
+        monkeypatch.setattr(recordings, "_arrow_csv", lambda: None)
+    return str(request.param)
 
 
 def _read(path: Path, strict: bool, rows: int) -> list[Chunk]:
