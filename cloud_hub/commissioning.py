@@ -18,8 +18,8 @@ device's first readings are, which is why the hub commissions from them.
 
 Which model: the readings carry their edge model's version; the model is the
 registered edge model of that version whose feature count matches (if several
-do, the one named with ``--model``, or for the commissioning thread the hub's
-own edge model).
+do, the one named with ``--model``, or for the commissioning thread the model
+the device's birth named, else the hub's own edge model).
 
 The stored baseline is also the device's drift reference; drift tracking
 against it is not built yet (issue 11).
@@ -174,6 +174,8 @@ def baseline_from_store(
             count=count,
             needed=min_readings,
         )
+    # The model the device's birth named wins over the caller's guess (the hub's own model).
+    prefer = record.model or prefer
     manifest = _edge_model(store, device, versions, n_features, model=model, prefer=prefer)
     sensors = manifest.input.sensor_names
     values = last_values(np.concatenate(blocks), sensors)

@@ -18,7 +18,7 @@ from pydantic import BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from cloud_hub.api.config import ApiConfig
-from cloud_hub.store.base import ModelRecord, Store
+from cloud_hub.store.base import DeviceRecord, ModelRecord, Store
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -170,10 +170,12 @@ def unknown_device(device: str) -> HTTPException:
     )
 
 
-def require_device(store: Store, device: str) -> None:
-    """Raise 404 unless the store knows ``device``."""
-    if store.device(device) is None:
+def require_device(store: Store, device: str) -> DeviceRecord:
+    """The store's record of ``device``, or 404."""
+    record = store.device(device)
+    if record is None:
         raise unknown_device(device)
+    return record
 
 
 def find_model(store: Store, name: str, version: str | None) -> ModelRecord:

@@ -136,6 +136,8 @@ class DeviceOut(BaseModel):
     state: DeviceState
     epoch: int
     agent_version: str | None
+    model: str | None
+    """The name of the model the device's last birth said it runs (older agents do not say)."""
     model_version: str | None
     first_seen: float | None
     last_seen: float | None
@@ -149,6 +151,7 @@ class DeviceOut(BaseModel):
             state=device_state(record, now, stale_after_s),
             epoch=record.epoch,
             agent_version=record.agent_version,
+            model=record.model,
             model_version=record.model_version,
             first_seen=record.first_seen,
             last_seen=record.last_seen,

@@ -148,6 +148,8 @@ class DeviceRecord:
     """Last time any message of the device arrived (the API derives 'stale' from it)."""
     last_health: dict[str, object] | None
     counters: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    """The name of the model the device's last birth said it runs (None: not said)."""
 
 
 @dataclass(frozen=True, slots=True)

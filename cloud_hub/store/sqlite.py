@@ -25,10 +25,11 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 5; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_5`, recorded in ``schema_version``:
+Schema (version 6; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_6`, recorded in ``schema_version``:
 
-- ``devices`` - one row per device (``id`` is what the other tables refer to).
+- ``devices`` - one row per device (``id`` is what the other tables refer to);
+  ``model`` (version 6) is the name of the model its birth said it runs.
 - ``watermarks`` - per (device, epoch) the settled watermark (every seq
   1..watermark is stored or closed: what the hub acks) and the ``ledger``: a
   :class:`~cloud_hub.store.ledger.Ledger` as JSON, the settled ranges above
@@ -109,7 +110,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -317,12 +318,19 @@ def _migrate_to_5(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_6(db: sqlite3.Connection) -> None:
+    """The name of each device's model, from its birth: versions alone do not tell
+    ``machine-edge 1.0.0`` from ``rig-edge 1.0.0``."""
+    db.execute("ALTER TABLE devices ADD COLUMN model TEXT")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
     5: _migrate_to_5,
+    6: _migrate_to_6,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -883,11 +891,13 @@ class SQLiteStore:
         with self._write() as db:
             db.execute(
                 "INSERT INTO devices (name, state, epoch, agent_version, model_version, "
-                "first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "first_seen, last_seen, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "state = CASE WHEN excluded.epoch >= epoch THEN excluded.state ELSE state END, "
                 "agent_version = CASE WHEN excluded.epoch >= epoch THEN excluded.agent_version ELSE agent_version END, "
                 "model_version = CASE WHEN excluded.epoch >= epoch THEN excluded.model_version ELSE model_version END, "
+                "model = CASE WHEN excluded.epoch >= epoch AND excluded.model IS NOT NULL "
+                "THEN excluded.model ELSE model END, "
                 "epoch = max(epoch, excluded.epoch), "
                 "first_seen = coalesce(first_seen, excluded.first_seen), "
                 "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen)",
@@ -899,6 +909,7 @@ class SQLiteStore:
                     status.model_version,
                     received_at,
                     received_at,
+                    status.model,
                 ),
             )
 
@@ -1397,12 +1408,12 @@ class SQLiteStore:
 # --------------------------------------------------------------------------- rows and cursors
 
 _DEVICE_COLUMNS: Final = (
-    "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health"
+    "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health, model"
 )
 
 
 def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord:
-    name, state, epoch, agent_version, model_version, first_seen, last_seen, health = row
+    name, state, epoch, agent_version, model_version, first_seen, last_seen, health, model = row
     return DeviceRecord(
         device=name,
         state=cast(Literal["online", "offline", "never_seen"], state),
@@ -1413,6 +1424,7 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
         last_seen=None if last_seen is None else float(last_seen),
         last_health=None if health is None else cast(dict[str, object], json.loads(health)),
         counters=counts,
+        model=model,
     )
 
 

@@ -31,9 +31,12 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/devices", tags=["telemetry"], responses=responses(401, 404, 422))
 
 
-def _columns(store: Store, rows: list[TelemetryRows]) -> tuple[list[str] | None, list[str] | None]:
+def _columns(
+    store: Store, rows: list[TelemetryRows], model: str | None = None
+) -> tuple[list[str] | None, list[str] | None]:
     """Feature and class names from the manifest of the page's edge model, when one
-    registered edge model version covers the whole page."""
+    registered edge model version covers the whole page (of the model the device's
+    birth named, when it named one: versions alone do not tell models apart)."""
     versions = {r.edge_model_version for r in rows}
     if len(versions) != 1:
         return None, None
@@ -41,7 +44,10 @@ def _columns(store: Store, rows: list[TelemetryRows]) -> tuple[list[str] | None,
     specs = {
         (rec.manifest.input.features, rec.manifest.output.classes)
         for rec in store.models()
-        if rec.variant == "edge" and rec.version == version
+        if rec.variant == "edge"
+        and rec.version == version
+        and (model is None or rec.name == model)
+        and len(rec.manifest.input.features) == rows[0].features.shape[1]
     }
     if len(specs) != 1:
         return None, None
@@ -86,12 +92,14 @@ def get_telemetry(
 ) -> TelemetryPageOut:
     """Readings of one device with ``since <= ts < until``, oldest first."""
     end, size = check_page(config, since, until, limit)
-    require_device(store, device)
+    record = require_device(store, device)
     try:
         page = store.telemetry(device, since, end, size, cursor)
     except ValueError as exc:  # the store's word on a cursor it cannot read
         raise bad_param("cursor", f"{exc}; or drop it to start again") from None
-    feature_names, classes = _columns(store, page.items) if page.items else (None, None)
+    feature_names, classes = (
+        _columns(store, page.items, record.model) if page.items else (None, None)
+    )
     readings = _readings(page.items)
     return TelemetryPageOut(
         device=device,

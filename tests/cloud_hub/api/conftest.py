@@ -20,7 +20,7 @@ from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.commissioning import baseline_from_store
 from cloud_hub.store import open_store
 from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
-from shared.manifest import MODEL_FILE, ModelPackage, load_package
+from shared.manifest import MODEL_FILE, ModelManifest, ModelPackage, load_package
 from shared.messages import Event, Health, Status
 from simulators.harness import HubApi
 from simulators.sensors import FEATURE_NAMES
@@ -65,6 +65,19 @@ class Hub:
     app: Any
 
 
+def renamed(manifest: ModelManifest, name: str, prefix: str) -> ModelManifest:
+    """``manifest`` as the model of another machine: every sensor name prefixed."""
+    d = manifest.to_dict()
+    d["name"] = name
+    for sensor in d["input"]["sensors"]:
+        sensor["name"] = prefix + sensor["name"]
+    d["input"]["features"] = [prefix + f for f in d["input"]["features"]]
+    for key in ("sensors", "features"):
+        d["reference"][key] = {prefix + k: v for k, v in d["reference"][key].items()}
+    d["urgent"]["hard_limits"] = {prefix + k: v for k, v in d["urgent"]["hard_limits"].items()}
+    return ModelManifest.from_dict(d)
+
+
 def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
     now = time.time()
     rng = np.random.default_rng(11)
@@ -80,7 +93,10 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
         fh.truncate(1000)
     store.register_model(dataclasses.replace(heavy.manifest, name="broken-heavy"), str(broken), now)
 
-    online = Status("pi-online", 2, 0, "online", "0.1.0", "1.0.0", now)
+    # Another machine's model of the same version and width: only its name tells them apart.
+    store.register_model(renamed(edge.manifest, "rig-edge", "rig_"), str(edge.path), now)
+
+    online = Status("pi-online", 2, 0, "online", "0.1.0", "1.0.0", now, "machine-edge")
     store.record_status(online, now)
     store.record_status(Status("pi-stale", 1, 0, "online", "0.1.0", "1.0.0", now), now - 600)
     store.record_status(Status("pi-off", 1, 0, "online", "0.1.0", "1.0.0", now), now - 100)

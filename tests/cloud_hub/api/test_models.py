@@ -24,6 +24,7 @@ def test_model_list(hub: Hub) -> None:
         ("machine-edge", "1.0.0", "edge"),
         ("machine-heavy", "1.0.0", "heavy"),
         ("machine-heavy", "1.1.0", "heavy"),
+        ("rig-edge", "1.0.0", "edge"),
     ]
     edge = body["models"][1]
     manifest = hub.seeded.edge.manifest

@@ -84,6 +84,7 @@ def status(
     *,
     agent_version: str = "0.1.0",
     model_version: str | None = "1.0.0",
+    model: str | None = None,
 ) -> Status:
     assert state in ("online", "offline")
     return Status(
@@ -94,6 +95,7 @@ def status(
         agent_version=agent_version,
         model_version=model_version,
         ts=T0,
+        model=model,
     )
 
 

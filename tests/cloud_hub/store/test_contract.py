@@ -408,6 +408,18 @@ def test_status_health_and_touch(store: Store) -> None:
     assert (rec.state, rec.epoch) == ("offline", 4)
 
 
+def test_the_model_a_birth_names_is_kept_until_another_birth_names_one(store: Store) -> None:
+    store.record_status(status("pi-01", 4, model="rig-edge"), received_at=T0)
+    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
+    store.record_status(status("pi-01", 4, "offline"), received_at=T0 + 1)  # a will: no name
+    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
+    store.record_status(status("pi-01", 3, model="old-edge"), received_at=T0 + 2)  # stale
+    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
+    store.record_status(status("pi-01", 5, model="machine-edge"), received_at=T0 + 3)
+    assert (rec := store.device("pi-01")) is not None and rec.model == "machine-edge"
+    assert store.device("pi-01") == next(d for d in store.devices() if d.device == "pi-01")
+
+
 def test_stale_will_of_an_older_epoch_does_not_mark_offline(store: Store) -> None:
     store.record_status(status("pi-01", 5, "online"), received_at=T0)
     store.record_status(status("pi-01", 4, "offline"), received_at=T0 + 1)
