@@ -233,6 +233,20 @@ def _batch_score(args: argparse.Namespace) -> int:
         f"written to {summary.output} ({summary.format})"
     )
     print(json.dumps(summary.to_dict(), sort_keys=True))
+    empty = sorted(
+        key.partition(":")[2]
+        for key, n in summary.input_checks.items()
+        if key.startswith("missing:") and summary.rows and n >= summary.rows
+    )
+    if empty:
+        print(
+            f"{PROG}: warning: sensor(s) {', '.join(empty)} had no usable value in any of the "
+            f"{summary.rows} rows, so every score used their fallback values: the result says "
+            "nothing about them. Are the cells text (a decimal comma such as 0,05? write '.' "
+            "as the decimal point), or is the wrong column mapped (--csv-map)?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -329,3 +329,26 @@ def test_pyarrow_and_the_fallback_reader_write_the_same_file(
     slow = score_files(package, [data], tmp_path / "fallback.csv", "csv", options, chunk_rows=100)
     assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "fallback.csv").read_bytes()
     assert (fast.rows, fast.bad_cells) == (slow.rows, slow.bad_cells) == (799, 1 + 8)
+
+
+def test_a_sensor_with_no_usable_value_is_a_warning_and_exit_1(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = load_package(model_packages.heavy)
+    data = tmp_path / "rec.csv"
+    _recording(data, package, 40)
+    # Decimal commas in one column: every cell of it is text to the reader.
+    lines = data.read_text().splitlines()
+    first = package.manifest.input.sensor_names[0]
+    fixed = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(";")
+        cells[2] = "0,5"
+        fixed.append(";".join(cells))
+    data.write_text("\n".join(fixed) + "\n")
+    args = ["--model", "machine-heavy", "--input", str(data), "--output", str(tmp_path / "o.csv")]
+    mapped = ["--ts-column", "when", "--csv-map", _csv_map(package)]
+    assert main(_args(model_packages, tmp_path, *args, *mapped)) == 1
+    err = capsys.readouterr().err
+    assert f"sensor(s) {first} had no usable value in any of the 40 rows" in err
+    assert "decimal comma" in err
