@@ -68,7 +68,8 @@ def resolve_model(spec: str, records: list[ModelRecord], models_dir: Path) -> Mo
         names = sorted({n for n, _ in known})
         raise BatchError(
             f"--model {spec!r}: no model {name!r} is registered; known models: "
-            f"{', '.join(names) or 'none'} (in the store and under {str(models_dir)!r}; "
+            f"{', '.join(names) or 'none'} (in the store and under {str(models_dir.resolve())!r}; "
+            "--data-dir and --models-dir name a hub's, as for serve; "
             "'edgeloop-hub models build' makes the default ones)"
         )
     if version is None:

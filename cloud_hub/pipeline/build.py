@@ -152,7 +152,7 @@ def _find_existing(
             raise PipelineError(
                 f"{path} already holds {m.name} {m.version} built from other data "
                 f"({m.lineage.data_window!r}); versions are immutable: choose another version "
-                "or output directory, or rebuild it on purpose with force=True (--force)"
+                "or output directory, or rebuild it on purpose with 'edgeloop-hub models build --force'"
             )
         found.append(pkg)
     return (found[0], found[1]) if len(found) == 2 else None
@@ -207,7 +207,7 @@ def build_default_models(
         if found is not None:
             edge_pkg, heavy_pkg = found
             log.info(
-                "models %s already built in %s; reusing them (force=True rebuilds)",
+                "models %s already built in %s; reusing them ('edgeloop-hub models build --force' rebuilds)",
                 version,
                 out_dir,
             )
