@@ -158,7 +158,8 @@ def _devices_baseline(args: argparse.Namespace) -> int:
         print(
             f"device {baseline.device!r}: baseline for model {baseline.model} from "
             f"{baseline.readings} readings written to {args.out} and recorded in the store; "
-            f"give it to the agent with --baseline {args.out.name}"
+            f"copy it to the device and give it to the agent with --baseline FILE (here: "
+            f"--baseline {args.out.resolve()})"
         )
     return 0
 
