@@ -198,10 +198,13 @@ class SensorInputsOut(BaseModel):
     """Valid values far outside the model's training range (see docs/architecture.md)."""
 
     @staticmethod
-    def from_health(health: Mapping[str, Any] | None) -> dict[str, SensorInputsOut]:
-        """Per sensor, from the heartbeat's ``invalid`` counters named ``<kind>:<sensor>``."""
+    def from_health(
+        health: Mapping[str, Any] | None, sensors: tuple[str, ...] = ()
+    ) -> dict[str, SensorInputsOut]:
+        """Per sensor, from the heartbeat's ``invalid`` counters named ``<kind>:<sensor>``;
+        every one of ``sensors`` (the device's model's, when known) is listed, zeros too."""
         invalid = (health or {}).get("invalid")
-        out: dict[str, SensorInputsOut] = {}
+        out: dict[str, SensorInputsOut] = {name: SensorInputsOut() for name in sensors}
         if not isinstance(invalid, dict):
             return out
         kinds = set(SensorInputsOut.model_fields)

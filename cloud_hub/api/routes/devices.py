@@ -20,6 +20,7 @@ from cloud_hub.api.schemas import (
     GapOut,
     SensorInputsOut,
 )
+from cloud_hub.store.base import DeviceRecord, Store
 
 __all__ = ["router"]
 
@@ -47,6 +48,14 @@ def list_devices(access: ReadAccess, store: StoreDep, config: ConfigDep) -> Devi
     )
 
 
+def _sensors(store: Store, record: DeviceRecord) -> tuple[str, ...]:
+    """The sensors of the model the device's birth named (empty when unknown)."""
+    if record.model is None or record.model_version is None:
+        return ()
+    model = store.model(record.model, record.model_version)
+    return () if model is None else model.manifest.input.sensor_names
+
+
 @router.get("/{device}", response_model=DeviceDetailOut, responses=responses(404, 422))
 def get_device(
     access: ReadAccess, store: StoreDep, config: ConfigDep, device: DeviceId
@@ -58,7 +67,7 @@ def get_device(
     summary = DeviceOut.from_record(record, time.time(), config.stale_after_s)
     return DeviceDetailOut(
         **summary.model_dump(),
-        inputs=SensorInputsOut.from_health(record.last_health),
+        inputs=SensorInputsOut.from_health(record.last_health, _sensors(store, record)),
         acked_seq=store.watermark(device, record.epoch),
         counters=dict(record.counters),
         last_health=dict(record.last_health) if record.last_health is not None else None,

@@ -48,10 +48,19 @@ def test_device_detail_has_counters_health_and_gaps(hub: Hub) -> None:
     assert body["counters"]["duplicates"] == 2
     assert body["last_health"]["outbox_depth"] == 0
     assert body["last_health"]["dropped"] == {"outbox_full": 1}
-    assert body["inputs"] == {  # per sensor, from the heartbeat's counters
-        "vibration": {"missing": 4, "out_of_range": 0, "out_of_distribution": 0},
-        "temperature": {"missing": 0, "out_of_range": 1, "out_of_distribution": 7},
+    # Per sensor of the device's model (its birth named it), from the heartbeat's counters.
+    assert list(body["inputs"]) == list(hub.seeded.edge.manifest.input.sensor_names)
+    assert body["inputs"]["vibration"] == {
+        "missing": 4,
+        "out_of_range": 0,
+        "out_of_distribution": 0,
     }
+    assert body["inputs"]["temperature"] == {
+        "missing": 0,
+        "out_of_range": 1,
+        "out_of_distribution": 7,
+    }
+    assert body["inputs"]["flow"] == {"missing": 0, "out_of_range": 0, "out_of_distribution": 0}
     assert body["acked_seq"] == 12  # seq 13 never arrived
     assert body["gaps"] == [
         {"device": "pi-online", "epoch": 2, "first_seq": 13, "last_seq": 13, "missing": 1}
