@@ -39,6 +39,8 @@ TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
 """serve's options that say where the registry is."""
 _MIN_TRAIN_ROWS: Final = 200
 _MIN_SLICE_ROWS: Final = 50
+_LABEL_LIKE: Final = frozenset({"label", "labels", "state", "status", "class", "fault"})
+"""Unused columns with these names (any case) get a --label hint."""
 _SHOWN: Final = (
     "auc_macro",
     "f1_macro",
@@ -346,10 +348,18 @@ def _run(
     )
     with _bar("reading", None, "rows") as bar:
         series = recorded.read_series(paths, options, names, on_rows=bar.update)
+    label_hint = ""
     for path in paths:
         rec_unused = _unused_columns(path, options, names)
         if rec_unused:
             report.append(f"{path.name}: columns not used: {', '.join(rec_unused)}")
+        labelled = [c for c in rec_unused if c.lower() in _LABEL_LIKE]
+        if args.label is None and labelled and not label_hint:
+            label_hint = (
+                f"{path.name} has a column {labelled[0]!r}: if it labels the readings, "
+                f"train classifiers on it with --label {labelled[0]} --urgent VALUE..."
+            )
+            report.append(f"hint: {label_hint}")
     rows = sum(len(s) for s in series)
     report.insert(0, f"data: {len(paths)} file(s), {len(series)} series, {rows} rows")
     window = args.window or DEFAULT_WINDOW
@@ -399,27 +409,45 @@ def _run(
             spec = PairSpec(
                 classes=classes, urgent_class=urgent_class, normal_class=normal_class, **common
             )
+            from cloud_hub.pipeline.train import RARE_CLASS_HEAVY  # noqa: PLC0415
             from cloud_hub.pipeline.trainer import train_classifier_pair  # noqa: PLC0415
 
             result = train_classifier_pair(
-                settings.models_dir, spec, split, progress=progress, t0=t0
+                settings.models_dir,
+                spec,
+                split,
+                heavy_config=RARE_CLASS_HEAVY,
+                require_urgent_recall=True,
+                progress=progress,
+                t0=t0,
             )
         else:
             split, anomalies, split_note = _unlabelled(args, series, feats, window, sensors)
             spec = PairSpec(
                 classes=("normal", "urgent"), urgent_class="urgent", normal_class="normal", **common
             )
+            from cloud_hub.pipeline.convert import GateError  # noqa: PLC0415
             from cloud_hub.pipeline.trainer import train_anomaly_pair  # noqa: PLC0415
 
-            result = train_anomaly_pair(
-                settings.models_dir,
-                spec,
-                split,
-                anomalies,
-                budget=args.false_alarm_budget,
-                progress=progress,
-                t0=t0,
-            )
+            try:
+                result = train_anomaly_pair(
+                    settings.models_dir,
+                    spec,
+                    split,
+                    anomalies,
+                    budget=args.false_alarm_budget,
+                    progress=progress,
+                    t0=t0,
+                )
+            except GateError as exc:
+                if not label_hint:
+                    raise
+                raise GateError(
+                    f"{exc} ({label_hint})",
+                    gate=exc.gate,
+                    measured=exc.measured,
+                    threshold=exc.threshold,
+                ) from None
         bar.update(1)
     report.append(split_note)
     report.append(f"{base}: {version_note}")
