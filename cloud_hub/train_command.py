@@ -127,7 +127,14 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "--normal-from/--normal-to), with the urgent threshold set by --false-alarm-budget. "
         "Prints a report, then one JSON line.",
     )
-    p.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE_OR_DIR")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="recorded CSV files, or directories of them",
+    )
     p.add_argument(
         "--sensors",
         metavar="A,B,...",
@@ -145,7 +152,8 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "--csv-delimiter",
         choices=("auto", ",", ";", "tab"),
         default="auto",
-        help="the separator (default: detected from the header)",
+        metavar="auto|,|;|tab",
+        help="the separator: auto, ',', ';' or tab (default: auto, detected from the header)",
     )
     p.add_argument("--ts-column", default="ts", metavar="COLUMN", help="(default: ts)")
     p.add_argument(
@@ -189,7 +197,8 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         type=_ranges,
         default={},
         metavar="SENSOR=LO:HI,...",
-        help="(default: the data's range widened by two spans each side)",
+        help="(default: the data's range widened by two spans each side, not below 0 when "
+        "no value is negative)",
     )
     p.add_argument("--window", type=positive_int, default=None, metavar="N", help="(default: 10)")
     p.add_argument(
@@ -199,10 +208,37 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="readings over the threshold in a row before an urgent event (default: 1)",
     )
-    p.add_argument("--validation-fraction", type=_fraction, default=0.2, metavar="X")
-    p.add_argument("--holdout-fraction", type=_fraction, default=0.2, metavar="X")
-    p.add_argument("--min-agreement", type=float, default=0.99, metavar="X")
-    p.add_argument("--seed", type=int, default=7, metavar="N")
+    p.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="X",
+        help="of each series, the share before the holdout on which thresholds are chosen "
+        "(0.05-0.5, default: 0.2)",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="X",
+        help="of each series, the latest share on which the metrics are measured "
+        "(0.05-0.5, default: 0.2)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="X",
+        help="the int8 edge model must agree with its fp32 twin on at least this share of "
+        "the holdout's classes, or nothing is published (default: 0.99)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        metavar="N",
+        help="the random seed: the same data and seed give the same models (default: 7)",
+    )
     OPTIONS.add_to(p, only=TRAIN_OPTIONS)
     p.set_defaults(handler=_train, parser=p)
     return p
@@ -630,6 +666,7 @@ def _unlabelled(
             for s, side in zip(series, sides, strict=True)
         ]
         x[k] = np.concatenate([x[k], *starts])
+    added = {"train": len(x[0]) - sizes["train"], "validation": len(x[1]) - sizes["validation"]}
     train_values = np.concatenate(
         [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
     )
@@ -655,7 +692,12 @@ def _unlabelled(
         np.zeros(len(x[2]), np.int64),
         holdout_series=np.concatenate(ids),
     )
-    return split, np.concatenate(anomalies), _split_note(args, sizes, window)
+    note = _split_note(args, sizes, window) + (
+        f"; plus start-up rows (an agent's first {window - 1} readings, half-filled windows) "
+        f"made from them: train +{added['train']} = {len(x[0])}, validation "
+        f"+{added['validation']} = {len(x[1])}"
+    )
+    return split, np.concatenate(anomalies), note
 
 
 def _register(
@@ -702,7 +744,10 @@ def _describe(result: TrainResult) -> list[str]:
         confusion = details.get("confusion", {}).get(variant)
         if confusion:
             cols = list(next(iter(confusion.values())))
-            lines.append("  confusion (rows: true, columns: predicted): " + " | ".join(cols))
+            lines.append(
+                "  confusion (rows: true, columns: predicted = the arg-max class; the urgent "
+                "figures and alarms above use the threshold rule instead): " + " | ".join(cols)
+            )
             for true, row in confusion.items():
                 lines.append(f"    {true}: " + " ".join(str(row[c]) for c in cols))
     return lines

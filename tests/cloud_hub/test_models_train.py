@@ -14,6 +14,7 @@ import pytest
 
 from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline import recorded
 from cloud_hub.pipeline.convert import GateError
 from cloud_hub.pipeline.train import (
     RARE_CLASS_HEAVY,
@@ -23,6 +24,7 @@ from cloud_hub.pipeline.train import (
     train_heavy,
 )
 from cloud_hub.pipeline.trainer import PairSpec, _gate_anomaly, _gate_urgent_recall
+from cloud_hub.recordings import CsvOptions
 from cloud_hub.store import open_store
 from shared.features import features_for_stream
 from shared.manifest import load_package, sha256_file
@@ -349,3 +351,16 @@ def test_a_classifier_that_never_flags_the_urgent_class_is_refused() -> None:
         _gate_urgent_recall(spec, "heavy", zero, is_urgent)
     assert "240 'alarm' rows" in str(info.value) and info.value.gate == "urgent_recall"
     _gate_urgent_recall(spec, "heavy", {**zero, "urgent_recall": 0.1}, is_urgent)
+
+
+def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Path) -> None:
+    values = rig_values(300, 6)
+    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: two spans below is < 0
+    csv = write_rig_csv(tmp_path / "rig.csv", values)
+    options = CsvOptions(ts_column="datetime", column_map={"flow": "flow_m3h"})
+    names, _ = recorded.numeric_sensors(csv, options)
+    assert names == ["vib_rms", "flow", "motor_current", "temp_in"]
+    series = recorded.read_series([csv], options, names)
+    specs, notes = recorded.infer_sensors(names, series, units={}, valid_ranges={})
+    assert specs[1].min == 0.0 and all(s.min >= 0 for s in specs), specs
+    assert "not below 0 as no value is negative" in notes[1]
