@@ -39,6 +39,9 @@ TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
 """serve's options that say where the registry is."""
 _MIN_TRAIN_ROWS: Final = 200
 _MIN_SLICE_ROWS: Final = 50
+_WARN_SYNTHETIC_RECALL: Final = 0.8
+"""Below this share of synthetic faults found the report warns (below
+:data:`cloud_hub.pipeline.trainer.MIN_SYNTHETIC_RECALL` the model is refused)."""
 _LABEL_LIKE: Final = frozenset({"label", "labels", "state", "status", "class", "fault"})
 """Unused columns with these names (any case) get a --label hint."""
 _SHOWN: Final = (
@@ -737,6 +740,13 @@ def _describe(result: TrainResult) -> list[str]:
                 f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}); "
                 f"synthetic faults found: {m.metrics['synthetic_anomaly_recall']:.1%}"
             )
+            if m.metrics["synthetic_anomaly_recall"] < _WARN_SYNTHETIC_RECALL:
+                lines.append(
+                    f"  warning: {m.name} finds only "
+                    f"{m.metrics['synthetic_anomaly_recall']:.1%} of the synthetic faults "
+                    f"(a clean normal stretch gives >= 90%): the training data may hold faults; "
+                    "pick a clean stretch with --normal-from/--normal-to, or use --label"
+                )
         elif details:
             lines.append(
                 f"  threshold {m.urgent.score_threshold:.2f}: {details['threshold_reason']}"
