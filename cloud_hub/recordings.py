@@ -216,9 +216,10 @@ class Recording:
                 )
         taken = {c for c, _ in special.values() if c is not None}
         if sensors is None:
-            mapped = {options.column_map.get(s, s) for s in options.column_map}
-            sensors = [h for h in header if h and h not in taken and h not in mapped]
-            sensors += list(options.column_map)
+            # The file's column order, a mapped column under its sensor's name.
+            named = {column: sensor for sensor, column in options.column_map.items()}
+            sensors = [named.get(h, h) for h in header if h and h not in taken]
+            sensors += [s for s in options.column_map if s not in sensors]
             if not sensors:
                 raise RecordingError(
                     f"{str(path)!r} has no sensor column: its header, {split}, has only {shown}",

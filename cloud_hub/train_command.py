@@ -39,6 +39,11 @@ TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
 """serve's options that say where the registry is."""
 _MIN_TRAIN_ROWS: Final = 200
 _MIN_SLICE_ROWS: Final = 50
+_WARN_SYNTHETIC_RECALL: Final = 0.8
+"""Below this share of synthetic faults found the report warns (below
+:data:`cloud_hub.pipeline.trainer.MIN_SYNTHETIC_RECALL` the model is refused)."""
+_LABEL_LIKE: Final = frozenset({"label", "labels", "state", "status", "class", "fault"})
+"""Unused columns with these names (any case) get a --label hint."""
 _SHOWN: Final = (
     "auc_macro",
     "f1_macro",
@@ -125,7 +130,14 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "--normal-from/--normal-to), with the urgent threshold set by --false-alarm-budget. "
         "Prints a report, then one JSON line.",
     )
-    p.add_argument("--data", nargs="+", type=Path, required=True, metavar="FILE_OR_DIR")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        type=Path,
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="recorded CSV files, or directories of them",
+    )
     p.add_argument(
         "--sensors",
         metavar="A,B,...",
@@ -143,7 +155,8 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "--csv-delimiter",
         choices=("auto", ",", ";", "tab"),
         default="auto",
-        help="the separator (default: detected from the header)",
+        metavar="auto|,|;|tab",
+        help="the separator: auto, ',', ';' or tab (default: auto, detected from the header)",
     )
     p.add_argument("--ts-column", default="ts", metavar="COLUMN", help="(default: ts)")
     p.add_argument(
@@ -187,7 +200,8 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         type=_ranges,
         default={},
         metavar="SENSOR=LO:HI,...",
-        help="(default: the data's range widened by two spans each side)",
+        help="(default: the data's range widened by two spans each side, not below 0 when "
+        "no value is negative)",
     )
     p.add_argument("--window", type=positive_int, default=None, metavar="N", help="(default: 10)")
     p.add_argument(
@@ -197,10 +211,37 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="readings over the threshold in a row before an urgent event (default: 1)",
     )
-    p.add_argument("--validation-fraction", type=_fraction, default=0.2, metavar="X")
-    p.add_argument("--holdout-fraction", type=_fraction, default=0.2, metavar="X")
-    p.add_argument("--min-agreement", type=float, default=0.99, metavar="X")
-    p.add_argument("--seed", type=int, default=7, metavar="N")
+    p.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="X",
+        help="of each series, the share before the holdout on which thresholds are chosen "
+        "(0.05-0.5, default: 0.2)",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=_fraction,
+        default=0.2,
+        metavar="X",
+        help="of each series, the latest share on which the metrics are measured "
+        "(0.05-0.5, default: 0.2)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        metavar="X",
+        help="the int8 edge model must agree with its fp32 twin on at least this share of "
+        "the holdout's classes, or nothing is published (default: 0.99)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        metavar="N",
+        help="the random seed: the same data and seed give the same models (default: 7)",
+    )
     OPTIONS.add_to(p, only=TRAIN_OPTIONS)
     p.set_defaults(handler=_train, parser=p)
     return p
@@ -346,10 +387,18 @@ def _run(
     )
     with _bar("reading", None, "rows") as bar:
         series = recorded.read_series(paths, options, names, on_rows=bar.update)
+    label_hint = ""
     for path in paths:
         rec_unused = _unused_columns(path, options, names)
         if rec_unused:
             report.append(f"{path.name}: columns not used: {', '.join(rec_unused)}")
+        labelled = [c for c in rec_unused if c.lower() in _LABEL_LIKE]
+        if args.label is None and labelled and not label_hint:
+            label_hint = (
+                f"{path.name} has a column {labelled[0]!r}: if it labels the readings, "
+                f"train classifiers on it with --label {labelled[0]} --urgent VALUE..."
+            )
+            report.append(f"hint: {label_hint}")
     rows = sum(len(s) for s in series)
     report.insert(0, f"data: {len(paths)} file(s), {len(series)} series, {rows} rows")
     window = args.window or DEFAULT_WINDOW
@@ -399,27 +448,45 @@ def _run(
             spec = PairSpec(
                 classes=classes, urgent_class=urgent_class, normal_class=normal_class, **common
             )
+            from cloud_hub.pipeline.train import RARE_CLASS_HEAVY  # noqa: PLC0415
             from cloud_hub.pipeline.trainer import train_classifier_pair  # noqa: PLC0415
 
             result = train_classifier_pair(
-                settings.models_dir, spec, split, progress=progress, t0=t0
+                settings.models_dir,
+                spec,
+                split,
+                heavy_config=RARE_CLASS_HEAVY,
+                require_urgent_recall=True,
+                progress=progress,
+                t0=t0,
             )
         else:
             split, anomalies, split_note = _unlabelled(args, series, feats, window, sensors)
             spec = PairSpec(
                 classes=("normal", "urgent"), urgent_class="urgent", normal_class="normal", **common
             )
+            from cloud_hub.pipeline.convert import GateError  # noqa: PLC0415
             from cloud_hub.pipeline.trainer import train_anomaly_pair  # noqa: PLC0415
 
-            result = train_anomaly_pair(
-                settings.models_dir,
-                spec,
-                split,
-                anomalies,
-                budget=args.false_alarm_budget,
-                progress=progress,
-                t0=t0,
-            )
+            try:
+                result = train_anomaly_pair(
+                    settings.models_dir,
+                    spec,
+                    split,
+                    anomalies,
+                    budget=args.false_alarm_budget,
+                    progress=progress,
+                    t0=t0,
+                )
+            except GateError as exc:
+                if not label_hint:
+                    raise
+                raise GateError(
+                    f"{exc} ({label_hint})",
+                    gate=exc.gate,
+                    measured=exc.measured,
+                    threshold=exc.threshold,
+                ) from None
         bar.update(1)
     report.append(split_note)
     report.append(f"{base}: {version_note}")
@@ -602,6 +669,7 @@ def _unlabelled(
             for s, side in zip(series, sides, strict=True)
         ]
         x[k] = np.concatenate([x[k], *starts])
+    added = {"train": len(x[0]) - sizes["train"], "validation": len(x[1]) - sizes["validation"]}
     train_values = np.concatenate(
         [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
     )
@@ -627,7 +695,12 @@ def _unlabelled(
         np.zeros(len(x[2]), np.int64),
         holdout_series=np.concatenate(ids),
     )
-    return split, np.concatenate(anomalies), _split_note(args, sizes, window)
+    note = _split_note(args, sizes, window) + (
+        f"; plus start-up rows (an agent's first {window - 1} readings, half-filled windows) "
+        f"made from them: train +{added['train']} = {len(x[0])}, validation "
+        f"+{added['validation']} = {len(x[1])}"
+    )
+    return split, np.concatenate(anomalies), note
 
 
 def _register(
@@ -667,6 +740,13 @@ def _describe(result: TrainResult) -> list[str]:
                 f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}); "
                 f"synthetic faults found: {m.metrics['synthetic_anomaly_recall']:.1%}"
             )
+            if m.metrics["synthetic_anomaly_recall"] < _WARN_SYNTHETIC_RECALL:
+                lines.append(
+                    f"  warning: {m.name} finds only "
+                    f"{m.metrics['synthetic_anomaly_recall']:.1%} of the synthetic faults "
+                    f"(a clean normal stretch gives >= 90%): the training data may hold faults; "
+                    "pick a clean stretch with --normal-from/--normal-to, or use --label"
+                )
         elif details:
             lines.append(
                 f"  threshold {m.urgent.score_threshold:.2f}: {details['threshold_reason']}"
@@ -674,7 +754,10 @@ def _describe(result: TrainResult) -> list[str]:
         confusion = details.get("confusion", {}).get(variant)
         if confusion:
             cols = list(next(iter(confusion.values())))
-            lines.append("  confusion (rows: true, columns: predicted): " + " | ".join(cols))
+            lines.append(
+                "  confusion (rows: true, columns: predicted = the arg-max class; the urgent "
+                "figures and alarms above use the threshold rule instead): " + " | ".join(cols)
+            )
             for true, row in confusion.items():
                 lines.append(f"    {true}: " + " ".join(str(row[c]) for c in cols))
     return lines

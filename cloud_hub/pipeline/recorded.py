@@ -7,8 +7,8 @@ Then, in order:
 
 - :func:`infer_sensors`: each sensor's :class:`~shared.features.SensorSpec`:
   the unit given (else ``""``), the valid range given or the data's range
-  widened by :data:`RANGE_WIDENING` spans on each side, and the median as the
-  fallback;
+  widened by :data:`RANGE_WIDENING` spans on each side (not below 0 when no value
+  is negative), and the median as the fallback;
 - :func:`features`: each series through
   :func:`shared.features.features_for_stream` (the agent's feature function);
 - :func:`time_sides`: each series cut in time into train, validation and
@@ -224,8 +224,13 @@ def infer_sensors(
             dmin, dmax = float(col.min()), float(col.max())
             span = max(dmax - dmin, 1e-3 * max(1.0, abs(dmin), abs(dmax)))
             lo, hi = dmin - RANGE_WIDENING * span, dmax + RANGE_WIDENING * span
-            lo, hi = float(f"{lo:.6g}"), float(f"{hi:.6g}")
             how = f"data [{dmin:.6g}, {dmax:.6g}] widened by {RANGE_WIDENING:g} spans"
+            if dmin >= 0 > lo:
+                # A pressure or a flow that is never negative in the data is not
+                # valid below 0: widening it there would let sensor errors through.
+                lo = 0.0
+                how += ", not below 0 as no value is negative: give --valid-range if it can be"
+            lo, hi = float(f"{lo:.6g}"), float(f"{hi:.6g}")
         fallback = min(max(median, lo), hi)
         spec = SensorSpec(name, units.get(name, ""), lo, hi, float(f"{fallback:.6g}"))
         problem = spec.problem()

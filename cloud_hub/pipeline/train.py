@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from shared.errors import EdgeloopError
 
 __all__ = [
+    "RARE_CLASS_HEAVY",
     "EdgeTrainingConfig",
     "HeavyTrainingConfig",
     "PipelineError",
@@ -78,6 +79,19 @@ class HeavyTrainingConfig:
     l2_regularization: float = 0.0
     validation_fraction: float = 0.1
     n_iter_no_change: int = 5
+    class_weight: str | None = None
+    """``"balanced"`` weighs each class by the inverse of its share, so a rare
+    urgent class counts as much as the normal one (and keeps early stopping
+    from ending before the trees have learned it)."""
+
+
+RARE_CLASS_HEAVY: Final = HeavyTrainingConfig(
+    max_iter=300, learning_rate=0.1, n_iter_no_change=20, class_weight="balanced"
+)
+"""The heavy model's settings for ``models train`` on recorded data, where the
+urgent class is often rare: balanced class weights, sklearn's learning rate and a
+patience of 20 iterations. The default simulator build keeps its own
+:class:`HeavyTrainingConfig` (its packages do not change)."""
 
 
 def _check_labels(y: I64, n_classes: int, what: str) -> None:
@@ -142,6 +156,7 @@ def train_heavy(
         early_stopping=True,
         validation_fraction=cfg.validation_fraction,
         n_iter_no_change=cfg.n_iter_no_change,
+        class_weight=cfg.class_weight,
         random_state=seed,
     )
     model.fit(x, y)

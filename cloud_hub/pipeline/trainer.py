@@ -23,6 +23,7 @@ both packages by renaming them into place only when everything passed.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from cloud_hub.pipeline import anomaly
 from cloud_hub.pipeline.convert import (
     INPUT_NAME,
     SCORES_OUTPUT,
+    GateError,
     agreement,
     gate_int8_agreement,
     quantize_int8,
@@ -54,6 +56,7 @@ from cloud_hub.pipeline.package import (
     pick_test_rows,
     save_model,
 )
+from cloud_hub.pipeline.recorded import FAULT_SIGMAS
 from cloud_hub.pipeline.train import (
     EdgeTrainingConfig,
     HeavyTrainingConfig,
@@ -67,9 +70,13 @@ from shared.manifest import Lineage, UrgentSpec
 
 __all__ = [
     "DEFAULT_FALSE_ALARM_BUDGET",
+    "FALSE_ALARM_P_VALUE",
+    "MIN_REFUSED_ALARMS",
+    "MIN_SYNTHETIC_RECALL",
     "PairSpec",
     "Split",
     "TrainResult",
+    "false_alarm_p_value",
     "publish",
     "train_anomaly_pair",
     "train_classifier_pair",
@@ -85,6 +92,18 @@ DEFAULT_FALSE_ALARM_BUDGET: Final = 1e-4
 TEST_VECTORS: Final = 8
 HEAVY_AUTOENCODER_OUTER: Final = 4
 """The heavy autoencoder's outer layers are this many bottlenecks wide (the edge's: 2)."""
+MIN_REFUSED_ALARMS: Final = 3
+FALSE_ALARM_P_VALUE: Final = 1e-3
+"""An anomaly model is refused when its held-out false alarms are at least
+:data:`MIN_REFUSED_ALARMS` and a model exactly at the budget would raise that many
+with probability below this (Poisson): 1 alarm in 1,000 readings at 1e-4 is noise,
+60 in 471 is not."""
+MIN_SYNTHETIC_RECALL: Final = 0.5
+"""An anomaly model must find at least this share of the synthetic faults. They
+are steps of :data:`.recorded.FAULT_SIGMAS` (6) robust standard deviations, which
+a useful detector finds nearly all of (>= 0.9 on clean rig data); below half, the
+threshold sits above gross faults, so the model would stay silent when it matters.
+The margin leaves room for noisy sensors whose budget forces a high threshold."""
 Progress = Callable[[str], None]
 
 
@@ -330,6 +349,7 @@ def train_classifier_pair(
     heavy_config: HeavyTrainingConfig | None = None,
     progress: Progress | None = None,
     report: bool = True,
+    require_urgent_recall: bool = False,
     t0: float | None = None,
 ) -> TrainResult:
     """Train, gate, package and publish the labelled pair (see the module docstring).
@@ -339,7 +359,9 @@ def train_classifier_pair(
     ``split.holdout_*``. When the two are the same rows (the default simulator
     build passes its holdout as both, as it always has), the urgent metrics are
     a little optimistic. ``report`` adds the confusion matrices and the
-    thresholds' reasons to ``details``.
+    thresholds' reasons to ``details``. With ``require_urgent_recall`` a model
+    that flags none of the holdout's urgent rows fails a gate (:class:`GateError`)
+    and nothing is published: it would only ever say "all is well".
     """
     start = time.perf_counter() if t0 is None else t0
     steps = _Steps(progress)
@@ -387,6 +409,9 @@ def train_classifier_pair(
             "onnx_sklearn_agreement": heavy_sklearn,
             **sizes,
         }
+        if require_urgent_recall:
+            for variant, metrics in (("edge", edge_metrics), ("heavy", heavy_metrics)):
+                _gate_urgent_recall(spec, variant, metrics, hold_y == urgent_index)
         details: dict[str, Any] = {}
         if report:
             why = (
@@ -418,6 +443,27 @@ def train_classifier_pair(
         evaluate=evaluate,
         steps=steps,
         t0=start,
+    )
+
+
+def _gate_urgent_recall(
+    spec: PairSpec, variant: str, metrics: dict[str, float], is_urgent: npt.NDArray[np.bool_]
+) -> None:
+    """Refuse a model that finds none of the holdout's urgent rows."""
+    n_urgent = int(is_urgent.sum())
+    if n_urgent == 0 or metrics["urgent_recall"] > 0:
+        return
+    name = spec.edge_name if variant == "edge" else spec.heavy_name
+    raise GateError(
+        f"{name}: urgent recall 0 on the holdout: none of its {n_urgent} {spec.urgent_class!r} "
+        f"rows (of {is_urgent.size}) reaches the urgent threshold (precision "
+        f"{metrics['urgent_precision']:.3g}, macro AUC {metrics['auc_macro']:.3g}); nothing was "
+        "published. Give more labelled fault data (more or longer urgent windows in the "
+        "training slice), check that the urgent label marks readings that differ from normal, "
+        "or move the cut with --holdout-fraction/--validation-fraction",
+        gate="urgent_recall",
+        measured=0.0,
+        threshold=1.0 / n_urgent,
     )
 
 
@@ -507,6 +553,13 @@ def train_anomaly_pair(
                     "synthetic_anomaly_rows": float(anomalies.shape[0]),
                 }
             )
+            _gate_anomaly(
+                spec.edge_name if variant == "edge" else spec.heavy_name,
+                alarms=alarms,
+                readings=int(hold_x.shape[0]),
+                budget=budget,
+                recall=metrics["synthetic_anomaly_recall"],
+            )
             details["thresholds"][variant] = {
                 "threshold": thresholds[variant],
                 "why": f"false-alarm budget {budget:g} per reading on {val.shape[0]} validation "
@@ -539,6 +592,64 @@ def train_anomaly_pair(
         steps=steps,
         t0=start,
     )
+
+
+def false_alarm_p_value(alarms: int, readings: int, budget: float) -> float:
+    """P(X >= ``alarms``) for X ~ Poisson(``budget`` * ``readings``): how likely a
+    model within its budget is to raise this many false alarms by chance.
+
+    >>> round(false_alarm_p_value(1, 1000, 1e-4), 4)
+    0.0952
+    """
+    lam = budget * readings
+    if alarms <= 0:
+        return 1.0
+
+    def pmf(k: int) -> float:
+        return math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1)) if lam > 0 else 0.0
+
+    if alarms <= lam:  # the upper tail is large: 1 - the (short) lower sum
+        return max(0.0, 1.0 - sum(pmf(k) for k in range(alarms)))
+    total, k = 0.0, alarms
+    while k < alarms + 10_000:  # terms fall faster than geometrically beyond the mean
+        term = pmf(k)
+        total += term
+        if term <= total * 1e-16:
+            break
+        k += 1
+    return total
+
+
+def _gate_anomaly(name: str, *, alarms: int, readings: int, budget: float, recall: float) -> None:
+    """Refuse an anomaly model whose held-out false alarms are clearly over the
+    budget, or which finds too few synthetic faults (see the constants)."""
+    p = false_alarm_p_value(alarms, readings, budget)
+    todo = (
+        "give more normal data, pick the normal stretch with another --normal-from/"
+        "--normal-to (it must hold no faults), raise --false-alarm-budget, or train with "
+        "--label COLUMN if the data has labels"
+    )
+    if alarms >= MIN_REFUSED_ALARMS and p < FALSE_ALARM_P_VALUE:
+        raise GateError(
+            f"{name}: {alarms} false alarms in {readings} held-out normal readings (rate "
+            f"{alarms / readings:.3g}, {alarms / (budget * readings):.3g}x the budget {budget:g}; "
+            f"a model within budget raises that many with probability {p:.2g}); nothing was "
+            f"published: the held-out readings do not look like the training ones. {todo}",
+            gate="false_alarm_rate",
+            measured=alarms / readings,
+            threshold=budget,
+        )
+    if recall < MIN_SYNTHETIC_RECALL:
+        raise GateError(
+            f"{name}: finds {recall:.1%} of the synthetic faults (steps of "
+            f"{FAULT_SIGMAS:g} robust standard deviations injected into the held-out data), "
+            f"below {MIN_SYNTHETIC_RECALL:.0%}; nothing was published: the threshold is so high "
+            f"that gross faults pass, usually because the training data hold faults or the "
+            f"validation data are unlike it. {todo}",
+            gate="synthetic_anomaly_recall",
+            measured=recall,
+            threshold=MIN_SYNTHETIC_RECALL,
+        )
 
 
 def _urgent(scorer: OnnxScorer, x: F32, batch: int | None, urgent_index: int) -> F32:

@@ -9,10 +9,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline import recorded
+from cloud_hub.pipeline.convert import GateError
+from cloud_hub.pipeline.train import (
+    RARE_CLASS_HEAVY,
+    HeavyTrainingConfig,
+    choose_urgent_threshold,
+    holdout_metrics,
+    train_heavy,
+)
+from cloud_hub.pipeline.trainer import PairSpec, _gate_anomaly, _gate_urgent_recall
+from cloud_hub.recordings import CsvOptions
 from cloud_hub.store import open_store
 from shared.features import features_for_stream
 from shared.manifest import load_package, sha256_file
@@ -247,3 +259,108 @@ def test_train_help_lists_the_registry_options(capsys: pytest.CaptureFixture[str
         "--csv-map",
     ):
         assert option in text
+
+
+def test_unsupervised_training_refuses_a_model_over_its_false_alarm_budget(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 3000
+    values = rig_values(n, 4)
+    # The held-out end is unlike the rest: temp_in is five times as noisy.
+    values[2400:, 3] += 1.5 * np.random.default_rng(5).standard_normal(n - 2400)
+    # A label column the user did not name: the error hints --label.
+    csv = write_rig_csv(tmp_path / "rig.csv", values, ["ok"] * n)
+    argv = _train(tmp_path, "--data", str(csv), "--min-agreement", "0.9")
+    _, err = _run(capsys, argv, status=2)
+    assert "false alarms in" in err and "held-out normal readings" in err, err
+    assert "x the budget 0.0001" in err and "--normal-from" in err
+    assert "--label state" in err
+    assert not any(p.name == "1.0.0" for p in (tmp_path / "models").rglob("1.0.0"))
+    store = open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
+    try:
+        assert store.models() == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("alarms", "readings", "refused"),
+    [(1, 1000, False), (2, 100, False), (60, 471, True), (3, 1000, True), (3, 10, True)],
+)
+def test_false_alarm_gate_is_poisson(alarms: int, readings: int, refused: bool) -> None:
+    def gate() -> None:
+        _gate_anomaly("m", alarms=alarms, readings=readings, budget=1e-4, recall=0.95)
+
+    if refused:
+        with pytest.raises(GateError, match="false alarms") as info:
+            gate()
+        assert info.value.gate == "false_alarm_rate"
+    else:
+        gate()
+
+
+def test_synthetic_fault_gate_refuses_a_blind_model() -> None:
+    with pytest.raises(GateError, match=r"finds 2\.8% of the synthetic faults") as info:
+        _gate_anomaly("m", alarms=0, readings=4000, budget=1e-4, recall=0.028)
+    assert info.value.gate == "synthetic_anomaly_recall" and "--label" in str(info.value)
+    _gate_anomaly("m", alarms=0, readings=4000, budget=1e-4, recall=0.6)
+
+
+def _rare_alarm_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    """Four features; class 2 (urgent) is 0.5% of rows, a shift of two features."""
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n, np.int64)
+    y[rng.random(n) < 0.2] = 1
+    y[rng.random(n) < 0.005] = 2
+    x = rng.standard_normal((n, 4)).astype(np.float32)
+    x[y == 1, 0] += 1.5
+    x[y == 2, 1:3] += np.float32(2.5)
+    return x, y
+
+
+def test_heavy_model_for_recorded_data_learns_a_rare_urgent_class() -> None:
+    x, y = _rare_alarm_data(6000, 1)
+    xv, yv = _rare_alarm_data(3000, 2)
+    recalls = {}
+    for name, cfg in (("default", HeavyTrainingConfig()), ("rare", RARE_CLASS_HEAVY)):
+        model = train_heavy(x, y, 7, 3, cfg)
+        p = model.predict_proba(xv).astype(np.float32)
+        t = choose_urgent_threshold(p[:, 2], yv == 2)
+        recalls[name] = holdout_metrics(p, yv, 2, t)["urgent_recall"]
+    # The default build's settings stop after 6 trees here and find 1 in 10.
+    assert recalls["rare"] >= 0.6 and recalls["default"] < 0.3, recalls
+
+
+def test_a_classifier_that_never_flags_the_urgent_class_is_refused() -> None:
+    spec = PairSpec(
+        edge_name="rig-edge",
+        heavy_name="rig-heavy",
+        version="1.0.0",
+        sensors=(),
+        window=10,
+        classes=("normal", "warning", "alarm"),
+        urgent_class="alarm",
+        normal_class="normal",
+        data_window="",
+        data_hash="",
+    )
+    is_urgent = np.zeros(1000, bool)
+    is_urgent[:240] = True
+    zero = {"urgent_recall": 0.0, "urgent_precision": 0.0, "auc_macro": 0.8}
+    with pytest.raises(GateError, match="rig-heavy: urgent recall 0 on the holdout") as info:
+        _gate_urgent_recall(spec, "heavy", zero, is_urgent)
+    assert "240 'alarm' rows" in str(info.value) and info.value.gate == "urgent_recall"
+    _gate_urgent_recall(spec, "heavy", {**zero, "urgent_recall": 0.1}, is_urgent)
+
+
+def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Path) -> None:
+    values = rig_values(300, 6)
+    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: two spans below is < 0
+    csv = write_rig_csv(tmp_path / "rig.csv", values)
+    options = CsvOptions(ts_column="datetime", column_map={"flow": "flow_m3h"})
+    names, _ = recorded.numeric_sensors(csv, options)
+    assert names == ["vib_rms", "flow", "motor_current", "temp_in"]
+    series = recorded.read_series([csv], options, names)
+    specs, notes = recorded.infer_sensors(names, series, units={}, valid_ranges={})
+    assert specs[1].min == 0.0 and all(s.min >= 0 for s in specs), specs
+    assert "not below 0 as no value is negative" in notes[1]
