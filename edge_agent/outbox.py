@@ -192,6 +192,8 @@ class Outbox:
         self.replay_known: int = 0
         """Replay only: messages not written because the hub acked them or the outbox
         already held them (from an earlier run of the same recording)."""
+        self.readings_written: int = 0
+        """Readings in the telemetry messages written (to be sent) since this outbox opened."""
         self.corrupt: OutboxCorruptError | None = None
         self._disk_cap: int | None = None
         """Pages in use allowed while the disk is below the reserve (None: it is not)."""
@@ -422,6 +424,7 @@ class Outbox:
                 self._next_seq = first_seq
                 raise
             self.replay_known += skipped
+            self.readings_written += sum(r[3] for r in rows)
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True

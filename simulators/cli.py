@@ -131,7 +131,8 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(the hub options below, for the hub's embedded broker) and kept under --state-dir. "
         "A recording replayed again is stored once: its messages carry the recording's "
         "identity (see docs/architecture.md). Prints one line per file, a summary, and last "
-        "one JSON object; exits 1 if a file was refused.",
+        "one JSON object; exits 1 if a file was refused or what it sent was not stored, 2 if "
+        "the hub's API does not answer (nothing is replayed).",
     )
     replay.add_argument(
         "recordings", nargs="+", type=Path, metavar="DIR_OR_FILE", help="CSV files or folders"
@@ -308,7 +309,7 @@ def _replay(args: argparse.Namespace) -> int:
     install_signal_handlers(stop)
     report = run_replay(config, stop, sys.stdout)
     print(json.dumps(report), flush=True)
-    return 1 if report["refused"] else 0
+    return 1 if report["refused"] or report["not_stored"] else 0
 
 
 def _generate(args: argparse.Namespace) -> int:
