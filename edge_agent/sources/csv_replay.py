@@ -14,7 +14,8 @@ the rest of the row is replayed. A row whose timestamp cannot be parsed is
 skipped (``csv_bad_row``, logged once). A timestamp not after the previous
 row's is counted ``csv_ts_not_increasing`` and logged once; the row is still
 replayed, in file order. Nothing here is fatal; a file that gives no reading
-at all although it has rows is logged as an error saying why.
+at all although it has rows, or a sensor column none of whose cells is a
+number, is logged as an error at the end of the file saying why.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class CsvReplaySource:
         self._map = dict(column_map or {})
         self._logged: set[tuple[str, object]] = set()
         self._names: list[str] = []
+        self._numbers: list[int] = []
+        """Per sensor column, the cells that were numbers."""
         self._columns = self._check_header(auto=delimiter == "auto")
 
     def _check_header(self, *, auto: bool) -> list[int]:
@@ -118,6 +121,7 @@ class CsvReplaySource:
                 ", ".join(unused)[:300],
             )
         self._names = [header[c] for c in columns]
+        self._numbers = [0] * len(columns)
         return [header.index(self.ts_column), *columns]
 
     def _count(self, reason: str, key: object = None, message: str = "", *args: object) -> None:
@@ -191,6 +195,14 @@ class CsvReplaySource:
                 seen,
                 ", ".join(f"{k}: {v}" for k, v in sorted(self.invalid.items())),
             )
+        unread = [n for j, n in enumerate(self._names) if sent and not self._numbers[j]]
+        if unread and self.invalid.get("csv_bad_cell"):
+            log.error(
+                "CSV file %s: no cell of column(s) %s is a number: every reading of their "
+                "sensors is missing; see the warnings above for what to write",
+                self.path,
+                ", ".join(map(repr, unread))[:300],
+            )
 
     def _timestamp(self, row: list[str], col: int, scale: float | None, line: int) -> float | None:
         """The row's timestamp in unix seconds, or None (counted, logged once)."""
@@ -236,6 +248,7 @@ class CsvReplaySource:
                 value = math.nan
             if math.isfinite(value):
                 values[j] = value
+                self._numbers[j] += 1
                 continue
             self._count(
                 "csv_bad_cell",

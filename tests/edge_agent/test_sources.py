@@ -189,6 +189,7 @@ def test_csv_decimal_commas_keep_the_rows_and_say_what_to_write(
     assert len(warned) == 8, warned  # once per column
     assert "line 2, column 'temperature': '1,5'" in warned[0]
     assert 'write numbers with "." as the decimal point' in warned[0]
+    assert "no cell of column(s) 'temperature', 'vibration'" in caplog.text
 
 
 def test_csv_with_no_usable_row_says_so_and_disordered_rows_are_counted(
