@@ -188,6 +188,8 @@ class Outbox:
         """Readings and messages dropped and declared, by ``<reason>_readings|_messages``."""
         self.recovered: int = 0
         """Unacked messages found in the outbox at start (they are sent again)."""
+        self.recovered_readings: int = 0
+        """The readings in the telemetry messages of :attr:`recovered`."""
         self.replay = replay
         self.replay_known: int = 0
         """Replay only: messages not written because the hub acked them or the outbox
@@ -219,9 +221,12 @@ class Outbox:
         self._issued_before = int(row[0]) if replay else 0
         """Replay only: the highest seq of this epoch issued by earlier runs."""
         self._acked = int(row[1]) if replay else 0
-        count, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        count, size, readings = db.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(readings), 0) FROM messages"
+        ).fetchone()
         self._depth, self._bytes = int(count), int(size)
         self.recovered = self._depth
+        self.recovered_readings = int(readings)
         db.commit()
 
     # -- opening -------------------------------------------------------------------------------

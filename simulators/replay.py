@@ -120,7 +120,8 @@ class FileResult:
     """The agent's CSV counts (rows skipped for their timestamp, cells not a number, ...)."""
     urgent_events: int = 0
     messages_held: int = 0
-    """Messages not sent again: the hub had acked them in an earlier replay of the file."""
+    """Messages not made again: the hub had acked them in an earlier replay of the file,
+    or the outbox held them from one (those are sent as they are)."""
     unacked: int = 0
     """Messages the hub had not acked when the agent stopped (kept in its outbox)."""
     not_stored: str | None = None
@@ -376,7 +377,8 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
     if agent is None or source is None:
         return
     result.rows_read = agent.readings
-    result.rows_sent = agent.outbox.readings_written
+    # What this run sent: its new messages, and those an earlier run left in the outbox.
+    result.rows_sent = agent.outbox.readings_written + agent.outbox.recovered_readings
     result.urgent_events = agent.events
     result.rows_skipped = sum(source.invalid.values())
     result.unacked = agent.outbox.depth
@@ -450,10 +452,11 @@ def _report(results: list[FileResult], elapsed: float, out: TextIO) -> dict[str,
             sent = f"{r.rows_read} rows read, {r.rows_sent} sent"
         extra = f", {r.rows_skipped} rows or cells unreadable" if r.rows_skipped else ""
         if r.messages_held and r.rows_sent:
-            extra += f" ({r.messages_held} messages the hub held already, not sent again)"
+            extra += f" ({r.messages_held} messages held already, not made again)"
         if r.not_stored is not None:
             print(
-                f"{r.file} -> {r.device}: NOT STORED: {sent}, {r.rows_stored} stored; "
+                f"{r.file} -> {r.device}: NOT STORED: {r.rows_read} rows read, "
+                f"{r.rows_stored} stored; "
                 f"{r.not_stored}",
                 file=out,
             )

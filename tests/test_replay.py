@@ -250,9 +250,12 @@ def test_sim_replay_says_when_nothing_was_stored_and_keeps_its_timeout(
         report = json.loads(lines[-1])
         assert (report["replayed"], report["not_stored"], report["rows_stored"]) == (0, 1, 0)
         text = "\n".join(lines)
-        assert "kiln-4: NOT STORED: 300 rows sent, 0 stored" in text, text
+        assert "kiln-4: NOT STORED: 300 rows read, 0 stored" in text, text
         assert "never connected" in text and "--broker-port" in text, text
         assert lines[-2].startswith("replay: 0 files replayed, 1 not stored, 0 refused"), lines
+        # The right broker: what the outbox kept is sent now, and counted as sent.
+        code, lines = sim_replay(hub, model_packages.edge, state, csv)
+        assert code == 0 and "kiln-4: 300 rows sent, 300 stored" in "\n".join(lines), lines
 
         other = tmp_path / "other"
         url = f"http://127.0.0.1:{free_port()}"
