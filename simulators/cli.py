@@ -124,7 +124,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     replay = sub.add_parser(
         "replay",
         help="replay a folder of CSV recordings into a running hub, one agent per file; "
-        "prints rows sent, stored and urgent events per file, then one JSON object",
+        "prints rows read, sent and stored and urgent events per file, then one JSON object",
         description="Replay CSV recordings (the format 'generate' writes and --source csv "
         "reads) into a running hub: one real agent per file, named after the file (or "
         "--device-column), its broker account made as 'edgeloop-hub devices add' makes it "
