@@ -40,8 +40,10 @@ import numpy.typing as npt
 
 from shared.columns import (
     DELIMITERS,
+    cell_hint,
     describe_delimiter,
     detect_delimiter,
+    header_hint,
     parse_timestamp,
     resolve_columns,
     timestamp_scale,
@@ -202,14 +204,12 @@ class Recording:
         }
         for what, (column, flag) in special.items():
             if column is not None and column not in header:
-                hint = (
-                    " The header is one field: is the separator another one? (--csv-delimiter)"
-                    if len(header) == 1
-                    else ""
-                )
+                hint = header_hint(header[0], delimiter) if len(header) == 1 else ""
                 raise RecordingError(
-                    f"{str(path)!r} has no {what} column {column!r}; its header, {split}, has: "
-                    f"{shown}. Name the column with {flag}.{hint}",
+                    f"{str(path)!r} has no {what} column {column!r}: {hint}"
+                    if hint
+                    else f"{str(path)!r} has no {what} column {column!r}; its header, {split}, "
+                    f"has: {shown}. Name the column with {flag}.",
                     path=str(path),
                     line=1,
                     column=column,
@@ -470,8 +470,7 @@ class Recording:
                                 line,
                                 names[j],
                                 f"{cell[:40]!r} is not a number (sensor {self.sensors[j]!r}); "
-                                "leave a missing value empty, write numbers with '.' as the "
-                                "decimal point, or leave this column out with --sensors",
+                                f"{cell_hint(cell)}, or leave this column out with --sensors",
                             ) from None
                         out[j] = math.nan
                         bad += 1

@@ -129,6 +129,9 @@ class Agent:
         """Outbox writes failed in a row (a full or failing disk); 0 once one succeeds."""
         self._link: MqttLink | None = None
         self._usage = ProcessUsage()
+        self.drain_by: float | None = None
+        """A monotonic time by which draining at shutdown ends, even before
+        ``--shutdown-timeout-s`` (``edgeloop-sim replay --timeout-s``); None: no such bound."""
 
     @property
     def link(self) -> MqttLink | None:
@@ -402,6 +405,8 @@ class Agent:
             if self._draining.is_set():
                 if drain_deadline is None:
                     drain_deadline = now + self.settings.shutdown_timeout_s
+                    if self.drain_by is not None:
+                        drain_deadline = min(drain_deadline, self.drain_by)
                 if (not len(outbox) and not link.outstanding) or now >= drain_deadline:
                     return
             waits = [next_beat - now]

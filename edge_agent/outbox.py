@@ -188,10 +188,14 @@ class Outbox:
         """Readings and messages dropped and declared, by ``<reason>_readings|_messages``."""
         self.recovered: int = 0
         """Unacked messages found in the outbox at start (they are sent again)."""
+        self.recovered_readings: int = 0
+        """The readings in the telemetry messages of :attr:`recovered`."""
         self.replay = replay
         self.replay_known: int = 0
         """Replay only: messages not written because the hub acked them or the outbox
         already held them (from an earlier run of the same recording)."""
+        self.readings_written: int = 0
+        """Readings in the telemetry messages written (to be sent) since this outbox opened."""
         self.corrupt: OutboxCorruptError | None = None
         self._disk_cap: int | None = None
         """Pages in use allowed while the disk is below the reserve (None: it is not)."""
@@ -217,9 +221,12 @@ class Outbox:
         self._issued_before = int(row[0]) if replay else 0
         """Replay only: the highest seq of this epoch issued by earlier runs."""
         self._acked = int(row[1]) if replay else 0
-        count, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+        count, size, readings = db.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(readings), 0) FROM messages"
+        ).fetchone()
         self._depth, self._bytes = int(count), int(size)
         self.recovered = self._depth
+        self.recovered_readings = int(readings)
         db.commit()
 
     # -- opening -------------------------------------------------------------------------------
@@ -422,6 +429,7 @@ class Outbox:
                 self._next_seq = first_seq
                 raise
             self.replay_known += skipped
+            self.readings_written += sum(r[3] for r in rows)
             self._depth += len(rows)
             self._bytes += sum(r[5] for r in rows)
             self._dirty = True

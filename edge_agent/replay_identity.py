@@ -5,9 +5,11 @@ in its state directory. Its epoch is derived from the recording instead:
 
     epoch = REPLAY_EPOCH_MIN + first 52 bits of sha256(
         "edgeloop-replay/1", the file's bytes, and every setting that shapes the
-        message stream: the model's name and version, --max-batch,
-        --max-delay-ms, --readings, --csv-ts-column, --csv-ts-unit, --csv-map,
-        --csv-delimiter)
+        message stream or its scores: the model's name and version, the
+        sha256 of its ONNX file and of its whole manifest (thresholds, urgent
+        rule, sensor fallbacks), the sha256 of the --baseline file (or none),
+        --max-batch, --max-delay-ms, --readings, --csv-ts-column,
+        --csv-ts-unit, --csv-map, --csv-delimiter)
 
 and its seqs start at 1. The batcher seals replayed telemetry by row count and
 by *recorded* time span (``edge_agent.batcher``), never by wall time, and the
@@ -18,8 +20,9 @@ state directory or another, sends messages the hub already holds: its dedupe
 on ``(device, epoch, seq)`` counts them as duplicates and stores nothing twice.
 
 What changes the identity (and so stores the recording again, as a new
-replay): another file content (one byte is enough), another model version, or
-another batching, row limit or CSV parsing setting. What does not: the file's
+replay): another file content (one byte is enough), another model version or
+model file or manifest, another baseline file content (or a baseline given or
+taken away), or another batching, row limit or CSV parsing setting. What does not: the file's
 name or place, ``--csv-pace``, the broker, the device's state directory.
 
 The limit: "the same messages" assumes the model scores the same rows the
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Final
 
 from shared.epochs import REPLAY_EPOCH_MIN
 from shared.errors import ConfigError
+from shared.manifest import sha256_file
 
 if TYPE_CHECKING:
     from edge_agent.settings import AgentSettings
@@ -61,7 +65,6 @@ __all__ = ["SCHEME", "ReplayIdentity", "identity_for", "replay_identity", "strea
 
 SCHEME: Final = "edgeloop-replay/1"
 """Bump when the way rows become messages changes: old replays then get new epochs."""
-_CHUNK: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +85,16 @@ def identity_for(settings: AgentSettings, manifest: ModelManifest) -> ReplayIden
 
 
 def stream_shape(settings: AgentSettings, manifest: ModelManifest) -> dict[str, object]:
-    """The settings that decide which rows make which messages, as hashed into the epoch."""
+    """The settings that decide which rows make which messages, and their features and
+    scores, as hashed into the epoch."""
+    manifest_json = json.dumps(manifest.to_dict(), sort_keys=True, default=str)
     return {
         "model": f"{manifest.name} {manifest.version}",
+        "model_sha256": manifest.model.sha256,
+        "manifest_sha256": hashlib.sha256(manifest_json.encode()).hexdigest(),
+        "baseline_sha256": _file_sha256(settings.baseline, "baseline")
+        if settings.baseline is not None
+        else None,
         "max_batch": settings.max_batch,
         "max_delay_ms": settings.max_delay_ms,
         "readings": settings.readings,
@@ -95,20 +105,23 @@ def stream_shape(settings: AgentSettings, manifest: ModelManifest) -> dict[str, 
     }
 
 
-def replay_identity(path: Path, shape: Mapping[str, object]) -> ReplayIdentity:
-    """Hash ``path`` (streamed, 1 MiB at a time) with ``shape``; see the module docstring."""
-    file_hash = hashlib.sha256()
+def _file_sha256(path: Path, setting: str) -> str:
+    """The hex sha256 of ``path``, read 1 MiB at a time."""
     try:
-        with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                file_hash.update(chunk)
+        return sha256_file(path)
     except OSError as exc:
         raise ConfigError(
-            f"cannot read CSV file {path} to derive its replay identity: {exc.strerror or exc}",
-            setting="csv_path",
+            f"cannot read {setting.replace('_', ' ')} file {path} to derive the replay "
+            f"identity: {exc.strerror or exc}",
+            setting=setting,
         ) from None
+
+
+def replay_identity(path: Path, shape: Mapping[str, object]) -> ReplayIdentity:
+    """Hash ``path`` (streamed, 1 MiB at a time) with ``shape``; see the module docstring."""
+    file_sha256 = _file_sha256(path, "csv_path")
     ident = hashlib.sha256(SCHEME.encode())
-    ident.update(file_hash.digest())
+    ident.update(bytes.fromhex(file_sha256))
     ident.update(json.dumps(dict(shape), sort_keys=True, default=str).encode())
     bits = int.from_bytes(ident.digest()[:8], "big") >> 12  # 52 bits
-    return ReplayIdentity(REPLAY_EPOCH_MIN + bits, file_hash.hexdigest(), dict(shape))
+    return ReplayIdentity(REPLAY_EPOCH_MIN + bits, file_sha256, dict(shape))

@@ -17,6 +17,7 @@ functions, so a file that one accepts the others accept too:
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final
@@ -24,8 +25,10 @@ from typing import Final
 __all__ = [
     "DELIMITERS",
     "MS_THRESHOLD",
+    "cell_hint",
     "describe_delimiter",
     "detect_delimiter",
+    "header_hint",
     "parse_column_map",
     "parse_timestamp",
     "resolve_columns",
@@ -55,6 +58,45 @@ def detect_delimiter(header_line: str) -> str:
 def describe_delimiter(char: str) -> str:
     """``"';'"``, or ``"tab"``: how to name a delimiter in a message."""
     return "tab" if char == "\t" else repr(char)
+
+
+def header_hint(header_line: str, delimiter: str, flag: str = "--csv-delimiter") -> str:
+    """What to say first when a named column is not in a header split at ``delimiter``:
+    if the header is one field there and another delimiter splits it, name that one.
+    Empty when the split is not the problem.
+
+    >>> header_hint("ts;a;b", ",")
+    "its header is one field at ','; ';' splits it into 3: use --csv-delimiter ';' (or auto)"
+    >>> header_hint("ts,a", ",")
+    ''
+    """
+    if len(next(csv.reader([header_line], delimiter=delimiter), [])) > 1:
+        return ""
+    better = detect_delimiter(header_line)
+    fields = len(next(csv.reader([header_line], delimiter=better), []))
+    if fields <= 1:
+        return ""
+    name = "tab" if better == "\t" else better
+    return (
+        f"its header is one field at {describe_delimiter(delimiter)}; "
+        f"{describe_delimiter(better)} splits it into {fields}: use {flag} {name!r} (or auto)"
+    )
+
+
+_DECIMAL_COMMA: Final = re.compile(r"^[+-]?\d*,\d+(?:[eE][+-]?\d+)?$")
+
+
+def cell_hint(cell: str) -> str:
+    """What to do about a sensor cell that is not a number.
+
+    >>> cell_hint("0,0538")
+    'write numbers with "." as the decimal point'
+    >>> cell_hint("n/a")
+    'leave a missing value empty'
+    """
+    if _DECIMAL_COMMA.match(cell.strip()):
+        return 'write numbers with "." as the decimal point'
+    return "leave a missing value empty"
 
 
 def parse_column_map(text: str) -> dict[str, str]:

@@ -124,14 +124,15 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     replay = sub.add_parser(
         "replay",
         help="replay a folder of CSV recordings into a running hub, one agent per file; "
-        "prints rows sent, stored and urgent events per file, then one JSON object",
+        "prints rows read, sent and stored and urgent events per file, then one JSON object",
         description="Replay CSV recordings (the format 'generate' writes and --source csv "
         "reads) into a running hub: one real agent per file, named after the file (or "
         "--device-column), its broker account made as 'edgeloop-hub devices add' makes it "
         "(the hub options below, for the hub's embedded broker) and kept under --state-dir. "
         "A recording replayed again is stored once: its messages carry the recording's "
         "identity (see docs/architecture.md). Prints one line per file, a summary, and last "
-        "one JSON object; exits 1 if a file was refused.",
+        "one JSON object; exits 1 if a file was refused or what it sent was not stored, 2 if "
+        "the hub's API does not answer (nothing is replayed).",
     )
     replay.add_argument(
         "recordings", nargs="+", type=Path, metavar="DIR_OR_FILE", help="CSV files or folders"
@@ -308,7 +309,7 @@ def _replay(args: argparse.Namespace) -> int:
     install_signal_handlers(stop)
     report = run_replay(config, stop, sys.stdout)
     print(json.dumps(report), flush=True)
-    return 1 if report["refused"] else 0
+    return 1 if report["refused"] or report["not_stored"] else 0
 
 
 def _generate(args: argparse.Namespace) -> int:

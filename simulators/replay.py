@@ -20,19 +20,28 @@ nothing twice. After the agents end (each drains its outbox to the hub), the
 readings of each file's epoch the hub holds are counted through its API
 (``GET /v1/devices/{device}/telemetry`` over the file's time range, read token).
 
-Output, on stdout: one line per file (rows sent, rows stored, urgent events, or
-why the file was refused), a summary line, and last one JSON object::
+Before any agent starts, the hub's API must answer (``GET /v1/devices`` with
+the read token): else the replay is refused at once, saying what to check.
 
-    {"files": [{"file": ..., "device": ..., "epoch": ..., "rows_sent": ...,
-                "rows_stored": ..., "rows_skipped": ..., "urgent_events": ...,
-                "messages_held": ..., "unacked": ..., "error": null}, ...],
-     "replayed": 2, "refused": 0, "rows_sent": 1200, "rows_stored": 1200,
-     "urgent_events": 36, "elapsed_s": 3.1}
+Output, on stdout: one line per file (rows read, rows sent, rows stored, urgent
+events; ``NOT STORED`` and why when the hub's broker did not ack what the
+agent sent; or why the file was refused), a summary line, and last one JSON
+object::
+
+    {"files": [{"file": ..., "device": ..., "epoch": ..., "rows_read": ...,
+                "rows_sent": ..., "rows_stored": ..., "rows_skipped": ...,
+                "urgent_events": ..., "messages_held": ..., "unacked": ...,
+                "not_stored": null, "error": null}, ...],
+     "replayed": 2, "not_stored": 0, "refused": 0, "rows_read": 1200,
+     "rows_sent": 1200, "rows_stored": 1200, "urgent_events": 36, "elapsed_s": 3.1}
+
+"rows sent" counts the readings in messages this run sent: a second replay of
+a file the hub holds reads every row and sends none.
 
 Concurrency: the main thread provisions, starts one thread per agent, waits for
 them (or ``--timeout-s``, or Ctrl-C, which stop every agent: a stopped replay
-sends what it sealed, and the next replay of the file the rest), then asks the
-hub.
+sends what it sealed, and the next replay of the file the rest; an agent's
+drain of its outbox also ends by ``--timeout-s``), then asks the hub.
 """
 
 from __future__ import annotations
@@ -59,7 +68,14 @@ if TYPE_CHECKING:
     from edge_agent.sources.base import Reading, Source
     from simulators.harness import HubApi
 
-__all__ = ["FileResult", "ReplayConfig", "device_for", "find_recordings", "run_replay"]
+__all__ = [
+    "FileResult",
+    "ReplayConfig",
+    "check_hub",
+    "device_for",
+    "find_recordings",
+    "run_replay",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +111,21 @@ class FileResult:
     file: str
     device: str | None = None
     epoch: int | None = None
+    rows_read: int = 0
+    """Rows the agent read and scored."""
     rows_sent: int = 0
+    """Readings in the messages this run sent (or left to send); 0 when the hub held them all."""
     rows_stored: int | None = None
     rows_skipped: int = 0
-    """Rows the agent could not parse (counted ``csv_bad_row``), not sent."""
+    """The agent's CSV counts (rows skipped for their timestamp, cells not a number, ...)."""
     urgent_events: int = 0
     messages_held: int = 0
-    """Messages not sent again: the hub had acked them in an earlier replay of the file."""
+    """Messages not made again: the hub had acked them in an earlier replay of the file,
+    or the outbox held them from one (those are sent as they are)."""
     unacked: int = 0
     """Messages the hub had not acked when the agent stopped (kept in its outbox)."""
+    not_stored: str | None = None
+    """Why messages the agent sent are not stored (its broker never acked them, say)."""
     error: str | None = None
 
 
@@ -310,6 +332,7 @@ def run_replay(config: ReplayConfig, stop: threading.Event, out: TextIO) -> dict
     from shared import __version__  # noqa: PLC0415
 
     started = time.monotonic()
+    check_hub(config.hub)
     files, results = find_recordings(config.paths)
     model = load_edge_model(config.model, __version__)
     runs: list[_Run] = []
@@ -329,13 +352,14 @@ def run_replay(config: ReplayConfig, stop: threading.Event, out: TextIO) -> dict
             run.result.error = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             run.agent = None
         runs.append(run)
+    deadline = started + config.timeout_s
     for run in runs:
         if run.agent is not None:
+            run.agent.drain_by = deadline  # draining too ends by --timeout-s
             run.thread = threading.Thread(
                 target=_run_agent, args=(run, stop), name=f"replay-{run.result.device}"
             )
             run.thread.start()
-    deadline = started + config.timeout_s
     for run in runs:
         if run.thread is not None:
             run.thread.join(max(0.0, deadline - time.monotonic()))
@@ -352,7 +376,9 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
     agent, source, result = run.agent, run.source, run.result
     if agent is None or source is None:
         return
-    result.rows_sent = agent.readings
+    result.rows_read = agent.readings
+    # What this run sent: its new messages, and those an earlier run left in the outbox.
+    result.rows_sent = agent.outbox.readings_written + agent.outbox.recovered_readings
     result.urgent_events = agent.events
     result.rows_skipped = sum(source.invalid.values())
     result.unacked = agent.outbox.depth
@@ -366,6 +392,51 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
             result.error = f"{result.file}: replayed, but the hub's API did not answer: {exc}"
     elif result.error is None:
         result.rows_stored = 0
+    if result.error is None and result.unacked:
+        link = agent.link
+        result.not_stored = (
+            f"{result.unacked} messages were not acked by the hub's broker at "
+            f"{agent.settings.broker.redacted_url}"
+        )
+        if link is None or not link.connects:
+            result.not_stored += (
+                ": the agent never connected to it. Check --broker-host/--broker-port (the "
+                "hub's embedded broker) and the agent's errors above; the messages stay in "
+                f"{config.state_dir / result.device if result.device else config.state_dir} "
+                "and are sent at the next replay"
+            )
+        else:
+            result.not_stored += "; replay the file again to send them"
+
+
+def check_hub(api: HubApi) -> None:
+    """Refuse the replay before any agent starts if the hub's API does not answer
+    with the read token: the rows could be sent, but not counted."""
+    from simulators.harness import ApiError  # noqa: PLC0415
+
+    try:
+        api.get_json("/v1/devices")
+    except OSError as exc:
+        raise ConfigError(
+            f"the hub's API at {api.base_url} does not answer ({exc}); nothing was replayed. "
+            "Check --hub: the address and --http-port of the running hub",
+            setting="hub",
+        ) from None
+    except ApiError as exc:
+        what = (
+            "refused the read token: give the hub's own (--read-token-file)"
+            if exc.status in (401, 403)
+            else f"answered HTTP {exc.status}: is --hub the hub's API?"
+        )
+        raise ConfigError(
+            f"the hub's API at {api.base_url} {what}; nothing was replayed", setting="hub"
+        ) from None
+    except ValueError as exc:  # not JSON: another server on that port
+        raise ConfigError(
+            f"{api.base_url} does not answer as an edgeloop hub ({exc}); nothing was replayed. "
+            "Check --hub",
+            setting="hub",
+        ) from None
 
 
 def _report(results: list[FileResult], elapsed: float, out: TextIO) -> dict[str, Any]:
@@ -373,29 +444,47 @@ def _report(results: list[FileResult], elapsed: float, out: TextIO) -> dict[str,
         if r.error is not None:
             print(f"{r.file}: REFUSED: {r.error}", file=out)
             continue
-        extra = f", {r.rows_skipped} rows unreadable" if r.rows_skipped else ""
-        if r.messages_held:
-            extra += f" ({r.messages_held} messages the hub held already, not sent again)"
+        if r.rows_sent == r.rows_read:
+            sent = f"{r.rows_sent} rows sent"
+        elif r.rows_sent == 0 and r.messages_held:
+            sent = f"{r.rows_read} rows read, 0 sent (all held by the hub already)"
+        else:
+            sent = f"{r.rows_read} rows read, {r.rows_sent} sent"
+        extra = f", {r.rows_skipped} rows or cells unreadable" if r.rows_skipped else ""
+        if r.messages_held and r.rows_sent:
+            extra += f" ({r.messages_held} messages held already, not made again)"
+        if r.not_stored is not None:
+            print(
+                f"{r.file} -> {r.device}: NOT STORED: {r.rows_read} rows read, "
+                f"{r.rows_stored} stored; "
+                f"{r.not_stored}",
+                file=out,
+            )
+            continue
         if r.unacked:
             extra += f", {r.unacked} messages not yet acked (sent at the next replay)"
         print(
-            f"{r.file} -> {r.device}: {r.rows_sent} rows sent, {r.rows_stored} stored, "
+            f"{r.file} -> {r.device}: {sent}, {r.rows_stored} stored, "
             f"{r.urgent_events} urgent events{extra}",
             file=out,
         )
     ok = [r for r in results if r.error is None]
     totals = {
-        "replayed": len(ok),
+        "replayed": sum(r.not_stored is None for r in ok),
+        "not_stored": sum(r.not_stored is not None for r in ok),
         "refused": len(results) - len(ok),
+        "rows_read": sum(r.rows_read for r in ok),
         "rows_sent": sum(r.rows_sent for r in ok),
         "rows_stored": sum(r.rows_stored or 0 for r in ok),
         "urgent_events": sum(r.urgent_events for r in ok),
         "elapsed_s": round(elapsed, 3),
     }
+    not_stored = f", {totals['not_stored']} not stored" if totals["not_stored"] else ""
     print(
-        f"replay: {totals['replayed']} files replayed, {totals['refused']} refused; "
-        f"{totals['rows_sent']} rows sent, {totals['rows_stored']} stored, "
-        f"{totals['urgent_events']} urgent events in {elapsed:.1f} s",
+        f"replay: {totals['replayed']} files replayed{not_stored}, {totals['refused']} refused; "
+        f"{totals['rows_read']} rows read, {totals['rows_sent']} sent, "
+        f"{totals['rows_stored']} stored, {totals['urgent_events']} urgent events in "
+        f"{elapsed:.1f} s",
         file=out,
         flush=True,
     )

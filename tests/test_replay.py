@@ -100,7 +100,15 @@ def test_a_recording_replayed_twice_is_stored_once(
             store.close()
 
 
-def sim_replay(hub: HubProcess, model: Path, state: Path, *paths: Path) -> tuple[int, list[str]]:
+def sim_replay(
+    hub: HubProcess,
+    model: Path,
+    state: Path,
+    *paths: Path,
+    extra: tuple[str, ...] = (),
+    hub_url: str | None = None,
+) -> tuple[int, list[str]]:
+    """Run ``edgeloop-sim replay``; its exit status and stdout's lines (stderr's if none)."""
     done = subprocess.run(
         [
             sys.executable,
@@ -109,7 +117,7 @@ def sim_replay(hub: HubProcess, model: Path, state: Path, *paths: Path) -> tuple
             "replay",
             *map(str, paths),
             "--hub",
-            hub.base_url,
+            hub_url or hub.base_url,
             "--read-token-file",
             str(hub.secrets_dir / "read-token"),
             "--model",
@@ -117,13 +125,14 @@ def sim_replay(hub: HubProcess, model: Path, state: Path, *paths: Path) -> tuple
             "--state-dir",
             str(state),
             *hub.devices_add_flags,
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=150,
         check=False,
     )
-    return done.returncode, done.stdout.splitlines()
+    return done.returncode, (done.stdout or done.stderr).splitlines()
 
 
 def test_sim_replay_runs_a_folder_as_a_fleet_and_a_second_run_stores_nothing_twice(
@@ -151,7 +160,7 @@ def test_sim_replay_runs_a_folder_as_a_fleet_and_a_second_run_stores_nothing_twi
         assert "broken.csv: REFUSED" in lines and "lacks the sensor(s)" in lines
         assert f"{tmp_path / 'empty'}: REFUSED: directory" in lines
         assert f"{missing}: REFUSED" in lines and "does not exist" in lines
-        assert first[-2].startswith("replay: 2 files replayed, 3 refused; 500 rows sent")
+        assert first[-2].startswith("replay: 2 files replayed, 3 refused; 500 rows read, 500 sent")
         events = {f["device"]: f["urgent_events"] for f in report["files"] if not f["error"]}
         assert sum(events.values()) > 0
 
@@ -159,7 +168,10 @@ def test_sim_replay_runs_a_folder_as_a_fleet_and_a_second_run_stores_nothing_twi
         again = json.loads(second[-1])
         # mill-2.csv twice in one run is one device twice: the second is refused.
         assert (again["replayed"], again["refused"]) == (2, 2), second
-        assert again["rows_stored"] == 500, second
+        assert again["rows_stored"] == 500 and again["rows_sent"] == 0, second
+        assert "mill-2: 200 rows read, 0 sent (all held by the hub already), 200 stored" in (
+            "\n".join(second)
+        )
         for device, rows in (("line-1-press", 300), ("mill-2", 200)):
             assert counters(hub, device)["stored_readings"] == rows
         assert {f["device"]: f["urgent_events"] for f in again["files"] if not f["error"]} == events
@@ -222,3 +234,33 @@ def test_a_replay_interrupted_away_from_its_hub_is_completed_by_the_next_one(
         assert len({r["ts"] for r in readings["readings"]}) == ROWS
         assert hub.api.get_json("/v1/devices/kiln-3")["gaps"] == []
         assert outbox_messages(state) == 0
+
+
+def test_sim_replay_says_when_nothing_was_stored_and_keeps_its_timeout(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    """A wrong broker port: the rows are read, not stored; the run ends by --timeout-s
+    (not after the agents' 60 s drain) and exits 1. A wrong --hub: refused up front."""
+    csv = recording(tmp_path / "kiln-4.csv", seed=6, rows=300)
+    state = tmp_path / "replay-state"
+    with HubProcess(tmp_path / "hub", model_packages.edge.parent.parent) as hub:
+        wrong = ("--broker-port", str(free_port()), "--timeout-s", "3")
+        code, lines = sim_replay(hub, model_packages.edge, state, csv, extra=wrong)
+        assert code == 1, lines
+        report = json.loads(lines[-1])
+        assert (report["replayed"], report["not_stored"], report["rows_stored"]) == (0, 1, 0)
+        text = "\n".join(lines)
+        assert "kiln-4: NOT STORED: 300 rows read, 0 stored" in text, text
+        assert "never connected" in text and "--broker-port" in text, text
+        assert lines[-2].startswith("replay: 0 files replayed, 1 not stored, 0 refused"), lines
+        # The right broker: what the outbox kept is sent now, and counted as sent.
+        code, lines = sim_replay(hub, model_packages.edge, state, csv)
+        assert code == 0 and "kiln-4: 300 rows sent, 300 stored" in "\n".join(lines), lines
+
+        other = tmp_path / "other"
+        url = f"http://127.0.0.1:{free_port()}"
+        code, lines = sim_replay(hub, model_packages.edge, other, csv, hub_url=url)
+        assert code == 2, lines
+        text = "\n".join(lines)
+        assert "does not answer" in text and "nothing was replayed" in text, text
+        assert "Check --hub" in text and not other.exists()

@@ -84,8 +84,7 @@ def test_csv_with_another_separator_than_named_shows_the_header_as_read(tmp_path
     with pytest.raises(ConfigError) as info:
         CsvReplaySource(path, SENSOR_NAMES, delimiter=",")
     text = str(info.value)
-    assert f"split at ',', has: {HEADER.replace(',', ';')}" in text, text
-    assert "--csv-delimiter" in text and "--csv-ts-column" in text
+    assert "its header is one field at ','; ';' splits it into 9: use --csv-delimiter ';'" in text
 
 
 def test_agent_settings_take_the_csv_delimiter(tmp_path: Path) -> None:
@@ -153,7 +152,9 @@ def test_csv_empty_cell_is_nan(tmp_path: Path) -> None:
     assert np.isfinite(np.delete(r.values, [2, 5])).all()
 
 
-def test_csv_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
+def test_csv_bad_cells_are_missing_values_and_bad_timestamps_skip_the_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bad = [
         f"yesterday,{ROW}",  # timestamp not parseable
         f"nan,{ROW}",  # timestamp not finite
@@ -167,8 +168,42 @@ def test_csv_bad_rows_skipped_and_counted(tmp_path: Path) -> None:
         fh.write(b"6.0,\xff\xfe,2,3,4,5,6,7,8\n" + f"7.0,{ROW}\n".encode())
     source = CsvReplaySource(path, SENSOR_NAMES, pace="fast")
     got = collect(source)
-    assert [r.ts for r in got] == [1.0, 5.0, 7.0]
-    assert source.invalid == {"csv_bad_row": len(bad) + 1}
+    assert [r.ts for r in got] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert np.isnan(got[1].values[2]) and got[1].values[0] == 1.0  # "three": missing
+    assert np.isnan(got[2].values[2:]).all()  # a short row's missing cells
+    assert source.invalid == {"csv_bad_row": 3, "csv_bad_cell": 3, "csv_short_row": 1}
+    assert "line 5, column 'pressure': 'three' is not a number" in caplog.text
+
+
+def test_csv_decimal_commas_keep_the_rows_and_say_what_to_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    header = HEADER.replace(",", ";")
+    rows = [f"{t};" + ";".join(f"{v},5" for v in range(1, 9)) for t in range(1, 4)]
+    source = CsvReplaySource(write_csv(tmp_path / "a.csv", *rows, header=header), SENSOR_NAMES)
+    source.pace = "fast"
+    got = collect(source)
+    assert len(got) == 3 and np.isnan(got[0].values).all()
+    assert source.invalid == {"csv_bad_cell": 24}
+    warned = [r.getMessage() for r in caplog.records if "not a number" in r.getMessage()]
+    assert len(warned) == 8, warned  # once per column
+    assert "line 2, column 'temperature': '1,5'" in warned[0]
+    assert 'write numbers with "." as the decimal point' in warned[0]
+    assert "no cell of column(s) 'temperature', 'vibration'" in caplog.text
+
+
+def test_csv_with_no_usable_row_says_so_and_disordered_rows_are_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_csv(tmp_path / "a.csv", f"x,{ROW}", f"y,{ROW}")
+    source = CsvReplaySource(path, SENSOR_NAMES, pace="fast")
+    assert collect(source) == [] and source.invalid == {"csv_bad_row": 2}
+    assert "none of its 2 rows gave a reading (csv_bad_row: 2)" in caplog.text
+    path = write_csv(tmp_path / "b.csv", f"2,{ROW}", f"1,{ROW}", f"1,{ROW}", f"3,{ROW}")
+    source = CsvReplaySource(path, SENSOR_NAMES, pace="fast")
+    assert [r.ts for r in collect(source)] == [2.0, 1.0, 1.0, 3.0]  # file order
+    assert source.invalid == {"csv_ts_not_increasing": 2}
+    assert caplog.text.count("is not after the previous row's") == 1
 
 
 def test_csv_fast_pace_yields_all_rows(tmp_path: Path) -> None:
