@@ -426,3 +426,19 @@ def test_sensor_spec_problems() -> None:
     assert SensorSpec("t", "u", 0.0, 1.0, 0.5).problem() is None
     assert "min < max" in (SensorSpec("t", "u", 1.0, 1.0, 1.0).problem() or "")
     assert "fallback" in (SensorSpec("t", "u", 0.0, 1.0, 2.0).problem() or "")
+
+
+@pytest.mark.parametrize("n", [3, 30], ids=["python-path", "numpy-path"])
+def test_input_check_paths_agree_on_random_readings(n: int) -> None:
+    """Few sensors are checked in Python, many with numpy: the same counts either way."""
+    sensors = [SensorSpec(f"s{i}", "u", -10.0, 10.0, 0.0) for i in range(n)]
+    fast, slow = InputCheck(sensors, [(-2.0, 2.0)] * n), InputCheck(sensors, [(-2.0, 2.0)] * n)
+    slow._in_python = not fast._in_python  # the other path, on the same bounds
+    rng = np.random.default_rng(n)
+    for _ in range(300):
+        values = rng.normal(0.0, 3.0, n)
+        values[rng.random(n) < 0.05] = math.nan
+        values[rng.random(n) < 0.02] = 50.0
+        a, b = fast.check(values), slow.check(values)
+        np.testing.assert_array_equal(a, b)
+    assert fast.counts() == slow.counts() and fast.counts()
