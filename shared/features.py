@@ -156,6 +156,8 @@ class InputCheck:
         self._dev: F64 = np.empty(n, dtype=np.float64)
         self._bounds = list(zip(lo.tolist(), hi.tolist(), strict=True))
         self._in_python = n <= _PYTHON_CHECK_MAX
+        self._min_list, self._max_list = self._min.tolist(), self._max.tolist()
+        self._lo_list, self._hi_list = self._lo.tolist(), self._hi.tolist()
         self.missing: I64 = np.zeros(n, dtype=np.int64)
         self.out_of_range: I64 = np.zeros(n, dtype=np.int64)
         self.out_of_distribution: I64 = np.zeros(n, dtype=np.int64)
@@ -164,9 +166,10 @@ class InputCheck:
         """``values`` itself when every value is inside both ranges; else a copy
         with out-of-range values set to NaN, after counting."""
         if self._in_python:  # few sensors: plain float comparisons beat numpy's per-call cost
-            for x, (lo, hi) in zip(values.tolist(), self._bounds, strict=True):
+            vals = values.tolist()
+            for x, (lo, hi) in zip(vals, self._bounds, strict=True):
                 if not lo <= x <= hi:  # NaN fails the test
-                    return self._slow(values)
+                    return self._slow_python(values, vals)
             return values
         dev = np.subtract(values, self._center, out=self._dev)
         np.abs(dev, out=dev)
@@ -186,6 +189,27 @@ class InputCheck:
         self.out_of_range += bad.sum(axis=0)
         self.out_of_distribution += far.sum(axis=0)
         if bad.any():
+            values = values.copy()
+            values[bad] = math.nan
+        return values
+
+    def _slow_python(self, values: F64, vals: list[float]) -> F64:
+        """:meth:`_slow` in plain Python, for few sensors. A dropout (NaN) lands here
+        in about one reading in 60 of the simulator's stream: numpy's version took
+        15 us, which set the agent's p99."""
+        bad: list[int] = []
+        for j, x in enumerate(vals):
+            lo, hi = self._bounds[j]
+            if lo <= x <= hi:
+                continue
+            if not abs(x) < MAX_ABS_VALUE:  # NaN, inf, absurd
+                self.missing[j] += 1
+            elif x < self._min_list[j] or x > self._max_list[j]:
+                self.out_of_range[j] += 1
+                bad.append(j)
+            elif x < self._lo_list[j] or x > self._hi_list[j]:
+                self.out_of_distribution[j] += 1
+        if bad:
             values = values.copy()
             values[bad] = math.nan
         return values
