@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.recording_options import add_recording_options
 from shared.errors import EdgeloopError
 
 __all__ = ["main"]
@@ -197,22 +198,11 @@ def _batch_score(args: argparse.Namespace) -> int:
     from cloud_hub.batch.files import score_files  # noqa: PLC0415
     from cloud_hub.batch.output import format_for  # noqa: PLC0415
     from cloud_hub.batch.registry import resolve_model  # noqa: PLC0415
-    from cloud_hub.recordings import CsvOptions  # noqa: PLC0415
+    from cloud_hub.recording_options import csv_options  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
-    from shared.columns import parse_column_map  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=False)
-    try:
-        column_map = parse_column_map(args.csv_map)
-    except ValueError as exc:
-        args.parser.error(f"--csv-map: {exc}")
-    options = CsvOptions(
-        delimiter=args.csv_delimiter,
-        ts_column=args.ts_column,
-        ts_unit=args.ts_unit,
-        column_map=column_map,
-        device_column=args.device_column,
-    )
+    options = csv_options(args)
     fmt = format_for(args.output, args.format)
     package = resolve_model(args.model, _store_records(settings.store), settings.models_dir)
     summary = score_files(
@@ -295,36 +285,7 @@ def _add_batch(commands: Any) -> None:
         choices=("csv", "jsonl", "parquet"),
         help="output format (default: from --output's suffix, .jsonl or .parquet; else csv)",
     )
-    score.add_argument(
-        "--device-column",
-        metavar="NAME",
-        help="column naming each row's device: one feature window and urgent rule per device "
-        "(default: one series per file)",
-    )
-    score.add_argument(
-        "--csv-map",
-        default="",
-        metavar="MAP",
-        help="where each sensor is when its column has another name: SENSOR=COLUMN,...",
-    )
-    score.add_argument(
-        "--csv-delimiter",
-        choices=("auto", ",", ";", "tab"),
-        default="auto",
-        help="CSV field separator (default: auto, from the header)",
-    )
-    score.add_argument(
-        "--ts-column",
-        default="ts",
-        metavar="NAME",
-        help="timestamp column: ISO 8601, or unix seconds or milliseconds (default: ts)",
-    )
-    score.add_argument(
-        "--ts-unit",
-        choices=("auto", "s", "ms"),
-        default="auto",
-        help="unit of a numeric timestamp (default: auto, ms when over 1e11)",
-    )
+    add_recording_options(score)
     score.add_argument(
         "--chunk-rows",
         type=_positive_int,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from cloud_hub.recording_options import add_recording_options
 from shared.options import positive_int
 
 if TYPE_CHECKING:
@@ -86,15 +87,6 @@ def _ranges(text: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def _csv_map(text: str) -> dict[str, str]:
-    from shared.columns import parse_column_map  # noqa: PLC0415
-
-    try:
-        return parse_column_map(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
     """An argparse type: a number with ``lo <= x <= hi`` (``lo`` excluded when it is 0)."""
 
@@ -144,26 +136,7 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         help="the sensor columns, in order (default: every numeric column but the timestamp, "
         "label and device columns)",
     )
-    p.add_argument(
-        "--csv-map",
-        type=_csv_map,
-        default={},
-        metavar="SENSOR=COLUMN,...",
-        help="sensor names for columns (as the agent's --csv-map)",
-    )
-    p.add_argument(
-        "--csv-delimiter",
-        choices=("auto", ",", ";", "tab"),
-        default="auto",
-        metavar="auto|,|;|tab",
-        help="the separator: auto, ',', ';' or tab (default: auto, detected from the header)",
-    )
-    p.add_argument("--ts-column", default="ts", metavar="COLUMN", help="(default: ts)")
-    p.add_argument(
-        "--device-column",
-        metavar="COLUMN",
-        help="a column naming the device of each row: one series per device",
-    )
+    add_recording_options(p)
     p.add_argument("--label", metavar="COLUMN", help="the label column (supervised training)")
     p.add_argument(
         "--urgent",
@@ -355,16 +328,11 @@ def _run(
     args: argparse.Namespace, settings: HubSettings, store: Any, t0: float
 ) -> tuple[dict[str, Any], list[str]]:
     from cloud_hub.pipeline import recorded  # noqa: PLC0415
-    from cloud_hub.recordings import CsvOptions, find_recordings  # noqa: PLC0415
+    from cloud_hub.recording_options import csv_options  # noqa: PLC0415
+    from cloud_hub.recordings import find_recordings  # noqa: PLC0415
     from shared.features import DEFAULT_WINDOW  # noqa: PLC0415
 
-    options = CsvOptions(
-        delimiter=args.csv_delimiter,
-        ts_column=args.ts_column,
-        column_map=dict(args.csv_map),
-        label_column=args.label,
-        device_column=args.device_column,
-    )
+    options = csv_options(args, label_column=args.label)
     paths = find_recordings(args.data)
     report: list[str] = []
     if args.sensors:
