@@ -104,6 +104,10 @@ class Chunk:
     labels: list[str] | None
     devices: list[str] | None
     bad_cells: int = 0
+    device_codes: tuple[npt.NDArray[np.intp], list[str]] | None = None
+    """When the reader has them: each row's device as an index into a list of
+    distinct names (``devices[i] == names[codes[i]]``), so batch scoring groups
+    rows by device without a lookup per row."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -337,16 +341,26 @@ class Recording:
         for j, c in enumerate(self._columns):
             values[:, j] = table.column(names[c]).to_numpy(zero_copy_only=False)
         texts: list[list[str] | None] = []
+        codes: tuple[npt.NDArray[np.intp], list[str]] | None = None
         for column in (self._label, self._device):
             if column is None:
                 texts.append(None)
                 continue
             col = table.column(names[column]).combine_chunks()
-            words = np.array([w.strip() for w in col.dictionary.to_pylist()] or [""], object)
-            texts.append(words[col.indices.to_numpy(zero_copy_only=False)].tolist())
+            # Dictionary words that differ only in spaces around them are one name.
+            distinct = {
+                w: i
+                for i, w in enumerate(dict.fromkeys(w.strip() for w in col.dictionary.to_pylist()))
+            } or {"": 0}
+            remap = np.array([distinct[w.strip()] for w in col.dictionary.to_pylist()] or [0])
+            row_codes = remap[col.indices.to_numpy(zero_copy_only=False)]
+            words = np.array(list(distinct), dtype=object)
+            texts.append(words[row_codes].tolist())
+            if column == self._device:
+                codes = (row_codes.astype(np.intp, copy=False), list(distinct))
         first_line = state.line + 1
         state.line += n
-        return Chunk(first_line, ts, values, texts[0], texts[1], 0)
+        return Chunk(first_line, ts, values, texts[0], texts[1], 0, codes)
 
     def _numeric_block(self, lines: list[str], state: _ReadState) -> Chunk | None:
         """The block through ``np.loadtxt``, or None when it does not parse whole."""

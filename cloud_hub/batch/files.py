@@ -350,7 +350,11 @@ def score_files(
     behind = _WriteBehind(writer)
     try:
         prepared = (
-            (index, chunk, scorer.prepare(chunk.values, _series(chunk), f"{index}\x00"))
+            (
+                index,
+                chunk,
+                scorer.prepare(chunk.values, _series(chunk), f"{index}\x00", chunk.device_codes),
+            )
             for index, chunk in _all_chunks(opened, chunk_rows)
         )
         for index, chunk, ready in _read_ahead(prepared):

@@ -123,18 +123,29 @@ class BatchScorer:
         (``prefix`` is put before each name: the file, say)."""
         return self.score_prepared(self.prepare(values, series, prefix))
 
-    def prepare(self, values: F64, series: str | Sequence[str], prefix: str = "") -> Prepared:
+    def prepare(
+        self,
+        values: F64,
+        series: str | Sequence[str],
+        prefix: str = "",
+        codes: tuple[npt.NDArray[np.intp], list[str]] | None = None,
+    ) -> Prepared:
         """The first half of :meth:`score_readings`: the input check and each series'
         features, up to the model. Blocks must be prepared, and then scored with
         :meth:`score_prepared`, in their order; the two may run in different
         threads (``batch score`` prepares the next block while the model scores
-        this one)."""
+        this one). ``codes``, when the reader has them, give each reading's series
+        as an index into a list of names (the same series as ``series``), which
+        spares a lookup per reading."""
         if values.ndim != 2 or values.shape[1] != self._n_sensors:
             raise ValueError(
                 f"readings need {self._n_sensors} values each; got shape {values.shape}"
             )
         checked = self.inputs.check_block(values)
-        groups = self._groups(series, checked.shape[0], prefix)
+        if codes is not None:
+            groups = self._coded_groups(codes, checked.shape[0], prefix)
+        else:
+            groups = self._groups(series, checked.shape[0], prefix)
         if len(groups) == 1:
             key, _ = groups[0]
             feats = self._state(key).features.push_block(checked)
@@ -173,6 +184,22 @@ class BatchScorer:
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
         return list(zip(names, np.split(order, bounds), strict=True))
+
+    @staticmethod
+    def _coded_groups(
+        codes: tuple[npt.NDArray[np.intp], list[str]], n: int, prefix: str
+    ) -> list[tuple[str, I64 | None]]:
+        """:meth:`_groups` for series given as codes into a list of distinct names."""
+        inverse, names = codes
+        if inverse.shape[0] != n:
+            raise ValueError(f"{inverse.shape[0]} series codes for {n} readings")
+        counts = np.bincount(inverse, minlength=len(names))
+        used = np.flatnonzero(counts).tolist()
+        if len(used) == 1:
+            return [(prefix + names[used[0]], None)]
+        order = np.argsort(inverse, kind="stable")
+        parts = np.split(order, np.cumsum(counts)[:-1])
+        return [(prefix + names[i], parts[i]) for i in used]
 
     def _decide(self, feats: F32, raw: F64, groups: list[tuple[str, I64 | None]]) -> Scored:
         n = feats.shape[0]

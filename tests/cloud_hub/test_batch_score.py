@@ -284,7 +284,7 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
 
 def _rough_recording(path: Path, package: ModelPackage, n: int) -> None:
     """Blocks pyarrow's reader takes whole (clean; empty cells; millisecond
-    timestamps; spaces around device names; CRLF) and blocks it hands back to
+    timestamps; spaces around some of a device's names; CRLF) and blocks it hands back to
     the fallback (a bad cell, a blank line, a short row, spaces around a number)."""
     names = package.manifest.input.sensor_names
     rng = np.random.default_rng(4)
@@ -294,7 +294,8 @@ def _rough_recording(path: Path, package: ModelPackage, n: int) -> None:
         cells = [repr(v) for v in row]
         if 100 <= i < 200 and i % 3 == 0:
             cells[i % len(cells)] = ""  # a dropout: pyarrow and the row parser agree
-        lines.append(f"{1_763_719_200_000 + 250 * i}, d{i % 3} ," + ",".join(cells))
+        device = f" d{i % 3} " if i % 2 else f"d{i % 3}"  # one device, two spellings
+        lines.append(f"{1_763_719_200_000 + 250 * i},{device}," + ",".join(cells))
     cells = lines[350].split(",")
     lines[350] = ",".join([*cells[:2], "n/a", *cells[3:]])
     lines[450] = ""
