@@ -139,6 +139,7 @@ class PairSpec:
     data_hash: str
     hard_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     consecutive: int = 1
+    release: int = 1
     min_agreement: float = 0.99
     seed: int = 7
     threads: int = 1
@@ -294,7 +295,10 @@ def _ship(
                 variant="edge" if variant == "edge" else "heavy",
                 quantization="int8-dynamic" if quant == "int8-dynamic" else "fp32",
                 urgent=UrgentSpec(
-                    scored.thresholds[variant], spec.consecutive, dict(spec.hard_limits)
+                    scored.thresholds[variant],
+                    spec.consecutive,
+                    dict(spec.hard_limits),
+                    spec.release,
                 ),
                 reference_scores=ref,
                 metrics=metrics,
@@ -467,11 +471,13 @@ def _gate_urgent_recall(
     )
 
 
-def _alarms(over: npt.NDArray[np.bool_], series: I64 | None, consecutive: int) -> int:
+def _alarms(over: npt.NDArray[np.bool_], series: I64 | None, spec: PairSpec) -> int:
+    """Alarms as the manifest's rule raises them (``consecutive``, ``release``), per series."""
     if series is None:
-        return anomaly.alarm_count(over, consecutive)
+        return anomaly.alarm_count(over, spec.consecutive, spec.release)
     return sum(
-        anomaly.alarm_count(over[series == s], consecutive) for s in np.unique(series).tolist()
+        anomaly.alarm_count(over[series == s], spec.consecutive, spec.release)
+        for s in np.unique(series).tolist()
     )
 
 
@@ -524,6 +530,7 @@ def train_anomaly_pair(
             "classes": list(spec.classes),
             "false_alarm_budget": budget,
             "consecutive": spec.consecutive,
+            "release": spec.release,
             "thresholds": {},
         }
         for variant, scorer, metrics in (
@@ -539,7 +546,7 @@ def train_anomaly_pair(
             thresholds[variant] = float(min(t, 1.0))
             p_hold = _urgent(scorer, hold_x, batch, urgent_index)
             p_anom = _urgent(scorer, anomalies, batch, urgent_index)
-            alarms = _alarms(p_hold >= t, split.holdout_series, spec.consecutive)
+            alarms = _alarms(p_hold >= t, split.holdout_series, spec)
             metrics.update(
                 {
                     "false_alarm_rate": alarms / max(1, hold_x.shape[0]),
