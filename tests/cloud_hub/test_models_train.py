@@ -1,7 +1,7 @@
 """``edgeloop-hub models train`` on generated recordings of a rig with other sensors.
 
 The CSVs are separated by ';' and carry an ISO ``datetime`` column (see
-tests/rig_data.py). Training runs in-process through the CLI's ``main``.
+simulators/rig.py). Training runs in-process through the CLI's ``main``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shared import __version__
 from shared.features import features_for_stream
 from shared.manifest import UrgentSpec, load_package, sha256_file
 from shared.urgent import Decision, UrgentRule
-from tests.rig_data import (
+from simulators.rig import (
     ALARM_SHIFT,
     SENSORS,
     apply_labels,
