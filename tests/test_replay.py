@@ -88,6 +88,9 @@ def test_a_recording_replayed_twice_is_stored_once(
         assert len(replayed) == ROWS
         assert len({r["ts"] for r in replayed}) == ROWS
         assert len({r["epoch"] for r in replayed}) == 1
+        # The device's epoch stays its live agent's; the recording is listed by its own.
+        assert [r["epoch"] for r in detail["replays"]] == [replayed[0]["epoch"]]
+        assert detail["replays"][0]["acked_seq"] > 0  # every message of it stored
         stats = hub.api.get_json("/v1/stats/ingest")
         assert stats["invalid_total"] == 0, stats
 
