@@ -881,6 +881,15 @@ class SQLiteStore:
             ).fetchone()
         return 0 if row is None else int(row[0])
 
+    def watermarks(self, device: str) -> dict[int, int]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT w.epoch, w.seq FROM watermarks w JOIN devices d ON d.id = w.device_id "
+                "WHERE d.name = ? ORDER BY w.epoch",
+                (device,),
+            ).fetchall()
+        return {int(epoch): int(seq) for epoch, seq in rows}
+
     # -- devices
 
     def record_status(self, status: Status, received_at: float) -> None:
