@@ -311,7 +311,7 @@ def _add_batch(commands: Any) -> None:
         "--model",
         required=True,
         metavar="NAME[@VERSION]",
-        help="a registered model, e.g. machine-heavy or machine-edge@1.0.0 (no version: the newest)",
+        help="a registered model, e.g. machine-heavy or machine-edge@1.1.0 (no version: the newest)",
     )
     score.add_argument(
         "--input",
@@ -392,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build the default edge (int8) and heavy (fp32) models from simulator data",
         description="Simulate a labelled data set, train the default edge and heavy models, "
         "quantize the edge model to int8, gate it against its fp32 twin, and write both "
-        "packages to OUT/{machine-edge,machine-heavy}/1.0.0. Existing valid packages are "
+        "packages to OUT/{machine-edge,machine-heavy}/1.1.0. Existing valid packages are "
         "reused unless --force.",
     )
     build.add_argument(

@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 EDGE_NAME: Final = "machine-edge"
 HEAVY_NAME: Final = "machine-heavy"
-DEFAULT_VERSION: Final = "1.0.0"
+DEFAULT_VERSION: Final = "1.1.0"
 HARD_LIMITS: Final[dict[str, tuple[float | None, float | None]]] = {
     "temperature": (None, 110.0),  # degC: the simulator's overheat starts above this
     "vibration": (None, 15.0),  # mm/s: the simulator's vibration spike starts above this
@@ -224,7 +224,7 @@ def build_default_models(
 
     >>> result = build_default_models(Path("var/models"))  # doctest: +SKIP
     >>> result.edge  # doctest: +SKIP
-    PosixPath('var/models/machine-edge/1.0.0')
+    PosixPath('var/models/machine-edge/1.1.0')
     """
     t0 = time.perf_counter()
     parse_version(version)

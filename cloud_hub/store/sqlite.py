@@ -320,7 +320,7 @@ def _migrate_to_5(db: sqlite3.Connection) -> None:
 
 def _migrate_to_6(db: sqlite3.Connection) -> None:
     """The name of each device's model, from its birth: versions alone do not tell
-    ``machine-edge 1.0.0`` from ``rig-edge 1.0.0``."""
+    ``machine-edge 1.1.0`` from ``rig-edge 1.0.0``."""
     db.execute("ALTER TABLE devices ADD COLUMN model TEXT")
 
 

@@ -178,7 +178,7 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(
     package = load_package(model_packages.heavy)
     data = tmp_path / "rec.csv"
     _recording(data, package, 300)
-    base = ["--model", "machine-heavy@1.0.0", "--input", str(tmp_path), "--ts-column", "when"]
+    base = ["--model", "machine-heavy@1.1.0", "--input", str(tmp_path), "--ts-column", "when"]
     base += ["--csv-map", _csv_map(package)]
     csv_out, jsonl_out = tmp_path / "o.csv.out", tmp_path / "o.jsonl"
     assert (
