@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.settings import OPTIONS, resolve_settings
 from cloud_hub.store import open_store
 from shared.endpoint import BrokerEndpoint
@@ -233,7 +234,9 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
     # The defaults, var/hub and var/models, are relative to the working directory;
     # the packages are put where the hub would build them, so it finds them.
     for package in (model_packages.edge, model_packages.heavy):
-        shutil.copytree(package, tmp_path / "var" / "models" / package.parent.name / "1.0.0")
+        shutil.copytree(
+            package, tmp_path / "var" / "models" / package.parent.name / DEFAULT_VERSION
+        )
     edge = load_package(model_packages.edge)
     # As an earlier hub stored it: relative to the working directory, not to the models dir.
     store = open_store(f"sqlite:///{tmp_path / 'var' / 'hub' / 'hub.db'}")

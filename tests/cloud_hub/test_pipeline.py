@@ -34,6 +34,7 @@ from cloud_hub.pipeline import (
     build_default_models,
     retrain_edge_sklearn,
 )
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.pipeline.convert import QUANTIZED_OPS, dedupe_opsets
 from cloud_hub.pipeline.package import binned_proportions, pick_test_rows
 from cloud_hub.pipeline.train import choose_urgent_threshold
@@ -58,11 +59,11 @@ def _ops(path: Path) -> set[str]:
 @pytest.mark.timeout(60)
 def test_build_writes_packages_that_load(built: BuildResult) -> None:
     assert not built.reused
-    assert built.edge == built.edge.parent.parent / EDGE_NAME / "1.0.0"
+    assert built.edge == built.edge.parent.parent / EDGE_NAME / DEFAULT_VERSION
     assert built.heavy.parent.name == HEAVY_NAME
     edge, heavy = load_package(built.edge).manifest, load_package(built.heavy).manifest
     for m, variant in ((edge, "edge"), (heavy, "heavy")):
-        assert m.variant == variant and m.version == "1.0.0"
+        assert m.variant == variant and m.version == DEFAULT_VERSION
         assert (m.model.input_name, m.model.scores_output) == (INPUT_NAME, SCORES_OUTPUT)
         assert m.input.features == FEATURE_NAMES and m.input.window == DEFAULT_WINDOW
         assert m.output.classes == ("normal", "fault", "urgent")
@@ -89,7 +90,7 @@ def test_build_writes_packages_that_load(built: BuildResult) -> None:
     assert edge.metrics["int8_fp32_agreement"] >= 0.99
     # Nothing but the two versions is left behind: no staging directories.
     for name in (EDGE_NAME, HEAVY_NAME):
-        assert [p.name for p in (built.edge.parent.parent / name).iterdir()] == ["1.0.0"]
+        assert [p.name for p in (built.edge.parent.parent / name).iterdir()] == [DEFAULT_VERSION]
 
 
 @pytest.mark.timeout(60)
@@ -176,7 +177,7 @@ def test_a_version_built_from_other_data_is_not_overwritten(
     with pytest.raises(PipelineError, match="versions are immutable"):
         build_default_models(built.edge.parent.parent, SEED + 1, **SMALL)
     # Not even when its sibling package is missing.
-    shutil.copytree(built.edge, tmp_path / EDGE_NAME / "1.0.0")
+    shutil.copytree(built.edge, tmp_path / EDGE_NAME / DEFAULT_VERSION)
     with pytest.raises(PipelineError, match="versions are immutable"):
         build_default_models(tmp_path, SEED + 1, **SMALL)
     assert not (tmp_path / HEAVY_NAME).exists()
@@ -273,11 +274,13 @@ def test_cli_models_build_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 3, proc.stdout
-    assert lines[0].startswith(f"{EDGE_NAME} 1.0.0 {out / EDGE_NAME / '1.0.0'} int8-dynamic")
+    assert lines[0].startswith(
+        f"{EDGE_NAME} {DEFAULT_VERSION} {out / EDGE_NAME / DEFAULT_VERSION} int8-dynamic"
+    )
     assert "int8_fp32_agreement=" in lines[0] and "auc_macro=" in lines[0]
-    assert lines[1].startswith(f"{HEAVY_NAME} 1.0.0 ") and " fp32 " in lines[1]
+    assert lines[1].startswith(f"{HEAVY_NAME} {DEFAULT_VERSION} ") and " fp32 " in lines[1]
     figures = json.loads(lines[2])
-    assert figures["reused"] is False and figures["edge"] == str(out / EDGE_NAME / "1.0.0")
+    assert figures["reused"] is False and figures["edge"] == str(out / EDGE_NAME / DEFAULT_VERSION)
     assert figures["metrics"]["edge"]["int8_fp32_agreement"] >= 0.99
     load_package(Path(figures["edge"]))
     load_package(Path(figures["heavy"]))

@@ -18,6 +18,7 @@ import pytest
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.commissioning import baseline_from_store
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store import open_store
 from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
 from shared.manifest import MODEL_FILE, ModelManifest, ModelPackage, load_package
@@ -96,18 +97,20 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
     # Another machine's model of the same version and width: only its name tells them apart.
     store.register_model(renamed(edge.manifest, "rig-edge", "rig_"), str(edge.path), now)
 
-    online = Status("pi-online", 2, 0, "online", "0.1.0", "1.0.0", now, "machine-edge")
+    online = Status("pi-online", 2, 0, "online", "0.1.0", DEFAULT_VERSION, now, "machine-edge")
     store.record_status(online, now)
-    store.record_status(Status("pi-stale", 1, 0, "online", "0.1.0", "1.0.0", now), now - 600)
-    store.record_status(Status("pi-off", 1, 0, "online", "0.1.0", "1.0.0", now), now - 100)
-    store.record_status(Status("pi-off", 1, 3, "offline", "0.1.0", "1.0.0", now), now - 90)
+    store.record_status(
+        Status("pi-stale", 1, 0, "online", "0.1.0", DEFAULT_VERSION, now), now - 600
+    )
+    store.record_status(Status("pi-off", 1, 0, "online", "0.1.0", DEFAULT_VERSION, now), now - 100)
+    store.record_status(Status("pi-off", 1, 3, "offline", "0.1.0", DEFAULT_VERSION, now), now - 90)
     store.add_device("pi-new")
     health = Health(
         device="pi-online",
         epoch=2,
         seq=30,
         ts=now,
-        model_version="1.0.0",
+        model_version=DEFAULT_VERSION,
         uptime_s=120.0,
         readings=900,
         latency_p50_us=40.0,
@@ -140,7 +143,18 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
         edge_s = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
         heavy_s = rng.dirichlet(np.ones(3), size=n).astype(np.float32)
         items.append(
-            TelemetryRows("pi-online", 2, seq, "1.0.0", "1.0.0", ts, feats, edge_s, heavy_s, now)
+            TelemetryRows(
+                "pi-online",
+                2,
+                seq,
+                DEFAULT_VERSION,
+                DEFAULT_VERSION,
+                ts,
+                feats,
+                edge_s,
+                heavy_s,
+                now,
+            )
         )
         ts_all.append(ts)
         f_all.append(feats)
@@ -153,7 +167,7 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             2,
             26,
             T0 + 10.0,
-            "1.0.0",
+            DEFAULT_VERSION,
             "score",
             0.97,
             None,
@@ -167,7 +181,7 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             2,
             27,
             T0 + 20.0,
-            "1.0.0",
+            DEFAULT_VERSION,
             "hard_limit",
             0.2,
             "temperature",
@@ -181,7 +195,7 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             1,
             1,
             T0 + 15.0,
-            "1.0.0",
+            DEFAULT_VERSION,
             "score",
             0.91,
             None,
@@ -191,7 +205,18 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             "actuator failed",
         ),
         Event(
-            "pi-online", 2, 28, T0 + 30.0, "1.0.0", "score", 0.95, None, None, "stop", True, "again"
+            "pi-online",
+            2,
+            28,
+            T0 + 30.0,
+            DEFAULT_VERSION,
+            "score",
+            0.95,
+            None,
+            None,
+            "stop",
+            True,
+            "again",
         ),
     ]
     store.write_stream(items + events)
@@ -207,7 +232,7 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             T0,
             T0 + 60.0,
             "machine-heavy",
-            "1.0.0",
+            DEFAULT_VERSION,
             now,
             started_at=now,
             finished_at=now,

@@ -10,6 +10,7 @@ import pytest
 
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.api.auth import token_access
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store import open_store
 from shared.errors import ConfigError
 from tests.cloud_hub.api.conftest import ADMIN_TOKEN, JOB_ID, READ_TOKEN, Hub
@@ -44,7 +45,12 @@ ADMIN_ROUTES = {
     ("GET", "/v1/batch/jobs/{job_id}/result"),
 }
 OPEN_ROUTES = {("GET", "/healthz")}
-_SAMPLE = {"device": "pi-online", "name": "machine-heavy", "version": "1.0.0", "job_id": JOB_ID}
+_SAMPLE = {
+    "device": "pi-online",
+    "name": "machine-heavy",
+    "version": DEFAULT_VERSION,
+    "job_id": JOB_ID,
+}
 _BODIES: dict[str, Any] = {
     "/v1/predict": {"model": "machine-heavy", "features": [[0.0] * 32]},
     "/v1/batch/jobs": {"devices": ["pi-online"], "from": 0, "model": "machine-heavy"},
