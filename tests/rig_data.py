@@ -75,3 +75,18 @@ def write_rig_csv(
         lines.append(sep.join(cells))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def train_argv(tmp_path: Path, *args: str) -> list[str]:
+    """``models train`` arguments for a generated rig CSV, its hub and models under ``tmp_path``."""
+    return [
+        "models",
+        "train",
+        "--ts-column",
+        "datetime",
+        "--data-dir",
+        str(tmp_path / "hub"),
+        "--models-dir",
+        str(tmp_path / "models"),
+        *args,
+    ]

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.recordings import series_rows
 from shared.features import BlockFeatureWindow, InputCheck
 from shared.manifest import ModelManifest
 from shared.urgent import UrgentRule
@@ -160,19 +161,7 @@ class BatchScorer:
     @staticmethod
     def _groups(series: str | Sequence[str], n: int, prefix: str) -> list[tuple[str, I64 | None]]:
         """Each series' key and its rows (in order); None for all the rows."""
-        if isinstance(series, str):
-            return [(prefix + series, None)]
-        if len(series) != n:
-            raise ValueError(f"{len(series)} series names for {n} readings")
-        # Each name's code, in order of first appearance; the lookups run in C (map).
-        codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
-        names = [prefix + name for name in codes]
-        if len(names) == 1:
-            return [(names[0], None)]
-        inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
-        return list(zip(names, np.split(order, bounds), strict=True))
+        return series_rows(series, n, prefix)
 
     def _decide(self, feats: F32, raw: F64, groups: list[tuple[str, I64 | None]]) -> Scored:
         n = feats.shape[0]
