@@ -247,6 +247,7 @@ def test_train_help_lists_the_registry_options(capsys: pytest.CaptureFixture[str
         "--store",
         "--normal-from",
         "--csv-map",
+        "--max-rows",
     ):
         assert option in text
 

@@ -198,3 +198,12 @@ def test_labelled_training_on_a_thinned_sample(
     assert result["keep_every"] == 4 and result["rows_kept"] == 2500
     assert result["metrics"]["edge"]["urgent_recall"] >= 0.8
     assert result["metrics"]["edge"]["train_rows"] < 2500
+
+
+def test_a_cap_too_small_to_train_on_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write_rig_csv(tmp_path / "rig.csv", rig_values(300, 1))
+    assert main(train_argv(tmp_path, "--data", str(csv), "--max-rows", "999")) == 2
+    err = capsys.readouterr().err
+    assert "--max-rows" in err and "'999' must be at least 1000" in err
