@@ -2,8 +2,12 @@
 
     edgeloop-hub models train --data FILE_OR_DIR... [--sensors a,b] [--csv-map S=COL,...]
         [--label COLUMN --urgent VALUE... [--normal VALUE]] [--normal-from T --normal-to T]
-        [--name NAME] [--version V] [--force] [--false-alarm-budget X] [--data-dir DIR]
-        [--models-dir DIR] [--store URL]
+        [--name NAME] [--version V] [--force] [--false-alarm-budget X] [--max-rows N]
+        [--data-dir DIR] [--models-dir DIR] [--store URL]
+
+The files are streamed, never read whole: every reading goes through the
+feature window, and at most ``--max-rows`` of them (every k-th of each series)
+are kept for training (:mod:`cloud_hub.pipeline.sample`).
 
 The packages go to MODELS_DIR/NAME-edge/VERSION and MODELS_DIR/NAME-heavy/VERSION
 and are registered in the store's models table, so a running hub's API lists
@@ -137,6 +141,7 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "With --label: classifiers over the label's values (--urgent names the urgent ones). "
         "Without: anomaly models trained on data you say is normal (all of it, or "
         "--normal-from/--normal-to), with the urgent threshold set by --false-alarm-budget. "
+        "Files are streamed: at most --max-rows readings are kept, every k-th of each series. "
         "Prints a report, then one JSON line.",
     )
     p.add_argument(

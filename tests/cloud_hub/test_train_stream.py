@@ -207,3 +207,23 @@ def test_a_cap_too_small_to_train_on_is_refused_at_once(
     assert main(train_argv(tmp_path, "--data", str(csv), "--max-rows", "999")) == 2
     err = capsys.readouterr().err
     assert "--max-rows" in err and "'999' must be at least 1000" in err
+
+
+def test_each_series_is_split_by_its_own_time_and_stretches_by_their_side() -> None:
+    sample = RowSample(10_000, 1, 4, stretch=40)
+    streamed = recorded.Streamed(sample, sources=["a", "b"], rows=[1000, 400])
+    for start in range(0, 1000, 100):  # the series interleaved, 100 readings at a time
+        for i, n in enumerate((1000, 400)):
+            if start < n:
+                v = np.arange(start, start + 100, dtype=np.float64)[:, None]
+                sample.add(i, start, ts=v[:, 0], values=v, features=np.zeros((100, 4), np.float32))
+    side, cuts = recorded.split_sample(streamed, 10, 0.2, 0.2)
+    assert cuts == [(600, 800), (240, 320)]
+    for i, (val, hold) in enumerate(cuts):
+        index, mine = sample.index[sample.series == i], side[sample.series == i]
+        expected = np.select(
+            [index >= hold + 9, index >= hold, index >= val + 9, index >= val], [2, -1, 1, -1], 0
+        )
+        assert np.array_equal(mine, expected)
+    b = {s.start: recorded.stretch_side(s, cuts) for s in sample.stretches if s.series == 1}
+    assert b == {0: 0, 50: 0, 100: 0, 150: 0, 200: 0, 250: 1, 300: -1, 350: 2}
