@@ -180,18 +180,45 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_records(store_url: str) -> list[Any]:
-    """The registry's models; none when the store's SQLite file does not exist yet
-    (batch score creates no store)."""
+def _store_records(store_url: str) -> tuple[list[Any], dict[str, Any]]:
+    """The registry's models and the devices' commissioned baselines (by device);
+    none when the store's SQLite file does not exist yet (batch score creates no
+    store)."""
     from cloud_hub.store import open_store  # noqa: PLC0415
 
     if store_url.startswith("sqlite:///") and not Path(store_url[len("sqlite:///") :]).exists():
-        return []
+        return [], {}
     store = open_store(store_url)
     try:
-        return list(store.models())
+        return list(store.models()), {b.device: b for b in store.baselines()}
     finally:
         store.close()
+
+
+def _batch_baselines(
+    args: argparse.Namespace,
+    stored: dict[str, Any],
+    device_column: str | None,
+    sensors: Sequence[str],
+) -> Any:
+    """The lookup ``batch score`` maps each series with (None: no baselines)."""
+    from shared.baseline_file import read_baseline  # noqa: PLC0415
+
+    if args.baseline is not None:
+        one = read_baseline(args.baseline)
+        # Its sensors must be the model's; its device and model names may be others'
+        # (the user chose it for these rows).
+        one.check_for(one.device, one.model, sensors, f"baseline file {args.baseline}")
+        return lambda _series: one
+    if not args.device_baselines:
+        return None
+    if device_column is None:
+        args.parser.error(
+            "--device-baselines maps each device's rows with its own baseline: name the "
+            "input's device column with --device-column (or give one baseline for every row "
+            "with --baseline FILE)"
+        )
+    return stored.get
 
 
 def _batch_score(args: argparse.Namespace) -> int:
@@ -204,7 +231,11 @@ def _batch_score(args: argparse.Namespace) -> int:
     settings = resolve_settings(args, serving=False)
     options = csv_options(args)
     fmt = format_for(args.output, args.format)
-    package = resolve_model(args.model, _store_records(settings.store), settings.models_dir)
+    records, stored = _store_records(settings.store)
+    package = resolve_model(args.model, records, settings.models_dir)
+    baselines = _batch_baselines(
+        args, stored, options.device_column, package.manifest.input.sensor_names
+    )
     summary = score_files(
         package,
         args.input,
@@ -213,6 +244,7 @@ def _batch_score(args: argparse.Namespace) -> int:
         options,
         chunk_rows=args.chunk_rows,
         row_by_row={"auto": None, "yes": True, "no": False}[args.row_by_row],
+        baselines=baselines,
     )
     checks = ", ".join(f"{k}={v}" for k, v in sorted(summary.input_checks.items())) or "none"
     print(
@@ -221,6 +253,7 @@ def _batch_score(args: argparse.Namespace) -> int:
         f"{summary.urgent_rows}; bad cells: {summary.bad_cells}; input checks: {checks}; "
         f"model {summary.model} {summary.version}"
         f"{' (scored row by row, as a device does)' if summary.row_by_row else ''}; "
+        f"{_baselines_used(args, summary.baselines, summary.series)}"
         f"written to {summary.output} ({summary.format})"
     )
     print(json.dumps(summary.to_dict(), sort_keys=True))
@@ -239,6 +272,17 @@ def _batch_score(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _baselines_used(args: argparse.Namespace, mapped: int, series: int) -> str:
+    if args.baseline is not None:
+        return f"readings mapped with the baseline in {args.baseline}; "
+    if args.device_baselines:
+        return (
+            f"{mapped} of {series} device(s) mapped with their commissioned baseline, the "
+            "others scored against the model's reference (they have none in the store); "
+        )
+    return ""
 
 
 def _add_batch(commands: Any) -> None:
@@ -260,13 +304,14 @@ def _add_batch(commands: Any) -> None:
         "device), the predicted class, the urgent score and urgent (0/1) to --output. A cell "
         "that is not a number counts as missing (and is counted); every row is kept. Prints a "
         "summary, then one JSON line. The model comes from the hub's registry (--store, "
-        "--models-dir), whether or not the hub runs.",
+        "--models-dir), whether or not the hub runs. With --baseline or --device-baselines "
+        "the readings are mapped with a per-device baseline first, as the agent does.",
     )
     score.add_argument(
         "--model",
         required=True,
         metavar="NAME[@VERSION]",
-        help="a registered model, e.g. machine-heavy or machine-edge@1.0.0 (no version: the newest)",
+        help="a registered model, e.g. machine-heavy or machine-edge@1.1.0 (no version: the newest)",
     )
     score.add_argument(
         "--input",
@@ -300,6 +345,22 @@ def _add_batch(commands: Any) -> None:
         help="score each row alone, as a device does (auto: for int8 models, whose dynamic "
         "quantization makes a row's scores depend on the rows scored with it)",
     )
+    mapping = score.add_mutually_exclusive_group()
+    mapping.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE",
+        help="map every row with this per-device baseline before the model, as an agent "
+        "started with --baseline FILE does (the file 'edgeloop-hub devices baseline' or "
+        "GET /v1/devices/DEVICE/baseline gives; its sensors must be the model's)",
+    )
+    mapping.add_argument(
+        "--device-baselines",
+        action="store_true",
+        help="map each device's rows (--device-column) with the baseline the hub's store "
+        "(--store, --data-dir) holds for it; a device without one is scored against the "
+        "model's reference, as its agent would be",
+    )
     OPTIONS.add_to(score, only=("data_dir", "models_dir", "store"))
     score.set_defaults(handler=_batch_score, parser=score)
 
@@ -331,7 +392,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build the default edge (int8) and heavy (fp32) models from simulator data",
         description="Simulate a labelled data set, train the default edge and heavy models, "
         "quantize the edge model to int8, gate it against its fp32 twin, and write both "
-        "packages to OUT/{machine-edge,machine-heavy}/1.0.0. Existing valid packages are "
+        "packages to OUT/{machine-edge,machine-heavy}/1.1.0. Existing valid packages are "
         "reused unless --force.",
     )
     build.add_argument(

@@ -107,6 +107,10 @@ class Chunk:
     labels: list[str] | None
     devices: list[str] | None
     bad_cells: int = 0
+    device_codes: tuple[npt.NDArray[np.intp], list[str]] | None = None
+    """When the reader has them: each row's device as an index into a list of
+    distinct names (``devices[i] == names[codes[i]]``), so batch scoring groups
+    rows by device without a lookup per row."""
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -170,13 +174,14 @@ def series_rows(
         raise ValueError(f"{len(series)} series names for {n} readings")
     # Each name's code, in order of first appearance; the lookups run in C (map).
     codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
-    names = [prefix + name for name in codes]
-    if len(names) == 1:
-        return [(names[0], None)]
+    if len(codes) <= 1:
+        return [(prefix + name, None) for name in codes]
     inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
     order = np.argsort(inverse, kind="stable")
-    bounds = np.cumsum(np.bincount(inverse, minlength=len(names)))[:-1]
-    return list(zip(names, np.split(order, bounds), strict=True))
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(codes)))[:-1]
+    return [
+        (prefix + name, rows) for name, rows in zip(codes, np.split(order, bounds), strict=True)
+    ]
 
 
 def _header(path: Path, options: CsvOptions) -> tuple[list[str], str]:
@@ -378,16 +383,26 @@ class Recording:
         for j, c in enumerate(self._columns):
             values[:, j] = table.column(names[c]).to_numpy(zero_copy_only=False)
         texts: list[list[str] | None] = []
+        codes: tuple[npt.NDArray[np.intp], list[str]] | None = None
         for column in (self._label, self._device):
             if column is None:
                 texts.append(None)
                 continue
             col = table.column(names[column]).combine_chunks()
-            words = np.array([w.strip() for w in col.dictionary.to_pylist()] or [""], object)
-            texts.append(words[col.indices.to_numpy(zero_copy_only=False)].tolist())
+            # Dictionary words that differ only in spaces around them are one name.
+            distinct = {
+                w: i
+                for i, w in enumerate(dict.fromkeys(w.strip() for w in col.dictionary.to_pylist()))
+            } or {"": 0}
+            remap = np.array([distinct[w.strip()] for w in col.dictionary.to_pylist()] or [0])
+            row_codes = remap[col.indices.to_numpy(zero_copy_only=False)]
+            words = np.array(list(distinct), dtype=object)
+            texts.append(words[row_codes].tolist())
+            if column == self._device:
+                codes = (row_codes.astype(np.intp, copy=False), list(distinct))
         first_line = state.line + 1
         state.line += n
-        return Chunk(first_line, ts, values, texts[0], texts[1], 0)
+        return Chunk(first_line, ts, values, texts[0], texts[1], 0, codes)
 
     def _numeric_block(self, lines: list[str], state: _ReadState) -> Chunk | None:
         """The block through ``np.loadtxt``, or None when it does not parse whole."""

@@ -2,7 +2,8 @@
 
     edgeloop-hub models train --data FILE_OR_DIR... [--sensors a,b] [--csv-map S=COL,...]
         [--label COLUMN --urgent VALUE... [--normal VALUE]] [--normal-from T --normal-to T]
-        [--name NAME] [--version V] [--force] [--false-alarm-budget X] [--max-rows N]
+        [--name NAME] [--version V] [--force] [--false-alarm-budget X]
+        [--consecutive N] [--release N] [--hard-limit SENSOR=LO:HI]... [--max-rows N]
         [--data-dir DIR] [--models-dir DIR] [--store URL]
 
 The files are streamed, never read whole: every reading goes through the
@@ -38,10 +39,26 @@ if TYPE_CHECKING:
     from cloud_hub.settings import HubSettings
     from shared.features import SensorSpec
 
-__all__ = ["DEFAULT_MAX_ROWS", "TRAIN_OPTIONS", "add_train_parser"]
+__all__ = [
+    "DEFAULT_CONSECUTIVE",
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_RELEASE",
+    "TRAIN_OPTIONS",
+    "add_train_parser",
+]
 
 TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
 """serve's options that say where the registry is."""
+DEFAULT_CONSECUTIVE: Final = {"anomaly": 2, "classifier": 1}
+"""``--consecutive`` by path: without labels 2, as single readings over the
+budget's threshold raised about 1 false alarm per 10,000 normal readings on the
+generated rig and pairs of them none; with labels 1, as 2 lost up to 7 % of the
+small faults there for no false alarm saved. ``edgeloop-sim bench urgent``;
+figures in the README, "Training on your own recordings"."""
+DEFAULT_RELEASE: Final = 10
+"""``--release``: a score episode ends after 10 readings (the default window)
+under the threshold; with 1, one fault episode gave 1.7-3.8 events on average
+(up to 22), with 10, 1.01-1.10 (same measurement)."""
 DEFAULT_MAX_ROWS: Final = 500_000
 """Readings kept for training at most (``--max-rows``). Each costs about 27 bytes per
 sensor in the sample (features 4 x float32, the raw reading float64, and 24 bytes of
@@ -82,20 +99,49 @@ def _units(text: str) -> dict[str, str]:
     return _pairs(text, "--units")
 
 
+def _bounds(text: str) -> tuple[float | None, float | None] | None:
+    """``"LO:HI"``, ``"LO:"`` or ``":HI"`` -> ``(lo, hi)`` with None for an open side;
+    None when it is not that, a side is not a finite number, both are open, or LO >= HI."""
+    lo_text, sep, hi_text = text.partition(":")
+    if not sep:
+        return None
+    out: list[float | None] = []
+    for side in (lo_text.strip(), hi_text.strip()):
+        try:
+            value = float(side) if side else None
+        except ValueError:
+            return None
+        if value is not None and not math.isfinite(value):
+            return None
+        out.append(value)
+    lo, hi = out
+    if (lo is None and hi is None) or (lo is not None and hi is not None and lo >= hi):
+        return None
+    return lo, hi
+
+
 def _ranges(text: str) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for key, value in _pairs(text, "--valid-range").items():
-        lo, sep, hi = value.partition(":")
-        try:
-            pair = (float(lo), float(hi))
-        except ValueError:
-            pair = (math.nan, math.nan)
-        if not sep or not all(math.isfinite(v) for v in pair) or pair[0] >= pair[1]:
+        pair = _bounds(value)
+        if pair is None or pair[0] is None or pair[1] is None:
             raise argparse.ArgumentTypeError(
                 f"--valid-range: {key}={value!r} is not LO:HI with LO < HI (e.g. {key}=0:100)"
             )
-        out[key] = pair
+        out[key] = (pair[0], pair[1])
     return out
+
+
+def _hard_limit(text: str) -> tuple[str, float | None, float | None]:
+    """One ``--hard-limit SENSOR=LO:HI`` (``LO:`` or ``:HI`` for one side)."""
+    key, sep, value = text.partition("=")
+    pair = _bounds(value) if sep and key.strip() else None
+    if pair is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SENSOR=LO:HI with numbers LO < HI, or SENSOR=LO: or SENSOR=:HI "
+            "for one side (e.g. temp_in=:60 fires above 60, flow=5: below 5)"
+        )
+    return key.strip(), pair[0], pair[1]
 
 
 def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
@@ -202,9 +248,29 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--consecutive",
         type=positive_int,
-        default=1,
+        default=None,
         metavar="N",
-        help="readings over the threshold in a row before an urgent event (default: 1)",
+        help="readings over the threshold in a row before an urgent event (default: "
+        f"{DEFAULT_CONSECUTIVE['anomaly']} without --label, "
+        f"{DEFAULT_CONSECUTIVE['classifier']} with it)",
+    )
+    p.add_argument(
+        "--release",
+        type=positive_int,
+        default=DEFAULT_RELEASE,
+        metavar="N",
+        help="readings under the threshold in a row that end an urgent episode, so a score "
+        f"hovering at the threshold gives one event (default: {DEFAULT_RELEASE})",
+    )
+    p.add_argument(
+        "--hard-limit",
+        type=_hard_limit,
+        action="append",
+        default=[],
+        metavar="SENSOR=LO:HI",
+        help="an urgent event when a sensor's raw value is below LO or above HI, whatever the "
+        "score (LO: or :HI for one side; repeat for more sensors). It must lie inside the "
+        "sensor's valid range, beyond which values are dropped as invalid (default: none)",
     )
     p.add_argument(
         "--validation-fraction",
@@ -419,6 +485,7 @@ def _run(
             args, paths, options, names, window=window, fallback=[s.fallback for s in sensors]
         )
     report.append(_kept_note(streamed, args.max_rows))
+    hard_limits = _hard_limits(args.hard_limit, sensors)
     hashes = recorded.files_sha256(paths)
     data_hash = _combined_hash(hashes)
     data_window = "recorded CSV: " + ", ".join(f"{p} sha256={h}" for p, h in hashes.items())
@@ -434,7 +501,10 @@ def _run(
         "window": window,
         "data_window": data_window,
         "data_hash": data_hash,
-        "consecutive": args.consecutive,
+        "consecutive": args.consecutive
+        or DEFAULT_CONSECUTIVE["anomaly" if args.label is None else "classifier"],
+        "release": args.release,
+        "hard_limits": hard_limits,
         "min_agreement": args.min_agreement,
         "seed": args.seed,
         "run_prefix": "train",
@@ -497,6 +567,7 @@ def _run(
     report.append(split_note)
     report.append(f"{base}: {version_note}")
     report += _describe(result)
+    report.append(_rule_line(result))
     if args.label is None:
         n_val = int(result.metrics["edge"]["validation_rows"])
         if n_val * args.false_alarm_budget < 1:
@@ -518,6 +589,59 @@ def _run(
         }
     )
     return out, report
+
+
+def _hard_limits(
+    given: Sequence[tuple[str, float | None, float | None]], sensors: Sequence[SensorSpec]
+) -> dict[str, tuple[float | None, float | None]]:
+    """``--hard-limit`` values checked against the model's sensors: a declared sensor,
+    once, and inside its valid range (the agent drops values beyond that range as
+    invalid before the rule sees them, so a limit outside it could never fire)."""
+    by_name = {s.name: s for s in sensors}
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name, lo, hi in given:
+        shown = f"--hard-limit {name}={_side(lo)}:{_side(hi)}"
+        spec = by_name.get(name)
+        if spec is None:
+            raise _fail(
+                f"{shown}: the model has no sensor {name!r}; its sensors are "
+                f"{', '.join(by_name)} (name one of them, or add it with --sensors)"
+            )
+        if name in out:
+            raise _fail(f"{shown}: {name} has a hard limit already; give one per sensor")
+        if (lo is not None and lo <= spec.min) or (hi is not None and hi >= spec.max):
+            raise _fail(
+                f"{shown}: the limit must lie inside {name}'s valid range [{spec.min:g}, "
+                f"{spec.max:g}]: the agent drops values beyond that range as invalid before the "
+                f"rule sees them, so this limit could never fire; move it inside, or widen the "
+                f"range with --valid-range {name}=LO:HI"
+            )
+        out[name] = (lo, hi)
+    return out
+
+
+def _side(bound: float | None) -> str:
+    return "" if bound is None else f"{bound:g}"
+
+
+def _rule_line(result: TrainResult) -> str:
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    u = load_package(result.edge).manifest.urgent
+    limits = [
+        f"{name} < {lo:g}"
+        if hi is None
+        else f"{name} > {hi:g}"
+        if lo is None
+        else f"{name} < {lo:g} or > {hi:g}"
+        for name, (lo, hi) in u.hard_limits.items()
+    ]
+    return (
+        f"urgent rule (both models): an event after {u.consecutive} reading(s) in a row at or "
+        f"over the threshold, the episode ending after {u.release} under it "
+        f"(--consecutive, --release); hard limits: "
+        + (", ".join(limits) if limits else "none (--hard-limit SENSOR=LO:HI)")
+    )
 
 
 def _safe_store(url: str) -> str:
@@ -804,7 +928,8 @@ def _describe(result: TrainResult) -> list[str]:
                 f"  threshold {t['threshold']:.4g}: {t['why']}; on held-out normal data: "
                 f"{t['holdout_false_alarms']} false alarm(s) in {holdout} readings "
                 f"(rate {m.metrics['false_alarm_rate']:.2g}, budget "
-                f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}); "
+                f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}, "
+                f"release={m.urgent.release}); "
                 f"synthetic faults found: {m.metrics['synthetic_anomaly_recall']:.1%}"
             )
             if m.metrics["synthetic_anomaly_recall"] < _WARN_SYNTHETIC_RECALL:

@@ -46,10 +46,12 @@ from shared.messages import (
 )
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
-__all__ = ["Agent"]
+__all__ = ["EXIT_NEVER_CONNECTED", "Agent"]
 
 log = logging.getLogger(__name__)
 AGENT_VERSION: Final = __version__
+EXIT_NEVER_CONNECTED: Final = 3
+"""The exit status of a run that ended without ever reaching its broker (2: bad settings)."""
 _RESEND_MAX_S: Final = 300.0
 _SEND_CHUNK: Final = 50
 _WRITE_RETRY_S: Final = 1.0
@@ -275,7 +277,37 @@ class Agent:
             finished = not stop.is_set()
         finally:
             self._shutdown(link, link_thread, finished=finished)
+        if not link.connects:
+            self._never_connected(link)
+            return EXIT_NEVER_CONNECTED
         return 0
+
+    def _never_connected(self, link: MqttLink) -> None:
+        """Say that this run delivered nothing, where it tried, and what to do."""
+        s = self.settings
+        latest = link.failures.latest()
+        why = (
+            "no attempt finished before the agent stopped"
+            if latest is None
+            else f"{latest[1]} attempt(s) failed, the last: {latest[0].what}; check {latest[0].check}"
+        )
+        kept = (
+            "stay in the outbox and are sent at the next start"
+            if s.outbox == "disk"
+            else "are lost with the memory outbox"
+        )
+        log.error(
+            "device %r: never connected to the broker at %s during this run (%s). Nothing was "
+            "delivered: the %d readings' messages %s. Start the broker (or the hub with its "
+            "embedded broker) or correct --broker (EDGELOOP_AGENT_BROKER), then run the agent "
+            "again; exit status %d",
+            self.device,
+            s.broker.redacted_url,
+            why,
+            self.readings,
+            kept,
+            EXIT_NEVER_CONNECTED,
+        )
 
     def _wait_for_room(self, stop: threading.Event) -> None:
         """A replay waits for acks rather than let its outbox reach a bound and drop: its

@@ -20,7 +20,6 @@ baseline``). The order, and why, is :mod:`shared.baseline`'s:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.rules import Decision, UrgentRule
-from shared.baseline import Baseline, BaselineError, BaselineMap
+from shared.baseline import Baseline, BaselineMap
+from shared.baseline_file import read_baseline
 from shared.features import FeatureWindow, InputCheck
 from shared.manifest import ModelManifest
 
@@ -78,18 +78,6 @@ class ReadingPath:
 def load_baseline(path: Path, device: str, manifest: ModelManifest) -> Baseline:
     """The baseline in ``path``, checked against this device and model, or a
     :class:`~shared.baseline.BaselineError` that names the file and the field."""
-    where = f"baseline file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(
-            f"{where} cannot be read ({exc}); give the file GET /v1/devices/{device}/baseline "
-            "or 'edgeloop-hub devices baseline' wrote",
-        ) from None
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise BaselineError(f"{where} is not valid JSON ({exc})") from None
-    baseline = Baseline.from_dict(obj, where)
-    baseline.check_for(device, manifest.name, manifest.input.sensor_names, where)
+    baseline = read_baseline(path, device)
+    baseline.check_for(device, manifest.name, manifest.input.sensor_names, f"baseline file {path}")
     return baseline

@@ -476,7 +476,7 @@ def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
     if v["model"] is None:
         raise fail(
             "model",
-            "is required: the model package directory to run, e.g. var/models/machine-edge/1.0.0",
+            "is required: the model package directory to run, e.g. var/models/machine-edge/1.1.0",
         )
     try:
         broker = parse_broker_url(v["broker"])

@@ -163,6 +163,12 @@ class ConnectReport:
             self._latest, self._unreported, self._attempts, self._reported_at = None, 0, 0, None
             return attempts
 
+    def latest(self) -> tuple[ConnectFailure, int] | None:
+        """The latest failure and the failures since the broker was last reached
+        (None: none since then)."""
+        with self._lock:
+            return None if self._latest is None else (self._latest, self._attempts)
+
     def due(self, now: float) -> tuple[ConnectFailure, int, int] | None:
         """The latest failure, the failures since the last report and those since the
         broker was last reached, if a report is due at ``now``; else None."""

@@ -265,11 +265,14 @@ class OutputSpec:
 class UrgentSpec:
     """When a reading is urgent: a score over threshold for ``consecutive``
     readings, or a raw sensor value beyond a hard limit (``{sensor: (lo, hi)}``,
-    either bound may be None)."""
+    either bound may be None). A score episode ends after ``release`` readings
+    in a row below the threshold (:mod:`shared.urgent`); a manifest without
+    ``release`` means 1, the rule before it existed."""
 
     score_threshold: float
     consecutive: int
     hard_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    release: int = 1
 
     @classmethod
     def parse(cls, o: _Obj) -> UrgentSpec:
@@ -284,7 +287,22 @@ class UrgentSpec:
             if lo is not None and hi is not None and lo > hi:
                 raise raw.fail(sensor, f"has min {lo} above max {hi}")
             limits[sensor] = (lo, hi)
-        return cls(o.num("score_threshold", 0.0, 1.0), int(o.num("consecutive", 1, 1000)), limits)
+        release = 1
+        if "release" in o.obj:
+            value = o.obj["release"]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+                raise o.fail(
+                    "release",
+                    f"= {value!r} must be a whole number of readings in [1, 1000] (how many "
+                    "readings in a row below the threshold end a score episode; 1 = the first)",
+                )
+            release = value
+        return cls(
+            o.num("score_threshold", 0.0, 1.0),
+            int(o.num("consecutive", 1, 1000)),
+            limits,
+            release,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +540,7 @@ class ModelManifest:
             "urgent": {
                 "score_threshold": self.urgent.score_threshold,
                 "consecutive": self.urgent.consecutive,
+                "release": self.urgent.release,
                 "hard_limits": {
                     s: {"min": lo, "max": hi} for s, (lo, hi) in self.urgent.hard_limits.items()
                 },

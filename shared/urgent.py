@@ -5,8 +5,12 @@ Each *cause* is watched on its own: the score rule, and the hard limit of each
 sensor that has one. A cause starts an episode, and fires once, when
 
 - score: the urgent-class score has been at or over the threshold for
-  ``consecutive`` readings in a row; the episode ends at the first score below
-  the threshold;
+  ``consecutive`` readings in a row; the episode ends after ``release``
+  readings in a row below the threshold (1: at the first one), so a score that
+  hovers around the threshold during one fault gives one event, not one per
+  crossing. A missing score (NaN: the model gave no number) is skipped: it
+  neither counts toward nor breaks a run of high scores or of low ones, as a
+  missing value does not end a hard-limit episode;
 - hard limit: a sensor's value is beyond its limit; the episode ends at the
   first reading of that sensor back inside its limit.
 
@@ -24,7 +28,8 @@ manifest's order, then the score. Usually that is the empty tuple.
 
 >>> import numpy as np
 >>> from shared.manifest import UrgentSpec
->>> rule = UrgentRule(UrgentSpec(0.8, 2, {"temperature": (None, 110.0)}), 2, ("temperature",))
+>>> spec = UrgentSpec(0.8, 2, {"temperature": (None, 110.0)}, release=2)
+>>> rule = UrgentRule(spec, 2, ("temperature",))
 >>> rule.check(np.array([70.0]), 0.9)               # first high score: not yet
 ()
 >>> [d.rule for d in rule.check(np.array([70.0]), 0.95)]   # second in a row: fire
@@ -39,6 +44,16 @@ manifest's order, then the score. Usually that is the empty tuple.
 ()
 >>> [d.sensor for d in rule.check(np.array([130.0]), 0.1)]
 ['temperature']
+>>> rule.check(np.array([70.0]), 0.75)             # one low score: the episode goes on
+()
+>>> rule.check(np.array([70.0]), 0.9)               # high again: no second event
+()
+>>> rule.check(np.array([70.0]), 0.2), rule.check(np.array([70.0]), 0.3)  # 2 lows: it ends
+((), ())
+>>> rule.check(np.array([70.0]), 0.9)               # a new episode needs 2 highs again
+()
+>>> [d.rule for d in rule.check(np.array([70.0]), 0.9)]
+['score']
 """
 
 from __future__ import annotations
@@ -74,6 +89,7 @@ class UrgentRule:
     def __init__(self, spec: UrgentSpec, urgent_index: int, sensors: tuple[str, ...]) -> None:
         self.threshold = spec.score_threshold
         self.consecutive = spec.consecutive
+        self.release = spec.release
         self.urgent_index = urgent_index
         unknown = sorted(set(spec.hard_limits) - set(sensors))
         if unknown:
@@ -91,7 +107,9 @@ class UrgentRule:
             for name, (lo, hi) in spec.hard_limits.items()
         ]
         self._beyond: set[str] = set()  # sensors in a hard-limit episode
-        self._run = 0  # high scores in a row; the score episode is on while >= consecutive
+        self._run = 0  # high scores in a row while no score episode is on
+        self._on = False  # a score episode is on
+        self._low = 0  # low scores in a row while the score episode is on
 
     def check(self, raw: npt.NDArray[np.float64], score: float) -> tuple[Decision, ...]:
         """Feed one reading's raw values (NaN or inf = missing) and urgent score.
@@ -114,11 +132,20 @@ class UrgentRule:
                 elif beyond and name in beyond and math.isfinite(v):
                     beyond.discard(name)
         if score >= self.threshold:
-            self._run += 1
-            if self._run == self.consecutive:
-                fired += (Decision("score", score),)
-        else:
-            self._run = 0
+            if self._on:
+                self._low = 0
+            else:
+                self._run += 1
+                if self._run >= self.consecutive:
+                    self._on, self._run, self._low = True, 0, 0
+                    fired += (Decision("score", score),)
+        elif score < self.threshold:  # NaN is neither: skipped
+            if self._on:
+                self._low += 1
+                if self._low >= self.release:
+                    self._on = False
+            else:
+                self._run = 0
         return fired
 
     def check_block(
@@ -128,10 +155,10 @@ class UrgentRule:
         its urgent score; True where a cause starts.
 
         While no episode is on and no run of high scores counts, a reading whose
-        score is under the threshold and whose limited sensors are inside their
-        limits (or missing) changes nothing and fires nothing, so :meth:`check` is
-        called only for the other readings, and for every reading while an
-        episode or a run is on. The verdicts are :meth:`check`'s own.
+        score is under the threshold (or missing) and whose limited sensors are
+        inside their limits (or missing) changes nothing and fires nothing, so
+        :meth:`check` is called only for the other readings, and for every
+        reading while an episode or a run is on. The verdicts are :meth:`check`'s own.
         """
         n = int(raw.shape[0])
         fired = np.zeros(n, dtype=np.bool_)
@@ -144,7 +171,7 @@ class UrgentRule:
         check = self.check
         r = t = 0
         while r < n:
-            if self._run == 0 and not self._beyond:
+            if self._run == 0 and not self._on and not self._beyond:
                 while t < len(todo) and todo[t] < r:
                     t += 1
                 if t == len(todo):

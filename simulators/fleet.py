@@ -12,7 +12,7 @@ settings, device id, state directory, simulated machine, MQTT connection
 The spec is a JSON file (it holds broker secrets: keep it mode 0600, never
 put it on a command line)::
 
-    {"model": "var/models/machine-edge/1.0.0",
+    {"model": "var/models/machine-edge/1.1.0",
      "agent_args": ["--rate-hz", "1", "--log-level", "WARNING"],
      "start_interval_s": 0.01,
      "agents": [{"device": "fleet-0000", "broker": "mqtt://fleet-0000:SECRET@127.0.0.1:1883",

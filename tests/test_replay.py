@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from cloud_hub.store import open_store
+from edge_agent.agent import EXIT_NEVER_CONNECTED
 from shared.endpoint import parse_broker_url
 from simulators.generate import write_csv
 from simulators.harness import AgentProcess, HubProcess, free_port
@@ -88,6 +89,9 @@ def test_a_recording_replayed_twice_is_stored_once(
         assert len(replayed) == ROWS
         assert len({r["ts"] for r in replayed}) == ROWS
         assert len({r["epoch"] for r in replayed}) == 1
+        # The device's epoch stays its live agent's; the recording is listed by its own.
+        assert [r["epoch"] for r in detail["replays"]] == [replayed[0]["epoch"]]
+        assert detail["replays"][0]["acked_seq"] > 0  # every message of it stored
         stats = hub.api.get_json("/v1/stats/ingest")
         assert stats["invalid_total"] == 0, stats
 
@@ -216,7 +220,8 @@ def test_a_replay_interrupted_away_from_its_hub_is_completed_by_the_next_one(
                 timeout=30,
                 ignore=(sqlite3.Error,),
             )
-            assert first.stop() == 0, first.log_tail(20)
+            # It never reached its broker: it says so and exits non-zero.
+            assert first.stop() == EXIT_NEVER_CONNECTED, first.log_tail(20)
         held = outbox_messages(state)
         assert 5 <= held < ROWS // 10, held
 

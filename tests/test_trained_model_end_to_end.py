@@ -26,8 +26,8 @@ from shared import __version__
 from shared.features import features_for_stream
 from shared.manifest import load_package
 from simulators.harness import AgentProcess, HubProcess
+from simulators.rig import rig_values, write_rig_csv
 from tests.conftest import ModelPaths
-from tests.rig_data import rig_values, write_rig_csv
 
 pytestmark = pytest.mark.timeout(240)
 ROWS = 600

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
 
@@ -131,10 +131,24 @@ def device_state(record: DeviceRecord, now: float, stale_after_s: float) -> Devi
     return record.state
 
 
+NO_LIVE_EPOCH: Final = (
+    "no live agent start of this device seen yet (a live epoch comes with its birth or "
+    "heartbeat); the epochs of recordings replayed as this device are listed in 'replays' "
+    "of GET /v1/devices/{device}"
+)
+"""Why a device's ``epoch`` is null."""
+
+
 class DeviceOut(BaseModel):
     device: str
     state: DeviceState
-    epoch: int
+    epoch: int | None
+    """The epoch of the device's live agent (the unix time of its first start plus its
+    restarts); null when the hub has seen none: a device never seen, or one that only
+    sent replayed recordings, whose epochs (in [2**52, 2**53), :mod:`shared.epochs`) are
+    the recordings', not the device's."""
+    epoch_note: str | None = None
+    """Why ``epoch`` is null (None when it is not)."""
     agent_version: str | None
     model: str | None
     """The name of the model the device's last birth said it runs (older agents do not say)."""
@@ -149,7 +163,9 @@ class DeviceOut(BaseModel):
         return cls(
             device=record.device,
             state=device_state(record, now, stale_after_s),
-            epoch=record.epoch,
+            # The store keeps 0 until a live agent's epoch arrives (replays count as 0).
+            epoch=record.epoch or None,
+            epoch_note=None if record.epoch else NO_LIVE_EPOCH,
             agent_version=record.agent_version,
             model=record.model,
             model_version=record.model_version,
@@ -215,11 +231,23 @@ class SensorInputsOut(BaseModel):
         return out
 
 
+class ReplayOut(BaseModel):
+    """A recording replayed as the device (``edgeloop-sim replay``, ``--source csv``)."""
+
+    epoch: int
+    """The recording's epoch (:mod:`edge_agent.replay_identity`): the same on every replay."""
+    acked_seq: int
+    """Highest seq of the recording stored with every seq before it."""
+
+
 class DeviceDetailOut(DeviceOut):
     inputs: dict[str, SensorInputsOut]
     """Per sensor: missing, out-of-range and out-of-distribution values (last heartbeat)."""
     acked_seq: int
-    """Highest seq of the current epoch stored with every seq before it."""
+    """Highest seq of the current (live) epoch stored with every seq before it; 0 when
+    ``epoch`` is null."""
+    replays: list[ReplayOut]
+    """The recordings replayed as this device whose messages the hub stored, by epoch."""
     counters: dict[str, int]
     last_health: dict[str, Any] | None
     """The device's last heartbeat, as it sent it."""

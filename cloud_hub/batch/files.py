@@ -8,7 +8,9 @@ file without a device column) and written out at once; memory is a few chunks
 whatever the file's size. Reading, the input check and the features run one
 chunk ahead and writing one behind, each in a thread of its own, so the model
 scores (onnxruntime releases the GIL) while the next chunk is parsed and
-prepared (:meth:`~cloud_hub.batch.scoring.BatchScorer.prepare`). The result goes to ``OUTPUT.part`` first and takes
+prepared (:meth:`~cloud_hub.batch.scoring.BatchScorer.prepare`). With
+``baselines``, each series' readings are mapped with its baseline before the
+features, as its agent maps them (:mod:`edge_agent.reading`). The result goes to ``OUTPUT.part`` first and takes
 its name at the end, so an interrupted run leaves no half file under the
 output's name. Parquet files (``*.parquet``, named directly) are read with
 pyarrow when it is installed; so are CSV files, block by block, where a block
@@ -33,7 +35,7 @@ import numpy as np
 
 from cloud_hub.batch import BatchError
 from cloud_hub.batch.output import OutputBlock, Writer, open_writer, require_pyarrow
-from cloud_hub.batch.scoring import BatchScorer
+from cloud_hub.batch.scoring import BaselineLookup, BatchScorer
 from cloud_hub.recordings import Chunk, CsvOptions, Recording, estimate_rows, find_recordings
 from shared.columns import MS_THRESHOLD, parse_timestamp, resolve_columns
 from shared.manifest import ModelPackage
@@ -64,6 +66,8 @@ class Summary:
     bad_cells: int = 0
     imputed: int = 0
     series: int = 0
+    baselines: int = 0
+    """Series mapped with a baseline (``--baseline``, ``--device-baselines``)."""
     chunks: int = 0
     row_by_row: bool = False
     elapsed_s: float = 0.0
@@ -87,6 +91,7 @@ class Summary:
             "bad_cells": self.bad_cells,
             "imputed": self.imputed,
             "series": self.series,
+            "baselines": self.baselines,
             "chunks": self.chunks,
             "row_by_row": self.row_by_row,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -294,11 +299,14 @@ def score_files(
     row_by_row: bool | None = None,
     progress: bool | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    baselines: BaselineLookup | None = None,
 ) -> Summary:
     """Score every row of ``inputs`` with ``package`` into ``output``; returns the summary.
 
     ``progress`` (default: when stderr is a terminal) shows a tqdm bar on stderr;
-    ``on_chunk`` is called with each chunk's row count (tests count chunks).
+    ``on_chunk`` is called with each chunk's row count (tests count chunks);
+    ``baselines`` gives each series (a device, or ``""`` for a file without a
+    device column) its baseline, or None for the model's reference.
     """
     from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
 
@@ -309,7 +317,9 @@ def score_files(
     resolved = {p.path.resolve() for p in opened}
     if output.resolve() in resolved:
         raise BatchError(f"--output {str(output)!r} is one of the inputs; choose another file")
-    scorer = BatchScorer(m, OnnxScorer.from_package(package), row_by_row=row_by_row)
+    scorer = BatchScorer(
+        m, OnnxScorer.from_package(package), row_by_row=row_by_row, baselines=baselines
+    )
     several = len(opened) > 1
     part = output.with_name(output.name + ".part")
     writer = open_writer(
@@ -338,7 +348,11 @@ def score_files(
     behind = _WriteBehind(writer)
     try:
         prepared = (
-            (index, chunk, scorer.prepare(chunk.values, _series(chunk), f"{index}\x00"))
+            (
+                index,
+                chunk,
+                scorer.prepare(chunk.values, _series(chunk), f"{index}\x00", chunk.device_codes),
+            )
             for index, chunk in _all_chunks(opened, chunk_rows)
         )
         for index, chunk, ready in _read_ahead(prepared):
@@ -394,6 +408,7 @@ def score_files(
     summary.elapsed_s = time.perf_counter() - start
     summary.series = scorer.series
     summary.imputed = scorer.imputed
-    summary.input_checks = scorer.inputs.counts()
+    summary.baselines = scorer.mapped_series
+    summary.input_checks = scorer.input_counts()
     summary.classes = dict(zip(m.output.classes, counts.tolist(), strict=True))
     return summary

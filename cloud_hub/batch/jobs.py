@@ -10,6 +10,12 @@ saved at most once a second while it runs, so ``GET`` shows them and a job
 survives as a record: when the hub starts, a job the store still shows queued
 or running (the hub stopped or died under it) is marked failed, with that
 reason. A hub that stops cleanly marks the job it was running failed at once.
+
+No per-device baseline is applied: the stored features are what the device's
+model saw, already mapped when its agent ran with one (applying it again would
+map twice). The urgent rule's hard limits read the stored ``<sensor>_last``
+values, which for such a device are mapped too; mapping them back is not built
+yet (the hub does not record which readings an agent mapped).
 """
 
 from __future__ import annotations

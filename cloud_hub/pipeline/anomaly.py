@@ -37,6 +37,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from shared.manifest import UrgentSpec
+from shared.urgent import UrgentRule
+
 __all__ = [
     "ANOMALY_CLASSES",
     "Mahalanobis",
@@ -241,22 +244,22 @@ def tail_threshold(raw: F64, budget: float) -> tuple[float, str]:
     )
 
 
-def alarm_count(over: npt.NDArray[np.bool_], consecutive: int) -> int:
-    """False alarms as the agent's urgent rule raises them: one per episode of
-    ``consecutive`` or more readings in a row over the threshold
-    (:mod:`edge_agent.rules`).
+def alarm_count(over: npt.NDArray[np.bool_], consecutive: int, release: int = 1) -> int:
+    """Alarms as the agent's urgent rule raises them on one series: one per
+    score episode, which starts after ``consecutive`` readings in a row over
+    the threshold and ends after ``release`` readings in a row under it
+    (:class:`shared.urgent.UrgentRule`, run on ``over`` as scores of 1 and 0).
 
     >>> alarm_count(np.array([1, 1, 0, 1, 1, 1, 0, 1], dtype=bool), 2)
     2
+    >>> alarm_count(np.array([1, 1, 0, 1, 1, 1, 0, 1], dtype=bool), 2, release=2)
+    1
     """
-    if consecutive < 1:
-        raise ValueError(f"consecutive must be >= 1, got {consecutive}")
-    run = 0
-    fired = 0
-    for v in over.tolist():
-        run = run + 1 if v else 0
-        fired += run == consecutive
-    return fired
+    if consecutive < 1 or release < 1:
+        raise ValueError(f"consecutive and release must be >= 1, got {consecutive}, {release}")
+    rule = UrgentRule(UrgentSpec(0.5, consecutive, {}, release), 0, ())
+    fired = rule.check_block(np.zeros((over.size, 0)), over.astype(np.float64))
+    return int(fired.sum())
 
 
 def fit_autoencoder(x: F32, seed: int, outer: int = 2) -> Any:

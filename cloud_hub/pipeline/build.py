@@ -3,14 +3,17 @@
 The wiring of the pipeline's steps, in order:
 
 1. simulate a labelled training set (:func:`simulators.dataset.build_training_set`)
-   and split it by device into train and holdout;
+   and split it by device into training devices and holdout devices; the last
+   ``validation_fraction`` of each training device's readings is the validation
+   slice (the thresholds are chosen there), the rest trains;
 2. hand both to the trainer (:func:`.trainer.train_classifier_pair`, the one
    ``models train`` uses too): train the edge MLP and the heavy trees
    (:mod:`.train`), convert both to ONNX and quantize the edge model to int8
    (:mod:`.convert`), gate (the int8 edge model must agree with its fp32 twin on
    the class of at least ``min_agreement`` of the holdout rows), choose each
-   model's urgent threshold (:func:`.train.choose_urgent_threshold`; here on the
-   holdout, which the metrics are measured on too), write the packages
+   model's urgent threshold (:func:`.train.choose_urgent_threshold`) on the
+   validation slice, measure the metrics on the holdout devices (rows the
+   threshold never saw), write the packages
    (:mod:`.package`) and publish them by renaming them into place.
 
 Layout: ``{out_dir}/{name}/{version}/`` holding ``model.onnx`` and
@@ -39,6 +42,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
+from cloud_hub.pipeline.recorded import time_sides
 from cloud_hub.pipeline.train import (
     EdgeTrainingConfig,
     HeavyTrainingConfig,
@@ -67,7 +71,7 @@ log = logging.getLogger(__name__)
 
 EDGE_NAME: Final = "machine-edge"
 HEAVY_NAME: Final = "machine-heavy"
-DEFAULT_VERSION: Final = "1.0.0"
+DEFAULT_VERSION: Final = "1.1.0"
 HARD_LIMITS: Final[dict[str, tuple[float | None, float | None]]] = {
     "temperature": (None, 110.0),  # degC: the simulator's overheat starts above this
     "vibration": (None, 15.0),  # mm/s: the simulator's vibration spike starts above this
@@ -90,6 +94,7 @@ class DataSettings:
     readings_per_device: int = 4000
     window: int = DEFAULT_WINDOW
     holdout_fraction: float = 0.2
+    validation_fraction: float = 0.1
 
     def describe(self) -> str:
         """The manifest's ``lineage.data_window``. Deterministic from the
@@ -99,32 +104,61 @@ class DataSettings:
             f"simulators.dataset.build_training_set(seed={self.seed}, devices={self.devices}, "
             f"readings_per_device={self.readings_per_device}, window={self.window}); training "
             f"rows of split(holdout_fraction={self.holdout_fraction}, seed={self.seed}, "
-            "by='device')"
+            f"by='device') but the last validation_fraction={self.validation_fraction} of each "
+            "device's rows (the validation slice)"
         )
 
-    def load(self) -> tuple[TrainingSet, TrainingSet, TrainingSet]:
-        """``(data, train, holdout)``, holdout by whole devices."""
+    def load(self) -> tuple[TrainingSet, TrainingSet, TrainingSet, TrainingSet]:
+        """``(data, train, validation, holdout)``: holdout by whole devices, and
+        of the other devices each one's last ``validation_fraction`` of rows for
+        validation (after the ``window - 1`` rows whose window reaches back
+        across the cut, dropped), the rest for training. No two parts share a
+        reading."""
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
         data = build_training_set(
             self.seed,
             devices=self.devices,
             readings_per_device=self.readings_per_device,
             window=self.window,
         )
-        train, holdout = data.split(self.holdout_fraction, self.seed)
+        fitting, holdout = data.split(self.holdout_fraction, self.seed)
+        side = np.empty(len(fitting), dtype=np.int8)
+        for d in np.unique(fitting.device).tolist():
+            rows = np.flatnonzero(fitting.device == d)
+            side[rows] = time_sides(
+                np.arange(rows.size), data.window, self.validation_fraction, 0.0
+            )
+        train, validation = fitting.subset(side == 0), fitting.subset(side == 1)
         classes = data.classes
         if URGENT_CLASS not in classes or NORMAL_CLASS not in classes:
             raise PipelineError(
                 f"the training set's classes {list(classes)} lack "
                 f"{URGENT_CLASS!r} or {NORMAL_CLASS!r}"
             )
-        counts = np.bincount(holdout.y, minlength=len(classes))
-        if not np.all(counts > 0):
-            raise PipelineError(
-                f"the holdout ({self.holdout_fraction:.0%} of {self.devices} devices) has rows "
-                f"per class {dict(zip(classes, counts.tolist(), strict=True))}; every class is "
-                "needed to evaluate: simulate more devices or readings per device"
-            )
-        return data, train, holdout
+        for part, what, use in (
+            (
+                validation,
+                f"validation slice (the last {self.validation_fraction:.0%} of "
+                "each training device's readings)",
+                "choose the thresholds",
+            ),
+            (
+                holdout,
+                f"holdout ({self.holdout_fraction:.0%} of {self.devices} devices)",
+                "evaluate",
+            ),
+        ):
+            counts = np.bincount(part.y, minlength=len(classes))
+            if not np.all(counts > 0):
+                raise PipelineError(
+                    f"the {what} has rows per class "
+                    f"{dict(zip(classes, counts.tolist(), strict=True))}; every class is "
+                    f"needed to {use}: simulate more devices or readings per device"
+                )
+        return data, train, validation, holdout
 
 
 def _find_existing(
@@ -166,6 +200,7 @@ def build_default_models(
     readings_per_device: int = 4000,
     window: int = DEFAULT_WINDOW,
     holdout_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
     min_agreement: float = 0.99,
     consecutive: int = 1,
     version: str = DEFAULT_VERSION,
@@ -191,7 +226,7 @@ def build_default_models(
 
     >>> result = build_default_models(Path("var/models"))  # doctest: +SKIP
     >>> result.edge  # doctest: +SKIP
-    PosixPath('var/models/machine-edge/1.0.0')
+    PosixPath('var/models/machine-edge/1.1.0')
     """
     t0 = time.perf_counter()
     parse_version(version)
@@ -199,7 +234,9 @@ def build_default_models(
         raise ValueError(f"consecutive must be >= 1, got {consecutive}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    settings = DataSettings(seed, devices, readings_per_device, window, holdout_fraction)
+    settings = DataSettings(
+        seed, devices, readings_per_device, window, holdout_fraction, validation_fraction
+    )
     out_dir = Path(out_dir)
     edge_dir, heavy_dir = out_dir / EDGE_NAME / version, out_dir / HEAVY_NAME / version
     if not force:
@@ -253,6 +290,7 @@ def retrain_edge_sklearn(
     readings_per_device: int = 4000,
     window: int = DEFAULT_WINDOW,
     holdout_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
     version: str = DEFAULT_VERSION,
     threads: int = 1,
     edge_config: EdgeTrainingConfig | None = None,
@@ -264,17 +302,22 @@ def retrain_edge_sklearn(
     checks. When ``{out_dir}/machine-edge/{version}`` exists, its lineage must
     name the same data, else :class:`PipelineError`.
     """
-    settings = DataSettings(seed, devices, readings_per_device, window, holdout_fraction)
+    settings = DataSettings(
+        seed, devices, readings_per_device, window, holdout_fraction, validation_fraction
+    )
     with threadpool_limits(limits=threads):
-        data, train, _ = settings.load()
+        data, train, _, _ = settings.load()
         edge_dir = Path(out_dir) / EDGE_NAME / version
         if edge_dir.exists():
             lineage = load_package(edge_dir).manifest.lineage
-            if lineage.data_hash != data.sha256:
+            # The hash covers the whole simulated set; the data window also says
+            # which of its rows trained (the validation slice did not).
+            if lineage.data_hash != data.sha256 or lineage.data_window != settings.describe():
                 raise PipelineError(
                     f"{edge_dir} was trained on data {lineage.data_hash[:12]}... "
                     f"({lineage.data_window!r}), not on these settings' data "
-                    f"{data.sha256[:12]}...; pass the settings it was built with"
+                    f"{data.sha256[:12]}... ({settings.describe()!r}); pass the settings "
+                    "it was built with"
                 )
         return train_edge(train.X, train.y, seed, len(data.classes), edge_config)
 
@@ -293,7 +336,7 @@ def _build(
     heavy_config: HeavyTrainingConfig | None,
 ) -> BuildResult:
     mark = time.perf_counter()
-    data, train, holdout = settings.load()
+    data, train, validation, holdout = settings.load()
     dataset_s = time.perf_counter() - mark
     log.info("build step %-9s %.2f s", "dataset", dataset_s)
     spec = PairSpec(
@@ -313,10 +356,7 @@ def _build(
         seed=settings.seed,
         threads=threads,
     )
-    # The default build chooses its thresholds on its holdout devices and reports on
-    # them too, as it always has (so its packages stay the same); `models train`
-    # chooses on a validation slice of its own.
-    split = Split(train.X, train.y, holdout.X, holdout.y, holdout.X, holdout.y)
+    split = Split(train.X, train.y, validation.X, validation.y, holdout.X, holdout.y)
     result = train_classifier_pair(
         edge_dir.parent.parent,
         spec,

@@ -139,6 +139,7 @@ class PairSpec:
     data_hash: str
     hard_limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     consecutive: int = 1
+    release: int = 1
     min_agreement: float = 0.99
     seed: int = 7
     threads: int = 1
@@ -294,7 +295,10 @@ def _ship(
                 variant="edge" if variant == "edge" else "heavy",
                 quantization="int8-dynamic" if quant == "int8-dynamic" else "fp32",
                 urgent=UrgentSpec(
-                    scored.thresholds[variant], spec.consecutive, dict(spec.hard_limits)
+                    scored.thresholds[variant],
+                    spec.consecutive,
+                    dict(spec.hard_limits),
+                    spec.release,
                 ),
                 reference_scores=ref,
                 metrics=metrics,
@@ -356,9 +360,7 @@ def train_classifier_pair(
 
     The urgent threshold maximises urgent-vs-rest F1 on ``split.validation_*``
     (:func:`.train.choose_urgent_threshold`); the metrics are measured on
-    ``split.holdout_*``. When the two are the same rows (the default simulator
-    build passes its holdout as both, as it always has), the urgent metrics are
-    a little optimistic. ``report`` adds the confusion matrices and the
+    ``split.holdout_*``, rows the threshold never saw. ``report`` adds the confusion matrices and the
     thresholds' reasons to ``details``. With ``require_urgent_recall`` a model
     that flags none of the holdout's urgent rows fails a gate (:class:`GateError`)
     and nothing is published: it would only ever say "all is well".
@@ -376,7 +378,6 @@ def train_classifier_pair(
     edge_fp32 = sklearn_to_onnx(edge_sk, n_features, spec.edge_name)
     heavy_fp32 = sklearn_to_onnx(heavy_sk, n_features, spec.heavy_name)
     hold_x, hold_y = split.holdout_x, split.holdout_y
-    same_rows = split.validation_x is hold_x
 
     def evaluate(edge: OnnxScorer, heavy: OnnxScorer, twin: OnnxScorer, int8: float) -> _Scored:
         twin_sklearn = agreement(
@@ -384,20 +385,19 @@ def train_classifier_pair(
         )
         # The edge model scores one reading at a time on a device; evaluate it so.
         edge_hold, heavy_hold = edge.scores(hold_x, batch_size=1), heavy.scores(hold_x)
-        if same_rows:
-            edge_val, heavy_val = edge_hold, heavy_hold
-        else:
-            edge_val = edge.scores(split.validation_x, batch_size=1)
-            heavy_val = heavy.scores(split.validation_x)
+        edge_val = edge.scores(split.validation_x, batch_size=1)
+        heavy_val = heavy.scores(split.validation_x)
         heavy_sklearn = agreement(heavy_hold, heavy_sk.predict_proba(hold_x).astype(np.float32))
         is_urgent = split.validation_y == urgent_index
         thresholds = {
             "edge": choose_urgent_threshold(edge_val[:, urgent_index], is_urgent),
             "heavy": choose_urgent_threshold(heavy_val[:, urgent_index], is_urgent),
         }
-        sizes = {"train_rows": float(split.train_y.size), "holdout_rows": float(hold_y.size)}
-        if not same_rows:
-            sizes["validation_rows"] = float(split.validation_y.size)
+        sizes = {
+            "train_rows": float(split.train_y.size),
+            "validation_rows": float(split.validation_y.size),
+            "holdout_rows": float(hold_y.size),
+        }
         edge_metrics = {
             **holdout_metrics(edge_hold, hold_y, urgent_index, thresholds["edge"]),
             "int8_fp32_agreement": int8,
@@ -467,11 +467,13 @@ def _gate_urgent_recall(
     )
 
 
-def _alarms(over: npt.NDArray[np.bool_], series: I64 | None, consecutive: int) -> int:
+def _alarms(over: npt.NDArray[np.bool_], series: I64 | None, spec: PairSpec) -> int:
+    """Alarms as the manifest's rule raises them (``consecutive``, ``release``), per series."""
     if series is None:
-        return anomaly.alarm_count(over, consecutive)
+        return anomaly.alarm_count(over, spec.consecutive, spec.release)
     return sum(
-        anomaly.alarm_count(over[series == s], consecutive) for s in np.unique(series).tolist()
+        anomaly.alarm_count(over[series == s], spec.consecutive, spec.release)
+        for s in np.unique(series).tolist()
     )
 
 
@@ -524,6 +526,7 @@ def train_anomaly_pair(
             "classes": list(spec.classes),
             "false_alarm_budget": budget,
             "consecutive": spec.consecutive,
+            "release": spec.release,
             "thresholds": {},
         }
         for variant, scorer, metrics in (
@@ -539,7 +542,7 @@ def train_anomaly_pair(
             thresholds[variant] = float(min(t, 1.0))
             p_hold = _urgent(scorer, hold_x, batch, urgent_index)
             p_anom = _urgent(scorer, anomalies, batch, urgent_index)
-            alarms = _alarms(p_hold >= t, split.holdout_series, spec.consecutive)
+            alarms = _alarms(p_hold >= t, split.holdout_series, spec)
             metrics.update(
                 {
                     "false_alarm_rate": alarms / max(1, hold_x.shape[0]),

@@ -240,6 +240,11 @@ class Store(Protocol):
 
     def watermark(self, device: str, epoch: int) -> int: ...
 
+    def watermarks(self, device: str) -> dict[int, int]:
+        """Every epoch of ``device`` the hub stored a message of, with its watermark
+        (:meth:`watermark`), by epoch; empty for an unknown device."""
+        ...
+
     # -- devices
     def record_status(self, status: Status, received_at: float) -> None: ...
 

@@ -320,7 +320,7 @@ def _migrate_to_5(db: sqlite3.Connection) -> None:
 
 def _migrate_to_6(db: sqlite3.Connection) -> None:
     """The name of each device's model, from its birth: versions alone do not tell
-    ``machine-edge 1.0.0`` from ``rig-edge 1.0.0``."""
+    ``machine-edge 1.1.0`` from ``rig-edge 1.0.0``."""
     db.execute("ALTER TABLE devices ADD COLUMN model TEXT")
 
 
@@ -880,6 +880,15 @@ class SQLiteStore:
                 (device, epoch),
             ).fetchone()
         return 0 if row is None else int(row[0])
+
+    def watermarks(self, device: str) -> dict[int, int]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT w.epoch, w.seq FROM watermarks w JOIN devices d ON d.id = w.device_id "
+                "WHERE d.name = ? ORDER BY w.epoch",
+                (device,),
+            ).fetchall()
+        return {int(epoch): int(seq) for epoch, seq in rows}
 
     # -- devices
 

@@ -108,7 +108,8 @@ _READING_INTERVAL_S: Final = 0.1
 """Simulated time between a device's readings (10 Hz)."""
 _POOL_ROWS: Final = 4096
 """Distinct feature rows per publisher; messages take windows of them."""
-_MODEL_VERSION: Final = "1.0.0"
+_MODEL_VERSION: Final = "1.1.0"
+"""The version the telemetry names: the default build's (cloud_hub.pipeline.build)."""
 _START_TIMEOUT_S: Final = 120.0
 _STOP_TIMEOUT_S: Final = 30.0
 _AUDIT_PAGE: Final = 100_000

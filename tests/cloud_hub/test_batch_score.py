@@ -5,8 +5,10 @@ over each device's series, streamed in chunks, and clear errors."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.recordings import CsvOptions
 from shared.features import FeatureWindow, InputCheck
-from shared.manifest import ModelPackage, load_package
+from shared.manifest import ModelPackage, load_package, write_manifest
 from shared.urgent import UrgentRule
 from tests.conftest import ModelPaths
 
@@ -134,13 +136,49 @@ def test_every_row_in_order_with_the_model_and_the_rule_applied_per_device(
     assert "urgent rows" in printed[-2] and "rows/s" in printed[-2]
 
 
+def test_release_is_applied_as_the_agent_applies_it(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The heavy model with its threshold at the median score of the recording, so
+    # the score crosses it again and again: release 3 merges the short dips.
+    source = load_package(model_packages.heavy)
+    data = tmp_path / "rec.csv"
+    n = 900
+    x = _recording(data, source, n)
+    devices = ["ab"[i % 2] for i in range(n)]
+    m = source.manifest
+    u = _expected(source, x, devices)["scores"][:, m.output.urgent_index]
+    urgent = dataclasses.replace(
+        m.urgent, score_threshold=float(np.median(u)), consecutive=2, release=3
+    )
+    target = tmp_path / "models" / m.name / m.version
+    shutil.copytree(model_packages.heavy, target)
+    write_manifest(target, dataclasses.replace(m, urgent=urgent))
+    package = load_package(target)
+    want = _expected(package, x, devices)["urgent"]
+    release_1 = dataclasses.replace(package.manifest, urgent=dataclasses.replace(urgent, release=1))
+    once = _expected(
+        ModelPackage(package.path, release_1, package.manifest_bytes, None), x, devices
+    )["urgent"]
+    assert 5 <= want.sum() < once.sum(), (want.sum(), once.sum())
+    out = tmp_path / "scored.csv"
+    args = ["batch", "score", "--models-dir", str(tmp_path / "models")]
+    args += ["--data-dir", str(tmp_path / "hub"), "--model", m.name, "--input", str(data)]
+    args += ["--output", str(out), "--device-column", "machine", "--ts-column", "when"]
+    args += ["--chunk-rows", "61", "--csv-map", _csv_map(package)]
+    assert main(args) == 0
+    capsys.readouterr()
+    with out.open() as fh:
+        assert [int(r["urgent"]) for r in csv.DictReader(fh)] == want.tolist()
+
+
 def test_jsonl_and_parquet_outputs_hold_the_same_rows(
     tmp_path: Path, model_packages: ModelPaths
 ) -> None:
     package = load_package(model_packages.heavy)
     data = tmp_path / "rec.csv"
     _recording(data, package, 300)
-    base = ["--model", "machine-heavy@1.0.0", "--input", str(tmp_path), "--ts-column", "when"]
+    base = ["--model", "machine-heavy@1.1.0", "--input", str(tmp_path), "--ts-column", "when"]
     base += ["--csv-map", _csv_map(package)]
     csv_out, jsonl_out = tmp_path / "o.csv.out", tmp_path / "o.jsonl"
     assert (
@@ -284,7 +322,7 @@ def test_parquet_without_pyarrow_says_how_to_get_it(
 
 def _rough_recording(path: Path, package: ModelPackage, n: int) -> None:
     """Blocks pyarrow's reader takes whole (clean; empty cells; millisecond
-    timestamps; spaces around device names; CRLF) and blocks it hands back to
+    timestamps; spaces around some of a device's names; CRLF) and blocks it hands back to
     the fallback (a bad cell, a blank line, a short row, spaces around a number)."""
     names = package.manifest.input.sensor_names
     rng = np.random.default_rng(4)
@@ -294,7 +332,8 @@ def _rough_recording(path: Path, package: ModelPackage, n: int) -> None:
         cells = [repr(v) for v in row]
         if 100 <= i < 200 and i % 3 == 0:
             cells[i % len(cells)] = ""  # a dropout: pyarrow and the row parser agree
-        lines.append(f"{1_763_719_200_000 + 250 * i}, d{i % 3} ," + ",".join(cells))
+        device = f" d{i % 3} " if i % 2 else f"d{i % 3}"  # one device, two spellings
+        lines.append(f"{1_763_719_200_000 + 250 * i},{device}," + ",".join(cells))
     cells = lines[350].split(",")
     lines[350] = ",".join([*cells[:2], "n/a", *cells[3:]])
     lines[450] = ""

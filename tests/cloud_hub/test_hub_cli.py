@@ -238,7 +238,7 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
     # As an earlier hub stored it: relative to the working directory, not to the models dir.
     store = open_store(f"sqlite:///{tmp_path / 'var' / 'hub' / 'hub.db'}")
     try:
-        store.register_model(edge.manifest, "var/models/machine-edge/1.0.0", 0.0)
+        store.register_model(edge.manifest, "var/models/machine-edge/1.1.0", 0.0)
     finally:
         store.close()
     read, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -251,7 +251,7 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
         status, body = _call(api + "/v1/predict", read, {"model": "machine-edge", "rows": [row]})
         assert status == 200, body
         assert json.loads(body)["count"] == 1
-        status, body = _call(api + "/v1/models/machine-heavy/1.0.0/artifact", read)
+        status, body = _call(api + "/v1/models/machine-heavy/1.1.0/artifact", read)
         assert status == 200, body
         assert body == (model_packages.heavy / MODEL_FILE).read_bytes()
 

@@ -1,7 +1,7 @@
 """``edgeloop-hub models train`` on generated recordings of a rig with other sensors.
 
 The CSVs are separated by ';' and carry an ISO ``datetime`` column (see
-tests/rig_data.py). Training runs in-process through the CLI's ``main``.
+simulators/rig.py). Training runs in-process through the CLI's ``main``.
 """
 
 from __future__ import annotations
@@ -26,16 +26,22 @@ from cloud_hub.pipeline.train import (
 from cloud_hub.pipeline.trainer import PairSpec, _gate_anomaly, _gate_urgent_recall
 from cloud_hub.recordings import CsvOptions
 from cloud_hub.store import open_store
+from cloud_hub.train_command import DEFAULT_CONSECUTIVE, DEFAULT_RELEASE
+from edge_agent.engine import load_edge_model
+from edge_agent.reading import ReadingPath
+from shared import __version__
 from shared.features import features_for_stream
-from shared.manifest import load_package, sha256_file
-from tests.rig_data import (
+from shared.manifest import UrgentSpec, load_package, sha256_file
+from shared.urgent import Decision, UrgentRule
+from simulators.rig import (
+    ALARM_SHIFT,
     SENSORS,
     apply_labels,
     labels_for,
     rig_values,
-    train_argv,
     write_rig_csv,
 )
+from tests.cloud_hub.train_cli import train_argv
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,6 +80,7 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         assert sha256_file(csv) in m.lineage.data_window
         assert m.metrics["urgent_recall"] >= 0.8 and m.metrics["auc_macro"] >= 0.95
         assert m.metrics["validation_rows"] > 0
+        assert (m.urgent.consecutive, m.urgent.release) == (DEFAULT_CONSECUTIVE["classifier"], 10)
     assert edge.model.quantization == "int8-dynamic" and edge.metrics["int8_fp32_agreement"] >= 0.99
     store = open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
     try:
@@ -357,3 +364,116 @@ def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Pa
     specs, notes = recorded.infer_sensors(names, streamed, units={}, valid_ranges={})
     assert specs[1].min == 0.0 and all(s.min >= 0 for s in specs), specs
     assert "not below 0 as no value is negative" in notes[1]
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("temp_in=50:45", ["--hard-limit", "'temp_in=50:45'", "LO < HI"]),
+        ("temp_in=:", ["--hard-limit", "'temp_in=:'", "SENSOR=:HI"]),
+        ("temp_in=hot:", ["--hard-limit", "'temp_in=hot:'", "numbers"]),
+        ("temp_in=:inf", ["--hard-limit", "'temp_in=:inf'"]),
+        ("temp_in=40", ["--hard-limit", "'temp_in=40'", "SENSOR=LO:HI"]),
+        ("=:40", ["--hard-limit", "'=:40'"]),
+    ],
+)
+def test_hard_limit_syntax_errors_name_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, words: list[str]
+) -> None:
+    argv = _train(tmp_path, "--data", str(tmp_path / "absent.csv"), "--hard-limit", option)
+    _, err = _run(capsys, argv, status=2)
+    assert "argument --hard-limit" in err.splitlines()[-1], err
+    for word in words:
+        assert word in err, (word, err)
+
+
+@pytest.mark.parametrize(
+    ("limits", "words"),
+    [
+        (["pressure=:9"], ["--hard-limit pressure=:9", "no sensor 'pressure'", "temp_in"]),
+        (["temp_in=:50", "temp_in=20:"], ["--hard-limit temp_in=20:", "already"]),
+        (["temp_in=:500"], ["--hard-limit temp_in=:500", "valid range", "--valid-range"]),
+    ],
+)
+def test_hard_limit_must_fit_the_model_s_sensors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limits: list[str], words: list[str]
+) -> None:
+    csv = write_rig_csv(tmp_path / "rig.csv", rig_values(600, 3))
+    argv = _train(tmp_path, "--data", str(csv))
+    for limit in limits:
+        argv += ["--hard-limit", limit]
+    lines, err = _run(capsys, argv, status=2)
+    assert lines == [] and len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*.onnx"))
+
+
+def _agent_events(package: Path, values: np.ndarray) -> list[tuple[int, Decision]]:  # type: ignore[type-arg]
+    """What the agent's reading path decides, reading by reading."""
+    path = ReadingPath(load_edge_model(package, __version__))
+    return [(t, d) for t, row in enumerate(values) for d in path.step(row)[2]]
+
+
+def test_trained_defaults_give_one_event_per_episode_and_hard_limits_fire(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write_rig_csv(tmp_path / "rig.csv", rig_values(5000, 8))
+    argv = _train(tmp_path, "--data", str(csv), "--hard-limit", "temp_in=:50")
+    lines, _ = _run(capsys, [*argv, "--hard-limit", "flow_m3h=25:"])
+    assert "hard limits: flow_m3h < 25, temp_in > 50" in "\n".join(lines)
+    edge = Path(json.loads(lines[-1])["edge"])
+    m = load_package(edge).manifest
+    assert m.urgent.hard_limits == {"temp_in": (None, 50.0), "flow_m3h": (25.0, None)}
+    assert (m.urgent.consecutive, m.urgent.release) == (DEFAULT_CONSECUTIVE["anomaly"], 10)
+    heavy = load_package(Path(json.loads(lines[-1])["heavy"])).manifest.urgent
+    assert (heavy.consecutive, heavy.release, heavy.hard_limits) == (
+        m.urgent.consecutive,
+        m.urgent.release,
+        m.urgent.hard_limits,
+    )
+
+    # A hard limit fires in the agent's path on a value beyond it, once per episode,
+    # on the raw value, whatever the score.
+    values = rig_values(300, 9)
+    values[100:104, 3] = 52.0
+    values[200, 1] = 20.0
+    events = _agent_events(edge, values)
+    limits = [(t, d.sensor, d.value) for t, d in events if d.rule == "hard_limit"]
+    assert limits == [(100, "temp_in", 52.0), (200, "flow_m3h", 20.0)]
+
+    # Flicker: a fault whose score hovers at the threshold, dipping under it for
+    # fewer than `release` readings at a time (the case of 7 events in 5 s): of
+    # the fault sizes that give that, the one that crosses the threshold most.
+    # The old rule (consecutive 1, release 1) fires at many crossings; the trained
+    # defaults fire once, in the agent's path.
+    window = m.input.window
+    scorer = OnnxScorer.from_package(load_package(edge))
+    base = rig_values(240, 10)
+
+    def fault(size: float) -> np.ndarray:  # type: ignore[type-arg]
+        out = base.copy()
+        out[60:180] += size * ALARM_SHIFT
+        return out
+
+    def over(values: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        p = scorer.scores(features_for_stream(values, window, m.input.fallback), batch_size=1)
+        return p[:, 1] >= m.urgent.score_threshold
+
+    hovering: list[tuple[int, float]] = []
+    for size in np.linspace(0.15, 0.35, 21).tolist():
+        high = over(fault(size))[60 : 180 + window]
+        on = np.flatnonzero(high)
+        if on.size == 0:
+            continue
+        dips = np.diff(on) - 1  # lows between two highs
+        if dips.max(initial=0) < DEFAULT_RELEASE:
+            hovering.append((int(np.sum(dips > 0)), size))
+    assert hovering, "no fault size hovers at the threshold"
+    dips, size = max(hovering)
+    values = fault(size)
+    assert dips >= 3, hovering
+    old = UrgentRule(UrgentSpec(m.urgent.score_threshold, 1, {}, 1), 1, SENSORS)
+    assert int(old.check_block(values, over(values).astype(np.float64)).sum()) >= 3
+    score_events = [t for t, d in _agent_events(edge, values) if d.rule == "score"]
+    assert len(score_events) == 1 and 60 <= score_events[0] < 180 + window, score_events

@@ -75,10 +75,15 @@ def test_build_writes_packages_that_load(built: BuildResult) -> None:
         assert m.lineage.parent is None and m.lineage.data_hash == built.dataset_sha256
         assert m.lineage.pipeline_run == built.run_id
         assert m.min_agent_version == "0.1.0"
-        # Loose bounds: this is the small data set, one holdout device.
+        # Loose bounds: this is the small data set, one holdout device. Its
+        # thresholds come from the other three devices' last readings, so the
+        # heavy model's urgent precision on the holdout device is only ~0.59
+        # (0.66 when it was chosen on the holdout itself); at the default size
+        # both models reach >= 0.99 (README, "Models").
         assert 0.95 <= m.metrics["auc_macro"] <= 1.0, (variant, m.metrics)
-        for key in ("f1_macro", "urgent_recall", "urgent_precision"):
+        for key in ("f1_macro", "urgent_recall"):
             assert 0.6 <= m.metrics[key] <= 1.0, (variant, key, m.metrics[key])
+        assert 0.5 <= m.metrics["urgent_precision"] <= 1.0, (variant, m.metrics)
         assert m.metrics == built.metrics[variant]
     assert edge.model.quantization == "int8-dynamic" and heavy.model.quantization == "fp32"
     assert edge.metrics["int8_fp32_agreement"] >= 0.99
@@ -117,7 +122,7 @@ def test_test_vectors_reproduce_with_onnx_scorer(built: BuildResult) -> None:
 def test_onnx_edge_model_agrees_with_sklearn(built: BuildResult) -> None:
     out_dir = built.edge.parent.parent
     sk = retrain_edge_sklearn(out_dir, SEED, **SMALL)
-    _, _, holdout = DataSettings(SEED, **SMALL).load()
+    _, _, _, holdout = DataSettings(SEED, **SMALL).load()
     onnx_scores = OnnxScorer.from_package(load_package(built.edge)).scores(holdout.X, batch_size=1)
     agree = float(np.mean(onnx_scores.argmax(1) == sk.predict_proba(holdout.X).argmax(1)))
     assert agree >= 0.99, agree
@@ -175,6 +180,30 @@ def test_a_version_built_from_other_data_is_not_overwritten(
     with pytest.raises(PipelineError, match="versions are immutable"):
         build_default_models(tmp_path, SEED + 1, **SMALL)
     assert not (tmp_path / HEAVY_NAME).exists()
+
+
+@pytest.mark.timeout(30)
+def test_thresholds_are_chosen_on_rows_the_metrics_never_see(built: BuildResult) -> None:
+    data, train, validation, holdout = DataSettings(SEED, **SMALL).load()
+    # Holdout: whole devices. Validation: the last 10 % of each other device's
+    # rows, after a gap of window - 1 rows, so no window spans two parts.
+    assert not set(holdout.device.tolist()) & set(train.device.tolist())
+    assert set(validation.device.tolist()) == set(train.device.tolist())
+    for d in set(train.device.tolist()):
+        last_train = train.sim_time[train.device == d].max()
+        first_val = validation.sim_time[validation.device == d].min()
+        own = data.sim_time[data.device == d]
+        assert np.count_nonzero((own > last_train) & (own < first_val)) == DEFAULT_WINDOW - 1
+    assert all(n > 0 for n in validation.class_counts().values())
+    for variant in ("edge", "heavy"):
+        m = built.metrics[variant]
+        assert (m["train_rows"], m["validation_rows"], m["holdout_rows"]) == (
+            len(train),
+            len(validation),
+            len(holdout),
+        )
+    edge = load_package(built.edge).manifest
+    assert "validation_fraction=0.1" in edge.lineage.data_window
 
 
 @pytest.mark.timeout(30)

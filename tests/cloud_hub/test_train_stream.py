@@ -22,14 +22,8 @@ from cloud_hub.pipeline import recorded
 from cloud_hub.pipeline.sample import RowSample
 from cloud_hub.recordings import CsvOptions
 from shared.features import BlockFeatureWindow, features_for_stream
-from tests.rig_data import (
-    SENSORS,
-    apply_labels,
-    labels_for,
-    rig_values,
-    train_argv,
-    write_rig_csv,
-)
+from simulators.rig import SENSORS, apply_labels, labels_for, rig_values, write_rig_csv
+from tests.cloud_hub.train_cli import train_argv
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +14,8 @@ from edge_agent.reading import ReadingPath, load_baseline
 from shared import __version__
 from shared.baseline import Baseline, BaselineError
 from shared.manifest import load_package
-from simulators.harness import child_env
 from tests.conftest import ModelPaths
+from tests.edge_agent.agent_cli import run_agent_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,19 +53,9 @@ def test_the_agent_refuses_a_wrong_baseline_file_at_start_naming_the_field(
 ) -> None:
     path = tmp_path / "baseline.json"
     path.write_text(json.dumps(_baseline_for(model_packages.edge, change)))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edge_agent",
-            *("--model", str(model_packages.edge), "--device", "pi-07"),
-            *("--baseline", str(path), "--state-dir", str(tmp_path / "s")),
-        ],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
+    done = run_agent_cli(
+        *("--model", str(model_packages.edge), "--device", "pi-07"),
+        *("--baseline", str(path), "--state-dir", str(tmp_path / "s")),
     )
     assert done.returncode == 2, done.stderr
     assert f"baseline file {path}" in done.stderr and named in done.stderr, done.stderr

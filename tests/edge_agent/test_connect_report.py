@@ -2,7 +2,8 @@
 
 Real agent processes against a closed port, a real HTTP server (uvicorn, as the
 hub's API port would be) and real brokers with a wrong password; the pacing of
-the reports is checked on :class:`ConnectReport` with explicit times.
+the reports is checked on :class:`ConnectReport` with explicit times. A run that
+ends without ever connecting exits non-zero and says so.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
+from edge_agent.agent import EXIT_NEVER_CONNECTED
 from edge_agent.transport import ConnectFailure, ConnectReport
 from shared.endpoint import BrokerEndpoint
 from simulators.harness import HOST, AgentProcess, AmqttBroker, free_port, wait_until
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
+from tests.edge_agent.agent_cli import run_agent_cli
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 30.0
@@ -164,3 +167,24 @@ def test_tls_to_the_embedded_brokers_plain_port_says_which_port_is_which(
     with _agent(endpoint, model_packages.edge, tmp_path) as output:
         line = output.wait_for(REPORT)
     assert "TLS" in line and "8883" in line and "mqtt://" in line, line
+
+
+@pytest.mark.parametrize("outbox", ["disk", "memory"])
+def test_a_run_that_never_connects_exits_non_zero_saying_where_and_what_to_do(
+    model_packages: ModelPaths, tmp_path: Path, outbox: str
+) -> None:
+    port = free_port()  # nothing listens there
+    done = run_agent_cli(
+        *("--model", str(model_packages.edge), "--device", "dev-a"),
+        *("--broker", f"mqtt://{HOST}:{port}", "--state-dir", str(tmp_path / "s")),
+        *("--readings", "10", "--rate-hz", "50", "--shutdown-timeout-s", "1"),
+        *("--outbox", outbox),
+    )
+    assert done.returncode == EXIT_NEVER_CONNECTED, done.stderr[-2000:]
+    line = next(ln for ln in done.stderr.splitlines() if "never connected" in ln)
+    assert f"never connected to the broker at mqtt://{HOST}:{port}" in line, line
+    assert f"connection refused: nothing listens on port {port}" in line, line
+    assert "the 10 readings' messages" in line and "--broker" in line, line
+    kept = "stay in the outbox" if outbox == "disk" else "are lost with the memory outbox"
+    assert kept in line, line
+    assert f"exit status {EXIT_NEVER_CONNECTED}" in line, line

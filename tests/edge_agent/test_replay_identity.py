@@ -17,7 +17,7 @@ from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(30)
 
-SHAPE = {"model": "machine-edge 1.0.0", "max_batch": 50, "max_delay_ms": 1000}
+SHAPE = {"model": "machine-edge 1.1.0", "max_batch": 50, "max_delay_ms": 1000}
 
 
 def test_same_content_same_epoch_wherever_the_file_is(tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def rule(threshold: float = 0.8, k: int = 3, limits: bool = True) -> UrgentRule:
-    return UrgentRule(UrgentSpec(threshold, k, dict(LIMITS) if limits else {}), 2, SENSORS)
+def rule(threshold: float = 0.8, k: int = 3, limits: bool = True, release: int = 1) -> UrgentRule:
+    spec = UrgentSpec(threshold, k, dict(LIMITS) if limits else {}, release)
+    return UrgentRule(spec, 2, SENSORS)
 
 
 def with_values(**values: float) -> np.ndarray:
@@ -66,6 +67,39 @@ def test_score_rearms_when_the_score_drops_below_threshold() -> None:
     assert r.check(NORMAL, 0.9) == ()
     assert r.check(NORMAL, 0.2) == ()  # below: the episode ends
     assert r.check(NORMAL, 0.9) == ()  # a new run starts from one
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
+
+
+def test_release_keeps_a_flickering_score_in_one_episode() -> None:
+    # A fault whose score hovers at the threshold: with release 1 every crossing
+    # is a new event; with release 3 the dips of one or two readings are not.
+    flicker = [0.9, 0.7, 0.85, 0.6, 0.7, 0.9, 0.79, 0.95, 0.5, 0.81]
+    assert sum(bool(rule(k=1).check(NORMAL, s)) for s in flicker) == 5
+    r = rule(k=1, release=3)
+    assert [t for t, s in enumerate(flicker) if r.check(NORMAL, s)] == [0]
+    # Three lows in a row end it; the next high score starts a new episode.
+    assert [r.check(NORMAL, s) for s in (0.1, 0.2, 0.3)] == [(), (), ()]
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
+
+
+def test_release_counts_low_readings_in_a_row() -> None:
+    r = rule(k=2, release=2)
+    assert [bool(r.check(NORMAL, s)) for s in (0.9, 0.9)] == [False, True]
+    # Low, high, low, high: never two lows in a row, so the episode goes on.
+    assert [r.check(NORMAL, s) for s in (0.1, 0.9, 0.1, 0.9, 0.9)] == [()] * 5
+    assert [r.check(NORMAL, s) for s in (0.1, 0.1)] == [(), ()]  # ended
+    # Re-armed: a new episode needs k highs in a row again.
+    assert [bool(r.check(NORMAL, s)) for s in (0.9, 0.1, 0.9, 0.9)] == [False] * 3 + [True]
+
+
+def test_a_missing_score_neither_counts_nor_breaks_a_run() -> None:
+    r = rule(k=2, release=2)
+    assert r.check(NORMAL, 0.9) == ()
+    assert r.check(NORMAL, math.nan) == ()  # the run of highs is not broken ...
+    assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)  # ... nor counted
+    assert [r.check(NORMAL, s) for s in (0.1, math.nan, math.nan)] == [(), (), ()]
+    assert r.check(NORMAL, 0.9) == ()  # one low, then gaps: still the same episode
+    assert [r.check(NORMAL, s) for s in (0.1, math.nan, 0.1, 0.9)] == [(), (), (), ()]
     assert r.check(NORMAL, 0.9) == (Decision("score", 0.9),)
 
 
@@ -267,3 +301,37 @@ def test_causes_are_independent_and_reported_most_severe_first(
     for t in {t for t, _ in log}:
         order = [rank[d.sensor] for u, d in log if u == t]
         assert order == sorted(order) and len(set(order)) == len(order)
+
+
+_HOVER = st.one_of(
+    st.floats(0.0, 1.0),
+    st.sampled_from([THRESHOLD, THRESHOLD - 0.01, THRESHOLD + 0.01, math.nan]),
+)
+
+
+def _hysteresis_starts(scores: list[float], k: int, release: int) -> list[int]:
+    """Where score events start, restated: drop the missing scores; cut the rest at
+    every run of ``release`` or more lows; in each piece, the first reading that
+    ends ``k`` highs in a row."""
+    seen = [(t, s >= THRESHOLD) for t, s in enumerate(scores) if not math.isnan(s)]
+    starts: list[int] = []
+    run = lows = 0
+    fired = False
+    for t, high in seen:
+        lows = 0 if high else lows + 1
+        if lows >= release:
+            fired = False  # a cut: the next piece begins
+        run = run + 1 if high else 0
+        if run >= k and not fired:
+            starts.append(t)
+            fired = True
+    return starts
+
+
+@given(k=st.integers(1, 4), release=st.integers(1, 4), scores=st.lists(_HOVER, max_size=120))
+def test_score_events_start_once_per_episode_with_release(
+    k: int, release: int, scores: list[float]
+) -> None:
+    r = rule(threshold=THRESHOLD, k=k, limits=False, release=release)
+    got = [t for t, s in enumerate(scores) if r.check(NORMAL, s)]
+    assert got == _hysteresis_starts(scores, k, release)

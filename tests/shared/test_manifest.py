@@ -63,6 +63,7 @@ def manifest_dict() -> dict[str, Any]:
         "urgent": {
             "score_threshold": 0.8,
             "consecutive": 3,
+            "release": 2,
             "hard_limits": {
                 "temperature": {"min": None, "max": 110.0},
                 "pressure": {"min": 1.5, "max": 9.0},
@@ -140,6 +141,16 @@ def test_optional_parent_and_empty_hard_limits(manifest_dict: dict[str, Any]) ->
     m = ModelManifest.from_dict(manifest_dict)
     assert m.lineage.parent is None and m.urgent.hard_limits == {}
     assert m.to_dict()["lineage"]["parent"] is None
+
+
+def test_release_defaults_to_1_for_manifests_written_before_it(
+    manifest_dict: dict[str, Any],
+) -> None:
+    assert ModelManifest.from_dict(copy.deepcopy(manifest_dict)).urgent.release == 2
+    del manifest_dict["urgent"]["release"]
+    m = ModelManifest.from_dict(manifest_dict)
+    assert m.urgent.release == 1 and m.urgent.consecutive == 3
+    assert m.to_dict()["urgent"]["release"] == 1
 
 
 def test_hard_limit_with_one_bound_only(manifest_dict: dict[str, Any]) -> None:
@@ -308,6 +319,14 @@ MUTATIONS: list[tuple[str, tuple[Any, ...], Any, str]] = [
     ("urgent-class", ("output", "urgent_class"), "broken", "output.urgent_class"),
     ("threshold-over-1", ("urgent", "score_threshold"), 1.5, "urgent.score_threshold"),
     ("consecutive-0", ("urgent", "consecutive"), 0, "urgent.consecutive"),
+    ("release-0", ("urgent", "release"), 0, "urgent.release"),
+    ("release-negative", ("urgent", "release"), -2, "urgent.release"),
+    ("release-huge", ("urgent", "release"), 1001, "urgent.release"),
+    ("release-fraction", ("urgent", "release"), 1.5, "urgent.release"),
+    ("release-float", ("urgent", "release"), 2.0, "urgent.release"),
+    ("release-bool", ("urgent", "release"), True, "urgent.release"),
+    ("release-text", ("urgent", "release"), "2", "urgent.release"),
+    ("release-null", ("urgent", "release"), None, "urgent.release"),
     (
         "hard-limit-no-bound",
         ("urgent", "hard_limits", "temperature"),

@@ -92,7 +92,7 @@ def test_bench_edge_reports_consistent_figures(model_packages: ModelPaths, tmp_p
     # 800 readings in batches of 50 at least.
     assert result["outbox"] == "disk" and result["outbox_messages"] >= 16
     assert result["broker"] in ("mosquitto", "embedded")
-    assert result["model"].endswith("machine-edge/1.0.0")
+    assert result["model"].endswith("machine-edge/1.1.0")
 
 
 @pytest.mark.timeout(180)

@@ -44,7 +44,7 @@ class BatchJobIn(BaseModel):
                     "from": "2026-11-01T00:00:00Z",
                     "to": "2026-11-02T00:00:00Z",
                     "model": "machine-heavy",
-                    "version": "1.0.0",
+                    "version": "1.1.0",
                 }
             ]
         },

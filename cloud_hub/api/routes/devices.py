@@ -18,9 +18,11 @@ from cloud_hub.api.schemas import (
     DeviceListOut,
     DeviceOut,
     GapOut,
+    ReplayOut,
     SensorInputsOut,
 )
 from cloud_hub.store.base import DeviceRecord, Store
+from shared.epochs import is_replay_epoch
 
 __all__ = ["router"]
 
@@ -68,7 +70,12 @@ def get_device(
     return DeviceDetailOut(
         **summary.model_dump(),
         inputs=SensorInputsOut.from_health(record.last_health, _sensors(store, record)),
-        acked_seq=store.watermark(device, record.epoch),
+        acked_seq=store.watermark(device, record.epoch) if record.epoch else 0,
+        replays=[
+            ReplayOut(epoch=epoch, acked_seq=seq)
+            for epoch, seq in store.watermarks(device).items()
+            if is_replay_epoch(epoch)
+        ],
         counters=dict(record.counters),
         last_health=dict(record.last_health) if record.last_health is not None else None,
         gaps=[GapOut.from_record(g) for g in store.gaps(device, limit=_GAPS_SHOWN)],

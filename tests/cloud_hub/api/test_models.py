@@ -12,8 +12,8 @@ from tests.cloud_hub.api.conftest import Hub
 
 pytestmark = pytest.mark.timeout(30)
 
-EDGE = "/v1/models/machine-edge/1.0.0"
-HEAVY = "/v1/models/machine-heavy/1.0.0"
+EDGE = "/v1/models/machine-edge/1.1.0"
+HEAVY = "/v1/models/machine-heavy/1.1.0"
 
 
 def test_model_list(hub: Hub) -> None:
@@ -92,7 +92,7 @@ def test_range_past_the_end_is_416(hub: Hub) -> None:
         reply = hub.read.get(f"{HEAVY}/artifact", headers={"Range": header})
         assert reply.status == 416, header
         assert reply.headers["content-range"] == f"bytes */{size}"
-        assert "machine-heavy 1.0.0" in reply.detail and f"below {size}" in reply.detail
+        assert "machine-heavy 1.1.0" in reply.detail and f"below {size}" in reply.detail
 
 
 def test_unknown_model_or_version_is_404_listing_what_exists(hub: Hub) -> None:

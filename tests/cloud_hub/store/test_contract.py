@@ -187,6 +187,7 @@ def test_watermark_is_per_epoch(store: Store) -> None:
     assert store.watermark("pi-01", 2) == 1
     assert store.watermark("pi-01", 3) == 0
     assert store.watermark("nobody", 1) == 0
+    assert store.watermarks("pi-01") == {1: 4, 2: 1} and store.watermarks("nobody") == {}
     # A new epoch starts from nothing: seq 1 of epoch 3 is new, not a duplicate.
     assert store.write_stream([event("pi-01", 3, 1)]).stored == 1
 

@@ -1,4 +1,5 @@
-"""Generated recordings of a test rig whose sensors are not the simulator's (for training tests).
+"""Generated recordings of a test rig whose sensors are not the simulator's (for
+training tests and ``edgeloop-sim bench urgent``).
 
 Four sensors, other names and units than the simulated machine's, in a CSV
 separated by ';' with an ISO ``datetime`` column: a vibration RMS in g, a flow
@@ -15,9 +16,22 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "ALARM_SHIFT",
+    "SENSORS",
+    "START",
+    "UNITS",
+    "apply_labels",
+    "labels_for",
+    "rig_values",
+    "write_rig_csv",
+]
+
 SENSORS = ("vib_rms", "flow_m3h", "motor_current", "temp_in")
 UNITS = {"vib_rms": "g", "flow_m3h": "m3/h", "motor_current": "A", "temp_in": "degC"}
 START = datetime(2025, 3, 1, tzinfo=UTC)
+ALARM_SHIFT = np.array([0.25, 0.0, 0.0, 9.0])
+"""What an ``alarm`` adds to the readings: vibration and temperature up."""
 
 
 def rig_values(n: int, seed: int) -> npt.NDArray[np.float64]:
@@ -49,8 +63,7 @@ def apply_labels(values: npt.NDArray[np.float64], labels: list[str]) -> npt.NDAr
     out = values.copy()
     for i, label in enumerate(labels):
         if label == "alarm":
-            out[i, 0] += 0.25
-            out[i, 3] += 9.0
+            out[i] += ALARM_SHIFT
         elif label == "warn":
             out[i, 1] -= 12.0
     return out
@@ -75,18 +88,3 @@ def write_rig_csv(
         lines.append(sep.join(cells))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def train_argv(tmp_path: Path, *args: str) -> list[str]:
-    """``models train`` arguments for a generated rig CSV, its hub and models under ``tmp_path``."""
-    return [
-        "models",
-        "train",
-        "--ts-column",
-        "datetime",
-        "--data-dir",
-        str(tmp_path / "hub"),
-        "--models-dir",
-        str(tmp_path / "models"),
-        *args,
-    ]
