@@ -60,11 +60,13 @@ DEFAULT_RELEASE: Final = 10
 under the threshold; with 1, one fault episode gave 1.7-3.8 events on average
 (up to 22), with 10, 1.01-1.10 (same measurement)."""
 DEFAULT_MAX_ROWS: Final = 500_000
-"""Readings kept for training at most (``--max-rows``). Each costs about 27 bytes per
-sensor in the sample (features 4 x float32, the raw reading float64, and 24 bytes of
-timestamp, position, series and label): 216 bytes with 8 sensors, 108 MB for 500,000.
-Training then copies the features a few times over (slices, float64 standardising,
-scores): see the README's figures for the peak of a whole run."""
+"""Readings kept for training at most (``--max-rows``), whatever the files' length.
+In the sample each costs 27 bytes per sensor (features 4 x float32, the raw reading
+float64) plus 24 (timestamp, position, series, label): 216 bytes with 8 sensors,
+108 MB at 500,000. Training copies the features several times over; measured, a
+whole run peaks at about 0.2 GB (the libraries) plus 1.7 KB per kept reading with 8
+sensors: about 1.1 GB at most at this cap (863-984 MB on 2 GB recordings), with
+training in about a minute. README, "Long recordings"."""
 MIN_MAX_ROWS: Final = 1000
 _MIN_TRAIN_ROWS: Final = 200
 _MIN_SLICE_ROWS: Final = 50
