@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -324,7 +325,17 @@ def _bar(desc: str, total: int | None, unit: str) -> Iterator[Any]:
     """A tqdm bar on stderr when it is a terminal (else nothing is drawn)."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
+    size = shutil.get_terminal_size()  # 80x24 where a pty reports none: still a bar
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "rows",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        ncols=size.columns,
+        nrows=size.lines,
+    )
     try:
         yield bar
     finally:
