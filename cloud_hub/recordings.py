@@ -56,11 +56,14 @@ __all__ = [
     "CsvOptions",
     "Recording",
     "RecordingError",
+    "estimate_rows",
     "find_recordings",
     "read_recording",
+    "series_rows",
 ]
 
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
 
 SUFFIXES: Final = (".csv", ".tsv")
 """What a directory given as data is searched for."""
@@ -140,6 +143,45 @@ def find_recordings(paths: Sequence[Path]) -> list[Path]:
                 path=str(path),
             )
     return found
+
+
+def estimate_rows(paths: Sequence[Path]) -> int:
+    """Rows in the files, from their sizes and the line length of their first MiB
+    (a progress bar's total)."""
+    total = 0.0
+    for path in paths:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(1 << 20)
+        lines = max(head.count(b"\n"), 1)
+        total += size * lines / max(len(head), 1)
+    return int(total)
+
+
+def series_rows(
+    series: str | Sequence[str], n: int, prefix: str = ""
+) -> list[tuple[str, I64 | None]]:
+    """Each series' key (``prefix`` + its name) and its rows among ``n``, in order of
+    first appearance; ``series`` names the series of all the rows, or of each row.
+    None stands for all the rows.
+
+    >>> [(k, None if r is None else r.tolist()) for k, r in series_rows(["a", "b", "a"], 3)]
+    [('a', [0, 2]), ('b', [1])]
+    """
+    if isinstance(series, str):
+        return [(prefix + series, None)]
+    if len(series) != n:
+        raise ValueError(f"{len(series)} series names for {n} readings")
+    # Each name's code, in order of first appearance; the lookups run in C (map).
+    codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
+    if len(codes) <= 1:
+        return [(prefix + name, None) for name in codes]
+    inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(codes)))[:-1]
+    return [
+        (prefix + name, rows) for name, rows in zip(codes, np.split(order, bounds), strict=True)
+    ]
 
 
 def _header(path: Path, options: CsvOptions) -> tuple[list[str], str]:

@@ -3,8 +3,12 @@
     edgeloop-hub models train --data FILE_OR_DIR... [--sensors a,b] [--csv-map S=COL,...]
         [--label COLUMN --urgent VALUE... [--normal VALUE]] [--normal-from T --normal-to T]
         [--name NAME] [--version V] [--force] [--false-alarm-budget X]
-        [--consecutive N] [--release N] [--hard-limit SENSOR=LO:HI]... [--data-dir DIR]
-        [--models-dir DIR] [--store URL]
+        [--consecutive N] [--release N] [--hard-limit SENSOR=LO:HI]... [--max-rows N]
+        [--data-dir DIR] [--models-dir DIR] [--store URL]
+
+The files are streamed, never read whole: every reading goes through the
+feature window, and at most ``--max-rows`` of them (every k-th of each series)
+are kept for training (:mod:`cloud_hub.pipeline.sample`).
 
 The packages go to MODELS_DIR/NAME-edge/VERSION and MODELS_DIR/NAME-heavy/VERSION
 and are registered in the store's models table, so a running hub's API lists
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,12 +35,18 @@ from cloud_hub.recording_options import add_recording_options
 from shared.options import positive_int
 
 if TYPE_CHECKING:
-    from cloud_hub.pipeline.recorded import Series
+    from cloud_hub.pipeline.recorded import Streamed
     from cloud_hub.pipeline.trainer import TrainResult
     from cloud_hub.settings import HubSettings
     from shared.features import SensorSpec
 
-__all__ = ["DEFAULT_CONSECUTIVE", "DEFAULT_RELEASE", "TRAIN_OPTIONS", "add_train_parser"]
+__all__ = [
+    "DEFAULT_CONSECUTIVE",
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_RELEASE",
+    "TRAIN_OPTIONS",
+    "add_train_parser",
+]
 
 TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
 """serve's options that say where the registry is."""
@@ -49,6 +60,15 @@ DEFAULT_RELEASE: Final = 10
 """``--release``: a score episode ends after 10 readings (the default window)
 under the threshold; with 1, one fault episode gave 1.7-3.8 events on average
 (up to 22), with 10, 1.01-1.10 (same measurement)."""
+DEFAULT_MAX_ROWS: Final = 500_000
+"""Readings kept for training at most (``--max-rows``), whatever the files' length.
+In the sample each costs 27 bytes per sensor (features 4 x float32, the raw reading
+float64) plus 24 (timestamp, position, series, label): 216 bytes with 8 sensors,
+108 MB at 500,000. Training copies the features several times over; measured, a
+whole run peaks at about 0.2 GB (the libraries) plus 1.7 KB per kept reading with 8
+sensors: about 1.1 GB at most at this cap (863-984 MB on 2 GB recordings), with
+training in about a minute. README, "Long recordings"."""
+MIN_MAX_ROWS: Final = 1000
 _MIN_TRAIN_ROWS: Final = 200
 _MIN_SLICE_ROWS: Final = 50
 _WARN_SYNTHETIC_RECALL: Final = 0.8
@@ -142,6 +162,16 @@ def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
     return parse
 
 
+def _max_rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < MIN_MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least {MIN_MAX_ROWS}")
+    return value
+
+
 _budget = _number(0.0, 0.5, "a share of readings in (0, 0.5], e.g. 1e-4 (1 in 10,000)")
 _fraction = _number(0.05, 0.5, "between 0.05 and 0.5")
 
@@ -160,6 +190,7 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         "With --label: classifiers over the label's values (--urgent names the urgent ones). "
         "Without: anomaly models trained on data you say is normal (all of it, or "
         "--normal-from/--normal-to), with the urgent threshold set by --false-alarm-budget. "
+        "Files are streamed: at most --max-rows readings are kept, every k-th of each series. "
         "Prints a report, then one JSON line.",
     )
     p.add_argument(
@@ -275,6 +306,15 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="the random seed: the same data and seed give the same models (default: 7)",
     )
+    p.add_argument(
+        "--max-rows",
+        type=_max_rows,
+        default=DEFAULT_MAX_ROWS,
+        metavar="N",
+        help="keep at most N readings for training, every k-th of each series in time order "
+        "(k doubles as needed); every reading is still read and goes through the feature "
+        f"window, and memory stays bounded (default: {DEFAULT_MAX_ROWS:,})",
+    )
     OPTIONS.add_to(p, only=TRAIN_OPTIONS)
     p.set_defaults(handler=_train, parser=p)
     return p
@@ -285,7 +325,17 @@ def _bar(desc: str, total: int | None, unit: str) -> Iterator[Any]:
     """A tqdm bar on stderr when it is a terminal (else nothing is drawn)."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty())
+    size = shutil.get_terminal_size()  # 80x24 where a pty reports none: still a bar
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=unit == "rows",
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        ncols=size.columns,
+        nrows=size.lines,
+    )
     try:
         yield bar
     finally:
@@ -413,8 +463,8 @@ def _run(
     version, version_note = _choose_version(
         args.version, _versions(settings, store, (edge_name, heavy_name)), args.force, base
     )
-    with _bar("reading", None, "rows") as bar:
-        series = recorded.read_series(paths, options, names, on_rows=bar.update)
+    window = args.window or DEFAULT_WINDOW
+    streamed = _read(args, paths, options, names, window=window, fallback=[0.0] * len(names))
     label_hint = ""
     for path in paths:
         rec_unused = _unused_columns(path, options, names)
@@ -427,15 +477,27 @@ def _run(
                 f"train classifiers on it with --label {labelled[0]} --urgent VALUE..."
             )
             report.append(f"hint: {label_hint}")
-    rows = sum(len(s) for s in series)
-    report.insert(0, f"data: {len(paths)} file(s), {len(series)} series, {rows} rows")
-    window = args.window or DEFAULT_WINDOW
+    report.insert(
+        0,
+        f"data: {len(paths)} file(s), {len(streamed.sources)} series, {streamed.rows_read} rows",
+    )
     if args.label is None:
-        series = _normal_range(series, args)
+        _check_normal_range(streamed, args)
     sensors, notes = recorded.infer_sensors(
-        names, series, units=args.units, valid_ranges=args.valid_range
+        names, streamed, units=args.units, valid_ranges=args.valid_range
     )
     report += notes
+    if streamed.fallback_used:
+        # A series starts with a missing value: its first features hold the fallback
+        # values, which are known only now (the medians).
+        report.append(
+            "a series starts with a missing value: read again, with the fallback values "
+            "(medians) its first features carry"
+        )
+        streamed = _read(
+            args, paths, options, names, window=window, fallback=[s.fallback for s in sensors]
+        )
+    report.append(_kept_note(streamed, args.max_rows))
     hard_limits = _hard_limits(args.hard_limit, sensors)
     hashes = recorded.files_sha256(paths)
     data_hash = _combined_hash(hashes)
@@ -460,11 +522,6 @@ def _run(
         "seed": args.seed,
         "run_prefix": "train",
     }
-    with _bar("features", len(series), "series") as bar:
-        feats = []
-        for s in series:
-            feats.append(recorded.features(s, window, sensors))
-            bar.update(1)
     steps = ["train", "convert", "gate", "score", "package", "publish"]
     with _bar("training", len(steps), "step") as bar:
 
@@ -475,7 +532,7 @@ def _run(
 
         if args.label is not None:
             classes, urgent_class, normal_class, split, split_note = _labelled(
-                args, series, feats, window
+                args, streamed, window
             )
             spec = PairSpec(
                 classes=classes, urgent_class=urgent_class, normal_class=normal_class, **common
@@ -493,7 +550,7 @@ def _run(
                 t0=t0,
             )
         else:
-            split, anomalies, split_note = _unlabelled(args, series, feats, window, sensors)
+            split, anomalies, split_note = _unlabelled(args, streamed, window, sensors)
             spec = PairSpec(
                 classes=("normal", "urgent"), urgent_class="urgent", normal_class="normal", **common
             )
@@ -534,7 +591,16 @@ def _run(
             )
     report += _register(settings, store, result, replace=args.force)
     out = result.to_dict()
-    out.update({"name": base, "data_files": hashes, "store": _safe_store(settings.store)})
+    out.update(
+        {
+            "name": base,
+            "data_files": hashes,
+            "store": _safe_store(settings.store),
+            "rows_read": streamed.rows_read,
+            "rows_kept": streamed.sample.size,
+            "keep_every": streamed.sample.k,
+        }
+    )
     return out, report
 
 
@@ -610,58 +676,110 @@ def _combined_hash(hashes: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _normal_range(series: list[Series], args: argparse.Namespace) -> list[Series]:
-    from dataclasses import replace  # noqa: PLC0415
+def _read(
+    args: argparse.Namespace,
+    paths: Sequence[Path],
+    options: Any,
+    names: Sequence[str],
+    *,
+    window: int,
+    fallback: Sequence[float],
+) -> Streamed:
+    """Stream the files into a bounded sample (see :func:`.recorded.stream_sample`),
+    with a progress bar, and say on stderr when the cap starts thinning the rows."""
+    from cloud_hub.pipeline import recorded  # noqa: PLC0415
+    from cloud_hub.recordings import estimate_rows  # noqa: PLC0415
 
-    lo = _timestamp(args.normal_from, "--normal-from")
-    hi = _timestamp(args.normal_to, "--normal-to")
-    if lo is None and hi is None:
-        return series
-    out = []
-    for s in series:
-        keep = np.ones(len(s), dtype=bool)
-        if lo is not None:
-            keep &= s.ts >= lo
-        if hi is not None:
-            keep &= s.ts < hi
-        out.append(replace(s, ts=s.ts[keep], values=s.values[keep]))
-    total = sum(len(s) for s in out)
+    estimate = estimate_rows(paths)
+    time_range: tuple[float | None, float | None] = (None, None)
+    if args.label is None:
+        time_range = (
+            _timestamp(args.normal_from, "--normal-from"),
+            _timestamp(args.normal_to, "--normal-to"),
+        )
+    with _bar("reading", estimate, "rows") as bar:
+
+        def thinned(k: int, path: Path) -> None:
+            if k == 2:
+                expect = 1 << max(1, math.ceil(math.log2(max(estimate, 1) / args.max_rows)))
+                bar.write(
+                    f"note: {path.name}: over --max-rows {args.max_rows} rows in all; training "
+                    f"keeps every 2nd reading of each series from here on, and halves again "
+                    f"as needed (the files hold about {estimate} rows: expect every "
+                    f"{expect}th). Every reading still goes through the feature window; "
+                    "memory stays bounded. A larger --max-rows keeps more.",
+                    file=sys.stderr,
+                )
+
+        streamed = recorded.stream_sample(
+            paths,
+            options,
+            names,
+            window=window,
+            fallback=fallback,
+            max_rows=args.max_rows,
+            stretch=0 if args.label is not None else 4 * window,
+            time_range=time_range,
+            on_rows=bar.update,
+            on_thin=thinned,
+        )
+        bar.total = streamed.rows_read  # the estimate, made right
+        bar.refresh()
+    return streamed
+
+
+def _nth(k: int) -> str:
+    """``2nd``, ``16th``, ``32nd``."""
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th") if k % 100 not in (11, 12, 13) else "th"
+    return f"{k}{suffix}"
+
+
+def _kept_note(streamed: Streamed, max_rows: int) -> str:
+    sample = streamed.sample
+    total = streamed.total_rows
+    if sample.k == 1:
+        return f"kept for training: all {total} readings (--max-rows {max_rows})"
+    return (
+        f"kept for training: {sample.size} of {total} readings, every {_nth(sample.k)} of each "
+        f"series in time order (--max-rows {max_rows} bounds memory; the features of every "
+        "reading were computed, the window running across chunks); the reference statistics, "
+        "medians and thresholds come from the kept rows, the valid ranges from every reading"
+    )
+
+
+def _check_normal_range(streamed: Streamed, args: argparse.Namespace) -> None:
+    if args.normal_from is None and args.normal_to is None:
+        return
+    total = streamed.total_rows
     if total < _MIN_TRAIN_ROWS + 2 * _MIN_SLICE_ROWS:
-        per = ", ".join(f"{s.source}: {len(s)}" for s in out)
+        per = ", ".join(
+            f"{s}: {n}" for s, n in zip(streamed.sources, streamed.rows, strict=True)
+        ) or ", ".join(str(p) for p in args.data)
         raise _fail(
             f"the normal range [{args.normal_from or 'start'}, {args.normal_to or 'end'}) holds "
             f"{total} readings ({per}); training without labels needs at least "
             f"{_MIN_TRAIN_ROWS + 2 * _MIN_SLICE_ROWS} (train, validation and holdout slices): "
             "widen --normal-from/--normal-to or give more recordings"
         )
-    return [s for s in out if len(s) > 0]
-
-
-def _sides(args: argparse.Namespace, series: Sequence[Series], window: int) -> list[Any]:
-    from cloud_hub.pipeline.recorded import time_sides  # noqa: PLC0415
-
-    return [
-        time_sides(len(s), window, args.validation_fraction, args.holdout_fraction) for s in series
-    ]
 
 
 def _split_note(args: argparse.Namespace, counts: dict[str, int], window: int) -> str:
     return (
         f"split by time: train {counts['train']}, validation {counts['validation']}, holdout "
         f"{counts['holdout']} rows (of each series the last {args.holdout_fraction:.0%} held out, "
-        f"the {args.validation_fraction:.0%} before it for thresholds; {window - 1} rows dropped "
-        "after each cut, whose window reaches across it)"
+        f"the {args.validation_fraction:.0%} before it for thresholds; the rows in the "
+        f"{window - 1} readings after each cut dropped, whose window reaches across it)"
     )
 
 
 def _labelled(
-    args: argparse.Namespace, series: list[Series], feats: list[Any], window: int
+    args: argparse.Namespace, streamed: Streamed, window: int
 ) -> tuple[tuple[str, ...], str, str, Any, str]:
-    from cloud_hub.pipeline.recorded import label_counts  # noqa: PLC0415
+    from cloud_hub.pipeline.recorded import split_sample  # noqa: PLC0415
     from cloud_hub.pipeline.trainer import Split  # noqa: PLC0415
 
-    where = f"column {args.label!r} of {', '.join(sorted({str(s.path) for s in series}))}"
-    counts = label_counts(series)
+    where = f"column {args.label!r} of {', '.join(sorted({str(p) for p in streamed.paths}))}"
+    counts = streamed.label_counts
     if "" in counts:
         raise _fail(
             f"{where} has {counts['']} empty label cell(s); give every row a label (or leave "
@@ -695,17 +813,20 @@ def _labelled(
     classes = (normal, *others, urgent_class)
     index = {v: classes.index(v) for v in rest}
     index.update({v: len(classes) - 1 for v in urgent_values})
-    xs: dict[int, list[Any]] = {0: [], 1: [], 2: []}
-    ys: dict[int, list[Any]] = {0: [], 1: [], 2: []}
-    for s, f, side in zip(series, feats, _sides(args, series, window), strict=True):
-        codes = np.array([index[v] for v in s.labels or []], dtype=np.int64)
-        for k in (0, 1, 2):
-            xs[k].append(f[side == k])
-            ys[k].append(codes[side == k])
-    x = {k: np.concatenate(v) for k, v in xs.items()}
-    y = {k: np.concatenate(v) for k, v in ys.items()}
+    sample = streamed.sample
+    lut = np.array([index[v] for v in streamed.label_names], dtype=np.int64)
+    codes = lut[sample.labels]
+    side, _ = split_sample(streamed, window, args.validation_fraction, args.holdout_fraction)
+    x = {k: sample.features[side == k] for k in (0, 1, 2)}
+    y = {k: codes[side == k] for k in (0, 1, 2)}
     part = {0: "train", 1: "validation", 2: "holdout"}
     sizes = {part[k]: int(y[k].size) for k in part}
+    thinned = (
+        f"; every {_nth(sample.k)} reading kept (--max-rows {args.max_rows}): a larger --max-rows "
+        "keeps more of a short class"
+        if sample.k > 1
+        else ""
+    )
     for k, what in part.items():
         have = np.bincount(y[k], minlength=len(classes))
         lacking = [classes[i] for i in range(len(classes)) if have[i] == 0]
@@ -713,9 +834,9 @@ def _labelled(
             raise _fail(
                 f"the {what} slice (by time: {sizes}) "
                 + (f"has no row of class {lacking[0]!r}" if lacking else "has too few rows")
-                + f" ({where}; rows per class: {dict(zip(classes, have.tolist(), strict=True))});"
-                " every class is needed in every slice: record longer, give more files, or move "
-                "the cut with --holdout-fraction/--validation-fraction"
+                + f" ({where}; rows per class: {dict(zip(classes, have.tolist(), strict=True))}"
+                + f"{thinned}); every class is needed in every slice: record longer, give more "
+                "files, or move the cut with --holdout-fraction/--validation-fraction"
             )
     split = Split(x[0], y[0], x[1], y[1], x[2], y[2])
     return classes, urgent_class, normal, split, _split_note(args, sizes, window)
@@ -723,54 +844,51 @@ def _labelled(
 
 def _unlabelled(
     args: argparse.Namespace,
-    series: list[Series],
-    feats: list[Any],
+    streamed: Streamed,
     window: int,
     sensors: tuple[SensorSpec, ...],
 ) -> tuple[Any, Any, str]:
     from cloud_hub.pipeline import recorded  # noqa: PLC0415
     from cloud_hub.pipeline.trainer import Split  # noqa: PLC0415
 
-    sides = _sides(args, series, window)
-    parts: dict[int, list[Any]] = {0: [], 1: [], 2: []}
-    ids: list[Any] = []
-    for i, (f, side) in enumerate(zip(feats, sides, strict=True)):
-        for k in (0, 1, 2):
-            parts[k].append(f[side == k])
-            if k == 2:
-                ids.append(np.full(int((side == k).sum()), i, dtype=np.int64))
-    x = {k: np.concatenate(v) for k, v in parts.items()}
+    sample = streamed.sample
+    side, cuts = recorded.split_sample(
+        streamed, window, args.validation_fraction, args.holdout_fraction
+    )
+    x = {k: sample.features[side == k] for k in (0, 1, 2)}
     sizes = {"train": len(x[0]), "validation": len(x[1]), "holdout": len(x[2])}
     if len(x[0]) < _MIN_TRAIN_ROWS or min(len(x[1]), len(x[2])) < _MIN_SLICE_ROWS:
         raise _fail(
-            f"the normal data ({', '.join(s.source for s in series)}) gives too few rows by "
+            f"the normal data ({', '.join(streamed.sources)}) gives too few rows by "
             f"time: {sizes}; training without labels needs >= {_MIN_TRAIN_ROWS} train and "
             f">= {_MIN_SLICE_ROWS} validation and holdout rows: give more recordings or a wider "
             "--normal-from/--normal-to"
         )
-    # Each (re)start of an agent makes window - 1 rows of a half-filled window: normal.
+    scale = recorded.robust_scale(sample.values[side == 0])
+    # Stretches of consecutive readings: each (re)start of an agent makes window - 1
+    # rows of a half-filled window, normal (one restart per STARTUP_EVERY readings
+    # kept); in the holdout's, synthetic faults, one per stretch, sensors in turn.
+    starts: dict[int, list[Any]] = {0: [], 1: []}
+    anomalies: list[Any] = []
+    restart_every = max(1, round(recorded.STARTUP_EVERY / sample.every))
+    for stretch in sample.stretches:
+        where = recorded.stretch_side(stretch, cuts)
+        if where in starts and (stretch.start // (sample.k * sample.every)) % restart_every == 0:
+            starts[where].append(recorded.startup_rows(stretch.values, window, sensors))
+        elif where == 2:
+            faulty_values, faulty = recorded.inject_faults(
+                stretch.values, scale, sensors, window, first=len(anomalies)
+            )
+            if faulty.any():
+                anomalies.append(recorded.feature_rows(faulty_values, window, sensors)[faulty])
     for k in (0, 1):
-        starts = [
-            recorded.startup_rows(s.values[side == k], window, sensors)
-            for s, side in zip(series, sides, strict=True)
-        ]
-        x[k] = np.concatenate([x[k], *starts])
+        x[k] = np.concatenate([x[k], *starts[k]])
     added = {"train": len(x[0]) - sizes["train"], "validation": len(x[1]) - sizes["validation"]}
-    train_values = np.concatenate(
-        [s.values[side == 0] for s, side in zip(series, sides, strict=True)]
-    )
-    scale = recorded.robust_scale(train_values)
-    anomalies = []
-    for s, side in zip(series, sides, strict=True):
-        held = s.values[side == 2]
-        faulty_values, faulty = recorded.inject_faults(held, scale, sensors, window)
-        if faulty.any():
-            f = recorded.feature_rows(faulty_values, window, sensors)
-            anomalies.append(f[faulty])
     if not anomalies:
         raise _fail(
             f"the holdout slices ({sizes['holdout']} rows) are too short for synthetic faults "
-            f"({3 * window + window} readings each): give more data or a larger --holdout-fraction"
+            f"({4 * window} readings in a row, starting every {sample.k * sample.every}th "
+            "reading): give more data or a larger --holdout-fraction"
         )
     split = Split(
         x[0],
@@ -779,7 +897,7 @@ def _unlabelled(
         np.zeros(len(x[1]), np.int64),
         x[2],
         np.zeros(len(x[2]), np.int64),
-        holdout_series=np.concatenate(ids),
+        holdout_series=sample.series[side == 2].astype(np.int64),
     )
     note = _split_note(args, sizes, window) + (
         f"; plus start-up rows (an agent's first {window - 1} readings, half-filled windows) "

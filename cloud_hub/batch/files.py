@@ -36,7 +36,7 @@ import numpy as np
 from cloud_hub.batch import BatchError
 from cloud_hub.batch.output import OutputBlock, Writer, open_writer, require_pyarrow
 from cloud_hub.batch.scoring import BaselineLookup, BatchScorer
-from cloud_hub.recordings import Chunk, CsvOptions, Recording, find_recordings
+from cloud_hub.recordings import Chunk, CsvOptions, Recording, estimate_rows, find_recordings
 from shared.columns import MS_THRESHOLD, parse_timestamp, resolve_columns
 from shared.manifest import ModelPackage
 
@@ -288,18 +288,6 @@ class _WriteBehind:
             raise self.error
 
 
-def _estimate_rows(paths: Sequence[Path]) -> int:
-    """Rows in the files, from their sizes and the line length of their first MiB."""
-    total = 0.0
-    for path in paths:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(1 << 20)
-        lines = max(head.count(b"\n"), 1)
-        total += size * lines / max(len(head), 1)
-    return int(total)
-
-
 def score_files(
     package: ModelPackage,
     inputs: Sequence[Path],
@@ -346,7 +334,7 @@ def score_files(
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(
-            total=_estimate_rows([p.path for p in opened]),
+            total=estimate_rows([p.path for p in opened]),
             unit=" rows",
             unit_scale=True,
             file=sys.stderr,

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.recordings import series_rows
 from shared.baseline import Baseline, BaselineMap
 from shared.features import BlockFeatureWindow, InputCheck
 from shared.manifest import ModelManifest
@@ -234,19 +235,7 @@ class BatchScorer:
         """Each series' key, name and rows (in order); None for all the rows."""
         if isinstance(series, str):
             return [(prefix + series, series, None)]
-        if len(series) != n:
-            raise ValueError(f"{len(series)} series names for {n} readings")
-        # Each name's code, in order of first appearance; the lookups run in C (map).
-        codes = {name: i for i, name in enumerate(dict.fromkeys(series))}
-        if len(codes) <= 1:
-            return [(prefix + name, name, None) for name in codes]
-        inverse = np.fromiter(map(codes.__getitem__, series), dtype=np.int64, count=n)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.cumsum(np.bincount(inverse, minlength=len(codes)))[:-1]
-        return [
-            (prefix + name, name, rows)
-            for name, rows in zip(codes, np.split(order, bounds), strict=True)
-        ]
+        return [(prefix + name, name, rows) for name, rows in series_rows(series, n)]
 
     @staticmethod
     def _coded_groups(

@@ -12,6 +12,7 @@ runs in the hub, never on a device. Modules, in data-flow order:
 - :mod:`.trainer` — one trainer for every pair: train, convert, quantize, gate,
   threshold, package and publish, with or without labels;
 - :mod:`.recorded` — recorded CSV as training data: series, sensors, time splits;
+- :mod:`.sample` — the bounded sample of a streamed recording: every k-th reading;
 - :mod:`.build` — the default simulator build, one call of the trainer.
 
 Errors::

@@ -128,7 +128,9 @@ class DataSettings:
         side = np.empty(len(fitting), dtype=np.int8)
         for d in np.unique(fitting.device).tolist():
             rows = np.flatnonzero(fitting.device == d)
-            side[rows] = time_sides(rows.size, data.window, self.validation_fraction, 0.0)
+            side[rows] = time_sides(
+                np.arange(rows.size), data.window, self.validation_fraction, 0.0
+            )
         train, validation = fitting.subset(side == 0), fitting.subset(side == 1)
         classes = data.classes
         if URGENT_CLASS not in classes or NORMAL_CLASS not in classes:

@@ -5,17 +5,22 @@
 file, line and column), one series per file, or per value of the device column.
 Then, in order:
 
+- :func:`stream_sample`: every file chunk by chunk, never whole: each series'
+  features through :class:`shared.features.BlockFeatureWindow` (the agent's
+  features; the window carries from chunk to chunk), each sensor's exact
+  minimum, maximum and count, the label counts, and a bounded, time-ordered
+  sample of the feature rows (:class:`~cloud_hub.pipeline.sample.RowSample`:
+  every k-th reading of each series, at most ``max_rows``);
 - :func:`infer_sensors`: each sensor's :class:`~shared.features.SensorSpec`:
   the unit given (else ``""``), the valid range given or the data's range
   widened by :data:`RANGE_WIDENING` spans on each side (not below 0 when no value
-  is negative), and the median as the fallback;
-- :func:`features`: each series through
-  :func:`shared.features.features_for_stream` (the agent's feature function);
-- :func:`time_sides`: each series cut in time into train, validation and
-  holdout (the last readings), dropping the ``window - 1`` rows after each cut
+  is negative), and the median of the kept rows as the fallback;
+- :func:`split_sample`: each series' kept rows cut in time into train,
+  validation and holdout (the last readings), dropping the rows after each cut
   whose window reaches back across it; never a random shuffle;
 - :func:`inject_faults` (no labels): step faults on one sensor at a time in the
-  holdout, to gate and measure the anomaly models on.
+  holdout's stretches of consecutive readings, to gate and measure the anomaly
+  models on.
 """
 
 from __future__ import annotations
@@ -24,39 +29,42 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.pipeline.sample import RowSample, Stretch
 from cloud_hub.pipeline.train import PipelineError
-from cloud_hub.recordings import CsvOptions, Recording, RecordingError
-from shared.features import SensorSpec, features_for_stream
+from cloud_hub.recordings import CsvOptions, Recording, RecordingError, series_rows
+from shared.features import MAX_ABS_VALUE, BlockFeatureWindow, SensorSpec, features_for_stream
 
 __all__ = [
     "FAULT_SIGMAS",
     "MODEL_NAME_RE",
     "RANGE_WIDENING",
-    "Series",
+    "Streamed",
     "derive_name",
     "feature_rows",
-    "features",
     "files_sha256",
     "infer_sensors",
     "inject_faults",
-    "label_counts",
     "numeric_sensors",
-    "read_series",
     "robust_scale",
+    "split_sample",
     "startup_rows",
+    "stream_sample",
+    "stretch_side",
     "time_sides",
 ]
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
+I32 = npt.NDArray[np.int32]
+I64 = npt.NDArray[np.int64]
 
 RANGE_WIDENING: Final = 2.0
 """The valid range taken from data: the data's [min, max] widened by this many spans
@@ -72,18 +80,34 @@ STARTUP_EVERY: Final = 200
 """Readings between the simulated agent restarts of :func:`startup_rows`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One device's readings in time order: from a file, or one device of a file."""
+@dataclass(slots=True)
+class Streamed:
+    """What :func:`stream_sample` read: the kept rows, and figures over every row.
 
-    source: str
-    path: Path
-    ts: F64
-    values: F64
-    labels: list[str] | None
+    Series ``i`` is ``sources[i]`` (a file, or one device of a file) in
+    ``paths[i]``, with ``rows[i]`` readings (inside the time range, if one was
+    given). ``data_min``, ``data_max`` and ``finite`` are per sensor over every
+    reading read; ``label_counts`` over every row; ``label_names[c]`` is the
+    label of code ``c`` in ``sample.labels``. ``fallback_used``: a series'
+    first reading misses a value, so its first features depend on the fallback
+    values given.
+    """
 
-    def __len__(self) -> int:
-        return int(self.ts.shape[0])
+    sample: RowSample
+    sources: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    rows_read: int = 0
+    data_min: F64 | None = None
+    data_max: F64 | None = None
+    finite: I64 | None = None
+    label_counts: Counter[str] = field(default_factory=Counter)
+    label_names: list[str] = field(default_factory=list)
+    fallback_used: bool = False
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows)
 
 
 def derive_name(path: Path) -> str:
@@ -122,54 +146,112 @@ def numeric_sensors(path: Path, options: CsvOptions) -> tuple[list[str], list[st
     return sensors, skipped
 
 
-def read_series(
+def stream_sample(
     paths: Sequence[Path],
     options: CsvOptions,
     sensors: Sequence[str],
     *,
+    window: int,
+    fallback: Sequence[float],
+    max_rows: int,
+    stretch: int = 0,
+    time_range: tuple[float | None, float | None] = (None, None),
     on_rows: Callable[[int], None] | None = None,
-) -> list[Series]:
-    """Every file's readings, strictly (see :mod:`cloud_hub.recordings`), split
-    into series by the device column when there is one. ``on_rows`` is told how
-    many rows each chunk held (a progress bar)."""
-    out: list[Series] = []
+    on_thin: Callable[[int, Path], None] | None = None,
+    chunk_rows: int = 65_536,
+) -> Streamed:
+    """Read every file in chunks, strictly (see :mod:`cloud_hub.recordings`), one
+    series per file or per device; compute each series' features as the chunks
+    come and keep every k-th row in a :class:`RowSample` of at most ``max_rows``
+    (``stretch``: also stretches of that many consecutive raw readings). Only the
+    readings with ``time_range[0] <= ts < time_range[1]`` count (None: open).
+    ``on_rows`` is told each chunk's rows (a progress bar); ``on_thin`` each new
+    ``k`` and the file being read. Memory: the sample plus a chunk or two of
+    ``chunk_rows`` rows."""
+    current: list[Path] = []
+
+    def thinned(k: int) -> None:
+        if on_thin is not None:
+            on_thin(k, current[-1])
+
+    n_features = 4 * len(sensors)
+    out = Streamed(RowSample(max_rows, len(sensors), n_features, stretch=stretch, on_thin=thinned))
+    lo, hi = time_range
+    codes: dict[str, int] = {}
+    data_min = np.full(len(sensors), np.inf)
+    data_max = np.full(len(sensors), -np.inf)
+    finite = np.zeros(len(sensors), dtype=np.int64)
     for path in paths:
+        current.append(path)
         rec = Recording.open(path, options, sensors)
-        ts_parts: list[F64] = []
-        value_parts: list[F64] = []
-        labels: list[str] = []
-        devices: list[str] = []
-        for chunk in rec.chunks(strict=True):
-            ts_parts.append(chunk.ts)
-            value_parts.append(chunk.values)
-            labels.extend(chunk.labels or [])
-            devices.extend(chunk.devices or [])
+        ids: dict[str, int] = {}
+        windows: dict[int, BlockFeatureWindow] = {}
+        any_rows = False
+        for chunk in rec.chunks(chunk_rows, strict=True):
+            any_rows = True
+            out.rows_read += len(chunk)
             if on_rows is not None:
                 on_rows(len(chunk))
-        if not ts_parts:
+            ts, values, labels, devices = chunk.ts, chunk.values, chunk.labels, chunk.devices
+            if lo is not None or hi is not None:
+                inside = np.ones(ts.shape[0], dtype=bool)
+                if lo is not None:
+                    inside &= ts >= lo
+                if hi is not None:
+                    inside &= ts < hi
+                if not inside.all():
+                    rows = np.flatnonzero(inside).tolist()
+                    ts, values = ts[inside], values[inside]
+                    labels = None if labels is None else [labels[i] for i in rows]
+                    devices = None if devices is None else [devices[i] for i in rows]
+            n = int(ts.shape[0])
+            if n == 0:
+                continue
+            with np.errstate(invalid="ignore"):
+                present = np.abs(values) < MAX_ABS_VALUE
+            finite += present.sum(axis=0)
+            data_min = np.fmin(data_min, np.where(present, values, np.inf).min(axis=0))
+            data_max = np.fmax(data_max, np.where(present, values, -np.inf).max(axis=0))
+            label_codes: I32 | None = None
+            if labels is not None:
+                out.label_counts.update(labels)
+                label_codes = np.fromiter(
+                    (codes.setdefault(v, len(codes)) for v in labels), dtype=np.int32, count=n
+                )
+            for key, rows_of in series_rows("" if devices is None else devices, n):
+                sid = ids.get(key)
+                if sid is None:
+                    sid = ids[key] = len(out.sources)
+                    windows[sid] = BlockFeatureWindow(window, fallback)
+                    out.sources.append(
+                        str(path) if devices is None else f"{path} [{options.device_column}={key}]"
+                    )
+                    out.paths.append(path)
+                    out.rows.append(0)
+                block = values if rows_of is None else values[rows_of]
+                if out.rows[sid] == 0 and not present[0 if rows_of is None else rows_of[0]].all():
+                    out.fallback_used = True
+                feats = windows[sid].push_block(block)
+                out.sample.add(
+                    sid,
+                    out.rows[sid],
+                    ts=ts if rows_of is None else ts[rows_of],
+                    values=block,
+                    features=feats,
+                    labels=label_codes
+                    if label_codes is None or rows_of is None
+                    else label_codes[rows_of],
+                )
+                out.rows[sid] += int(block.shape[0])
+        if not any_rows:
             raise RecordingError(
                 f"{str(path)!r} has a header but no data rows: give a recording with readings "
                 "or leave the file out",
                 path=str(path),
                 line=2,
             )
-        ts, values = np.concatenate(ts_parts), np.concatenate(value_parts)
-        with_labels = options.label_column is not None
-        if options.device_column is None:
-            out.append(Series(str(path), path, ts, values, labels if with_labels else None))
-            continue
-        dev = np.array(devices)
-        for d in dict.fromkeys(devices):
-            rows = np.flatnonzero(dev == d)
-            out.append(
-                Series(
-                    f"{path} [{options.device_column}={d}]",
-                    path,
-                    ts[rows],
-                    values[rows],
-                    [labels[i] for i in rows.tolist()] if with_labels else None,
-                )
-            )
+    out.data_min, out.data_max, out.finite = data_min, data_max, finite
+    out.label_names = list(codes)
     return out
 
 
@@ -187,7 +269,7 @@ def files_sha256(paths: Iterable[Path]) -> dict[str, str]:
 
 def infer_sensors(
     names: Sequence[str],
-    series: Sequence[Series],
+    streamed: Streamed,
     *,
     units: Mapping[str, str],
     valid_ranges: Mapping[str, tuple[float, float]],
@@ -205,23 +287,27 @@ def infer_sensors(
             f"column {bad[0]!r} is not a usable sensor name (1-64 of letters, digits, _ . -, not "
             f"starting with a digit, . or -); rename it with --csv-map NEWNAME={bad[0]!r}"
         )
-    values = np.concatenate([s.values for s in series])
+    values = streamed.sample.values
+    assert streamed.finite is not None and streamed.data_min is not None
+    assert streamed.data_max is not None
     specs: list[SensorSpec] = []
     notes: list[str] = []
     for j, name in enumerate(names):
-        col = values[:, j]
-        col = col[np.isfinite(col)]
-        if col.size == 0:
+        if streamed.finite[j] == 0:
+            where = streamed.paths[0] if streamed.paths else "the data"
             raise PipelineError(
-                f"sensor {name!r} has no value in any row of {series[0].path} and the other "
+                f"sensor {name!r} has no value in any row of {where} and the other "
                 "files; leave it out of --sensors or fill the column"
             )
-        median = float(np.median(col))
+        col = values[:, j]
+        col = col[np.abs(col) < MAX_ABS_VALUE]
+        dmin, dmax = float(streamed.data_min[j]), float(streamed.data_max[j])
+        # The kept rows' median; the midpoint when every kept row misses the sensor.
+        median = float(np.median(col)) if col.size else (dmin + dmax) / 2
         if name in valid_ranges:
             lo, hi = valid_ranges[name]
             how = "given"
         else:
-            dmin, dmax = float(col.min()), float(col.max())
             span = max(dmax - dmin, 1e-3 * max(1.0, abs(dmin), abs(dmax)))
             lo, hi = dmin - RANGE_WIDENING * span, dmax + RANGE_WIDENING * span
             how = f"data [{dmin:.6g}, {dmax:.6g}] widened by {RANGE_WIDENING:g} spans"
@@ -243,11 +329,6 @@ def infer_sensors(
             f"fallback {spec.fallback:.6g} (median)"
         )
     return tuple(specs), notes
-
-
-def features(series: Series, window: int, sensors: Sequence[SensorSpec]) -> F32:
-    """The series' feature rows, through the agent's feature function."""
-    return feature_rows(series.values, window, sensors)
 
 
 def feature_rows(values: F64, window: int, sensors: Sequence[SensorSpec]) -> F32:
@@ -274,29 +355,70 @@ def startup_rows(
     return np.concatenate(parts)
 
 
-def time_sides(n: int, window: int, validation: float, holdout: float) -> I8:
-    """Per row of a series of ``n`` rows: 0 train, 1 validation, 2 holdout (the
-    latest rows), -1 dropped (the ``window - 1`` rows after each cut).
+def time_sides(index: I64, window: int, validation: float, holdout: float) -> I8:
+    """Per kept row of one series (``index``: the rows' positions in the series,
+    rising): 0 train, 1 validation, 2 holdout (the latest rows), -1 dropped (the
+    rows after each cut whose window, ``window`` readings, reaches back across it).
 
-    >>> time_sides(10, 2, 0.2, 0.2).tolist()
+    >>> time_sides(np.arange(10), 2, 0.2, 0.2).tolist()
     [0, 0, 0, 0, 0, 0, -1, 1, -1, 2]
+    >>> time_sides(np.arange(0, 40, 4), 4, 0.2, 0.2).tolist()  # every 4th reading kept
+    [0, 0, 0, 0, 0, 0, -1, 1, -1, 2]
+    >>> time_sides(np.arange(0, 40, 4), 6, 0.2, 0.2).tolist()  # 28's window reaches 23
+    [0, 0, 0, 0, 0, 0, -1, -1, -1, -1]
     """
-    n_hold = round(n * holdout)
-    n_val = round(n * validation)
-    c1, c2 = n - n_hold - n_val, n - n_hold
+    n = int(index.shape[0])
+    c1, c2 = _cuts(n, validation, holdout)
     side = np.zeros(n, dtype=np.int8)
     side[c1:c2] = 1
     side[c2:] = 2
-    side[c1 : min(c1 + window - 1, c2)] = -1
-    side[c2 : c2 + window - 1] = -1
+    for a, b in ((c1, c2), (c2, n)):
+        if a < b:
+            side[a:b][index[a:b] < index[a] + window - 1] = -1
     return side
 
 
-def label_counts(series: Sequence[Series]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for s in series:
-        counts.update(s.labels or [])
-    return counts
+def split_sample(
+    streamed: Streamed, window: int, validation: float, holdout: float
+) -> tuple[I8, list[tuple[int, int]]]:
+    """Each kept row's side (see :func:`time_sides`, per series), and each series'
+    cuts: the reading where its validation and its holdout begin."""
+    sample = streamed.sample
+    side = np.zeros(sample.size, dtype=np.int8)
+    cuts: list[tuple[int, int]] = []
+    order = np.argsort(sample.series, kind="stable")
+    bounds = np.searchsorted(sample.series[order], np.arange(len(streamed.sources) + 1))
+    for i in range(len(streamed.sources)):
+        rows = order[bounds[i] : bounds[i + 1]]
+        if rows.size == 0:
+            cuts.append((0, 0))
+            continue
+        index = sample.index[rows]
+        sides = time_sides(index, window, validation, holdout)
+        side[rows] = sides
+        n = int(index.shape[0])
+        c1, c2 = _cuts(n, validation, holdout)
+        end = int(index[-1]) + 1
+        cuts.append((int(index[c1]) if c1 < n else end, int(index[c2]) if c2 < n else end))
+    return side, cuts
+
+
+def _cuts(n: int, validation: float, holdout: float) -> tuple[int, int]:
+    """Where validation and holdout begin among ``n`` rows."""
+    n_hold, n_val = round(n * holdout), round(n * validation)
+    return n - n_hold - n_val, n - n_hold
+
+
+def stretch_side(stretch: Stretch, cuts: Sequence[tuple[int, int]]) -> int:
+    """The side a stretch lies in (0 train, 1 validation, 2 holdout), or -1 when it
+    spans a cut."""
+    val, hold = cuts[stretch.series]
+    first, last = stretch.start, stretch.start + int(stretch.values.shape[0]) - 1
+    if last < val:
+        return 0
+    if first >= val and last < hold:
+        return 1
+    return 2 if first >= hold else -1
 
 
 def robust_scale(values: F64) -> F64:
@@ -309,7 +431,7 @@ def robust_scale(values: F64) -> F64:
 
 
 def inject_faults(
-    values: F64, scale: F64, sensors: Sequence[SensorSpec], window: int
+    values: F64, scale: F64, sensors: Sequence[SensorSpec], window: int, first: int = 0
 ) -> tuple[F64, npt.NDArray[np.bool_]]:
     """A copy of one series' readings with step faults, and which rows are faulty.
 
@@ -317,11 +439,13 @@ def inject_faults(
     standard deviations (up, then down for the next sensor), clipped into the
     valid range, for ``3 * window`` readings; ``window`` normal readings
     separate two faults. Rows are faulty from the fault's first reading on.
+    ``first`` numbers the first fault (which sensor, which sign), so stretches
+    faulted one by one take the sensors in turn.
     """
     out = values.copy()
     faulty = np.zeros(values.shape[0], dtype=np.bool_)
     length, gap = 3 * window, window
-    k = 0
+    k = first
     start = gap
     while start + length <= values.shape[0]:
         j = k % len(sensors)

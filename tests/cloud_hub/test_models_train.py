@@ -41,22 +41,12 @@ from simulators.rig import (
     rig_values,
     write_rig_csv,
 )
+from tests.cloud_hub.train_cli import train_argv
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def _train(tmp_path: Path, *args: str) -> list[str]:
-    return [
-        "models",
-        "train",
-        "--ts-column",
-        "datetime",
-        "--data-dir",
-        str(tmp_path / "hub"),
-        "--models-dir",
-        str(tmp_path / "models"),
-        *args,
-    ]
+_train = train_argv
 
 
 def _run(
@@ -264,6 +254,7 @@ def test_train_help_lists_the_registry_options(capsys: pytest.CaptureFixture[str
         "--store",
         "--normal-from",
         "--csv-map",
+        "--max-rows",
     ):
         assert option in text
 
@@ -367,8 +358,10 @@ def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Pa
     options = CsvOptions(ts_column="datetime", column_map={"flow": "flow_m3h"})
     names, _ = recorded.numeric_sensors(csv, options)
     assert names == ["vib_rms", "flow", "motor_current", "temp_in"]
-    series = recorded.read_series([csv], options, names)
-    specs, notes = recorded.infer_sensors(names, series, units={}, valid_ranges={})
+    streamed = recorded.stream_sample(
+        [csv], options, names, window=10, fallback=[0.0] * 4, max_rows=1000
+    )
+    specs, notes = recorded.infer_sensors(names, streamed, units={}, valid_ranges={})
     assert specs[1].min == 0.0 and all(s.min >= 0 for s in specs), specs
     assert "not below 0 as no value is negative" in notes[1]
 

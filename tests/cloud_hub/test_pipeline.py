@@ -351,6 +351,7 @@ def test_cli_help_is_fast_and_loads_nothing_heavy() -> None:
         "cloud_hub.pipeline.build",
         "cloud_hub.pipeline.anomaly",
         "cloud_hub.pipeline.recorded",
+        "cloud_hub.pipeline.sample",
         "cloud_hub.cli",
     ],
 )
