@@ -146,7 +146,10 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"signing key   {files.private}  (0600; keep it on the hub, never share it)")
     else:
         key = public_key(files)
-    print(f"public key    {files.public}  (devices and 'models verify --trust' use it)")
+    if files.public.is_file():
+        print(f"public key    {files.public}  (devices and 'models verify --trust' use it)")
+    else:
+        print(f"public key    from {files.private} ({files.public} is missing: save the PEM below)")
     print(f"key id        {key.key_id}")
     sys.stdout.write(key.pem())
     return 0

@@ -60,6 +60,9 @@ def test_keys_init_writes_0600_prints_only_the_public_key_and_refuses_to_overwri
     code, out, err = _run(capsys, "keys", "show", "--data-dir", str(data))
     assert code == 0 and public.key_id in out and public.pem() in out
     assert secret not in out + err
+    files.public.unlink()  # lost: keys show derives it from the private key
+    code, out, err = _run(capsys, "keys", "show", "--data-dir", str(data))
+    assert code == 0 and public.pem() in out and "is missing" in out and secret not in out
     # Another directory: a second key for rotation.
     code, out, _ = _run(capsys, "keys", "init", "--keys-dir", str(tmp_path / "next"))
     assert code == 0 and public.key_id not in out
