@@ -13,6 +13,7 @@ import pytest
 
 from cloud_hub.cli import main
 from cloud_hub.keys import KeyFiles, KeysError, sign_packages, signing_key_for
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from shared.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_package
 from shared.secret_file import write_private
 from shared.signing import SigningKey, load_public_key, verify_signature
@@ -103,7 +104,10 @@ def test_models_verify(
     code, out, err = _run(capsys, "models", "verify", str(package), "--data-dir", str(data))
     assert code == 0, err
     assert f"ok   {MODEL_FILE}:" in out and f"ok   {SIGNATURE_FILE}:" in out
-    assert out.splitlines()[-1] == f"verified: machine-edge 1.0.0, signed by key id {key_id}"
+    assert (
+        out.splitlines()[-1]
+        == f"verified: machine-edge {DEFAULT_VERSION}, signed by key id {key_id}"
+    )
 
     # Rotation: trust two keys; either verifies.
     other = tmp_path / "other"
@@ -132,7 +136,7 @@ def test_the_hub_signs_its_default_build_and_serves_the_signature(
 ) -> None:
     # Unsigned packages where the hub looks for its default build; a key from keys init.
     for package in (model_packages.edge, model_packages.heavy):
-        target = tmp_path / "var" / "models" / package.parent.name / "1.0.0"
+        target = tmp_path / "var" / "models" / package.parent.name / DEFAULT_VERSION
         shutil.copytree(package, target)
         (target / SIGNATURE_FILE).unlink(missing_ok=True)
     cwd = os.getcwd()
@@ -148,10 +152,10 @@ def test_the_hub_signs_its_default_build_and_serves_the_signature(
     flags = ("--read-token-file", "read-token", "--admin-token-file", "admin-token")
     with _serving(*flags, "--http-port", "0", "--broker-port", "0", cwd=tmp_path) as api:
         for name in ("machine-edge", "machine-heavy"):
-            package = tmp_path / "var" / "models" / name / "1.0.0"
-            status, manifest = _call(f"{api}/v1/models/{name}/1.0.0", read)
+            package = tmp_path / "var" / "models" / name / DEFAULT_VERSION
+            status, manifest = _call(f"{api}/v1/models/{name}/{DEFAULT_VERSION}", read)
             assert status == 200 and manifest == (package / MANIFEST_FILE).read_bytes()
-            status, sig = _call(f"{api}/v1/models/{name}/1.0.0/signature", read)
+            status, sig = _call(f"{api}/v1/models/{name}/{DEFAULT_VERSION}/signature", read)
             assert status == 200 and sig == (package / SIGNATURE_FILE).read_bytes()
             assert verify_signature(manifest, sig, [public]).key_id == public.key_id
             assert load_package(package).signature == sig

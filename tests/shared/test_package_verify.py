@@ -38,7 +38,7 @@ def key() -> SigningKey:
 @pytest.fixture
 def package(tmp_path: Path, model_packages: ModelPaths, key: SigningKey) -> Path:
     """A signed copy of the default edge package."""
-    root = tmp_path / "machine-edge-1.0.0"
+    root = tmp_path / "machine-edge"
     shutil.copytree(model_packages.edge, root)
     (root / SIGNATURE_FILE).unlink(missing_ok=True)
     sign_package(root, key)
