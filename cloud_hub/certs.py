@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 import socket
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.errors import EdgeloopError
+from shared.secret_file import write_file
 
 __all__ = [
     "CA_DAYS",
@@ -248,23 +248,13 @@ def _write_key(path: Path, key: object) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write(path, data, 0o600)
+    write_file(path, data, 0o600)
 
 
 def _write_cert(path: Path, cert: object) -> None:
 
     assert isinstance(cert, x509.Certificate)
-    _write(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def describe(files: TlsFiles) -> str:

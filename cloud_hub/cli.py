@@ -4,12 +4,15 @@
     edgeloop-hub devices add NAME
     edgeloop-hub devices baseline NAME [--from T] [--to T] [--out FILE] [--model NAME]
     edgeloop-hub certs init [--host NAME ...] [--force] | certs server [--host NAME ...]
-    edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X]
+    edgeloop-hub models build [--out DIR] [--seed N] [--force] [--min-agreement X] [--signing-key FILE]
     edgeloop-hub models train --data FILE_OR_DIR... [--label COLUMN --urgent VALUE...] ...
+    edgeloop-hub models verify DIR [--trust PUBKEY_FILE...]
+    edgeloop-hub keys init [--keys-dir DIR] | keys show [--keys-dir DIR]
     edgeloop-hub batch score --model NAME[@VERSION] --input FILE_OR_DIR... --output FILE [--format F]
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
-never loads scikit-learn or onnxruntime. Errors print one line and exit 2.
+never loads scikit-learn or onnxruntime. Errors print one line and exit 2;
+``models verify`` exits 1 when the package does not verify.
 """
 
 from __future__ import annotations
@@ -63,9 +66,13 @@ def _fraction(text: str) -> float:
 
 def _models_build(args: argparse.Namespace) -> int:
     # Imported here, not at the top: --help must not load scikit-learn and onnxruntime.
+    from cloud_hub.keys import sign_packages, signing_key_for  # noqa: PLC0415
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
     from shared.manifest import load_package  # noqa: PLC0415
 
+    settings = resolve_settings(args, serving=False)
+    signing_key_for(settings.signing_key, settings.data_dir)  # a bad key fails before the build
     result = build_default_models(
         args.out,
         seed=args.seed,
@@ -81,7 +88,70 @@ def _models_build(args: argparse.Namespace) -> int:
             f"{m.name} {m.version} {path} {m.model.quantization} {m.model.size} bytes "
             f"urgent_threshold={m.urgent.score_threshold:.2f} {figures}"
         )
+    for line in sign_packages(settings.signing_key, settings.data_dir, [result.edge, result.heavy]):
+        print(line)
     print(json.dumps(result.to_dict(), sort_keys=True))
+    return 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    from cloud_hub.keys import KeyFiles, KeysError, default_keys_dir, public_key  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+    from shared.package_verify import verify_package  # noqa: PLC0415
+    from shared.signing import load_public_key  # noqa: PLC0415
+
+    if args.trust:
+        trusted = []
+        for path in args.trust:
+            try:
+                trusted.append(load_public_key(path.read_bytes(), str(path)))
+            except OSError as exc:
+                raise ValueError(f"--trust {path}: cannot read it ({exc.strerror})") from None
+            except ValueError as exc:
+                raise ValueError(f"--trust {exc}") from None
+    else:
+        settings = resolve_settings(args, serving=False)
+        files = KeyFiles(default_keys_dir(settings.data_dir))
+        if not (files.public.is_file() or files.private.is_file()):
+            raise KeysError(
+                f"no trusted public key: give --trust PUBKEY_FILE (a signing.pub), or make the "
+                f"hub's key with 'edgeloop-hub keys init' (then {files.public} is trusted)"
+            )
+        trusted = [public_key(files)]
+    result = verify_package(args.dir, trusted)
+    print(f"package {args.dir}; trusted key id(s): {', '.join(k.key_id for k in trusted)}")
+    for check in result.checks:
+        print(f"  {'ok  ' if check.ok else 'FAIL'} {check.what}: {check.detail}")
+    failure = result.failure
+    if failure is None:
+        m = result.manifest
+        assert m is not None
+        print(f"verified: {m.name} {m.version}, signed by key id {result.key_id}")
+        return 0
+    print(
+        f"{PROG}: {args.dir} does not verify: {failure.reason}: {failure.detail}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from cloud_hub.keys import KeyFiles, default_keys_dir, init_keys, public_key  # noqa: PLC0415
+    from cloud_hub.settings import resolve_settings  # noqa: PLC0415
+
+    settings = resolve_settings(args, serving=False)
+    files = KeyFiles(args.keys_dir or default_keys_dir(settings.data_dir))
+    if args.keys_command == "init":
+        key = init_keys(files)
+        print(f"signing key   {files.private}  (0600; keep it on the hub, never share it)")
+    else:
+        key = public_key(files)
+    if files.public.is_file():
+        print(f"public key    {files.public}  (devices and 'models verify --trust' use it)")
+    else:
+        print(f"public key    from {files.private} ({files.public} is missing: save the PEM below)")
+    print(f"key id        {key.key_id}")
+    sys.stdout.write(key.pem())
     return 0
 
 
@@ -381,9 +451,10 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="model packages (build, train)",
-        description="Model packages: the default edge and heavy models (build), or a pair "
-        "trained on your recordings (train).",
+        help="model packages (build, train, verify)",
+        description="Model packages: the default edge and heavy models (build), a pair "
+        "trained on your recordings (train), and checking a package's files and signature "
+        "(verify).",
     )
     models.set_defaults(parser=models)
     models_cmds = models.add_subparsers(title="model commands", metavar="COMMAND")
@@ -436,13 +507,65 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="simulated readings per device (default: 4000)",
     )
+    # settings import nothing heavy
+    from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415
+
+    OPTIONS.add_to(build, only=("data_dir", "signing_key"))
     build.set_defaults(handler=_models_build)
     from cloud_hub.train_command import add_train_parser  # noqa: PLC0415
 
     add_train_parser(models_cmds)
+    verify = models_cmds.add_parser(
+        "verify",
+        help="verify a model package: every file's size and sha256, and its signature",
+        description="Check package directory DIR: manifest.json validates and lists every "
+        "file; each listed file is present with its size and sha256; no unlisted file; "
+        "manifest.sig verifies over manifest.json's bytes with a trusted public key. Prints "
+        "each check; exits 1 naming the reason (missing_file, size_mismatch, "
+        "sha256_mismatch, unlisted_file, unsigned, malformed_signature, unknown_key, "
+        "bad_signature, malformed_manifest) when it does not verify.",
+    )
+    verify.add_argument("dir", type=Path, metavar="DIR", help="the package directory")
+    verify.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        metavar="PUBKEY_FILE",
+        help="a public key to trust (PEM, as signing.pub); repeat for several (rotation). "
+        "Default: the hub's own, DATA_DIR/keys/signing.pub",
+    )
+    OPTIONS.add_to(verify, only=("data_dir",))
+    verify.set_defaults(handler=_models_verify, parser=verify)
 
-    # settings import nothing heavy
-    from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415
+    keys = commands.add_parser("keys", help="the Ed25519 key that signs model packages")
+    keys.set_defaults(parser=keys)
+    keys_cmds = keys.add_subparsers(title="key commands", metavar="COMMAND")
+    for command, summary, description in (
+        (
+            "init",
+            "make the package signing key; print its public key and key id",
+            "Make an Ed25519 key pair: KEYS_DIR/signing.key (private, mode 0600, never "
+            "printed) and KEYS_DIR/signing.pub (public, PEM). Prints the public key and its key "
+            "id (the first 16 hex digits of the sha256 of the raw 32-byte public key). Builds "
+            "(models build, models train, the hub's start) then sign packages with it. An "
+            "existing key is never overwritten: to rotate, make the new key in another "
+            "--keys-dir.",
+        ),
+        (
+            "show",
+            "print the public key and key id",
+            "Print the signing key's public key (PEM) and its key id.",
+        ),
+    ):
+        sub = keys_cmds.add_parser(command, help=summary, description=description)
+        sub.add_argument(
+            "--keys-dir",
+            type=Path,
+            metavar="DIR",
+            help="where the key files are (default: DATA_DIR/keys)",
+        )
+        OPTIONS.add_to(sub, only=("data_dir",))
+        sub.set_defaults(handler=_keys, keys_command=command)
 
     serve = commands.add_parser(
         "serve",

@@ -192,10 +192,14 @@ class Hub:
 
     def _models(self) -> Path:
         """Build (or find) the default models, register them, return the heavy package."""
+        from cloud_hub.keys import sign_packages  # noqa: PLC0415
         from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
         from shared.manifest import load_package  # noqa: PLC0415
 
-        built = build_default_models(self.settings.models_dir)
+        s = self.settings
+        built = build_default_models(s.models_dir)
+        for line in sign_packages(s.signing_key, s.data_dir, [built.edge, built.heavy]):
+            log.info("%s", line)
         for path in (built.edge, built.heavy):
             package = load_package(path)
             if path == built.edge:
@@ -203,7 +207,12 @@ class Hub:
             # Absolute: --models-dir (relative by default) means nothing once the hub runs
             # from another directory, and the API must not join it to the models dir again.
             # Registering again moves a record made by an older start to this path.
-            self.store.register_model(package.manifest, str(path.resolve()), time.time())
+            self.store.register_model(
+                package.manifest,
+                str(path.resolve()),
+                time.time(),
+                manifest_bytes=package.manifest_bytes,
+            )
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )

@@ -94,6 +94,15 @@ OPTIONS: Final = OptionTable(
             "model directory; the default models are built there at first start",
             "DIR",
         ),
+        Option(
+            "signing_key",
+            Path,
+            None,
+            "Ed25519 private key (PEM, mode 0600) that signs the model packages the hub builds "
+            "(default: DATA_DIR/keys/signing.key if it exists, from edgeloop-hub keys init; "
+            "without a key, packages stay unsigned)",
+            "FILE",
+        ),
         Option("store", str, None, "store URL (default: sqlite:///DATA_DIR/hub.db)", "URL"),
         *broker_options(
             ENV_PREFIX,
@@ -276,6 +285,7 @@ class HubSettings:
 
     data_dir: Path
     models_dir: Path
+    signing_key: Path | None
     store: str
     broker: str
     broker_password: str | None

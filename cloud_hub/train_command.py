@@ -48,7 +48,7 @@ __all__ = [
     "add_train_parser",
 ]
 
-TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store")
+TRAIN_OPTIONS: Final = ("data_dir", "models_dir", "store", "signing_key")
 """serve's options that say where the registry is."""
 DEFAULT_CONSECUTIVE: Final = {"anomaly": 2, "classifier": 1}
 """``--consecutive`` by path: without labels 2, as single readings over the
@@ -405,6 +405,7 @@ def _choose_version(
 def _train(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # noqa: PLC0415
 
+    from cloud_hub.keys import signing_key_for  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
     from cloud_hub.store import open_store  # noqa: PLC0415
 
@@ -420,6 +421,7 @@ def _train(args: argparse.Namespace) -> int:
             "--normal-from/--normal-to select normal data for training without --label"
         )
     settings = resolve_settings(args, serving=False)
+    signing_key_for(settings.signing_key, settings.data_dir)  # a bad key fails before training
     t0 = time.perf_counter()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.store)
@@ -589,6 +591,9 @@ def _run(
                 f"only, above the budget {args.false_alarm_budget:g}: the threshold extrapolates "
                 "the tail of the scores; more normal data measures it directly"
             )
+    from cloud_hub.keys import sign_packages  # noqa: PLC0415
+
+    report += sign_packages(settings.signing_key, settings.data_dir, [result.edge, result.heavy])
     report += _register(settings, store, result, replace=args.force)
     out = result.to_dict()
     out.update(
@@ -914,8 +919,15 @@ def _register(
 
     lines = []
     for path in (result.edge, result.heavy):
-        m = load_package(path).manifest
-        store.register_model(m, str(path.resolve()), time.time(), replace=replace)
+        package = load_package(path)
+        m = package.manifest
+        store.register_model(
+            m,
+            str(path.resolve()),
+            time.time(),
+            replace=replace,
+            manifest_bytes=package.manifest_bytes,
+        )
         lines.append(
             f"registered {m.name} {m.version} ({m.variant}) in {_safe_store(settings.store)}"
         )

@@ -3,6 +3,9 @@
 - :mod:`shared.topics` — the MQTT topic grammar;
 - :mod:`shared.messages` — message types and their strict JSON codec;
 - :mod:`shared.manifest` — the model package and its manifest;
+- :mod:`shared.signing` — Ed25519 signatures over a manifest's exact bytes, key ids;
+- :mod:`shared.package_verify` — a package's files and signature checked;
+- :mod:`shared.reasons` — reason codes for a refused package;
 - :mod:`shared.features` — sensors and the one feature function;
 - :mod:`shared.baseline` — per-device baselines, mapped onto a model's reference;
 - :mod:`shared.errors` — the exception tree;

@@ -7,12 +7,16 @@ them) and writes (classes, which one is urgent), when to act (urgent
 thresholds), what its training data looked like (per sensor: location, scale
 and range; reference histograms per feature and for the score, for drift
 tracking: coming, not built yet), how good it is (metrics), where it came from (lineage),
-and how to check it still works (test vectors). ``manifest.sig`` is to be an
-Ed25519 signature of the manifest's exact bytes; it is read here when present,
-but nothing signs or verifies it yet (signed OTA: coming, not built yet).
+and how to check it still works (test vectors), and the sha256 and size of
+every file in the package (``files``; manifests written before it have none).
+``manifest.sig`` is an Ed25519 signature of the manifest's exact bytes
+(:mod:`shared.signing`); it is read here when present, and checked by
+:func:`shared.package_verify.verify_package` (the hub's ``models verify``; the
+agent does not verify it yet).
 
 :func:`load_package` refuses anything it cannot trust: a manifest that does not
-validate, a model file whose size or sha256 differ from the manifest's.
+validate, a listed file (the model among them) whose size or sha256 differ from
+the manifest's.
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ __all__ = [
     "ModelManifest",
     "ModelPackage",
     "OutputSpec",
+    "PackageFile",
     "SensorReference",
     "TestVectors",
     "UrgentSpec",
     "load_package",
+    "manifest_file_bytes",
+    "parse_manifest",
     "parse_version",
     "sha256_file",
     "write_manifest",
@@ -145,6 +152,45 @@ def _strings(o: _Obj, key: str) -> tuple[str, ...]:
     if len(set(values)) != len(values):
         raise o.fail(key, "must not repeat a name")
     return tuple(values)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageFile:
+    """One file of the package as ``files`` lists it: a plain name, its sha256 and size."""
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def parse(cls, o: _Obj) -> PackageFile:
+        name = o.get("path", str)
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise o.fail("path", f"= {name!r} must be a plain file name inside the package")
+        if name in (MANIFEST_FILE, SIGNATURE_FILE):
+            raise o.fail("path", f"= {name!r}: the manifest cannot list itself or its signature")
+        sha = o.get("sha256", str)
+        if not _SHA_RE.fullmatch(sha):
+            raise o.fail("sha256", "must be 64 lowercase hex digits")
+        return cls(name, sha, int(o.num("size", 0)))
+
+
+def _files(o: _Obj, model: ModelFile) -> tuple[PackageFile, ...]:
+    """The ``files`` list: optional (older manifests lack it); when present, it names
+    each file once and holds the model file with the model's own sha256 and size."""
+    if "files" not in o.obj:
+        return ()
+    raw = o.get("files", list)
+    files = tuple(PackageFile.parse(_Obj(item, f"files[{i}]")) for i, item in enumerate(raw))
+    names = [f.path for f in files]
+    if len(set(names)) != len(names):
+        raise o.fail("files", "must not list a file twice")
+    entry = next((f for f in files if f.path == model.file), None)
+    if entry is None or (entry.sha256, entry.size) != (model.sha256, model.size):
+        raise o.fail(
+            "files", f"must list {model.file!r} with the sha256 and size of the 'model' field"
+        )
+    return files
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +465,8 @@ class ModelManifest:
     lineage: Lineage
     min_agent_version: str
     test_vectors: TestVectors
+    files: tuple[PackageFile, ...] = ()
+    """Every file of the package but the manifest and its signature (empty: an older manifest)."""
 
     @property
     def version_key(self) -> tuple[int, int, int]:
@@ -480,12 +528,13 @@ class ModelManifest:
             )
         metrics_o = o.sub("metrics")
         metrics = {k: metrics_o.num(k) for k in metrics_o.obj}
+        model = ModelFile.parse(o.sub("model"))
         return cls(
             name=name,
             version=version,
             variant=variant,
             created=o.get("created", str),
-            model=ModelFile.parse(o.sub("model")),
+            model=model,
             input=inp,
             output=out,
             urgent=urgent,
@@ -498,13 +547,14 @@ class ModelManifest:
             test_vectors=TestVectors.parse(
                 o.sub("test_vectors"), len(inp.features), len(out.classes)
             ),
+            files=_files(o, model),
         )
 
     def to_dict(self) -> dict[str, Any]:
         def hist(h: Histogram) -> dict[str, Any]:
             return {"edges": list(h.edges), "proportions": list(h.proportions)}
 
-        return {
+        out: dict[str, Any] = {
             "format": FORMAT,
             "name": self.name,
             "version": self.version,
@@ -567,6 +617,11 @@ class ModelManifest:
                 "atol": self.test_vectors.atol,
             },
         }
+        if self.files:
+            out["files"] = [
+                {"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files
+            ]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,11 +638,53 @@ class ModelPackage:
         return self.path / self.manifest.model.file
 
 
+def manifest_file_bytes(manifest: ModelManifest) -> bytes:
+    """``manifest.json`` as :func:`write_manifest` writes it (sorted keys, two-space
+    indent, final newline). A signature covers the bytes on disk, not these: a
+    package's manifest is never re-serialized once written."""
+    return (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_manifest(directory: Path, manifest: ModelManifest) -> bytes:
     """Write ``manifest.json`` (stable key order) and return its bytes."""
-    data = (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+    data = manifest_file_bytes(manifest)
     (directory / MANIFEST_FILE).write_bytes(data)
     return data
+
+
+def parse_manifest(data: bytes, source: Path) -> ModelManifest:
+    """The manifest in ``data`` (the bytes of ``source``), or :class:`ManifestError` naming it."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"{source} is not valid JSON: {exc}", path=str(source)) from None
+    try:
+        return ModelManifest.from_dict(obj)
+    except ManifestError as exc:
+        raise ManifestError(f"{source}: {exc}", path=str(source), field=exc.field) from None
+
+
+def _check_file(package: Path, name: str, size: int, sha256: str, field: str) -> None:
+    """Raise :class:`ManifestError` unless ``package/name`` has this size and sha256."""
+    file = package / name
+    if not file.is_file():
+        raise ManifestError(f"model package {str(package)!r} lacks {name}", path=str(file))
+    found = file.stat().st_size
+    if found != size:
+        raise ManifestError(
+            f"{file}: size {found} bytes differs from the manifest's {size}; "
+            "the file is truncated or replaced",
+            path=str(file),
+            field=f"{field}.size",
+        )
+    digest = sha256_file(file)
+    if digest != sha256:
+        raise ManifestError(
+            f"{file}: sha256 {digest[:12]}... differs from the manifest's "
+            f"{sha256[:12]}...; the file is corrupt or replaced",
+            path=str(file),
+            field=f"{field}.sha256",
+        )
 
 
 def load_package(path: Path) -> ModelPackage:
@@ -603,34 +700,10 @@ def load_package(path: Path) -> ModelPackage:
             "build one with 'edgeloop-hub models build'",
             path=str(mpath),
         ) from None
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise ManifestError(f"{mpath} is not valid JSON: {exc}", path=str(mpath)) from None
-    try:
-        manifest = ModelManifest.from_dict(obj)
-    except ManifestError as exc:
-        raise ManifestError(f"{mpath}: {exc}", path=str(mpath), field=exc.field) from None
-    model = path / manifest.model.file
-    if not model.is_file():
-        raise ManifestError(
-            f"model package {str(path)!r} lacks {manifest.model.file}", path=str(model)
-        )
-    size = model.stat().st_size
-    if size != manifest.model.size:
-        raise ManifestError(
-            f"{model}: size {size} bytes differs from the manifest's {manifest.model.size}; "
-            "the file is truncated or replaced",
-            path=str(model),
-            field="model.size",
-        )
-    digest = sha256_file(model)
-    if digest != manifest.model.sha256:
-        raise ManifestError(
-            f"{model}: sha256 {digest[:12]}... differs from the manifest's "
-            f"{manifest.model.sha256[:12]}...; the file is corrupt or replaced",
-            path=str(model),
-            field="model.sha256",
-        )
+    manifest = parse_manifest(data, mpath)
+    _check_file(path, manifest.model.file, manifest.model.size, manifest.model.sha256, "model")
+    for i, entry in enumerate(manifest.files):
+        if entry.path != manifest.model.file:
+            _check_file(path, entry.path, entry.size, entry.sha256, f"files[{i}]")
     sig = path / SIGNATURE_FILE
     return ModelPackage(path, manifest, data, sig.read_bytes() if sig.is_file() else None)

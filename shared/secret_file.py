@@ -11,7 +11,10 @@ This is the one place that reads and writes such files:
 - :func:`check_private` is the mode check alone (for a TOML file that holds a
   secret among its settings);
 - :func:`write_private` creates (or replaces) a file with mode 0600 from the
-  start, never readable by others even for a moment.
+  start, never readable by others even for a moment;
+- :func:`write_file` writes a key or certificate beside its place with the
+  given mode from the first byte, syncs it and renames it into place, so a
+  reader never sees it half-written.
 
 :func:`mode_problem` is the rule without I/O. Errors are
 :class:`~shared.errors.ConfigError`; their messages name the file, never its
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from shared.errors import ConfigError
 
-__all__ = ["check_private", "mode_problem", "read_secret_file", "write_private"]
+__all__ = ["check_private", "mode_problem", "read_secret_file", "write_file", "write_private"]
 
 _OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
@@ -100,3 +103,14 @@ def write_private(path: Path, text: str) -> None:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path``: beside it first (mode ``mode`` from the first byte), then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -71,8 +71,8 @@ def _description(config: ApiConfig) -> str:
     }[config.open_access]
     return (
         "The cloud hub of edgeloop: devices and their state, telemetry with edge and heavy "
-        "model scores side by side, urgent events, registered models (manifest and artifact "
-        "download with Range resume), ingest statistics, and online inference.\n\n"
+        "model scores side by side, urgent events, registered models (manifest byte for byte, its "
+        "signature, and artifact download with Range resume), ingest statistics, and online inference.\n\n"
         f"{access}\n\n"
         "Times in responses are Unix seconds; `since` and `until` also take ISO 8601 "
         "(`2024-05-01T12:00:00Z`; without an offset a time is UTC). Lists page with `limit` and `cursor`: pass back "
@@ -131,7 +131,10 @@ def create_app(
             {"name": "devices", "description": "The fleet and each device's state."},
             {"name": "telemetry", "description": "Readings with edge and heavy scores."},
             {"name": "events", "description": "Urgent events and the local action taken."},
-            {"name": "models", "description": "Registered models: manifests and artifacts."},
+            {
+                "name": "models",
+                "description": "Registered models: manifests, signatures and artifacts.",
+            },
             {"name": "stats", "description": "Ingest statistics; dead letters (admin)."},
             {"name": "predict", "description": "Online inference with a registered model."},
             {"name": "batch", "description": "Batch scoring jobs over stored telemetry (admin)."},

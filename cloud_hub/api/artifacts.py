@@ -1,4 +1,4 @@
-"""Where a registered model's ``model.onnx`` is on disk, and whether it is still the one registered.
+"""Where a registered model's files are on disk, and whether they are still the ones registered.
 
 A :class:`~cloud_hub.store.base.ModelRecord` keeps the path it was registered
 with: the package directory (or the model file itself). The hub registers
@@ -18,9 +18,10 @@ from pathlib import Path
 
 from cloud_hub.store.base import ModelRecord
 from shared.errors import EdgeloopError
-from shared.manifest import sha256_file
+from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, sha256_file
+from shared.signing import MAX_SIGNATURE_FILE_BYTES
 
-__all__ = ["ArtifactError", "artifact_path", "verify_sha256"]
+__all__ = ["ArtifactError", "artifact_path", "signature_file", "verify_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,18 @@ def _fail(record: ModelRecord, why: str, path: Path | None) -> ArtifactError:
     )
 
 
-def artifact_path(record: ModelRecord, models_root: Path | None) -> Path:
-    """The registered model's ONNX file, checked to exist with the manifest's size."""
+def _registered_path(record: ModelRecord, models_root: Path | None) -> Path:
     path = Path(record.path)
     if not path.is_absolute():
         if models_root is None:
             raise _fail(record, "has a relative path and the API has no models_root", path)
         path = models_root / path
+    return path
+
+
+def artifact_path(record: ModelRecord, models_root: Path | None) -> Path:
+    """The registered model's ONNX file, checked to exist with the manifest's size."""
+    path = _registered_path(record, models_root)
     if path.is_dir():
         path = path / record.manifest.model.file
     try:
@@ -89,3 +95,24 @@ def verify_sha256(record: ModelRecord, path: Path) -> None:
         raise _fail(record, f"cannot be read ({exc.strerror})", path) from None
     if digest != record.manifest.model.sha256:
         raise _fail(record, "no longer matches the manifest's sha256", path)
+
+
+def signature_file(record: ModelRecord, models_root: Path | None) -> bytes | None:
+    """The package's ``manifest.sig``, or None when it has none. Raises
+    :class:`ArtifactError` when the package's ``manifest.json`` is no longer the
+    registered bytes: its signature would be over something else."""
+    path = _registered_path(record, models_root)
+    package = path if path.is_dir() else path.parent
+    try:
+        on_disk = (package / MANIFEST_FILE).read_bytes()
+    except OSError as exc:
+        raise _fail(record, f"manifest cannot be read ({exc.strerror})", package) from None
+    if on_disk != record.manifest_bytes:
+        raise _fail(record, "manifest on disk differs from the registered one", package)
+    try:
+        with (package / SIGNATURE_FILE).open("rb") as fh:
+            return fh.read(MAX_SIGNATURE_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _fail(record, f"signature cannot be read ({exc.strerror})", package) from None

@@ -375,6 +375,7 @@ class ModelOut(BaseModel):
     metrics: dict[str, float]
     parent: str | None
     manifest_url: str
+    signature_url: str
     artifact_url: str
 
     @classmethod
@@ -397,6 +398,7 @@ class ModelOut(BaseModel):
             metrics=dict(m.metrics),
             parent=m.lineage.parent,
             manifest_url=base,
+            signature_url=f"{base}/signature",
             artifact_url=f"{base}/artifact",
         )
 

@@ -6,8 +6,9 @@ the pipeline scores with it; :func:`complete_package` then computes the
 reference statistics and test vectors, writes ``manifest.json`` with
 :func:`shared.manifest.write_manifest` and reloads the whole package with
 :func:`shared.manifest.load_package`, so nothing leaves here that the agent
-would refuse. Nothing signs a package yet (``manifest.sig``: coming, not built
-yet); when something does, it will be the registry, not this module.
+would refuse. The manifest lists every file of the package with its sha256 and
+size (``files``). Nothing here signs: the commands that build packages sign
+them afterwards when a signing key exists (:mod:`cloud_hub.keys`).
 
 What the numbers in the manifest mean:
 
@@ -57,7 +58,9 @@ from shared.baseline import robust_stats
 from shared.errors import ManifestError
 from shared.features import SensorSpec
 from shared.manifest import (
+    MANIFEST_FILE,
     MODEL_FILE,
+    SIGNATURE_FILE,
     Histogram,
     InputSpec,
     Lineage,
@@ -65,6 +68,7 @@ from shared.manifest import (
     ModelManifest,
     ModelPackage,
     OutputSpec,
+    PackageFile,
     SensorReference,
     TestVectors,
     UrgentSpec,
@@ -82,6 +86,7 @@ __all__ = [
     "complete_package",
     "drift_score",
     "feature_histograms",
+    "package_files",
     "pick_test_rows",
     "save_model",
     "score_histogram",
@@ -219,6 +224,15 @@ def save_model(directory: Path, model: onnx.ModelProto) -> Path:
     return path
 
 
+def package_files(directory: Path) -> tuple[PackageFile, ...]:
+    """Every file in ``directory`` but the manifest and its signature, by name, hashed."""
+    return tuple(
+        PackageFile(p.name, sha256_file(p), p.stat().st_size)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name not in (MANIFEST_FILE, SIGNATURE_FILE)
+    )
+
+
 def complete_package(
     directory: Path,
     *,
@@ -261,6 +275,7 @@ def complete_package(
             path=str(model_path),
         )
     when = (created or datetime.now(UTC)).astimezone(UTC)
+    listed = {f.path: f for f in package_files(directory)}
     manifest = ModelManifest.from_dict(
         ModelManifest(
             name=name,
@@ -269,8 +284,8 @@ def complete_package(
             created=when.isoformat(timespec="seconds").replace("+00:00", "Z"),
             model=ModelFile(
                 file=MODEL_FILE,
-                sha256=sha256_file(model_path),
-                size=model_path.stat().st_size,
+                sha256=listed[MODEL_FILE].sha256,
+                size=listed[MODEL_FILE].size,
                 input_name=INPUT_NAME,
                 scores_output=SCORES_OUTPUT,
                 quantization=quantization,
@@ -289,6 +304,7 @@ def complete_package(
                 expected_scores=tuple(tuple(float(v) for v in row) for row in expected.tolist()),
                 atol=TEST_VECTOR_ATOL,
             ),
+            files=tuple(listed.values()),
         ).to_dict()
     )
     write_manifest(directory, manifest)

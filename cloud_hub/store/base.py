@@ -166,6 +166,8 @@ class ModelRecord:
     path: str
     registered_at: float
     manifest: ModelManifest
+    manifest_bytes: bytes = b""
+    """``manifest.json`` byte for byte as registered (what its ``manifest.sig`` signs)."""
 
 
 BatchJobState = Literal["queued", "running", "done", "failed"]
@@ -288,11 +290,19 @@ class Store(Protocol):
 
     # -- models
     def register_model(
-        self, manifest: ModelManifest, path: str, registered_at: float, *, replace: bool = False
+        self,
+        manifest: ModelManifest,
+        path: str,
+        registered_at: float,
+        *,
+        replace: bool = False,
+        manifest_bytes: bytes | None = None,
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
         under an existing (name, version) raises ValueError, or replaces the
-        record when ``replace`` (``models train --force``)."""
+        record when ``replace`` (``models train --force``). ``manifest_bytes``
+        (the package's ``manifest.json``, which must hold ``manifest``) are kept
+        and served byte for byte; without them, ``manifest_file_bytes(manifest)``."""
         ...
 
     def models(self) -> list[ModelRecord]: ...

@@ -45,7 +45,8 @@ Schema (version 6; :data:`SCHEMA_VERSION`), created on open by
 - ``events``, ``ota`` - one row per message, one column per field.
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
-- ``models`` - (name, version) -> manifest JSON, path, registered_at.
+- ``models`` - (name, version) -> manifest JSON (the package's ``manifest.json``,
+  byte for byte as registered), path, registered_at.
 - ``batch_jobs`` - one row per batch scoring job (version 4): its request
   (devices as JSON, time range, model), state, progress, result file, error.
 - ``baselines`` - per device its baseline (:mod:`shared.baseline`) as the
@@ -102,7 +103,7 @@ from cloud_hub.store.ledger import Ledger
 from shared.baseline import Baseline
 from shared.epochs import is_replay_epoch
 from shared.errors import EdgeloopError, ManifestError
-from shared.manifest import ModelManifest
+from shared.manifest import ModelManifest, manifest_file_bytes
 from shared.messages import Event, Health, Ota, Status
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
@@ -1214,67 +1215,91 @@ class SQLiteStore:
     # -- models
 
     def register_model(
-        self, manifest: ModelManifest, path: str, registered_at: float, *, replace: bool = False
+        self,
+        manifest: ModelManifest,
+        path: str,
+        registered_at: float,
+        *,
+        replace: bool = False,
+        manifest_bytes: bytes | None = None,
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
         under an existing (name, version) raises ValueError, or, when ``replace``
         (a version rebuilt on purpose: ``models train --force``), takes the new
         manifest, path and time.
 
+        ``manifest_bytes`` (the package's ``manifest.json``; they must hold
+        ``manifest``) are stored as they are and served byte for byte: a
+        signature covers them. Without them, the record keeps the bytes it has,
+        or :func:`~shared.manifest.manifest_file_bytes` for a new one.
+        Registering the same manifest again with other bytes (a record of an
+        older build, which kept a re-serialization) takes the new bytes.
+
         Registering the same manifest again at another ``path`` moves the record
         there (the manifest's sha256 vouches that it is the same artifact) and
         keeps the first ``registered_at``.
         """
-        text = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+        if manifest_bytes is not None:
+            try:
+                held = ModelManifest.from_dict(json.loads(manifest_bytes))
+            except (ManifestError, ValueError):
+                held = None
+            if held != manifest:
+                raise ValueError(
+                    f"model {manifest.name} {manifest.version}: the manifest bytes given do not "
+                    "hold the manifest registered with them"
+                )
+        data = manifest_file_bytes(manifest) if manifest_bytes is None else manifest_bytes
+        text = data.decode("utf-8")
+        name, version = manifest.name, manifest.version
+
+        def record(at: float, stored: str) -> ModelRecord:
+            return ModelRecord(
+                name, version, manifest.variant, path, at, manifest, stored.encode("utf-8")
+            )
+
         with self._write() as db:
             row = db.execute(
                 "SELECT manifest, path, registered_at FROM models WHERE name = ? AND version = ?",
-                (manifest.name, manifest.version),
+                (name, version),
             ).fetchone()
             if row is None:
                 db.execute(
                     "INSERT INTO models (name, version, variant, path, registered_at, manifest) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (manifest.name, manifest.version, manifest.variant, path, registered_at, text),
+                    (name, version, manifest.variant, path, registered_at, text),
                 )
-                return ModelRecord(
-                    manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
-                )
+                return record(registered_at, text)
             stored, old_path, first_at = row
-            unreadable = (
-                stored != text
-                and _model_record((manifest.name, manifest.version, "", "", 0.0, stored)) is None
-            )
-            if stored != text and (replace or unreadable):
-                if unreadable:
+            old = _model_record((name, version, "", "", 0.0, stored))
+            if old is None or old.manifest != manifest:
+                if old is not None and not replace:
+                    raise ValueError(
+                        f"model {name} {version} is already registered (from "
+                        f"{old_path}) with a different manifest; a changed model needs a new "
+                        "version"
+                    )
+                if old is None:
                     # A record of a manifest format this build no longer reads (the sensors
                     # moved into the manifest in format 2): the package was rebuilt; take it.
                     logger.warning(
                         "model %s %s: replacing its record of an older manifest format",
-                        manifest.name,
-                        manifest.version,
+                        name,
+                        version,
                     )
                 db.execute(
                     "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ? "
                     "WHERE name = ? AND version = ?",
-                    (manifest.variant, path, registered_at, text, manifest.name, manifest.version),
+                    (manifest.variant, path, registered_at, text, name, version),
                 )
-                return ModelRecord(
-                    manifest.name, manifest.version, manifest.variant, path, registered_at, manifest
-                )
-            if stored != text:
-                raise ValueError(
-                    f"model {manifest.name} {manifest.version} is already registered (from "
-                    f"{old_path}) with a different manifest; a changed model needs a new version"
-                )
-            if old_path != path:
+                return record(registered_at, text)
+            keep = text if manifest_bytes is not None else stored
+            if old_path != path or keep != stored:
                 db.execute(
-                    "UPDATE models SET path = ? WHERE name = ? AND version = ?",
-                    (path, manifest.name, manifest.version),
+                    "UPDATE models SET path = ?, manifest = ? WHERE name = ? AND version = ?",
+                    (path, keep, name, version),
                 )
-        return ModelRecord(
-            manifest.name, manifest.version, manifest.variant, path, float(first_at), manifest
-        )
+        return record(float(first_at), keep)
 
     def models(self) -> list[ModelRecord]:
         """Every registered model, by name, then version (oldest first)."""
@@ -1475,7 +1500,9 @@ def _model_record(row: tuple[Any, ...]) -> ModelRecord | None:
     except (ManifestError, ValueError) as exc:
         logger.warning("model %s %s: its registered manifest is unreadable: %s", name, version, exc)
         return None
-    return ModelRecord(name, version, variant, path, float(registered_at), manifest)
+    return ModelRecord(
+        name, version, variant, path, float(registered_at), manifest, text.encode("utf-8")
+    )
 
 
 def _encode_telemetry_cursor(first_ts: float, row_id: int, offset: int) -> str:

@@ -20,6 +20,7 @@ from cloud_hub import recordings
 from cloud_hub.batch.files import score_files
 from cloud_hub.cli import main
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.recordings import CsvOptions
 from shared.features import FeatureWindow, InputCheck
 from shared.manifest import ModelPackage, load_package, write_manifest
@@ -272,7 +273,7 @@ def test_errors_name_the_model_the_input_or_the_output(
 
     err = error("nope", data, out, *mapped)
     assert "'nope'" in err and "machine-edge" in err and "machine-heavy" in err
-    assert "1.0.0" in error("machine-heavy@9.0.0", data, out, *mapped)
+    assert DEFAULT_VERSION in error("machine-heavy@9.0.0", data, out, *mapped)
     missing = tmp_path / "missing.csv"
     assert str(missing) in error("machine-heavy", missing, out, *mapped)
     err = error("machine-heavy", data, out, "--ts-column", "when")

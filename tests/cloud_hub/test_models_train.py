@@ -31,7 +31,7 @@ from edge_agent.engine import load_edge_model
 from edge_agent.reading import ReadingPath
 from shared import __version__
 from shared.features import features_for_stream
-from shared.manifest import UrgentSpec, load_package, sha256_file
+from shared.manifest import MANIFEST_FILE, UrgentSpec, load_package, sha256_file
 from shared.urgent import Decision, UrgentRule
 from simulators.rig import (
     ALARM_SHIFT,
@@ -71,6 +71,7 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert "split by time" in report and "confusion (rows: true" in report
     assert "maximises urgent F1 on the validation rows" in report
     assert "sensor flow_m3h: no unit (give --units NAME=UNIT)" in report
+    assert "packages not signed: no signing key at " in report
     edge = load_package(Path(result["edge"])).manifest
     heavy = load_package(Path(result["heavy"])).manifest
     for m in (edge, heavy):
@@ -94,10 +95,16 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     lines, _ = _run(capsys, argv)
     assert json.loads(lines[-1])["version"] == "1.1.0"
     assert any("version 1.1.0: the next free one" in line for line in lines)
-    # --force replaces a version on purpose: the packages and the store's record.
+    # --force replaces a version on purpose: the packages and the store's record;
+    # with a signing key now, signed, and registered with the manifest's own bytes.
+    assert main(["keys", "init", "--data-dir", str(tmp_path / "hub")]) == 0
+    capsys.readouterr()
     lines, _ = _run(capsys, [*argv, "--version", "1.0.0", "--force"])
     again = json.loads(lines[-1])
     assert any("replacing the existing one: --force" in line for line in lines)
+    for variant in ("edge", "heavy"):
+        assert f"{again[variant]}: signed by key id " in "\n".join(lines)
+        _run(capsys, ["models", "verify", again[variant], "--data-dir", str(tmp_path / "hub")])
     store = open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
     try:
         record = store.model("test-rig-edge", "1.0.0")
@@ -105,6 +112,7 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         store.close()
     assert record is not None
     assert record.manifest.lineage.pipeline_run == again["run_id"] != result["run_id"]
+    assert record.manifest_bytes == (Path(again["edge"]) / MANIFEST_FILE).read_bytes()
 
 
 def test_unsupervised_training_keeps_the_budget_and_finds_faults(
@@ -255,6 +263,7 @@ def test_train_help_lists_the_registry_options(capsys: pytest.CaptureFixture[str
         "--normal-from",
         "--csv-map",
         "--max-rows",
+        "--signing-key",
     ):
         assert option in text
 

@@ -269,11 +269,14 @@ def _cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(120)
 def test_cli_models_build_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "models"
-    small = ["--devices", "4", "--readings-per-device", "2000"]
+    data = tmp_path / "hub"
+    small = ["--devices", "4", "--readings-per-device", "2000", "--data-dir", str(data)]
     proc = _cli("models", "build", "--out", str(out), "--seed", str(SEED), *small)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3, proc.stdout
+    assert len(lines) == 4, proc.stdout
+    assert lines[2].startswith("packages not signed: no signing key at ")
+    del lines[2]
     assert lines[0].startswith(
         f"{EDGE_NAME} {DEFAULT_VERSION} {out / EDGE_NAME / DEFAULT_VERSION} int8-dynamic"
     )
@@ -285,8 +288,14 @@ def test_cli_models_build_end_to_end(tmp_path: Path) -> None:
     load_package(Path(figures["edge"]))
     load_package(Path(figures["heavy"]))
 
+    # With a key, a build signs its packages (here the reused ones), and they verify.
+    assert _cli("keys", "init", "--data-dir", str(data)).returncode == 0
     again = _cli("models", "build", "--out", str(out), "--seed", str(SEED), *small)
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["reused"]
+    for variant in ("edge", "heavy"):
+        assert f"{figures[variant]}: signed by key id " in again.stdout
+        check = _cli("models", "verify", figures[variant], "--data-dir", str(data))
+        assert check.returncode == 0, check.stderr
 
 
 @pytest.mark.timeout(120)
@@ -336,7 +345,7 @@ def test_cli_help_is_fast_and_loads_nothing_heavy() -> None:
     )
     assert proc.stdout.strip() == "[]"
     help_text = _cli("models", "build", "--help", timeout=25).stdout
-    for option in ("--out", "--seed", "--force", "--min-agreement"):
+    for option in ("--out", "--seed", "--force", "--min-agreement", "--signing-key"):
         assert option in help_text
 
 

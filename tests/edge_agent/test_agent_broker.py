@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from edge_agent.actuators import LogActuator, MachineActuator
 from edge_agent.agent import Agent
 from edge_agent.engine import load_edge_model
@@ -174,7 +175,7 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
         log = proc.output()
     birth = next(m for m in recorder.of(Status) if m.state == "online")
     will = next(m for m in recorder.of(Status) if m.state == "offline")
-    assert (birth.agent_version, birth.model_version) == (__version__, "1.0.0")
+    assert (birth.agent_version, birth.model_version) == (__version__, DEFAULT_VERSION)
     assert birth.epoch >= 1 and will.epoch == birth.epoch
     _check_stream(recorder, complete=False, log=log)
     for t in recorder.of(Telemetry):

@@ -42,6 +42,9 @@ def broken_copy(
         (dst / manifest["model"]["file"]).write_bytes(model_bytes)
         manifest["model"]["sha256"] = hashlib.sha256(model_bytes).hexdigest()
         manifest["model"]["size"] = len(model_bytes)
+        for entry in manifest.get("files", []):  # the list of every file agrees with it
+            if entry["path"] == manifest["model"]["file"]:
+                entry.update(sha256=manifest["model"]["sha256"], size=len(model_bytes))
     edit(manifest)
     (dst / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return dst

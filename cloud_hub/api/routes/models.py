@@ -1,9 +1,11 @@
-"""``/v1/models``: registered model versions, their manifests and their ONNX artifacts.
+"""``/v1/models``: registered model versions, their manifests, signatures and ONNX artifacts.
 
-The manifest comes back as the canonical ``manifest.json`` bytes (sorted keys,
-two-space indent, final newline): the very bytes a ``manifest.sig`` is to sign,
-so a device will be able to verify the download (signing and verifying:
-coming, not built yet).
+The manifest comes back byte for byte as the registry stored it: the package's
+``manifest.json`` as it was on disk when registered, never re-serialized, so a
+``manifest.sig`` over those bytes verifies against the download. The signature
+is served from the package directory (``/signature``), only while the
+directory's ``manifest.json`` is still those registered bytes; 404 for an
+unsigned package. (The agent does not download or verify them yet.)
 
 The artifact streams ``model.onnx`` with ``Content-Length``, a strong
 ``ETag`` (the manifest's sha256) and single-range ``Range`` requests (206, or
@@ -15,7 +17,6 @@ alone.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from cloud_hub.api.artifacts import ArtifactError, artifact_path
+from cloud_hub.api.artifacts import ArtifactError, artifact_path, signature_file
 from cloud_hub.api.auth import ReadAccess
 from cloud_hub.api.byteranges import RangeNotSatisfiableError, parse_range
 from cloud_hub.api.deps import StateDep, StoreDep
@@ -32,9 +33,9 @@ from cloud_hub.api.errors import responses
 from cloud_hub.api.params import ModelName, ModelVersion, find_model
 from cloud_hub.api.schemas import ModelListOut, ModelOut
 from cloud_hub.store.base import ModelRecord
-from shared.manifest import ModelManifest
+from shared.manifest import manifest_file_bytes
 
-__all__ = ["canonical_manifest", "router"]
+__all__ = ["router"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ _CHUNK = 64 * 1024
 _MANIFEST_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "manifest.json, byte for byte as the pipeline writes it.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+_SIGNATURE_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "manifest.sig: {alg: ed25519, key_id, signature (base64)}, byte for byte.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
@@ -58,11 +65,6 @@ _ARTIFACT_DOC: dict[int | str, dict[str, Any]] = {
     },
     **responses(404, 416, 422, 500),
 }
-
-
-def canonical_manifest(manifest: ModelManifest) -> bytes:
-    """``manifest.json`` as :func:`shared.manifest.write_manifest` writes it."""
-    return (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
 def _etag(record: ModelRecord) -> str:
@@ -86,11 +88,36 @@ def get_manifest(
 ) -> Response:
     """The manifest of one model version."""
     record = find_model(store, name, version)
-    content = canonical_manifest(record.manifest)
+    # A store that keeps no bytes (none does today) falls back to the file's canonical form.
+    content = record.manifest_bytes or manifest_file_bytes(record.manifest)
     return Response(
         content=content,
         media_type="application/json",
         headers={"ETag": f'"{hashlib.sha256(content).hexdigest()}"'},
+    )
+
+
+@router.get(
+    "/{name}/{version}/signature",
+    response_class=Response,
+    responses={**_SIGNATURE_DOC, **responses(404, 422, 500)},
+)
+def get_signature(
+    access: ReadAccess, state: StateDep, name: ModelName, version: ModelVersion
+) -> Response:
+    """``manifest.sig`` of one model version: the Ed25519 signature of the manifest's bytes."""
+    record = find_model(state.store, name, version)
+    data = signature_file(record, state.models_root)
+    if data is None:
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"model {record.name} {record.version} is not signed; the hub's operator "
+            "signs packages by making a key ('edgeloop-hub keys init') and building again",
+        )
+    return Response(
+        content=data,
+        media_type="application/json",
+        headers={"ETag": f'"{hashlib.sha256(data).hexdigest()}"'},
     )
 
 

@@ -4,6 +4,7 @@ interface, the real model packages, a real uvicorn server on an ephemeral port."
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -18,11 +19,13 @@ import pytest
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.commissioning import baseline_from_store
+from cloud_hub.keys import sign_package
 from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store import open_store
 from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
-from shared.manifest import MODEL_FILE, ModelManifest, ModelPackage, load_package
+from shared.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, ModelPackage, load_package
 from shared.messages import Event, Health, Status
+from shared.signing import SigningKey
 from simulators.harness import HubApi
 from simulators.sensors import FEATURE_NAMES
 from tests.cloud_hub.api.server import live_server
@@ -54,6 +57,8 @@ class Seeded:
     """Seq of the message that carried each reading."""
     events: list[Event]
     broken_path: Path
+    signer: SigningKey
+    """The key the edge and heavy packages are signed with."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +84,27 @@ def renamed(manifest: ModelManifest, name: str, prefix: str) -> ModelManifest:
     return ModelManifest.from_dict(d)
 
 
+def _signed_copy(src: Path, dst: Path, signer: SigningKey, *, reformat: bool) -> ModelPackage:
+    shutil.copytree(src, dst)
+    if reformat:
+        manifest = dst / MANIFEST_FILE
+        manifest.write_text(json.dumps(json.loads(manifest.read_bytes()), indent=1) + "\n")
+    sign_package(dst, signer)
+    return load_package(dst)
+
+
 def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
     now = time.time()
     rng = np.random.default_rng(11)
-    edge, heavy = load_package(models.edge), load_package(models.heavy)
+    signer = SigningKey.generate()
+    # Signed copies; the edge manifest rewritten with one-space indents, so only a
+    # registry that keeps the file's bytes serves what its signature covers.
+    edge = _signed_copy(models.edge, tmp / "machine-edge", signer, reformat=True)
+    heavy = _signed_copy(models.heavy, tmp / "machine-heavy", signer, reformat=False)
     for pkg in (edge, heavy):
-        store.register_model(pkg.manifest, str(pkg.path), now)
+        store.register_model(pkg.manifest, str(pkg.path), now, manifest_bytes=pkg.manifest_bytes)
     # A later heavy version (the same artifact) so "version": null has a choice to make.
-    store.register_model(dataclasses.replace(heavy.manifest, version="1.1.0"), str(heavy.path), now)
+    store.register_model(dataclasses.replace(heavy.manifest, version="1.2.0"), str(heavy.path), now)
     # A registered model whose file was truncated after registration.
     broken = tmp / "broken"
     shutil.copytree(heavy.path, broken)
@@ -281,6 +299,7 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
         seqs=np.concatenate(seq_all),
         events=sorted(events, key=lambda e: e.ts),
         broken_path=broken,
+        signer=signer,
     )
 
 

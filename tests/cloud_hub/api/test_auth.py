@@ -28,6 +28,7 @@ ROUTES = {
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{name}/{version}"),
     ("GET", "/v1/models/{name}/{version}/artifact"),
+    ("GET", "/v1/models/{name}/{version}/signature"),
     ("GET", "/v1/stats/ingest"),
     ("GET", "/v1/dead-letters"),
     ("POST", "/v1/predict"),

@@ -18,6 +18,7 @@ import pytest
 from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store import BatchJob, open_store
 from cloud_hub.store.base import Store, TelemetryRows
 from shared.features import FeatureWindow
@@ -78,7 +79,7 @@ def _seed(store: Store, edge: ModelPackage, heavy: ModelPackage) -> tuple[np.nda
             1,
             1,
             "9.9.9",
-            "1.0.0",
+            DEFAULT_VERSION,
             ts[:10],
             np.zeros((10, 5), np.float32),
             scores[:10],
@@ -124,7 +125,7 @@ def test_job_life_cycle_and_results_equal_the_model_and_the_rule(api: Api) -> No
     reply = api.admin.post("/v1/batch/jobs", json_body=body)
     assert reply.status == 202, reply.body
     job = reply.json()
-    assert job["state"] in ("queued", "running", "done") and job["version"] == "1.0.0"
+    assert job["state"] in ("queued", "running", "done") and job["version"] == DEFAULT_VERSION
     early = api.admin.get(f"/v1/batch/jobs/{job['id']}/result")
     assert early.status in (200, 409)
     done = _wait(api.admin, job["id"])
@@ -186,7 +187,7 @@ def test_a_job_left_running_is_marked_failed_at_the_next_start(
         T0,
         float("inf"),
         "machine-heavy",
-        "1.0.0",
+        DEFAULT_VERSION,
         time.time(),
         started_at=time.time(),
         rows_done=100,
@@ -217,7 +218,7 @@ def test_a_clean_stop_marks_the_running_job_failed(
     jobs = BatchJobs(store, tmp_path / "batch", None, page_rows=1)  # 600 pages: a slow job
     try:
         jobs.start()
-        record = store.model("machine-heavy", "1.0.0")
+        record = store.model("machine-heavy", DEFAULT_VERSION)
         assert record is not None
         job = jobs.submit(["pi-a"], T0, float("inf"), record)
         deadline = time.monotonic() + 20.0

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from tests.cloud_hub.api.conftest import MAX_PAGE, STALE_AFTER_S, T0, Hub
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,7 +35,7 @@ def test_device_list_derives_every_state(hub: Hub) -> None:
     assert body["states"] == {"online": 1, "offline": 1, "stale": 1, "never_seen": 1}
     online, stale, new = devices["pi-online"], devices["pi-stale"], devices["pi-new"]
     assert online["epoch"] == 2 and online["agent_version"] == "0.1.0"
-    assert online["model_version"] == "1.0.0" and online["model"] == "machine-edge"
+    assert online["model_version"] == DEFAULT_VERSION and online["model"] == "machine-edge"
     assert stale["model"] is None  # an agent that does not name its model
     assert online["silent_for_s"] < STALE_AFTER_S < stale["silent_for_s"]
     assert stale["last_seen"] == pytest.approx(hub.seeded.now - 600)
@@ -109,7 +110,7 @@ def test_telemetry_pages_return_every_reading_once_in_order(hub: Hub, limit: int
         np.array([r["heavy_scores"] for r in readings], dtype=np.float32), s.heavy_scores
     )
     first = readings[0]
-    assert first["edge_model_version"] == first["heavy_model_version"] == "1.0.0"
+    assert first["edge_model_version"] == first["heavy_model_version"] == DEFAULT_VERSION
     assert first["epoch"] == 2
 
 
@@ -122,7 +123,7 @@ def test_telemetry_time_range_and_column_names(hub: Hub) -> None:
         np.testing.assert_array_equal([r["ts"] for r in readings], s.ts[10:60])
     page = hub.read.get("/v1/devices/pi-online/telemetry?limit=5").json()
     manifest = s.edge.manifest
-    # rig-edge 1.0.0 reads as many features: the device's birth named machine-edge.
+    # rig-edge reads as many features: the device's birth named machine-edge.
     assert page["feature_names"] == list(manifest.input.features)
     assert page["classes"] == list(manifest.output.classes)
     assert page["until"] is None and page["next_cursor"] is not None

@@ -1,30 +1,45 @@
-"""Models: the list, the manifest byte for byte, and artifact downloads with Range resume."""
+"""Models: the list, the manifest and its signature byte for byte, and artifact downloads
+with Range resume."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+from pathlib import Path
 
 import pytest
 
+from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.api.byteranges import ByteRange, RangeNotSatisfiableError, parse_range
-from shared.manifest import MANIFEST_FILE, MODEL_FILE
-from tests.cloud_hub.api.conftest import Hub
+from cloud_hub.keys import sign_package
+from cloud_hub.pipeline.build import DEFAULT_VERSION
+from cloud_hub.store import open_store
+from shared.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    SIGNATURE_FILE,
+    load_package,
+    manifest_file_bytes,
+)
+from shared.signing import verify_signature
+from tests.cloud_hub.api.conftest import READ_TOKEN, Hub
+from tests.cloud_hub.api.server import live_server
 
 pytestmark = pytest.mark.timeout(30)
 
-EDGE = "/v1/models/machine-edge/1.1.0"
-HEAVY = "/v1/models/machine-heavy/1.1.0"
+EDGE = f"/v1/models/machine-edge/{DEFAULT_VERSION}"
+HEAVY = f"/v1/models/machine-heavy/{DEFAULT_VERSION}"
 
 
 def test_model_list(hub: Hub) -> None:
     body = hub.read.get("/v1/models").json()
     listed = [(m["name"], m["version"], m["variant"]) for m in body["models"]]
     assert listed == [
-        ("broken-heavy", "1.0.0", "heavy"),
-        ("machine-edge", "1.0.0", "edge"),
-        ("machine-heavy", "1.0.0", "heavy"),
-        ("machine-heavy", "1.1.0", "heavy"),
-        ("rig-edge", "1.0.0", "edge"),
+        ("broken-heavy", DEFAULT_VERSION, "heavy"),
+        ("machine-edge", DEFAULT_VERSION, "edge"),
+        ("machine-heavy", DEFAULT_VERSION, "heavy"),
+        ("machine-heavy", "1.2.0", "heavy"),
+        ("rig-edge", DEFAULT_VERSION, "edge"),
     ]
     edge = body["models"][1]
     manifest = hub.seeded.edge.manifest
@@ -32,6 +47,7 @@ def test_model_list(hub: Hub) -> None:
     assert edge["quantization"] == "int8-dynamic"
     assert edge["features"] == list(manifest.input.features)
     assert edge["artifact_url"] == f"{EDGE}/artifact" and edge["manifest_url"] == EDGE
+    assert edge["signature_url"] == f"{EDGE}/signature"
 
 
 def test_manifest_is_the_signed_file_byte_for_byte(hub: Hub) -> None:
@@ -41,6 +57,48 @@ def test_manifest_is_the_signed_file_byte_for_byte(hub: Hub) -> None:
         assert reply.headers["content-type"] == "application/json"
         assert reply.body == (pkg.path / MANIFEST_FILE).read_bytes()
         assert reply.headers["etag"] == f'"{hashlib.sha256(reply.body).hexdigest()}"'
+
+
+def test_manifest_is_served_as_stored_not_reserialized(hub: Hub) -> None:
+    # The seeded edge manifest has one-space indents: a re-serialization would differ.
+    served = hub.read.get(EDGE).body
+    assert served != manifest_file_bytes(hub.seeded.edge.manifest)
+    assert served == hub.seeded.edge.manifest_bytes
+
+
+def test_signature_is_served_and_verifies_over_the_served_manifest(hub: Hub) -> None:
+    for path, pkg in ((EDGE, hub.seeded.edge), (HEAVY, hub.seeded.heavy)):
+        sig = hub.read.get(f"{path}/signature")
+        assert sig.status == 200
+        assert sig.body == (pkg.path / SIGNATURE_FILE).read_bytes()
+        assert sig.headers["etag"] == f'"{hashlib.sha256(sig.body).hexdigest()}"'
+        check = verify_signature(hub.read.get(path).body, sig.body, [hub.seeded.signer.public])
+        assert check.ok and check.key_id == hub.seeded.signer.key_id
+
+
+def test_signature_of_an_unsigned_or_changed_package(hub: Hub, tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    shutil.copytree(hub.seeded.heavy.path, package)
+    (package / SIGNATURE_FILE).unlink()
+    pkg = load_package(package)
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        store.register_model(pkg.manifest, str(package), 0.0, manifest_bytes=pkg.manifest_bytes)
+        app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=READ_TOKEN[::-1]))
+        with live_server(app) as anon:
+            client = anon.with_token(READ_TOKEN)
+            unsigned = client.get(f"{HEAVY}/signature")
+            assert unsigned.status == 404
+            assert "not signed" in unsigned.detail and "keys init" in unsigned.detail
+            # Signed after a rewrite of its manifest: not the registered bytes, so not served.
+            (package / MANIFEST_FILE).write_bytes(pkg.manifest_bytes.replace(b"\n", b"\r\n"))
+            sign_package(package, hub.seeded.signer)
+            changed = client.get(f"{HEAVY}/signature")
+            assert changed.status == 500
+            assert "differs from the registered one" in changed.detail
+            assert client.get(HEAVY).body == pkg.manifest_bytes
+    finally:
+        store.close()
 
 
 def test_artifact_download_equals_the_file(hub: Hub) -> None:
@@ -92,7 +150,9 @@ def test_range_past_the_end_is_416(hub: Hub) -> None:
         reply = hub.read.get(f"{HEAVY}/artifact", headers={"Range": header})
         assert reply.status == 416, header
         assert reply.headers["content-range"] == f"bytes */{size}"
-        assert "machine-heavy 1.1.0" in reply.detail and f"below {size}" in reply.detail
+        assert (
+            f"machine-heavy {DEFAULT_VERSION}" in reply.detail and f"below {size}" in reply.detail
+        )
 
 
 def test_unknown_model_or_version_is_404_listing_what_exists(hub: Hub) -> None:
@@ -103,13 +163,16 @@ def test_unknown_model_or_version_is_404_listing_what_exists(hub: Hub) -> None:
         assert "machine-heavy" in reply.detail
         reply = hub.read.get(f"/v1/models/machine-heavy/9.9.9{suffix}")
         assert reply.status == 404
-        assert "no version '9.9.9'" in reply.detail and "1.0.0, 1.1.0" in reply.detail
+        assert "no version '9.9.9'" in reply.detail and f"{DEFAULT_VERSION}, 1.2.0" in reply.detail
 
 
 def test_a_damaged_artifact_is_500_saying_what_to_do(hub: Hub) -> None:
-    reply = hub.read.get("/v1/models/broken-heavy/1.0.0/artifact")
+    reply = hub.read.get(f"/v1/models/broken-heavy/{DEFAULT_VERSION}/artifact")
     assert reply.status == 500
-    assert "broken-heavy 1.0.0" in reply.detail and "register the model again" in reply.detail
+    assert (
+        f"broken-heavy {DEFAULT_VERSION}" in reply.detail
+        and "register the model again" in reply.detail
+    )
     assert str(hub.seeded.broken_path) not in reply.detail  # paths stay in the log
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store.base import ModelRecord
 from shared.features import features_for_stream
 from shared.manifest import ModelPackage
@@ -47,13 +48,13 @@ def test_heavy_model_matches_onnx_scorer(hub: Hub) -> None:
     x = _features()
     reply = hub.read.post(
         "/v1/predict",
-        json_body={"model": "machine-heavy", "version": "1.0.0", "rows": _rows(pkg, x)},
+        json_body={"model": "machine-heavy", "version": DEFAULT_VERSION, "rows": _rows(pkg, x)},
     )
     assert reply.status == 200, reply.body
     body = reply.json()
     want = OnnxScorer.from_package(pkg).scores(x)
     np.testing.assert_array_equal(_probabilities(body), want)
-    assert body["model"] == "machine-heavy" and body["version"] == "1.0.0"
+    assert body["model"] == "machine-heavy" and body["version"] == DEFAULT_VERSION
     assert body["scored_row_by_row"] is False and body["count"] == len(x)
     out = pkg.manifest.output
     urgent = out.urgent_index
@@ -87,7 +88,7 @@ def test_features_arrays_equal_named_rows_and_null_version_is_latest(hub: Hub) -
     by_order = hub.read.post(
         "/v1/predict", json_body={"model": "machine-heavy", "version": None, "features": x.tolist()}
     ).json()
-    assert by_name["version"] == by_order["version"] == "1.1.0"
+    assert by_name["version"] == by_order["version"] == "1.2.0"  # the later version
     assert by_name["predictions"] == by_order["predictions"]
 
 
@@ -200,7 +201,7 @@ def test_a_chunked_body_over_the_limit_is_413(hub: Hub) -> None:
 
 def test_a_damaged_model_is_500_naming_it(hub: Hub) -> None:
     reply = hub.read.post("/v1/predict", json_body=_body(hub, model="broken-heavy"))
-    assert reply.status == 500 and "broken-heavy 1.0.0" in reply.detail
+    assert reply.status == 500 and f"broken-heavy {DEFAULT_VERSION}" in reply.detail
 
 
 def _record(pkg: ModelPackage) -> ModelRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import sqlite3
 import threading
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.store import BatchJob, SQLiteStore, Store, TelemetryRows
+from shared.manifest import manifest_file_bytes
 from tests.cloud_hub.store.samples import (
     T0,
     dead_letter,
@@ -533,6 +535,28 @@ def test_register_model_is_idempotent_and_refuses_a_changed_manifest(store: Stor
     stored = store.model("bearing-fault", "1.0.0")
     assert stored is not None
     assert stored.manifest == m
+
+
+def test_register_model_keeps_the_manifest_bytes_it_is_given(store: Store) -> None:
+    m = manifest("bearing-fault", "1.0.0")
+    # The same manifest as a file with other whitespace: a signature covers these bytes.
+    exact = json.dumps(m.to_dict(), indent=1).encode() + b"\n"
+    assert exact != manifest_file_bytes(m)
+    # An older build registered it without bytes (the canonical form is kept).
+    assert store.register_model(m, "/models/a", T0).manifest_bytes == manifest_file_bytes(m)
+    rec = store.register_model(m, "/models/a", T0 + 1, manifest_bytes=exact)
+    assert rec.manifest_bytes == exact and rec.registered_at == T0
+    stored = store.model("bearing-fault", "1.0.0")
+    assert stored is not None and stored.manifest_bytes == exact and stored.manifest == m
+    assert [r.manifest_bytes for r in store.models()] == [exact]
+    # Registered again without bytes: the exact ones stay.
+    assert store.register_model(m, "/models/b", T0 + 2).manifest_bytes == exact
+    with pytest.raises(ValueError, match="do not hold the manifest"):
+        store.register_model(
+            m, "/models/a", T0, manifest_bytes=manifest_file_bytes(manifest("other", "1.0.0"))
+        )
+    with pytest.raises(ValueError, match="do not hold the manifest"):
+        store.register_model(m, "/models/a", T0, manifest_bytes=b"{not json")
 
 
 # --------------------------------------------------------------------------- retention
