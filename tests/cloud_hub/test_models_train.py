@@ -41,7 +41,7 @@ from simulators.rig import (
     rig_values,
     write_rig_csv,
 )
-from tests.cloud_hub.train_cli import train_argv
+from tests.cloud_hub.train_cli import run_cli, train_argv
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,13 +49,7 @@ pytestmark = pytest.mark.timeout(90)
 _train = train_argv
 
 
-def _run(
-    capsys: pytest.CaptureFixture[str], argv: list[str], status: int = 0
-) -> tuple[list[str], str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == status, (out, err)
-    return out.splitlines(), err
+_run = run_cli
 
 
 def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
