@@ -517,6 +517,12 @@ def _run(
     )
     if args.label is None:
         _check_normal_range(streamed, args)
+        if args.normal_from is not None or args.normal_to is not None:
+            report.append(
+                f"normal range: [{args.normal_from or 'start'}, {args.normal_to or 'end'}) "
+                f"(--normal-from/--normal-to): {streamed.total_rows} of {streamed.rows_read} "
+                f"readings inside, {streamed.rows_read - streamed.total_rows} left out"
+            )
     sensors, notes = recorded.infer_sensors(
         names, streamed, units=args.units, valid_ranges=args.valid_range
     )
@@ -982,7 +988,9 @@ def _describe(result: TrainResult) -> list[str]:
             t = details["thresholds"][variant]
             holdout = int(m.metrics["holdout_rows"])
             lines.append(
-                f"  threshold {t['threshold']:.4g}: {t['why']}; on held-out normal data: "
+                f"  raw threshold {t['raw_threshold']:.4g} (score units), published as "
+                f"{t['threshold']:.4g} (the 0-1 urgent score raw / (raw + {t['raw_scale']:.4g})): "
+                f"{t['why']}; on held-out normal data: "
                 f"{t['holdout_false_alarms']} false alarm(s) in {holdout} readings "
                 f"(rate {m.metrics['false_alarm_rate']:.2g}, budget "
                 f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}, "

@@ -571,6 +571,8 @@ def train_anomaly_pair(
             )
             details["thresholds"][variant] = {
                 "threshold": thresholds[variant],
+                "raw_threshold": raw_t,
+                "raw_scale": s0[variant],
                 "why": f"false-alarm budget {budget:g} per reading on {val.shape[0]} validation "
                 f"rows of normal data: {why}",
                 "holdout_false_alarms": alarms,

@@ -125,6 +125,12 @@ def test_unsupervised_training_keeps_the_budget_and_finds_faults(
     result = json.loads(lines[-1])
     report = "\n".join(lines)
     assert "false alarm(s) in" in report and "synthetic faults found" in report
+    # 6000 readings at 1 s from 00:00, normal to 01:30: 5400 inside, 600 left out.
+    assert (
+        "normal range: [start, 2025-03-01T01:30:00Z) (--normal-from/--normal-to): "
+        "5400 of 6000 readings inside, 600 left out"
+    ) in report
+    assert report.count("  raw threshold ") == 2 and "(score units), published as " in report
     for variant in ("edge", "heavy"):
         m = load_package(Path(result[variant])).manifest
         assert m.output.classes == ("normal", "urgent")
