@@ -362,7 +362,7 @@ def test_a_classifier_that_never_flags_the_urgent_class_is_refused() -> None:
 
 def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Path) -> None:
     values = rig_values(300, 6)
-    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: two spans below is < 0
+    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: ten spans below is < 0
     csv = write_rig_csv(tmp_path / "rig.csv", values)
     options = CsvOptions(ts_column="datetime", column_map={"flow": "flow_m3h"})
     names, _ = recorded.numeric_sensors(csv, options)
