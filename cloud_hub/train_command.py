@@ -94,8 +94,32 @@ def _pairs(text: str, flag: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise argparse.ArgumentTypeError(f"{flag}: {item!r} is not NAME=VALUE")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(
+                f"{flag}: {key.strip()!r} is given twice; give it once"
+            )
         out[key.strip()] = value.strip()
     return out
+
+
+class _MergePairs(argparse.Action):
+    """An option given several times (each a comma list of NAME=VALUE): the lists
+    merged into one dict; a name given twice is an error rather than the last winning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, dict)
+        merged = dict(getattr(namespace, self.dest) or {})
+        twice = [k for k in values if k in merged]
+        if twice:
+            raise argparse.ArgumentError(self, f"{twice[0]!r} is given twice; give it once")
+        merged.update(values)
+        setattr(namespace, self.dest, merged)
 
 
 def _units(text: str) -> dict[str, str]:
@@ -237,15 +261,23 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         help="without --label: false alarms allowed per normal reading (default: 1e-4)",
     )
     p.add_argument(
-        "--units", type=_units, default={}, metavar="SENSOR=UNIT,...", help="(default: none)"
+        "--units",
+        type=_units,
+        action=_MergePairs,
+        default={},
+        metavar="SENSOR=UNIT,...",
+        help="a comma list, or repeat the option; each sensor once (default: none)",
     )
     p.add_argument(
         "--valid-range",
         type=_ranges,
+        action=_MergePairs,
         default={},
         metavar="SENSOR=LO:HI,...",
-        help="(default: the data's range widened by two spans each side, not below 0 when "
-        "no value is negative)",
+        help="the sensor's physical range: a value beyond it is a broken sensor (missing) and "
+        "never raises an urgent event. A comma list, or repeat the option; each sensor once "
+        "(default: the data's range widened by 10 spans each side, "
+        "not below 0 when no value is negative; the report warns)",
     )
     p.add_argument("--window", type=positive_int, default=None, metavar="N", help="(default: 10)")
     p.add_argument(
@@ -485,6 +517,12 @@ def _run(
     )
     if args.label is None:
         _check_normal_range(streamed, args)
+        if args.normal_from is not None or args.normal_to is not None:
+            report.append(
+                f"normal range: [{args.normal_from or 'start'}, {args.normal_to or 'end'}) "
+                f"(--normal-from/--normal-to): {streamed.total_rows} of {streamed.rows_read} "
+                f"readings inside, {streamed.rows_read - streamed.total_rows} left out"
+            )
     sensors, notes = recorded.infer_sensors(
         names, streamed, units=args.units, valid_ranges=args.valid_range
     )
@@ -950,7 +988,9 @@ def _describe(result: TrainResult) -> list[str]:
             t = details["thresholds"][variant]
             holdout = int(m.metrics["holdout_rows"])
             lines.append(
-                f"  threshold {t['threshold']:.4g}: {t['why']}; on held-out normal data: "
+                f"  raw threshold {t['raw_threshold']:.4g} (score units), published as "
+                f"{t['threshold']:.4g} (the 0-1 urgent score raw / (raw + {t['raw_scale']:.4g})): "
+                f"{t['why']}; on held-out normal data: "
                 f"{t['holdout_false_alarms']} false alarm(s) in {holdout} readings "
                 f"(rate {m.metrics['false_alarm_rate']:.2g}, budget "
                 f"{m.metrics['false_alarm_budget']:.2g}, consecutive={m.urgent.consecutive}, "

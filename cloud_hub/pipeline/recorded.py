@@ -66,9 +66,11 @@ I8 = npt.NDArray[np.int8]
 I32 = npt.NDArray[np.int32]
 I64 = npt.NDArray[np.int64]
 
-RANGE_WIDENING: Final = 2.0
+RANGE_WIDENING: Final = 10.0
 """The valid range taken from data: the data's [min, max] widened by this many spans
-on each side. A value outside the valid range is a sensor error (treated as missing)."""
+on each side. A value outside the valid range is a sensor error (treated as missing),
+so a real fault beyond it never raises an urgent event: the widening is wide, and
+the report warns to give the sensor's physical range with ``--valid-range``."""
 FAULT_SIGMAS: Final = 6.0
 """Size of a synthetic step fault, in robust standard deviations of the sensor."""
 _NAME_BAD = re.compile(r"[^a-z0-9_.-]+")
@@ -292,6 +294,7 @@ def infer_sensors(
     assert streamed.data_max is not None
     specs: list[SensorSpec] = []
     notes: list[str] = []
+    derived: list[str] = []
     for j, name in enumerate(names):
         if streamed.finite[j] == 0:
             where = streamed.paths[0] if streamed.paths else "the data"
@@ -317,6 +320,7 @@ def infer_sensors(
                 lo = 0.0
                 how += ", not below 0 as no value is negative: give --valid-range if it can be"
             lo, hi = float(f"{lo:.6g}"), float(f"{hi:.6g}")
+            derived.append(f"{name}=LO:HI")
         fallback = min(max(median, lo), hi)
         spec = SensorSpec(name, units.get(name, ""), lo, hi, float(f"{fallback:.6g}"))
         problem = spec.problem()
@@ -327,6 +331,13 @@ def infer_sensors(
         notes.append(
             f"sensor {name}: {unit}, valid range [{lo:.6g}, {hi:.6g}] ({how}), "
             f"fallback {spec.fallback:.6g} (median)"
+        )
+    if derived:
+        notes.append(
+            f"warning: the valid range of {len(derived)} sensor(s) comes from the data: the "
+            "agent and batch scoring treat a value beyond it as a broken sensor (missing), so a "
+            "real fault beyond it never raises an urgent event; give each sensor's physical "
+            f"range: --valid-range {','.join(derived)}"
         )
     return tuple(specs), notes
 

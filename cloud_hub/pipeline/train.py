@@ -214,8 +214,14 @@ def holdout_metrics(
     p64 /= p64.sum(axis=1, keepdims=True)
     urgent_pred = scores[:, urgent_index] >= urgent_threshold
     is_urgent = y == urgent_index
+    # Two classes: sklearn takes the second class's score (one column), and the
+    # one-vs-rest AUC of either class is that same figure.
+    if n_classes == 2:
+        auc = roc_auc_score(y, p64[:, 1])
+    else:
+        auc = roc_auc_score(y, p64, multi_class="ovr", average="macro")
     return {
-        "auc_macro": float(roc_auc_score(y, p64, multi_class="ovr", average="macro")),
+        "auc_macro": float(auc),
         "f1_macro": float(f1_score(y, pred, average="macro")),
         "accuracy": float(np.mean(pred == y)),
         "urgent_precision": float(precision_score(is_urgent, urgent_pred, zero_division=0)),

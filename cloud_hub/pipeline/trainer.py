@@ -22,6 +22,7 @@ both packages by renaming them into place only when everything passed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -245,6 +246,8 @@ def _ship(
     steps.done("convert", "gate")
     created = datetime.now(UTC)
     run_id = f"{spec.run_prefix}-{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    # The folders this run makes, removed again (when still empty) if it fails.
+    made = [d for d in (out_dir, edge_dir.parent, heavy_dir.parent) if not d.exists()]
     for d in (edge_dir, heavy_dir):
         d.parent.mkdir(parents=True, exist_ok=True)
     edge_stage = edge_dir.with_name(f".staging-{spec.version}-{run_id}")
@@ -312,6 +315,9 @@ def _ship(
         for stage in (edge_stage, heavy_stage):
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: a package was published
+                d.rmdir()
     elapsed = time.perf_counter() - t0
     log.info(
         "built %s and %s %s in %.1f s (run %s)",
@@ -565,6 +571,8 @@ def train_anomaly_pair(
             )
             details["thresholds"][variant] = {
                 "threshold": thresholds[variant],
+                "raw_threshold": raw_t,
+                "raw_scale": s0[variant],
                 "why": f"false-alarm budget {budget:g} per reading on {val.shape[0]} validation "
                 f"rows of normal data: {why}",
                 "holdout_false_alarms": alarms,

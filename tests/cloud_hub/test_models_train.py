@@ -41,7 +41,7 @@ from simulators.rig import (
     rig_values,
     write_rig_csv,
 )
-from tests.cloud_hub.train_cli import train_argv
+from tests.cloud_hub.train_cli import run_cli, train_argv
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,13 +49,7 @@ pytestmark = pytest.mark.timeout(90)
 _train = train_argv
 
 
-def _run(
-    capsys: pytest.CaptureFixture[str], argv: list[str], status: int = 0
-) -> tuple[list[str], str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == status, (out, err)
-    return out.splitlines(), err
+_run = run_cli
 
 
 def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,6 +125,12 @@ def test_unsupervised_training_keeps_the_budget_and_finds_faults(
     result = json.loads(lines[-1])
     report = "\n".join(lines)
     assert "false alarm(s) in" in report and "synthetic faults found" in report
+    # 6000 readings at 1 s from 00:00, normal to 01:30: 5400 inside, 600 left out.
+    assert (
+        "normal range: [start, 2025-03-01T01:30:00Z) (--normal-from/--normal-to): "
+        "5400 of 6000 readings inside, 600 left out"
+    ) in report
+    assert report.count("  raw threshold ") == 2 and "(score units), published as " in report
     for variant in ("edge", "heavy"):
         m = load_package(Path(result[variant])).manifest
         assert m.output.classes == ("normal", "urgent")
@@ -362,7 +362,7 @@ def test_a_classifier_that_never_flags_the_urgent_class_is_refused() -> None:
 
 def test_sensors_keep_the_file_order_and_nonnegative_ranges_stay_so(tmp_path: Path) -> None:
     values = rig_values(300, 6)
-    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: two spans below is < 0
+    values[:, 1] -= values[:, 1].min() - 0.5  # a flow down to 0.5: ten spans below is < 0
     csv = write_rig_csv(tmp_path / "rig.csv", values)
     options = CsvOptions(ts_column="datetime", column_map={"flow": "flow_m3h"})
     names, _ = recorded.numeric_sensors(csv, options)
