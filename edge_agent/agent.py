@@ -46,12 +46,14 @@ from shared.messages import (
 )
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
-__all__ = ["EXIT_NEVER_CONNECTED", "Agent"]
+__all__ = ["EXIT_NEVER_CONNECTED", "EXIT_NO_READINGS", "Agent"]
 
 log = logging.getLogger(__name__)
 AGENT_VERSION: Final = __version__
 EXIT_NEVER_CONNECTED: Final = 3
 """The exit status of a run that ended without ever reaching its broker (2: bad settings)."""
+EXIT_NO_READINGS: Final = 4
+"""The exit status of a run whose source ended without giving a single reading."""
 _RESEND_MAX_S: Final = 300.0
 _SEND_CHUNK: Final = 50
 _WRITE_RETRY_S: Final = 1.0
@@ -277,6 +279,10 @@ class Agent:
             finished = not stop.is_set()
         finally:
             self._shutdown(link, link_thread, finished=finished)
+        if finished and not self.readings:
+            # Not the broker's fault: the run may end before a connection was even tried.
+            self._no_readings()
+            return EXIT_NO_READINGS
         if not link.connects:
             self._never_connected(link)
             return EXIT_NEVER_CONNECTED
@@ -307,6 +313,18 @@ class Agent:
             self.readings,
             kept,
             EXIT_NEVER_CONNECTED,
+        )
+
+    def _no_readings(self) -> None:
+        s = self.settings
+        what = f"csv source ({s.csv_path})" if s.source == "csv" else f"{s.source} source"
+        log.error(
+            "device %r: the %s ended without giving a single reading (the error above says "
+            "why, if the source said it); nothing was sent. Give it readings and run the "
+            "agent again; exit status %d",
+            self.device,
+            what,
+            EXIT_NO_READINGS,
         )
 
     def _wait_for_room(self, stop: threading.Event) -> None:
