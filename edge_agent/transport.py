@@ -353,7 +353,10 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             return False
-        if qos:
+        # MQTT_ERR_NO_CONN: the connection went between our check and paho's write;
+        # paho keeps the message for the next connection, and its info's
+        # is_published() raises from now on: not kept (the outbox resends unacked ones).
+        if qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             with self._lock:
                 self._prune()
                 self._pending.append(info)

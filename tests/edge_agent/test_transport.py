@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from edge_agent.settings import load_settings
+from edge_agent.settings import AgentSettings, load_settings
 from edge_agent.stats import Counters
 from edge_agent.transport import MqttLink
 from shared.endpoint import BrokerEndpoint
@@ -40,6 +40,18 @@ def test_a_running_link_forgets_what_the_broker_acknowledged(broker: BrokerEndpo
         assert len(link._pending) == 1
     finally:
         link.close(None, timeout=1.0)
+
+
+def test_a_publish_that_finds_no_connection_is_not_counted_outstanding() -> None:
+    # A publish racing a disconnect gets MQTT_ERR_NO_CONN from paho, whose info's
+    # is_published() then always raises RuntimeError: kept, it broke the link thread.
+    settings = load_settings(
+        ["--model", "unused", "--device", "link-test"],
+        env={"EDGELOOP_AGENT_BROKER": "mqtt://127.0.0.1:1"},
+    )
+    link = _link(settings)  # never started: paho has no connection
+    assert link.publish("edgeloop-link-test/data", b"x", qos=1)
+    assert link.outstanding == 0
 
 
 def test_close_with_paho_queue_full_logs_the_unsent_status_and_does_not_raise(
@@ -76,7 +88,13 @@ def _started_link(broker: BrokerEndpoint, *args: str) -> MqttLink:
         ["--model", "unused", "--device", "link-test", *args],
         env={"EDGELOOP_AGENT_BROKER": broker.url},
     )
-    link = MqttLink(
+    link = _link(settings)
+    link.start()
+    return link
+
+
+def _link(settings: AgentSettings) -> MqttLink:
+    return MqttLink(
         settings,
         subscriptions=["edgeloop-link-test/in"],
         will=("edgeloop-link-test/will", b"offline"),
@@ -84,5 +102,3 @@ def _started_link(broker: BrokerEndpoint, *args: str) -> MqttLink:
         wake=threading.Event(),
         counters=Counters(),
     )
-    link.start()
-    return link
