@@ -46,12 +46,14 @@ from shared.messages import (
 )
 from shared.topics import HUB_TO_EDGE, Kind, Topics
 
-__all__ = ["EXIT_NEVER_CONNECTED", "Agent"]
+__all__ = ["EXIT_NEVER_CONNECTED", "EXIT_NO_READINGS", "Agent"]
 
 log = logging.getLogger(__name__)
 AGENT_VERSION: Final = __version__
 EXIT_NEVER_CONNECTED: Final = 3
 """The exit status of a run that ended without ever reaching its broker (2: bad settings)."""
+EXIT_NO_READINGS: Final = 4
+"""The exit status of a run whose source ended without giving a single reading."""
 _RESEND_MAX_S: Final = 300.0
 _SEND_CHUNK: Final = 50
 _WRITE_RETRY_S: Final = 1.0
@@ -118,6 +120,10 @@ class Agent:
         self.desired: Desired | None = None
         self._started = time.monotonic()
         self._draining = threading.Event()
+        self._drain_deadline = math.inf
+        """Monotonic time at which draining at shutdown ends: ``--shutdown-timeout-s`` after
+        it began or, at the end of a finite source, after the last ack (link thread)."""
+        self._drain_while_acked = False
         self._resend_at: float | None = None
         self._resend_every = settings.resend_after_s
         self._write_retry_at: float | None = None
@@ -277,6 +283,10 @@ class Agent:
             finished = not stop.is_set()
         finally:
             self._shutdown(link, link_thread, finished=finished)
+        if finished and not self.readings:
+            # Not the broker's fault: the run may end before a connection was even tried.
+            self._no_readings()
+            return EXIT_NO_READINGS
         if not link.connects:
             self._never_connected(link)
             return EXIT_NEVER_CONNECTED
@@ -307,6 +317,24 @@ class Agent:
             self.readings,
             kept,
             EXIT_NEVER_CONNECTED,
+        )
+
+    def _drain_bound(self, now: float) -> float:
+        """When draining ends if nothing changes from ``now``: ``--shutdown-timeout-s``
+        later, and by ``drain_by`` at the latest."""
+        bound = now + self.settings.shutdown_timeout_s
+        return bound if self.drain_by is None else min(bound, self.drain_by)
+
+    def _no_readings(self) -> None:
+        s = self.settings
+        what = f"csv source ({s.csv_path})" if s.source == "csv" else f"{s.source} source"
+        log.error(
+            "device %r: the %s ended without giving a single reading (the error above says "
+            "why, if the source said it); nothing was sent. Give it readings and run the "
+            "agent again; exit status %d",
+            self.device,
+            what,
+            EXIT_NO_READINGS,
         )
 
     def _wait_for_room(self, stop: threading.Event) -> None:
@@ -346,9 +374,15 @@ class Agent:
         batch = self.batcher.seal_if_due(time.monotonic(), force=True)
         if batch is not None:
             self._emit_batch(batch)
+        # A finite source that ended should end with its messages acked: wait while the
+        # hub keeps acking. On a signal, the user wants the agent gone: a fixed bound.
+        self._drain_while_acked = finished
+        self._drain_deadline = self._drain_bound(time.monotonic())
         self._draining.set()
         self.wake.set()
-        link_thread.join(self.settings.shutdown_timeout_s + 1.0)
+        # Bounded: the deadline moves only when an ack shrank the (finite) outbox.
+        while link_thread.is_alive() and time.monotonic() < self._drain_deadline + 1.0:
+            link_thread.join(0.2)
         outbox = self.outbox
         try:
             outbox.flush()
@@ -366,11 +400,16 @@ class Agent:
             )
         if outbox.depth:
             if self.settings.outbox == "disk":
-                log.info(
+                log.warning(
                     "device %r: %d messages not yet acked by the hub stay in the outbox and "
-                    "are sent at the next start",
+                    "are sent at the next start: %s. To wait longer, raise "
+                    "--shutdown-timeout-s (now %g s)",
                     self.device,
                     outbox.depth,
+                    "no ack came for --shutdown-timeout-s"
+                    if finished
+                    else "the agent was stopped and waited --shutdown-timeout-s",
+                    self.settings.shutdown_timeout_s,
                 )
             elif self.replay is not None:
                 # Declared lost, these seqs would be closed on the hub for every later
@@ -414,7 +453,7 @@ class Agent:
         outbox = self.outbox
         heartbeat = self.settings.heartbeat_s
         next_beat = time.monotonic() + min(heartbeat, 1.0)
-        drain_deadline: float | None = None
+        drain_left: int | None = None
         self._usage.cpu_percent()  # the heartbeat's CPU figure counts from here
         while True:
             self.wake.clear()
@@ -435,11 +474,11 @@ class Agent:
                 next_beat = now + heartbeat
             outbox.sync_if_due()
             if self._draining.is_set():
-                if drain_deadline is None:
-                    drain_deadline = now + self.settings.shutdown_timeout_s
-                    if self.drain_by is not None:
-                        drain_deadline = min(drain_deadline, self.drain_by)
-                if (not len(outbox) and not link.outstanding) or now >= drain_deadline:
+                left = len(outbox)
+                if self._drain_while_acked and drain_left is not None and left < drain_left:
+                    self._drain_deadline = self._drain_bound(now)  # acks still come: wait on
+                drain_left = left
+                if (not left and not link.outstanding) or now >= self._drain_deadline:
                     return
             waits = [next_beat - now]
             if report_in is not None:
@@ -452,7 +491,7 @@ class Agent:
             ):
                 if due is not None:
                     waits.append(due - now)
-            if drain_deadline is not None:
+            if drain_left is not None:
                 waits.append(0.05)
             timeout = max(0.0, min(waits))
             self._link_wakes_at = time.monotonic() + timeout

@@ -345,7 +345,7 @@ OPTIONS: Final = OptionTable(
             "shutdown_timeout_s",
             positive_float,
             5.0,
-            "on SIGTERM/SIGINT, how long to wait for the send queue to drain",
+            "how long to wait for the hub to ack what was sent before exiting: on SIGTERM/SIGINT, at most S seconds; when a finite source ends (csv, stdin, --readings), until no ack came for S seconds",
             "S",
         ),
         Option(

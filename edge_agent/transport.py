@@ -353,7 +353,10 @@ class MqttLink:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             return False
-        if qos:
+        # MQTT_ERR_NO_CONN: the connection went between our check and paho's write;
+        # paho keeps the message for the next connection, and its info's
+        # is_published() raises from now on: not kept (the outbox resends unacked ones).
+        if qos and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             with self._lock:
                 self._prune()
                 self._pending.append(info)
@@ -402,14 +405,48 @@ class MqttLink:
             self._pending.popleft()
 
     def close(self, offline: tuple[str, bytes] | None, timeout: float) -> None:
-        """Publish ``offline`` (retained), wait for it up to ``timeout``, disconnect."""
+        """Publish ``offline`` (retained), wait for it up to ``timeout``, disconnect.
+
+        Never raises for a status that could not be sent: while paho's queue is full
+        (``mqtt_queue`` messages still wait for the broker), it tries again until
+        ``timeout``; a status not sent by then is logged as a warning.
+        """
         if offline is not None and self.connected.is_set():
-            info = self._client.publish(offline[0], offline[1], qos=1, retain=True)
             deadline = time.monotonic() + timeout
-            while (
-                not info.is_published() and self.connected.is_set() and time.monotonic() < deadline
-            ):
-                info.wait_for_publish(0.1)
+            rc = self._publish_and_wait(offline, deadline)
+            if rc is not None:
+                log.warning(
+                    "device %r: the retained offline status (%s) was not sent before "
+                    "disconnecting (%s, after %g s); the hub shows the device online until "
+                    "it next connects",
+                    self.device,
+                    offline[0],
+                    rc,
+                    timeout,
+                )
         self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _publish_and_wait(self, message: tuple[str, bytes], deadline: float) -> str | None:
+        """Publish ``message`` (QoS 1, retained) and wait until the broker took it or
+        ``deadline``; None once taken, else why not. A full paho queue is tried again."""
+        while True:
+            info = self._client.publish(message[0], message[1], qos=1, retain=True)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+                return f"paho refused it: {mqtt.error_string(info.rc)}"
+            if time.monotonic() >= deadline or not self.connected.is_set():
+                return (
+                    f"paho's send queue stayed full: {self.settings.mqtt_queue} messages "
+                    "(--mqtt-queue) waited for the broker"
+                )
+            time.sleep(0.05)
+        while not info.is_published():
+            if not self.connected.is_set():
+                return "the connection was lost"
+            if time.monotonic() >= deadline:
+                return "the broker did not acknowledge it in time"
+            info.wait_for_publish(0.1)
+        return None

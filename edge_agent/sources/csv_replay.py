@@ -14,8 +14,9 @@ the rest of the row is replayed. A row whose timestamp cannot be parsed is
 skipped (``csv_bad_row``, logged once). A timestamp not after the previous
 row's is counted ``csv_ts_not_increasing`` and logged once; the row is still
 replayed, in file order. Nothing here is fatal; a file that gives no reading
-at all although it has rows, or a sensor column none of whose cells is a
-number, is logged as an error at the end of the file saying why.
+at all (a header and no data rows, or rows none of which is usable), or a
+sensor column none of whose cells is a number, is logged as an error at the
+end of the file saying why.
 """
 
 from __future__ import annotations
@@ -142,11 +143,13 @@ class CsvReplaySource:
             rows = csv.reader(fh, delimiter=self.delimiter)
             next(rows, None)
             seen = sent = 0
+            ended = False
             last_ts = -math.inf
             while not stop.is_set():
                 try:
                     row = next(rows)
                 except StopIteration:
+                    ended = True
                     break
                 except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
                     seen += 1
@@ -187,6 +190,12 @@ class CsvReplaySource:
                         return
                 sent += 1
                 yield Reading(ts, values)
+        if ended and not seen:
+            log.error(
+                "CSV file %s gave no reading: it has a header but no data rows. Replay a file "
+                "with rows under its header",
+                self.path,
+            )
         if seen and not sent:
             log.error(
                 "CSV file %s: none of its %d rows gave a reading (%s); see the warnings "

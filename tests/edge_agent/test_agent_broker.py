@@ -7,6 +7,7 @@ in-process where the test must see the simulated machine it drives.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -29,7 +30,17 @@ from edge_agent.sources.base import Reading
 from shared import __version__
 from shared.endpoint import BrokerEndpoint
 from shared.features import features_for_stream
-from shared.messages import Dropped, Event, Health, Message, Status, Telemetry, decode
+from shared.messages import (
+    Ack,
+    Dropped,
+    Event,
+    Health,
+    Message,
+    Status,
+    Telemetry,
+    decode,
+    encode,
+)
 from shared.topics import EDGE_TO_HUB, Kind, Topics
 from simulators.generate import write_csv
 from simulators.machine import MachineConfig, SimulatedMachine
@@ -494,6 +505,64 @@ def test_heartbeat_counts_inputs_per_sensor_and_out_of_range_is_not_urgent(
     assert invalid["missing:flow"] == 4
     # 9999 degC is a broken sensor, not an overheating machine: no hard-limit event for it.
     assert not [e for e in recorder.of(Event) if e.rule == "hard_limit"]
+
+
+def _slow_acks(rec: Recorder, stop: threading.Event, step: int, every_s: float) -> None:
+    """Ack the stream as a slow hub would: ``step`` seqs more every ``every_s`` seconds."""
+    acked = 0
+    while not stop.wait(every_s):
+        sent = rec.of(Telemetry)
+        if sent and acked < sent[-1].seq:
+            acked = min(acked + step, sent[-1].seq)
+            ack = Ack("dev-a", sent[-1].epoch, acked)
+            rec.client.publish(rec.topics.topic("dev-a", Kind.ACK), encode(ack), qos=1)
+
+
+@pytest.mark.parametrize("hub_acks", [True, False])
+def test_a_finite_source_waits_while_acks_come_and_warns_of_what_stays_unacked(
+    *,
+    broker: BrokerEndpoint,
+    topics: Topics,
+    recorder: Recorder,
+    model_packages: ModelPaths,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    hub_acks: bool,
+) -> None:
+    # A fast CSV run ended 5 s (--shutdown-timeout-s) after its last reading while the
+    # hub was still acking: 7604 messages stayed unacked, said in one INFO line.
+    readings = 30
+    settings = load_settings(
+        [
+            *("--device", "dev-a", "--root", topics.root, "--model", str(model_packages.edge)),
+            *("--state-dir", str(tmp_path), "--actions", "log", "--max-batch", "1"),
+            *("--shutdown-timeout-s", "1"),
+        ],
+        env={"EDGELOOP_AGENT_BROKER": broker.url},
+    )
+    model = load_edge_model(model_packages.edge, __version__)
+    rows = [np.array([s.fallback for s in SENSORS])] * readings
+    agent = Agent(settings, model, _ListSource(rows), [LogActuator()])
+    stop_acks = threading.Event()
+    # 3 seqs every 0.3 s: about 3 s for all, longer than --shutdown-timeout-s 1.
+    acker = threading.Thread(target=_slow_acks, args=(recorder, stop_acks, 3, 0.3), daemon=True)
+    if hub_acks:
+        acker.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="edge_agent.agent"):
+            assert agent.run(threading.Event()) == 0
+    finally:
+        stop_acks.set()
+        if hub_acks:
+            acker.join(5.0)
+    unacked = [r for r in caplog.records if "not yet acked" in r.getMessage()]
+    if hub_acks:
+        assert not unacked, unacked[0].getMessage()
+        return
+    assert len(unacked) == 1 and unacked[0].levelno == logging.WARNING
+    line = unacked[0].getMessage()
+    assert f"{readings} messages not yet acked" in line, line
+    assert "no ack came for --shutdown-timeout-s" in line and "now 1 s" in line, line
 
 
 def test_csv_replay_gives_the_same_predictions_as_the_model_called_directly(

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from edge_agent.agent import EXIT_NEVER_CONNECTED
+from edge_agent.agent import EXIT_NEVER_CONNECTED, EXIT_NO_READINGS
 from edge_agent.transport import ConnectFailure, ConnectReport
 from shared.endpoint import BrokerEndpoint
 from simulators.harness import HOST, AgentProcess, AmqttBroker, free_port, wait_until
+from simulators.sensors import SENSOR_NAMES
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 from tests.edge_agent.agent_cli import run_agent_cli
@@ -188,3 +189,23 @@ def test_a_run_that_never_connects_exits_non_zero_saying_where_and_what_to_do(
     kept = "stay in the outbox" if outbox == "disk" else "are lost with the memory outbox"
     assert kept in line, line
     assert f"exit status {EXIT_NEVER_CONNECTED}" in line, line
+
+
+def test_a_source_without_readings_is_blamed_not_the_broker(
+    amqtt_broker: BrokerEndpoint, model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    # A header-only CSV ended the run before the agent had connected: it exited 3
+    # saying "never connected ... Start the broker" although the broker was up.
+    csv = tmp_path / "header-only.csv"
+    csv.write_text(",".join(["ts", *SENSOR_NAMES]) + "\n", encoding="utf-8")
+    done = run_agent_cli(
+        *("--model", str(model_packages.edge), "--device", amqtt_broker.username or "dev-a"),
+        *("--state-dir", str(tmp_path / "s")),
+        *("--source", "csv", "--csv-path", str(csv), "--csv-pace", "fast"),
+        env={"EDGELOOP_AGENT_BROKER": amqtt_broker.url},
+    )
+    assert done.returncode == EXIT_NO_READINGS, done.stderr[-2000:]
+    assert "it has a header but no data rows" in done.stderr, done.stderr[-2000:]
+    line = next(ln for ln in done.stderr.splitlines() if "without giving a single reading" in ln)
+    assert f"csv source ({csv})" in line and f"exit status {EXIT_NO_READINGS}" in line, line
+    assert "never connected" not in done.stderr, done.stderr[-2000:]

@@ -238,11 +238,22 @@ def test_csv_recorded_pace_is_interrupted_by_stop(tmp_path: Path) -> None:
     timer.join()
 
 
-def test_csv_stop_before_start_yields_nothing(tmp_path: Path) -> None:
+def test_csv_stop_before_start_yields_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = write_csv(tmp_path / "a.csv", f"1.0,{ROW}")
     stop = threading.Event()
     stop.set()
     assert collect(CsvReplaySource(path, SENSOR_NAMES, pace="fast"), stop) == []
+    assert "gave no reading" not in caplog.text  # stopped: the file is not to blame
+
+
+def test_csv_with_a_header_and_no_rows_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_csv(tmp_path / "a.csv", "", "")  # the header, then blank lines
+    assert collect(CsvReplaySource(path, SENSOR_NAMES, pace="fast")) == []
+    assert f"CSV file {path} gave no reading: it has a header but no data rows" in caplog.text
 
 
 # -- JSON lines on stdin ------------------------------------------------------------------------
