@@ -4,6 +4,8 @@ Every reader of recorded data (the agent's CSV source, ``models train``,
 ``batch score``, ``edgeloop-sim replay``) finds its columns with these
 functions, so a file that one accepts the others accept too:
 
+- what is not CSV at all (JSON, an Excel/ZIP file, binary, ``|`` between
+  the columns), named from the first line (:func:`not_csv`);
 - the field separator: ``,``, ``;`` or a tab, detected from the header
   (:func:`detect_delimiter`) unless named;
 - the sensors: a column of the sensor's name, or the column a ``SENSOR=COLUMN``
