@@ -210,11 +210,13 @@ def device_for(path: Path, device_column: str | None = None) -> str:
 
 
 def _device_from_column(path: Path, column: str) -> str:
-    from edge_agent.sources.csv_replay import detect_delimiter  # noqa: PLC0415
+    from shared.columns import detect_delimiter, not_csv  # noqa: PLC0415
 
     values: set[str] = set()
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline()
+        if not_csv(first):
+            raise ReplayFileError(f"{path}: {not_csv(first)}")
         header = [h.strip() for h in next(csv.reader([first], delimiter=detect_delimiter(first)))]
         if column not in header:
             raise ReplayFileError(
