@@ -45,6 +45,8 @@ MS_THRESHOLD: Final = 1e11
 
 
 _PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+_JSON_ARRAY: Final = re.compile(r'\[\s*(?:[{\["\d-]|$)')
+"""``[`` then what a JSON array's first value starts with (not a column named ``[ts]``)."""
 
 
 def not_csv(header_line: str) -> str:
@@ -60,6 +62,8 @@ def not_csv(header_line: str) -> str:
     'this is an Excel/ZIP file (starts with PK), not CSV: open '
     >>> not_csv('{"ts": 1, "a": 2}')[:48]
     'this looks like JSON (starts with {), not CSV: c'
+    >>> not_csv("[ts],a,b"), not_csv("[")[:33]
+    ('', 'this looks like JSON (starts with')
     >>> not_csv("ts|a|b")[:63]
     "no ',' ';' or tab in the header; it looks separated by '|' (3 f"
     """
@@ -69,7 +73,7 @@ def not_csv(header_line: str) -> str:
             "this is an Excel/ZIP file (starts with PK), not CSV: open it in a spreadsheet "
             "and save or export it as CSV (comma-separated)"
         )
-    if head[:1] in ("{", "["):
+    if head[:1] == "{" or _JSON_ARRAY.match(head):
         return (
             f"this looks like JSON (starts with {head[0]}), not CSV: convert it to CSV with a "
             "header row (the timestamp column, then one column per sensor) and one row per reading"
