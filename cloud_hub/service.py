@@ -455,11 +455,17 @@ def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
             ssl_keyfile=str(key) if settings.http_tls else None,
         )
         server = uvicorn.Server(config)
+
         # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again
         # once it has shut down; with these handlers in place that second delivery
-        # is a no-op and the hub goes on to stop its parts and exit 0.
+        # only asks a stopped server to stop, and the hub goes on to stop its parts
+        # and exit 0. A signal that comes before uvicorn has taken over (just after
+        # the line below) makes it stop as soon as it has started.
+        def stop_server(*_: object) -> None:
+            server.should_exit = True
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: None)
+            signal.signal(signum, stop_server)
         # The socket already listens: a client that connects after this line waits in
         # its backlog until uvicorn accepts, rather than being refused.
         print(

@@ -272,10 +272,10 @@ def test_a_second_serve_on_the_same_data_dir_names_the_hub_holding_it(
         assert second.returncode == 2
         _one_clear_line(second, "another hub", f"PID {holder}", str(hub_dir), "--data-dir")
         assert "http://" not in second.stdout
-    # The lock went with the first hub: a new one starts (and stops cleanly).
-    with _serving(*flags, cwd=tmp_path) as api:
+    # The lock went with the first hub: a new one starts.
+    # SIGTERM at once after the announcement, before uvicorn has taken the signals: exit 0.
+    with _serving(*flags, cwd=tmp_path):
         assert (hub_dir / "hub.lock").read_text().strip() != holder
-        assert _call(api + "/v1/devices", "")[0] == 200  # serving (and so, handling SIGTERM)
 
 
 def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) -> None:
