@@ -340,8 +340,16 @@ def _batch_score(args: argparse.Namespace) -> int:
             "as the decimal point), or is the wrong column mapped (--csv-map)?",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    if summary.ts_not_increasing:
+        print(
+            f"{PROG}: warning: {summary.ts_not_increasing} reading(s) have a timestamp not after "
+            f"the previous one of their series (the first at {summary.ts_first_out_of_order}), "
+            "so windows mixed readings out of time order and the scores there are not what a "
+            "device would give. Sort the file by time (per device), and drop repeated "
+            "readings; with several devices in one file, name their column (--device-column)",
+            file=sys.stderr,
+        )
+    return 1 if empty or summary.ts_not_increasing else 0
 
 
 def _baselines_used(args: argparse.Namespace, mapped: int, series: int) -> str:

@@ -44,6 +44,7 @@ from shared.columns import (
     describe_delimiter,
     detect_delimiter,
     header_hint,
+    not_csv,
     parse_timestamp,
     resolve_columns,
     timestamp_scale,
@@ -199,6 +200,9 @@ def _header(path: Path, options: CsvOptions) -> tuple[list[str], str]:
             path=str(path),
             line=1,
         )
+    problem = not_csv(first)
+    if problem:
+        raise RecordingError(f"{str(path)!r}: {problem}", path=str(path), line=1)
     if options.delimiter == "auto":
         delimiter = detect_delimiter(first)
     elif options.delimiter in DELIMITERS:

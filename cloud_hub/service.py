@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -40,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
@@ -377,15 +378,56 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: HubSettings) -> int:
-    """Run the hub until SIGTERM or Ctrl-C; returns the exit status."""
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the exclusive lock ``data_dir/hub.lock`` (holding this PID); it is held
+    while the returned file is open. Raises :class:`HubStartError` naming the PID
+    of the hub that holds it: two hubs on one store and one set of broker
+    accounts would undo each other's writes."""
+    import fcntl  # noqa: PLC0415
+
+    path = data_dir / "hub.lock"
     try:
-        api_socket = listen(settings.http_host, settings.http_port)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a+", encoding="ascii")
+    except OSError as exc:
+        raise HubStartError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fh.seek(0)
+        holder = fh.read(32).strip() or "?"
+        fh.close()
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise HubStartError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        raise HubStartError(
+            f"another hub (PID {holder}) is serving the data dir {data_dir} (it holds {path}); "
+            "two hubs cannot share one store and one set of broker accounts. Stop that hub "
+            "first, or give this one another --data-dir"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def serve(settings: HubSettings) -> int:
+    """Run the hub until SIGTERM or Ctrl-C; returns the exit status.
+
+    The hub holds the lock of its data dir (:func:`lock_data_dir`) while it runs."""
+    try:
+        lock = lock_data_dir(settings.data_dir)
     except HubStartError as exc:
         print(f"edgeloop-hub: {exc}", file=sys.stderr)
         return 2
-    with api_socket:
-        return _serve_on(settings, api_socket)
+    with lock:
+        try:
+            api_socket = listen(settings.http_host, settings.http_port)
+        except HubStartError as exc:
+            print(f"edgeloop-hub: {exc}", file=sys.stderr)
+            return 2
+        with api_socket:
+            return _serve_on(settings, api_socket)
 
 
 def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
@@ -413,11 +455,17 @@ def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
             ssl_keyfile=str(key) if settings.http_tls else None,
         )
         server = uvicorn.Server(config)
+
         # uvicorn handles SIGTERM/SIGINT while it runs, then raises the signal again
         # once it has shut down; with these handlers in place that second delivery
-        # is a no-op and the hub goes on to stop its parts and exit 0.
+        # only asks a stopped server to stop, and the hub goes on to stop its parts
+        # and exit 0. A signal that comes before uvicorn has taken over (just after
+        # the line below) makes it stop as soon as it has started.
+        def stop_server(*_: object) -> None:
+            server.should_exit = True
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: None)
+            signal.signal(signum, stop_server)
         # The socket already listens: a client that connects after this line waits in
         # its backlog until uvicorn accepts, rather than being refused.
         print(

@@ -4,6 +4,8 @@ Every reader of recorded data (the agent's CSV source, ``models train``,
 ``batch score``, ``edgeloop-sim replay``) finds its columns with these
 functions, so a file that one accepts the others accept too:
 
+- what is not CSV at all (JSON, an Excel/ZIP file, binary, ``|`` between
+  the columns), named from the first line (:func:`not_csv`);
 - the field separator: ``,``, ``;`` or a tab, detected from the header
   (:func:`detect_delimiter`) unless named;
 - the sensors: a column of the sensor's name, or the column a ``SENSOR=COLUMN``
@@ -29,6 +31,7 @@ __all__ = [
     "describe_delimiter",
     "detect_delimiter",
     "header_hint",
+    "not_csv",
     "parse_column_map",
     "parse_timestamp",
     "resolve_columns",
@@ -41,6 +44,56 @@ MS_THRESHOLD: Final = 1e11
 """A numeric timestamp over this is in milliseconds: as seconds it would be past the year 5000."""
 
 
+_PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+_JSON_ARRAY: Final = re.compile(r'\[\s*(?:[{\["\d-]|$)')
+"""``[`` then what a JSON array's first value starts with (not a column named ``[ts]``)."""
+
+
+def not_csv(header_line: str) -> str:
+    """Why a file whose first line is ``header_line`` is not a CSV recording, or ``''``.
+
+    Call it before splitting the header: it names an Excel/ZIP file, JSON, a
+    binary file and a header with no ``,`` ``;`` or tab, and never repeats
+    binary bytes (only a short printable excerpt).
+
+    >>> not_csv("ts,a,b"), not_csv("ts")
+    ('', '')
+    >>> not_csv("PK")[:58]
+    'this is an Excel/ZIP file (starts with PK), not CSV: open '
+    >>> not_csv('{"ts": 1, "a": 2}')[:48]
+    'this looks like JSON (starts with {), not CSV: c'
+    >>> not_csv("[ts],a,b"), not_csv("[")[:33]
+    ('', 'this looks like JSON (starts with')
+    >>> not_csv("ts|a|b")[:63]
+    "no ',' ';' or tab in the header; it looks separated by '|' (3 f"
+    """
+    head = header_line.lstrip("\ufeff \t\r\n")
+    if head.startswith("PK"):
+        return (
+            "this is an Excel/ZIP file (starts with PK), not CSV: open it in a spreadsheet "
+            "and save or export it as CSV (comma-separated)"
+        )
+    if head[:1] == "{" or _JSON_ARRAY.match(head):
+        return (
+            f"this looks like JSON (starts with {head[0]}), not CSV: convert it to CSV with a "
+            "header row (the timestamp column, then one column per sensor) and one row per reading"
+        )
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]", head[:2000]):
+        excerpt = _PRINTABLE.sub(".", head[:24])
+        return (
+            f"this is not a text CSV file (it starts with bytes like {excerpt!r}): "
+            "export the data as a UTF-8 CSV file"
+        )
+    if not any(char in head for char in DELIMITERS.values()):
+        fields = len(head.split("|"))
+        if fields > 1:
+            return (
+                f"no ',' ';' or tab in the header; it looks separated by '|' ({fields} fields): "
+                "save it with ',' ';' or tab between the columns, e.g. sed 's/|/,/g'"
+            )
+    return ""
+
+
 def detect_delimiter(header_line: str) -> str:
     r"""The delimiter that splits ``header_line`` into the most fields (``,`` on a tie or none).
 
@@ -49,7 +102,10 @@ def detect_delimiter(header_line: str) -> str:
     """
     best, most = ",", 1
     for char in DELIMITERS.values():
-        fields = len(next(csv.reader([header_line], delimiter=char), []))
+        try:
+            fields = len(next(csv.reader([header_line], delimiter=char), []))
+        except csv.Error:  # e.g. a field over the csv module's size limit: not this one
+            continue
         if fields > most:
             best, most = char, fields
     return best

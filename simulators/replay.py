@@ -21,7 +21,8 @@ readings of each file's epoch the hub holds are counted through its API
 (``GET /v1/devices/{device}/telemetry`` over the file's time range, read token).
 
 Before any agent starts, the hub's API must answer (``GET /v1/devices`` with
-the read token): else the replay is refused at once, saying what to check.
+the read token) and its broker must take a TCP connection (within 3 s): else
+the replay is refused at once, saying what to check.
 
 Output, on stdout: one line per file (rows read, rows sent, rows stored, urgent
 events; ``NOT STORED`` and why when the hub's broker did not ack what the
@@ -36,7 +37,8 @@ object::
      "rows_sent": 1200, "rows_stored": 1200, "urgent_events": 36, "elapsed_s": 3.1}
 
 "rows sent" counts the readings in messages this run sent: a second replay of
-a file the hub holds reads every row and sends none.
+a file the hub holds reads every row and sends none, and an agent that never
+connected to the broker sent none.
 
 Concurrency: the main thread provisions, starts one thread per agent, waits for
 them (or ``--timeout-s``, or Ctrl-C, which stop every agent: a stopped replay
@@ -50,6 +52,7 @@ import csv
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -69,8 +72,10 @@ if TYPE_CHECKING:
     from simulators.harness import HubApi
 
 __all__ = [
+    "BrokerUnreachableError",
     "FileResult",
     "ReplayConfig",
+    "check_broker",
     "check_hub",
     "device_for",
     "find_recordings",
@@ -82,6 +87,10 @@ log = logging.getLogger(__name__)
 _PAGE: Final = 1000
 _PAGES_MAX: Final = 100_000
 _NOT_DEVICE: Final = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class BrokerUnreachableError(EdgeloopError):
+    """The hub's broker takes no connection: no file can be replayed."""
 
 
 class ReplayFileError(EdgeloopError):
@@ -201,11 +210,13 @@ def device_for(path: Path, device_column: str | None = None) -> str:
 
 
 def _device_from_column(path: Path, column: str) -> str:
-    from edge_agent.sources.csv_replay import detect_delimiter  # noqa: PLC0415
+    from shared.columns import detect_delimiter, not_csv  # noqa: PLC0415
 
     values: set[str] = set()
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         first = fh.readline()
+        if not_csv(first):
+            raise ReplayFileError(f"{path}: {not_csv(first)}")
         header = [h.strip() for h in next(csv.reader([first], delimiter=detect_delimiter(first)))]
         if column not in header:
             raise ReplayFileError(
@@ -333,6 +344,7 @@ def run_replay(config: ReplayConfig, stop: threading.Event, out: TextIO) -> dict
 
     started = time.monotonic()
     check_hub(config.hub)
+    check_broker(config.hub_settings)
     files, results = find_recordings(config.paths)
     model = load_edge_model(config.model, __version__)
     runs: list[_Run] = []
@@ -378,7 +390,9 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
         return
     result.rows_read = agent.readings
     # What this run sent: its new messages, and those an earlier run left in the outbox.
-    result.rows_sent = agent.outbox.readings_written + agent.outbox.recovered_readings
+    connected = agent.link is not None and bool(agent.link.connects)
+    if connected:
+        result.rows_sent = agent.outbox.readings_written + agent.outbox.recovered_readings
     result.urgent_events = agent.events
     result.rows_skipped = sum(source.invalid.values())
     result.unacked = agent.outbox.depth
@@ -393,12 +407,11 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
     elif result.error is None:
         result.rows_stored = 0
     if result.error is None and result.unacked:
-        link = agent.link
         result.not_stored = (
             f"{result.unacked} messages were not acked by the hub's broker at "
             f"{agent.settings.broker.redacted_url}"
         )
-        if link is None or not link.connects:
+        if not connected:
             result.not_stored += (
                 ": the agent never connected to it. Check --broker-host/--broker-port (the "
                 "hub's embedded broker) and the agent's errors above; the messages stay in "
@@ -407,6 +420,24 @@ def _finish(config: ReplayConfig, run: _Run) -> None:
             )
         else:
             result.not_stored += "; replay the file again to send them"
+
+
+def check_broker(settings: HubSettings, timeout_s: float = 3.0) -> None:
+    """Refuse the replay at once when the hub's broker, where the devices connect,
+    takes no TCP connection within ``timeout_s`` (else every agent would wait
+    for it until ``--timeout-s``)."""
+    from cloud_hub.provision import device_broker  # noqa: PLC0415
+
+    broker = device_broker(settings)
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise BrokerUnreachableError(
+            f"the hub's broker at {broker.host}:{broker.port} does not answer "
+            f"({exc.strerror or exc}); nothing was replayed. Is the hub running, and are "
+            "--broker-host and --broker-port (--mqtt-tls-port with TLS) the ones it listens on?"
+        ) from None
 
 
 def check_hub(api: HubApi) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -244,20 +245,40 @@ def test_a_replay_interrupted_away_from_its_hub_is_completed_by_the_next_one(
 def test_sim_replay_says_when_nothing_was_stored_and_keeps_its_timeout(
     tmp_path: Path, model_packages: ModelPaths
 ) -> None:
-    """A wrong broker port: the rows are read, not stored; the run ends by --timeout-s
-    (not after the agents' 60 s drain) and exits 1. A wrong --hub: refused up front."""
+    """A broker port nothing listens on: refused up front, naming it. A port that takes
+    connections but speaks no MQTT: the rows are read, none sent or stored; the run ends
+    by --timeout-s (not after the agents' 60 s drain) and exits 1. A wrong --hub: refused
+    up front."""
     csv = recording(tmp_path / "kiln-4.csv", seed=6, rows=300)
     state = tmp_path / "replay-state"
     with HubProcess(tmp_path / "hub", model_packages.edge.parent.parent) as hub:
-        wrong = ("--broker-port", str(free_port()), "--timeout-s", "3")
-        code, lines = sim_replay(hub, model_packages.edge, state, csv, extra=wrong)
+        closed = free_port()
+        code, lines = sim_replay(
+            hub,
+            model_packages.edge,
+            state,
+            csv,
+            extra=("--broker-port", str(closed), "--timeout-s", "600"),
+        )
+        assert code == 2, lines
+        text = "\n".join(lines)
+        assert f"broker at 127.0.0.1:{closed} does not answer" in text, text
+        assert "nothing was replayed" in text and "--broker-port" in text, text
+        assert not state.exists()
+        with socket.socket() as mute:
+            mute.bind(("127.0.0.1", 0))
+            mute.listen()
+            wrong = ("--broker-port", str(mute.getsockname()[1]), "--timeout-s", "3")
+            code, lines = sim_replay(hub, model_packages.edge, state, csv, extra=wrong)
         assert code == 1, lines
         report = json.loads(lines[-1])
         assert (report["replayed"], report["not_stored"], report["rows_stored"]) == (0, 1, 0)
+        assert report["rows_read"] == 300 and report["rows_sent"] == 0, report
         text = "\n".join(lines)
         assert "kiln-4: NOT STORED: 300 rows read, 0 stored" in text, text
         assert "never connected" in text and "--broker-port" in text, text
         assert lines[-2].startswith("replay: 0 files replayed, 1 not stored, 0 refused"), lines
+        assert "300 rows read, 0 sent" in lines[-2], lines
         # The right broker: what the outbox kept is sent now, and counted as sent.
         code, lines = sim_replay(hub, model_packages.edge, state, csv)
         assert code == 0 and "kiln-4: 300 rows sent, 300 stored" in "\n".join(lines), lines

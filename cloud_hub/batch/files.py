@@ -36,7 +36,14 @@ import numpy as np
 from cloud_hub.batch import BatchError
 from cloud_hub.batch.output import OutputBlock, Writer, open_writer, require_pyarrow
 from cloud_hub.batch.scoring import BaselineLookup, BatchScorer
-from cloud_hub.recordings import Chunk, CsvOptions, Recording, estimate_rows, find_recordings
+from cloud_hub.recordings import (
+    Chunk,
+    CsvOptions,
+    Recording,
+    estimate_rows,
+    find_recordings,
+    series_rows,
+)
 from shared.columns import MS_THRESHOLD, parse_timestamp, resolve_columns
 from shared.manifest import ModelPackage
 
@@ -73,6 +80,10 @@ class Summary:
     elapsed_s: float = 0.0
     input_checks: dict[str, int] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
+    ts_not_increasing: int = 0
+    """Readings whose timestamp is not after the previous one of their series."""
+    ts_first_out_of_order: str = ""
+    """Where the first of those is: the file, its line, and its device if any."""
 
     @property
     def rows_per_s(self) -> float:
@@ -97,6 +108,7 @@ class Summary:
             "elapsed_s": round(self.elapsed_s, 3),
             "input_checks": self.input_checks,
             "classes": self.classes,
+            "ts_not_increasing": self.ts_not_increasing,
         }
 
 
@@ -196,6 +208,34 @@ def _open_inputs(
 def _series(chunk: Chunk) -> str | list[str]:
     """The chunk's series: each row's device, or one series for the whole file."""
     return "" if chunk.devices is None else chunk.devices
+
+
+class _TsOrder:
+    """Counts, per series, the readings whose timestamp is not after the series'
+    previous one: scores over a window assume the readings come in time order."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.count = 0
+        self.first = ""
+
+    def add(self, path: Path, chunk: Chunk) -> None:
+        for key, rows in series_rows(_series(chunk), len(chunk), f"{path}\x00"):
+            series = chunk.ts if rows is None else chunk.ts[rows]
+            if not len(series):
+                continue
+            previous = np.concatenate(([self.last.get(key, -np.inf)], series[:-1]))
+            bad = np.flatnonzero(series <= previous)
+            if len(bad):
+                if not self.count:
+                    row = int(bad[0] if rows is None else rows[bad[0]])
+                    device = key.partition("\x00")[2]
+                    self.first = f"{path} line {chunk.first_line + row}" + (
+                        f" (device {device})" if device else ""
+                    )
+                self.count += len(bad)
+            if not np.isnan(series[-1]):
+                self.last[key] = float(series[-1])
 
 
 def _all_chunks(opened: Sequence[_Input], rows: int) -> Iterator[tuple[int, Chunk]]:
@@ -345,6 +385,7 @@ def score_files(
         )
     start = time.perf_counter()
     done = False
+    order = _TsOrder()
     behind = _WriteBehind(writer)
     try:
         prepared = (
@@ -356,6 +397,7 @@ def score_files(
             for index, chunk in _all_chunks(opened, chunk_rows)
         )
         for index, chunk, ready in _read_ahead(prepared):
+            order.add(opened[index].path, chunk)
             scored = scorer.score_prepared(ready)
             try:
                 behind.write(
@@ -411,4 +453,5 @@ def score_files(
     summary.baselines = scorer.mapped_series
     summary.input_checks = scorer.input_counts()
     summary.classes = dict(zip(m.output.classes, counts.tolist(), strict=True))
+    summary.ts_not_increasing, summary.ts_first_out_of_order = order.count, order.first
     return summary

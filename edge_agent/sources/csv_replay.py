@@ -39,6 +39,7 @@ from shared.columns import (
     describe_delimiter,
     detect_delimiter,
     header_hint,
+    not_csv,
     parse_timestamp,
     resolve_columns,
     timestamp_scale,
@@ -82,6 +83,9 @@ class CsvReplaySource:
         try:
             with self.path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
                 first = fh.readline()
+            problem = not_csv(first)
+            if problem:
+                raise ConfigError(f"CSV file {self.path}: {problem}", setting="csv_path")
             if auto:
                 self.delimiter = detect_delimiter(first)
             header = next(csv.reader([first], delimiter=self.delimiter), None) if first else None

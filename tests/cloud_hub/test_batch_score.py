@@ -179,6 +179,10 @@ def test_jsonl_and_parquet_outputs_hold_the_same_rows(
     package = load_package(model_packages.heavy)
     data = tmp_path / "rec.csv"
     _recording(data, package, 300)
+    # Scored as one series (no --device-column): a time for each row, in order.
+    head, *rows = data.read_text().splitlines()
+    rows = [f"{T0 + i / 2}{row[row.index(';') :]}" for i, row in enumerate(rows)]
+    data.write_text("\n".join([head, *rows]) + "\n")
     base = ["--model", "machine-heavy@1.1.0", "--input", str(tmp_path), "--ts-column", "when"]
     base += ["--csv-map", _csv_map(package)]
     csv_out, jsonl_out = tmp_path / "o.csv.out", tmp_path / "o.jsonl"
@@ -371,12 +375,20 @@ def test_pyarrow_and_the_fallback_reader_write_the_same_file(
     assert (fast.rows, fast.bad_cells) == (slow.rows, slow.bad_cells) == (799, 1 + 8)
 
 
+def _forty_rows(tmp_path: Path, models: ModelPaths) -> tuple[ModelPackage, Path, list[str]]:
+    """A recording of 40 rows (:func:`_recording`) and the ``batch score`` arguments for it."""
+    package = load_package(models.heavy)
+    data = tmp_path / "rec.csv"
+    _recording(data, package, 40)
+    args = ["--model", "machine-heavy", "--input", str(data), "--output", str(tmp_path / "o.csv")]
+    args += ["--ts-column", "when", "--csv-map", _csv_map(package)]
+    return package, data, _args(models, tmp_path, *args)
+
+
 def test_a_sensor_with_no_usable_value_is_a_warning_and_exit_1(
     tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    package = load_package(model_packages.heavy)
-    data = tmp_path / "rec.csv"
-    _recording(data, package, 40)
+    package, data, argv = _forty_rows(tmp_path, model_packages)
     # Decimal commas in one column: every cell of it is text to the reader.
     lines = data.read_text().splitlines()
     first = package.manifest.input.sensor_names[0]
@@ -386,9 +398,26 @@ def test_a_sensor_with_no_usable_value_is_a_warning_and_exit_1(
         cells[2] = "0,5"
         fixed.append(";".join(cells))
     data.write_text("\n".join(fixed) + "\n")
-    args = ["--model", "machine-heavy", "--input", str(data), "--output", str(tmp_path / "o.csv")]
-    mapped = ["--ts-column", "when", "--csv-map", _csv_map(package)]
-    assert main(_args(model_packages, tmp_path, *args, *mapped)) == 1
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"sensor(s) {first} had no usable value in any of the 40 rows" in err
     assert "decimal comma" in err
+
+
+def test_timestamps_out_of_order_in_a_series_are_a_warning_and_exit_1(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, data, argv = _forty_rows(tmp_path, model_packages)
+    argv += ["--device-column", "machine"]
+    # Two devices interleaved, each in time order: no warning.
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["ts_not_increasing"] == 0
+    # Device a's readings at lines 12 and 14 swapped: the later one comes first.
+    lines = data.read_text().splitlines()
+    lines[11], lines[13] = lines[13], lines[11]
+    data.write_text("\n".join(lines) + "\n")
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1])["ts_not_increasing"] == 1
+    assert "1 reading(s) have a timestamp not after the previous one" in captured.err
+    assert f"{data} line 14 (device a)" in captured.err and "Sort the file" in captured.err

@@ -259,6 +259,25 @@ def test_serve_with_the_default_relative_models_dir_serves_predict_and_artifacts
         assert body == (model_packages.heavy / MODEL_FILE).read_bytes()
 
 
+def test_a_second_serve_on_the_same_data_dir_names_the_hub_holding_it(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    hub_dir = tmp_path / "hub"
+    flags = ("--insecure-dev", "true", "--data-dir", str(hub_dir), "--models-dir")
+    flags += (str(model_packages.edge.parent.parent), "--http-port", "0", "--broker-port", "0")
+    with _serving(*flags, cwd=tmp_path):
+        holder = (hub_dir / "hub.lock").read_text().strip()
+        assert holder.isdigit() and int(holder) != os.getpid()
+        second = _hub("serve", *flags, cwd=tmp_path)
+        assert second.returncode == 2
+        _one_clear_line(second, "another hub", f"PID {holder}", str(hub_dir), "--data-dir")
+        assert "http://" not in second.stdout
+    # The lock went with the first hub: a new one starts.
+    # SIGTERM at once after the announcement, before uvicorn has taken the signals: exit 0.
+    with _serving(*flags, cwd=tmp_path):
+        assert (hub_dir / "hub.lock").read_text().strip() != holder
+
+
 def test_devices_add_refuses_an_existing_device_unless_rotate(tmp_path: Path) -> None:
     data = ("--data-dir", str(tmp_path / "hub"))
     passwd = tmp_path / "hub" / "broker-passwd"

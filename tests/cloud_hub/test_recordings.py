@@ -171,3 +171,30 @@ def test_a_large_file_is_streamed_in_bounded_chunks(tmp_path: Path) -> None:
             fh.write("".join(f"{block * 10_000 + i},{i % 97},{i % 13}\n" for i in range(10_000)))
     sizes = [len(c) for c in Recording.open(path, CsvOptions()).chunks(rows=8192)]
     assert sum(sizes) == 200_000 and max(sizes) == 8192
+
+
+NOT_CSV = {
+    "json": (b'{"datetime": "2026-01-01T00:00:00Z", "flow": "' + b"1" * 140_000 + b'"}\n', "JSON"),
+    "jsonl": (b'{"datetime": "2026-01-01T00:00:00Z", "flow": 1}\n' * 3, "JSON"),
+    "xlsx": (b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00\xff\xfe[Content_Types].xml", "PK"),
+    "pipe": (b"datetime|flow|label\n2026-01-01T00:00:00Z|1|ok\n", "separated by '|'"),
+    "utf16": ("datetime,flow\n".encode("utf-16"), "not a text CSV"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_CSV)
+def test_a_file_that_is_not_csv_is_named_by_every_reader(tmp_path: Path, kind: str) -> None:
+    from edge_agent.sources.csv_replay import CsvReplaySource  # noqa: PLC0415
+    from shared.errors import ConfigError  # noqa: PLC0415
+
+    data, expect = NOT_CSV[kind]
+    path = tmp_path / f"rig.{kind}"
+    path.write_bytes(data)
+    with pytest.raises(RecordingError) as hub:
+        read_recording(path, OPTS, ["flow"])
+    with pytest.raises(ConfigError) as agent:
+        CsvReplaySource(path, ["flow"], ts_column="datetime")
+    for message in (str(hub.value), str(agent.value)):
+        assert expect in message and str(path) in message, message
+        assert "\x03" not in message and "\x00" not in message and "\ufffd" not in message
+        assert len(message) < 400, message

@@ -29,6 +29,11 @@ def test_a_device_column_names_the_device_once_per_file(tmp_path: Path) -> None:
         device_for(two, "machine")
     with pytest.raises(ReplayFileError, match=r"a\.csv.*no column 'site'"):
         device_for(one, "site")
+    # A one-line JSON file over the csv module's field limit: named, not a csv.Error.
+    big = tmp_path / "c.csv"
+    big.write_text('[{"ts": 1, "machine": "' + "x" * 140_000 + '"}]\n')
+    with pytest.raises(ReplayFileError, match=r"c\.csv: this looks like JSON"):
+        device_for(big, "machine")
 
 
 def test_folders_give_their_csv_files_and_bad_paths_an_error_each(tmp_path: Path) -> None:
