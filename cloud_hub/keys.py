@@ -22,6 +22,7 @@ The key format and the signature file are :mod:`shared.signing`'s.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -87,9 +88,25 @@ def init_keys(files: KeyFiles) -> TrustedKey:
             "trust NEW_DIR/signing.pub beside the old key, then sign with "
             "--signing-key NEW_DIR/signing.key and retire the old key"
         )
+    if files.public.exists():
+        raise KeysError(
+            f"{files.public} exists without its signing key {files.private.name}: move it "
+            "away (it may be another key's public half) and run 'keys init' again"
+        )
     files.directory.mkdir(parents=True, exist_ok=True)
     key = SigningKey.generate()
-    write_file(files.private, key.to_pem(), 0o600)
+    try:
+        # O_EXCL: a key made meanwhile by another 'keys init' is never replaced.
+        fd = os.open(files.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeysError(
+            f"a signing key appeared at {files.private} while this one was made; keys are "
+            "never overwritten: use that one"
+        ) from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.to_pem())
+        fh.flush()
+        os.fsync(fh.fileno())
     write_file(files.public, key.public.pem().encode("ascii"), 0o644)
     log.info("made signing key %s in %s", key.key_id, files.directory)
     return TrustedKey(key.public.raw, str(files.public))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from cloud_hub.recording_options import add_recording_options
+from shared.manifest import MAX_RULE_READINGS
 from shared.options import positive_int
 
 if TYPE_CHECKING:
@@ -171,6 +172,14 @@ def _hard_limit(text: str) -> tuple[str, float | None, float | None]:
     return key.strip(), pair[0], pair[1]
 
 
+def _rule_readings(text: str) -> int:
+    """An argparse type: a whole number of readings the urgent rule may count."""
+    value = positive_int(text)
+    if value > MAX_RULE_READINGS:
+        raise argparse.ArgumentTypeError(f"{value} is over {MAX_RULE_READINGS} readings")
+    return value
+
+
 def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
     """An argparse type: a number with ``lo <= x <= hi`` (``lo`` excluded when it is 0)."""
 
@@ -282,7 +291,7 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
     p.add_argument("--window", type=positive_int, default=None, metavar="N", help="(default: 10)")
     p.add_argument(
         "--consecutive",
-        type=positive_int,
+        type=_rule_readings,
         default=None,
         metavar="N",
         help="readings over the threshold in a row before an urgent event (default: "
@@ -291,7 +300,7 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--release",
-        type=positive_int,
+        type=_rule_readings,
         default=DEFAULT_RELEASE,
         metavar="N",
         help="readings under the threshold in a row that end an urgent episode, so a score "

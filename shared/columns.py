@@ -45,12 +45,14 @@ MS_THRESHOLD: Final = 1e11
 
 
 _PRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+_ZIP: Final = re.compile("PK[\x03\x05\x07][\x04\x06\x08]")
+"""A ZIP file's signature (an .xlsx is one); a header such as ``PK_id,ts`` is not."""
 _JSON_ARRAY: Final = re.compile(r'\[\s*(?:[{\["\d-]|$)')
 """``[`` then what a JSON array's first value starts with (not a column named ``[ts]``)."""
 
 
 def not_csv(header_line: str) -> str:
-    """Why a file whose first line is ``header_line`` is not a CSV recording, or ``''``.
+    r"""Why a file whose first line is ``header_line`` is not a CSV recording, or ``''``.
 
     Call it before splitting the header: it names an Excel/ZIP file, JSON, a
     binary file and a header with no ``,`` ``;`` or tab, and never repeats
@@ -58,8 +60,10 @@ def not_csv(header_line: str) -> str:
 
     >>> not_csv("ts,a,b"), not_csv("ts")
     ('', '')
-    >>> not_csv("PK")[:58]
-    'this is an Excel/ZIP file (starts with PK), not CSV: open '
+    >>> not_csv("PK\x03\x04\x14\x00")[:58], not_csv("PKT_time,temp")
+    ('this is an Excel/ZIP file (starts with PK), not CSV: open ', '')
+    >>> not_csv("ts;Temperatur (\ufffdC);Druck")
+    ''
     >>> not_csv('{"ts": 1, "a": 2}')[:48]
     'this looks like JSON (starts with {), not CSV: c'
     >>> not_csv("[ts],a,b"), not_csv("[")[:33]
@@ -68,7 +72,7 @@ def not_csv(header_line: str) -> str:
     "no ',' ';' or tab in the header; it looks separated by '|' (3 f"
     """
     head = header_line.lstrip("\ufeff \t\r\n")
-    if head.startswith("PK"):
+    if _ZIP.match(head):
         return (
             "this is an Excel/ZIP file (starts with PK), not CSV: open it in a spreadsheet "
             "and save or export it as CSV (comma-separated)"
@@ -78,7 +82,9 @@ def not_csv(header_line: str) -> str:
             f"this looks like JSON (starts with {head[0]}), not CSV: convert it to CSV with a "
             "header row (the timestamp column, then one column per sensor) and one row per reading"
         )
-    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffd]", head[:2000]):
+    # Control characters only: a U+FFFD (a byte that is not UTF-8, as in a Latin-1
+    # file's "°C" read with errors="replace") stays accepted, as it always was.
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", head[:2000]):
         excerpt = _PRINTABLE.sub(".", head[:24])
         return (
             f"this is not a text CSV file (it starts with bytes like {excerpt!r}): "

@@ -35,6 +35,7 @@ from shared.features import SensorSpec, feature_names
 
 __all__ = [
     "MANIFEST_FILE",
+    "MAX_RULE_READINGS",
     "MODEL_FILE",
     "SIGNATURE_FILE",
     "Histogram",
@@ -55,6 +56,9 @@ __all__ = [
     "sha256_file",
     "write_manifest",
 ]
+
+MAX_RULE_READINGS: Final = 1000
+"""The most readings the urgent rule's ``consecutive`` and ``release`` may count."""
 
 MANIFEST_FILE: Final = "manifest.json"
 MODEL_FILE: Final = "model.onnx"
@@ -336,16 +340,21 @@ class UrgentSpec:
         release = 1
         if "release" in o.obj:
             value = o.obj["release"]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 1 <= value <= MAX_RULE_READINGS
+            ):
                 raise o.fail(
                     "release",
-                    f"= {value!r} must be a whole number of readings in [1, 1000] (how many "
+                    f"= {value!r} must be a whole number of readings in [1, {MAX_RULE_READINGS}] "
+                    "(how many "
                     "readings in a row below the threshold end a score episode; 1 = the first)",
                 )
             release = value
         return cls(
             o.num("score_threshold", 0.0, 1.0),
-            int(o.num("consecutive", 1, 1000)),
+            int(o.num("consecutive", 1, MAX_RULE_READINGS)),
             limits,
             release,
         )

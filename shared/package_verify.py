@@ -150,14 +150,25 @@ def check_files(listed: Sequence[PackageFile], found: Mapping[str, FileFacts]) -
 
 def _facts(directory: Path, listed: Mapping[str, PackageFile]) -> dict[str, FileFacts]:
     found: dict[str, FileFacts] = {}
-    for entry in directory.iterdir():
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        raise ManifestError(
+            f"model package {str(directory)!r} cannot be listed ({exc.strerror or exc})",
+            path=str(directory),
+        ) from None
+    for entry in entries:
         if entry.name in (MANIFEST_FILE, SIGNATURE_FILE):
             continue
         # A symlink is not a file of the package: it could point anywhere.
         is_file = entry.is_file() and not entry.is_symlink()
-        size = entry.stat().st_size if is_file else 0
         want = listed.get(entry.name)
-        digest = sha256_file(entry) if is_file and want is not None and want.size == size else None
+        try:
+            size = entry.stat().st_size if is_file else 0
+            check = is_file and want is not None and want.size == size
+            digest = sha256_file(entry) if check else None
+        except OSError:  # unreadable: as good as absent, and reported so
+            is_file, size, digest = False, 0, None
         found[entry.name] = FileFacts(is_file, size, digest)
     return found
 

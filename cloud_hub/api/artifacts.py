@@ -111,8 +111,11 @@ def signature_file(record: ModelRecord, models_root: Path | None) -> bytes | Non
         raise _fail(record, "manifest on disk differs from the registered one", package)
     try:
         with (package / SIGNATURE_FILE).open("rb") as fh:
-            return fh.read(MAX_SIGNATURE_FILE_BYTES + 1)
+            data = fh.read(MAX_SIGNATURE_FILE_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise _fail(record, f"signature cannot be read ({exc.strerror})", package) from None
+    if len(data) > MAX_SIGNATURE_FILE_BYTES:
+        raise _fail(record, f"signature file is over {MAX_SIGNATURE_FILE_BYTES} bytes", package)
+    return data

@@ -20,7 +20,7 @@ __all__ = ["parse_model_spec", "resolve_model"]
 
 
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """``"machine-heavy@1.1.0"`` -> ``("machine-heavy", "1.0.0")``; no ``@``: version None.
+    """``"machine-heavy@1.1.0"`` -> ``("machine-heavy", "1.1.0")``; no ``@``: version None.
 
     >>> parse_model_spec("machine-heavy"), parse_model_spec("m@1.2.3")
     (('machine-heavy', None), ('m', '1.2.3'))

@@ -43,7 +43,7 @@ def test_keys_init_writes_0600_prints_only_the_public_key_and_refuses_to_overwri
     assert code == 0, err
     files = KeyFiles(data / "keys")
     assert stat.S_IMODE(files.private.stat().st_mode) == 0o600
-    assert stat.S_IMODE(files.public.stat().st_mode) == 0o644
+    assert stat.S_IMODE(files.public.stat().st_mode) & 0o022 == 0  # no one else writes it
     public = load_public_key(files.public.read_bytes())
     assert f"key id        {public.key_id}" in out
     assert public.pem() in out
@@ -161,3 +161,16 @@ def test_the_hub_signs_its_default_build_and_serves_the_signature(
             assert load_package(package).signature == sig
     secret = _private_body(tmp_path / "var/hub/keys/signing.key")
     assert secret[:24] not in (tmp_path / "hub.log").read_text()
+
+
+def test_keys_init_refuses_a_public_key_without_its_private_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = KeyFiles(tmp_path / "hub" / "keys")
+    files.directory.mkdir(parents=True)
+    files.public.write_text("someone else's public key\n")
+    code, out, err = _run(capsys, "keys", "init", "--data-dir", str(tmp_path / "hub"))
+    assert code == 2 and out == ""
+    assert "exists without its signing key" in err and "move it away" in err
+    assert not files.private.exists()
+    assert files.public.read_text() == "someone else's public key\n"

@@ -486,3 +486,12 @@ def test_trained_defaults_give_one_event_per_episode_and_hard_limits_fire(
     assert int(old.check_block(values, over(values).astype(np.float64)).sum()) >= 3
     score_events = [t for t, d in _agent_events(edge, values) if d.rule == "score"]
     assert len(score_events) == 1 and 60 <= score_events[0] < 180 + window, score_events
+
+
+@pytest.mark.parametrize("option", ["--release", "--consecutive"])
+def test_rule_counts_over_the_manifest_limit_are_a_usage_error_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    argv = _train(tmp_path, "--data", str(tmp_path / "absent.csv"), option, "1001")
+    _, err = _run(capsys, argv, status=2)
+    assert f"argument {option}" in err and "over 1000 readings" in err, err

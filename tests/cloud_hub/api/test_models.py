@@ -97,6 +97,11 @@ def test_signature_of_an_unsigned_or_changed_package(hub: Hub, tmp_path: Path) -
             assert changed.status == 500
             assert "differs from the registered one" in changed.detail
             assert client.get(HEAVY).body == pkg.manifest_bytes
+            # A signature file over the limit is an error, never served cut off.
+            (package / MANIFEST_FILE).write_bytes(pkg.manifest_bytes)
+            (package / SIGNATURE_FILE).write_bytes(b" " * 5000)
+            oversized = client.get(f"{HEAVY}/signature")
+            assert oversized.status == 500 and "over 4096 bytes" in oversized.detail
     finally:
         store.close()
 
