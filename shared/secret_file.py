@@ -108,9 +108,15 @@ def write_private(path: Path, text: str) -> None:
 def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path``: beside it first (mode ``mode`` from the first byte), then renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)  # a crashed write's leftover
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (a full disk, say) leaves nothing beside ``path``: in a model
+        # package a stray file would fail verification as unlisted.
+        tmp.unlink(missing_ok=True)
+        raise

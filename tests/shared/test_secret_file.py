@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from shared.errors import ConfigError
-from shared.secret_file import mode_problem, read_secret_file, write_private
+from shared.secret_file import mode_problem, read_secret_file, write_file, write_private
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -76,3 +78,24 @@ def test_one_trailing_newline_is_dropped(tmp_path: Path) -> None:
 def test_a_missing_file_says_which(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope"):
         read_secret_file(tmp_path / "nope", what="test")
+
+
+def test_write_file_that_fails_leaves_the_old_file_and_nothing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "manifest.sig"
+    target.write_bytes(b"old")
+
+    def disk_full(src: object, dst: object) -> None:  # the fault: the rename fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_file(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.sig"]
+    monkeypatch.undo()
+    write_file(target, b"new", 0o644)
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "manifest.sig"
+    ]
