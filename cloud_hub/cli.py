@@ -95,29 +95,21 @@ def _models_build(args: argparse.Namespace) -> int:
 
 
 def _models_verify(args: argparse.Namespace) -> int:
-    from cloud_hub.keys import KeyFiles, KeysError, default_keys_dir, public_key  # noqa: PLC0415
+    from cloud_hub.keys import KeyFiles, KeysError, default_keys_dir, read_public_keys, trusted_keys  # noqa: PLC0415
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
     from shared.package_verify import verify_package  # noqa: PLC0415
-    from shared.signing import load_public_key  # noqa: PLC0415
 
     if args.trust:
-        trusted = []
-        for path in args.trust:
-            try:
-                trusted.append(load_public_key(path.read_bytes(), str(path)))
-            except OSError as exc:
-                raise ValueError(f"--trust {path}: cannot read it ({exc.strerror})") from None
-            except ValueError as exc:
-                raise ValueError(f"--trust {exc}") from None
+        trusted = read_public_keys(args.trust)
     else:
         settings = resolve_settings(args, serving=False)
-        files = KeyFiles(default_keys_dir(settings.data_dir))
-        if not (files.public.is_file() or files.private.is_file()):
+        trusted = trusted_keys(settings.data_dir)
+        if not trusted:
+            files = KeyFiles(default_keys_dir(settings.data_dir))
             raise KeysError(
                 f"no trusted public key: give --trust PUBKEY_FILE (a signing.pub), or make the "
                 f"hub's key with 'edgeloop-hub keys init' (then {files.public} is trusted)"
             )
-        trusted = [public_key(files)]
     result = verify_package(args.dir, trusted)
     print(f"package {args.dir}; trusted key id(s): {', '.join(k.key_id for k in trusted)}")
     for check in result.checks:
@@ -459,7 +451,8 @@ def _parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser(
         "models",
-        help="model packages (build, train, verify)",
+        help="model packages (build, train, verify) and the registry (register, list, show, "
+        "promote, archive)",
         description="Model packages: the default edge and heavy models (build), a pair "
         "trained on your recordings (train), and checking a package's files and signature "
         "(verify).",
@@ -523,6 +516,9 @@ def _parser() -> argparse.ArgumentParser:
     from cloud_hub.train_command import add_train_parser  # noqa: PLC0415
 
     add_train_parser(models_cmds)
+    from cloud_hub.registry_command import add_registry_parsers  # noqa: PLC0415
+
+    add_registry_parsers(models_cmds)
     verify = models_cmds.add_parser(
         "verify",
         help="verify a model package: every file's size and sha256, and its signature",

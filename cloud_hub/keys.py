@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,9 +42,11 @@ __all__ = [
     "init_keys",
     "load_signing_key",
     "public_key",
+    "read_public_keys",
     "sign_package",
     "sign_packages",
     "signing_key_for",
+    "trusted_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -193,3 +196,23 @@ def sign_packages(explicit: Path | None, data_dir: Path, packages: list[Path]) -
             "init', or give --signing-key FILE)"
         ]
     return [sign_package(p, key) for p in packages]
+
+
+def read_public_keys(paths: Sequence[Path], option: str = "--trust") -> list[TrustedKey]:
+    """The public keys in ``paths`` (PEM, as ``signing.pub``); :class:`KeysError` names a bad one."""
+    keys = []
+    for path in paths:
+        try:
+            keys.append(load_public_key(path.read_bytes(), str(path)))
+        except OSError as exc:
+            raise KeysError(f"{option} {path}: cannot read it ({exc.strerror})") from None
+        except ValueError as exc:
+            raise KeysError(f"{option} {exc}") from None
+    return keys
+
+
+def trusted_keys(data_dir: Path, extra: Sequence[Path] = ()) -> list[TrustedKey]:
+    """What the hub trusts: its own public key (when it has a key) and the ``extra`` ones."""
+    files = KeyFiles(default_keys_dir(data_dir))
+    own = [public_key(files)] if files.public.is_file() or files.private.is_file() else []
+    return own + read_public_keys(extra)

@@ -192,32 +192,31 @@ class Hub:
             raise HubStartError(f"cannot open the store {self.settings.store!r}: {exc}") from None
 
     def _models(self) -> Path:
-        """Build (or find) the default models, register them, return the heavy package."""
+        """Build (or find) the default models, register them, return the heavy package
+        (the registry's copy)."""
         from cloud_hub.keys import sign_packages  # noqa: PLC0415
         from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
-        from shared.manifest import load_package  # noqa: PLC0415
+        from cloud_hub.registry.register import register_built  # noqa: PLC0415
 
         s = self.settings
         built = build_default_models(s.models_dir)
         for line in sign_packages(s.signing_key, s.data_dir, [built.edge, built.heavy]):
             log.info("%s", line)
-        for path in (built.edge, built.heavy):
-            package = load_package(path)
-            if path == built.edge:
-                self.edge_model = package.manifest.name
-            # Absolute: --models-dir (relative by default) means nothing once the hub runs
-            # from another directory, and the API must not join it to the models dir again.
-            # Registering again moves a record made by an older start to this path.
-            self.store.register_model(
-                package.manifest,
-                str(path.resolve()),
-                time.time(),
-                manifest_bytes=package.manifest_bytes,
-            )
+        edge, heavy = register_built(
+            self.store,
+            s.data_dir,
+            s.signing_key,
+            [built.edge, built.heavy],
+            by="hub:default-build",
+            production_if_none=True,
+        )
+        self.edge_model = edge.record.name
+        for done in (edge, heavy):
+            log.info("%s", done.describe())
         log.info(
             "models ready: %s, %s%s", built.edge, built.heavy, " (reused)" if built.reused else ""
         )
-        return built.heavy
+        return Path(heavy.record.path)
 
     def _start_ingest(self, heavy_path: Path) -> None:
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
@@ -289,6 +288,9 @@ class Hub:
 
     def _make_app(self) -> None:
         from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+        from cloud_hub.api.deps import RegistryFiles  # noqa: PLC0415
+        from cloud_hub.keys import trusted_keys  # noqa: PLC0415
+        from cloud_hub.registry.register import registry_root  # noqa: PLC0415
 
         s = self.settings
         config = ApiConfig(
@@ -298,6 +300,7 @@ class Hub:
             stale_after_s=s.stale_after_s,
             predict_max_body_bytes=s.predict_max_body_bytes,
             max_body_bytes=s.http_max_body_bytes,
+            model_upload_max_bytes=s.model_upload_max_bytes,
         )
         worker = self.worker
         self.app = create_app(
@@ -307,6 +310,8 @@ class Hub:
             models_root=s.models_dir.resolve(),
             parts=self.parts,
             batch_jobs=self.batch_jobs,
+            # Uploads are checked with the hub's public keys; the API never signs.
+            registry=RegistryFiles(registry_root(s.data_dir), tuple(trusted_keys(s.data_dir))),
         )
 
     # -- running -----------------------------------------------------------------------------

@@ -185,6 +185,13 @@ OPTIONS: Final = OptionTable(
             "BYTES",
         ),
         Option(
+            "model_upload_max_bytes",
+            positive_int,
+            256 * 1024 * 1024,
+            "largest zipped model package POST /v1/models takes (admin), and most it may unpack to (256 MiB)",
+            "BYTES",
+        ),
+        Option(
             "max_payload_bytes",
             positive_int,
             DEFAULT_LIMITS.max_payload_bytes,
@@ -304,6 +311,7 @@ class HubSettings:
     insecure_dev: bool
     predict_max_body_bytes: int | None
     http_max_body_bytes: int
+    model_upload_max_bytes: int
     max_payload_bytes: int
     stale_after_s: float
     retention_days: float

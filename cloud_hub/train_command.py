@@ -962,23 +962,19 @@ def _unlabelled(
 def _register(
     settings: HubSettings, store: Any, result: TrainResult, *, replace: bool
 ) -> list[str]:
+    from cloud_hub.registry.register import register_built  # noqa: PLC0415
     from shared.manifest import load_package  # noqa: PLC0415
 
-    lines = []
-    for path in (result.edge, result.heavy):
-        package = load_package(path)
-        m = package.manifest
-        store.register_model(
-            m,
-            str(path.resolve()),
-            time.time(),
-            replace=replace,
-            manifest_bytes=package.manifest_bytes,
-        )
-        lines.append(
-            f"registered {m.name} {m.version} ({m.variant}) in {_safe_store(settings.store)}"
-        )
-    return lines
+    run = load_package(result.edge).manifest.lineage.pipeline_run
+    done = register_built(
+        store,
+        settings.data_dir,
+        settings.signing_key,
+        [result.edge, result.heavy],
+        by=f"train:{run}",
+        replace=replace,
+    )
+    return [f"{d.describe()} in {_safe_store(settings.store)}" for d in done]
 
 
 def _describe(result: TrainResult) -> list[str]:

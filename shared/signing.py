@@ -64,6 +64,7 @@ __all__ = [
     "encode_signature_file",
     "key_id",
     "load_public_key",
+    "signature_key_id",
     "verify_signature",
 ]
 
@@ -207,6 +208,17 @@ def encode_signature_file(kid: str, signature: bytes) -> bytes:
         raise ValueError("a signature file needs a 16-hex-digit key id and a 64-byte signature")
     body = {"alg": ALG, "key_id": kid, "signature": base64.b64encode(signature).decode("ascii")}
     return (json.dumps(body, sort_keys=True) + "\n").encode("ascii")
+
+
+def signature_key_id(data: bytes | None) -> str | None:
+    """The key id a signature file names, for display: None for no file,
+    ``"unreadable"`` for one that does not decode."""
+    if data is None:
+        return None
+    try:
+        return decode_signature_file(data)[0]
+    except ValueError:
+        return "unreadable"
 
 
 def decode_signature_file(data: bytes) -> tuple[str, bytes]:

@@ -27,7 +27,7 @@ from fastapi import FastAPI
 
 from cloud_hub.api.bodylimit import BodyGate
 from cloud_hub.api.config import ApiConfig
-from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState
+from cloud_hub.api.deps import SCORERS_KEY, STATE_KEY, ApiState, RegistryFiles
 from cloud_hub.api.docs import install_docs
 from cloud_hub.api.errors import install_handlers
 from cloud_hub.api.routes import (
@@ -89,6 +89,7 @@ def create_app(
     models_root: Path | None = None,
     parts: Callable[[], Mapping[str, PartHealth]] | None = None,
     batch_jobs: Any = None,
+    registry: RegistryFiles | None = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -98,7 +99,8 @@ def create_app(
     ``parts`` returns the health of the hub's parts (broker link, embedded
     broker) for ``GET /healthz``, which answers 503 while one is down;
     ``batch_jobs`` (a started :class:`~cloud_hub.batch.jobs.BatchJobs`) runs
-    ``/v1/batch/jobs`` (without it those routes answer 503).
+    ``/v1/batch/jobs`` (without it those routes answer 503); ``registry`` lets
+    ``POST /v1/models`` register uploaded packages (without it: 503).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -152,6 +154,7 @@ def create_app(
             started_at=time.time(),
             parts=parts,
             batch_jobs=batch_jobs,
+            registry=registry,
         ),
     )
     install_handlers(app)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from cloud_hub.store.base import ModelRecord
 from shared.errors import EdgeloopError
-from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, sha256_file
+from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, PackageFile, sha256_file
 from shared.signing import MAX_SIGNATURE_FILE_BYTES
 
-__all__ = ["ArtifactError", "artifact_path", "signature_file", "verify_sha256"]
+__all__ = ["ArtifactError", "artifact_path", "package_file", "signature_file", "verify_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,21 @@ def artifact_path(record: ModelRecord, models_root: Path | None) -> Path:
             f"is {size} bytes where the manifest says {record.manifest.model.size}",
             path,
         )
+    return path
+
+
+def package_file(record: ModelRecord, models_root: Path | None, entry: PackageFile) -> Path:
+    """A listed file of the registered package, checked to exist with its listed size."""
+    package = _registered_path(record, models_root)
+    if not package.is_dir():
+        raise _fail(record, f"is a single file, which holds no {entry.path}", package)
+    path = package / entry.path
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _fail(record, f"file {entry.path} cannot be read ({exc.strerror})", path) from None
+    if not path.is_file() or size != entry.size:
+        raise _fail(record, f"file {entry.path} is not the {entry.size} bytes listed", path)
     return path
 
 

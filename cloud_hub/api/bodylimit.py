@@ -51,6 +51,7 @@ class BodyRoute:
 BODY_ROUTES: Final[dict[tuple[str, str], BodyRoute]] = {
     ("POST", "/v1/predict"): BodyRoute("read", "predict_max_body_bytes"),
     ("POST", "/v1/batch/jobs"): BodyRoute("admin", "http_max_body_bytes"),
+    ("POST", "/v1/models"): BodyRoute("admin", "model_upload_max_bytes"),
 }
 """Routes that read a request body, by method and path."""
 _OTHER: Final = BodyRoute("read", "http_max_body_bytes")
@@ -59,6 +60,8 @@ _OTHER: Final = BodyRoute("read", "http_max_body_bytes")
 def _limit(config: ApiConfig, route: BodyRoute) -> int:
     if route.limit_setting == "predict_max_body_bytes":
         return config.predict_body_limit
+    if route.limit_setting == "model_upload_max_bytes":
+        return config.model_upload_max_bytes
     return config.max_body_bytes
 
 

@@ -68,7 +68,9 @@ class ApiConfig:
     predict_cache_models: int = 4
     """Models ``/v1/predict`` keeps loaded (least recently used go first)."""
     max_body_bytes: int = 65_536
-    """Largest body of any request but ``POST /v1/predict`` (no other route reads one)."""
+    """Largest body of any request but ``POST /v1/predict`` and ``POST /v1/models``."""
+    model_upload_max_bytes: int = 256 * 1024 * 1024
+    """Largest ``POST /v1/models`` body (a zipped package), and most it may unpack to."""
 
     def __post_init__(self) -> None:
         _check_token("read_token", self.read_token)
@@ -97,6 +99,10 @@ class ApiConfig:
         for name in ("max_page", "predict_max_rows", "predict_cache_models"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"API {name} must be >= 1, got {getattr(self, name)}")
+        if self.model_upload_max_bytes < 1024:
+            raise ConfigError(
+                f"API model_upload_max_bytes must be >= 1024, got {self.model_upload_max_bytes}"
+            )
         if self.max_body_bytes < 0:
             raise ConfigError(f"API max_body_bytes must be >= 0, got {self.max_body_bytes}")
         if self.predict_max_body_bytes is not None and self.predict_max_body_bytes < 1024:

@@ -18,6 +18,7 @@ from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
 from cloud_hub.store.base import Store
+from shared.signing import TrustedKey
 
 __all__ = [
     "ApiState",
@@ -50,6 +51,16 @@ class ApiState:
     parts: Callable[[], Mapping[str, PartHealth]] | None = None
     batch_jobs: Any = None
     """The hub's :class:`~cloud_hub.batch.jobs.BatchJobs`, or None (no batch routes)."""
+    registry: RegistryFiles | None = None
+    """Where uploaded packages go and the keys they are checked with (None: no uploads)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryFiles:
+    """The registry's directory and the public keys a signed upload must verify with."""
+
+    root: Path
+    trusted: tuple[TrustedKey, ...]
 
 
 def get_state(request: Request) -> ApiState:

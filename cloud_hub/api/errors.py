@@ -37,6 +37,7 @@ _DESCRIPTIONS: Final = {
     401: "No token, or not one of the hub's tokens (`WWW-Authenticate: Bearer`).",
     403: "The read token on a route that needs the admin token.",
     404: "No such device, model or version.",
+    409: "The change conflicts with the registry's rules or its current state.",
     413: "Too many rows, or a body over the size limit.",
     416: "The Range starts beyond the end of the file.",
     422: "A parameter or body field is missing, mistyped or out of range.",

@@ -24,6 +24,7 @@ from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_va
 from cloud_hub.store.base import DeadLetter, DeviceRecord, EventRecord, Gap, ModelRecord
 from shared.baseline import FORMAT as BASELINE_FORMAT
 from shared.baseline import Baseline
+from shared.signing import signature_key_id
 
 __all__ = [
     "BaselineOut",
@@ -374,9 +375,17 @@ class ModelOut(BaseModel):
     urgent_threshold: float
     metrics: dict[str, float]
     parent: str | None
+    stage: str
+    """The registry's stage: candidate, canary, production or archived."""
+    stage_changed_at: float | None
+    registered_by: str
+    signed_by: str | None
+    """The key id of ``manifest.sig`` (None: unsigned)."""
     manifest_url: str
     signature_url: str
     artifact_url: str
+    files_url: str
+    """Each listed file is at ``files_url/PATH`` (Range supported)."""
 
     @classmethod
     def from_record(cls, record: ModelRecord) -> ModelOut:
@@ -397,15 +406,64 @@ class ModelOut(BaseModel):
             urgent_threshold=m.urgent.score_threshold,
             metrics=dict(m.metrics),
             parent=m.lineage.parent,
+            stage=record.stage.value,
+            stage_changed_at=record.stage_changed_at,
+            registered_by=record.registered_by,
+            signed_by=signature_key_id(record.signature),
             manifest_url=base,
             signature_url=f"{base}/signature",
             artifact_url=f"{base}/artifact",
+            files_url=f"{base}/files",
         )
 
 
 class ModelListOut(BaseModel):
     count: int
     models: list[ModelOut]
+
+
+class StageIn(BaseModel):
+    """A stage change: the rules are in ``edgeloop-hub models promote --help``."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: Literal["candidate", "canary", "production", "archived"]
+    reason: str = Field("changed through the API", max_length=500)
+
+
+class StageChangeOut(BaseModel):
+    version: str
+    from_stage: str
+    to_stage: str
+    reason: str
+
+
+class StageHistoryOut(BaseModel):
+    at: float
+    from_stage: str | None
+    to_stage: str
+    by: str
+    reason: str
+
+
+class ModelRecordOut(BaseModel):
+    """One version as the registry holds it, with its stage history."""
+
+    model: ModelOut
+    min_agent_version: str
+    lineage: dict[str, str | None]
+    files: list[dict[str, str | int]]
+    history: list[StageHistoryOut]
+
+
+class RegisteredOut(BaseModel):
+    new: bool
+    """False when this content was registered already (nothing changed)."""
+    model: ModelOut
+
+
+class StageChangedOut(BaseModel):
+    changes: list[StageChangeOut]
+    model: ModelOut
 
 
 # --------------------------------------------------------------------------- stats

@@ -27,6 +27,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.registry.stages import Stage, StageChange
 from shared.baseline import Baseline
 from shared.manifest import ModelManifest
 from shared.messages import Event, Health, Ota, Status
@@ -42,6 +43,7 @@ __all__ = [
     "Gap",
     "ModelRecord",
     "Page",
+    "StageLogEntry",
     "Store",
     "StreamItem",
     "TelemetryRows",
@@ -168,6 +170,30 @@ class ModelRecord:
     manifest: ModelManifest
     manifest_bytes: bytes = b""
     """``manifest.json`` byte for byte as registered (what its ``manifest.sig`` signs)."""
+    stage: Stage = Stage.CANDIDATE
+    """The registry's stage (:mod:`cloud_hub.registry.stages`)."""
+    stage_changed_at: float | None = None
+    """When the version entered ``stage`` (its registration time if it never moved)."""
+    registered_by: str = ""
+    """Who or what registered it: ``cli:USER``, ``api``, ``hub:default-build``, ``train:RUN``."""
+    signature: bytes | None = None
+    """``manifest.sig`` as registered (None: unsigned); served byte for byte."""
+    source: str = ""
+    """The directory the package was registered from (for the record; never read again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageLogEntry:
+    """One recorded stage change of a model version (the registry's audit trail)."""
+
+    name: str
+    version: str
+    at: float
+    from_stage: Stage | None
+    """None for the registration itself."""
+    to_stage: Stage
+    by: str
+    reason: str
 
 
 BatchJobState = Literal["queued", "running", "done", "failed"]
@@ -297,12 +323,32 @@ class Store(Protocol):
         *,
         replace: bool = False,
         manifest_bytes: bytes | None = None,
+        stage: Stage = Stage.CANDIDATE,
+        registered_by: str = "",
+        signature: bytes | None = None,
+        source: str = "",
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
         under an existing (name, version) raises ValueError, or replaces the
         record when ``replace`` (``models train --force``). ``manifest_bytes``
         (the package's ``manifest.json``, which must hold ``manifest``) are kept
-        and served byte for byte; without them, ``manifest_file_bytes(manifest)``."""
+        and served byte for byte; without them, ``manifest_file_bytes(manifest)``.
+        ``stage``, ``registered_by`` and ``source`` apply to a new record only (a
+        registration is logged as its first stage change); ``signature`` is kept
+        when given (an unsigned record may gain one, never loses one)."""
+        ...
+
+    def change_model_stages(
+        self, name: str, changes: Sequence[StageChange], at: float, by: str
+    ) -> None:
+        """Apply ``changes`` (:func:`cloud_hub.registry.stages.plan_stage_change`) in
+        one transaction, logging each; ValueError, and nothing changed, when a
+        version is missing or no longer in the change's ``from_stage`` (another
+        writer moved it)."""
+        ...
+
+    def stage_log(self, name: str, version: str | None = None) -> list[StageLogEntry]:
+        """The recorded stage changes of model ``name`` (one version's, or all), oldest first."""
         ...
 
     def models(self) -> list[ModelRecord]: ...

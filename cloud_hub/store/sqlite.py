@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 6; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_6`, recorded in ``schema_version``:
+Schema (version 7; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_7`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -46,7 +46,11 @@ Schema (version 6; :data:`SCHEMA_VERSION`), created on open by
 - ``counters`` - (device, name) -> count; ``''`` is the hub-wide device.
 - ``dead_letters`` - bounded; the oldest rows go first.
 - ``models`` - (name, version) -> manifest JSON (the package's ``manifest.json``,
-  byte for byte as registered), path, registered_at.
+  byte for byte as registered), path, registered_at; since version 7 also the
+  registry's ``stage`` and when it was entered, ``registered_by``, the
+  ``signature`` (``manifest.sig`` bytes, NULL: unsigned) and ``source``.
+- ``model_stages`` - every stage change of a model version (version 7),
+  registrations included: the registry's audit trail.
 - ``batch_jobs`` - one row per batch scoring job (version 4): its request
   (devices as JSON, time range, model), state, progress, result file, error.
 - ``baselines`` - per device its baseline (:mod:`shared.baseline`) as the
@@ -82,6 +86,7 @@ from typing import Any, Final, Literal, Self, cast
 
 import numpy as np
 
+from cloud_hub.registry.stages import Stage, StageChange
 from cloud_hub.store.base import (
     DEFAULT_MAX_AHEAD,
     F32,
@@ -95,6 +100,7 @@ from cloud_hub.store.base import (
     Gap,
     ModelRecord,
     Page,
+    StageLogEntry,
     StreamItem,
     TelemetryRows,
     WriteResult,
@@ -111,7 +117,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -325,6 +331,32 @@ def _migrate_to_6(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN model TEXT")
 
 
+def _migrate_to_7(db: sqlite3.Connection) -> None:
+    """The registry: a stage per model version, who registered it, its signature,
+    and the log of stage changes. Versions registered before are candidates."""
+    for column in (
+        "stage TEXT NOT NULL DEFAULT 'candidate'",
+        "stage_changed_at REAL",
+        "registered_by TEXT NOT NULL DEFAULT ''",
+        "signature BLOB",
+        "source TEXT NOT NULL DEFAULT ''",
+    ):
+        db.execute(f"ALTER TABLE models ADD COLUMN {column}")
+    db.execute(
+        """CREATE TABLE model_stages (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            at REAL NOT NULL,
+            from_stage TEXT,
+            to_stage TEXT NOT NULL,
+            by TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX model_stages_by_model ON model_stages (name, version)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -332,6 +364,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     4: _migrate_to_4,
     5: _migrate_to_5,
     6: _migrate_to_6,
+    7: _migrate_to_7,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1222,6 +1255,10 @@ class SQLiteStore:
         *,
         replace: bool = False,
         manifest_bytes: bytes | None = None,
+        stage: Stage = Stage.CANDIDATE,
+        registered_by: str = "",
+        signature: bytes | None = None,
+        source: str = "",
     ) -> ModelRecord:
         """Idempotent for the same (name, version, manifest); a different manifest
         under an existing (name, version) raises ValueError, or, when ``replace``
@@ -1237,7 +1274,9 @@ class SQLiteStore:
 
         Registering the same manifest again at another ``path`` moves the record
         there (the manifest's sha256 vouches that it is the same artifact) and
-        keeps the first ``registered_at``.
+        keeps the first ``registered_at``, stage and ``registered_by``. A
+        ``signature`` given is kept (a record never loses one by registering
+        the package again unsigned).
         """
         if manifest_bytes is not None:
             try:
@@ -1252,69 +1291,122 @@ class SQLiteStore:
         data = manifest_file_bytes(manifest) if manifest_bytes is None else manifest_bytes
         text = data.decode("utf-8")
         name, version = manifest.name, manifest.version
-
-        def record(at: float, stored: str) -> ModelRecord:
-            return ModelRecord(
-                name, version, manifest.variant, path, at, manifest, stored.encode("utf-8")
-            )
+        where = "WHERE name = ? AND version = ?"
 
         with self._write() as db:
             row = db.execute(
-                "SELECT manifest, path, registered_at FROM models WHERE name = ? AND version = ?",
-                (name, version),
+                f"SELECT manifest, path, signature FROM models {where}", (name, version)
             ).fetchone()
             if row is None:
                 db.execute(
-                    "INSERT INTO models (name, version, variant, path, registered_at, manifest) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, version, manifest.variant, path, registered_at, text),
-                )
-                return record(registered_at, text)
-            stored, old_path, first_at = row
-            old = _model_record((name, version, "", "", 0.0, stored))
-            if old is None or old.manifest != manifest:
-                if old is not None and not replace:
-                    raise ValueError(
-                        f"model {name} {version} is already registered (from "
-                        f"{old_path}) with a different manifest; a changed model needs a new "
-                        "version"
-                    )
-                if old is None:
-                    # A record of a manifest format this build no longer reads (the sensors
-                    # moved into the manifest in format 2): the package was rebuilt; take it.
-                    logger.warning(
-                        "model %s %s: replacing its record of an older manifest format",
+                    "INSERT INTO models (name, version, variant, path, registered_at, manifest, "
+                    "stage, stage_changed_at, registered_by, signature, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
                         name,
                         version,
+                        manifest.variant,
+                        path,
+                        registered_at,
+                        text,
+                        stage.value,
+                        registered_at,
+                        registered_by,
+                        signature,
+                        source,
+                    ),
+                )
+                entry = StageLogEntry(
+                    name, version, registered_at, None, stage, registered_by, "registered"
+                )
+                _log_stage(db, entry)
+            else:
+                stored, old_path, old_sig = row
+                old = _parse_manifest(name, version, stored)
+                keep_sig = signature if signature is not None else old_sig
+                if old is None or old.manifest != manifest:
+                    if old is not None and not replace:
+                        raise ValueError(
+                            f"model {name} {version} is already registered (from "
+                            f"{old_path}) with a different manifest; a changed model needs a new "
+                            "version"
+                        )
+                    if old is None:
+                        # A record of a manifest format this build no longer reads (the
+                        # sensors moved into the manifest in format 2): the package was
+                        # rebuilt; take it.
+                        logger.warning(
+                            "model %s %s: replacing its record of an older manifest format",
+                            name,
+                            version,
+                        )
+                    # A rebuilt version: its old signature is over other bytes.
+                    db.execute(
+                        "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ?, "
+                        f"signature = ? {where}",
+                        (manifest.variant, path, registered_at, text, signature, name, version),
+                    )
+                else:
+                    keep = text if manifest_bytes is not None else stored
+                    if old_path != path or keep != stored or keep_sig != old_sig:
+                        db.execute(
+                            f"UPDATE models SET path = ?, manifest = ?, signature = ? {where}",
+                            (path, keep, keep_sig, name, version),
+                        )
+            got = db.execute(f"SELECT {_MODEL_COLUMNS} FROM models {where}", (name, version))
+            record = _model_record(got.fetchone())
+        assert record is not None  # it holds ``manifest``, which this build reads
+        return record
+
+    def change_model_stages(
+        self, name: str, changes: Sequence[StageChange], at: float, by: str
+    ) -> None:
+        with self._write() as db:
+            for change in changes:
+                row = db.execute(
+                    "SELECT stage FROM models WHERE name = ? AND version = ?",
+                    (name, change.version),
+                ).fetchone()
+                if row is None:
+                    raise ValueError(f"model {name} has no version {change.version}")
+                if row[0] != change.from_stage.value:
+                    raise ValueError(
+                        f"model {name} {change.version} is {row[0]} now, not "
+                        f"{change.from_stage.value}: another change came first; look again"
                     )
                 db.execute(
-                    "UPDATE models SET variant = ?, path = ?, registered_at = ?, manifest = ? "
-                    "WHERE name = ? AND version = ?",
-                    (manifest.variant, path, registered_at, text, name, version),
+                    "UPDATE models SET stage = ?, stage_changed_at = ? WHERE name = ? AND version = ?",
+                    (change.to_stage.value, at, name, change.version),
                 )
-                return record(registered_at, text)
-            keep = text if manifest_bytes is not None else stored
-            if old_path != path or keep != stored:
-                db.execute(
-                    "UPDATE models SET path = ?, manifest = ? WHERE name = ? AND version = ?",
-                    (path, keep, name, version),
+                entry = StageLogEntry(
+                    name, change.version, at, change.from_stage, change.to_stage, by, change.reason
                 )
-        return record(float(first_at), keep)
+                _log_stage(db, entry)
+
+    def stage_log(self, name: str, version: str | None = None) -> list[StageLogEntry]:
+        sql = "SELECT name, version, at, from_stage, to_stage, by, reason FROM model_stages WHERE name = ?"
+        args: tuple[str, ...] = (name,)
+        if version is not None:
+            sql += " AND version = ?"
+            args += (version,)
+        with self._read() as db:
+            rows = db.execute(sql + " ORDER BY id", args).fetchall()
+        return [
+            StageLogEntry(n, v, float(at), None if f is None else Stage(f), Stage(t), b, r)
+            for n, v, at, f, t, b, r in rows
+        ]
 
     def models(self) -> list[ModelRecord]:
         """Every registered model, by name, then version (oldest first)."""
         with self._read() as db:
-            rows = db.execute(
-                "SELECT name, version, variant, path, registered_at, manifest FROM models"
-            ).fetchall()
+            rows = db.execute(f"SELECT {_MODEL_COLUMNS} FROM models").fetchall()
         records = [r for r in map(_model_record, rows) if r is not None]
         return sorted(records, key=lambda r: (r.name, r.manifest.version_key))
 
     def model(self, name: str, version: str) -> ModelRecord | None:
         with self._read() as db:
             row = db.execute(
-                "SELECT name, version, variant, path, registered_at, manifest FROM models "
-                "WHERE name = ? AND version = ?",
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE name = ? AND version = ?",
                 (name, version),
             ).fetchone()
         return None if row is None else _model_record(row)  # None too if unreadable
@@ -1491,17 +1583,55 @@ def _batch_job(row: tuple[Any, ...]) -> BatchJob:
     )
 
 
+_MODEL_COLUMNS: Final = (
+    "name, version, variant, path, registered_at, manifest, stage, stage_changed_at, "
+    "registered_by, signature, source"
+)
+
+
+def _log_stage(db: sqlite3.Connection, entry: StageLogEntry) -> None:
+    db.execute(
+        "INSERT INTO model_stages (name, version, at, from_stage, to_stage, by, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            entry.name,
+            entry.version,
+            entry.at,
+            None if entry.from_stage is None else entry.from_stage.value,
+            entry.to_stage.value,
+            entry.by,
+            entry.reason,
+        ),
+    )
+
+
+def _parse_manifest(name: str, version: str, text: str) -> ModelRecord | None:
+    """A bare record holding the parsed manifest, or None for one this build cannot read."""
+    return _model_record((name, version, "", "", 0.0, text, "candidate", None, "", None, ""))
+
+
 def _model_record(row: tuple[Any, ...]) -> ModelRecord | None:
     """The record, or None for a manifest this build cannot read (an older format):
     such a model is left out until it is rebuilt and registered again."""
-    name, version, variant, path, registered_at, text = row
+    name, version, variant, path, registered_at, text, stage, changed, by, sig, source = row
     try:
         manifest = ModelManifest.from_dict(json.loads(text))
     except (ManifestError, ValueError) as exc:
         logger.warning("model %s %s: its registered manifest is unreadable: %s", name, version, exc)
         return None
     return ModelRecord(
-        name, version, variant, path, float(registered_at), manifest, text.encode("utf-8")
+        name,
+        version,
+        variant,
+        path,
+        float(registered_at),
+        manifest,
+        text.encode("utf-8"),
+        Stage(stage),
+        float(registered_at) if changed is None else float(changed),
+        by,
+        None if sig is None else bytes(sig),
+        source,
     )
 
 

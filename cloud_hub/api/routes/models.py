@@ -18,22 +18,37 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from cloud_hub.api.artifacts import ArtifactError, artifact_path, signature_file
-from cloud_hub.api.auth import ReadAccess
+from cloud_hub.api.artifacts import ArtifactError, artifact_path, package_file, signature_file
+from cloud_hub.api.auth import AdminAccess, ReadAccess
 from cloud_hub.api.byteranges import RangeNotSatisfiableError, parse_range
-from cloud_hub.api.deps import StateDep, StoreDep
+from cloud_hub.api.deps import ApiState, StateDep, StoreDep
 from cloud_hub.api.errors import responses
 from cloud_hub.api.params import ModelName, ModelVersion, find_model
-from cloud_hub.api.schemas import ModelListOut, ModelOut
+from cloud_hub.api.schemas import (
+    ModelListOut,
+    ModelOut,
+    ModelRecordOut,
+    RegisteredOut,
+    StageChangedOut,
+    StageChangeOut,
+    StageHistoryOut,
+    StageIn,
+)
+from cloud_hub.registry.register import RegistryError, change_stage, register_package
+from cloud_hub.registry.stages import StageError
 from cloud_hub.store.base import ModelRecord
-from shared.manifest import manifest_file_bytes
+from shared.manifest import PackageFile, manifest_file_bytes
 
 __all__ = ["router"]
 
@@ -65,10 +80,6 @@ _ARTIFACT_DOC: dict[int | str, dict[str, Any]] = {
     },
     **responses(404, 416, 422, 500),
 }
-
-
-def _etag(record: ModelRecord) -> str:
-    return f'"{record.manifest.model.sha256}"'
 
 
 @router.get("", response_model=ModelListOut)
@@ -107,7 +118,9 @@ def get_signature(
 ) -> Response:
     """``manifest.sig`` of one model version: the Ed25519 signature of the manifest's bytes."""
     record = find_model(state.store, name, version)
-    data = signature_file(record, state.models_root)
+    data = record.signature
+    if data is None:  # a record from before the registry kept signatures
+        data = signature_file(record, state.models_root)
     if data is None:
         raise HTTPException(
             status_code=status.HTTP_404_NOT_FOUND,
@@ -136,17 +149,34 @@ def _read(fh: BinaryIO, start: int, length: int) -> Iterator[bytes]:
         fh.close()
 
 
-def _artifact(
-    request: Request, state: StateDep, name: str, version: str, *, body: bool
+def _listed(record: ModelRecord, path: str) -> PackageFile:
+    for entry in record.manifest.files:
+        if entry.path == path:
+            return entry
+    if not record.manifest.files and path == record.manifest.model.file:
+        m = record.manifest.model  # a manifest from before packages listed their files
+        return PackageFile(m.file, m.sha256, m.size)
+    listed = ", ".join(f.path for f in record.manifest.files) or record.manifest.model.file
+    raise HTTPException(
+        status_code=status.HTTP_404_NOT_FOUND,
+        detail=f"model {record.name} {record.version} has no file {path!r}; its files: {listed}",
+    )
+
+
+def _file_response(
+    request: Request, state: StateDep, record: ModelRecord, entry: PackageFile, *, body: bool
 ) -> Response:
-    record = find_model(state.store, name, version)
-    path: Path = artifact_path(record, state.models_root)
-    size = record.manifest.model.size
-    etag = _etag(record)
+    """``entry`` of ``record``'s package, whole or the one range asked for."""
+    if entry.path == record.manifest.model.file:
+        path: Path = artifact_path(record, state.models_root)
+    else:
+        path = package_file(record, state.models_root, entry)
+    size = entry.size
+    etag = f'"{entry.sha256}"'
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{record.name}-{record.version}.onnx"',
+        "Content-Disposition": f'attachment; filename="{entry.path}"',
     }
     if_range = request.headers.get("if-range")
     wanted = request.headers.get("range") if if_range in (None, etag) else None
@@ -155,7 +185,7 @@ def _artifact(
     except RangeNotSatisfiableError as exc:
         raise HTTPException(
             status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
-            detail=f"model {record.name} {record.version}: {exc}",
+            detail=f"model {record.name} {record.version} {entry.path}: {exc}",
             headers={"Content-Range": f"bytes */{size}", **headers},
         ) from None
     start, length, code = 0, size, status.HTTP_200_OK
@@ -170,9 +200,9 @@ def _artifact(
     except OSError as exc:
         log.error("model %s %s: cannot open %s: %s", record.name, record.version, path, exc)
         raise ArtifactError(
-            f"model {record.name} {record.version} is registered but its artifact cannot be "
-            "opened; the hub's operator must check the model directory (the hub log names the "
-            "path)",
+            f"model {record.name} {record.version} is registered but its file {entry.path} "
+            "cannot be opened; the hub's operator must check the registry (the hub log names "
+            "the path)",
             name=record.name,
             version=record.version,
             path=str(path),
@@ -183,6 +213,19 @@ def _artifact(
         headers=headers,
         media_type="application/octet-stream",
     )
+
+
+def _artifact(
+    request: Request, state: StateDep, name: str, version: str, *, body: bool
+) -> Response:
+    record = find_model(state.store, name, version)
+    response = _file_response(
+        request, state, record, _listed(record, record.manifest.model.file), body=body
+    )
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{record.name}-{record.version}.onnx"'
+    )
+    return response
 
 
 @router.get("/{name}/{version}/artifact", response_class=StreamingResponse, responses=_ARTIFACT_DOC)
@@ -198,3 +241,175 @@ def head_artifact(
     access: ReadAccess, request: Request, state: StateDep, name: ModelName, version: ModelVersion
 ) -> Response:
     return _artifact(request, state, name, version, body=False)
+
+
+@router.get(
+    "/{name}/{version}/files/{path}", response_class=StreamingResponse, responses=_ARTIFACT_DOC
+)
+def get_file(
+    access: ReadAccess,
+    request: Request,
+    state: StateDep,
+    *,
+    name: ModelName,
+    version: ModelVersion,
+    path: str,
+) -> Response:
+    """One file the manifest lists (``files``); send ``Range: bytes=N-`` to resume at byte N."""
+    record = find_model(state.store, name, version)
+    return _file_response(request, state, record, _listed(record, path), body=True)
+
+
+@router.head("/{name}/{version}/files/{path}", include_in_schema=False)
+def head_file(
+    access: ReadAccess,
+    request: Request,
+    state: StateDep,
+    *,
+    name: ModelName,
+    version: ModelVersion,
+    path: str,
+) -> Response:
+    record = find_model(state.store, name, version)
+    return _file_response(request, state, record, _listed(record, path), body=False)
+
+
+@router.get(
+    "/{name}/{version}/record", response_model=ModelRecordOut, responses=responses(404, 422)
+)
+def get_record(
+    access: ReadAccess, store: StoreDep, name: ModelName, version: ModelVersion
+) -> ModelRecordOut:
+    """One version as the registry holds it: stage, who registered it, lineage, files,
+    and every stage change."""
+    record = find_model(store, name, version)
+    m = record.manifest
+    return ModelRecordOut(
+        model=ModelOut.from_record(record),
+        min_agent_version=m.min_agent_version,
+        lineage={
+            "parent": m.lineage.parent,
+            "data_window": m.lineage.data_window,
+            "data_hash": m.lineage.data_hash,
+            "pipeline_run": m.lineage.pipeline_run,
+        },
+        files=[{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
+        history=[
+            StageHistoryOut(
+                at=e.at,
+                from_stage=None if e.from_stage is None else e.from_stage.value,
+                to_stage=e.to_stage.value,
+                by=e.by,
+                reason=e.reason,
+            )
+            for e in store.stage_log(name, record.version)
+        ],
+    )
+
+
+@router.post(
+    "/{name}/{version}/stage",
+    response_model=StageChangedOut,
+    responses=responses(403, 404, 409, 422),
+)
+def change_model_stage(
+    access: AdminAccess, store: StoreDep, name: ModelName, version: ModelVersion, body: StageIn
+) -> StageChangedOut:
+    """Move a version to another stage (admin token). Allowed: candidate -> canary,
+    production or archived; canary -> production, candidate or archived; production ->
+    archived; archived -> candidate. Promoting a version to production archives the
+    one that was. A stage pushes nothing to devices."""
+    record = find_model(store, name, version)
+    try:
+        changes = change_stage(
+            store, name, record.version, body.stage, reason=body.reason, by="api:admin"
+        )
+    except (StageError, ValueError) as exc:
+        raise HTTPException(status_code=status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    now = store.model(name, record.version)
+    assert now is not None
+    return StageChangedOut(
+        changes=[
+            StageChangeOut(
+                version=c.version,
+                from_stage=c.from_stage.value,
+                to_stage=c.to_stage.value,
+                reason=c.reason,
+            )
+            for c in changes
+        ],
+        model=ModelOut.from_record(now),
+    )
+
+
+def _register_upload(state: ApiState, body: Path, workdir: Path) -> RegisteredOut:
+    from cloud_hub.registry.upload import unpack_package_zip  # noqa: PLC0415
+
+    registry = state.registry
+    assert registry is not None
+    package = unpack_package_zip(body, workdir / "package", state.config.model_upload_max_bytes)
+    done = register_package(
+        state.store,
+        registry.root,
+        package,
+        trusted=registry.trusted,
+        key=None,  # the API never holds the private key: an unsigned upload stays unsigned
+        by="api:admin",
+        at=time.time(),
+        label="the uploaded package",
+    )
+    return RegisteredOut(new=done.new, model=ModelOut.from_record(done.record))
+
+
+@router.post(
+    "",
+    response_model=RegisteredOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": RegisteredOut, "description": "Registered already with this content."},
+        **responses(403, 409, 413, 422, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def register_model(
+    access: AdminAccess, request: Request, response: Response, state: StateDep
+) -> RegisteredOut:
+    """Register a model package sent as a zip of its directory (admin token): verified
+    (every file; a signature must verify with the hub's key), copied into the
+    content-addressed registry and recorded as a candidate. The API never signs: sign
+    before sending, or run ``edgeloop-hub models register`` where the key is. 201 for a new
+    version; 200 when this content was registered already; 409 for other content under a
+    registered version (versions are immutable)."""
+    if state.registry is None:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="this hub takes no package uploads (it was started without a registry)",
+        )
+    uploads = state.registry.root / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=uploads))
+    try:
+        body = workdir / "package.zip"
+        with body.open("wb") as fh:
+            async for chunk in request.stream():
+                fh.write(chunk)
+        (workdir / "package").mkdir()
+        try:
+            out = await run_in_threadpool(_register_upload, state, body, workdir)
+        except RegistryError as exc:
+            code = (
+                status.HTTP_409_CONFLICT
+                if exc.reason == "version_exists"
+                else 422  # (starlette renamed its constant; the number is stable)
+            )
+            raise HTTPException(status_code=code, detail=f"{exc} (reason: {exc.reason})") from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if not out.new:
+        response.status_code = status.HTTP_200_OK
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from cloud_hub.api import ApiConfig, create_app
+from cloud_hub.api.deps import RegistryFiles
 from cloud_hub.batch.jobs import BatchJobs
 from cloud_hub.commissioning import baseline_from_store
 from cloud_hub.keys import sign_package
@@ -324,6 +325,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
             config,
             ingest_stats=lambda: {"queue_depth": 0, "running": True},
             batch_jobs=jobs,
+            registry=RegistryFiles(tmp / "registry", (seeded.signer.public,)),
         )
         with live_server(app) as anon:
             yield Hub(
