@@ -69,10 +69,11 @@ Diagram (``rejected`` from every state before ``trial``)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from edge_agent.ota.checks import ModelFigures, TrialSettings, TrialStats, trial_verdict
 from shared.messages import Desired
@@ -173,11 +174,53 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Breadcrumb:
-    """What the agent keeps on disk while an update is in progress (rule 5)."""
+    """What the agent keeps on disk while an update is in progress (rule 5).
+
+    >>> crumb = Breadcrumb(OtaState.TRIAL, Target("pump", "1.1.0", "ab" * 32, "u"), "1.0.0")
+    >>> Breadcrumb.from_dict(crumb.to_dict()) == crumb
+    True
+    """
 
     state: OtaState
     target: Target
     from_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "from_version": self.from_version,
+            "target": dataclasses.asdict(self.target),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Breadcrumb:
+        """The breadcrumb in a decoded JSON object, or ValueError naming the field at fault."""
+        try:
+            state = OtaState(obj["state"])
+            raw = obj["target"]
+            fields = {f.name: raw[f.name] for f in dataclasses.fields(Target)}
+            crumb = cls(state, Target(**fields), obj["from_version"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"OTA breadcrumb: missing or invalid field ({exc!r}); it was not written by "
+                "this agent: delete it"
+            ) from None
+        typed = (
+            crumb.state in IN_PROGRESS
+            and isinstance(crumb.from_version, str)
+            and all(
+                isinstance(
+                    getattr(crumb.target, f.name), bool if f.name == "allow_downgrade" else str
+                )
+                for f in dataclasses.fields(Target)
+            )
+        )
+        if not typed:
+            raise ValueError(
+                f"OTA breadcrumb: a field has the wrong type or the state {crumb.state.value!r} "
+                "is not one in progress; it was not written by this agent: delete it"
+            )
+        return crumb
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import doctest
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -526,3 +528,25 @@ def test_the_machine_and_its_checks_do_no_io(module: str) -> None:
     }
     pure = {"__future__", "collections", "dataclasses", "enum", "math", "typing", "numpy"}
     assert imported <= pure | {"shared", "edge_agent"}, imported
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda d: d.pop("state"),
+        lambda d: d.update(state="committed"),  # not a state in progress
+        lambda d: d.update(state="nonsense"),
+        lambda d: d["target"].pop("manifest_sha256"),
+        lambda d: d["target"].update(allow_downgrade="yes"),
+        lambda d: d.update(from_version=3),
+        lambda d: d.update(target=[]),
+    ],
+)
+def test_a_breadcrumb_not_written_by_the_agent_is_refused_with_what_to_do(
+    spoil: Callable[[dict[str, Any]], object],
+) -> None:
+    raw = Breadcrumb(S.TRIAL, NEW, "1.0.0").to_dict()
+    assert Breadcrumb.from_dict(json.loads(json.dumps(raw))) == Breadcrumb(S.TRIAL, NEW, "1.0.0")
+    spoil(raw)
+    with pytest.raises(ValueError, match=r"OTA breadcrumb: .*delete it"):
+        Breadcrumb.from_dict(raw)
