@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.ota.checks import smoke_verdict
 from shared.errors import ManifestError
 from shared.manifest import ModelPackage, load_package, parse_version
 from shared.session_options import PROVIDERS, configure_session, unloadable_model
@@ -129,21 +130,23 @@ class EdgeModel:
         return out
 
     def smoke_test(self) -> float:
-        """Run the manifest's test vectors; raise if any score is off. Returns the max error."""
+        """Run the manifest's test vectors; raise if any score is off. Returns the max error.
+
+        The verdict is :func:`edge_agent.ota.checks.smoke_verdict`'s, the OTA's too.
+        """
         tv = self.manifest.test_vectors
         # Row by row, as the reading loop scores: a dynamically quantized model's output
         # depends on the batch, and the manifest's expected scores are for batches of one.
         got = np.stack([self.score(row) for row in np.asarray(tv.inputs, dtype=np.float32)])
-        err = float(np.max(np.abs(got - np.asarray(tv.expected_scores, dtype=np.float32))))
-        if not err <= tv.atol:
+        result = smoke_verdict(got, tv.expected_scores, tv.atol)
+        if result.reason is not None:
             raise ManifestError(
-                f"model {self.manifest.name} {self.version}: smoke test failed, scores differ from "
-                f"the manifest's test vectors by {err:.3g} (allowed {tv.atol:g}); "
+                f"model {self.manifest.name} {self.version}: smoke test failed, {result.detail}; "
                 "the model file does not match its manifest or the runtime computes differently",
                 path=str(self.package.path),
                 field="test_vectors",
             )
-        return err
+        return result.max_error
 
 
 def load_edge_model(path: Path, agent_version: str, window: int | None = None) -> EdgeModel:
