@@ -227,10 +227,13 @@ def provision_device(
     known: bool = False,
     mosquitto_files: MosquittoFiles | None = None,
     hub_user: str = HUB_USER,
+    device_credentials: Path | None = None,
 ) -> Provisioned:
     """Create ``device``'s secret; add it to ``password_file`` for the embedded broker
     (None for an external Mosquitto, whose lines go to ``mosquitto_files`` if given,
-    else are only printed). ``hub_user`` is the hub's broker account.
+    else are only printed). ``hub_user`` is the hub's broker account. With an
+    external broker, ``device_credentials`` (the hub's device password file) gets
+    the secret too: the hub checks the device's model downloads with it.
 
     A name of the hub's identity is refused with :class:`ReservedNameError`. A device
     that has an account in ``password_file`` (or ``mosquitto_files``), or is ``known``
@@ -273,6 +276,10 @@ def provision_device(
 
         add_user(password_file, device, secret)
         return Provisioned(device, secret, env, rotated=rotated)
+    if device_credentials is not None:
+        from cloud_hub.broker.auth import add_user  # noqa: PLC0415
+
+        add_user(device_credentials, device, secret)  # the hub checks downloads with it
     line = mosquitto_password_line(device, secret)
     if mosquitto_files is not None:
         mosquitto_files.write(device, line, rules)
@@ -321,8 +328,8 @@ def add_device(
     hub_user = HUB_USER
     # With a TLS listener, devices are given it (mqtts://) and the CA to check it.
     broker = device_broker(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.embedded_broker:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         password_file: Path | None = settings.password_file
     else:
         password_file = None
@@ -344,6 +351,7 @@ def add_device(
             known=known,
             mosquitto_files=mosquitto_files,
             hub_user=hub_user,
+            device_credentials=None if password_file else settings.device_credentials_file,
         )
         store.add_device(device)
     finally:

@@ -93,6 +93,8 @@ class Hub:
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self.commissioner: Any = None
+        self.desired: Any = None
+        """The :class:`~cloud_hub.ota.publisher.DesiredPublisher` (set once ingest starts)."""
         self.edge_model: str | None = None
         """Name of the hub's own edge model (the default build's)."""
 
@@ -243,6 +245,14 @@ class Hub:
             max_payload_bytes=s.max_payload_bytes,
             ca_file=s.broker_ca_file,
         )
+        from cloud_hub.ota.publisher import DesiredPublisher  # noqa: PLC0415
+
+        self.desired = DesiredPublisher(
+            self.store,
+            self.link.publish,
+            self.topics,
+            resend_interval_s=s.desired_resend_s,
+        )
         default = OnnxScorer.from_package(heavy)
         edge_name = heavy.manifest.name.removesuffix("-heavy") + "-edge"
         self.worker = IngestWorker(
@@ -264,6 +274,10 @@ class Hub:
             self.link.start()
         except (OSError, EdgeloopError, RuntimeError) as exc:
             raise HubStartError(str(exc)) from None
+        # A broker restarted since may have lost its retained messages: send them all.
+        sent = self.desired.send_all()
+        if sent:
+            log.info("desired state sent to %d device(s)", sent)
 
     def _start_batch_jobs(self) -> None:
         from cloud_hub.batch.jobs import BatchJobs  # noqa: PLC0415
@@ -289,6 +303,7 @@ class Hub:
     def _make_app(self) -> None:
         from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
         from cloud_hub.api.deps import RegistryFiles  # noqa: PLC0415
+        from cloud_hub.device_credentials import DeviceCredentials  # noqa: PLC0415
         from cloud_hub.keys import trusted_keys  # noqa: PLC0415
         from cloud_hub.registry.register import registry_root  # noqa: PLC0415
 
@@ -312,6 +327,10 @@ class Hub:
             batch_jobs=self.batch_jobs,
             # Uploads are checked with the hub's public keys; the API never signs.
             registry=RegistryFiles(registry_root(s.data_dir), tuple(trusted_keys(s.data_dir))),
+            desired=self.desired,
+            device_credentials=DeviceCredentials(
+                s.device_credentials_file, not_devices=frozenset({HUB_USER})
+            ),
         )
 
     # -- running -----------------------------------------------------------------------------

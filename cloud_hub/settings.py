@@ -185,6 +185,13 @@ OPTIONS: Final = OptionTable(
             "BYTES",
         ),
         Option(
+            "desired_resend_s",
+            positive_float,
+            10.0,
+            "send a device its desired model again when its birth or heartbeat shows another, at most this often",
+            "S",
+        ),
+        Option(
             "model_upload_max_bytes",
             positive_int,
             256 * 1024 * 1024,
@@ -312,6 +319,7 @@ class HubSettings:
     predict_max_body_bytes: int | None
     http_max_body_bytes: int
     model_upload_max_bytes: int
+    desired_resend_s: float
     max_payload_bytes: int
     stale_after_s: float
     retention_days: float
@@ -337,6 +345,12 @@ class HubSettings:
     def password_file(self) -> Path:
         """The embedded broker's accounts (``edgeloop-hub devices add`` writes here)."""
         return self.data_dir / "broker-passwd"
+
+    @property
+    def device_credentials_file(self) -> Path:
+        """Devices' secrets for HTTP (model downloads): the embedded broker's own accounts,
+        or, with an external broker, ``DATA_DIR/device-passwd`` (``devices add`` writes it)."""
+        return self.password_file if self.embedded_broker else self.data_dir / "device-passwd"
 
     @property
     def tls_files(self) -> tuple[Path, Path]:

@@ -626,8 +626,12 @@ class Dropped:
 class Desired:
     """Hub to edge (retained): the model version this device should run.
 
-    Part of the contract already; the hub sends none yet and the agent only
-    logs one (OTA and rollouts: coming, not built yet).
+    ``manifest_url`` is a path on the hub's API (``/v1/models/NAME/VERSION``;
+    the agent joins it to its hub URL and fetches the signature and files
+    beside it); ``manifest_sha256`` is the sha256 of the manifest's bytes;
+    ``size`` the bytes of every file the manifest lists, the most the agent
+    downloads; ``allow_downgrade`` marks a rollback to a lower version. The
+    hub sends it (``cloud_hub/ota/``); the agent only logs it (not yet acted on).
     """
 
     device: str
@@ -638,6 +642,7 @@ class Desired:
     manifest_sha256: str
     rollout: str
     allow_downgrade: bool
+    size: int
     kind: ClassVar[Kind] = Kind.DESIRED
 
     def to_dict(self) -> dict[str, Any]:
@@ -658,6 +663,7 @@ class Desired:
             f.str_("manifest_sha256"),
             f.str_("rollout"),
             f.bool_("allow_downgrade"),
+            f.int_("size", 0, 2**40),
         )
 
 

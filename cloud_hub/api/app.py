@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -42,6 +42,10 @@ from cloud_hub.api.routes import (
 )
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
+from cloud_hub.ota.publisher import DesiredPublisher
+
+if TYPE_CHECKING:
+    from cloud_hub.device_credentials import DeviceCredentials
 from cloud_hub.store.base import Store
 
 __all__ = ["ApiConfig", "create_app"]
@@ -90,6 +94,8 @@ def create_app(
     parts: Callable[[], Mapping[str, PartHealth]] | None = None,
     batch_jobs: Any = None,
     registry: RegistryFiles | None = None,
+    desired: DesiredPublisher | None = None,
+    device_credentials: DeviceCredentials | None = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -100,7 +106,10 @@ def create_app(
     broker) for ``GET /healthz``, which answers 503 while one is down;
     ``batch_jobs`` (a started :class:`~cloud_hub.batch.jobs.BatchJobs`) runs
     ``/v1/batch/jobs`` (without it those routes answer 503); ``registry`` lets
-    ``POST /v1/models`` register uploaded packages (without it: 503).
+    ``POST /v1/models`` register uploaded packages (without it: 503);
+    ``desired`` sends devices their desired model (``PUT /v1/devices/NAME/desired``;
+    without it: 503); ``device_credentials`` lets devices download their desired
+    model with their own credential (without it: tokens only).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -155,6 +164,8 @@ def create_app(
             parts=parts,
             batch_jobs=batch_jobs,
             registry=registry,
+            desired=desired,
+            device_credentials=device_credentials,
         ),
     )
     install_handlers(app)

@@ -5,6 +5,11 @@ Two levels, each an ``Annotated`` dependency a route takes as a parameter:
 - :data:`ReadAccess`: the read token or the admin token;
 - :data:`AdminAccess`: the admin token only.
 
+- :data:`ModelReadAccess` (model downloads): either of those, or a device's own
+  credential (HTTP Basic ``device:secret``, :mod:`cloud_hub.device_credentials`);
+  a device may fetch only the model version the hub wants it to run
+  (:func:`device_may_fetch`).
+
 Missing or unknown credentials give 401 with ``WWW-Authenticate: Bearer``;
 the read token on an admin route gives 403. Tokens are compared in constant
 time, and against both tokens every time, so timing tells nothing about which
@@ -20,6 +25,7 @@ open (see :mod:`cloud_hub.api.config`).
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -29,14 +35,18 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud_hub.api.config import Access, ApiConfig
-from cloud_hub.api.deps import ConfigDep
+from cloud_hub.api.deps import ConfigDep, StateDep
+from cloud_hub.store.base import Store
 
 __all__ = [
     "AdminAccess",
+    "DeviceAccess",
+    "ModelReadAccess",
     "ReadAccess",
     "Refusal",
     "bearer_token",
     "check_access",
+    "device_may_fetch",
     "require_admin",
     "require_read",
     "token_access",
@@ -181,7 +191,72 @@ def require_admin(request: Request, config: ConfigDep, _credentials: Credentials
     return _require(request, config, "admin")
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceAccess:
+    """A request made with a device's own credential."""
+
+    device: str
+
+
+def _basic(header: str) -> tuple[str, str] | None:
+    scheme, _, rest = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(rest.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, secret = decoded.partition(":")
+    return (user, secret) if sep and user else None
+
+
+def require_model_read(
+    request: Request, config: ConfigDep, state: StateDep, _credentials: Credentials
+) -> Access | DeviceAccess:
+    """Dependency: a read or admin token, or a device's own credential (HTTP Basic)."""
+    header = request.headers.get("authorization") or ""
+    if header.strip().lower().startswith("basic"):
+        creds = state.device_credentials
+        challenge = {"WWW-Authenticate": 'Basic realm="edgeloop devices"'}
+        if creds is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="this hub takes no device credentials here; send a bearer token",
+                headers=challenge,
+            )
+        parsed = _basic(header)
+        if parsed is None or not creds.check(*parsed):
+            log.info(
+                "API: rejected a device credential for %s %s", request.method, request.url.path
+            )
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="the device credential is not one of this hub's devices' (send "
+                "'Authorization: Basic base64(DEVICE:SECRET)' with the secret 'edgeloop-hub "
+                "devices add' gave the device)",
+                headers=challenge,
+            )
+        return DeviceAccess(parsed[0])
+    return _require(request, config, "read")
+
+
+def device_may_fetch(access: Access | DeviceAccess, store: Store, name: str, version: str) -> None:
+    """403 unless ``access`` is a token, or a device whose desired model is ``name`` ``version``."""
+    if not isinstance(access, DeviceAccess):
+        return
+    desired = store.desired(access.device)
+    if desired is None or (desired.model, desired.version) != (name, version):
+        wants = "no model" if desired is None else f"{desired.model} {desired.version}"
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"device {access.device!r} may fetch only the model the hub wants it to run "
+            f"({wants}), not {name} {version}",
+        )
+
+
 ReadAccess = Annotated[Access, Depends(require_read)]
 """A route parameter that admits the read or the admin token."""
 AdminAccess = Annotated[Access, Depends(require_admin)]
 """A route parameter that admits only the admin token."""
+ModelReadAccess = Annotated[Access | DeviceAccess, Depends(require_model_read)]
+"""A model download: a token, or a device's credential (then :func:`device_may_fetch`)."""

@@ -10,15 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, Request
 
 from cloud_hub.api.config import ApiConfig
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
+from cloud_hub.ota.publisher import DesiredPublisher
 from cloud_hub.store.base import Store
 from shared.signing import TrustedKey
+
+if TYPE_CHECKING:
+    from cloud_hub.device_credentials import DeviceCredentials
 
 __all__ = [
     "ApiState",
@@ -53,6 +57,11 @@ class ApiState:
     """The hub's :class:`~cloud_hub.batch.jobs.BatchJobs`, or None (no batch routes)."""
     registry: RegistryFiles | None = None
     """Where uploaded packages go and the keys they are checked with (None: no uploads)."""
+    desired: DesiredPublisher | None = None
+    """Sends devices their desired model (None: a hub without a broker link)."""
+    device_credentials: DeviceCredentials | None = None
+    """Checks devices' HTTP Basic credentials on model downloads (None: devices cannot
+    download; bearer tokens only)."""
 
 
 @dataclass(frozen=True, slots=True)

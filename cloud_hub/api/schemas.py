@@ -21,7 +21,14 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
 
-from cloud_hub.store.base import DeadLetter, DeviceRecord, EventRecord, Gap, ModelRecord
+from cloud_hub.store.base import (
+    DeadLetter,
+    DesiredRecord,
+    DeviceRecord,
+    EventRecord,
+    Gap,
+    ModelRecord,
+)
 from shared.baseline import FORMAT as BASELINE_FORMAT
 from shared.baseline import Baseline
 from shared.signing import signature_key_id
@@ -453,6 +460,50 @@ class ModelRecordOut(BaseModel):
     lineage: dict[str, str | None]
     files: list[dict[str, str | int]]
     history: list[StageHistoryOut]
+
+
+class DesiredIn(BaseModel):
+    """What one device should run: a registered, signed edge model version."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    allow_downgrade: bool = False
+    """A rollback to a lower (or archived) version, on purpose."""
+
+
+class DesiredOut(BaseModel):
+    device: str
+    model: str
+    version: str
+    manifest_sha256: str
+    size: int
+    rollout: str
+    allow_downgrade: bool
+    set_at: float
+    running_model: str | None
+    """What the device last said it runs (birth or heartbeat)."""
+    running_version: str | None
+    converged: bool
+    """True once the device reports the desired model and version."""
+
+    @classmethod
+    def from_record(cls, d: DesiredRecord, device: DeviceRecord | None) -> DesiredOut:
+        model = None if device is None else device.model
+        version = None if device is None else device.model_version
+        return cls(
+            device=d.device,
+            model=d.model,
+            version=d.version,
+            manifest_sha256=d.manifest_sha256,
+            size=d.size,
+            rollout=d.rollout,
+            allow_downgrade=d.allow_downgrade,
+            set_at=d.set_at,
+            running_model=model,
+            running_version=version,
+            converged=(model, version) == (d.model, d.version),
+        )
 
 
 class RegisteredOut(BaseModel):

@@ -38,6 +38,7 @@ __all__ = [
     "BatchJob",
     "ClosedSeqs",
     "DeadLetter",
+    "DesiredRecord",
     "DeviceRecord",
     "EventRecord",
     "Gap",
@@ -194,6 +195,24 @@ class StageLogEntry:
     to_stage: Stage
     by: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredRecord:
+    """The model version a device should run (OTA desired state, DESIGN.md section 5)."""
+
+    device: str
+    model: str
+    version: str
+    manifest_sha256: str
+    """sha256 of the registered ``manifest.json`` bytes the device must fetch."""
+    size: int
+    """Bytes of every file the manifest lists: the most the device may download."""
+    rollout: str
+    """The rollout that set it ("manual" for one set by hand)."""
+    allow_downgrade: bool
+    """True when this is a signed rollback to a lower version."""
+    set_at: float
 
 
 BatchJobState = Literal["queued", "running", "done", "failed"]
@@ -380,6 +399,21 @@ class Store(Protocol):
 
     def baselines(self) -> list[Baseline]:
         """Every device's baseline, by device."""
+        ...
+
+    # -- desired state (OTA)
+    def set_desired(self, records: Sequence[DesiredRecord]) -> None:
+        """Record each device's desired model, replacing an earlier one (creates the device)."""
+        ...
+
+    def desired(self, device: str) -> DesiredRecord | None: ...
+
+    def desired_all(self) -> list[DesiredRecord]:
+        """Every device's desired model, by device."""
+        ...
+
+    def clear_desired(self, device: str) -> bool:
+        """Forget ``device``'s desired model; False when it had none."""
         ...
 
     # -- retention

@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 7; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_7`, recorded in ``schema_version``:
+Schema (version 8; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_8`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -56,6 +56,9 @@ Schema (version 7; :data:`SCHEMA_VERSION`), created on open by
 - ``baselines`` - per device its baseline (:mod:`shared.baseline`) as the
   JSON the agent reads, the model it is for and when it was recorded
   (version 5).
+- ``desired`` - per device the model version it should run (version 8): model,
+  version, the manifest's sha256, the download size, the rollout that set it,
+  whether it is a rollback, when it was set.
 
 Errors::
 
@@ -95,6 +98,7 @@ from cloud_hub.store.base import (
     BatchJob,
     ClosedSeqs,
     DeadLetter,
+    DesiredRecord,
     DeviceRecord,
     EventRecord,
     Gap,
@@ -117,7 +121,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -357,6 +361,22 @@ def _migrate_to_7(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX model_stages_by_model ON model_stages (name, version)")
 
 
+def _migrate_to_8(db: sqlite3.Connection) -> None:
+    """OTA desired state: one row per device."""
+    db.execute(
+        """CREATE TABLE desired (
+            device_id INTEGER PRIMARY KEY REFERENCES devices (id),
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            rollout TEXT NOT NULL,
+            allow_downgrade INTEGER NOT NULL,
+            set_at REAL NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -365,6 +385,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     5: _migrate_to_5,
     6: _migrate_to_6,
     7: _migrate_to_7,
+    8: _migrate_to_8,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1506,6 +1527,56 @@ class SQLiteStore:
             ).fetchall()
         return [Baseline.from_dict(json.loads(r[0]), "stored baseline") for r in rows]
 
+    # -- desired state
+
+    def set_desired(self, records: Sequence[DesiredRecord]) -> None:
+        with self._write() as db:
+            for r in records:
+                db.execute(
+                    "INSERT INTO devices (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                    (r.device,),
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO desired (device_id, model, version, manifest_sha256, size, "
+                    "rollout, allow_downgrade, set_at) "
+                    "VALUES ((SELECT id FROM devices WHERE name = ?), ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.device,
+                        r.model,
+                        r.version,
+                        r.manifest_sha256,
+                        r.size,
+                        r.rollout,
+                        int(r.allow_downgrade),
+                        r.set_at,
+                    ),
+                )
+
+    def desired(self, device: str) -> DesiredRecord | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_DESIRED_COLUMNS} FROM desired x JOIN devices d ON d.id = x.device_id "
+                "WHERE d.name = ?",
+                (device,),
+            ).fetchone()
+        return None if row is None else _desired_record(row)
+
+    def desired_all(self) -> list[DesiredRecord]:
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_DESIRED_COLUMNS} FROM desired x JOIN devices d ON d.id = x.device_id "
+                "ORDER BY d.name"
+            ).fetchall()
+        return [_desired_record(r) for r in rows]
+
+    def clear_desired(self, device: str) -> bool:
+        with self._write() as db:
+            cur = db.execute(
+                "DELETE FROM desired WHERE device_id = (SELECT id FROM devices WHERE name = ?)",
+                (device,),
+            )
+            return cur.rowcount > 0
+
     # -- retention
 
     def prune_telemetry(self, received_before: float) -> int:
@@ -1587,6 +1658,18 @@ _MODEL_COLUMNS: Final = (
     "name, version, variant, path, registered_at, manifest, stage, stage_changed_at, "
     "registered_by, signature, source"
 )
+
+
+_DESIRED_COLUMNS: Final = (
+    "d.name, x.model, x.version, x.manifest_sha256, x.size, x.rollout, x.allow_downgrade, x.set_at"
+)
+
+
+def _desired_record(row: tuple[Any, ...]) -> DesiredRecord:
+    device, model, version, sha, size, rollout, downgrade, set_at = row
+    return DesiredRecord(
+        device, model, version, sha, int(size), rollout, bool(downgrade), float(set_at)
+    )
 
 
 def _log_stage(db: sqlite3.Connection, entry: StageLogEntry) -> None:

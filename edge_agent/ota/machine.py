@@ -154,6 +154,8 @@ class Target:
     manifest_url: str
     rollout: str = ""
     allow_downgrade: bool = False
+    size: int = 0
+    """The most the download may take, in bytes (the desired message's ``size``)."""
 
     @classmethod
     def from_desired(cls, desired: Desired) -> Target:
@@ -164,6 +166,7 @@ class Target:
             desired.manifest_url,
             desired.rollout,
             desired.allow_downgrade,
+            desired.size,
         )
 
     @property

@@ -227,10 +227,11 @@ EXAMPLES: dict[type, Message] = {
         1_700_000_004.0,
         "bearing",
         "1.5.0",
-        "http://hub/models/bearing/1.5.0/manifest.json",
+        "/v1/models/bearing/1.5.0",
         "ab" * 32,
         "canary-1",
         False,
+        123_456,
     ),
     Ack: Ack("pi-07", 3, 44),
 }

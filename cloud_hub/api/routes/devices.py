@@ -8,12 +8,14 @@ from collections import Counter
 
 from fastapi import APIRouter, HTTPException, status
 
-from cloud_hub.api.auth import ReadAccess
-from cloud_hub.api.deps import ConfigDep, StoreDep
+from cloud_hub.api.auth import AdminAccess, ReadAccess
+from cloud_hub.api.deps import ConfigDep, StateDep, StoreDep
 from cloud_hub.api.errors import responses
-from cloud_hub.api.params import DeviceId, unknown_device
+from cloud_hub.api.params import DeviceId, find_model, require_device, unknown_device
 from cloud_hub.api.schemas import (
     BaselineOut,
+    DesiredIn,
+    DesiredOut,
     DeviceDetailOut,
     DeviceListOut,
     DeviceOut,
@@ -21,7 +23,8 @@ from cloud_hub.api.schemas import (
     ReplayOut,
     SensorInputsOut,
 )
-from cloud_hub.store.base import DeviceRecord, Store
+from cloud_hub.ota.desired import check_desirable, desired_record
+from cloud_hub.store.base import DesiredRecord, DeviceRecord, Store
 from shared.epochs import is_replay_epoch
 
 __all__ = ["router"]
@@ -101,3 +104,52 @@ def get_baseline(access: ReadAccess, store: StoreDep, device: DeviceId) -> Basel
             f"readings with 'edgeloop-hub devices baseline {device} --from T --to T'",
         )
     return BaselineOut.from_record(baseline)
+
+
+def _desired_or_404(store: Store, device: str) -> DesiredRecord:
+    desired = store.desired(device)
+    if desired is None:
+        require_device(store, device)
+        raise HTTPException(
+            status_code=status.HTTP_404_NOT_FOUND,
+            detail=f"device {device!r} has no desired model: it runs what it was started with; "
+            f"set one with PUT /v1/devices/{device}/desired (admin)",
+        )
+    return desired
+
+
+@router.get("/{device}/desired", response_model=DesiredOut, responses=responses(404, 422))
+def get_desired(access: ReadAccess, store: StoreDep, device: DeviceId) -> DesiredOut:
+    """The model version the device should run, what it says it runs, and whether they match."""
+    return DesiredOut.from_record(_desired_or_404(store, device), store.device(device))
+
+
+@router.put(
+    "/{device}/desired", response_model=DesiredOut, responses=responses(403, 404, 409, 422, 503)
+)
+def put_desired(
+    access: AdminAccess, state: StateDep, device: DeviceId, body: DesiredIn
+) -> DesiredOut:
+    """Set the model version one device should run (admin token; rollout "manual"). The
+    hub stores it, sends it retained on the device's ``desired`` topic, and sends it again
+    whenever the device's birth or heartbeat shows another model. The version must be a
+    registered, signed edge model, not archived unless ``allow_downgrade``."""
+    publisher = state.desired
+    if publisher is None:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="this hub sends no desired state (it runs without a broker link)",
+        )
+    store = state.store
+    require_device(store, device)
+    record = find_model(store, body.model, body.version)
+    refusal = check_desirable(record, allow_downgrade=body.allow_downgrade)
+    if refusal is not None:
+        raise HTTPException(
+            status_code=status.HTTP_409_CONFLICT, detail=f"{refusal.detail} ({refusal.reason})"
+        )
+    desired = desired_record(
+        record, device, rollout="manual", allow_downgrade=body.allow_downgrade, at=time.time()
+    )
+    publisher.set([desired])
+    return DesiredOut.from_record(desired, store.device(device))

@@ -30,7 +30,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from cloud_hub.api.artifacts import ArtifactError, artifact_path, package_file, signature_file
-from cloud_hub.api.auth import AdminAccess, ReadAccess
+from cloud_hub.api.auth import AdminAccess, ModelReadAccess, ReadAccess, device_may_fetch
 from cloud_hub.api.byteranges import RangeNotSatisfiableError, parse_range
 from cloud_hub.api.deps import ApiState, StateDep, StoreDep
 from cloud_hub.api.errors import responses
@@ -95,10 +95,11 @@ def list_models(access: ReadAccess, store: StoreDep) -> ModelListOut:
     responses={**_MANIFEST_DOC, **responses(404, 422)},
 )
 def get_manifest(
-    access: ReadAccess, store: StoreDep, name: ModelName, version: ModelVersion
+    access: ModelReadAccess, store: StoreDep, name: ModelName, version: ModelVersion
 ) -> Response:
-    """The manifest of one model version."""
+    """The manifest of one model version (a device's credential: its desired version only)."""
     record = find_model(store, name, version)
+    device_may_fetch(access, store, record.name, record.version)
     # A store that keeps no bytes (none does today) falls back to the file's canonical form.
     content = record.manifest_bytes or manifest_file_bytes(record.manifest)
     return Response(
@@ -114,10 +115,11 @@ def get_manifest(
     responses={**_SIGNATURE_DOC, **responses(404, 422, 500)},
 )
 def get_signature(
-    access: ReadAccess, state: StateDep, name: ModelName, version: ModelVersion
+    access: ModelReadAccess, state: StateDep, name: ModelName, version: ModelVersion
 ) -> Response:
     """``manifest.sig`` of one model version: the Ed25519 signature of the manifest's bytes."""
     record = find_model(state.store, name, version)
+    device_may_fetch(access, state.store, record.name, record.version)
     data = record.signature
     if data is None:  # a record from before the registry kept signatures
         data = signature_file(record, state.models_root)
@@ -216,9 +218,16 @@ def _file_response(
 
 
 def _artifact(
-    request: Request, state: StateDep, name: str, version: str, *, body: bool
+    access: ModelReadAccess,
+    request: Request,
+    state: StateDep,
+    name: str,
+    version: str,
+    *,
+    body: bool,
 ) -> Response:
     record = find_model(state.store, name, version)
+    device_may_fetch(access, state.store, record.name, record.version)
     response = _file_response(
         request, state, record, _listed(record, record.manifest.model.file), body=body
     )
@@ -230,24 +239,47 @@ def _artifact(
 
 @router.get("/{name}/{version}/artifact", response_class=StreamingResponse, responses=_ARTIFACT_DOC)
 def get_artifact(
-    access: ReadAccess, request: Request, state: StateDep, name: ModelName, version: ModelVersion
+    access: ModelReadAccess,
+    request: Request,
+    state: StateDep,
+    name: ModelName,
+    version: ModelVersion,
 ) -> Response:
     """Download ``model.onnx``; send ``Range: bytes=N-`` to resume at byte N."""
-    return _artifact(request, state, name, version, body=True)
+    return _artifact(access, request, state, name, version, body=True)
 
 
 @router.head("/{name}/{version}/artifact", include_in_schema=False)
 def head_artifact(
-    access: ReadAccess, request: Request, state: StateDep, name: ModelName, version: ModelVersion
+    access: ModelReadAccess,
+    request: Request,
+    state: StateDep,
+    name: ModelName,
+    version: ModelVersion,
 ) -> Response:
-    return _artifact(request, state, name, version, body=False)
+    return _artifact(access, request, state, name, version, body=False)
+
+
+def _file(
+    access: ModelReadAccess,
+    request: Request,
+    state: StateDep,
+    *,
+    name: str,
+    version: str,
+    path: str,
+    body: bool,
+) -> Response:
+    record = find_model(state.store, name, version)
+    device_may_fetch(access, state.store, record.name, record.version)
+    return _file_response(request, state, record, _listed(record, path), body=body)
 
 
 @router.get(
     "/{name}/{version}/files/{path}", response_class=StreamingResponse, responses=_ARTIFACT_DOC
 )
 def get_file(
-    access: ReadAccess,
+    access: ModelReadAccess,
     request: Request,
     state: StateDep,
     *,
@@ -255,14 +287,14 @@ def get_file(
     version: ModelVersion,
     path: str,
 ) -> Response:
-    """One file the manifest lists (``files``); send ``Range: bytes=N-`` to resume at byte N."""
-    record = find_model(state.store, name, version)
-    return _file_response(request, state, record, _listed(record, path), body=True)
+    """One file the manifest lists (``files``); send ``Range: bytes=N-`` to resume at byte N.
+    A device's credential fetches its desired version only."""
+    return _file(access, request, state, name=name, version=version, path=path, body=True)
 
 
 @router.head("/{name}/{version}/files/{path}", include_in_schema=False)
 def head_file(
-    access: ReadAccess,
+    access: ModelReadAccess,
     request: Request,
     state: StateDep,
     *,
@@ -270,8 +302,7 @@ def head_file(
     version: ModelVersion,
     path: str,
 ) -> Response:
-    record = find_model(state.store, name, version)
-    return _file_response(request, state, record, _listed(record, path), body=False)
+    return _file(access, request, state, name=name, version=version, path=path, body=False)
 
 
 @router.get(

@@ -1,0 +1,6 @@
+"""The hub's side of OTA: what each device should run (desired state), sent and re-sent.
+
+:mod:`.desired` is pure (what a device's desired message is, whether a model
+may be desired, when to send it again); :mod:`.publisher` keeps it in the store
+and on the broker. Rollouts (cohorts, gates): not yet.
+"""
