@@ -541,6 +541,9 @@ def _parser() -> argparse.ArgumentParser:
     OPTIONS.add_to(verify, only=("data_dir",))
     verify.set_defaults(handler=_models_verify, parser=verify)
 
+    from cloud_hub.rollout_command import add_rollout_parsers  # noqa: PLC0415
+
+    add_rollout_parsers(commands)
     keys = commands.add_parser("keys", help="the Ed25519 key that signs model packages")
     keys.set_defaults(parser=keys)
     keys_cmds = keys.add_subparsers(title="key commands", metavar="COMMAND")

@@ -92,6 +92,9 @@ class Hub:
         self.batch_jobs: Any = None
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self._rollout_thread: threading.Thread | None = None
+        self.rollouts: Any = None
+        """The :class:`~cloud_hub.ota.rollouts.RolloutManager` (set once ingest starts)."""
         self.commissioner: Any = None
         self.desired: Any = None
         """The :class:`~cloud_hub.ota.publisher.DesiredPublisher` (set once ingest starts)."""
@@ -114,6 +117,10 @@ class Hub:
             target=self._maintain, name="hub-maintenance", daemon=True
         )
         self._maintenance.start()
+        self._rollout_thread = threading.Thread(
+            target=self.rollouts.run, args=(self._stop,), name="hub-rollouts", daemon=True
+        )
+        self._rollout_thread.start()
         self._start_commissioning()
 
     def _start_commissioning(self) -> None:
@@ -274,6 +281,9 @@ class Hub:
             self.link.start()
         except (OSError, EdgeloopError, RuntimeError) as exc:
             raise HubStartError(str(exc)) from None
+        from cloud_hub.ota.rollouts import RolloutManager  # noqa: PLC0415
+
+        self.rollouts = RolloutManager(self.store, self.desired, interval_s=s.rollout_tick_s)
         # A broker restarted since may have lost its retained messages: send them all.
         sent = self.desired.send_all()
         if sent:
@@ -328,6 +338,7 @@ class Hub:
             # Uploads are checked with the hub's public keys; the API never signs.
             registry=RegistryFiles(registry_root(s.data_dir), tuple(trusted_keys(s.data_dir))),
             desired=self.desired,
+            rollouts=self.rollouts,
             device_credentials=DeviceCredentials(
                 s.device_credentials_file, not_devices=frozenset({HUB_USER})
             ),
@@ -348,6 +359,7 @@ class Hub:
         """Drain ingest, then close the link, the store and the broker (each if started)."""
         self._stop.set()
         parts: list[tuple[str, Any, Callable[[Any], object]]] = [
+            ("rollouts", self._rollout_thread, lambda thread: thread.join(10.0)),
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
             ("batch jobs", self.batch_jobs, lambda jobs: jobs.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),

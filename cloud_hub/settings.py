@@ -192,6 +192,13 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "rollout_tick_s",
+            positive_float,
+            1.0,
+            "how often the rollout manager looks at running rollouts and queued commands",
+            "S",
+        ),
+        Option(
             "model_upload_max_bytes",
             positive_int,
             256 * 1024 * 1024,
@@ -320,6 +327,7 @@ class HubSettings:
     http_max_body_bytes: int
     model_upload_max_bytes: int
     desired_resend_s: float
+    rollout_tick_s: float
     max_payload_bytes: int
     stale_after_s: float
     retention_days: float

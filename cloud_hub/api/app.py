@@ -40,12 +40,14 @@ from cloud_hub.api.routes import (
     stats,
     telemetry,
 )
+from cloud_hub.api.routes import rollouts as rollout_routes
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
 from cloud_hub.ota.publisher import DesiredPublisher
 
 if TYPE_CHECKING:
     from cloud_hub.device_credentials import DeviceCredentials
+    from cloud_hub.ota.rollouts import RolloutManager
 from cloud_hub.store.base import Store
 
 __all__ = ["ApiConfig", "create_app"]
@@ -96,6 +98,7 @@ def create_app(
     registry: RegistryFiles | None = None,
     desired: DesiredPublisher | None = None,
     device_credentials: DeviceCredentials | None = None,
+    rollouts: RolloutManager | None = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -109,7 +112,8 @@ def create_app(
     ``POST /v1/models`` register uploaded packages (without it: 503);
     ``desired`` sends devices their desired model (``PUT /v1/devices/NAME/desired``;
     without it: 503); ``device_credentials`` lets devices download their desired
-    model with their own credential (without it: tokens only).
+    model with their own credential (without it: tokens only); ``rollouts`` runs
+    ``/v1/rollouts`` (without it: 503 for writes).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -149,6 +153,10 @@ def create_app(
             {"name": "stats", "description": "Ingest statistics; dead letters (admin)."},
             {"name": "predict", "description": "Online inference with a registered model."},
             {"name": "batch", "description": "Batch scoring jobs over stored telemetry (admin)."},
+            {
+                "name": "rollouts",
+                "description": "Staged rollouts of an edge model: cohorts, gates, rollback.",
+            },
         ],
     )
     setattr(
@@ -166,6 +174,7 @@ def create_app(
             registry=registry,
             desired=desired,
             device_credentials=device_credentials,
+            rollouts=rollouts,
         ),
     )
     install_handlers(app)
@@ -178,6 +187,7 @@ def create_app(
     app.include_router(stats.router)
     app.include_router(predict.router)
     app.include_router(batch.router)
+    app.include_router(rollout_routes.router)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
     return app

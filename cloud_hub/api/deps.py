@@ -23,6 +23,7 @@ from shared.signing import TrustedKey
 
 if TYPE_CHECKING:
     from cloud_hub.device_credentials import DeviceCredentials
+    from cloud_hub.ota.rollouts import RolloutManager
 
 __all__ = [
     "ApiState",
@@ -59,6 +60,8 @@ class ApiState:
     """Where uploaded packages go and the keys they are checked with (None: no uploads)."""
     desired: DesiredPublisher | None = None
     """Sends devices their desired model (None: a hub without a broker link)."""
+    rollouts: RolloutManager | None = None
+    """Runs staged rollouts (None: a hub without a broker link)."""
     device_credentials: DeviceCredentials | None = None
     """Checks devices' HTTP Basic credentials on model downloads (None: devices cannot
     download; bearer tokens only)."""

@@ -23,7 +23,9 @@ Rules:
    and urgent-event rate since it switched, against the devices still on the
    old version over the same time (``control``). A gate without enough readings
    (``min_readings``) on either side is not judged yet: it waits, at most
-   ``device_timeout_s`` beyond the soak, and then fails closed (rule 4).
+   ``device_timeout_s`` beyond the soak, and then fails closed (rule 4). The
+   last cohort, with no device left on the old version to compare with
+   (``control`` None), is judged on its counts alone.
 4. A failed gate aborts the rollout: every device already moved gets its
    previous model back as desired state (``allow_downgrade``: a signed
    rollback), and the decision records which gate, its value and threshold.
@@ -326,19 +328,19 @@ def new_rollout(
 
 
 def _judge(
-    r: Rollout, cohort: CohortFigures, control: CohortFigures
+    r: Rollout, cohort: CohortFigures, control: CohortFigures | None
 ) -> tuple[str | None, dict[str, Any], bool]:
     """The behaviour gates: (the failed gate or None, values, judged). ``judged`` is False
     when there are too few readings on a side to judge a gate that is set."""
     g = r.gates
     values: dict[str, Any] = {
         "cohort_readings": cohort.readings,
-        "control_readings": control.readings,
+        "control_readings": None if control is None else control.readings,
     }
     wanted = any(
         x is not None for x in (g.max_latency_ratio, g.max_disagreement_delta, g.max_urgent_ratio)
     )
-    if not wanted:
+    if not wanted or control is None:
         return None, values, True
     if cohort.readings < g.min_readings or control.readings < g.min_readings:
         return None, values, False
@@ -395,11 +397,11 @@ def _sum(figures: Sequence[CohortFigures]) -> CohortFigures:
 
 
 def step(
-    r: Rollout, reports: Mapping[str, DeviceReport], control: CohortFigures, now: float
+    r: Rollout, reports: Mapping[str, DeviceReport], control: CohortFigures | None, now: float
 ) -> tuple[Rollout, list[Action]]:
     """Rules 2-4 for the cohort in flight. ``reports`` holds the rollout's devices (a
     device missing is one the hub has not heard from); ``control`` the devices still on
-    the old version, over the time since the cohort in flight started."""
+    the old version, over the time since the cohort in flight started (None: none left)."""
     if r.finished:
         return r, []
     devices = dict(r.devices)

@@ -43,7 +43,10 @@ __all__ = [
     "EventRecord",
     "Gap",
     "ModelRecord",
+    "OtaRecord",
     "Page",
+    "RolloutCommand",
+    "RolloutRow",
     "StageLogEntry",
     "Store",
     "StreamItem",
@@ -215,6 +218,40 @@ class DesiredRecord:
     set_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class OtaRecord:
+    """One stored OTA report; ``id`` rises in the order the hub stored them."""
+
+    id: int
+    ota: Ota
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRow:
+    """A rollout as stored: its state as JSON (:class:`cloud_hub.ota.rollout.Rollout`) and
+    the manager's own marks (counter snapshots), also JSON."""
+
+    id: str
+    state: str
+    body: str
+    marks: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutCommand:
+    """A request to the hub's rollout manager (from the CLI or the API)."""
+
+    id: int
+    rollout: str
+    command: str
+    """``start``, ``pause``, ``resume`` or ``abort``."""
+    args: str
+    """JSON: the start's model, version, cohorts, gates, devices; a reason."""
+    at: float
+
+
 BatchJobState = Literal["queued", "running", "done", "failed"]
 
 
@@ -316,6 +353,10 @@ class Store(Protocol):
         """Totals by name: one device's, or summed over the hub and every device."""
         ...
 
+    def device_counters(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Per device, its counters of these ``names`` (devices with none left out)."""
+        ...
+
     # -- dead letters (bounded: the oldest go beyond ``keep``)
     def add_dead_letters(self, letters: Sequence[DeadLetter], keep: int) -> None: ...
 
@@ -414,6 +455,33 @@ class Store(Protocol):
 
     def clear_desired(self, device: str) -> bool:
         """Forget ``device``'s desired model; False when it had none."""
+        ...
+
+    # -- OTA reports and rollouts
+    def ota_reports(self, after_id: int, limit: int = 10_000) -> list[OtaRecord]:
+        """Stored OTA reports with an id above ``after_id``, oldest first."""
+        ...
+
+    def last_ota_id(self) -> int:
+        """The highest OTA report id (0 when none)."""
+        ...
+
+    def save_rollout(self, row: RolloutRow) -> None:
+        """Insert or replace the rollout of ``row.id``."""
+        ...
+
+    def rollouts(self) -> list[RolloutRow]:
+        """Every rollout, newest first."""
+        ...
+
+    def rollout(self, rollout_id: str) -> RolloutRow | None: ...
+
+    def add_rollout_command(self, rollout: str, command: str, args: str, at: float) -> int:
+        """Queue a command for the hub's rollout manager; returns its id."""
+        ...
+
+    def take_rollout_commands(self) -> list[RolloutCommand]:
+        """The queued commands, oldest first, removed from the queue."""
         ...
 
     # -- retention

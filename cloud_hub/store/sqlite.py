@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 8; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_8`, recorded in ``schema_version``:
+Schema (version 9; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_9`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -59,6 +59,9 @@ Schema (version 8; :data:`SCHEMA_VERSION`), created on open by
 - ``desired`` - per device the model version it should run (version 8): model,
   version, the manifest's sha256, the download size, the rollout that set it,
   whether it is a rollback, when it was set.
+- ``rollouts`` - each staged rollout's state as JSON, and the rollout manager's
+  marks (version 9); ``rollout_commands`` - start/pause/resume/abort requests
+  queued for the hub's manager by the CLI and the API.
 
 Errors::
 
@@ -103,7 +106,10 @@ from cloud_hub.store.base import (
     EventRecord,
     Gap,
     ModelRecord,
+    OtaRecord,
     Page,
+    RolloutCommand,
+    RolloutRow,
     StageLogEntry,
     StreamItem,
     TelemetryRows,
@@ -121,7 +127,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -377,6 +383,28 @@ def _migrate_to_8(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_9(db: sqlite3.Connection) -> None:
+    """Rollouts and the commands queued for the hub's rollout manager."""
+    db.execute(
+        """CREATE TABLE rollouts (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            body TEXT NOT NULL,
+            marks TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE rollout_commands (
+            id INTEGER PRIMARY KEY,
+            rollout TEXT NOT NULL,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            at REAL NOT NULL
+        )"""
+    )
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -386,6 +414,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     6: _migrate_to_6,
     7: _migrate_to_7,
     8: _migrate_to_8,
+    9: _migrate_to_9,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1079,6 +1108,20 @@ class SQLiteStore:
                 ).fetchall()
         return {name: int(count) for name, count in rows}
 
+    def device_counters(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
+        if not names:
+            return {}
+        marks = ", ".join("?" * len(names))
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT device, name, count FROM counters WHERE device != '' AND name IN ({marks})",
+                tuple(names),
+            ).fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for device, name, count in rows:
+            out.setdefault(device, {})[name] = int(count)
+        return out
+
     # -- dead letters
 
     def add_dead_letters(self, letters: Sequence[DeadLetter], keep: int) -> None:
@@ -1576,6 +1619,67 @@ class SQLiteStore:
                 (device,),
             )
             return cur.rowcount > 0
+
+    # -- OTA reports and rollouts
+
+    def ota_reports(self, after_id: int, limit: int = 10_000) -> list[OtaRecord]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT o.id, d.name, o.epoch, o.seq, o.ts, o.state, o.reason, o.from_version, "
+                "o.to_version, o.detail, o.received_at FROM ota o JOIN devices d "
+                "ON d.id = o.device_id WHERE o.id > ? ORDER BY o.id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        return [
+            OtaRecord(int(r[0]), Ota(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]), r[10])
+            for r in rows
+        ]
+
+    def last_ota_id(self) -> int:
+        with self._read() as db:
+            row = db.execute("SELECT max(id) FROM ota").fetchone()
+        return int(row[0] or 0)
+
+    def save_rollout(self, row: RolloutRow) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rollouts (id, state, body, marks, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.id, row.state, row.body, row.marks, row.updated_at),
+            )
+
+    def rollouts(self) -> list[RolloutRow]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, state, body, marks, updated_at FROM rollouts "
+                "ORDER BY json_extract(body, '$.created_at') DESC, id"
+            ).fetchall()
+        return [RolloutRow(*r) for r in rows]
+
+    def rollout(self, rollout_id: str) -> RolloutRow | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT id, state, body, marks, updated_at FROM rollouts WHERE id = ?",
+                (rollout_id,),
+            ).fetchone()
+        return None if row is None else RolloutRow(*row)
+
+    def add_rollout_command(self, rollout: str, command: str, args: str, at: float) -> int:
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO rollout_commands (rollout, command, args, at) VALUES (?, ?, ?, ?)",
+                (rollout, command, args, at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def take_rollout_commands(self) -> list[RolloutCommand]:
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT id, rollout, command, args, at FROM rollout_commands ORDER BY id"
+            ).fetchall()
+            if rows:
+                db.execute("DELETE FROM rollout_commands WHERE id <= ?", (rows[-1][0],))
+        return [RolloutCommand(*r) for r in rows]
 
     # -- retention
 

@@ -42,10 +42,16 @@ ROUTES = {
     ("GET", "/v1/batch/jobs"),
     ("GET", "/v1/batch/jobs/{job_id}"),
     ("GET", "/v1/batch/jobs/{job_id}/result"),
+    ("GET", "/v1/rollouts"),
+    ("POST", "/v1/rollouts"),
+    ("GET", "/v1/rollouts/{rollout_id}"),
+    ("POST", "/v1/rollouts/{rollout_id}/{what}"),
 }
 """Every route of the API, as OpenAPI lists it (HEAD of the artifact is served too)."""
 ADMIN_ROUTES = {
     ("GET", "/v1/dead-letters"),
+    ("POST", "/v1/rollouts"),
+    ("POST", "/v1/rollouts/{rollout_id}/{what}"),
     ("PUT", "/v1/devices/{device}/desired"),
     ("POST", "/v1/models/{name}/{version}/stage"),
     ("POST", "/v1/models"),
@@ -61,6 +67,8 @@ _SAMPLE = {
     "version": DEFAULT_VERSION,
     "job_id": JOB_ID,
     "path": "model.onnx",
+    "rollout_id": "no-such-rollout",
+    "what": "pause",
 }
 _BODIES: dict[str, Any] = {
     "/v1/predict": {"model": "machine-heavy", "features": [[0.0] * 32]},
@@ -69,12 +77,18 @@ _BODIES: dict[str, Any] = {
     # Not a zip: past the token check, the upload is refused as such (422).
     "/v1/models": {"not": "a zip"},
     "/v1/devices/{device}/desired": {"model": "machine-edge", "version": DEFAULT_VERSION},
+    "/v1/rollouts": {"model": "machine-edge", "version": DEFAULT_VERSION},
+    "/v1/rollouts/{rollout_id}/{what}": {"reason": "auth test"},
 }
 _AFTER_AUTH = {
     ("POST", "/v1/models"): 422,
     # The test hub has no broker link to send desired state with; none is set.
     ("PUT", "/v1/devices/{device}/desired"): 503,
     ("GET", "/v1/devices/{device}/desired"): 404,
+    # The test hub runs no rollouts, and there is none by that id.
+    ("POST", "/v1/rollouts"): 503,
+    ("GET", "/v1/rollouts/{rollout_id}"): 404,
+    ("POST", "/v1/rollouts/{rollout_id}/{what}"): 503,
 }
 """Routes whose request above is refused after the token check, with this status."""
 
