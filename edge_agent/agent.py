@@ -618,6 +618,7 @@ class Agent:
             self.epoch,
             self.outbox.last_seq,
             time.time(),
+            self.model.manifest.name,
             self.model.version,
             round(time.monotonic() - self._started, 3),
             self.readings,

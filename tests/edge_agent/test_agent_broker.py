@@ -293,9 +293,9 @@ def test_garbage_on_subscribed_topics_is_counted_and_survived(
         (ack, b"{not json"),
         (ack, b"[1, 2, 3]"),
         (ack, b'{"v": 99, "device": "dev-a", "epoch": 1, "seq": 1}'),
-        (ack, b'{"v": 1, "device": "dev-a", "epoch": "one", "seq": 1}'),
-        (ack, b'{"v": 1, "device": "someone-else", "epoch": 1, "seq": 1}'),
-        (desired, b'{"v": 1, "device": "dev-a", "ts": NaN}'),
+        (ack, b'{"v": 2, "device": "dev-a", "epoch": "one", "seq": 1}'),
+        (ack, b'{"v": 2, "device": "someone-else", "epoch": 1, "seq": 1}'),
+        (desired, b'{"v": 2, "device": "dev-a", "ts": NaN}'),
         (desired, b"x" * 2_000_000),
         (desired, b""),
     ]

@@ -32,6 +32,7 @@ def telemetry(epoch: int, n: int = 2):  # type: ignore[no-untyped-def]
             np.arange(n, dtype=np.float64),
             np.zeros((n, 4), dtype=np.float32),
             np.full((n, 3), 1 / 3, dtype=np.float32),
+            "machine-edge",
         )
 
     return make
