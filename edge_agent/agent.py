@@ -111,6 +111,7 @@ class Agent:
             fsync_ms=settings.outbox_fsync_ms,
             wake=self.wake,
             replay=self.replay is not None,
+            model=(model.manifest.name, model.version),
         )
         self.counters = Counters()
         self.latency = LatencyWindow()

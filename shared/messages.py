@@ -17,7 +17,9 @@ it at connect, naming the model it runs then; the hub takes a device's model
 from its birth and heartbeats, not from its will). Events name the model
 version only. A message of any other version is refused with reason
 ``unknown_version`` and an error saying which side to upgrade; there is no
-reader of version 1 (version 1 left the model name out, or made it optional).
+reader of version 1 (version 1 left the model name out, or made it optional),
+only :func:`upgrade_v1`, which rewrites a stream message an agent of version 1
+left in its outbox.
 
 Telemetry is columnar: ``ts`` (n), ``features`` (n x f) and ``scores`` (n x c)
 are numpy arrays. Floats of float32 arrays are written in their shortest
@@ -64,6 +66,7 @@ __all__ = [
     "Telemetry",
     "decode",
     "encode",
+    "upgrade_v1",
 ]
 
 SCHEMA_VERSION: Final = 2
@@ -786,3 +789,50 @@ def _version_error(kind: Kind, version: int) -> str:
 def decode_as(cls: type[_M], payload: bytes, limits: Limits = DEFAULT_LIMITS) -> _M:
     """Decode a payload that must be of message type ``cls``."""
     return cast(_M, decode(cls.kind, payload, limits))
+
+
+def upgrade_v1(kind: Kind, payload: bytes, model: tuple[str, str]) -> bytes:
+    """A stream message written in schema v1 (kept in an agent's outbox across an
+    upgrade), in the current schema's form; or :class:`DecodeError` when it cannot be.
+
+    v1 events and ota messages differ from v2's by ``v`` only. v1 telemetry may
+    lack the model's name: it is taken to be ``model``'s name (the model the
+    agent runs now, ``(name, version)``) when the telemetry's version is that
+    model's, and refused otherwise (no one can say which model scored it).
+
+    >>> old = b'{"v":1,"device":"pi-07","epoch":3,"seq":1,"model_version":"1.4.0",' \\
+    ...       b'"ts":[1.0],"features":[[0.5]],"scores":[[0.25,0.75]]}'
+    >>> decode(Kind.TELEMETRY, upgrade_v1(Kind.TELEMETRY, old, ("rig-edge", "1.4.0"))).model
+    'rig-edge'
+    """
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise DecodeError(f"{kind.value} payload is not valid JSON", reason="not_json") from None
+    if (
+        not isinstance(obj, dict)
+        or obj.get("v") != 1
+        or kind
+        not in (
+            Kind.TELEMETRY,
+            Kind.EVENTS,
+            Kind.OTA,
+        )
+    ):
+        raise DecodeError(
+            f"only a v1 stream message (telemetry, events, ota) can be upgraded; this is a "
+            f"{kind.value} payload of v={obj.get('v') if isinstance(obj, dict) else None!r}",
+            reason="unknown_version",
+        )
+    if kind is Kind.TELEMETRY and obj.get("model") is None:
+        if obj.get("model_version") != model[1]:
+            raise FieldError(
+                f"v1 telemetry names model version {obj.get('model_version')!r} but no model; "
+                f"the agent runs {model[0]} {model[1]}, so which model scored it is unknown",
+                field="model",
+                reason="missing_field",
+            )
+        obj["model"] = model[0]
+    obj["v"] = SCHEMA_VERSION
+    # Through the decoder, so what goes out is a valid message in its exact encoding.
+    return encode(decode(kind, orjson.dumps(obj)))

@@ -1016,3 +1016,27 @@ def test_event_optional_fields_may_be_null_or_absent() -> None:
     del body["value"]
     out = decode(Kind.EVENTS, payload_of(body))
     assert isinstance(out, Event) and out.sensor is None and out.value is None
+
+
+def test_upgrade_v1_rewrites_stream_messages_and_refuses_what_it_cannot_name() -> None:
+    from shared.messages import upgrade_v1  # noqa: PLC0415
+
+    named = V1_TELEMETRY.replace(b'"scores"', b'"model":"rig-edge","scores"')
+    for payload, want in ((named, "rig-edge"), (V1_TELEMETRY, "machine-edge")):
+        out = decode(Kind.TELEMETRY, upgrade_v1(Kind.TELEMETRY, payload, ("machine-edge", "1.4.0")))
+        assert isinstance(out, Telemetry) and (out.model, out.model_version) == (want, "1.4.0")
+    with pytest.raises(FieldError) as info:  # unnamed, and not the version the agent runs
+        upgrade_v1(Kind.TELEMETRY, V1_TELEMETRY, ("machine-edge", "2.0.0"))
+    assert (info.value.field, info.value.reason) == ("model", "missing_field")
+    event = body_of(EXAMPLES[Event]) | {"v": 1}
+    assert (
+        decode(Kind.EVENTS, upgrade_v1(Kind.EVENTS, payload_of(event), ("m", "1")))
+        == EXAMPLES[Event]
+    )
+    for kind, payload in (
+        (Kind.TELEMETRY, encode(EXAMPLES[Telemetry])),  # already v2
+        (Kind.HEALTH, payload_of(body_of(EXAMPLES[Health]) | {"v": 1})),  # not a stream kind
+        (Kind.TELEMETRY, b"{not json"),
+    ):
+        with pytest.raises(DecodeError):
+            upgrade_v1(kind, payload, ("m", "1"))
