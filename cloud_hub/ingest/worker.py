@@ -651,18 +651,20 @@ class IngestWorker:
         if self._guard(b, status.device, self.store.record_status, status, at):
             if status.state == "online":
                 log.info(
-                    "device %r online: epoch %d, agent %s, model %s",
+                    "device %r online: epoch %d, agent %s, model %s %s",
                     status.device,
                     status.epoch,
                     status.agent_version,
+                    status.model,
                     status.model_version,
                 )
             else:
                 log.info(
-                    "device %r offline: epoch %d, last seq %d, model %s",
+                    "device %r offline: epoch %d, last seq %d, model %s %s (as of its connect)",
                     status.device,
                     status.epoch,
                     status.seq,
+                    status.model,
                     status.model_version,
                 )
 
