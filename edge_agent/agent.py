@@ -111,6 +111,7 @@ class Agent:
             fsync_ms=settings.outbox_fsync_ms,
             wake=self.wake,
             replay=self.replay is not None,
+            model=(model.manifest.name, model.version),
         )
         self.counters = Counters()
         self.latency = LatencyWindow()
@@ -618,6 +619,7 @@ class Agent:
             self.epoch,
             self.outbox.last_seq,
             time.time(),
+            self.model.manifest.name,
             self.model.version,
             round(time.monotonic() - self._started, 3),
             self.readings,

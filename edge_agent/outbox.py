@@ -39,6 +39,12 @@ mostly superseded pages, would itself fill a small disk) and truncated back to
 ``_WAL_SIZE_LIMIT``. When the disk fills anyway (another program filled it),
 new messages wait in memory (``staging_max``) and writes are retried.
 
+Payloads are kept encoded. An outbox left by an agent of an older wire schema
+(the hub reads the current one only) is rewritten at open: each v1 message in
+the current form (:func:`shared.messages.upgrade_v1`, naming the model the
+agent runs in v1 telemetry that named none but has its version); one that
+cannot be is dropped and declared as ``schema_upgrade``.
+
 Send order: unacked events first, then everything else, each oldest first by
 ``(epoch, seq)``.
 
@@ -69,7 +75,8 @@ from pathlib import Path
 from typing import Final
 
 from shared.epochs import is_replay_epoch
-from shared.messages import Dropped, Event, Ota, Telemetry, encode
+from shared.errors import DecodeError
+from shared.messages import SCHEMA_VERSION, Dropped, Event, Ota, Telemetry, encode, upgrade_v1
 from shared.topics import Kind
 
 __all__ = ["AckVerdict", "Outbox", "OutboxCorruptError", "Outgoing", "StreamMessage"]
@@ -162,6 +169,7 @@ class Outbox:
         staging_max: int = 10_000,
         wake: threading.Event | None = None,
         replay: bool = False,
+        model: tuple[str, str] | None = None,
     ) -> None:
         if max_bytes < 1 or max_messages < 1 or staging_max < 1:
             raise ValueError("outbox bounds must be >= 1")
@@ -221,6 +229,9 @@ class Outbox:
         self._issued_before = int(row[0]) if replay else 0
         """Replay only: the highest seq of this epoch issued by earlier runs."""
         self._acked = int(row[1]) if replay else 0
+        self._depth = self._bytes = 0
+        if model is not None:
+            self._upgrade_stored(model)
         count, size, readings = db.execute(
             "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(readings), 0) FROM messages"
         ).fetchone()
@@ -266,6 +277,43 @@ class Outbox:
                 self.dropped["outbox_corrupt_messages"] = unread
             log.error("%s", self.corrupt)
             return self._connect(str(self.path))
+
+    def _upgrade_stored(self, model: tuple[str, str]) -> None:
+        """Rewrite, in the current wire schema, the messages an agent of an older one left
+        here (the hub refuses any other version); declare dropped, as ``schema_upgrade``,
+        those that cannot be (:func:`shared.messages.upgrade_v1`)."""
+        db = self._db
+        current = b'{"v":%d,' % SCHEMA_VERSION
+        rows = db.execute(
+            "SELECT epoch, seq, kind, readings, size, payload FROM messages "
+            "WHERE substr(payload, 1, ?) != ? ORDER BY epoch, seq",
+            (len(current), current),
+        ).fetchall()
+        if not rows:
+            return
+        rewritten: list[tuple[bytes, int, int, int]] = []
+        victims: list[tuple[int, int, int, int]] = []
+        for epoch, seq, kind, n, size, payload in rows:
+            try:
+                new = upgrade_v1(Kind(kind), bytes(payload), model)
+            except (DecodeError, ValueError) as exc:
+                log.warning("outbox: epoch %d seq %d cannot be upgraded: %s", epoch, seq, exc)
+                victims.append((int(epoch), int(seq), int(n), int(size)))
+                continue
+            rewritten.append((new, len(new), int(epoch), int(seq)))
+        with db:
+            db.executemany(
+                "UPDATE messages SET payload = ?, size = ? WHERE epoch = ? AND seq = ?", rewritten
+            )
+        if victims:
+            self._drop(victims, "schema_upgrade")
+        log.info(
+            "outbox: %d messages of an older wire schema rewritten in v%d, %d dropped "
+            "(declared to the hub as schema_upgrade)",
+            len(rewritten),
+            SCHEMA_VERSION,
+            len(victims),
+        )
 
     def _count_unacked(self) -> int | None:
         """How many messages a damaged outbox file still shows, if SQLite can say."""

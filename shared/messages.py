@@ -10,6 +10,17 @@ which lets the hub notice a lost tail without waiting for the next batch.
 A ``dropped`` message (:class:`Dropped`) declares stream seqs the device
 dropped; it takes no seq of its own.
 
+Schema version 2 (:data:`SCHEMA_VERSION`): telemetry, the birth and every
+heartbeat name the model the agent runs, by ``model`` (its name) and
+``model_version``, both required; so does the last will (the agent composes
+it at connect, naming the model it runs then; the hub takes a device's model
+from its birth and heartbeats, not from its will). Events name the model
+version only. A message of any other version is refused with reason
+``unknown_version`` and an error saying which side to upgrade; there is no
+reader of version 1 (version 1 left the model name out, or made it optional),
+only :func:`upgrade_v1`, which rewrites a stream message an agent of version 1
+left in its outbox.
+
 Telemetry is columnar: ``ts`` (n), ``features`` (n x f) and ``scores`` (n x c)
 are numpy arrays. Floats of float32 arrays are written in their shortest
 float32 form, so the hub decodes exactly the numbers the edge computed.
@@ -39,7 +50,7 @@ import numpy.typing as npt
 import orjson
 
 from shared.errors import DecodeError, FieldError, TopicError
-from shared.topics import Kind, validate_device_id
+from shared.topics import EDGE_TO_HUB, Kind, validate_device_id
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -55,9 +66,10 @@ __all__ = [
     "Telemetry",
     "decode",
     "encode",
+    "upgrade_v1",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
@@ -274,17 +286,23 @@ def _float32_json(arr: F32) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Status:
-    """Birth (``online``, retained) or last will (``offline``) of an agent."""
+    """Birth (``online``, retained) or last will (``offline``) of an agent.
+
+    Both name the model the agent runs. The will is composed at connect, so it
+    names the model of that moment; the hub records a device's model from its
+    birth and heartbeats only.
+    """
 
     device: str
     epoch: int
     seq: int
     state: Literal["online", "offline"]
     agent_version: str
-    model_version: str | None
+    model_version: str
+    """The version of the model the agent runs."""
     ts: float
-    model: str | None = None
-    """The name of the model the agent runs (optional: agents before it leave it out)."""
+    model: str
+    """The name of the model the agent runs."""
     kind: ClassVar[Kind] = Kind.STATUS
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,9 +320,9 @@ class Status:
             seq,
             state,
             f.str_("agent_version"),
-            f.opt_str("model_version"),
+            f.str_("model_version"),
             f.float_("ts", 0.0),
-            f.opt_str("model"),
+            f.str_("model"),
         )
 
 
@@ -319,9 +337,8 @@ class Telemetry:
     ts: F64
     features: F32
     scores: F32
-    model: str | None = None
-    """The name of the edge model that computed ``scores`` (optional: agents before it
-    leave it out, and the hub then takes the model to be its default edge model)."""
+    model: str
+    """The name of the edge model that computed ``scores`` (``model_version`` is its version)."""
     kind: ClassVar[Kind] = Kind.TELEMETRY
 
     def __post_init__(self) -> None:
@@ -366,13 +383,12 @@ class Telemetry:
             "device": self.device,
             "epoch": self.epoch,
             "seq": self.seq,
+            "model": self.model,
             "model_version": self.model_version,
             "ts": np.ascontiguousarray(self.ts, dtype=np.float64),
             "features": np.ascontiguousarray(features),
             "scores": np.ascontiguousarray(scores),
         }
-        if self.model is not None:
-            body["model"] = self.model
         return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,6 +397,7 @@ class Telemetry:
     @classmethod
     def from_fields(cls, f: _Fields) -> Telemetry:
         device, epoch, seq = _header(f)
+        model = f.str_("model")
         model_version = f.str_("model_version")
         ts = f.array("ts", 1, np.float64)
         n = ts.shape[0]
@@ -408,7 +425,7 @@ class Telemetry:
                     field=name,
                     reason="batch_too_large",
                 )
-        return cls(device, epoch, seq, model_version, ts, features, scores, f.opt_str("model"))
+        return cls(device, epoch, seq, model_version, ts, features, scores, model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,6 +485,8 @@ class Health:
     epoch: int
     seq: int
     ts: float
+    model: str
+    """The name of the model the agent runs (``model_version`` is its version)."""
     model_version: str
     uptime_s: float
     readings: int
@@ -493,6 +512,7 @@ class Health:
             epoch,
             seq,
             f.float_("ts", 0.0),
+            f.str_("model"),
             f.str_("model_version"),
             f.float_("uptime_s", 0.0),
             f.int_("readings"),
@@ -754,15 +774,71 @@ def decode(kind: Kind, payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Messa
     f = _Fields(obj, kind, limits)
     version = f.int_("v")
     if version != SCHEMA_VERSION:
-        raise FieldError(
-            f"{kind.value} message has schema version {version!r}; this build reads "
-            f"v={SCHEMA_VERSION} only (upgrade the older side)",
-            field="v",
-            reason="unknown_version",
-        )
+        raise FieldError(_version_error(kind, version), field="v", reason="unknown_version")
     return _TYPES[kind](f)
+
+
+def _version_error(kind: Kind, version: int) -> str:
+    """Who speaks which version, and which side to upgrade.
+
+    >>> _version_error(Kind.TELEMETRY, 1)
+    'telemetry message has schema version v=1: this hub reads v=2; the agent speaks v=1: upgrade the agent'
+    """
+    sender, reader = ("agent", "hub") if kind in EDGE_TO_HUB else ("hub", "agent")
+    older = sender if version < SCHEMA_VERSION else reader
+    return (
+        f"{kind.value} message has schema version v={version}: this {reader} reads "
+        f"v={SCHEMA_VERSION}; the {sender} speaks v={version}: upgrade the {older}"
+    )
 
 
 def decode_as(cls: type[_M], payload: bytes, limits: Limits = DEFAULT_LIMITS) -> _M:
     """Decode a payload that must be of message type ``cls``."""
     return cast(_M, decode(cls.kind, payload, limits))
+
+
+def upgrade_v1(kind: Kind, payload: bytes, model: tuple[str, str]) -> bytes:
+    """A stream message written in schema v1 (kept in an agent's outbox across an
+    upgrade), in the current schema's form; or :class:`DecodeError` when it cannot be.
+
+    v1 events and ota messages differ from v2's by ``v`` only. v1 telemetry may
+    lack the model's name: it is taken to be ``model``'s name (the model the
+    agent runs now, ``(name, version)``) when the telemetry's version is that
+    model's, and refused otherwise (no one can say which model scored it).
+
+    >>> old = b'{"v":1,"device":"pi-07","epoch":3,"seq":1,"model_version":"1.4.0",' \\
+    ...       b'"ts":[1.0],"features":[[0.5]],"scores":[[0.25,0.75]]}'
+    >>> decode(Kind.TELEMETRY, upgrade_v1(Kind.TELEMETRY, old, ("rig-edge", "1.4.0"))).model
+    'rig-edge'
+    """
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise DecodeError(f"{kind.value} payload is not valid JSON", reason="not_json") from None
+    if (
+        not isinstance(obj, dict)
+        or obj.get("v") != 1
+        or kind
+        not in (
+            Kind.TELEMETRY,
+            Kind.EVENTS,
+            Kind.OTA,
+        )
+    ):
+        raise DecodeError(
+            f"only a v1 stream message (telemetry, events, ota) can be upgraded; this is a "
+            f"{kind.value} payload of v={obj.get('v') if isinstance(obj, dict) else None!r}",
+            reason="unknown_version",
+        )
+    if kind is Kind.TELEMETRY and obj.get("model") is None:
+        if obj.get("model_version") != model[1]:
+            raise FieldError(
+                f"v1 telemetry names model version {obj.get('model_version')!r} but no model; "
+                f"the agent runs {model[0]} {model[1]}, so which model scored it is unknown",
+                field="model",
+                reason="missing_field",
+            )
+        obj["model"] = model[0]
+    obj["v"] = SCHEMA_VERSION
+    # Through the decoder, so what goes out is a valid message in its exact encoding.
+    return encode(decode(kind, orjson.dumps(obj)))

@@ -2,10 +2,13 @@
 
 A model is trained as a pair, ``NAME-edge`` (int8, on the devices) and
 ``NAME-heavy`` (fp32, on the hub), reading the same features. Telemetry names
-its edge model (``Telemetry.model``; agents older than that field leave it out,
-and their telemetry is taken to come from the hub's default edge model). The
-heavy partner of ``X-edge`` version V is the registered ``X-heavy`` of version
-V, else the newest registered ``X-heavy``. An edge model without a registered
+its edge model by name and version (``Telemetry.model`` and ``model_version``,
+both required since wire schema v2), and the heavy model is chosen by that pair.
+The heavy partner of ``X-edge`` version V is the registered ``X-heavy`` of version
+V, else the newest registered ``X-heavy``. The hub's default heavy model (the one
+it started with) is the partner of its default edge model at the same version;
+other versions of that edge model are looked up like any other. A worker without
+a registry to look in (no ``lookup``) scores everything with its default. An edge model without a registered
 partner is stored with the edge scores only, and the hub counts
 ``no_heavy_model`` for the device; a partner registered later is found within
 :data:`RETRY_S`.
@@ -64,11 +67,13 @@ class HeavyModels:
         self._lookup = lookup
         self._clock = clock
         self._found: dict[tuple[str, str], tuple[OnnxScorer | None, str, float]] = {}
+        if default is not None and default_edge is not None:
+            self._found[(default_edge, default_version)] = (default, default_version, 0.0)
 
-    def for_edge(self, edge_name: str | None, edge_version: str) -> tuple[OnnxScorer | None, str]:
+    def for_edge(self, edge_name: str, edge_version: str) -> tuple[OnnxScorer | None, str]:
         """``(scorer, version)`` of the heavy model for telemetry of this edge model;
         ``(None, "")`` when it has no partner (yet)."""
-        if edge_name is None or edge_name == self.default_edge or self._lookup is None:
+        if self._lookup is None:
             return self.default, self.default_version
         key = (edge_name, edge_version)
         now = self._clock()

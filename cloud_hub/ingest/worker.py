@@ -629,8 +629,7 @@ class IngestWorker:
     def _fits_heavy(self, b: _Batch, msg: Telemetry, raw: Incoming) -> bool:
         heavy, version = self.heavy_models.for_edge(msg.model, msg.model_version)
         if heavy is None:
-            if msg.model is not None and msg.model != self.heavy_models.default_edge:
-                b.counts[(msg.device, "no_heavy_model")] += 1
+            b.counts[(msg.device, "no_heavy_model")] += 1
             return True
         want = heavy.n_features
         if want is None or msg.features.shape[1] == want:
@@ -652,18 +651,20 @@ class IngestWorker:
         if self._guard(b, status.device, self.store.record_status, status, at):
             if status.state == "online":
                 log.info(
-                    "device %r online: epoch %d, agent %s, model %s",
+                    "device %r online: epoch %d, agent %s, model %s %s",
                     status.device,
                     status.epoch,
                     status.agent_version,
+                    status.model,
                     status.model_version,
                 )
             else:
                 log.info(
-                    "device %r offline: epoch %d, last seq %d, model %s",
+                    "device %r offline: epoch %d, last seq %d, model %s %s (as of its connect)",
                     status.device,
                     status.epoch,
                     status.seq,
+                    status.model,
                     status.model_version,
                 )
 
@@ -700,11 +701,12 @@ class IngestWorker:
 
         Telemetry is scored in one call per heavy model (usually one for the batch).
         """
-        groups: dict[int, tuple[OnnxScorer | None, str, list[_Stream]]] = {}
+        groups: dict[tuple[int, str], tuple[OnnxScorer | None, str, list[_Stream]]] = {}
         for s in b.stream:
             if isinstance(s.msg, Telemetry):
                 heavy, version = self.heavy_models.for_edge(s.msg.model, s.msg.model_version)
-                groups.setdefault(id(heavy), (heavy, version, []))[2].append(s)
+                # By version too: one scorer may serve under two versions' names.
+                groups.setdefault((id(heavy), version), (heavy, version, []))[2].append(s)
             else:
                 s.item = s.msg
         for heavy, version, telemetry in groups.values():

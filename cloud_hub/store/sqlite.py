@@ -979,6 +979,8 @@ class SQLiteStore:
     def record_status(self, status: Status, received_at: float) -> None:
         """Birth or will. A status of an older epoch than the device's is stale:
         it updates last_seen only (a late will must not mark a restarted agent offline).
+        The model (name and version) is taken from a birth, not from a will: the agent
+        composes its will at connect, so the will may name a model it has since left.
         A replay's epoch (:mod:`shared.epochs`) is never the device's: it counts as 0, so a
         replay moves the state of a device that has no live agent, and leaves a live one's."""
         with self._write() as db:
@@ -988,8 +990,9 @@ class SQLiteStore:
                 "ON CONFLICT (name) DO UPDATE SET "
                 "state = CASE WHEN excluded.epoch >= epoch THEN excluded.state ELSE state END, "
                 "agent_version = CASE WHEN excluded.epoch >= epoch THEN excluded.agent_version ELSE agent_version END, "
-                "model_version = CASE WHEN excluded.epoch >= epoch THEN excluded.model_version ELSE model_version END, "
-                "model = CASE WHEN excluded.epoch >= epoch AND excluded.model IS NOT NULL "
+                "model_version = CASE WHEN excluded.epoch >= epoch AND excluded.state = 'online' "
+                "THEN excluded.model_version ELSE model_version END, "
+                "model = CASE WHEN excluded.epoch >= epoch AND excluded.state = 'online' "
                 "THEN excluded.model ELSE model END, "
                 "epoch = max(epoch, excluded.epoch), "
                 "first_seen = coalesce(first_seen, excluded.first_seen), "
@@ -1007,17 +1010,19 @@ class SQLiteStore:
             )
 
     def record_health(self, health: Health, received_at: float) -> None:
-        """A heartbeat: kept as ``last_health``; its model version is the device's
-        when it is of the device's current epoch."""
+        """A heartbeat: kept as ``last_health``; its model (name and version, together)
+        is the device's when it is of the device's current epoch."""
         with self._write() as db:
             db.execute(
-                "INSERT INTO devices (name, state, epoch, model_version, first_seen, last_seen, "
-                "last_health) VALUES (?, 'online', ?, ?, ?, ?, ?) "
+                "INSERT INTO devices (name, state, epoch, model_version, model, first_seen, "
+                "last_seen, last_health) VALUES (?, 'online', ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET "
                 "state = CASE state WHEN 'never_seen' THEN 'online' ELSE state END, "
                 "epoch = CASE WHEN state = 'never_seen' THEN excluded.epoch ELSE epoch END, "
                 "model_version = CASE WHEN state = 'never_seen' OR excluded.epoch = epoch THEN "
                 "excluded.model_version ELSE model_version END, "
+                "model = CASE WHEN state = 'never_seen' OR excluded.epoch = epoch THEN "
+                "excluded.model ELSE model END, "
                 "first_seen = coalesce(first_seen, excluded.first_seen), "
                 "last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen), "
                 "last_health = excluded.last_health",
@@ -1025,6 +1030,7 @@ class SQLiteStore:
                     health.device,
                     _live_epoch(health.epoch),
                     health.model_version,
+                    health.model,
                     received_at,
                     received_at,
                     json.dumps(health.to_dict()),

@@ -108,8 +108,6 @@ _READING_INTERVAL_S: Final = 0.1
 """Simulated time between a device's readings (10 Hz)."""
 _POOL_ROWS: Final = 4096
 """Distinct feature rows per publisher; messages take windows of them."""
-_MODEL_VERSION: Final = "1.1.0"
-"""The version the telemetry names: the default build's (cloud_hub.pipeline.build)."""
 _START_TIMEOUT_S: Final = 120.0
 _STOP_TIMEOUT_S: Final = 30.0
 _AUDIT_PAGE: Final = 100_000
@@ -489,6 +487,7 @@ def _make_stream(spec: dict[str, Any]) -> list[tuple[str, int, bytes]]:
     rng = np.random.default_rng(seed * 1_000_003 + k)
     scores = rng.dirichlet(np.ones(int(spec["classes"])), size=_POOL_ROWS).astype(np.float32)
     devices = [(str(name), int(index), int(n)) for name, index, n in spec["devices"]]
+    model, model_version = str(spec["model"][0]), str(spec["model"][1])
     most = max(n for _, _, n in devices)
     now = time.time()
     out: list[tuple[str, int, bytes]] = []
@@ -504,10 +503,11 @@ def _make_stream(spec: dict[str, Any]) -> list[tuple[str, int, bytes]]:
                 name,
                 _EPOCH,
                 seq,
-                _MODEL_VERSION,
+                model_version,
                 ts.astype(np.float64),
                 features[rows],
                 scores[rows],
+                model,
             )
             out.append((name, seq, encode(msg)))
     return out
@@ -811,8 +811,9 @@ def _rate(readings: int, seconds: float) -> float:
 # --------------------------------------------------------------------------- the run
 
 
-def _models(models_dir: Path) -> tuple[Path, int, int, int]:
-    """Build or find the default models; the directory, features, classes and window."""
+def _models(models_dir: Path) -> tuple[Path, int, int, int, tuple[str, str]]:
+    """Build or find the default models; the directory, features, classes, window and the
+    edge model's name and version (the telemetry names it, as an agent's does)."""
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
     from shared.manifest import load_package  # noqa: PLC0415
 
@@ -829,6 +830,7 @@ def _models(models_dir: Path) -> tuple[Path, int, int, int]:
         len(heavy.input.features),
         len(edge.output.classes),
         edge.input.window,
+        (edge.name, edge.version),
     )
 
 
@@ -865,7 +867,7 @@ class _Rig:
 def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
     # Another job on the machine skews every figure; say how busy it was.
     load_before = round(os.getloadavg()[0], 2)
-    models_dir, n_features, n_classes, window = _models(args.models_dir)
+    models_dir, n_features, n_classes, window, edge_model = _models(args.models_dir)
     rig = _Rig({HUB_USER: secrets.token_urlsafe(24), _BENCH_USER: secrets.token_urlsafe(24)})
     try:
         broker = rig.broker = _start_broker(args.broker, work, rig.users, args.root)
@@ -882,6 +884,7 @@ def _run(args: argparse.Namespace, plan: _Plan, work: Path) -> dict[str, Any]:
                 "features": n_features,
                 "classes": n_classes,
                 "window": window,
+                "model": list(edge_model),
                 "devices": plan.share(k),
             }
             rig.publishers.append(_Publisher(k, spec, work))

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.pipeline.build import DEFAULT_VERSION
+from cloud_hub.pipeline.build import DEFAULT_VERSION, EDGE_NAME
 from edge_agent.actuators import LogActuator, MachineActuator
 from edge_agent.agent import Agent
 from edge_agent.engine import load_edge_model
@@ -188,6 +188,10 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
     will = next(m for m in recorder.of(Status) if m.state == "offline")
     assert (birth.agent_version, birth.model_version) == (__version__, DEFAULT_VERSION)
     assert birth.epoch >= 1 and will.epoch == birth.epoch
+    # Wire v2: birth, will, every heartbeat and every telemetry batch name the model.
+    running = (EDGE_NAME, DEFAULT_VERSION)
+    named = [*recorder.of(Status), *recorder.of(Health), *recorder.of(Telemetry)]
+    assert named and {(m.model, m.model_version) for m in named} == {running}
     _check_stream(recorder, complete=False, log=log)
     for t in recorder.of(Telemetry):
         assert t.features.shape == (len(t), 32) and t.scores.shape == (len(t), 3)
@@ -293,9 +297,9 @@ def test_garbage_on_subscribed_topics_is_counted_and_survived(
         (ack, b"{not json"),
         (ack, b"[1, 2, 3]"),
         (ack, b'{"v": 99, "device": "dev-a", "epoch": 1, "seq": 1}'),
-        (ack, b'{"v": 1, "device": "dev-a", "epoch": "one", "seq": 1}'),
-        (ack, b'{"v": 1, "device": "someone-else", "epoch": 1, "seq": 1}'),
-        (desired, b'{"v": 1, "device": "dev-a", "ts": NaN}'),
+        (ack, b'{"v": 2, "device": "dev-a", "epoch": "one", "seq": 1}'),
+        (ack, b'{"v": 2, "device": "someone-else", "epoch": 1, "seq": 1}'),
+        (desired, b'{"v": 2, "device": "dev-a", "ts": NaN}'),
         (desired, b"x" * 2_000_000),
         (desired, b""),
     ]

@@ -32,6 +32,7 @@ def telemetry(epoch: int, n: int = 2):  # type: ignore[no-untyped-def]
             np.arange(n, dtype=np.float64),
             np.zeros((n, 4), dtype=np.float32),
             np.full((n, 3), 1 / 3, dtype=np.float32),
+            "machine-edge",
         )
 
     return make
@@ -398,3 +399,53 @@ def test_a_replay_takes_the_hubs_ack_beyond_what_this_run_issued(tmp_path: Path)
     live = Outbox(tmp_path / "live.db", 1_764_000_000)
     assert live.ack(REPLAY_EPOCH, 1) == AckVerdict.UNKNOWN_EPOCH  # not a future epoch
     assert live.ack(1_764_000_001, 1) == AckVerdict.FUTURE_EPOCH
+
+
+# What an agent of wire schema v1 left in its outbox: telemetry with and without the
+# model's name, an event (v1 events are v2's but for "v").
+_V1_TELEMETRY = (
+    b'{"v":1,"device":"pi-07","epoch":7,"seq":%d,"model_version":"%s",'
+    b'"ts":[1.0,2.0],"features":[[0.1,1e-45],[0.5,2.0]],"scores":[[0.25,0.75],[1.0,0.0]]%s}'
+)
+_V1_EVENT = (
+    b'{"v":1,"device":"pi-07","epoch":7,"seq":4,"ts":1.0,"model_version":"1.0.0",'
+    b'"rule":"score","score":0.9,"sensor":null,"value":null,"action":"log",'
+    b'"action_ok":true,"detail":""}'
+)
+
+
+def test_an_outbox_an_older_agent_left_is_sent_in_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    Outbox(path, epoch=7).close()  # the tables, as the v1 agent had them
+    rows = [
+        (1, "telemetry", _V1_TELEMETRY % (1, b"1.0.0", b',"model":"rig-edge"')),
+        (2, "telemetry", _V1_TELEMETRY % (2, b"1.0.0", b"")),  # no name, the version it runs
+        (3, "telemetry", _V1_TELEMETRY % (3, b"0.9.0", b"")),  # no name, another version
+        (4, "events", _V1_EVENT),
+    ]
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO messages (epoch, seq, kind, readings, created, size, payload) "
+            "VALUES (7, ?, ?, ?, 1.0, ?, ?)",
+            [(seq, kind, 2 if kind == "telemetry" else 0, len(p), p) for seq, kind, p in rows],
+        )
+        db.execute("UPDATE epochs SET last_seq = 4, readings = 6 WHERE epoch = 7")
+    db.close()
+
+    box = Outbox(path, epoch=8, model=("machine-edge", "1.0.0"))
+    sent = send_all(box)
+    assert keys(sent) == [("events", 7, 4), ("telemetry", 7, 1), ("telemetry", 7, 2)]
+    got = {m.seq: decode(m.kind, m.payload) for m in sent}
+    assert [m.payload[:7] for m in sent] == [b'{"v":2,'] * 3
+    t1, t2 = got[1], got[2]
+    assert isinstance(t1, Telemetry) and isinstance(t2, Telemetry)
+    assert (t1.model, t2.model) == ("rig-edge", "machine-edge")
+    assert t1.features.tolist() == np.array([[0.1, 1e-45], [0.5, 2.0]], np.float32).tolist()
+    # The one no one can name is declared dropped, so the hub closes its seq.
+    [declared] = box.declarations("pi-07")
+    assert (declared.epoch, declared.first, declared.seq) == (7, 3, 3)
+    assert (declared.reason, declared.readings) == ("schema_upgrade", (2,))
+    assert box.recovered == 3 and box.depth == 3
+    box.close()
+    again = Outbox(path, epoch=9, model=("machine-edge", "1.0.0"))  # nothing left to upgrade
+    assert [m.payload for m in send_all(again)] == [m.payload for m in sent]

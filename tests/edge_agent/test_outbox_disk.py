@@ -38,6 +38,7 @@ def telemetry(epoch: int):  # type: ignore[no-untyped-def]
             np.arange(READINGS, dtype=np.float64) + seq,
             rng.random((READINGS, 32), dtype=np.float32),
             np.full((READINGS, 3), 1 / 3, dtype=np.float32),
+            "machine-edge",
         )
 
     return make

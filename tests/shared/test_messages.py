@@ -84,8 +84,9 @@ statuses = st.builds(
     seq=counters64,
     state=st.sampled_from(["online", "offline"]),
     agent_version=long_texts,
-    model_version=st.none() | texts,
+    model_version=texts,
     ts=non_negative,
+    model=texts,
 )
 
 
@@ -102,6 +103,7 @@ def telemetries(draw: st.DrawFn) -> Telemetry:
         ts=draw(arrays(np.float64, n, elements=any_finite)),
         features=draw(arrays(np.float32, (n, f), elements=f32)),
         scores=draw(arrays(np.float32, (n, c), elements=f32)),
+        model=draw(texts),
     )
 
 
@@ -127,6 +129,7 @@ healths = st.builds(
     epoch=counters64,
     seq=counters64,
     ts=non_negative,
+    model=texts,
     model_version=texts,
     uptime_s=non_negative,
     readings=counters64,
@@ -208,6 +211,7 @@ EXAMPLES: dict[type, Message] = {
         3,
         43,
         1_700_000_002.0,
+        "rig-edge",
         "1.4.0",
         3600.0,
         36000,
@@ -337,12 +341,16 @@ def test_telemetry_payload_is_columnar_and_float32_is_shortest() -> None:
         np.array([0.5]),
         np.array([[0.1, 1e-45]], dtype=np.float32),
         np.array([[np.float32(1) / np.float32(3)]], dtype=np.float32),
+        "rig-edge",
     )
     text = encode(t).decode()
     assert '"features":[[0.1,1e-45]]' in text  # not 0.10000000149011612
     assert '"scores":[[0.33333334]]' in text
     obj = json.loads(text)
-    assert list(obj) == ["v", "device", "epoch", "seq", "model_version", "ts", "features", "scores"]
+    assert list(obj) == [
+        *("v", "device", "epoch", "seq", "model", "model_version"),
+        *("ts", "features", "scores"),
+    ]
     assert len(t) == 1
 
 
@@ -381,11 +389,15 @@ def test_encoding_non_finite_scalars_raises_value_error(cls: type, key: str, val
 def test_telemetry_rows_must_agree() -> None:
     with pytest.raises(ValueError, match="rows"):
         Telemetry(
-            "d", 0, 0, "m", np.zeros(3), np.zeros((2, 4), np.float32), np.zeros((3, 1), np.float32)
+            "d",
+            *(0, 0, "m"),
+            *(np.zeros(3), np.zeros((2, 4), np.float32), np.zeros((3, 1), np.float32), "e"),
         )
     with pytest.raises(ValueError, match="rows"):
         Telemetry(
-            "d", 0, 0, "m", np.zeros(3), np.zeros((3, 4), np.float32), np.zeros((4, 1), np.float32)
+            "d",
+            *(0, 0, "m"),
+            *(np.zeros(3), np.zeros((3, 4), np.float32), np.zeros((4, 1), np.float32), "e"),
         )
 
 
@@ -590,17 +602,17 @@ FIELDS: dict[type, dict[str, Any]] = {
         **_HEAD,
         "state": Str(frozenset({"online", "offline"})),
         "agent_version": Str(),
-        "model_version": Str(optional=True),
+        "model_version": Str(),
         "ts": Float(0.0),
-        "model": Str(optional=True),
+        "model": Str(),
     },
     Telemetry: {
         **_HEAD,
+        "model": Str(),
         "model_version": Str(),
         "ts": Array(1),
         "features": Array(2),
         "scores": Array(2),
-        "model": Str(optional=True),
     },
     Event: {
         **_HEAD,
@@ -617,6 +629,7 @@ FIELDS: dict[type, dict[str, Any]] = {
     Health: {
         **_HEAD,
         "ts": Float(0.0),
+        "model": Str(),
         "model_version": Str(),
         "uptime_s": Float(0.0),
         "readings": Int(),
@@ -757,13 +770,46 @@ def _telemetry_body(**changes: Any) -> bytes:
     return payload_of(body)
 
 
-@pytest.mark.parametrize("v", [0, 2, 99])
+@pytest.mark.parametrize("v", [0, 1, 3, 99])
 def test_unknown_schema_version(v: int) -> None:
     for cls, msg in EXAMPLES.items():
         body = body_of(msg)
         body["v"] = v
         err = expect_field_error(cls.kind, payload_of(body), "v", "unknown_version")
         assert str(v) in str(err) and "upgrade" in str(err)
+
+
+# A telemetry payload as a v1 agent wrote it: no model name.
+V1_TELEMETRY = (
+    b'{"v":1,"device":"pi-07","epoch":3,"seq":42,"model_version":"1.4.0",'
+    b'"ts":[1.0],"features":[[0.5,1.5]],"scores":[[0.9,0.1]]}'
+)
+
+
+def test_a_v1_agent_is_told_to_upgrade_and_a_v3_hub_message_says_upgrade_this_agent() -> None:
+    assert SCHEMA_VERSION == 2
+    err = expect_field_error(Kind.TELEMETRY, V1_TELEMETRY, "v", "unknown_version")
+    assert "this hub reads v=2; the agent speaks v=1: upgrade the agent" in str(err)
+    ack = body_of(EXAMPLES[Ack]) | {"v": 3}
+    err = expect_field_error(Kind.ACK, payload_of(ack), "v", "unknown_version")
+    assert "this agent reads v=2; the hub speaks v=3: upgrade the agent" in str(err)
+    old_hub = body_of(EXAMPLES[Ack]) | {"v": 1}
+    err = expect_field_error(Kind.ACK, payload_of(old_hub), "v", "unknown_version")
+    assert "upgrade the hub" in str(err)
+
+
+@pytest.mark.parametrize("cls", [Telemetry, Status, Health], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", ["model", "model_version"])
+def test_telemetry_birth_will_and_heartbeat_must_name_the_model(cls: type, name: str) -> None:
+    for state in ("online", "offline") if cls is Status else (None,):
+        msg = EXAMPLES[cls] if state is None else replace(EXAMPLES[cls], state=state)
+        body = body_of(msg)
+        assert body["model"] == "rig-edge" and body["model_version"] == "1.4.0"
+        del body[name]
+        err = expect_field_error(cls.kind, payload_of(body), name, "missing_field")
+        assert repr(name) in str(err)
+        body[name] = None
+        expect_field_error(cls.kind, payload_of(body), name, "wrong_type")
 
 
 def test_rows_of_mismatched_length() -> None:
@@ -971,3 +1017,27 @@ def test_event_optional_fields_may_be_null_or_absent() -> None:
     del body["value"]
     out = decode(Kind.EVENTS, payload_of(body))
     assert isinstance(out, Event) and out.sensor is None and out.value is None
+
+
+def test_upgrade_v1_rewrites_stream_messages_and_refuses_what_it_cannot_name() -> None:
+    from shared.messages import upgrade_v1  # noqa: PLC0415
+
+    named = V1_TELEMETRY.replace(b'"scores"', b'"model":"rig-edge","scores"')
+    for payload, want in ((named, "rig-edge"), (V1_TELEMETRY, "machine-edge")):
+        out = decode(Kind.TELEMETRY, upgrade_v1(Kind.TELEMETRY, payload, ("machine-edge", "1.4.0")))
+        assert isinstance(out, Telemetry) and (out.model, out.model_version) == (want, "1.4.0")
+    with pytest.raises(FieldError) as info:  # unnamed, and not the version the agent runs
+        upgrade_v1(Kind.TELEMETRY, V1_TELEMETRY, ("machine-edge", "2.0.0"))
+    assert (info.value.field, info.value.reason) == ("model", "missing_field")
+    event = body_of(EXAMPLES[Event]) | {"v": 1}
+    assert (
+        decode(Kind.EVENTS, upgrade_v1(Kind.EVENTS, payload_of(event), ("m", "1")))
+        == EXAMPLES[Event]
+    )
+    for kind, payload in (
+        (Kind.TELEMETRY, encode(EXAMPLES[Telemetry])),  # already v2
+        (Kind.HEALTH, payload_of(body_of(EXAMPLES[Health]) | {"v": 1})),  # not a stream kind
+        (Kind.TELEMETRY, b"{not json"),
+    ):
+        with pytest.raises(DecodeError):
+            upgrade_v1(kind, payload, ("m", "1"))

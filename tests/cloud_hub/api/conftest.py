@@ -119,16 +119,19 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
     online = Status("pi-online", 2, 0, "online", "0.1.0", DEFAULT_VERSION, now, "machine-edge")
     store.record_status(online, now)
     store.record_status(
-        Status("pi-stale", 1, 0, "online", "0.1.0", DEFAULT_VERSION, now), now - 600
+        Status("pi-stale", 1, 0, "online", "0.1.0", DEFAULT_VERSION, now, "machine-edge"),
+        now - 600,
     )
-    store.record_status(Status("pi-off", 1, 0, "online", "0.1.0", DEFAULT_VERSION, now), now - 100)
-    store.record_status(Status("pi-off", 1, 3, "offline", "0.1.0", DEFAULT_VERSION, now), now - 90)
+    for seq, state, at in ((0, "online", now - 100), (3, "offline", now - 90)):
+        off = Status("pi-off", 1, seq, state, "0.1.0", DEFAULT_VERSION, now, "machine-edge")
+        store.record_status(off, at)
     store.add_device("pi-new")
     health = Health(
         device="pi-online",
         epoch=2,
         seq=30,
         ts=now,
+        model="machine-edge",
         model_version=DEFAULT_VERSION,
         uptime_s=120.0,
         readings=900,

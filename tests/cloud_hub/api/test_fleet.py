@@ -36,7 +36,7 @@ def test_device_list_derives_every_state(hub: Hub) -> None:
     online, stale, new = devices["pi-online"], devices["pi-stale"], devices["pi-new"]
     assert online["epoch"] == 2 and online["agent_version"] == "0.1.0"
     assert online["model_version"] == DEFAULT_VERSION and online["model"] == "machine-edge"
-    assert stale["model"] is None  # an agent that does not name its model
+    assert stale["model"] == "machine-edge"  # every birth names its model (wire v2)
     assert online["silent_for_s"] < STALE_AFTER_S < stale["silent_for_s"]
     assert stale["last_seen"] == pytest.approx(hub.seeded.now - 600)
     assert new["last_seen"] is None and new["silent_for_s"] is None

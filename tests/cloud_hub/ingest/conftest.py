@@ -169,6 +169,7 @@ def telemetry(device: str, seq: int, n: int = 5, epoch: int = 1, seed: int = 0) 
         ts=1_700_000_000.0 + seq * 10 + np.arange(n, dtype=np.float64) * 0.01,
         features=rng.normal(size=(n, N_FEATURES)).astype(np.float32),
         scores=scores,
+        model="machine-edge",
     )
 
 

@@ -109,9 +109,11 @@ def test_a_seq_far_beyond_the_watermark_is_refused_not_a_giant_gap(
 
 
 def test_a_birth_of_an_older_epoch_is_counted(hub: Hub, device_client: Client) -> None:
-    device_client.send(Status("dev-a", 1_800_000_000, 0, "online", "0.1.0", "1.0.0", time.time()))
+    device_client.send(
+        Status("dev-a", 1_800_000_000, 0, "online", "0.1.0", "1.0.0", time.time(), "m-edge")
+    )
     wait_until("the first birth", lambda: _epoch(hub) == 1_800_000_000)
-    device_client.send(Status("dev-a", 5, 0, "online", "0.1.0", "1.0.0", time.time()))
+    device_client.send(Status("dev-a", 5, 0, "online", "0.1.0", "1.0.0", time.time(), "m-edge"))
     wait_until(
         "the regression counted",
         lambda: hub.store.counters("dev-a").get("epoch_regressed") == 1,

@@ -1,4 +1,5 @@
-"""Telemetry is scored by the heavy partner of the edge model that made it."""
+"""Telemetry is scored by the heavy partner of the edge model that made it, found by the
+model's name and version (both required on the wire)."""
 
 from __future__ import annotations
 
@@ -55,12 +56,16 @@ def test_each_edge_model_is_scored_by_its_partner_and_one_without_is_kept(
 
     def lookup(name: str, version: str) -> tuple[OnnxScorer, str] | None:
         asked.append((name, version))
-        return (rig, "2.0.0") if name == "rig-heavy" else None
+        found = {"rig-heavy": (rig, "2.0.0"), "machine-heavy": (heavy, "1.1.0")}
+        return found.get(name)
 
     models = HeavyModels(heavy, "1.0.0", default_edge="machine-edge", lookup=lookup)
     with running_hub(broker, topics, store, heavy, heavy_models=models) as hub:
-        legacy = telemetry("dev-old", 1)  # an agent that does not name its model
-        named = dataclasses.replace(telemetry("dev-new", 1), model="machine-edge")
+        # The default edge model at the default heavy's version: the default heavy, no lookup.
+        default = telemetry("dev-old", 1)
+        assert (default.model, default.model_version) == ("machine-edge", "1.0.0")
+        # The same model at another version is looked up by name and version.
+        newer = dataclasses.replace(telemetry("dev-new", 1), model_version="1.1.0")
         base = telemetry("dev-rig", 1)
         rig_msg = dataclasses.replace(
             base,
@@ -71,15 +76,16 @@ def test_each_edge_model_is_scored_by_its_partner_and_one_without_is_kept(
             scores=base.scores[:, :2] / base.scores[:, :2].sum(axis=1, keepdims=True),
         )
         orphan = dataclasses.replace(telemetry("dev-solo", 1), model="solo-edge")
-        for msg in (legacy, named, rig_msg, orphan):
+        for msg in (default, newer, rig_msg, orphan):
             device_client.send(msg)
         settled(hub.worker, "4 messages stored", lambda s: s.stored_messages == 4)
 
     (row,) = stored_rows(store, "dev-old")
     assert row.heavy_model_version == "1.0.0"
-    assert np.allclose(row.heavy_scores, heavy.scores(legacy.features), atol=1e-5)
+    assert np.allclose(row.heavy_scores, heavy.scores(default.features), atol=1e-5)
     (row,) = stored_rows(store, "dev-new")
-    assert np.allclose(row.heavy_scores, heavy.scores(named.features), atol=1e-5)
+    assert row.heavy_model_version == "1.1.0"
+    assert np.allclose(row.heavy_scores, heavy.scores(newer.features), atol=1e-5)
     (row,) = stored_rows(store, "dev-rig")
     assert row.heavy_model_version == "2.0.0"
     assert np.allclose(row.heavy_scores, rig.scores(rig_msg.features), atol=1e-5)
@@ -87,5 +93,6 @@ def test_each_edge_model_is_scored_by_its_partner_and_one_without_is_kept(
     assert row.heavy_scores.shape == (len(orphan), 0)  # kept, with the edge scores only
     assert store.counters("dev-solo")["no_heavy_model"] == 1
     assert ("rig-heavy", "1.0.0") in asked and ("solo-heavy", "1.0.0") in asked
+    assert ("machine-heavy", "1.1.0") in asked and ("machine-heavy", "1.0.0") not in asked
     assert asked.count(("rig-heavy", "1.0.0")) == 1  # found once, then cached
     store.close()

@@ -83,8 +83,8 @@ def status(
     state: str = "online",
     *,
     agent_version: str = "0.1.0",
-    model_version: str | None = "1.0.0",
-    model: str | None = None,
+    model_version: str = "1.0.0",
+    model: str = "machine-edge",
 ) -> Status:
     assert state in ("online", "offline")
     return Status(
@@ -99,12 +99,15 @@ def status(
     )
 
 
-def health(device: str, epoch: int, *, model_version: str = "1.0.0") -> Health:
+def health(
+    device: str, epoch: int, *, model_version: str = "1.0.0", model: str = "machine-edge"
+) -> Health:
     return Health(
         device=device,
         epoch=epoch,
         seq=7,
         ts=T0 + 10,
+        model=model,
         model_version=model_version,
         uptime_s=12.5,
         readings=1000,

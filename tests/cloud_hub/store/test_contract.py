@@ -411,16 +411,35 @@ def test_status_health_and_touch(store: Store) -> None:
     assert (rec.state, rec.epoch) == ("offline", 4)
 
 
-def test_the_model_a_birth_names_is_kept_until_another_birth_names_one(store: Store) -> None:
+def model_of(store: Store, device: str) -> tuple[str | None, str | None]:
+    rec = store.device(device)
+    assert rec is not None
+    return rec.model, rec.model_version
+
+
+def test_the_model_comes_from_births_and_heartbeats_name_and_version_together(
+    store: Store,
+) -> None:
     store.record_status(status("pi-01", 4, model="rig-edge"), received_at=T0)
-    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
-    store.record_status(status("pi-01", 4, "offline"), received_at=T0 + 1)  # a will: no name
-    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
-    store.record_status(status("pi-01", 3, model="old-edge"), received_at=T0 + 2)  # stale
-    assert (rec := store.device("pi-01")) is not None and rec.model == "rig-edge"
+    assert model_of(store, "pi-01") == ("rig-edge", "1.0.0")
+    # A will is composed at connect: it may name a model the agent has left since.
+    will = status("pi-01", 4, "offline", model="will-edge", model_version="0.9.0")
+    store.record_status(will, received_at=T0 + 1)
+    assert model_of(store, "pi-01") == ("rig-edge", "1.0.0")
+    stale = status("pi-01", 3, model="old-edge", model_version="0.1.0")
+    store.record_status(stale, received_at=T0 + 2)
+    assert model_of(store, "pi-01") == ("rig-edge", "1.0.0")
     store.record_status(status("pi-01", 5, model="machine-edge"), received_at=T0 + 3)
-    assert (rec := store.device("pi-01")) is not None and rec.model == "machine-edge"
+    assert model_of(store, "pi-01") == ("machine-edge", "1.0.0")
     assert store.device("pi-01") == next(d for d in store.devices() if d.device == "pi-01")
+    # A heartbeat of the device's epoch moves name and version together; an older one neither.
+    store.record_health(health("pi-01", 5, model="rig-edge", model_version="2.0.0"), T0 + 4)
+    assert model_of(store, "pi-01") == ("rig-edge", "2.0.0")
+    store.record_health(health("pi-01", 4, model="old-edge", model_version="0.1.0"), T0 + 5)
+    assert model_of(store, "pi-01") == ("rig-edge", "2.0.0")
+    # A device first heard of by a heartbeat gets its model from it.
+    store.record_health(health("pi-02", 1, model="rig-edge", model_version="3.0.0"), T0 + 6)
+    assert model_of(store, "pi-02") == ("rig-edge", "3.0.0")
 
 
 def test_stale_will_of_an_older_epoch_does_not_mark_offline(store: Store) -> None:
