@@ -275,6 +275,7 @@ class Hub:
                 default_edge=edge_name,
                 lookup=self._heavy_lookup,
             ),
+            on_model_report=self.desired.on_report,
         )
         self.worker.start()
         try:

@@ -683,7 +683,7 @@ class Desired:
             f.str_("manifest_sha256"),
             f.str_("rollout"),
             f.bool_("allow_downgrade"),
-            f.int_("size", 0, 2**40),
+            f.int_("size"),
         )
 
 

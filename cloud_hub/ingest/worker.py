@@ -226,12 +226,14 @@ class IngestWorker:
         *,
         config: IngestConfig | None = None,
         heavy_models: HeavyModels | None = None,
+        on_model_report: Callable[[str, str, str], object] | None = None,
     ) -> None:
         self.store = store
         self.link = link
         self.heavy = heavy
         self.heavy_version = heavy_version
         self.heavy_models = heavy_models or HeavyModels(heavy, heavy_version)
+        self.on_model_report = on_model_report
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -401,6 +403,19 @@ class IngestWorker:
             self._guard(b, health.device, self.store.record_health, health, at)
         issued: dict[tuple[str, int], tuple[int, float]] = {}
         beats: list[tuple[Status | Health, float]] = [*b.statuses, *b.healths.values()]
+        if self.on_model_report is not None:
+            # Births and heartbeats name the model the device runs: the desired state
+            # goes again where it differs (cloud_hub.ota.publisher). Wills do not count.
+            for beat, _at in beats:
+                if isinstance(beat, Health) or beat.state == "online":
+                    self._guard(
+                        b,
+                        beat.device,
+                        self.on_model_report,
+                        beat.device,
+                        beat.model,
+                        beat.model_version,
+                    )
         for msg, at in beats:
             key = (msg.device, msg.epoch)
             if msg.seq > issued.get(key, (0, 0.0))[0]:

@@ -165,6 +165,7 @@ desireds = st.builds(
     manifest_sha256=texts,
     rollout=texts,
     allow_downgrade=st.booleans(),
+    size=st.integers(0, 2**40),
 )
 acks = st.builds(Ack, device=devices, epoch=counters64, seq=counters64)
 
@@ -662,6 +663,7 @@ FIELDS: dict[type, dict[str, Any]] = {
         "manifest_sha256": Str(),
         "rollout": Str(),
         "allow_downgrade": Bool(),
+        "size": Int(),
     },
     Ack: dict(_HEAD),
 }
