@@ -292,16 +292,7 @@ class _Transfer:
                 DownloadReason.TOO_LARGE,
                 f"the server sent more than the limit of {self.limit} bytes; stopped there",
             )
-        try:
-            fh.write(chunk)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self.fail(
-                    DownloadReason.NO_SPACE,
-                    f"the disk is full writing {self.part} at byte {self.have}: free space and "
-                    "retry",
-                ) from None
-            raise
+        fh.write(chunk)
         self.hasher.update(chunk)
         self.have += len(chunk)
         self.fetched += len(chunk)
@@ -409,8 +400,13 @@ def _attempt(
 
 
 def _classify(t: _Transfer, exc: Exception) -> DownloadError:
-    """A network exception as a DownloadError: retryable, but for a certificate that
-    does not verify (asking again would not change it)."""
+    """An exception of the network or the disk as a DownloadError: retryable, but for
+    a full disk and a certificate that does not verify (asking again would not help)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return t.fail(
+            DownloadReason.NO_SPACE,
+            f"the disk is full writing {t.part} ({exc.strerror}): free space, then retry",
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         return t.fail(
             DownloadReason.DOWNLOAD_FAILED,
@@ -526,7 +522,12 @@ def _clean_staging(staging: Path, manifest_sha256: str) -> None:
     for entry in staging.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        elif not (same and entry.name.endswith(PART_SUFFIX) and entry.is_file()):
+        elif not (
+            same
+            and entry.name.endswith(PART_SUFFIX)
+            and entry.is_file()
+            and not entry.is_symlink()  # a link could point the writes anywhere
+        ):
             entry.unlink()
     marker.write_text(manifest_sha256 + "\n", encoding="ascii")
     _fsync_dir(staging)

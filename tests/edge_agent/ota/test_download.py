@@ -4,7 +4,9 @@ a cut midway, Range ignored, stalls, error statuses, oversized bodies."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import random
 import shutil
 import threading
@@ -23,6 +25,7 @@ from edge_agent.ota.download import (
     DownloadError,
     DownloadPolicy,
     DownloadReason,
+    DownloadResult,
     FetchedPackage,
     Pacing,
     download_file,
@@ -195,6 +198,13 @@ class Hub:
         args.update(kw)
         return fetch_package(self.manifest_url, staging, **args)
 
+    def download(self, dest: Path, pacing: Pacing | None = None, **kw: Any) -> DownloadResult:
+        """Download model.onnx alone into ``dest``."""
+        args: dict[str, Any] = {"max_bytes": 1 << 20, "headers": AUTH}
+        args.update(kw)
+        url = self.server.url(self.model_path)
+        return download_file(url, dest, pacing=pacing or self.time.pacing(), **args)
+
 
 @pytest.fixture(scope="module")
 def signed_package(
@@ -269,14 +279,11 @@ def test_a_server_that_ignores_range_restarts_from_zero(hub: Hub, tmp_path: Path
     hub.server.faults.cut_once[hub.model_path] = len(hub.model) // 3
     hub.server.faults.ignore_range = True
     dest = tmp_path / MODEL_FILE
-    got = download_file(
-        hub.server.url(hub.model_path),
+    got = hub.download(
         dest,
         max_bytes=len(hub.model),
         expected_size=len(hub.model),
         sha256=hashlib.sha256(hub.model).hexdigest(),
-        headers=AUTH,
-        pacing=hub.time.pacing(),
     )
     asked = [r for r in hub.server.requests if r.path == hub.model_path]
     assert [(r.range is not None, r.status) for r in asked] == [(False, 200), (True, 200)]
@@ -340,25 +347,13 @@ def test_a_package_over_the_size_limit_is_refused_before_any_file(hub: Hub, tmp_
 
 def test_a_file_declared_or_streamed_beyond_its_limit_stops(hub: Hub, tmp_path: Path) -> None:
     dest = tmp_path / MODEL_FILE
-    url = hub.server.url(hub.model_path)
-    pacing = hub.time.pacing()
-    err = _fails(
-        DownloadReason.TOO_LARGE,
-        lambda: download_file(url, dest, max_bytes=1000, headers=AUTH, pacing=pacing),
-    )
+    err = _fails(DownloadReason.TOO_LARGE, lambda: hub.download(dest, max_bytes=1000))
     assert f"declares {len(hub.model)} bytes" in str(err)
     # No Content-Length: stopped once the bytes pass the manifest's size.
     hub.server.faults.unsized_body[hub.model_path] = hub.model + b"\0" * 100_000
     err = _fails(
         DownloadReason.TOO_LARGE,
-        lambda: download_file(
-            url,
-            dest,
-            max_bytes=10 << 20,
-            expected_size=len(hub.model),
-            headers=AUTH,
-            pacing=pacing,
-        ),
+        lambda: hub.download(dest, max_bytes=10 << 20, expected_size=len(hub.model)),
     )
     assert "sent more than" in str(err)
     assert not dest.exists() and not (tmp_path / (MODEL_FILE + PART_SUFFIX)).exists()
@@ -377,6 +372,19 @@ def test_not_enough_free_space_is_refused_before_any_file(hub: Hub, tmp_path: Pa
     )
     assert "4096 bytes free" in str(err)
     assert hub.model_path not in hub.server.paths()
+
+
+def test_a_full_disk_while_writing_is_no_space_and_leaves_nothing(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("edge_agent.ota.download.os.fsync", full)  # the fault: a full disk
+    dest = tmp_path / MODEL_FILE
+    err = _fails(DownloadReason.NO_SPACE, lambda: hub.download(dest))
+    assert "disk is full" in str(err) and hub.time.sleeps == []
+    assert not dest.exists() and not (tmp_path / (MODEL_FILE + PART_SUFFIX)).exists()
 
 
 def test_404_and_401_fail_at_once_with_the_status(hub: Hub, tmp_path: Path) -> None:
@@ -405,14 +413,9 @@ def test_retries_are_bounded_in_count_and_in_time(
     hub: Hub, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     hub.server.faults.status[hub.model_path] = 503
-    url, dest = hub.server.url(hub.model_path), tmp_path / MODEL_FILE
+    dest = tmp_path / MODEL_FILE
     policy = DownloadPolicy(attempts=4, backoff_min_s=1, backoff_max_s=8)
-    err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
-        lambda: download_file(
-            url, dest, max_bytes=1 << 20, headers=AUTH, policy=policy, pacing=hub.time.pacing()
-        ),
-    )
+    err = _fails(DownloadReason.DOWNLOAD_FAILED, lambda: hub.download(dest, policy=policy))
     assert err.status == 503 and "gave up after 4 attempt(s)" in str(err)
     assert len(hub.time.sleeps) == 3
     assert all(1 <= s <= min(8, 2**i) for i, s in enumerate(hub.time.sleeps))
@@ -423,9 +426,7 @@ def test_retries_are_bounded_in_count_and_in_time(
     policy = DownloadPolicy(attempts=100, backoff_min_s=5, backoff_max_s=5, deadline_s=12)
     _fails(
         DownloadReason.DOWNLOAD_FAILED,
-        lambda: download_file(
-            url, dest, max_bytes=1 << 20, headers=AUTH, policy=policy, pacing=timed.pacing()
-        ),
+        lambda: hub.download(dest, timed.pacing(), policy=policy),
     )
     assert len(hub.server.requests) - before == 3 and timed.sleeps == [5, 5]
 
@@ -441,16 +442,7 @@ def test_a_corrupt_file_is_a_sha256_mismatch_and_leaves_nothing(hub: Hub, tmp_pa
 def test_a_part_longer_than_the_server_has_is_a_416(hub: Hub, tmp_path: Path) -> None:
     dest = tmp_path / MODEL_FILE
     (tmp_path / (MODEL_FILE + PART_SUFFIX)).write_bytes(hub.model + b"extra")
-    err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
-        lambda: download_file(
-            hub.server.url(hub.model_path),
-            dest,
-            max_bytes=1 << 20,
-            headers=AUTH,
-            pacing=hub.time.pacing(),
-        ),
-    )
+    err = _fails(DownloadReason.DOWNLOAD_FAILED, lambda: hub.download(dest))
     assert err.status == 416 and "416" in str(err)
     assert not (tmp_path / (MODEL_FILE + PART_SUFFIX)).exists()
 
