@@ -298,14 +298,16 @@ class _Transfer:
         self.fetched += len(chunk)
 
 
-def _connect(url: _Url, policy: DownloadPolicy) -> http.client.HTTPConnection:
+def _connect(
+    url: _Url, policy: DownloadPolicy, tls: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
     conn: http.client.HTTPConnection
     if url.scheme == "https":
         conn = http.client.HTTPSConnection(
             url.host,
             url.port,
             timeout=policy.connect_timeout_s,
-            context=ssl.create_default_context(),
+            context=tls or ssl.create_default_context(),
         )
     else:
         conn = http.client.HTTPConnection(url.host, url.port, timeout=policy.connect_timeout_s)
@@ -330,9 +332,10 @@ def _attempt(
     policy: DownloadPolicy,
     deadline: float,
     clock: Callable[[], float],
+    tls: ssl.SSLContext | None,
 ) -> None:
     """One request: append to ``.part`` until the body ends, or raise DownloadError."""
-    conn = _connect(url, policy)
+    conn = _connect(url, policy, tls)
     try:
         asked = t.have
         sent = {**headers, "Accept-Encoding": "identity"}
@@ -437,11 +440,14 @@ def download_file(
     headers: Mapping[str, str] | None = None,
     policy: DownloadPolicy | None = None,
     pacing: Pacing | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> DownloadResult:
     """Fetch ``url`` into ``dest`` (via ``dest.part``, resuming it), or raise :class:`DownloadError`.
 
     ``max_bytes`` bounds the file whatever the server says; ``expected_size``
-    and ``sha256``, when given, must match before ``dest`` appears.
+    and ``sha256``, when given, must match before ``dest`` appears. ``tls``
+    verifies an https server (default: the system's CAs), e.g. one trusting
+    the hub's ``ca.pem``.
     """
     policy = policy or DownloadPolicy()
     pacing = pacing or Pacing()
@@ -465,6 +471,7 @@ def download_file(
                 policy=policy,
                 deadline=deadline,
                 clock=pacing.clock,
+                tls=tls,
             )
         except DownloadError as exc:
             error = exc
@@ -545,6 +552,7 @@ def fetch_package(
     manifest_max_bytes: int = 1 << 20,
     space_margin_bytes: int = 16 << 20,
     disk_usage: Callable[[Path], _DiskUsage] = shutil.disk_usage,
+    tls: ssl.SSLContext | None = None,
 ) -> FetchedPackage:
     """Stage the package at ``manifest_url`` in ``staging_dir`` (see the module docstring).
 
@@ -565,6 +573,7 @@ def fetch_package(
             headers=headers,
             policy=policy,
             pacing=pacing,
+            tls=tls,
         )
 
     _clean_staging(staging_dir, expected_manifest_sha256)

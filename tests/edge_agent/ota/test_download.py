@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import shutil
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from cloud_hub.api.byteranges import RangeNotSatisfiableError, parse_range
+from cloud_hub.certs import TlsFiles, init_ca
 from edge_agent.ota.download import (
     PART_SUFFIX,
     TARGET_FILE,
@@ -65,7 +67,7 @@ class Request(NamedTuple):
 class PackageServer:
     """A ThreadingHTTPServer serving ``files`` (URL path -> bytes) to the bearer of TOKEN."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    def __init__(self, files: dict[str, bytes], tls: ssl.SSLContext | None = None) -> None:
         self.files = files
         self.faults = Faults()
         self.requests: list[Request] = []
@@ -84,11 +86,14 @@ class PackageServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def paths(self) -> list[str]:
         with self._lock:
@@ -463,3 +468,23 @@ def test_a_refused_connection_is_retried_then_fails(tmp_path: Path) -> None:
     )
     assert "connection failed" in str(err) and err.status is None
     assert len(fake.sleeps) == 1 and not (tmp_path / "x").exists()
+
+
+def test_https_verifies_the_hub_with_the_ca_given(hub: Hub, tmp_path: Path) -> None:
+    files = TlsFiles(tmp_path / "tls")
+    init_ca(files, ["127.0.0.1"])
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(files.server_cert, files.server_key)
+    with PackageServer(hub.server.files, server_tls) as server:
+        url = server.url(hub.model_path)
+        trusting = ssl.create_default_context(cafile=str(files.ca_cert))
+        got = download_file(url, tmp_path / "a", max_bytes=1 << 20, headers=AUTH, tls=trusting)
+        assert (tmp_path / "a").read_bytes() == hub.model and got.attempts == 1
+        fake = FakeTime()
+        err = _fails(  # the system's CAs do not know the hub's
+            DownloadReason.DOWNLOAD_FAILED,
+            lambda: download_file(
+                url, tmp_path / "b", max_bytes=1 << 20, headers=AUTH, pacing=fake.pacing()
+            ),
+        )
+        assert "certificate does not verify" in str(err) and fake.sleeps == []
