@@ -11,6 +11,7 @@ import random
 import shutil
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,8 +20,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from cloud_hub.api import ApiConfig, create_app
 from cloud_hub.api.byteranges import RangeNotSatisfiableError, parse_range
 from cloud_hub.certs import TlsFiles, init_ca
+from cloud_hub.store import open_store
 from edge_agent.ota.download import (
     PART_SUFFIX,
     TARGET_FILE,
@@ -36,12 +39,14 @@ from edge_agent.ota.download import (
 from shared.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_package
 from shared.package_verify import verify_package
 from shared.signing import SigningKey
+from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "device-token-7"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HUB_TOKEN = "read-token-for-download-tests-0123456789"
 
 
 @dataclass
@@ -488,3 +493,52 @@ def test_https_verifies_the_hub_with_the_ca_given(hub: Hub, tmp_path: Path) -> N
             ),
         )
         assert "certificate does not verify" in str(err) and fake.sleeps == []
+
+
+def test_the_hub_api_serves_what_the_downloader_fetches_and_resumes(
+    signed_package: tuple[Path, SigningKey], tmp_path: Path
+) -> None:
+    """The hub's own routes today (manifest, signature, and the artifact with Range; its
+    /files route is not there yet): the bytes match, and a .part resumes with a 206."""
+    root, _key = signed_package
+    pkg = load_package(root)
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        store.register_model(
+            pkg.manifest, str(root), time.time(), manifest_bytes=pkg.manifest_bytes
+        )
+        config = ApiConfig(read_token=HUB_TOKEN, admin_token=HUB_TOKEN[::-1])
+        with live_server(create_app(store, config)) as api:
+            base = f"{api.base_url}/v1/models/{pkg.manifest.name}/{pkg.manifest.version}"
+            auth = {"Authorization": f"Bearer {HUB_TOKEN}"}
+            sha = hashlib.sha256(pkg.manifest_bytes).hexdigest()
+            download_file(
+                base, tmp_path / MANIFEST_FILE, max_bytes=1 << 20, sha256=sha, headers=auth
+            )
+            assert (tmp_path / MANIFEST_FILE).read_bytes() == pkg.manifest_bytes
+            download_file(
+                f"{base}/signature", tmp_path / SIGNATURE_FILE, max_bytes=4096, headers=auth
+            )
+            assert (tmp_path / SIGNATURE_FILE).read_bytes() == (root / SIGNATURE_FILE).read_bytes()
+            model = (root / MODEL_FILE).read_bytes()
+            half = len(model) // 2
+            (tmp_path / (MODEL_FILE + PART_SUFFIX)).write_bytes(model[:half])
+            got = download_file(
+                f"{base}/artifact",
+                tmp_path / MODEL_FILE,
+                max_bytes=len(model),
+                expected_size=len(model),
+                sha256=pkg.manifest.model.sha256,
+                headers=auth,
+            )
+            assert got.resumes == 1 and got.bytes_fetched == len(model) - half
+            assert (tmp_path / MODEL_FILE).read_bytes() == model
+            err = _fails(
+                DownloadReason.DOWNLOAD_FAILED,
+                lambda: download_file(
+                    base, tmp_path / "x", max_bytes=1 << 20, headers={"Authorization": "Bearer no"}
+                ),
+            )
+            assert err.status == 401
+    finally:
+        store.close()
