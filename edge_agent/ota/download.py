@@ -336,6 +336,7 @@ def _attempt(
 ) -> None:
     """One request: append to ``.part`` until the body ends, or raise DownloadError."""
     conn = _connect(url, policy, tls)
+    resp: http.client.HTTPResponse | None = None
     try:
         asked = t.have
         sent = {**headers, "Accept-Encoding": "identity"}
@@ -399,6 +400,10 @@ def _attempt(
             fh.flush()
             os.fsync(fh.fileno())
     finally:
+        # A response that will close owns the socket: closing the connection alone
+        # would leave its file descriptor open.
+        if resp is not None:
+            resp.close()
         conn.close()
 
 

@@ -5,6 +5,7 @@ a cut midway, Range ignored, stalls, error statuses, oversized bodies."""
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import random
@@ -12,6 +13,7 @@ import shutil
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -248,6 +250,17 @@ def hub(signed_package: tuple[Path, SigningKey]) -> Iterator[Hub]:
             files[f"{base}/files/{MODEL_FILE}"],
             FakeTime(),
         )
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sockets() -> Iterator[None]:
+    """A failed download must not leave a socket open: the agent downloads for months."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        yield
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks
 
 
 def _fails(reason: DownloadReason, call: Callable[[], object]) -> DownloadError:
