@@ -246,10 +246,14 @@ class _Transfer:
         self.part = _part_path(dest)
         self.limit = limit
         self.expected_size = expected_size
-        self.have, self.hasher = _hash_prefix(self.part)
-        if self.have > limit or (expected_size is not None and self.have >= expected_size):
+        try:
+            size = self.part.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size > limit or (expected_size is not None and size >= expected_size):
             # Not a prefix of what we want (or complete but never checked): start over.
-            self.restart()
+            self.part.unlink()
+        self.have, self.hasher = _hash_prefix(self.part)
         self.fetched = 0
         self.resumes = 0
 

@@ -555,3 +555,17 @@ def test_the_hub_api_serves_what_the_downloader_fetches_and_resumes(
             assert err.status == 401
     finally:
         store.close()
+
+
+def test_a_part_as_long_as_the_file_is_fetched_again_not_trusted(hub: Hub, tmp_path: Path) -> None:
+    """A crash between the last write and the rename leaves a full-length .part: it is
+    not taken as the file (it was never checked); the download starts over."""
+    (tmp_path / (MODEL_FILE + PART_SUFFIX)).write_bytes(bytes(len(hub.model)))
+    got = hub.download(
+        tmp_path / MODEL_FILE,
+        expected_size=len(hub.model),
+        sha256=hashlib.sha256(hub.model).hexdigest(),
+    )
+    assert hub.server.requests == [(hub.model_path, None, 200)]
+    assert got.bytes_fetched == len(hub.model) and got.resumes == 0
+    assert (tmp_path / MODEL_FILE).read_bytes() == hub.model
