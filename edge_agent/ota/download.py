@@ -33,7 +33,8 @@ Rules:
   more than one 64 KiB chunk in memory.
 - What stays on disk after a failure: the ``.part`` of a file whose retries
   ran out (a later call resumes it); nothing for a failure that a resume would
-  not fix (too large, sha256 mismatch, 416, another refusal, a full disk).
+  not fix (too large, sha256 mismatch, 416, another refusal, a full disk, a
+  TLS certificate that does not verify).
 - Staging leftovers: :func:`fetch_package` empties the staging directory at
   start, except the ``.part`` files of the same target (the same manifest
   sha256, recorded in ``.target`` while a fetch is under way and removed when
@@ -460,7 +461,10 @@ def download_file(
     """
     policy = policy or DownloadPolicy()
     pacing = pacing or Pacing()
-    target = _split(url)
+    try:
+        target = _split(url)
+    except ValueError as exc:
+        raise DownloadError(DownloadReason.DOWNLOAD_FAILED, str(exc), url=url) from None
     limit = max_bytes if expected_size is None else min(max_bytes, expected_size)
     t = _Transfer(url, dest, limit, expected_size)
     if expected_size is not None and expected_size > max_bytes:

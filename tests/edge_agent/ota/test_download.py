@@ -486,6 +486,11 @@ def test_a_refused_connection_is_retried_then_fails(tmp_path: Path) -> None:
     )
     assert "connection failed" in str(err) and err.status is None
     assert len(fake.sleeps) == 1 and not (tmp_path / "x").exists()
+    err = _fails(
+        DownloadReason.DOWNLOAD_FAILED,
+        lambda: download_file("ftp://127.0.0.1/m", tmp_path / "x", max_bytes=100),
+    )
+    assert "must be an absolute http:// or https:// URL" in str(err)
 
 
 def test_https_verifies_the_hub_with_the_ca_given(hub: Hub, tmp_path: Path) -> None:
