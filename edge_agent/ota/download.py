@@ -42,10 +42,11 @@ Rules:
 - Credentials: ``headers`` (e.g. ``Authorization``) are sent and never logged
   nor put in an error message. Redirects are not followed (a 3xx fails).
 
-Every failure is a :class:`DownloadError` with a :class:`DownloadReason`; the
-values match the OTA reason codes on the wire (``download_failed``,
-``download_timeout``, ``too_large``, ``no_space``) and the package check's
-(``sha256_mismatch``, ``size_mismatch``, ``malformed_manifest``).
+Every failure is a :class:`DownloadError` whose ``reason`` is a
+:class:`shared.reasons.OtaReason` (``download_failed``, ``download_timeout``,
+``too_large``, ``no_space``) or, when the bytes are not the package the desired
+message names, a :class:`shared.reasons.RejectReason` (``sha256_mismatch``,
+``size_mismatch``, ``malformed_manifest``).
 
 Not yet: the agent does not call this (the OTA state machine will), and the
 hub does not serve ``/files/{path}`` yet.
@@ -66,13 +67,14 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, Final, NamedTuple, Protocol
 
 from shared.backoff import Backoff
 from shared.errors import ManifestError
 from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest, parse_manifest
+from shared.ota import Reason
+from shared.reasons import OtaReason, RejectReason
 from shared.signing import MAX_SIGNATURE_FILE_BYTES
 
 __all__ = [
@@ -80,7 +82,6 @@ __all__ = [
     "TARGET_FILE",
     "DownloadError",
     "DownloadPolicy",
-    "DownloadReason",
     "DownloadResult",
     "FetchedPackage",
     "Pacing",
@@ -98,32 +99,13 @@ _RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
-class DownloadReason(StrEnum):
-    """Why a download failed; values shared with the OTA reason codes."""
-
-    DOWNLOAD_FAILED = "download_failed"
-    """Connection refused or cut, or an HTTP status other than success (see ``status``)."""
-    DOWNLOAD_TIMEOUT = "download_timeout"
-    """Connecting or reading took longer than its timeout, or the file its deadline."""
-    TOO_LARGE = "too_large"
-    """The file (declared or streamed), or the package, is beyond its size limit."""
-    NO_SPACE = "no_space"
-    """The disk cannot hold the package (free space checked before, or ENOSPC while writing)."""
-    SHA256_MISMATCH = "sha256_mismatch"
-    """The bytes fetched do not have the expected sha256."""
-    SIZE_MISMATCH = "size_mismatch"
-    """The server says the file is smaller than expected."""
-    MALFORMED_MANIFEST = "malformed_manifest"
-    """The manifest (of the expected sha256) does not validate, or lists no files."""
-
-
 class DownloadError(Exception):
     """A download that failed: ``reason``, the ``url`` (no credentials), the HTTP
     ``status`` when a response said so, and whether trying again may help."""
 
     def __init__(
         self,
-        reason: DownloadReason,
+        reason: Reason,
         message: str,
         *,
         url: str,
@@ -264,7 +246,7 @@ class _Transfer:
 
     def fail(
         self,
-        reason: DownloadReason,
+        reason: Reason,
         message: str,
         status: int | None = None,
         retryable: bool = False,
@@ -281,12 +263,12 @@ class _Transfer:
             return
         if total > self.limit:
             raise self.fail(
-                DownloadReason.TOO_LARGE,
+                OtaReason.TOO_LARGE,
                 f"the server declares {total} bytes, over the limit of {self.limit}",
             )
         if self.expected_size is not None and total != self.expected_size:
             raise self.fail(
-                DownloadReason.SIZE_MISMATCH,
+                RejectReason.SIZE_MISMATCH,
                 f"the server declares {total} bytes where the manifest says "
                 f"{self.expected_size}: is the hub serving another file under this name?",
             )
@@ -294,7 +276,7 @@ class _Transfer:
     def write(self, fh: BinaryIO, chunk: bytes) -> None:
         if self.have + len(chunk) > self.limit:
             raise self.fail(
-                DownloadReason.TOO_LARGE,
+                OtaReason.TOO_LARGE,
                 f"the server sent more than the limit of {self.limit} bytes; stopped there",
             )
         fh.write(chunk)
@@ -355,7 +337,7 @@ def _attempt(
             if start_total is None or start_total[0] != asked:
                 t.restart()
                 raise t.fail(
-                    DownloadReason.DOWNLOAD_FAILED,
+                    OtaReason.DOWNLOAD_FAILED,
                     f"asked for bytes from {asked}, the answer's Content-Range is "
                     f"{resp.getheader('Content-Range')!r}; starting over",
                     status,
@@ -371,14 +353,14 @@ def _attempt(
             t.check_total(int(length) if length and length.isdigit() else None)
         elif status == 416:
             raise t.fail(
-                DownloadReason.DOWNLOAD_FAILED,
+                OtaReason.DOWNLOAD_FAILED,
                 f"HTTP 416: the server has no byte {asked} of this file (its Content-Range: "
                 f"{resp.getheader('Content-Range')!r}); the partial file was removed",
                 status,
             )
         else:
             raise t.fail(
-                DownloadReason.DOWNLOAD_FAILED,
+                OtaReason.DOWNLOAD_FAILED,
                 f"HTTP {status} {resp.reason}"
                 + (
                     ": check the device's credential"
@@ -397,7 +379,7 @@ def _attempt(
                 t.write(fh, chunk)
                 if clock() > deadline:
                     raise t.fail(
-                        DownloadReason.DOWNLOAD_TIMEOUT,
+                        OtaReason.DOWNLOAD_TIMEOUT,
                         f"still downloading at byte {t.have} when the {policy.deadline_s} s "
                         "deadline passed",
                         retryable=True,
@@ -417,24 +399,24 @@ def _classify(t: _Transfer, exc: Exception) -> DownloadError:
     a full disk and a certificate that does not verify (asking again would not help)."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return t.fail(
-            DownloadReason.NO_SPACE,
+            OtaReason.NO_SPACE,
             f"the disk is full writing {t.part} ({exc.strerror}): free space, then retry",
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
         return t.fail(
-            DownloadReason.DOWNLOAD_FAILED,
+            OtaReason.DOWNLOAD_FAILED,
             f"the server's TLS certificate does not verify ({exc.verify_message}): check the "
             "hub URL and the CA the agent trusts",
         )
     if isinstance(exc, TimeoutError):
         return t.fail(
-            DownloadReason.DOWNLOAD_TIMEOUT,
+            OtaReason.DOWNLOAD_TIMEOUT,
             f"timed out at byte {t.have} ({exc or 'no answer'})",
             retryable=True,
         )
     what = type(exc).__name__
     return t.fail(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         f"connection failed at byte {t.have} ({what}: {exc})",
         retryable=True,
     )
@@ -464,13 +446,11 @@ def download_file(
     try:
         target = _split(url)
     except ValueError as exc:
-        raise DownloadError(DownloadReason.DOWNLOAD_FAILED, str(exc), url=url) from None
+        raise DownloadError(OtaReason.DOWNLOAD_FAILED, str(exc), url=url) from None
     limit = max_bytes if expected_size is None else min(max_bytes, expected_size)
     t = _Transfer(url, dest, limit, expected_size)
     if expected_size is not None and expected_size > max_bytes:
-        raise t.fail(
-            DownloadReason.TOO_LARGE, f"{expected_size} bytes is over the limit of {max_bytes}"
-        )
+        raise t.fail(OtaReason.TOO_LARGE, f"{expected_size} bytes is over the limit of {max_bytes}")
     backoff = Backoff(policy.backoff_min_s, policy.backoff_max_s, pacing.rng)
     deadline = pacing.clock() + policy.deadline_s
     attempt = 0
@@ -494,7 +474,7 @@ def download_file(
             if expected_size is None or t.have == expected_size:
                 break
             error = t.fail(
-                DownloadReason.DOWNLOAD_FAILED,
+                OtaReason.DOWNLOAD_FAILED,
                 f"the body ended at byte {t.have} of {expected_size}",
                 retryable=True,
             )
@@ -514,7 +494,7 @@ def download_file(
     digest = t.hasher.hexdigest()
     if sha256 is not None and digest != sha256:
         raise t.fail(
-            DownloadReason.SHA256_MISMATCH,
+            RejectReason.SHA256_MISMATCH,
             f"the {t.have} bytes have sha256 {digest[:16]}..., expected {sha256[:16]}...; "
             "the partial file was removed",
         )
@@ -597,11 +577,11 @@ def fetch_package(
         if not manifest.files:
             raise ManifestError(f"{mpath} lists no files: the hub must serve a rebuilt package")
     except ManifestError as exc:
-        raise DownloadError(DownloadReason.MALFORMED_MANIFEST, str(exc), url=base) from None
+        raise DownloadError(RejectReason.MALFORMED_MANIFEST, str(exc), url=base) from None
     total = sum(f.size for f in manifest.files)
     if total > size_limit:
         raise DownloadError(
-            DownloadReason.TOO_LARGE,
+            OtaReason.TOO_LARGE,
             f"{base}: the package's files total {total} bytes, over the size limit of "
             f"{size_limit} the desired message allows",
             url=base,
@@ -614,7 +594,7 @@ def fetch_package(
     free = disk_usage(staging_dir).free
     if free < total - waiting + space_margin_bytes:
         raise DownloadError(
-            DownloadReason.NO_SPACE,
+            OtaReason.NO_SPACE,
             f"{base}: {staging_dir} has {free} bytes free; the package needs "
             f"{total - waiting} more plus a margin of {space_margin_bytes}: free space",
             url=base,

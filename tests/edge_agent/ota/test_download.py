@@ -31,7 +31,6 @@ from edge_agent.ota.download import (
     TARGET_FILE,
     DownloadError,
     DownloadPolicy,
-    DownloadReason,
     DownloadResult,
     FetchedPackage,
     Pacing,
@@ -39,7 +38,9 @@ from edge_agent.ota.download import (
     fetch_package,
 )
 from shared.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, load_package
+from shared.ota import Reason
 from shared.package_verify import verify_package
+from shared.reasons import OtaReason, RejectReason
 from shared.signing import SigningKey
 from tests.cloud_hub.api.server import live_server
 from tests.conftest import ModelPaths
@@ -263,7 +264,7 @@ def no_leaked_sockets() -> Iterator[None]:
     assert not leaks
 
 
-def _fails(reason: DownloadReason, call: Callable[[], object]) -> DownloadError:
+def _fails(reason: Reason, call: Callable[[], object]) -> DownloadError:
     with pytest.raises(DownloadError) as info:
         call()
     assert info.value.reason == reason, str(info.value)
@@ -323,7 +324,7 @@ def test_an_agent_restarted_mid_download_resumes_its_part_file(hub: Hub, tmp_pat
     hub.server.faults.cut_once[hub.model_path] = third
     staging = tmp_path / "staging"
     err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         lambda: hub.fetch(staging, policy=DownloadPolicy(attempts=1)),
     )
     assert "gave up after 1 attempt" in str(err)
@@ -352,7 +353,7 @@ def test_leftovers_of_another_target_are_cleaned_at_start(hub: Hub, tmp_path: Pa
 def test_manifest_sha256_mismatch_is_refused_before_anything_else(hub: Hub, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     _fails(
-        DownloadReason.SHA256_MISMATCH,
+        RejectReason.SHA256_MISMATCH,
         lambda: hub.fetch(staging, expected_manifest_sha256="0" * 64),
     )
     assert hub.server.paths() == [hub.manifest_url.removeprefix(hub.server.url(""))]
@@ -362,7 +363,7 @@ def test_manifest_sha256_mismatch_is_refused_before_anything_else(hub: Hub, tmp_
 
 def test_a_package_over_the_size_limit_is_refused_before_any_file(hub: Hub, tmp_path: Path) -> None:
     err = _fails(
-        DownloadReason.TOO_LARGE, lambda: hub.fetch(tmp_path / "s", size_limit=len(hub.model) - 1)
+        OtaReason.TOO_LARGE, lambda: hub.fetch(tmp_path / "s", size_limit=len(hub.model) - 1)
     )
     assert "size limit" in str(err)
     assert hub.model_path not in hub.server.paths()
@@ -370,12 +371,12 @@ def test_a_package_over_the_size_limit_is_refused_before_any_file(hub: Hub, tmp_
 
 def test_a_file_declared_or_streamed_beyond_its_limit_stops(hub: Hub, tmp_path: Path) -> None:
     dest = tmp_path / MODEL_FILE
-    err = _fails(DownloadReason.TOO_LARGE, lambda: hub.download(dest, max_bytes=1000))
+    err = _fails(OtaReason.TOO_LARGE, lambda: hub.download(dest, max_bytes=1000))
     assert f"declares {len(hub.model)} bytes" in str(err)
     # No Content-Length: stopped once the bytes pass the manifest's size.
     hub.server.faults.unsized_body[hub.model_path] = hub.model + b"\0" * 100_000
     err = _fails(
-        DownloadReason.TOO_LARGE,
+        OtaReason.TOO_LARGE,
         lambda: hub.download(dest, max_bytes=10 << 20, expected_size=len(hub.model)),
     )
     assert "sent more than" in str(err)
@@ -390,7 +391,7 @@ def test_not_enough_free_space_is_refused_before_any_file(hub: Hub, tmp_path: Pa
         free: int
 
     err = _fails(
-        DownloadReason.NO_SPACE,
+        OtaReason.NO_SPACE,
         lambda: hub.fetch(tmp_path / "s", disk_usage=lambda _p: Usage(1 << 30, 1 << 30, 4096)),
     )
     assert "4096 bytes free" in str(err)
@@ -405,18 +406,18 @@ def test_a_full_disk_while_writing_is_no_space_and_leaves_nothing(
 
     monkeypatch.setattr("edge_agent.ota.download.os.fsync", full)  # the fault: a full disk
     dest = tmp_path / MODEL_FILE
-    err = _fails(DownloadReason.NO_SPACE, lambda: hub.download(dest))
+    err = _fails(OtaReason.NO_SPACE, lambda: hub.download(dest))
     assert "disk is full" in str(err) and hub.time.sleeps == []
     assert not dest.exists() and not (tmp_path / (MODEL_FILE + PART_SUFFIX)).exists()
 
 
 def test_404_and_401_fail_at_once_with_the_status(hub: Hub, tmp_path: Path) -> None:
     hub.server.faults.status[hub.model_path] = 404
-    err = _fails(DownloadReason.DOWNLOAD_FAILED, lambda: hub.fetch(tmp_path / "a"))
+    err = _fails(OtaReason.DOWNLOAD_FAILED, lambda: hub.fetch(tmp_path / "a"))
     assert err.status == 404 and "HTTP 404" in str(err)
     assert hub.server.paths().count(hub.model_path) == 1
     err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         lambda: hub.fetch(tmp_path / "b", headers={"Authorization": "Bearer wrong"}),
     )
     assert err.status == 401 and "credential" in str(err)
@@ -427,7 +428,7 @@ def test_404_and_401_fail_at_once_with_the_status(hub: Hub, tmp_path: Path) -> N
 def test_a_stalled_server_times_out_after_the_retries(hub: Hub, tmp_path: Path) -> None:
     hub.server.faults.stall_s[hub.model_path] = 10.0
     policy = DownloadPolicy(connect_timeout_s=2, read_timeout_s=0.2, attempts=2)
-    _fails(DownloadReason.DOWNLOAD_TIMEOUT, lambda: hub.fetch(tmp_path / "s", policy=policy))
+    _fails(OtaReason.DOWNLOAD_TIMEOUT, lambda: hub.fetch(tmp_path / "s", policy=policy))
     assert hub.server.paths().count(hub.model_path) == 2
     assert len(hub.time.sleeps) == 1
 
@@ -438,7 +439,7 @@ def test_retries_are_bounded_in_count_and_in_time(
     hub.server.faults.status[hub.model_path] = 503
     dest = tmp_path / MODEL_FILE
     policy = DownloadPolicy(attempts=4, backoff_min_s=1, backoff_max_s=8)
-    err = _fails(DownloadReason.DOWNLOAD_FAILED, lambda: hub.download(dest, policy=policy))
+    err = _fails(OtaReason.DOWNLOAD_FAILED, lambda: hub.download(dest, policy=policy))
     assert err.status == 503 and "gave up after 4 attempt(s)" in str(err)
     assert len(hub.time.sleeps) == 3
     assert all(1 <= s <= min(8, 2**i) for i, s in enumerate(hub.time.sleeps))
@@ -448,7 +449,7 @@ def test_retries_are_bounded_in_count_and_in_time(
     timed = FakeTime()
     policy = DownloadPolicy(attempts=100, backoff_min_s=5, backoff_max_s=5, deadline_s=12)
     _fails(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         lambda: hub.download(dest, timed.pacing(), policy=policy),
     )
     assert len(hub.server.requests) - before == 3 and timed.sleeps == [5, 5]
@@ -457,7 +458,7 @@ def test_retries_are_bounded_in_count_and_in_time(
 def test_a_corrupt_file_is_a_sha256_mismatch_and_leaves_nothing(hub: Hub, tmp_path: Path) -> None:
     hub.server.files[hub.model_path] = bytes(len(hub.model))
     staging = tmp_path / "staging"
-    _fails(DownloadReason.SHA256_MISMATCH, lambda: hub.fetch(staging))
+    _fails(RejectReason.SHA256_MISMATCH, lambda: hub.fetch(staging))
     assert not (staging / MODEL_FILE).exists()
     assert not (staging / (MODEL_FILE + PART_SUFFIX)).exists()
 
@@ -465,7 +466,7 @@ def test_a_corrupt_file_is_a_sha256_mismatch_and_leaves_nothing(hub: Hub, tmp_pa
 def test_a_part_longer_than_the_server_has_is_a_416(hub: Hub, tmp_path: Path) -> None:
     dest = tmp_path / MODEL_FILE
     (tmp_path / (MODEL_FILE + PART_SUFFIX)).write_bytes(hub.model + b"extra")
-    err = _fails(DownloadReason.DOWNLOAD_FAILED, lambda: hub.download(dest))
+    err = _fails(OtaReason.DOWNLOAD_FAILED, lambda: hub.download(dest))
     assert err.status == 416 and "416" in str(err)
     assert not (tmp_path / (MODEL_FILE + PART_SUFFIX)).exists()
 
@@ -475,7 +476,7 @@ def test_a_refused_connection_is_retried_then_fails(tmp_path: Path) -> None:
         url = server.url("/v1/models/m/1.0.0")
     fake = FakeTime()
     err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         lambda: download_file(
             url,
             tmp_path / "x",
@@ -487,7 +488,7 @@ def test_a_refused_connection_is_retried_then_fails(tmp_path: Path) -> None:
     assert "connection failed" in str(err) and err.status is None
     assert len(fake.sleeps) == 1 and not (tmp_path / "x").exists()
     err = _fails(
-        DownloadReason.DOWNLOAD_FAILED,
+        OtaReason.DOWNLOAD_FAILED,
         lambda: download_file("ftp://127.0.0.1/m", tmp_path / "x", max_bytes=100),
     )
     assert "must be an absolute http:// or https:// URL" in str(err)
@@ -505,7 +506,7 @@ def test_https_verifies_the_hub_with_the_ca_given(hub: Hub, tmp_path: Path) -> N
         assert (tmp_path / "a").read_bytes() == hub.model and got.attempts == 1
         fake = FakeTime()
         err = _fails(  # the system's CAs do not know the hub's
-            DownloadReason.DOWNLOAD_FAILED,
+            OtaReason.DOWNLOAD_FAILED,
             lambda: download_file(
                 url, tmp_path / "b", max_bytes=1 << 20, headers=AUTH, pacing=fake.pacing()
             ),
@@ -552,7 +553,7 @@ def test_the_hub_api_serves_what_the_downloader_fetches_and_resumes(
             assert got.resumes == 1 and got.bytes_fetched == len(model) - half
             assert (tmp_path / MODEL_FILE).read_bytes() == model
             err = _fails(
-                DownloadReason.DOWNLOAD_FAILED,
+                OtaReason.DOWNLOAD_FAILED,
                 lambda: download_file(
                     base, tmp_path / "x", max_bytes=1 << 20, headers={"Authorization": "Bearer no"}
                 ),
