@@ -48,8 +48,7 @@ Every failure is a :class:`DownloadError` whose ``reason`` is a
 message names, a :class:`shared.reasons.RejectReason` (``sha256_mismatch``,
 ``size_mismatch``, ``malformed_manifest``).
 
-Not yet: the agent does not call this (the OTA state machine will), and the
-hub does not serve ``/files/{path}`` yet.
+Not yet: the agent does not call this (the OTA state machine will).
 """
 
 from __future__ import annotations

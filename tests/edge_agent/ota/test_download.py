@@ -514,12 +514,12 @@ def test_https_verifies_the_hub_with_the_ca_given(hub: Hub, tmp_path: Path) -> N
         assert "certificate does not verify" in str(err) and fake.sleeps == []
 
 
-def test_the_hub_api_serves_what_the_downloader_fetches_and_resumes(
+def test_a_package_from_the_hub_api_is_staged_resumed_and_verifies(
     signed_package: tuple[Path, SigningKey], tmp_path: Path
 ) -> None:
-    """The hub's own routes today (manifest, signature, and the artifact with Range; its
-    /files route is not there yet): the bytes match, and a .part resumes with a 206."""
-    root, _key = signed_package
+    """The hub's own routes (manifest, signature, /files/{path} with Range) under uvicorn:
+    an agent restarted with half of model.onnx in its .part resumes it with a 206."""
+    root, key = signed_package
     pkg = load_package(root)
     store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     try:
@@ -528,34 +528,31 @@ def test_the_hub_api_serves_what_the_downloader_fetches_and_resumes(
         )
         config = ApiConfig(read_token=HUB_TOKEN, admin_token=HUB_TOKEN[::-1])
         with live_server(create_app(store, config)) as api:
-            base = f"{api.base_url}/v1/models/{pkg.manifest.name}/{pkg.manifest.version}"
-            auth = {"Authorization": f"Bearer {HUB_TOKEN}"}
+            url = f"{api.base_url}/v1/models/{pkg.manifest.name}/{pkg.manifest.version}"
             sha = hashlib.sha256(pkg.manifest_bytes).hexdigest()
-            download_file(
-                base, tmp_path / MANIFEST_FILE, max_bytes=1 << 20, sha256=sha, headers=auth
-            )
-            assert (tmp_path / MANIFEST_FILE).read_bytes() == pkg.manifest_bytes
-            download_file(
-                f"{base}/signature", tmp_path / SIGNATURE_FILE, max_bytes=4096, headers=auth
-            )
-            assert (tmp_path / SIGNATURE_FILE).read_bytes() == (root / SIGNATURE_FILE).read_bytes()
+            staging = tmp_path / "staging"
+            staging.mkdir()
+            (staging / TARGET_FILE).write_text(sha + "\n")
             model = (root / MODEL_FILE).read_bytes()
             half = len(model) // 2
-            (tmp_path / (MODEL_FILE + PART_SUFFIX)).write_bytes(model[:half])
-            got = download_file(
-                f"{base}/artifact",
-                tmp_path / MODEL_FILE,
-                max_bytes=len(model),
-                expected_size=len(model),
-                sha256=pkg.manifest.model.sha256,
-                headers=auth,
+            (staging / (MODEL_FILE + PART_SUFFIX)).write_bytes(model[:half])
+            auth = {"Authorization": f"Bearer {HUB_TOKEN}"}
+            got = fetch_package(
+                url, staging, expected_manifest_sha256=sha, size_limit=1 << 30, headers=auth
             )
-            assert got.resumes == 1 and got.bytes_fetched == len(model) - half
-            assert (tmp_path / MODEL_FILE).read_bytes() == model
+            assert got.resumes == 1
+            assert got.bytes_fetched == (
+                len(pkg.manifest_bytes) + (root / SIGNATURE_FILE).stat().st_size + len(model) - half
+            )
+            assert verify_package(staging, [key.public]).ok
             err = _fails(
                 OtaReason.DOWNLOAD_FAILED,
-                lambda: download_file(
-                    base, tmp_path / "x", max_bytes=1 << 20, headers={"Authorization": "Bearer no"}
+                lambda: fetch_package(
+                    url,
+                    tmp_path / "other",
+                    expected_manifest_sha256=sha,
+                    size_limit=1 << 30,
+                    headers={"Authorization": "Bearer not-the-token"},
                 ),
             )
             assert err.status == 401
