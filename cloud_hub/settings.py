@@ -28,6 +28,7 @@ from shared.messages import DEFAULT_LIMITS
 from shared.options import (
     Option,
     OptionTable,
+    boolean,
     broker_options,
     choice,
     non_negative_float,
@@ -62,15 +63,6 @@ def _tls_port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number 1-65535, or 0 for no TLS listener")
     return value
-
-
-def _bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
 
 
 def _root(text: str) -> str:
@@ -146,7 +138,7 @@ OPTIONS: Final = OptionTable(
         Option("root", _root, DEFAULT_ROOT, "MQTT topic root", "ROOT"),
         Option(
             "http_tls",
-            _bool,
+            boolean,
             False,
             "serve the HTTP API over HTTPS with --tls-cert and --tls-key",
             "BOOL",
@@ -169,7 +161,7 @@ OPTIONS: Final = OptionTable(
             "TOKEN",
             secret=True,
         ),
-        Option("insecure_dev", _bool, False, "serve without tokens (development only)", "BOOL"),
+        Option("insecure_dev", boolean, False, "serve without tokens (development only)", "BOOL"),
         Option(
             "predict_max_body_bytes",
             positive_int,

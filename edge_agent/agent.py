@@ -14,7 +14,7 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from edge_agent.actuators import ActionResult, Actuator
 from edge_agent.batcher import Batch, Batcher
 from edge_agent.engine import EdgeModel
 from edge_agent.epoch import next_epoch
+from edge_agent.ota.checks import ModelFigures, input_columns
+from edge_agent.ota.machine import Target
 from edge_agent.outbox import Outbox
 from edge_agent.reading import ReadingPath
 from edge_agent.replay_identity import identity_for
@@ -31,7 +33,7 @@ from edge_agent.sources.base import Source
 from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
 from shared import __version__
-from shared.baseline import Baseline
+from shared.baseline import Baseline, BaselineError
 from shared.errors import ContractError
 from shared.messages import (
     DEFAULT_LIMITS,
@@ -39,12 +41,17 @@ from shared.messages import (
     Desired,
     Event,
     Health,
+    Ota,
     Status,
     Telemetry,
     decode,
     encode,
 )
+from shared.ota import OtaTransition
 from shared.topics import HUB_TO_EDGE, Kind, Topics
+
+if TYPE_CHECKING:
+    from edge_agent.ota.runner import OtaConfig, OtaRunner
 
 __all__ = ["EXIT_NEVER_CONNECTED", "EXIT_NO_READINGS", "Agent"]
 
@@ -76,6 +83,8 @@ class Agent:
         actuators: list[Actuator],
         baseline: Baseline | None = None,
     ) -> None:
+        self.ota: OtaRunner | None = None
+        """Over-the-air updates (:mod:`edge_agent.ota.runner`), once :meth:`enable_ota` ran."""
         self.settings = settings
         self.device = settings.device
         self.model = model
@@ -84,6 +93,12 @@ class Agent:
         self.topics = Topics(settings.root)
         manifest = model.manifest
         self.path = ReadingPath(model, baseline)
+        self.source_sensors = manifest.input.sensor_names
+        """The sensors the source delivers, in its order (those of the model it started with)."""
+        self._columns: tuple[int, ...] | None = None
+        """Where the running model's sensors are in the source's readings (None: in order)."""
+        self._model_readings = 0
+        self._model_events = 0
         self.baseline = baseline
         self.features = self.path.features
         self.inputs = self.path.inputs
@@ -119,6 +134,7 @@ class Agent:
         self.readings = 0
         self.events = 0
         self.desired: Desired | None = None
+        self.desired_logged: tuple[str, str] | None = None
         self._started = time.monotonic()
         self._draining = threading.Event()
         self._drain_deadline = math.inf
@@ -141,6 +157,13 @@ class Agent:
         self.drain_by: float | None = None
         """A monotonic time by which draining at shutdown ends, even before
         ``--shutdown-timeout-s`` (``edgeloop-sim replay --timeout-s``); None: no such bound."""
+
+    def enable_ota(self, config: OtaConfig) -> None:
+        """Act on the hub's desired model (before :meth:`run`): :mod:`edge_agent.ota.runner`."""
+        from edge_agent.ota.runner import OtaRunner  # noqa: PLC0415 - only with --ota
+        from edge_agent.ota.slots import ModelSlots  # noqa: PLC0415
+
+        self.ota = OtaRunner(config, ModelSlots(self.settings.state_dir), self.model, self)
 
     @property
     def link(self) -> MqttLink | None:
@@ -172,7 +195,7 @@ class Agent:
                 batch.ts,
                 batch.features,
                 batch.scores,
-                self.model.manifest.name,
+                batch.model_name,
             )
         )
 
@@ -180,13 +203,14 @@ class Agent:
         self.events += 1
         action = ",".join(r.name for r in results) or "none"
         detail = "; ".join(f"{r.name}: {r.detail}" for r in results)
+        version = self.model.version  # now: the link thread builds the message later
         self.outbox.emit(
             lambda seq: Event(
                 self.device,
                 self.epoch,
                 seq,
                 ts,
-                self.model.version,
+                version,
                 decision.rule,
                 min(max(decision.score, 0.0), 1.0),
                 decision.sensor,
@@ -205,20 +229,139 @@ class Agent:
 
         The hot path. Every decision gets the actuators' actions and an event of
         its own, the most severe first; returns the decisions (usually none).
+        Before it, the OTA runner takes its events (a switch happens here,
+        between two readings); during a trial, :meth:`_trial_step` scores.
         """
+        ota = self.ota
+        if ota is not None:
+            ota.poll(self.path.rule.episode_on)
+            if ota.in_trial:
+                return self._record(ts, *self._trial_step(values))
+        if self._columns is not None:
+            values = values[list(self._columns)]
         t0 = time.perf_counter_ns()
         feats, scores, decisions = self.path.step(values)  # see edge_agent.reading
         self.latency.add((time.perf_counter_ns() - t0) / 1000.0)
+        return self._record(ts, feats, scores, decisions)
+
+    def _record(
+        self, ts: float, feats: np.ndarray, scores: np.ndarray, decisions: tuple[Decision, ...]
+    ) -> tuple[Decision, ...]:
+        """Act on a scored reading's decisions and queue it in the batch of its model."""
         for decision in decisions:
             results = [a.act(self.device, decision) for a in self.actuators]
             self._emit_event(ts, decision, results)
-        sealed, started = self.batcher.add(ts, feats, scores, self.model.version)
+        model = self.model
+        sealed, started = self.batcher.add(ts, feats, scores, model.version, model.manifest.name)
         if sealed is not None:
             self._emit_batch(sealed)
         elif started and self._link_wakes_at > time.monotonic() + self.batcher.max_delay_s:
             self.wake.set()  # the link thread must learn the new batch's deadline
         self.readings += 1
+        self._model_readings += 1
+        self._model_events += len(decisions)
         return decisions
+
+    def _trial_step(
+        self, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, tuple[Decision, ...]]:
+        """Score a reading with the model on trial and tell the OTA runner how it went.
+
+        A reading the trial model fails on (an error, a NaN or infinite score) makes
+        the runner revert at once; the previous model, back, then scores that same
+        reading, so no reading is dropped and none is scored twice into telemetry.
+        """
+        ota = self.ota
+        assert ota is not None
+        path = self.path
+        cols = self._columns
+        given = values if cols is None else values[list(cols)]
+        t0 = time.perf_counter_ns()
+        raw = feats = scores = None
+        decisions: tuple[Decision, ...] = ()
+        try:
+            raw, feats = path.features_of(given)
+            scores, decisions = path.decide(raw, feats)
+        except Exception as exc:  # the trial model failed: counted, reverted
+            log.warning("device %r: the model on trial failed to score: %r", self.device, exc)
+        latency = (time.perf_counter_ns() - t0) / 1000.0
+        self.latency.add(latency)
+        error = scores is None
+        finite = scores is not None and bool(np.isfinite(scores).all())
+        ota.trial_reading(latency, finite, error, finite and bool(decisions))
+        if finite:
+            assert feats is not None and scores is not None
+            return feats, scores, decisions
+        back = self.path
+        if back is path:  # not reverted: the trial tolerates some errors
+            raise RuntimeError("the model on trial failed and was not reverted")
+        if back.features is path.features and raw is not None and feats is not None:
+            scores, decisions = back.decide(raw, feats)  # the window has this reading already
+            return feats, scores, decisions
+        cols = self._columns
+        return back.step(values if cols is None else values[list(cols)])
+
+    # -- OTA: the reading loop, between two readings ------------------------------------------
+
+    def switch_model(self, model: EdgeModel) -> ModelFigures:
+        """Score from the next reading on with ``model``; returns the replaced model's figures.
+
+        The batch in flight is sealed first, so every telemetry batch names one model.
+        The feature window carries over when both models read the same input; the
+        baseline too, when it fits the new model.
+        """
+        figures = ModelFigures(
+            self._model_readings, self._model_events, self.latency.percentiles()[1]
+        )
+        batch = self.batcher.seal_if_due(time.monotonic(), force=True)
+        if batch is not None:
+            self._emit_batch(batch)
+        old = self.path
+        try:
+            path = ReadingPath(model, self.baseline)
+        except (BaselineError, ValueError) as exc:
+            log.warning(
+                "device %r: the baseline does not fit model %s %s (%s); it scores raw values",
+                self.device,
+                model.manifest.name,
+                model.version,
+                exc,
+            )
+            path = ReadingPath(model, None)
+        if model.manifest.input == old.model.manifest.input:
+            path.features = old.features
+        cols = input_columns(self.source_sensors, model.manifest.input.sensor_names)
+        self._columns = None if cols == tuple(range(len(self.source_sensors))) else cols
+        if (model.n_features, model.n_classes) != (self.model.n_features, self.model.n_classes):
+            self.batcher = Batcher(
+                self.settings.max_batch,
+                self.settings.max_delay_ms / 1000.0,
+                model.n_features,
+                model.n_classes,
+                recorded_time=self.replay is not None,
+            )
+        self.model, self.path = model, path
+        self.features, self.inputs, self.rule = path.features, path.inputs, path.rule
+        self._model_readings = self._model_events = 0
+        return figures
+
+    def report_ota(self, transition: OtaTransition) -> None:
+        """Send an OTA transition through the durable outbox, like an event."""
+        ts = time.time()
+        fields = transition.ota_fields()
+        self.outbox.emit(
+            lambda seq: Ota(
+                self.device,
+                self.epoch,
+                seq,
+                ts,
+                str(fields["state"]),
+                str(fields["reason"]),
+                fields["from_version"],
+                fields["to_version"],
+                str(fields["detail"]),
+            )
+        )
 
     def run(self, stop: threading.Event) -> int:
         """Run until the source ends, ``settings.readings`` are done, or ``stop`` is set."""
@@ -272,6 +415,8 @@ class Agent:
         limit = self.settings.readings
         # Everything loaded so far lives as long as the process: keep it out of
         # the collector's way so its pauses stay short on the reading path.
+        if self.ota is not None:
+            self.ota.start()
         gc.freeze()
         finished = False
         try:
@@ -283,6 +428,8 @@ class Agent:
                     self._wait_for_room(stop)
             finished = not stop.is_set()
         finally:
+            if self.ota is not None:
+                self.ota.stop()
             self._shutdown(link, link_thread, finished=finished)
         if finished and not self.readings:
             # Not the broker's fault: the run may end before a connection was even tried.
@@ -679,10 +826,20 @@ class Agent:
                     self._resend_at = None
             elif isinstance(msg, Desired):
                 self.desired = msg
-                log.info(
+                log.debug(
                     "device %r: hub wants model %s %s (running %s)",
                     self.device,
                     msg.model_name,
                     msg.model_version,
                     self.model.version,
                 )
+                if self.ota is not None:
+                    self.ota.desired(Target.from_desired(msg))  # the reading loop acts on it
+                elif self.desired_logged != (msg.model_name, msg.model_version):
+                    self.desired_logged = (msg.model_name, msg.model_version)
+                    log.info(
+                        "device %r: hub wants model %s %s; updates are off (--ota false)",
+                        self.device,
+                        msg.model_name,
+                        msg.model_version,
+                    )

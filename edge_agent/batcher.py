@@ -26,7 +26,7 @@ __all__ = ["Batch", "Batcher"]
 class Batch:
     """A sealed batch's columns (copies, safe to hand to another thread)."""
 
-    __slots__ = ("features", "model_version", "scores", "ts")
+    __slots__ = ("features", "model_name", "model_version", "scores", "ts")
 
     def __init__(
         self,
@@ -34,11 +34,13 @@ class Batch:
         features: npt.NDArray[np.float32],
         scores: npt.NDArray[np.float32],
         model_version: str,
+        model_name: str = "",
     ) -> None:
         self.ts = ts
         self.features = features
         self.scores = scores
         self.model_version = model_version
+        self.model_name = model_name
 
 
 class Batcher:
@@ -60,6 +62,7 @@ class Batcher:
         self._n = 0
         self._first_at = 0.0
         self._model_version = ""
+        self._model_name = ""
         self._lock = threading.Lock()
 
     def add(
@@ -68,19 +71,23 @@ class Batcher:
         features: npt.NDArray[np.float32],
         scores: npt.NDArray[np.float32],
         model_version: str,
+        model_name: str = "",
     ) -> tuple[Batch | None, bool]:
-        """Add a row. Returns (a sealed batch if this row filled one or the model
-        changed, whether this row started a new batch)."""
+        """Add a row scored by model ``model_name`` ``model_version``. Returns (a sealed
+        batch if this row filled one or the model changed, whether this row started a
+        new batch): every batch names exactly one model."""
         with self._lock:
             sealed = None
             if self._n and (
-                model_version != self._model_version  # one batch, one model version
+                model_version != self._model_version  # one batch, one model
+                or model_name != self._model_name
                 or (self.recorded_time and ts - self._ts[0] >= self.max_delay_s)
             ):
                 sealed = self._seal()
             if self._n == 0:
                 self._first_at = time.monotonic()
                 self._model_version = model_version
+                self._model_name = model_name
             started = self._n == 0
             i = self._n
             self._ts[i] = ts
@@ -120,4 +127,5 @@ class Batcher:
             self._features[:n].copy(),
             self._scores[:n].copy(),
             self._model_version,
+            self._model_name,
         )

@@ -24,6 +24,8 @@ from shared import __version__
 from shared.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
+    from edge_agent.engine import EdgeModel
+    from edge_agent.ota.runner import OtaConfig
     from shared.features import SensorSpec
     from simulators.machine import SimulatedMachine
 
@@ -130,11 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.cpu,
         )
     from edge_agent.agent import Agent  # noqa: PLC0415 - pulls in onnxruntime and paho
-    from edge_agent.engine import load_edge_model  # noqa: PLC0415
     from edge_agent.reading import load_baseline  # noqa: PLC0415
 
     try:
-        model = load_edge_model(settings.model, __version__)
+        model = _start_model(settings)
         baseline = None
         if settings.baseline is not None:
             baseline = load_baseline(settings.baseline, settings.device, model.manifest)
@@ -153,7 +154,70 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    return Agent(settings, model, source, actuators, baseline).run(stop)
+    agent = Agent(settings, model, source, actuators, baseline)
+    if settings.ota:
+        agent.enable_ota(ota_config(settings, model.manifest.input.sensor_names))
+    return agent.run(stop)
+
+
+def _start_model(settings: AgentSettings) -> EdgeModel:
+    """The model to start on: the last one an update committed (STATE_DIR/ota/current.json),
+    else the factory model (``--model``). A committed slot that no longer loads is logged
+    and the factory model runs."""
+    from edge_agent.engine import load_edge_model  # noqa: PLC0415
+    from edge_agent.ota.slots import ModelSlots  # noqa: PLC0415
+
+    if settings.ota:
+        slots = ModelSlots(settings.state_dir)
+        current = slots.current()
+        if current is not None:
+            path = slots.slot(current.name, current.version)
+            try:
+                return load_edge_model(path, __version__)
+            except ManifestError as exc:
+                log.error(
+                    "device %r: the committed model %s %s does not load (%s); starting on the "
+                    "factory model %s",
+                    settings.device,
+                    current.name,
+                    current.version,
+                    exc,
+                    settings.model,
+                )
+    return load_edge_model(settings.model, __version__)
+
+
+def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaConfig:
+    """The OTA runner's configuration from the agent's settings."""
+    import ssl  # noqa: PLC0415
+
+    from edge_agent.ota.machine import OtaSettings  # noqa: PLC0415
+    from edge_agent.ota.runner import OtaConfig  # noqa: PLC0415
+
+    tls = None
+    if settings.hub_url.startswith("https://"):
+        ca = settings.broker_ca_file
+        tls = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    broker = settings.broker
+    credentials = None
+    if broker.username is not None and broker.password is not None:
+        credentials = (broker.username, broker.password)
+    ota = OtaSettings(
+        switch_wait_s=settings.ota_switch_wait_s,
+        trial_readings=settings.ota_trial_readings,
+        trial_s=settings.ota_trial_s,
+        trial_deadline_s=max(600.0, 10 * settings.ota_trial_s),
+    )
+    return OtaConfig(
+        settings.hub_url,
+        settings.trusted,
+        ota,
+        settings.ota_max_bytes,
+        __version__,
+        source_sensors,
+        credentials,
+        tls,
+    )
 
 
 if __name__ == "__main__":

@@ -74,6 +74,18 @@ class ReadingPath:
         scores = self.model.score(feats)
         return feats, scores, self.rule.check(raw, scores.item(self.urgent_index))
 
+    def features_of(self, values: F64) -> tuple[F64, F32]:
+        """Steps 1-3 before the model: the checked raw values and the feature row
+        (:meth:`step` is this and :meth:`decide`, in one call on the hot path)."""
+        raw = self.inputs.check(values)
+        mapped = raw if self.map is None else self.map.apply(raw)
+        return raw, self.features.push(mapped)
+
+    def decide(self, raw: F64, feats: F32) -> tuple[F32, tuple[Decision, ...]]:
+        """The model's scores of ``feats`` and the urgent causes that start on them."""
+        scores = self.model.score(feats)
+        return scores, self.rule.check(raw, scores.item(self.urgent_index))
+
 
 def load_baseline(path: Path, device: str, manifest: ModelManifest) -> Baseline:
     """The baseline in ``path``, checked against this device and model, or a

@@ -23,6 +23,7 @@ import re
 import shlex
 import socket
 import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,6 +36,7 @@ from shared.errors import ConfigError
 from shared.options import (
     Option,
     OptionTable,
+    boolean,
     broker_options,
     choice,
     non_negative_float,
@@ -44,6 +46,7 @@ from shared.options import (
     str_list,
     unit_float,
 )
+from shared.signing import TrustedKey, load_public_key
 from shared.topics import DEFAULT_ROOT, Topics, validate_device_id
 
 __all__ = [
@@ -356,6 +359,62 @@ OPTIONS: Final = OptionTable(
             "CPU",
         ),
         Option(
+            "ota",
+            boolean,
+            True,
+            "act on the hub's desired model: download, verify, smoke-test, switch, trial, "
+            "commit or revert (false: only log it)",
+            "BOOL",
+        ),
+        Option(
+            "hub_url",
+            str,
+            None,
+            "the hub's HTTP API, where model packages are downloaded from with this device's "
+            "broker credentials (default: http://BROKER_HOST:8080; https:// is verified with "
+            "--broker-ca-file when given)",
+            "URL",
+        ),
+        Option(
+            "trust",
+            str_list,
+            (),
+            "public key file(s) (PEM, the hub's DATA_DIR/keys/signing.pub) that model packages "
+            "must be signed by, comma-separated; without any, every update is refused",
+            "FILES",
+        ),
+        Option(
+            "ota_trial_readings",
+            positive_int,
+            100,
+            "an update's trial lasts at least this many readings (and --ota-trial-s) before "
+            "it commits",
+            "N",
+        ),
+        Option(
+            "ota_trial_s",
+            positive_float,
+            60.0,
+            "an update's trial lasts at least this many seconds (and --ota-trial-readings)",
+            "S",
+        ),
+        Option(
+            "ota_switch_wait_s",
+            positive_float,
+            30.0,
+            "how long an update's switch waits for an urgent episode to end before it gives "
+            "up (urgent_active; tried again later)",
+            "S",
+        ),
+        Option(
+            "ota_max_bytes",
+            positive_int,
+            256 * 2**20,
+            "the most bytes one model package may take to download (the desired message's "
+            "size lowers it)",
+            "BYTES",
+        ),
+        Option(
             "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
         ),
     ],
@@ -409,7 +468,16 @@ class AgentSettings:
     connect_report_s: float
     shutdown_timeout_s: float
     cpu: str | int
+    ota: bool
+    hub_url: str
+    trust: tuple[str, ...]
+    ota_trial_readings: int
+    ota_trial_s: float
+    ota_switch_wait_s: float
+    ota_max_bytes: int
     log_level: str
+    trusted: tuple[TrustedKey, ...] = ()
+    """The keys of ``trust``, read and checked."""
     sources: dict[str, str] = field(default_factory=dict, compare=False)
     """Where each setting came from (flag, env, toml, default), for the start-up log."""
 
@@ -522,5 +590,44 @@ def _validate(v: dict[str, Any], origin: dict[str, str]) -> AgentSettings:
             )
         _check_ca_file(v["broker_ca_file"], fail)
     v["broker"] = broker
+    v["hub_url"] = _hub_url(v["hub_url"], broker, fail)
+    v["trusted"] = _trusted(v["trust"], fail)
     names = {f.name for f in fields(AgentSettings)} - {"sources"}
     return AgentSettings(**{k: v[k] for k in names}, sources=origin)
+
+
+def _hub_url(
+    text: str | None, broker: BrokerEndpoint, fail: Callable[[str, str], ConfigError]
+) -> str:
+    """``--hub-url``, checked; by default the broker's host on port 8080."""
+    if text is None:
+        return f"http://{broker.host}:8080"
+    url = urllib.parse.urlsplit(text.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise fail(
+            "hub_url",
+            f"= {text!r} is not an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080",
+        )
+    if url.username or url.password:
+        raise fail(
+            "hub_url",
+            "holds credentials; leave them out: downloads use the device's broker account",
+        )
+    return text.strip().rstrip("/")
+
+
+def _trusted(
+    paths: tuple[str, ...], fail: Callable[[str, str], ConfigError]
+) -> tuple[TrustedKey, ...]:
+    """The public keys in the ``--trust`` files, or an error naming the file at fault."""
+    keys: list[TrustedKey] = []
+    for name in paths:
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            raise fail("trust", f"names {name}, which cannot be read ({exc.strerror})") from None
+        try:
+            keys.append(load_public_key(data, name))
+        except ValueError as exc:
+            raise fail("trust", f"names a file that holds no usable key: {exc}") from None
+    return tuple(keys)

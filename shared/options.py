@@ -36,6 +36,7 @@ from shared.secret_file import check_private, read_secret_file
 __all__ = [
     "Option",
     "OptionTable",
+    "boolean",
     "broker_options",
     "choice",
     "non_negative_float",
@@ -80,6 +81,15 @@ def unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError("must be a number between 0 and 1")
     return value
+
+
+def boolean(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def choice(choices: Sequence[str]) -> Callable[[str], str]:

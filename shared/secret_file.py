@@ -29,7 +29,14 @@ from pathlib import Path
 
 from shared.errors import ConfigError
 
-__all__ = ["check_private", "mode_problem", "read_secret_file", "write_file", "write_private"]
+__all__ = [
+    "check_private",
+    "fsync_dir",
+    "mode_problem",
+    "read_secret_file",
+    "write_file",
+    "write_private",
+]
 
 _OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
@@ -120,3 +127,12 @@ def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
         # package a stray file would fail verification as unlisted.
         tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the names in ``directory`` durable (after a rename or delete in it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

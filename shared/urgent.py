@@ -111,6 +111,11 @@ class UrgentRule:
         self._on = False  # a score episode is on
         self._low = 0  # low scores in a row while the score episode is on
 
+    @property
+    def episode_on(self) -> bool:
+        """Whether an urgent episode (a score episode or a hard limit crossed) is on."""
+        return self._on or bool(self._beyond)
+
     def check(self, raw: npt.NDArray[np.float64], score: float) -> tuple[Decision, ...]:
         """Feed one reading's raw values (NaN or inf = missing) and urgent score.
 

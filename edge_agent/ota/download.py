@@ -74,6 +74,7 @@ from shared.errors import ManifestError
 from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest, parse_manifest
 from shared.ota import Reason
 from shared.reasons import OtaReason, RejectReason
+from shared.secret_file import fsync_dir
 from shared.signing import MAX_SIGNATURE_FILE_BYTES
 
 __all__ = [
@@ -196,14 +197,6 @@ def _split(url: str) -> _Url:
 
 def _part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _hash_prefix(part: Path) -> tuple[int, hashlib._Hash]:
@@ -498,7 +491,7 @@ def download_file(
             "the partial file was removed",
         )
     os.replace(t.part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     log.info(
         "%s: %d bytes in %s (%d fetched, %d resume(s))",
         url,
@@ -529,7 +522,7 @@ def _clean_staging(staging: Path, manifest_sha256: str) -> None:
         ):
             entry.unlink()
     marker.write_text(manifest_sha256 + "\n", encoding="ascii")
-    _fsync_dir(staging)
+    fsync_dir(staging)
 
 
 def fetch_package(
@@ -603,7 +596,7 @@ def fetch_package(
         url = f"{base}/files/{urllib.parse.quote(entry.path)}"
         got.append(get(url, entry.path, entry.size, entry.size, entry.sha256))
     (staging_dir / TARGET_FILE).unlink()
-    _fsync_dir(staging_dir)
+    fsync_dir(staging_dir)
     return FetchedPackage(
         staging_dir,
         manifest,

@@ -175,6 +175,10 @@ class Target:
         return (self.name, self.version, self.manifest_sha256, self.allow_downgrade)
 
 
+_FIELD_TYPES: Final[Mapping[str, type]] = {"allow_downgrade": bool, "size": int}
+"""The :class:`Target` fields that are not strings."""
+
+
 @dataclass(frozen=True, slots=True)
 class Breadcrumb:
     """What the agent keeps on disk while an update is in progress (rule 5).
@@ -212,9 +216,8 @@ class Breadcrumb:
             crumb.state in IN_PROGRESS
             and isinstance(crumb.from_version, str)
             and all(
-                isinstance(
-                    getattr(crumb.target, f.name), bool if f.name == "allow_downgrade" else str
-                )
+                isinstance(getattr(crumb.target, f.name), _FIELD_TYPES.get(f.name, str))
+                and not (f.name == "size" and isinstance(crumb.target.size, bool))
                 for f in dataclasses.fields(Target)
             )
         )
@@ -303,9 +306,11 @@ class DownloadDone:
 
 @dataclass(frozen=True, slots=True)
 class DownloadFailed:
-    """``reason``: download_failed, download_timeout, too_large or no_space."""
+    """``reason``: download_failed, download_timeout, too_large or no_space; or, when the
+    bytes are not the package the desired message names, the :class:`RejectReason`
+    sha256_mismatch, size_mismatch or malformed_manifest (:mod:`edge_agent.ota.download`)."""
 
-    reason: OtaReason
+    reason: Reason
     detail: str = ""
 
 

@@ -44,12 +44,13 @@ def assert_names(err: ConfigError, setting: str, flag: str, env: str) -> None:
 def test_defaults() -> None:
     s = load()
     for opt in OPTIONS:
-        if opt.name in ("device", "broker", "model", "csv_map") or opt.name.startswith(
+        if opt.name in ("device", "broker", "model", "csv_map", "hub_url") or opt.name.startswith(
             "broker_password"
         ):
             continue
         assert getattr(s, opt.name) == opt.default, opt.name
     assert s.model == Path("var/models/m")
+    assert s.hub_url == "http://127.0.0.1:8080" and s.trusted == ()
     assert s.broker == BrokerEndpoint("127.0.0.1", 1883)
     assert s.root == DEFAULT_ROOT
     assert s.device  # the host name, made into a valid device id
@@ -332,3 +333,20 @@ def test_broker_password_twice_is_refused() -> None:
     env = {OPT["broker_password"].env: "Pw7-env", OPT["broker"].env: "mqtt://a:Pw7-url@h:1883"}
     err = config_error(env=env)
     assert err.setting == "broker_password" and "Pw7" not in str(err)
+
+
+def test_ota_options_are_checked(tmp_path: Path) -> None:
+    from shared.signing import SigningKey  # noqa: PLC0415
+
+    pub = tmp_path / "signing.pub"
+    pub.write_text(SigningKey.generate().public.pem())
+    s = load("--trust", str(pub), "--hub-url", "https://hub.example:8443/", "--ota", "false")
+    assert len(s.trusted) == 1 and s.hub_url == "https://hub.example:8443" and s.ota is False
+    assert "cannot be read" in str(config_error("--trust", str(tmp_path / "missing.pub")))
+    (tmp_path / "junk.pub").write_text("not a key")
+    assert_names(config_error("--trust", str(tmp_path / "junk.pub")), "trust", "--trust", "TRUST")
+    err = config_error("--hub-url", "ftp://hub")
+    assert_names(err, "hub_url", "--hub-url", "EDGELOOP_AGENT_HUB_URL")
+    assert "credentials" in str(config_error("--hub-url", "http://u:p@hub:8080"))
+    assert_names(config_error("--ota", "maybe"), "ota", "--ota", "EDGELOOP_AGENT_OTA")
+    assert_names(config_error("--ota-trial-readings", "0"), "ota_trial_readings", "--ota", "TRIAL")
