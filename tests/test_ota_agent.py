@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,17 @@ T = Topics()
 WAIT = 45.0
 OLD = "1.1.0"
 HAPPY = "1.2.0"
-DEVICES = ("happy", "unknown-key", "sha", "downgrade", "too-old", "smoke", "nan", "crash")
+DEVICES = (
+    "happy",
+    "no-trust",
+    "unknown-key",
+    "sha",
+    "downgrade",
+    "too-old",
+    "smoke",
+    "nan",
+    "crash",
+)
 
 
 @dataclass
@@ -285,3 +296,84 @@ def test_an_update_commits_and_no_reading_is_lost_or_scored_twice(hub: Hub) -> N
     assert set(versions[:cut]) == {OLD} and set(versions[cut:]) == {HAPPY}
     ordered = sorted(rows, key=lambda r: r.ts[0])
     assert ordered[cut - 1].ts[-1] < ordered[cut].ts[0]
+
+
+def _other_key(h: Hub) -> Path:
+    path = h.tmp / "other.pub"
+    if not path.exists():
+        path.write_text(SigningKey.generate().public.pem())
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("no-trust", HAPPY, "", "rejected", "unknown_key"),
+        ("unknown-key", HAPPY, "other", "rejected", "unknown_key"),
+        ("sha", "1.3.0", "hub", "rejected", "sha256_mismatch"),
+        ("downgrade", "1.0.0", "hub", "rejected", "downgrade"),
+        ("too-old", "1.4.0", "hub", "rejected", "agent_too_old"),
+        ("smoke", "1.5.0", "hub", "rejected", "smoke_failed"),
+        ("nan", "1.6.0", "hub", "reverted", "trial_nan"),
+    ],
+    ids=lambda case: str(case[4]),
+)
+def test_a_package_that_must_not_run_is_refused_and_the_agent_stays_on_its_model(
+    hub: Hub, case: tuple[str, str, str, str, str]
+) -> None:
+    h, (device, version, trust, state, reason) = hub, case
+    keys = {"": [], "other": ["--trust", str(_other_key(h))], "hub": ["--trust", str(h.pub)]}
+    agent = _agent(h, device, *keys[trust]).start()
+    _desire(h, device, version)
+    end = _ended(h, device)
+    assert (end.state, end.reason, end.from_version, end.to_version) == (
+        state,
+        reason,
+        OLD,
+        version,
+    ), end
+    if not trust:
+        assert "OTA: no --trust key, updates refused" in agent.output()
+    # It runs its model on: its heartbeats name it, the hub is told and keeps desiring.
+    time.sleep(1.5)
+    assert _running(h, device) == OLD
+    assert agent.is_running
+    assert not (agent.state_dir / "ota" / "current.json").exists()
+    assert not (agent.state_dir / "models" / h.edge / version).exists()
+    assert h.hub.api.get_json(f"/v1/devices/{device}/desired")["converged"] is False
+    # Desired again and again (the hub re-sends it): refused once, not tried again.
+    assert [o.state for o in _ota(h, device)].count(state) == 1
+    agent.stop()
+
+
+def test_an_agent_killed_in_its_trial_restarts_on_its_last_known_good_model(hub: Hub) -> None:
+    h, device = hub, "crash"
+    state_dir = h.tmp / "agents" / device
+    long_trial = ["--trust", str(h.pub), "--ota-trial-s", "600", "--ota-trial-readings", "100000"]
+    agent = _agent(h, device, *long_trial, state=state_dir).start()
+    _desire(h, device, HAPPY)
+    h.hub.wait_until(
+        "the trial began",
+        lambda: "trial" in [o.state for o in _ota(h, device)],
+        timeout=WAIT,
+    )
+    h.hub.wait_until("the new model runs", lambda: _running(h, device) == HAPPY, timeout=WAIT)
+    agent.kill()
+    assert json.loads((state_dir / "ota" / "breadcrumb.json").read_text())["state"] == "trial"
+
+    again = _agent(h, device, *long_trial, state=state_dir).start()
+    end = _ended(h, device)
+    assert (end.state, end.reason, end.from_version, end.to_version) == (
+        "reverted",
+        "crashed_in_trial",
+        OLD,
+        HAPPY,
+    ), end
+    assert "the agent stopped in state trial" in end.detail
+    h.hub.wait_until("back on the old model", lambda: _running(h, device) == OLD, timeout=WAIT)
+    assert not (state_dir / "ota" / "breadcrumb.json").exists()
+    assert not (state_dir / "models" / h.edge / HAPPY).exists()
+    time.sleep(1.5)  # the hub keeps desiring 1.2.0: refused before, not tried again
+    assert [o.state for o in _ota(h, device)].count("downloading") == 1
+    assert again.is_running and _running(h, device) == OLD
+    again.stop()
