@@ -21,6 +21,11 @@ Concurrency model: three threads, each with one job.
   due (idle CPU is ~0).
 - paho's *network thread* only keeps the connection and puts incoming
   messages on a bounded inbox.
+- With OTA on (the default), the *OTA worker* downloads, verifies, stages
+  and smoke-tests a desired model and writes the update's files; the reading
+  loop runs the update state machine between two readings and swaps the
+  model there (:mod:`edge_agent.ota.runner`). It sleeps while no update is
+  under way.
 
 ``edgeloop-agent`` keeps the three on one CPU (``--cpu``): on two, the others
 take the GIL in the middle of a reading; :mod:`edge_agent.scheduling` says why.

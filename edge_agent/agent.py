@@ -2,7 +2,9 @@
 
 Two threads of ours (see the package docstring): the *reading loop* (the
 caller of :meth:`Agent.run`) and the *link thread*, which seals overdue
-batches, sends the outbox, handles incoming messages and sends heartbeats.
+batches, sends the outbox, handles incoming messages and sends heartbeats;
+with OTA on, a third, the OTA worker (:mod:`edge_agent.ota.runner`), while the
+reading loop runs the update state machine between readings.
 """
 
 from __future__ import annotations

@@ -167,23 +167,22 @@ def _start_model(settings: AgentSettings) -> EdgeModel:
     from edge_agent.engine import load_edge_model  # noqa: PLC0415
     from edge_agent.ota.slots import ModelSlots  # noqa: PLC0415
 
-    if settings.ota:
-        slots = ModelSlots(settings.state_dir)
-        current = slots.current()
-        if current is not None:
-            path = slots.slot(current.name, current.version)
-            try:
-                return load_edge_model(path, __version__)
-            except ManifestError as exc:
-                log.error(
-                    "device %r: the committed model %s %s does not load (%s); starting on the "
-                    "factory model %s",
-                    settings.device,
-                    current.name,
-                    current.version,
-                    exc,
-                    settings.model,
-                )
+    slots = ModelSlots(settings.state_dir)
+    current = slots.current()  # with --ota false too: the device's model is the committed one
+    if current is not None:
+        path = slots.slot(current.name, current.version)
+        try:
+            return load_edge_model(path, __version__)
+        except ManifestError as exc:
+            log.error(
+                "device %r: the committed model %s %s does not load (%s); starting on the "
+                "factory model %s",
+                settings.device,
+                current.name,
+                current.version,
+                exc,
+                settings.model,
+            )
     return load_edge_model(settings.model, __version__)
 
 

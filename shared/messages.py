@@ -532,7 +532,8 @@ class Health:
 class Ota:
     """One OTA state transition of an agent, with a reason code.
 
-    Part of the contract already; no agent sends it yet (OTA: coming, not built yet).
+    The agent sends one for every transition of its update state machine, through
+    its durable outbox (:mod:`edge_agent.ota.runner`).
     """
 
     device: str
@@ -651,7 +652,8 @@ class Desired:
     beside it); ``manifest_sha256`` is the sha256 of the manifest's bytes;
     ``size`` the bytes of every file the manifest lists, the most the agent
     downloads; ``allow_downgrade`` marks a rollback to a lower version. The
-    hub sends it (``cloud_hub/ota/``); the agent only logs it (not yet acted on).
+    hub sends it (``cloud_hub/ota/``); the agent acts on it (:mod:`edge_agent.ota.runner`),
+    or only logs it with ``--ota false``.
     """
 
     device: str

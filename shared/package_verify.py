@@ -17,8 +17,8 @@ run names every problem (the first one is the package's ``reason``):
 
 :func:`check_files` is steps 2-3 without I/O, on what the directory holds.
 Reason codes: :class:`shared.reasons.RejectReason`. The hub's
-``edgeloop-hub models verify`` prints the result; the agent does not verify
-packages yet.
+``edgeloop-hub models verify`` prints the result; the agent verifies a package
+it is desired to run with it (:mod:`edge_agent.ota.runner`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reason codes both sides report: why a package is refused, why an OTA step went as it did.
 
 In ``shared/``, so the hub's ``models verify`` and the agent's OTA state
-machine (:mod:`edge_agent.ota.machine`; not yet wired into the agent) name a
+machine (:mod:`edge_agent.ota.machine`) name a
 refusal with the same code on the wire and in logs. The values are short
 snake_case strings, stable once released: reports and dashboards match on them.
 

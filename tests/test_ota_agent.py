@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 from cloud_hub.keys import KeyFiles, init_keys, load_signing_key
 from cloud_hub.provision import provision_device
 from cloud_hub.store import open_store
+from cloud_hub.store.base import TelemetryRows
 from shared.endpoint import BrokerEndpoint
 from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, load_package, sha256_file
 from shared.messages import Ota
@@ -243,6 +245,21 @@ def _ended(h: Hub, device: str) -> Ota:
     return found[0]
 
 
+def _telemetry(h: Hub, device: str) -> list[TelemetryRows]:
+    store = open_store(f"sqlite:///{h.hub.db_path}")
+    try:
+        return store.telemetry(device, 0.0, math.inf, 1_000_000).items
+    finally:
+        store.close()
+
+
+def _stored(h: Hub, device: str) -> int:
+    """Readings of ``device`` the hub stored, each distinct."""
+    ts = np.concatenate([r.ts for r in _telemetry(h, device)])
+    assert len(np.unique(ts)) == len(ts)
+    return len(ts)
+
+
 def _running(h: Hub, device: str) -> str:
     reply = h.hub.api.get(f"/v1/devices/{device}")
     return str(reply.json().get("model_version")) if reply.status == 200 else ""
@@ -282,14 +299,8 @@ def test_an_update_commits_and_no_reading_is_lost_or_scored_twice(hub: Hub) -> N
     assert current == {"name": h.edge, "version": HAPPY}
     assert not (agent.state_dir / "ota" / "breadcrumb.json").exists()
 
-    store = open_store(f"sqlite:///{h.hub.db_path}")
-    try:
-        page = store.telemetry(device, 0.0, math.inf, 10 * readings)
-        rows = page.items
-    finally:
-        store.close()
-    ts = np.concatenate([r.ts for r in rows])
-    assert len(ts) == readings and len(np.unique(ts)) == readings  # none lost, none twice
+    rows = _telemetry(h, device)
+    assert _stored(h, device) == readings  # none lost, none twice
     # Every batch names one model, and the switch is one cut in time: old, then new.
     versions = [v for r in sorted(rows, key=lambda r: r.ts[0]) for v in [r.edge_model_version]]
     cut = versions.index(HAPPY)
@@ -343,7 +354,10 @@ def test_a_package_that_must_not_run_is_refused_and_the_agent_stays_on_its_model
     assert h.hub.api.get_json(f"/v1/devices/{device}/desired")["converged"] is False
     # Desired again and again (the hub re-sends it): refused once, not tried again.
     assert [o.state for o in _ota(h, device)].count(state) == 1
-    agent.stop()
+    assert agent.stop() == 0
+    # Every reading it scored is stored once, the one a NaN made it revert on included.
+    produced = int(re.findall(r"stopped after (\d+) readings", agent.output())[-1])
+    assert _stored(h, device) == produced
 
 
 def test_an_agent_killed_in_its_trial_restarts_on_its_last_known_good_model(hub: Hub) -> None:

@@ -48,7 +48,7 @@ Every failure is a :class:`DownloadError` whose ``reason`` is a
 message names, a :class:`shared.reasons.RejectReason` (``sha256_mismatch``,
 ``size_mismatch``, ``malformed_manifest``).
 
-Not yet: the agent does not call this (the OTA state machine will).
+The agent's OTA worker (:mod:`edge_agent.ota.runner`) calls :func:`fetch_package`.
 """
 
 from __future__ import annotations

@@ -10,10 +10,19 @@ Threads (the machine's rule 3):
   commit) run right there, between two readings; :meth:`trial_reading` feeds
   each reading of a trial.
 - The *link thread* only queues desired messages (:meth:`desired`).
-- One *worker thread* does the slow effects one at a time: download, verify,
-  stage (copy into its slot and open the model), smoke test, discard. Each
-  posts its outcome back to the queue. An outcome of an update that was
-  abandoned meanwhile is dropped (each update has a number).
+- One *worker thread* does the slow effects and every file write, one at a
+  time and in the machine's order: download, verify, stage (copy into its
+  slot and open the model), smoke test, discard, the breadcrumb, the commit's
+  ``current.json`` and the deletion of older slots. The reading loop never
+  waits for the disk. Each step posts its outcome back to the queue. An
+  outcome of an update that was abandoned meanwhile is dropped (each update
+  has a number).
+
+Because the files are written by the worker, a crash a few milliseconds after
+a step may find the breadcrumb of the step before (a kill just after the
+switch reads as ``crashed_in_smoke``; just after a commit was reported, as
+``crashed_in_trial`` with the previous model loaded): the agent always
+restarts on a model that was committed on disk.
 
 The reading loop's host (:class:`OtaHost`, the agent) swaps the model: the
 runner holds at most two models, the running one and the staged one (before
@@ -223,22 +232,19 @@ class OtaRunner:
                 self._update += 1
                 self._urgent_told = self.machine.urgent_active
                 self._jobs.put((self._update, fx))
-            elif isinstance(fx, Verify | Stage | SmokeTest):
-                self._jobs.put((self._update, fx))
+            elif isinstance(fx, Verify | Stage | SmokeTest | WriteBreadcrumb | ClearBreadcrumb):
+                self._jobs.put((self._update, fx))  # the reading loop never touches the disk
             elif isinstance(fx, SwitchModel):
                 self._switch(fx.target)
             elif isinstance(fx, Revert):
                 self._revert()
             elif isinstance(fx, Commit):
-                self._commit(fx.target)
+                self._previous = None  # the old model is unloaded; its files go on the worker
+                self._jobs.put((self._update, fx))
             elif isinstance(fx, Discard):
                 self._staged = None
                 self._update += 1  # outcomes still coming for it are dropped
                 self._jobs.put((self._update, fx))
-            elif isinstance(fx, WriteBreadcrumb):
-                self.slots.write_breadcrumb(fx.breadcrumb)
-            elif isinstance(fx, ClearBreadcrumb):
-                self.slots.clear_breadcrumb()
             elif isinstance(fx, Report):
                 self._report(fx.transition)
         self.in_trial = self.machine.state is OtaState.TRIAL
@@ -274,7 +280,6 @@ class OtaRunner:
         keep = SlotName(target.name, target.version)
         self.slots.set_current(keep.name, keep.version)
         gone = self.slots.prune(keep)
-        self._previous = None
         if gone:
             log.info("OTA: deleted older model slots %s", [f"{s.name} {s.version}" for s in gone])
 
@@ -303,7 +308,13 @@ class OtaRunner:
             return self._stage(fx.target)
         if isinstance(fx, SmokeTest):
             return self._smoke(), None
-        if isinstance(fx, Discard):
+        if isinstance(fx, WriteBreadcrumb):
+            self.slots.write_breadcrumb(fx.breadcrumb)
+        elif isinstance(fx, ClearBreadcrumb):
+            self.slots.clear_breadcrumb()
+        elif isinstance(fx, Commit):
+            self._commit(fx.target)
+        elif isinstance(fx, Discard):
             self.slots.clear_staging()
             running = self.model.manifest
             keep = {SlotName(running.name, running.version)}
