@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent = Agent(settings, model, source, actuators, baseline)
-    if settings.ota:
+    if settings.ota and agent.replay is None:
+        # Not while replaying a recording: its messages are numbered by the recording,
+        # and a model swapped mid-replay would score it differently from the last time.
         agent.enable_ota(ota_config(settings, model.manifest.input.sensor_names))
     return agent.run(stop)
 

@@ -46,7 +46,6 @@ import numpy as np
 
 from edge_agent.engine import EdgeModel
 from edge_agent.ota.checks import ModelFigures, compatibility, smoke_verdict
-from edge_agent.ota.download import DownloadError, fetch_package
 from edge_agent.ota.machine import (
     AgentStarted,
     ClearBreadcrumb,
@@ -85,7 +84,6 @@ from edge_agent.ota.slots import ModelSlots, SlotName
 from shared.errors import ManifestError
 from shared.manifest import load_package
 from shared.ota import IN_PROGRESS, OtaState, OtaTransition
-from shared.package_verify import verify_package
 from shared.reasons import OtaReason, RejectReason
 from shared.signing import TrustedKey
 
@@ -325,6 +323,10 @@ class OtaRunner:
         return None
 
     def _download(self, target: Target) -> Event:
+        # Loaded at the first update, not at start: an agent that never updates keeps
+        # its memory (edge_agent.ota.download and shared.package_verify, ~1 MB).
+        from edge_agent.ota.download import DownloadError, fetch_package  # noqa: PLC0415
+
         base = urllib.parse.urlsplit(self.config.hub_url)
         url = urllib.parse.urlsplit(urllib.parse.urljoin(self.config.hub_url, target.manifest_url))
         if (url.scheme, url.netloc) != (base.scheme, base.netloc):
@@ -362,6 +364,8 @@ class OtaRunner:
         return DownloadDone()
 
     def _verify(self, target: Target) -> Event:
+        from shared.package_verify import verify_package  # noqa: PLC0415 - see _download
+
         result = verify_package(self.slots.staging, self.config.trusted)
         failed = result.failure
         if failed is not None:
