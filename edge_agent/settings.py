@@ -379,9 +379,11 @@ OPTIONS: Final = OptionTable(
             "trust",
             str_list,
             (),
-            "public key file(s) (PEM, the hub's DATA_DIR/keys/signing.pub) that model packages "
-            "must be signed by, comma-separated; without any, every update is refused",
-            "FILES",
+            "a public key file (PEM, the hub's DATA_DIR/keys/signing.pub) that model packages "
+            "may be signed by; repeat the flag (or comma-separate) to trust several, e.g. while "
+            "the hub rotates its key; without any, every update is refused",
+            "FILE",
+            repeat=True,
         ),
         Option(
             "ota_trial_readings",

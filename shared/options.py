@@ -143,6 +143,9 @@ class Option:
     replaced by ``***``. A value it changes is treated as a secret."""
     secret_hint: str = ""
     """Where else the secret may be given, for the error that refuses it as a flag."""
+    repeat: bool = False
+    """The flag may be given more than once; its values are joined with commas for
+    ``parse`` (as in the environment and a TOML list)."""
 
     @property
     def flag(self) -> str:
@@ -238,6 +241,7 @@ class OptionTable:
                 opt.flag,
                 dest=opt.name,
                 default=None,
+                action="append" if opt.repeat else "store",
                 metavar=opt.metavar or None,
                 help=opt.help + suffix,
             )

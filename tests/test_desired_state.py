@@ -54,8 +54,11 @@ def _zip(directory: Path) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def rig(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Rig]:
+def hub_with_keys(
+    tmp_path: Path, model_packages: ModelPaths, devices: tuple[str, ...]
+) -> tuple[HubProcess, dict[str, str]]:
+    """A hub (not started) with a signing key, re-sending desired every 0.5 s at most,
+    and ``devices`` provisioned: their secrets by name."""
     models = tmp_path / "models"  # a copy: the hub signs its default build in place
     shutil.copytree(model_packages.edge.parent.parent, models)
     hub = HubProcess(tmp_path / "hub", models, log_level="INFO", args=["--desired-resend-s", "0.5"])
@@ -66,8 +69,14 @@ def rig(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Rig]:
         name: provision_device(
             name, broker=where, topics=T, password_file=hub.data_dir / "broker-passwd"
         ).secret
-        for name in ("dev-a", "dev-b")
+        for name in devices
     }
+    return hub, secrets
+
+
+@pytest.fixture
+def rig(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Rig]:
+    hub, secrets = hub_with_keys(tmp_path, model_packages, ("dev-a", "dev-b"))
     edge = load_package(model_packages.edge).manifest
     # A newer version of the edge model, signed with the hub's key, to desire.
     newer = tmp_path / "newer"

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_hub.keys import KeyFiles, init_keys, load_signing_key
-from cloud_hub.provision import provision_device
+from cloud_hub.keys import load_signing_key
 from cloud_hub.store import open_store
 from cloud_hub.store.base import TelemetryRows
 from shared.endpoint import BrokerEndpoint
@@ -30,7 +29,7 @@ from shared.signing import SigningKey
 from shared.topics import Topics
 from simulators.harness import AgentProcess, HubProcess
 from tests.conftest import ModelPaths
-from tests.test_desired_state import _zip
+from tests.test_desired_state import _zip, hub_with_keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,18 +132,7 @@ def _zero_vectors(model_path: Path) -> Callable[[dict[str, Any]], None]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("ota")
-    models = tmp / "models"  # a copy: the hub signs its default build in place
-    shutil.copytree(model_packages.edge.parent.parent, models)
-    hub = HubProcess(tmp / "hub", models, log_level="INFO", args=["--desired-resend-s", "0.5"])
-    init_keys(KeyFiles(hub.data_dir / "keys"))
-    assert hub.broker_port is not None
-    where = BrokerEndpoint("127.0.0.1", hub.broker_port)
-    secrets = {
-        name: provision_device(
-            name, broker=where, topics=T, password_file=hub.data_dir / "broker-passwd"
-        ).secret
-        for name in DEVICES
-    }
+    hub, secrets = hub_with_keys(tmp, model_packages, DEVICES)
     src = model_packages.edge
     edge = load_package(src).manifest
     assert edge.version == OLD

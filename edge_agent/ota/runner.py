@@ -95,7 +95,6 @@ SMOKE_BUDGET_US: Final = 20_000.0
 """The median latency per test-vector row a smoke test allows (20 ms: a model 100 x
 slower than the default edge model's)."""
 _TICK_S: Final = 0.05
-_QUEUE_MAX: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +150,11 @@ class OtaRunner:
         self.model = model
         """The running model (the reading loop's)."""
         self.machine = OtaMachine(Running(model.manifest.name, model.version), config.settings)
-        self._events: collections.deque[_Outcome | Target] = collections.deque(maxlen=_QUEUE_MAX)
+        self._events: collections.deque[_Outcome] = collections.deque()
+        """The worker's outcomes: at most one per job, and jobs come from the machine."""
+        self._desired: collections.deque[Target] = collections.deque(maxlen=1)
+        """The latest desired message not yet handed to the machine (the hub re-sends
+        it while the device runs another model; only the latest matters)."""
         self._jobs: queue.Queue[tuple[int, Effect] | None] = queue.Queue()
         self._update = 0
         self._staged: EdgeModel | None = None
@@ -165,7 +168,7 @@ class OtaRunner:
 
     def desired(self, target: Target) -> None:
         """Queue a desired message for the reading loop (the link thread calls this)."""
-        self._events.append(target)
+        self._desired.append(target)  # replaces one not yet taken
 
     # -- the reading loop --
 
@@ -197,18 +200,18 @@ class OtaRunner:
     def poll(self, urgent_on: bool) -> None:
         """Before a reading: queued events, urgent episodes and deadlines. Cheap when idle."""
         machine = self.machine
-        if not self._events and machine.deadline is None:
+        if not self._events and not self._desired and machine.deadline is None:
             return
         now = time.monotonic()
         while self._events:
             item = self._events.popleft()
-            if isinstance(item, Target):
-                self._apply(machine.handle(DesiredReceived(item), now))
-            elif item.update == self._update and _expected(item.event, machine.state):
+            if item.update == self._update and _expected(item.event, machine.state):
                 if item.model is not None:
                     self._staged = item.model
                 self._apply(machine.handle(item.event, now))
             # else: an outcome of an abandoned update (its model, if any, is dropped)
+        if self._desired:  # only this thread takes: popleft finds it there
+            self._apply(machine.handle(DesiredReceived(self._desired.popleft()), now))
         if machine.state in IN_PROGRESS and urgent_on != self._urgent_told:
             self._urgent_told = urgent_on
             event = UrgentStarted() if urgent_on else UrgentEnded()

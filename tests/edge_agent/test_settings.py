@@ -342,6 +342,11 @@ def test_ota_options_are_checked(tmp_path: Path) -> None:
     pub.write_text(SigningKey.generate().public.pem())
     s = load("--trust", str(pub), "--hub-url", "https://hub.example:8443/", "--ota", "false")
     assert len(s.trusted) == 1 and s.hub_url == "https://hub.example:8443" and s.ota is False
+    other = tmp_path / "other.pub"
+    other.write_text(SigningKey.generate().public.pem())
+    both = load("--trust", str(pub), "--trust", str(other))
+    assert [k.source for k in both.trusted] == [str(pub), str(other)]
+    assert load(env={"EDGELOOP_AGENT_TRUST": f"{pub},{other}"}).trusted == both.trusted
     assert "cannot be read" in str(config_error("--trust", str(tmp_path / "missing.pub")))
     (tmp_path / "junk.pub").write_text("not a key")
     assert_names(config_error("--trust", str(tmp_path / "junk.pub")), "trust", "--trust", "TRUST")

@@ -1,0 +1,78 @@
+"""The agent's side of an OTA switch, in process with real models: the batch in flight is
+sealed, every batch names the model that scored it, the feature window carries over."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.agent import Agent
+from edge_agent.cli import build_source
+from edge_agent.engine import EdgeModel, load_edge_model
+from edge_agent.settings import load_settings
+from shared import __version__
+from shared.manifest import MANIFEST_FILE, load_package
+from shared.messages import Telemetry, decode_as
+from shared.topics import Kind
+from tests.conftest import ModelPaths
+
+
+def _newer(model: Path, tmp_path: Path, version: str) -> EdgeModel:
+    dest = tmp_path / version
+    shutil.copytree(model, dest)
+    manifest = json.loads((dest / MANIFEST_FILE).read_text())
+    manifest["version"] = version
+    (dest / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return EdgeModel(load_package(dest))
+
+
+def test_a_switch_seals_the_batch_in_flight_and_each_batch_names_its_model(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        [
+            "--device",
+            "sw-1",
+            "--model",
+            str(model_packages.edge),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--outbox",
+            "memory",
+            "--max-batch",
+            "50",
+        ],
+        env={},
+    )
+    old = load_edge_model(model_packages.edge, __version__)
+    source, _ = build_source(settings, old.manifest.input.sensors)
+    agent = Agent(settings, old, source, [])
+    new = _newer(model_packages.edge, tmp_path, "9.0.0")
+    rng = np.random.default_rng(3)
+    n_sensors = len(old.manifest.input.sensors)
+    centre = np.array([s.fallback for s in old.manifest.input.sensors])
+
+    for i in range(7):
+        agent.process(float(i), centre + rng.normal(0, 0.01, n_sensors))
+    window = agent.path.features
+    figures = agent.switch_model(new)
+    assert figures.readings == 7 and figures.latency_p99_us > 0
+    assert agent.model is new and agent.path.features is window  # same input: same window
+    for i in range(7, 10):
+        agent.process(float(i), centre + rng.normal(0, 0.01, n_sensors))
+    sealed = agent.batcher.seal_if_due(0.0, force=True)
+    assert sealed is not None
+    agent._emit_batch(sealed)
+
+    agent.outbox.flush()
+    batches = [
+        decode_as(Telemetry, m.payload) for m in agent.outbox.unsent(10) if m.kind is Kind.TELEMETRY
+    ]
+    assert [(b.model, b.model_version, len(b.ts)) for b in batches] == [
+        (old.manifest.name, old.version, 7),
+        (new.manifest.name, "9.0.0", 3),
+    ]
+    agent.outbox.close()
