@@ -10,6 +10,8 @@ import json
 import math
 import re
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ DEVICES = (
     "smoke",
     "nan",
     "crash",
+    "crash-dl",
 )
 
 
@@ -378,4 +381,58 @@ def test_an_agent_killed_in_its_trial_restarts_on_its_last_known_good_model(hub:
     time.sleep(1.5)  # the hub keeps desiring 1.2.0: refused before, not tried again
     assert [o.state for o in _ota(h, device)].count("downloading") == 1
     assert again.is_running and _running(h, device) == OLD
+    again.stop()
+
+
+@pytest.fixture
+def stalled_hub() -> Iterator[str]:
+    """An HTTP address that takes connections and never answers: a download hangs there."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_an_agent_killed_while_downloading_restarts_and_reports_it(
+    hub: Hub, stalled_hub: str
+) -> None:
+    h, device = hub, "crash-dl"
+    state_dir = h.tmp / "agents" / device
+    args = ["--trust", str(h.pub), "--hub-url", stalled_hub]
+    agent = _agent(h, device, *args, state=state_dir).start()
+    _desire(h, device, HAPPY)
+    h.hub.wait_until(
+        "the download began",
+        lambda: [o.state for o in _ota(h, device)] == ["downloading"],
+        timeout=WAIT,
+    )
+    crumb = state_dir / "ota" / "breadcrumb.json"
+    h.hub.wait_until("the breadcrumb is written", crumb.exists, timeout=WAIT)
+    agent.kill()
+    assert json.loads(crumb.read_text())["state"] == "downloading"
+
+    again = _agent(h, device, *args, state=state_dir).start()
+    end = _ended(h, device)
+    assert (end.state, end.reason, end.to_version) == ("rejected", "interrupted", HAPPY), end
+    assert "the agent stopped in state downloading" in end.detail
+    assert again.is_running and _running(h, device) == OLD
+    assert not crumb.exists()
     again.stop()
