@@ -50,6 +50,7 @@ DEVICES = (
     "nan",
     "crash",
     "crash-dl",
+    "urgent",
 )
 
 
@@ -436,3 +437,23 @@ def test_an_agent_killed_while_downloading_restarts_and_reports_it(
     assert again.is_running and _running(h, device) == OLD
     assert not crumb.exists()
     again.stop()
+
+
+def test_the_switch_waits_for_an_urgent_episode_and_gives_up_rather_than_cut_it(
+    hub: Hub,
+) -> None:
+    h, device = hub, "urgent"
+    # Vibration recalibrated 30 mm/s up from the first reading: beyond its hard limit
+    # (15 mm/s) for good, so the urgent episode never ends.
+    args = ["--trust", str(h.pub), "--sim-drift", "offset:vibration:0:30"]
+    args += ["--ota-switch-wait-s", "1"]
+    agent = _agent(h, device, *args).start()
+    _desire(h, device, HAPPY)
+    end = _ended(h, device)
+    assert (end.state, end.reason, end.to_version) == ("rejected", "urgent_active", HAPPY), end
+    states = [o.state for o in _ota(h, device)]
+    assert states[-2:] == ["switching", "rejected"]  # smoke-tested, never switched
+    assert _running(h, device) == OLD
+    events = h.hub.api.get_json(f"/v1/events?device={device}")
+    assert events, "the urgent episode went on being handled"
+    agent.stop()
