@@ -51,6 +51,7 @@ DEVICES = (
     "crash",
     "crash-dl",
     "urgent",
+    "units",
 )
 
 
@@ -150,12 +151,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
     def too_new(m: dict[str, Any]) -> None:
         m["min_agent_version"] = "99.0.0"
 
+    def fahrenheit(m: dict[str, Any]) -> None:
+        m["input"]["sensors"][0]["unit"] = "degF"
+
     variants = [
         _variant(src, made / "happy", key, HAPPY),
         _variant(src, made / "sha", key, "1.3.0"),
         _variant(src, made / "down", key, "1.0.0"),
         _variant(src, made / "old", key, "1.4.0", edit=too_new),
         _variant(src, made / "smoke", key, "1.5.0", edit=bump_expected),
+        _variant(src, made / "units", key, "1.8.0", edit=fahrenheit),
         _variant(
             src,
             made / "nan",
@@ -315,6 +320,7 @@ def _other_key(h: Hub) -> Path:
         ("unknown-key", HAPPY, "other", "rejected", "unknown_key"),
         ("sha", "1.3.0", "hub", "rejected", "sha256_mismatch"),
         ("downgrade", "1.0.0", "hub", "rejected", "downgrade"),
+        ("units", "1.8.0", "hub", "rejected", "incompatible_input"),
         ("too-old", "1.4.0", "hub", "rejected", "agent_too_old"),
         ("smoke", "1.5.0", "hub", "rejected", "smoke_failed"),
         ("nan", "1.6.0", "hub", "reverted", "trial_nan"),
