@@ -261,7 +261,8 @@ class Agent:
             self.wake.set()  # the link thread must learn the new batch's deadline
         self.readings += 1
         self._model_readings += 1
-        self._model_events += len(decisions)
+        if decisions:  # readings that started an urgent event, as the trial counts them
+            self._model_events += 1
         return decisions
 
     def _trial_step(

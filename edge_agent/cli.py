@@ -23,7 +23,7 @@ from edge_agent.sources.base import Source
 from shared import __version__
 from shared.errors import ConfigError, ManifestError
 
-if TYPE_CHECKING:  # loaded only when --source sim picks it, in build_source
+if TYPE_CHECKING:  # types only: each is loaded where it is used (sim: in build_source)
     from edge_agent.engine import EdgeModel
     from edge_agent.ota.runner import OtaConfig
     from shared.features import SensorSpec
