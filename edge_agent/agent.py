@@ -236,9 +236,13 @@ class Agent:
         """
         ota = self.ota
         if ota is not None:
-            ota.poll(self.path.rule.episode_on)
-            if ota.in_trial:
-                return self._record(ts, *self._trial_step(values))
+            try:
+                ota.poll(self.path.rule.episode_on)
+            except Exception:  # a bug in the update must not stop the readings
+                self._ota_failed()
+            else:
+                if ota.in_trial:
+                    return self._record(ts, *self._trial_step(values))
         if self._columns is not None:
             values = values[list(self._columns)]
         t0 = time.perf_counter_ns()
@@ -305,6 +309,18 @@ class Agent:
         return back.step(values if cols is None else values[list(cols)])
 
     # -- OTA: the reading loop, between two readings ------------------------------------------
+
+    def _ota_failed(self) -> None:
+        """Turn updates off for this run after an unexpected error in the OTA runner."""
+        self.counters.add("ota_errors")
+        log.exception(
+            "device %r: OTA failed unexpectedly; updates are off until the agent restarts "
+            "(it restarts on its last committed model). Please report this",
+            self.device,
+        )
+        ota, self.ota = self.ota, None
+        if ota is not None:
+            ota.stop(timeout=0.0)  # the reading loop does not wait for a download
 
     def switch_model(self, model: EdgeModel) -> ModelFigures:
         """Score from the next reading on with ``model``; returns the replaced model's figures.

@@ -191,11 +191,12 @@ class OtaRunner:
             )
         self._apply(self.machine.handle(AgentStarted(crumb), time.monotonic()))
 
-    def stop(self) -> None:
-        """Stop the worker after its current job (a download may take until its timeout)."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the worker after its current job, waiting at most ``timeout`` s for it (a
+        download may go on until its own timeout; the thread is a daemon)."""
         if self._worker is not None:
             self._jobs.put(None)
-            self._worker.join(timeout=2.0)
+            self._worker.join(timeout=timeout)
 
     def poll(self, urgent_on: bool) -> None:
         """Before a reading: queued events, urgent episodes and deadlines. Cheap when idle."""

@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.cli import build_source
+from edge_agent.cli import build_source, ota_config
 from edge_agent.engine import EdgeModel, load_edge_model
+from edge_agent.ota.runner import OtaRunner
 from edge_agent.settings import load_settings
 from shared import __version__
 from shared.manifest import MANIFEST_FILE, load_package
@@ -29,9 +31,7 @@ def _newer(model: Path, tmp_path: Path, version: str) -> EdgeModel:
     return EdgeModel(load_package(dest))
 
 
-def test_a_switch_seals_the_batch_in_flight_and_each_batch_names_its_model(
-    model_packages: ModelPaths, tmp_path: Path
-) -> None:
+def _agent(model_packages: ModelPaths, tmp_path: Path) -> Agent:
     settings = load_settings(
         [
             "--device",
@@ -47,9 +47,16 @@ def test_a_switch_seals_the_batch_in_flight_and_each_batch_names_its_model(
         ],
         env={},
     )
-    old = load_edge_model(model_packages.edge, __version__)
-    source, _ = build_source(settings, old.manifest.input.sensors)
-    agent = Agent(settings, old, source, [])
+    model = load_edge_model(model_packages.edge, __version__)
+    source, _ = build_source(settings, model.manifest.input.sensors)
+    return Agent(settings, model, source, [])
+
+
+def test_a_switch_seals_the_batch_in_flight_and_each_batch_names_its_model(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    agent = _agent(model_packages, tmp_path)
+    old = agent.model
     new = _newer(model_packages.edge, tmp_path, "9.0.0")
     rng = np.random.default_rng(3)
     n_sensors = len(old.manifest.input.sensors)
@@ -75,4 +82,22 @@ def test_a_switch_seals_the_batch_in_flight_and_each_batch_names_its_model(
         (old.manifest.name, old.version, 7),
         (new.manifest.name, "9.0.0", 3),
     ]
+    agent.outbox.close()
+
+
+def test_an_error_in_the_update_turns_updates_off_and_the_readings_go_on(
+    model_packages: ModelPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = _agent(model_packages, tmp_path)
+    agent.enable_ota(ota_config(agent.settings, agent.source_sensors))
+
+    def broken(self: OtaRunner, urgent_on: bool) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OtaRunner, "poll", broken)
+    fallback = np.array([s.fallback for s in agent.model.manifest.input.sensors])
+    agent.process(0.0, fallback)
+    agent.process(1.0, fallback)
+    assert agent.ota is None and agent.readings == 2
+    assert agent.counters.snapshot()["ota_errors"] == 1
     agent.outbox.close()
