@@ -332,6 +332,10 @@ class Agent:
         figures = ModelFigures(
             self._model_readings, self._model_events, self.latency.percentiles()[1]
         )
+        # The first score on this thread binds the model's buffers (about a millisecond):
+        # paid here, between two readings, not by the trial's first reading, whose
+        # latency would otherwise be the trial's p99 against a warm previous model.
+        model.score(np.asarray(model.manifest.test_vectors.inputs[0], dtype=np.float32))
         batch = self.batcher.seal_if_due(time.monotonic(), force=True)
         if batch is not None:
             self._emit_batch(batch)
