@@ -175,6 +175,10 @@ class Target:
         return (self.name, self.version, self.manifest_sha256, self.allow_downgrade)
 
 
+_TARGET_TYPES: Final[Mapping[str, type]] = {"allow_downgrade": bool, "size": int}
+"""The fields of :class:`Target` that are not strings, with their type."""
+
+
 @dataclass(frozen=True, slots=True)
 class Breadcrumb:
     """What the agent keeps on disk while an update is in progress (rule 5).
@@ -212,9 +216,7 @@ class Breadcrumb:
             crumb.state in IN_PROGRESS
             and isinstance(crumb.from_version, str)
             and all(
-                isinstance(
-                    getattr(crumb.target, f.name), bool if f.name == "allow_downgrade" else str
-                )
+                type(getattr(crumb.target, f.name)) is _TARGET_TYPES.get(f.name, str)
                 for f in dataclasses.fields(Target)
             )
         )
