@@ -155,13 +155,19 @@ class Fleet:
         )
         return self.rollout(rollout_id)
 
-    def told(self, timeout: float = 0.0) -> set[str]:
-        """Devices that have been sent the new version as desired."""
+    def told(self) -> set[str]:
+        """Devices that have been sent the new version as desired (so far)."""
         for d in self.devices.values():
-            d.take_desired(timeout)
+            d.take_desired()
         return {
             n for n, d in self.devices.items() if any(x.model_version == NEW for x in d.desired)
         }
+
+    def wait_told(self, n: int) -> set[str]:
+        """The devices told the new version, once there are ``n`` (and a moment for more)."""
+        self.hub.wait_until(f"{n} device(s) told", lambda: len(self.told()) >= n, timeout=WAIT)
+        time.sleep(0.5)
+        return self.told()
 
 
 @dataclass
@@ -237,7 +243,8 @@ def fleet(rig: Rig) -> Iterator[Fleet]:
 def _start(fleet: Fleet, **body: Any) -> dict[str, Any]:
     edge = next(iter(fleet.devices.values())).model
     reply = fleet.hub.admin_api.post(
-        "/v1/rollouts", json_body={"model": edge, "version": NEW, **body}
+        "/v1/rollouts",
+        json_body={"model": edge, "version": NEW, "devices": sorted(fleet.devices), **body},
     )
     assert reply.status == 201, reply.body
     return dict(reply.json())
@@ -247,12 +254,10 @@ def test_a_rollout_moves_the_fleet_cohort_by_cohort(fleet: Fleet) -> None:
     r = _start(fleet, cohorts=[10, 100], gates={"device_timeout_s": 60})
     assert r["state"] == "running" and [len(c["devices"]) for c in r["cohorts"]] == [1, 9]
     canary = r["cohorts"][0]["devices"]
-    assert fleet.told(timeout=5.0) == set(canary)  # only the canary is told at first
+    assert fleet.wait_told(1) == set(canary)  # only the canary is told at first
     for name in canary:
         fleet.devices[name].run(NEW)
-    fleet.hub.wait_until(
-        "the second cohort told", lambda: len(fleet.told(0.5)) == N_DEVICES, timeout=WAIT
-    )
+    assert fleet.wait_told(N_DEVICES) == set(fleet.devices)
     for name in r["cohorts"][1]["devices"]:
         fleet.devices[name].run(NEW)
     done = fleet.wait_state(r["id"], "completed")
@@ -265,7 +270,7 @@ def test_a_rollout_moves_the_fleet_cohort_by_cohort(fleet: Fleet) -> None:
 def test_a_rejecting_canary_aborts_and_only_it_is_rolled_back(fleet: Fleet) -> None:
     r = _start(fleet, cohorts=[10, 100])
     [canary] = r["cohorts"][0]["devices"]
-    assert fleet.told(timeout=5.0) == {canary}
+    assert fleet.wait_told(1) == {canary}
     fleet.devices[canary].ota("rejected", "smoke_failed")
     aborted = fleet.wait_state(r["id"], "aborted")
     assert aborted["device_states"][canary] == "rolled_back"
@@ -279,7 +284,7 @@ def test_a_rejecting_canary_aborts_and_only_it_is_rolled_back(fleet: Fleet) -> N
         timeout=WAIT,
     )
     others = [d for n, d in fleet.devices.items() if n != canary]
-    assert all(not d.take_desired(0.2) for d in others)  # never touched
+    assert all(not d.take_desired() for d in others)  # never touched
 
 
 def test_a_canary_raising_the_urgent_rate_past_its_gate_is_rolled_back(fleet: Fleet) -> None:
@@ -294,7 +299,7 @@ def test_a_canary_raising_the_urgent_rate_past_its_gate_is_rolled_back(fleet: Fl
         },
     )
     [canary] = r["cohorts"][0]["devices"]
-    assert fleet.told(timeout=5.0) == {canary}
+    assert fleet.wait_told(1) == {canary}
     fleet.devices[canary].run(NEW)
     fleet.hub.wait_until(
         "the canary settled",
