@@ -255,6 +255,12 @@ def test_a_rollout_moves_the_fleet_cohort_by_cohort(fleet: Fleet) -> None:
     assert r["state"] == "running" and [len(c["devices"]) for c in r["cohorts"]] == [1, 9]
     canary = r["cohorts"][0]["devices"]
     assert fleet.wait_told(1) == set(canary)  # only the canary is told at first
+    by_hand = fleet.hub.admin_api.request(
+        "PUT",
+        f"/v1/devices/{canary[0]}/desired",
+        json_body={"model": fleet.devices[canary[0]].model, "version": "1.1.0"},
+    )
+    assert by_hand.status == 409 and r["id"] in by_hand.detail  # the rollout owns it
     for name in canary:
         fleet.devices[name].run(NEW)
     assert fleet.wait_told(N_DEVICES) == set(fleet.devices)
@@ -361,3 +367,29 @@ def test_rollout_state_survives_a_hub_restart_and_the_shell_commands_work(fleet:
         timeout=60,
     )
     assert refused.returncode != 0 and "no rollout" in refused.stderr
+
+
+def test_a_rollout_that_could_not_roll_back_is_refused(fleet: Fleet) -> None:
+    odd = fleet.devices[sorted(fleet.devices)[0]]
+    odd.version = "0.9.0"  # a version the registry does not hold
+    odd.birth()
+    fleet.hub.wait_until(
+        "its version known",
+        lambda: fleet.hub.api.get_json(f"/v1/devices/{odd.name}")["model_version"] == "0.9.0",
+        timeout=WAIT,
+    )
+    reply = fleet.hub.admin_api.post(
+        "/v1/rollouts",
+        json_body={"model": odd.model, "version": NEW, "devices": sorted(fleet.devices)},
+    )
+    assert (
+        reply.status == 409
+        and "0.9.0" in reply.detail
+        and "could not send them back" in reply.detail
+    )
+    others = sorted(set(fleet.devices) - {odd.name})
+    ok = fleet.hub.admin_api.post(
+        "/v1/rollouts", json_body={"model": odd.model, "version": NEW, "devices": others}
+    )
+    assert ok.status == 201
+    assert fleet.hub.admin_api.post(f"/v1/rollouts/{ok.json()['id']}/abort").status == 200

@@ -50,7 +50,14 @@ from cloud_hub.ota.rollout import (
 )
 from cloud_hub.store.base import DesiredRecord, RolloutRow
 
-__all__ = ["COUNTERS", "RolloutManager", "StartRequest", "check_start", "new_rollout_id"]
+__all__ = [
+    "COUNTERS",
+    "RolloutManager",
+    "StartRequest",
+    "check_start",
+    "devices_in_rollouts",
+    "new_rollout_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -295,12 +302,7 @@ def check_start(store: Any, req: StartRequest) -> dict[str, tuple[str, str]]:
     refusal = check_desirable(record, allow_downgrade=False)
     if refusal is not None:
         raise RolloutError(f"{refusal.detail} ({refusal.reason})")
-    busy = {
-        d
-        for row in store.rollouts()
-        if row.state in (RolloutState.RUNNING, RolloutState.PAUSED)
-        for d in json.loads(row.body)["devices"]
-    }
+    busy = set(devices_in_rollouts(store))
     wanted = None if req.devices is None else set(req.devices)
     previous: dict[str, tuple[str, str]] = {}
     for dev in store.devices():
@@ -324,7 +326,30 @@ def check_start(store: Any, req: StartRequest) -> dict[str, tuple[str, str]]:
             f"no device runs {req.model}: a rollout moves the devices whose birth or "
             "heartbeat names that model"
         )
+
+    def rollback_target(model: str, version: str) -> bool:
+        rec = store.model(model, version)
+        return rec is not None and rec.signature is not None
+
+    stuck = sorted({v for m, v in previous.values() if not rollback_target(m, v)})
+    if stuck:
+        raise RolloutError(
+            f"devices run {req.model} {', '.join(stuck)}, which the registry does not hold "
+            "signed: a failed rollout could not send them back. Register and sign it first "
+            f"('edgeloop-hub models register DIR' with the hub's key), or leave those devices out "
+            "(--devices)"
+        )
     return previous
+
+
+def devices_in_rollouts(store: Any) -> dict[str, str]:
+    """Each device in a rollout still running or paused, with the rollout's id."""
+    return {
+        d: row.id
+        for row in store.rollouts()
+        if row.state in (RolloutState.RUNNING, RolloutState.PAUSED)
+        for d in json.loads(row.body)["devices"]
+    }
 
 
 def new_rollout_id(model: str, version: str, now: float) -> str:
