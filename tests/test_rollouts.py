@@ -46,8 +46,17 @@ class Device:
     probe: Probe
     model: str
     version: str
+    endpoint: BrokerEndpoint | None = None
     seq: int = 0
     desired: list[Desired] = field(default_factory=list)
+
+    def reconnect(self) -> None:
+        """Come back online: a new connection, subscribed again, and a birth."""
+        assert self.endpoint is not None
+        self.probe = Probe(self.endpoint, self.name)
+        assert not self.probe.connect().is_failure
+        self.probe.subscribe(T.topic(self.name, Kind.DESIRED))
+        self.birth()
 
     def send(self, kind: Kind, msg: Any) -> None:
         self.probe.publish(T.topic(self.name, kind), encode(msg))
@@ -223,10 +232,11 @@ def fleet(rig: Rig) -> Iterator[Fleet]:
                 topics=T,
                 password_file=hub.data_dir / "broker-passwd",
             ).secret
-            probe = Probe(BrokerEndpoint("127.0.0.1", hub.broker_port, name, secret), name)
+            where = BrokerEndpoint("127.0.0.1", hub.broker_port, name, secret)
+            probe = Probe(where, name)
             assert not probe.connect().is_failure
             probe.subscribe(T.topic(name, Kind.DESIRED))
-            devices[name] = Device(name, probe, rig.edge, rig.old)
+            devices[name] = Device(name, probe, rig.edge, rig.old, where)
             devices[name].birth()
 
         def known() -> int:
@@ -393,3 +403,27 @@ def test_a_rollout_that_could_not_roll_back_is_refused(fleet: Fleet) -> None:
     )
     assert ok.status == 201
     assert fleet.hub.admin_api.post(f"/v1/rollouts/{ok.json()['id']}/abort").status == 200
+
+
+def test_a_device_offline_when_its_cohort_starts_converges_when_it_returns(fleet: Fleet) -> None:
+    away = fleet.devices[sorted(fleet.devices)[0]]
+    away.probe.close()  # offline: it hears nothing now
+    r = _start(fleet, cohorts=[100], gates={"device_timeout_s": 60})
+    here = [d for name, d in fleet.devices.items() if name != away.name]
+    fleet.hub.wait_until(
+        "the devices online told", lambda: all(d.take_desired() for d in here), timeout=WAIT
+    )
+    for d in here:
+        d.run(NEW)
+    time.sleep(1.0)
+    assert fleet.rollout(r["id"])["state"] == "running"  # waiting for the one away
+    away.desired.clear()
+    away.reconnect()  # back, still on the old model
+    fleet.hub.wait_until(
+        "told on its return",
+        lambda: any(x.model_version == NEW for x in away.take_desired()),
+        timeout=WAIT,
+    )
+    away.run(NEW)
+    done = fleet.wait_state(r["id"], "completed")
+    assert done["devices"]["committed"] == N_DEVICES
