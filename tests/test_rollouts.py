@@ -291,6 +291,7 @@ def test_a_rejecting_canary_aborts_and_only_it_is_rolled_back(fleet: Fleet) -> N
     aborted = fleet.wait_state(r["id"], "aborted")
     assert aborted["device_states"][canary] == "rolled_back"
     assert "1 failed" in aborted["decisions"][-1]["why"]
+    assert aborted["decisions"][-1]["gates"]["failures"] == {canary: "smoke_failed"}
     back = fleet.devices[canary]
     fleet.hub.wait_until(
         "the canary told its old version back",
@@ -369,6 +370,18 @@ def test_rollout_state_survives_a_hub_restart_and_the_shell_commands_work(fleet:
     )
     aborted = fleet.wait_state(r["id"], "aborted")
     assert aborted["decisions"][-1]["why"] == "aborted by hand: enough"
+    again = subprocess.run(
+        [*cli, "resume", r["id"], *flags], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode != 0 and "aborted" in again.stderr  # refused here, before queueing
+    bad = subprocess.run(
+        [*cli, "start", "machine-edge", NEW, "--cohorts", "50,10", *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "must rise" in bad.stderr
     refused = subprocess.run(
         [*cli, "show", "no-such-rollout", *flags],
         check=False,
@@ -427,3 +440,18 @@ def test_a_device_offline_when_its_cohort_starts_converges_when_it_returns(fleet
     away.run(NEW)
     done = fleet.wait_state(r["id"], "completed")
     assert done["devices"]["committed"] == N_DEVICES
+
+
+def test_a_rollout_whose_version_is_archived_midway_aborts(fleet: Fleet) -> None:
+    r = _start(fleet, cohorts=[10, 100], gates={"device_timeout_s": 60})
+    [canary] = r["cohorts"][0]["devices"]
+    fleet.devices[canary].run(NEW)
+    edge = fleet.devices[canary].model
+    stage = f"/v1/models/{edge}/{NEW}/stage"
+    assert fleet.hub.admin_api.post(stage, json_body={"stage": "archived"}).status == 200
+    try:
+        aborted = fleet.wait_state(r["id"], "aborted")
+        assert "archived" in aborted["decisions"][-1]["why"]
+        assert aborted["device_states"][canary] == "rolled_back"
+    finally:  # the module's other tests roll this version out
+        fleet.hub.admin_api.post(stage, json_body={"stage": "candidate"})

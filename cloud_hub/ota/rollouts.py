@@ -44,6 +44,7 @@ from cloud_hub.ota.rollout import (
     Rollout,
     RolloutError,
     RolloutState,
+    assign_cohorts,
     command,
     new_rollout,
     step,
@@ -141,10 +142,13 @@ class RolloutManager:
     def tick(self) -> None:
         with self._lock:
             for cmd in self.store.take_rollout_commands():
+                error = None
                 try:
                     self._command(cmd.rollout, cmd.command, cmd.args)
                 except (RolloutError, ValueError, KeyError) as exc:
+                    error = str(exc)
                     log.error("rollout %s: %s refused: %s", cmd.rollout, cmd.command, exc)
+                self.store.finish_rollout_command(cmd.id, error, self.clock())
             for row in self.store.rollouts():
                 if row.state in (RolloutState.RUNNING, RolloutState.PAUSED):
                     self._step(row)
@@ -193,6 +197,16 @@ class RolloutManager:
     def _step(self, row: RolloutRow) -> None:
         r = Rollout.from_dict(json.loads(row.body))
         marks = json.loads(row.marks)
+        target = self.store.model(r.model, r.version)
+        refusal = None if target is None else check_desirable(target, allow_downgrade=False)
+        if target is None or refusal is not None:
+            why = "is no longer registered" if refusal is None else refusal.detail
+            now = self.clock()
+            r, actions = command(r, "abort", now, f"{r.model} {r.version}: {why}")
+            log.warning("rollout %s: aborted: %s %s %s", r.id, r.model, r.version, why)
+            self._apply(r, actions, now)
+            self._save(r, marks, now)
+            return
         failed: dict[str, str] = marks.setdefault("failed", {})
         for rec in self.store.ota_reports(marks.get("ota_after", 0)):
             marks["ota_after"] = rec.id
@@ -321,11 +335,17 @@ def check_start(store: Any, req: StartRequest) -> dict[str, tuple[str, str]]:
             f"device(s) {', '.join(overlap[:10])} are in a rollout that is still running; "
             "let it finish, or abort it ('edgeloop-hub rollout abort ID')"
         )
+    if wanted is not None and not wanted:
+        raise RolloutError("the device list is empty: name at least one device, or none for all")
     if not previous:
         raise RolloutError(
             f"no device runs {req.model}: a rollout moves the devices whose birth or "
             "heartbeat names that model"
         )
+    moving = sorted(d for d, mv in previous.items() if mv != (req.model, req.version))
+    if not moving:
+        raise RolloutError(f"every device named already runs {req.model} {req.version}")
+    assign_cohorts(moving, req.cohorts, "check")  # the cohorts' own rules
 
     def rollback_target(model: str, version: str) -> bool:
         rec = store.model(model, version)
