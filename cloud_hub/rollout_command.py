@@ -6,11 +6,13 @@
     edgeloop-hub rollout show ID [--json]
     edgeloop-hub rollout pause|resume|abort ID [--reason TEXT]
 
-A command is checked here, then queued in the store for the running hub's
-rollout manager, which carries it out within ``--rollout-tick-s`` (a hub that
-is not running carries it out when it starts). The API
-(``/v1/rollouts``) does the same at once. Importing this module loads nothing
-heavy.
+A command is checked here by the same rules the hub applies, then queued in
+the store for the running hub's rollout manager, which carries it out within
+``--rollout-tick-s``; the command waits (at most :data:`WAIT_S`) for the hub's
+answer and exits 1 with the hub's reason when it refuses. With no hub running
+it says so and leaves the command queued: the hub carries it out when it
+starts. The API (``/v1/rollouts``) does the same at once. Importing this
+module loads nothing heavy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +29,27 @@ from typing import Any, Final
 __all__ = ["add_rollout_parsers"]
 
 ROLLOUT_OPTIONS: Final = ("data_dir", "store")
+WAIT_S: Final = 10.0
+"""How long a command waits for the running hub to carry it out."""
+
+
+def _await(store: Any, command_id: int, what: str) -> bool | None:
+    """Wait for the hub's answer to a queued command: True done, False refused (said on
+    stderr), None not taken yet (said on stdout)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        done, error = store.rollout_command_result(command_id)
+        if done:
+            if error is not None:
+                print(f"edgeloop-hub: the hub refused {what}: {error}", file=sys.stderr)
+                return False
+            return True
+        time.sleep(0.2)
+    print(
+        f"{what}: queued, but no hub has taken it within {WAIT_S:g} s (is 'edgeloop-hub serve' "
+        "running on this data directory?); the hub carries it out when it runs"
+    )
+    return None
 
 
 @contextmanager
@@ -73,24 +97,32 @@ def _start(args: argparse.Namespace) -> int:
 
     given: dict[str, Any] = dict(args.gate or [])
     if "min_readings" in given:
+        if not float(given["min_readings"]).is_integer():
+            args.parser.error(f"--gate min_readings={given['min_readings']:g}: give a whole number")
         given["min_readings"] = int(given["min_readings"])
     try:
         gates = Gates(**given)
     except (RolloutError, TypeError) as exc:
         args.parser.error(f"--gate: {exc}")
-    devices = None if args.devices is None else [d for d in args.devices.split(",") if d]
+    devices = (
+        None if args.devices is None else [d.strip() for d in args.devices.split(",") if d.strip()]
+    )
     req = StartRequest(args.name, args.version, args.cohorts, gates, devices)
     with _store(args) as store:
-        previous = check_start(store, req)
+        try:
+            previous = check_start(store, req)
+        except RolloutError as exc:
+            raise ValueError(str(exc)) from None
         rollout_id = new_rollout_id(args.name, args.version, time.time())
-        store.add_rollout_command(rollout_id, "start", req.to_json(), time.time())
-    print(
-        f"rollout {rollout_id}: {args.name} {args.version} on {len(previous)} device(s), cohorts "
-        f"{','.join(f'{c:g}' for c in args.cohorts)}; queued for the hub, which starts it "
-        f"within a second (at its next start if it is not running). Watch it with "
-        f"'edgeloop-hub rollout show {rollout_id}'"
-    )
-    return 0
+        command_id = store.add_rollout_command(rollout_id, "start", req.to_json(), time.time())
+        print(
+            f"rollout {rollout_id}: {args.name} {args.version} on {len(previous)} device(s), "
+            f"cohorts {','.join(f'{c:g}' for c in args.cohorts)}"
+        )
+        done = _await(store, command_id, f"rollout {rollout_id}")
+    if done:
+        print(f"started; watch it with 'edgeloop-hub rollout show {rollout_id}'")
+    return 1 if done is False else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -142,14 +174,23 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
+    from cloud_hub.ota.rollout import Rollout, RolloutError, command  # noqa: PLC0415
+
     with _store(args) as store:
-        if store.rollout(args.id) is None:
+        row = store.rollout(args.id)
+        if row is None:
             raise ValueError(f"there is no rollout {args.id!r}; 'edgeloop-hub rollout list'")
-        store.add_rollout_command(
+        try:  # the hub's own rule, on the state as stored now
+            command(Rollout.from_dict(json.loads(row.body)), args.what, time.time())
+        except RolloutError as exc:
+            raise ValueError(str(exc)) from None
+        command_id = store.add_rollout_command(
             args.id, args.what, json.dumps({"reason": args.reason or ""}), time.time()
         )
-    print(f"rollout {args.id}: {args.what} queued for the hub (carried out within a second)")
-    return 0
+        done = _await(store, command_id, f"rollout {args.id}: {args.what}")
+    if done:
+        print(f"rollout {args.id}: {args.what} done")
+    return 1 if done is False else 0
 
 
 def add_rollout_parsers(commands: Any) -> None:

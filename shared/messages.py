@@ -650,10 +650,10 @@ class Desired:
     ``manifest_url`` is a path on the hub's API (``/v1/models/NAME/VERSION``;
     the agent joins it to its hub URL and fetches the signature and files
     beside it); ``manifest_sha256`` is the sha256 of the manifest's bytes;
-    ``size`` the bytes of every file the manifest lists, the most the agent
-    downloads; ``allow_downgrade`` marks a rollback to a lower version. The
-    hub sends it (``cloud_hub/ota/``); the agent acts on it (:mod:`edge_agent.ota.runner`),
-    or only logs it with ``--ota false``.
+    ``size`` the bytes of the manifest, its signature and every file it lists,
+    the most the agent downloads; ``allow_downgrade`` marks a rollback to a lower
+    version. The hub sends it (``cloud_hub/ota/``); the agent acts on it
+    (:mod:`edge_agent.ota.runner`), or only logs it with ``--ota false``.
     """
 
     device: str

@@ -52,8 +52,10 @@ def check_desirable(record: ModelRecord, *, allow_downgrade: bool) -> DesiredRef
     if record.signature is None:
         return DesiredRefusal(
             "unsigned",
-            f"{what} is unsigned and every agent would refuse it; make the hub's key "
-            "('edgeloop-hub keys init') and register it again ('edgeloop-hub models register')",
+            f"{what} is unsigned and every agent would refuse it; register its package again "
+            f"where the hub's key is ('edgeloop-hub models register "
+            f"DATA_DIR/registry/packages/{record.name}/{record.version}' signs it with "
+            "DATA_DIR/keys/signing.key; 'edgeloop-hub keys init' makes one)",
         )
     if record.stage is Stage.ARCHIVED and not allow_downgrade:
         return DesiredRefusal(

@@ -49,6 +49,7 @@ class DesiredPublisher:
         self._lock = threading.Lock()
         self._desired: dict[str, DesiredRecord] = {d.device: d for d in store.desired_all()}
         self._sent: dict[str, float] = {}
+        self._told_again: dict[str, tuple[str, str]] = {}
         self.sent = 0
         """Desired messages handed to the broker link (first sends and re-sends)."""
         self.resent = 0
@@ -90,16 +91,24 @@ class DesiredPublisher:
                 d, (model, version), self._sent.get(device), now, self._interval
             ):
                 return False
-        log.info(
-            "device %r runs %s %s, desired %s %s: sending its desired state again",
+        with self._lock:
+            self.resent += 1
+            first = self._told_again.get(device) != (d.model, d.version)
+            self._told_again[device] = (d.model, d.version)
+        # Once per device and desired version at INFO: an agent that takes its time (or
+        # cannot update) would otherwise log a line per heartbeat, forever.
+        log.log(
+            logging.INFO if first else logging.DEBUG,
+            "device %r runs %s %s, desired %s %s: sending its desired state again%s",
             device,
             model,
             version,
             d.model,
             d.version,
+            f" (again at most every {self._interval:g} s; logged at DEBUG from now on)"
+            if first
+            else "",
         )
-        with self._lock:
-            self.resent += 1
         self._send(d)
         return True
 

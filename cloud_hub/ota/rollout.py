@@ -425,10 +425,19 @@ def step(
     n = len(in_flight)
     committed = sum(s is DeviceState.COMMITTED for s in states) / n
     failed = 1.0 - committed
-    counts = {
+    counts: dict[str, Any] = {
         "committed_fraction": {"value": committed, "min": r.gates.min_commit_fraction},
         "failed_fraction": {"value": failed, "max": r.gates.max_failure_fraction},
     }
+    failures = {
+        d: (reports[d].failed or "failed")
+        if devices[d] is DeviceState.FAILED and d in reports
+        else devices[d].value
+        for d in in_flight
+        if devices[d] is not DeviceState.COMMITTED
+    }
+    if failures:
+        counts["failures"] = failures
     if committed < r.gates.min_commit_fraction or failed > r.gates.max_failure_fraction:
         why = (
             f"cohort {r.cohort + 1}: {sum(s is DeviceState.FAILED for s in states)} failed, "

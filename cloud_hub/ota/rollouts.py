@@ -44,13 +44,21 @@ from cloud_hub.ota.rollout import (
     Rollout,
     RolloutError,
     RolloutState,
+    assign_cohorts,
     command,
     new_rollout,
     step,
 )
 from cloud_hub.store.base import DesiredRecord, RolloutRow
 
-__all__ = ["COUNTERS", "RolloutManager", "StartRequest", "check_start", "new_rollout_id"]
+__all__ = [
+    "COUNTERS",
+    "RolloutManager",
+    "StartRequest",
+    "check_start",
+    "devices_in_rollouts",
+    "new_rollout_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +142,13 @@ class RolloutManager:
     def tick(self) -> None:
         with self._lock:
             for cmd in self.store.take_rollout_commands():
+                error = None
                 try:
                     self._command(cmd.rollout, cmd.command, cmd.args)
                 except (RolloutError, ValueError, KeyError) as exc:
+                    error = str(exc)
                     log.error("rollout %s: %s refused: %s", cmd.rollout, cmd.command, exc)
+                self.store.finish_rollout_command(cmd.id, error, self.clock())
             for row in self.store.rollouts():
                 if row.state in (RolloutState.RUNNING, RolloutState.PAUSED):
                     self._step(row)
@@ -186,6 +197,16 @@ class RolloutManager:
     def _step(self, row: RolloutRow) -> None:
         r = Rollout.from_dict(json.loads(row.body))
         marks = json.loads(row.marks)
+        target = self.store.model(r.model, r.version)
+        refusal = None if target is None else check_desirable(target, allow_downgrade=False)
+        if target is None or refusal is not None:
+            why = "is no longer registered" if refusal is None else refusal.detail
+            now = self.clock()
+            r, actions = command(r, "abort", now, f"{r.model} {r.version}: {why}")
+            log.warning("rollout %s: aborted: %s %s %s", r.id, r.model, r.version, why)
+            self._apply(r, actions, now)
+            self._save(r, marks, now)
+            return
         failed: dict[str, str] = marks.setdefault("failed", {})
         for rec in self.store.ota_reports(marks.get("ota_after", 0)):
             marks["ota_after"] = rec.id
@@ -295,12 +316,7 @@ def check_start(store: Any, req: StartRequest) -> dict[str, tuple[str, str]]:
     refusal = check_desirable(record, allow_downgrade=False)
     if refusal is not None:
         raise RolloutError(f"{refusal.detail} ({refusal.reason})")
-    busy = {
-        d
-        for row in store.rollouts()
-        if row.state in (RolloutState.RUNNING, RolloutState.PAUSED)
-        for d in json.loads(row.body)["devices"]
-    }
+    busy = set(devices_in_rollouts(store))
     wanted = None if req.devices is None else set(req.devices)
     previous: dict[str, tuple[str, str]] = {}
     for dev in store.devices():
@@ -319,12 +335,41 @@ def check_start(store: Any, req: StartRequest) -> dict[str, tuple[str, str]]:
             f"device(s) {', '.join(overlap[:10])} are in a rollout that is still running; "
             "let it finish, or abort it ('edgeloop-hub rollout abort ID')"
         )
+    if wanted is not None and not wanted:
+        raise RolloutError("the device list is empty: name at least one device, or none for all")
     if not previous:
         raise RolloutError(
             f"no device runs {req.model}: a rollout moves the devices whose birth or "
             "heartbeat names that model"
         )
+    moving = sorted(d for d, mv in previous.items() if mv != (req.model, req.version))
+    if not moving:
+        raise RolloutError(f"every device named already runs {req.model} {req.version}")
+    assign_cohorts(moving, req.cohorts, "check")  # the cohorts' own rules
+
+    def rollback_target(model: str, version: str) -> bool:
+        rec = store.model(model, version)
+        return rec is not None and rec.signature is not None
+
+    stuck = sorted({v for m, v in previous.values() if not rollback_target(m, v)})
+    if stuck:
+        raise RolloutError(
+            f"devices run {req.model} {', '.join(stuck)}, which the registry does not hold "
+            "signed: a failed rollout could not send them back. Register and sign it first "
+            f"('edgeloop-hub models register DIR' with the hub's key), or leave those devices out "
+            "(--devices)"
+        )
     return previous
+
+
+def devices_in_rollouts(store: Any) -> dict[str, str]:
+    """Each device in a rollout still running or paused, with the rollout's id."""
+    return {
+        d: row.id
+        for row in store.rollouts()
+        if row.state in (RolloutState.RUNNING, RolloutState.PAUSED)
+        for d in json.loads(row.body)["devices"]
+    }
 
 
 def new_rollout_id(model: str, version: str, now: float) -> str:

@@ -148,10 +148,16 @@ def register_package(
     elif sig_reason is not RejectReason.UNSIGNED:
         failed = checked.failure
         assert failed is not None
+        how = (
+            "sign it with the hub's key before sending it, or register it where the hub runs "
+            "('edgeloop-hub models register DIR --trust SIGNER.pub')"
+            if label is not None
+            else f"give the signer's public key with --trust FILE, or remove {SIGNATURE_FILE} "
+            "to have the hub sign it"
+        )
         raise RegistryError(
             f"cannot register {shown}: its signature does not verify with a key this hub "
-            f"trusts ({failed.detail}); give the signer's public key with --trust FILE, or "
-            f"remove {SIGNATURE_FILE} to have the hub sign it",
+            f"trusts ({failed.detail}); {how}",
             str(sig_reason),
         )
     existing: ModelRecord | None = store.model(manifest.name, manifest.version)
@@ -186,7 +192,6 @@ def register_package(
         str(path.resolve()),
         at,
         manifest_bytes=manifest_bytes,
-        stage=stage,
         registered_by=by,
         signature=signature,
         source=str(source.resolve()),
@@ -194,6 +199,17 @@ def register_package(
     )
     if existing is None:
         log.info("registered %s %s from %s by %s", manifest.name, manifest.version, source, by)
+        if stage is not Stage.CANDIDATE:
+            # Through the stage rules, so a second production version archives the first.
+            change_stage(
+                store,
+                manifest.name,
+                manifest.version,
+                stage.value,
+                reason="registered as " + stage.value,
+                by=by,
+            )
+            record = find_version(store, manifest.name, manifest.version)
     return Registered(record, existing is None, signed_now)
 
 

@@ -103,7 +103,8 @@ def plan_stage_change(
     if to not in ALLOWED[current]:
         allowed = ", ".join(sorted(s.value for s in ALLOWED[current]))
         raise StageError(
-            f"model {name} {version} is {current.value}; a {current.value} version can go to "
+            f"model {name} {version} is {current.value}; "
+            f"{'an' if current.value[0] in 'aeiou' else 'a'} {current.value} version can go to "
             f"{allowed} only, not {to.value}"
             + (
                 " (register it again as a new version, or archive it and promote it back as a "

@@ -481,7 +481,15 @@ class Store(Protocol):
         ...
 
     def take_rollout_commands(self) -> list[RolloutCommand]:
-        """The queued commands, oldest first, removed from the queue."""
+        """The commands not carried out yet, oldest first."""
+        ...
+
+    def finish_rollout_command(self, command_id: int, error: str | None, at: float) -> None:
+        """Mark a command carried out (``error`` None) or refused (why)."""
+        ...
+
+    def rollout_command_result(self, command_id: int) -> tuple[bool, str | None]:
+        """(done, error) of a queued command: (False, None) while it waits."""
         ...
 
     # -- retention

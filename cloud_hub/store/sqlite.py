@@ -400,7 +400,9 @@ def _migrate_to_9(db: sqlite3.Connection) -> None:
             rollout TEXT NOT NULL,
             command TEXT NOT NULL,
             args TEXT NOT NULL,
-            at REAL NOT NULL
+            at REAL NOT NULL,
+            done_at REAL,
+            error TEXT
         )"""
     )
 
@@ -1679,13 +1681,31 @@ class SQLiteStore:
             return int(cur.lastrowid or 0)
 
     def take_rollout_commands(self) -> list[RolloutCommand]:
-        with self._write() as db:
+        with self._read() as db:
             rows = db.execute(
-                "SELECT id, rollout, command, args, at FROM rollout_commands ORDER BY id"
+                "SELECT id, rollout, command, args, at FROM rollout_commands "
+                "WHERE done_at IS NULL ORDER BY id"
             ).fetchall()
-            if rows:
-                db.execute("DELETE FROM rollout_commands WHERE id <= ?", (rows[-1][0],))
         return [RolloutCommand(*r) for r in rows]
+
+    def finish_rollout_command(self, command_id: int, error: str | None, at: float) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE rollout_commands SET done_at = ?, error = ? WHERE id = ?",
+                (at, error, command_id),
+            )
+            # Keep the outcome of the last 1000 for 'rollout' commands to read back.
+            db.execute(
+                "DELETE FROM rollout_commands WHERE done_at IS NOT NULL AND id <= "
+                "(SELECT max(id) FROM rollout_commands) - 1000"
+            )
+
+    def rollout_command_result(self, command_id: int) -> tuple[bool, str | None]:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT done_at, error FROM rollout_commands WHERE id = ?", (command_id,)
+            ).fetchone()
+        return (False, None) if row is None or row[0] is None else (True, row[1])
 
     # -- retention
 

@@ -175,8 +175,8 @@ class Target:
         return (self.name, self.version, self.manifest_sha256, self.allow_downgrade)
 
 
-_FIELD_TYPES: Final[Mapping[str, type]] = {"allow_downgrade": bool, "size": int}
-"""The :class:`Target` fields that are not strings."""
+_TARGET_TYPES: Final[Mapping[str, type]] = {"allow_downgrade": bool, "size": int}
+"""The fields of :class:`Target` that are not strings, with their type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +216,7 @@ class Breadcrumb:
             crumb.state in IN_PROGRESS
             and isinstance(crumb.from_version, str)
             and all(
-                isinstance(getattr(crumb.target, f.name), _FIELD_TYPES.get(f.name, str))
-                and not (f.name == "size" and isinstance(crumb.target.size, bool))
+                type(getattr(crumb.target, f.name)) is _TARGET_TYPES.get(f.name, str)
                 for f in dataclasses.fields(Target)
             )
         )

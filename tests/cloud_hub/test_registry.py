@@ -275,3 +275,20 @@ def test_a_stage_change_planned_on_a_stale_view_changes_nothing(
         assert [e.by for e in store.stage_log(name)] == ["t", "first"]
     finally:
         store.close()
+
+
+def test_registering_straight_into_production_archives_the_production_version(
+    tmp_path: Path, model_packages: ModelPaths, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opts = ("--data-dir", str(tmp_path / "hub"))
+    first = _copy(model_packages.edge, tmp_path / "v1")
+    assert _run(capsys, "models", "register", str(first), "--stage", "production", *opts)[0] == 0
+    second = _copy(model_packages.edge, tmp_path / "v2")
+    manifest = json.loads((second / MANIFEST_FILE).read_text())
+    manifest["version"] = "8.0.0"
+    (second / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert _run(capsys, "models", "register", str(second), "--stage", "production", *opts)[0] == 0
+    code, out, _ = _run(capsys, "models", "list", "--json", *opts)
+    stages = {r["version"]: r["stage"] for r in json.loads(out)}
+    assert code == 0
+    assert stages == {load_package(first).manifest.version: "archived", "8.0.0": "production"}

@@ -24,6 +24,7 @@ from cloud_hub.api.schemas import (
     SensorInputsOut,
 )
 from cloud_hub.ota.desired import check_desirable, desired_record
+from cloud_hub.ota.rollouts import devices_in_rollouts
 from cloud_hub.store.base import DesiredRecord, DeviceRecord, Store
 from shared.epochs import is_replay_epoch
 
@@ -142,6 +143,13 @@ def put_desired(
         )
     store = state.store
     require_device(store, device)
+    rollout = devices_in_rollouts(store).get(device)
+    if rollout is not None:
+        raise HTTPException(
+            status_code=status.HTTP_409_CONFLICT,
+            detail=f"device {device!r} is in rollout {rollout}, which sets its desired model; "
+            f"abort it first (POST /v1/rollouts/{rollout}/abort)",
+        )
     record = find_model(store, body.model, body.version)
     refusal = check_desirable(record, allow_downgrade=body.allow_downgrade)
     if refusal is not None:

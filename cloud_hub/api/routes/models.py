@@ -433,10 +433,9 @@ async def register_model(
         try:
             out = await run_in_threadpool(_register_upload, state, body, workdir)
         except RegistryError as exc:
-            code = (
-                status.HTTP_409_CONFLICT
-                if exc.reason == "version_exists"
-                else 422  # (starlette renamed its constant; the number is stable)
+            code = {"version_exists": status.HTTP_409_CONFLICT, "too_large": 413}.get(
+                exc.reason,
+                422,  # (starlette renamed the 422 constant; the number is stable)
             )
             raise HTTPException(status_code=code, detail=f"{exc} (reason: {exc.reason})") from None
     finally:
