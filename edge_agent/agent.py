@@ -329,9 +329,8 @@ class Agent:
         The feature window carries over when both models read the same input; the
         baseline too, when it fits the new model.
         """
-        figures = ModelFigures(
-            self._model_readings, self._model_events, self.latency.percentiles()[1]
-        )
+        p50, p99 = self.latency.percentiles()
+        figures = ModelFigures(self._model_readings, self._model_events, p99, p50)
         # The first score on this thread binds the model's buffers (about a millisecond):
         # paid here, between two readings, not by the trial's first reading, whose
         # latency would otherwise be the trial's p99 against a warm previous model.

@@ -20,12 +20,13 @@ import pytest
 from cloud_hub.keys import KeyFiles, init_keys, load_signing_key
 from cloud_hub.provision import provision_device
 from shared.endpoint import BrokerEndpoint
-from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, load_package
+from shared.manifest import load_package
 from shared.messages import Desired, Health, Status, decode_as, encode
 from shared.topics import Kind, Topics
 from simulators.harness import HubProcess
 from tests.cloud_hub.test_broker import Probe
 from tests.conftest import ModelPaths
+from tests.packages import variant, zip_package
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,17 +42,6 @@ class Rig:
     secrets: dict[str, str]
     edge: str
     old: str
-
-
-def _zip(directory: Path) -> bytes:
-    import io  # noqa: PLC0415
-    import zipfile  # noqa: PLC0415
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in sorted(directory.iterdir()):
-            zf.write(path, path.name)
-    return buf.getvalue()
 
 
 def hub_with_keys(
@@ -79,16 +69,11 @@ def rig(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Rig]:
     hub, secrets = hub_with_keys(tmp_path, model_packages, ("dev-a", "dev-b"))
     edge = load_package(model_packages.edge).manifest
     # A newer version of the edge model, signed with the hub's key, to desire.
-    newer = tmp_path / "newer"
-    shutil.copytree(model_packages.edge, newer)
-    (newer / SIGNATURE_FILE).unlink(missing_ok=True)
-    manifest = json.loads((newer / MANIFEST_FILE).read_text())
-    manifest["version"] = NEW
-    (newer / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     key = load_signing_key(hub.data_dir / "keys" / "signing.key")
-    (newer / SIGNATURE_FILE).write_bytes(key.sign_manifest((newer / MANIFEST_FILE).read_bytes()))
+    newer = variant(model_packages.edge, tmp_path / "newer", key, NEW)
+    assert hub.broker_port is not None
     with hub:
-        assert hub.admin_api.post("/v1/models", body=_zip(newer)).status == 201
+        assert hub.admin_api.post("/v1/models", body=zip_package(newer)).status == 201
         device = Probe(
             BrokerEndpoint("127.0.0.1", hub.broker_port, "dev-a", secrets["dev-a"]), "dev-a"
         )

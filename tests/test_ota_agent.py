@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import socket
 import threading
 import time
@@ -25,13 +24,14 @@ from cloud_hub.keys import load_signing_key
 from cloud_hub.store import open_store
 from cloud_hub.store.base import TelemetryRows
 from shared.endpoint import BrokerEndpoint
-from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, load_package, sha256_file
+from shared.manifest import load_package
 from shared.messages import Ota
 from shared.signing import SigningKey
 from shared.topics import Topics
 from simulators.harness import AgentProcess, HubProcess
 from tests.conftest import ModelPaths
-from tests.test_desired_state import _zip, hub_with_keys
+from tests.packages import variant, zip_package
+from tests.test_desired_state import hub_with_keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,32 +65,6 @@ class Hub:
     tmp: Path
 
 
-def _variant(
-    src: Path,
-    dest: Path,
-    key: SigningKey,
-    version: str,
-    *,
-    edit: Callable[[dict[str, Any]], None] | None = None,
-    model_bytes: bytes | None = None,
-) -> Path:
-    """A copy of package ``src`` as ``version``, edited, its files listed again, signed."""
-    shutil.copytree(src, dest)
-    (dest / SIGNATURE_FILE).unlink(missing_ok=True)
-    manifest = json.loads((dest / MANIFEST_FILE).read_text())
-    manifest["version"] = version
-    if model_bytes is not None:
-        (dest / manifest["model"]["file"]).write_bytes(model_bytes)
-    if edit is not None:
-        edit(manifest)
-    for entry in [*manifest["files"], manifest["model"]]:
-        path = dest / entry.get("path", entry.get("file", ""))
-        entry["sha256"], entry["size"] = sha256_file(path), path.stat().st_size
-    (dest / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    (dest / SIGNATURE_FILE).write_bytes(key.sign_manifest((dest / MANIFEST_FILE).read_bytes()))
-    return dest
-
-
 def _nan_model(model_path: Path) -> bytes:
     """The edge model, but its scores are NaN for any feature row other than all zeros."""
     import onnx  # noqa: PLC0415
@@ -116,7 +90,7 @@ def _nan_model(model_path: Path) -> bytes:
             helper.make_node("Where", ["nonzero", "nan_c", f"{out}_raw"], [out]),
         ]
     )
-    return m.SerializeToString()
+    return bytes(m.SerializeToString())
 
 
 def _zero_vectors(model_path: Path) -> Callable[[dict[str, Any]], None]:
@@ -155,13 +129,13 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
         m["input"]["sensors"][0]["unit"] = "degF"
 
     variants = [
-        _variant(src, made / "happy", key, HAPPY),
-        _variant(src, made / "sha", key, "1.3.0"),
-        _variant(src, made / "down", key, "1.0.0"),
-        _variant(src, made / "old", key, "1.4.0", edit=too_new),
-        _variant(src, made / "smoke", key, "1.5.0", edit=bump_expected),
-        _variant(src, made / "units", key, "1.8.0", edit=fahrenheit),
-        _variant(
+        variant(src, made / "happy", key, HAPPY),
+        variant(src, made / "sha", key, "1.3.0"),
+        variant(src, made / "down", key, "1.0.0"),
+        variant(src, made / "old", key, "1.4.0", edit=too_new),
+        variant(src, made / "smoke", key, "1.5.0", edit=bump_expected),
+        variant(src, made / "units", key, "1.8.0", edit=fahrenheit),
+        variant(
             src,
             made / "nan",
             key,
@@ -172,7 +146,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
     ]
     with hub:
         for package in variants:
-            reply = hub.admin_api.post("/v1/models", body=_zip(package))
+            reply = hub.admin_api.post("/v1/models", body=zip_package(package))
             assert reply.status == 201, reply.body
         # A file of 1.3.0 changed on the hub after registration: what it serves is not
         # what the signed manifest lists.

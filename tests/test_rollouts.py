@@ -8,7 +8,6 @@ is chosen by the test. The agent's own update is tested in tests/edge_agent/.
 
 from __future__ import annotations
 
-import json
 import queue
 import shutil
 import subprocess
@@ -24,13 +23,13 @@ import pytest
 from cloud_hub.keys import KeyFiles, init_keys, load_signing_key
 from cloud_hub.provision import provision_device
 from shared.endpoint import BrokerEndpoint
-from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, load_package
+from shared.manifest import load_package
 from shared.messages import Desired, Event, Health, Ota, Status, Telemetry, decode_as, encode
 from shared.topics import Kind, Topics
 from simulators.harness import HubProcess
 from tests.cloud_hub.test_broker import Probe
 from tests.conftest import ModelPaths
-from tests.test_desired_state import _zip
+from tests.packages import variant, zip_package
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -200,16 +199,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
     )
     init_keys(KeyFiles(hub.data_dir / "keys"))
     edge = load_package(model_packages.edge).manifest
-    newer = tmp / "newer"
-    shutil.copytree(model_packages.edge, newer)
-    (newer / SIGNATURE_FILE).unlink(missing_ok=True)
-    manifest = json.loads((newer / MANIFEST_FILE).read_text())
-    manifest["version"] = NEW
-    (newer / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     key = load_signing_key(hub.data_dir / "keys" / "signing.key")
-    (newer / SIGNATURE_FILE).write_bytes(key.sign_manifest((newer / MANIFEST_FILE).read_bytes()))
+    newer = variant(model_packages.edge, tmp / "newer", key, NEW)
     with hub:
-        assert hub.admin_api.post("/v1/models", body=_zip(newer)).status == 201
+        assert hub.admin_api.post("/v1/models", body=zip_package(newer)).status == 201
         yield Rig(hub, edge.name, edge.version)
 
 

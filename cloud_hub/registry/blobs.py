@@ -29,6 +29,7 @@ from pathlib import Path
 
 from shared.errors import EdgeloopError
 from shared.manifest import MANIFEST_FILE, SIGNATURE_FILE, PackageFile
+from shared.secret_file import fsync_dir
 
 __all__ = ["BlobError", "BlobStore"]
 
@@ -37,14 +38,6 @@ _CHUNK = 1 << 20
 
 class BlobError(EdgeloopError):
     """A file could not be taken into the registry as the manifest describes it."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:
@@ -91,7 +84,7 @@ class BlobStore:
                 )
             tmp.chmod(0o444)
             tmp.replace(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             raise BlobError(
                 f"cannot copy {source} into the registry at {self.root}: {exc.strerror}"
@@ -135,7 +128,7 @@ class BlobStore:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 staging.rename(target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             raise BlobError(
                 f"cannot lay out {name} {version} in the registry at {self.root}: {exc.strerror}"

@@ -168,7 +168,9 @@ class TrialSettings:
     """Errors (exceptions while scoring) a trial tolerates."""
     latency_factor: float = 3.0
     latency_floor_us: float = 100.0
-    """Fails if p99 > ``latency_factor`` x the previous p99 + ``latency_floor_us``."""
+    """Fails if p99 > ``latency_factor`` x the previous p99 + ``latency_floor_us``, and the
+    median is over the same bound on the previous median (a short trial's p99 is its
+    slowest reading, so one spike alone must not fail a model)."""
     urgent_factor: float = 2.0
     urgent_floor: float = 0.01
     """Fails if urgent events per reading > ``urgent_factor`` x the previous rate + ``urgent_floor``."""
@@ -194,6 +196,8 @@ class ModelFigures:
     readings: int
     urgent_events: int
     latency_p99_us: float
+    latency_p50_us: float | None = None
+    """None when unknown: the latency gate then looks at p99 alone."""
 
     @property
     def urgent_rate(self) -> float:
@@ -221,6 +225,10 @@ class TrialStats:
     @property
     def latency_p99_us(self) -> float:
         return self._latency.percentiles()[1]
+
+    @property
+    def latency_p50_us(self) -> float:
+        return self._latency.percentiles()[0]
 
     @property
     def urgent_rate(self) -> float:
@@ -252,8 +260,14 @@ def trial_verdict(
         )
     if not complete:
         return None
+    # A trial of a few dozen readings has a p99 that is its slowest reading: one scheduler
+    # hiccup. A slower model moves the median too, so the median must be over as well.
     p99, old_p99 = stats.latency_p99_us, previous.latency_p99_us
-    if p99 > settings.latency_factor * old_p99 + settings.latency_floor_us:
+    old_p50 = previous.latency_p50_us
+    median_slower = old_p50 is None or stats.latency_p50_us > (
+        settings.latency_factor * old_p50 + settings.latency_floor_us
+    )
+    if p99 > settings.latency_factor * old_p99 + settings.latency_floor_us and median_slower:
         return (
             OtaReason.TRIAL_LATENCY,
             f"latency p99 {p99:.0f} us against the previous model's {old_p99:.0f} us "

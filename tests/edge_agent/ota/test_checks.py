@@ -175,3 +175,17 @@ def test_trial_settings_are_checked() -> None:
         TrialSettings(latency_factor=math.nan)
     with pytest.raises(ValueError, match="latency_ring"):
         TrialSettings(latency_ring=0)
+
+
+def test_one_slow_reading_does_not_fail_a_trial_but_a_slower_model_does() -> None:
+    previous = ModelFigures(1000, 0, latency_p99_us=300.0, latency_p50_us=20.0)
+    spiky = TrialStats(64)
+    for i in range(50):
+        spiky.add(3000.0 if i == 7 else 20.0, finite=True, error=False, urgent=False)
+    assert spiky.latency_p99_us > 3 * 300.0 + 100.0  # the p99 alone would fail it
+    assert trial_verdict(spiky, previous, TrialSettings(), complete=True) is None
+    slow = TrialStats(64)
+    for _ in range(50):
+        slow.add(2000.0, finite=True, error=False, urgent=False)
+    verdict = trial_verdict(slow, previous, TrialSettings(), complete=True)
+    assert verdict is not None and verdict[0] is OtaReason.TRIAL_LATENCY
