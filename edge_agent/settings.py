@@ -27,7 +27,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edge_agent.scheduling import parse_cpu
 from shared.columns import parse_column_map
@@ -46,8 +46,10 @@ from shared.options import (
     str_list,
     unit_float,
 )
-from shared.signing import TrustedKey, load_public_key
 from shared.topics import DEFAULT_ROOT, Topics, validate_device_id
+
+if TYPE_CHECKING:
+    from shared.signing import TrustedKey
 
 __all__ = [
     "ENV_PREFIX",
@@ -621,7 +623,14 @@ def _hub_url(
 def _trusted(
     paths: tuple[str, ...], fail: Callable[[str, str], ConfigError]
 ) -> tuple[TrustedKey, ...]:
-    """The public keys in the ``--trust`` files, or an error naming the file at fault."""
+    """The public keys in the ``--trust`` files, or an error naming the file at fault.
+
+    ``shared.signing`` loads the ``cryptography`` package (6-7 MB resident): only an
+    agent given ``--trust`` pays for it."""
+    if not paths:
+        return ()
+    from shared.signing import load_public_key  # noqa: PLC0415
+
     keys: list[TrustedKey] = []
     for name in paths:
         try:

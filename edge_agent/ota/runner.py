@@ -40,7 +40,7 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 
@@ -85,7 +85,9 @@ from shared.errors import ManifestError
 from shared.manifest import load_package
 from shared.ota import IN_PROGRESS, OtaState, OtaTransition
 from shared.reasons import OtaReason, RejectReason
-from shared.signing import TrustedKey
+
+if TYPE_CHECKING:
+    from shared.signing import TrustedKey
 
 __all__ = ["SMOKE_BUDGET_US", "OtaConfig", "OtaHost", "OtaRunner"]
 
