@@ -158,9 +158,23 @@ def hub(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
         yield Hub(hub, secrets, edge.name, src, hub.data_dir / "keys" / "signing.pub", tmp)
 
 
+_STARTED: list[AgentProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_left() -> Iterator[None]:
+    """Every agent a test made is stopped when the test ends, passed or failed: one left
+    running would be counted by later tests (tests/test_secrets.py counts agents)."""
+    yield
+    while _STARTED:
+        agent = _STARTED.pop()
+        if agent.is_running:
+            agent.kill()
+
+
 def _agent(h: Hub, device: str, *args: str, state: Path | None = None) -> AgentProcess:
     assert h.hub.broker_port is not None
-    return AgentProcess(
+    agent = AgentProcess(
         h.edge_dir,
         state or h.tmp / "agents" / device,
         broker=BrokerEndpoint("127.0.0.1", h.hub.broker_port, device, h.secrets[device]),
@@ -182,6 +196,8 @@ def _agent(h: Hub, device: str, *args: str, state: Path | None = None) -> AgentP
         ],
         log_level="INFO",
     )
+    _STARTED.append(agent)
+    return agent
 
 
 def _desire(h: Hub, device: str, version: str) -> None:

@@ -410,6 +410,10 @@ class OtaRunner:
         model = self._staged_for_smoke()
         tv = model.manifest.test_vectors
         rows = np.asarray(tv.inputs, dtype=np.float32)
+        # One untimed call first: a thread's first score binds the model's buffers (about
+        # a millisecond, far more on a loaded machine), which no later reading pays. With
+        # one test vector, that cold call was the median the budget judged.
+        model.score(rows[0])
         scores, latencies = [], []
         for row in rows:
             t0 = time.perf_counter_ns()
