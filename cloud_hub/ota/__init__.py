@@ -2,5 +2,6 @@
 
 :mod:`.desired` is pure (what a device's desired message is, whether a model
 may be desired, when to send it again); :mod:`.publisher` keeps it in the store
-and on the broker. Rollouts (cohorts, gates): not yet.
+and on the broker; :mod:`.rollout` (pure) and :mod:`.rollouts` (the manager
+thread) run staged rollouts.
 """

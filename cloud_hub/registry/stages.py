@@ -28,8 +28,9 @@ Rules:
 4. Moving a version to the stage it is in is refused, naming the stage, so a
    script that repeats itself learns it did nothing.
 
-What a stage does not do (yet): it pushes nothing to devices. Rollouts set what
-devices run (not yet built); a stage is the registry's label for a version.
+What a stage does not do: it pushes nothing to devices. Desired state and
+rollouts (:mod:`cloud_hub.ota`) set what devices run; a stage is the registry's
+label for a version, and a rollout neither reads nor changes it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ The manifest comes back byte for byte as the registry stored it: the package's
 ``manifest.sig`` over those bytes verifies against the download. The signature
 is served from the package directory (``/signature``), only while the
 directory's ``manifest.json`` is still those registered bytes; 404 for an
-unsigned package. (The agent does not download or verify them yet.)
+unsigned package. Agents download and verify them to update (OTA); a device's
+own credential fetches only its desired version (:func:`device_may_fetch`).
 
 The artifact streams ``model.onnx`` with ``Content-Length``, a strong
 ``ETag`` (the manifest's sha256) and single-range ``Range`` requests (206, or
