@@ -31,9 +31,10 @@ from edge_agent.reading import ReadingPath
 from edge_agent.replay_identity import identity_for
 from edge_agent.rules import Decision
 from edge_agent.settings import AgentSettings
-from edge_agent.sources.base import Source
+from edge_agent.sources.base import Source, StopSignal
 from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
+from edge_agent.waiting import ReadingWait
 from shared import __version__
 from shared.baseline import Baseline, BaselineError
 from shared.errors import ContractError
@@ -234,15 +235,11 @@ class Agent:
         Before it, the OTA runner takes its events (a switch happens here,
         between two readings); during a trial, :meth:`_trial_step` scores.
         """
-        ota = self.ota
-        if ota is not None:
-            try:
-                ota.poll(self.path.rule.episode_on)
-            except Exception:  # a bug in the update must not stop the readings
-                self._ota_failed()
-            else:
-                if ota.in_trial:
-                    return self._record(ts, *self._trial_step(values))
+        if self.ota is not None:
+            self._ota_between()
+            ota = self.ota  # None if it failed just now
+            if ota is not None and ota.in_trial:
+                return self._record(ts, *self._trial_step(values))
         if self._columns is not None:
             values = values[list(self._columns)]
         t0 = time.perf_counter_ns()
@@ -309,6 +306,19 @@ class Agent:
         return back.step(values if cols is None else values[list(cols)])
 
     # -- OTA: the reading loop, between two readings ------------------------------------------
+
+    def _ota_busy(self) -> bool:
+        ota = self.ota
+        return ota is not None and ota.busy
+
+    def _ota_between(self) -> None:
+        """The OTA runner's next steps, between two readings (the source's wait)."""
+        ota = self.ota
+        if ota is not None:
+            try:
+                ota.poll(self.path.rule.episode_on)
+            except Exception:  # a bug in the update must not stop the readings
+                self._ota_failed()
 
     def _ota_failed(self) -> None:
         """Turn updates off for this run after an unexpected error in the OTA runner."""
@@ -437,12 +447,16 @@ class Agent:
         limit = self.settings.readings
         # Everything loaded so far lives as long as the process: keep it out of
         # the collector's way so its pauses stay short on the reading path.
+        waits: StopSignal = stop
         if self.ota is not None:
+            wait = ReadingWait(stop, self._ota_busy, self._ota_between)
+            self.ota.wake = wait.wake
+            waits = wait
             self.ota.start()
         gc.freeze()
         finished = False
         try:
-            for reading in self.source.readings(stop):
+            for reading in self.source.readings(waits):
                 self.process(reading.ts, reading.values)
                 if limit and self.readings >= limit:
                     break

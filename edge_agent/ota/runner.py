@@ -3,7 +3,9 @@
 Threads (the machine's rule 3):
 
 - The *reading loop* owns the machine. :meth:`OtaRunner.poll`, called before
-  every reading, hands it the events queued since the last reading (desired
+  every reading and, while an update is in progress, as soon as the worker
+  posts an outcome (in the source's wait between two readings,
+  :mod:`edge_agent.waiting`), hands it the events queued since (desired
   messages, the worker's outcomes, urgent episodes starting or ending) and a
   tick, and carries out the effects it returns. The effects that touch the
   reading path (switch, revert) and the quick ones (breadcrumb, report,
@@ -39,7 +41,9 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
@@ -89,7 +93,7 @@ from shared.reasons import OtaReason, RejectReason
 if TYPE_CHECKING:
     from shared.signing import TrustedKey
 
-__all__ = ["SMOKE_BUDGET_US", "OtaConfig", "OtaHost", "OtaRunner"]
+__all__ = ["SMOKE_BUDGET_US", "OtaConfig", "OtaHost", "OtaRunner", "open_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,9 @@ class OtaConfig:
     credentials: tuple[str, str] | None = None
     """(device, secret) for HTTP Basic: the agent's own broker account."""
     tls: ssl.SSLContext | None = field(default=None, compare=False)
+    load_model: Callable[[Path], EdgeModel] | None = field(default=None, compare=False)
+    """Opens a staged, verified package (its slot) as a model; None: a session of its
+    own (:func:`open_slot`). The fleet simulator's hosts share one per package."""
 
 
 class OtaHost(Protocol):
@@ -146,6 +153,9 @@ class OtaRunner:
         model: EdgeModel,
         host: OtaHost,
     ) -> None:
+        self.wake: Callable[[], None] = _nothing
+        """Called (from the link or worker thread) when the reading loop has OTA work: a
+        desired message or a step's outcome (:class:`edge_agent.waiting.ReadingWait`)."""
         self.config = config
         self.slots = slots
         self.host = host
@@ -171,6 +181,7 @@ class OtaRunner:
     def desired(self, target: Target) -> None:
         """Queue a desired message for the reading loop (the link thread calls this)."""
         self._desired.append(target)  # replaces one not yet taken
+        self.wake()
 
     # -- the reading loop --
 
@@ -199,6 +210,11 @@ class OtaRunner:
         if self._worker is not None:
             self._jobs.put(None)
             self._worker.join(timeout=timeout)
+
+    @property
+    def busy(self) -> bool:
+        """Whether an update is in progress or has work queued (the reading loop)."""
+        return self.machine.state in IN_PROGRESS or bool(self._events or self._desired)
 
     def poll(self, urgent_on: bool) -> None:
         """Before a reading: queued events, urgent episodes and deadlines. Cheap when idle."""
@@ -302,6 +318,7 @@ class OtaRunner:
                 outcome = _failure(fx, f"{type(exc).__name__}: {exc}")
             if outcome is not None:
                 self._events.append(_Outcome(update, *outcome))
+                self.wake()
 
     def _do(self, fx: Effect) -> tuple[Event, EdgeModel | None] | None:
         if isinstance(fx, StartDownload):
@@ -399,7 +416,7 @@ class OtaRunner:
     def _stage(self, target: Target) -> tuple[Event, EdgeModel | None]:
         try:
             slot = self.slots.install(self.slots.staging, target.name, target.version)
-            model = EdgeModel(load_package(slot))
+            model = (self.config.load_model or open_slot)(slot)
         except (ManifestError, OSError, ValueError) as exc:
             return StageFailed(str(exc)), None
         finally:
@@ -433,6 +450,11 @@ class OtaRunner:
         return staged
 
 
+def open_slot(slot: Path) -> EdgeModel:
+    """A staged, verified package's model, in a session of its own."""
+    return EdgeModel(load_package(slot))
+
+
 def _expected(event: Event, state: OtaState) -> bool:
     """Whether a worker's outcome fits the state (else it is stale)."""
     if isinstance(event, DownloadDone | DownloadFailed):
@@ -444,6 +466,10 @@ def _expected(event: Event, state: OtaState) -> bool:
     if isinstance(event, SmokePassed | SmokeFailed):
         return state is OtaState.SMOKE_TESTING
     return False
+
+
+def _nothing() -> None:
+    pass
 
 
 def _failure(fx: Effect, detail: str) -> tuple[Event, EdgeModel | None] | None:
