@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -102,6 +103,8 @@ class Agent:
         """Where the running model's sensors are in the source's readings (None: in order)."""
         self._model_readings = 0
         self._model_events = 0
+        self._earlier_models: Counter[str] = Counter()
+        """Readings scored by models switched away from, by version (:meth:`readings_by_model`)."""
         self.baseline = baseline
         self.features = self.path.features
         self.inputs = self.path.inputs
@@ -372,10 +375,17 @@ class Agent:
                 model.n_classes,
                 recorded_time=self.replay is not None,
             )
+        self._earlier_models[self.model.version] += self._model_readings
         self.model, self.path = model, path
         self.features, self.inputs, self.rule = path.features, path.inputs, path.rule
         self._model_readings = self._model_events = 0
         return figures
+
+    def readings_by_model(self) -> dict[str, int]:
+        """Readings each model version scored in this run (each is in a batch naming it)."""
+        counts = Counter(self._earlier_models)
+        counts[self.model.version] += self._model_readings
+        return {version: n for version, n in counts.items() if n}
 
     def report_ota(self, transition: OtaTransition) -> None:
         """Send an OTA transition through the durable outbox, like an event."""

@@ -93,13 +93,10 @@ from shared.reasons import OtaReason, RejectReason
 if TYPE_CHECKING:
     from shared.signing import TrustedKey
 
-__all__ = ["SMOKE_BUDGET_US", "OtaConfig", "OtaHost", "OtaRunner", "open_slot"]
+__all__ = ["OtaConfig", "OtaHost", "OtaRunner", "open_slot"]
 
 log = logging.getLogger(__name__)
 
-SMOKE_BUDGET_US: Final = 20_000.0
-"""The median latency per test-vector row a smoke test allows (20 ms: a model 100 x
-slower than the default edge model's)."""
 _TICK_S: Final = 0.05
 
 
@@ -116,6 +113,9 @@ class OtaConfig:
     credentials: tuple[str, str] | None = None
     """(device, secret) for HTTP Basic: the agent's own broker account."""
     tls: ssl.SSLContext | None = field(default=None, compare=False)
+    smoke_budget_us: float = 20_000.0
+    """The median latency per test-vector row a smoke test allows (``--ota-smoke-budget-ms``;
+    20 ms: a model 100 x slower than the default edge model's)."""
     load_model: Callable[[Path], EdgeModel] | None = field(default=None, compare=False)
     """Opens a staged, verified package (its slot) as a model; None: a session of its
     own (:func:`open_slot`). The fleet simulator's hosts share one per package."""
@@ -437,7 +437,7 @@ class OtaRunner:
             scores.append(model.score(row))
             latencies.append((time.perf_counter_ns() - t0) / 1000.0)
         result = smoke_verdict(
-            np.stack(scores), tv.expected_scores, tv.atol, latencies, SMOKE_BUDGET_US
+            np.stack(scores), tv.expected_scores, tv.atol, latencies, self.config.smoke_budget_us
         )
         if result.reason is not None:
             return SmokeFailed(result.reason, result.detail)
