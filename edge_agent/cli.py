@@ -208,6 +208,7 @@ def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaC
         trial_readings=settings.ota_trial_readings,
         trial_s=settings.ota_trial_s,
         trial_deadline_s=max(600.0, 10 * settings.ota_trial_s),
+        retry_after_s=settings.ota_retry_s,
     )
     return OtaConfig(
         settings.hub_url,

@@ -411,6 +411,14 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "ota_retry_s",
+            positive_float,
+            300.0,
+            "how long before an update that failed for a passing reason (a download "
+            "failure, a deadline, an urgent episode, an interruption) is tried again",
+            "S",
+        ),
+        Option(
             "ota_max_bytes",
             positive_int,
             256 * 2**20,
@@ -478,6 +486,7 @@ class AgentSettings:
     ota_trial_readings: int
     ota_trial_s: float
     ota_switch_wait_s: float
+    ota_retry_s: float
     ota_max_bytes: int
     log_level: str
     trusted: tuple[TrustedKey, ...] = ()
