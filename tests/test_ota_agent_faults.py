@@ -8,8 +8,8 @@ would happen:
 - on the hub, a registry file shortened on disk;
 - in the agent, through :mod:`tests.ota_fault_agent` (a launcher that patches one
   step, then runs the real agent): a pause that holds the agent in one update state
-  until the test SIGKILLs it, a scorer 15 ms slower, a desired message's size below
-  the package's.
+  until the test SIGKILLs it, a scorer 60 ms slower on real readings, a desired
+  message's size below the package's.
 
 The reject reasons ``tests/test_ota_agent.py`` does not cover (it shares its helpers):
 ``bad_signature``, ``size_mismatch``, ``too_large``, a hub that cannot serve a file
@@ -320,7 +320,7 @@ def test_a_model_much_slower_than_the_running_one_is_reverted_after_its_trial(
 ) -> None:
     h = hub
     args = ["--trust", str(h.pub), *SHORT_TRIAL]
-    agent = _faulty(_agent(h, "slow", *args), "--slow-version", NEW, "--slow-ms", "15").start()
+    agent = _faulty(_agent(h, "slow", *args), "--slow-version", NEW, "--slow-ms", "60").start()
     _desire(h, "slow", NEW)
     detail = _refused(h, "slow", agent, "reverted", "trial_latency")
     assert "latency p99" in detail
