@@ -365,8 +365,8 @@ def _attempt(
                 # update's own retry (retry_after_s) comes back for it. The .part stays.
                 raise DownloadError(
                     OtaReason.DOWNLOAD_FAILED,
-                    f"{t.url}: HTTP {status} {resp.reason}{said}; the server asks to retry "
-                    f"after {later} s",
+                    f"{t.url}: HTTP {status} {resp.reason}, the server asks to retry after "
+                    f"{later} s{said}",
                     url=t.url,
                     status=status,
                 )
