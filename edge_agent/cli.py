@@ -210,6 +210,7 @@ def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaC
         trial_s=settings.ota_trial_s,
         trial_deadline_s=max(600.0, 10 * settings.ota_trial_s),
         trial=TrialSettings(latency_factor=settings.ota_latency_factor),
+        retry_after_s=settings.ota_retry_s,
     )
     return OtaConfig(
         settings.hub_url,

@@ -427,6 +427,14 @@ OPTIONS: Final = OptionTable(
             "MS",
         ),
         Option(
+            "ota_retry_s",
+            positive_float,
+            300.0,
+            "how long before an update that failed for a passing reason (a download "
+            "failure, a deadline, an urgent episode, an interruption) is tried again",
+            "S",
+        ),
+        Option(
             "ota_max_bytes",
             positive_int,
             256 * 2**20,
@@ -496,6 +504,7 @@ class AgentSettings:
     ota_switch_wait_s: float
     ota_latency_factor: float
     ota_smoke_budget_ms: float
+    ota_retry_s: float
     ota_max_bytes: int
     log_level: str
     trusted: tuple[TrustedKey, ...] = ()

@@ -74,6 +74,7 @@ from edge_agent.ota.machine import (
     StageFailed,
     StartDownload,
     Step,
+    Stopped,
     SwitchDone,
     SwitchModel,
     Target,
@@ -205,11 +206,25 @@ class OtaRunner:
         self._apply(self.machine.handle(AgentStarted(crumb), time.monotonic()))
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop the worker after its current job, waiting at most ``timeout`` s for it (a
-        download may go on until its own timeout; the thread is a daemon)."""
-        if self._worker is not None:
-            self._jobs.put(None)
-            self._worker.join(timeout=timeout)
+        """End an update under way with ``stopped`` (the machine's rule 5: a clean stop is
+        no crash), then stop the worker after its jobs, waiting at most ``timeout`` s for
+        it (a download may go on until its own timeout; the thread is a daemon). Called on
+        the reading thread once the readings are over, before the outbox is drained."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        ended = False
+        try:
+            self._apply(self.machine.handle(Stopped(), time.monotonic()))
+            ended = True
+        except Exception:  # after a bug in the runner: the breadcrumb stays, as after a crash
+            log.exception("OTA: could not end the update under way at stop")
+        self._jobs.put(None)
+        worker.join(timeout=timeout)
+        if ended and worker.is_alive():
+            # Stuck in a download: its .part files are all it writes, and the jobs after it
+            # (this stop's discard and clear) wait for it. Clear the breadcrumb here.
+            self.slots.clear_breadcrumb()
 
     @property
     def busy(self) -> bool:
