@@ -208,11 +208,19 @@ class RolloutManager:
             self._save(r, marks, now)
             return
         failed: dict[str, str] = marks.setdefault("failed", {})
+        # A device's own report of its commit (through its durable outbox) settles it
+        # at once; its next heartbeat, which names the version too, may be seconds away.
+        committed: list[str] = marks.setdefault("committed", [])
         for rec in self.store.ota_reports(marks.get("ota_after", 0)):
             marks["ota_after"] = rec.id
             o = rec.ota
-            if o.device in r.devices and o.to_version == r.version and o.state in _FAILED_STATES:
+            if o.device not in r.devices or o.to_version != r.version:
+                continue
+            if o.state in _FAILED_STATES:
                 failed[o.device] = o.reason
+            elif o.state == "committed" and o.device not in committed:
+                committed.append(o.device)
+        moved = set(committed)
         devices = {d.device: d for d in self.store.devices() if d.device in r.devices}
         in_flight = r.cohorts[r.cohort] if r.cohort < len(r.cohorts) else ()
         settled = all(r.devices[d] is not DeviceState.WAITING for d in in_flight)
@@ -236,8 +244,8 @@ class RolloutManager:
 
         reports = {
             d: DeviceReport(
-                devices[d].model if d in devices else None,
-                devices[d].model_version if d in devices else None,
+                r.model if d in moved else devices[d].model if d in devices else None,
+                r.version if d in moved else devices[d].model_version if d in devices else None,
                 failed.get(d),
                 figures(d) if settled else CohortFigures(),
             )
