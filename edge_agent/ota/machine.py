@@ -37,8 +37,9 @@ Rules
    ``reverted`` with ``superseded``, its files discarded) and starts toward the
    new one at once. A package refused before is not tried again
    (``refused_before``), except after a refusal that says nothing about the
-   package (download failures, deadlines, urgent waits, interruptions), and
-   then only ``retry_after_s`` later. A desired message with a different
+   package (download failures, deadlines, urgent waits, interruptions, a
+   signature checker that could not run), and then only ``retry_after_s``
+   later. A desired message with a different
    ``allow_downgrade`` or sha256 is another package.
 7. Urgent episodes: never paused, never cut. The switch waits while one is
    active and happens when it ends; if it lasts past ``switch_wait_s`` the
@@ -548,6 +549,7 @@ _RETRYABLE: Final[frozenset[Reason]] = frozenset(
         OtaReason.DEADLINE,
         OtaReason.URGENT_ACTIVE,
         OtaReason.INTERRUPTED,
+        OtaReason.VERIFIER_FAILED,
     }
 )
 """Refusals that say nothing about the package itself (rule 6)."""

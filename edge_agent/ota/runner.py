@@ -370,9 +370,15 @@ class OtaRunner:
         return DownloadDone()
 
     def _verify(self, target: Target) -> Event:
-        from shared.package_verify import verify_package  # noqa: PLC0415 - see _download
+        from edge_agent.ota.sigcheck import child_verifier  # noqa: PLC0415 - see _download
+        from shared.package_verify import verify_package  # noqa: PLC0415
+        from shared.signing import VerifierError  # noqa: PLC0415
 
-        result = verify_package(self.slots.staging, self.config.trusted)
+        # The Ed25519 check runs in a child process: this one never loads cryptography.
+        try:
+            result = verify_package(self.slots.staging, self.config.trusted, child_verifier())
+        except VerifierError as exc:
+            return Refused(OtaReason.VERIFIER_FAILED, str(exc))
         failed = result.failure
         if failed is not None:
             assert failed.reason is not None
