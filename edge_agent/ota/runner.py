@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import numpy as np
 
 from edge_agent.engine import EdgeModel
+from edge_agent.malloc import trim
 from edge_agent.ota.checks import ModelFigures, compatibility, smoke_verdict
 from edge_agent.ota.machine import (
     AgentStarted,
@@ -300,6 +301,7 @@ class OtaRunner:
             except Exception as exc:  # a bug must not leave the update hanging: say so
                 log.exception("OTA: %s failed unexpectedly", type(fx).__name__)
                 outcome = _failure(fx, f"{type(exc).__name__}: {exc}")
+            trim()  # what the step freed goes back to the kernel (edge_agent.malloc)
             if outcome is not None:
                 self._events.append(_Outcome(update, *outcome))
 
