@@ -321,7 +321,8 @@ class Verified:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A :class:`RejectReason` of the package, or a compatibility :class:`OtaReason`."""
+    """A :class:`RejectReason` of the package, a compatibility :class:`OtaReason`, or
+    ``verifier_failed`` (the signature checker could not run)."""
 
     reason: Reason
     detail: str = ""
