@@ -3,10 +3,10 @@
 Why: the ``cryptography`` package costs an agent 9 MB resident for as long as
 it runs (its Rust bindings alone 7 MB), and issue 10 holds the agent to 80 MB
 during an update. A signature is checked once per update, so the agent runs
-``python -P -m edge_agent.ota.sigcheck`` for that check: the child imports
-:mod:`shared.signing` and ``cryptography`` and nothing else, answers, and
-exits. It costs about 25 MB and 0.1-0.3 s while it runs (README, "Resident
-memory"), during ``verifying``, before the new model is loaded.
+:mod:`edge_agent.ota.ed25519_child` as a script for that check: the child
+imports ``cryptography`` and the standard library and nothing else, answers,
+and exits. It costs about 22 MB and 0.1-0.3 s while it runs (README,
+"Resident memory"), during ``verifying``, before the new model is loaded.
 
 Everything else about the package (its files, their sizes and sha256, which
 keys the signature file's key id names) is checked in the agent
@@ -32,26 +32,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 from shared.signing import TrustedKey, Verifier, VerifierError
 
-__all__ = ["CHILD_TIMEOUT_S", "child_command", "child_verifier", "main"]
+__all__ = ["CHILD_TIMEOUT_S", "child_command", "child_verifier"]
 
 log = logging.getLogger(__name__)
 
 CHILD_TIMEOUT_S: Final = 30.0
 """How long the child may take (it takes 0.1-0.3 s; a loaded device more). Below the
 verifying state's own deadline (60 s), so a hung child is named as such."""
-_MAX_INPUT: Final = 1 << 20
-"""The child reads at most this much: a manifest is a few KB (the download caps it)."""
 _MAX_STDERR: Final = 400
+_CHILD: Final = Path(__file__).with_name("ed25519_child.py")
 
 
 def child_command() -> list[str]:
-    """This interpreter, running this module (``-P``: the working directory is not
-    searched first, so no ``edge_agent`` there can stand in for the real one)."""
-    return [sys.executable, "-P", "-m", __name__]
+    """This interpreter, running the child script isolated (``-I``: no ``PYTHON*``
+    variables, no user site, neither the working nor the script's directory on
+    its path, so it loads the installed ``cryptography`` and nothing of ours)."""
+    return [sys.executable, "-I", str(_CHILD)]
 
 
 def child_verifier(
@@ -122,22 +123,3 @@ def _run(argv: list[str], request: bytes, timeout_s: float, n_keys: int) -> int 
         ) from None
     log.info("OTA: signature checked in a child process in %.0f ms", took_ms)
     return None if index is None else int(index)
-
-
-def main() -> int:
-    """The child: read the request on stdin, answer on stdout (see the module docstring)."""
-    try:
-        request = json.loads(sys.stdin.buffer.read(_MAX_INPUT))
-        keys = [TrustedKey(base64.b64decode(k, validate=True)) for k in request["keys"]]
-        data = base64.b64decode(request["data"], validate=True)
-        signature = base64.b64decode(request["signature"], validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"sigcheck: unreadable request ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 2
-    index = next((i for i, k in enumerate(keys) if k.verifies(data, signature)), None)
-    sys.stdout.write(json.dumps({"verified_by": index}) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
