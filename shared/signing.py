@@ -9,9 +9,8 @@ package's (no hand-written crypto); this module only frames it. No I/O.
 The ``cryptography`` package (9 MB resident in the agent, its Rust bindings
 alone 7 MB) is imported only by what signs or verifies (:class:`SigningKey`,
 :meth:`TrustedKey.verifies`), never at import time: reading a public key or a
-signature file does not need it. The agent checks the signature in a child
-process (:mod:`edge_agent.ota.sigcheck`, through ``verifier``), so it never
-loads it.
+signature file does not need it. The agent runs the check in a child
+process, through a :data:`Verifier`, so it never loads it.
 
 Rules:
 

@@ -5,8 +5,8 @@ it runs (its Rust bindings alone 7 MB), and issue 10 holds the agent to 80 MB
 during an update. A signature is checked once per update, so the agent runs
 :mod:`edge_agent.ota.ed25519_child` as a script for that check: the child
 imports ``cryptography`` and the standard library and nothing else, answers,
-and exits. It costs about 22 MB and 0.1-0.3 s while it runs (README,
-"Resident memory"), during ``verifying``, before the new model is loaded.
+and exits. It costs about 20 MB for about 0.05 s (README, "Agent memory with
+--trust"), during ``verifying``, before the new model is loaded.
 
 Everything else about the package (its files, their sizes and sha256, which
 keys the signature file's key id names) is checked in the agent
@@ -42,7 +42,7 @@ __all__ = ["CHILD_TIMEOUT_S", "child_command", "child_verifier"]
 log = logging.getLogger(__name__)
 
 CHILD_TIMEOUT_S: Final = 30.0
-"""How long the child may take (it takes 0.1-0.3 s; a loaded device more). Below the
+"""How long the child may take (it takes about 0.05 s; a loaded device more). Below the
 verifying state's own deadline (60 s), so a hung child is named as such."""
 _MAX_STDERR: Final = 400
 _CHILD: Final = Path(__file__).with_name("ed25519_child.py")
