@@ -16,6 +16,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -31,9 +32,10 @@ from edge_agent.reading import ReadingPath
 from edge_agent.replay_identity import identity_for
 from edge_agent.rules import Decision
 from edge_agent.settings import AgentSettings
-from edge_agent.sources.base import Source
+from edge_agent.sources.base import Source, StopSignal
 from edge_agent.stats import Counters, LatencyWindow, ProcessUsage
 from edge_agent.transport import MqttLink
+from edge_agent.waiting import ReadingWait
 from shared import __version__
 from shared.baseline import Baseline, BaselineError
 from shared.errors import ContractError
@@ -101,6 +103,8 @@ class Agent:
         """Where the running model's sensors are in the source's readings (None: in order)."""
         self._model_readings = 0
         self._model_events = 0
+        self._earlier_models: Counter[str] = Counter()
+        """Readings scored by models switched away from, by version (:meth:`readings_by_model`)."""
         self.baseline = baseline
         self.features = self.path.features
         self.inputs = self.path.inputs
@@ -234,15 +238,11 @@ class Agent:
         Before it, the OTA runner takes its events (a switch happens here,
         between two readings); during a trial, :meth:`_trial_step` scores.
         """
-        ota = self.ota
-        if ota is not None:
-            try:
-                ota.poll(self.path.rule.episode_on)
-            except Exception:  # a bug in the update must not stop the readings
-                self._ota_failed()
-            else:
-                if ota.in_trial:
-                    return self._record(ts, *self._trial_step(values))
+        if self.ota is not None:
+            self._ota_between()
+            ota = self.ota  # None if it failed just now
+            if ota is not None and ota.in_trial:
+                return self._record(ts, *self._trial_step(values))
         if self._columns is not None:
             values = values[list(self._columns)]
         t0 = time.perf_counter_ns()
@@ -310,6 +310,19 @@ class Agent:
 
     # -- OTA: the reading loop, between two readings ------------------------------------------
 
+    def _ota_busy(self) -> bool:
+        ota = self.ota
+        return ota is not None and ota.busy
+
+    def _ota_between(self) -> None:
+        """The OTA runner's next steps, between two readings (the source's wait)."""
+        ota = self.ota
+        if ota is not None:
+            try:
+                ota.poll(self.path.rule.episode_on)
+            except Exception:  # a bug in the update must not stop the readings
+                self._ota_failed()
+
     def _ota_failed(self) -> None:
         """Turn updates off for this run after an unexpected error in the OTA runner."""
         self.counters.add("ota_errors")
@@ -362,10 +375,17 @@ class Agent:
                 model.n_classes,
                 recorded_time=self.replay is not None,
             )
+        self._earlier_models[self.model.version] += self._model_readings
         self.model, self.path = model, path
         self.features, self.inputs, self.rule = path.features, path.inputs, path.rule
         self._model_readings = self._model_events = 0
         return figures
+
+    def readings_by_model(self) -> dict[str, int]:
+        """Readings each model version scored in this run (each is in a batch naming it)."""
+        counts = Counter(self._earlier_models)
+        counts[self.model.version] += self._model_readings
+        return {version: n for version, n in counts.items() if n}
 
     def report_ota(self, transition: OtaTransition) -> None:
         """Send an OTA transition through the durable outbox, like an event."""
@@ -437,12 +457,16 @@ class Agent:
         limit = self.settings.readings
         # Everything loaded so far lives as long as the process: keep it out of
         # the collector's way so its pauses stay short on the reading path.
+        waits: StopSignal = stop
         if self.ota is not None:
+            wait = ReadingWait(stop, self._ota_busy, self._ota_between)
+            self.ota.wake = wait.wake
+            waits = wait
             self.ota.start()
         gc.freeze()
         finished = False
         try:
-            for reading in self.source.readings(stop):
+            for reading in self.source.readings(waits):
                 self.process(reading.ts, reading.values)
                 if limit and self.readings >= limit:
                     break

@@ -194,6 +194,7 @@ def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaC
     """The OTA runner's configuration from the agent's settings."""
     import ssl  # noqa: PLC0415
 
+    from edge_agent.ota.checks import TrialSettings  # noqa: PLC0415
     from edge_agent.ota.machine import OtaSettings  # noqa: PLC0415
     from edge_agent.ota.runner import OtaConfig  # noqa: PLC0415
 
@@ -210,6 +211,8 @@ def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaC
         trial_readings=settings.ota_trial_readings,
         trial_s=settings.ota_trial_s,
         trial_deadline_s=max(600.0, 10 * settings.ota_trial_s),
+        trial=TrialSettings(latency_factor=settings.ota_latency_factor),
+        retry_after_s=settings.ota_retry_s,
     )
     return OtaConfig(
         settings.hub_url,
@@ -220,6 +223,7 @@ def ota_config(settings: AgentSettings, source_sensors: tuple[str, ...]) -> OtaC
         source_sensors,
         credentials,
         tls,
+        smoke_budget_us=settings.ota_smoke_budget_ms * 1000.0,
     )
 
 

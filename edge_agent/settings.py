@@ -411,6 +411,30 @@ OPTIONS: Final = OptionTable(
             "S",
         ),
         Option(
+            "ota_latency_factor",
+            positive_float,
+            3.0,
+            "an update's trial reverts if its p99 and median reading latency are both over "
+            "this many times the previous model's (plus 0.1 ms)",
+            "X",
+        ),
+        Option(
+            "ota_smoke_budget_ms",
+            positive_float,
+            20.0,
+            "an update's smoke test fails (smoke_too_slow) if its median latency per test "
+            "vector is over this",
+            "MS",
+        ),
+        Option(
+            "ota_retry_s",
+            positive_float,
+            300.0,
+            "how long before an update that failed for a passing reason (a download "
+            "failure, a deadline, an urgent episode, an interruption) is tried again",
+            "S",
+        ),
+        Option(
             "ota_max_bytes",
             positive_int,
             256 * 2**20,
@@ -478,6 +502,9 @@ class AgentSettings:
     ota_trial_readings: int
     ota_trial_s: float
     ota_switch_wait_s: float
+    ota_latency_factor: float
+    ota_smoke_budget_ms: float
+    ota_retry_s: float
     ota_max_bytes: int
     log_level: str
     trusted: tuple[TrustedKey, ...] = ()

@@ -104,6 +104,9 @@ class OtaReason(StrEnum):
     """The agent started and found it had stopped while switching to or trying this model."""
     INTERRUPTED = "interrupted"
     """The agent started and found it had stopped before the smoke test (may be retried)."""
+    STOPPED = "stopped"
+    """The agent was stopped cleanly (a signal, the end of its readings) mid-update; the
+    update was abandoned (reverted in its trial) and is tried again at the next start."""
     DEADLINE = "deadline"
     """The state's deadline passed."""
     SUPERSEDED = "superseded"

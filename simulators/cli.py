@@ -219,7 +219,18 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
 # Their modules import nothing heavy at the top, so --help stays fast.
-_BENCHES = ("edge", "hub", "fleet", "chaos", "flood", "batch", "anomaly", "baseline", "urgent")
+_BENCHES = (
+    "edge",
+    "hub",
+    "fleet",
+    "ota",
+    "chaos",
+    "flood",
+    "batch",
+    "anomaly",
+    "baseline",
+    "urgent",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,13 +21,16 @@ put it on a command line)::
 ``agent_args`` are ``edgeloop-agent`` flags common to every agent; each agent's
 own flags (device, broker, state dir, seed) are added and the whole is
 validated by :func:`~edge_agent.settings.load_settings`, as the agent's entry
-point does.
+point does. With ``--ota`` among them every agent acts on the hub's desired
+model as ``edgeloop-agent --ota`` does, sharing one session per package
+(:class:`SharedModels`).
 
 The host reports on stdout, one JSON object per line: ``{"event": "started",
 ...}`` once every agent's thread runs; ``{"event": "status", "connected": n,
 ...}`` every ``--status-every-s`` (the agents' own view, to set beside the
 hub's); and ``{"event": "exit", ...}`` with the fleet's totals (readings,
-messages, drops, connects) after SIGTERM or SIGINT has stopped every agent
+messages, drops, connects, readings scored by each model version, and with
+``--ota`` per device) after SIGTERM or SIGINT has stopped every agent
 (each flushes its batch, drains its outbox for up to the agent setting
 ``--shutdown-timeout-s`` and publishes ``offline``). Logs go to stderr.
 
@@ -40,6 +43,7 @@ The host also stops by itself if its parent process goes away.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -51,7 +55,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -60,8 +64,9 @@ from shared.errors import EdgeloopError
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
+    from edge_agent.engine import EdgeModel
 
-__all__ = ["AgentSpec", "HostSpec", "main", "raise_fd_limit"]
+__all__ = ["AgentSpec", "HostSpec", "SharedModels", "main", "raise_fd_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +150,19 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by ``nice``, and its autogroup's where the kernel
+    groups processes by session (``/proc/self/autogroup``): there a busy host in a session
+    of its own would get as much CPU as the hub whatever its threads' nice value."""
+    os.nice(nice)
+    group = Path("/proc/self/autogroup")
+    if group.exists():
+        try:
+            group.write_text(f"{nice}\n")
+        except OSError as exc:
+            log.warning("could not lower this host's autogroup priority: %s", exc)
+
+
 @dataclass
 class _Slot:
     """One agent and what its thread found out."""
@@ -169,6 +187,35 @@ class _Totals:
     counters: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    by_model: Counter[str] = field(default_factory=Counter)
+    """Readings each model version scored, over the host's agents."""
+    per_device: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Readings each model version scored, per device (only when models were switched)."""
+
+
+class SharedModels:
+    """One model per package for a host's agents, as they share the factory model.
+
+    With ``--ota`` each agent downloads, verifies, installs and smoke-tests its own
+    copy of an update, as a device does; only the onnxruntime session is opened
+    once per package (a device opens its own). Packages are told apart by their
+    manifest's bytes, which list every file's sha256, checked by then.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[bytes, EdgeModel] = {}
+
+    def load(self, slot: Path) -> EdgeModel:
+        from edge_agent.ota.runner import open_slot  # noqa: PLC0415
+        from shared.manifest import MANIFEST_FILE  # noqa: PLC0415
+
+        key = hashlib.sha256((slot / MANIFEST_FILE).read_bytes()).digest()
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = self._models[key] = open_slot(slot)
+            return model
 
 
 class FleetHost:
@@ -182,12 +229,13 @@ class FleetHost:
     def start(self) -> int:
         """Build and start every agent; returns how many run. Stops early if :attr:`stop` is set."""
         from edge_agent.agent import Agent  # noqa: PLC0415 - pulls in onnxruntime and paho
-        from edge_agent.cli import build_actuators, build_source  # noqa: PLC0415
+        from edge_agent.cli import build_actuators, build_source, ota_config  # noqa: PLC0415
         from edge_agent.engine import load_edge_model  # noqa: PLC0415
         from edge_agent.settings import load_settings  # noqa: PLC0415
         from shared import __version__  # noqa: PLC0415
 
         model = load_edge_model(Path(self.spec.model), __version__)
+        shared = SharedModels()
         started = 0
         for i, slot in enumerate(self.slots):
             if self.stop.is_set():
@@ -212,6 +260,9 @@ class FleetHost:
                 source, machine = build_source(settings, model.manifest.input.sensors)
                 actuators = build_actuators(settings, machine)
                 slot.agent = Agent(settings, model, source, actuators)
+                if settings.ota:
+                    config = ota_config(settings, model.manifest.input.sensor_names)
+                    slot.agent.enable_ota(replace(config, load_model=shared.load))
             except (EdgeloopError, ValueError, OSError) as exc:
                 slot.error = f"device {a.device!r}: could not build the agent: {exc}"
                 log.error("%s", slot.error)
@@ -282,6 +333,10 @@ class FleetHost:
             link = agent._link
             t.connects += link.connects if link is not None else 0
             t.dropped.update(agent.outbox.dropped)
+            scored = agent.readings_by_model()
+            t.by_model.update(scored)
+            if agent.ota is not None:
+                t.per_device[slot.spec.device] = scored
             for name, n in agent.counters.snapshot().items():
                 group, _, key = name.partition(":")
                 if group == "dropped":
@@ -317,6 +372,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between status lines (agents connected) on stdout (default: 5)",
     )
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="N",
+        help="lower this host's CPU priority by N (0-19; with the kernel's autogroups, its "
+        "session's too), so that the hub it drives gets the CPU first (default: 0)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default="WARNING",
@@ -337,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"simulators.fleet: {exc}", file=sys.stderr)
         return 2
+    if args.nice:
+        lower_priority(args.nice)
     soft, _hard = raise_fd_limit()
     needed = 3 * len(spec.agents) + 64
     if soft < needed:
@@ -402,6 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         connects=t.connects,
         dropped=dict(t.dropped),
         counters=dict(t.counters),
+        readings_by_model=dict(t.by_model),
+        readings_by_model_per_device=t.per_device,
         errors=t.errors,
         stuck=stuck,
         stop_s=round(time.monotonic() - stop_at, 3),

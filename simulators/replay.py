@@ -68,7 +68,7 @@ from shared.topics import validate_device_id
 if TYPE_CHECKING:
     from cloud_hub.settings import HubSettings
     from edge_agent.agent import Agent
-    from edge_agent.sources.base import Reading, Source
+    from edge_agent.sources.base import Reading, Source, StopSignal
     from simulators.harness import HubApi
 
 __all__ = [
@@ -158,7 +158,7 @@ class _TimeRange:
     def __post_init__(self) -> None:
         self.invalid = self.inner.invalid  # the agent reports the source's own counts
 
-    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+    def readings(self, stop: StopSignal) -> Iterator[Reading]:
         for reading in self.inner.readings(stop):
             self.first = min(self.first, reading.ts)
             self.last = max(self.last, reading.ts)

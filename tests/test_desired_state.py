@@ -24,9 +24,9 @@ from shared.manifest import load_package
 from shared.messages import Desired, Health, Status, decode_as, encode
 from shared.topics import Kind, Topics
 from simulators.harness import HubProcess
+from simulators.packages import variant, zip_package
 from tests.cloud_hub.test_broker import Probe
 from tests.conftest import ModelPaths
-from tests.packages import variant, zip_package
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -29,8 +29,8 @@ from shared.messages import Ota
 from shared.signing import SigningKey
 from shared.topics import Topics
 from simulators.harness import AgentProcess, HubProcess
+from simulators.packages import variant, zip_package
 from tests.conftest import ModelPaths
-from tests.packages import variant, zip_package
 from tests.test_desired_state import hub_with_keys
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,7 +7,12 @@ Handlers installed by :func:`cloud_hub.api.app.create_app`:
   ``errors`` lists them for programs; the offending input is never echoed back;
 - Starlette's bare defaults (unknown route, wrong method) are reworded to say
   what to do;
-- :class:`~cloud_hub.api.artifacts.ArtifactError` is a 500 that names the model;
+- :class:`~cloud_hub.api.artifacts.ArtifactError` (a registered file missing, or
+  not the size or sha256 registered: bad state on the hub, no fault of the
+  client) is a 503 that names the model and what the operator must do, with
+  ``Retry-After`` (:data:`ARTIFACT_RETRY_AFTER_S`): asking again at once would get
+  the same answer. Each one is logged and counted (``artifact_errors`` in
+  ``/v1/stats/ingest`` counters);
 - anything else is a 500 whose detail points at the hub log (the server logs
   the traceback).
 
@@ -23,16 +28,20 @@ from typing import Any, Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_hub.api.artifacts import ArtifactError
+from cloud_hub.api.deps import STATE_KEY
 from cloud_hub.api.schemas import ErrorOut, ValidationErrorOut
 
-__all__ = ["install_handlers", "responses"]
+__all__ = ["ARTIFACT_RETRY_AFTER_S", "install_handlers", "responses"]
 
 log = logging.getLogger(__name__)
 
 _SHOWN_ISSUES: Final = 5
+ARTIFACT_RETRY_AFTER_S: Final = 300
+"""The ``Retry-After`` of an :class:`ArtifactError`'s 503: an operator must restore the file."""
 _DESCRIPTIONS: Final = {
     401: "No token, or not one of the hub's tokens (`WWW-Authenticate: Bearer`).",
     403: "The read token on a route that needs the admin token.",
@@ -42,7 +51,8 @@ _DESCRIPTIONS: Final = {
     416: "The Range starts beyond the end of the file.",
     422: "A parameter or body field is missing, mistyped or out of range.",
     500: "The hub failed; the detail says where to look.",
-    503: "The store cannot be reached.",
+    503: "The store cannot be reached, or a registered file is not as registered "
+    "(`Retry-After` says when to ask again).",
 }
 
 
@@ -123,7 +133,26 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _artifact_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=500, content={"detail": str(exc)})
+    assert isinstance(exc, ArtifactError)
+    # The path and the cause were logged where it was raised; this line says who asked.
+    log.warning(
+        "%s %s: 503, model %s %s is not served as registered (counted in artifact_errors)",
+        request.method,
+        request.url.path,
+        exc.name,
+        exc.version,
+    )
+    state = getattr(request.app.state, STATE_KEY, None)
+    if state is not None:
+        try:
+            await run_in_threadpool(state.store.add_counters, {(None, "artifact_errors"): 1})
+        except Exception as err:  # the answer matters more than the counter
+            log.error("could not count an artifact error: %r", err)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": str(exc)},
+        headers={"Retry-After": str(ARTIFACT_RETRY_AFTER_S)},
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

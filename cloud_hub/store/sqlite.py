@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import math
@@ -1823,12 +1824,19 @@ def _parse_manifest(name: str, version: str, text: str) -> ModelRecord | None:
     return _model_record((name, version, "", "", 0.0, text, "candidate", None, "", None, ""))
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_manifest(text: str) -> ModelManifest:
+    """A registered manifest, parsed once per text (they never change; the parse takes about
+    a millisecond, and every download asks for the record: three requests a device)."""
+    return ModelManifest.from_dict(json.loads(text))
+
+
 def _model_record(row: tuple[Any, ...]) -> ModelRecord | None:
     """The record, or None for a manifest this build cannot read (an older format):
     such a model is left out until it is rebuilt and registered again."""
     name, version, variant, path, registered_at, text, stage, changed, by, sig, source = row
     try:
-        manifest = ModelManifest.from_dict(json.loads(text))
+        manifest = _parsed_manifest(text)
     except (ManifestError, ValueError) as exc:
         logger.warning("model %s %s: its registered manifest is unreadable: %s", name, version, exc)
         return None

@@ -173,7 +173,11 @@ class TrialSettings:
     slowest reading, so one spike alone must not fail a model)."""
     urgent_factor: float = 2.0
     urgent_floor: float = 0.01
-    """Fails if urgent events per reading > ``urgent_factor`` x the previous rate + ``urgent_floor``."""
+    """Fails if urgent events per reading > ``urgent_factor`` x the previous rate + ``urgent_floor``,
+    with at least ``min_urgent_events`` events in the trial."""
+    min_urgent_events: int = 2
+    """One event alone never fails a trial: in a short one (a few readings) it is a rate of
+    tens of percent, and the machine may simply have had a fault then."""
     latency_ring: int = 1024
     """The most latencies kept (the last ones): memory stays fixed however long the trial."""
 
@@ -182,10 +186,11 @@ class TrialSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"OTA trial setting {name} = {value} must be finite and >= 0")
-        if self.max_errors < 0 or self.latency_ring < 1:
+        if self.max_errors < 0 or self.latency_ring < 1 or self.min_urgent_events < 1:
             raise ValueError(
-                f"OTA trial settings max_errors = {self.max_errors} must be >= 0 and "
-                f"latency_ring = {self.latency_ring} >= 1"
+                f"OTA trial settings max_errors = {self.max_errors} must be >= 0, "
+                f"latency_ring = {self.latency_ring} and min_urgent_events = "
+                f"{self.min_urgent_events} >= 1"
             )
 
 
@@ -274,7 +279,10 @@ def trial_verdict(
             f"(allowed {settings.latency_factor:g} x + {settings.latency_floor_us:g} us)",
         )
     rate, old_rate = stats.urgent_rate, previous.urgent_rate
-    if rate > settings.urgent_factor * old_rate + settings.urgent_floor:
+    if (
+        stats.urgent_events >= settings.min_urgent_events
+        and rate > settings.urgent_factor * old_rate + settings.urgent_floor
+    ):
         return (
             OtaReason.TRIAL_URGENT_RATE,
             f"{rate:.4f} urgent events per reading against the previous model's {old_rate:.4f} "

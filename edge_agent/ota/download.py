@@ -26,7 +26,10 @@ Rules:
   retried after a jittered exponential wait (:class:`shared.backoff.Backoff`),
   at most ``attempts`` requests per file, and never past the deadline. Any
   other status (401, 403, 404, 416...) fails at once: asking again would not
-  change the answer. ``sleep``, ``clock`` and ``rng`` are parameters so tests
+  change the answer; so does a 429 or 5xx whose ``Retry-After`` is longer than
+  the longest backoff (the hub says so when a registered file is damaged:
+  only its operator can fix it), keeping the ``.part``. An error's message
+  repeats the answer's JSON ``detail``, cut short. ``sleep``, ``clock`` and ``rng`` are parameters so tests
   run the waits without waiting.
 - Sizes: a response that declares, or streams, more than ``max_bytes`` or than
   the expected size stops at once (``too_large``); the transfer never holds
@@ -56,6 +59,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import http.client
+import json
 import logging
 import os
 import random
@@ -96,6 +100,9 @@ TARGET_FILE: Final = ".target"
 """In the staging directory while a fetch is under way: the manifest sha256 it fetches."""
 _CHUNK: Final = 1 << 16
 _RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+_MAX_ERROR_BODY: Final = 4096
+_MAX_ERROR_DETAIL: Final = 300
+"""The most of an error answer's ``detail`` a download error repeats (reports carry 500)."""
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
@@ -351,9 +358,21 @@ def _attempt(
                 status,
             )
         else:
+            said = _detail(resp)
+            later = _retry_after_s(resp.getheader("Retry-After"))
+            if later is not None and later > policy.backoff_max_s:
+                # The server says when to ask again, later than this download waits: the
+                # update's own retry (retry_after_s) comes back for it. The .part stays.
+                raise DownloadError(
+                    OtaReason.DOWNLOAD_FAILED,
+                    f"{t.url}: HTTP {status} {resp.reason}, the server asks to retry after "
+                    f"{later} s{said}",
+                    url=t.url,
+                    status=status,
+                )
             raise t.fail(
                 OtaReason.DOWNLOAD_FAILED,
-                f"HTTP {status} {resp.reason}"
+                f"HTTP {status} {resp.reason}{said}"
                 + (
                     ": check the device's credential"
                     if status in (401, 403)
@@ -384,6 +403,24 @@ def _attempt(
         if resp is not None:
             resp.close()
         conn.close()
+
+
+def _detail(resp: http.client.HTTPResponse) -> str:
+    """``: DETAIL`` of an error answer's JSON body (the hub's ``detail``), cut short; or ""."""
+    try:
+        body = resp.read(_MAX_ERROR_BODY)
+        detail = json.loads(body).get("detail")
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return ""
+    if not isinstance(detail, str) or not detail:
+        return ""
+    return f" ({detail[:_MAX_ERROR_DETAIL]})"
+
+
+def _retry_after_s(header: str | None) -> int | None:
+    """``Retry-After`` in seconds (its delay-seconds form); None if absent or a date."""
+    value = (header or "").strip()
+    return int(value) if value.isdigit() and len(value) < 10 else None
 
 
 def _classify(t: _Transfer, exc: Exception) -> DownloadError:

@@ -30,7 +30,12 @@ Rules
    ``smoke_testing``, ``rejected`` (``crashed_in_smoke``); earlier, ``rejected``
    (``interrupted``, may be retried). The caller has already loaded the last
    known good model; a breadcrumb whose target is that model means the commit
-   went through and only the clean-up was lost: ``committed``.
+   went through and only the clean-up was lost: ``committed``. A *clean* stop
+   (a signal, the end of the readings) is no crash: :class:`Stopped` ends the
+   update there and then, ``rejected`` (or ``reverted`` in ``trial``) with
+   ``stopped``, files discarded and breadcrumb cleared, so the next start
+   finds none and tries the hub's desired version again at once. Only a stop
+   that could not clear the breadcrumb (SIGKILL, power loss) reads as a crash.
 6. Desired versions: one naming the running model does nothing
    (``already_running``); one naming the update under way does nothing
    (``in_progress``); any other, mid-update, abandons the update (``rejected`` /
@@ -39,8 +44,8 @@ Rules
    (``refused_before``), except after a refusal that says nothing about the
    package (download failures, deadlines, urgent waits, interruptions, a
    signature checker that could not run), and then only ``retry_after_s``
-   later. A desired message with a different
-   ``allow_downgrade`` or sha256 is another package.
+   later. A desired message with a different ``allow_downgrade`` or sha256
+   is another package.
 7. Urgent episodes: never paused, never cut. The switch waits while one is
    active and happens when it ends; if it lasts past ``switch_wait_s`` the
    update is ``rejected`` (``urgent_active``) rather than switched anyway:
@@ -108,6 +113,7 @@ __all__ = [
     "Staged",
     "StartDownload",
     "Step",
+    "Stopped",
     "SwitchDone",
     "SwitchModel",
     "Target",
@@ -383,6 +389,11 @@ class Tick:
     """Time passes (:meth:`OtaMachine.tick`)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The agent is stopping cleanly (rule 5): an update under way ends with ``stopped``."""
+
+
 Event = (
     AgentStarted
     | DesiredReceived
@@ -399,6 +410,7 @@ Event = (
     | UrgentEnded
     | TrialReading
     | Tick
+    | Stopped
 )
 
 # --- effects: what the caller must do, in order -------------------------------
@@ -536,6 +548,11 @@ def _table() -> dict[tuple[OtaState, type[Event]], frozenset[OtaState]]:
     for state in (S.DOWNLOADING, S.VERIFYING, S.STAGED, S.SMOKE_TESTING, S.SWITCHING):
         add((state,), Tick, state, S.REJECTED)
     add((S.TRIAL,), Tick, S.TRIAL, S.COMMITTED, S.REVERTED)
+    for state in _RESTING:
+        add((state,), Stopped, state)
+    for state in (S.DOWNLOADING, S.VERIFYING, S.STAGED, S.SMOKE_TESTING, S.SWITCHING):
+        add((state,), Stopped, S.REJECTED)
+    add((S.TRIAL,), Stopped, S.REVERTED)
     return t
 
 
@@ -550,6 +567,7 @@ _RETRYABLE: Final[frozenset[Reason]] = frozenset(
         OtaReason.DEADLINE,
         OtaReason.URGENT_ACTIVE,
         OtaReason.INTERRUPTED,
+        OtaReason.STOPPED,
         OtaReason.VERIFIER_FAILED,
     }
 )
@@ -631,6 +649,8 @@ class OtaMachine:
             return None
         if isinstance(event, Tick):
             return self._on_tick(now, fx)
+        if isinstance(event, Stopped):
+            return self._on_stop(fx)
         if isinstance(event, TrialReading):
             assert self._trial is not None
             self._trial.add(event.latency_us, event.finite, event.error, event.urgent)
@@ -675,6 +695,14 @@ class OtaMachine:
         if crumb.state is S.SMOKE_TESTING:
             return self._finish(S.REJECTED, OtaReason.CRASHED_IN_SMOKE, where, fx)
         return self._finish(S.REJECTED, OtaReason.INTERRUPTED, where, fx)
+
+    def _on_stop(self, fx: list[Effect]) -> Reason | None:
+        if self.state not in IN_PROGRESS:
+            return None
+        detail = f"the agent was stopped in state {self.state.value}; tried again at its next start"
+        if self.state is S.TRIAL:
+            return self._revert(OtaReason.STOPPED, detail, fx)
+        return self._reject(OtaReason.STOPPED, detail, fx)
 
     def _on_desired(self, target: Target, now: float, fx: list[Effect]) -> Reason:
         if self.state in IN_PROGRESS:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.sources.base import Reading
+from edge_agent.sources.base import Reading, StopSignal
 from shared.columns import (
     DELIMITERS,
     cell_hint,
@@ -136,7 +135,7 @@ class CsvReplaySource:
             self._logged.add((reason, key))
             log.warning(message + " (logged once; counted %s)", *args, reason)
 
-    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+    def readings(self, stop: StopSignal) -> Iterator[Reading]:
         ts_col, *value_cols = self._columns
         start_wall: float | None = None
         start_ts = 0.0

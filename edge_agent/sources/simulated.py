@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from edge_agent.sources.base import Reading
+from edge_agent.sources.base import Reading, StopSignal
 from shared.columns import resolve_columns
 from shared.errors import ConfigError
 
@@ -56,7 +55,7 @@ class SimulatedSource:
         """Like an operator after a repair, start a stopped machine again after this long (0: never)."""
         self.invalid: dict[str, int] = {}
 
-    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+    def readings(self, stop: StopSignal) -> Iterator[Reading]:
         period = 1.0 / self.rate_hz
         next_at = time.monotonic()
         stopped_since: float | None = None

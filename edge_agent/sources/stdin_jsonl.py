@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from edge_agent.sources.base import Reading
+from edge_agent.sources.base import Reading, StopSignal
 
 __all__ = ["StdinSource", "parse_line"]
 
@@ -88,7 +88,7 @@ class StdinSource:
             # Always: without it the reading loop would wait for a dead reader.
             self._queue.put(_EOF)
 
-    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+    def readings(self, stop: StopSignal) -> Iterator[Reading]:
         threading.Thread(target=self._pump, name="stdin-reader", daemon=True).start()
         while not stop.is_set():
             try:

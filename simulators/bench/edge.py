@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
     from edge_agent.engine import EdgeModel
     from edge_agent.rules import Decision
-    from edge_agent.sources.base import Reading
+    from edge_agent.sources.base import Reading, StopSignal
     from shared.endpoint import BrokerEndpoint
 
 __all__ = ["HELP", "add_arguments", "run", "run_edge_bench"]
@@ -123,7 +123,7 @@ class _PhasedSource:
         self._phases = phases
         self._before = before
 
-    def readings(self, stop: threading.Event) -> Iterator[Reading]:
+    def readings(self, stop: StopSignal) -> Iterator[Reading]:
         from edge_agent.sources.base import Reading  # noqa: PLC0415
 
         for name, values, rate_hz in self._phases:

@@ -259,24 +259,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`FleetBenchConfig`'s fields from the options :func:`add_arguments` added."""
+    return {
+        "devices": args.devices,
+        "duration_s": args.duration_s,
+        "broker": args.broker,
+        "hosts": args.hosts,
+        "rate_hz": args.rate_hz,
+        "models_dir": args.models_dir,
+        "work_dir": args.work_dir,
+        "ramp_per_s": args.ramp_per_s,
+        "startup_timeout_s": args.startup_timeout_s,
+        "settle_timeout_s": args.settle_timeout_s,
+        "poll_s": args.poll_s,
+        "seed": args.seed,
+        "agent_args": tuple(shlex.split(args.agent_args)),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark from parsed arguments and return its JSON-able result."""
-    config = FleetBenchConfig(
-        devices=args.devices,
-        duration_s=args.duration_s,
-        broker=args.broker,
-        hosts=args.hosts,
-        rate_hz=args.rate_hz,
-        models_dir=args.models_dir,
-        work_dir=args.work_dir,
-        ramp_per_s=args.ramp_per_s,
-        startup_timeout_s=args.startup_timeout_s,
-        settle_timeout_s=args.settle_timeout_s,
-        poll_s=args.poll_s,
-        seed=args.seed,
-        agent_args=tuple(shlex.split(args.agent_args)),
-    )
-    return run_fleet_bench(config)
+    return run_fleet_bench(FleetBenchConfig(**config_fields(args)))
 
 
 # -- small parts -------------------------------------------------------------------------------
@@ -341,6 +345,13 @@ class _Usage:
         self._cpu1, self._t1 = self._cpu(), time.monotonic()
 
     @property
+    def cpu_s(self) -> float | None:
+        """CPU seconds over the phase, all processes together."""
+        if self._cpu1 is None:
+            return None
+        return round(self._cpu1 - self._cpu0, 2)
+
+    @property
     def cpu_pct(self) -> float | None:
         """Percent of one core over the phase (200 = two cores busy)."""
         if self._cpu1 is None or self._t1 <= self._t0:
@@ -387,6 +398,9 @@ class _Host:
 
 
 class _FleetBench:
+    name = "bench fleet"
+    """How progress lines begin."""
+
     def __init__(self, config: FleetBenchConfig) -> None:
         self.config = config
         self.created_dir = config.work_dir is None
@@ -404,7 +418,7 @@ class _FleetBench:
     def say(self, text: str) -> None:
         if self.config.progress is not None:
             elapsed = time.monotonic() - self._t_start
-            print(f"[bench fleet {elapsed:6.1f}s] {text}", file=self.config.progress, flush=True)
+            print(f"[{self.name} {elapsed:6.1f}s] {text}", file=self.config.progress, flush=True)
 
     # -- bring-up ------------------------------------------------------------------------------
 
@@ -601,7 +615,7 @@ class _FleetBench:
                     AgentSpec(
                         device=p.device,
                         broker=p.agent_env["EDGELOOP_AGENT_BROKER"],
-                        state_dir=str(self.work / "agents" / p.device),
+                        state_dir=str(self._host_agents_dir() / p.device),
                         seed=c.seed * 100_000 + h + n_hosts * i,
                     )
                     for i, p in enumerate(mine)
@@ -621,6 +635,7 @@ class _FleetBench:
                     str(spec_path),
                     "--join-timeout-s",
                     str(_HOST_JOIN_TIMEOUT_S),
+                    *self._host_flags(),
                 ],
                 log_path=self.work / "hosts" / f"host-{h}.log",
                 name=f"agent host {h}",
@@ -637,6 +652,14 @@ class _FleetBench:
             f"{n_hosts} agent hosts started for {c.devices} agents "
             f"(ramp {c.ramp_per_s:g} agents/s, {c.rate_hz:g} readings/s each)"
         )
+
+    def _host_flags(self) -> tuple[str, ...]:
+        """More ``python -m simulators.fleet`` flags for every host."""
+        return ()
+
+    def _host_agents_dir(self) -> Path:
+        """Where the hosts' agents keep their state directories."""
+        return self.work / "agents"
 
     # -- measuring -----------------------------------------------------------------------------
 

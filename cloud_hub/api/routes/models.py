@@ -79,7 +79,7 @@ _ARTIFACT_DOC: dict[int | str, dict[str, Any]] = {
         "description": "The bytes the Range header asked for (Content-Range says which).",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
-    **responses(404, 416, 422, 500),
+    **responses(404, 416, 422, 500, 503),
 }
 
 
@@ -113,7 +113,7 @@ def get_manifest(
 @router.get(
     "/{name}/{version}/signature",
     response_class=Response,
-    responses={**_SIGNATURE_DOC, **responses(404, 422, 500)},
+    responses={**_SIGNATURE_DOC, **responses(404, 422, 500, 503)},
 )
 def get_signature(
     access: ModelReadAccess, state: StateDep, name: ModelName, version: ModelVersion

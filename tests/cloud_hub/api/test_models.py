@@ -94,14 +94,14 @@ def test_signature_of_an_unsigned_or_changed_package(hub: Hub, tmp_path: Path) -
             (package / MANIFEST_FILE).write_bytes(pkg.manifest_bytes.replace(b"\n", b"\r\n"))
             sign_package(package, hub.seeded.signer)
             changed = client.get(f"{HEAVY}/signature")
-            assert changed.status == 500
+            assert changed.status == 503 and changed.headers.get("retry-after") == "300"
             assert "differs from the registered one" in changed.detail
             assert client.get(HEAVY).body == pkg.manifest_bytes
             # A signature file over the limit is an error, never served cut off.
             (package / MANIFEST_FILE).write_bytes(pkg.manifest_bytes)
             (package / SIGNATURE_FILE).write_bytes(b" " * 5000)
             oversized = client.get(f"{HEAVY}/signature")
-            assert oversized.status == 500 and "over 4096 bytes" in oversized.detail
+            assert oversized.status == 503 and "over 4096 bytes" in oversized.detail
     finally:
         store.close()
 
@@ -171,9 +171,12 @@ def test_unknown_model_or_version_is_404_listing_what_exists(hub: Hub) -> None:
         assert "no version '9.9.9'" in reply.detail and f"{DEFAULT_VERSION}, 1.2.0" in reply.detail
 
 
-def test_a_damaged_artifact_is_500_saying_what_to_do(hub: Hub) -> None:
+def test_a_damaged_artifact_is_503_saying_what_to_do_and_counted(hub: Hub) -> None:
+    before = hub.read.get_json("/v1/stats/ingest")["counters"].get("artifact_errors", 0)
     reply = hub.read.get(f"/v1/models/broken-heavy/{DEFAULT_VERSION}/artifact")
-    assert reply.status == 500
+    # Bad state on the hub, not the client's fault; asking again at once would not help.
+    assert reply.status == 503 and reply.headers.get("retry-after") == "300"
+    assert hub.read.get_json("/v1/stats/ingest")["counters"]["artifact_errors"] == before + 1
     assert (
         f"broken-heavy {DEFAULT_VERSION}" in reply.detail
         and "register the model again" in reply.detail

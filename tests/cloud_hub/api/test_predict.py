@@ -199,9 +199,9 @@ def test_a_chunked_body_over_the_limit_is_413(hub: Hub) -> None:
         conn.close()
 
 
-def test_a_damaged_model_is_500_naming_it(hub: Hub) -> None:
+def test_a_damaged_model_is_503_naming_it(hub: Hub) -> None:
     reply = hub.read.post("/v1/predict", json_body=_body(hub, model="broken-heavy"))
-    assert reply.status == 500 and f"broken-heavy {DEFAULT_VERSION}" in reply.detail
+    assert reply.status == 503 and f"broken-heavy {DEFAULT_VERSION}" in reply.detail
 
 
 def _record(pkg: ModelPackage) -> ModelRecord:

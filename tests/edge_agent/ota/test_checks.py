@@ -152,6 +152,10 @@ def trial(n: int, latency: float = 45.0, every_urgent: int = 0, **bad: bool) -> 
         (trial(200, latency=500.0), False, None),  # not judged before the window is complete
         (trial(200, every_urgent=100), True, None),  # 0.01 per reading: under 2 x 0.002 + 0.01
         (trial(200, every_urgent=10), True, OtaReason.TRIAL_URGENT_RATE),
+        # A short trial: one urgent reading of three is a rate of 1/3, but one event alone
+        # never fails; two do.
+        (trial(3, every_urgent=3), True, None),
+        (trial(3, every_urgent=2), True, OtaReason.TRIAL_URGENT_RATE),
         (trial(1, nan=True), False, OtaReason.TRIAL_NAN),
         (trial(1, error=True), False, OtaReason.TRIAL_ERRORS),
     ],

@@ -62,6 +62,8 @@ class Faults:
     stall_s: dict[str, float] = field(default_factory=dict)
     """Send the headers, then wait this long (or until the server stops) before the body."""
     status: dict[str, int] = field(default_factory=dict)
+    status_headers: dict[str, str] = field(default_factory=dict)
+    """Headers sent with a ``status`` answer (``Retry-After``)."""
     unsized_body: dict[str, bytes] = field(default_factory=dict)
     """Serve these bytes instead, without Content-Length (the end is the close)."""
 
@@ -123,7 +125,7 @@ class PackageServer:
         if h.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._status(h, 401, {})
         if h.path in f.status:
-            return self._status(h, f.status[h.path], {})
+            return self._status(h, f.status[h.path], f.status_headers)
         if h.path in f.unsized_body:
             self._log(h, 200)
             h.send_response(200)
@@ -453,6 +455,22 @@ def test_retries_are_bounded_in_count_and_in_time(
         lambda: hub.download(dest, timed.pacing(), policy=policy),
     )
     assert len(hub.server.requests) - before == 3 and timed.sleeps == [5, 5]
+
+
+def test_a_server_asking_to_retry_later_than_the_backoff_fails_at_once(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """The hub answers 503 with Retry-After 300 when its copy of a file is damaged: waiting
+    within this download would not help; the update's own retry comes back later."""
+    hub.server.faults.status[hub.model_path] = 503
+    hub.server.faults.status_headers["Retry-After"] = "300"
+    err = _fails(OtaReason.DOWNLOAD_FAILED, lambda: hub.download(tmp_path / MODEL_FILE))
+    assert err.status == 503 and "asks to retry after 300 s" in str(err)
+    assert hub.server.paths().count(hub.model_path) == 1 and hub.time.sleeps == []
+    hub.server.faults.status_headers["Retry-After"] = "2"  # within the backoff: retried
+    policy = DownloadPolicy(attempts=2)
+    _fails(OtaReason.DOWNLOAD_FAILED, lambda: hub.download(tmp_path / MODEL_FILE, policy=policy))
+    assert hub.server.paths().count(hub.model_path) == 3 and len(hub.time.sleeps) == 1
 
 
 def test_a_corrupt_file_is_a_sha256_mismatch_and_leaves_nothing(hub: Hub, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from edge_agent.ota.machine import (
     StageFailed,
     StartDownload,
     Step,
+    Stopped,
     SwitchDone,
     SwitchModel,
     Target,
@@ -366,6 +367,21 @@ def test_a_breadcrumb_at_start_reports_where_the_agent_stopped(
     assert (later.state is S.DOWNLOADING) is (reason == "interrupted")
 
 
+@pytest.mark.parametrize("state", sorted(IN_PROGRESS))
+def test_a_clean_stop_ends_the_update_so_the_next_start_tries_it_again(state: OtaState) -> None:
+    m = reach(state, urgent=state is S.SWITCHING)
+    step = m.handle(Stopped(), 1.0)
+    ended = S.REVERTED if state is S.TRIAL else S.REJECTED
+    assert reports(step.effects) == [(ended, "stopped")]
+    assert "Discard" in kinds(step) and "ClearBreadcrumb" in kinds(step)
+    assert ("Revert" in kinds(step)) is (state is S.TRIAL)
+    assert m.handle(Stopped(), 2.0).effects == ()  # resting: nothing more
+    # No breadcrumb is left, so a new start knows nothing of it and tries again.
+    again = OtaMachine(OLD, CFG)
+    again.handle(AgentStarted(None), 3.0)
+    assert again.handle(DesiredReceived(NEW), 3.0).state is S.DOWNLOADING
+
+
 def test_a_breadcrumb_naming_the_running_model_means_the_commit_went_through() -> None:
     m = OtaMachine(Running("pump", "1.1.0"), CFG)
     step = m.handle(AgentStarted(Breadcrumb(S.TRIAL, NEW, "1.0.0")), 0.0)
@@ -407,6 +423,7 @@ SAMPLES: dict[type[Event], Event] = {
     UrgentEnded: UrgentEnded(),
     TrialReading: TrialReading(40.0),
     Tick: Tick(),
+    Stopped: Stopped(),
 }
 
 
@@ -462,6 +479,7 @@ EVENTS: list[Event] = [
     TrialReading(900.0),
     TrialReading(40.0, finite=False),
     TrialReading(40.0, error=True),
+    Stopped(),
 ]
 
 FORWARD: list[Event] = [

@@ -3,8 +3,11 @@ sealed, every batch names the model that scored it, the feature window carries o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +16,13 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.cli import build_source, ota_config
 from edge_agent.engine import EdgeModel, load_edge_model
+from edge_agent.ota.machine import Target
 from edge_agent.ota.runner import OtaRunner
 from edge_agent.settings import load_settings
 from shared import __version__
 from shared.manifest import MANIFEST_FILE, load_package
-from shared.messages import Telemetry, decode_as
+from shared.messages import Ota, Telemetry, decode_as
+from shared.ota import OtaState
 from shared.topics import Kind
 from tests.conftest import ModelPaths
 
@@ -101,3 +106,42 @@ def test_an_error_in_the_update_turns_updates_off_and_the_readings_go_on(
     assert agent.ota is None and agent.readings == 2
     assert agent.counters.snapshot()["ota_errors"] == 1
     agent.outbox.close()
+
+
+def test_a_stop_while_the_download_hangs_ends_the_update_and_leaves_no_breadcrumb(
+    model_packages: ModelPaths, tmp_path: Path
+) -> None:
+    """A clean stop is no crash (the machine's rule 5): the update ends ``stopped`` at once,
+    even with the worker stuck in a download, so the next start does not take it for one."""
+    agent = _agent(model_packages, tmp_path)
+    silent = socket.create_server(("127.0.0.1", 0))  # takes connections, never answers
+    try:
+        hub_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = ota_config(agent.settings, agent.source_sensors)
+        agent.enable_ota(dataclasses.replace(config, hub_url=hub_url))
+        ota = agent.ota
+        assert ota is not None
+        ota.start()
+        name = agent.model.manifest.name
+        ota.desired(Target(name, "9.0.0", "a" * 64, f"/v1/models/{name}/9.0.0"))
+        ota.poll(False)
+        assert ota.machine.state is OtaState.DOWNLOADING
+        crumb = tmp_path / "state" / "ota" / "breadcrumb.json"
+        deadline = time.monotonic() + 10
+        while not crumb.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert crumb.exists()
+
+        ota.stop(timeout=0.2)  # the worker waits on the silent server meanwhile
+        assert not crumb.exists()
+        assert ota.machine.state is OtaState.REJECTED
+        agent.outbox.flush()
+        reports = [decode_as(Ota, m.payload) for m in agent.outbox.unsent(10) if m.kind is Kind.OTA]
+        assert [(r.state, r.reason) for r in reports] == [
+            ("downloading", "ok"),
+            ("rejected", "stopped"),
+        ]
+        assert "stopped in state downloading" in reports[-1].detail
+    finally:
+        silent.close()
+        agent.outbox.close()

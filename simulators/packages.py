@@ -1,4 +1,6 @@
-"""Model packages made for tests: a signed variant of a built package, and its zip."""
+"""Model packages made from a built one: a signed variant (another version, edited), and its zip.
+
+For tests and benchmarks (`edgeloop-sim bench ota` registers a new version made so)."""
 
 from __future__ import annotations
 
