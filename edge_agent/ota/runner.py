@@ -93,7 +93,7 @@ from shared.ota import IN_PROGRESS, OtaState, OtaTransition
 from shared.reasons import OtaReason, RejectReason
 
 if TYPE_CHECKING:
-    from shared.signing import TrustedKey
+    from shared.signing import TrustedKey, Verifier
 
 __all__ = ["OtaConfig", "OtaHost", "OtaRunner", "open_slot"]
 
@@ -121,6 +121,10 @@ class OtaConfig:
     load_model: Callable[[Path], EdgeModel] | None = field(default=None, compare=False)
     """Opens a staged, verified package (its slot) as a model; None: a session of its
     own (:func:`open_slot`). The fleet simulator's hosts share one per package."""
+    verifier: Verifier | None = field(default=None, compare=False)
+    """The Ed25519 check; None: a child process (:mod:`edge_agent.ota.sigcheck`), so the
+    agent never loads ``cryptography``. A host of many simulated agents may pass
+    :func:`shared.signing.verify_in_process` instead (one process, one ``cryptography``)."""
 
 
 class OtaHost(Protocol):
@@ -410,7 +414,8 @@ class OtaRunner:
 
         # The Ed25519 check runs in a child process: this one never loads cryptography.
         try:
-            result = verify_package(self.slots.staging, self.config.trusted, child_verifier())
+            verifier = self.config.verifier or child_verifier()
+            result = verify_package(self.slots.staging, self.config.trusted, verifier)
         except VerifierError as exc:
             return Refused(OtaReason.VERIFIER_FAILED, str(exc))
         failed = result.failure

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,9 @@ from shared import __version__
 from shared.manifest import MANIFEST_FILE, load_package
 from shared.package_verify import verify_package
 from shared.reasons import OtaReason, RejectReason
-from shared.signing import SigningKey, VerifierError
+from shared.signing import SigningKey, VerifierError, verify_in_process
+from simulators.packages import variant
 from tests.conftest import ModelPaths
-from tests.packages import variant
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,3 +151,6 @@ def test_the_runner_refuses_an_update_whose_checker_cannot_run_as_verifier_faile
     assert isinstance(refused, Refused) and refused.reason is OtaReason.VERIFIER_FAILED
     assert "signature checker" in refused.detail and "not found" in refused.detail
     assert load_package(slots.staging).manifest.version == "1.2.0"  # nothing touched
+    # A host of many simulated agents checks in its own process: no child is run.
+    in_process = OtaRunner(replace(config, verifier=verify_in_process), slots, model, _Host())  # type: ignore[arg-type]
+    assert isinstance(in_process._verify(target), Verified)
