@@ -35,9 +35,9 @@ import pytest
 from cloud_hub.keys import load_signing_key
 from shared.manifest import load_package
 from simulators.harness import AgentProcess
+from simulators.packages import variant, zip_package
 from tests.conftest import ModelPaths
 from tests.ota_fault_agent import PAUSED_STEP
-from tests.packages import variant, zip_package
 from tests.test_desired_state import hub_with_keys
 from tests.test_ota_agent import (  # _no_agent_left: its autouse fixture, here too
     OLD,
