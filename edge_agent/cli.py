@@ -17,6 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
+from edge_agent.malloc import limit_arenas
 from edge_agent.scheduling import configure_threads
 from edge_agent.settings import AgentSettings, load_settings
 from edge_agent.sources.base import Source
@@ -118,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    limit_arenas()  # before any thread starts: all share one malloc arena (edge_agent.malloc)
     try:
         # Before any thread starts: the threads started later stay on this CPU.
         cpu = configure_threads(settings.cpu)

@@ -652,11 +652,11 @@ def _trusted(
 ) -> tuple[TrustedKey, ...]:
     """The public keys in the ``--trust`` files, or an error naming the file at fault.
 
-    ``shared.signing`` loads the ``cryptography`` package (6-7 MB resident): only an
-    agent given ``--trust`` pays for it."""
+    Read without the ``cryptography`` package, which the agent never loads: the
+    signature check runs in a child process (:mod:`edge_agent.ota.sigcheck`)."""
     if not paths:
         return ()
-    from shared.signing import load_public_key  # noqa: PLC0415
+    from shared.signing import load_public_key  # noqa: PLC0415 - only with --trust
 
     keys: list[TrustedKey] = []
     for name in paths:

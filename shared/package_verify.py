@@ -37,7 +37,13 @@ from shared.manifest import (
     sha256_file,
 )
 from shared.reasons import RejectReason
-from shared.signing import MAX_SIGNATURE_FILE_BYTES, TrustedKey, verify_signature
+from shared.signing import (
+    MAX_SIGNATURE_FILE_BYTES,
+    TrustedKey,
+    Verifier,
+    verify_in_process,
+    verify_signature,
+)
 
 __all__ = ["Check", "FileFacts", "PackageVerification", "check_files", "verify_package"]
 
@@ -173,11 +179,15 @@ def _facts(directory: Path, listed: Mapping[str, PackageFile]) -> dict[str, File
     return found
 
 
-def verify_package(path: Path, trusted: Sequence[TrustedKey]) -> PackageVerification:
+def verify_package(
+    path: Path, trusted: Sequence[TrustedKey], verifier: Verifier = verify_in_process
+) -> PackageVerification:
     """Verify the package directory ``path`` against the ``trusted`` public keys.
 
     Raises :class:`ManifestError` only when ``path`` is not a readable
-    directory; everything about the package itself is in the result.
+    directory, and :class:`shared.signing.VerifierError` when ``verifier``
+    (the Ed25519 check, :func:`shared.signing.verify_signature`) could not run;
+    everything about the package itself is in the result.
     """
     if not path.is_dir():
         raise ManifestError(f"model package {str(path)!r} is not a directory", path=str(path))
@@ -234,7 +244,7 @@ def verify_package(path: Path, trusted: Sequence[TrustedKey]) -> PackageVerifica
     elif data is not None:
         with sig_path.open("rb") as fh:
             sig = fh.read(MAX_SIGNATURE_FILE_BYTES + 1)
-        result = verify_signature(data, sig, trusted)
+        result = verify_signature(data, sig, trusted, verifier)
         key_id = result.key_id if result.ok else None
         checks.append(Check(SIGNATURE_FILE, result.reason, result.detail))
     return PackageVerification(path, manifest, tuple(checks), key_id)

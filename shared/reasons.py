@@ -77,6 +77,9 @@ class OtaReason(StrEnum):
     """The desired version is older than the running one and the desired message allows no rollback."""
     INCOMPATIBLE_INPUT = "incompatible_input"
     """The model needs a sensor the agent's source does not deliver, or in another unit."""
+    VERIFIER_FAILED = "verifier_failed"
+    """The signature checker (the agent's child process) could not run or answer: not
+    found, killed, timed out. Says nothing about the package (may be retried)."""
     AGENT_TOO_OLD = "agent_too_old"
     """The manifest's ``min_agent_version`` is newer than this agent."""
     LOAD_FAILED = "load_failed"

@@ -6,6 +6,12 @@ devices hold only public keys, a list of them, so a new key can be trusted
 before the old one is retired. All cryptography is the ``cryptography``
 package's (no hand-written crypto); this module only frames it. No I/O.
 
+The ``cryptography`` package (9 MB resident in the agent, its Rust bindings
+alone 7 MB) is imported only by what signs or verifies (:class:`SigningKey`,
+:meth:`TrustedKey.verifies`), never at import time: reading a public key or a
+signature file does not need it. The agent runs the check in a child
+process, through a :data:`Verifier`, so it never loads it.
+
 Rules:
 
 - **Key id**: the first 16 hex digits (64 bits) of the sha256 of the raw
@@ -14,6 +20,11 @@ Rules:
 - **Public key**: PEM (``-----BEGIN PUBLIC KEY-----``, SubjectPublicKeyInfo),
   the form ``edgeloop-hub keys init`` prints and writes to ``signing.pub``.
   :func:`load_public_key` also takes the raw 32 bytes in base64 on one line.
+  An Ed25519 SubjectPublicKeyInfo has one DER encoding (RFC 8410, section 4):
+  the 12 bytes of :data:`_SPKI_PREFIX` (a SEQUENCE holding the algorithm
+  OID 1.3.101.112 and a 33-byte BIT STRING) and the 32 raw bytes, so reading
+  and writing it is framing, done here without ``cryptography``; any other
+  key type has another OID there and is refused.
 - **Private key**: PEM, PKCS#8, unencrypted (the file is mode 0600).
 - **Signature file** (``manifest.sig``): one UTF-8 JSON object, sorted keys,
   final newline, at most 4096 bytes::
@@ -27,7 +38,10 @@ Rules:
   ``malformed_signature``; a key id that no trusted key has is
   ``unknown_key``; otherwise the signature must verify with the trusted key of
   that id (``bad_signature`` if not). The result names the key id that
-  verified. Reason codes: :class:`shared.reasons.RejectReason`.
+  verified. Reason codes: :class:`shared.reasons.RejectReason`. The last
+  step, the Ed25519 check itself, is a :data:`Verifier`: in this process by
+  default, or another (the agent's child process) that may raise
+  :class:`VerifierError` when it cannot say.
 
 >>> key = SigningKey.generate()
 >>> sig = key.sign_manifest(b'{"name": "m"}\\n')
@@ -44,15 +58,14 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Final
 
 from shared.reasons import RejectReason
+
+if TYPE_CHECKING:  # imported where used: see the module docstring
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "ALG",
@@ -60,11 +73,14 @@ __all__ = [
     "SignatureCheck",
     "SigningKey",
     "TrustedKey",
+    "Verifier",
+    "VerifierError",
     "decode_signature_file",
     "encode_signature_file",
     "key_id",
     "load_public_key",
     "signature_key_id",
+    "verify_in_process",
     "verify_signature",
 ]
 
@@ -73,6 +89,10 @@ MAX_SIGNATURE_FILE_BYTES: Final = 4096
 _KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _RAW_KEY_BYTES: Final = 32
 _SIGNATURE_BYTES: Final = 64
+_SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
+"""DER of an Ed25519 SubjectPublicKeyInfo before its 32 raw bytes (RFC 8410)."""
+_PEM_BEGIN: Final = b"-----BEGIN PUBLIC KEY-----"
+_PEM_END: Final = b"-----END PUBLIC KEY-----"
 
 
 def key_id(raw_public_key: bytes) -> str:
@@ -102,12 +122,16 @@ class TrustedKey:
 
     def pem(self) -> str:
         """The key as PEM (SubjectPublicKeyInfo), as ``signing.pub`` holds it."""
-        public = Ed25519PublicKey.from_public_bytes(self.raw)
-        return public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode("ascii")
+        body = base64.b64encode(_SPKI_PREFIX + self.raw)  # 60 characters: one line
+        return (_PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n").decode("ascii")
 
     def verifies(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is this key's over ``data`` (loads ``cryptography``)."""
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - module docstring
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PublicKey,
+        )
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except InvalidSignature:
@@ -116,32 +140,41 @@ class TrustedKey:
 
 
 def load_public_key(data: bytes, source: str = "") -> TrustedKey:
-    """A trusted key from PEM, or from base64 of the raw 32 bytes; ``ValueError`` names ``source``."""
+    """A trusted key from PEM, or from base64 of the raw 32 bytes; ``ValueError`` names ``source``.
+
+    >>> key = TrustedKey(bytes(range(32)))
+    >>> load_public_key(key.pem().encode()) == key
+    True
+    """
     where = source or "the public key"
     text = data.strip()
     if text.startswith(b"-----BEGIN"):
-        try:
-            public = serialization.load_pem_public_key(text)
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise ValueError(f"{where}: not a PEM public key ({exc})") from None
-        if not isinstance(public, Ed25519PublicKey):
+        lines = text.splitlines()
+        if lines[0].strip() != _PEM_BEGIN or lines[-1].strip() != _PEM_END:
             raise ValueError(
-                f"{where}: a {type(public).__name__.removeprefix('_')} key, not Ed25519; give the "
-                "signing.pub that 'edgeloop-hub keys init' wrote"
+                f"{where}: not a PEM public key (it must start with {_PEM_BEGIN.decode()} and "
+                f"end with {_PEM_END.decode()}); give the signing.pub that 'edgeloop-hub keys "
+                "init' wrote"
             )
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return TrustedKey(raw, source)
+        try:
+            der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where}: not a PEM public key (its body is not base64)") from None
+        if len(der) != len(_SPKI_PREFIX) + _RAW_KEY_BYTES or not der.startswith(_SPKI_PREFIX):
+            raise ValueError(
+                f"{where}: a public key, but not Ed25519 (another algorithm, or not one key); "
+                "give the signing.pub that 'edgeloop-hub keys init' wrote"
+            )
+        return TrustedKey(der[len(_SPKI_PREFIX) :], source)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raw = b""
-    try:
-        Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
+    if len(raw) != _RAW_KEY_BYTES:
         raise ValueError(
             f"{where}: neither a PEM public key (-----BEGIN PUBLIC KEY-----) nor the base64 of a "
             "32-byte Ed25519 key; 'edgeloop-hub keys show' prints the hub's"
-        ) from None
+        )
     return TrustedKey(raw, source)
 
 
@@ -158,6 +191,8 @@ class SigningKey:
     __slots__ = ("_key", "public")
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
         self._key = key
         raw = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -166,11 +201,21 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PrivateKey,
+        )
+
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "") -> SigningKey:
         """Load a PKCS#8 PEM private key; ``ValueError`` names ``source``, never the content."""
+        from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PrivateKey,
+        )
+
         where = source or "the signing key"
         try:
             key = serialization.load_pem_private_key(data, password=None)
@@ -184,6 +229,8 @@ class SigningKey:
 
     def to_pem(self) -> bytes:
         """PKCS#8 PEM, unencrypted: for a file of mode 0600, never for a log."""
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
         return self._key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -259,10 +306,34 @@ class SignatureCheck:
         return self.reason is None
 
 
+Verifier = Callable[[Sequence["TrustedKey"], bytes, bytes], "TrustedKey | None"]
+"""``(candidates, data, signature)``: the first candidate key whose Ed25519
+signature over ``data`` ``signature`` is, or None. May raise
+:class:`VerifierError`."""
+
+
+class VerifierError(RuntimeError):
+    """A :data:`Verifier` could not check the signature at all (its message says why):
+    this says nothing about the package."""
+
+
+def verify_in_process(
+    candidates: Sequence[TrustedKey], data: bytes, signature: bytes
+) -> TrustedKey | None:
+    """The default :data:`Verifier`: ``cryptography`` in this process."""
+    return next((k for k in candidates if k.verifies(data, signature)), None)
+
+
 def verify_signature(
-    manifest_bytes: bytes, signature_file: bytes, trusted: Sequence[TrustedKey]
+    manifest_bytes: bytes,
+    signature_file: bytes,
+    trusted: Sequence[TrustedKey],
+    verifier: Verifier = verify_in_process,
 ) -> SignatureCheck:
-    """Check a signature file over ``manifest_bytes`` against the ``trusted`` keys."""
+    """Check a signature file over ``manifest_bytes`` against the ``trusted`` keys.
+
+    ``verifier`` does the Ed25519 check of the keys the file's key id names; its
+    :class:`VerifierError` goes to the caller."""
     try:
         kid, signature = decode_signature_file(signature_file)
     except ValueError as exc:
@@ -280,10 +351,10 @@ def verify_signature(
             f"signed with key id {kid}, which no trusted public key has (trusted: {known}); "
             "trust that key's public key, or sign the package with a trusted key",
         )
-    for key in candidates:
-        if key.verifies(manifest_bytes, signature):
-            origin = f" ({key.source})" if key.source else ""
-            return SignatureCheck(None, kid, f"signature by key id {kid}{origin} verifies")
+    key = verifier(candidates, manifest_bytes, signature)
+    if key is not None:
+        origin = f" ({key.source})" if key.source else ""
+        return SignatureCheck(None, kid, f"signature by key id {kid}{origin} verifies")
     return SignatureCheck(
         RejectReason.BAD_SIGNATURE,
         kid,

@@ -42,9 +42,10 @@ Rules
    ``reverted`` with ``superseded``, its files discarded) and starts toward the
    new one at once. A package refused before is not tried again
    (``refused_before``), except after a refusal that says nothing about the
-   package (download failures, deadlines, urgent waits, interruptions), and
-   then only ``retry_after_s`` later. A desired message with a different
-   ``allow_downgrade`` or sha256 is another package.
+   package (download failures, deadlines, urgent waits, interruptions, a
+   signature checker that could not run), and then only ``retry_after_s``
+   later. A desired message with a different ``allow_downgrade`` or sha256
+   is another package.
 7. Urgent episodes: never paused, never cut. The switch waits while one is
    active and happens when it ends; if it lasts past ``switch_wait_s`` the
    update is ``rejected`` (``urgent_active``) rather than switched anyway:
@@ -326,7 +327,8 @@ class Verified:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A :class:`RejectReason` of the package, or a compatibility :class:`OtaReason`."""
+    """A :class:`RejectReason` of the package, a compatibility :class:`OtaReason`, or
+    ``verifier_failed`` (the signature checker could not run)."""
 
     reason: Reason
     detail: str = ""
@@ -566,6 +568,7 @@ _RETRYABLE: Final[frozenset[Reason]] = frozenset(
         OtaReason.URGENT_ACTIVE,
         OtaReason.INTERRUPTED,
         OtaReason.STOPPED,
+        OtaReason.VERIFIER_FAILED,
     }
 )
 """Refusals that say nothing about the package itself (rule 6)."""

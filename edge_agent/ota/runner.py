@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import numpy as np
 
 from edge_agent.engine import EdgeModel
+from edge_agent.malloc import trim
 from edge_agent.ota.checks import ModelFigures, compatibility, smoke_verdict
 from edge_agent.ota.machine import (
     AgentStarted,
@@ -92,7 +93,7 @@ from shared.ota import IN_PROGRESS, OtaState, OtaTransition
 from shared.reasons import OtaReason, RejectReason
 
 if TYPE_CHECKING:
-    from shared.signing import TrustedKey
+    from shared.signing import TrustedKey, Verifier
 
 __all__ = ["OtaConfig", "OtaHost", "OtaRunner", "open_slot"]
 
@@ -120,6 +121,10 @@ class OtaConfig:
     load_model: Callable[[Path], EdgeModel] | None = field(default=None, compare=False)
     """Opens a staged, verified package (its slot) as a model; None: a session of its
     own (:func:`open_slot`). The fleet simulator's hosts share one per package."""
+    verifier: Verifier | None = field(default=None, compare=False)
+    """The Ed25519 check; None: a child process (:mod:`edge_agent.ota.sigcheck`), so the
+    agent never loads ``cryptography``. A host of many simulated agents may pass
+    :func:`shared.signing.verify_in_process` instead (one process, one ``cryptography``)."""
 
 
 class OtaHost(Protocol):
@@ -331,6 +336,7 @@ class OtaRunner:
             except Exception as exc:  # a bug must not leave the update hanging: say so
                 log.exception("OTA: %s failed unexpectedly", type(fx).__name__)
                 outcome = _failure(fx, f"{type(exc).__name__}: {exc}")
+            trim()  # what the step freed goes back to the kernel (edge_agent.malloc)
             if outcome is not None:
                 self._events.append(_Outcome(update, *outcome))
                 self.wake()
@@ -402,9 +408,16 @@ class OtaRunner:
         return DownloadDone()
 
     def _verify(self, target: Target) -> Event:
-        from shared.package_verify import verify_package  # noqa: PLC0415 - see _download
+        from edge_agent.ota.sigcheck import child_verifier  # noqa: PLC0415 - see _download
+        from shared.package_verify import verify_package  # noqa: PLC0415
+        from shared.signing import VerifierError  # noqa: PLC0415
 
-        result = verify_package(self.slots.staging, self.config.trusted)
+        # The Ed25519 check runs in a child process: this one never loads cryptography.
+        try:
+            verifier = self.config.verifier or child_verifier()
+            result = verify_package(self.slots.staging, self.config.trusted, verifier)
+        except VerifierError as exc:
+            return Refused(OtaReason.VERIFIER_FAILED, str(exc))
         failed = result.failure
         if failed is not None:
             assert failed.reason is not None

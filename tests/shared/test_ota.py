@@ -28,6 +28,7 @@ def test_codes_are_stable_short_snake_case_and_the_two_enums_never_share_one() -
         "downgrade",
         "incompatible_input",
         "agent_too_old",
+        "verifier_failed",
         "smoke_failed",
         "smoke_too_slow",
         "trial_errors",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +148,37 @@ def test_encode_refuses_what_it_cannot_frame() -> None:
         encode_signature_file("XYZ", bytes(64))
     with pytest.raises(ValueError):
         encode_signature_file("0011223344556677", bytes(63))
+
+
+def test_public_key_pem_is_cryptographys_and_reads_without_it(key: SigningKey) -> None:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519  # noqa: PLC0415
+
+    public = ed25519.Ed25519PublicKey.from_public_bytes(key.public.raw)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert key.public.pem().encode() == pem
+    assert load_public_key(pem.replace(b"\n", b"\r\n")).raw == key.public.raw
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ValueError, match=r"ec\.pub: a public key, but not Ed25519"):
+        load_public_key(ec_pem, "ec.pub")
+    with pytest.raises(ValueError, match=r"body is not base64"):
+        load_public_key(pem.replace(b"MCow", b"M*ow"), "x.pub")
+
+
+def test_importing_signing_and_reading_keys_does_not_load_cryptography(key: SigningKey) -> None:
+    code = (
+        "import sys, shared.signing as s\n"
+        f"k = s.load_public_key({key.public.pem().encode()!r})\n"
+        f"print(k.key_id, s.signature_key_id({key.sign_manifest(MANIFEST)!r}),\n"
+        "      any(m.split('.')[0] == 'cryptography' for m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.stdout.split() == [key.key_id, key.key_id, "False"], done.stderr

@@ -568,3 +568,11 @@ def test_a_breadcrumb_not_written_by_the_agent_is_refused_with_what_to_do(
     spoil(raw)
     with pytest.raises(ValueError, match=r"OTA breadcrumb: .*delete it"):
         Breadcrumb.from_dict(raw)
+
+
+def test_a_signature_checker_that_could_not_run_is_retried_after_retry_after_s() -> None:
+    m = reach(S.VERIFYING)
+    step = m.handle(Refused(OtaReason.VERIFIER_FAILED, "the signature checker was killed"), 10.0)
+    assert reports(step.effects) == [(S.REJECTED, "verifier_failed")]
+    assert m.handle(DesiredReceived(NEW), 11.0).reason is OtaReason.REFUSED_BEFORE
+    assert m.handle(DesiredReceived(NEW), 10.0 + CFG.retry_after_s).state is S.DOWNLOADING
