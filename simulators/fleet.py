@@ -23,7 +23,10 @@ own flags (device, broker, state dir, seed) are added and the whole is
 validated by :func:`~edge_agent.settings.load_settings`, as the agent's entry
 point does. With ``--ota`` among them every agent acts on the hub's desired
 model as ``edgeloop-agent --ota`` does, sharing one session per package
-(:class:`SharedModels`).
+(:class:`SharedModels`) and checking signatures in the host's own process
+(``edgeloop-agent`` runs a child per check to keep ``cryptography`` out of
+its memory; a host of a hundred agents has no such budget, and a hundred
+children at once would cost more than the check).
 
 The host reports on stdout, one JSON object per line: ``{"event": "started",
 ...}`` once every agent's thread runs; ``{"event": "status", "connected": n,
@@ -233,6 +236,7 @@ class FleetHost:
         from edge_agent.engine import load_edge_model  # noqa: PLC0415
         from edge_agent.settings import load_settings  # noqa: PLC0415
         from shared import __version__  # noqa: PLC0415
+        from shared.signing import verify_in_process  # noqa: PLC0415
 
         model = load_edge_model(Path(self.spec.model), __version__)
         shared = SharedModels()
@@ -262,7 +266,9 @@ class FleetHost:
                 slot.agent = Agent(settings, model, source, actuators)
                 if settings.ota:
                     config = ota_config(settings, model.manifest.input.sensor_names)
-                    slot.agent.enable_ota(replace(config, load_model=shared.load))
+                    slot.agent.enable_ota(
+                        replace(config, load_model=shared.load, verifier=verify_in_process)
+                    )
             except (EdgeloopError, ValueError, OSError) as exc:
                 slot.error = f"device {a.device!r}: could not build the agent: {exc}"
                 log.error("%s", slot.error)
