@@ -10,6 +10,7 @@ reading loop runs the update state machine between readings.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import queue
@@ -633,10 +634,11 @@ class Agent:
         for actuator in self.actuators:
             actuator.close()
         log.info(
-            "device %r: stopped after %d readings, %d urgent events",
+            "device %r: stopped after %d readings, %d urgent events; readings by model %s",
             self.device,
             self.readings,
             self.events,
+            json.dumps(self.readings_by_model(), sort_keys=True),
         )
 
     # -- the link thread -----------------------------------------------------------------------

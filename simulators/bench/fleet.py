@@ -140,6 +140,11 @@ class FleetBenchConfig:
     """Extra ``edgeloop-agent`` flags for every agent (e.g. ``--max-delay-ms 2000``)."""
     progress: IO[str] | None = field(default=sys.stderr, repr=False)
 
+    @property
+    def bench_name(self) -> str:
+        """How its errors begin."""
+        return "bench fleet"
+
     def __post_init__(self) -> None:
         problems = []
         if not 1 <= self.devices <= MAX_DEVICES:
@@ -157,7 +162,7 @@ class FleetBenchConfig:
         if self.broker not in ("auto", "mosquitto", "embedded"):
             problems.append(f"--broker must be auto, mosquitto or embedded, got {self.broker!r}")
         if problems:
-            raise ValueError("bench fleet: " + "; ".join(problems))
+            raise ValueError(f"{self.bench_name}: " + "; ".join(problems))
 
     @property
     def host_count(self) -> int:
@@ -177,9 +182,17 @@ class FleetBenchConfig:
 # -- command line ------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the bench's options to its sub-parser."""
-    d = FleetBenchConfig()
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    d: FleetBenchConfig | None = None,
+    *,
+    duration_help: str = "seconds to measure once every device is online",
+    agents_per_host: int = AGENTS_PER_HOST,
+    work_dir_help: str = "",
+) -> None:
+    """Add the bench's options to its sub-parser (``d``: the defaults shown; another bench
+    built on this one passes its own, and its own words for what differs)."""
+    d = d or FleetBenchConfig()
     parser.add_argument(
         "--devices", type=int, default=d.devices, help=f"real agents to run (default: {d.devices})"
     )
@@ -187,7 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--duration-s",
         type=float,
         default=d.duration_s,
-        help=f"seconds to measure once every device is online (default: {d.duration_s:g})",
+        help=f"{duration_help} (default: {d.duration_s:g})",
     )
     parser.add_argument(
         "--broker",
@@ -201,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.hosts,
         help=f"agent host processes sharing the agents (default: 0 = about one per "
-        f"{AGENTS_PER_HOST} agents, 2 to {MAX_AUTO_HOSTS})",
+        f"{agents_per_host} agents, 2 to {MAX_AUTO_HOSTS})",
     )
     parser.add_argument(
         "--rate-hz",
@@ -220,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="keep the run's logs, accounts and state here (default: a temporary directory, "
-        "removed unless something went wrong)",
+        f"removed unless something went wrong){work_dir_help}",
     )
     parser.add_argument(
         "--ramp-per-s",
@@ -429,7 +442,8 @@ class _FleetBench:
         fd_soft, _ = raise_fd_limit()  # Mosquitto and the hub inherit it
         self.broker_kind = self._pick_broker()
         if c.work_dir is None:
-            self.work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-fleet-"))
+            prefix = "edgeloop-" + self.name.replace(" ", "-") + "-"
+            self.work = Path(tempfile.mkdtemp(prefix=prefix))
         else:
             self.work = c.work_dir.resolve()
             self.work.mkdir(parents=True, exist_ok=True)
@@ -502,7 +516,7 @@ class _FleetBench:
             return "mosquitto"
         if want == "mosquitto":
             raise FleetBenchError(
-                "bench fleet: --broker mosquitto, but the mosquitto binary is not installed "
+                f"{self.name}: --broker mosquitto, but the mosquitto binary is not installed "
                 "(apt-get install mosquitto); or use --broker embedded"
             )
         return "embedded"
@@ -568,7 +582,7 @@ class _FleetBench:
         try:
             self.mosquitto.start()
         except HarnessError as exc:
-            raise FleetBenchError(f"bench fleet: mosquitto did not start: {exc}") from None
+            raise FleetBenchError(f"{self.name}: mosquitto did not start: {exc}") from None
         self.say(f"mosquitto listening on {self.mosquitto.host}:{self.mosquitto.port}")
 
     def _start_hub(self) -> None:
@@ -576,7 +590,7 @@ class _FleetBench:
         try:
             self.hub.start()
         except HarnessError as exc:
-            raise FleetBenchError(f"bench fleet: the hub did not start: {exc}") from None
+            raise FleetBenchError(f"{self.name}: the hub did not start: {exc}") from None
         self.api = self.hub.api
         broker = self.hub.broker_endpoint()
         self.say(
@@ -685,7 +699,7 @@ class _FleetBench:
                 f"its log {host.log_path} ends:\n{host.process.log_tail(_LOG_TAIL_LINES)}"
             )
             if fatal:
-                raise FleetBenchError(f"bench fleet: {message}")
+                raise FleetBenchError(f"{self.name}: {message}")
             if message not in self.errors:
                 self.errors.append(message)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from simulators.bench.ota import OtaBenchConfig
 from tests.brokers import require_mosquitto
 from tests.conftest import ModelPaths
 
@@ -84,11 +85,24 @@ def test_ota_bench_moves_every_device_and_stores_every_reading_once(
     assert result["readings_dropped"] == 0, context
     assert result["readings_duplicated"] == 0, context
     assert result["readings_wrong_model"] == 0, context
-    # Every host agent's readings were compared version by version, and the new model
-    # scored some of them.
-    assert result["devices_compared_by_version"] == DEVICES - 1, context
+    # Every device's readings were compared version by version, the separate agent's
+    # too, and the new model scored some of them.
+    assert result["devices_compared_by_version"] == DEVICES, context
     assert result["readings_by_model"].get(result["to_version"], 0) > 0, context
     assert result["max_agent_rss_mb"] > 0, context
     assert result["errors"] == [], context
     # The models given are never signed in place: the hub and the agents got a copy.
     assert sorted(p.name for p in model_packages.edge.iterdir()) == before
+
+
+@pytest.mark.timeout(10)
+def test_separate_agents_default_to_two_and_leave_the_hosts_one_device() -> None:
+    assert OtaBenchConfig(devices=100).solo_agents == 2
+    assert OtaBenchConfig(devices=2).solo_agents == 1
+    assert OtaBenchConfig(devices=1).solo_agents == 0
+    assert OtaBenchConfig(devices=3).host_count == 1  # the separate agents are in no host
+    assert OtaBenchConfig(devices=1000).host_count == 10
+    with pytest.raises(ValueError, match=r"bench ota: --rss-agents must be 0-9 .* got 20"):
+        OtaBenchConfig(devices=10, rss_agents=20)
+    with pytest.raises(ValueError, match=r"^bench ota: --devices must be"):
+        OtaBenchConfig(devices=0)
