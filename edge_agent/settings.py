@@ -660,10 +660,24 @@ def _trusted(
 
     keys: list[TrustedKey] = []
     for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            raise fail(
+                "trust",
+                f"names the directory {name}; give the public key file in it, such as "
+                f"{path / 'signing.pub'} (the hub's DATA_DIR/keys/signing.pub)",
+            )
         try:
-            data = Path(name).read_bytes()
+            data = path.read_bytes()
         except OSError as exc:
             raise fail("trust", f"names {name}, which cannot be read ({exc.strerror})") from None
+        if b"PRIVATE KEY-----" in data:
+            raise fail(
+                "trust",
+                f"names {name}, a private signing key: give the agent the public half "
+                "(the hub's DATA_DIR/keys/signing.pub), and never copy the private key to a "
+                "device",
+            )
         try:
             keys.append(load_public_key(data, name))
         except ValueError as exc:

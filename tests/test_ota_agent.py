@@ -282,6 +282,7 @@ def test_an_update_commits_and_no_reading_is_lost_or_scored_twice(hub: Hub) -> N
         timeout=WAIT,
     )
     assert agent.wait(timeout=WAIT) == 0
+    assert f"OTA: packages signed by key {_key_id(h)} ({h.pub}) are trusted" in agent.output()
     current = json.loads((agent.state_dir / "ota" / "current.json").read_text())
     assert current == {"name": h.edge, "version": HAPPY}
     assert not (agent.state_dir / "ota" / "breadcrumb.json").exists()
@@ -294,6 +295,12 @@ def test_an_update_commits_and_no_reading_is_lost_or_scored_twice(hub: Hub) -> N
     assert set(versions[:cut]) == {OLD} and set(versions[cut:]) == {HAPPY}
     ordered = sorted(rows, key=lambda r: r.ts[0])
     assert ordered[cut - 1].ts[-1] < ordered[cut].ts[0]
+
+
+def _key_id(h: Hub) -> str:
+    from shared.signing import load_public_key  # noqa: PLC0415
+
+    return load_public_key(h.pub.read_bytes(), str(h.pub)).key_id
 
 
 def _other_key(h: Hub) -> Path:

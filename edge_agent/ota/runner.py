@@ -196,6 +196,11 @@ class OtaRunner:
         self.slots.prepare()
         if not self.config.trusted:
             log.warning("OTA: no --trust key, updates refused")
+        else:
+            log.info(
+                "OTA: packages signed by %s are trusted",
+                ", ".join(f"key {k.key_id} ({k.source})" for k in self.config.trusted),
+            )
         self._worker = threading.Thread(target=self._work, name="edgeloop-ota", daemon=True)
         self._worker.start()
         crumb = self.slots.breadcrumb()

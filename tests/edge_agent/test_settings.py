@@ -350,6 +350,12 @@ def test_ota_options_are_checked(tmp_path: Path) -> None:
     assert "cannot be read" in str(config_error("--trust", str(tmp_path / "missing.pub")))
     (tmp_path / "junk.pub").write_text("not a key")
     assert_names(config_error("--trust", str(tmp_path / "junk.pub")), "trust", "--trust", "TRUST")
+    # The natural mistakes: the keys directory, and the hub's private key.
+    assert "signing.pub" in str(config_error("--trust", str(tmp_path)))
+    private = tmp_path / "signing.key"
+    private.write_bytes(SigningKey.generate().to_pem())
+    err = str(config_error("--trust", str(private)))
+    assert "private signing key" in err and "never copy" in err
     err = config_error("--hub-url", "ftp://hub")
     assert_names(err, "hub_url", "--hub-url", "EDGELOOP_AGENT_HUB_URL")
     assert "credentials" in str(config_error("--hub-url", "http://u:p@hub:8080"))
