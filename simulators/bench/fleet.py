@@ -457,6 +457,7 @@ class _FleetBench:
             "fd_limit": fd_soft,
         }
         interrupted = False
+        held: dict[int, Any] = {}
         installed, previous = self._sigterm_as_interrupt()
         ok = False
         try:
@@ -472,6 +473,11 @@ class _FleetBench:
             except KeyboardInterrupt:
                 interrupted = True
                 self.say("interrupted: stopping everything and reporting what was measured")
+            # Stopping takes a while (agents drain, ingest settles): a second Ctrl-C or
+            # SIGTERM meanwhile must not cut it short and lose the report.
+            held = self._hold_signals()
+            if installed:
+                held[signal.SIGTERM] = previous  # what was there before the run
             self._stop_hosts()
             self._settle()
             ok = True
@@ -481,7 +487,9 @@ class _FleetBench:
             hub_code = self.hub.stop() if self.hub is not None else None
             if self.mosquitto is not None:
                 self.mosquitto.stop()
-            if installed:
+            for signum, handler in held.items():
+                signal.signal(signum, handler)
+            if installed and not held:
                 signal.signal(signal.SIGTERM, previous)
             if self.created_dir and (ok or interrupted) and not self.errors:
                 shutil.rmtree(self.work, ignore_errors=True)
@@ -493,6 +501,20 @@ class _FleetBench:
         if not self.created_dir or self.errors:
             self.result["work_dir"] = str(self.work)
         return self.result
+
+    def _hold_signals(self) -> dict[int, Any]:
+        """While stopping: SIGINT and SIGTERM say so and are otherwise ignored. Returns
+        the handlers they replaced."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.say(f"{signal.Signals(signum).name}: already stopping; the report follows")
+
+        return {
+            signal.SIGINT: signal.signal(signal.SIGINT, handler),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, handler),
+        }
 
     def _sigterm_as_interrupt(self) -> tuple[bool, Any]:
         """SIGTERM stops the bench as Ctrl-C does (cleanly).
