@@ -14,7 +14,7 @@ else imports it.
 - ``--slow-version V --slow-ms MS``: model version V takes MS milliseconds more
   per score on real readings (a slow scorer, for the trial's latency gate). Not
   on the OTA worker's thread, where the smoke test scores the test vectors: a
-  20 ms budget (``SMOKE_BUDGET_US``) would refuse the model there, and a slowness
+  20 ms budget (``--ota-smoke-budget-ms``) would refuse the model there, and a slowness
   short of it is not sure to fail the trial's gate on a loaded machine, where
   the previous model's p99 is a few ms.
 - ``--desired-size N``: every desired message says the package is N bytes (a
