@@ -20,6 +20,7 @@ declares them dropped, or the hub gives up on them after a retention.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
@@ -42,9 +43,11 @@ __all__ = [
     "DeviceRecord",
     "EventRecord",
     "Gap",
+    "LabelRecord",
     "ModelRecord",
     "OtaRecord",
     "Page",
+    "PipelineRunRow",
     "RolloutCommand",
     "RolloutRow",
     "StageLogEntry",
@@ -237,6 +240,37 @@ class RolloutRow:
     body: str
     marks: str
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    """A ground-truth label an operator posted (``POST /v1/labels``): every reading of
+    ``device`` with ``since <= ts < until`` is of class ``label`` of model ``model``."""
+
+    id: int
+    """Set by the store (0 before it is stored)."""
+    device: str
+    model: str
+    since: float
+    until: float
+    label: str
+    created_at: float
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRunRow:
+    """A retraining pipeline run as stored: its record as JSON
+    (:class:`cloud_hub.retrain.runs.PipelineRun`), with the fields the store filters on."""
+
+    id: str
+    model: str
+    state: str
+    """``running`` until it ends ``succeeded``, ``rejected`` or ``failed``."""
+    body: str
+    created_at: float
+    deadline: float
+    """When a run still ``running`` is taken for dead (its process was lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,6 +524,33 @@ class Store(Protocol):
 
     def rollout_command_result(self, command_id: int) -> tuple[bool, str | None]:
         """(done, error) of a queued command: (False, None) while it waits."""
+        ...
+
+    # -- labels and retraining pipeline runs
+    def add_label(self, label: LabelRecord) -> LabelRecord:
+        """Store ``label``; returns it with its ``id``."""
+        ...
+
+    def labels(
+        self, device: str | None = None, since: float = -math.inf, until: float = math.inf
+    ) -> list[LabelRecord]:
+        """Labels (one device's, or all) whose range overlaps ``[since, until)``, oldest first."""
+        ...
+
+    def start_pipeline_run(self, row: PipelineRunRow, now: float) -> str | None:
+        """Insert ``row`` (state ``running``) unless another run of ``row.model`` is
+        still running with its deadline after ``now``; returns that run's id (nothing
+        inserted) or None (inserted). One transaction: two callers never both start."""
+        ...
+
+    def save_pipeline_run(self, row: PipelineRunRow) -> None:
+        """Replace the stored run of ``row.id``."""
+        ...
+
+    def pipeline_run(self, run_id: str) -> PipelineRunRow | None: ...
+
+    def pipeline_runs(self, model: str | None = None, limit: int = 100) -> list[PipelineRunRow]:
+        """The newest ``limit`` runs (of one model, or all), newest first."""
         ...
 
     # -- retention

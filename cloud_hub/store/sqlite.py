@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 9; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_9`, recorded in ``schema_version``:
+Schema (version 10; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_10`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -62,6 +62,11 @@ Schema (version 9; :data:`SCHEMA_VERSION`), created on open by
 - ``rollouts`` - each staged rollout's state as JSON, and the rollout manager's
   marks (version 9); ``rollout_commands`` - start/pause/resume/abort requests
   queued for the hub's manager by the CLI and the API.
+- ``labels`` - ground-truth labels operators posted (version 10): device, model,
+  time range ``[since, until)``, class, when and by whom.
+- ``pipeline_runs`` - each retraining pipeline run (version 10): its record as
+  JSON (inputs, steps, metrics, decision), with its model, state and deadline
+  as columns so that "is a run of this model still running" is one query.
 
 Errors::
 
@@ -74,6 +79,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import json
 import logging
@@ -106,9 +112,11 @@ from cloud_hub.store.base import (
     DeviceRecord,
     EventRecord,
     Gap,
+    LabelRecord,
     ModelRecord,
     OtaRecord,
     Page,
+    PipelineRunRow,
     RolloutCommand,
     RolloutRow,
     StageLogEntry,
@@ -128,7 +136,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -408,6 +416,34 @@ def _migrate_to_9(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_10(db: sqlite3.Connection) -> None:
+    """Ground-truth labels, and the retraining pipeline's recorded runs."""
+    db.execute(
+        """CREATE TABLE labels (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            model TEXT NOT NULL,
+            since REAL NOT NULL,
+            until REAL NOT NULL,
+            label TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            by TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX labels_by_device ON labels (device, since)")
+    db.execute(
+        """CREATE TABLE pipeline_runs (
+            id TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            state TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            deadline REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX pipeline_runs_by_model ON pipeline_runs (model, state)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -418,6 +454,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     7: _migrate_to_7,
     8: _migrate_to_8,
     9: _migrate_to_9,
+    10: _migrate_to_10,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1708,6 +1745,82 @@ class SQLiteStore:
             ).fetchone()
         return (False, None) if row is None or row[0] is None else (True, row[1])
 
+    # -- labels and pipeline runs
+
+    def add_label(self, label: LabelRecord) -> LabelRecord:
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO labels (device, model, since, until, label, created_at, by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    label.device,
+                    label.model,
+                    label.since,
+                    label.until,
+                    label.label,
+                    label.created_at,
+                    label.by,
+                ),
+            )
+            return dataclasses.replace(label, id=int(cur.lastrowid or 0))
+
+    def labels(
+        self, device: str | None = None, since: float = -math.inf, until: float = math.inf
+    ) -> list[LabelRecord]:
+        where = "until > ? AND since < ?" + ("" if device is None else " AND device = ?")
+        params: tuple[Any, ...] = (since, until) + (() if device is None else (device,))
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, device, model, since, until, label, created_at, by FROM labels "
+                f"WHERE {where} ORDER BY id",
+                params,
+            ).fetchall()
+        return [
+            LabelRecord(int(r[0]), r[1], r[2], float(r[3]), float(r[4]), r[5], float(r[6]), r[7])
+            for r in rows
+        ]
+
+    def start_pipeline_run(self, row: PipelineRunRow, now: float) -> str | None:
+        with self._write() as db:
+            busy = db.execute(
+                "SELECT id FROM pipeline_runs WHERE model = ? AND state = 'running' "
+                "AND deadline > ? ORDER BY created_at LIMIT 1",
+                (row.model, now),
+            ).fetchone()
+            if busy is not None:
+                return str(busy[0])
+            db.execute(
+                f"INSERT INTO pipeline_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, row.model, row.state, row.body, row.created_at, row.deadline),
+            )
+        return None
+
+    def save_pipeline_run(self, row: PipelineRunRow) -> None:
+        with self._write() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO pipeline_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, row.model, row.state, row.body, row.created_at, row.deadline),
+            )
+
+    def pipeline_run(self, run_id: str) -> PipelineRunRow | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE id = ?", (run_id,)
+            ).fetchone()
+        return None if row is None else _run_row(row)
+
+    def pipeline_runs(self, model: str | None = None, limit: int = 100) -> list[PipelineRunRow]:
+        _check_limit(limit, "pipeline_runs")
+        where = "" if model is None else "WHERE model = ? "
+        params: tuple[Any, ...] = (() if model is None else (model,)) + (limit,)
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_RUN_COLUMNS} FROM pipeline_runs {where}"
+                "ORDER BY created_at DESC, id LIMIT ?",
+                params,
+            ).fetchall()
+        return [_run_row(r) for r in rows]
+
     # -- retention
 
     def prune_telemetry(self, received_before: float) -> int:
@@ -1789,6 +1902,14 @@ _MODEL_COLUMNS: Final = (
     "name, version, variant, path, registered_at, manifest, stage, stage_changed_at, "
     "registered_by, signature, source"
 )
+
+
+_RUN_COLUMNS: Final = "id, model, state, body, created_at, deadline"
+
+
+def _run_row(row: tuple[Any, ...]) -> PipelineRunRow:
+    run_id, model, state, body, created_at, deadline = row
+    return PipelineRunRow(run_id, model, state, body, float(created_at), float(deadline))
 
 
 _DESIRED_COLUMNS: Final = (

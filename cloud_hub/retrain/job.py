@@ -1,0 +1,602 @@
+"""One pipeline run's work, in its own process: assemble -> train -> convert ->
+quantize -> gate -> register -> canary.
+
+:func:`main` is the process's entry (started by
+:class:`cloud_hub.retrain.runner.PipelineRunner` with ``multiprocessing``'s
+*spawn*, so nothing of the hub's threads or locks comes along). It opens the
+store itself (SQLite in WAL mode takes a second writer, as ``models train``
+does) and saves the run's record after every step, so the API and the CLI show
+progress while it runs. :func:`execute` is the same work on a store the caller
+opened (tests call it directly to inject faults).
+
+What each step does:
+
+- **assemble**: the stored telemetry of the window and devices, labelled and
+  cut by time per device (:mod:`cloud_hub.retrain.dataset`): the heavy model's
+  classes as teacher labels, operators' labels winning where they cover a
+  reading, and the last ``holdout_fraction`` of each device's readings held out.
+- **train**: the edge student on the training rows with the trainer that built
+  the default models (:func:`cloud_hub.pipeline.train.train_edge`);
+- **convert**: skl2onnx (:func:`cloud_hub.pipeline.convert.sklearn_to_onnx`);
+- **quantize**: int8 dynamic (:func:`cloud_hub.pipeline.convert.quantize_int8`);
+- **gate**, all on the held-out slice, the int8 model scoring one reading at a
+  time as on a device: its macro-F1 against the held-out labels is not below
+  the production edge model's minus ``f1_tolerance``; its class agrees with its
+  fp32 twin's on at least ``min_agreement`` of the rows; its p99 latency per
+  reading is within ``max_latency_us``; its ``model.onnx`` within
+  ``max_model_bytes``. Any failed gate rejects the run: nothing is registered.
+- **register**: the package (reference statistics and test vectors by
+  :func:`cloud_hub.pipeline.package.complete_package`; lineage: parent version,
+  data window and hash, run id) under the next patch version above the highest
+  registered, signed with the hub's key and registered as a ``candidate``
+  (:func:`cloud_hub.registry.register.register_built`);
+- **canary**: only for an automatic run (trigger ``drift`` or ``schedule``)
+  on a hub that allows it: a staged rollout of the candidate is queued for the
+  hub's rollout manager, its first cohort the canary. Otherwise skipped, saying why.
+
+Before registering, the run's record is read back: a run that its hub marked
+failed meanwhile (it restarted, or the time limit passed) registers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+
+from cloud_hub.retrain.runs import GateResult, PipelineRun, StepStatus, finish, set_step
+from cloud_hub.store.base import PipelineRunRow
+
+if TYPE_CHECKING:
+    from cloud_hub.retrain.dataset import Dataset
+    from shared.manifest import ModelManifest
+
+__all__ = ["JobSettings", "RunAbortedError", "execute", "load_run", "main", "save_run"]
+
+log = logging.getLogger(__name__)
+
+PAGE_ROWS: Final = 20_000
+MIN_TRAIN_ROWS: Final = 200
+MIN_HOLDOUT_ROWS: Final = 50
+LATENCY_ROWS: Final = 500
+"""Held-out rows the latency gate times (one at a time)."""
+TEST_VECTORS: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """What the run's process needs from the hub's settings (picklable)."""
+
+    store_url: str
+    data_dir: Path
+    signing_key: Path | None
+    canary: bool = False
+    """May an automatic run start a canary rollout (``--pipeline-canary``)?"""
+    cohorts: tuple[float, ...] = (1.0, 10.0, 50.0, 100.0)
+    max_rows: int = 500_000
+    """Readings assembled at most; the newest beyond it per device are left out."""
+
+
+class RunAbortedError(Exception):
+    """A step cannot go on; ``str`` says why and what to do. ``rejected``: a gate said no."""
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
+
+
+def save_run(store: Any, run: PipelineRun, deadline: float) -> None:
+    store.save_pipeline_run(
+        PipelineRunRow(
+            run.id, run.model, run.state, json.dumps(run.to_dict()), run.created_at, deadline
+        )
+    )
+
+
+def load_run(store: Any, run_id: str) -> tuple[PipelineRun, float]:
+    row: PipelineRunRow | None = store.pipeline_run(run_id)
+    if row is None:
+        raise RunAbortedError(f"pipeline run {run_id} is not in the store")
+    return PipelineRun.from_dict(json.loads(row.body)), row.deadline
+
+
+def main(settings: JobSettings, run_id: str) -> None:
+    """The run's process: open the store, :func:`execute`, close it."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    from cloud_hub.store import open_store  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s pipeline %(name)s: %(message)s"
+    )
+    store = open_store(settings.store_url)
+    try:
+        with threadpool_limits(limits=1):
+            execute(store, settings, run_id)
+    finally:
+        store.close()
+
+
+class _Job:
+    def __init__(self, store: Any, settings: JobSettings, run_id: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.run, self.deadline = load_run(store, run_id)
+        self.current: str | None = None
+        self.detail = ""
+        self.outcome: StepStatus = "ok"
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.current, self.detail, self.outcome = name, "", "ok"
+        self.run = set_step(self.run, name, "running", time.time())
+        save_run(self.store, self.run, self.deadline)
+        log.info("pipeline run %s: %s", self.run.id, name)
+        yield
+        self.run = set_step(self.run, name, self.outcome, time.time(), self.detail)
+        self.current = None
+        save_run(self.store, self.run, self.deadline)
+
+    def end(self, state: str, decision: str, why: str) -> PipelineRun:
+        if self.current is not None:
+            self.run = set_step(self.run, self.current, "running", time.time(), why)
+        self.run = finish(self.run, state, decision, why, time.time())  # type: ignore[arg-type]
+        save_run(self.store, self.run, self.deadline)
+        return self.run
+
+
+def execute(store: Any, settings: JobSettings, run_id: str) -> PipelineRun:
+    """Run every step of the stored run ``run_id``; returns its final record (also saved)."""
+    job = _Job(store, settings, run_id)
+    stage = Path(tempfile.mkdtemp(prefix=f"pipeline-{run_id}-", dir=_work_dir(settings)))
+    try:
+        _steps(job, stage)
+    except RunAbortedError as exc:
+        if exc.rejected:
+            log.warning("pipeline run %s rejected: %s", run_id, exc)
+            return job.end("rejected", "rejected: the candidate failed a gate", str(exc))
+        log.warning("pipeline run %s failed at %s: %s", run_id, job.current, exc)
+        return job.end("failed", f"failed at step {job.current}", str(exc))
+    except Exception as exc:  # a run must end recorded, whatever broke
+        log.exception("pipeline run %s failed at %s", run_id, job.current)
+        return job.end(
+            "failed",
+            f"failed at step {job.current}",
+            f"{type(exc).__name__}: {exc} (the hub's log has the traceback)",
+        )
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return job.run
+
+
+def _work_dir(settings: JobSettings) -> Path:
+    work = settings.data_dir / "pipeline"
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _steps(job: _Job, stage: Path) -> None:
+    from cloud_hub.pipeline.convert import quantize_int8, sklearn_to_onnx  # noqa: PLC0415
+
+    run = job.run
+    parent = _parent(job.store, run)
+    manifest = parent.manifest
+    classes = manifest.output.classes
+    with job.step("assemble"):
+        data = _assemble(job, manifest)
+    with job.step("train"):
+        edge_sk = _train(job, data, len(classes))
+    with job.step("convert"):
+        fp32 = sklearn_to_onnx(edge_sk, data.x.shape[1], run.model)
+        job.detail = f"{len(fp32.graph.node)} ONNX nodes (fp32)"
+    with job.step("quantize"):
+        int8 = quantize_int8(fp32)
+        job.detail = f"int8 dynamic: {len(int8.SerializeToString())} bytes"
+    with job.step("gate"):
+        scored = _gate(job, stage, data, (fp32, int8), parent.path)
+    with job.step("register"):
+        version = _register(job, stage, data, manifest, scored)
+    with job.step("canary"):
+        _canary(job, version)
+    canary = job.run.step("canary")
+    why = (
+        f"{run.model} {version} registered as a candidate: "
+        + "; ".join(g.detail for g in job.run.gates)
+        + f"; canary: {canary.detail}"
+    )
+    job.run = finish(job.run, "succeeded", f"registered {run.model} {version}", why, time.time())
+    save_run(job.store, job.run, job.deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parent:
+    manifest: ModelManifest
+    path: Path
+
+
+def _parent(store: Any, run: PipelineRun) -> _Parent:
+    if run.inputs.parent is None:
+        raise RunAbortedError(
+            f"model {run.model} has no production version to compare a candidate with; "
+            f"promote one ('edgeloop-hub models promote {run.model} VERSION production')"
+        )
+    record = store.model(run.model, run.inputs.parent)
+    if record is None or record.variant != "edge":
+        raise RunAbortedError(
+            f"{run.model} {run.inputs.parent} is not a registered edge model; the pipeline "
+            "retrains edge models only"
+        )
+    return _Parent(record.manifest, Path(record.path))
+
+
+def _assemble(job: _Job, manifest: ModelManifest) -> Dataset:
+    from cloud_hub.retrain.dataset import DeviceData, LabelSpan, assemble  # noqa: PLC0415
+
+    run, store = job.run, job.store
+    classes = manifest.output.classes
+    width = len(manifest.input.features)
+    if not run.inputs.devices:
+        raise RunAbortedError(
+            f"no device runs {run.model} (none named, and no device's birth names it); name "
+            "the devices to train on"
+        )
+    devices: list[DeviceData] = []
+    skipped: dict[str, int] = {}
+    budget = job.settings.max_rows
+    for device in run.inputs.devices:
+        ts, xs, hs = [], [], []
+        cursor: str | None = None
+        kept = 0
+        while kept < budget:
+            page = store.telemetry(
+                device, run.inputs.since, run.inputs.until, min(PAGE_ROWS, budget - kept), cursor
+            )
+            for item in page.items:
+                if item.features.shape[1] != width or item.heavy_scores.shape[1] != len(classes):
+                    skipped[device] = skipped.get(device, 0) + len(item)
+                    continue
+                ts.append(item.ts)
+                xs.append(item.features)
+                hs.append(item.heavy_scores)
+                kept += len(item)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        budget -= kept
+        if ts:
+            devices.append(
+                DeviceData(device, np.concatenate(ts), np.concatenate(xs), np.concatenate(hs))
+            )
+    window = f"[{_iso(run.inputs.since)}, {_iso(run.inputs.until)})"
+    if not devices:
+        extra = f" ({sum(skipped.values())} readings of other models)" if skipped else ""
+        raise RunAbortedError(
+            f"no stored readings of {run.model} in {window} from "
+            f"{', '.join(run.inputs.devices[:10])}{extra}; choose a window and devices with "
+            "telemetry (GET /v1/devices/NAME/telemetry)"
+        )
+    spans: dict[str, list[LabelSpan]] = {}
+    for label in store.labels(None, run.inputs.since, run.inputs.until):
+        if label.model == run.model and label.label in classes:
+            spans.setdefault(label.device, []).append(
+                LabelSpan(label.since, label.until, classes.index(label.label))
+            )
+    data = assemble(
+        devices,
+        spans,
+        n_classes=len(classes),
+        window=manifest.input.window,
+        validation_fraction=run.options.validation_fraction,
+        holdout_fraction=run.options.holdout_fraction,
+    )
+    c = data.counts()
+    if c["train_rows"] < MIN_TRAIN_ROWS or c["holdout_rows"] < MIN_HOLDOUT_ROWS:
+        raise RunAbortedError(
+            f"only {c['rows']} readings in {window} ({c['train_rows']} to train on, "
+            f"{c['holdout_rows']} held out; at least {MIN_TRAIN_ROWS} and {MIN_HOLDOUT_ROWS} "
+            "are needed); widen the window or add devices"
+        )
+    per_class = np.bincount(data.y, minlength=len(classes)).tolist()
+    job.run = dataclasses.replace(
+        job.run, metrics={**job.run.metrics, **{k: float(v) for k, v in c.items()}}
+    )
+    job.detail = (
+        f"{c['rows']} readings of {len(data.devices)} device(s) in {window}: "
+        f"{c['train_rows']} train, {c['validation_rows']} validation, {c['holdout_rows']} "
+        f"held out (the last {run.options.holdout_fraction:.0%} of each device's); labels: "
+        f"{c['label_rows']} from operators, {c['teacher_rows']} from the heavy model; per class "
+        + ", ".join(f"{k}={n}" for k, n in zip(classes, per_class, strict=True))
+        + (f"; left out {sum(skipped.values())} readings of other models" if skipped else "")
+        + f"; data sha256 {data.sha256[:12]}"
+    )
+    return data
+
+
+def _train(job: _Job, data: Dataset, n_classes: int) -> Any:
+    from cloud_hub.pipeline.train import PipelineError, train_edge  # noqa: PLC0415
+    from cloud_hub.retrain.dataset import HOLDOUT, sabotage  # noqa: PLC0415
+
+    opts = job.run.options
+    fit = (data.side >= 0) & (data.side != HOLDOUT)
+    x, y = data.x[fit], data.y[fit]
+    note = ""
+    if opts.sabotage_labels > 0:
+        y = sabotage(y, opts.sabotage_labels, n_classes, opts.seed)
+        note = f"; sabotage_labels={opts.sabotage_labels:g}: that share of the labels made wrong on purpose (test/bench option)"
+    try:
+        model = train_edge(x, y, opts.seed, n_classes)
+    except PipelineError as exc:
+        raise RunAbortedError(
+            f"{exc} (the labels of this window: widen it, add devices, or post labels of the "
+            "missing classes with POST /v1/labels)"
+        ) from None
+    job.detail = (
+        f"edge MLP on {y.size} rows (train and validation slices), "
+        f"{model.named_steps['mlp'].n_iter_} iterations{note}"
+    )
+    return model
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    model_path: Path
+    metrics: dict[str, float]
+    validation_scores: Any
+
+
+def _macro_f1(scores: Any, y: Any, n_classes: int) -> float:
+    from sklearn.metrics import f1_score  # noqa: PLC0415
+
+    return float(
+        f1_score(
+            y,
+            scores.argmax(axis=1),
+            labels=list(range(n_classes)),
+            average="macro",
+            zero_division=0,
+        )
+    )
+
+
+def _gate(
+    job: _Job, stage: Path, data: Dataset, models: tuple[Any, Any], parent_path: Path
+) -> _Scored:
+    fp32, int8 = models
+    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+    from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT, agreement  # noqa: PLC0415
+    from cloud_hub.pipeline.package import save_model  # noqa: PLC0415
+    from cloud_hub.retrain.dataset import HOLDOUT, VALIDATION  # noqa: PLC0415
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    opts = job.run.options
+    hx, hy = data.part(HOLDOUT)
+    model_path = save_model(stage / "package", int8)
+    twin_path = stage / "fp32-twin.onnx"
+    twin_path.write_bytes(fp32.SerializeToString())
+    cand = OnnxScorer(model_path, INPUT_NAME, SCORES_OUTPUT)
+    twin = OnnxScorer(twin_path, INPUT_NAME, SCORES_OUTPUT)
+    prod = OnnxScorer.from_package(load_package(parent_path))
+    cand_scores = cand.scores(hx, batch_size=1)
+    n_classes = cand_scores.shape[1]
+    f1 = _macro_f1(cand_scores, hy, n_classes)
+    f1_prod = _macro_f1(prod.scores(hx, batch_size=1), hy, n_classes)
+    agree = agreement(cand_scores, twin.scores(hx))
+    times = []
+    for row in hx[:LATENCY_ROWS]:
+        t = time.perf_counter_ns()
+        cand.scores(row[None, :], batch_size=1)
+        times.append(time.perf_counter_ns() - t)
+    p99_us = float(np.percentile(np.asarray(times, dtype=np.float64), 99)) / 1000.0
+    size = model_path.stat().st_size
+    rows = f"{hy.size} held-out readings"
+    floor = f1_prod - opts.f1_tolerance
+    gates = (
+        GateResult(
+            "f1_macro_vs_production",
+            f1,
+            floor,
+            f1 >= floor,
+            f"macro-F1 {f1:.4f} on {rows} vs production {job.run.inputs.parent} {f1_prod:.4f} "
+            f"(at least {floor:.4f} with tolerance {opts.f1_tolerance:g})",
+        ),
+        GateResult(
+            "int8_fp32_agreement",
+            agree,
+            opts.min_agreement,
+            agree >= opts.min_agreement,
+            f"int8/fp32 class agreement {agree:.4f} (at least {opts.min_agreement:g})",
+        ),
+        GateResult(
+            "latency_p99_us",
+            p99_us,
+            opts.max_latency_us,
+            p99_us <= opts.max_latency_us,
+            f"p99 latency {p99_us:.0f} us per reading (at most {opts.max_latency_us:g})",
+        ),
+        GateResult(
+            "model_bytes",
+            float(size),
+            float(opts.max_model_bytes),
+            size <= opts.max_model_bytes,
+            f"model.onnx {size} bytes (at most {opts.max_model_bytes})",
+        ),
+    )
+    metrics = {
+        "f1_macro": f1,
+        "production_f1_macro": f1_prod,
+        "accuracy": float(np.mean(cand_scores.argmax(axis=1) == hy)),
+        "int8_fp32_agreement": agree,
+        "latency_p99_us": p99_us,
+        "model_bytes": float(size),
+    }
+    job.run = dataclasses.replace(job.run, gates=gates, metrics={**job.run.metrics, **metrics})
+    failed = [g for g in gates if not g.passed]
+    job.detail = "; ".join(("ok " if g.passed else "FAILED ") + g.detail for g in gates)
+    if failed:
+        raise RunAbortedError(
+            "; ".join(g.detail for g in failed) + "; nothing was registered, production is "
+            "unchanged",
+            rejected=True,
+        )
+    vx, _ = data.part(VALIDATION)
+    return _Scored(model_path, metrics, cand.scores(vx, batch_size=1) if vx.size else None)
+
+
+def _next_version(store: Any, name: str) -> str:
+    from shared.manifest import parse_version  # noqa: PLC0415
+
+    keys = sorted(parse_version(r.version) for r in store.models() if r.name == name)
+    if not keys:
+        return "1.0.0"
+    major, minor, patch = keys[-1]
+    return f"{major}.{minor}.{patch + 1}"
+
+
+def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scored: _Scored) -> str:
+    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+    from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT  # noqa: PLC0415
+    from cloud_hub.pipeline.package import complete_package, pick_test_rows  # noqa: PLC0415
+    from cloud_hub.pipeline.train import choose_urgent_threshold  # noqa: PLC0415
+    from cloud_hub.registry.register import register_built  # noqa: PLC0415
+    from cloud_hub.retrain.dataset import HOLDOUT, TRAIN, VALIDATION  # noqa: PLC0415
+    from shared.manifest import Lineage, UrgentSpec  # noqa: PLC0415
+
+    run = job.run
+    classes = parent.output.classes
+    urgent_index = classes.index(parent.output.urgent_class)
+    normal = "normal" if "normal" in classes else classes[0]
+    _, vy = data.part(VALIDATION)
+    threshold = parent.urgent.score_threshold
+    how = f"the production version's {threshold:.2f}"
+    if scored.validation_scores is not None and 0 < int(np.sum(vy == urgent_index)) < vy.size:
+        threshold = choose_urgent_threshold(
+            scored.validation_scores[:, urgent_index], vy == urgent_index
+        )
+        how = f"{threshold:.2f}, the best urgent F1 on the {vy.size} validation readings"
+    tx, ty = data.part(TRAIN)
+    hx, hy = data.part(HOLDOUT)
+    pool_x, pool_y = np.concatenate([hx, tx]), np.concatenate([hy, ty])
+    present = [k for k in range(len(classes)) if np.any(pool_y == k)]
+    keep = np.isin(pool_y, present)
+    remap = {k: i for i, k in enumerate(present)}
+    rows = pick_test_rows(
+        np.array([remap[int(v)] for v in pool_y[keep]], dtype=np.int64),
+        len(present),
+        max(TEST_VECTORS, len(present)),
+        run.options.seed,
+    )
+    test_inputs = pool_x[keep][rows]
+    cand = OnnxScorer(scored.model_path, INPUT_NAME, SCORES_OUTPUT)
+    # The reference statistics of the rows the model trained on, scored as on a device.
+    reference_scores = cand.scores(tx, batch_size=1)
+    version = _next_version(job.store, run.model)
+    current, _ = load_run(job.store, run.id)
+    if current.state != "running":
+        raise RunAbortedError(
+            f"the run was marked {current.state} while it ran ({current.why}); nothing registered"
+        )
+    window = (
+        f"pipeline run {run.id}: stored telemetry of {', '.join(data.devices)} with "
+        f"{_iso(run.inputs.since)} <= ts < {_iso(run.inputs.until)}; trained on the first "
+        f"{1 - run.options.holdout_fraction:.0%} of each device's readings, the last "
+        f"{run.options.holdout_fraction:.0%} held out for the gates"
+    )
+    metrics = {
+        **scored.metrics,
+        "train_rows": float(ty.size),
+        "holdout_rows": float(hy.size),
+        "label_rows": float(data.from_label.sum()),
+    }
+    package_dir = scored.model_path.parent
+    complete_package(
+        package_dir,
+        name=run.model,
+        version=version,
+        variant="edge",
+        quantization="int8-dynamic",
+        sensors=parent.input.sensors,
+        window=parent.input.window,
+        classes=classes,
+        urgent=UrgentSpec(
+            threshold,
+            parent.urgent.consecutive,
+            dict(parent.urgent.hard_limits),
+            parent.urgent.release,
+        ),
+        reference_x=tx,
+        reference_scores=reference_scores,
+        reference_normal=ty == classes.index(normal)
+        if np.any(ty == classes.index(normal))
+        else None,
+        metrics=metrics,
+        lineage=Lineage(
+            parent=run.inputs.parent,
+            data_window=window,
+            data_hash=data.sha256,
+            pipeline_run=run.id,
+        ),
+        test_inputs=test_inputs,
+        urgent_class=parent.output.urgent_class,
+        normal_class=normal,
+        min_agent_version=parent.min_agent_version,
+    )
+    (done,) = register_built(
+        job.store,
+        job.settings.data_dir,
+        job.settings.signing_key,
+        [package_dir],
+        by=f"pipeline:{run.id}",
+    )
+    signed = "signed" if done.record.signature is not None else "unsigned (the hub has no key)"
+    job.run = dataclasses.replace(job.run, candidate=version)
+    job.detail = (
+        f"{run.model} {version} registered as a candidate, {signed}; parent "
+        f"{run.inputs.parent}; urgent threshold {how}"
+    )
+    return version
+
+
+def _canary(job: _Job, version: str) -> None:
+    from cloud_hub.ota.rollout import RolloutError  # noqa: PLC0415
+    from cloud_hub.ota.rollouts import StartRequest, check_start, new_rollout_id  # noqa: PLC0415
+
+    run = job.run
+    if run.trigger == "admin":
+        job.detail = "skipped: an admin run registers a candidate only; start a rollout by hand"
+        return
+    if not job.settings.canary:
+        job.detail = "skipped: automatic runs start no canary on this hub (--pipeline-canary false)"
+        return
+    req = StartRequest(run.model, version, job.settings.cohorts)
+    try:
+        devices = check_start(job.store, req)
+    except RolloutError as exc:
+        # The candidate stays registered (a candidate changes nothing on devices).
+        job.outcome = "failed"
+        job.detail = f"the canary rollout cannot start: {exc}; start one by hand when it can"
+        return
+    now = time.time()
+    rollout_id = new_rollout_id(run.model, version, now)
+    job.store.add_rollout_command(rollout_id, "start", req.to_json(), now)
+    job.run = dataclasses.replace(job.run, rollout=rollout_id)
+    job.detail = (
+        f"rollout {rollout_id} of {run.model} {version} queued for the hub's rollout manager: "
+        f"{len(devices)} device(s), cohorts {','.join(f'{c:g}' for c in req.cohorts)} (the "
+        "first is the canary)"
+    )
+
+
+def _iso(t: float) -> str:
+    if not np.isfinite(t):
+        return "-inf" if t < 0 else "+inf"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
