@@ -9,6 +9,7 @@
     edgeloop-hub models verify DIR [--trust PUBKEY_FILE...]
     edgeloop-hub keys init [--keys-dir DIR] | keys show [--keys-dir DIR]
     edgeloop-hub batch score --model NAME[@VERSION] --input FILE_OR_DIR... --output FILE [--format F]
+    edgeloop-hub pipeline run MODEL --from T --to T [--devices a,b] [--option K=V]... | list | show ID
 
 Subcommands import what they need when they run, so ``--help`` stays fast and
 never loads scikit-learn or onnxruntime. Errors print one line and exit 2;
@@ -544,6 +545,9 @@ def _parser() -> argparse.ArgumentParser:
     from cloud_hub.rollout_command import add_rollout_parsers  # noqa: PLC0415
 
     add_rollout_parsers(commands)
+    from cloud_hub.pipeline_command import add_pipeline_parsers  # noqa: PLC0415
+
+    add_pipeline_parsers(commands)
     keys = commands.add_parser("keys", help="the Ed25519 key that signs model packages")
     keys.set_defaults(parser=keys)
     keys_cmds = keys.add_subparsers(title="key commands", metavar="COMMAND")

@@ -26,14 +26,16 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from cloud_hub.store.base import ModelRecord, StageLogEntry
 
-__all__ = ["REGISTRY_OPTIONS", "add_registry_parsers", "record_dict"]
+__all__ = ["REGISTRY_OPTIONS", "add_registry_parsers", "record_dict", "settings_and_store"]
 
 REGISTRY_OPTIONS: Final = ("data_dir", "store", "signing_key")
 """serve's options that say where the registry and the signing key are."""
 
 
 @contextmanager
-def _store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+def settings_and_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The command's settings and the store they name, closed afterwards (the
+    registry and pipeline commands)."""
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
     from cloud_hub.store import open_store  # noqa: PLC0415
 
@@ -94,7 +96,7 @@ def _register(args: argparse.Namespace) -> int:
     )
     from cloud_hub.registry.stages import parse_stage  # noqa: PLC0415
 
-    with _store(args) as (settings, store):
+    with settings_and_store(args) as (settings, store):
         done = register_package(
             store,
             registry_root(settings.data_dir),
@@ -115,7 +117,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _store(args) as (_settings, store):
+    with settings_and_store(args) as (_settings, store):
         records = [r for r in store.models() if args.name in (None, r.name)]
     if args.json:
         print(json.dumps([record_dict(r) for r in records], indent=2))
@@ -140,7 +142,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from cloud_hub.registry.register import find_version  # noqa: PLC0415
 
-    with _store(args) as (_settings, store):
+    with settings_and_store(args) as (_settings, store):
         record = find_version(store, args.name, args.version)
         out = record_dict(record, store.stage_log(args.name, args.version))
     if args.json:
@@ -165,7 +167,7 @@ def _show(args: argparse.Namespace) -> int:
 def _stage(args: argparse.Namespace, to: str) -> int:
     from cloud_hub.registry.register import change_stage, default_registrant  # noqa: PLC0415
 
-    with _store(args) as (_settings, store):
+    with settings_and_store(args) as (_settings, store):
         changes = change_stage(
             store,
             args.name,

@@ -11,6 +11,10 @@ Concurrency model of the hub process (each part's own docstring has details):
 - one batch thread runs batch jobs (``/v1/batch/jobs``), one at a time
   (:mod:`cloud_hub.batch.jobs`); at start it marks failed the jobs an earlier
   hub left unfinished;
+- the retraining pipeline (:mod:`cloud_hub.retrain`): one watcher thread per run
+  in progress (at most one per model), each run's work in a process of its own,
+  and a schedule thread when ``--pipeline-schedule-s`` is set; at start it marks
+  failed the runs an earlier hub left running;
 - one commissioning thread records each new device's baseline once its first
   ``--baseline-readings`` readings are stored (:mod:`cloud_hub.commissioning`);
 - the embedded broker (amqtt) runs in its own process, watched by one supervisor
@@ -90,6 +94,9 @@ class Hub:
         self.worker: Any = None
         self.app: Any = None
         self.batch_jobs: Any = None
+        self.pipeline: Any = None
+        """The :class:`~cloud_hub.retrain.runner.PipelineRunner`; the drift side calls
+        its ``request_run(model, trigger="drift", reason=...)`` on a fleet alarm."""
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._rollout_thread: threading.Thread | None = None
@@ -112,6 +119,7 @@ class Hub:
         heavy_path = self._models()
         self._start_ingest(heavy_path)
         self._start_batch_jobs()
+        self._start_pipeline()
         self._make_app()
         self._maintenance = threading.Thread(
             target=self._maintain, name="hub-maintenance", daemon=True
@@ -297,6 +305,13 @@ class Hub:
         self.batch_jobs = BatchJobs(self.store, s.data_dir / "batch", s.models_dir.resolve())
         self.batch_jobs.start()
 
+    def _start_pipeline(self) -> None:
+        from cloud_hub.retrain.runner import PipelineRunner, runner_settings  # noqa: PLC0415
+
+        self.pipeline = PipelineRunner(self.store, runner_settings(self.settings, self.edge_model))
+        for run_id in self.pipeline.start():
+            log.warning("pipeline run %s: marked failed, the hub restarted under it", run_id)
+
     def _heavy_lookup(self, name: str, version: str) -> tuple[OnnxScorer, str] | None:
         """The registered heavy model ``name``: ``version`` if registered, else the newest."""
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
@@ -340,6 +355,7 @@ class Hub:
             registry=RegistryFiles(registry_root(s.data_dir), tuple(trusted_keys(s.data_dir))),
             desired=self.desired,
             rollouts=self.rollouts,
+            pipeline=self.pipeline,
             device_credentials=DeviceCredentials(
                 s.device_credentials_file, not_devices=frozenset({HUB_USER})
             ),
@@ -363,6 +379,7 @@ class Hub:
             ("rollouts", self._rollout_thread, lambda thread: thread.join(10.0)),
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
             ("batch jobs", self.batch_jobs, lambda jobs: jobs.stop(10.0)),
+            ("pipeline", self.pipeline, lambda runner: runner.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),
             ("store", self.store, lambda store: store.close()),
             ("broker supervisor", self.supervisor, lambda supervisor: supervisor.stop()),

@@ -39,7 +39,15 @@ from shared.options import (
 from shared.secret_file import check_private
 from shared.topics import DEFAULT_ROOT, Topics
 
-__all__ = ["ENV_PREFIX", "OPTIONS", "PROVISION_OPTIONS", "HubSettings", "resolve_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "OPTIONS",
+    "PIPELINE_OPTIONS",
+    "PROVISION_OPTIONS",
+    "HubSettings",
+    "cohort_percents",
+    "resolve_settings",
+]
 
 ENV_PREFIX: Final = "EDGELOOP_HUB_"
 EMBEDDED: Final = "embedded"
@@ -67,6 +75,25 @@ def _tls_port(text: str) -> int:
 
 def _root(text: str) -> str:
     return Topics(text).root
+
+
+def cohort_percents(text: str) -> tuple[float, ...]:
+    """``"1,10,50,100"`` -> ``(1.0, 10.0, 50.0, 100.0)``; ValueError unless they rise to 100."""
+    values = tuple(float(p) for p in text.split(",") if p.strip())
+    if not values or list(values) != sorted(set(values)) or values[-1] != 100 or values[0] <= 0:
+        raise ValueError("give cumulative percentages rising to 100, e.g. 1,10,50,100")
+    return values
+
+
+def _cohorts(text: str) -> str:
+    return ",".join(f"{p:g}" for p in cohort_percents(text))
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
 
 
 OPTIONS: Final = OptionTable(
@@ -274,6 +301,81 @@ OPTIONS: Final = OptionTable(
             "N",
         ),
         Option(
+            "pipeline_max_s",
+            positive_float,
+            1800.0,
+            "a retraining pipeline run taking longer is stopped and recorded as failed",
+            "S",
+        ),
+        Option(
+            "pipeline_window_s",
+            positive_float,
+            86_400.0,
+            "scheduled and drift-triggered pipeline runs train on the telemetry of the last S seconds",
+            "S",
+        ),
+        Option(
+            "pipeline_schedule_s",
+            non_negative_float,
+            0.0,
+            "start a pipeline run of the hub's edge model every S seconds (0: no schedule)",
+            "S",
+        ),
+        Option(
+            "pipeline_on_drift",
+            boolean,
+            False,
+            "let a fleet drift alarm start a pipeline run of the drifting model",
+            "BOOL",
+        ),
+        Option(
+            "pipeline_canary",
+            boolean,
+            False,
+            "let an automatic pipeline run (schedule, drift) start a canary rollout of the "
+            "candidate it registered; admin runs never do",
+            "BOOL",
+        ),
+        Option(
+            "pipeline_cohorts",
+            _cohorts,
+            "1,10,50,100",
+            "cohorts of the canary rollouts pipeline runs start: cumulative percentages of the "
+            "model's devices, the first being the canary",
+            "P,P,...",
+        ),
+        Option(
+            "pipeline_f1_tolerance",
+            _fraction,
+            0.01,
+            "a candidate passes the gate when its macro-F1 on the held-out slice is at least "
+            "the production model's minus this",
+            "X",
+        ),
+        Option(
+            "pipeline_min_agreement",
+            _fraction,
+            0.99,
+            "a candidate's int8 model must pick its fp32 twin's class on this share of the "
+            "held-out slice",
+            "X",
+        ),
+        Option(
+            "pipeline_max_latency_us",
+            positive_float,
+            5000.0,
+            "a candidate's p99 latency per reading (int8, one reading at a time, on the hub) "
+            "must be within this",
+            "US",
+        ),
+        Option(
+            "pipeline_max_model_bytes",
+            positive_int,
+            1_048_576,
+            "a candidate's model.onnx must be at most this large",
+            "BYTES",
+        ),
+        Option(
             "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
         ),
     ],
@@ -290,6 +392,18 @@ PROVISION_OPTIONS: Final = (
     "root",
 )
 """The options ``devices add`` takes: where the broker, its accounts and the store are."""
+
+PIPELINE_OPTIONS: Final = (
+    "data_dir",
+    "store",
+    "signing_key",
+    "pipeline_max_s",
+    "pipeline_f1_tolerance",
+    "pipeline_min_agreement",
+    "pipeline_max_latency_us",
+    "pipeline_max_model_bytes",
+)
+"""The options ``pipeline run`` takes: where the store and the key are, and the gates."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +445,16 @@ class HubSettings:
     ingest_batch_max: int
     ingest_batch_wait_ms: int
     dead_letter_keep: int
+    pipeline_max_s: float
+    pipeline_window_s: float
+    pipeline_schedule_s: float
+    pipeline_on_drift: bool
+    pipeline_canary: bool
+    pipeline_cohorts: str
+    pipeline_f1_tolerance: float
+    pipeline_min_agreement: float
+    pipeline_max_latency_us: float
+    pipeline_max_model_bytes: int
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 

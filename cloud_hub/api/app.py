@@ -35,11 +35,13 @@ from cloud_hub.api.routes import (
     devices,
     events,
     health,
+    labels,
     models,
     predict,
     stats,
     telemetry,
 )
+from cloud_hub.api.routes import pipeline as pipeline_routes
 from cloud_hub.api.routes import rollouts as rollout_routes
 from cloud_hub.api.scorers import ScorerCache
 from cloud_hub.health import PartHealth
@@ -99,6 +101,7 @@ def create_app(
     desired: DesiredPublisher | None = None,
     device_credentials: DeviceCredentials | None = None,
     rollouts: RolloutManager | None = None,
+    pipeline: Any = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -113,7 +116,9 @@ def create_app(
     ``desired`` sends devices their desired model (``PUT /v1/devices/NAME/desired``;
     without it: 503); ``device_credentials`` lets devices download their desired
     model with their own credential (without it: tokens only); ``rollouts`` runs
-    ``/v1/rollouts`` (without it: 503 for writes).
+    ``/v1/rollouts`` (without it: 503 for writes); ``pipeline`` (a started
+    :class:`~cloud_hub.retrain.runner.PipelineRunner`) starts retraining runs
+    (``POST /v1/pipeline/runs``; without it: 503).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -157,6 +162,11 @@ def create_app(
                 "name": "rollouts",
                 "description": "Staged rollouts of an edge model: cohorts, gates, rollback.",
             },
+            {"name": "labels", "description": "Ground-truth labels for stored readings."},
+            {
+                "name": "pipeline",
+                "description": "Retraining runs: steps, gates, metrics and decisions.",
+            },
         ],
     )
     setattr(
@@ -175,6 +185,7 @@ def create_app(
             desired=desired,
             device_credentials=device_credentials,
             rollouts=rollouts,
+            pipeline=pipeline,
         ),
     )
     install_handlers(app)
@@ -188,6 +199,8 @@ def create_app(
     app.include_router(predict.router)
     app.include_router(batch.router)
     app.include_router(rollout_routes.router)
+    app.include_router(labels.router)
+    app.include_router(pipeline_routes.router)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
     return app

@@ -62,6 +62,9 @@ class ApiState:
     """Sends devices their desired model (None: a hub without a broker link)."""
     rollouts: RolloutManager | None = None
     """Runs staged rollouts (None: a hub without a broker link)."""
+    pipeline: Any = None
+    """The hub's :class:`~cloud_hub.retrain.runner.PipelineRunner` (None: no
+    ``POST /v1/pipeline/runs``; the runs recorded are still listed)."""
     device_credentials: DeviceCredentials | None = None
     """Checks devices' HTTP Basic credentials on model downloads (None: devices cannot
     download; bearer tokens only)."""

@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cloud_hub.retrain.job import JobSettings, load_run, main, save_run
 from cloud_hub.retrain.runs import (
@@ -47,6 +47,9 @@ from cloud_hub.retrain.runs import (
 )
 from shared.errors import EdgeloopError
 
+if TYPE_CHECKING:
+    from cloud_hub.settings import HubSettings
+
 __all__ = [
     "PipelineRequestError",
     "PipelineRunner",
@@ -54,6 +57,7 @@ __all__ = [
     "RunRequest",
     "RunnerSettings",
     "new_run_id",
+    "runner_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +100,34 @@ class RunnerSettings:
     on_drift: bool = False
     """May a drift alarm start a run (``request_run(trigger="drift")``)?"""
     defaults: PipelineOptions = dataclasses.field(default_factory=PipelineOptions)
+
+
+def runner_settings(settings: HubSettings, schedule_model: str | None) -> RunnerSettings:
+    """The runner's settings from the hub's (``--pipeline-*``); ``schedule_model`` is
+    the model the schedule retrains (the hub's edge model)."""
+    from cloud_hub.settings import cohort_percents  # noqa: PLC0415
+
+    s = settings
+    return RunnerSettings(
+        job=JobSettings(
+            s.store,
+            s.data_dir.resolve(),
+            s.signing_key,
+            canary=s.pipeline_canary,
+            cohorts=cohort_percents(s.pipeline_cohorts),
+        ),
+        max_s=s.pipeline_max_s,
+        window_s=s.pipeline_window_s,
+        schedule_s=s.pipeline_schedule_s,
+        schedule_model=schedule_model,
+        on_drift=s.pipeline_on_drift,
+        defaults=PipelineOptions(
+            f1_tolerance=s.pipeline_f1_tolerance,
+            min_agreement=s.pipeline_min_agreement,
+            max_latency_us=s.pipeline_max_latency_us,
+            max_model_bytes=s.pipeline_max_model_bytes,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

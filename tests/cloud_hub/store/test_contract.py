@@ -739,3 +739,36 @@ def test_a_device_has_one_baseline_the_latest_recorded(store: Store) -> None:
     assert store.baseline("pi-01") == baseline("pi-01", 62.0)
     assert [b.device for b in store.baselines()] == ["pi-01", "pi-02"]
     assert store.device("pi-02") is not None  # a baseline's device is known to the store
+
+
+def test_labels_are_kept_and_found_by_overlap(store: Store) -> None:
+    from cloud_hub.store.base import LabelRecord  # noqa: PLC0415
+
+    a = store.add_label(LabelRecord(0, "pi-01", "machine-edge", 10.0, 20.0, "fault", T0, "api"))
+    b = store.add_label(LabelRecord(0, "pi-02", "machine-edge", 15.0, 30.0, "urgent", T0, "api"))
+    assert a.id > 0 and b.id > a.id and a.label == "fault"
+    assert store.labels() == [a, b]
+    assert store.labels("pi-01") == [a]
+    assert store.labels(None, 20.0, 25.0) == [b]  # [10, 20) ends where the range starts
+    assert store.labels(None, 0.0, 10.0) == []
+    assert store.labels("pi-02", -math.inf, math.inf) == [b]
+
+
+def test_two_runs_of_one_model_never_run_at_once(store: Store) -> None:
+    from cloud_hub.store.base import PipelineRunRow  # noqa: PLC0415
+
+    def row(run_id: str, model: str, at: float, state: str = "running") -> PipelineRunRow:
+        return PipelineRunRow(run_id, model, state, json.dumps({"id": run_id}), at, at + 100)
+
+    assert store.start_pipeline_run(row("r1", "m", 1.0), 1.0) is None
+    assert store.start_pipeline_run(row("r2", "m", 2.0), 2.0) == "r1"  # nothing inserted
+    assert store.pipeline_run("r2") is None
+    assert store.start_pipeline_run(row("r3", "other", 3.0), 3.0) is None
+    store.save_pipeline_run(row("r1", "m", 1.0, "failed"))
+    assert store.start_pipeline_run(row("r4", "m", 4.0), 4.0) is None
+    # A running run past its deadline (its process lost) does not block the next one.
+    assert store.start_pipeline_run(row("r5", "other", 500.0), 500.0) is None
+    assert [r.id for r in store.pipeline_runs()] == ["r5", "r4", "r3", "r1"]
+    assert [r.id for r in store.pipeline_runs("m", limit=1)] == ["r4"]
+    got = store.pipeline_run("r1")
+    assert got is not None and got.state == "failed" and got.deadline == 101.0

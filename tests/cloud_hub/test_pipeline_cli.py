@@ -1,0 +1,47 @@
+"""``edgeloop-hub pipeline run|list|show`` against a real store: progress step by step,
+exit 0 for a registered candidate, 1 with the reason for a rejected run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.cli import main
+from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet, seed_fleet
+from tests.conftest import ModelPaths
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Fleet]:
+    fleet = seed_fleet(tmp_path, model_packages)
+    try:
+        yield fleet
+    finally:
+        fleet.store.close()
+
+
+@pytest.mark.timeout(300)
+def test_run_shows_each_step_and_exits_by_the_outcome(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["pipeline", "run", EDGE, "--from", str(T0), "--to", str(fleet.until)]
+    where = ["--data-dir", str(fleet.data_dir), "--option", "f1_tolerance=0.15"]
+    assert main([*base, *where, "--reason", "by hand"]) == 0
+    out = capsys.readouterr().out
+    for step in ("assemble", "train", "convert", "quantize", "gate", "register", "canary"):
+        assert f"  {step} " in out and step + " " in out
+    assert "succeeded: registered machine-edge 1.1.1" in out
+    assert main([*base, *where, "--option", "sabotage_labels=0.6"]) == 1
+    captured = capsys.readouterr()
+    assert "rejected" in captured.out and "macro-F1" in captured.err
+    assert "nothing was registered" in captured.err
+    assert main(["pipeline", "list", "--data-dir", str(fleet.data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "rejected" in lines[0] and "succeeded" in lines[1]
+    run_id = lines[0].split()[0]
+    assert main(["pipeline", "show", run_id, "--data-dir", str(fleet.data_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "FAIL f1_macro_vs_production" in shown and "register  skipped" in shown
+    assert main(["pipeline", "show", "nope", "--data-dir", str(fleet.data_dir)]) == 2
