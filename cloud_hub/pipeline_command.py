@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
             runner.stop()
             raise
         runner.stop()
-    print(f"{run.state}: {run.decision}")
+    print(f"succeeded: {run.decision}" if run.state == "succeeded" else run.decision)
     if run.state != "succeeded":
         print(f"edgeloop-hub: pipeline run {run.id} {run.state}: {run.why}", file=sys.stderr)
         return EXIT_REFUSED

@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -122,7 +123,7 @@ def main(settings: JobSettings, run_id: str) -> None:
     store = open_store(settings.store_url)
     try:
         with threadpool_limits(limits=1):
-            execute(store, settings, run_id)
+            execute(store, settings, run_id, parent_pid=os.getppid())
     finally:
         store.close()
 
@@ -135,9 +136,15 @@ class _Job:
         self.current: str | None = None
         self.detail = ""
         self.outcome: StepStatus = "ok"
+        self.parent_pid: int | None = None
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            raise RunAbortedError(
+                f"the process that started the run (PID {self.parent_pid}) is gone; the run "
+                f"stopped before {name}"
+            )
         self.current, self.detail, self.outcome = name, "", "ok"
         self.run = set_step(self.run, name, "running", time.time())
         save_run(self.store, self.run, self.deadline)
@@ -155,16 +162,22 @@ class _Job:
         return self.run
 
 
-def execute(store: Any, settings: JobSettings, run_id: str) -> PipelineRun:
-    """Run every step of the stored run ``run_id``; returns its final record (also saved)."""
+def execute(
+    store: Any, settings: JobSettings, run_id: str, *, parent_pid: int | None = None
+) -> PipelineRun:
+    """Run every step of the stored run ``run_id``; returns its final record (also saved).
+    With ``parent_pid``, a step does not start once that process is gone (the hub was
+    killed: the restarted hub marks the run failed)."""
     job = _Job(store, settings, run_id)
+    job.parent_pid = parent_pid
     stage = Path(tempfile.mkdtemp(prefix=f"pipeline-{run_id}-", dir=_work_dir(settings)))
     try:
         _steps(job, stage)
     except RunAbortedError as exc:
         if exc.rejected:
             log.warning("pipeline run %s rejected: %s", run_id, exc)
-            return job.end("rejected", "rejected: the candidate failed a gate", str(exc))
+            failed = ", ".join(g.name for g in job.run.gates if not g.passed)
+            return job.end("rejected", f"rejected by the gate: {failed}", str(exc))
         log.warning("pipeline run %s failed at %s: %s", run_id, job.current, exc)
         return job.end("failed", f"failed at step {job.current}", str(exc))
     except Exception as exc:  # a run must end recorded, whatever broke
@@ -212,9 +225,10 @@ def _steps(job: _Job, stage: Path) -> None:
     why = (
         f"{run.model} {version} registered as a candidate: "
         + "; ".join(g.detail for g in job.run.gates)
-        + f"; canary: {canary.detail}"
+        + f"; canary {canary.status}: {canary.detail}"
     )
-    job.run = finish(job.run, "succeeded", f"registered {run.model} {version}", why, time.time())
+    decision = f"registered {run.model} {version} as a candidate"
+    job.run = finish(job.run, "succeeded", decision, why, time.time())
     save_run(job.store, job.run, job.deadline)
 
 
@@ -572,10 +586,12 @@ def _canary(job: _Job, version: str) -> None:
 
     run = job.run
     if run.trigger == "admin":
-        job.detail = "skipped: an admin run registers a candidate only; start a rollout by hand"
+        job.outcome = "skipped"
+        job.detail = "an admin run registers a candidate only; start a rollout by hand"
         return
     if not job.settings.canary:
-        job.detail = "skipped: automatic runs start no canary on this hub (--pipeline-canary false)"
+        job.outcome = "skipped"
+        job.detail = "automatic runs start no canary on this hub (--pipeline-canary false)"
         return
     req = StartRequest(run.model, version, job.settings.cohorts)
     try:

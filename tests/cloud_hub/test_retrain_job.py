@@ -72,7 +72,7 @@ def test_a_run_registers_a_signed_candidate_with_lineage(fleet: Fleet) -> None:
     run = _run(fleet)
     assert run.state == "succeeded", run.why
     assert [s.name for s in run.steps] == list(STEPS)
-    assert [s.status for s in run.steps] == ["ok"] * 7
+    assert [s.status for s in run.steps] == ["ok"] * 6 + ["skipped"]
     assert all(s.started_at is not None and s.finished_at is not None for s in run.steps)
     assert "admin run" in run.step("canary").detail and run.rollout is None
     assert run.candidate == "1.1.1"  # the next patch above the highest registered
@@ -105,6 +105,7 @@ def test_the_gate_rejects_a_worse_candidate_and_production_is_untouched(fleet: F
     assert not gate.passed and gate.measured < gate.threshold
     assert "macro-F1" in run.why and "nothing was registered" in run.why
     assert run.step("gate").status == "rejected"
+    assert run.decision == "rejected by the gate: f1_macro_vs_production"
     assert [run.step(s).status for s in ("register", "canary")] == ["skipped", "skipped"]
     assert run.candidate is None
     assert _versions(fleet) == before

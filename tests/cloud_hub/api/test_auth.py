@@ -46,10 +46,17 @@ ROUTES = {
     ("POST", "/v1/rollouts"),
     ("GET", "/v1/rollouts/{rollout_id}"),
     ("POST", "/v1/rollouts/{rollout_id}/{what}"),
+    ("GET", "/v1/labels"),
+    ("POST", "/v1/labels"),
+    ("GET", "/v1/pipeline/runs"),
+    ("POST", "/v1/pipeline/runs"),
+    ("GET", "/v1/pipeline/runs/{run_id}"),
 }
 """Every route of the API, as OpenAPI lists it (HEAD of the artifact is served too)."""
 ADMIN_ROUTES = {
     ("GET", "/v1/dead-letters"),
+    ("POST", "/v1/labels"),
+    ("POST", "/v1/pipeline/runs"),
     ("POST", "/v1/rollouts"),
     ("POST", "/v1/rollouts/{rollout_id}/{what}"),
     ("PUT", "/v1/devices/{device}/desired"),
@@ -69,6 +76,7 @@ _SAMPLE = {
     "path": "model.onnx",
     "rollout_id": "no-such-rollout",
     "what": "pause",
+    "run_id": "no-such-run",
 }
 _BODIES: dict[str, Any] = {
     "/v1/predict": {"model": "machine-heavy", "features": [[0.0] * 32]},
@@ -79,6 +87,9 @@ _BODIES: dict[str, Any] = {
     "/v1/devices/{device}/desired": {"model": "machine-edge", "version": DEFAULT_VERSION},
     "/v1/rollouts": {"model": "machine-edge", "version": DEFAULT_VERSION},
     "/v1/rollouts/{rollout_id}/{what}": {"reason": "auth test"},
+    # A class the model does not have: refused after the token check, nothing stored.
+    "/v1/labels": {"device": "pi-online", "from": 0, "to": 1, "class": "auth-test"},
+    "/v1/pipeline/runs": {"model": "machine-edge", "window": {"from": 0, "to": 1}},
 }
 _AFTER_AUTH = {
     ("POST", "/v1/models"): 422,
@@ -89,6 +100,10 @@ _AFTER_AUTH = {
     ("POST", "/v1/rollouts"): 503,
     ("GET", "/v1/rollouts/{rollout_id}"): 404,
     ("POST", "/v1/rollouts/{rollout_id}/{what}"): 503,
+    ("POST", "/v1/labels"): 422,
+    # The test hub runs no pipeline, and there is no run by that id.
+    ("POST", "/v1/pipeline/runs"): 503,
+    ("GET", "/v1/pipeline/runs/{run_id}"): 404,
 }
 """Routes whose request above is refused after the token check, with this status."""
 
