@@ -3,23 +3,10 @@ exit 0 for a registered candidate, 1 with the reason for a rejected run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from cloud_hub.cli import main
-from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet, seed_fleet
-from tests.conftest import ModelPaths
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Fleet]:
-    fleet = seed_fleet(tmp_path, model_packages)
-    try:
-        yield fleet
-    finally:
-        fleet.store.close()
+from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet
 
 
 @pytest.mark.timeout(300)

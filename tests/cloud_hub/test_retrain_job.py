@@ -4,7 +4,6 @@ so a fault can be injected): candidate and lineage, the gate, failed steps, the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,7 @@ from cloud_hub.retrain.runs import STEPS, PipelineInputs, PipelineOptions, Pipel
 from cloud_hub.store.base import PipelineRunRow
 from shared.manifest import load_package
 from shared.topics import Topics
-from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet, seed_fleet
-from tests.conftest import ModelPaths
+from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,15 +25,6 @@ TOLERANCE = 0.15
 """The macro-F1 tolerance of these runs: a student trained on 3 devices' 1,050 readings
 each is not quite the production model trained on 64,000 (0.59 vs 0.67 against the
 teacher on the held-out slice), and these tests are about the pipeline, not the model."""
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Fleet]:
-    fleet = seed_fleet(tmp_path, model_packages)
-    try:
-        yield fleet
-    finally:
-        fleet.store.close()
 
 
 def _run(

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,7 @@ from cloud_hub.retrain.runs import PipelineInputs, PipelineOptions, PipelineRun,
 from cloud_hub.store.base import PipelineRunRow
 from simulators.harness import HubApi
 from tests.cloud_hub.api.server import live_server
-from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet, seed_fleet
-from tests.conftest import ModelPaths
+from tests.cloud_hub.retrain_fleet import EDGE, T0, Fleet
 
 READ = "read-token-for-pipeline-tests-0123"
 ADMIN = "admin-token-for-pipeline-tests-0123"
@@ -45,8 +43,7 @@ def _settings(fleet: Fleet, **kwargs: Any) -> RunnerSettings:
 
 
 @pytest.fixture
-def api(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Api]:
-    fleet = seed_fleet(tmp_path, model_packages)
+def api(fleet: Fleet) -> Iterator[Api]:
     runner = PipelineRunner(fleet.store, _settings(fleet))
     runner.start()
     app = create_app(fleet.store, ApiConfig(read_token=READ, admin_token=ADMIN), pipeline=runner)
@@ -55,7 +52,6 @@ def api(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Api]:
             yield Api(fleet, runner, anon.with_token(READ), anon.with_token(ADMIN))
     finally:
         runner.stop()
-        fleet.store.close()
 
 
 def _label(device: str = "pi-00", since: float = T0, until: float = T0 + 10, **kw: Any) -> Any:
@@ -151,63 +147,51 @@ def _stored(fleet: Fleet, run: PipelineRun) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_a_restarted_hub_fails_the_run_it_left_running(
-    tmp_path: Path, model_packages: ModelPaths
-) -> None:
-    fleet = seed_fleet(tmp_path, model_packages)
-    try:
-        gone = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        inputs = PipelineInputs(T0, fleet.until, fleet.devices, fleet.version)
-        left = new_run("run-left", EDGE, "admin", inputs, T0, owner_pid=int(gone.stdout))
-        _stored(fleet, left)
-        # An earlier runner of this very process (a hub stopped and started in one test).
-        mine = new_run("run-mine", "other-edge", "drift", inputs, T0, owner_pid=os.getpid())
-        _stored(fleet, mine)
-        runner = PipelineRunner(fleet.store, _settings(fleet))
-        assert sorted(runner.start()) == ["run-left", "run-mine"]
-        for run_id in ("run-left", "run-mine"):
-            row = fleet.store.pipeline_run(run_id)
-            assert row is not None
-            run = PipelineRun.from_dict(json.loads(row.body))
-            assert run.state == "failed" and "hub restarted" in run.why
-            assert all(s.status == "skipped" for s in run.steps)
-        runner.stop()
-    finally:
-        fleet.store.close()
+def test_a_restarted_hub_fails_the_run_it_left_running(fleet: Fleet) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    inputs = PipelineInputs(T0, fleet.until, fleet.devices, fleet.version)
+    left = new_run("run-left", EDGE, "admin", inputs, T0, owner_pid=int(gone.stdout))
+    _stored(fleet, left)
+    # An earlier runner of this very process (a hub stopped and started in one test).
+    mine = new_run("run-mine", "other-edge", "drift", inputs, T0, owner_pid=os.getpid())
+    _stored(fleet, mine)
+    runner = PipelineRunner(fleet.store, _settings(fleet))
+    assert sorted(runner.start()) == ["run-left", "run-mine"]
+    for run_id in ("run-left", "run-mine"):
+        row = fleet.store.pipeline_run(run_id)
+        assert row is not None
+        run = PipelineRun.from_dict(json.loads(row.body))
+        assert run.state == "failed" and "hub restarted" in run.why
+        assert all(s.status == "skipped" for s in run.steps)
+    runner.stop()
 
 
 @pytest.mark.timeout(RUN_WAIT_S + 30)
-def test_the_drift_entry_point_starts_an_automatic_run_with_a_canary(
-    tmp_path: Path, model_packages: ModelPaths
-) -> None:
-    fleet = seed_fleet(tmp_path, model_packages)
+def test_the_drift_entry_point_starts_an_automatic_run_with_a_canary(fleet: Fleet) -> None:
     clock = lambda: fleet.until  # noqa: E731  (the window ends at the last reading)
     defaults = PipelineOptions(**OPTIONS)
-    try:
-        off = PipelineRunner(fleet.store, _settings(fleet, defaults=defaults), clock=clock)
-        refused = off.request_run(EDGE, trigger="drift", reason="fleet alarm")
-        assert refused.run is None and "--pipeline-on-drift" in refused.why
-        on = PipelineRunner(
-            fleet.store,
-            _settings(fleet, canary=True, on_drift=True, window_s=3600, defaults=defaults),
-            clock=clock,
-        )
-        got = on.request_run(EDGE, trigger="drift", reason="fleet alarm: temperature_mean")
-        assert got.run is not None and got.run.trigger == "drift"
-        busy = on.request_run(EDGE, trigger="drift", reason="again")
-        assert busy.run is None and got.run.id in busy.why
-        done = on.wait(got.run.id, RUN_WAIT_S)
-        assert done.state == "succeeded", done.why
-        assert done.reason == "fleet alarm: temperature_mean"
-        assert done.step("canary").status == "ok" and done.rollout is not None
-        (command,) = fleet.store.take_rollout_commands()
-        assert command.rollout == done.rollout and command.command == "start"
-        assert json.loads(command.args)["version"] == done.candidate
-        on.stop()
-    finally:
-        fleet.store.close()
+    off = PipelineRunner(fleet.store, _settings(fleet, defaults=defaults), clock=clock)
+    refused = off.request_run(EDGE, trigger="drift", reason="fleet alarm")
+    assert refused.run is None and "--pipeline-on-drift" in refused.why
+    on = PipelineRunner(
+        fleet.store,
+        _settings(fleet, canary=True, on_drift=True, window_s=3600, defaults=defaults),
+        clock=clock,
+    )
+    got = on.request_run(EDGE, trigger="drift", reason="fleet alarm: temperature_mean")
+    assert got.run is not None and got.run.trigger == "drift"
+    busy = on.request_run(EDGE, trigger="drift", reason="again")
+    assert busy.run is None and got.run.id in busy.why
+    done = on.wait(got.run.id, RUN_WAIT_S)
+    assert done.state == "succeeded", done.why
+    assert done.reason == "fleet alarm: temperature_mean"
+    assert done.step("canary").status == "ok" and done.rollout is not None
+    (command,) = fleet.store.take_rollout_commands()
+    assert command.rollout == done.rollout and command.command == "start"
+    assert json.loads(command.args)["version"] == done.candidate
+    on.stop()
