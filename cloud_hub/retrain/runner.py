@@ -69,11 +69,14 @@ _KILL_WAIT_S: Final = 10.0
 
 class PipelineRequestError(EdgeloopError):
     """A run request that cannot start; ``status`` is the HTTP status that says why
-    (404 unknown model or device, 409 no production version, 422 a bad window or option)."""
+    (404 unknown model or device, 409 no production version or a run still running,
+    422 a bad window or option, 503 stopping); ``reason`` names it in the counter
+    ``pipeline_runs_refused:REASON``."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, reason: str) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 class RunConflictError(PipelineRequestError):
@@ -84,6 +87,7 @@ class RunConflictError(PipelineRequestError):
             f"pipeline run {running} of {model} is still running; two runs of one model never "
             f"overlap: wait for it (GET /v1/pipeline/runs/{running})",
             409,
+            "overlap",
         )
         self.running = running
 
@@ -198,7 +202,9 @@ class PipelineRunner:
                 proc.kill()
                 proc.join(_KILL_WAIT_S)
             self._fail(run_id, "the hub stopped during the run; start it again")
-        for thread in list(self._watchers.values()):
+        with self._lock:
+            watchers = list(self._watchers.values())
+        for thread in watchers:
             thread.join(timeout)
         if self._schedule is not None:
             self._schedule.join(timeout)
@@ -242,14 +248,40 @@ class PipelineRunner:
     ) -> PipelineRun:
         """Check, record and start a run; :class:`PipelineRequestError` (with its HTTP
         status) when it cannot start, :class:`RunConflictError` when a run of
-        ``model`` is still running."""
+        ``model`` is still running. Each refusal is counted by its reason."""
+        try:
+            return self._submit(
+                model,
+                since,
+                until,
+                devices=devices,
+                options=options,
+                trigger=trigger,
+                reason=reason,
+            )
+        except PipelineRequestError as exc:
+            self.store.add_counters({(None, f"pipeline_runs_refused:{exc.reason}"): 1})
+            raise
+
+    def _submit(
+        self,
+        model: str,
+        since: float,
+        until: float,
+        *,
+        devices: Sequence[str] | None,
+        options: dict[str, Any] | None,
+        trigger: Trigger,
+        reason: str,
+    ) -> PipelineRun:
         if self._stop.is_set():
-            raise PipelineRequestError("the pipeline runner is stopping", 503)
+            raise PipelineRequestError("the pipeline runner is stopping", 503, "stopping")
         if not (math.isfinite(since) and math.isfinite(until)) or not since < until:
             raise PipelineRequestError(
                 f"the window must be finite with from < to (the range is from <= ts < to); "
                 f"got from={since} to={until}",
                 422,
+                "bad_window",
             )
         try:
             opts = dataclasses.replace(self.settings.defaults, **(options or {}))
@@ -257,10 +289,12 @@ class PipelineRunner:
         except TypeError:
             known = ", ".join(f.name for f in dataclasses.fields(PipelineOptions))
             raise PipelineRequestError(
-                f"unknown option among {sorted(options or {})}; the options are {known}", 422
+                f"unknown option among {sorted(options or {})}; the options are {known}",
+                422,
+                "bad_option",
             ) from None
         except ValueError as exc:
-            raise PipelineRequestError(str(exc), 422) from None
+            raise PipelineRequestError(str(exc), 422, "bad_option") from None
         parent = self._production(model)
         chosen = self._devices(model, devices)
         now = self.clock()
@@ -284,12 +318,14 @@ class PipelineRunner:
                 now,
             )
             if busy is not None:
-                self.store.add_counters({(None, "pipeline_runs_refused:overlap"): 1})
                 raise RunConflictError(model, busy)
+            # Registered and started under the lock that recorded the run: whoever sees
+            # the run in the store and takes the lock finds its watcher running.
             thread = threading.Thread(
                 target=self._watch, args=(run.id,), name=f"pipeline-{run.id}", daemon=True
             )
             self._watchers[run.id] = thread
+            thread.start()
         self.store.add_counters({(None, f"pipeline_runs:{trigger}"): 1})
         log.info(
             "pipeline run %s of %s started (%s%s)",
@@ -298,7 +334,6 @@ class PipelineRunner:
             trigger,
             f": {reason}" if reason else "",
         )
-        thread.start()
         return run
 
     def request_run(self, model: str, trigger: Trigger = "drift", reason: str = "") -> RunRequest:
@@ -322,7 +357,8 @@ class PipelineRunner:
 
     def wait(self, run_id: str, timeout: float) -> PipelineRun:
         """The run's record once it has ended, or as it is after ``timeout`` seconds."""
-        thread = self._watchers.get(run_id)
+        with self._lock:
+            thread = self._watchers.get(run_id)
         if thread is not None:
             thread.join(timeout)
         run, _ = load_run(self.store, run_id)
@@ -339,6 +375,7 @@ class PipelineRunner:
             raise PipelineRequestError(
                 f"model {model!r} is not registered; the edge models: {', '.join(names) or 'none'}",
                 404,
+                "unknown_model",
             )
         prod = [r for r in versions if r.stage is Stage.PRODUCTION]
         if not prod:
@@ -346,11 +383,13 @@ class PipelineRunner:
                 f"model {model} has no production version to compare a candidate with; promote "
                 f"one first ('edgeloop-hub models promote {model} VERSION production')",
                 409,
+                "no_production",
             )
         if prod[0].variant != "edge":
             raise PipelineRequestError(
                 f"model {model} is a {prod[0].variant} model; the pipeline retrains edge models",
                 422,
+                "not_edge",
             )
         return str(prod[0].version)
 
@@ -360,7 +399,9 @@ class PipelineRunner:
         for d in devices:
             if self.store.device(d) is None:
                 raise PipelineRequestError(
-                    f"device {d!r} is unknown to this hub; GET /v1/devices lists the devices", 404
+                    f"device {d!r} is unknown to this hub; GET /v1/devices lists the devices",
+                    404,
+                    "unknown_device",
                 )
         return tuple(dict.fromkeys(devices))
 
@@ -384,6 +425,8 @@ class PipelineRunner:
             proc.start()
         except OSError as exc:
             self._fail(run_id, f"the run's process could not start: {exc}")
+            with self._lock:
+                self._watchers.pop(run_id, None)
             return
         with self._lock:
             self._processes[run_id] = proc
@@ -408,6 +451,7 @@ class PipelineRunner:
         finally:
             with self._lock:
                 self._processes.pop(run_id, None)
+                self._watchers.pop(run_id, None)  # the run is recorded as ended by now
 
     def _scheduled(self) -> None:
         s = self.settings

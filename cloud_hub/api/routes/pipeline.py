@@ -132,8 +132,7 @@ def start_run(access: AdminAccess, state: StateDep, body: RunIn) -> dict[str, An
             trigger="admin",
             reason=body.reason,
         )
-    except PipelineRequestError as exc:
-        state.store.add_counters({(None, f"pipeline_runs_refused:{exc.status}"): 1})
+    except PipelineRequestError as exc:  # counted by the runner
         if exc.status == 422:
             raise invalid(("body",), str(exc)) from None
         raise HTTPException(exc.status, detail=str(exc)) from None

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,14 @@ def test_run_requests_that_cannot_start_are_refused(api: Api) -> None:
         assert words in reply.json()["detail"], (body, reply.body)
     assert api.read.post("/v1/pipeline/runs", json_body=cases[0][0]).status == 403
     assert api.read.get_json("/v1/pipeline/runs")["count"] == 0
+    counters = api.fleet.store.counters()
+    refused = {k: v for k, v in counters.items() if k.startswith("pipeline_runs_refused:")}
+    assert refused == {
+        "pipeline_runs_refused:unknown_model": 1,
+        "pipeline_runs_refused:unknown_device": 1,
+        "pipeline_runs_refused:bad_window": 1,
+        "pipeline_runs_refused:bad_option": 2,
+    }
 
 
 @pytest.mark.timeout(RUN_WAIT_S + 30)
@@ -195,3 +204,27 @@ def test_the_drift_entry_point_starts_an_automatic_run_with_a_canary(fleet: Flee
     assert command.rollout == done.rollout and command.command == "start"
     assert json.loads(command.args)["version"] == done.candidate
     on.stop()
+
+
+@pytest.mark.timeout(RUN_WAIT_S + 30)
+def test_the_schedule_asks_for_runs_of_its_model(fleet: Fleet) -> None:
+    # The last hour before now holds no telemetry (the fleet's is from 2023): the run
+    # is recorded, with its trigger, and fails at assemble.
+    runner = PipelineRunner(
+        fleet.store, _settings(fleet, schedule_s=0.2, schedule_model=EDGE, window_s=3600)
+    )
+    runner.start()
+    try:
+        run_id = None
+        for _ in range(200):  # bounded: 200 x 0.1 s
+            rows = fleet.store.pipeline_runs(EDGE)
+            if rows:
+                run_id = rows[-1].id
+                break
+            time.sleep(0.1)
+        assert run_id is not None, "the schedule started no run"
+        done = runner.wait(run_id, RUN_WAIT_S)
+        assert done.trigger == "schedule" and done.state == "failed"
+        assert "no stored readings" in done.why
+    finally:
+        runner.stop()
