@@ -413,7 +413,16 @@ class PipelineRunner:
             return
         if run.finished:
             return
-        run = finish(run, "failed", "failed", why, self.clock())
+        running = [st.name for st in run.steps if st.status == "running"]
+        done = [st.name for st in run.steps if st.status in ("ok", "skipped")]
+        decision = (
+            f"failed at step {running[0]}"
+            if running
+            else f"failed after step {done[-1]}"
+            if done
+            else "failed before its first step"
+        )
+        run = finish(run, "failed", decision, why, self.clock())
         save_run(self.store, run, deadline)
 
     def _watch(self, run_id: str) -> None:

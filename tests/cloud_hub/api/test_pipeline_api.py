@@ -3,6 +3,7 @@ server, with the real runner: each run's work in its own spawned process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -176,6 +177,7 @@ def test_a_restarted_hub_fails_the_run_it_left_running(fleet: Fleet) -> None:
         assert row is not None
         run = PipelineRun.from_dict(json.loads(row.body))
         assert run.state == "failed" and "hub restarted" in run.why
+        assert run.decision == "failed before its first step"
         assert all(s.status == "skipped" for s in run.steps)
     runner.stop()
 
@@ -226,5 +228,18 @@ def test_the_schedule_asks_for_runs_of_its_model(fleet: Fleet) -> None:
         done = runner.wait(run_id, RUN_WAIT_S)
         assert done.trigger == "schedule" and done.state == "failed"
         assert "no stored readings" in done.why
+    finally:
+        runner.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_over_its_time_limit_is_stopped_and_recorded_failed(fleet: Fleet) -> None:
+    runner = PipelineRunner(fleet.store, dataclasses.replace(_settings(fleet), max_s=0.5))
+    try:
+        run = runner.submit(EDGE, T0, fleet.until, options=OPTIONS)
+        done = runner.wait(run.id, 30.0)
+        assert done.state == "failed" and "longer than 0.5 s" in done.why
+        assert "--pipeline-max-s" in done.why
+        assert sorted(r.version for r in fleet.store.models() if r.name == EDGE) == ["1.1.0"]
     finally:
         runner.stop()
