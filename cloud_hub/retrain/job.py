@@ -55,8 +55,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from cloud_hub.retrain.runs import GateResult, PipelineRun, StepStatus, finish, set_step
+from cloud_hub.retrain.runs import (
+    GateResult,
+    PipelineRun,
+    RunState,
+    StepStatus,
+    finish,
+    set_step,
+)
 from cloud_hub.store.base import PipelineRunRow
+from shared.errors import EdgeloopError
 
 if TYPE_CHECKING:
     from cloud_hub.retrain.dataset import Dataset
@@ -154,10 +162,17 @@ class _Job:
         self.current = None
         save_run(self.store, self.run, self.deadline)
 
-    def end(self, state: str, decision: str, why: str) -> PipelineRun:
+    def where(self) -> str:
+        """Where the run stopped: the step in progress, else before the next one."""
+        if self.current is not None:
+            return f"at step {self.current}"
+        pending = [s.name for s in self.run.steps if s.status == "pending"]
+        return f"before step {pending[0]}" if pending else "after its last step"
+
+    def end(self, state: RunState, decision: str, why: str) -> PipelineRun:
         if self.current is not None:
             self.run = set_step(self.run, self.current, "running", time.time(), why)
-        self.run = finish(self.run, state, decision, why, time.time())  # type: ignore[arg-type]
+        self.run = finish(self.run, state, decision, why, time.time())
         save_run(self.store, self.run, self.deadline)
         return self.run
 
@@ -178,13 +193,13 @@ def execute(
             log.warning("pipeline run %s rejected: %s", run_id, exc)
             failed = ", ".join(g.name for g in job.run.gates if not g.passed)
             return job.end("rejected", f"rejected by the gate: {failed}", str(exc))
-        log.warning("pipeline run %s failed at %s: %s", run_id, job.current, exc)
-        return job.end("failed", f"failed at step {job.current}", str(exc))
+        log.warning("pipeline run %s failed %s: %s", run_id, job.where(), exc)
+        return job.end("failed", f"failed {job.where()}", str(exc))
     except Exception as exc:  # a run must end recorded, whatever broke
-        log.exception("pipeline run %s failed at %s", run_id, job.current)
+        log.exception("pipeline run %s failed %s", run_id, job.where())
         return job.end(
             "failed",
-            f"failed at step {job.current}",
+            f"failed {job.where()}",
             f"{type(exc).__name__}: {exc} (the hub's log has the traceback)",
         )
     finally:
@@ -594,16 +609,17 @@ def _canary(job: _Job, version: str) -> None:
         job.detail = "automatic runs start no canary on this hub (--pipeline-canary false)"
         return
     req = StartRequest(run.model, version, job.settings.cohorts)
+    now = time.time()
+    rollout_id = new_rollout_id(run.model, version, now)
     try:
         devices = check_start(job.store, req)
-    except RolloutError as exc:
-        # The candidate stays registered (a candidate changes nothing on devices).
+        job.store.add_rollout_command(rollout_id, "start", req.to_json(), now)
+    except (RolloutError, EdgeloopError, OSError, ValueError) as exc:
+        # The candidate stays registered (a candidate changes nothing on devices), and
+        # the run with it: it did register; the step says why no canary started.
         job.outcome = "failed"
         job.detail = f"the canary rollout cannot start: {exc}; start one by hand when it can"
         return
-    now = time.time()
-    rollout_id = new_rollout_id(run.model, version, now)
-    job.store.add_rollout_command(rollout_id, "start", req.to_json(), now)
     job.run = dataclasses.replace(job.run, rollout=rollout_id)
     job.detail = (
         f"rollout {rollout_id} of {run.model} {version} queued for the hub's rollout manager: "

@@ -148,3 +148,15 @@ def test_an_admin_run_starts_no_canary_even_when_allowed(fleet: Fleet) -> None:
     run = _run(fleet, trigger="admin", canary=True)
     assert run.state == "succeeded" and run.rollout is None
     assert not fleet.store.take_rollout_commands() and not fleet.store.rollouts()
+
+
+def test_a_run_without_a_production_parent_fails_before_its_first_step(fleet: Fleet) -> None:
+    run = new_run(
+        "run-orphan", EDGE, "admin", PipelineInputs(T0, fleet.until, fleet.devices, None), T0
+    )
+    row = PipelineRunRow(run.id, EDGE, run.state, json.dumps(run.to_dict()), T0, 2e9)
+    assert fleet.store.start_pipeline_run(row, T0) is None
+    done = execute(fleet.store, JobSettings(fleet.store_url, fleet.data_dir, None), run.id)
+    assert done.state == "failed" and done.decision == "failed before step assemble"
+    assert "no production version" in done.why and "models promote" in done.why
+    assert all(s.status == "skipped" for s in done.steps)
