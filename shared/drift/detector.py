@@ -342,37 +342,48 @@ class ResidualChannels:
         allz = np.concatenate([self._pending, z]) if self._pending.size else z
         full = allz.shape[0] // b
         self._pending = allz[full * b :].copy()
-        out = [self._block(allz[i * b : (i + 1) * b]) for i in range(full)]
-        kept = [u for u in out if u is not None]
-        if not kept:
+        if full == 0:
             return np.empty((0, self.n_channels))
-        return np.vstack(kept)
+        body = allz[: full * b]
+        # Every complete block at once: medians, noise scales, design rows.
+        med = np.median(body.reshape(full, b, -1), axis=1)
+        noise = self._noise(body, full)
+        design = self._design(med)
+        out: list[F64] = []
+        for i in range(full):
+            u = self._block(med[i], noise[i], design[i])
+            if u is not None:
+                out.append(u)
+        return np.vstack(out) if out else np.empty((0, self.n_channels))
 
     def _design(self, med: F64) -> F64:
-        """The design row of a block from its medians: 1, then the clipped medians,
-        their squares and their EWMAs over blocks."""
+        """Design rows of blocks from their medians ``(m, sensors)``: 1, then the
+        clipped medians, their squares and their EWMAs over blocks."""
         r = np.clip(med, self._zlow, self._zhigh)
+        m, ns = r.shape
+        taus = len(self._decay)
         if self._prev_ewma is None:
-            self._prev_ewma = np.tile(r, (len(self._decay), 1))
-        e = self._prev_ewma
-        e *= self._decay[:, None]
-        e += (1.0 - self._decay)[:, None] * r
-        row: F64 = np.concatenate([[1.0], r, r * r, e.ravel()])
-        return row
+            self._prev_ewma = np.tile(r[0], (taus, 1))
+        e = np.empty((m, taus, ns))
+        prev = self._prev_ewma
+        for i in range(m):  # a recursion over blocks: a few per batch
+            prev = self._decay[:, None] * prev + (1.0 - self._decay)[:, None] * r[i]
+            e[i] = prev
+        self._prev_ewma = prev
+        rows: F64 = np.hstack([np.ones((m, 1)), r, r * r, e.reshape(m, taus * ns)])
+        return rows
 
-    def _noise(self, z: F64) -> F64:
-        prev = z[:1] if self._prev_z is None else self._prev_z
-        d = np.diff(np.concatenate([prev, z]), axis=0)
-        self._prev_z = z[-1:].copy()
-        mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
+    def _noise(self, body: F64, m: int) -> F64:
+        """Log of each block's MAD of reading-to-reading changes ``(m, sensors)``."""
+        prev = body[:1] if self._prev_z is None else self._prev_z
+        d = np.diff(np.concatenate([prev, body]), axis=0).reshape(m, self.settings.batch, -1)
+        self._prev_z = body[-1:].copy()
+        mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
         out: F64 = np.log(np.maximum(mad, _LOG_FLOOR))
         return out
 
-    def _block(self, z: F64) -> F64 | None:
+    def _block(self, med: F64, noise: F64, design: F64) -> F64 | None:
         s = self.settings
-        med = np.median(z, axis=0)
-        design = self._design(med)
-        noise = self._noise(z)
         self._blocks += 1
         if self._gram is not None:
             self._gram += np.outer(design, design)

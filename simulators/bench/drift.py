@@ -91,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pre-drift",
         type=positive_int,
-        default=2000,
-        help="readings watched before a drift starts (default: 2000)",
+        default=6000,
+        help="readings watched before a drift starts, at least KSWIN's window of 100 "
+        "blocks (default: 6000)",
     )
     parser.add_argument("--horizon", type=positive_int, default=2000)
     parser.add_argument("--arl0", type=positive_float, default=1e6)
