@@ -242,6 +242,19 @@ class DetectorUpdate:
     readings: npt.NDArray[np.int64]
 
 
+def _median(a: F64) -> F64:
+    """``np.median(a, axis=1)`` for a 3-d array, by one ``partition`` (a third of
+    ``np.median``'s time on blocks of 50)."""
+    n = a.shape[1]
+    half = n // 2
+    if n % 2:
+        out: F64 = np.partition(a, half, axis=1)[:, half]
+        return out
+    part = np.partition(a, (half - 1, half), axis=1)
+    mid: F64 = (part[:, half - 1] + part[:, half]) * 0.5
+    return mid
+
+
 class ResidualChannels:
     """Rules 1-4: blocks of readings in, one standardised value per channel per
     block out (after the start). :class:`DriftDetector` adds the CUSUM; the
@@ -346,7 +359,7 @@ class ResidualChannels:
             return np.empty((0, self.n_channels))
         body = allz[: full * b]
         # Every complete block at once: medians, noise scales, design rows.
-        med = np.median(body.reshape(full, b, -1), axis=1)
+        med = _median(body.reshape(full, b, -1))
         noise = self._noise(body, full)
         design = self._design(med)
         out: list[F64] = []
@@ -378,7 +391,7 @@ class ResidualChannels:
         prev = body[:1] if self._prev_z is None else self._prev_z
         d = np.diff(np.concatenate([prev, body]), axis=0).reshape(m, self.settings.batch, -1)
         self._prev_z = body[-1:].copy()
-        mad = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+        mad = _median(np.abs(d - _median(d)[:, None, :]))
         out: F64 = np.log(np.maximum(mad, _LOG_FLOOR))
         return out
 
