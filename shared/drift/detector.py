@@ -57,11 +57,13 @@ Batch means of autocorrelated data follow Runger & Willemain (1996); the method
 is written from those papers and Montgomery, *Introduction to Statistical
 Quality Control*, ch. 9-10, not from any library's code.
 
-Cost: a block is a few (50 x 33) matrix products and medians: about 0.1 ms per
-block of 50 readings. Memory after the start: the regression (33 x 8 floats
-for 8 sensors), the last EWMA state, a partial block, the CUSUM statistics:
-under 10 KB per device stream (the start keeps a 33 x 33 running sum and one
-value per channel per block of the scale phase, about 30 KB).
+Cost: the blocks a batch completes are taken together (medians by one
+partition, one small matrix product per block): about 150 us per batch of 100
+readings of 32 features on the project's 2-core VM. Memory after the start: the
+regression (33 x 8 floats for 8 sensors), the EWMA state, a partial block, the
+CUSUM statistics: about 6 KB per device stream, pickled (during the start, a
+33 x 33 running sum and one value per channel per block of the scale phase:
+about 20 KB).
 
 Three sensors moved together by operating regimes; sensor ``b`` drifts by half
 its reference scale at reading 25,000:
