@@ -29,9 +29,13 @@ Rules (the whole method; everything below implements these):
      trends and regime steps; a stuck sensor sends it to the floor.
 4. **Self-starting.** The first ``fit_readings`` readings fit the regressions
    (ridge least squares on running sums: no readings kept); the next
-   ``scale_readings`` give each channel's in-control centre (median) and
-   spread (1.4826 x MAD) over their blocks. No alarm before both are done:
-   drift *from the reference* in that time is PSI's job (:mod:`shared.drift.psi`).
+   ``scale_readings`` give each channel's in-control centre (the median over
+   their blocks) and spread (the 95 % quantile of the deviations from it,
+   / 1.96, so a channel whose misfits come in long runs gets the spread its
+   tail shows; a level channel's spread is at least ``resolution`` reference
+   scales: the linear model's systematic misfits are not drift). No alarm
+   before both are done: drift *from the reference* in that time is PSI's job
+   (:mod:`shared.drift.psi`).
 5. **Test.** Each channel's standardised value ``u = (v - centre) / spread`` is
    clipped to ``[-clip, clip]`` (a robust CUSUM: Lucas & Crosier 1982; the
    in-control channels have heavy tails) and fed to a two-sided CUSUM (Page
@@ -124,8 +128,9 @@ CALIBRATION: Final[tuple[tuple[float, float], ...]] = (
 """``(h, ln(blocks per false alarm))`` of the default settings, measured by
 ``edgeloop-sim bench drift --seed 11 --readings 10000000 --calibrate`` on 10^7
 stationary simulator readings (100 devices, regimes, dropouts and urgent events):
-e.g. 12 alarms at ``h = 16`` in 200,000 blocks. Valid for the default ``batch``,
-``k``, ``clip``, ``resolution`` and ``taus`` only."""
+e.g. 12 alarms at ``h = 16`` in 200,000 blocks (a subset of the thresholds it
+prints). Valid for the default ``batch``, ``k``, ``clip``, ``resolution``,
+``taus`` and start lengths only."""
 _CALIBRATED = ("batch", "k", "clip", "resolution", "taus", "scale_readings", "fit_readings")
 _SPREAD_QUANTILE: Final = 0.95
 _SPREAD_Z: Final = 1.96
