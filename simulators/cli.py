@@ -220,6 +220,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
 # Their modules import nothing heavy at the top, so --help stays fast.
 _BENCHES = (
+    "drift",
     "edge",
     "hub",
     "fleet",

@@ -21,8 +21,8 @@ What the numbers in the manifest mean:
   ``[low, high]`` (:func:`shared.features.expected_range`); per-device baselines
   map a device's own location and scale onto these (:mod:`shared.baseline`
   says why these statistics and why normal rows).
-- **Reference histograms** (``reference.features``, for drift tracking, which
-  is coming, not built yet): per feature,
+- **Reference histograms** (``reference.features``, for drift tracking: the
+  hub side is not built yet): per feature,
   the inner edges are the 10 %, 20 %, ... 90 % quantiles of the training rows
   (rounded to 6 significant digits, duplicates merged), so each of the ~10 bins
   starts with about a tenth of the data; ``proportions`` are the shares measured
@@ -33,8 +33,9 @@ What the numbers in the manifest mean:
   classifier's scores pile up). Fixed edges let scores of different model
   versions be compared bin for bin.
 - **Bins**: value ``x`` falls in bin ``i`` when ``edges[i-1] <= x < edges[i]``
-  (the first and last bins are open): ``numpy.searchsorted(edges, x, "right")``,
-  which is :func:`binned_proportions`. Drift tracking, when built, must use the same rule.
+  (the first and last bins are open). The rule, the quantile edges, the score
+  edges and the score live in :mod:`shared.drift.binning`, which drift
+  counting (:mod:`shared.drift.counts`) imports too.
 - **Test vectors**: holdout rows covering every class; the expected scores are
   what onnxruntime gives on the packaged ``model.onnx`` for **each row scored
   alone** (a batch of one, as on a device): a dynamically quantized model's
@@ -55,6 +56,13 @@ import onnx
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT
 from shared.baseline import robust_stats
+from shared.drift.binning import (
+    REFERENCE_BINS,
+    SCORE_EDGES,
+    binned_proportions,
+    drift_score,
+    quantile_edges,
+)
 from shared.errors import ManifestError
 from shared.features import SensorSpec
 from shared.manifest import (
@@ -100,53 +108,20 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 MIN_AGENT_VERSION: Final = "0.1.0"
-REFERENCE_BINS: Final = 10
-SCORE_EDGES: Final[tuple[float, ...]] = (
-    0.001,
-    0.01,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    0.9,
-    0.95,
-    0.99,
-    0.999,
-)
-"""Inner bin edges of the reference score histogram (12 bins over [0, 1])."""
 TEST_VECTOR_ATOL: Final = 1e-4
-
-
-def binned_proportions(
-    values: npt.NDArray[np.floating], edges: tuple[float, ...]
-) -> tuple[float, ...]:
-    """Share of ``values`` in each of the ``len(edges) + 1`` bins (see the module docstring).
-
-    >>> binned_proportions(np.array([0.0, 1.0, 1.5, 2.0, 3.0]), (1.0, 2.0))
-    (0.2, 0.4, 0.4)
-    """
-    if values.size == 0:
-        raise ValueError("binned_proportions needs at least one value")
-    idx = np.searchsorted(
-        np.asarray(edges, dtype=np.float64), values.astype(np.float64), side="right"
-    )
-    counts = np.bincount(idx, minlength=len(edges) + 1)
-    return tuple(float(c) for c in counts / values.size)
 
 
 def feature_histograms(
     x: F32, names: tuple[str, ...], bins: int = REFERENCE_BINS
 ) -> dict[str, Histogram]:
-    """Reference histogram per feature column, with quantile inner edges."""
+    """Reference histogram per feature column, with quantile inner edges
+    (:func:`shared.drift.binning.quantile_edges`)."""
     if x.ndim != 2 or x.shape[1] != len(names):
         raise ValueError(f"feature_histograms: x must be (n, {len(names)}), got {x.shape}")
-    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
     out: dict[str, Histogram] = {}
     for j, name in enumerate(names):
         col = x[:, j].astype(np.float64)
-        raw = np.quantile(col, qs)
-        edges = tuple(sorted({float(f"{e:.6g}") for e in raw.tolist()}))
+        edges = quantile_edges(col, bins)
         out[name] = Histogram(edges, binned_proportions(col, edges))
     return out
 
@@ -177,13 +152,6 @@ def sensor_references(
             high=float(f"{every.high:.6g}"),
         )
     return out
-
-
-def drift_score(scores: F32, classes: tuple[str, ...], normal_class: str = "normal") -> F64:
-    """The score drift is measured on: ``1 - P(normal)`` for each row."""
-    if normal_class not in classes:
-        raise ValueError(f"drift_score: class {normal_class!r} is not one of {list(classes)}")
-    return 1.0 - scores[:, classes.index(normal_class)].astype(np.float64)
 
 
 def score_histogram(score: F64, edges: tuple[float, ...] = SCORE_EDGES) -> Histogram:
