@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.drift.binning import SCORE_EDGES, bin_index, padded_edges
+from shared.drift.binning import SCORE_EDGES, padded_edges
 from shared.manifest import ModelManifest
 
 __all__ = ["BinCounter", "Disagreement", "DriftReference", "WindowCounts"]
@@ -146,8 +146,13 @@ class BinCounter:
         self.offsets: tuple[int, ...] = (0, *np.cumsum(bins).tolist())
         self.n_features = len(reference.features)
         self._edges: F64 = padded_edges((*reference.feature_edges, reference.score_edges))
-        self._base: I64 = np.asarray(self.offsets[:-1], dtype=np.int64)
         self._total = int(self.offsets[-1])
+        # Where each histogram's real bins sit in the (h, widest + 1) differences
+        # count() takes (the padded edges' bins are always empty).
+        widest = self._edges.shape[1] + 1
+        self._take: npt.NDArray[np.intp] = np.concatenate(
+            [j * widest + np.arange(k) for j, k in enumerate(bins)]
+        ).astype(np.intp)
 
     def empty(self) -> WindowCounts:
         """The counts of an empty window."""
@@ -189,8 +194,15 @@ class BinCounter:
                 "features are finite (missing readings are carried forward), so the batch is "
                 "malformed: drop it and count it as bad input"
             )
-        idx = bin_index(x, self._edges) + self._base
-        counts = np.bincount(idx.ravel(), minlength=self._total).astype(np.int64)
+        # The binning rule (shared.drift.binning) counted per histogram rather than
+        # per value: at_least[j, k] values of column j are >= its edge k, so bin k
+        # holds at_least[j, k-1] - at_least[j, k] (n for k = 0, 0 past the last edge).
+        # The same counts as bincount(bin_index(x)), without the (n, h) bin matrix.
+        h, w = self._edges.shape
+        steps = np.zeros((h, w + 2), dtype=np.int64)
+        steps[:, 0] = n
+        steps[:, 1 : w + 1] = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=0)
+        counts: I64 = (steps[:, :-1] - steps[:, 1:]).ravel()[self._take]
         return WindowCounts(n, counts, self.offsets)
 
 

@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from shared.drift.counts import DriftReference, WindowCounts
 
-__all__ = ["OBSERVED_PSEUDOCOUNT", "REFERENCE_FLOOR", "psi", "window_psi"]
+__all__ = ["OBSERVED_PSEUDOCOUNT", "REFERENCE_FLOOR", "PsiTable", "psi", "window_psi"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -64,26 +64,48 @@ def psi(counts: npt.NDArray[np.integer], proportions: Sequence[float]) -> float:
     return float(np.sum((o - r) * np.log(o / r)))
 
 
+class PsiTable:
+    """PSI of every histogram of a window at once (the features', then the score's),
+    in a few numpy calls: what the hub runs on every closed window. Built once per
+    reference; the numbers are :func:`psi`'s, histogram by histogram."""
+
+    def __init__(self, reference: DriftReference) -> None:
+        props = [*reference.feature_proportions]
+        if reference.score_proportions is not None:
+            props.append(reference.score_proportions)
+        self.reference = reference
+        self.offsets: tuple[int, ...] = (0, *np.cumsum([len(p) for p in props]).tolist())
+        self._starts = np.asarray(self.offsets[:-1], dtype=np.intp)
+        self._sizes = np.diff(np.asarray(self.offsets))
+        self._ref: F64 = np.concatenate([_reference(p) for p in props])
+        self._log_ref: F64 = np.log(self._ref)
+
+    def __call__(self, window: WindowCounts) -> F64:
+        """PSI per histogram ``(f,)`` or ``(f + 1,)`` with the score last. Raises
+        ValueError on an empty window or counts of another reference."""
+        if window.n == 0:
+            raise ValueError("PsiTable: the window holds no readings; PSI needs at least one")
+        bins = window.bins[: self.offsets[-1]]
+        if tuple(window.offsets[: len(self.offsets)]) != self.offsets:
+            raise ValueError(
+                "PsiTable: the window was counted on other reference histograms; count with "
+                "a BinCounter of this reference"
+            )
+        c = bins.astype(np.float64) + OBSERVED_PSEUDOCOUNT
+        o = c / np.repeat(np.add.reduceat(c, self._starts), self._sizes)
+        out: F64 = np.add.reduceat((o - self._ref) * (np.log(o) - self._log_ref), self._starts)
+        return out
+
+
 def window_psi(window: WindowCounts, reference: DriftReference) -> tuple[F64, float | None]:
     """PSI of every feature ``(f,)``, in the reference's feature order, and of the
     score (None when the reference has no score histogram). Raises ValueError on
     an empty window (no readings: nothing to compare)."""
-    if window.n == 0:
-        raise ValueError("window_psi: the window holds no readings; PSI needs at least one")
     if len(window.offsets) != len(reference.features) + 2:
         raise ValueError(
             f"window_psi: counts of {len(window.offsets) - 2} features against a reference "
             f"of {len(reference.features)}; count with a BinCounter of this reference"
         )
-    out = np.array(
-        [
-            psi(window.feature_counts(j), reference.feature_proportions[j])
-            for j in range(len(reference.features))
-        ]
-    )
-    score = (
-        None
-        if reference.score_proportions is None
-        else psi(window.score, reference.score_proportions)
-    )
-    return out, score
+    values = PsiTable(reference)(window)
+    f = len(reference.features)
+    return values[:f], None if reference.score_proportions is None else float(values[f])
