@@ -41,6 +41,9 @@ __all__ = [
     "DeadLetter",
     "DesiredRecord",
     "DeviceRecord",
+    "DriftEventRow",
+    "DriftStateRow",
+    "DriftWindowRow",
     "EventRecord",
     "Gap",
     "LabelRecord",
@@ -284,6 +287,63 @@ class RolloutCommand:
     args: str
     """JSON: the start's model, version, cohorts, gates, devices; a reason."""
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DriftStateRow:
+    """A device's drift state on one model version (:mod:`cloud_hub.drift.states`)."""
+
+    device: str
+    model: str
+    version: str
+    state: str
+    """``ok``, ``drifting`` or ``recovered``."""
+    since: float | None
+    """When the state began (None: ok from the start)."""
+    streams: dict[str, float]
+    """The drifting streams (features, or ``score``) and when each started."""
+    readings: int
+    """Readings counted on this model version since the hub started counting."""
+    last_reading_at: float
+    """When the hub last stored a reading of the device on this version."""
+
+
+DriftScope = Literal["device", "fleet"]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEventRow:
+    """A change of drift state of a device, or of the fleet on one model version."""
+
+    id: int
+    """Rises in the order the hub stored them (0 on a row not stored yet)."""
+    at: float
+    scope: DriftScope
+    device: str | None
+    """None for the fleet."""
+    model: str
+    version: str
+    state: str
+    previous: str
+    streams: tuple[str, ...]
+    detail: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftWindowRow:
+    """One closed counting window of a device on one model version: PSI per stream
+    against the manifest's reference, the detector statistic at the window's end and
+    the edge/heavy disagreement rate (None: no heavy scores)."""
+
+    device: str
+    model: str
+    version: str
+    start_at: float
+    end_at: float
+    readings: int
+    psi: dict[str, float]
+    statistic: dict[str, float]
+    disagreement: float | None
 
 
 BatchJobState = Literal["queued", "running", "done", "failed"]
@@ -551,6 +611,38 @@ class Store(Protocol):
 
     def pipeline_runs(self, model: str | None = None, limit: int = 100) -> list[PipelineRunRow]:
         """The newest ``limit`` runs (of one model, or all), newest first."""
+
+    # -- drift
+    def record_drift(
+        self,
+        states: Sequence[DriftStateRow],
+        events: Sequence[DriftEventRow],
+        windows: Sequence[DriftWindowRow],
+    ) -> None:
+        """Insert or replace ``states`` (by device, model, version), add ``events``
+        (their ``id`` is ignored) and ``windows``, in one transaction."""
+        ...
+
+    def drift_states(self) -> list[DriftStateRow]:
+        """Every device's drift state on every model version it was counted on."""
+        ...
+
+    def drift_events(
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        cursor: str | None = None,
+        scope: DriftScope | None = None,
+    ) -> Page[DriftEventRow]:
+        """Drift events with since <= at < until, oldest first (of one device; of the
+        fleet with ``scope='fleet'``; all when both are None)."""
+        ...
+
+    def drift_windows(self, device: str, since: float, limit: int) -> list[DriftWindowRow]:
+        """The device's closed windows ending at or after ``since``, newest first."""
         ...
 
     # -- retention

@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 10; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_10`, recorded in ``schema_version``:
+Schema (version 11; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_11`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -67,6 +67,12 @@ Schema (version 10; :data:`SCHEMA_VERSION`), created on open by
 - ``pipeline_runs`` - each retraining pipeline run (version 10): its record as
   JSON (inputs, steps, metrics, decision), with its model, state and deadline
   as columns so that "is a run of this model still running" is one query.
+- ``drift_states`` - per (device, model, version) its drift state (version 11):
+  ok / drifting / recovered, since when, the drifting streams with their
+  starts, readings counted, last reading; ``drift_events`` - every change of a
+  device's or the fleet's drift state; ``drift_windows`` - each closed counting
+  window: PSI per stream, detector statistics, edge/heavy disagreement (pruned
+  with the telemetry they were counted from).
 
 Errors::
 
@@ -110,6 +116,10 @@ from cloud_hub.store.base import (
     DeadLetter,
     DesiredRecord,
     DeviceRecord,
+    DriftEventRow,
+    DriftScope,
+    DriftStateRow,
+    DriftWindowRow,
     EventRecord,
     Gap,
     LabelRecord,
@@ -136,7 +146,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -444,6 +454,53 @@ def _migrate_to_10(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX pipeline_runs_by_model ON pipeline_runs (model, state)")
 
 
+def _migrate_to_11(db: sqlite3.Connection) -> None:
+    """Drift: each device's state per model version, state changes, closed windows."""
+    db.execute(
+        """CREATE TABLE drift_states (
+            device TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('ok', 'drifting', 'recovered')),
+            since REAL,
+            streams TEXT NOT NULL,
+            readings INTEGER NOT NULL,
+            last_reading_at REAL NOT NULL,
+            PRIMARY KEY (device, model, version)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE drift_events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            scope TEXT NOT NULL CHECK (scope IN ('device', 'fleet')),
+            device TEXT,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            state TEXT NOT NULL,
+            previous TEXT NOT NULL,
+            streams TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX drift_events_by_time ON drift_events (at)")
+    db.execute(
+        """CREATE TABLE drift_windows (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            start_at REAL NOT NULL,
+            end_at REAL NOT NULL,
+            readings INTEGER NOT NULL,
+            psi TEXT NOT NULL,
+            statistic TEXT NOT NULL,
+            disagreement REAL
+        )"""
+    )
+    db.execute("CREATE INDEX drift_windows_by_device ON drift_windows (device, end_at)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -455,6 +512,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     8: _migrate_to_8,
     9: _migrate_to_9,
     10: _migrate_to_10,
+    11: _migrate_to_11,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1823,6 +1881,164 @@ class SQLiteStore:
 
     # -- retention
 
+    # -- drift
+
+    def record_drift(
+        self,
+        states: Sequence[DriftStateRow],
+        events: Sequence[DriftEventRow],
+        windows: Sequence[DriftWindowRow],
+    ) -> None:
+        if not (states or events or windows):
+            return
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO drift_states (device, model, version, state, since, "
+                "streams, readings, last_reading_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.device,
+                        r.model,
+                        r.version,
+                        r.state,
+                        r.since,
+                        json.dumps(r.streams, sort_keys=True),
+                        r.readings,
+                        r.last_reading_at,
+                    )
+                    for r in states
+                ],
+            )
+            db.executemany(
+                "INSERT INTO drift_events (at, scope, device, model, version, state, previous, "
+                "streams, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.at,
+                        e.scope,
+                        e.device,
+                        e.model,
+                        e.version,
+                        e.state,
+                        e.previous,
+                        json.dumps(list(e.streams)),
+                        json.dumps(e.detail, sort_keys=True),
+                    )
+                    for e in events
+                ],
+            )
+            db.executemany(
+                "INSERT INTO drift_windows (device, model, version, start_at, end_at, readings, "
+                "psi, statistic, disagreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        w.device,
+                        w.model,
+                        w.version,
+                        w.start_at,
+                        w.end_at,
+                        w.readings,
+                        json.dumps(w.psi, sort_keys=True),
+                        json.dumps(w.statistic, sort_keys=True),
+                        w.disagreement,
+                    )
+                    for w in windows
+                ],
+            )
+
+    def drift_states(self) -> list[DriftStateRow]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT device, model, version, state, since, streams, readings, "
+                "last_reading_at FROM drift_states ORDER BY device, model, version"
+            ).fetchall()
+        return [
+            DriftStateRow(
+                device=r[0],
+                model=r[1],
+                version=r[2],
+                state=r[3],
+                since=None if r[4] is None else float(r[4]),
+                streams={str(k): float(v) for k, v in json.loads(r[5]).items()},
+                readings=int(r[6]),
+                last_reading_at=float(r[7]),
+            )
+            for r in rows
+        ]
+
+    def drift_events(
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        cursor: str | None = None,
+        scope: DriftScope | None = None,
+    ) -> Page[DriftEventRow]:
+        _check_limit(limit, "drift events")
+        where = ["at >= ?", "at < ?"]
+        args: list[Any] = [since, until]
+        if device is not None:
+            where.append("device = ?")
+            args.append(device)
+        if scope is not None:
+            where.append("scope = ?")
+            args.append(scope)
+        if cursor is not None:
+            where.append("(at, id) > (?, ?)")
+            args.extend(_decode_event_cursor(cursor))
+        args.append(limit + 1)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, at, scope, device, model, version, state, previous, streams, detail "
+                f"FROM drift_events WHERE {' AND '.join(where)} ORDER BY at, id LIMIT ?",
+                args,
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [
+            DriftEventRow(
+                id=int(r[0]),
+                at=float(r[1]),
+                scope=cast(DriftScope, r[2]),
+                device=r[3],
+                model=r[4],
+                version=r[5],
+                state=r[6],
+                previous=r[7],
+                streams=tuple(json.loads(r[8])),
+                detail=dict(json.loads(r[9])),
+            )
+            for r in rows
+        ]
+        next_cursor = _encode_event_cursor(rows[-1][1], rows[-1][0]) if more else None
+        return Page(items, next_cursor)
+
+    def drift_windows(self, device: str, since: float, limit: int) -> list[DriftWindowRow]:
+        _check_limit(limit, "drift windows")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT device, model, version, start_at, end_at, readings, psi, statistic, "
+                "disagreement FROM drift_windows WHERE device = ? AND end_at >= ? "
+                "ORDER BY end_at DESC, id DESC LIMIT ?",
+                (device, since, limit),
+            ).fetchall()
+        return [
+            DriftWindowRow(
+                device=r[0],
+                model=r[1],
+                version=r[2],
+                start_at=float(r[3]),
+                end_at=float(r[4]),
+                readings=int(r[5]),
+                psi={str(k): float(v) for k, v in json.loads(r[6]).items()},
+                statistic={str(k): float(v) for k, v in json.loads(r[7]).items()},
+                disagreement=None if r[8] is None else float(r[8]),
+            )
+            for r in rows
+        ]
+
     def prune_telemetry(self, received_before: float) -> int:
         """Delete the readings the hub received before ``received_before``; returns how
         many. A reading's own timestamp does not count: a recording from last year,
@@ -1843,7 +2059,11 @@ class SQLiteStore:
                 db.executemany("DELETE FROM telemetry WHERE id = ?", [(r[0],) for r in rows])
                 removed += sum(int(r[1]) for r in rows)
             if len(rows) < _PRUNE_CHUNK:
-                return removed
+                break
+        with self._write() as db:
+            # Drift windows are counted from the same readings: they go with them.
+            db.execute("DELETE FROM drift_windows WHERE end_at < ?", (received_before,))
+        return removed
 
 
 # --------------------------------------------------------------------------- rows and cursors

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.store import BatchJob, SQLiteStore, Store, TelemetryRows
+from cloud_hub.store.base import DriftEventRow, DriftStateRow, DriftWindowRow
 from shared.manifest import manifest_file_bytes
 from tests.cloud_hub.store.samples import (
     T0,
@@ -772,3 +773,47 @@ def test_two_runs_of_one_model_never_run_at_once(store: Store) -> None:
     assert [r.id for r in store.pipeline_runs("m", limit=1)] == ["r4"]
     got = store.pipeline_run("r1")
     assert got is not None and got.state == "failed" and got.deadline == 101.0
+
+
+def test_drift_states_events_and_windows_round_trip(store: Store) -> None:
+    state = DriftStateRow("d1", "m", "1.0.0", "drifting", T0 + 5, {"temp": T0 + 5}, 400, T0 + 9)
+    events = [
+        DriftEventRow(
+            0,
+            T0 + 5,
+            "device",
+            "d1",
+            "m",
+            "1.0.0",
+            "drifting",
+            "ok",
+            ("temp",),
+            {"psi": {"temp": 0.3}},
+        ),
+        DriftEventRow(
+            0, T0 + 6, "fleet", None, "m", "1.0.0", "drifting", "ok", ("temp",), {"devices": ["d1"]}
+        ),
+    ]
+    window = DriftWindowRow(
+        "d1", "m", "1.0.0", T0, T0 + 9, 300, {"temp": 0.3}, {"temp": 11.5}, 0.02
+    )
+    store.record_drift([state], events, [window])
+    assert store.drift_states() == [state]
+    # Insert-or-replace by (device, model, version).
+    recovered = dataclasses.replace(state, state="recovered", streams={}, readings=900)
+    store.record_drift([recovered], [], [])
+    assert store.drift_states() == [recovered]
+    page = store.drift_events(None, 0.0, T0 + 100, 1)
+    assert [e.scope for e in page.items] == ["device"] and page.next_cursor is not None
+    rest = store.drift_events(None, 0.0, T0 + 100, 10, cursor=page.next_cursor)
+    assert [e.scope for e in rest.items] == ["fleet"] and rest.next_cursor is None
+    assert rest.items[0].device is None and rest.items[0].detail == {"devices": ["d1"]}
+    assert [e.device for e in store.drift_events("d1", 0.0, T0 + 100, 10).items] == ["d1"]
+    assert len(store.drift_events(None, 0.0, T0 + 100, 10, scope="fleet").items) == 1
+    stored = page.items[0]
+    assert stored.id > 0 and stored.streams == ("temp",) and stored.detail == {"psi": {"temp": 0.3}}
+    assert store.drift_windows("d1", 0.0, 10) == [window]
+    assert store.drift_windows("d1", T0 + 10, 10) == []
+    assert store.drift_windows("other", 0.0, 10) == []
+    with pytest.raises(ValueError, match="cursor"):
+        store.drift_events(None, 0.0, T0 + 100, 10, cursor="not-a-cursor")
