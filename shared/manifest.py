@@ -5,8 +5,8 @@ is (name, version, variant), what it reads (the sensors, each with its unit,
 valid range and fallback value; the window; the feature names derived from
 them) and writes (classes, which one is urgent), when to act (urgent
 thresholds), what its training data looked like (per sensor: location, scale
-and range; reference histograms per feature and for the score, for drift
-tracking: coming, not built yet), how good it is (metrics), where it came from (lineage),
+and range; reference histograms per feature and for the score, which the
+hub's drift tracking counts against), how good it is (metrics), where it came from (lineage),
 and how to check it still works (test vectors), and the sha256 and size of
 every file in the package (``files``; manifests written before it have none).
 ``manifest.sig`` is an Ed25519 signature of the manifest's exact bytes

@@ -1,0 +1,481 @@
+"""The hub's drift monitor: counts every stored reading, runs the detectors, keeps states.
+
+The ingest worker hands it each batch's newly stored telemetry
+(:meth:`DriftMonitor.observe`, on the ingest thread, after the batch is durable
+and acked). A device's readings wait in a buffer until it holds
+``flush_readings`` or its oldest is ``flush_s`` old, and are then counted and
+tested in one go: the per-call cost of the numpy work is paid once per few
+hundred readings, not per message. Per device and model version it keeps (the pure parts are in :mod:`shared.drift`
+and :mod:`cloud_hub.drift.states`):
+
+- the binned counts of the open window (:class:`shared.drift.counts.WindowCounts`,
+  per feature and for the edge score, against the model's reference histograms)
+  and the edge/heavy disagreement; when the window holds ``window_readings``
+  readings it is closed: PSI per stream, the detector statistics and the
+  disagreement rate are stored as a window row (``GET /v1/devices/{d}/drift``);
+- a calibrated sequential detector per stream (:mod:`shared.drift.detector`);
+- the device's drift state (ok / drifting / recovered), whose changes are stored
+  as drift events and counted (``drift:drifting``, ``drift:recovered``;
+  ``drift:streams_changed`` when a drifting device's set of streams changes).
+
+Every ``fleet_check_s`` it applies the fleet rule (:func:`cloud_hub.drift.states.fleet_alarms`):
+a new fleet alarm is stored as a fleet event, counted (``drift:fleet_alarms``) and handed to
+``on_fleet_alarm`` (the pipeline's trigger); a model version whose fleet no longer meets
+the rule gets a fleet ``ok`` event.
+
+The reference comes from the registered manifest of the model version the
+telemetry names; a version the registry does not hold is not tracked (counted
+``drift:no_reference``). Detector statistics and open windows live in memory and
+start again when the hub restarts; states, events and closed windows are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_hub.drift.states import (
+    SCORE_STREAM,
+    DeviceDrift,
+    DeviceView,
+    DriftRules,
+    DriftState,
+    FleetAlarm,
+    FleetRules,
+    StreamVerdict,
+    fleet_alarms,
+)
+from cloud_hub.store.base import DriftEventRow, DriftStateRow, DriftWindowRow, Store
+from shared.drift.binning import drift_score
+from shared.drift.counts import BinCounter, Disagreement, DriftReference, WindowCounts
+from shared.drift.detector import DetectorSettings, DriftDetector
+from shared.drift.psi import PsiTable
+from shared.manifest import ModelManifest
+
+__all__ = ["DriftMonitor", "DriftSettings", "StoredTelemetry"]
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+_NORMAL_CLASS: Final = "normal"
+
+CounterKey = tuple[str | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """The hub's drift settings (``--drift-*`` options)."""
+
+    window_readings: int = 300
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    rules: DriftRules = field(default_factory=DriftRules)
+    fleet: FleetRules = field(default_factory=FleetRules)
+    fleet_check_s: float = 5.0
+    flush_readings: int = 500
+    """A device's buffered readings are counted and tested once it holds this many..."""
+    flush_s: float = 2.0
+    """... or once the oldest of them is this old (seconds, by the hub's clock)."""
+
+    def __post_init__(self) -> None:
+        if self.window_readings < 1:
+            raise ValueError(f"window_readings = {self.window_readings} must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTelemetry:
+    """One telemetry message just stored, as the monitor needs it."""
+
+    device: str
+    model: str
+    version: str
+    features: F32
+    edge_scores: F32
+    heavy_scores: F32
+    received_at: float
+
+
+@dataclass(slots=True)
+class _Version:
+    """What one model version's devices share: its reference, counter and classes."""
+
+    reference: DriftReference
+    counter: BinCounter
+    manifest: ModelManifest
+    psi: PsiTable
+    classes: tuple[str, ...]
+    scored: bool
+    """Whether the score stream is tracked (the model has a ``normal`` class)."""
+
+
+@dataclass(slots=True)
+class _Changes:
+    """What one call stores: states by key, events, closed windows."""
+
+    states: dict[tuple[str, str, str], DriftStateRow] = field(default_factory=dict)
+    events: list[DriftEventRow] = field(default_factory=list)
+    windows: list[DriftWindowRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Track:
+    key: tuple[str, str, str]
+    """(device, model, version)."""
+    version: _Version
+    drift: DeviceDrift
+    detector: DriftDetector
+    window: WindowCounts
+    window_start: float
+    disagreement: Disagreement
+    last_reading_at: float
+    pending: list[tuple[F64, F64]] = field(default_factory=list)
+    """Readings not counted yet: (features, drift scores) per message."""
+    pending_n: int = 0
+    pending_since: float = 0.0
+
+
+class DriftMonitor:
+    """See the module docstring. Not thread-safe: one thread (the ingest worker) calls it."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: DriftSettings | None = None,
+        *,
+        on_fleet_alarm: Callable[[FleetAlarm], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or DriftSettings()
+        self.on_fleet_alarm = on_fleet_alarm
+        self._clock = clock
+        self._versions: dict[tuple[str, str], _Version | None] = {}
+        self._tracks: dict[tuple[str, str, str], _Track] = {}
+        self._restored: dict[tuple[str, str, str], DriftStateRow] = {}
+        self._fleet: dict[tuple[str, str], FleetAlarm] = {}
+        self._next_fleet_check = 0.0
+        self._next_sweep = 0.0
+
+    def restore(self) -> None:
+        """Take the stored states back (at hub start): a device drifting before a
+        restart is still drifting after it, since the same time."""
+        self._restored = {(r.device, r.model, r.version): r for r in self.store.drift_states()}
+        for r in self.store.drift_events(None, 0.0, float("inf"), 10_000, scope="fleet").items:
+            key = (r.model, r.version)
+            if r.state == DriftState.DRIFTING:
+                self._fleet[key] = FleetAlarm(
+                    r.model, r.version, r.streams, tuple(_strings(r.detail, "devices")), 0, 0.0
+                )
+            else:
+                self._fleet.pop(key, None)
+
+    # -- per batch ---------------------------------------------------------------------------
+
+    def observe(self, batch: Sequence[StoredTelemetry]) -> Counter[CounterKey]:
+        """Take ``batch`` (newly stored telemetry): each device's readings wait in its
+        buffer until it holds ``flush_readings`` or its oldest is ``flush_s`` old, then
+        are counted and fed to the detector in one go. Stores what changed; returns the
+        counters to add."""
+        counts: Counter[CounterKey] = Counter()
+        out = _Changes()
+        for msg in batch:
+            if len(msg.features) == 0:
+                continue
+            track = self._track(msg, counts)
+            if track is None:
+                continue
+            try:
+                self._append(track, msg)
+            except ValueError as exc:
+                counts[(msg.device, "drift:bad_input")] += 1
+                log.warning("drift: device %r: %s", msg.device, exc)
+                continue
+            s = self.settings
+            if (
+                track.pending_n >= s.flush_readings
+                or msg.received_at - track.pending_since >= s.flush_s
+            ):
+                self._flush(track, out, counts)
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.settings.flush_s
+            for track in self._tracks.values():
+                if track.pending_n and now - track.pending_since >= self.settings.flush_s:
+                    self._flush(track, out, counts)
+        if now >= self._next_fleet_check:
+            self._next_fleet_check = now + self.settings.fleet_check_s
+            out.events.extend(self._check_fleet(now, counts))
+        if out.states or out.events or out.windows:
+            self.store.record_drift(list(out.states.values()), out.events, out.windows)
+        return counts
+
+    def flush(self) -> None:
+        """Count and test every buffered reading now (tests; a hub stopping)."""
+        counts: Counter[CounterKey] = Counter()
+        out = _Changes()
+        for track in self._tracks.values():
+            if track.pending_n:
+                self._flush(track, out, counts)
+        if out.states or out.events or out.windows:
+            self.store.record_drift(list(out.states.values()), out.events, out.windows)
+
+    def _version(self, model: str, version: str) -> _Version | None:
+        key = (model, version)
+        if key not in self._versions:
+            record = self.store.model(model, version)
+            self._versions[key] = None if record is None else _make_version(record.manifest)
+            if record is None:
+                log.info("drift: %s %s is not registered: its devices are not tracked", *key)
+        return self._versions[key]
+
+    def _track(self, msg: StoredTelemetry, counts: Counter[CounterKey]) -> _Track | None:
+        key = (msg.device, msg.model, msg.version)
+        track = self._tracks.get(key)
+        if track is not None:
+            return track
+        version = self._version(msg.model, msg.version)
+        if version is None:
+            counts[(msg.device, "drift:no_reference")] += 1
+            return None
+        drift = DeviceDrift(self.settings.rules)
+        old = self._restored.pop(key, None)
+        if old is not None:
+            drift.state, drift.since, drift.readings = (
+                DriftState(old.state),
+                old.since,
+                old.readings,
+            )
+            drift.restore(old.streams)
+        track = _Track(
+            key=key,
+            version=version,
+            drift=drift,
+            detector=DriftDetector(
+                version.reference.features,
+                version.manifest.reference_sensors,
+                self.settings.detector,
+            ),
+            window=version.counter.empty(),
+            window_start=msg.received_at,
+            disagreement=Disagreement(0, 0),
+            last_reading_at=msg.received_at,
+        )
+        self._tracks[key] = track
+        return track
+
+    def _append(self, track: _Track, msg: StoredTelemetry) -> None:
+        """Check one message and put its readings in the device's buffer."""
+        v = track.version
+        if msg.features.ndim != 2 or msg.features.shape[1] != len(v.reference.features):
+            raise ValueError(
+                f"telemetry has {msg.features.shape[-1]} features per reading; {msg.model} "
+                f"{msg.version} reads {len(v.reference.features)}"
+            )
+        features = msg.features.astype(np.float64)
+        if not np.isfinite(features).all():
+            raise ValueError("telemetry holds a non-finite feature value; not counted")
+        if v.scored:
+            if msg.edge_scores.shape != (len(features), len(v.classes)):
+                raise ValueError(
+                    f"telemetry has edge scores of shape {msg.edge_scores.shape}, not "
+                    f"({len(features)}, {len(v.classes)})"
+                )
+            score = drift_score(msg.edge_scores, v.classes, _NORMAL_CLASS)
+            if not np.isfinite(score).all():
+                raise ValueError("telemetry holds a non-finite edge score; not counted")
+        else:
+            score = np.zeros(len(features))
+        if msg.heavy_scores.shape == msg.edge_scores.shape and msg.heavy_scores.size:
+            track.disagreement = track.disagreement + Disagreement.count(
+                msg.edge_scores.argmax(axis=1), msg.heavy_scores.argmax(axis=1)
+            )
+        if not track.pending_n:
+            track.pending_since = msg.received_at
+        track.pending.append((features, score))
+        track.pending_n += len(features)
+        track.last_reading_at = msg.received_at
+
+    def _flush(self, track: _Track, out: _Changes, counts: Counter[CounterKey]) -> None:
+        """Count the buffered readings, run the detector on them, apply the state rules."""
+        v = track.version
+        features = np.concatenate([f for f, _ in track.pending])
+        score = np.concatenate([sc for _, sc in track.pending])
+        track.pending, track.pending_n = [], 0
+        at = track.last_reading_at
+        batch = v.counter.count(features, score)
+        update = track.detector.update(features)
+        track.window = track.window + batch
+        verdicts: list[StreamVerdict] = []
+        if update.alarms:
+            window_psi = self._psi(track, track.window)
+            for alarm in update.alarms:
+                for channel in alarm.channels:
+                    feature = channel.split(":", 1)[0] + "_last"
+                    verdicts.append(
+                        StreamVerdict(channel, True, window_psi.get(feature, 0.0), alarm.statistic)
+                    )
+        change = track.drift.observe(verdicts, batch.n, at)
+        closed = track.window.n >= self.settings.window_readings
+        if closed:
+            out.windows.append(self._close(track, at))
+        out.states[track.key] = self._state_row(track)
+        if change is None:
+            return
+        device, model, version = track.key
+        moved = change.state is not change.previous
+        counts[(device, f"drift:{change.state.value}" if moved else "drift:streams_changed")] += 1
+        log.info(
+            "drift: device %r on %s %s is %s (%s)",
+            device,
+            model,
+            version,
+            change.state.value,
+            ", ".join(change.streams) or "no stream drifting",
+        )
+        out.events.append(
+            DriftEventRow(
+                id=0,
+                at=change.at,
+                scope="device",
+                device=device,
+                model=model,
+                version=version,
+                state=change.state.value,
+                previous=change.previous.value,
+                streams=change.streams,
+                detail={
+                    "psi": dict(change.psi),
+                    "statistic": dict(change.statistic),
+                    "cleared": list(change.cleared),
+                    "readings": track.drift.readings,
+                },
+            )
+        )
+
+    def _psi(self, track: _Track, window: WindowCounts) -> dict[str, float]:
+        v = track.version
+        if window.n == 0:
+            return {}
+        values = v.psi(window).tolist()
+        names = v.reference.features
+        out = dict(zip(names, values[: len(names)], strict=True))
+        if v.scored and len(values) > len(names):
+            out[SCORE_STREAM] = values[len(names)]
+        return out
+
+    def _close(self, track: _Track, at: float) -> DriftWindowRow:
+        v = track.version
+        device, model, version = track.key
+        row = DriftWindowRow(
+            device=device,
+            model=model,
+            version=version,
+            start_at=track.window_start,
+            end_at=at,
+            readings=track.window.n,
+            psi=self._psi(track, track.window),
+            statistic=track.detector.statistics(),
+            disagreement=track.disagreement.rate if track.disagreement.compared else None,
+        )
+        track.window = v.counter.empty()
+        track.window_start = at
+        track.disagreement = Disagreement(0, 0)
+        return row
+
+    def _state_row(self, track: _Track) -> DriftStateRow:
+        d = track.drift
+        device, model, version = track.key
+        return DriftStateRow(
+            device=device,
+            model=model,
+            version=version,
+            state=d.state.value,
+            since=d.since,
+            streams=d.streams_since(),
+            readings=d.readings,
+            last_reading_at=track.last_reading_at,
+        )
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def _check_fleet(self, now: float, counts: Counter[CounterKey]) -> list[DriftEventRow]:
+        views = [
+            DeviceView(key[0], key[1], key[2], t.last_reading_at, t.drift.streams_since())
+            for key, t in self._tracks.items()
+        ]
+        alarms = {(a.model, a.version): a for a in fleet_alarms(views, self.settings.fleet, now)}
+        events: list[DriftEventRow] = []
+        for key, alarm in alarms.items():
+            if key in self._fleet:
+                continue
+            counts[(None, "drift:fleet_alarms")] += 1
+            log.warning(
+                "drift: the fleet on %s %s drifts: %d of %d devices on %s",
+                alarm.model,
+                alarm.version,
+                len(alarm.devices),
+                alarm.active_devices,
+                ", ".join(alarm.streams),
+            )
+            events.append(_fleet_event(now, alarm, DriftState.DRIFTING, DriftState.OK))
+            if self.on_fleet_alarm is not None:
+                try:
+                    self.on_fleet_alarm(alarm)
+                except Exception:  # the trigger must never stop ingest
+                    log.exception("drift: the fleet alarm's handler failed")
+                    counts[(None, "ingest_errors")] += 1
+        for key, old in list(self._fleet.items()):
+            if key not in alarms:
+                log.info("drift: the fleet on %s %s no longer drifts", *key)
+                events.append(
+                    _fleet_event(
+                        now,
+                        FleetAlarm(old.model, old.version, (), (), 0, 0.0),
+                        DriftState.OK,
+                        DriftState.DRIFTING,
+                    )
+                )
+        self._fleet = alarms
+        return events
+
+
+def _make_version(manifest: ModelManifest) -> _Version:
+    reference = DriftReference.from_manifest(manifest)
+    classes = manifest.output.classes
+    scored = _NORMAL_CLASS in classes
+    return _Version(
+        reference, BinCounter(reference), manifest, PsiTable(reference), classes, scored
+    )
+
+
+def _fleet_event(
+    now: float, alarm: FleetAlarm, state: DriftState, previous: DriftState
+) -> DriftEventRow:
+    return DriftEventRow(
+        id=0,
+        at=now,
+        scope="fleet",
+        device=None,
+        model=alarm.model,
+        version=alarm.version,
+        state=state.value,
+        previous=previous.value,
+        streams=alarm.streams,
+        detail={
+            "devices": list(alarm.devices),
+            "active_devices": alarm.active_devices,
+            "share": alarm.share,
+        },
+    )
+
+
+def _strings(detail: dict[str, object], key: str) -> list[str]:
+    value = detail.get(key)
+    return [str(x) for x in value] if isinstance(value, list) else []
