@@ -55,6 +55,8 @@ from shared.secret_file import read_secret_file, write_private
 from shared.topics import Topics
 
 if TYPE_CHECKING:
+    from cloud_hub.drift.monitor import DriftSettings
+    from cloud_hub.drift.states import FleetAlarm
     from cloud_hub.inference import OnnxScorer
 
 __all__ = ["Hub", "HubStartError", "listen", "serve"]
@@ -67,6 +69,25 @@ _LISTEN_BACKLOG = 2048
 
 class HubStartError(EdgeloopError):
     """The hub cannot start; the message names the problem and the fix."""
+
+
+def drift_settings(s: HubSettings) -> DriftSettings:
+    """The drift monitor's settings from the hub's ``--drift-*`` and ``--fleet-drift-*``."""
+    from cloud_hub.drift.monitor import DriftSettings  # noqa: PLC0415
+    from cloud_hub.drift.states import DriftRules, FleetRules  # noqa: PLC0415
+    from shared.drift.detector import DetectorSettings  # noqa: PLC0415
+
+    return DriftSettings(
+        window_readings=s.drift_window_readings,
+        detector=DetectorSettings(
+            arl0=s.drift_arl0,
+            fit_readings=s.drift_fit_readings,
+            scale_readings=s.drift_scale_readings,
+            threshold=s.drift_threshold,
+        ),
+        rules=DriftRules(s.drift_min_readings, s.drift_recovery_readings),
+        fleet=FleetRules(s.fleet_drift_share, s.fleet_drift_window_s, s.fleet_drift_min_devices),
+    )
 
 
 def _hub_secret(data_dir: Path) -> str:
@@ -101,6 +122,7 @@ class Hub:
         self._maintenance: threading.Thread | None = None
         self._rollout_thread: threading.Thread | None = None
         self.rollouts: Any = None
+        self.drift: Any = None
         """The :class:`~cloud_hub.ota.rollouts.RolloutManager` (set once ingest starts)."""
         self.commissioner: Any = None
         self.desired: Any = None
@@ -270,6 +292,10 @@ class Hub:
         )
         default = OnnxScorer.from_package(heavy)
         edge_name = heavy.manifest.name.removesuffix("-heavy") + "-edge"
+        from cloud_hub.drift.monitor import DriftMonitor  # noqa: PLC0415
+
+        self.drift = DriftMonitor(self.store, drift_settings(s), on_fleet_alarm=self._fleet_alarm)
+        self.drift.restore()
         self.worker = IngestWorker(
             self.store,
             self.link,
@@ -284,6 +310,7 @@ class Hub:
                 lookup=self._heavy_lookup,
             ),
             on_model_report=self.desired.on_report,
+            observer=self.drift,
         )
         self.worker.start()
         try:
@@ -297,6 +324,34 @@ class Hub:
         sent = self.desired.send_all()
         if sent:
             log.info("desired state sent to %d device(s)", sent)
+
+    def _fleet_alarm(self, alarm: FleetAlarm) -> None:
+        """A fleet drift alarm (on the ingest thread; the monitor stored and counted it):
+        a pipeline run of the drifting model when ``--pipeline-on-drift`` allows it."""
+        reason = (
+            f"fleet drift alarm on {alarm.model} {alarm.version}: {len(alarm.devices)} of "
+            f"{alarm.active_devices} devices drift on {', '.join(alarm.streams)}"
+        )
+        pipeline = self.pipeline
+        if pipeline is None:
+            log.warning("%s; the pipeline has not started yet, no run", reason)
+            return
+        if not self.settings.pipeline_on_drift:
+            log.warning("%s; no pipeline run (--pipeline-on-drift is off)", reason)
+            return
+        wait = self.settings.pipeline_drift_wait_s
+
+        def start() -> None:
+            if self._stop.is_set():
+                return
+            request = pipeline.request_run(alarm.model, "drift", reason)
+            log.warning("pipeline after the %s: %s", reason, request.why)
+
+        log.warning("%s; a pipeline run starts in %.0f s (--pipeline-drift-wait-s)", reason, wait)
+        # Not kept across a hub restart: the restarted hub's monitor alarms again.
+        timer = threading.Timer(wait, start)
+        timer.name, timer.daemon = "hub-drift-run", True
+        timer.start()
 
     def _start_batch_jobs(self) -> None:
         from cloud_hub.batch.jobs import BatchJobs  # noqa: PLC0415

@@ -73,6 +73,20 @@ def _tls_port(text: str) -> int:
     return value
 
 
+def _arl0(text: str) -> float:
+    value = float(text)
+    if not value >= 100:
+        raise ValueError("must be at least 100 readings (1e6: one false alarm per million)")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be a share in (0, 1], e.g. 0.2 for a fifth of the devices")
+    return value
+
+
 def _root(text: str) -> str:
     return Topics(text).root
 
@@ -329,6 +343,15 @@ OPTIONS: Final = OptionTable(
             "BOOL",
         ),
         Option(
+            "pipeline_drift_wait_s",
+            non_negative_float,
+            3600.0,
+            "after a fleet drift alarm, wait this long before the run starts, so that its data "
+            "holds readings from after the drift to train on (the held-out slice is the newest "
+            "fifth of each device's readings)",
+            "S",
+        ),
+        Option(
             "pipeline_canary",
             boolean,
             False,
@@ -374,6 +397,76 @@ OPTIONS: Final = OptionTable(
             1_048_576,
             "a candidate's model.onnx must be at most this large",
             "BYTES",
+        ),
+        Option(
+            "drift_window_readings",
+            positive_int,
+            300,
+            "readings per device in a drift window: each closed window stores PSI per feature, the detector statistics and the edge/heavy disagreement (GET /v1/devices/NAME/drift)",
+            "N",
+        ),
+        Option(
+            "drift_arl0",
+            _arl0,
+            1e6,
+            "drift detectors' false-alarm budget: the average run length, in stationary readings, between false alarms of one stream (1e6: about one false alarm per million readings)",
+            "READINGS",
+        ),
+        Option(
+            "drift_fit_readings",
+            positive_int,
+            20_000,
+            "readings of each device on a model version its drift detector learns the sensors' couplings from, before it can alarm (shared.drift.detector; the detector starts again when the hub restarts)",
+            "N",
+        ),
+        Option(
+            "drift_scale_readings",
+            positive_int,
+            10_000,
+            "readings after --drift-fit-readings the detector takes each channel's in-control centre and spread from",
+            "N",
+        ),
+        Option(
+            "drift_threshold",
+            positive_float,
+            None,
+            "the detectors' CUSUM threshold h itself, instead of the one --drift-arl0 calibrates; needed when --drift-fit-readings or --drift-scale-readings differ from their defaults, since the calibration holds for those only",
+            "H",
+        ),
+        Option(
+            "drift_min_readings",
+            non_negative_int,
+            200,
+            "readings a device must send on a model version before its drift verdicts count",
+            "N",
+        ),
+        Option(
+            "drift_recovery_readings",
+            positive_int,
+            1000,
+            "a drifting feature clears after this many readings without a new alarm; a device with none left is 'recovered'",
+            "N",
+        ),
+        Option(
+            "fleet_drift_share",
+            _share,
+            0.2,
+            "the fleet drifts when at least this share of the devices on one model version drift on the same feature within --fleet-drift-window-s",
+            "SHARE",
+        ),
+        Option(
+            "fleet_drift_window_s",
+            positive_float,
+            3600.0,
+            "the window the fleet rule looks at: devices that sent readings, and drifts that started, within it",
+            "S",
+        ),
+        Option(
+            "fleet_drift_min_devices",
+            positive_int,
+            2,
+            "a fleet alarm needs at least this many drifting devices, whatever the share",
+            "N",
         ),
         Option(
             "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
@@ -449,12 +542,23 @@ class HubSettings:
     pipeline_window_s: float
     pipeline_schedule_s: float
     pipeline_on_drift: bool
+    pipeline_drift_wait_s: float
     pipeline_canary: bool
     pipeline_cohorts: str
     pipeline_f1_tolerance: float
     pipeline_min_agreement: float
     pipeline_max_latency_us: float
     pipeline_max_model_bytes: int
+    drift_window_readings: int
+    drift_arl0: float
+    drift_fit_readings: int
+    drift_scale_readings: int
+    drift_threshold: float | None
+    drift_min_readings: int
+    drift_recovery_readings: int
+    fleet_drift_share: float
+    fleet_drift_window_s: float
+    fleet_drift_min_devices: int
     log_level: str
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -561,5 +665,24 @@ def resolve_settings(
                 "read_token",
                 "equals the admin token; they must differ or read access is admin access",
             )
+    _check_drift(values, fail)
     names = {f.name for f in fields(HubSettings)} - {"sources"}
     return HubSettings(**{k: values[k] for k in names}, sources=origin)
+
+
+def _check_drift(values: dict[str, Any], fail: Callable[[str, str], ConfigError]) -> None:
+    """The detector settings together: the calibration holds for its defaults only."""
+    from shared.drift.detector import DetectorSettings  # noqa: PLC0415
+
+    try:
+        DetectorSettings(
+            arl0=values["drift_arl0"],
+            fit_readings=values["drift_fit_readings"],
+            scale_readings=values["drift_scale_readings"],
+            threshold=values["drift_threshold"],
+        )
+    except ValueError as exc:
+        raise fail(
+            "drift_fit_readings",
+            f"{exc} (with --drift-fit-readings, --drift-scale-readings, --drift-threshold)",
+        ) from None

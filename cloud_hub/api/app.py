@@ -41,6 +41,7 @@ from cloud_hub.api.routes import (
     stats,
     telemetry,
 )
+from cloud_hub.api.routes import drift as drift_routes
 from cloud_hub.api.routes import pipeline as pipeline_routes
 from cloud_hub.api.routes import rollouts as rollout_routes
 from cloud_hub.api.scorers import ScorerCache
@@ -201,6 +202,7 @@ def create_app(
     app.include_router(rollout_routes.router)
     app.include_router(labels.router)
     app.include_router(pipeline_routes.router)
+    app.include_router(drift_routes.router)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
     return app

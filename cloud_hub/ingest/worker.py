@@ -13,7 +13,10 @@ takes more until the batch holds ``batch_max_messages`` or
 4. writes every stream message (telemetry, events, ota) in ONE
    :meth:`~cloud_hub.store.base.Store.write_stream` transaction, which
    dedupes on ``(device, epoch, seq)`` and records gaps (a seq more than
-   ``max_seq_ahead`` beyond the watermark is refused);
+   ``max_seq_ahead`` beyond the watermark is refused), then hands the newly
+   stored telemetry (duplicates excluded) to its ``observer``, the hub's drift
+   monitor (:mod:`cloud_hub.drift.monitor`), whose failure is logged and
+   counted ``ingest_errors``, never more;
 5. closes seqs without storing them: those of messages it refused (bad
    timestamps, wrong feature count: dead-lettered), and those a device
    declared dropped (a ``dropped`` message, counted ``lost_at_edge_*``); every
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.drift.monitor import StoredTelemetry
 from cloud_hub.ingest.heavy import HeavyModels
 from cloud_hub.ingest.transport import HEAD_BYTES, Incoming, OversizedPayload
 from cloud_hub.store.base import (
@@ -97,6 +101,13 @@ _WARNED_MAX: Final = 10_000
 _WAKE: Final[Incoming] = ("", b"", -1.0)
 
 CounterKey = tuple[str | None, str]
+
+
+class TelemetryObserver(Protocol):
+    """What is told of every batch's newly stored telemetry (the hub's drift monitor,
+    :class:`cloud_hub.drift.monitor.DriftMonitor`); returns counters to add."""
+
+    def observe(self, batch: Sequence[StoredTelemetry]) -> Counter[CounterKey]: ...
 
 
 class IngestLink(Protocol):
@@ -227,6 +238,7 @@ class IngestWorker:
         config: IngestConfig | None = None,
         heavy_models: HeavyModels | None = None,
         on_model_report: Callable[[str, str, str], object] | None = None,
+        observer: TelemetryObserver | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -234,6 +246,7 @@ class IngestWorker:
         self.heavy_version = heavy_version
         self.heavy_models = heavy_models or HeavyModels(heavy, heavy_version)
         self.on_model_report = on_model_report
+        self.observer = observer
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -809,6 +822,7 @@ class IngestWorker:
         self._ack(b, result)
         dups = Counter(result.duplicates)
         far = Counter(result.too_far)
+        stored: list[StoredTelemetry] = []
         for s in entries:
             msg = s.msg
             key = (msg.device, msg.epoch, msg.seq)
@@ -846,8 +860,26 @@ class IngestWorker:
                     )
                     b.counts[(msg.device, "compared_readings")] += len(msg)
                     b.counts[(msg.device, "edge_heavy_disagreements")] += int((edge != heavy).sum())
+                if self.observer is not None and isinstance(s.item, TelemetryRows):
+                    stored.append(
+                        StoredTelemetry(
+                            device=msg.device,
+                            model=msg.model,
+                            version=msg.model_version,
+                            features=msg.features,
+                            edge_scores=msg.scores,
+                            heavy_scores=s.item.heavy_scores,
+                            received_at=s.item.received_at,
+                        )
+                    )
             elif isinstance(msg, Event):
                 b.counts[(msg.device, "stored_events")] += 1
+        if stored and self.observer is not None:
+            try:
+                b.counts.update(self.observer.observe(stored))
+            except Exception:  # drift tracking must never stop ingest
+                log.exception("ingest: the drift monitor failed on %d messages", len(stored))
+                b.counts[(None, "ingest_errors")] += 1
 
     def _ack(self, b: _Batch, result: WriteResult) -> None:
         if not self.config.ack:

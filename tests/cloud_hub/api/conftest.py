@@ -23,7 +23,15 @@ from cloud_hub.commissioning import baseline_from_store
 from cloud_hub.keys import sign_package
 from cloud_hub.pipeline.build import DEFAULT_VERSION
 from cloud_hub.store import open_store
-from cloud_hub.store.base import BatchJob, DeadLetter, Store, TelemetryRows
+from cloud_hub.store.base import (
+    BatchJob,
+    DeadLetter,
+    DriftEventRow,
+    DriftStateRow,
+    DriftWindowRow,
+    Store,
+    TelemetryRows,
+)
 from shared.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, ModelPackage, load_package
 from shared.messages import Event, Health, Status
 from shared.signing import SigningKey
@@ -261,6 +269,72 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             rows_total=0,
             result_path=str(results / JOB_ID),
         )
+    )
+    # Drift: pi-online drifts on its temperature, pi-off is ok; the fleet alarmed once.
+    store.record_drift(
+        [
+            DriftStateRow(
+                "pi-online",
+                "machine-edge",
+                DEFAULT_VERSION,
+                "drifting",
+                now - 50,
+                {"temperature:level": now - 50},
+                900,
+                now - 1,
+            ),
+            DriftStateRow("pi-off", "machine-edge", DEFAULT_VERSION, "ok", None, {}, 400, now - 90),
+        ],
+        [
+            DriftEventRow(
+                0,
+                now - 50,
+                "device",
+                "pi-online",
+                "machine-edge",
+                DEFAULT_VERSION,
+                "drifting",
+                "ok",
+                ("temperature:level",),
+                {"psi": {"temperature_last": 0.4}},
+            ),
+            DriftEventRow(
+                0,
+                now - 40,
+                "fleet",
+                None,
+                "machine-edge",
+                DEFAULT_VERSION,
+                "drifting",
+                "ok",
+                ("temperature:level",),
+                {"devices": ["pi-online"], "active_devices": 2, "share": 0.5},
+            ),
+        ],
+        [
+            DriftWindowRow(
+                "pi-online",
+                "machine-edge",
+                DEFAULT_VERSION,
+                now - 60,
+                now - 30,
+                300,
+                {"temperature_last": 0.4, "speed_last": 0.02},
+                {"temperature:level": 1.3},
+                0.1,
+            ),
+            DriftWindowRow(
+                "pi-off",
+                "machine-edge",
+                DEFAULT_VERSION,
+                now - 120,
+                now - 90,
+                300,
+                {"temperature_last": 0.1, "speed_last": 0.04},
+                {"temperature:level": 0.1},
+                None,
+            ),
+        ],
     )
     # pi-online's baseline, commissioned from its stored readings as the hub does it.
     store.put_baseline(

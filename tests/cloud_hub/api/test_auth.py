@@ -51,6 +51,8 @@ ROUTES = {
     ("GET", "/v1/pipeline/runs"),
     ("POST", "/v1/pipeline/runs"),
     ("GET", "/v1/pipeline/runs/{run_id}"),
+    ("GET", "/v1/drift"),
+    ("GET", "/v1/devices/{device}/drift"),
 }
 """Every route of the API, as OpenAPI lists it (HEAD of the artifact is served too)."""
 ADMIN_ROUTES = {
