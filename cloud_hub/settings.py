@@ -674,6 +674,19 @@ def _check_drift(values: dict[str, Any], fail: Callable[[str, str], ConfigError]
     """The detector settings together: the calibration holds for its defaults only."""
     from shared.drift.detector import DetectorSettings  # noqa: PLC0415
 
+    calibrated = DetectorSettings()
+    if values["drift_threshold"] is None:
+        for name, default in (
+            ("drift_fit_readings", calibrated.fit_readings),
+            ("drift_scale_readings", calibrated.scale_readings),
+        ):
+            if values[name] != default:
+                raise fail(
+                    name,
+                    f"= {values[name]} is not the calibrated {default}, so --drift-arl0 cannot "
+                    "set the detectors' threshold: give --drift-threshold H too (measure one "
+                    "with edgeloop-sim bench drift --calibrate), or keep the default",
+                )
     try:
         DetectorSettings(
             arl0=values["drift_arl0"],
