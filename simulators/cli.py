@@ -231,6 +231,7 @@ _BENCHES = (
     "anomaly",
     "baseline",
     "urgent",
+    "loop",
 )
 
 

@@ -86,6 +86,8 @@ class AgentSpec:
     """Broker URL with this device's credentials."""
     state_dir: str
     seed: int
+    args: tuple[str, ...] = ()
+    """``edgeloop-agent`` flags of this agent only (e.g. ``--sim-drift``), after the host's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,7 @@ class HostSpec:
                         "broker": a.broker,
                         "state_dir": a.state_dir,
                         "seed": a.seed,
+                        **({"args": list(a.args)} if a.args else {}),
                     }
                     for a in self.agents
                 ],
@@ -121,7 +124,13 @@ class HostSpec:
         try:
             raw = json.loads(text)
             agents = tuple(
-                AgentSpec(str(a["device"]), str(a["broker"]), str(a["state_dir"]), int(a["seed"]))
+                AgentSpec(
+                    str(a["device"]),
+                    str(a["broker"]),
+                    str(a["state_dir"]),
+                    int(a["seed"]),
+                    tuple(str(x) for x in a.get("args", ())),
+                )
                 for a in raw["agents"]
             )
             return cls(
@@ -257,6 +266,7 @@ class FleetHost:
                 a.state_dir,
                 "--sim-seed",
                 str(a.seed),
+                *a.args,
             ]
             try:
                 # The broker URL holds the secret: pass it as the environment would.

@@ -569,6 +569,7 @@ class _FleetBench:
             self.work / "hub",
             self.config.models_dir,
             broker=broker,
+            args=self._hub_args(),
             log_path=self.work / "hub.log",
             new_session=True,
             start_timeout=_HUB_START_TIMEOUT_S,
@@ -652,7 +653,8 @@ class _FleetBench:
                         device=p.device,
                         broker=p.agent_env["EDGELOOP_AGENT_BROKER"],
                         state_dir=str(self._host_agents_dir() / p.device),
-                        seed=c.seed * 100_000 + h + n_hosts * i,
+                        seed=(seed := c.seed * 100_000 + h + n_hosts * i),
+                        args=self._agent_args(p.device, seed),
                     )
                     for i, p in enumerate(mine)
                 ),
@@ -691,6 +693,14 @@ class _FleetBench:
 
     def _host_flags(self) -> tuple[str, ...]:
         """More ``python -m simulators.fleet`` flags for every host."""
+        return ()
+
+    def _hub_args(self) -> tuple[str, ...]:
+        """More ``edgeloop-hub serve`` flags."""
+        return ()
+
+    def _agent_args(self, device: str, seed: int) -> tuple[str, ...]:
+        """More ``edgeloop-agent`` flags for one agent (its ``--sim-seed`` is ``seed``)."""
         return ()
 
     def _host_agents_dir(self) -> Path:
