@@ -207,7 +207,7 @@ def add_arguments(
         choices=("auto", "mosquitto", "embedded"),
         default=d.broker,
         help="broker to start: auto = Mosquitto when installed, else the embedded amqtt broker "
-        "(default: auto)",
+        f"(default: {d.broker})",
     )
     parser.add_argument(
         "--hosts",

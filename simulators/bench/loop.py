@@ -277,102 +277,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         duration_help="unused here (the stages set the length)",
         work_dir_help="; the agent hosts' own state directories are on /dev/shm and removed",
     )
-    add = parser.add_argument
-    add(
-        "--drifted-share",
-        type=float,
-        default=d.drifted_share,
-        help=f"share of the devices that drift (default: {d.drifted_share:g})",
-    )
-    add(
-        "--drift-at",
-        type=int,
-        default=d.drift_at,
-        help=f"reading index the drift starts at, after the detector's start "
-        f"(default: {d.drift_at})",
-    )
-    add(
-        "--drift-sensor",
-        default=d.drift_sensor,
-        help=f"the sensor that drifts (default: {d.drift_sensor})",
-    )
-    add(
-        "--drift-scales",
-        type=float,
-        default=d.drift_scales,
-        help=f"the recalibration offset in units of the sensor's reference scale "
-        f"(default: {d.drift_scales:g})",
-    )
-    add(
-        "--fault-rate",
-        type=float,
-        default=d.fault_rate,
-        help=f"the drifted machines' bearing-wear hazard per reading, so the retraining data "
-        f"holds every class (default: {d.fault_rate:g})",
-    )
-    add(
-        "--fit-readings",
-        type=int,
-        default=d.fit_readings,
-        help=f"the hub's --drift-fit-readings (default: {d.fit_readings})",
-    )
-    add(
-        "--scale-readings",
-        type=int,
-        default=d.scale_readings,
-        help=f"the hub's --drift-scale-readings (default: {d.scale_readings})",
-    )
-    add(
-        "--threshold",
-        type=float,
-        default=d.threshold,
-        help=f"the hub's --drift-threshold (default: {d.threshold:g})",
-    )
-    add(
-        "--fleet-share",
-        type=float,
-        default=d.fleet_share,
-        help=f"the hub's --fleet-drift-share (default: {d.fleet_share:g})",
-    )
-    add(
-        "--drift-wait-s",
-        type=float,
-        default=d.drift_wait_s,
-        help=f"the hub's --pipeline-drift-wait-s (default: {d.drift_wait_s:g})",
-    )
-    add("--cohorts", default=d.cohorts, help=f"the hub's --pipeline-cohorts (default: {d.cohorts})")
-    add(
-        "--f1-tolerance",
-        type=float,
-        default=d.f1_tolerance,
-        help=f"the hub's --pipeline-f1-tolerance (default: {d.f1_tolerance:g})",
-    )
-    add(
+    # (flag, type, what; the default is the config field's), table-driven: one shape.
+    options: tuple[tuple[str, type, str], ...] = (
+        ("--drifted-share", float, "share of the devices that drift"),
+        ("--drift-at", int, "reading index the drift starts at, after the detector's start"),
+        ("--drift-sensor", str, "the sensor that drifts"),
+        ("--drift-scales", float, "the recalibration offset, in units of the sensor's "
+         "reference scale (the edge model's manifest)"),
+        ("--fault-rate", float, "the drifted machines' bearing-wear hazard per reading, so the "
+         "retraining data holds every class"),
+        ("--fit-readings", int, "the hub's --drift-fit-readings"),
+        ("--scale-readings", int, "the hub's --drift-scale-readings"),
+        ("--threshold", float, "the hub's --drift-threshold"),
+        ("--fleet-share", float, "the hub's --fleet-drift-share"),
+        ("--drift-wait-s", float, "the hub's --pipeline-drift-wait-s"),
+        ("--cohorts", str, "the hub's --pipeline-cohorts"),
+        ("--f1-tolerance", float, "the hub's --pipeline-f1-tolerance"),
+        ("--sabotage", float, "the worse run's sabotage_labels option"),
+        ("--alarm-timeout-s", float, "how long to wait for the fleet alarm after the drift"),
+        ("--retrain-timeout-s", float, "how long to wait for the pipeline run (after the "
+         "drift wait)"),
+        ("--rollout-timeout-s", float, "how long to wait for the canary rollout to complete"),
+        ("--worse-timeout-s", float, "how long to wait for the worse run"),
+    )  # fmt: skip
+    for flag, kind, what in options:
+        default = getattr(d, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{what} (default: {default})")
+    parser.add_argument(
         "--after-s",
         type=float,
         default=20.0,
         help="seconds on the new model before the worse run and the stop (default: 20)",
     )
-    add(
+    parser.add_argument(
         "--no-worse",
         action="store_true",
         help="skip the second run, made worse on purpose, that the gate must reject",
     )
-    add(
-        "--sabotage",
-        type=float,
-        default=d.sabotage,
-        help=f"the worse run's sabotage_labels option (default: {d.sabotage:g})",
-    )
-    for stage, default in (
-        ("alarm", d.alarm_timeout_s),
-        ("retrain", d.retrain_timeout_s),
-        ("rollout", d.rollout_timeout_s),
-        ("worse", d.worse_timeout_s),
-    ):
-        add(f"--{stage}-timeout-s", type=float, default=default,
-            help=f"how long to wait for the {stage} stage (default: {default:g})")  # fmt: skip
-    parser.set_defaults(broker="embedded")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
