@@ -572,7 +572,11 @@ class _LoopBench(_OtaBench):
         r: dict[str, Any] = mine[0]
         self.result["rollout_state"] = r["state"]
         if r["state"] == "aborted":
-            raise _StageError(f"bench loop: the canary rollout {r['id']} aborted: {r}")
+            last = (r.get("decisions") or [{}])[-1]
+            raise _StageError(
+                f"bench loop: the canary rollout {r['id']} aborted: {last.get('why')} "
+                f"({last.get('gates')}); devices {r.get('devices')}"
+            )
         return r if r["state"] == "completed" else None
 
     def _production(self) -> list[str]:
