@@ -123,6 +123,8 @@ class Hub:
         self._rollout_thread: threading.Thread | None = None
         self.rollouts: Any = None
         self.drift: Any = None
+        self._drift_runs: dict[str, threading.Timer] = {}
+        self._drift_runs_lock = threading.Lock()
         """The :class:`~cloud_hub.ota.rollouts.RolloutManager` (set once ingest starts)."""
         self.commissioner: Any = None
         self.desired: Any = None
@@ -139,9 +141,9 @@ class Hub:
         self._supervise_broker()
         self._open_store()
         heavy_path = self._models()
+        self._start_pipeline()  # before ingest: a fleet drift alarm may ask for a run
         self._start_ingest(heavy_path)
         self._start_batch_jobs()
-        self._start_pipeline()
         self._make_app()
         self._maintenance = threading.Thread(
             target=self._maintain, name="hub-maintenance", daemon=True
@@ -327,31 +329,41 @@ class Hub:
 
     def _fleet_alarm(self, alarm: FleetAlarm) -> None:
         """A fleet drift alarm (on the ingest thread; the monitor stored and counted it):
-        a pipeline run of the drifting model when ``--pipeline-on-drift`` allows it."""
+        a pipeline run of the drifting model ``--pipeline-drift-wait-s`` later, when
+        ``--pipeline-on-drift`` allows it; one waiting run per model at most."""
         reason = (
             f"fleet drift alarm on {alarm.model} {alarm.version}: {len(alarm.devices)} of "
             f"{alarm.active_devices} devices drift on {', '.join(alarm.streams)}"
         )
-        pipeline = self.pipeline
-        if pipeline is None:
-            log.warning("%s; the pipeline has not started yet, no run", reason)
-            return
         if not self.settings.pipeline_on_drift:
             log.warning("%s; no pipeline run (--pipeline-on-drift is off)", reason)
             return
-        wait = self.settings.pipeline_drift_wait_s
-
-        def start() -> None:
-            if self._stop.is_set():
+        with self._drift_runs_lock:
+            waiting = self._drift_runs.get(alarm.model)
+            if waiting is not None and waiting.is_alive():
+                log.warning("%s; a pipeline run of %s is already waiting", reason, alarm.model)
                 return
-            request = pipeline.request_run(alarm.model, "drift", reason)
-            log.warning("pipeline after the %s: %s", reason, request.why)
 
-        log.warning("%s; a pipeline run starts in %.0f s (--pipeline-drift-wait-s)", reason, wait)
-        # Not kept across a hub restart: the restarted hub's monitor alarms again.
-        timer = threading.Timer(wait, start)
-        timer.name, timer.daemon = "hub-drift-run", True
-        timer.start()
+            def start() -> None:
+                with self._drift_runs_lock:
+                    self._drift_runs.pop(alarm.model, None)
+                pipeline = self.pipeline
+                if self._stop.is_set() or pipeline is None:
+                    log.warning("no pipeline run after the %s: the hub is stopping", reason)
+                    return
+                request = pipeline.request_run(alarm.model, "drift", reason)
+                log.warning("pipeline after the %s: %s", reason, request.why)
+
+            wait = self.settings.pipeline_drift_wait_s
+            log.warning(
+                "%s; a pipeline run starts in %.0f s (--pipeline-drift-wait-s)", reason, wait
+            )
+            # Not kept across a hub restart: the monitor takes the open alarm back and
+            # does not raise it again, so a run that was waiting is not started.
+            timer = threading.Timer(wait, start)
+            timer.name, timer.daemon = f"hub-drift-run-{alarm.model}", True
+            self._drift_runs[alarm.model] = timer
+            timer.start()
 
     def _start_batch_jobs(self) -> None:
         from cloud_hub.batch.jobs import BatchJobs  # noqa: PLC0415
@@ -427,12 +439,20 @@ class Hub:
             except Exception:  # retention must never take the hub down
                 log.exception("retention: pruning failed; will retry")
 
+    def _stop_drift(self, monitor: Any) -> None:
+        with self._drift_runs_lock:
+            for timer in self._drift_runs.values():
+                timer.cancel()
+        if self.worker is None or not self.worker.running:
+            monitor.flush()  # what ingest handed it last, counted; detectors saved
+
     def stop(self) -> None:
         """Drain ingest, then close the link, the store and the broker (each if started)."""
         self._stop.set()
         parts: list[tuple[str, Any, Callable[[Any], object]]] = [
             ("rollouts", self._rollout_thread, lambda thread: thread.join(10.0)),
             ("ingest", self.worker, lambda worker: worker.stop(10.0)),
+            ("drift monitor", self.drift, self._stop_drift),
             ("batch jobs", self.batch_jobs, lambda jobs: jobs.stop(10.0)),
             ("pipeline", self.pipeline, lambda runner: runner.stop(10.0)),
             ("mqtt link", self.link, lambda link: link.close()),

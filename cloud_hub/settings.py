@@ -409,7 +409,7 @@ OPTIONS: Final = OptionTable(
             "drift_arl0",
             _arl0,
             1e6,
-            "drift detectors' false-alarm budget: the average run length, in stationary readings, between false alarms of one stream (1e6: about one false alarm per million readings)",
+            "drift detectors' false-alarm budget: the average run length, in stationary readings, between false alarms of one device's detector, all its channels together (1e6: about one false alarm per million readings)",
             "READINGS",
         ),
         Option(
@@ -443,15 +443,15 @@ OPTIONS: Final = OptionTable(
         Option(
             "drift_recovery_readings",
             positive_int,
-            1000,
-            "a drifting feature clears after this many readings without a new alarm; a device with none left is 'recovered'",
+            3000,
+            "a drifting channel clears after this many readings in a row with its detector statistic under a quarter of the alarm threshold; a device with none left is 'recovered'",
             "N",
         ),
         Option(
             "fleet_drift_share",
             _share,
             0.2,
-            "the fleet drifts when at least this share of the devices on one model version drift on the same feature within --fleet-drift-window-s",
+            "the fleet drifts when at least this share of the devices on one model version drift on the same detector channel within --fleet-drift-window-s; the alarm closes when under half this share still drift",
             "SHARE",
         ),
         Option(

@@ -25,8 +25,15 @@ the rule gets a fleet ``ok`` event.
 
 The reference comes from the registered manifest of the model version the
 telemetry names; a version the registry does not hold is not tracked (counted
-``drift:no_reference``). Detector statistics and open windows live in memory and
-start again when the hub restarts; states, events and closed windows are stored.
+``drift:no_reference``; looked up again after a minute). States, events and
+closed windows are stored as they change; every detector is saved every
+``save_s`` and at :meth:`DriftMonitor.flush` (the hub stopping), and taken
+back by a restarted hub, so its detectors go on rather than start again;
+buffers and open windows start again. A device that moves to another version
+leaves its old track (its state there is dropped); tracks silent for longer
+than the fleet window are let go. A failed store write is kept and tried again
+with the next batch (up to 100,000 events and windows, then counted
+``drift:dropped_records``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from cloud_hub.drift.states import (
     FleetRules,
     StreamVerdict,
     fleet_alarms,
+    fleet_still_drifts,
 )
 from cloud_hub.store.base import DriftEventRow, DriftStateRow, DriftWindowRow, Store
 from shared.drift.binning import drift_score
@@ -66,6 +74,11 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 _NORMAL_CLASS: Final = "normal"
+_LOOK_AGAIN_S: Final = 60.0
+"""A version the registry does not hold (or that cannot be tracked) is looked up again
+after this long: it may be registered since."""
+_UNSAVED_MAX: Final = 100_000
+"""Events and windows kept for another try after the store refused them, at most."""
 
 CounterKey = tuple[str | None, str]
 
@@ -83,6 +96,8 @@ class DriftSettings:
     """A device's buffered readings are counted and tested once it holds this many..."""
     flush_s: float = 2.0
     """... or once the oldest of them is this old (seconds, by the hub's clock)."""
+    save_s: float = 300.0
+    """How often every detector is saved, so that a restart loses at most this much."""
 
     def __post_init__(self) -> None:
         if self.window_readings < 1:
@@ -156,48 +171,63 @@ class DriftMonitor:
         self.settings = settings or DriftSettings()
         self.on_fleet_alarm = on_fleet_alarm
         self._clock = clock
-        self._versions: dict[tuple[str, str], _Version | None] = {}
+        # (model, version) -> its _Version, or None and when to look again.
+        self._versions: dict[tuple[str, str], _Version | float] = {}
         self._tracks: dict[tuple[str, str, str], _Track] = {}
+        self._by_device: dict[str, tuple[str, str, str]] = {}
         self._restored: dict[tuple[str, str, str], DriftStateRow] = {}
         self._fleet: dict[tuple[str, str], FleetAlarm] = {}
-        self._next_fleet_check = 0.0
-        self._next_sweep = 0.0
+        self._unsaved = _Changes()
+        start = clock()
+        # The first fleet check waits a round, so that it sees more than one batch.
+        self._next_fleet_check = start + self.settings.fleet_check_s
+        self._next_sweep = start + self.settings.flush_s
+        self._next_save = start + self.settings.save_s
 
     def restore(self) -> None:
-        """Take the stored states back (at hub start): a device drifting before a
-        restart is still drifting after it, since the same time."""
+        """Take the stored states and open fleet alarms back (at hub start): a device
+        drifting before a restart is still drifting after it, since the same time, and
+        its saved detector goes on where it was (:meth:`save`)."""
         self._restored = {(r.device, r.model, r.version): r for r in self.store.drift_states()}
-        for r in self.store.drift_events(None, 0.0, float("inf"), 10_000, scope="fleet").items:
-            key = (r.model, r.version)
-            if r.state == DriftState.DRIFTING:
-                self._fleet[key] = FleetAlarm(
-                    r.model, r.version, r.streams, tuple(_strings(r.detail, "devices")), 0, 0.0
-                )
-            else:
-                self._fleet.pop(key, None)
+        cursor: str | None = None
+        for _ in range(10_000):  # bounded: 10,000 pages of 1,000 fleet events
+            page = self.store.drift_events(
+                None, 0.0, float("inf"), 1000, cursor=cursor, scope="fleet"
+            )
+            for r in page.items:
+                key = (r.model, r.version)
+                if r.state == DriftState.DRIFTING:
+                    devices = tuple(_strings(r.detail, "devices"))
+                    self._fleet[key] = FleetAlarm(r.model, r.version, r.streams, devices, 0, 0.0)
+                else:
+                    self._fleet.pop(key, None)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
 
     # -- per batch ---------------------------------------------------------------------------
 
     def observe(self, batch: Sequence[StoredTelemetry]) -> Counter[CounterKey]:
-        """Take ``batch`` (newly stored telemetry): each device's readings wait in its
-        buffer until it holds ``flush_readings`` or its oldest is ``flush_s`` old, then
-        are counted and fed to the detector in one go. Stores what changed; returns the
-        counters to add."""
+        """Take ``batch`` (newly stored telemetry; may be empty, on an idle tick): each
+        device's readings wait in its buffer until it holds ``flush_readings`` or its
+        oldest is ``flush_s`` old, then are counted and fed to the detector in one go.
+        Stores what changed; returns the counters to add. A message that cannot be
+        tracked is counted and skipped; nothing here raises for one device's data."""
         counts: Counter[CounterKey] = Counter()
-        out = _Changes()
+        out, self._unsaved = self._unsaved, _Changes()
+        s = self.settings
         for msg in batch:
             if len(msg.features) == 0:
                 continue
-            track = self._track(msg, counts)
-            if track is None:
-                continue
             try:
+                track = self._track(msg, out, counts)
+                if track is None:
+                    continue
                 self._append(track, msg)
             except ValueError as exc:
                 counts[(msg.device, "drift:bad_input")] += 1
                 log.warning("drift: device %r: %s", msg.device, exc)
                 continue
-            s = self.settings
             if (
                 track.pending_n >= s.flush_readings
                 or msg.received_at - track.pending_since >= s.flush_s
@@ -205,37 +235,98 @@ class DriftMonitor:
                 self._flush(track, out, counts)
         now = self._clock()
         if now >= self._next_sweep:
-            self._next_sweep = now + self.settings.flush_s
-            for track in self._tracks.values():
-                if track.pending_n and now - track.pending_since >= self.settings.flush_s:
-                    self._flush(track, out, counts)
+            self._next_sweep = now + s.flush_s
+            self._sweep(now, out, counts)
         if now >= self._next_fleet_check:
-            self._next_fleet_check = now + self.settings.fleet_check_s
+            self._next_fleet_check = now + s.fleet_check_s
             out.events.extend(self._check_fleet(now, counts))
-        if out.states or out.events or out.windows:
-            self.store.record_drift(list(out.states.values()), out.events, out.windows)
+        self._store(out, counts)
+        if now >= self._next_save:
+            self._next_save = now + s.save_s
+            self.save()
         return counts
 
     def flush(self) -> None:
-        """Count and test every buffered reading now (tests; a hub stopping)."""
+        """Count and test every buffered reading now, store the results and save the
+        detectors (tests; the hub stopping, after ingest stopped)."""
         counts: Counter[CounterKey] = Counter()
-        out = _Changes()
+        out, self._unsaved = self._unsaved, _Changes()
         for track in self._tracks.values():
             if track.pending_n:
                 self._flush(track, out, counts)
-        if out.states or out.events or out.windows:
+        self._store(out, counts)
+        self.save()
+
+    def save(self) -> None:
+        """Save every tracked detector (``drift_detectors``), so that a restarted hub's
+        detectors go on where these were rather than start again, blind."""
+        states = [(*t.key, t.detector.save()) for t in self._tracks.values()]
+        try:
+            self.store.save_drift_detectors(states, self._clock())
+        except Exception:  # the next save tries again
+            log.exception("drift: saving %d detectors failed", len(states))
+
+    def _store(self, out: _Changes, counts: Counter[CounterKey]) -> None:
+        if not (out.states or out.events or out.windows):
+            return
+        try:
             self.store.record_drift(list(out.states.values()), out.events, out.windows)
+        except Exception:
+            log.exception(
+                "drift: storing %d events failed; trying again next batch", len(out.events)
+            )
+            counts[(None, "ingest_errors")] += 1
+            if len(out.events) + len(out.windows) <= _UNSAVED_MAX:
+                self._unsaved = out
+            else:
+                counts[(None, "drift:dropped_records")] += len(out.events) + len(out.windows)
+
+    def _sweep(self, now: float, out: _Changes, counts: Counter[CounterKey]) -> None:
+        """Flush buffers that waited ``flush_s``; let go of tracks silent for longer than
+        the fleet window (their state stays stored, their detector saved)."""
+        s = self.settings
+        idle: list[_Track] = []
+        for track in self._tracks.values():
+            if track.pending_n and now - track.pending_since >= s.flush_s:
+                self._flush(track, out, counts)
+            if now - track.last_reading_at > s.fleet.window_s:
+                idle.append(track)
+        if idle:
+            try:
+                self.store.save_drift_detectors([(*t.key, t.detector.save()) for t in idle], now)
+            except Exception:
+                log.exception("drift: saving %d idle detectors failed", len(idle))
+                return
+            for t in idle:
+                del self._tracks[t.key]
+                if self._by_device.get(t.key[0]) == t.key:
+                    del self._by_device[t.key[0]]
 
     def _version(self, model: str, version: str) -> _Version | None:
         key = (model, version)
-        if key not in self._versions:
-            record = self.store.model(model, version)
-            self._versions[key] = None if record is None else _make_version(record.manifest)
-            if record is None:
-                log.info("drift: %s %s is not registered: its devices are not tracked", *key)
-        return self._versions[key]
+        known = self._versions.get(key)
+        if isinstance(known, _Version):
+            return known
+        now = self._clock()
+        if known is not None and now < known:
+            return None
+        record = self.store.model(model, version)
+        if record is None:
+            log.info("drift: %s %s is not registered: its devices are not tracked", *key)
+            self._versions[key] = now + _LOOK_AGAIN_S
+            return None
+        try:
+            made = _make_version(record.manifest)
+        except ValueError as exc:
+            log.warning("drift: %s %s cannot be tracked: %s", model, version, exc)
+            self._versions[key] = now + _LOOK_AGAIN_S
+            return None
+        self._versions[key] = made
+        return made
 
-    def _track(self, msg: StoredTelemetry, counts: Counter[CounterKey]) -> _Track | None:
+    def _track(
+        self, msg: StoredTelemetry, out: _Changes, counts: Counter[CounterKey]
+    ) -> _Track | None:
         key = (msg.device, msg.model, msg.version)
         track = self._tracks.get(key)
         if track is not None:
@@ -244,6 +335,25 @@ class DriftMonitor:
         if version is None:
             counts[(msg.device, "drift:no_reference")] += 1
             return None
+        detector = DriftDetector(
+            version.reference.features, version.manifest.reference_sensors, self.settings.detector
+        )
+        saved = self.store.drift_detector(*key)
+        if saved is not None:
+            try:
+                detector.load(saved)
+            except ValueError as exc:
+                log.warning("drift: device %r: its saved detector is not usable (%s)", key[0], exc)
+        previous = self._by_device.get(msg.device)
+        if previous is not None and previous != key and previous in self._tracks:
+            self._leave(self._tracks.pop(previous), out, counts)
+        for other in [k for k in self._restored if k[0] == msg.device and k != key]:
+            # It moved to this version while the hub was down.
+            del self._restored[other]
+            try:
+                self.store.forget_drift(*other)
+            except Exception:
+                log.exception("drift: forgetting %s on %s %s failed", *other)
         drift = DeviceDrift(self.settings.rules)
         old = self._restored.pop(key, None)
         if old is not None:
@@ -257,18 +367,29 @@ class DriftMonitor:
             key=key,
             version=version,
             drift=drift,
-            detector=DriftDetector(
-                version.reference.features,
-                version.manifest.reference_sensors,
-                self.settings.detector,
-            ),
+            detector=detector,
             window=version.counter.empty(),
             window_start=msg.received_at,
             disagreement=Disagreement(0, 0),
             last_reading_at=msg.received_at,
         )
         self._tracks[key] = track
+        self._by_device[msg.device] = key
         return track
+
+    def _leave(self, track: _Track, out: _Changes, counts: Counter[CounterKey]) -> None:
+        """The device runs another version now: its last readings on this one are
+        counted, its open window closed, and its state on it dropped (a device no
+        longer on a version does not drift on it; its events and windows stay)."""
+        if track.pending_n:
+            self._flush(track, out, counts)
+        if track.window.n:
+            out.windows.append(self._close(track, track.last_reading_at))
+        out.states.pop(track.key, None)
+        try:
+            self.store.forget_drift(*track.key)
+        except Exception:
+            log.exception("drift: forgetting %s on %s %s failed", *track.key)
 
     def _append(self, track: _Track, msg: StoredTelemetry) -> None:
         """Check one message and put its readings in the device's buffer."""
@@ -321,7 +442,13 @@ class DriftMonitor:
                     verdicts.append(
                         StreamVerdict(channel, True, window_psi.get(feature, 0.0), alarm.statistic)
                     )
-        change = track.drift.observe(verdicts, batch.n, at)
+        change = track.drift.observe(
+            verdicts,
+            batch.n,
+            at,
+            judging=track.detector.ready,
+            statistics=track.detector.statistics(),
+        )
         closed = track.window.n >= self.settings.window_readings
         if closed:
             out.windows.append(self._close(track, at))
@@ -410,11 +537,19 @@ class DriftMonitor:
             DeviceView(key[0], key[1], key[2], t.last_reading_at, t.drift.streams_since())
             for key, t in self._tracks.items()
         ]
-        alarms = {(a.model, a.version): a for a in fleet_alarms(views, self.settings.fleet, now)}
+        # Devices not heard from since a restart count with their stored state.
+        views += [
+            DeviceView(r.device, r.model, r.version, r.last_reading_at, r.streams)
+            for key, r in self._restored.items()
+            if key not in self._tracks
+        ]
+        rules = self.settings.fleet
+        alarms = {(a.model, a.version): a for a in fleet_alarms(views, rules, now)}
         events: list[DriftEventRow] = []
         for key, alarm in alarms.items():
             if key in self._fleet:
                 continue
+            self._fleet[key] = alarm
             counts[(None, "drift:fleet_alarms")] += 1
             log.warning(
                 "drift: the fleet on %s %s drifts: %d of %d devices on %s",
@@ -432,17 +567,18 @@ class DriftMonitor:
                     log.exception("drift: the fleet alarm's handler failed")
                     counts[(None, "ingest_errors")] += 1
         for key, old in list(self._fleet.items()):
-            if key not in alarms:
-                log.info("drift: the fleet on %s %s no longer drifts", *key)
-                events.append(
-                    _fleet_event(
-                        now,
-                        FleetAlarm(old.model, old.version, (), (), 0, 0.0),
-                        DriftState.OK,
-                        DriftState.DRIFTING,
-                    )
+            if key in alarms or fleet_still_drifts(old, views, rules, now):
+                continue
+            del self._fleet[key]
+            log.info("drift: the fleet on %s %s no longer drifts", *key)
+            events.append(
+                _fleet_event(
+                    now,
+                    FleetAlarm(old.model, old.version, (), (), 0, 0.0),
+                    DriftState.OK,
+                    DriftState.DRIFTING,
                 )
-        self._fleet = alarms
+            )
         return events
 
 

@@ -5,14 +5,19 @@ stores what comes out; this module only decides.
 
 Rules for one device on one model version (:class:`DeviceDrift`):
 
-1. A device is ``ok`` until a detector on one of its streams (a feature, or
-   ``score``) alarms; no verdict counts before the device has sent
-   ``min_readings`` readings on that model version.
+1. A device is ``ok`` until its detector alarms on one of its streams (a
+   detector channel such as ``temperature:level``); no verdict counts before
+   the device has sent ``min_readings`` readings on that model version.
 2. An alarm makes the device ``drifting`` on that stream (``since`` is the time
    of its first alarm); more alarms on other streams add them to the set.
-3. A drifting stream clears once ``recovery_readings`` more readings have gone
-   by without a new alarm on it; when the last one clears the device is
-   ``recovered`` (it drifted once, and is back within its reference).
+3. A drifting stream clears once ``recovery_readings`` readings in a row have
+   gone by while the detector was judging (not in its start) and the stream's
+   statistic stayed below ``quiet_statistic`` (in units of the alarm
+   threshold) without a new alarm. A drift that persists re-alarms after
+   each restart of the CUSUM, its statistic climbing back towards 1 in
+   between, so it never stays below ``quiet_statistic`` for long and the
+   stream stays drifting; when the last stream clears the device is
+   ``recovered`` (it drifted, and is back in control).
 4. A recovered device that alarms again is ``drifting`` again (rule 2).
 5. Every change is a :class:`Change` (a new state, or a stream added to or
    cleared from a drifting device's set): the caller stores it as an event and
@@ -25,6 +30,11 @@ Rules for the fleet (:func:`fleet_alarms`):
    (and at least ``min_devices``) are drifting on the same stream, each with a
    drift that started within ``window_s``. A fleet alarm names the model
    version, the streams and the devices.
+7. An open fleet alarm closes only when fewer than ``share / 2`` of those
+   active devices still drift on any of its streams, whenever their drifts
+   started (:func:`fleet_still_drifts`): a fleet that keeps drifting keeps its
+   alarm, and a share hovering at the threshold does not open and close it
+   again and again.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ __all__ = [
     "FleetRules",
     "StreamVerdict",
     "fleet_alarms",
+    "fleet_still_drifts",
 ]
 
 SCORE_STREAM: Final = "score"
@@ -63,7 +74,8 @@ class DriftRules:
     """When a device's verdicts count and when a drift is over (rules 1 and 3)."""
 
     min_readings: int = 200
-    recovery_readings: int = 1000
+    recovery_readings: int = 3000
+    quiet_statistic: float = 0.25
 
     def __post_init__(self) -> None:
         if self.min_readings < 0:
@@ -126,8 +138,18 @@ class DeviceDrift:
         """The drifting streams and when each started."""
         return {name: d.since for name, d in self.drifting.items()}
 
-    def observe(self, verdicts: Sequence[StreamVerdict], readings: int, at: float) -> Change | None:
-        """Take the verdicts over ``readings`` new readings at time ``at``."""
+    def observe(
+        self,
+        verdicts: Sequence[StreamVerdict],
+        readings: int,
+        at: float,
+        *,
+        judging: bool = True,
+        statistics: Mapping[str, float] | None = None,
+    ) -> Change | None:
+        """Take the verdicts over ``readings`` new readings at time ``at``;
+        ``judging``: whether the detector could alarm over them (its start is
+        over); ``statistics``: each stream's statistic now (rule 3)."""
         if readings < 0:
             raise ValueError(f"readings = {readings} must be >= 0")
         self.readings += readings
@@ -147,6 +169,12 @@ class DeviceDrift:
         cleared: list[str] = []
         for name, d in list(self.drifting.items()):
             if name in alarmed_names:
+                continue
+            level = (statistics or {}).get(name, 0.0)
+            if not judging:
+                continue
+            if level >= self.rules.quiet_statistic:
+                d.quiet_readings = 0
                 continue
             d.quiet_readings += readings
             if d.quiet_readings >= self.rules.recovery_readings:
@@ -246,3 +274,18 @@ def fleet_alarms(views: Iterable[DeviceView], rules: FleetRules, now: float) -> 
             )
         )
     return alarms
+
+
+def fleet_still_drifts(
+    alarm: FleetAlarm, views: Iterable[DeviceView], rules: FleetRules, now: float
+) -> bool:
+    """Whether an open fleet alarm stays open (rule 7): at least ``share / 2`` of the
+    devices active on its version within ``window_s`` drift on one of its streams."""
+    start = now - rules.window_s
+    active = drifting = 0
+    for v in views:
+        if (v.model, v.version) != (alarm.model, alarm.version) or v.last_reading_at < start:
+            continue
+        active += 1
+        drifting += any(s in v.drifting for s in alarm.streams)
+    return active > 0 and drifting / active >= rules.share / 2

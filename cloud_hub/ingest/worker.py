@@ -99,6 +99,8 @@ _ERROR_CHARS: Final = 500
 _WARNED_MAX: Final = 10_000
 # Put on the queue by stop() to wake a worker blocked on an empty queue.
 _WAKE: Final[Incoming] = ("", b"", -1.0)
+_IDLE_TICK_S: Final = 1.0
+"""How often an idle worker gives its observer an empty batch."""
 
 CounterKey = tuple[str | None, str]
 
@@ -262,6 +264,7 @@ class IngestWorker:
         self._unsaved: Counter[CounterKey] = Counter()  # counts a failed add_counters kept
         self._warned: set[CounterKey] = set()
         self._next_gap_check = time.monotonic() + self.config.gap_check_s
+        self._next_idle_tick = time.monotonic() + _IDLE_TICK_S
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -370,10 +373,15 @@ class IngestWorker:
                 except queue.Empty:
                     return None
             else:
+                wake = self._next_gap_check
+                if self.observer is not None:
+                    wake = min(wake, self._next_idle_tick)
                 try:
-                    first = q.get(timeout=max(0.05, self._next_gap_check - time.monotonic()))
+                    first = q.get(timeout=max(0.05, wake - time.monotonic()))
                 except queue.Empty:
-                    self._check_gaps()
+                    if time.monotonic() >= self._next_gap_check:
+                        self._check_gaps()
+                    self._idle_tick()
                     continue
             if first is _WAKE:
                 first = None
@@ -637,6 +645,22 @@ class IngestWorker:
             self._ack_marks(b)
             self._save_counters(b.counts)
             self._tally(b.counts)
+
+    def _idle_tick(self) -> None:
+        """With no message for a while, the observer still gets its turn (an empty batch):
+        buffered readings of silent devices are counted, the fleet rule is checked."""
+        if self.observer is None or time.monotonic() < self._next_idle_tick:
+            return
+        self._next_idle_tick = time.monotonic() + _IDLE_TICK_S
+        counts: Counter[CounterKey] = Counter()
+        try:
+            counts.update(self.observer.observe([]))
+        except Exception:
+            log.exception("ingest: the drift monitor failed on an idle tick")
+            counts[(None, "ingest_errors")] += 1
+        if counts:
+            self._save_counters(counts)
+            self._tally(counts)
 
     def _ack_marks(self, b: _Batch) -> None:
         if not self.config.ack or not b.marks:

@@ -623,8 +623,9 @@ class Store(Protocol):
         (their ``id`` is ignored) and ``windows``, in one transaction."""
         ...
 
-    def drift_states(self) -> list[DriftStateRow]:
-        """Every device's drift state on every model version it was counted on."""
+    def drift_states(self, device: str | None = None) -> list[DriftStateRow]:
+        """Every device's (or one device's) drift state on every model version it is
+        counted on."""
         ...
 
     def drift_events(
@@ -639,6 +640,25 @@ class Store(Protocol):
     ) -> Page[DriftEventRow]:
         """Drift events with since <= at < until, oldest first (of one device; of the
         fleet with ``scope='fleet'``; all when both are None)."""
+        ...
+
+    def save_drift_detectors(
+        self, states: Sequence[tuple[str, str, str, bytes]], at: float
+    ) -> None:
+        """Insert or replace (device, model, version, saved detector bytes) rows."""
+        ...
+
+    def drift_detector(self, device: str, model: str, version: str) -> bytes | None:
+        """The detector saved for (device, model, version), if any."""
+        ...
+
+    def forget_drift(self, device: str, model: str, version: str) -> None:
+        """Drop the state and saved detector of a device on a version it left
+        (its events and windows stay)."""
+        ...
+
+    def latest_drift_windows(self, model: str, version: str) -> list[DriftWindowRow]:
+        """Each device's newest closed window on (model, version), by device."""
         ...
 
     def drift_windows(self, device: str, since: float, limit: int) -> list[DriftWindowRow]:

@@ -72,7 +72,8 @@ Schema (version 11; :data:`SCHEMA_VERSION`), created on open by
   starts, readings counted, last reading; ``drift_events`` - every change of a
   device's or the fleet's drift state; ``drift_windows`` - each closed counting
   window: PSI per stream, detector statistics, edge/heavy disagreement (pruned
-  with the telemetry they were counted from).
+  with the telemetry they were counted from); ``drift_detectors`` - each
+  device's detector as saved (``.npz`` bytes), so a restarted hub goes on.
 
 Errors::
 
@@ -499,6 +500,19 @@ def _migrate_to_11(db: sqlite3.Connection) -> None:
         )"""
     )
     db.execute("CREATE INDEX drift_windows_by_device ON drift_windows (device, end_at)")
+    db.execute(
+        "CREATE INDEX drift_windows_by_version ON drift_windows (model, version, device, end_at)"
+    )
+    db.execute(
+        """CREATE TABLE drift_detectors (
+            device TEXT NOT NULL,
+            model TEXT NOT NULL,
+            version TEXT NOT NULL,
+            state BLOB NOT NULL,
+            saved_at REAL NOT NULL,
+            PRIMARY KEY (device, model, version)
+        ) WITHOUT ROWID"""
+    )
 
 
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
@@ -1946,11 +1960,13 @@ class SQLiteStore:
                 ],
             )
 
-    def drift_states(self) -> list[DriftStateRow]:
+    def drift_states(self, device: str | None = None) -> list[DriftStateRow]:
+        where, args = ("WHERE device = ? ", (device,)) if device is not None else ("", ())
         with self._read() as db:
             rows = db.execute(
                 "SELECT device, model, version, state, since, streams, readings, "
-                "last_reading_at FROM drift_states ORDER BY device, model, version"
+                f"last_reading_at FROM drift_states {where}ORDER BY device, model, version",
+                args,
             ).fetchall()
         return [
             DriftStateRow(
@@ -2015,6 +2031,47 @@ class SQLiteStore:
         next_cursor = _encode_event_cursor(rows[-1][1], rows[-1][0]) if more else None
         return Page(items, next_cursor)
 
+    def save_drift_detectors(
+        self, states: Sequence[tuple[str, str, str, bytes]], at: float
+    ) -> None:
+        if not states:
+            return
+        with self._write() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO drift_detectors (device, model, version, state, saved_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(d, m, v, sqlite3.Binary(state), at) for d, m, v, state in states],
+            )
+
+    def drift_detector(self, device: str, model: str, version: str) -> bytes | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT state FROM drift_detectors WHERE device = ? AND model = ? AND version = ?",
+                (device, model, version),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def forget_drift(self, device: str, model: str, version: str) -> None:
+        with self._write() as db:
+            for table in ("drift_states", "drift_detectors"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE device = ? AND model = ? AND version = ?",
+                    (device, model, version),
+                )
+
+    def latest_drift_windows(self, model: str, version: str) -> list[DriftWindowRow]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT w.device, w.model, w.version, w.start_at, w.end_at, w.readings, w.psi, "
+                "w.statistic, w.disagreement FROM drift_windows w "
+                "WHERE w.model = ? AND w.version = ? AND w.id = ("
+                " SELECT x.id FROM drift_windows x WHERE x.model = w.model "
+                " AND x.version = w.version AND x.device = w.device "
+                " ORDER BY x.end_at DESC, x.id DESC LIMIT 1) ORDER BY w.device",
+                (model, version),
+            ).fetchall()
+        return [_drift_window(r) for r in rows]
+
     def drift_windows(self, device: str, since: float, limit: int) -> list[DriftWindowRow]:
         _check_limit(limit, "drift windows")
         with self._read() as db:
@@ -2024,20 +2081,7 @@ class SQLiteStore:
                 "ORDER BY end_at DESC, id DESC LIMIT ?",
                 (device, since, limit),
             ).fetchall()
-        return [
-            DriftWindowRow(
-                device=r[0],
-                model=r[1],
-                version=r[2],
-                start_at=float(r[3]),
-                end_at=float(r[4]),
-                readings=int(r[5]),
-                psi={str(k): float(v) for k, v in json.loads(r[6]).items()},
-                statistic={str(k): float(v) for k, v in json.loads(r[7]).items()},
-                disagreement=None if r[8] is None else float(r[8]),
-            )
-            for r in rows
-        ]
+        return [_drift_window(r) for r in rows]
 
     def prune_telemetry(self, received_before: float) -> int:
         """Delete the readings the hub received before ``received_before``; returns how
@@ -2071,6 +2115,20 @@ class SQLiteStore:
 _DEVICE_COLUMNS: Final = (
     "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health, model"
 )
+
+
+def _drift_window(r: tuple[Any, ...]) -> DriftWindowRow:
+    return DriftWindowRow(
+        device=r[0],
+        model=r[1],
+        version=r[2],
+        start_at=float(r[3]),
+        end_at=float(r[4]),
+        readings=int(r[5]),
+        psi={str(k): float(v) for k, v in json.loads(r[6]).items()},
+        statistic={str(k): float(v) for k, v in json.loads(r[7]).items()},
+        disagreement=None if r[8] is None else float(r[8]),
+    )
 
 
 def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord:

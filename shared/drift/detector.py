@@ -88,6 +88,7 @@ Alarm(reading=25299, channels=('b:level',), statistic=1.2)
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -503,3 +504,76 @@ class DriftDetector:
         """Each channel's CUSUM statistic (the larger side) over the threshold."""
         top = np.maximum(self._up, self._down) / self.h
         return dict(zip(self.channels.channel_names, top.tolist(), strict=True))
+
+    def save(self) -> bytes:
+        """Everything the detector learnt and holds, as ``.npz`` bytes (arrays only,
+        no pickle): what a restarted hub gives :meth:`load` so that a device's
+        detector does not start again, blind, from its first reading."""
+        c = self.channels
+        arrays: dict[str, npt.NDArray[np.generic]] = {
+            "channels": np.array(c.channel_names),
+            "blocks": np.array(c._blocks),
+            "readings": np.array(c.readings),
+            "pending": c._pending,
+            "up": self._up,
+            "down": self._down,
+        }
+        optional = {
+            "gram": c._gram,
+            "beta": c._beta,
+            "prev_ewma": c._prev_ewma,
+            "prev_z": c._prev_z,
+            "centre": c._centre,
+            "spread": c._spread,
+        }
+        arrays.update({k: v for k, v in optional.items() if v is not None})
+        if c._scale_values is not None:
+            arrays["scale_values"] = np.array(c._scale_values).reshape(-1, c.n_channels)
+        out = io.BytesIO()
+        np.savez(out, **arrays)  # type: ignore[arg-type]
+        return out.getvalue()
+
+    def load(self, data: bytes) -> None:
+        """Take back what :meth:`save` wrote, for a detector built with the same
+        features, references and settings. Raises ValueError (and changes nothing)
+        on bytes that are not such a state."""
+        c = self.channels
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                got = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"not a saved drift detector state ({exc})") from None
+        names = tuple(str(x) for x in got.get("channels", np.array([])).tolist())
+        if names != c.channel_names:
+            raise ValueError(
+                f"a saved detector of channels {list(names)[:3]}..., not this one's "
+                f"{list(c.channel_names)[:3]}..."
+            )
+        n, ns, p = c.n_channels, len(c.sensors), c._p
+        shapes = {
+            "up": (n,),
+            "down": (n,),
+            "gram": (p, p),
+            "beta": (p, ns),
+            "prev_z": (1, ns),
+            "centre": (n,),
+            "spread": (n,),
+        }
+        for key, shape in shapes.items():
+            if key in got and got[key].shape != shape:
+                raise ValueError(f"saved detector: {key} has shape {got[key].shape}, not {shape}")
+        pending = got.get("pending", np.empty((0, ns)))
+        if pending.ndim != 2 or pending.shape[1] != ns:
+            raise ValueError(f"saved detector: pending has shape {pending.shape}")
+        c._blocks = int(got["blocks"])
+        c.readings = int(got["readings"])
+        c._pending = pending.astype(np.float64)
+        c._gram = got.get("gram")
+        c._beta = got.get("beta")
+        c._prev_ewma = got.get("prev_ewma")
+        c._prev_z = got.get("prev_z")
+        c._centre = got.get("centre")
+        c._spread = got.get("spread")
+        scale = got.get("scale_values")
+        c._scale_values = None if scale is None else list(scale)
+        self._up, self._down = got["up"].astype(np.float64), got["down"].astype(np.float64)

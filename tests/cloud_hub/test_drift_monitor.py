@@ -5,6 +5,7 @@ restart takes the states back."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -109,14 +110,32 @@ def test_a_drifted_sensor_makes_its_device_drift_and_the_fleet_alarm(
     assert all(1000 <= w.readings < 1200 and w.disagreement is not None for w in windows)
     assert set(windows[0].psi) >= set(manifest.input.features) | {"score"}
     assert store.drift_windows("drifted", 0.0, 1)[0].disagreement is None  # no heavy scores
-    # A new monitor (a hub restart) takes the states back: still drifting, same start.
+    # A new monitor (a hub restart) takes the states and the saved detectors back: the
+    # device stays drifting on more drifted readings (its detector is not blind, so it
+    # alarms again rather than learning the drift as normal and calling it recovered).
+    assert store.drift_detector("drifted", name, version) is not None
     again = DriftMonitor(store, _settings(), clock=lambda: 5000.0)
     again.restore()
-    fa, sa = drifted[-1]
-    again.observe([StoredTelemetry("drifted", name, version, fa, sa, sa[:0], 5000.0)])
+    for k, (fa, sa) in enumerate(drifted[-60:]):
+        again.observe([StoredTelemetry("drifted", name, version, fa, sa, sa[:0], 5000.0 + k)])
     again.flush()
     after = {r.device: r for r in store.drift_states()}["drifted"]
-    assert after.state == "drifting" and after.streams == states["drifted"].streams
+    assert after.state == "drifting"
+    assert set(states["drifted"].streams) <= set(after.streams)
+    assert "recovered" not in [e.state for e in store.drift_events("drifted", 0.0, 1e12, 100).items]
+    # Its detector went on testing (a restarted one would be in its start: all zeros).
+    later = store.drift_windows("drifted", 5000.0, 10)
+    assert later and all(max(w.statistic.values()) > 0 for w in later)
+    # The device moves to another version: its state on the old one goes, its events stay.
+    store.register_model(
+        dataclasses.replace(manifest, version="9.0.0"), str(model_packages.edge), 0.0
+    )
+    fa, sa = drifted[0]
+    again.observe([StoredTelemetry("drifted", name, "9.0.0", fa, sa, sa[:0], 6000.0)])
+    again.flush()
+    assert [(r.version, r.state) for r in store.drift_states("drifted")] == [("9.0.0", "ok")]
+    assert store.drift_detector("drifted", name, version) is None
+    assert store.drift_events("drifted", 0.0, 1e12, 100).items
 
 
 def test_unregistered_versions_and_malformed_rows_are_counted_not_raised(

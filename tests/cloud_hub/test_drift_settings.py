@@ -22,7 +22,7 @@ def test_defaults_make_the_calibrated_detector_and_the_rules() -> None:
     d = drift_settings(_settings())
     assert d.window_readings == 300 and d.detector.arl0 == 1e6 and d.detector.threshold is None
     assert (d.detector.fit_readings, d.detector.scale_readings) == (20_000, 10_000)
-    assert (d.rules.min_readings, d.rules.recovery_readings) == (200, 1000)
+    assert (d.rules.min_readings, d.rules.recovery_readings) == (200, 3000)
     assert (d.fleet.share, d.fleet.window_s, d.fleet.min_devices) == (0.2, 3600.0, 2)
 
 

@@ -9,9 +9,11 @@ from cloud_hub.drift.states import (
     DeviceView,
     DriftRules,
     DriftState,
+    FleetAlarm,
     FleetRules,
     StreamVerdict,
     fleet_alarms,
+    fleet_still_drifts,
 )
 
 pytestmark = pytest.mark.timeout(10)
@@ -64,8 +66,26 @@ def test_a_new_alarm_resets_the_quiet_count() -> None:
 def test_restore_keeps_the_streams_and_their_start() -> None:
     d = DeviceDrift(DriftRules(min_readings=0, recovery_readings=5))
     d.state, d.since = DriftState.DRIFTING, 7.0
-    d.restore({"temp": 7.0})
-    change = d.observe([], 5, at=9.0)
+    d.restore({"temp": 7.0, "flow": 8.0})
+    assert d.streams_since() == {"temp": 7.0, "flow": 8.0}
+    # A detector in its start judges nothing: no reading counts towards recovery.
+    assert d.observe([], 100, at=9.0, judging=False) is None
+    assert d.state is DriftState.DRIFTING
+    change = d.observe([], 5, at=10.0)
+    assert change is not None and change.state is DriftState.RECOVERED
+
+
+def test_a_persisting_drift_whose_statistic_climbs_back_stays_drifting() -> None:
+    d = DeviceDrift(DriftRules(min_readings=0, recovery_readings=200, quiet_statistic=0.25))
+    d.observe([_alarm("temp")], 1, at=0.0)
+    # Between re-alarms the CUSUM climbs back: quiet only while it is under 0.25.
+    for k in range(50):
+        level = (k % 10) / 10  # 0.0 .. 0.9, then an alarm resets it
+        assert d.observe([], 40, at=1.0 + k, statistics={"temp": level}) is None
+    assert d.state is DriftState.DRIFTING
+    # Back in control: the statistic stays low, the stream clears.
+    assert d.observe([], 100, at=100.0, statistics={"temp": 0.0}) is None
+    change = d.observe([], 100, at=101.0, statistics={"temp": 0.1})
     assert change is not None and change.state is DriftState.RECOVERED
 
 
@@ -117,3 +137,17 @@ def test_fleet_rule_ignores_old_drifts_silent_devices_and_other_versions() -> No
     views.append(_view("f", {"temp": 99.0}))
     alarms = fleet_alarms(views, rules, now=100.0)
     assert [a.devices for a in alarms] == [("b", "f")]
+
+
+def test_an_open_fleet_alarm_closes_only_under_half_the_share() -> None:
+    rules = FleetRules(share=0.4, window_s=50.0, min_devices=1)
+    alarm = FleetAlarm("m", "1.0.0", ("temp",), ("a", "b"), 5, 0.4)
+    # The drifts started long before the window: they no longer open an alarm...
+    views = [_view("a", {"temp": 1.0}), *[_view(f"ok{i}", {}) for i in range(4)]]
+    assert fleet_alarms(views, rules, now=100.0) == []
+    # ... but 1 of 5 (0.2 >= 0.4 / 2) keeps the open one open.
+    assert fleet_still_drifts(alarm, views, rules, now=100.0)
+    views.append(_view("ok9", {}))  # 1 of 6 < 0.2
+    assert not fleet_still_drifts(alarm, views, rules, now=100.0)
+    # Devices on another version, or silent, do not count.
+    assert not fleet_still_drifts(alarm, [_view("a", {"temp": 1.0}, version="2.0.0")], rules, 100.0)

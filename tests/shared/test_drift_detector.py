@@ -121,3 +121,30 @@ def test_bad_set_ups_are_refused() -> None:
         DetectorSettings(k=6.0)
     with pytest.raises(ValueError, match=r"DetectorSettings\.arl0"):
         DetectorSettings(arl0=10.0)
+
+
+@pytest.mark.parametrize("cut", [1000, 5000, 7025, 26000])
+def test_a_saved_detector_goes_on_as_if_never_stopped(cut: int) -> None:
+    x = _stream()
+    x[25000:, 1] += 0.5
+    a = DriftDetector(NAMES, REFS, SETTINGS)
+    a.update(x[:cut])
+    b = DriftDetector(NAMES, REFS, SETTINGS)
+    b.load(a.save())
+    assert (b.ready, b.readings) == (a.ready, a.readings)
+    first, second = a.update(x[cut:]), b.update(x[cut:])
+    assert [(al.reading, al.channels) for al in first.alarms] == [
+        (al.reading, al.channels) for al in second.alarms
+    ]
+    assert first.alarms and np.allclose(first.values, second.values)
+
+
+def test_a_saved_state_of_another_detector_or_junk_is_refused() -> None:
+    a = DriftDetector(NAMES, REFS, SETTINGS)
+    a.update(_stream(2000))
+    other = DriftDetector(("a_last", "b_last"), {"a": REF, "b": REF}, SETTINGS)
+    with pytest.raises(ValueError, match="channels"):
+        other.load(a.save())
+    with pytest.raises(ValueError, match="not a saved drift detector"):
+        a.load(b"junk")
+    assert a.readings == 2000

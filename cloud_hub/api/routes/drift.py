@@ -30,11 +30,13 @@ _WINDOWS_SHOWN = 100
 
 class StreamRankOut(BaseModel):
     stream: str
-    """A feature name, or ``score``."""
+    """A feature name (e.g. ``temperature_last``), or ``score``."""
     mean_psi: float
     """Mean PSI of the devices' last closed windows."""
     max_psi: float
     drifting_devices: int
+    """Devices drifting on a detector channel of this feature's sensor (``temperature:level``
+    or ``temperature:scale`` for ``temperature_last``; none for other features)."""
 
 
 class FleetAlarmOut(BaseModel):
@@ -52,8 +54,10 @@ class VersionDriftOut(BaseModel):
     states: dict[str, int]
     """Devices by drift state: ``ok``, ``drifting``, ``recovered``."""
     drifting: list[str]
+    channels: dict[str, int]
+    """Detector channels with the number of devices drifting on each."""
     streams: list[StreamRankOut]
-    """Streams ranked by mean PSI, highest first."""
+    """Features (and the score) ranked by mean PSI, highest first."""
     fleet_alarm: FleetAlarmOut | None
     """The fleet alarm open on this version (None: the fleet does not drift)."""
 
@@ -151,7 +155,7 @@ def fleet_drift(access: ReadAccess, store: StoreDep) -> FleetDriftOut:
     alarms = _open_fleet_alarms(store)
     out: list[VersionDriftOut] = []
     for (model, version), rows in sorted(states.items()):
-        latest = _latest_windows(store, [r.device for r in rows], model, version)
+        latest = store.latest_drift_windows(model, version)
         out.append(_version_out(model, version, rows, latest, alarms.get((model, version))))
     return FleetDriftOut(versions=out)
 
@@ -168,7 +172,7 @@ def device_drift(
 ) -> DeviceDriftOut:
     """The device's drift state per model version and its closed windows over time."""
     require_device(store, device)
-    rows = [r for r in store.drift_states() if r.device == device]
+    rows = store.drift_states(device)
     return DeviceDriftOut(
         device=device,
         versions=[
@@ -215,18 +219,6 @@ def _open_fleet_alarms(store: StoreDep) -> dict[tuple[str, str], FleetAlarmOut]:
     return out
 
 
-def _latest_windows(
-    store: StoreDep, devices: list[str], model: str, version: str
-) -> list[DriftWindowRow]:
-    latest: list[DriftWindowRow] = []
-    for device in devices:
-        for w in store.drift_windows(device, 0.0, 10):
-            if (w.model, w.version) == (model, version):
-                latest.append(w)
-                break
-    return latest
-
-
 def _version_out(
     model: str,
     version: str,
@@ -236,11 +228,13 @@ def _version_out(
 ) -> VersionDriftOut:
     states = {"ok": 0, "drifting": 0, "recovered": 0}
     drifting_on: dict[str, int] = defaultdict(int)
+    by_feature: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         states[r.state] = states.get(r.state, 0) + 1
         if r.state == "drifting":
-            for stream in r.streams:
-                drifting_on[stream] += 1
+            for channel in r.streams:
+                drifting_on[channel] += 1
+                by_feature[channel.split(":", 1)[0] + "_last"].add(r.device)
     psis: dict[str, list[float]] = defaultdict(list)
     for w in latest:
         for stream, value in w.psi.items():
@@ -251,7 +245,7 @@ def _version_out(
                 stream=stream,
                 mean_psi=sum(values) / len(values),
                 max_psi=max(values),
-                drifting_devices=drifting_on.get(stream, 0),
+                drifting_devices=len(by_feature.get(stream, ())),
             )
             for stream, values in psis.items()
         ),
@@ -263,6 +257,7 @@ def _version_out(
         devices=len(rows),
         states=states,
         drifting=sorted(r.device for r in rows if r.state == "drifting"),
+        channels=dict(sorted(drifting_on.items())),
         streams=ranked,
         fleet_alarm=alarm,
     )

@@ -20,6 +20,9 @@ def test_fleet_drift_per_model_version(hub: Hub) -> None:
     assert [s["stream"] for s in v["streams"]] == ["temperature_last", "speed_last"]
     assert v["streams"][0]["mean_psi"] == pytest.approx(0.25)
     assert v["streams"][0]["max_psi"] == pytest.approx(0.4)
+    # pi-online drifts on temperature:level: counted on the channel and on its feature.
+    assert v["channels"] == {"temperature:level": 1}
+    assert [s["drifting_devices"] for s in v["streams"]] == [1, 0]
     alarm = v["fleet_alarm"]
     assert alarm["devices"] == ["pi-online"] and alarm["streams"] == ["temperature:level"]
     assert alarm["share"] == 0.5 and alarm["active_devices"] == 2

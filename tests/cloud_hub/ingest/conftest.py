@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.ingest import HubLink, IngestConfig, IngestStats, IngestWorker
 from cloud_hub.ingest.heavy import HeavyModels
+from cloud_hub.ingest.worker import TelemetryObserver
 from cloud_hub.store.base import Store
 from cloud_hub.store.sqlite import SQLiteStore
 from shared.endpoint import BrokerEndpoint
@@ -79,12 +80,20 @@ def running_hub(
     client_id: str | None = None,
     max_payload_bytes: int | None = None,
     heavy_models: HeavyModels | None = None,
+    observer: TelemetryObserver | None = None,
 ) -> Iterator[Hub]:
     client_id = client_id or f"hub-{uuid.uuid4().hex[:8]}"
     size = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
     link = HubLink(hub_endpoint(broker), topics, client_id=client_id, **size)
     worker = IngestWorker(
-        store, link, heavy, "1.0.0", topics, config=config, heavy_models=heavy_models
+        store,
+        link,
+        heavy,
+        "1.0.0",
+        topics,
+        config=config,
+        heavy_models=heavy_models,
+        observer=observer,
     )
     worker.start()
     link.start(timeout=WAIT)
