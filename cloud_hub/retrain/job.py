@@ -1,5 +1,5 @@
 """One pipeline run's work, in its own process: assemble -> train -> convert ->
-quantize -> gate -> register -> canary.
+quantize -> gate -> register -> canary -> heavy.
 
 :func:`main` is the process's entry (started by
 :class:`cloud_hub.retrain.runner.PipelineRunner` with ``multiprocessing``'s
@@ -33,6 +33,18 @@ What each step does:
 - **canary**: only for an automatic run (trigger ``drift`` or ``schedule``)
   on a hub that allows it: a staged rollout of the candidate is queued for the
   hub's rollout manager, its first cohort the canary. Otherwise skipped, saying why.
+- **heavy**: after the edge steps, also when the edge gate rejected (not after
+  a failed step): where the operators' labels allow it (at least
+  ``heavy_min_train_labels`` labelled readings of every class in the train and
+  validation slices, ``heavy_min_holdout_labels`` in the held-out one), the
+  edge model's heavy partner is retrained on the labelled training readings
+  only (:func:`cloud_hub.pipeline.train.train_heavy`), converted (fp32) and
+  gated on the labelled held-out readings: macro-F1 not below the production
+  heavy model's on them minus ``f1_tolerance``. Passed: registered like the
+  edge candidate (signed, ``candidate``, lineage with the production heavy
+  version as parent), never promoted. Too few labels: ``skipped``, saying which
+  class lacks how many; a failed gate: ``rejected``; an error: ``failed``. The
+  run's state stays the edge part's.
 
 Before registering, the run's record is read back: a run that its hub marked
 failed meanwhile (it restarted, or the time limit passed) registers nothing.
@@ -51,7 +63,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
@@ -192,7 +204,13 @@ def execute(
         if exc.rejected:
             log.warning("pipeline run %s rejected: %s", run_id, exc)
             failed = ", ".join(g.name for g in job.run.gates if not g.passed)
-            return job.end("rejected", f"rejected by the gate: {failed}", str(exc))
+            decision = f"rejected by the gate: {failed}"
+            if job.run.heavy_candidate is not None:
+                decision += (
+                    f"; the heavy step registered {partner(job.run.model)} "
+                    f"{job.run.heavy_candidate}"
+                )
+            return job.end("rejected", decision, str(exc) + heavy_outcome(job.run))
         log.warning("pipeline run %s failed %s: %s", run_id, job.where(), exc)
         return job.end("failed", f"failed {job.where()}", str(exc))
     except Exception as exc:  # a run must end recorded, whatever broke
@@ -214,16 +232,41 @@ def _work_dir(settings: JobSettings) -> Path:
 
 
 def _steps(job: _Job, stage: Path) -> None:
-    from cloud_hub.pipeline.convert import quantize_int8, sklearn_to_onnx  # noqa: PLC0415
-
     run = job.run
     parent = _parent(job.store, run)
     manifest = parent.manifest
-    classes = manifest.output.classes
     with job.step("assemble"):
         data = _assemble(job, manifest)
+    try:
+        version = _edge_steps(job, stage, data, parent)
+    except RunAbortedError as exc:
+        if exc.rejected:  # the heavy part stands on its own: it still runs
+            _heavy(job, stage, data, manifest)
+        raise
+    _heavy(job, stage, data, manifest)
+    canary = job.run.step("canary")
+    why = (
+        f"{run.model} {version} registered as a candidate: "
+        + "; ".join(g.detail for g in job.run.gates)
+        + f"; canary {canary.status}: {canary.detail}"
+        + heavy_outcome(job.run)
+    )
+    decision = f"registered {run.model} {version} as a candidate"
+    if job.run.heavy_candidate is not None:
+        decision += f", and {partner(run.model)} {job.run.heavy_candidate}"
+    job.run = finish(job.run, "succeeded", decision, why, time.time())
+    save_run(job.store, job.run, job.deadline)
+
+
+def _edge_steps(job: _Job, stage: Path, data: Dataset, parent: _Parent) -> str:
+    """train -> convert -> quantize -> gate -> register -> canary of the edge model;
+    returns the version registered."""
+    from cloud_hub.pipeline.convert import quantize_int8, sklearn_to_onnx  # noqa: PLC0415
+
+    run = job.run
+    manifest = parent.manifest
     with job.step("train"):
-        edge_sk = _train(job, data, len(classes))
+        edge_sk = _train(job, data, len(manifest.output.classes))
     with job.step("convert"):
         fp32 = sklearn_to_onnx(edge_sk, data.x.shape[1], run.model)
         job.detail = f"{len(fp32.graph.node)} ONNX nodes (fp32)"
@@ -236,15 +279,22 @@ def _steps(job: _Job, stage: Path) -> None:
         version = _register(job, stage, data, manifest, scored)
     with job.step("canary"):
         _canary(job, version)
-    canary = job.run.step("canary")
-    why = (
-        f"{run.model} {version} registered as a candidate: "
-        + "; ".join(g.detail for g in job.run.gates)
-        + f"; canary {canary.status}: {canary.detail}"
-    )
-    decision = f"registered {run.model} {version} as a candidate"
-    job.run = finish(job.run, "succeeded", decision, why, time.time())
-    save_run(job.store, job.run, job.deadline)
+    return version
+
+
+def partner(edge_name: str) -> str:
+    """The heavy partner's name of an edge model (the name itself when it has none)."""
+    from cloud_hub.ingest.heavy import partner_name  # noqa: PLC0415
+
+    return partner_name(edge_name) or edge_name
+
+
+def heavy_outcome(run: PipelineRun) -> str:
+    """``"; heavy step STATUS: DETAIL"`` once the heavy step ran, else ``""``."""
+    step = run.step("heavy")
+    if step.status in ("pending", "running"):
+        return ""
+    return f"; heavy step {step.status}: {step.detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,18 +542,13 @@ def _next_version(store: Any, name: str) -> str:
 
 
 def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scored: _Scored) -> str:
-    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
-    from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT  # noqa: PLC0415
-    from cloud_hub.pipeline.package import complete_package, pick_test_rows  # noqa: PLC0415
     from cloud_hub.pipeline.train import choose_urgent_threshold  # noqa: PLC0415
-    from cloud_hub.registry.register import register_built  # noqa: PLC0415
     from cloud_hub.retrain.dataset import HOLDOUT, TRAIN, VALIDATION  # noqa: PLC0415
-    from shared.manifest import Lineage, UrgentSpec  # noqa: PLC0415
+    from shared.manifest import UrgentSpec  # noqa: PLC0415
 
     run = job.run
     classes = parent.output.classes
     urgent_index = classes.index(parent.output.urgent_class)
-    normal = "normal" if "normal" in classes else classes[0]
     _, vy = data.part(VALIDATION)
     threshold = parent.urgent.score_threshold
     how = f"the production version's {threshold:.2f}"
@@ -514,26 +559,6 @@ def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scor
         how = f"{threshold:.2f}, the best urgent F1 on the {vy.size} validation readings"
     tx, ty = data.part(TRAIN)
     hx, hy = data.part(HOLDOUT)
-    pool_x, pool_y = np.concatenate([hx, tx]), np.concatenate([hy, ty])
-    present = [k for k in range(len(classes)) if np.any(pool_y == k)]
-    keep = np.isin(pool_y, present)
-    remap = {k: i for i, k in enumerate(present)}
-    rows = pick_test_rows(
-        np.array([remap[int(v)] for v in pool_y[keep]], dtype=np.int64),
-        len(present),
-        max(TEST_VECTORS, len(present)),
-        run.options.seed,
-    )
-    test_inputs = pool_x[keep][rows]
-    cand = OnnxScorer(scored.model_path, INPUT_NAME, SCORES_OUTPUT)
-    # The reference statistics of the rows the model trained on, scored as on a device.
-    reference_scores = cand.scores(tx, batch_size=1)
-    version = _next_version(job.store, run.model)
-    current, _ = load_run(job.store, run.id)
-    if current.state != "running":
-        raise RunAbortedError(
-            f"the run was marked {current.state} while it ran ({current.why}); nothing registered"
-        )
     window = (
         f"pipeline run {run.id}: stored telemetry of {', '.join(data.devices)} with "
         f"{_iso(run.inputs.since)} <= ts < {_iso(run.inputs.until)}; trained on the first "
@@ -546,35 +571,105 @@ def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scor
         "holdout_rows": float(hy.size),
         "label_rows": float(data.from_label.sum()),
     }
-    package_dir = scored.model_path.parent
+    urgent = UrgentSpec(
+        threshold,
+        parent.urgent.consecutive,
+        dict(parent.urgent.hard_limits),
+        parent.urgent.release,
+    )
+    version, signed = _package_and_register(
+        job,
+        _Built(scored.model_path.parent, run.model, "edge", "int8-dynamic", urgent, metrics),
+        parent,
+        reference=(tx, ty),
+        test_pool=(np.concatenate([hx, tx]), np.concatenate([hy, ty])),
+        lineage=(run.inputs.parent or "", window, data.sha256),
+    )
+    job.run = dataclasses.replace(job.run, candidate=version)
+    job.detail = (
+        f"{run.model} {version} registered as a candidate, {signed}; parent "
+        f"{run.inputs.parent}; urgent threshold {how}"
+    )
+    return version
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A model the run built, in its package directory (``model.onnx`` only, so far)."""
+
+    directory: Path
+    name: str
+    variant: Literal["edge", "heavy"]
+    quantization: Literal["int8-dynamic", "fp32"]
+    urgent: Any
+    metrics: dict[str, float]
+
+
+def _package_and_register(
+    job: _Job,
+    built: _Built,
+    parent: ModelManifest,
+    *,
+    reference: tuple[Any, Any],
+    test_pool: tuple[Any, Any],
+    lineage: tuple[str, str, str],
+) -> tuple[str, str]:
+    """Write the manifest of ``built`` (reference statistics of the ``reference`` rows
+    scored by the model itself, test vectors from ``test_pool``, lineage ``(parent
+    version, data window, data hash)``) under the next patch version of its name and
+    register it, signed, as a candidate. Returns ``(version, "signed" or why not)``."""
+    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+    from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT  # noqa: PLC0415
+    from cloud_hub.pipeline.package import complete_package, pick_test_rows  # noqa: PLC0415
+    from cloud_hub.registry.register import register_built  # noqa: PLC0415
+    from shared.manifest import MODEL_FILE, Lineage  # noqa: PLC0415
+
+    run = job.run
+    classes = parent.output.classes
+    normal = "normal" if "normal" in classes else classes[0]
+    pool_x, pool_y = test_pool
+    present = [k for k in range(len(classes)) if np.any(pool_y == k)]
+    keep = np.isin(pool_y, present)
+    remap = {k: i for i, k in enumerate(present)}
+    rows = pick_test_rows(
+        np.array([remap[int(v)] for v in pool_y[keep]], dtype=np.int64),
+        len(present),
+        max(TEST_VECTORS, len(present)),
+        run.options.seed,
+    )
+    ref_x, ref_y = reference
+    model = OnnxScorer(built.directory / MODEL_FILE, INPUT_NAME, SCORES_OUTPUT)
+    # The reference statistics of the rows the model trained on, scored as it is served.
+    reference_scores = model.scores(ref_x, batch_size=1 if built.variant == "edge" else None)
+    version = _next_version(job.store, built.name)
+    current, _ = load_run(job.store, run.id)
+    if current.state != "running":
+        raise RunAbortedError(
+            f"the run was marked {current.state} while it ran ({current.why}); nothing registered"
+        )
     complete_package(
-        package_dir,
-        name=run.model,
+        built.directory,
+        name=built.name,
         version=version,
-        variant="edge",
-        quantization="int8-dynamic",
+        variant=built.variant,
+        quantization=built.quantization,
         sensors=parent.input.sensors,
         window=parent.input.window,
         classes=classes,
-        urgent=UrgentSpec(
-            threshold,
-            parent.urgent.consecutive,
-            dict(parent.urgent.hard_limits),
-            parent.urgent.release,
-        ),
-        reference_x=tx,
+        urgent=built.urgent,
+        reference_x=ref_x,
         reference_scores=reference_scores,
-        reference_normal=ty == classes.index(normal)
-        if np.any(ty == classes.index(normal))
+        reference_normal=ref_y == classes.index(normal)
+        if np.any(ref_y == classes.index(normal))
         else None,
-        metrics=metrics,
+        metrics=built.metrics,
         lineage=Lineage(
-            parent=run.inputs.parent,
-            data_window=window,
-            data_hash=data.sha256,
+            parent=lineage[0],
+            data_window=lineage[1],
+            data_hash=lineage[2],
             pipeline_run=run.id,
         ),
-        test_inputs=test_inputs,
+        test_inputs=pool_x[keep][rows],
         urgent_class=parent.output.urgent_class,
         normal_class=normal,
         min_agent_version=parent.min_agent_version,
@@ -583,16 +678,157 @@ def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scor
         job.store,
         job.settings.data_dir,
         job.settings.signing_key,
-        [package_dir],
+        [built.directory],
         by=f"pipeline:{run.id}",
     )
     signed = "signed" if done.record.signature is not None else "unsigned (the hub has no key)"
-    job.run = dataclasses.replace(job.run, candidate=version)
-    job.detail = (
-        f"{run.model} {version} registered as a candidate, {signed}; parent "
-        f"{run.inputs.parent}; urgent threshold {how}"
+    return version, signed
+
+
+class _NoHeavyCandidateError(Exception):
+    """The heavy step ends without a candidate: ``status`` (skipped or rejected), why."""
+
+    def __init__(self, status: StepStatus, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+def _heavy(job: _Job, stage: Path, data: Dataset, edge: ModelManifest) -> None:
+    """The ``heavy`` step: retrain the edge model's heavy partner on the operator-labelled
+    rows where they allow it. Its outcome is its own: whatever happens here, the edge
+    part's stands (a run marked failed meanwhile, or a gone hub, still stops the run)."""
+    with job.step("heavy"):
+        try:
+            _heavy_work(job, stage, data, edge)
+        except _NoHeavyCandidateError as exc:
+            job.outcome, job.detail = exc.status, str(exc)
+        except RunAbortedError:
+            raise
+        except Exception as exc:  # the heavy part fails alone
+            log.exception("pipeline run %s: the heavy step failed", job.run.id)
+            job.outcome = "failed"
+            job.detail = (
+                f"{type(exc).__name__}: {exc} (the hub's log has the traceback); no heavy "
+                "model registered"
+            )
+
+
+def _heavy_work(job: _Job, stage: Path, data: Dataset, edge: ModelManifest) -> None:
+    from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+    from cloud_hub.pipeline.convert import INPUT_NAME, SCORES_OUTPUT  # noqa: PLC0415
+    from cloud_hub.pipeline.convert import sklearn_to_onnx as to_onnx  # noqa: PLC0415
+    from cloud_hub.pipeline.package import save_model  # noqa: PLC0415
+    from cloud_hub.pipeline.train import train_heavy  # noqa: PLC0415
+    from cloud_hub.registry.stages import Stage  # noqa: PLC0415
+    from cloud_hub.retrain.dataset import HOLDOUT, sabotage  # noqa: PLC0415
+    from shared.manifest import load_package  # noqa: PLC0415
+
+    run, opts = job.run, job.run.options
+    name = partner(run.model)
+    if name == run.model:
+        raise _NoHeavyCandidateError(
+            "skipped", f"{run.model} has no heavy partner (its name does not end in -edge)"
+        )
+    production = [
+        r
+        for r in job.store.models()
+        if r.name == name and r.variant == "heavy" and r.stage is Stage.PRODUCTION
+    ]
+    if not production:
+        raise _NoHeavyCandidateError(
+            "skipped",
+            f"{name} has no production version to compare a heavy candidate with; promote "
+            f"one ('edgeloop-hub models promote {name} VERSION production')",
+        )
+    parent = production[0]
+    pm = parent.manifest
+    if pm.input.features != edge.input.features or pm.output.classes != edge.output.classes:
+        raise _NoHeavyCandidateError(
+            "skipped",
+            f"{name} {parent.version} reads other features or gives other classes than "
+            f"{run.model}; the run's data does not fit it",
+        )
+    classes = pm.output.classes
+    n = len(classes)
+    fit = data.from_label & (data.side >= 0) & (data.side != HOLDOUT)
+    hold = data.from_label & (data.side == HOLDOUT)
+    short = [
+        f"{c} labelled readings of class {classes[k]} in the {part} part, {need} needed"
+        for part, rows, need in (
+            ("training", fit, opts.heavy_min_train_labels),
+            ("held-out", hold, opts.heavy_min_holdout_labels),
+        )
+        for k, c in enumerate(np.bincount(data.y[rows], minlength=n).tolist())
+        if c < need
+    ]
+    if short:
+        raise _NoHeavyCandidateError(
+            "skipped",
+            "too few operator labels to retrain the heavy model: "
+            + "; ".join(short)
+            + " (the heavy model learns only from labels operators posted, POST /v1/labels; "
+            "options heavy_min_train_labels and heavy_min_holdout_labels)",
+        )
+    x, y = data.x[fit], data.y[fit]
+    note = ""
+    if opts.sabotage_labels > 0:
+        y = sabotage(y, opts.sabotage_labels, n, opts.seed)
+        note = f"; sabotage_labels={opts.sabotage_labels:g} (test/bench option)"
+    model = train_heavy(x, y, opts.seed, n)
+    directory = stage / "heavy-package"
+    save_model(directory, to_onnx(model, x.shape[1], name))
+    hx, hy = data.x[hold], data.y[hold]
+    cand = OnnxScorer(directory / "model.onnx", INPUT_NAME, SCORES_OUTPUT)
+    f1 = _macro_f1(cand.scores(hx), hy, n)
+    f1_prod = _macro_f1(OnnxScorer.from_package(load_package(Path(parent.path))).scores(hx), hy, n)
+    floor = f1_prod - opts.f1_tolerance
+    gate = (
+        f"macro-F1 {f1:.4f} on {hy.size} labelled held-out readings vs production "
+        f"{name} {parent.version} {f1_prod:.4f} (at least {floor:.4f} with tolerance "
+        f"{opts.f1_tolerance:g})"
     )
-    return version
+    metrics = {
+        "heavy_f1_macro": f1,
+        "heavy_production_f1_macro": f1_prod,
+        "heavy_train_rows": float(y.size),
+        "heavy_holdout_rows": float(hy.size),
+    }
+    job.run = dataclasses.replace(job.run, metrics={**job.run.metrics, **metrics})
+    trained = f"trees on {y.size} labelled readings, {model.n_iter_} iterations{note}"
+    if f1 < floor:
+        raise _NoHeavyCandidateError(
+            "rejected",
+            f"FAILED {gate}; {trained}; no heavy model registered, {name} {parent.version} "
+            "stays in production",
+        )
+    window = (
+        f"pipeline run {run.id}: the operator-labelled readings of {', '.join(data.devices)} "
+        f"with {_iso(run.inputs.since)} <= ts < {_iso(run.inputs.until)}; trained on those "
+        f"in the first {1 - opts.holdout_fraction:.0%} of each device's readings, those in "
+        f"the last {opts.holdout_fraction:.0%} held out for the gate"
+    )
+    built = _Built(
+        directory,
+        name,
+        "heavy",
+        "fp32",
+        pm.urgent,
+        {"f1_macro": f1, "production_f1_macro": f1_prod, **metrics},
+    )
+    version, signed = _package_and_register(
+        job,
+        built,
+        pm,
+        reference=(x, data.y[fit]),
+        test_pool=(hx, hy),
+        lineage=(parent.version, window, data.sha256),
+    )
+    job.run = dataclasses.replace(job.run, heavy_candidate=version)
+    job.detail = (
+        f"{name} {version} registered as a candidate, {signed}; parent {parent.version}; "
+        f"ok {gate}; {trained}; an operator promotes it ('edgeloop-hub models promote "
+        f"{name} {version} production')"
+    )
 
 
 def _canary(job: _Job, version: str) -> None:

@@ -2,13 +2,19 @@
 
 A run goes through :data:`STEPS` in order; each step is ``pending`` until it
 starts (``running``), then ``ok``, ``failed``, ``rejected`` (the gate step
-only) or ``skipped`` (with why). The run's ``state`` is ``running`` until it
-ends:
+and heavy steps) or ``skipped`` (with why). The run's ``state`` is ``running``
+until it ends, and it is the edge model's outcome:
 
-- ``succeeded``: a candidate was registered (and, where asked, a canary started);
-- ``rejected``: a gate refused the candidate; nothing was registered;
+- ``succeeded``: an edge candidate was registered (and, where asked, a canary started);
+- ``rejected``: a gate refused the edge candidate; no edge model was registered;
 - ``failed``: a step could not be done (no data, a conversion error, the time
   limit, the hub restarted under it); nothing was registered.
+
+The last step, ``heavy``, retrains the heavy partner where the operators'
+labels allow it; it runs after a succeeded or a rejected edge part and its
+outcome stands on its own: ``ok`` (a heavy candidate registered,
+``heavy_candidate``), ``rejected`` (its gate said no) or ``skipped`` (too few
+labels, or no production heavy model), with why in its detail and in ``why``.
 
 ``decision`` says what came of it and ``why`` says why, in one sentence each.
 The record travels as JSON (:meth:`PipelineRun.to_dict`, :meth:`PipelineRun.from_dict`)
@@ -43,7 +49,16 @@ __all__ = [
     "set_step",
 ]
 
-STEPS: Final = ("assemble", "train", "convert", "quantize", "gate", "register", "canary")
+STEPS: Final = (
+    "assemble",
+    "train",
+    "convert",
+    "quantize",
+    "gate",
+    "register",
+    "canary",
+    "heavy",
+)
 TRIGGERS: Final = ("admin", "schedule", "drift")
 Trigger = Literal["admin", "schedule", "drift"]
 RunState = Literal["running", "succeeded", "rejected", "failed"]
@@ -59,7 +74,8 @@ class PipelineOptions:
     ``sabotage_labels`` is for tests and ``edgeloop-sim bench loop`` only: that
     share of the training rows (train and validation, never the held-out slice)
     gets the wrong class ``(y + 1) mod classes``, so the candidate is worse on
-    purpose and the gate can be seen to stop it."""
+    purpose and the gate can be seen to stop it; the heavy step's labelled
+    training rows are sabotaged the same way."""
 
     seed: int = 7
     holdout_fraction: float = 0.2
@@ -69,6 +85,11 @@ class PipelineOptions:
     max_latency_us: float = 5000.0
     max_model_bytes: int = 1_048_576
     sabotage_labels: float = 0.0
+    heavy_min_train_labels: int = 200
+    """Operator-labelled readings of every class the training part needs before the
+    heavy model is retrained (fewer: the heavy step is skipped, saying which class)."""
+    heavy_min_holdout_labels: int = 50
+    """The same for the held-out part, which the heavy candidate's gate scores."""
 
     def check(self) -> None:
         """ValueError naming the option and its range."""
@@ -90,6 +111,10 @@ class PipelineOptions:
             )
         if self.max_latency_us <= 0 or self.max_model_bytes <= 0:
             raise ValueError("options max_latency_us and max_model_bytes must be positive")
+        for name in ("heavy_min_train_labels", "heavy_min_holdout_labels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"option {name}={value!r} must be a whole number, at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +165,9 @@ class PipelineRun:
     decision: str = ""
     why: str = ""
     candidate: str | None = None
-    """The version registered (None until then, and for ever when rejected or failed)."""
+    """The edge version registered (None until then, and for ever when rejected or failed)."""
+    heavy_candidate: str | None = None
+    """The heavy version the ``heavy`` step registered (None when it did not)."""
     rollout: str | None = None
     finished_at: float | None = None
     owner_pid: int = 0
@@ -183,6 +210,7 @@ class PipelineRun:
             decision=d.get("decision", ""),
             why=d.get("why", ""),
             candidate=d.get("candidate"),
+            heavy_candidate=d.get("heavy_candidate"),
             rollout=d.get("rollout"),
             finished_at=d.get("finished_at"),
             owner_pid=int(d.get("owner_pid", 0)),

@@ -13,7 +13,7 @@ from cloud_hub.inference import OnnxScorer
 from cloud_hub.keys import KeyFiles, default_keys_dir, init_keys
 from cloud_hub.registry.register import register_built
 from cloud_hub.store import open_store
-from cloud_hub.store.base import Store, TelemetryRows
+from cloud_hub.store.base import LabelRecord, Store, TelemetryRows
 from shared.manifest import load_package
 from shared.messages import Status
 from simulators.dataset import build_training_set
@@ -81,3 +81,22 @@ def seed_fleet(
         ]
         store.write_stream(items)
     return Fleet(store, url, data_dir, names, version, T0 + PERIOD_S * readings + 1.0, truth)
+
+
+def label_truth(fleet: Fleet, model: str = EDGE) -> int:
+    """Store an operator label (as ``POST /v1/labels`` does) for each run of one simulator
+    class on each device, so every reading is labelled with its ground truth; returns how
+    many labels."""
+    classes = ("normal", "fault", "urgent")
+    count = 0
+    for name, y in fleet.truth.items():
+        starts = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])
+        ends = np.r_[starts[1:], y.size]
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            since = T0 + PERIOD_S * a - PERIOD_S / 2
+            until = T0 + PERIOD_S * b - PERIOD_S / 2
+            fleet.store.add_label(
+                LabelRecord(0, name, model, since, until, classes[int(y[a])], T0, "test")
+            )
+            count += 1
+    return count

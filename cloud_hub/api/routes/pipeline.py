@@ -63,7 +63,10 @@ class RunIn(BaseModel):
     options: dict[str, float | int] = Field(
         default_factory=dict,
         description="Per-run overrides of the hub's pipeline settings: seed, holdout_fraction, "
-        "validation_fraction, f1_tolerance, min_agreement, max_latency_us, max_model_bytes; "
+        "validation_fraction, f1_tolerance, min_agreement, max_latency_us, max_model_bytes, "
+        "heavy_min_train_labels and heavy_min_holdout_labels (operator-labelled readings of "
+        "every class the heavy step needs in the training and the held-out part; default "
+        "200 and 50); "
         "sabotage_labels (tests and benchmarks only: that share of the training labels made "
         "wrong on purpose).",
     )

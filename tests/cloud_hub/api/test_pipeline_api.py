@@ -134,8 +134,10 @@ def test_an_admin_run_is_recorded_step_by_step_and_never_overlaps(api: Api) -> N
         ("gate", "ok"),
         ("register", "ok"),
         ("canary", "skipped"),
+        ("heavy", "skipped"),  # too few operator labels
     ]
     assert shown["candidate"] == "1.1.1" and shown["rollout"] is None
+    assert shown["heavy_candidate"] is None
     assert api.fleet.store.model(EDGE, "1.1.1") is not None
     listed = api.read.get_json(f"/v1/pipeline/runs?model={EDGE}")
     assert [r["id"] for r in listed["runs"]] == [run_id]
