@@ -399,6 +399,22 @@ OPTIONS: Final = OptionTable(
             "BYTES",
         ),
         Option(
+            "pipeline_heavy_min_train_labels",
+            positive_int,
+            200,
+            "a pipeline run retrains the heavy model only with at least this many "
+            "operator-labelled readings of every class in its training part",
+            "N",
+        ),
+        Option(
+            "pipeline_heavy_min_holdout_labels",
+            positive_int,
+            50,
+            "a pipeline run retrains the heavy model only with at least this many "
+            "operator-labelled readings of every class in its held-out part (the heavy gate's)",
+            "N",
+        ),
+        Option(
             "drift_window_readings",
             positive_int,
             300,
@@ -495,6 +511,8 @@ PIPELINE_OPTIONS: Final = (
     "pipeline_min_agreement",
     "pipeline_max_latency_us",
     "pipeline_max_model_bytes",
+    "pipeline_heavy_min_train_labels",
+    "pipeline_heavy_min_holdout_labels",
 )
 """The options ``pipeline run`` takes: where the store and the key are, and the gates."""
 
@@ -549,6 +567,8 @@ class HubSettings:
     pipeline_min_agreement: float
     pipeline_max_latency_us: float
     pipeline_max_model_bytes: int
+    pipeline_heavy_min_train_labels: int
+    pipeline_heavy_min_holdout_labels: int
     drift_window_readings: int
     drift_arl0: float
     drift_fit_readings: int

@@ -130,6 +130,8 @@ def runner_settings(settings: HubSettings, schedule_model: str | None) -> Runner
             min_agreement=s.pipeline_min_agreement,
             max_latency_us=s.pipeline_max_latency_us,
             max_model_bytes=s.pipeline_max_model_bytes,
+            heavy_min_train_labels=s.pipeline_heavy_min_train_labels,
+            heavy_min_holdout_labels=s.pipeline_heavy_min_holdout_labels,
         ),
     )
 

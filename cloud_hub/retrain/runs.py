@@ -87,9 +87,11 @@ class PipelineOptions:
     sabotage_labels: float = 0.0
     heavy_min_train_labels: int = 200
     """Operator-labelled readings of every class the training part needs before the
-    heavy model is retrained (fewer: the heavy step is skipped, saying which class)."""
+    heavy model is retrained (fewer: the heavy step is skipped, saying which class);
+    the hub's ``--pipeline-heavy-min-train-labels``."""
     heavy_min_holdout_labels: int = 50
-    """The same for the held-out part, which the heavy candidate's gate scores."""
+    """The same for the held-out part, which the heavy candidate's gate scores
+    (``--pipeline-heavy-min-holdout-labels``)."""
 
     def check(self) -> None:
         """ValueError naming the option and its range."""

@@ -149,3 +149,21 @@ def test_a_heavy_step_that_breaks_leaves_the_edge_candidate(
     assert run.step("heavy").status == "failed" and "injected" in run.step("heavy").detail
     assert run.state == "succeeded" and run.candidate is not None
     assert _heavies(labelled_fleet) == before
+
+
+@pytest.mark.timeout(10)
+def test_the_hub_settings_give_the_heavy_label_minimums() -> None:
+    import argparse  # noqa: PLC0415
+
+    from cloud_hub.retrain.runner import runner_settings  # noqa: PLC0415
+    from cloud_hub.settings import OPTIONS, resolve_settings  # noqa: PLC0415
+
+    def defaults(*flags: str) -> PipelineOptions:
+        parser = OPTIONS.add_to(argparse.ArgumentParser())
+        args = parser.parse_args(["--insecure-dev", "true", *flags])
+        return runner_settings(resolve_settings(args, env={}, serving=True), None).defaults
+
+    d = defaults()
+    assert (d.heavy_min_train_labels, d.heavy_min_holdout_labels) == (200, 50)
+    d = defaults("--pipeline-heavy-min-train-labels", "500")
+    assert (d.heavy_min_train_labels, d.heavy_min_holdout_labels) == (500, 50)
