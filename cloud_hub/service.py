@@ -380,8 +380,12 @@ class Hub:
             log.warning("pipeline run %s: marked failed, the hub restarted under it", run_id)
 
     def _heavy_lookup(self, name: str, version: str) -> tuple[OnnxScorer, str] | None:
-        """The registered heavy model ``name``: ``version`` if registered, else the newest."""
+        """The registered heavy model ``name`` for an edge model of ``version``: its
+        partner of the same version if registered (whatever its stage: a pipeline run
+        registers the pair together), else the production version, else the newest
+        registered; a heavy candidate never scores another version's telemetry."""
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
+        from cloud_hub.registry.stages import Stage  # noqa: PLC0415
         from shared.manifest import load_package, parse_version  # noqa: PLC0415
 
         assert self.store is not None
@@ -389,7 +393,10 @@ class Hub:
         if not found:
             return None
         same = [r for r in found if r.version == version]
-        record = same[0] if same else max(found, key=lambda r: parse_version(r.version))
+        production = [r for r in found if r.stage is Stage.PRODUCTION]
+        settled = [r for r in found if r.stage not in (Stage.CANDIDATE, Stage.ARCHIVED)]
+        pool = production or settled or found
+        record = same[0] if same else max(pool, key=lambda r: parse_version(r.version))
         package = load_package(Path(record.path))
         return OnnxScorer.from_package(package), record.version
 
