@@ -294,10 +294,14 @@ class Hub:
         )
         default = OnnxScorer.from_package(heavy)
         edge_name = heavy.manifest.name.removesuffix("-heavy") + "-edge"
-        from cloud_hub.drift.monitor import DriftMonitor  # noqa: PLC0415
+        from cloud_hub.drift.background import MonitorProcess  # noqa: PLC0415
 
-        self.drift = DriftMonitor(self.store, drift_settings(s), on_fleet_alarm=self._fleet_alarm)
-        self.drift.restore()
+        # In its own process: the worker acks the next batch without waiting for it,
+        # and the monitor's numpy work does not hold this process's interpreter lock.
+        self.drift = MonitorProcess(
+            self.store, s.store, drift_settings(s), on_fleet_alarm=self._fleet_alarm
+        )
+        self.drift.start()
         self.worker = IngestWorker(
             self.store,
             self.link,
@@ -328,7 +332,7 @@ class Hub:
             log.info("desired state sent to %d device(s)", sent)
 
     def _fleet_alarm(self, alarm: FleetAlarm) -> None:
-        """A fleet drift alarm (on the ingest thread; the monitor stored and counted it):
+        """A fleet drift alarm (on the ingest thread, from the drift monitor's process, which stored and counted it):
         a pipeline run of the drifting model ``--pipeline-drift-wait-s`` later, when
         ``--pipeline-on-drift`` allows it; one waiting run per model at most."""
         reason = (
@@ -450,8 +454,7 @@ class Hub:
         with self._drift_runs_lock:
             for timer in self._drift_runs.values():
                 timer.cancel()
-        if self.worker is None or not self.worker.running:
-            monitor.flush()  # what ingest handed it last, counted; detectors saved
+        monitor.stop(10.0)  # what ingest handed it last, counted; detectors saved
 
     def stop(self) -> None:
         """Drain ingest, then close the link, the store and the broker (each if started)."""

@@ -1,8 +1,9 @@
 """The hub's drift monitor: counts every stored reading, runs the detectors, keeps states.
 
-The ingest worker hands it each batch's newly stored telemetry
-(:meth:`DriftMonitor.observe`, on the ingest thread, after the batch is durable
-and acked). A device's readings wait in a buffer until it holds
+The ingest worker hands it each batch's newly stored telemetry after the
+batch is durable and acked; in the hub the monitor runs in a process of its own
+(:class:`cloud_hub.drift.background.MonitorProcess`), which the worker's batches
+reach through a queue. A device's readings wait in a buffer until it holds
 ``flush_readings`` or its oldest is ``flush_s`` old, and are then counted and
 tested in one go: the per-call cost of the numpy work is paid once per few
 hundred readings, not per message. Per device and model version it keeps (the pure parts are in :mod:`shared.drift`
@@ -157,7 +158,8 @@ class _Track:
 
 
 class DriftMonitor:
-    """See the module docstring. Not thread-safe: one thread (the ingest worker) calls it."""
+    """See the module docstring. Not thread-safe: one thread calls it (in the hub, the
+    main thread of :class:`~cloud_hub.drift.background.MonitorProcess`'s child)."""
 
     def __init__(
         self,

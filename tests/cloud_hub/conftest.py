@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.store import SQLiteStore
+from shared.manifest import load_package
 from tests.cloud_hub.retrain_fleet import Fleet, seed_fleet
 from tests.conftest import ModelPaths
 
@@ -20,3 +22,16 @@ def fleet(tmp_path: Path, model_packages: ModelPaths) -> Iterator[Fleet]:
         yield fleet
     finally:
         fleet.store.close()
+
+
+@pytest.fixture
+def edge_store(tmp_path: Path, model_packages: ModelPaths) -> Iterator[SQLiteStore]:
+    """A SQLite store with the default edge model registered (the drift monitor's tests:
+    it takes the reference statistics from the registered manifest)."""
+    store = SQLiteStore(tmp_path / "hub.db")
+    package = load_package(model_packages.edge)
+    store.register_model(package.manifest, str(model_packages.edge), 0.0)
+    try:
+        yield store
+    finally:
+        store.close()

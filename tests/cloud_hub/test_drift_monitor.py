@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,14 +43,6 @@ def _stream(
     return [(features[i : i + BATCH], scores[i : i + BATCH]) for i in range(0, N, BATCH)]
 
 
-@pytest.fixture
-def store(tmp_path: Path, model_packages: ModelPaths) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "hub.db")
-    package = load_package(model_packages.edge)
-    s.register_model(package.manifest, str(model_packages.edge), 0.0)
-    return s
-
-
 def _settings() -> DriftSettings:
     return DriftSettings(
         window_readings=1000,
@@ -64,7 +55,7 @@ def _settings() -> DriftSettings:
 
 
 def test_a_drifted_sensor_makes_its_device_drift_and_the_fleet_alarm(
-    store: SQLiteStore, model_packages: ModelPaths
+    edge_store: SQLiteStore, model_packages: ModelPaths
 ) -> None:
     manifest = load_package(model_packages.edge).manifest
     sensor = SENSORS[0]
@@ -74,7 +65,7 @@ def test_a_drifted_sensor_makes_its_device_drift_and_the_fleet_alarm(
     alarms: list[FleetAlarm] = []
     clock = itertools.count(1000.0, 1.0)
     monitor = DriftMonitor(
-        store, _settings(), on_fleet_alarm=alarms.append, clock=lambda: next(clock)
+        edge_store, _settings(), on_fleet_alarm=alarms.append, clock=lambda: next(clock)
     )
     counts: Counter[tuple[str | None, str]] = Counter()
     name, version = manifest.name, manifest.version
@@ -88,12 +79,12 @@ def test_a_drifted_sensor_makes_its_device_drift_and_the_fleet_alarm(
     monitor.flush()
     assert counts[("drifted", "drift:drifting")] == 1
     assert counts[("twin", "drift:drifting")] == 0
-    states = {r.device: r for r in store.drift_states()}
+    states = {r.device: r for r in edge_store.drift_states()}
     assert states["twin"].state == "ok" and states["twin"].streams == {}
     assert states["drifted"].state == "drifting"
     assert f"{sensor.name}:level" in states["drifted"].streams
     assert states["drifted"].readings == N
-    events = store.drift_events("drifted", 0.0, 1e12, 100).items
+    events = edge_store.drift_events("drifted", 0.0, 1e12, 100).items
     # One change of state; any later event adds a stream (a coupled sensor's prediction
     # moves too) and stays drifting.
     assert events[0].state == "drifting" and events[0].previous == "ok"
@@ -101,54 +92,56 @@ def test_a_drifted_sensor_makes_its_device_drift_and_the_fleet_alarm(
     assert counts[("drifted", "drift:streams_changed")] == len(events) - 1
     # The alarm came after the drift began: batch k carries readings k*50 .. k*50+49.
     assert events[0].at >= 1000.0 + DRIFT_AT // BATCH
-    fleet = store.drift_events(None, 0.0, 1e12, 100, scope="fleet").items
+    fleet = edge_store.drift_events(None, 0.0, 1e12, 100, scope="fleet").items
     assert [e.state for e in fleet] == ["drifting"]
     assert alarms and alarms[0].devices == ("drifted",) and alarms[0].share == 0.5
-    windows = store.drift_windows("twin", 0.0, 100)
+    windows = edge_store.drift_windows("twin", 0.0, 100)
     # Windows close at the first count past 1000 readings (counts go by buffer).
     assert len(windows) >= N // 1200 and sum(w.readings for w in windows) <= N
     assert all(1000 <= w.readings < 1200 and w.disagreement is not None for w in windows)
     assert set(windows[0].psi) >= set(manifest.input.features) | {"score"}
-    assert store.drift_windows("drifted", 0.0, 1)[0].disagreement is None  # no heavy scores
+    assert edge_store.drift_windows("drifted", 0.0, 1)[0].disagreement is None  # no heavy scores
     # A new monitor (a hub restart) takes the states and the saved detectors back: the
     # device stays drifting on more drifted readings (its detector is not blind, so it
     # alarms again rather than learning the drift as normal and calling it recovered).
-    assert store.drift_detector("drifted", name, version) is not None
-    again = DriftMonitor(store, _settings(), clock=lambda: 5000.0)
+    assert edge_store.drift_detector("drifted", name, version) is not None
+    again = DriftMonitor(edge_store, _settings(), clock=lambda: 5000.0)
     again.restore()
     for k, (fa, sa) in enumerate(drifted[-60:]):
         again.observe([StoredTelemetry("drifted", name, version, fa, sa, sa[:0], 5000.0 + k)])
     again.flush()
-    after = {r.device: r for r in store.drift_states()}["drifted"]
+    after = {r.device: r for r in edge_store.drift_states()}["drifted"]
     assert after.state == "drifting"
     assert set(states["drifted"].streams) <= set(after.streams)
-    assert "recovered" not in [e.state for e in store.drift_events("drifted", 0.0, 1e12, 100).items]
+    assert "recovered" not in [
+        e.state for e in edge_store.drift_events("drifted", 0.0, 1e12, 100).items
+    ]
     # Its detector went on testing (a restarted one would be in its start: all zeros).
-    later = store.drift_windows("drifted", 5000.0, 10)
+    later = edge_store.drift_windows("drifted", 5000.0, 10)
     assert later and all(max(w.statistic.values()) > 0 for w in later)
     # The device moves to another version: its state on the old one goes, its events stay.
-    store.register_model(
+    edge_store.register_model(
         dataclasses.replace(manifest, version="9.0.0"), str(model_packages.edge), 0.0
     )
     fa, sa = drifted[0]
     again.observe([StoredTelemetry("drifted", name, "9.0.0", fa, sa, sa[:0], 6000.0)])
     again.flush()
-    assert [(r.version, r.state) for r in store.drift_states("drifted")] == [("9.0.0", "ok")]
-    assert store.drift_detector("drifted", name, version) is None
-    assert store.drift_events("drifted", 0.0, 1e12, 100).items
+    assert [(r.version, r.state) for r in edge_store.drift_states("drifted")] == [("9.0.0", "ok")]
+    assert edge_store.drift_detector("drifted", name, version) is None
+    assert edge_store.drift_events("drifted", 0.0, 1e12, 100).items
 
 
 def test_unregistered_versions_and_malformed_rows_are_counted_not_raised(
-    store: SQLiteStore,
+    edge_store: SQLiteStore,
 ) -> None:
-    monitor = DriftMonitor(store, _settings())
+    monitor = DriftMonitor(edge_store, _settings())
     x = np.zeros((5, 3), dtype=np.float32)
     s = np.full((5, 2), 0.5, dtype=np.float32)
     counts = monitor.observe([StoredTelemetry("d", "nobody", "9.9.9", x, s, s, 1.0)])
     assert counts[("d", "drift:no_reference")] == 1
-    manifest_name = next(r for r in store.models()).manifest
+    manifest_name = next(r for r in edge_store.models()).manifest
     counts = monitor.observe(
         [StoredTelemetry("d", manifest_name.name, manifest_name.version, x, s, s, 1.0)]
     )
     assert counts[("d", "drift:bad_input")] == 1
-    assert store.drift_states() == []
+    assert edge_store.drift_states() == []
