@@ -679,7 +679,12 @@ def _final_stats(hub: HubProcess, expected_readings: int) -> dict[str, Any]:
 
 
 class _CpuWatch:
-    """CPU time and peak RSS of a few processes over a phase (psutil, sampled on ``tick``)."""
+    """CPU time and peak RSS of a few processes over a phase (psutil, sampled on ``tick``).
+
+    A process's CPU time includes its children's (the hub's drift monitor process, a
+    pipeline run's): those alive at each reading and those it has reaped. Peak RSS is
+    the process's own; its live children's together are ``peak_children_rss``.
+    """
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         import psutil  # noqa: PLC0415
@@ -694,13 +699,21 @@ class _CpuWatch:
         self._start = {name: self._cpu(p) for name, p in self._procs.items()}
         self._t0 = time.monotonic()
         self.peak_rss: dict[str, int] = {}
+        self.peak_children_rss: dict[str, int] = {}
         self.tick()
 
     @staticmethod
     def _cpu(proc: Any) -> float:
         try:
             t = proc.cpu_times()
-            return float(t.user + t.system)
+            total = t.user + t.system + t.children_user + t.children_system
+            for child in proc.children(recursive=True):
+                try:
+                    c = child.cpu_times()
+                except Exception:  # ended meanwhile: counted once its parent reaps it
+                    continue
+                total += c.user + c.system
+            return float(total)
         except Exception:
             return float("nan")
 
@@ -708,9 +721,14 @@ class _CpuWatch:
         for name, proc in self._procs.items():
             try:
                 rss = int(proc.memory_info().rss)
+                children = 0
+                for child in proc.children(recursive=True):
+                    with contextlib.suppress(Exception):
+                        children += int(child.memory_info().rss)
             except Exception:
                 continue
             self.peak_rss[name] = max(rss, self.peak_rss.get(name, 0))
+            self.peak_children_rss[name] = max(children, self.peak_children_rss.get(name, 0))
 
     def percent(self) -> dict[str, float]:
         wall = max(time.monotonic() - self._t0, 1e-9)
@@ -1053,6 +1071,7 @@ def _hub_phase(
         "hub_batches": live.get("batches"),
         "hub_cpu_pct": cpu.get("hub"),
         "hub_rss_mb": round(watch.peak_rss.get("hub", 0) / 2**20, 1),
+        "hub_children_rss_mb": round(watch.peak_children_rss.get("hub", 0) / 2**20, 1),
         "broker_cpu_pct": cpu.get("broker"),
         "publishers_cpu_pct": round(sum(v for k, v in cpu.items() if k.startswith("p")), 1),
         "hub_exit_status": status,
