@@ -14,7 +14,7 @@ agents with ``--ota`` (no separate agent processes here). Besides:
    calibrated threshold holds for the default 30,000-reading start only, see
    ``edgeloop-sim bench drift``), ``--pipeline-on-drift true``,
    ``--pipeline-canary true``, a short ``--pipeline-drift-wait-s`` and a short
-   rollout tick, as ``tests/test_drift_loop.py`` does;
+   rollout tick (``tests/simulators/test_bench_loop.py`` runs it on 4 agents);
 2. ``--drifted-share`` of the devices (picked with the fleet's seed) get a
    recalibration offset of ``--drift-scales`` times the sensor's reference
    ``scale`` (from the edge model's manifest) at reading ``--drift-at``, after
@@ -420,6 +420,7 @@ class _LoopBench(_OtaBench):
         names = sorted(p.device for p in provisioned)
         self.drifted_devices = frozenset(random.Random(c.seed).sample(names, c.drifted))
         self.result["drifted"] = len(self.drifted_devices)
+        self.result["drifted_devices"] = sorted(self.drifted_devices)
         super()._start_hosts(edge, provisioned)
 
     def _agent_args(self, device: str, seed: int) -> tuple[str, ...]:
@@ -491,6 +492,7 @@ class _LoopBench(_OtaBench):
             self._drift_run,
             c.drift_wait_s + c.retrain_timeout_s,
         )
+        self._drift_seen()
         self.result["retrain_run"] = run["id"]
         self.result["retrain_run_state"] = run["state"]
         self.result["retrain_gates"] = [g.get("detail") for g in run.get("gates", [])]
@@ -503,6 +505,12 @@ class _LoopBench(_OtaBench):
         self.stage_at["retrain"] = float(run["finished_at"])
         self.candidate = str(run["candidate"])
         self.result["to_version"] = self.candidate
+        assert self.api is not None
+        record = self.api.get_json(f"/v1/models/{self.model_name}/{self.candidate}/record")
+        lineage = record.get("lineage") or {}
+        self.result["candidate_lineage"] = {
+            k: lineage.get(k) for k in ("parent", "pipeline_run", "data_window", "data_hash")
+        }
         self.say(f"pipeline run {run['id']} succeeded: candidate {self.candidate}")
         # 3. its canary rollout, to completion
         rollout = self._wait(
@@ -552,6 +560,23 @@ class _LoopBench(_OtaBench):
             if e["scope"] == "fleet" and e["state"] == "drifting" and e["model"] == self.model_name
         ]
         return min(fleet, key=lambda e: float(e["at"])) if fleet else None
+
+    def _drift_seen(self) -> None:
+        """What the API shows once the drift-triggered run ended (the devices are still on
+        the old version): the devices with a drift event, and the devices
+        ``GET /v1/drift`` lists as drifting on the old version."""
+        assert self.api is not None
+        events = self.api.get_json("/v1/events?kind=drift&limit=1000", timeout=10.0)["events"]
+        self.result["drift_event_devices"] = sorted(
+            {e["device"] for e in events if e["scope"] == "device" and e["state"] == "drifting"}
+        )
+        versions = self.api.get_json("/v1/drift", timeout=10.0)["versions"]
+        self.result["drifting_in_api"] = sorted(
+            d
+            for v in versions
+            if v["model"] == self.model_name and v["version"] == self.old_version
+            for d in v["drifting"]
+        )
 
     def _drift_run(self) -> dict[str, Any] | None:
         assert self.api is not None

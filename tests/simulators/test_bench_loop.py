@@ -1,6 +1,12 @@
 """``edgeloop-sim bench loop``: the closed loop on a tiny fleet of real agents, end to end,
 and its pure parts (replaying an agent's machine, matching its readings, the figures).
 
+The end-to-end test is also the loop's test on the embedded broker (issue 11 §5): drift
+injected on two of four real agents -> drift events and ``GET /v1/drift`` -> fleet alarm
+-> pipeline run recorded -> candidate registered with lineage -> canary rollout -> an
+operator's promotion; and a sabotaged run the gate rejects. The bench's JSON carries what
+it saw through the API at each stage.
+
 Correctness only (every stage happens, the JSON holds sane values, the sabotaged run is
 rejected), never speed: the figures are for people to read.
 """
@@ -73,10 +79,20 @@ def test_loop_bench_runs_every_stage_and_the_gate_stops_the_worse_run(
     context = f"{json.dumps(result)}\nlogs in {work}"
     assert result["errors"] == [], context
     assert (result["devices"], result["drifted"], result["broker"]) == (4, 2, "embedded")
+    # The alarm named drifted devices (with detectors started on 2,000 readings rather
+    # than the calibrated 30,000, an undrifted one may be named too); by the end of the
+    # run it started, the API showed both drifted devices' drift events and states.
+    assert result["alarm_devices_drifted"] >= 1 and result["alarm_streams"], context
+    drifted = set(result["drifted_devices"])
+    assert drifted <= set(result["drift_event_devices"]), context
+    assert drifted <= set(result["drifting_in_api"]), context
     # The stages happened in order, after the drift began.
     assert 0 < result["alarm_s"] < result["retrain_s"] < result["rollout_s"], context
     assert result["retrain_run_state"] == "succeeded", context
     assert result["to_version"] != result["from_version"]
+    lineage = result["candidate_lineage"]
+    assert lineage["parent"] == result["from_version"], context
+    assert lineage["pipeline_run"] == result["retrain_run"] and lineage["data_hash"], context
     assert "production" in result["promoted"], context
     assert result["production_after_promotion"] == [result["to_version"]], context
     # Both model versions scored drifted readings; each figure is a share.
