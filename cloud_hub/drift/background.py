@@ -48,6 +48,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -153,6 +154,10 @@ class MonitorProcess:
         self._counts: Counter[CounterKey] = Counter()
         self._unwritten: list[_Write] = []
         self._started_at = 0.0
+        self._stopped = False
+        self._lock = threading.Lock()
+        """Held by :meth:`observe` and :meth:`stop` (a worker that did not stop in time
+        may still call :meth:`observe` while the hub stops)."""
 
     @property
     def running(self) -> bool:
@@ -188,7 +193,11 @@ class MonitorProcess:
     def observe(self, batch: Sequence[StoredTelemetry]) -> Counter[CounterKey]:
         """Queue ``batch`` for the child (or shed it, counted, when the queue is full or
         the child is down) and return the counters it produced since the last call.
-        Never waits for the monitor. Not thread-safe: the ingest worker's thread calls it."""
+        Never waits for the monitor."""
+        with self._lock:
+            return self._observe(batch)
+
+    def _observe(self, batch: Sequence[StoredTelemetry]) -> Counter[CounterKey]:
         self._take_results()
         self._check_child()
         counts, self._counts = self._counts, Counter()
@@ -205,6 +214,11 @@ class MonitorProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the child count what is queued, flush and save; kill it after ``timeout``."""
+        with self._lock:
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
+        self._stopped = True
         proc = self._proc
         if proc is None:
             return
@@ -224,7 +238,7 @@ class MonitorProcess:
 
     def _check_child(self) -> None:
         proc = self._proc
-        if proc is None or proc.is_alive():
+        if proc is None or proc.is_alive() or self._stopped:
             return
         if time.monotonic() - self._started_at < self.restart_s:
             return

@@ -76,6 +76,9 @@ def test_every_queued_reading_is_tracked_and_stop_flushes(
     finally:
         monitor.stop(30.0)
     assert not monitor.running
+    # A worker that did not stop in time: its batches are shed, no monitor starts again.
+    late = monitor.observe(_batches(model_packages)[0])
+    assert late[("twin", "drift:shed_readings")] == 50 and not monitor.running
     assert counts[("drifted", "drift:drifting")] == 1
     assert counts[("twin", "drift:drifting")] == 0
     assert sum(v for (_, k), v in counts.items() if k == "drift:shed_readings") == 0
