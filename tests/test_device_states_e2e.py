@@ -92,7 +92,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
         assert reasons[0].startswith("birth: agent ")
         assert "inputs out of range (flow " in reasons[1]
         assert reasons[2].startswith("silent for ") and "stale timeout of 3 s" in reasons[2]
-        assert reasons[4].startswith("its status said offline")
+        assert reasons[4] == "its status said offline as it stopped: a clean stop"
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)
         view = device_view()
         assert (view["state"], view["state_since"]) == ("offline", events[-1]["at"])

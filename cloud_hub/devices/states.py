@@ -3,8 +3,9 @@
 States, by precedence (the first that holds wins):
 
 1. ``offline``: the device's last status said so, a clean stop or its last
-   will (the broker sends it when the connection drops). Both are one message;
-   the hub cannot tell them apart.
+   will (the broker sends it when the connection drops). Both are the same
+   message; the will was composed when the agent connected, a clean stop's
+   as it stopped, and :func:`offline_reason` tells them apart by that age.
 2. ``stale``: its link is up as far as the hub knows, but nothing has arrived
    from it for more than ``stale_after_s``.
 3. ``degraded``: its last heartbeat shows errors since the one before (dropped
@@ -54,6 +55,7 @@ __all__ = [
     "Verdict",
     "count_states",
     "judge_beat",
+    "offline_reason",
     "shown",
     "stale_verdict",
 ]
@@ -68,6 +70,8 @@ LIVE: Final = frozenset({"online", "degraded", "buffering"})
 OFFLINE_REASON: Final = (
     "its status said offline: a clean stop, or its last will (the connection dropped)"
 )
+CLEAN_STOP_S: Final = 5.0
+"""An offline status that arrives within this of its own time is a clean stop's."""
 NEVER_SEEN_REASON: Final = "provisioned, never heard from"
 
 _INPUT_KINDS: Final = ("missing:", "out_of_range:", "out_of_distribution:")
@@ -223,6 +227,27 @@ def judge_beat(
         "online",
         f"heartbeat: no new errors, latency p99 {_ms(beat.latency_p99_us)}, "
         f"outbox {beat.outbox_depth:,} messages",
+    )
+
+
+def offline_reason(composed_at: float, received_at: float) -> str:
+    """Why a device is offline, from its offline status's own time (``ts``) and when it
+    arrived: the agent composes its will when it connects and a clean stop's status as
+    it stops. A device clock off by more than :data:`CLEAN_STOP_S` can mislead it.
+
+    >>> offline_reason(100.0, 100.2)
+    'its status said offline as it stopped: a clean stop'
+    >>> offline_reason(100.0, 400.0)
+    'its last will: the connection dropped (the broker sent the offline status the agent left when it connected, 300 s before)'
+    """
+    age = received_at - composed_at
+    if composed_at <= 0 or age < -CLEAN_STOP_S:
+        return OFFLINE_REASON
+    if age <= CLEAN_STOP_S:
+        return "its status said offline as it stopped: a clean stop"
+    return (
+        "its last will: the connection dropped (the broker sent the offline status the "
+        f"agent left when it connected, {age:.0f} s before)"
     )
 
 

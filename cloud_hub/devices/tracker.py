@@ -26,6 +26,7 @@ from cloud_hub.devices.states import (
     StateRules,
     Verdict,
     judge_beat,
+    offline_reason,
     stale_verdict,
 )
 from cloud_hub.store.base import DeviceRecord, DeviceStateRow, Store
@@ -56,6 +57,8 @@ class _Device:
     """What its last heartbeat of the current agent run showed (None: none yet)."""
     birth: str | None = None
     """The reason of its last birth, for an ``online`` before any heartbeat."""
+    offline: str = OFFLINE_REASON
+    """The reason of its last will or clean stop."""
     resent: int = 0
     """Messages received since its last heartbeat that the hub already had."""
 
@@ -127,7 +130,9 @@ class StateTracker:
             return  # a late will of an earlier run: the store ignores it too
         d.epoch = epoch
         d.link = status.state
-        if status.state == "online":
+        if status.state == "offline":
+            d.offline = offline_reason(status.ts, at)
+        else:
             d.verdict = None  # a new run of the agent: judged again by its heartbeats
             d.resent = 0
             d.birth = (
@@ -187,7 +192,7 @@ class StateTracker:
         if d.link == "never_seen":
             return None
         if d.link == "offline":
-            return Verdict("offline", OFFLINE_REASON)
+            return Verdict("offline", d.offline)
         stale = stale_verdict(d.last_seen, now, self.rules.stale_after_s)
         if stale is not None:
             return stale

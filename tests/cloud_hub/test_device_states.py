@@ -88,6 +88,15 @@ def test_degraded_wins_over_buffering_and_names_it() -> None:
     )
 
 
+def test_a_will_is_told_from_a_clean_stop_by_its_age() -> None:
+    assert states.offline_reason(1000.0, 1001.0).endswith("a clean stop")
+    will = states.offline_reason(1000.0, 1060.0)
+    assert will.startswith("its last will: the connection dropped") and "60 s before" in will
+    # No time, or a device clock far ahead: the hub does not guess.
+    assert states.offline_reason(0.0, 1060.0) == OFFLINE_REASON
+    assert states.offline_reason(1100.0, 1060.0) == OFFLINE_REASON
+
+
 def test_stale_after_the_timeout_only() -> None:
     assert stale_verdict(100.0, 130.0, 30.0) is None
     stale = stale_verdict(100.0, 130.5, 30.0)
@@ -187,9 +196,10 @@ def test_tracker_records_each_change_once_with_its_reason(tmp_path: Path) -> Non
         # A late will of an earlier run changes nothing; this run's will does.
         tracker.status(_status("offline", epoch=9), 152.0)
         assert [c.state for c in tracker.changes(152.0)] == ["buffering"]  # heard from again
-        tracker.status(_status("offline"), 153.0)
+        will = Status("pi-1", 10, 0, "offline", "0.1.0", "1.0.0", 100.0, "m")
+        tracker.status(will, 153.0)
         (off,) = tracker.changes(153.0)
-        assert (off.state, off.reason) == ("offline", OFFLINE_REASON)
+        assert off.state == "offline" and off.reason.startswith("its last will")
         assert tracker.check_stale(1000.0) == []  # offline does not go stale
 
 
