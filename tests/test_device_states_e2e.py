@@ -21,7 +21,7 @@ from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 20.0
-STALE_AFTER_S = 3.0
+STALE_AFTER_S = 4.0
 
 
 @pytest.mark.timeout(90)
@@ -40,7 +40,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
             model_packages.edge,
             tmp_path / "agents" / "pi-01",
             env=device.agent_env,
-            # 20 readings/s: the flow sensor reads ~5,100 l/min (valid: 0..1,000) from 1 s on.
+            # 20 readings/s: the flow sensor reads ~5,100 l/min (valid: 0..1,000) from 3 s on.
             args=(
                 "--source",
                 "sim",
@@ -49,7 +49,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
                 "--heartbeat-s",
                 "0.5",
                 "--sim-drift",
-                "offset:flow:20:5000",
+                "offset:flow:60:5000",
             ),
             log_level="INFO",
         )
@@ -66,6 +66,11 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
 
         try:
             with agent:
+                hub.wait_until(
+                    "pi-01 online",
+                    lambda: any(e["state"] == "online" for e in states()),
+                    timeout=WAIT,
+                )
                 hub.wait_until("pi-01 degraded", lambda: reached("degraded"), timeout=WAIT)
                 view = device_view()
                 assert view["state"] == "degraded", view
@@ -91,7 +96,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
         reasons = [e["reason"] for e in events]
         assert reasons[0].startswith("birth: agent ")
         assert "inputs out of range (flow " in reasons[1]
-        assert reasons[2].startswith("silent for ") and "stale timeout of 3 s" in reasons[2]
+        assert reasons[2].startswith("silent for ") and "stale timeout of 4 s" in reasons[2]
         assert reasons[4] == "its status said offline as it stopped: a clean stop"
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)
         view = device_view()

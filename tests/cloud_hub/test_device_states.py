@@ -4,6 +4,8 @@ them to arriving messages, on a real SQLite store."""
 from __future__ import annotations
 
 import doctest
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,3 +223,15 @@ def test_tracker_starts_from_what_the_store_recorded(tmp_path: Path) -> None:
         # A replayed recording's birth is not the device's run: it changes nothing.
         again.status(_status("online", epoch=REPLAY_EPOCH_MIN + 5), 103.0)
         assert again.changes(103.0) == []
+
+
+def test_serve_help_shows_the_state_settings() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cloud_hub", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for option in ("--stale-after-s", "--buffering-outbox-messages", "--latency-budget-ms"):
+        assert option in done.stdout, option
