@@ -164,6 +164,10 @@ def _listed(counts: Mapping[str, int], limit: int = 3) -> str:
     return shown_ + (f", {len(top) - limit} more" if len(top) > limit else "")
 
 
+def _many(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _ms(us: float) -> str:
     return f"{us / 1000.0:.3g} ms"
 
@@ -201,10 +205,11 @@ def judge_beat(
     since = "since the last one" if same else "since the agent started"
     degraded: list[str] = []
     if errors:
-        degraded.append(f"heartbeat: {sum(errors.values()):,} errors {since} ({_listed(errors)})")
+        n = sum(errors.values())
+        degraded.append(f"heartbeat: {_many(n, 'error')} {since} ({_listed(errors)})")
     if out_of_range:
         n = sum(out_of_range.values())
-        what = f"{n:,} inputs out of range ({_listed(out_of_range)})"
+        what = f"{_many(n, 'input')} out of range ({_listed(out_of_range)})"
         degraded.append(what if errors else f"heartbeat: {what} {since}")
     budget_us = rules.latency_budget_ms * 1000.0
     if beat.latency_p99_us > budget_us:
@@ -212,10 +217,10 @@ def judge_beat(
     buffering: list[str] = []
     if beat.outbox_depth > rules.buffering_outbox_messages:
         buffering.append(
-            f"outbox {beat.outbox_depth:,} messages > {rules.buffering_outbox_messages:,}"
+            f"outbox {_many(beat.outbox_depth, 'message')} > {rules.buffering_outbox_messages:,}"
         )
     if resent > 0:
-        buffering.append(f"resending: {resent:,} messages the hub already had")
+        buffering.append(f"resending: {_many(resent, 'message')} the hub already had")
     if degraded:
         reason = "; ".join(degraded)
         if buffering:
@@ -226,7 +231,7 @@ def judge_beat(
     return Verdict(
         "online",
         f"heartbeat: no new errors, latency p99 {_ms(beat.latency_p99_us)}, "
-        f"outbox {beat.outbox_depth:,} messages",
+        f"outbox {_many(beat.outbox_depth, 'message')}",
     )
 
 
