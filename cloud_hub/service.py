@@ -260,6 +260,8 @@ class Hub:
         return Path(heavy.record.path)
 
     def _start_ingest(self, heavy_path: Path) -> None:
+        from cloud_hub.devices.states import StateRules  # noqa: PLC0415
+        from cloud_hub.devices.tracker import StateTracker  # noqa: PLC0415
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
         from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker  # noqa: PLC0415
         from cloud_hub.ingest.heavy import HeavyModels  # noqa: PLC0415
@@ -317,6 +319,14 @@ class Hub:
             ),
             on_model_report=self.desired.on_report,
             observer=self.drift,
+            states=StateTracker(
+                self.store,
+                StateRules(
+                    stale_after_s=s.stale_after_s,
+                    buffering_outbox_messages=s.buffering_outbox_messages,
+                    latency_budget_ms=s.latency_budget_ms,
+                ),
+            ),
         )
         self.worker.start()
         try:

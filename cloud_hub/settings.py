@@ -249,6 +249,20 @@ OPTIONS: Final = OptionTable(
             "stale_after_s", positive_float, 30.0, "a device silent this long shows as stale", "S"
         ),
         Option(
+            "buffering_outbox_messages",
+            non_negative_int,
+            1000,
+            "a device whose heartbeat shows more messages than this in its outbox shows as buffering",
+            "N",
+        ),
+        Option(
+            "latency_budget_ms",
+            positive_float,
+            20.0,
+            "a device whose heartbeat shows a latency p99 per reading over this shows as degraded (models carry no latency budget of their own yet)",
+            "MS",
+        ),
+        Option(
             "retention_days",
             non_negative_float,
             7.0,
@@ -547,6 +561,8 @@ class HubSettings:
     rollout_tick_s: float
     max_payload_bytes: int
     stale_after_s: float
+    buffering_outbox_messages: int
+    latency_budget_ms: float
     retention_days: float
     max_future_s: float
     baseline_readings: int

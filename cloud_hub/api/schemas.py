@@ -21,6 +21,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
 
+from cloud_hub.devices.states import State, shown
 from cloud_hub.store.base import (
     DeadLetter,
     DesiredRecord,
@@ -56,10 +57,9 @@ __all__ = [
     "ReadingOut",
     "TelemetryPageOut",
     "ValidationErrorOut",
-    "device_state",
 ]
 
-DeviceState = Literal["online", "offline", "stale", "never_seen"]
+DeviceState = State
 
 FiniteNumber = Annotated[float, Strict(), AllowInfNan(False)]
 """A JSON number that is finite: no strings, no true/false, no NaN or Infinity."""
@@ -124,21 +124,6 @@ class HealthOut(BaseModel):
 # --------------------------------------------------------------------------- devices
 
 
-def device_state(record: DeviceRecord, now: float, stale_after_s: float) -> DeviceState:
-    """The state a device shows: the stored one, except that an online device whose
-    last message is older than ``stale_after_s`` is ``stale``.
-
-    >>> rec = DeviceRecord("pi-1", "online", 1, "0.1.0", "1.0.0", 0.0, 100.0, None)
-    >>> device_state(rec, now=110.0, stale_after_s=30.0), device_state(rec, 131.0, 30.0)
-    ('online', 'stale')
-    """
-    if record.state == "online" and (
-        record.last_seen is None or now - record.last_seen > stale_after_s
-    ):
-        return "stale"
-    return record.state
-
-
 NO_LIVE_EPOCH: Final = (
     "no live agent start of this device seen yet (a live epoch comes with its birth or "
     "heartbeat); the epochs of recordings replayed as this device are listed in 'replays' "
@@ -150,6 +135,12 @@ NO_LIVE_EPOCH: Final = (
 class DeviceOut(BaseModel):
     device: str
     state: DeviceState
+    """online, degraded, buffering, offline, stale or never_seen, derived by the hub
+    (:mod:`cloud_hub.devices.states`)."""
+    state_reason: str
+    """Why it is in that state, e.g. ``latency p99 41 ms over the 20 ms budget``."""
+    state_since: float | None
+    """When it entered that state (Unix seconds; null: not known)."""
     epoch: int | None
     """The epoch of the device's live agent (the unix time of its first start plus its
     restarts); null when the hub has seen none: a device never seen, or one that only
@@ -168,9 +159,12 @@ class DeviceOut(BaseModel):
 
     @classmethod
     def from_record(cls, record: DeviceRecord, now: float, stale_after_s: float) -> DeviceOut:
+        state = shown(record, now, stale_after_s)
         return cls(
             device=record.device,
-            state=device_state(record, now, stale_after_s),
+            state=state.state,
+            state_reason=state.reason,
+            state_since=state.since,
             # The store keeps 0 until a live agent's epoch arrives (replays count as 0).
             epoch=record.epoch or None,
             epoch_note=None if record.epoch else NO_LIVE_EPOCH,

@@ -26,7 +26,12 @@ takes more until the batch holds ``batch_max_messages`` or
 6. only then, once the writes are durable, publishes an ``ack`` of each touched
    ``(device, epoch)``'s settled watermark (a duplicate is acked too: a
    device replaying needs to hear where the hub stands);
-7. adds the batch's counters in one call, and its dead letters in another.
+7. judges the state of every device heard from (:mod:`cloud_hub.devices`: online,
+   degraded, buffering, offline; from births, wills, heartbeats and messages
+   received again) and stores each change with its reason, counted
+   ``device_state:<state>``; every few seconds, even when idle, it also judges
+   every device against the stale timeout;
+8. adds the batch's counters in one call, and its dead letters in another.
 
 Nothing a message can do stops the thread: every message is handled inside its
 own guard, and a store failure is logged, counted as ``ingest_errors`` and the
@@ -60,6 +65,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.drift.monitor import StoredTelemetry
 from cloud_hub.ingest.heavy import HeavyModels
 from cloud_hub.ingest.transport import HEAD_BYTES, Incoming, OversizedPayload
@@ -242,6 +248,7 @@ class IngestWorker:
         heavy_models: HeavyModels | None = None,
         on_model_report: Callable[[str, str, str], object] | None = None,
         observer: TelemetryObserver | None = None,
+        states: StateTracker | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -250,6 +257,7 @@ class IngestWorker:
         self.heavy_models = heavy_models or HeavyModels(heavy, heavy_version)
         self.on_model_report = on_model_report
         self.observer = observer
+        self.states = states
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -266,6 +274,9 @@ class IngestWorker:
         self._warned: set[CounterKey] = set()
         self._next_gap_check = time.monotonic() + self.config.gap_check_s
         self._next_idle_tick = time.monotonic() + _IDLE_TICK_S
+        self._next_state_check = time.monotonic() + (
+            states.check_every_s if states is not None else float("inf")
+        )
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -333,6 +344,11 @@ class IngestWorker:
             self.config.batch_max_wait_ms,
             self.heavy_version if self.heavy is not None else "none",
         )
+        if self.states is not None:
+            try:
+                self.states.load()
+            except Exception:  # the store is down: the first batch tries again
+                log.exception("ingest: the device state tracker could not read the devices")
         while True:
             batch = self._collect()
             if batch is None:
@@ -377,12 +393,15 @@ class IngestWorker:
                 wake = self._next_gap_check
                 if self.observer is not None:
                     wake = min(wake, self._next_idle_tick)
+                wake = min(wake, self._next_state_check)
                 try:
                     first = q.get(timeout=max(0.05, wake - time.monotonic()))
                 except queue.Empty:
                     if time.monotonic() >= self._next_gap_check:
                         self._check_gaps()
                     self._idle_tick()
+                    if time.monotonic() >= self._next_state_check:
+                        self._check_states()
                     continue
             if first is _WAKE:
                 first = None
@@ -423,6 +442,7 @@ class IngestWorker:
             self._record_status(b, status, at)
         for health, at in b.healths.values():
             self._guard(b, health.device, self.store.record_health, health, at)
+        self._track(b)
         issued: dict[tuple[str, int], tuple[int, float]] = {}
         beats: list[tuple[Status | Health, float]] = [*b.statuses, *b.healths.values()]
         if self.on_model_report is not None:
@@ -452,6 +472,7 @@ class IngestWorker:
         self._ack_marks(b)
         if time.monotonic() >= self._next_gap_check:
             self._check_gaps(b)
+        self._record_states(b, every=time.monotonic() >= self._next_state_check)
         b.counts.update({(None, name): n for name, n in self.link.take_counts().items()})
         self._save_counters(b.counts)
         if b.dead:
@@ -663,6 +684,50 @@ class IngestWorker:
             self._save_counters(counts)
             self._tally(counts)
 
+    def _track(self, b: _Batch) -> None:
+        """Tell the state tracker what arrived (before the stream write, whose
+        duplicates it is told of next)."""
+        if self.states is None:
+            return
+        try:
+            for device, at in b.touched.items():
+                self.states.seen(device, at)
+            for status, at in b.statuses:
+                self.states.status(status, at)
+            for health, at in b.healths.values():
+                self.states.heartbeat(health, at)
+        except Exception:  # judging states must never stop ingest
+            log.exception("ingest: the device state tracker failed")
+            b.counts[(None, "ingest_errors")] += 1
+
+    def _record_states(self, b: _Batch, *, every: bool = False) -> None:
+        """Store the state changes of the devices heard from (of all with ``every``:
+        the periodic stale check) in one call, and count them."""
+        if self.states is None:
+            return
+        now = time.time()
+        try:
+            if every:
+                self._next_state_check = time.monotonic() + self.states.check_every_s
+                changes = self.states.check_stale(now)
+            else:
+                changes = self.states.changes(now)
+        except Exception:
+            log.exception("ingest: the device state tracker failed")
+            b.counts[(None, "ingest_errors")] += 1
+            return
+        if changes and self._guard(b, None, self.store.record_device_states, changes):
+            for c in changes:
+                b.counts[(c.device, f"device_state:{c.state}")] += 1
+
+    def _check_states(self) -> None:
+        """The periodic check while idle: devices silent past the timeout go stale."""
+        b = _Batch()
+        self._record_states(b, every=True)
+        if b.counts:
+            self._save_counters(b.counts)
+            self._tally(b.counts)
+
     def _ack_marks(self, b: _Batch) -> None:
         if not self.config.ack or not b.marks:
             return
@@ -865,6 +930,8 @@ class IngestWorker:
             if dups[key] > 0:
                 dups[key] -= 1
                 b.counts[(msg.device, "duplicates")] += 1
+                if self.states is not None and not is_replay_epoch(msg.epoch):
+                    self.states.resent(msg.device)
                 log.debug(
                     "device %r: %s epoch %d seq %d is a duplicate",
                     msg.device,

@@ -41,6 +41,7 @@ __all__ = [
     "DeadLetter",
     "DesiredRecord",
     "DeviceRecord",
+    "DeviceStateRow",
     "DriftEventRow",
     "DriftStateRow",
     "DriftWindowRow",
@@ -162,6 +163,27 @@ class DeviceRecord:
     counters: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     """The name of the model the device's last birth said it runs (None: not said)."""
+    judged_state: str | None = None
+    """The state the ingest worker last recorded (:mod:`cloud_hub.devices.states`):
+    online, degraded, buffering, offline or stale; None: never judged. Read it through
+    :func:`cloud_hub.devices.states.shown`, which applies the stale rule now."""
+    state_reason: str | None = None
+    """Why the device entered ``judged_state``."""
+    state_since: float | None = None
+    """When it entered ``judged_state``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStateRow:
+    """A change of a device's state (:mod:`cloud_hub.devices.states`), with its reason."""
+
+    id: int
+    """Rises in the order the hub stored them (0 on a row not stored yet)."""
+    at: float
+    device: str
+    state: str
+    previous: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +685,25 @@ class Store(Protocol):
 
     def drift_windows(self, device: str, since: float, limit: int) -> list[DriftWindowRow]:
         """The device's closed windows ending at or after ``since``, newest first."""
+        ...
+
+    # -- device states
+    def record_device_states(self, changes: Sequence[DeviceStateRow]) -> None:
+        """Set each changed device's state, reason and since (its ``at``), and add the
+        changes as events (their ``id`` is ignored), in one transaction."""
+        ...
+
+    def device_state_events(
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        cursor: str | None = None,
+    ) -> Page[DeviceStateRow]:
+        """Device state changes with since <= at < until, oldest first (of one device,
+        or all when None)."""
         ...
 
     # -- retention

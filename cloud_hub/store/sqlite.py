@@ -25,8 +25,8 @@ loss. Other writes (status, health, counters, dead letters, pruning) commit
 with ``synchronous=NORMAL``, which survives SIGKILL; the next stream commit
 fsyncs them too.
 
-Schema (version 11; :data:`SCHEMA_VERSION`), created on open by
-:func:`_migrate_to_1` to :func:`_migrate_to_11`, recorded in ``schema_version``:
+Schema (version 12; :data:`SCHEMA_VERSION`), created on open by
+:func:`_migrate_to_1` to :func:`_migrate_to_12`, recorded in ``schema_version``:
 
 - ``devices`` - one row per device (``id`` is what the other tables refer to);
   ``model`` (version 6) is the name of the model its birth said it runs.
@@ -74,6 +74,10 @@ Schema (version 11; :data:`SCHEMA_VERSION`), created on open by
   window: PSI per stream, detector statistics, edge/heavy disagreement (pruned
   with the telemetry they were counted from); ``drift_detectors`` - each
   device's detector as saved (``.npz`` bytes), so a restarted hub goes on.
+- ``devices.judged_state``, ``state_reason``, ``state_since`` (version 12): the
+  state the ingest worker last recorded (:mod:`cloud_hub.devices.states`), why
+  and since when; ``device_states`` - every change of a device's state, with
+  its reason.
 
 Errors::
 
@@ -117,6 +121,7 @@ from cloud_hub.store.base import (
     DeadLetter,
     DesiredRecord,
     DeviceRecord,
+    DeviceStateRow,
     DriftEventRow,
     DriftScope,
     DriftStateRow,
@@ -147,7 +152,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 logger = logging.getLogger(__name__)
 _SIDE_FILES: Final = ("-wal", "-shm")
 
-SCHEMA_VERSION: Final = 11
+SCHEMA_VERSION: Final = 12
 """The schema version this build creates and reads."""
 
 _HUB: Final = ""
@@ -515,6 +520,25 @@ def _migrate_to_11(db: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_12(db: sqlite3.Connection) -> None:
+    """Device states: each device's judged state, reason and since; every change."""
+    db.execute("ALTER TABLE devices ADD COLUMN judged_state TEXT")
+    db.execute("ALTER TABLE devices ADD COLUMN state_reason TEXT")
+    db.execute("ALTER TABLE devices ADD COLUMN state_since REAL")
+    db.execute(
+        """CREATE TABLE device_states (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            device TEXT NOT NULL,
+            state TEXT NOT NULL,
+            previous TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX device_states_by_time ON device_states (at)")
+    db.execute("CREATE INDEX device_states_by_device ON device_states (device, at)")
+
+
 _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
@@ -527,6 +551,7 @@ _MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
     9: _migrate_to_9,
     10: _migrate_to_10,
     11: _migrate_to_11,
+    12: _migrate_to_12,
 }
 """Version -> the function that brings the schema from version-1 to it."""
 
@@ -1993,26 +2018,13 @@ class SQLiteStore:
         scope: DriftScope | None = None,
     ) -> Page[DriftEventRow]:
         _check_limit(limit, "drift events")
-        where = ["at >= ?", "at < ?"]
-        args: list[Any] = [since, until]
-        if device is not None:
-            where.append("device = ?")
-            args.append(device)
-        if scope is not None:
-            where.append("scope = ?")
-            args.append(scope)
-        if cursor is not None:
-            where.append("(at, id) > (?, ?)")
-            args.extend(_decode_event_cursor(cursor))
-        args.append(limit + 1)
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT id, at, scope, device, model, version, state, previous, streams, detail "
-                f"FROM drift_events WHERE {' AND '.join(where)} ORDER BY at, id LIMIT ?",
-                args,
-            ).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, next_cursor = self._page_by_at(
+            "drift_events",
+            "id, at, scope, device, model, version, state, previous, streams, detail",
+            (since, until, limit, cursor),
+            device=device,
+            scope=scope,
+        )
         items = [
             DriftEventRow(
                 id=int(r[0]),
@@ -2028,7 +2040,6 @@ class SQLiteStore:
             )
             for r in rows
         ]
-        next_cursor = _encode_event_cursor(rows[-1][1], rows[-1][0]) if more else None
         return Page(items, next_cursor)
 
     def save_drift_detectors(
@@ -2083,6 +2094,73 @@ class SQLiteStore:
             ).fetchall()
         return [_drift_window(r) for r in rows]
 
+    # -- device states
+
+    def record_device_states(self, changes: Sequence[DeviceStateRow]) -> None:
+        if not changes:
+            return
+        with self._write() as db:
+            db.executemany(
+                "UPDATE devices SET judged_state = ?, state_reason = ?, state_since = ? "
+                "WHERE name = ?",
+                [(c.state, c.reason, c.at, c.device) for c in changes],
+            )
+            db.executemany(
+                "INSERT INTO device_states (at, device, state, previous, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(c.at, c.device, c.state, c.previous, c.reason) for c in changes],
+            )
+
+    def device_state_events(
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        *,
+        cursor: str | None = None,
+    ) -> Page[DeviceStateRow]:
+        _check_limit(limit, "device state events")
+        rows, next_cursor = self._page_by_at(
+            "device_states",
+            "id, at, device, state, previous, reason",
+            (since, until, limit, cursor),
+            device=device,
+        )
+        items = [DeviceStateRow(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+        return Page(items, next_cursor)
+
+    def _page_by_at(
+        self,
+        table: str,
+        columns: str,
+        window: tuple[float, float, int, str | None],
+        **equal: str | None,
+    ) -> tuple[list[Any], str | None]:
+        """One page of ``table``'s rows (``columns``, the first two ``id, at``) with
+        since <= at < until after ``cursor``, oldest first, where each of ``equal``
+        that is not None matches its column; and the next page's cursor."""
+        since, until, limit, cursor = window
+        where = ["at >= ?", "at < ?"]
+        args: list[Any] = [since, until]
+        for column, value in equal.items():
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if cursor is not None:
+            where.append("(at, id) > (?, ?)")
+            args.extend(_decode_event_cursor(cursor))
+        args.append(limit + 1)
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)} "
+                "ORDER BY at, id LIMIT ?",
+                args,
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (_encode_event_cursor(rows[-1][1], rows[-1][0]) if more else None)
+
     def prune_telemetry(self, received_before: float) -> int:
         """Delete the readings the hub received before ``received_before``; returns how
         many. A reading's own timestamp does not count: a recording from last year,
@@ -2113,7 +2191,8 @@ class SQLiteStore:
 # --------------------------------------------------------------------------- rows and cursors
 
 _DEVICE_COLUMNS: Final = (
-    "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health, model"
+    "name, state, epoch, agent_version, model_version, first_seen, last_seen, last_health, model, "
+    "judged_state, state_reason, state_since"
 )
 
 
@@ -2132,7 +2211,8 @@ def _drift_window(r: tuple[Any, ...]) -> DriftWindowRow:
 
 
 def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord:
-    name, state, epoch, agent_version, model_version, first_seen, last_seen, health, model = row
+    name, state, epoch, agent_version, model_version, first_seen, last_seen, health, model = row[:9]
+    judged, reason, since = row[9:]
     return DeviceRecord(
         device=name,
         state=cast(Literal["online", "offline", "never_seen"], state),
@@ -2144,6 +2224,9 @@ def _device_record(row: tuple[Any, ...], counts: dict[str, int]) -> DeviceRecord
         last_health=None if health is None else cast(dict[str, object], json.loads(health)),
         counters=counts,
         model=model,
+        judged_state=judged,
+        state_reason=reason,
+        state_since=None if since is None else float(since),
     )
 
 

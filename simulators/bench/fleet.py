@@ -300,12 +300,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _states(api: HubApi) -> dict[str, int] | None:
-    """Devices per state (online, offline, stale, never_seen), or None if the hub did not answer."""
+    """Devices per state (online, offline, stale, never_seen), or None if the hub did not answer.
+
+    ``online`` counts every device the hub hears from: its degraded and buffering
+    ones too (:mod:`cloud_hub.devices.states`), which are also listed apart."""
     try:
         body = api.get_json("/v1/devices", timeout=10.0)
     except (HarnessError, OSError, ValueError):
         return None
-    return {str(k): int(v) for k, v in body.get("states", {}).items()}
+    states = {str(k): int(v) for k, v in body.get("states", {}).items()}
+    states["online"] = sum(states.get(s, 0) for s in ("online", "degraded", "buffering"))
+    return states
 
 
 def _ingest(api: HubApi) -> dict[str, Any] | None:

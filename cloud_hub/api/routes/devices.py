@@ -1,10 +1,9 @@
-"""``/v1/devices``: the fleet (state derived from the record and the stale timeout), one
-device, and its baseline."""
+"""``/v1/devices``: the fleet (each device's state from :func:`cloud_hub.devices.states.shown`),
+one device, and its baseline."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 from fastapi import APIRouter, HTTPException, status
 
@@ -23,6 +22,7 @@ from cloud_hub.api.schemas import (
     ReplayOut,
     SensorInputsOut,
 )
+from cloud_hub.devices.states import count_states
 from cloud_hub.ota.desired import check_desirable, desired_record
 from cloud_hub.ota.rollouts import devices_in_rollouts
 from cloud_hub.store.base import DesiredRecord, DeviceRecord, Store
@@ -37,19 +37,21 @@ _GAPS_SHOWN = 100
 
 @router.get("", response_model=DeviceListOut)
 def list_devices(access: ReadAccess, store: StoreDep, config: ConfigDep) -> DeviceListOut:
-    """Every device the hub knows, by id, with its state.
+    """Every device the hub knows, by id, with its state, why and since when, and how
+    many devices are in each state.
 
-    ``stale``: the device's last status said online, but nothing has arrived
-    from it for more than ``stale_after_s`` seconds.
+    ``online``; ``degraded`` (its heartbeat shows errors, inputs out of range or a
+    latency over the budget); ``buffering`` (its outbox holds more than the hub's
+    ``--buffering-outbox-messages``, or it is resending); ``offline`` (a clean stop
+    or its last will); ``stale`` (nothing from it for more than ``stale_after_s``
+    seconds); ``never_seen``. Changes are events: ``GET /v1/events?kind=device_state``.
     """
     now = time.time()
     devices = [DeviceOut.from_record(r, now, config.stale_after_s) for r in store.devices()]
-    states = Counter({"online": 0, "offline": 0, "stale": 0, "never_seen": 0})
-    states.update(d.state for d in devices)
     return DeviceListOut(
         count=len(devices),
         stale_after_s=config.stale_after_s,
-        states=dict(states),
+        states=count_states(d.state for d in devices),
         devices=devices,
     )
 

@@ -26,6 +26,7 @@ from cloud_hub.store import open_store
 from cloud_hub.store.base import (
     BatchJob,
     DeadLetter,
+    DeviceStateRow,
     DriftEventRow,
     DriftStateRow,
     DriftWindowRow,
@@ -269,6 +270,13 @@ def _seed(store: Store, models: ModelPaths, tmp: Path) -> Seeded:
             rows_total=0,
             result_path=str(results / JOB_ID),
         )
+    )
+    # Device states as the ingest worker records them: pi-off came online, then went offline.
+    store.record_device_states(
+        [
+            DeviceStateRow(0, now - 100, "pi-off", "online", "never_seen", "birth: agent 0.1.0"),
+            DeviceStateRow(0, now - 90, "pi-off", "offline", "online", "its status said offline"),
+        ]
     )
     # Drift: pi-online drifts on its temperature, pi-off is ok; the fleet alarmed once.
     store.record_drift(

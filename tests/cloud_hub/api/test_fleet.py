@@ -32,7 +32,20 @@ def test_device_list_derives_every_state(hub: Hub) -> None:
         "pi-stale": "stale",
     }
     assert body["count"] == 4 and body["stale_after_s"] == STALE_AFTER_S
-    assert body["states"] == {"online": 1, "offline": 1, "stale": 1, "never_seen": 1}
+    assert body["states"] == {
+        "online": 1,
+        "degraded": 0,
+        "buffering": 0,
+        "offline": 1,
+        "stale": 1,
+        "never_seen": 1,
+    }
+    off = devices["pi-off"]
+    assert off["state_reason"] == "its status said offline"
+    assert off["state_since"] == pytest.approx(hub.seeded.now - 90)
+    assert devices["pi-stale"]["state_reason"].startswith("silent for ")
+    assert devices["pi-stale"]["state_since"] == pytest.approx(hub.seeded.now - 600 + STALE_AFTER_S)
+    assert devices["pi-new"]["state_since"] is None
     online, stale, new = devices["pi-online"], devices["pi-stale"], devices["pi-new"]
     assert online["epoch"] == 2 and online["agent_version"] == "0.1.0"
     assert online["model_version"] == DEFAULT_VERSION and online["model"] == "machine-edge"
@@ -274,3 +287,22 @@ def test_a_devices_baseline_is_the_file_its_agent_reads(hub: Hub) -> None:
     assert none_yet.status == 404 and "edgeloop-hub devices baseline pi-new" in none_yet.detail
     unknown = hub.read.get("/v1/devices/pi-nope/baseline")
     assert unknown.status == 404 and "unknown to this hub" in unknown.detail
+
+
+def test_device_state_changes_are_events_with_reasons(hub: Hub) -> None:
+    first = hub.read.get("/v1/events?kind=device_state&limit=1").json()
+    assert first["count"] == 1 and first["next_cursor"] is not None
+    event = first["events"][0]
+    assert (event["kind"], event["device"], event["previous"], event["state"]) == (
+        "device_state",
+        "pi-off",
+        "never_seen",
+        "online",
+    )
+    rest = hub.read.get(f"/v1/events?kind=device_state&cursor={first['next_cursor']}").json()
+    assert [(e["state"], e["reason"]) for e in rest["events"]] == [
+        ("offline", "its status said offline")
+    ]
+    assert rest["next_cursor"] is None
+    assert hub.read.get("/v1/events?kind=device_state&device=pi-online").json()["events"] == []
+    assert hub.read.get("/v1/events?kind=device_state&cursor=bad").status == 422

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.ingest import HubLink, IngestConfig, IngestStats, IngestWorker
 from cloud_hub.ingest.heavy import HeavyModels
@@ -81,6 +82,7 @@ def running_hub(
     max_payload_bytes: int | None = None,
     heavy_models: HeavyModels | None = None,
     observer: TelemetryObserver | None = None,
+    states: StateTracker | None = None,
 ) -> Iterator[Hub]:
     client_id = client_id or f"hub-{uuid.uuid4().hex[:8]}"
     size = {} if max_payload_bytes is None else {"max_payload_bytes": max_payload_bytes}
@@ -94,6 +96,7 @@ def running_hub(
         config=config,
         heavy_models=heavy_models,
         observer=observer,
+        states=states,
     )
     worker.start()
     link.start(timeout=WAIT)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_hub.store import BatchJob, SQLiteStore, Store, TelemetryRows
-from cloud_hub.store.base import DriftEventRow, DriftStateRow, DriftWindowRow
+from cloud_hub.store.base import DeviceStateRow, DriftEventRow, DriftStateRow, DriftWindowRow
 from shared.manifest import manifest_file_bytes
 from tests.cloud_hub.store.samples import (
     T0,
@@ -817,3 +817,38 @@ def test_drift_states_events_and_windows_round_trip(store: Store) -> None:
     assert store.drift_windows("other", 0.0, 10) == []
     with pytest.raises(ValueError, match="cursor"):
         store.drift_events(None, 0.0, T0 + 100, 10, cursor="not-a-cursor")
+
+
+def test_device_states_are_stored_with_their_changes(store: Store) -> None:
+    store.touch("d1", T0)
+    store.touch("d2", T0)
+    before = store.device("d1")
+    assert before is not None and before.judged_state is None
+    changes = [
+        DeviceStateRow(0, T0 + 1, "d1", "degraded", "online", "latency p99 41 ms over the budget"),
+        DeviceStateRow(0, T0 + 2, "d2", "stale", "online", "silent for 31 s"),
+        DeviceStateRow(0, T0 + 3, "d1", "online", "degraded", "heartbeat: no new errors"),
+    ]
+    store.record_device_states(changes)
+    d1 = store.device("d1")
+    assert d1 is not None
+    assert (d1.judged_state, d1.state_reason, d1.state_since) == (
+        "online",
+        "heartbeat: no new errors",
+        T0 + 3,
+    )
+    by_name = {r.device: r for r in store.devices()}
+    assert by_name["d2"].judged_state == "stale" and by_name["d2"].state_since == T0 + 2
+    page = store.device_state_events(None, 0.0, T0 + 100, 2)
+    assert [(e.device, e.state) for e in page.items] == [("d1", "degraded"), ("d2", "stale")]
+    assert page.next_cursor is not None and all(e.id > 0 for e in page.items)
+    rest = store.device_state_events(None, 0.0, T0 + 100, 2, cursor=page.next_cursor)
+    assert [(e.previous, e.state) for e in rest.items] == [("degraded", "online")]
+    assert rest.next_cursor is None
+    assert [e.at for e in store.device_state_events("d1", 0.0, T0 + 100, 10).items] == [
+        T0 + 1,
+        T0 + 3,
+    ]
+    assert store.device_state_events("d1", T0 + 2, T0 + 3, 10).items == []
+    with pytest.raises(ValueError, match="cursor"):
+        store.device_state_events(None, 0.0, T0 + 100, 10, cursor="not-a-cursor")

@@ -273,3 +273,22 @@ def test_migration_5_adds_baselines_to_a_version_4_store(tmp_path: Path) -> None
         assert store.device("pi-01") is not None and store.baseline("pi-01") is None
         store.put_baseline(b, 5.0)
         assert store.baselines() == [b]
+
+
+def test_migration_12_keeps_devices_and_leaves_them_unjudged(tmp_path: Path) -> None:
+    from cloud_hub.store import sqlite as backend  # noqa: PLC0415
+
+    db_path = tmp_path / "hub.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+        for v in range(1, 12):
+            backend._MIGRATIONS[v](db)
+            db.execute("INSERT INTO schema_version VALUES (?, 0)", (v,))
+        db.execute(
+            "INSERT INTO devices (name, state, epoch, last_seen) VALUES ('pi-01', 'online', 3, 5.0)"
+        )
+    with SQLiteStore(db_path) as store:
+        got = store.device("pi-01")
+        assert got is not None and got.state == "online" and got.epoch == 3
+        assert (got.judged_state, got.state_reason, got.state_since) == (None, None, None)
+        assert store.device_state_events(None, 0.0, 10.0, 10).items == []

@@ -1,0 +1,307 @@
+"""The rules that give a device its state, and why (pure: no I/O, no clock).
+
+States, by precedence (the first that holds wins):
+
+1. ``offline``: the device's last status said so, a clean stop or its last
+   will (the broker sends it when the connection drops). Both are the same
+   message; the will was composed when the agent connected, a clean stop's
+   as it stopped, and :func:`offline_reason` tells them apart by that age.
+2. ``stale``: its link is up as far as the hub knows, but nothing has arrived
+   from it for more than ``stale_after_s``.
+3. ``degraded``: its last heartbeat shows errors since the one before (dropped
+   messages, unreadable input, bad messages), inputs out of their valid range
+   since the one before, or a latency p99 over the budget.
+4. ``buffering``: its last heartbeat shows more than ``buffering_outbox_messages``
+   messages in its outbox, or the hub received messages it already had from it
+   since its previous heartbeat (it is resending).
+5. ``online``: none of the above.
+
+``never_seen`` (provisioned, never heard from) stands apart.
+
+Why this order: offline and stale say the hub does not hear the device, so
+what its last heartbeat said no longer describes it. Degraded before
+buffering: degraded is the device's own output going wrong, which needs a
+person; buffering is delivery lagging, which usually drains by itself once the
+link is back. A lower state that holds too is named in the reason ("also
+buffering: ...").
+
+:func:`shown` is the one place a device's state is read from its record: the
+API's ``/v1/devices`` and anything else counting devices by state use it. The
+ingest worker's :class:`~cloud_hub.devices.tracker.StateTracker` applies
+:func:`judge_beat` and :func:`stale_verdict` as messages arrive and stores
+each change with its reason.
+
+>>> rules = StateRules(stale_after_s=30.0, buffering_outbox_messages=1000)
+>>> beat = Beat(epoch=1, latency_p99_us=41_000.0, outbox_depth=1200)
+>>> judge_beat(beat, None, rules=rules)
+Verdict(state='degraded', reason='latency p99 41 ms over the 20 ms budget; also buffering: outbox 1,200 messages > 1,000')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
+
+from cloud_hub.store.base import DeviceRecord
+
+__all__ = [
+    "OFFLINE_REASON",
+    "STATES",
+    "Beat",
+    "Shown",
+    "State",
+    "StateRules",
+    "Verdict",
+    "count_states",
+    "judge_beat",
+    "offline_reason",
+    "shown",
+    "stale_verdict",
+]
+
+State = Literal["online", "degraded", "buffering", "offline", "stale", "never_seen"]
+STATES: Final[tuple[State, ...]] = get_args(State)
+"""Every state, in the order the fleet summary lists them."""
+
+LIVE: Final = frozenset({"online", "degraded", "buffering"})
+"""The states judged from heartbeats (the device is heard from)."""
+
+OFFLINE_REASON: Final = (
+    "its status said offline: a clean stop, or its last will (the connection dropped)"
+)
+CLEAN_STOP_S: Final = 5.0
+"""An offline status that arrives within this of its own time is a clean stop's."""
+NEVER_SEEN_REASON: Final = "provisioned, never heard from"
+
+_INPUT_KINDS: Final = ("missing:", "out_of_range:", "out_of_distribution:")
+"""Per-sensor input counters of a heartbeat's ``invalid`` (shared.features)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateRules:
+    """The settings the rules read (the hub's ``--stale-after-s``,
+    ``--buffering-outbox-messages`` and ``--latency-budget-ms``)."""
+
+    stale_after_s: float = 30.0
+    buffering_outbox_messages: int = 1000
+    """More messages than this in a device's outbox: buffering."""
+    latency_budget_ms: float = 20.0
+    """A latency p99 (per reading, the agent's heartbeat) over this: degraded."""
+
+    def __post_init__(self) -> None:
+        if not self.stale_after_s > 0:
+            raise ValueError(f"stale_after_s must be > 0 seconds, got {self.stale_after_s}")
+        if self.buffering_outbox_messages < 0:
+            raise ValueError(
+                f"buffering_outbox_messages must be >= 0, got {self.buffering_outbox_messages}"
+            )
+        if not self.latency_budget_ms > 0:
+            raise ValueError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What the rules read of one heartbeat (:class:`shared.messages.Health`). Its
+    ``dropped`` and ``invalid`` counters count since the agent's start (its epoch)."""
+
+    epoch: int
+    latency_p99_us: float = 0.0
+    outbox_depth: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    invalid: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Beat | None:
+        """From a heartbeat as stored (``Health.to_dict()``); None if it is not one."""
+        try:
+            return cls(
+                epoch=int(d["epoch"]),  # type: ignore[call-overload]
+                latency_p99_us=float(d.get("latency_p99_us", 0.0)),  # type: ignore[arg-type]
+                outbox_depth=int(d.get("outbox_depth", 0)),  # type: ignore[call-overload]
+                dropped=_counts(d.get("dropped")),
+                invalid=_counts(d.get("invalid")),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    state: State
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A device's state as shown: the state, why, and since when (None: not known)."""
+
+    state: State
+    reason: str
+    since: float | None
+
+
+def _new(now: Mapping[str, int], before: Mapping[str, int] | None) -> dict[str, int]:
+    """Counter increases since ``before`` (a counter that went down was reset: all new)."""
+    out: dict[str, int] = {}
+    for key, n in now.items():
+        prev = 0 if before is None else before.get(key, 0)
+        grew = n - prev if n >= prev else n
+        if grew > 0:
+            out[key] = grew
+    return out
+
+
+def _listed(counts: Mapping[str, int], limit: int = 3) -> str:
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown_ = ", ".join(f"{k} {n:,}" for k, n in top[:limit])
+    return shown_ + (f", {len(top) - limit} more" if len(top) > limit else "")
+
+
+def _many(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000.0:.3g} ms"
+
+
+def judge_beat(
+    beat: Beat,
+    previous: Beat | None,
+    *,
+    rules: StateRules,
+    resent: int = 0,
+) -> Verdict:
+    """The state one heartbeat shows: ``degraded``, ``buffering`` or ``online``.
+
+    ``previous`` is the device's heartbeat before it (None: none known); counters
+    are compared with it when it is of the same epoch, else counted since the
+    agent started. ``resent``: messages the hub received from the device since
+    ``previous`` that it had already stored.
+
+    >>> rules = StateRules()
+    >>> before = Beat(epoch=7, invalid={"out_of_range:temperature": 2})
+    >>> now = Beat(epoch=7, invalid={"out_of_range:temperature": 14}, dropped={"outbox_full": 3})
+    >>> judge_beat(now, before, rules=rules).reason
+    'heartbeat: 3 errors since the last one (dropped outbox_full 3); 12 inputs out of range (temperature 12)'
+    >>> judge_beat(now, now, rules=rules)
+    Verdict(state='online', reason='heartbeat: no new errors, latency p99 0 ms, outbox 0 messages')
+    """
+    same = previous is not None and previous.epoch == beat.epoch
+    dropped = _new(beat.dropped, previous.dropped if same and previous else None)
+    invalid = _new(beat.invalid, previous.invalid if same and previous else None)
+    errors = {f"dropped {k}": n for k, n in dropped.items()}
+    errors.update({f"invalid {k}": n for k, n in invalid.items() if not k.startswith(_INPUT_KINDS)})
+    out_of_range = {
+        k.partition(":")[2]: n for k, n in invalid.items() if k.startswith("out_of_range:")
+    }
+    since = "since the last one" if same else "since the agent started"
+    degraded: list[str] = []
+    if errors:
+        n = sum(errors.values())
+        degraded.append(f"heartbeat: {_many(n, 'error')} {since} ({_listed(errors)})")
+    if out_of_range:
+        n = sum(out_of_range.values())
+        what = f"{_many(n, 'input')} out of range ({_listed(out_of_range)})"
+        degraded.append(what if errors else f"heartbeat: {what} {since}")
+    budget_us = rules.latency_budget_ms * 1000.0
+    if beat.latency_p99_us > budget_us:
+        degraded.append(f"latency p99 {_ms(beat.latency_p99_us)} over the {_ms(budget_us)} budget")
+    buffering: list[str] = []
+    if beat.outbox_depth > rules.buffering_outbox_messages:
+        buffering.append(
+            f"outbox {_many(beat.outbox_depth, 'message')} > {rules.buffering_outbox_messages:,}"
+        )
+    if resent > 0:
+        buffering.append(f"resending: {_many(resent, 'message')} the hub already had")
+    if degraded:
+        reason = "; ".join(degraded)
+        if buffering:
+            reason += "; also buffering: " + "; ".join(buffering)
+        return Verdict("degraded", reason)
+    if buffering:
+        return Verdict("buffering", "; ".join(buffering))
+    return Verdict(
+        "online",
+        f"heartbeat: no new errors, latency p99 {_ms(beat.latency_p99_us)}, "
+        f"outbox {_many(beat.outbox_depth, 'message')}",
+    )
+
+
+def offline_reason(composed_at: float, received_at: float) -> str:
+    """Why a device is offline, from its offline status's own time (``ts``) and when it
+    arrived: the agent composes its will when it connects and a clean stop's status as
+    it stops. A device clock off by more than :data:`CLEAN_STOP_S` can mislead it.
+
+    >>> offline_reason(100.0, 100.2)
+    'its status said offline as it stopped: a clean stop'
+    >>> offline_reason(100.0, 400.0)
+    'its last will: the connection dropped (the broker sent the offline status the agent left when it connected, 300 s before)'
+    """
+    age = received_at - composed_at
+    if composed_at <= 0 or age < -CLEAN_STOP_S:
+        return OFFLINE_REASON
+    if age <= CLEAN_STOP_S:
+        return "its status said offline as it stopped: a clean stop"
+    return (
+        "its last will: the connection dropped (the broker sent the offline status the "
+        f"agent left when it connected, {age:.0f} s before)"
+    )
+
+
+def stale_verdict(last_seen: float | None, now: float, stale_after_s: float) -> Verdict | None:
+    """``stale`` if nothing arrived for more than ``stale_after_s`` (None: not stale).
+
+    >>> stale_verdict(100.0, 131.0, 30.0)
+    Verdict(state='stale', reason='silent for 31 s, over the stale timeout of 30 s')
+    >>> stale_verdict(100.0, 110.0, 30.0) is None
+    True
+    """
+    if last_seen is not None and now - last_seen <= stale_after_s:
+        return None
+    if last_seen is None:
+        return Verdict("stale", "no message on record")
+    return Verdict(
+        "stale",
+        f"silent for {now - last_seen:.0f} s, over the stale timeout of {stale_after_s:g} s",
+    )
+
+
+def shown(record: DeviceRecord, now: float, stale_after_s: float) -> Shown:
+    """The state a device shows, from its record (what the ingest worker last stored)
+    and the stale rule applied now, so a silent device shows ``stale`` before the
+    worker's next periodic check records it.
+
+    >>> rec = DeviceRecord("pi-1", "online", 1, "0.1.0", "1.0.0", 0.0, 100.0, None)
+    >>> shown(rec, now=110.0, stale_after_s=30.0).state, shown(rec, 131.0, 30.0)
+    ('online', Shown(state='stale', reason='silent for 31 s, over the stale timeout of 30 s', since=130.0))
+    """
+    judged = record.judged_state
+    if record.state == "never_seen":
+        return Shown("never_seen", NEVER_SEEN_REASON, None)
+    if record.state == "offline":
+        if judged == "offline" and record.state_reason is not None:
+            return Shown("offline", record.state_reason, record.state_since)
+        return Shown("offline", OFFLINE_REASON, record.last_seen)
+    stale = stale_verdict(record.last_seen, now, stale_after_s)
+    if stale is not None:
+        since = None if record.last_seen is None else record.last_seen + stale_after_s
+        return Shown("stale", stale.reason, since)
+    if judged in LIVE and record.state_reason is not None:
+        return Shown(judged, record.state_reason, record.state_since)  # type: ignore[arg-type]
+    return Shown("online", "heard from (no heartbeat judged yet)", record.last_seen)
+
+
+def count_states(shown_states: Iterable[State]) -> dict[str, int]:
+    """How many devices are in each state, every state listed (zeros too)."""
+    counts: dict[str, int] = dict.fromkeys(STATES, 0)
+    for s in shown_states:
+        counts[s] += 1
+    return counts
