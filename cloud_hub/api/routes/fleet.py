@@ -44,7 +44,8 @@ _READINGS_KEPT = 20_000
 
 class FleetDeviceOut(BaseModel):
     readings_per_s: float
-    """Readings received over the last ``window_s`` seconds, per second."""
+    """Readings received over the last ``window_s`` seconds, per second (over the time
+    since the device was first seen, when that is shorter)."""
     open_gaps: int
     """Ranges of seqs not (yet) received."""
     lost_readings: int
@@ -60,9 +61,17 @@ class FleetDeviceOut(BaseModel):
 class FleetOut(BaseModel):
     window_s: float
     readings_per_s: float
-    """Readings received from every device over the last ``window_s`` seconds, per second."""
+    """The sum of the devices' rates."""
     devices: dict[str, FleetDeviceOut]
     """By device id: every device of ``GET /v1/devices``."""
+
+
+def _span(first_seen: float | None, now: float) -> float:
+    """The seconds a device's rate is over: the window, or less for a device seen for less
+    (at least 1 s)."""
+    if first_seen is None:
+        return RATE_WINDOW_S
+    return min(RATE_WINDOW_S, max(now - first_seen, 1.0))
 
 
 @router.get("/v1/fleet", response_model=FleetOut)
@@ -79,7 +88,7 @@ def fleet(access: ReadAccess, store: StoreDep) -> FleetOut:
         row = drift.get((r.device, r.model or "", r.model_version or ""))
         lost = sum(v for k, v in r.counters.items() if k.startswith("lost_at_edge_readings:"))
         out[r.device] = FleetDeviceOut(
-            readings_per_s=round(received.get(r.device, 0) / RATE_WINDOW_S, 3),
+            readings_per_s=round(received.get(r.device, 0) / _span(r.first_seen, now), 3),
             open_gaps=gaps.get(r.device, 0),
             lost_readings=lost,
             lost_unexplained_messages=r.counters.get("lost_unexplained_messages", 0),
@@ -88,7 +97,7 @@ def fleet(access: ReadAccess, store: StoreDep) -> FleetOut:
         )
     return FleetOut(
         window_s=RATE_WINDOW_S,
-        readings_per_s=round(sum(received.values()) / RATE_WINDOW_S, 3),
+        readings_per_s=round(sum(o.readings_per_s for o in out.values()), 3),
         devices=out,
     )
 

@@ -1,7 +1,7 @@
 // The dashboard: hash routes, one page at a time, each refreshed by polling the API.
 // Everything shown comes from /v1/...; the page formats, it does not compute.
 import { api, ApiError, exchangeCode, setToken, signOut, token } from "./api.js";
-import { clear, el, fmtBytes, fmtNum, fmtTime, stateBadge, table } from "./dom.js";
+import { clear, el, fmtBytes, fmtNum, fmtTime, stateBadge, table, timeText } from "./dom.js";
 
 const POLL_MS = 3000;
 const page = document.getElementById("page");
@@ -238,7 +238,7 @@ function plot(holder, title, series, height = 220) {
     width: 560,
     height,
     scales: { x: { time: true } },
-    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, spanGaps: false }))],
+    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: s.width || 1.5, dash: s.dash, spanGaps: false }))],
     axes: [{ stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } },
            { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } }],
     hooks: {
@@ -339,7 +339,7 @@ function devicePage(root, [device]) {
       if (!charts) {
         charts = [
           plot(plots, `Score of “${s.urgent_class || "urgent"}”: edge vs heavy`, [
-            { label: "edge", color: "#1e88e5" }, { label: "heavy", color: "#e53935" }]),
+            { label: "edge", color: "#1e88e5", width: 3 }, { label: "heavy", color: "#e53935", dash: [6, 4] }]),
           ...names.map((n) => plot(plots, n, [{ label: n, color: "#43a047" }])),
         ];
         charts[0].fig.id = "plot-score";
@@ -364,14 +364,14 @@ function devicePage(root, [device]) {
       clear(driftBody);
       for (const v of dr.versions) {
         driftBody.append(el("p", {}, `${v.model} ${v.version}: `, stateBadge(v.state),
-          v.since ? ` since ${fmtTime(v.since)}` : "",
+          v.since ? ` since ${timeText(v.since)}` : "",
           Object.keys(v.streams).length ? ` on ${Object.keys(v.streams).join(", ")}` : ""));
       }
       const w = dr.windows[0];
       if (w) {
         const ranked = Object.entries(w.psi).sort((a, b) => b[1] - a[1]);
         driftBody.append(table({
-          caption: `PSI per feature, window ending ${fmtTime(w.end_at)} (${fmtNum(w.readings)} readings)`,
+          caption: `PSI per feature, window ending ${timeText(w.end_at)} (${fmtNum(w.readings)} readings)`,
           columns: ["Feature", "PSI", "Detector statistic"],
           numeric: [1, 2],
           rows: ranked.map(([k, p]) => [k, fmtNum(p, 3), w.statistic[k] == null ? "—" : fmtNum(w.statistic[k], 2)]),
@@ -406,7 +406,7 @@ function driftPage(root) {
         sec.append(el("ul", { class: "counts" }, ...Object.entries(v.states).map(([s, n]) =>
           el("li", {}, el("strong", {}, fmtNum(n)), stateBadge(s)))));
         if (v.fleet_alarm) {
-          sec.append(el("p", { class: "alert" }, `Fleet alarm since ${fmtTime(v.fleet_alarm.since)} on ${v.fleet_alarm.streams.join(", ")}: ${v.fleet_alarm.devices.length} of ${v.fleet_alarm.active_devices} devices (${fmtNum(v.fleet_alarm.share * 100, 0)} %)`));
+          sec.append(el("p", { class: "alert" }, `Fleet alarm since ${timeText(v.fleet_alarm.since)} on ${v.fleet_alarm.streams.join(", ")}: ${v.fleet_alarm.devices.length} of ${v.fleet_alarm.active_devices} devices (${fmtNum(v.fleet_alarm.share * 100, 0)} %)`));
         }
         sec.append(table({
           caption: "Features ranked by mean PSI",
@@ -450,12 +450,14 @@ function rolloutsPage(root) {
   const cohorts = el("input", { id: "ro-cohorts", value: "10, 50, 100" });
   const soak = el("input", { id: "ro-soak", type: "number", min: "0", step: "1", value: "0" });
   const minReadings = el("input", { id: "ro-min-readings", type: "number", min: "1", step: "1", value: "100" });
+  const devices = el("input", { id: "ro-devices", placeholder: "every device on the model" });
   const form = el("form", { class: "inline", id: "rollout-form", "aria-labelledby": "start-title" },
     el("div", {}, el("label", { for: "ro-model" }, "Model"), model),
     el("div", {}, el("label", { for: "ro-version" }, "Version"), version),
     el("div", {}, el("label", { for: "ro-cohorts" }, "Cohorts (cumulative %)"), cohorts),
     el("div", {}, el("label", { for: "ro-soak" }, "Soak per cohort (s)"), soak),
     el("div", {}, el("label", { for: "ro-min-readings" }, "Min readings per device"), minReadings),
+    el("div", {}, el("label", { for: "ro-devices" }, "Only these devices (comma-separated)"), devices),
     el("button", { type: "submit" }, "Start rollout"));
   const list = el("div", { id: "rollouts" });
   root.append(el("h1", {}, "Rollouts"), message, notice,
@@ -482,6 +484,8 @@ function rolloutsPage(root) {
       cohorts: cohorts.value.split(",").map((x) => Number(x.trim())).filter((x) => !Number.isNaN(x)),
       gates: { soak_s: Number(soak.value), min_readings: Number(minReadings.value) },
     };
+    const only = devices.value.split(",").map((x) => x.trim()).filter(Boolean);
+    if (only.length) body.devices = only;
     act("/v1/rollouts", body, (r) => `Started rollout ${r.id}.`);
   });
 
@@ -494,9 +498,10 @@ function rolloutsPage(root) {
         const sec = el("section", { "data-rollout": r.id, "data-state": r.state, "data-cohort": String(r.cohort) });
         sec.append(el("h2", {}, `${r.model} ${r.version} `, stateBadge(r.state),
           ` cohort ${Math.min(r.cohort, r.cohorts.length)} of ${r.cohorts.length}${r.cohort > r.cohorts.length ? " (all passed)" : ""}`));
-        sec.append(el("p", { class: "muted" }, `${r.id}, started ${fmtTime(r.created_at)}`));
+        sec.append(el("p", { class: "muted" }, `${r.id}, started `, fmtTime(r.created_at)));
         const buttons = el("p", {});
-        for (const what of ["pause", "resume", "abort"]) {
+        const offered = r.state === "paused" ? ["resume", "abort"] : ["pause", "abort"];
+        for (const what of offered) {
           const b = el("button", { type: "button", class: what === "abort" ? "danger" : "", "data-action": what }, what[0].toUpperCase() + what.slice(1));
           b.addEventListener("click", () => act(`/v1/rollouts/${encodeURIComponent(r.id)}/${what}`, { reason: `from the dashboard` }, () => `${what}: done for ${r.id}.`));
           buttons.append(b, " ");
@@ -508,17 +513,24 @@ function rolloutsPage(root) {
           rows: r.cohorts.map((c) => [String(c.index), fmtNum(c.devices.length),
             Object.entries(c.states).map(([s, n]) => `${s}: ${n}`).join(", ")]),
         }));
+        sec.append(table({
+          caption: "Gates: thresholds set",
+          columns: ["Gate", "Threshold"],
+          rows: Object.entries(r.gates).map(([k, v]) => [k, v == null ? "off" : String(v)]),
+        }));
+        // The hub's last judgement: each gate's value against its threshold.
         const judged = [...r.decisions].reverse().find((d) => d.gates && Object.keys(d.gates).length);
-        const gateRows = Object.entries(r.gates).map(([k, v]) => {
-          const seen = judged && judged.gates[k] !== undefined ? JSON.stringify(judged.gates[k]) : "—";
-          return [k, v == null ? "off" : String(v), seen];
-        });
         if (judged) {
-          for (const [k, v] of Object.entries(judged.gates)) {
-            if (!(k in r.gates)) gateRows.push([k, "—", JSON.stringify(v)]);
-          }
+          sec.append(table({
+            caption: `Gates as judged at ${timeText(judged.at)} (${judged.what})`,
+            columns: ["Gate", "Value", "Threshold"],
+            rows: Object.entries(judged.gates).map(([k, v]) => {
+              if (v == null || typeof v !== "object") return [k, v == null ? "—" : String(v), "—"];
+              const limit = v.min != null ? `≥ ${v.min}` : v.max != null ? `≤ ${v.max}` : "—";
+              return [k, v.value == null ? "—" : String(v.value), limit];
+            }),
+          }));
         }
-        sec.append(table({ caption: "Gates: thresholds and the last values judged", columns: ["Gate", "Threshold", "Last judged"], rows: gateRows }));
         sec.append(table({
           caption: "Decisions",
           columns: ["Time", "What", "Why"],

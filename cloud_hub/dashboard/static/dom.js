@@ -71,3 +71,8 @@ export function table({ caption, columns, rows, numeric = [] }) {
   t.append(body);
   return t;
 }
+
+// The same, as text (for use inside a sentence).
+export function timeText(seconds) {
+  return seconds == null ? "—" : new Date(seconds * 1000).toLocaleString();
+}
