@@ -27,12 +27,14 @@ export function fmtNum(value, digits = 0) {
   return numberFormats.get(digits).format(value);
 }
 
+// One formatter for every timestamp: toLocaleString would build one per call.
+const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+
 // Unix seconds as a date and time in the viewer's time zone.
 export function fmtTime(seconds) {
   if (seconds == null) return "—";
   const d = new Date(seconds * 1000);
-  const t = el("time", { datetime: d.toISOString() }, d.toLocaleString());
-  return t;
+  return el("time", { datetime: d.toISOString() }, dateTime.format(d));
 }
 
 export function fmtBytes(n) {
@@ -74,5 +76,5 @@ export function table({ caption, columns, rows, numeric = [] }) {
 
 // The same, as text (for use inside a sentence).
 export function timeText(seconds) {
-  return seconds == null ? "—" : new Date(seconds * 1000).toLocaleString();
+  return seconds == null ? "—" : dateTime.format(new Date(seconds * 1000));
 }
