@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.timeout(150), pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 30_000
 NEW = "1.2.0"
+SLOW = "1.3.0"
+"""A version whose rollout soaks for ten minutes: it stays running while the buttons act."""
 CALM = ("press-a", "press-b")
 URGENT = "press-urgent"
 """Its simulated machine hits urgent conditions often: urgent events arrive."""
@@ -91,9 +93,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
     edge = load_package(model_packages.edge).manifest
     key = load_signing_key(hub.data_dir / "keys" / "signing.key")
     newer = variant(model_packages.edge, tmp / "newer", key, NEW)
+    slow = variant(model_packages.edge, tmp / "slow", key, SLOW)
     agents: list[AgentProcess] = []
     with hub, sync_playwright() as pw:
-        assert hub.admin_api.post("/v1/models", body=zip_package(newer)).status == 201
+        for package in (newer, slow):
+            assert hub.admin_api.post("/v1/models", body=zip_package(package)).status == 201
         for device in CALM:
             agents.append(
                 _agent(hub, model_packages.edge, tmp, secrets, device, "--sim-urgent-rate", "0")
@@ -176,7 +180,19 @@ def test_the_fleet_page_fills_with_the_devices_and_agrees_with_the_api(rig: Rig)
     page.wait_for_function("document.querySelectorAll('#fleet-table tbody tr').length === 1")
     page.fill("#filter-text", "")
     page.wait_for_function("document.querySelectorAll('#fleet-table tbody tr').length === 3")
+    # From the keyboard (a fresh load, still signed in): the first Tab reaches the skip
+    # link, then the pages' links.
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#fleet-table tbody tr').length === 3")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('href')") == "#/fleet"
     _shot(rig, "fleet")
+    page.emulate_media(color_scheme="dark")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.emulate_media(color_scheme="light")
+    assert background == "rgb(18, 20, 23)"  # the dark scheme's --bg
 
 
 def test_a_device_page_plots_its_readings_and_marks_urgent_events(rig: Rig) -> None:
@@ -243,6 +259,27 @@ def test_the_admin_token_starts_a_rollout_and_its_cohort_advances(rig: Rig) -> N
     rollout = rig.hub.api.get_json("/v1/rollouts")["rollouts"][0]
     assert rollout["cohort"] >= 2
     _shot(rig, "rollouts")
+
+
+def test_the_buttons_pause_resume_and_abort_a_rollout(rig: Rig) -> None:
+    _sign_in(rig, rig.hub.admin_token)
+    page = rig.page
+    page.goto(rig.hub.base_url + "/#/rollouts")
+    page.fill("#ro-model", rig.edge)
+    page.fill("#ro-version", SLOW)
+    page.fill("#ro-cohorts", "100")
+    page.fill("#ro-soak", "600")
+    page.fill("#ro-devices", URGENT)
+    page.click("#rollout-form button[type=submit]")
+    section = page.locator(f"[data-rollout*='{SLOW}']")
+    section.wait_for()
+    for button, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
+        section.locator(f"button[data-action={button}]").click()
+        page.wait_for_function(
+            f"document.querySelector(\"[data-rollout*='{SLOW}']\").dataset.state === '{state}'"
+        )
+    found = [r for r in rig.hub.api.get_json("/v1/rollouts")["rollouts"] if r["version"] == SLOW]
+    assert [d["what"] for d in found[0]["decisions"]][-3:] == ["paused", "resumed", "aborted"]
 
 
 @pytest.mark.parametrize("name", ["drift", "models", "pipeline", "ingest"])
