@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class Rig:
     edge: str
     page: Any
     shots: Path
+    browser: Any
 
 
 def _agent(
@@ -109,10 +111,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory, model_packages: ModelPaths) ->
             a.start()
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            # The tests' waits evaluate JavaScript strings, which the page's Content
+            # Security Policy forbids; test_the_page_works_under_its_own_policy runs
+            # without this.
+            context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
             page = context.new_page()
             page.set_default_timeout(WAIT_MS)
-            yield Rig(hub, edge.name, page, tmp / "screenshots")
+            yield Rig(hub, edge.name, page, tmp / "screenshots", browser)
         finally:
             browser.close()
             for a in agents:
@@ -280,6 +285,31 @@ def test_the_buttons_pause_resume_and_abort_a_rollout(rig: Rig) -> None:
         )
     found = [r for r in rig.hub.api.get_json("/v1/rollouts")["rollouts"] if r["version"] == SLOW]
     assert [d["what"] for d in found[0]["decisions"]][-3:] == ["paused", "resumed", "aborted"]
+
+
+def test_the_page_works_under_its_own_policy(rig: Rig) -> None:
+    """No bypass here: the Content Security Policy of / (only the hub's own files and
+    API) is enforced, and nothing the page does breaks it."""
+    context = rig.browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        complaints: list[str] = []
+        page.on("console", lambda m: complaints.append(m.text) if m.type == "error" else None)
+        page.goto(rig.hub.base_url + "/")
+        page.fill("#token-input", rig.hub.read_token)
+        page.click("#sign-in-form button[type=submit]")
+        page.locator("#fleet-table tbody tr").nth(2).wait_for()
+        page.click(f"a[href='#/device/{CALM[0]}']")
+        page.locator("#plot-score canvas").wait_for()
+        plot = page.locator("#plot-score")
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while int(plot.get_attribute("data-points") or 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert int(plot.get_attribute("data-points") or 0) > 0
+        assert not [c for c in complaints if "Content Security Policy" in c], complaints
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("name", ["drift", "models", "pipeline", "ingest"])

@@ -18,10 +18,20 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-__all__ = ["ASSETS_URL", "install_dashboard"]
+__all__ = ["ASSETS_URL", "PAGE_HEADERS", "install_dashboard"]
 
 ASSETS_URL: Final = "/ui"
 _STATIC: Final = Path(__file__).parent / "static"
+PAGE_HEADERS: Final = {
+    "Cache-Control": "no-cache",
+    # Only this hub's own files and API: no inline script, nothing from elsewhere.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""Headers of ``/``."""
 _FILES: Final = (
     "index.html",
     "app.js",
@@ -51,4 +61,4 @@ def install_dashboard(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
-        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return FileResponse(index, headers=PAGE_HEADERS)

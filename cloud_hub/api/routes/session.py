@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import AdminAccess
@@ -161,8 +161,11 @@ def make_code(access: AdminAccess, book: CodeBookDep, body: CodeIn | None = None
         400: {"description": "The code is unknown, used or expired (the detail says which)."},
     },
 )
-def exchange(config: ConfigDep, book: CodeBookDep, body: ExchangeIn) -> ExchangeOut:
+def exchange(
+    config: ConfigDep, book: CodeBookDep, body: ExchangeIn, response: Response
+) -> ExchangeOut:
     """Exchange a one-time code for the token it grants (no token needed: the code is it)."""
+    response.headers["Cache-Control"] = "no-store"
     try:
         granted = book.redeem(body.code)
     except CodeRefusedError as exc:

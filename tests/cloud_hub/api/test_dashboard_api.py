@@ -22,6 +22,7 @@ def test_the_dashboard_is_served_at_the_root_without_a_token(hub: Hub) -> None:
     page = hub.anon.get("/")
     assert page.status == 200
     assert b'<script type="module" src="/ui/app.js">' in page.body
+    assert "script-src 'self'" in page.headers["content-security-policy"]
     for asset in ("/ui/app.js", "/ui/api.js", "/ui/dom.js", "/ui/app.css"):
         assert hub.anon.get(asset).status == 200, asset
     js = hub.anon.get("/ui/vendor/uplot/uPlot.iife.min.js")
@@ -110,6 +111,7 @@ def test_a_sign_in_code_is_exchanged_once_for_the_token(hub: Hub) -> None:
     got = hub.anon.post("/v1/session/exchange", json_body={"code": code})
     assert got.status == 200, got.body
     assert got.json() == {"access": "read", "token": READ_TOKEN}
+    assert got.headers["cache-control"] == "no-store"
     again = hub.anon.post("/v1/session/exchange", json_body={"code": code})
     assert again.status == 400 and "already used" in again.json()["detail"]
     admin = hub.admin.post("/v1/session/codes", json_body={}).json()
