@@ -137,3 +137,24 @@ def test_a_code_expires() -> None:
     now[0] += 119.0
     assert book.redeem(fresh) == "read"
     assert time.time() > 0  # the book's clock, not the wall clock, decided
+
+
+def test_the_dashboards_files_are_package_data() -> None:
+    """A wheel (a non-editable install) carries every file the dashboard serves."""
+    import fnmatch  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    import cloud_hub.dashboard  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parents[3]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["cloud_hub.dashboard"]
+    package_dir = Path(cloud_hub.dashboard.__file__).parent
+    files = [
+        p.relative_to(package_dir).as_posix()
+        for p in (package_dir / "static").rglob("*")
+        if p.is_file()
+    ]
+    assert "static/vendor/uplot/uPlot.iife.min.js" in files and "static/index.html" in files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
