@@ -78,16 +78,34 @@ function stopPage() {
   current = null;
 }
 
-async function tick() {
-  if (!current) return;
+let inFlight = null;
+
+// One refresh at a time, and none while the tab is hidden (the hub is not polled for
+// nobody); an action's own refresh waits for the one in flight.
+async function tick({ force = false } = {}) {
+  if (!current || (document.hidden && !force)) return;
+  if (inFlight) {
+    if (!force) return;
+    await inFlight;
+  }
   const mine = current;
+  const run = (async () => {
+    try {
+      await mine.refresh();
+      if (mine === current) statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (err) {
+      if (!handleError(err)) statusLine.textContent = describe(err);
+    }
+  })();
+  inFlight = run;
   try {
-    await mine.refresh();
-    if (mine === current) statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
-  } catch (err) {
-    if (!handleError(err)) statusLine.textContent = describe(err);
+    await run;
+  } finally {
+    if (inFlight === run) inFlight = null;
   }
 }
+
+document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(); });
 
 const PAGES = {
   fleet: fleetPage,
@@ -115,7 +133,7 @@ function route() {
   }
   current = make(page, rest.map(decodeURIComponent));
   page.dataset.page = name;
-  tick();
+  tick({ force: true });
   timer = setInterval(tick, POLL_MS);
 }
 
@@ -470,7 +488,7 @@ function rolloutsPage(root) {
       const r = await api(path, { method: "POST", body });
       notice.textContent = done(r);
       setAccess("admin");
-      await tick();
+      await tick({ force: true });
     } catch (err) {
       if (!handleError(err, message) && err.status === 403) setAccess("read");
     }
