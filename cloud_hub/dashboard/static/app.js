@@ -308,8 +308,9 @@ function devicePage(root, [device]) {
   const summaryBody = el("div", { class: "grid2" });
   summary.append(summaryBody);
   const plots = el("div", { class: "plots", id: "plots" });
+  const noReadings = el("p", { class: "muted", hidden: "" }, "No readings in the last hour.");
   const plotSection = el("section", { "aria-labelledby": "plots-title" },
-    el("h2", { id: "plots-title" }, "The last hour (red lines: urgent events)"), plots);
+    el("h2", { id: "plots-title" }, "The last hour (red lines: urgent events)"), noReadings, plots);
   const events = el("section", { "aria-labelledby": "events-title" }, el("h2", { id: "events-title" }, "Urgent events (last hour)"));
   const eventsBody = el("div", { id: "events" });
   events.append(eventsBody);
@@ -330,7 +331,7 @@ function devicePage(root, [device]) {
       const [d, s, ev, dr, ot] = await Promise.all([
         api(`/v1/devices/${enc}`),
         api(`/v1/devices/${enc}/series?window_s=3600&points=600`),
-        api(`/v1/events?device=${enc}&since=${since}&limit=1000`),
+        api(`/v1/events?device=${enc}&since=${since}`),
         api(`/v1/devices/${enc}/drift`),
         api(`/v1/devices/${enc}/ota?limit=50`),
       ]);
@@ -354,14 +355,20 @@ function devicePage(root, [device]) {
         ]),
       );
       const names = Object.keys(s.features);
-      if (!charts) {
+      const layout = [s.urgent_class, ...names].join("|");
+      if (!charts || charts.layout !== layout) {
+        // The first readings (or a new model) bring the feature names: plots are made anew.
+        if (charts) for (const c of charts) c.stop();
+        clear(plots);
         charts = [
           plot(plots, `Score of “${s.urgent_class || "urgent"}”: edge vs heavy`, [
             { label: "edge", color: "#1e88e5", width: 3 }, { label: "heavy", color: "#e53935", dash: [6, 4] }]),
           ...names.map((n) => plot(plots, n, [{ label: n, color: "#43a047" }])),
         ];
+        charts.layout = layout;
         charts[0].fig.id = "plot-score";
       }
+      noReadings.hidden = s.readings > 0;
       const marks = ev.events.map((e) => e.ts);
       charts[0].update([s.ts, s.edge_score, s.heavy_score], marks);
       names.forEach((n, i) => { if (charts[i + 1]) charts[i + 1].update([s.ts, s.features[n]], marks); });
@@ -390,10 +397,20 @@ function devicePage(root, [device]) {
         const ranked = Object.entries(w.psi).sort((a, b) => b[1] - a[1]);
         driftBody.append(table({
           caption: `PSI per feature, window ending ${timeText(w.end_at)} (${fmtNum(w.readings)} readings)`,
-          columns: ["Feature", "PSI", "Detector statistic"],
-          numeric: [1, 2],
-          rows: ranked.map(([k, p]) => [k, fmtNum(p, 3), w.statistic[k] == null ? "—" : fmtNum(w.statistic[k], 2)]),
+          columns: ["Feature", "PSI"],
+          numeric: [1],
+          rows: ranked.map(([k, p]) => [k, fmtNum(p, 3)]),
         }));
+        const stats = Object.entries(w.statistic).sort((a, b) => b[1] - a[1]);
+        if (stats.length) driftBody.append(table({
+          caption: "Detector statistic per channel, same window",
+          columns: ["Channel", "Statistic"],
+          numeric: [1],
+          rows: stats.map(([k, v]) => [k, fmtNum(v, 2)]),
+        }));
+        if (w.disagreement != null) {
+          driftBody.append(el("p", {}, `Edge/heavy disagreement in that window: ${fmtNum(w.disagreement * 100, 2)} %`));
+        }
       } else if (!dr.versions.length) {
         driftBody.append(el("p", { class: "muted" }, "No drift window closed yet."));
       }
@@ -572,9 +589,10 @@ function pipelinePage(root) {
       if (!r.runs.length) body.append(el("p", { class: "muted" }, "No retraining run yet."));
       else body.append(table({
         caption: `${r.count} runs, newest first`,
-        columns: ["Run", "Model", "Trigger", "State", "Steps", "Decision", "Why", "Candidate", "Started"],
+        columns: ["Run", "Model", "Trigger", "State", "Steps", "Gates (measured vs threshold)", "Decision", "Why", "Candidate", "Started"],
         rows: r.runs.map((x) => [x.id, x.model, x.trigger, stateBadge(x.state),
           (x.steps || []).map((s) => `${s.name}: ${s.status}`).join(", ") || "—",
+          (x.gates || []).map((g) => `${g.name}: ${fmtNum(g.measured, 3)} vs ${fmtNum(g.threshold, 3)} (${g.passed ? "passed" : "failed"})`).join("; ") || "—",
           x.decision || "—", x.why || "—", x.candidate || "—", fmtTime(x.created_at)]),
       }));
     },
@@ -605,7 +623,8 @@ function ingestPage(root) {
           ["Lost, never declared", `${fmtNum(s.lost_unexplained_messages)} messages`],
         ]),
         kv([
-          ["Queue depth", live.queue_depth == null ? "—" : `${fmtNum(live.queue_depth)} of ${fmtNum(live.queue_max)}`],
+          ["Queue depth", live.queue_depth == null ? "—"
+            : `${fmtNum(live.queue_depth)}${live.queue_max == null ? "" : ` of ${fmtNum(live.queue_max)}`} messages`],
           ["Batch latency p50", live.latency_p50_ms == null ? "—" : `${fmtNum(live.latency_p50_ms, 1)} ms`],
           ["Batch latency p99", live.latency_p99_ms == null ? "—" : `${fmtNum(live.latency_p99_ms, 1)} ms`],
           ["Batches", live.batches == null ? "—" : fmtNum(live.batches)],
