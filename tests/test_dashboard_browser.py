@@ -218,13 +218,22 @@ def test_a_device_page_plots_its_readings_and_marks_urgent_events(rig: Rig) -> N
     _shot(rig, "device")
 
 
-def test_the_read_token_is_refused_a_rollout_with_a_clear_message(rig: Rig) -> None:
-    _sign_in(rig, rig.hub.read_token)
+def _start_rollout(rig: Rig, version: str, devices: tuple[str, ...] = (), **fields: str) -> None:
+    """Fill the rollouts page's form (``fields``: more inputs by selector) and submit it."""
     page = rig.page
     page.goto(rig.hub.base_url + "/#/rollouts")
     page.fill("#ro-model", rig.edge)
-    page.fill("#ro-version", NEW)
+    page.fill("#ro-version", version)
+    for selector, value in fields.items():
+        page.fill(selector, value)
+    page.fill("#ro-devices", ", ".join(devices))
     page.click("#rollout-form button[type=submit]")
+
+
+def test_the_read_token_is_refused_a_rollout_with_a_clear_message(rig: Rig) -> None:
+    _sign_in(rig, rig.hub.read_token)
+    page = rig.page
+    _start_rollout(rig, NEW)
     message = page.locator("#rollout-message")
     page.wait_for_function("document.querySelector('#rollout-message').textContent.length > 0")
     assert "needs the admin token" in message.inner_text()
@@ -242,13 +251,7 @@ def test_the_admin_token_starts_a_rollout_and_its_cohort_advances(rig: Rig) -> N
     page.wait_for_selector("#nav:not([hidden])")
     assert "code=" not in page.url
     assert page.evaluate("sessionStorage.getItem('edgeloop.token')") == rig.hub.admin_token
-    page.goto(rig.hub.base_url + "/#/rollouts")
-    page.fill("#ro-model", rig.edge)
-    page.fill("#ro-version", NEW)
-    page.fill("#ro-cohorts", "50, 100")
-    page.fill("#ro-min-readings", "5")
-    page.fill("#ro-devices", ", ".join(CALM))
-    page.click("#rollout-form button[type=submit]")
+    _start_rollout(rig, NEW, **{"#ro-cohorts": "50, 100", "#ro-min-readings": "5"}, devices=CALM)
     page.wait_for_function(
         "document.querySelector('#rollout-notice').textContent.startsWith('Started')"
     )
@@ -269,13 +272,7 @@ def test_the_admin_token_starts_a_rollout_and_its_cohort_advances(rig: Rig) -> N
 def test_the_buttons_pause_resume_and_abort_a_rollout(rig: Rig) -> None:
     _sign_in(rig, rig.hub.admin_token)
     page = rig.page
-    page.goto(rig.hub.base_url + "/#/rollouts")
-    page.fill("#ro-model", rig.edge)
-    page.fill("#ro-version", SLOW)
-    page.fill("#ro-cohorts", "100")
-    page.fill("#ro-soak", "600")
-    page.fill("#ro-devices", URGENT)
-    page.click("#rollout-form button[type=submit]")
+    _start_rollout(rig, SLOW, **{"#ro-cohorts": "100", "#ro-soak": "600"}, devices=(URGENT,))
     section = page.locator(f"[data-rollout*='{SLOW}']")
     section.wait_for()
     for button, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
