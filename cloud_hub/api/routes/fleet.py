@@ -38,7 +38,7 @@ _FEATURES_SHOWN = 3
 _PAGE_READINGS = 10_000
 _PAGES_READ = 20
 """A series answer reads at most this many pages of the store's telemetry..."""
-_READINGS_KEPT = 20_000
+READINGS_KEPT = 20_000
 """...and thins the newest this many readings (at least) of them."""
 
 
@@ -149,7 +149,7 @@ def series(
             rows.append(r)
             kept += len(r)
             readings += len(r)
-        while rows and kept - len(rows[0]) >= _READINGS_KEPT:
+        while rows and kept - len(rows[0]) >= READINGS_KEPT:
             kept -= len(rows.popleft())
         cursor = page.next_cursor
         if cursor is None:
@@ -191,7 +191,7 @@ def series(
     return SeriesOut(
         device=device,
         since=since,
-        readings=len(ts),
+        readings=readings,
         truncated=truncated,
         urgent_class=urgent,
         ts=ts[pick].tolist(),

@@ -158,3 +158,38 @@ def test_the_dashboards_files_are_package_data() -> None:
     assert "static/vendor/uplot/uPlot.iife.min.js" in files and "static/index.html" in files
     for name in files:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+@pytest.mark.timeout(60)
+def test_a_long_window_shows_its_newest_readings_and_says_it_was_cut(tmp_path: Path) -> None:
+    from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+    from cloud_hub.api.routes.fleet import READINGS_KEPT  # noqa: PLC0415
+    from shared.messages import Status  # noqa: PLC0415
+    from tests.cloud_hub.api.server import live_server  # noqa: PLC0415
+
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        now = time.time()
+        store.record_status(Status("d", 1, 0, "online", "0.1.0", "1", now, "m"), now)
+        per, messages = 100, READINGS_KEPT // 100 + 50
+        f = np.zeros((per, 2), dtype=np.float32)
+        s = np.full((per, 3), 1 / 3, dtype=np.float32)
+        start = now - 1800
+        store.write_stream(
+            [
+                TelemetryRows(
+                    "d", 1, q + 1, "1", "1", start + q + np.arange(per) / per, f, s, s, now
+                )
+                for q in range(messages)
+            ]
+        )
+        app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
+        with live_server(app) as anon:
+            body = anon.with_token(READ_TOKEN).get("/v1/devices/d/series?points=50").json()
+        assert body["readings"] == per * messages and body["truncated"]
+        assert len(body["ts"]) == 50
+        assert body["ts"][-1] == pytest.approx(start + messages - 1 + (per - 1) / per)
+        # The newest READINGS_KEPT (whole messages): the oldest 50 messages are left out.
+        assert body["ts"][0] == pytest.approx(start + messages - READINGS_KEPT // per)
+    finally:
+        store.close()
