@@ -185,6 +185,7 @@ def test_the_fleet_page_fills_with_the_devices_and_agrees_with_the_api(rig: Rig)
     page.wait_for_function("document.querySelectorAll('#fleet-table tbody tr').length === 1")
     page.fill("#filter-text", "")
     page.wait_for_function("document.querySelectorAll('#fleet-table tbody tr').length === 3")
+    _shot(rig, "fleet")
     # From the keyboard (a fresh load, still signed in): the first Tab reaches the skip
     # link, then the pages' links.
     page.reload()
@@ -193,7 +194,6 @@ def test_the_fleet_page_fills_with_the_devices_and_agrees_with_the_api(rig: Rig)
     assert page.evaluate("document.activeElement.className") == "skip"
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.getAttribute('href')") == "#/fleet"
-    _shot(rig, "fleet")
     page.emulate_media(color_scheme="dark")
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     page.emulate_media(color_scheme="light")
