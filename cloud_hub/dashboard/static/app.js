@@ -244,7 +244,7 @@ function fleetPage(root) {
 
 // ------------------------------------------------------------------ device
 
-function plot(holder, title, series, height = 220) {
+function plot(holder, title, series, { height = 220, yRange = null } = {}) {
   const fig = el("figure", { "data-points": "0" });
   const cap = el("figcaption", {}, title);
   const box = el("div");
@@ -255,7 +255,7 @@ function plot(holder, title, series, height = 220) {
   const opts = {
     width: 560,
     height,
-    scales: { x: { time: true } },
+    scales: yRange ? { x: { time: true }, y: { range: yRange } } : { x: { time: true } },
     series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: s.width || 1.5, dash: s.dash, spanGaps: false }))],
     axes: [{ stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } },
            { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } }],
@@ -362,7 +362,8 @@ function devicePage(root, [device]) {
         clear(plots);
         charts = [
           plot(plots, `Score of “${s.urgent_class || "urgent"}”: edge vs heavy`, [
-            { label: "edge", color: "#1e88e5", width: 3 }, { label: "heavy", color: "#e53935", dash: [6, 4] }]),
+            { label: "edge", color: "#1e88e5", width: 3 }, { label: "heavy", color: "#e53935", dash: [6, 4] }],
+            { yRange: [0, 1] }),
           ...names.map((n) => plot(plots, n, [{ label: n, color: "#43a047" }])),
         ];
         charts.layout = layout;
