@@ -232,6 +232,7 @@ _BENCHES = (
     "baseline",
     "urgent",
     "loop",
+    "dashboard",
 )
 
 

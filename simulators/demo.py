@@ -85,6 +85,7 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
         except HarnessError as exc:
             raise DemoError(f"the hub did not start: {exc}") from None
         api = hub.api
+        _say_dashboard(config, hub)
         # The files, not the tokens: this output may end up in a terminal log or a CI log.
         read_file, admin_file = hub.secrets_dir / "read-token", hub.secrets_dir / "admin-token"
         _say(config, f"hub: API {api.base_url} (docs at {api.base_url}/docs)")
@@ -103,6 +104,30 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
     finally:
         _stop_all(config, agents, hub)
     return 0
+
+
+SIGN_IN_TTL_S = 120.0
+"""How long the demo's one-time sign-in link works."""
+
+
+def _say_dashboard(config: DemoConfig, hub: HubProcess) -> None:
+    """The dashboard's URL, and a one-time sign-in link: a code the hub makes (admin
+    token) in the URL's fragment, single use and short-lived; never the token itself."""
+    url = f"{hub.api.base_url}/"
+    _say(config, f"dashboard: {url}")
+    reply = hub.admin_api.request(
+        "POST", "/v1/session/codes", json_body={"access": "admin", "ttl_s": SIGN_IN_TTL_S}
+    )
+    if reply.status != 201:
+        _say(
+            config, f"     no sign-in link (the hub answered {reply.status}); sign in with a token"
+        )
+        return
+    _say(
+        config,
+        f"     sign in once with {url}{reply.json()['fragment']} "
+        f"(works once, for {SIGN_IN_TTL_S:.0f} s; then sign in with a token)",
+    )
 
 
 def _agent(

@@ -31,10 +31,15 @@ ROOTS = (DEFAULT_ROOT, "edgeloop-test/+")
 
 def require_mosquitto() -> str:
     """Path of the ``mosquitto`` binary; skip the test without it, or fail it under CI."""
-    binary = harness.find_mosquitto()
-    if binary:
-        return binary
-    message = "mosquitto is not installed (apt-get install mosquitto)"
+    return require_tool(harness.find_mosquitto(), "mosquitto", "the Mosquitto tests")
+
+
+def require_tool(found: str | None, package: str, tests: str) -> str:
+    """``found`` (a tool's path); without it, skip the test, or fail it under CI=true,
+    which must run ``tests``."""
+    if found:
+        return found
+    message = f"{package} is not installed (apt-get install {package})"
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run the Mosquitto tests, not skip them")
+        pytest.fail(f"{message}; CI must run {tests}, not skip them")
     pytest.skip(message)

@@ -45,6 +45,7 @@ from cloud_hub.api.routes import drift as drift_routes
 from cloud_hub.api.routes import pipeline as pipeline_routes
 from cloud_hub.api.routes import rollouts as rollout_routes
 from cloud_hub.api.scorers import ScorerCache
+from cloud_hub.dashboard import install_dashboard
 from cloud_hub.health import PartHealth
 from cloud_hub.ota.publisher import DesiredPublisher
 
@@ -203,6 +204,7 @@ def create_app(
     app.include_router(labels.router)
     app.include_router(pipeline_routes.router)
     app.include_router(drift_routes.router)
+    install_dashboard(app)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
     return app

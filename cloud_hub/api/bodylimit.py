@@ -38,6 +38,8 @@ from cloud_hub.api.config import Access, ApiConfig
 __all__ = ["BODY_ROUTES", "BodyGate", "BodyRoute", "admit"]
 
 _GUARDED_PREFIX: Final = "/v1/"
+_NO_TOKEN: Final = frozenset({("POST", "/v1/session/exchange")})
+"""Routes under the prefix whose body is their credential (a one-time sign-in code)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,7 @@ def admit(
     if not chunked and (declared is None or declared == 0):
         # No body: whatever the route needs, its own dependency checks.
         return None, None
-    if path.startswith(_GUARDED_PREFIX):
+    if path.startswith(_GUARDED_PREFIX) and (method, path) not in _NO_TOKEN:
         refusal = check_access(config, headers.get("authorization"), route.access, method, path)
         if refusal is not None:
             return refusal, None

@@ -473,6 +473,11 @@ class Store(Protocol):
         """Per device, its counters of these ``names`` (devices with none left out)."""
         ...
 
+    def readings_received_since(self, since: float) -> dict[str, int]:
+        """Per device, the readings of telemetry the hub received at or after ``since``
+        (devices with none left out): the dashboard's readings per second."""
+        ...
+
     # -- dead letters (bounded: the oldest go beyond ``keep``)
     def add_dead_letters(self, letters: Sequence[DeadLetter], keep: int) -> None: ...
 

@@ -1251,6 +1251,15 @@ class SQLiteStore:
                 ).fetchall()
         return {name: int(count) for name, count in rows}
 
+    def readings_received_since(self, since: float) -> dict[str, int]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT d.name, sum(t.n) FROM telemetry t JOIN devices d ON d.id = t.device_id "
+                "WHERE t.received_at >= ? GROUP BY t.device_id",
+                (since,),
+            ).fetchall()
+        return {name: int(n) for name, n in rows}
+
     def device_counters(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
         if not names:
             return {}

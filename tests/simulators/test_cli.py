@@ -90,6 +90,12 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: Mod
     found = re.search(r"read token in (\S+),", done.stdout)
     assert found is not None, done.stdout
     assert Path(found[1]).read_text().strip() not in done.stdout, "the token itself is not shown"
+    admin = (Path(found[1]).parent / "admin-token").read_text().strip()
+    assert admin not in done.stdout
+    # The dashboard's URL comes first among the hub's lines, then a one-time link.
+    hub_lines = done.stdout[done.stdout.index("dashboard: ") :].splitlines()
+    assert re.fullmatch(r"dashboard: http://127\.0\.0\.1:\d+/", hub_lines[0]), hub_lines[0]
+    assert re.search(r"sign in once with http://127\.0\.0\.1:\d+/#code=[\w-]+ ", hub_lines[1])
 
 
 @pytest.mark.timeout(240)
