@@ -296,13 +296,13 @@ class Hub:
         )
         default = OnnxScorer.from_package(heavy)
         edge_name = heavy.manifest.name.removesuffix("-heavy") + "-edge"
-        from cloud_hub.drift.background import MonitorProcess  # noqa: PLC0415
+        from cloud_hub.drift.background import MonitorThread  # noqa: PLC0415
+        from cloud_hub.drift.monitor import DriftMonitor  # noqa: PLC0415
 
-        # In its own process: the worker acks the next batch without waiting for it,
-        # and the monitor's numpy work does not hold this process's interpreter lock.
-        self.drift = MonitorProcess(
-            self.store, s.store, drift_settings(s), on_fleet_alarm=self._fleet_alarm
-        )
+        monitor = DriftMonitor(self.store, drift_settings(s), on_fleet_alarm=self._fleet_alarm)
+        monitor.restore()
+        # On its own thread: the worker acks the next batch without waiting for it.
+        self.drift = MonitorThread(monitor)
         self.drift.start()
         self.worker = IngestWorker(
             self.store,
@@ -342,7 +342,7 @@ class Hub:
             log.info("desired state sent to %d device(s)", sent)
 
     def _fleet_alarm(self, alarm: FleetAlarm) -> None:
-        """A fleet drift alarm (on the ingest thread, from the drift monitor's process, which stored and counted it):
+        """A fleet drift alarm (on the drift monitor's thread; the monitor stored and counted it):
         a pipeline run of the drifting model ``--pipeline-drift-wait-s`` later, when
         ``--pipeline-on-drift`` allows it; one waiting run per model at most."""
         reason = (

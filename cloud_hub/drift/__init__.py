@@ -5,5 +5,5 @@
 - :mod:`.monitor` — counts each stored reading against its model's reference
   statistics, runs the detectors (:mod:`shared.drift`), stores states, events
   and closed windows, raises fleet alarms;
-- :mod:`.background` — runs the monitor in its own process, fed by the ingest worker.
+- :mod:`.background` — runs the monitor on its own thread, fed by the ingest worker.
 """

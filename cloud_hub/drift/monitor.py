@@ -1,8 +1,8 @@
 """The hub's drift monitor: counts every stored reading, runs the detectors, keeps states.
 
 The ingest worker hands it each batch's newly stored telemetry after the
-batch is durable and acked; in the hub the monitor runs in a process of its own
-(:class:`cloud_hub.drift.background.MonitorProcess`), which the worker's batches
+batch is durable and acked; in the hub the monitor runs on a thread of its own
+(:class:`cloud_hub.drift.background.MonitorThread`), which the worker's batches
 reach through a queue. A device's readings wait in a buffer until it holds
 ``flush_readings`` or its oldest is ``flush_s`` old, and are then counted and
 tested in one go: the per-call cost of the numpy work is paid once per few
@@ -158,8 +158,8 @@ class _Track:
 
 
 class DriftMonitor:
-    """See the module docstring. Not thread-safe: one thread calls it (in the hub, the
-    main thread of :class:`~cloud_hub.drift.background.MonitorProcess`'s child)."""
+    """See the module docstring. Not thread-safe: one thread calls it (in the hub,
+    :class:`~cloud_hub.drift.background.MonitorThread`'s)."""
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ takes more until the batch holds ``batch_max_messages`` or
    ``max_seq_ahead`` beyond the watermark is refused), then hands the newly
    stored telemetry (duplicates excluded) to its ``observer``, the hub's drift
    monitor (:mod:`cloud_hub.drift.background`, which queues it for the
-   monitor's own process), whose failure is logged and counted
+   monitor's own thread), whose failure is logged and counted
    ``ingest_errors``, never more;
 5. closes seqs without storing them: those of messages it refused (bad
    timestamps, wrong feature count: dead-lettered), and those a device

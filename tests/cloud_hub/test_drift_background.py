@@ -1,23 +1,20 @@
-"""The drift monitor in its own process (:class:`cloud_hub.drift.background.MonitorProcess`),
-with a real monitor and SQLite store: every queued reading is counted and flushed by stop,
-the fleet alarm comes back to the hub's process; a monitor that falls behind makes batches
-be shed (counted), never makes ``observe`` wait; a monitor call that fails is counted and the
-next batch goes on; a killed monitor process is started again and takes its state back."""
+"""The drift monitor on its own thread (:class:`cloud_hub.drift.background.MonitorThread`),
+with a real monitor and SQLite store: every queued reading is counted and flushed by stop;
+a monitor that falls behind makes batches be shed (counted), never makes ``observe`` wait;
+a monitor call that fails is counted and the next batch goes on; after stop, batches are
+shed."""
 
 from __future__ import annotations
 
-import os
-import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cloud_hub.drift.background import MonitorProcess
-from cloud_hub.drift.monitor import DriftMonitor, DriftSettings, StoredTelemetry
+from cloud_hub.drift.background import MonitorThread
+from cloud_hub.drift.monitor import DriftMonitor, StoredTelemetry
 from cloud_hub.drift.states import FleetAlarm
 from cloud_hub.store import SQLiteStore
 from shared.manifest import load_package
@@ -38,7 +35,7 @@ def _batches(paths: ModelPaths) -> list[list[StoredTelemetry]]:
     drifted = _stream(paths, 1, (DriftSpec("offset", sensor.name, DRIFT_AT, 4.0 * scale),))
     twin = _stream(paths, 2, ())
     name, version = manifest.name, manifest.version
-    # Received over the last minutes, by the clock the child's fleet rule reads.
+    # Received over the last minutes, by the clock the monitor's fleet rule reads.
     t0 = time.time() - len(drifted)
     return [
         [
@@ -49,11 +46,7 @@ def _batches(paths: ModelPaths) -> list[list[StoredTelemetry]]:
     ]
 
 
-def _url(store: SQLiteStore) -> str:
-    return f"sqlite:///{store.path}"
-
-
-def _until(monitor: MonitorProcess, counts: Counts, done: Callable[[], bool]) -> None:
+def _until(monitor: MonitorThread, counts: Counts, done: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 60.0
     while not done() and time.monotonic() < deadline:
         counts.update(monitor.observe([]))
@@ -64,9 +57,7 @@ def test_every_queued_reading_is_tracked_and_stop_flushes(
     edge_store: SQLiteStore, model_packages: ModelPaths
 ) -> None:
     alarms: list[FleetAlarm] = []
-    monitor = MonitorProcess(
-        edge_store, _url(edge_store), _settings(), on_fleet_alarm=alarms.append
-    )
+    monitor = MonitorThread(DriftMonitor(edge_store, _settings(), on_fleet_alarm=alarms.append))
     monitor.start()
     counts: Counts = Counter()
     try:
@@ -76,13 +67,14 @@ def test_every_queued_reading_is_tracked_and_stop_flushes(
     finally:
         monitor.stop(30.0)
     assert not monitor.running
-    # A worker that did not stop in time: its batches are shed, no monitor starts again.
+    # A worker that did not stop in time: its batches are shed, counted.
     late = monitor.observe(_batches(model_packages)[0])
-    assert late[("twin", "drift:shed_readings")] == 50 and not monitor.running
+    assert late.pop(("twin", "drift:shed_readings")) == 50
+    assert late.pop(("drifted", "drift:shed_readings")) == 50
+    counts.update(late)  # and the counters the monitor produced last
     assert counts[("drifted", "drift:drifting")] == 1
     assert counts[("twin", "drift:drifting")] == 0
     assert sum(v for (_, k), v in counts.items() if k == "drift:shed_readings") == 0
-    # The child's fleet alarm reached the hub's process.
     assert [a.devices for a in alarms] == [("drifted",)]
     states = {r.device: r for r in edge_store.drift_states()}
     # Every reading counted, the last buffers by stop's flush; detectors saved by it.
@@ -92,70 +84,37 @@ def test_every_queued_reading_is_tracked_and_stop_flushes(
     assert edge_store.drift_detector("twin", manifest.name, manifest.version) is not None
 
 
-class StuckMonitor(DriftMonitor):
-    """Fault: the first call with readings waits until a file appears (a monitor far
-    behind ingest). Module level, so that the spawned child can import it."""
+class _Stuck(DriftMonitor):
+    """Fault: the first call with readings blocks until released (a monitor far behind)."""
 
-    release: Path
+    def __init__(self, store: SQLiteStore) -> None:
+        super().__init__(store, _settings())
+        self.release = threading.Event()
+        self.entered = threading.Event()
 
     def observe(self, batch: Sequence[StoredTelemetry]) -> Counts:
-        if batch and not getattr(self, "stuck_once", False):
-            self.stuck_once = True
-            self.release.with_suffix(".entered").touch()
-            for _ in range(600):
-                if self.release.exists():
-                    break
-                time.sleep(0.1)
+        if batch and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(60.0)
         return super().observe(batch)
 
 
-def stuck_monitor(release: Path) -> Callable[..., DriftMonitor]:
-    return _Factory(StuckMonitor, release=release)
-
-
-class _Factory:
-    """A picklable factory that sets attributes on the monitor it builds."""
-
-    def __init__(self, cls: type[DriftMonitor], **attrs: Any) -> None:
-        self.cls, self.attrs = cls, attrs
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DriftMonitor:
-        monitor = self.cls(*args, **kwargs)
-        for k, v in self.attrs.items():
-            setattr(monitor, k, v)
-        return monitor
-
-
-def _wait_file(path: Path) -> bool:
-    for _ in range(600):
-        if path.exists():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_monitor_far_behind_sheds_batches_counted_and_never_blocks_ingest(
-    edge_store: SQLiteStore, model_packages: ModelPaths, tmp_path: Path
+    edge_store: SQLiteStore, model_packages: ModelPaths
 ) -> None:
     batches = _batches(model_packages)[:40]  # 100 readings each
-    release = tmp_path / "release"
-    monitor = MonitorProcess(
-        edge_store,
-        _url(edge_store),
-        _settings(),
-        queue_max_readings=1000,
-        factory=stuck_monitor(release),
-    )
+    stuck = _Stuck(edge_store)
+    monitor = MonitorThread(stuck, queue_max_readings=1000)
     monitor.start()
     counts: Counts = Counter()
     try:
         counts.update(monitor.observe(batches[0]))
-        assert _wait_file(release.with_suffix(".entered"))
-        # The child is stuck on batch 0 (its 100 readings still count as queued): 9 more
-        # batches fit, the other 30 are shed, and each call returns at once.
+        assert stuck.entered.wait(30.0)
+        # The monitor is stuck on batch 0 (its 100 readings still count as queued): 9
+        # more batches fit, the other 30 are shed, and each call returns at once.
         for batch in batches[1:]:
             counts.update(monitor.observe(batch))
-        release.touch()
+        stuck.release.set()
     finally:
         monitor.stop(30.0)
     shed = {d: counts[(d, "drift:shed_readings")] for d in ("drifted", "twin")}
@@ -164,11 +123,13 @@ def test_a_monitor_far_behind_sheds_batches_counted_and_never_blocks_ingest(
     assert states["drifted"].readings == states["twin"].readings == 10 * 50
 
 
-class FailingMonitor(DriftMonitor):
+class _Failing(DriftMonitor):
     """Fault: the first call with readings raises."""
 
+    failed = False
+
     def observe(self, batch: Sequence[StoredTelemetry]) -> Counts:
-        if batch and not getattr(self, "failed", False):
+        if batch and not self.failed:
             self.failed = True
             raise RuntimeError("injected")
         return super().observe(batch)
@@ -178,7 +139,7 @@ def test_a_failing_monitor_call_is_counted_and_the_next_batch_goes_on(
     edge_store: SQLiteStore, model_packages: ModelPaths
 ) -> None:
     batches = _batches(model_packages)[:3]
-    monitor = MonitorProcess(edge_store, _url(edge_store), _settings(), factory=FailingMonitor)
+    monitor = MonitorThread(_Failing(edge_store, _settings()))
     monitor.start()
     counts: Counts = Counter()
     try:
@@ -193,38 +154,6 @@ def test_a_failing_monitor_call_is_counted_and_the_next_batch_goes_on(
     assert states["drifted"].readings == 2 * 50
 
 
-def test_a_killed_monitor_process_starts_again_and_takes_its_state_back(
-    edge_store: SQLiteStore, model_packages: ModelPaths
-) -> None:
-    batches = _batches(model_packages)
-    alarms: list[FleetAlarm] = []
-    monitor = MonitorProcess(
-        edge_store, _url(edge_store), _settings(), on_fleet_alarm=alarms.append, restart_s=0.0
-    )
-    monitor.start()
-    counts: Counts = Counter()
-    try:
-        for batch in batches:
-            counts.update(monitor.observe(batch))
-        _until(monitor, counts, lambda: bool(alarms))
-        first = monitor.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        _until(monitor, counts, lambda: monitor.pid != first and monitor.running)
-        assert counts[(None, "drift:monitor_restarts")] == 1
-        # The new child restored the stored state: more drifted readings keep the device
-        # drifting (no second ok -> drifting change), and they are counted.
-        before = {r.device: r.readings for r in edge_store.drift_states()}["drifted"]
-        for batch in batches[-40:]:
-            counts.update(monitor.observe(batch))
-    finally:
-        monitor.stop(30.0)
-    after = {r.device: r for r in edge_store.drift_states()}["drifted"]
-    assert after.state == "drifting"
-    assert after.readings > before
-    assert counts[("drifted", "drift:drifting")] == 1
-
-
-def test_settings_that_cannot_work_are_refused(edge_store: SQLiteStore) -> None:
+def test_queue_bound_must_be_positive(edge_store: SQLiteStore) -> None:
     with pytest.raises(ValueError, match="queue_max_readings"):
-        MonitorProcess(edge_store, _url(edge_store), DriftSettings(), queue_max_readings=0)
+        MonitorThread(DriftMonitor(edge_store), queue_max_readings=0)
