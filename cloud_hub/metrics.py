@@ -311,7 +311,8 @@ class HubMetrics:
     """The hub's registry and the instruments observed where things happen."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # auto_describe off: registering the collector must not scrape the hub.
+        self.registry = CollectorRegistry(auto_describe=False)
         self.batch_seconds = Histogram(
             "edgeloop_hub_ingest_batch_duration_seconds",
             "Time one ingest batch took: first message off the queue to committed and acked.",

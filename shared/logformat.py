@@ -107,7 +107,8 @@ def configure_logging(
     """Send the root logger's records to ``stream`` (stderr) as text or JSON; returns the
     handler (add a :class:`ContextFilter` to it later, or pass ``context`` now).
 
-    Replaces handlers configured before (``force``), so calling it again switches format.
+    As :func:`logging.basicConfig`: a root logger that has handlers already (a program
+    run in-process by a test) is left as it is.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
@@ -116,6 +117,6 @@ def configure_logging(
     handler.setFormatter(formatter)
     if context is not None:
         handler.addFilter(ContextFilter(context))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])
     os.environ[LOG_FORMAT_ENV] = log_format
     return handler

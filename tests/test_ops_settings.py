@@ -87,6 +87,7 @@ def test_a_json_line_has_time_level_logger_message_and_the_device_context(
     monkeypatch.setenv(LOG_FORMAT_ENV, "text")  # configure_logging sets it; restored after
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
+    root.handlers[:] = []  # as in a program's own process: no handler yet
     out = io.StringIO()
     configure_logging(
         logging.INFO, "json", stream=out, context=lambda: {"device": "pi-1", "model_version": None}
