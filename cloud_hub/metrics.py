@@ -181,6 +181,14 @@ class HubCollector(Collector):
             yield _labelled(
                 "counter", f"edgeloop_hub_ingest_{name}_total", doc, "reason", _group(c, prefix)
             )
+        yield _labelled(
+            "counter",
+            "edgeloop_hub_device_state_changes_total",
+            "Device state changes the hub recorded, by the state entered "
+            "(GET /v1/events?kind=device_state has each with its reason).",
+            "state",
+            _group(c, "device_state:"),
+        )
         lost = _group(c, "lost_at_edge_messages:")
         lost["unexplained"] = c.get("lost_unexplained_messages", 0)
         yield _labelled(
