@@ -28,6 +28,7 @@ from typing import Any
 
 from cloud_hub.recording_options import add_recording_options
 from shared.errors import EdgeloopError
+from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, default_log_format
 
 __all__ = ["main"]
 
@@ -436,6 +437,18 @@ def _add_batch(commands: Any) -> None:
     score.set_defaults(handler=_batch_score, parser=score)
 
 
+def _add_log_format(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--log-format`` on the top-level parser and on ``serve`` (where operators look);
+    ``default`` SUPPRESS on the subcommand, so it does not undo the top-level flag."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help=f"log lines as text, or one JSON object per line (default: ${LOG_FORMAT_ENV}, "
+        "else text)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -448,6 +461,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="log more: -v for progress, -vv for debugging",
     )
+    _add_log_format(parser, default="")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     models = commands.add_parser(
@@ -589,6 +603,7 @@ def _parser() -> argparse.ArgumentParser:
         "refused, since every local user can read flags (ps).",
     )
     OPTIONS.add_to(serve)
+    _add_log_format(serve, default=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
 
     devices = commands.add_parser("devices", help="device provisioning (add) and baselines")
@@ -718,9 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (getattr(args, "parser", None) or parser).print_help(sys.stderr)
         return EXIT_USAGE
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(level, args.log_format or default_log_format())
     if args.verbose < 2:
         # onnxruntime's quantizer and skl2onnx log chatty INFO lines on their own loggers.
         logging.getLogger("skl2onnx").setLevel(logging.WARNING)

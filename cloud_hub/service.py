@@ -49,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cloud_hub.health import PartHealth
 from cloud_hub.settings import HubSettings
+from shared import __version__
 from shared.endpoint import BrokerEndpoint
 from shared.errors import EdgeloopError
 from shared.secret_file import read_secret_file, write_private
@@ -131,12 +132,17 @@ class Hub:
         """The :class:`~cloud_hub.ota.publisher.DesiredPublisher` (set once ingest starts)."""
         self.edge_model: str | None = None
         """Name of the hub's own edge model (the default build's)."""
+        self.metrics: Any = None
+        """The :class:`~cloud_hub.metrics.HubMetrics` behind ``GET /metrics`` (set at start)."""
 
     # -- start-up, in dependency order -------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        from cloud_hub.metrics import HubMetrics  # noqa: PLC0415
+
+        self.metrics = HubMetrics()
         self.endpoint = self._start_broker()
         self._supervise_broker()
         self._open_store()
@@ -327,6 +333,7 @@ class Hub:
                     latency_budget_ms=s.latency_budget_ms,
                 ),
             ),
+            on_batch=self.metrics.observe_batch if self.metrics is not None else None,
         )
         self.worker.start()
         try:
@@ -432,6 +439,11 @@ class Hub:
             model_upload_max_bytes=s.model_upload_max_bytes,
         )
         worker = self.worker
+        from cloud_hub.metrics import HubSources, MetricsAccess  # noqa: PLC0415
+
+        self.metrics.read_from(
+            HubSources(self.store, s.stale_after_s, worker, self.link, version=__version__)
+        )
         self.app = create_app(
             self.store,
             config,
@@ -447,6 +459,8 @@ class Hub:
             device_credentials=DeviceCredentials(
                 s.device_credentials_file, not_devices=frozenset({HUB_USER})
             ),
+            metrics=self.metrics,
+            metrics_access=MetricsAccess(s.metrics_token, s.metrics_allow),
         )
 
     # -- running -----------------------------------------------------------------------------
@@ -599,6 +613,8 @@ def _serve_on(settings: HubSettings, api_socket: socket.socket) -> int:
         config = uvicorn.Config(
             hub.app,
             log_level="warning",
+            # uvicorn's own records go through the root logger: --log-format holds for them.
+            log_config=None,
             lifespan="on",
             ssl_certfile=str(cert) if settings.http_tls else None,
             ssl_keyfile=str(key) if settings.http_tls else None,

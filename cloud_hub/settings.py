@@ -15,6 +15,7 @@ hub's own environment, or a ``--config`` TOML file of mode 0600 (checked).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import ssl
 from collections.abc import Callable, Mapping
@@ -85,6 +86,22 @@ def _share(text: str) -> float:
     if not 0 < value <= 1:
         raise ValueError("must be a share in (0, 1], e.g. 0.2 for a fifth of the devices")
     return value
+
+
+def _metrics_allow(text: str) -> tuple[str, ...]:
+    """``"127.0.0.1,10.0.0.0/24"`` -> the addresses and networks, each checked."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{part!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/24); "
+                "give the scraper's address as the hub sees it"
+            ) from None
+    return tuple(out)
 
 
 def _root(text: str) -> str:
@@ -201,6 +218,23 @@ OPTIONS: Final = OptionTable(
             "bearer token for every route, writes included (at least 16 characters)",
             "TOKEN",
             secret=True,
+        ),
+        Option(
+            "metrics_token",
+            str,
+            None,
+            "bearer token that reads GET /metrics and nothing else, for a Prometheus server "
+            "(at least 16 characters; the read and admin tokens read /metrics too)",
+            "TOKEN",
+            secret=True,
+        ),
+        Option(
+            "metrics_allow",
+            _metrics_allow,
+            (),
+            "addresses or networks that may read GET /metrics without a token, e.g. "
+            "127.0.0.1,10.0.0.5 (the scraper's address as the hub sees it; none by default)",
+            "ADDR,ADDR,...",
         ),
         Option("insecure_dev", boolean, False, "serve without tokens (development only)", "BOOL"),
         Option(
@@ -553,6 +587,8 @@ class HubSettings:
     http_port: int
     read_token: str | None
     admin_token: str | None
+    metrics_token: str | None
+    metrics_allow: tuple[str, ...]
     insecure_dev: bool
     predict_max_body_bytes: int | None
     http_max_body_bytes: int
@@ -696,6 +732,17 @@ def resolve_settings(
                     name,
                     f"looks like a placeholder or is shorter than {_MIN_TOKEN_LENGTH} characters; use a random secret, e.g. {TOKEN_RECIPE}",
                 )
+        token = values["metrics_token"]
+        if token is not None and (token.lower() in _PLACEHOLDERS or len(token) < _MIN_TOKEN_LENGTH):
+            raise fail(
+                "metrics_token",
+                f"looks like a placeholder or is shorter than {_MIN_TOKEN_LENGTH} characters; use a random secret, e.g. {TOKEN_RECIPE}",
+            )
+        if token is not None and token in (values["read_token"], values["admin_token"]):
+            raise fail(
+                "metrics_token",
+                "equals the read or admin token; give Prometheus a token of its own",
+            )
         if values["read_token"] == values["admin_token"]:
             raise fail(
                 "read_token",

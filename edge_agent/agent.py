@@ -795,20 +795,7 @@ class Agent:
         if not link.connected.is_set():
             return
         p50, p99 = self.latency.percentiles()
-        counts = self.counters.snapshot()
-        dropped = dict(self.outbox.dropped)
-        dropped.update(self.outbox.declared)
-        invalid = dict(self.source.invalid)
-        invalid.update(self.inputs.counts())
-        if len(invalid) > DEFAULT_LIMITS.max_counters:  # the hub refuses more; keep the largest
-            top = sorted(invalid.items(), key=lambda kv: -kv[1])[: DEFAULT_LIMITS.max_counters]
-            invalid = dict(top)
-        for name, n in counts.items():
-            group, _, key = name.partition(":")
-            if group == "dropped":
-                dropped[key] = dropped.get(key, 0) + n
-            elif group == "invalid":
-                invalid[key] = invalid.get(key, 0) + n
+        dropped, invalid = self.drop_counts()
         msg = Health(
             self.device,
             self.epoch,
@@ -829,6 +816,25 @@ class Agent:
             None if self.baseline is None else self.baseline.created,
         )
         link.publish(self.topics.topic(self.device, Kind.HEALTH), encode(msg), qos=0)
+
+    def drop_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """What the heartbeat reports as ``dropped`` and ``invalid``, by reason (the
+        outbox's, the source's, the inputs' and the agent's own counters together)."""
+        counts = self.counters.snapshot()
+        dropped = dict(self.outbox.dropped)
+        dropped.update(self.outbox.declared)
+        invalid = dict(self.source.invalid)
+        invalid.update(self.inputs.counts())
+        if len(invalid) > DEFAULT_LIMITS.max_counters:  # the hub refuses more; keep the largest
+            top = sorted(invalid.items(), key=lambda kv: -kv[1])[: DEFAULT_LIMITS.max_counters]
+            invalid = dict(top)
+        for name, n in counts.items():
+            group, _, key = name.partition(":")
+            if group == "dropped":
+                dropped[key] = dropped.get(key, 0) + n
+            elif group == "invalid":
+                invalid[key] = invalid.get(key, 0) + n
+        return dropped, invalid
 
     def _handle_inbox(self) -> None:
         while True:

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.actuators import Actuator, CommandActuator, LogActuator, MachineActuator
 from edge_agent.malloc import limit_arenas
@@ -23,9 +23,12 @@ from edge_agent.settings import AgentSettings, load_settings
 from edge_agent.sources.base import Source
 from shared import __version__
 from shared.errors import ConfigError, ManifestError
+from shared.logformat import configure_logging, default_log_format
 
 if TYPE_CHECKING:  # types only: each is loaded where it is used (sim: in build_source)
+    from edge_agent.agent import Agent
     from edge_agent.engine import EdgeModel
+    from edge_agent.metrics import MetricsServer
     from edge_agent.ota.runner import OtaConfig
     from shared.features import SensorSpec
     from simulators.machine import SimulatedMachine
@@ -115,9 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgeloop-agent: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    running: list[Any] = []  # the agent once built; an update swaps its model
+
+    def log_context() -> dict[str, str | None]:
+        """Every line says which device it is of, and which model version runs."""
+        return {
+            "device": settings.device,
+            "model_version": running[0].model.version if running else None,
+        }
+
+    configure_logging(
+        settings.log_level, settings.log_format or default_log_format(), context=log_context
     )
     limit_arenas()  # before any thread starts: all share one malloc arena (edge_agent.malloc)
     try:
@@ -157,11 +168,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     agent = Agent(settings, model, source, actuators, baseline)
+    running.append(agent)
     if settings.ota and agent.replay is None:
         # Not while replaying a recording: its messages are numbered by the recording,
         # and a model swapped mid-replay would score it differently from the last time.
         agent.enable_ota(ota_config(settings, model.manifest.input.sensor_names))
-    return agent.run(stop)
+    metrics = None
+    if settings.metrics_port is not None:
+        try:
+            metrics = _start_metrics(agent, settings.metrics_port)
+        except (ConfigError, OSError) as exc:
+            print(f"edgeloop-agent: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return agent.run(stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _start_metrics(agent: Agent, port: int) -> MetricsServer:
+    """``--metrics-port``: the agent's figures on 127.0.0.1 (:mod:`edge_agent.metrics`)."""
+    try:
+        from edge_agent.metrics import start_metrics_server  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "--metrics-port needs the prometheus-client package, which is not installed; "
+            "install it (pip install 'edgeloop[edge]') or leave --metrics-port unset",
+            setting="metrics_port",
+        ) from None
+    try:
+        server = start_metrics_server(agent, port)
+    except OSError as exc:
+        raise OSError(
+            f"the metrics endpoint cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "choose another --metrics-port, or leave it unset"
+        ) from None
+    log.info("metrics at %s (--metrics-port)", server.url)
+    return server
 
 
 def _start_model(settings: AgentSettings) -> EdgeModel:

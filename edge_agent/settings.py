@@ -33,6 +33,7 @@ from edge_agent.scheduling import parse_cpu
 from shared.columns import parse_column_map
 from shared.endpoint import BrokerEndpoint, parse_broker_url, with_password
 from shared.errors import ConfigError
+from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS
 from shared.options import (
     Option,
     OptionTable,
@@ -78,6 +79,13 @@ def _device(text: str) -> str:
 
 def _root(text: str) -> str:
     return Topics(text).root
+
+
+def _metrics_port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number 1-65535 (0: pick a free one)")
+    return value
 
 
 def _default_device() -> str:
@@ -445,6 +453,23 @@ OPTIONS: Final = OptionTable(
         Option(
             "log_level", choice(("DEBUG", "INFO", "WARNING", "ERROR")), "INFO", "log level", "LEVEL"
         ),
+        Option(
+            "log_format",
+            choice(LOG_FORMATS),
+            None,
+            "log lines as text, or one JSON object per line with the device and model version "
+            f"(default: ${LOG_FORMAT_ENV}, else text)",
+            "FORMAT",
+        ),
+        Option(
+            "metrics_port",
+            _metrics_port,
+            None,
+            "serve the agent's figures in Prometheus text format on "
+            "http://127.0.0.1:PORT/metrics (localhost only; 0: pick a free port, logged); "
+            "off by default, which keeps the agent's memory small",
+            "PORT",
+        ),
     ],
 )
 
@@ -507,6 +532,10 @@ class AgentSettings:
     ota_retry_s: float
     ota_max_bytes: int
     log_level: str
+    log_format: str | None
+    """``text`` or ``json``; None: ``$EDGELOOP_LOG_FORMAT``, else text."""
+    metrics_port: int | None
+    """The localhost port of the agent's ``/metrics`` (None: off)."""
     trusted: tuple[TrustedKey, ...] = ()
     """The keys of ``trust``, read and checked."""
     sources: dict[str, str] = field(default_factory=dict, compare=False)

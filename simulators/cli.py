@@ -11,8 +11,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import EdgeloopError
+from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, default_log_format
 
 __all__ = ["main"]
+
+
+def _add_log_format(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--log-format`` before the command, and after it (``default`` SUPPRESS there, so
+    a subcommand without it does not undo the one given before)."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help=f"log lines as text, or one JSON object per line (default: ${LOG_FORMAT_ENV}, "
+        "else text); the hub and agents the command starts log the same way",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="edgeloop-sim",
         description="Simulated sensors, data sets and benchmarks for edgeloop.",
     )
+    _add_log_format(parser, default="")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser(
@@ -108,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _add_replay(sub)
+    for command in (gen, demo):
+        _add_log_format(command, default=argparse.SUPPRESS)
 
     bench = sub.add_parser("bench", help="run a benchmark; prints one JSON object as its last line")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
@@ -215,6 +231,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="log level (default: WARNING; each urgent event is logged only at INFO or DEBUG)",
     )
     OPTIONS.add_to(replay, only=PROVISION_OPTIONS)
+    _add_log_format(replay, default=argparse.SUPPRESS)
 
 
 # Benchmarks with a module of their own: HELP, add_arguments(parser), run(args) -> dict.
@@ -239,7 +256,11 @@ _BENCHES = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(
+        logging.WARNING,
+        args.log_format or default_log_format(),
+        "%(levelname)s %(name)s: %(message)s",
+    )
     try:
         if args.command == "generate":
             return _generate(args)

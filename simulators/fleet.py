@@ -64,6 +64,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import EdgeloopError
+from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, default_log_format
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -402,15 +403,21 @@ def _parser() -> argparse.ArgumentParser:
         default="WARNING",
         help="log level of the host and its agents (default: WARNING)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help=f"log lines as text or JSON (default: ${LOG_FORMAT_ENV}, else text)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    configure_logging(
+        args.log_level,
+        args.log_format or default_log_format(),
+        "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
     try:
         spec = HostSpec.from_json(args.spec.read_text(encoding="utf-8"), str(args.spec))

@@ -14,13 +14,11 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.provision import provision_device
-from shared.endpoint import BrokerEndpoint
 from shared.messages import SCHEMA_VERSION, encode
 from shared.topics import Kind, Topics
 from simulators.harness import ApiError, HubProcess
 from tests.cloud_hub.ingest.conftest import telemetry
-from tests.cloud_hub.test_broker import Probe
+from tests.cloud_hub.test_broker import Probe, device_of
 from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(180)
@@ -40,19 +38,8 @@ def hub_and_device(
     tmp_path: Path, model_packages: ModelPaths
 ) -> Iterator[tuple[HubProcess, Probe]]:
     hub = HubProcess(tmp_path / "hub", model_packages.edge.parent.parent, log_level="INFO")
-    assert hub.broker_port is not None
-    where = BrokerEndpoint("127.0.0.1", hub.broker_port)
-    secret = provision_device(
-        DEVICE, broker=where, topics=T, password_file=hub.data_dir / "broker-passwd"
-    ).secret
-    with hub:
-        device = Probe(BrokerEndpoint("127.0.0.1", hub.broker_port, DEVICE, secret), DEVICE)
-        code = device.connect()
-        assert not code.is_failure, code
-        try:
-            yield hub, device
-        finally:
-            device.close()
+    with hub, device_of(hub, DEVICE, T) as device:
+        yield hub, device
 
 
 def _counters(hub: HubProcess) -> dict[str, Any]:

@@ -104,6 +104,8 @@ def create_app(
     device_credentials: DeviceCredentials | None = None,
     rollouts: RolloutManager | None = None,
     pipeline: Any = None,
+    metrics: Any = None,
+    metrics_access: Any = None,
 ) -> FastAPI:
     """The hub's HTTP API on ``store``.
 
@@ -120,7 +122,10 @@ def create_app(
     model with their own credential (without it: tokens only); ``rollouts`` runs
     ``/v1/rollouts`` (without it: 503 for writes); ``pipeline`` (a started
     :class:`~cloud_hub.retrain.runner.PipelineRunner`) starts retraining runs
-    (``POST /v1/pipeline/runs``; without it: 503).
+    (``POST /v1/pipeline/runs``; without it: 503); ``metrics`` (a
+    :class:`~cloud_hub.metrics.HubMetrics`) serves ``GET /metrics`` to the tokens and
+    addresses of ``metrics_access`` (a :class:`~cloud_hub.metrics.MetricsAccess`; without
+    ``metrics``: no ``/metrics``).
     The caller owns ``store`` and closes it after the server stops.
     """
     version = _version()
@@ -207,4 +212,9 @@ def create_app(
     install_dashboard(app)
     # Outermost of the app's own layers: tokens and sizes are checked before any body is read.
     app.add_middleware(BodyGate, config=config)
+    if metrics is not None:
+        from cloud_hub.api.routes import metrics as metrics_route  # noqa: PLC0415
+        from cloud_hub.metrics import MetricsAccess  # noqa: PLC0415
+
+        metrics_route.install(app, config, metrics, metrics_access or MetricsAccess())
     return app

@@ -112,6 +112,11 @@ _IDLE_TICK_S: Final = 1.0
 CounterKey = tuple[str | None, str]
 
 
+def _about(device: str | None, model_version: str | None = None) -> dict[str, str | None]:
+    """``extra`` of a log call about one device: ``--log-format json`` lines carry it."""
+    return {"device": device, "model_version": model_version}
+
+
 class TelemetryObserver(Protocol):
     """What is told of every batch's newly stored telemetry (the hub's drift monitor,
     :class:`cloud_hub.drift.monitor.DriftMonitor`); returns counters to add."""
@@ -249,6 +254,7 @@ class IngestWorker:
         on_model_report: Callable[[str, str, str], object] | None = None,
         observer: TelemetryObserver | None = None,
         states: StateTracker | None = None,
+        on_batch: Callable[[float], object] | None = None,
     ) -> None:
         self.store = store
         self.link = link
@@ -258,6 +264,8 @@ class IngestWorker:
         self.on_model_report = on_model_report
         self.observer = observer
         self.states = states
+        self.on_batch = on_batch
+        """Told each batch's duration in seconds (the hub's metrics histogram)."""
         self.topics = topics
         self.config = config or IngestConfig()
         self._queue = link.queue
@@ -486,6 +494,8 @@ class IngestWorker:
                 (done - started) * 1000.0,
                 self._last_batch[2],
             )
+        if self.on_batch is not None:
+            self.on_batch(done - started)
 
     def _parse(self, b: _Batch, raw: Incoming) -> None:
         topic, payload, received_at = raw
@@ -614,6 +624,7 @@ class IngestWorker:
                 d.reason,
                 messages,
                 readings,
+                extra=_about(d.device),
             )
 
     def _close(
@@ -624,7 +635,9 @@ class IngestWorker:
                 device, epoch, first, last, max_ahead=self.config.max_seq_ahead
             )
         except Exception:
-            log.exception("ingest: store.close_seqs failed (device %r)", device)
+            log.exception(
+                "ingest: store.close_seqs failed (device %r)", device, extra=_about(device)
+            )
             b.counts[(None, "ingest_errors")] += 1
             return None
         if result is None:
@@ -636,6 +649,7 @@ class IngestWorker:
                 first,
                 last,
                 self.config.max_seq_ahead,
+                extra=_about(device),
             )
             return None
         b.marks[(device, epoch)] = result.watermark
@@ -662,6 +676,7 @@ class IngestWorker:
                 c.epoch,
                 ", ".join(f"{a}..{z}" for a, z in c.ranges),
                 self.config.gap_retention_s,
+                extra=_about(c.device),
             )
         if own:
             self._ack_marks(b)
@@ -775,6 +790,7 @@ class IngestWorker:
                     status.agent_version,
                     status.model,
                     status.model_version,
+                    extra=_about(status.device, status.model_version),
                 )
             else:
                 log.info(
@@ -784,6 +800,7 @@ class IngestWorker:
                     status.seq,
                     status.model,
                     status.model_version,
+                    extra=_about(status.device, status.model_version),
                 )
 
     def _check_epoch(self, b: _Batch, status: Status) -> None:
@@ -795,7 +812,11 @@ class IngestWorker:
         try:
             known = self.store.device(status.device)
         except Exception:
-            log.exception("ingest: store.device failed (device %r)", status.device)
+            log.exception(
+                "ingest: store.device failed (device %r)",
+                status.device,
+                extra=_about(status.device),
+            )
             b.counts[(None, "ingest_errors")] += 1
             return
         if known is None or known.epoch <= status.epoch:
@@ -810,6 +831,7 @@ class IngestWorker:
             status.epoch,
             known.epoch,
             status.epoch,
+            extra=_about(status.device, status.model_version),
         )
 
     # -- heavy model and the stream write ------------------------------------------------------
@@ -938,6 +960,7 @@ class IngestWorker:
                     msg.kind.value,
                     msg.epoch,
                     msg.seq,
+                    extra=_about(msg.device, getattr(msg, "model_version", None)),
                 )
                 continue
             b.counts[(msg.device, "stored_messages")] += 1
@@ -985,7 +1008,9 @@ class IngestWorker:
                     device, epoch, self.store.watermark(device, epoch)
                 )
             except Exception:
-                log.exception("ingest: store.watermark failed (device %r)", device)
+                log.exception(
+                    "ingest: store.watermark failed (device %r)", device, extra=_about(device)
+                )
                 b.counts[(None, "ingest_errors")] += 1
         sent = 0
         for mark in marks.values():
@@ -1013,6 +1038,7 @@ class IngestWorker:
     ) -> None:
         topic, payload, received_at = raw
         b.counts[(device, counter or f"invalid:{reason}")] += 1
+        b.counts[(device, "dead_letters")] += 1
         b.dead.append(
             DeadLetter(
                 received_at=received_at,
@@ -1028,7 +1054,14 @@ class IngestWorker:
         )
         key = (device, reason)
         if key in self._warned:
-            log.debug("device %r: dead letter on %s (%s): %s", device, topic, reason, error)
+            log.debug(
+                "device %r: dead letter on %s (%s): %s",
+                device,
+                topic,
+                reason,
+                error,
+                extra=_about(device),
+            )
         else:
             if len(self._warned) < _WARNED_MAX:
                 self._warned.add(key)
@@ -1040,6 +1073,7 @@ class IngestWorker:
                 reason,
                 error[:200],
                 counter or f"invalid:{reason}",
+                extra=_about(device),
             )
 
     def _guard(
@@ -1055,7 +1089,7 @@ class IngestWorker:
             call(*args, **kwargs)
         except Exception:
             what = getattr(call, "__name__", repr(call))
-            log.exception("ingest: store.%s failed (device %r)", what, device)
+            log.exception("ingest: store.%s failed (device %r)", what, device, extra=_about(device))
             b.counts[(None, "ingest_errors")] += 1
             return False
         return True

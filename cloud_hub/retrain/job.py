@@ -136,9 +136,13 @@ def main(settings: JobSettings, run_id: str) -> None:
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # noqa: PLC0415
 
     from cloud_hub.store import open_store  # noqa: PLC0415
+    from shared.logformat import configure_logging, default_log_format  # noqa: PLC0415
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s pipeline %(name)s: %(message)s"
+    # The hub's --log-format reaches this process through EDGELOOP_LOG_FORMAT.
+    configure_logging(
+        logging.WARNING,
+        default_log_format(),
+        "%(asctime)s %(levelname)s pipeline %(name)s: %(message)s",
     )
     store = open_store(settings.store_url)
     try:

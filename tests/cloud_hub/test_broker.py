@@ -6,6 +6,7 @@ the password-file and URL tests are pure and need no socket.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from cloud_hub.broker.auth import (
 )
 from cloud_hub.broker.embedded import BrokerExit, BrokerStartError, EmbeddedBroker
 from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.topics import Topics
 from simulators import harness
 from simulators.harness import AmqttBroker, wait_for_port, wait_for_port_closed
 from tests import brokers
@@ -123,6 +126,26 @@ class Probe:
 
     def _on_message(self, client: Client, userdata: object, message: MQTTMessage) -> None:
         self.messages.put(message)
+
+
+@contextlib.contextmanager
+def device_of(hub: harness.HubProcess, device: str, topics: Topics) -> Iterator[Probe]:
+    """``device`` provisioned on ``hub``'s embedded broker, connected as a raw client while
+    the block runs."""
+    from cloud_hub.provision import provision_device  # noqa: PLC0415
+
+    assert hub.broker_port is not None
+    where = BrokerEndpoint(harness.HOST, hub.broker_port)
+    secret = provision_device(
+        device, broker=where, topics=topics, password_file=hub.data_dir / "broker-passwd"
+    ).secret
+    probe = Probe(replace(where, username=device, password=secret), device)
+    code = probe.connect()
+    assert not code.is_failure, code
+    try:
+        yield probe
+    finally:
+        probe.close()
 
 
 def unique_topic(name: str) -> str:

@@ -1,0 +1,122 @@
+"""Log lines as text (the default) or as one JSON object per line (``--log-format json``).
+
+The three programs (``edgeloop-hub``, ``edgeloop-agent``, ``edgeloop-sim``) call
+:func:`configure_logging` once, in their entry point. A JSON line holds:
+
+- ``time``: ISO 8601 in UTC with milliseconds (``2026-11-27T10:35:53.123Z``);
+- ``level``, ``logger``, ``message`` (the formatted message);
+- ``device`` and ``model_version`` where the record carries them: a log call's
+  ``extra={"device": ..., "model_version": ...}``, or a :class:`ContextFilter`
+  that stamps every record of a process that serves one device (the agent);
+- ``exc``: the traceback, when the record has one.
+
+:func:`configure_logging` also puts the format in ``EDGELOOP_LOG_FORMAT``, so the
+processes a program starts (the hub's pipeline runs, the simulator's fleet hosts
+and agents) log the same way unless told otherwise.
+
+Secrets never reach a log line through this module's own doing: it writes only
+what the log call formatted, and every setting that holds a secret is shown as
+``***`` by its ``repr`` (:meth:`shared.options.OptionTable.redacted_repr`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import IO, Final
+
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_FORMAT_ENV",
+    "ContextFilter",
+    "JsonFormatter",
+    "configure_logging",
+    "default_log_format",
+]
+
+LOG_FORMATS: Final = ("text", "json")
+LOG_FORMAT_ENV: Final = "EDGELOOP_LOG_FORMAT"
+"""The environment variable a program's ``--log-format`` defaults to (and sets for its children)."""
+CONTEXT_FIELDS: Final = ("device", "model_version")
+"""Record attributes a JSON line carries when a record has them."""
+
+
+def default_log_format(env: Mapping[str, str] | None = None) -> str:
+    """``EDGELOOP_LOG_FORMAT`` when it names a format, else ``text``."""
+    value = (os.environ if env is None else env).get(LOG_FORMAT_ENV, "").strip().lower()
+    return value if value in LOG_FORMATS else "text"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines in a message are escaped).
+
+    >>> rec = logging.LogRecord("edge_agent", logging.INFO, "", 0, "hello %s", ("pi",), None)
+    >>> rec.created, rec.msecs, rec.device = 0.0, 0.0, "pi-07"
+    >>> JsonFormatter().format(rec)
+    '{"time": "1970-01-01T00:00:00.000Z", "level": "INFO", "logger": "edge_agent", "message": "hello pi", "device": "pi-07"}'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(int(record.created), dt.UTC)
+        line: dict[str, object] = {
+            "time": f"{when:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = str(value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+class ContextFilter(logging.Filter):
+    """Stamps every record with ``context()`` (e.g. the agent's device and model version)
+    where the log call did not give them itself; it never drops a record."""
+
+    def __init__(self, context: Callable[[], Mapping[str, str | None]]) -> None:
+        super().__init__()
+        self._context = context
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in self._context().items():
+            if getattr(record, name, None) is None and value is not None:
+                setattr(record, name, value)
+        return True
+
+
+def configure_logging(
+    level: int | str,
+    log_format: str,
+    text_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    *,
+    stream: IO[str] | None = None,
+    context: Callable[[], Mapping[str, str | None]] | None = None,
+) -> logging.Handler:
+    """Send the root logger's records to ``stream`` (stderr) as text or JSON; returns the
+    handler (add a :class:`ContextFilter` to it later, or pass ``context`` now).
+
+    As :func:`logging.basicConfig`: a root logger that has handlers already (a program
+    run in-process by a test) is left as it is.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(text_format)
+    handler.setFormatter(formatter)
+    if context is not None:
+        handler.addFilter(ContextFilter(context))
+    logging.basicConfig(level=level, handlers=[handler])
+    os.environ[LOG_FORMAT_ENV] = log_format
+    return handler
