@@ -349,7 +349,8 @@ class Hub:
             log.info("desired state sent to %d device(s)", sent)
 
     def _fleet_alarm(self, alarm: FleetAlarm) -> None:
-        """A fleet drift alarm (on the drift monitor's thread; the monitor stored and counted it):
+        """A fleet drift alarm (on the drift monitor's thread; the monitor counted it and
+        stores its event right after, keeping it for another try if the store refuses):
         a pipeline run of the drifting model ``--pipeline-drift-wait-s`` later, when
         ``--pipeline-on-drift`` allows it; one waiting run per model at most."""
         reason = (
