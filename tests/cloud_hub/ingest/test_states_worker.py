@@ -4,13 +4,17 @@ so, a quiet heartbeat brings it back online, its will takes it offline."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Sequence
+from typing import Any, cast
 
 import pytest
 
 from cloud_hub.devices.states import StateRules
 from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.store.base import DeviceStateRow, Store
 from cloud_hub.store.sqlite import SQLiteStore
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Health, Status
@@ -33,7 +37,10 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     heavy: OnnxScorer,
     device_client: Client,
 ) -> None:
-    tracker = StateTracker(store, StateRules(stale_after_s=60.0, buffering_outbox_messages=100))
+    rules = StateRules(
+        stale_after_s=60.0, buffering_outbox_messages=100, degraded_clear_heartbeats=1
+    )
+    tracker = StateTracker(store, rules)
 
     def changes() -> list[tuple[str, str]]:
         page = store.device_state_events("dev-a", 0.0, 1e12, 100)
@@ -64,3 +71,41 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     assert counters["device_state:buffering"] == 1 and counters["device_state:online"] == 2
     record = store.device("dev-a")
     assert record is not None and record.judged_state == "offline"
+
+
+class _FailsOnce:
+    """The real store, whose record_device_states raises once (the fault)."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def record_device_states(self, rows: Sequence[DeviceStateRow]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        self.inner.record_device_states(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_state_change_the_store_failed_to_take_is_stored_at_the_next_batch(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    store: SQLiteStore,
+    heavy: OnnxScorer,
+    device_client: Client,
+) -> None:
+    tracker = StateTracker(store, StateRules(stale_after_s=60.0))
+    failing = cast(Store, _FailsOnce(store))
+    with running_hub(broker, topics, failing, heavy, states=tracker):
+        send = device_client.send
+        send(Status("dev-a", 1, 0, "online", "0.1.0", "1.0.0", time.time(), "m"))
+        wait_until("the failed write", lambda: store.counters().get("ingest_errors") == 1)
+        assert store.device_state_events("dev-a", 0.0, 1e12, 10).items == []
+        send(telemetry("dev-a", 1))
+        wait_until("online", lambda: store.device("dev-a").judged_state == "online")  # type: ignore[union-attr]
+    (event,) = store.device_state_events("dev-a", 0.0, 1e12, 10).items
+    assert (event.previous, event.state) == ("never_seen", "online")
+    assert event.reason == "birth: agent 0.1.0, model m 1.0.0"

@@ -852,3 +852,15 @@ def test_device_states_are_stored_with_their_changes(store: Store) -> None:
     assert store.device_state_events("d1", T0 + 2, T0 + 3, 10).items == []
     with pytest.raises(ValueError, match="cursor"):
         store.device_state_events(None, 0.0, T0 + 100, 10, cursor="not-a-cursor")
+    # The same state for a newer reason: the reason only, no event, since unchanged.
+    store.record_device_states(
+        [DeviceStateRow(0, T0 + 4, "d1", "online", "online", "heartbeat: quiet")]
+    )
+    d1 = store.device("d1")
+    assert d1 is not None
+    assert (d1.judged_state, d1.state_reason, d1.state_since) == (
+        "online",
+        "heartbeat: quiet",
+        T0 + 3,
+    )
+    assert len(store.device_state_events("d1", 0.0, T0 + 100, 10).items) == 2
