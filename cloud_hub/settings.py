@@ -307,7 +307,7 @@ OPTIONS: Final = OptionTable(
             "retention_days",
             non_negative_float,
             7.0,
-            "keep telemetry this many days after the hub received it, whatever its own timestamps (0: forever); events are kept",
+            "keep telemetry this many days after the hub received it, whatever its own timestamps (0: forever), and drift windows and device state changes as long; events are kept",
             "DAYS",
         ),
         Option(

@@ -721,6 +721,7 @@ class Store(Protocol):
     # -- retention
     def prune_telemetry(self, received_before: float) -> int:
         """Delete the readings received (``received_at``) before ``received_before``,
-        whatever their own timestamps; returns how many. Never touches the dedupe
-        record, so a late replay of a pruned message is still a duplicate."""
+        whatever their own timestamps, and the drift windows and device state changes
+        before it; returns how many readings. Never touches the dedupe record, so a
+        late replay of a pruned message is still a duplicate."""
         ...

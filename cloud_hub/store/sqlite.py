@@ -77,7 +77,8 @@ Schema (version 12; :data:`SCHEMA_VERSION`), created on open by
 - ``devices.judged_state``, ``state_reason``, ``state_since`` (version 12): the
   state the ingest worker last recorded (:mod:`cloud_hub.devices.states`), why
   (kept current while the state holds) and since when; ``device_states`` -
-  every change of a device's state, with its reason.
+  every change of a device's state, with its reason (pruned with the telemetry
+  of its time).
 
 Errors::
 
@@ -2202,6 +2203,8 @@ class SQLiteStore:
         with self._write() as db:
             # Drift windows are counted from the same readings: they go with them.
             db.execute("DELETE FROM drift_windows WHERE end_at < ?", (received_before,))
+            # Device state changes are kept as long as the readings of their time.
+            db.execute("DELETE FROM device_states WHERE at < ?", (received_before,))
         return removed
 
 
