@@ -4,8 +4,10 @@ States, by precedence (the first that holds wins):
 
 1. ``offline``: the device's last status said so, a clean stop or its last
    will (the broker sends it when the connection drops). Both are the same
-   message; the will was composed when the agent connected, a clean stop's
-   as it stopped, and :func:`offline_reason` tells them apart by that age.
+   message; an agent's clean stop says ``clean: true`` in it, and
+   :func:`offline_reason` believes that flag first; without it (an agent from
+   before the flag) it tells them apart by the status's age, as the will was
+   composed when the agent connected and a clean stop's as it stopped.
 2. ``stale``: its link is up as far as the hub knows, but nothing has arrived
    from it for more than ``stale_after_s``.
 3. ``degraded``: its last heartbeat shows errors since the one before (dropped
@@ -83,6 +85,7 @@ OFFLINE_REASON: Final = (
 CLEAN_STOP_S: Final = 5.0
 """An offline status that arrives within this of its own time is a clean stop's."""
 NEVER_SEEN_REASON: Final = "provisioned, never heard from"
+_CLEAN_STOP_REASON: Final = "its status said offline as it stopped: a clean stop"
 _CLEARING: Final = "; clearing: "
 """Where a held state's reason says how far it is from clearing (:func:`settle`)."""
 
@@ -301,10 +304,17 @@ def settle(judged: Verdict, hold: Hold, *, rules: StateRules) -> tuple[Verdict, 
     return Verdict(hold.cause.state, reason), Hold(hold.cause, clean)
 
 
-def offline_reason(composed_at: float, received_at: float) -> str:
-    """Why a device is offline, from its offline status's own time (``ts``) and when it
-    arrived: the agent composes its will when it connects and a clean stop's status as
-    it stops. A device clock off by more than :data:`CLEAN_STOP_S` can mislead it.
+def offline_reason(composed_at: float, received_at: float, *, clean: bool = False) -> str:
+    """Why a device is offline. ``clean``: the status said ``clean: true`` (an agent's
+    clean stop says so): a clean stop, however late it arrived. Without it (an agent
+    from before the flag, or a will) the status's own time (``ts``) and when it
+    arrived tell: the agent composes its will when it connects and a clean stop's
+    status as it stops. That guess fails for a flagless clean stop delivered more
+    than :data:`CLEAN_STOP_S` late (queued while the hub was down, or behind a
+    backlog), and for a device clock off by more than that.
+
+    >>> offline_reason(100.0, 900.0, clean=True)
+    'its status said offline as it stopped: a clean stop'
 
     >>> offline_reason(100.0, 100.2)
     'its status said offline as it stopped: a clean stop'
@@ -312,10 +322,12 @@ def offline_reason(composed_at: float, received_at: float) -> str:
     'its last will: the connection dropped (the broker sent the offline status the agent left when it connected, 300 s before)'
     """
     age = received_at - composed_at
+    if clean:
+        return _CLEAN_STOP_REASON
     if composed_at <= 0 or age < -CLEAN_STOP_S:
         return OFFLINE_REASON
     if age <= CLEAN_STOP_S:
-        return "its status said offline as it stopped: a clean stop"
+        return _CLEAN_STOP_REASON
     return (
         "its last will: the connection dropped (the broker sent the offline status the "
         f"agent left when it connected, {age:.0f} s before)"

@@ -154,7 +154,7 @@ class StateTracker:
         d.epoch = epoch
         d.link = status.state
         if status.state == "offline":
-            d.offline = offline_reason(status.ts, at)
+            d.offline = offline_reason(status.ts, at, clean=status.clean)
         else:
             d.verdict = None  # a new run of the agent: judged again by its heartbeats
             d.hold = Hold()

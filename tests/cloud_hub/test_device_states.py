@@ -403,3 +403,20 @@ def test_a_change_the_store_did_not_take_is_judged_again(tmp_path: Path) -> None
         assert [r.state for r in tracker.check_stale(200.0)] == ["stale"]
         assert [r.state for r in _stored(tracker, tracker.check_stale(205.0))] == ["stale"]
         assert store.device("pi-1").judged_state == "stale"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- clean stops
+
+
+def test_a_clean_stop_that_says_so_is_one_however_late_it_arrives(tmp_path: Path) -> None:
+    assert states.offline_reason(1000.0, 5000.0, clean=True).endswith("a clean stop")
+    assert states.offline_reason(1000.0, 5000.0).startswith("its last will")
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        tracker = StateTracker(store, RULES)
+        tracker.load()
+        tracker.status(_status("online"), 100.0)
+        _stored(tracker, tracker.changes(100.0))
+        late = Status("pi-1", 10, 0, "offline", "0.1.0", "1.0.0", 100.0, "m", clean=True)
+        tracker.status(late, 900.0)  # queued while the hub was down
+        (off,) = _stored(tracker, tracker.changes(900.0))
+        assert off.reason == "its status said offline as it stopped: a clean stop"
