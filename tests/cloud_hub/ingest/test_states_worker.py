@@ -42,6 +42,10 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     )
     tracker = StateTracker(store, rules)
 
+    def judged() -> tuple[str | None, str | None]:
+        record = store.device("dev-a")
+        return (None, None) if record is None else (record.judged_state, record.state_reason)
+
     def changes() -> list[tuple[str, str]]:
         page = store.device_state_events("dev-a", 0.0, 1e12, 100)
         return [(e.state, e.reason) for e in page.items]
@@ -56,7 +60,10 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
         wait_until("the duplicate", lambda: store.counters("dev-a").get("duplicates") == 1)
         send(_health())
         wait_until("buffering", lambda: len(changes()) == 2)
-        send(_health(outbox_depth=500))  # still buffering: no new event
+        send(_health(outbox_depth=500))  # still buffering, for another reason: no new event
+        deep = ("buffering", "outbox 500 messages > 100")
+        wait_until("the deep outbox's reason", lambda: judged() == deep)
+        assert len(changes()) == 2
         send(_health())
         wait_until("online again", lambda: len(changes()) == 3)
         send(Status("dev-a", 1, 1, "offline", "0.1.0", "1.0.0", time.time() - 60, "m"))
