@@ -4,9 +4,11 @@ them to arriving messages, on a real SQLite store."""
 from __future__ import annotations
 
 import doctest
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -25,9 +27,10 @@ from cloud_hub.devices.states import (
 )
 from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.store import SQLiteStore
-from cloud_hub.store.base import DeviceRecord, DeviceStateRow
+from cloud_hub.store.base import DeviceRecord, DeviceStateRow, Store
 from shared.epochs import REPLAY_EPOCH_MIN
 from shared.messages import Health, Status
+from tests.cloud_hub.ingest.conftest import FailingStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -369,29 +372,15 @@ def test_the_stored_reason_follows_a_state_that_holds_without_events(tmp_path: P
 # --------------------------------------------------------------------------- failed writes
 
 
-class _FailsOnce:
-    """The real store, whose record_device_states raises once (the fault)."""
-
-    def __init__(self, inner: SQLiteStore) -> None:
-        self.inner = inner
-        self.failed = False
-
-    def record_device_states(self, rows: list[DeviceStateRow]) -> None:
-        if not self.failed:
-            self.failed = True
-            raise OSError("disk I/O error (injected)")
-        self.inner.record_device_states(rows)
-
-
 def test_a_change_the_store_did_not_take_is_judged_again(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "hub.db") as store:
         tracker = StateTracker(store, RULES)
         tracker.load()
-        failing = _FailsOnce(store)
+        failing = cast(Store, FailingStore(store, 1, "record_device_states"))
         store.record_status(_status("online"), 100.0)
         tracker.status(_status("online"), 100.0)
         rows = tracker.changes(100.0)
-        with pytest.raises(OSError, match="injected"):
+        with pytest.raises(sqlite3.OperationalError, match="injected"):
             failing.record_device_states(rows)  # no commit: the tracker did not move
         again = tracker.changes(101.0)
         assert [(r.previous, r.state) for r in again] == [("never_seen", "online")]

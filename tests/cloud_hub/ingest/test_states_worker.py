@@ -4,22 +4,26 @@ so, a quiet heartbeat brings it back online, its will takes it offline."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
 from cloud_hub.devices.states import StateRules
 from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.inference import OnnxScorer
-from cloud_hub.store.base import DeviceStateRow, Store
+from cloud_hub.store.base import Store
 from cloud_hub.store.sqlite import SQLiteStore
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Health, Status
 from shared.topics import Topics
-from tests.cloud_hub.ingest.conftest import Client, running_hub, telemetry, wait_until
+from tests.cloud_hub.ingest.conftest import (
+    Client,
+    FailingStore,
+    running_hub,
+    telemetry,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,23 +84,6 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     assert record is not None and record.judged_state == "offline"
 
 
-class _FailsOnce:
-    """The real store, whose record_device_states raises once (the fault)."""
-
-    def __init__(self, inner: SQLiteStore) -> None:
-        self.inner = inner
-        self.failed = False
-
-    def record_device_states(self, rows: Sequence[DeviceStateRow]) -> None:
-        if not self.failed:
-            self.failed = True
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        self.inner.record_device_states(rows)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_a_state_change_the_store_failed_to_take_is_stored_at_the_next_batch(
     broker: BrokerEndpoint,
     topics: Topics,
@@ -105,7 +92,7 @@ def test_a_state_change_the_store_failed_to_take_is_stored_at_the_next_batch(
     device_client: Client,
 ) -> None:
     tracker = StateTracker(store, StateRules(stale_after_s=60.0))
-    failing = cast(Store, _FailsOnce(store))
+    failing = cast(Store, FailingStore(store, 1, "record_device_states"))
     with running_hub(broker, topics, failing, heavy, states=tracker):
         send = device_client.send
         send(Status("dev-a", 1, 0, "online", "0.1.0", "1.0.0", time.time(), "m"))
