@@ -331,6 +331,7 @@ class Hub:
                     stale_after_s=s.stale_after_s,
                     buffering_outbox_messages=s.buffering_outbox_messages,
                     latency_budget_ms=s.latency_budget_ms,
+                    degraded_clear_heartbeats=s.degraded_clear_heartbeats,
                 ),
             ),
             on_batch=self.metrics.observe_batch if self.metrics is not None else None,

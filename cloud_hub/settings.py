@@ -297,10 +297,17 @@ OPTIONS: Final = OptionTable(
             "MS",
         ),
         Option(
+            "degraded_clear_heartbeats",
+            positive_int,
+            3,
+            "a degraded or buffering device shows online again only after this many clean heartbeats in a row (1: the first)",
+            "N",
+        ),
+        Option(
             "retention_days",
             non_negative_float,
             7.0,
-            "keep telemetry this many days after the hub received it, whatever its own timestamps (0: forever); events are kept",
+            "keep telemetry this many days after the hub received it, whatever its own timestamps (0: forever), and drift windows and device state changes as long; events are kept",
             "DAYS",
         ),
         Option(
@@ -599,6 +606,7 @@ class HubSettings:
     stale_after_s: float
     buffering_outbox_messages: int
     latency_budget_ms: float
+    degraded_clear_heartbeats: int
     retention_days: float
     max_future_s: float
     baseline_readings: int

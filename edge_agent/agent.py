@@ -179,7 +179,7 @@ class Agent:
 
     # -- messages ------------------------------------------------------------------------------
 
-    def _status(self, state: str) -> tuple[str, bytes]:
+    def _status(self, state: str, *, clean: bool = False) -> tuple[str, bytes]:
         msg = Status(
             self.device,
             self.epoch,
@@ -189,6 +189,7 @@ class Agent:
             self.model.version,
             time.time(),
             self.model.manifest.name,
+            clean=clean,
         )
         return self.topics.topic(self.device, Kind.STATUS), encode(msg)
 
@@ -629,7 +630,7 @@ class Agent:
                     self._send_declarations(link)
         if link.connected.is_set():
             self._send_health(link)  # the hub hears the last counts before the will
-        link.close(self._status("offline"), timeout=1.0)
+        link.close(self._status("offline", clean=True), timeout=1.0)
         outbox.close()
         for actuator in self.actuators:
             actuator.close()

@@ -291,6 +291,11 @@ class Status:
     Both name the model the agent runs. The will is composed at connect, so it
     names the model of that moment; the hub records a device's model from its
     birth and heartbeats only.
+
+    ``clean`` (optional, written only when true): an ``offline`` status the agent
+    sends as it stops cleanly, so a hub knows it from its will however late it
+    arrives. A hub that does not know the field ignores it (decoding ignores
+    fields it does not read).
     """
 
     device: str
@@ -303,10 +308,15 @@ class Status:
     ts: float
     model: str
     """The name of the model the agent runs."""
+    clean: bool = False
+    """An ``offline`` status of a clean stop (never set in a will)."""
     kind: ClassVar[Kind] = Kind.STATUS
 
     def to_dict(self) -> dict[str, Any]:
-        return _fields_dict(self)
+        body = _fields_dict(self)
+        if not self.clean:
+            del body["clean"]  # births and wills read as before the field
+        return body
 
     @classmethod
     def from_fields(cls, f: _Fields) -> Status:
@@ -323,6 +333,7 @@ class Status:
             f.str_("model_version"),
             f.float_("ts", 0.0),
             f.str_("model"),
+            f.bool_("clean") if "clean" in f.obj else False,
         )
 
 

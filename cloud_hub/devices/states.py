@@ -4,8 +4,10 @@ States, by precedence (the first that holds wins):
 
 1. ``offline``: the device's last status said so, a clean stop or its last
    will (the broker sends it when the connection drops). Both are the same
-   message; the will was composed when the agent connected, a clean stop's
-   as it stopped, and :func:`offline_reason` tells them apart by that age.
+   message; an agent's clean stop says ``clean: true`` in it, and
+   :func:`offline_reason` believes that flag first; without it (an agent from
+   before the flag) it tells them apart by the status's age, as the will was
+   composed when the agent connected and a clean stop's as it stopped.
 2. ``stale``: its link is up as far as the hub knows, but nothing has arrived
    from it for more than ``stale_after_s``.
 3. ``degraded``: its last heartbeat shows errors since the one before (dropped
@@ -15,6 +17,13 @@ States, by precedence (the first that holds wins):
    messages in its outbox, or the hub received messages it already had from it
    since its previous heartbeat (it is resending).
 5. ``online``: none of the above.
+
+Hysteresis (:func:`settle`): a device that was ``degraded`` or ``buffering``
+goes back to ``online`` only after ``degraded_clear_heartbeats`` clean
+heartbeats in a row (3 by default), so one out-of-range input or one dropped
+message does not make a pair of state changes. Until then it keeps its state,
+its reason naming the cause and how many clean heartbeats it has had.
+A heartbeat that is not clean shows at once.
 
 ``never_seen`` (provisioned, never heard from) stands apart.
 
@@ -28,8 +37,9 @@ buffering: ...").
 :func:`shown` is the one place a device's state is read from its record: the
 API's ``/v1/devices`` and anything else counting devices by state use it. The
 ingest worker's :class:`~cloud_hub.devices.tracker.StateTracker` applies
-:func:`judge_beat` and :func:`stale_verdict` as messages arrive and stores
-each change with its reason.
+:func:`judge_beat`, :func:`settle` and :func:`stale_verdict` as messages
+arrive, and stores each change with its reason; while the state holds, it
+keeps the stored reason current (written only when its text changes).
 
 >>> rules = StateRules(stale_after_s=30.0, buffering_outbox_messages=1000)
 >>> beat = Beat(epoch=1, latency_p99_us=41_000.0, outbox_depth=1200)
@@ -49,6 +59,7 @@ __all__ = [
     "OFFLINE_REASON",
     "STATES",
     "Beat",
+    "Hold",
     "Shown",
     "State",
     "StateRules",
@@ -56,6 +67,7 @@ __all__ = [
     "count_states",
     "judge_beat",
     "offline_reason",
+    "settle",
     "shown",
     "stale_verdict",
 ]
@@ -73,6 +85,9 @@ OFFLINE_REASON: Final = (
 CLEAN_STOP_S: Final = 5.0
 """An offline status that arrives within this of its own time is a clean stop's."""
 NEVER_SEEN_REASON: Final = "provisioned, never heard from"
+_CLEAN_STOP_REASON: Final = "its status said offline as it stopped: a clean stop"
+_CLEARING: Final = "; clearing: "
+"""Where a held state's reason says how far it is from clearing (:func:`settle`)."""
 
 _INPUT_KINDS: Final = ("missing:", "out_of_range:", "out_of_distribution:")
 """Per-sensor input counters of a heartbeat's ``invalid`` (shared.features)."""
@@ -88,6 +103,9 @@ class StateRules:
     """More messages than this in a device's outbox: buffering."""
     latency_budget_ms: float = 20.0
     """A latency p99 (per reading, the agent's heartbeat) over this: degraded."""
+    degraded_clear_heartbeats: int = 3
+    """Clean heartbeats in a row before a degraded or buffering device shows online
+    again (1: the first clean one)."""
 
     def __post_init__(self) -> None:
         if not self.stale_after_s > 0:
@@ -98,6 +116,10 @@ class StateRules:
             )
         if not self.latency_budget_ms > 0:
             raise ValueError(f"latency_budget_ms must be > 0, got {self.latency_budget_ms}")
+        if self.degraded_clear_heartbeats < 1:
+            raise ValueError(
+                f"degraded_clear_heartbeats must be >= 1, got {self.degraded_clear_heartbeats}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +214,11 @@ def judge_beat(
     >>> judge_beat(now, before, rules=rules).reason
     'heartbeat: 3 errors since the last one (dropped outbox_full 3); 12 inputs out of range (temperature 12)'
     >>> judge_beat(now, now, rules=rules)
-    Verdict(state='online', reason='heartbeat: no new errors, latency p99 0 ms, outbox 0 messages')
+    Verdict(state='online', reason='heartbeat: no new errors, latency p99 within the 20 ms budget, outbox at most 1,000 messages')
+
+    The ``online`` reason names the limits, not the figures (those are in the
+    device's last heartbeat), so it reads the same from one quiet heartbeat to the
+    next and the hub stores it once, not at every heartbeat.
     """
     same = previous is not None and previous.epoch == beat.epoch
     dropped = _new(beat.dropped, previous.dropped if same and previous else None)
@@ -230,15 +256,65 @@ def judge_beat(
         return Verdict("buffering", "; ".join(buffering))
     return Verdict(
         "online",
-        f"heartbeat: no new errors, latency p99 {_ms(beat.latency_p99_us)}, "
-        f"outbox {_many(beat.outbox_depth, 'message')}",
+        f"heartbeat: no new errors, latency p99 within the {_ms(budget_us)} budget, "
+        f"outbox at most {_many(rules.buffering_outbox_messages, 'message')}",
     )
 
 
-def offline_reason(composed_at: float, received_at: float) -> str:
-    """Why a device is offline, from its offline status's own time (``ts``) and when it
-    arrived: the agent composes its will when it connects and a clean stop's status as
-    it stops. A device clock off by more than :data:`CLEAN_STOP_S` can mislead it.
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What :func:`settle` remembers of a device: the verdict of its last heartbeat
+    that was not clean (None: it is clear) and the clean heartbeats since."""
+
+    cause: Verdict | None = None
+    clean: int = 0
+
+    @classmethod
+    def of(cls, state: str | None, reason: str | None) -> Hold:
+        """From a stored state and reason (a restarted hub): a held state stays held."""
+        if state not in ("degraded", "buffering") or reason is None:
+            return cls()
+        return cls(Verdict(state, reason.partition(_CLEARING)[0]))  # type: ignore[arg-type]
+
+
+def settle(judged: Verdict, hold: Hold, *, rules: StateRules) -> tuple[Verdict, Hold]:
+    """The verdict to show for a heartbeat judged ``judged``, with hysteresis: a
+    degraded or buffering device shows online only after
+    ``rules.degraded_clear_heartbeats`` clean heartbeats in a row; a heartbeat that
+    is not clean shows at once. Returns it and what to remember for the next one.
+
+    >>> rules = StateRules(degraded_clear_heartbeats=2)
+    >>> bad, ok = Verdict("degraded", "heartbeat: 1 error"), Verdict("online", "quiet")
+    >>> shown_, hold = settle(bad, Hold(), rules=rules)
+    >>> shown_, hold = settle(ok, hold, rules=rules)
+    >>> shown_
+    Verdict(state='degraded', reason='heartbeat: 1 error; clearing: 1 of 2 clean heartbeats in a row')
+    >>> settle(ok, hold, rules=rules)
+    (Verdict(state='online', reason='quiet'), Hold(cause=None, clean=0))
+    """
+    if judged.state != "online":
+        return judged, Hold(judged)
+    if hold.cause is None:
+        return judged, hold
+    clean = hold.clean + 1
+    need = rules.degraded_clear_heartbeats
+    if clean >= need:
+        return judged, Hold()
+    reason = f"{hold.cause.reason}{_CLEARING}{clean} of {need} clean heartbeats in a row"
+    return Verdict(hold.cause.state, reason), Hold(hold.cause, clean)
+
+
+def offline_reason(composed_at: float, received_at: float, *, clean: bool = False) -> str:
+    """Why a device is offline. ``clean``: the status said ``clean: true`` (an agent's
+    clean stop says so): a clean stop, however late it arrived. Without it (an agent
+    from before the flag, or a will) the status's own time (``ts``) and when it
+    arrived tell: the agent composes its will when it connects and a clean stop's
+    status as it stops. That guess fails for a flagless clean stop delivered more
+    than :data:`CLEAN_STOP_S` late (queued while the hub was down, or behind a
+    backlog), and for a device clock off by more than that.
+
+    >>> offline_reason(100.0, 900.0, clean=True)
+    'its status said offline as it stopped: a clean stop'
 
     >>> offline_reason(100.0, 100.2)
     'its status said offline as it stopped: a clean stop'
@@ -246,10 +322,12 @@ def offline_reason(composed_at: float, received_at: float) -> str:
     'its last will: the connection dropped (the broker sent the offline status the agent left when it connected, 300 s before)'
     """
     age = received_at - composed_at
+    if clean:
+        return _CLEAN_STOP_REASON
     if composed_at <= 0 or age < -CLEAN_STOP_S:
         return OFFLINE_REASON
     if age <= CLEAN_STOP_S:
-        return "its status said offline as it stopped: a clean stop"
+        return _CLEAN_STOP_REASON
     return (
         "its last will: the connection dropped (the broker sent the offline status the "
         f"agent left when it connected, {age:.0f} s before)"

@@ -1,6 +1,11 @@
 """The ingest worker's view of every device's state: it applies the rules of
 :mod:`cloud_hub.devices.states` as births, wills, heartbeats and other messages
-arrive, and hands back each change to store (with its reason) and count.
+arrive, and hands back each change to store (with its reason) and count, and
+the newer reason of a device whose state holds (a row whose ``previous`` is its
+``state``: :attr:`~cloud_hub.store.base.DeviceStateRow.is_change` is false),
+only when its text changed. Its memory of what is stored moves only when the
+caller says the write worked (:meth:`StateTracker.commit`): after a failed
+write, the next call judges the same devices again.
 
 It keeps one small record per device in memory, loaded from the store on first
 use, so judging a batch costs no read. It mirrors the store's rules for the
@@ -15,18 +20,21 @@ Used from the ingest worker's thread only.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from cloud_hub.devices.states import (
     LIVE,
     OFFLINE_REASON,
     Beat,
+    Hold,
     State,
     StateRules,
     Verdict,
     judge_beat,
     offline_reason,
+    settle,
     stale_verdict,
 )
 from cloud_hub.store.base import DeviceRecord, DeviceStateRow, Store
@@ -52,9 +60,13 @@ class _Device:
     last_seen: float | None
     state: str
     """The state last recorded (``never_seen`` until one is)."""
+    reason: str | None = None
+    """The reason last recorded (None: none yet)."""
     beat: Beat | None = None
     verdict: Verdict | None = None
-    """What its last heartbeat of the current agent run showed (None: none yet)."""
+    """What its heartbeats of the current agent run show, after :func:`settle`
+    (None: none yet)."""
+    hold: Hold = field(default_factory=Hold)
     birth: str | None = None
     """The reason of its last birth, for an ``online`` before any heartbeat."""
     offline: str = OFFLINE_REASON
@@ -68,7 +80,9 @@ class StateTracker:
 
     >>> tracker = StateTracker(store, StateRules(stale_after_s=30.0))  # doctest: +SKIP
     >>> tracker.heartbeat(health, at=now)  # doctest: +SKIP
-    >>> store.record_device_states(tracker.changes(now))  # doctest: +SKIP
+    >>> rows = tracker.changes(now)  # doctest: +SKIP
+    >>> store.record_device_states(rows)  # doctest: +SKIP
+    >>> tracker.commit(rows)  # doctest: +SKIP
     """
 
     def __init__(self, store: Store, rules: StateRules) -> None:
@@ -101,7 +115,16 @@ class StateTracker:
         verdict = None
         if r.judged_state in LIVE and r.state_reason is not None:
             verdict = Verdict(r.judged_state, r.state_reason)  # type: ignore[arg-type]
-        return _Device(r.state, r.epoch, r.last_seen, state, beat=beat, verdict=verdict)
+        return _Device(
+            r.state,
+            r.epoch,
+            r.last_seen,
+            state,
+            reason=r.state_reason,
+            beat=beat,
+            verdict=verdict,
+            hold=Hold.of(r.judged_state, r.state_reason),
+        )
 
     def _get(self, device: str) -> _Device:
         devices = self._all()
@@ -131,9 +154,10 @@ class StateTracker:
         d.epoch = epoch
         d.link = status.state
         if status.state == "offline":
-            d.offline = offline_reason(status.ts, at)
+            d.offline = offline_reason(status.ts, at, clean=status.clean)
         else:
             d.verdict = None  # a new run of the agent: judged again by its heartbeats
+            d.hold = Hold()
             d.resent = 0
             d.birth = (
                 f"birth: agent {status.agent_version}, model {status.model} {status.model_version}"
@@ -153,7 +177,8 @@ class StateTracker:
             dropped=dict(health.dropped),
             invalid=dict(health.invalid),
         )
-        d.verdict = judge_beat(beat, d.beat, rules=self.rules, resent=d.resent)
+        judged = judge_beat(beat, d.beat, rules=self.rules, resent=d.resent)
+        d.verdict, d.hold = settle(judged, d.hold, rules=self.rules)
         d.beat = beat
         d.resent = 0
 
@@ -164,12 +189,12 @@ class StateTracker:
     # -- what changed --------------------------------------------------------------------------
 
     def changes(self, now: float) -> list[DeviceStateRow]:
-        """The state changes of the devices heard from since the last call."""
+        """The state changes (and newer reasons) of the devices heard from since the
+        last :meth:`commit`; nothing moves until that commit."""
         out: list[DeviceStateRow] = []
         devices = self._all()
         for name in sorted(self._heard):
             self._judge(name, devices[name], now, out)
-        self._heard.clear()
         return out
 
     def check_stale(self, now: float) -> list[DeviceStateRow]:
@@ -177,16 +202,29 @@ class StateTracker:
         out: list[DeviceStateRow] = []
         for name, d in self._all().items():
             self._judge(name, d, now, out)
-        self._heard.clear()
         return out
+
+    def commit(self, rows: Sequence[DeviceStateRow]) -> None:
+        """The store holds ``rows`` now (from :meth:`changes` or :meth:`check_stale`):
+        remember them and log each change. Not called (a failed write): the next
+        call judges those devices again."""
+        devices = self._all()
+        for r in rows:
+            d = devices[r.device]
+            if r.is_change:
+                log.info("device %r: %s -> %s (%s)", r.device, r.previous, r.state, r.reason)
+            d.state, d.reason = r.state, r.reason
+        self._heard.clear()
 
     def _judge(self, name: str, d: _Device, now: float, out: list[DeviceStateRow]) -> None:
         verdict = self._verdict(d, now)
-        if verdict is None or verdict.state == d.state:
+        if verdict is None:
             return
-        out.append(DeviceStateRow(0, now, name, verdict.state, d.state, verdict.reason))
-        log.info("device %r: %s -> %s (%s)", name, d.state, verdict.state, verdict.reason)
-        d.state = verdict.state
+        if verdict.state != d.state:
+            out.append(DeviceStateRow(0, now, name, verdict.state, d.state, verdict.reason))
+        elif verdict.state in LIVE and verdict.reason != d.reason:
+            # The same state for a newer reason: the stored reason follows, no event.
+            out.append(DeviceStateRow(0, now, name, d.state, d.state, verdict.reason))
 
     def _verdict(self, d: _Device, now: float) -> Verdict | None:
         if d.link == "never_seen":

@@ -29,7 +29,7 @@ takes more until the batch holds ``batch_max_messages`` or
 7. judges the state of every device heard from (:mod:`cloud_hub.devices`: online,
    degraded, buffering, offline; from births, wills, heartbeats and messages
    received again) and stores each change with its reason, counted
-   ``device_state:<state>``; every few seconds, even when idle, it also judges
+   ``device_state:<state>`` (and the newer reason of a state that holds, no event); every few seconds, even when idle, it also judges
    every device against the stale timeout;
 8. adds the batch's counters in one call, and its dead letters in another.
 
@@ -731,9 +731,14 @@ class IngestWorker:
             log.exception("ingest: the device state tracker failed")
             b.counts[(None, "ingest_errors")] += 1
             return
-        if changes and self._guard(b, None, self.store.record_device_states, changes):
+        # The tracker remembers only what the store took: after a failed write the
+        # same devices are judged again (those heard from at the next batch, all at
+        # the next periodic check).
+        if not changes or self._guard(b, None, self.store.record_device_states, changes):
+            self.states.commit(changes)
             for c in changes:
-                b.counts[(c.device, f"device_state:{c.state}")] += 1
+                if c.is_change:
+                    b.counts[(c.device, f"device_state:{c.state}")] += 1
 
     def _check_states(self) -> None:
         """The periodic check while idle: devices silent past the timeout go stale."""

@@ -168,7 +168,7 @@ class DeviceRecord:
     online, degraded, buffering, offline or stale; None: never judged. Read it through
     :func:`cloud_hub.devices.states.shown`, which applies the stale rule now."""
     state_reason: str | None = None
-    """Why the device entered ``judged_state``."""
+    """Why the device is in ``judged_state``: kept current while the state holds."""
     state_since: float | None = None
     """When it entered ``judged_state``."""
 
@@ -184,6 +184,12 @@ class DeviceStateRow:
     state: str
     previous: str
     reason: str
+
+    @property
+    def is_change(self) -> bool:
+        """False for a row that only updates the reason of a state that holds
+        (``previous`` is ``state``); such rows are never events."""
+        return self.state != self.previous
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,7 +701,8 @@ class Store(Protocol):
     # -- device states
     def record_device_states(self, changes: Sequence[DeviceStateRow]) -> None:
         """Set each changed device's state, reason and since (its ``at``), and add the
-        changes as events (their ``id`` is ignored), in one transaction."""
+        changes as events (their ``id`` is ignored), in one transaction. A row that is
+        not a change (:attr:`DeviceStateRow.is_change`) sets only the device's reason."""
         ...
 
     def device_state_events(
@@ -714,6 +721,7 @@ class Store(Protocol):
     # -- retention
     def prune_telemetry(self, received_before: float) -> int:
         """Delete the readings received (``received_at``) before ``received_before``,
-        whatever their own timestamps; returns how many. Never touches the dedupe
-        record, so a late replay of a pruned message is still a duplicate."""
+        whatever their own timestamps, and the drift windows and device state changes
+        before it; returns how many readings. Never touches the dedupe record, so a
+        late replay of a pruned message is still a duplicate."""
         ...

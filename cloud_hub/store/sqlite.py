@@ -76,8 +76,9 @@ Schema (version 12; :data:`SCHEMA_VERSION`), created on open by
   device's detector as saved (``.npz`` bytes), so a restarted hub goes on.
 - ``devices.judged_state``, ``state_reason``, ``state_since`` (version 12): the
   state the ingest worker last recorded (:mod:`cloud_hub.devices.states`), why
-  and since when; ``device_states`` - every change of a device's state, with
-  its reason.
+  (kept current while the state holds) and since when; ``device_states`` -
+  every change of a device's state, with its reason (pruned with the telemetry
+  of its time).
 
 Errors::
 
@@ -2108,16 +2109,24 @@ class SQLiteStore:
     def record_device_states(self, changes: Sequence[DeviceStateRow]) -> None:
         if not changes:
             return
+        moved = [c for c in changes if c.is_change]
         with self._write() as db:
             db.executemany(
                 "UPDATE devices SET judged_state = ?, state_reason = ?, state_since = ? "
                 "WHERE name = ?",
-                [(c.state, c.reason, c.at, c.device) for c in changes],
+                [(c.state, c.reason, c.at, c.device) for c in moved],
+            )
+            # The same state, a newer reason (a device judged before schema 12 has
+            # no judged state yet: it gets the one the tracker holds).
+            db.executemany(
+                "UPDATE devices SET state_reason = ?, judged_state = COALESCE(judged_state, ?) "
+                "WHERE name = ?",
+                [(c.reason, c.state, c.device) for c in changes if not c.is_change],
             )
             db.executemany(
                 "INSERT INTO device_states (at, device, state, previous, reason) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(c.at, c.device, c.state, c.previous, c.reason) for c in changes],
+                [(c.at, c.device, c.state, c.previous, c.reason) for c in moved],
             )
 
     def device_state_events(
@@ -2194,6 +2203,8 @@ class SQLiteStore:
         with self._write() as db:
             # Drift windows are counted from the same readings: they go with them.
             db.execute("DELETE FROM drift_windows WHERE end_at < ?", (received_before,))
+            # Device state changes are kept as long as the readings of their time.
+            db.execute("DELETE FROM device_states WHERE at < ?", (received_before,))
         return removed
 
 

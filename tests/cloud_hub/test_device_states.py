@@ -4,9 +4,11 @@ them to arriving messages, on a real SQLite store."""
 from __future__ import annotations
 
 import doctest
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -14,21 +16,26 @@ from cloud_hub.devices import states
 from cloud_hub.devices.states import (
     OFFLINE_REASON,
     Beat,
+    Hold,
     StateRules,
+    Verdict,
     count_states,
     judge_beat,
+    settle,
     shown,
     stale_verdict,
 )
 from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.store import SQLiteStore
-from cloud_hub.store.base import DeviceRecord
+from cloud_hub.store.base import DeviceRecord, DeviceStateRow, Store
 from shared.epochs import REPLAY_EPOCH_MIN
 from shared.messages import Health, Status
+from tests.cloud_hub.ingest.conftest import FailingStore
 
 pytestmark = pytest.mark.timeout(30)
 
 RULES = StateRules(stale_after_s=30.0, buffering_outbox_messages=1000, latency_budget_ms=20.0)
+CLEAR_AT_ONCE = StateRules(stale_after_s=30.0, degraded_clear_heartbeats=1)
 
 
 def test_doctests() -> None:
@@ -40,7 +47,12 @@ def test_a_quiet_heartbeat_is_online() -> None:
     beat = Beat(epoch=5, latency_p99_us=1234.0, outbox_depth=3, invalid={"missing:flow": 9})
     v = judge_beat(beat, None, rules=RULES)
     assert v.state == "online"
-    assert v.reason == "heartbeat: no new errors, latency p99 1.23 ms, outbox 3 messages"
+    # The limits, not the figures: the same text from one quiet heartbeat to the next.
+    assert v.reason == (
+        "heartbeat: no new errors, latency p99 within the 20 ms budget, "
+        "outbox at most 1,000 messages"
+    )
+    assert judge_beat(Beat(epoch=5, latency_p99_us=9.0), None, rules=RULES) == v
 
 
 def test_errors_are_counted_since_the_previous_heartbeat_of_the_same_run() -> None:
@@ -170,39 +182,47 @@ def _health(epoch: int = 10, **kw: object) -> Health:
     return Health(**fields)  # type: ignore[arg-type]
 
 
+def _stored(tracker: StateTracker, rows: list[DeviceStateRow]) -> list[DeviceStateRow]:
+    """Store ``rows`` as the ingest worker does (write, then commit); the changes."""
+    tracker.store.record_device_states(rows)
+    tracker.commit(rows)
+    return [r for r in rows if r.is_change]
+
+
 def test_tracker_records_each_change_once_with_its_reason(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "hub.db") as store:
-        tracker = StateTracker(store, RULES)
+        tracker = StateTracker(store, CLEAR_AT_ONCE)
         tracker.load()
         store.record_status(_status("online"), 100.0)
         tracker.status(_status("online"), 100.0)
-        changes = tracker.changes(100.0)
+        changes = _stored(tracker, tracker.changes(100.0))
         assert [(c.previous, c.state, c.reason) for c in changes] == [
             ("never_seen", "online", "birth: agent 0.1.0, model m 1.0.0")
         ]
-        store.record_device_states(changes)
         tracker.heartbeat(_health(), 105.0)
-        assert tracker.changes(105.0) == []  # still online: no event
+        assert _stored(tracker, tracker.changes(105.0)) == []  # still online: no event
         tracker.heartbeat(_health(invalid={"out_of_range:temperature": 3}), 110.0)
-        (degraded,) = tracker.changes(110.0)
+        (degraded,) = _stored(tracker, tracker.changes(110.0))
         assert degraded.state == "degraded" and "3 inputs out of range" in degraded.reason
         tracker.resent("pi-1", 2)
         tracker.heartbeat(_health(invalid={"out_of_range:temperature": 3}), 115.0)
-        (buffering,) = tracker.changes(115.0)
+        (buffering,) = _stored(tracker, tracker.changes(115.0))
         assert buffering.reason == "resending: 2 messages the hub already had"
         # Silent past the timeout: only the periodic check sees it.
         assert tracker.changes(150.0) == []
-        (stale,) = tracker.check_stale(150.0)
+        (stale,) = _stored(tracker, tracker.check_stale(150.0))
         assert (stale.previous, stale.state) == ("buffering", "stale")
         assert tracker.check_stale(151.0) == []
         # A late will of an earlier run changes nothing; this run's will does.
         tracker.status(_status("offline", epoch=9), 152.0)
-        assert [c.state for c in tracker.changes(152.0)] == ["buffering"]  # heard from again
+        heard = _stored(tracker, tracker.changes(152.0))
+        assert [c.state for c in heard] == ["buffering"]  # heard from again
         will = Status("pi-1", 10, 0, "offline", "0.1.0", "1.0.0", 100.0, "m")
         tracker.status(will, 153.0)
-        (off,) = tracker.changes(153.0)
+        (off,) = _stored(tracker, tracker.changes(153.0))
         assert off.state == "offline" and off.reason.startswith("its last will")
         assert tracker.check_stale(1000.0) == []  # offline does not go stale
+        assert len(store.device_state_events("pi-1", 0.0, 1e12, 100).items) == 6
 
 
 def test_tracker_starts_from_what_the_store_recorded(tmp_path: Path) -> None:
@@ -214,7 +234,7 @@ def test_tracker_starts_from_what_the_store_recorded(tmp_path: Path) -> None:
         store.record_health(health, 101.0)
         first.status(_status("online"), 100.0)
         first.heartbeat(health, 101.0)
-        store.record_device_states(first.changes(101.0))
+        _stored(first, first.changes(101.0))
         assert store.device("pi-1").judged_state == "degraded"  # type: ignore[union-attr]
         # A restarted hub: the same state, no new event for it.
         again = StateTracker(store, RULES)
@@ -233,5 +253,159 @@ def test_serve_help_shows_the_state_settings() -> None:
         timeout=60,
         check=True,
     )
-    for option in ("--stale-after-s", "--buffering-outbox-messages", "--latency-budget-ms"):
+    for option in (
+        "--stale-after-s",
+        "--buffering-outbox-messages",
+        "--latency-budget-ms",
+        "--degraded-clear-heartbeats",
+    ):
         assert option in done.stdout, option
+
+
+# --------------------------------------------------------------------------- hysteresis
+
+
+def _run(verdicts: list[Verdict], rules: StateRules) -> list[str]:
+    hold, out = Hold(), []
+    for v in verdicts:
+        shown_, hold = settle(v, hold, rules=rules)
+        out.append(shown_.state)
+    return out
+
+
+def test_a_held_state_clears_only_after_enough_clean_heartbeats_in_a_row() -> None:
+    bad, slow, ok = (
+        Verdict("degraded", "heartbeat: 1 error"),
+        Verdict("buffering", "outbox 1,200 messages > 1,000"),
+        Verdict("online", "quiet"),
+    )
+    three = StateRules(degraded_clear_heartbeats=3)
+    assert _run([ok, bad, ok, ok, ok], three) == [
+        "online",
+        "degraded",
+        "degraded",
+        "degraded",
+        "online",
+    ]
+    # A heartbeat that is not clean shows at once and starts the count again.
+    assert _run([bad, ok, ok, slow, ok, ok, ok], three) == [
+        "degraded",
+        "degraded",
+        "degraded",
+        "buffering",
+        "buffering",
+        "buffering",
+        "online",
+    ]
+    assert _run([bad, ok], StateRules(degraded_clear_heartbeats=1)) == ["degraded", "online"]
+    held, _ = settle(ok, Hold(bad), rules=three)
+    assert held.reason == "heartbeat: 1 error; clearing: 1 of 3 clean heartbeats in a row"
+    # A restarted hub holds what it stored, without the note on clearing.
+    assert Hold.of("degraded", held.reason) == Hold(bad)
+    assert Hold.of("online", "quiet") == Hold()
+    with pytest.raises(ValueError, match="degraded_clear_heartbeats must be >= 1"):
+        StateRules(degraded_clear_heartbeats=0)
+
+
+def test_one_bad_heartbeat_is_one_change_not_two(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        tracker = StateTracker(store, StateRules(stale_after_s=30.0))  # 3 clean heartbeats
+        tracker.load()
+        store.record_status(_status("online"), 100.0)
+        tracker.status(_status("online"), 100.0)
+        tracker.heartbeat(_health(), 101.0)
+        _stored(tracker, tracker.changes(101.0))
+        tracker.heartbeat(_health(invalid={"out_of_range:temperature": 1}), 102.0)
+        assert [c.state for c in _stored(tracker, tracker.changes(102.0))] == ["degraded"]
+        for at in (103.0, 104.0):
+            tracker.heartbeat(_health(invalid={"out_of_range:temperature": 1}), at)
+            assert _stored(tracker, tracker.changes(at)) == []
+        assert store.device("pi-1").state_reason.endswith(  # type: ignore[union-attr]
+            "; clearing: 2 of 3 clean heartbeats in a row"
+        )
+        tracker.heartbeat(_health(invalid={"out_of_range:temperature": 1}), 105.0)
+        assert [c.state for c in _stored(tracker, tracker.changes(105.0))] == ["online"]
+
+
+# --------------------------------------------------------------------------- stored reasons
+
+
+def test_the_stored_reason_follows_a_state_that_holds_without_events(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        tracker = StateTracker(store, RULES)
+        tracker.load()
+
+        def stored() -> tuple[str | None, str | None, float | None, int]:
+            r = store.device("pi-1")
+            assert r is not None
+            events = store.device_state_events("pi-1", 0.0, 1e12, 100).items
+            return r.judged_state, r.state_reason, r.state_since, len(events)
+
+        store.record_status(_status("online"), 100.0)
+        tracker.status(_status("online"), 100.0)
+        _stored(tracker, tracker.changes(100.0))
+        assert stored() == ("online", "birth: agent 0.1.0, model m 1.0.0", 100.0, 1)
+        # Its first heartbeat: still online, now for the heartbeat's reason.
+        tracker.heartbeat(_health(latency_p99_us=900.0), 105.0)
+        rows = tracker.changes(105.0)
+        assert [(r.previous, r.state, r.is_change) for r in rows] == [("online", "online", False)]
+        _stored(tracker, rows)
+        online = judge_beat(Beat(epoch=10), None, rules=RULES).reason
+        assert stored() == ("online", online, 100.0, 1)
+        # Another quiet one (other figures, the same text): nothing to write.
+        tracker.heartbeat(_health(latency_p99_us=1500.0), 110.0)
+        assert tracker.changes(110.0) == []
+        # Degraded, then degraded for another cause: one event, the reason follows.
+        tracker.heartbeat(_health(latency_p99_us=41_000.0), 115.0)
+        _stored(tracker, tracker.changes(115.0))
+        assert stored() == ("degraded", "latency p99 41 ms over the 20 ms budget", 115.0, 2)
+        tracker.heartbeat(_health(dropped={"outbox_full": 2}), 120.0)
+        _stored(tracker, tracker.changes(120.0))
+        assert stored() == (
+            "degraded",
+            "heartbeat: 2 errors since the last one (dropped outbox_full 2)",
+            115.0,
+            2,
+        )
+
+
+# --------------------------------------------------------------------------- failed writes
+
+
+def test_a_change_the_store_did_not_take_is_judged_again(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        tracker = StateTracker(store, RULES)
+        tracker.load()
+        failing = cast(Store, FailingStore(store, 1, "record_device_states"))
+        store.record_status(_status("online"), 100.0)
+        tracker.status(_status("online"), 100.0)
+        rows = tracker.changes(100.0)
+        with pytest.raises(sqlite3.OperationalError, match="injected"):
+            failing.record_device_states(rows)  # no commit: the tracker did not move
+        again = tracker.changes(101.0)
+        assert [(r.previous, r.state) for r in again] == [("never_seen", "online")]
+        failing.record_device_states(again)
+        tracker.commit(again)
+        assert tracker.changes(102.0) == []
+        assert store.device("pi-1").judged_state == "online"  # type: ignore[union-attr]
+        # A stale check the store did not take is made again at the next check.
+        assert [r.state for r in tracker.check_stale(200.0)] == ["stale"]
+        assert [r.state for r in _stored(tracker, tracker.check_stale(205.0))] == ["stale"]
+        assert store.device("pi-1").judged_state == "stale"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- clean stops
+
+
+def test_a_clean_stop_that_says_so_is_one_however_late_it_arrives(tmp_path: Path) -> None:
+    assert states.offline_reason(1000.0, 5000.0, clean=True).endswith("a clean stop")
+    assert states.offline_reason(1000.0, 5000.0).startswith("its last will")
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        tracker = StateTracker(store, RULES)
+        tracker.load()
+        tracker.status(_status("online"), 100.0)
+        _stored(tracker, tracker.changes(100.0))
+        late = Status("pi-1", 10, 0, "offline", "0.1.0", "1.0.0", 100.0, "m", clean=True)
+        tracker.status(late, 900.0)  # queued while the hub was down
+        (off,) = _stored(tracker, tracker.changes(900.0))
+        assert off.reason == "its status said offline as it stopped: a clean stop"

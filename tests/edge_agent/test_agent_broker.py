@@ -188,6 +188,7 @@ def test_birth_stream_in_order_urgent_events_and_will_after_sigkill(
     will = next(m for m in recorder.of(Status) if m.state == "offline")
     assert (birth.agent_version, birth.model_version) == (__version__, DEFAULT_VERSION)
     assert birth.epoch >= 1 and will.epoch == birth.epoch
+    assert not will.clean  # a will never says it was a clean stop
     # Wire v2: birth, will, every heartbeat and every telemetry batch name the model.
     running = (EDGE_NAME, DEFAULT_VERSION)
     named = [*recorder.of(Status), *recorder.of(Health), *recorder.of(Telemetry)]
@@ -229,6 +230,8 @@ def test_finite_run_delivers_every_reading_then_exits_zero(
         log = proc.output()
     assert sum(len(t) for t in recorder.of(Telemetry)) == 777, log
     _check_stream(recorder, complete=True, log=log)
+    # A clean stop says so, so a hub hearing it late does not take it for a will.
+    assert [m.clean for m in recorder.of(Status) if m.state == "offline"] == [True]
 
 
 def test_sigterm_flushes_publishes_offline_and_exits_zero(

@@ -8,6 +8,7 @@ field's name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -1043,3 +1044,15 @@ def test_upgrade_v1_rewrites_stream_messages_and_refuses_what_it_cannot_name() -
     ):
         with pytest.raises(DecodeError):
             upgrade_v1(kind, payload, ("m", "1"))
+
+
+def test_a_clean_stop_says_so_and_births_and_wills_read_as_before() -> None:
+    birth = EXAMPLES[Status]
+    assert "clean" not in body_of(birth)  # the field is written only when true
+    stop = dataclasses.replace(birth, state="offline", clean=True)
+    assert body_of(stop)["clean"] is True
+    assert decode(Kind.STATUS, encode(stop)) == stop
+    assert decode(Kind.STATUS, encode(birth)) == birth  # absent: False
+    body = body_of(stop)
+    body["clean"] = "yes"
+    expect_field_error(Kind.STATUS, payload_of(body), "clean", "wrong_type")

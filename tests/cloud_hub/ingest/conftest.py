@@ -7,6 +7,7 @@ one test (retained births, a persistent session) reaches another.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -59,6 +60,29 @@ def settled(worker: IngestWorker, what: str, check: Callable[[IngestStats], bool
 
 def hub_endpoint(broker: BrokerEndpoint) -> BrokerEndpoint:
     return dataclasses.replace(broker, username=HUB_USER, password=HUB_SECRET)
+
+
+class FailingStore:
+    """The real store, whose ``method`` raises the first ``failures`` times (the fault)."""
+
+    def __init__(self, inner: Store, failures: int, method: str = "write_stream") -> None:
+        self.inner = inner
+        self.failures = failures
+        self.method = method
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.inner, name)
+        if name != self.method:
+            return real
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error (injected)")
+            return real(*args, **kwargs)
+
+        call.__name__ = name
+        return call
 
 
 @dataclasses.dataclass

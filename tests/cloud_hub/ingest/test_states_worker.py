@@ -5,17 +5,25 @@ so, a quiet heartbeat brings it back online, its will takes it offline."""
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import pytest
 
 from cloud_hub.devices.states import StateRules
 from cloud_hub.devices.tracker import StateTracker
 from cloud_hub.inference import OnnxScorer
+from cloud_hub.store.base import Store
 from cloud_hub.store.sqlite import SQLiteStore
 from shared.endpoint import BrokerEndpoint
 from shared.messages import Ack, Health, Status
 from shared.topics import Topics
-from tests.cloud_hub.ingest.conftest import Client, running_hub, telemetry, wait_until
+from tests.cloud_hub.ingest.conftest import (
+    Client,
+    FailingStore,
+    running_hub,
+    telemetry,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,7 +41,14 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     heavy: OnnxScorer,
     device_client: Client,
 ) -> None:
-    tracker = StateTracker(store, StateRules(stale_after_s=60.0, buffering_outbox_messages=100))
+    rules = StateRules(
+        stale_after_s=60.0, buffering_outbox_messages=100, degraded_clear_heartbeats=1
+    )
+    tracker = StateTracker(store, rules)
+
+    def judged() -> tuple[str | None, str | None]:
+        record = store.device("dev-a")
+        return (None, None) if record is None else (record.judged_state, record.state_reason)
 
     def changes() -> list[tuple[str, str]]:
         page = store.device_state_events("dev-a", 0.0, 1e12, 100)
@@ -49,7 +64,10 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
         wait_until("the duplicate", lambda: store.counters("dev-a").get("duplicates") == 1)
         send(_health())
         wait_until("buffering", lambda: len(changes()) == 2)
-        send(_health(outbox_depth=500))  # still buffering: no new event
+        send(_health(outbox_depth=500))  # still buffering, for another reason: no new event
+        deep = ("buffering", "outbox 500 messages > 100")
+        wait_until("the deep outbox's reason", lambda: judged() == deep)
+        assert len(changes()) == 2
         send(_health())
         wait_until("online again", lambda: len(changes()) == 3)
         send(Status("dev-a", 1, 1, "offline", "0.1.0", "1.0.0", time.time() - 60, "m"))
@@ -64,3 +82,24 @@ def test_resends_and_a_deep_outbox_are_buffering_then_online_then_offline(
     assert counters["device_state:buffering"] == 1 and counters["device_state:online"] == 2
     record = store.device("dev-a")
     assert record is not None and record.judged_state == "offline"
+
+
+def test_a_state_change_the_store_failed_to_take_is_stored_at_the_next_batch(
+    broker: BrokerEndpoint,
+    topics: Topics,
+    store: SQLiteStore,
+    heavy: OnnxScorer,
+    device_client: Client,
+) -> None:
+    tracker = StateTracker(store, StateRules(stale_after_s=60.0))
+    failing = cast(Store, FailingStore(store, 1, "record_device_states"))
+    with running_hub(broker, topics, failing, heavy, states=tracker):
+        send = device_client.send
+        send(Status("dev-a", 1, 0, "online", "0.1.0", "1.0.0", time.time(), "m"))
+        wait_until("the failed write", lambda: store.counters().get("ingest_errors") == 1)
+        assert store.device_state_events("dev-a", 0.0, 1e12, 10).items == []
+        send(telemetry("dev-a", 1))
+        wait_until("online", lambda: store.device("dev-a").judged_state == "online")  # type: ignore[union-attr]
+    (event,) = store.device_state_events("dev-a", 0.0, 1e12, 10).items
+    assert (event.previous, event.state) == ("never_seen", "online")
+    assert event.reason == "birth: agent 0.1.0, model m 1.0.0"

@@ -7,16 +7,15 @@ test runs on amqtt and on Mosquitto (the ``broker`` fixture).
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import pytest
 
 from cloud_hub.inference import OnnxScorer
 from cloud_hub.ingest import HubLink, IngestConfig, IngestWorker
-from cloud_hub.store.base import Gap, Store, StreamItem, TelemetryRows, WriteResult
+from cloud_hub.store.base import Gap, Store, TelemetryRows
 from cloud_hub.store.sqlite import SQLiteStore
 from shared.endpoint import BrokerEndpoint
 from shared.errors import DecodeError
@@ -25,6 +24,7 @@ from shared.topics import Kind, Topics
 from tests.cloud_hub.ingest.conftest import (
     WAIT,
     Client,
+    FailingStore,
     Hub,
     hub_endpoint,
     running_hub,
@@ -189,23 +189,6 @@ def test_hostile_telemetry_is_counted_dead_lettered_and_survived(
     assert huge.payload_head == (b"{" + b" " * 1023)
 
 
-class _FailingStore:
-    """The real store, whose write_stream raises the first ``failures`` times (the fault)."""
-
-    def __init__(self, inner: Store, failures: int) -> None:
-        self.inner = inner
-        self.failures = failures
-
-    def write_stream(self, items: Sequence[StreamItem], **kwargs: Any) -> WriteResult:
-        if self.failures:
-            self.failures -= 1
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-        return self.inner.write_stream(items, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_a_store_failure_is_retried_once_and_loses_nothing(
     broker: BrokerEndpoint,
     topics: Topics,
@@ -213,7 +196,7 @@ def test_a_store_failure_is_retried_once_and_loses_nothing(
     heavy: OnnxScorer,
     device_client: Client,
 ) -> None:
-    failing = cast(Store, _FailingStore(store, failures=1))
+    failing = cast(Store, FailingStore(store, failures=1))
     with running_hub(broker, topics, failing, heavy) as hub:
         for seq in range(1, 6):
             device_client.send(telemetry("dev-a", seq))
@@ -232,7 +215,7 @@ def test_a_batch_the_store_refuses_twice_is_dead_lettered_unacked_and_taken_when
     heavy: OnnxScorer,
     device_client: Client,
 ) -> None:
-    failing = cast(Store, _FailingStore(store, failures=2))
+    failing = cast(Store, FailingStore(store, failures=2))
     with running_hub(broker, topics, failing, heavy) as hub:
         device_client.send(telemetry("dev-a", 1))
         wait_until("the dead letter", lambda: len(store.dead_letters()) == 1)

@@ -852,3 +852,31 @@ def test_device_states_are_stored_with_their_changes(store: Store) -> None:
     assert store.device_state_events("d1", T0 + 2, T0 + 3, 10).items == []
     with pytest.raises(ValueError, match="cursor"):
         store.device_state_events(None, 0.0, T0 + 100, 10, cursor="not-a-cursor")
+    # The same state for a newer reason: the reason only, no event, since unchanged.
+    store.record_device_states(
+        [DeviceStateRow(0, T0 + 4, "d1", "online", "online", "heartbeat: quiet")]
+    )
+    d1 = store.device("d1")
+    assert d1 is not None
+    assert (d1.judged_state, d1.state_reason, d1.state_since) == (
+        "online",
+        "heartbeat: quiet",
+        T0 + 3,
+    )
+    assert len(store.device_state_events("d1", 0.0, T0 + 100, 10).items) == 2
+
+
+def test_prune_takes_device_state_changes_before_the_cut(store: Store) -> None:
+    day = 86_400.0
+    store.touch("d1", T0)
+    store.record_device_states(
+        [
+            DeviceStateRow(0, T0 + 1, "d1", "online", "never_seen", "birth"),
+            DeviceStateRow(0, T0 + 9 * day, "d1", "stale", "online", "silent for 31 s"),
+        ]
+    )
+    store.prune_telemetry(received_before=T0 + 2 * day)
+    left = store.device_state_events(None, 0.0, T0 + 100 * day, 10).items
+    assert [(e.state, e.at) for e in left] == [("stale", T0 + 9 * day)]
+    d1 = store.device("d1")  # the device's current state stays
+    assert d1 is not None and d1.judged_state == "stale"
