@@ -36,6 +36,22 @@ def test_the_dashboard_is_served_at_the_root_without_a_token(hub: Hub) -> None:
         assert b"https://" not in hub.anon.get(asset).body, asset
 
 
+def test_the_page_is_only_served_with_its_headers_and_never_puts_the_token_in_a_url(
+    hub: Hub,
+) -> None:
+    # /ui/index.html sends the browser to / (with the policy), not the page without it.
+    moved = hub.anon.get("/ui/index.html")
+    assert (moved.status, moved.headers["location"], moved.body) == (308, "/", b"")
+    page = hub.anon.get("/")
+    assert "form-action 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    # A submit before app.js loads must not send the token as ?token=...
+    body = page.body.decode()
+    assert '<form id="sign-in-form" method="post">' in body
+    assert 'name="token"' not in body
+
+
 def test_fleet_gives_each_device_its_gaps_losses_and_drift(hub: Hub) -> None:
     assert hub.anon.get("/v1/fleet").status == 401
     body = hub.read.get("/v1/fleet").json()
@@ -177,6 +193,40 @@ def test_a_code_expires() -> None:
     fresh, _ = book.issue("read", 120.0)
     now[0] += 119.0
     assert book.redeem(fresh) == "read"  # 119 s on the book's clock: still valid
+
+
+def test_refused_codes_are_counted_by_reason_and_logged_without_the_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+    from cloud_hub.api.routes.session import CODEBOOK_KEY  # noqa: PLC0415
+    from tests.cloud_hub.api.server import live_server  # noqa: PLC0415
+
+    now = [1000.0]
+    book = CodeBook(clock=lambda: now[0])
+    used, _ = book.issue("read", 120.0)
+    stale, _ = book.issue("read", 120.0)
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
+        setattr(app.state, CODEBOOK_KEY, book)
+        with caplog.at_level("WARNING"), live_server(app) as anon:
+            assert anon.post("/v1/session/exchange", json_body={"code": used}).status == 200
+            for code in (used, "not-a-code", used):
+                assert anon.post("/v1/session/exchange", json_body={"code": code}).status == 400
+            now[0] += 121.0
+            assert anon.post("/v1/session/exchange", json_body={"code": stale}).status == 400
+        counters = store.counters()
+        assert {k: v for k, v in counters.items() if k.startswith("session_codes")} == {
+            "session_codes_refused:used": 2,
+            "session_codes_refused:unknown": 1,
+            "session_codes_refused:expired": 1,
+        }
+        warned = [r.getMessage() for r in caplog.records if "sign-in code" in r.getMessage()]
+        assert len(warned) == 4 and "(expired)" in warned[-1]
+        assert not [m for m in warned if used in m or stale in m]
+    finally:
+        store.close()
 
 
 def test_the_dashboards_files_are_package_data() -> None:
