@@ -368,6 +368,23 @@ def test_events_with_equal_timestamps_page_without_loss(store: Store) -> None:
     assert sorted(got) == [1, 2, 3, 4, 5]
 
 
+def test_events_newest_first_page_without_loss(store: Store) -> None:
+    # Equal timestamps too: the id breaks ties, in the same order both ways.
+    store.write_stream([event("pi-01", 1, s, ts=50.0 + s // 2) for s in range(1, 8)])
+    store.write_stream([event("pi-02", 1, 1, ts=52.0)])
+    oldest = [(r.event.device, r.event.seq) for r in store.events(None, 0, 100, 100).items]
+    got, cursor = [], None
+    for _ in range(20):
+        page = store.events(None, 0, 100, limit=3, cursor=cursor, newest_first=True)
+        got += [(r.event.device, r.event.seq) for r in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert got == oldest[::-1]
+    window = store.events("pi-01", 51.0, 53.0, 10, newest_first=True).items
+    assert [r.event.seq for r in window] == [5, 4, 3, 2]
+
+
 # --------------------------------------------------------------------------- devices
 
 
