@@ -5,11 +5,16 @@ embedded broker on free ports and fresh API tokens, provisions ``--devices``
 devices the way ``edgeloop-hub devices add`` does, and starts one real
 ``edgeloop-agent`` process per device on a simulated machine (every fourth
 develops faults, hits urgent conditions, stops itself, and is restarted 15 s
-later). It prints the API URL and the files that hold the API tokens (mode
-0600; the tokens themselves never appear in its output), then every few seconds a
-summary read from the hub's own API: devices online, readings stored per
-second, urgent events, edge/heavy disagreement. Ctrl-C or ``--duration`` ends
-it; agents get SIGTERM first (they flush and say offline), then the hub.
+later). Its first line is the dashboard's URL (the hub's port is picked before
+anything else; the page answers once the hub is up). Once the hub is up it prints a
+one-time sign-in link for the dashboard: a code for the admin token in the URL's
+fragment, single use, valid for 120 s (then sign in with a token). Then the API URL
+and the files that hold the API tokens (mode 0600; the tokens themselves never
+appear in its output), then every few seconds a summary read from the hub's own
+API: devices connected (online, degraded or buffering: heard from), readings
+stored per second, urgent events, edge/heavy disagreement. Ctrl-C or
+``--duration`` ends it; agents get SIGTERM first (they flush and say offline),
+then the hub.
 
 Concurrency: one thread; the hub and the agents are child processes.
 """
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from cloud_hub.devices.states import LIVE
 from shared.errors import EdgeloopError
 from simulators.harness import (
     AgentProcess,
@@ -65,16 +71,17 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
     from cloud_hub.pipeline.build import build_default_models  # noqa: PLC0415
 
     stop = stop or threading.Event()
+    run_dir = (config.work_dir / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The hub's ports are picked here, so the dashboard's URL is the first line.
+    hub = HubProcess(run_dir / "hub", config.models_dir, log_path=run_dir / "hub.log")
+    _say(config, f"dashboard: {hub.api.base_url}/")
     _say(
         config,
         f"edgeloop demo: a hub with its embedded broker and {config.devices} simulated devices",
     )
     built = build_default_models(config.models_dir)
     _say(config, f"models: edge {built.edge}, heavy {built.heavy}")
-
-    run_dir = (config.work_dir / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    hub = HubProcess(run_dir / "hub", config.models_dir, log_path=run_dir / "hub.log")
     devices = [hub.provision(f"sim-{i:03d}") for i in range(config.devices)]
     agents: list[AgentProcess] = []
     try:
@@ -85,7 +92,7 @@ def run_demo(config: DemoConfig, stop: threading.Event | None = None) -> int:
         except HarnessError as exc:
             raise DemoError(f"the hub did not start: {exc}") from None
         api = hub.api
-        _say_dashboard(config, hub)
+        _say_sign_in(config, hub)
         # The files, not the tokens: this output may end up in a terminal log or a CI log.
         read_file, admin_file = hub.secrets_dir / "read-token", hub.secrets_dir / "admin-token"
         _say(config, f"hub: API {api.base_url} (docs at {api.base_url}/docs)")
@@ -110,23 +117,24 @@ SIGN_IN_TTL_S = 120.0
 """How long the demo's one-time sign-in link works."""
 
 
-def _say_dashboard(config: DemoConfig, hub: HubProcess) -> None:
-    """The dashboard's URL, and a one-time sign-in link: a code the hub makes (admin
-    token) in the URL's fragment, single use and short-lived; never the token itself."""
+def _say_sign_in(config: DemoConfig, hub: HubProcess) -> None:
+    """A one-time sign-in link to the dashboard: a code the hub makes (for the admin
+    token) in the URL's fragment, single use, :data:`SIGN_IN_TTL_S` long; never the
+    token itself."""
     url = f"{hub.api.base_url}/"
-    _say(config, f"dashboard: {url}")
     reply = hub.admin_api.request(
         "POST", "/v1/session/codes", json_body={"access": "admin", "ttl_s": SIGN_IN_TTL_S}
     )
     if reply.status != 201:
         _say(
-            config, f"     no sign-in link (the hub answered {reply.status}); sign in with a token"
+            config,
+            f"dashboard: no sign-in link (the hub answered {reply.status}); sign in with a token",
         )
         return
     _say(
         config,
-        f"     sign in once with {url}{reply.json()['fragment']} "
-        f"(works once, for {SIGN_IN_TTL_S:.0f} s; then sign in with a token)",
+        f"dashboard: sign in once with {url}{reply.json()['fragment']} "
+        f"(the admin token; works once, for {SIGN_IN_TTL_S:.0f} s; then sign in with a token)",
     )
 
 
@@ -180,10 +188,11 @@ def _summary_loop(config: DemoConfig, api: HubApi, stop: threading.Event) -> Non
             100.0 * int(counters.get("edge_heavy_disagreements", 0)) / compared if compared else 0.0
         )
         rate = (readings - last_readings) / max(now - last_time, 1e-9)
+        connected = sum(n for state, n in devices["states"].items() if state in LIVE)
         last_time, last_readings = now, readings
         _say(
             config,
-            f"[{now - started:6.0f}s] devices online {devices['states'].get('online', 0)}/{config.devices}  "
+            f"[{now - started:6.0f}s] devices connected {connected}/{config.devices}  "
             f"readings/s {rate:7.1f}  readings {readings}  urgent events {int(counters.get('stored_events', 0))}  "
             f"edge/heavy disagreement {disagree:.2f}%  invalid {stats.get('invalid_total', 0)}  "
             f"lost at edge {sum(stats.get('lost_at_edge_readings', {}).values())}  "

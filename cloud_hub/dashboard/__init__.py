@@ -4,7 +4,7 @@
 (vendored, see ``static/vendor/uplot/README.md``); no build step. The page
 calls only ``/v1/...`` with the token the operator signs in with (kept in the
 tab's session storage). :func:`install_dashboard` serves the files (no token:
-they hold no data) and adds the read routes the pages need
+they hold no data; ``index.html`` only at ``/``, with its security headers) and adds the read routes the pages need
 (:mod:`cloud_hub.api.routes.fleet`) and the one-time sign-in codes
 (:mod:`cloud_hub.api.routes.session`).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 __all__ = ["ASSETS_URL", "PAGE_HEADERS", "install_dashboard"]
@@ -56,8 +56,14 @@ def install_dashboard(app: FastAPI) -> None:
     setattr(app.state, session.CODEBOOK_KEY, session.CodeBook())
     app.include_router(fleet.router)
     app.include_router(session.router)
-    app.mount(ASSETS_URL, StaticFiles(directory=_STATIC), name="dashboard")
     index = _STATIC / "index.html"
+
+    # The page only at /, with its headers: not also as an asset without them.
+    @app.get(f"{ASSETS_URL}/index.html", include_in_schema=False)
+    def index_as_asset() -> RedirectResponse:
+        return RedirectResponse("/", status_code=308)
+
+    app.mount(ASSETS_URL, StaticFiles(directory=_STATIC), name="dashboard")
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

@@ -49,6 +49,7 @@ __all__ = [
     "Gap",
     "LabelRecord",
     "ModelRecord",
+    "NewestTelemetry",
     "OtaRecord",
     "Page",
     "PipelineRunRow",
@@ -89,6 +90,16 @@ class TelemetryRows:
 
 StreamItem = TelemetryRows | Event | Ota
 """What :meth:`Store.write_stream` takes: every stream message kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewestTelemetry:
+    """What :meth:`Store.newest_telemetry` gives."""
+
+    rows: list[TelemetryRows]
+    """The newest messages' readings in the range, oldest first."""
+    readings: int
+    """Every reading of the device in the range (also those not in ``rows``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +508,27 @@ class Store(Protocol):
         ``limit`` readings per page (a stored message may be split across pages)."""
         ...
 
+    def newest_telemetry(
+        self, device: str, since: float, until: float, limit: int
+    ) -> NewestTelemetry:
+        """The newest readings of ``device`` with since <= ts < until: whole messages,
+        newest first, until at least ``limit`` readings (returned oldest first), and the
+        count of every reading in the range."""
+        ...
+
     def events(
-        self, device: str | None, since: float, until: float, limit: int, cursor: str | None = None
-    ) -> Page[EventRecord]: ...
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        cursor: str | None = None,
+        *,
+        newest_first: bool = False,
+    ) -> Page[EventRecord]:
+        """Events with since <= ts < until (of one device, or all), oldest first (or
+        newest first)."""
+        ...
 
     # -- models
     def register_model(
@@ -587,6 +616,10 @@ class Store(Protocol):
     # -- OTA reports and rollouts
     def ota_reports(self, after_id: int, limit: int = 10_000) -> list[OtaRecord]:
         """Stored OTA reports with an id above ``after_id``, oldest first."""
+        ...
+
+    def device_ota_reports(self, device: str, limit: int) -> list[OtaRecord]:
+        """``device``'s newest ``limit`` OTA reports, newest first (by id)."""
         ...
 
     def last_ota_id(self) -> int:

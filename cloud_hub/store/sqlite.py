@@ -131,6 +131,7 @@ from cloud_hub.store.base import (
     Gap,
     LabelRecord,
     ModelRecord,
+    NewestTelemetry,
     OtaRecord,
     Page,
     PipelineRunRow,
@@ -579,6 +580,39 @@ def _unb64(cursor: str, what: str) -> bytes:
         raise ValueError(
             f"{what} cursor {cursor[:40]!r} is not valid; pass back next_cursor exactly as returned"
         ) from None
+
+
+_MESSAGE_COLUMNS: Final = (
+    "epoch, seq, n, received_at, edge_model_version, heavy_model_version, n_features, "
+    "n_edge, n_heavy, ts, features, edge_scores, heavy_scores"
+)
+"""The columns of a stored telemetry message :func:`_telemetry_rows` reads, in order."""
+
+
+def _telemetry_rows(
+    device: str, message: Sequence[Any], ts: F64, take: np.ndarray
+) -> TelemetryRows:
+    """The readings ``take`` of a stored message (``message``: :data:`_MESSAGE_COLUMNS`;
+    ``ts``: its decoded ts)."""
+    epoch, seq, n, received_at, edge_v, heavy_v, n_features, n_edge, n_heavy = message[:9]
+    f_blob, e_blob, h_blob = message[10:13]
+    return TelemetryRows(
+        device=device,
+        epoch=int(epoch),
+        seq=int(seq),
+        edge_model_version=edge_v,
+        heavy_model_version=heavy_v,
+        ts=ts[take].astype(np.float64),
+        features=_f32(f_blob, n, n_features)[take],
+        edge_scores=_f32(e_blob, n, n_edge)[take],
+        heavy_scores=_f32(h_blob, n, n_heavy)[take],
+        received_at=float(received_at),
+    )
+
+
+def _ota_record(r: Any) -> OtaRecord:
+    """An :class:`OtaRecord` from a row of id, device name, the report's fields, received_at."""
+    return OtaRecord(int(r[0]), Ota(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]), r[10])
 
 
 def _check_limit(limit: int, what: str) -> None:
@@ -1350,10 +1384,9 @@ class SQLiteStore:
             # A message holding a reading >= since starts at most `span` before it.
             lowest = since - span * 1.001 - 1.0
             sql = (
-                "SELECT id, epoch, seq, first_ts, n, received_at, edge_model_version, "
-                "heavy_model_version, n_features, n_edge, n_heavy, ts, features, edge_scores, "
-                "heavy_scores FROM telemetry WHERE device_id = ? AND first_ts >= ? "
-                "AND first_ts < ? AND last_ts >= ? {after} ORDER BY first_ts, id"
+                f"SELECT id, first_ts, {_MESSAGE_COLUMNS} FROM telemetry WHERE device_id = ? "
+                "AND first_ts >= ? AND first_ts < ? AND last_ts >= ? {after} "
+                "ORDER BY first_ts, id"
             )
             if start is None:
                 rows = db.execute(sql.format(after=""), (device_id, lowest, until, since))
@@ -1364,9 +1397,8 @@ class SQLiteStore:
                 )
             try:
                 for row in rows:
-                    (row_id, epoch, seq, first_ts, n, received_at, edge_v, heavy_v) = row[:8]
-                    (n_features, n_edge, n_heavy, ts_blob, f_blob, e_blob, h_blob) = row[8:]
-                    ts = np.frombuffer(ts_blob, dtype=_F8)
+                    row_id, first_ts = row[:2]
+                    ts = np.frombuffer(row[11], dtype=_F8)
                     keep = np.flatnonzero((ts >= since) & (ts < until))
                     if start is not None and row_id == start[1]:
                         keep = keep[keep >= start[2]]
@@ -1376,20 +1408,7 @@ class SQLiteStore:
                         next_cursor = _encode_telemetry_cursor(first_ts, row_id, int(keep[0]))
                         break
                     take = keep[:remaining]
-                    items.append(
-                        TelemetryRows(
-                            device=device,
-                            epoch=int(epoch),
-                            seq=int(seq),
-                            edge_model_version=edge_v,
-                            heavy_model_version=heavy_v,
-                            ts=ts[take].astype(np.float64),
-                            features=_f32(f_blob, n, n_features)[take],
-                            edge_scores=_f32(e_blob, n, n_edge)[take],
-                            heavy_scores=_f32(h_blob, n, n_heavy)[take],
-                            received_at=float(received_at),
-                        )
-                    )
+                    items.append(_telemetry_rows(device, row[2:], ts, take))
                     remaining -= take.size
                     if take.size < keep.size:
                         next_cursor = _encode_telemetry_cursor(
@@ -1400,10 +1419,69 @@ class SQLiteStore:
                 rows.close()  # a page may stop mid-result; release it before COMMIT
         return Page(items, next_cursor)
 
+    def newest_telemetry(
+        self, device: str, since: float, until: float, limit: int
+    ) -> NewestTelemetry:
+        """Whole messages, newest first (by first reading), until ``limit`` readings;
+        the count: stored ``n`` of messages wholly inside, readings counted in the
+        messages crossing an end."""
+        _check_limit(limit, "telemetry")
+        taken: list[TelemetryRows] = []
+        with self._read() as db:
+            dev = db.execute(
+                "SELECT id, telemetry_span FROM devices WHERE name = ?", (device,)
+            ).fetchone()
+            if dev is None or not since < until:
+                return NewestTelemetry([], 0)
+            device_id, span = int(dev[0]), float(dev[1])
+            lowest = since - span * 1.001 - 1.0
+            inside = db.execute(
+                "SELECT coalesce(sum(n), 0) FROM telemetry WHERE device_id = ? "
+                "AND first_ts >= ? AND last_ts < ?",
+                (device_id, since, until),
+            ).fetchone()
+            readings = int(inside[0])
+            for (ts_blob,) in db.execute(
+                "SELECT ts FROM telemetry WHERE device_id = ? AND first_ts >= ? "
+                "AND first_ts < ? AND last_ts >= ? AND (first_ts < ? OR last_ts >= ?)",
+                (device_id, lowest, until, since, since, until),
+            ):
+                ts = np.frombuffer(ts_blob, dtype=_F8)
+                readings += int(np.count_nonzero((ts >= since) & (ts < until)))
+            rows = db.execute(
+                f"SELECT {_MESSAGE_COLUMNS} "
+                "FROM telemetry WHERE device_id = ? AND first_ts >= ? AND first_ts < ? "
+                "AND last_ts >= ? ORDER BY first_ts DESC, id DESC",
+                (device_id, lowest, until, since),
+            )
+            try:
+                kept = 0
+                for row in rows:
+                    ts = np.frombuffer(row[9], dtype=_F8)
+                    keep = np.flatnonzero((ts >= since) & (ts < until))
+                    if keep.size == 0:
+                        continue
+                    taken.append(_telemetry_rows(device, row, ts, keep))
+                    kept += keep.size
+                    if kept >= limit:
+                        break
+            finally:
+                rows.close()
+        taken.reverse()
+        return NewestTelemetry(taken, readings)
+
     def events(
-        self, device: str | None, since: float, until: float, limit: int, cursor: str | None = None
+        self,
+        device: str | None,
+        since: float,
+        until: float,
+        limit: int,
+        cursor: str | None = None,
+        *,
+        newest_first: bool = False,
     ) -> Page[EventRecord]:
-        """Events with since <= ts < until (of one device, or all), oldest first."""
+        """Events with since <= ts < until (of one device, or all), oldest first (or
+        newest first)."""
         _check_limit(limit, "events")
         where = ["e.ts >= ?", "e.ts < ?"]
         args: list[Any] = [since, until]
@@ -1411,15 +1489,16 @@ class SQLiteStore:
             where.append("e.device_id = (SELECT id FROM devices WHERE name = ?)")
             args.append(device)
         if cursor is not None:
-            where.append("(e.ts, e.id) > (?, ?)")
+            where.append(f"(e.ts, e.id) {'<' if newest_first else '>'} (?, ?)")
             args.extend(_decode_event_cursor(cursor))
+        order = "e.ts DESC, e.id DESC" if newest_first else "e.ts, e.id"
         args.append(limit + 1)
         with self._read() as db:
             rows = db.execute(
                 "SELECT e.id, d.name, e.epoch, e.seq, e.ts, e.model_version, e.rule, e.score, "
                 "e.sensor, e.value, e.action, e.action_ok, e.detail, e.received_at "
                 "FROM events e JOIN devices d ON d.id = e.device_id "
-                f"WHERE {' AND '.join(where)} ORDER BY e.ts, e.id LIMIT ?",
+                f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
                 args,
             ).fetchall()
         more = len(rows) > limit
@@ -1783,10 +1862,18 @@ class SQLiteStore:
                 "ON d.id = o.device_id WHERE o.id > ? ORDER BY o.id LIMIT ?",
                 (after_id, limit),
             ).fetchall()
-        return [
-            OtaRecord(int(r[0]), Ota(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]), r[10])
-            for r in rows
-        ]
+        return [_ota_record(r) for r in rows]
+
+    def device_ota_reports(self, device: str, limit: int) -> list[OtaRecord]:
+        _check_limit(limit, "OTA reports")
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT o.id, d.name, o.epoch, o.seq, o.ts, o.state, o.reason, o.from_version, "
+                "o.to_version, o.detail, o.received_at FROM ota o JOIN devices d "
+                "ON d.id = o.device_id WHERE d.name = ? ORDER BY o.id DESC LIMIT ?",
+                (device, limit),
+            ).fetchall()
+        return [_ota_record(r) for r in rows]
 
     def last_ota_id(self) -> int:
         with self._read() as db:

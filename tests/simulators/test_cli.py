@@ -80,9 +80,9 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: Mod
         timeout=170,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    summaries = [line for line in done.stdout.splitlines() if "devices online" in line]
+    summaries = [line for line in done.stdout.splitlines() if "devices connected" in line]
     assert summaries, done.stdout
-    assert "devices online 3/3" in summaries[-1]
+    assert "devices connected 3/3" in summaries[-1]
     readings = re.search(r"readings (\d+)", summaries[-1])
     assert readings is not None and int(readings[1]) > 0, summaries[-1]
     assert "agents stopped: 3/3 exited cleanly" in done.stdout
@@ -92,10 +92,13 @@ def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: Mod
     assert Path(found[1]).read_text().strip() not in done.stdout, "the token itself is not shown"
     admin = (Path(found[1]).parent / "admin-token").read_text().strip()
     assert admin not in done.stdout
-    # The dashboard's URL comes first among the hub's lines, then a one-time link.
-    hub_lines = done.stdout[done.stdout.index("dashboard: ") :].splitlines()
-    assert re.fullmatch(r"dashboard: http://127\.0\.0\.1:\d+/", hub_lines[0]), hub_lines[0]
-    assert re.search(r"sign in once with http://127\.0\.0\.1:\d+/#code=[\w-]+ ", hub_lines[1])
+    # The dashboard's URL is the demo's first line; the one-time link follows once the
+    # hub is up, for the same URL.
+    lines = done.stdout.splitlines()
+    first = re.fullmatch(r"dashboard: (http://127\.0\.0\.1:\d+/)", lines[0])
+    assert first is not None, lines[0]
+    link = [line for line in lines if "sign in once with" in line]
+    assert len(link) == 1 and f"sign in once with {first[1]}#code=" in link[0], link
 
 
 @pytest.mark.timeout(240)

@@ -44,6 +44,15 @@ Kind = Annotated[
 ]
 
 
+Order = Annotated[
+    Literal["asc", "desc"],
+    Query(
+        description="``asc`` (the default): oldest first; ``desc``: newest first "
+        "(urgent events only)"
+    ),
+]
+
+
 class DeviceStateEventOut(BaseModel):
     kind: str = "device_state"
     id: int
@@ -79,8 +88,10 @@ def list_events(
     limit: Limit = None,
     cursor: Cursor = None,
     kind: Kind = "urgent",
+    order: Order = "asc",
 ) -> EventPageOut | DriftEventPageOut | DeviceStateEventPageOut:
-    """Events with ``since <= ts < until``, oldest first; follow ``next_cursor``.
+    """Events with ``since <= ts < until``, oldest first (``order=desc``: newest first,
+    for urgent events); follow ``next_cursor``.
 
     ``kind=drift`` lists drift events instead (a device's, or every device's and the
     fleet's), with ``at`` as their time; ``kind=device_state`` lists device state
@@ -89,6 +100,8 @@ def list_events(
     end, size = check_page(config, since, until, limit)
     if device is not None:
         require_device(store, device)
+    if order == "desc" and kind != "urgent":
+        raise bad_param("order", f"desc is for urgent events only, not kind={kind}; drop it")
     if kind == "device_state":
         changes = _paged(store.device_state_events, device, since, end, size, cursor=cursor)
         rows = [DeviceStateEventOut.from_row(r) for r in changes.items]
@@ -99,7 +112,9 @@ def list_events(
         drift = _paged(store.drift_events, device, since, end, size, cursor=cursor)
         found = [DriftEventOut.from_row(r) for r in drift.items]
         return DriftEventPageOut(count=len(found), next_cursor=drift.next_cursor, events=found)
-    page = _paged(store.events, device, since, end, size, cursor=cursor)
+    page = _paged(
+        store.events, device, since, end, size, cursor=cursor, newest_first=order == "desc"
+    )
     events = [EventOut.from_record(r) for r in page.items]
     return EventPageOut(count=len(events), next_cursor=page.next_cursor, events=events)
 

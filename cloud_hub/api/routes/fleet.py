@@ -14,7 +14,7 @@ All computed in the hub, from the store; the page only draws them.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Annotated
 
 import numpy as np
@@ -25,7 +25,6 @@ from cloud_hub.api.auth import ReadAccess
 from cloud_hub.api.deps import StoreDep
 from cloud_hub.api.errors import responses
 from cloud_hub.api.params import DeviceId, Until, require_device
-from cloud_hub.store.base import TelemetryRows
 
 __all__ = ["router"]
 
@@ -35,11 +34,9 @@ RATE_WINDOW_S = 60.0
 """Readings per second are the readings received over this many seconds, divided by it."""
 _GAPS_COUNTED = 100_000
 _FEATURES_SHOWN = 3
-_PAGE_READINGS = 10_000
-_PAGES_READ = 20
-"""A series answer reads at most this many pages of the store's telemetry..."""
 READINGS_KEPT = 20_000
-"""...and thins the newest this many readings (at least) of them."""
+"""A series answer thins the newest this many readings (at least: whole messages) of
+its window."""
 
 
 class FleetDeviceOut(BaseModel):
@@ -108,8 +105,12 @@ class SeriesOut(BaseModel):
     readings: int
     """Readings in the window (before thinning)."""
     truncated: bool
-    """True when the window held more readings than the hub thins for one answer
-    (the newest are shown; the plot starts later than ``since``)."""
+    """True when not every reading of the window is shown: thinned to ``points``, or more
+    than the hub thins for one answer (then the newest are shown and the plot starts
+    later than ``since``), or readings of another model left out."""
+    other_model_readings: int
+    """Readings among the newest left out because they have another width of features
+    or scores than the device's current model (from before an OTA update)."""
     urgent_class: str | None
     ts: list[float]
     edge_score: list[float]
@@ -118,6 +119,13 @@ class SeriesOut(BaseModel):
     """The heavy model's (null where it did not score the reading)."""
     features: dict[str, list[float]]
     """The first features of the manifest, by name."""
+
+
+def _heavy_column(scores: np.ndarray, col: int) -> np.ndarray:
+    """The heavy model's score in column ``col`` (NaN where it did not score)."""
+    if scores.ndim == 2 and scores.shape[1] > max(col, 0):
+        return scores[:, col].astype(np.float64)
+    return np.full(len(scores), np.nan)
 
 
 def _thin(n: int, points: int) -> np.ndarray:
@@ -140,24 +148,11 @@ def series(
     record = require_device(store, device)
     end = time.time() if until is None else until
     since = end - window_s
-    rows: deque[TelemetryRows] = deque()
-    kept = readings = 0
-    cursor: str | None = None
-    for _ in range(_PAGES_READ):
-        page = store.telemetry(device, since, end, _PAGE_READINGS, cursor)
-        for r in page.items:
-            rows.append(r)
-            kept += len(r)
-            readings += len(r)
-        while rows and kept - len(rows[0]) >= READINGS_KEPT:
-            kept -= len(rows.popleft())
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    truncated = cursor is not None or readings > kept
+    newest = store.newest_telemetry(device, since, end, READINGS_KEPT)
     urgent: str | None = None
     names: list[str] = []
     col = -1
+    width: tuple[int, int] | None = None
     model = (
         store.model(record.model, record.model_version)
         if record.model is not None and record.model_version is not None
@@ -167,12 +162,25 @@ def series(
         urgent = model.manifest.output.urgent_class
         col = model.manifest.output.urgent_index
         names = list(model.manifest.input.features)[:_FEATURES_SHOWN]
+        width = (len(model.manifest.input.features), len(model.manifest.output.classes))
+    elif newest.rows:
+        last = newest.rows[-1]
+        width = (last.features.shape[1], last.edge_scores.shape[1])
+    # Readings of another width (another model's, before an OTA) cannot share a plot.
+    rows = [
+        r
+        for r in newest.rows
+        if width is None or (r.features.shape[1], r.edge_scores.shape[1]) == width
+    ]
+    kept = sum(len(r) for r in rows)
+    other = sum(len(r) for r in newest.rows) - kept
     if not rows:
         return SeriesOut(
             device=device,
             since=since,
-            readings=0,
-            truncated=False,
+            readings=newest.readings,
+            truncated=newest.readings > 0,
+            other_model_readings=other,
             urgent_class=urgent,
             ts=[],
             edge_score=[],
@@ -181,18 +189,16 @@ def series(
         )
     ts = np.concatenate([r.ts for r in rows])
     edge = np.concatenate([r.edge_scores for r in rows])
-    heavy = np.concatenate([r.heavy_scores for r in rows])
+    heavy = np.concatenate([_heavy_column(r.heavy_scores, col) for r in rows])
     feats = np.concatenate([r.features for r in rows])
     pick = _thin(len(ts), points)
-    heavy_col = (
-        heavy[pick, col] if heavy.ndim == 2 and heavy.shape[1] else np.full(len(pick), np.nan)
-    )
-    heavy_out: list[float | None] = [None if np.isnan(v) else float(v) for v in heavy_col]
+    heavy_out: list[float | None] = [None if np.isnan(v) else float(v) for v in heavy[pick]]
     return SeriesOut(
         device=device,
         since=since,
-        readings=readings,
-        truncated=truncated,
+        readings=newest.readings,
+        truncated=newest.readings > len(pick),
+        other_model_readings=other,
         urgent_class=urgent,
         ts=ts[pick].tolist(),
         edge_score=edge[pick, col].tolist(),
@@ -229,8 +235,7 @@ def ota_history(
 ) -> OtaHistoryOut:
     """The device's OTA reports (every state its update went through), newest first."""
     require_device(store, device)
-    found = [r for r in store.ota_reports(0, limit=100_000) if r.ota.device == device]
-    found.reverse()
+    found = store.device_ota_reports(device, limit)
     reports = [
         OtaReportOut(
             ts=r.ota.ts,
@@ -241,6 +246,6 @@ def ota_history(
             to_version=r.ota.to_version,
             detail=r.ota.detail,
         )
-        for r in found[:limit]
+        for r in found
     ]
     return OtaHistoryOut(device=device, count=len(reports), reports=reports)

@@ -6,7 +6,8 @@ default) and single use. ``edgeloop-sim demo`` puts it in the fragment of the
 dashboard's URL (``http://HUB/#code=CODE``), which browsers never send to a server.
 The page posts it to ``POST /v1/session/exchange`` (no token: the code is the
 credential) and gets the token back, which it keeps in the tab's session storage.
-A code unknown, used or expired is a 400 that says which.
+A code unknown, used or expired is a 400 that says which; the hub counts it
+(``session_codes_refused:REASON`` in the store's counters) and logs a warning.
 
 Codes live in the hub's memory only (:class:`CodeBook`): a restart forgets them,
 which only means a new link.
@@ -14,6 +15,7 @@ which only means a new link.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_hub.api.auth import AdminAccess
-from cloud_hub.api.deps import ConfigDep
+from cloud_hub.api.deps import ConfigDep, StoreDep
 from cloud_hub.api.errors import responses
 
 __all__ = ["EXCHANGE_PATH", "CodeBook", "CodeRefusedError", "router"]
@@ -39,11 +41,20 @@ MAX_CODES = 1000
 
 SessionAccess = Literal["read", "admin"]
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/session", tags=["session"])
+
+
+RefusedReason = Literal["unknown", "used", "expired"]
 
 
 class CodeRefusedError(Exception):
     """Why a code cannot be exchanged (the message says which and what to do)."""
+
+    def __init__(self, reason: RefusedReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: RefusedReason = reason
 
 
 @dataclass
@@ -79,18 +90,21 @@ class CodeBook:
             found = self._codes.get(code)
             if found is None:
                 raise CodeRefusedError(
+                    "unknown",
                     "this sign-in code is not one the hub issued (or the hub restarted since); "
-                    "ask for a new link (edgeloop-sim demo prints one) or sign in with a token"
+                    "ask for a new link (edgeloop-sim demo prints one) or sign in with a token",
                 )
             if found.used:
                 raise CodeRefusedError(
+                    "used",
                     "this sign-in code was already used (each works once); ask for a new link "
-                    "or sign in with a token"
+                    "or sign in with a token",
                 )
             if now >= found.expires_at:
                 raise CodeRefusedError(
+                    "expired",
                     f"this sign-in code expired {now - found.expires_at:.0f} s ago (codes last "
-                    "a short time); ask for a new link or sign in with a token"
+                    "a short time); ask for a new link or sign in with a token",
                 )
             found.used = True
             return found.access
@@ -162,13 +176,18 @@ def make_code(access: AdminAccess, book: CodeBookDep, body: CodeIn | None = None
     },
 )
 def exchange(
-    config: ConfigDep, book: CodeBookDep, body: ExchangeIn, response: Response
+    config: ConfigDep, store: StoreDep, book: CodeBookDep, body: ExchangeIn, response: Response
 ) -> ExchangeOut:
-    """Exchange a one-time code for the token it grants (no token needed: the code is it)."""
+    """Exchange a one-time code for the token it grants (no token needed: the code is it).
+
+    A refusal counts ``session_codes_refused:REASON`` (unknown, used, expired) in the
+    store's counters and logs a warning (without the code)."""
     response.headers["Cache-Control"] = "no-store"
     try:
         granted = book.redeem(body.code)
     except CodeRefusedError as exc:
+        store.add_counters({(None, f"session_codes_refused:{exc.reason}"): 1})
+        log.warning("refused a dashboard sign-in code (%s): %s", exc.reason, exc)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
     token = config.admin_token if granted == "admin" else config.read_token
     return ExchangeOut(access=granted, token=token)

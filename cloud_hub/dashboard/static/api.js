@@ -1,7 +1,10 @@
 // The hub's API as the dashboard calls it: every request sends the signed-in token.
-// The token lives in this tab's sessionStorage only (never a URL, never a cookie).
+// The token lives in this tab's sessionStorage only (never a URL, never a cookie), with a
+// flag that says the tab is signed in (a hub without tokens signs in with none).
 
 const KEY = "edgeloop.token";
+// Signed in, apart from the token: a hub without tokens (--insecure-dev) gives none.
+const SIGNED_IN = "edgeloop.signed-in";
 
 export class ApiError extends Error {
   constructor(status, detail) {
@@ -15,12 +18,20 @@ export function token() {
   return sessionStorage.getItem(KEY);
 }
 
+export function signedInHere() {
+  return sessionStorage.getItem(SIGNED_IN) === "1";
+}
+
+// The token to send ("" or null: none, for a hub without tokens); this tab is signed in.
 export function setToken(value) {
-  sessionStorage.setItem(KEY, value);
+  if (value) sessionStorage.setItem(KEY, value);
+  else sessionStorage.removeItem(KEY);
+  sessionStorage.setItem(SIGNED_IN, "1");
 }
 
 export function signOut() {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(SIGNED_IN);
 }
 
 async function detailOf(response) {

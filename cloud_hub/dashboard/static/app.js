@@ -1,12 +1,13 @@
 // The dashboard: hash routes, one page at a time, each refreshed by polling the API.
 // Everything shown comes from /v1/...; the page formats, it does not compute.
-import { api, ApiError, exchangeCode, setToken, signOut, token } from "./api.js";
+import { api, ApiError, exchangeCode, setToken, signedInHere, signOut } from "./api.js";
 import { clear, el, fmtBytes, fmtNum, fmtTime, stateBadge, table, timeText } from "./dom.js";
 
 const POLL_MS = 3000;
 const page = document.getElementById("page");
 const signIn = document.getElementById("sign-in");
-const statusLine = document.getElementById("status");
+const statusLine = document.getElementById("status"); // routine: not announced
+const statusError = document.getElementById("status-error"); // errors: announced
 let current = null; // { refresh(), stop() }
 let timer = null;
 let access = null; // "read" | "admin" | null (unknown until an admin call answers)
@@ -16,6 +17,9 @@ let access = null; // "read" | "admin" | null (unknown until an admin call answe
 function showSignIn(message) {
   stopPage();
   clear(page);
+  setAccess(null);
+  statusLine.textContent = "";
+  setStatusError("");
   document.getElementById("nav").hidden = true;
   document.getElementById("session").hidden = true;
   signIn.hidden = false;
@@ -90,11 +94,18 @@ async function tick({ force = false } = {}) {
   }
   const mine = current;
   const run = (async () => {
+    // A refresh redraws: the focused control is found again and keeps the focus.
+    const before = document.activeElement;
+    const key = focusKey(before);
     try {
       await mine.refresh();
-      if (mine === current) statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      if (mine !== current) return;
+      restoreFocus(key, before);
+      statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+      setStatusError("");
+      page.dataset.loaded = page.dataset.page;
     } catch (err) {
-      if (!handleError(err)) statusLine.textContent = describe(err);
+      if (!handleError(err) && mine === current) setStatusError(describe(err));
     }
   })();
   inFlight = run;
@@ -118,20 +129,30 @@ const PAGES = {
 };
 
 function route() {
-  if (!token()) {
+  if (!signedInHere()) {
     showSignIn("");
     return;
   }
   stopPage();
-  const [name, ...rest] = (location.hash.replace(/^#\/?/, "") || "fleet").split("/");
-  const make = PAGES[name] || fleetPage;
+  // The previous page's status must not pass for this one's.
+  statusLine.textContent = "";
+  setStatusError("");
+  delete page.dataset.loaded;
+  const [name, ...raw] = (location.hash.replace(/^#\/?/, "") || "fleet").split("/");
+  let rest;
+  try {
+    rest = raw.map(decodeURIComponent);
+  } catch {
+    rest = null; // a malformed % escape: not a page
+  }
+  const make = rest && PAGES[name] ? PAGES[name] : unknownPage;
   clear(page);
   for (const a of document.querySelectorAll("nav a")) {
     const on = a.getAttribute("href") === `#/${name}` || (name === "device" && a.getAttribute("href") === "#/fleet");
     if (on) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  current = make(page, rest.map(decodeURIComponent));
+  current = make(page, rest || []);
   page.dataset.page = name;
   tick({ force: true });
   timer = setInterval(tick, POLL_MS);
@@ -152,7 +173,7 @@ async function startWithCode(code) {
   history.replaceState(null, "", location.pathname + "#/fleet");
   try {
     const answer = await exchangeCode(code);
-    setToken(answer.token || "");
+    setToken(answer.token); // null from a hub without tokens: signed in all the same
     access = answer.access;
     signedIn();
   } catch (err) {
@@ -163,13 +184,54 @@ async function startWithCode(code) {
 function start() {
   const code = codeFromHash();
   if (code) startWithCode(code);
-  else if (token()) signedIn();
+  else if (signedInHere()) signedIn();
   else showSignIn("");
 }
 
+// What the session shows of the token; null: not known (or signed out).
 function setAccess(a) {
   access = a;
-  document.getElementById("access").textContent = a ? `Signed in (${a} token)` : "Signed in";
+  document.getElementById("access").textContent = a ? `Signed in (${a} token)` : signedInHere() ? "Signed in" : "";
+}
+
+function setStatusError(text) {
+  // Only a change is written: an unchanged alert is not announced again.
+  if (statusError.textContent !== text) statusError.textContent = text;
+}
+
+// The element focused inside the page, as a selector that finds its successor after a
+// refresh redraws it (by id, link target, or a rollout's action button); null: none.
+function focusKey(node) {
+  if (!node || node === document.body || !page.contains(node)) return null;
+  if (node.id) return `#${CSS.escape(node.id)}`;
+  const href = node.getAttribute("href");
+  if (href) return `a[href="${CSS.escape(href)}"]`;
+  const action = node.dataset.action;
+  const rollout = node.closest("[data-rollout]");
+  if (action && rollout) {
+    const sec = `[data-rollout="${CSS.escape(rollout.dataset.rollout)}"]`;
+    return [`${sec} button[data-action="${CSS.escape(action)}"]`, `${sec} button[data-action]`];
+  }
+  return null;
+}
+
+function restoreFocus(key, before) {
+  if (!key || (before.isConnected && document.activeElement === before)) return;
+  for (const selector of [].concat(key)) {
+    const again = page.querySelector(selector);
+    if (again) {
+      again.focus({ preventScroll: true });
+      return;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ unknown
+
+function unknownPage(root) {
+  root.append(el("h1", {}, "Unknown page"),
+    el("p", {}, "This address is not a page of the dashboard. ", el("a", { href: "#/fleet" }, "Go to the fleet")));
+  return { async refresh() {} };
 }
 
 // ------------------------------------------------------------------ fleet
@@ -231,11 +293,16 @@ function fleetPage(root) {
         counts.append(el("li", { "data-state-count": state }, el("strong", {}, fmtNum(n)), stateBadge(state)));
       }
       counts.append(el("li", { "data-total": "" }, el("strong", {}, fmtNum(list.count)), "devices"));
-      const chosen = filterState.value;
-      clear(filterState);
-      filterState.append(el("option", { value: "" }, "every state"));
-      for (const state of Object.keys(list.states)) filterState.append(el("option", { value: state }, state));
-      filterState.value = chosen;
+      // Rebuilt only when the states change: an open or focused <select> stays as it is.
+      const states = Object.keys(list.states);
+      const shown = [...filterState.options].slice(1).map((o) => o.value);
+      if (states.join("|") !== shown.join("|")) {
+        const chosen = filterState.value;
+        clear(filterState);
+        filterState.append(el("option", { value: "" }, "every state"));
+        for (const state of states) filterState.append(el("option", { value: state }, state));
+        filterState.value = chosen;
+      }
       draw();
       root.dataset.rows = String(holder.querySelectorAll("tbody tr").length);
     },
@@ -331,7 +398,7 @@ function devicePage(root, [device]) {
       const [d, s, ev, dr, ot] = await Promise.all([
         api(`/v1/devices/${enc}`),
         api(`/v1/devices/${enc}/series?window_s=3600&points=600`),
-        api(`/v1/events?device=${enc}&since=${since}`),
+        api(`/v1/events?device=${enc}&since=${since}&order=desc`),
         api(`/v1/devices/${enc}/drift`),
         api(`/v1/devices/${enc}/ota?limit=50`),
       ]);
@@ -378,10 +445,10 @@ function devicePage(root, [device]) {
       clear(eventsBody);
       if (!ev.events.length) eventsBody.append(el("p", { class: "muted" }, "None in the last hour."));
       else eventsBody.append(table({
-        caption: `${ev.events.length} urgent events`,
+        caption: `${ev.events.length}${ev.next_cursor ? "+" : ""} urgent events, newest first`,
         columns: ["Time", "Rule", "Score", "Sensor", "Action", "Detail"],
         numeric: [2],
-        rows: ev.events.slice(-50).reverse().map((e) => [
+        rows: ev.events.slice(0, 50).map((e) => [
           fmtTime(e.ts), e.rule, fmtNum(e.score, 3),
           e.sensor ? `${e.sensor}${e.value == null ? "" : ` = ${fmtNum(e.value, 2)}`}` : "—",
           `${e.action}${e.action_ok ? "" : " (failed)"}`, e.detail]),

@@ -4,6 +4,8 @@ history, and the one-time sign-in codes; on the seeded store of the API tests.""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import pytest
 
 from cloud_hub.api.routes.session import CodeBook, CodeRefusedError
 from cloud_hub.store import open_store
-from cloud_hub.store.base import TelemetryRows
+from cloud_hub.store.base import Store, TelemetryRows
+from shared.messages import Ota, Status
+from simulators.harness import HubApi
 from tests.cloud_hub.api.conftest import ADMIN_TOKEN, READ_TOKEN, T0, Hub
 
 pytestmark = pytest.mark.timeout(30)
@@ -30,6 +34,22 @@ def test_the_dashboard_is_served_at_the_root_without_a_token(hub: Hub) -> None:
     # Nothing the page loads comes from elsewhere: it works offline.
     for asset in ("/", "/ui/app.js", "/ui/app.css", "/ui/vendor/uplot/uPlot.min.css"):
         assert b"https://" not in hub.anon.get(asset).body, asset
+
+
+def test_the_page_is_only_served_with_its_headers_and_never_puts_the_token_in_a_url(
+    hub: Hub,
+) -> None:
+    # /ui/index.html sends the browser to / (with the policy), not the page without it.
+    moved = hub.anon.get("/ui/index.html")
+    assert (moved.status, moved.headers["location"], moved.body) == (308, "/", b"")
+    page = hub.anon.get("/")
+    assert "form-action 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["referrer-policy"] == "no-referrer"
+    # A submit before app.js loads must not send the token as ?token=...
+    body = page.body.decode()
+    assert '<form id="sign-in-form" method="post">' in body
+    assert 'name="token"' not in body
 
 
 def test_fleet_gives_each_device_its_gaps_losses_and_drift(hub: Hub) -> None:
@@ -85,7 +105,9 @@ def test_series_thins_the_readings_and_keeps_edge_and_heavy_side_by_side(hub: Hu
     assert full["features"][names[0]] == pytest.approx([r["features"][0] for r in readings])
     thin = hub.read.get(path + "&points=10").json()
     assert len(thin["ts"]) == 10 and thin["ts"][0] == full["ts"][0]
-    assert thin["ts"][-1] == full["ts"][-1] and not thin["truncated"]
+    assert thin["ts"][-1] == full["ts"][-1]
+    assert thin["truncated"] and not full["truncated"]  # thinned: not every reading shown
+    assert thin["readings"] == full["readings"] and full["other_model_readings"] == 0
     empty = hub.read.get("/v1/devices/pi-online/series").json()  # the last hour: none
     assert empty["readings"] == 0 and empty["ts"] == []
     assert hub.read.get("/v1/devices/nope/series").status == 404
@@ -95,8 +117,43 @@ def test_series_thins_the_readings_and_keeps_edge_and_heavy_side_by_side(hub: Hu
 
 def test_ota_history_is_per_device_and_needs_a_known_device(hub: Hub) -> None:
     body = hub.read.get("/v1/devices/pi-online/ota").json()
-    assert body["device"] == "pi-online" and body["count"] == len(body["reports"])
+    assert body == {"device": "pi-online", "count": 0, "reports": []}
     assert hub.read.get("/v1/devices/nope/ota").status == 404
+
+
+def _ota(device: str, seq: int, state: str) -> Ota:
+    return Ota(device, 1, seq, 1000.0 + seq, state, "desired_changed", "1.0.0", "1.1.0", "")
+
+
+@contextmanager
+def _served(store: Store) -> Iterator[HubApi]:
+    """The API on ``store`` (filled by the test), with the read token."""
+    from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+    from tests.cloud_hub.api.server import live_server  # noqa: PLC0415
+
+    app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
+    with live_server(app) as anon:
+        yield anon.with_token(READ_TOKEN)
+
+
+def test_ota_history_gives_one_devices_newest_reports(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        states = ["downloading", "verifying", "trial", "committed"]
+        store.write_stream(
+            [_ota("a", q + 1, st) for q, st in enumerate(states)]
+            + [_ota("b", q + 1, "downloading") for q in range(3)]
+        )
+        with _served(store) as api:
+            body = api.get("/v1/devices/a/ota").json()
+            two = api.get("/v1/devices/a/ota?limit=2").json()
+            other = api.get("/v1/devices/b/ota").json()
+        assert body["device"] == "a" and body["count"] == 4
+        assert [r["state"] for r in body["reports"]] == states[::-1]
+        assert [r["state"] for r in two["reports"]] == ["committed", "trial"]
+        assert other["count"] == 3 and {r["state"] for r in other["reports"]} == {"downloading"}
+    finally:
+        store.close()
 
 
 def test_a_sign_in_code_is_exchanged_once_for_the_token(hub: Hub) -> None:
@@ -135,8 +192,41 @@ def test_a_code_expires() -> None:
         book.redeem(code)
     fresh, _ = book.issue("read", 120.0)
     now[0] += 119.0
-    assert book.redeem(fresh) == "read"
-    assert time.time() > 0  # the book's clock, not the wall clock, decided
+    assert book.redeem(fresh) == "read"  # 119 s on the book's clock: still valid
+
+
+def test_refused_codes_are_counted_by_reason_and_logged_without_the_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
+    from cloud_hub.api.routes.session import CODEBOOK_KEY  # noqa: PLC0415
+    from tests.cloud_hub.api.server import live_server  # noqa: PLC0415
+
+    now = [1000.0]
+    book = CodeBook(clock=lambda: now[0])
+    used, _ = book.issue("read", 120.0)
+    stale, _ = book.issue("read", 120.0)
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
+        setattr(app.state, CODEBOOK_KEY, book)
+        with caplog.at_level("WARNING"), live_server(app) as anon:
+            assert anon.post("/v1/session/exchange", json_body={"code": used}).status == 200
+            for code in (used, "not-a-code", used):
+                assert anon.post("/v1/session/exchange", json_body={"code": code}).status == 400
+            now[0] += 121.0
+            assert anon.post("/v1/session/exchange", json_body={"code": stale}).status == 400
+        counters = store.counters()
+        assert {k: v for k, v in counters.items() if k.startswith("session_codes")} == {
+            "session_codes_refused:used": 2,
+            "session_codes_refused:unknown": 1,
+            "session_codes_refused:expired": 1,
+        }
+        warned = [r.getMessage() for r in caplog.records if "sign-in code" in r.getMessage()]
+        assert len(warned) == 4 and "(expired)" in warned[-1]
+        assert not [m for m in warned if used in m or stale in m]
+    finally:
+        store.close()
 
 
 def test_the_dashboards_files_are_package_data() -> None:
@@ -160,36 +250,57 @@ def test_the_dashboards_files_are_package_data() -> None:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
 
 
-@pytest.mark.timeout(60)
-def test_a_long_window_shows_its_newest_readings_and_says_it_was_cut(tmp_path: Path) -> None:
-    from cloud_hub.api import ApiConfig, create_app  # noqa: PLC0415
-    from cloud_hub.api.routes.fleet import READINGS_KEPT  # noqa: PLC0415
-    from shared.messages import Status  # noqa: PLC0415
-    from tests.cloud_hub.api.server import live_server  # noqa: PLC0415
+def test_a_long_window_shows_its_newest_readings_and_says_it_was_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cloud_hub.api.routes import fleet  # noqa: PLC0415
 
+    kept = 500
+    monkeypatch.setattr(fleet, "READINGS_KEPT", kept)
     store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     try:
         now = time.time()
         store.record_status(Status("d", 1, 0, "online", "0.1.0", "1", now, "m"), now)
-        per, messages = 100, READINGS_KEPT // 100 + 50
-        f = np.zeros((per, 2), dtype=np.float32)
-        s = np.full((per, 3), 1 / 3, dtype=np.float32)
+        per, messages = 100, 40
         start = now - 1800
         store.write_stream(
-            [
-                TelemetryRows(
-                    "d", 1, q + 1, "1", "1", start + q + np.arange(per) / per, f, s, s, now
-                )
-                for q in range(messages)
-            ]
+            [_rows("d", q + 1, start + q + np.arange(per) / per) for q in range(messages)]
         )
-        app = create_app(store, ApiConfig(read_token=READ_TOKEN, admin_token=ADMIN_TOKEN))
-        with live_server(app) as anon:
-            body = anon.with_token(READ_TOKEN).get("/v1/devices/d/series?points=50").json()
+        with _served(store) as api:
+            body = api.get("/v1/devices/d/series?points=50").json()
         assert body["readings"] == per * messages and body["truncated"]
         assert len(body["ts"]) == 50
         assert body["ts"][-1] == pytest.approx(start + messages - 1 + (per - 1) / per)
-        # The newest READINGS_KEPT (whole messages): the oldest 50 messages are left out.
-        assert body["ts"][0] == pytest.approx(start + messages - READINGS_KEPT // per)
+        # The newest `kept` readings (whole messages): the oldest 35 messages are left out.
+        assert body["ts"][0] == pytest.approx(start + messages - kept // per)
+    finally:
+        store.close()
+
+
+def _rows(device: str, seq: int, ts: np.ndarray, n_features: int = 2) -> TelemetryRows:
+    f = np.zeros((len(ts), n_features), dtype=np.float32)
+    s = np.full((len(ts), 3), 1 / 3, dtype=np.float32)
+    return TelemetryRows(device, 1, seq, "1", "1", ts, f, s, s, float(ts[-1]))
+
+
+def test_a_window_across_an_update_to_other_inputs_plots_the_current_width(
+    tmp_path: Path,
+) -> None:
+    """Readings of a model with 4 features, then (after an update) of one with 2: the
+    plot shows the newest width's, and says how many of the other it left out."""
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        now = time.time()
+        store.record_status(Status("d", 1, 0, "online", "0.1.0", "1", now, "m"), now)
+        old = [_rows("d", q + 1, now - 600 + q + np.arange(10) / 10, 4) for q in range(3)]
+        new = [_rows("d", q + 4, now - 300 + q + np.arange(10) / 10, 2) for q in range(2)]
+        store.write_stream([*old, *new])
+        with _served(store) as api:
+            got = api.get("/v1/devices/d/series")
+        assert got.status == 200, got.body
+        body = got.json()
+        assert body["readings"] == 50 and body["other_model_readings"] == 30
+        assert len(body["ts"]) == 20 and body["ts"][0] == pytest.approx(now - 300)
+        assert body["truncated"]
     finally:
         store.close()

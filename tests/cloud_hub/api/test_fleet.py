@@ -241,6 +241,17 @@ def test_events_in_time_order_filtered_by_device_and_time(hub: Hub) -> None:
     assert [(e["device"], e["seq"]) for e in window] == [("pi-off", 1), ("pi-online", 27)]
 
 
+def test_events_newest_first_with_order_desc(hub: Hub) -> None:
+    newest = _all_pages(hub, "/v1/events", {"limit": 1, "order": "desc"}, "events")
+    assert [(e["device"], e["seq"]) for e in newest] == [
+        (e.device, e.seq) for e in reversed(hub.seeded.events)
+    ]
+    online = hub.read.get("/v1/events?device=pi-online&order=desc&limit=2").json()
+    assert [e["seq"] for e in online["events"]] == [28, 27] and online["next_cursor"]
+    bad = hub.read.get("/v1/events?kind=drift&order=desc")
+    assert bad.status == 422 and "order" in bad.body.decode()
+
+
 def test_ingest_stats_count_everything(hub: Hub) -> None:
     body = hub.read.get("/v1/stats/ingest").json()
     assert body["received"] == 47

@@ -368,6 +368,23 @@ def test_events_with_equal_timestamps_page_without_loss(store: Store) -> None:
     assert sorted(got) == [1, 2, 3, 4, 5]
 
 
+def test_events_newest_first_page_without_loss(store: Store) -> None:
+    # Equal timestamps too: the id breaks ties, in the same order both ways.
+    store.write_stream([event("pi-01", 1, s, ts=50.0 + s // 2) for s in range(1, 8)])
+    store.write_stream([event("pi-02", 1, 1, ts=52.0)])
+    oldest = [(r.event.device, r.event.seq) for r in store.events(None, 0, 100, 100).items]
+    got, cursor = [], None
+    for _ in range(20):
+        page = store.events(None, 0, 100, limit=3, cursor=cursor, newest_first=True)
+        got += [(r.event.device, r.event.seq) for r in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert got == oldest[::-1]
+    window = store.events("pi-01", 51.0, 53.0, 10, newest_first=True).items
+    assert [r.event.seq for r in window] == [5, 4, 3, 2]
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -880,3 +897,33 @@ def test_prune_takes_device_state_changes_before_the_cut(store: Store) -> None:
     assert [(e.state, e.at) for e in left] == [("stale", T0 + 9 * day)]
     d1 = store.device("d1")  # the device's current state stays
     assert d1 is not None and d1.judged_state == "stale"
+
+
+def test_a_devices_ota_reports_newest_first(store: Store) -> None:
+    store.write_stream([ota("pi-01", 1, s) for s in (1, 2, 3)] + [ota("pi-02", 1, 1)])
+    store.write_stream([ota("pi-01", 1, 4)])
+    assert [r.ota.seq for r in store.device_ota_reports("pi-01", 10)] == [4, 3, 2, 1]
+    assert [r.ota.seq for r in store.device_ota_reports("pi-01", 2)] == [4, 3]
+    assert [r.ota.device for r in store.device_ota_reports("pi-02", 10)] == ["pi-02"]
+    assert store.device_ota_reports("nobody", 10) == []
+    with pytest.raises(ValueError, match="limit"):
+        store.device_ota_reports("pi-01", 0)
+
+
+def test_newest_telemetry_takes_whole_messages_from_the_end_and_counts_the_range(
+    store: Store,
+) -> None:
+    # 12 messages of 7 readings (ts 1010.., 1020.., ...), arriving out of time order.
+    msgs = [tele("pi-01", 1, s, n=7, t0=1000.0 + 10 * s, step=1.0) for s in range(1, 13)]
+    store.write_stream([msgs[s - 1] for s in (5, 1, 12, 2, 3, 4, 6, 11, 7, 8, 9, 10)])
+    since, until = 1013.0, 1105.0  # starts and ends inside a message
+    inside = np.concatenate([m.ts[(m.ts >= since) & (m.ts < until)] for m in msgs])
+    got = store.newest_telemetry("pi-01", since, until, limit=10)
+    assert got.readings == len(inside)
+    ts = np.concatenate([r.ts for r in got.rows])
+    # The last message holds 1100..1104 (5 in range), the one before all 7: 12 >= 10.
+    assert ts.tolist() == inside[-12:].tolist()
+    everything = store.newest_telemetry("pi-01", since, until, limit=10_000)
+    assert np.concatenate([r.ts for r in everything.rows]).tolist() == inside.tolist()
+    assert store.newest_telemetry("nobody", 0, 1e12, limit=5).readings == 0
+    assert store.newest_telemetry("pi-01", 2000.0, 3000.0, limit=5).rows == []
