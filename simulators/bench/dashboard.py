@@ -115,8 +115,10 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 context = browser.new_context(
                     viewport={"width": 1280, "height": 900}, bypass_csp=True
                 )
+                # Signed in as the page's own sign-in leaves the tab: the token and the flag.
                 context.add_init_script(
-                    f"sessionStorage.setItem('edgeloop.token', {hub.read_token!r})"
+                    f"sessionStorage.setItem('edgeloop.token', {hub.read_token!r});"
+                    " sessionStorage.setItem('edgeloop.signed-in', '1')"
                 )
                 page = context.new_page()
                 page.goto(f"{hub.base_url}/#/fleet", wait_until="commit")
