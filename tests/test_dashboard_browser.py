@@ -40,7 +40,8 @@ SLOW = "1.3.0"
 """A version whose rollout soaks for ten minutes: it stays running while the buttons act."""
 CALM = ("press-a", "press-b")
 URGENT = "press-urgent"
-"""Its simulated machine hits urgent conditions often: urgent events arrive."""
+"""Its simulated machine hits urgent conditions often, and its action only logs (the
+machine runs on): urgent events keep arriving while the tests run."""
 
 
 def _chromium() -> str:
@@ -241,7 +242,51 @@ def test_a_device_page_plots_its_readings_and_marks_urgent_events(rig: Rig) -> N
     assert page.locator("#plots canvas").count() >= 2
     health = page.locator("dl.kv").nth(1).inner_text()
     assert " ms" in health and " %" in health and " MB" in health
+    # The plots follow the dark scheme: drawn anew with the stylesheet's dark colours.
+    plot = page.locator("#plot-score")
+    light = (plot.get_attribute("data-axis-color"), plot.get_attribute("data-grid-color"))
+    assert all(light), light
+    page.emulate_media(color_scheme="dark")
+    try:
+        page.wait_for_function(
+            f"document.querySelector('#plot-score').dataset.axisColor !== {light[0]!r}"
+        )
+        dark = (plot.get_attribute("data-axis-color"), plot.get_attribute("data-grid-color"))
+        assert dark[0] != light[0] and dark[1] != light[1], (light, dark)
+        assert dark[0] == page.evaluate(
+            "getComputedStyle(document.documentElement).getPropertyValue('--plot-axis').trim()"
+        )
+    finally:
+        page.emulate_media(color_scheme="light")
+    page.wait_for_function(
+        f"document.querySelector('#plot-score').dataset.axisColor === {light[0]!r}"
+    )
     _shot(rig, "device")
+
+
+def test_a_new_urgent_event_appears_on_the_device_page_without_a_reload(rig: Rig) -> None:
+    """Live: the events shown at load are noted, and a newer one the agent raises
+    appears on the same page (no reload), in the table and as a mark, and is the
+    API's."""
+    _sign_in(rig, rig.hub.read_token)
+    page = rig.page
+    page.click(f"a[href='#/device/{URGENT}']")
+    page.wait_for_selector("#page[data-loaded=device]")
+    page.evaluate("window.edgeloopNotReloaded = true")
+    rows = page.locator("#events tr[data-event]")
+    seen = [r.get_attribute("data-event") for r in rows.all()]
+    marks = int(page.get_attribute("#plot-score", "data-events") or 0)
+    page.wait_for_function(
+        "seen => [...document.querySelectorAll('#events tr[data-event]')]"
+        ".some(r => !seen.includes(r.dataset.event))",
+        arg=seen,
+        timeout=20_000,
+    )
+    assert page.evaluate("window.edgeloopNotReloaded") is True
+    new = [e for e in (r.get_attribute("data-event") for r in rows.all()) if e not in seen]
+    assert new and int(page.get_attribute("#plot-score", "data-events") or 0) > marks
+    events = rig.hub.api.get_json(f"/v1/events?device={URGENT}&kind=urgent&order=desc")
+    assert new[0] in {f"{e['epoch']}:{e['seq']}" for e in events["events"]}
 
 
 def _start_rollout(rig: Rig, version: str, devices: tuple[str, ...] = (), **fields: str) -> None:
@@ -347,6 +392,16 @@ def test_every_other_page_renders_without_an_error(rig: Rig, name: str) -> None:
     assert page.locator("#status-error").inner_text() == ""
     if name == "models":
         assert page.locator("#models tbody tr").count() >= 3
+        # Each version's whole lineage, from the list's own answer (no request per row).
+        for m in rig.hub.api.get_json("/v1/models")["models"]:
+            cells = page.locator(f"#models tr[data-model='{m['name']} {m['version']}'] > *")
+            lineage = m["lineage"]
+            assert cells.all_inner_texts()[4:8] == [
+                lineage["parent"] or "—",
+                lineage["data_window"] or "—",
+                lineage["data_hash"][:12] or "—",
+                lineage["pipeline_run"] or "—",
+            ]
     if name == "drift":
         # Device counts move while rollouts run: compared until they agree (bounded).
         deadline = time.monotonic() + 10

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, model_validator
@@ -376,6 +377,8 @@ class ModelOut(BaseModel):
     urgent_threshold: float
     metrics: dict[str, float]
     parent: str | None
+    lineage: dict[str, str | None]
+    """Where it came from: ``parent``, ``data_window``, ``data_hash``, ``pipeline_run``."""
     stage: str
     """The registry's stage: candidate, canary, production or archived."""
     stage_changed_at: float | None
@@ -407,6 +410,7 @@ class ModelOut(BaseModel):
             urgent_threshold=m.urgent.score_threshold,
             metrics=dict(m.metrics),
             parent=m.lineage.parent,
+            lineage=asdict(m.lineage),
             stage=record.stage.value,
             stage_changed_at=record.stage_changed_at,
             registered_by=record.registered_by,

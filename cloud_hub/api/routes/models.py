@@ -316,15 +316,11 @@ def get_record(
     and every stage change."""
     record = find_model(store, name, version)
     m = record.manifest
+    model = ModelOut.from_record(record)
     return ModelRecordOut(
-        model=ModelOut.from_record(record),
+        model=model,
         min_agent_version=m.min_agent_version,
-        lineage={
-            "parent": m.lineage.parent,
-            "data_window": m.lineage.data_window,
-            "data_hash": m.lineage.data_hash,
-            "pipeline_run": m.lineage.pipeline_run,
-        },
+        lineage=model.lineage,
         files=[{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
         history=[
             StageHistoryOut(

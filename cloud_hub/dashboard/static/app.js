@@ -311,6 +311,17 @@ function fleetPage(root) {
 
 // ------------------------------------------------------------------ device
 
+// The plots' colours are the stylesheet's (light or dark scheme): a canvas cannot use
+// CSS variables, so they are read here, and each plot is drawn anew when the scheme changes.
+const darkScheme = matchMedia("(prefers-color-scheme: dark)");
+
+function plotColors() {
+  const css = getComputedStyle(document.documentElement);
+  const read = (name) => css.getPropertyValue(name).trim();
+  return { axis: read("--plot-axis"), grid: read("--plot-grid"), mark: read("--mark"), read };
+}
+
+// series: [{ label, color: a CSS variable's name such as "--edge", width, dash }]
 function plot(holder, title, series, { height = 220, yRange = null } = {}) {
   const fig = el("figure", { "data-points": "0" });
   const cap = el("figcaption", {}, title);
@@ -319,46 +330,59 @@ function plot(holder, title, series, { height = 220, yRange = null } = {}) {
   holder.append(fig);
   let chart = null;
   let marks = [];
-  const opts = {
-    width: 560,
-    height,
-    scales: yRange ? { x: { time: true }, y: { range: yRange } } : { x: { time: true } },
-    series: [{}, ...series.map((s) => ({ label: s.label, stroke: s.color, width: s.width || 1.5, dash: s.dash, spanGaps: false }))],
-    axes: [{ stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } },
-           { stroke: "currentColor", grid: { stroke: "rgba(128,128,128,0.25)" } }],
-    hooks: {
-      draw: [(u) => {
-        // Urgent events: a red line at each event's time.
-        const ctx = u.ctx;
-        ctx.save();
-        ctx.strokeStyle = "#d32f2f";
-        ctx.lineWidth = 2 * devicePixelRatio;
-        for (const t of marks) {
-          const x = u.valToPos(t, "x", true);
-          if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
-          ctx.beginPath();
-          ctx.moveTo(x, u.bbox.top);
-          ctx.lineTo(x, u.bbox.top + u.bbox.height);
-          ctx.stroke();
-        }
-        ctx.restore();
-      }],
-    },
-  };
+  let last = null;
+  function options(colors) {
+    const axis = { stroke: colors.axis, grid: { stroke: colors.grid }, ticks: { stroke: colors.grid } };
+    return {
+      width: Math.max(320, Math.min(box.clientWidth || 560, 900)),
+      height,
+      scales: yRange ? { x: { time: true }, y: { range: yRange } } : { x: { time: true } },
+      series: [{}, ...series.map((s) => ({
+        label: s.label, stroke: colors.read(s.color), width: s.width || 1.5, dash: s.dash, spanGaps: false }))],
+      axes: [axis, axis],
+      hooks: {
+        draw: [(u) => {
+          // Urgent events: a line at each event's time.
+          const ctx = u.ctx;
+          ctx.save();
+          ctx.strokeStyle = colors.mark;
+          ctx.lineWidth = 2 * devicePixelRatio;
+          for (const t of marks) {
+            const x = u.valToPos(t, "x", true);
+            if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+            ctx.beginPath();
+            ctx.moveTo(x, u.bbox.top);
+            ctx.lineTo(x, u.bbox.top + u.bbox.height);
+            ctx.stroke();
+          }
+          ctx.restore();
+        }],
+      },
+    };
+  }
+  function draw(data) {
+    const colors = plotColors();
+    if (chart) chart.destroy();
+    chart = new uPlot(options(colors), data, box);
+    fig.dataset.axisColor = colors.axis;
+    fig.dataset.gridColor = colors.grid;
+  }
+  const onScheme = () => { if (last) draw(last); };
+  darkScheme.addEventListener("change", onScheme);
   return {
     fig,
     update(data, eventTimes) {
       marks = eventTimes || [];
-      const width = Math.max(320, Math.min(box.clientWidth || 560, 900));
-      if (!chart) {
-        chart = new uPlot({ ...opts, width }, data, box);
-      } else {
-        chart.setData(data);
-      }
+      last = data;
+      if (!chart) draw(data);
+      else chart.setData(data);
       fig.dataset.points = String(data[0].length);
       fig.dataset.events = String(marks.length);
     },
-    stop() { if (chart) chart.destroy(); },
+    stop() {
+      darkScheme.removeEventListener("change", onScheme);
+      if (chart) chart.destroy();
+    },
   };
 }
 
@@ -429,9 +453,9 @@ function devicePage(root, [device]) {
         clear(plots);
         charts = [
           plot(plots, `Score of “${s.urgent_class || "urgent"}”: edge vs heavy`, [
-            { label: "edge", color: "#1e88e5", width: 3 }, { label: "heavy", color: "#e53935", dash: [6, 4] }],
+            { label: "edge", color: "--edge", width: 3 }, { label: "heavy", color: "--heavy", dash: [6, 4] }],
             { yRange: [0, 1] }),
-          ...names.map((n) => plot(plots, n, [{ label: n, color: "#43a047" }])),
+          ...names.map((n) => plot(plots, n, [{ label: n, color: "--feature" }])),
         ];
         charts.layout = layout;
         charts[0].fig.id = "plot-score";
@@ -448,10 +472,13 @@ function devicePage(root, [device]) {
         caption: `${ev.events.length}${ev.next_cursor ? "+" : ""} urgent events, newest first`,
         columns: ["Time", "Rule", "Score", "Sensor", "Action", "Detail"],
         numeric: [2],
-        rows: ev.events.slice(0, 50).map((e) => [
-          fmtTime(e.ts), e.rule, fmtNum(e.score, 3),
-          e.sensor ? `${e.sensor}${e.value == null ? "" : ` = ${fmtNum(e.value, 2)}`}` : "—",
-          `${e.action}${e.action_ok ? "" : " (failed)"}`, e.detail]),
+        rows: ev.events.slice(0, 50).map((e) => {
+          const row = [fmtTime(e.ts), e.rule, fmtNum(e.score, 3),
+            e.sensor ? `${e.sensor}${e.value == null ? "" : ` = ${fmtNum(e.value, 2)}`}` : "—",
+            `${e.action}${e.action_ok ? "" : " (failed)"}`, e.detail];
+          row.attrs = { "data-event": `${e.epoch}:${e.seq}` };  // the event's identity on its device
+          return row;
+        }),
       }));
 
       clear(driftBody);
@@ -534,10 +561,19 @@ function modelsPage(root) {
       clear(body);
       body.append(table({
         caption: `${m.count} registered versions`,
-        columns: ["Model", "Version", "Variant", "Stage", "Parent (lineage)", "Registered", "By", "Size", "Signed by"],
-        numeric: [7],
-        rows: m.models.map((x) => [x.name, x.version, x.variant, stateBadge(x.stage), x.parent || "—",
-          fmtTime(x.registered_at), x.registered_by || "—", fmtBytes(x.size), x.signed_by || "unsigned"]),
+        columns: ["Model", "Version", "Variant", "Stage", "Parent", "Data window", "Data hash", "Pipeline run",
+          "Registered", "By", "Size", "Signed by"],
+        numeric: [10],
+        rows: m.models.map((x) => {
+          // The lineage as the manifest gives it; the hash shortened, whole in its title.
+          const l = x.lineage;
+          const row = [x.name, x.version, x.variant, stateBadge(x.stage), l.parent || "—",
+            l.data_window ? el("span", { class: "fine" }, l.data_window) : "—",
+            l.data_hash ? el("code", { title: l.data_hash }, l.data_hash.slice(0, 12)) : "—", l.pipeline_run || "—",
+            fmtTime(x.registered_at), x.registered_by || "—", fmtBytes(x.size), x.signed_by || "unsigned"];
+          row.attrs = { "data-model": `${x.name} ${x.version}` };
+          return row;
+        }),
       }));
     },
   };

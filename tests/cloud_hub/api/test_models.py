@@ -48,6 +48,15 @@ def test_model_list(hub: Hub) -> None:
     assert edge["features"] == list(manifest.input.features)
     assert edge["artifact_url"] == f"{EDGE}/artifact" and edge["manifest_url"] == EDGE
     assert edge["signature_url"] == f"{EDGE}/signature"
+    # The whole lineage, so the dashboard's models page needs no request per row.
+    assert edge["lineage"] == {
+        "parent": manifest.lineage.parent,
+        "data_window": manifest.lineage.data_window,
+        "data_hash": manifest.lineage.data_hash,
+        "pipeline_run": manifest.lineage.pipeline_run,
+    }
+    assert edge["lineage"]["data_hash"] and edge["lineage"]["data_window"]
+    assert edge["parent"] == edge["lineage"]["parent"]
 
 
 def test_manifest_is_the_signed_file_byte_for_byte(hub: Hub) -> None:
