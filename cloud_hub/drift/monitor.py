@@ -151,8 +151,8 @@ class _Track:
     window_start: float
     disagreement: Disagreement
     last_reading_at: float
-    pending: list[tuple[F64, F64]] = field(default_factory=list)
-    """Readings not counted yet: (features, drift scores) per message."""
+    pending: list[StoredTelemetry] = field(default_factory=list)
+    """Messages whose readings are not counted yet (their shapes checked)."""
     pending_n: int = 0
     pending_since: float = 0.0
 
@@ -394,43 +394,68 @@ class DriftMonitor:
             log.exception("drift: forgetting %s on %s %s failed", *track.key)
 
     def _append(self, track: _Track, msg: StoredTelemetry) -> None:
-        """Check one message and put its readings in the device's buffer."""
+        """Check one message's shapes and put it in the device's buffer. Only shapes
+        here (no numpy call): the values are cast and checked once per flush."""
         v = track.version
-        if msg.features.ndim != 2 or msg.features.shape[1] != len(v.reference.features):
+        n, width = msg.features.shape if msg.features.ndim == 2 else (0, -1)
+        if width != len(v.reference.features):
             raise ValueError(
                 f"telemetry has {msg.features.shape[-1]} features per reading; {msg.model} "
                 f"{msg.version} reads {len(v.reference.features)}"
             )
-        features = msg.features.astype(np.float64)
-        if not np.isfinite(features).all():
-            raise ValueError("telemetry holds a non-finite feature value; not counted")
-        if v.scored:
-            if msg.edge_scores.shape != (len(features), len(v.classes)):
-                raise ValueError(
-                    f"telemetry has edge scores of shape {msg.edge_scores.shape}, not "
-                    f"({len(features)}, {len(v.classes)})"
-                )
-            score = drift_score(msg.edge_scores, v.classes, _NORMAL_CLASS)
-            if not np.isfinite(score).all():
-                raise ValueError("telemetry holds a non-finite edge score; not counted")
-        else:
-            score = np.zeros(len(features))
-        if msg.heavy_scores.shape == msg.edge_scores.shape and msg.heavy_scores.size:
-            track.disagreement = track.disagreement + Disagreement.count(
-                msg.edge_scores.argmax(axis=1), msg.heavy_scores.argmax(axis=1)
+        if v.scored and msg.edge_scores.shape != (n, len(v.classes)):
+            raise ValueError(
+                f"telemetry has edge scores of shape {msg.edge_scores.shape}, not "
+                f"({n}, {len(v.classes)})"
             )
         if not track.pending_n:
             track.pending_since = msg.received_at
-        track.pending.append((features, score))
-        track.pending_n += len(features)
+        track.pending.append(msg)
+        track.pending_n += n
         track.last_reading_at = msg.received_at
+
+    def _take_pending(
+        self, track: _Track, counts: Counter[CounterKey]
+    ) -> tuple[npt.NDArray[np.floating], F64] | None:
+        """The buffered readings as one features array and their drift scores, with
+        the edge/heavy disagreement added to the track's. A message holding a
+        non-finite value is dropped and counted (``drift:bad_input``); the wire codec
+        refuses those, so this is a guard, checked once per flush. None when nothing is left."""
+        v = track.version
+        pending, track.pending, track.pending_n = track.pending, [], 0
+        features, score = _readings(pending, v)
+        if not (np.isfinite(features).all() and np.isfinite(score).all()):
+            good = [m for m in pending if _finite(m, v.scored)]
+            counts[(track.key[0], "drift:bad_input")] += len(pending) - len(good)
+            log.warning(
+                "drift: device %r: %d message(s) hold a non-finite feature or edge score; "
+                "not counted",
+                track.key[0],
+                len(pending) - len(good),
+            )
+            if not good:
+                return None
+            pending = good
+            features, score = _readings(pending, v)
+        compared = [
+            m
+            for m in pending
+            if m.heavy_scores.size and m.heavy_scores.shape == m.edge_scores.shape
+        ]
+        if compared:
+            track.disagreement = track.disagreement + Disagreement.count(
+                np.concatenate([m.edge_scores for m in compared]).argmax(axis=1),
+                np.concatenate([m.heavy_scores for m in compared]).argmax(axis=1),
+            )
+        return features, score
 
     def _flush(self, track: _Track, out: _Changes, counts: Counter[CounterKey]) -> None:
         """Count the buffered readings, run the detector on them, apply the state rules."""
         v = track.version
-        features = np.concatenate([f for f, _ in track.pending])
-        score = np.concatenate([sc for _, sc in track.pending])
-        track.pending, track.pending_n = [], 0
+        taken = self._take_pending(track, counts)
+        if taken is None:
+            return
+        features, score = taken
         at = track.last_reading_at
         batch = v.counter.count(features, score)
         update = track.detector.update(features)
@@ -611,6 +636,25 @@ def _fleet_event(
             "active_devices": alarm.active_devices,
             "share": alarm.share,
         },
+    )
+
+
+def _readings(
+    pending: Sequence[StoredTelemetry], v: _Version
+) -> tuple[npt.NDArray[np.floating], F64]:
+    """Buffered messages' features, one array, and their drift scores (zeros when
+    the model's score is not tracked)."""
+    features = np.concatenate([m.features for m in pending])
+    if not v.scored:
+        return features, np.zeros(len(features))
+    edge = np.concatenate([m.edge_scores for m in pending])
+    return features, drift_score(edge, v.classes, _NORMAL_CLASS)
+
+
+def _finite(msg: StoredTelemetry, scored: bool) -> bool:
+    """Whether a message's features (and, when the score is tracked, edge scores) are finite."""
+    return bool(np.isfinite(msg.features).all()) and (
+        not scored or bool(np.isfinite(msg.edge_scores).all())
     )
 
 

@@ -145,3 +145,27 @@ def test_unregistered_versions_and_malformed_rows_are_counted_not_raised(
     )
     assert counts[("d", "drift:bad_input")] == 1
     assert edge_store.drift_states() == []
+
+
+def test_a_non_finite_message_is_counted_and_its_neighbours_are_still_counted(
+    edge_store: SQLiteStore,
+) -> None:
+    """Values are checked once per flush, on the device's buffered messages together:
+    one bad message must cost only itself."""
+    manifest = next(r for r in edge_store.models()).manifest
+    monitor = DriftMonitor(edge_store, dataclasses.replace(_settings(), flush_readings=150))
+    width, classes = len(manifest.input.features), len(manifest.output.classes)
+    x = np.zeros((50, width), dtype=np.float32)
+    s = np.full((50, classes), 1.0 / classes, dtype=np.float32)
+    bad = x.copy()
+    bad[7, 3] = np.nan
+    batch = [
+        StoredTelemetry("d", manifest.name, manifest.version, f, s, s, 1.0 + i)
+        for i, f in enumerate((x, bad, x, x))
+    ]
+    counts = monitor.observe(batch)
+    assert counts[("d", "drift:bad_input")] == 1
+    # The first three messages filled the buffer: the two good ones were counted.
+    assert [r.readings for r in edge_store.drift_states("d")] == [100]
+    monitor.flush()
+    assert [r.readings for r in edge_store.drift_states("d")] == [150]

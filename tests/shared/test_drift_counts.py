@@ -56,6 +56,27 @@ def test_counts_match_an_independent_binning() -> None:
     np.testing.assert_array_equal(w.score, _by_hand(s, SCORE_EDGES))
 
 
+def test_float32_readings_bin_as_their_exact_values() -> None:
+    """Telemetry carries float32; the counter compares those in float32 against edges
+    rounded up to float32. A float32 value on either side of an edge that float32
+    cannot hold (0.7, whose nearest float32 is below it; 0.1 and 1/3, above), or on a
+    float32 edge itself, must land where its exact value does."""
+    edges = ((0.1, 1.0 / 3.0, 0.7), (0.5,), (-0.7, 2.0, 4.0, 6.0))
+    ref = DriftReference(("a", "b", "c"), edges, PROPS, SCORE_EDGES, SCORE_PROPS)
+    near = []
+    for e in (0.1, 1.0 / 3.0, 0.7, -0.7, 2.0):
+        f = np.float32(e)
+        near += [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+    column = np.array(near, dtype=np.float32)
+    x32 = np.stack([column, column, column], axis=1)
+    s = np.linspace(0.0, 1.0, len(column))
+    w = BinCounter(ref).count(x32, s)
+    for j, e in enumerate(edges):
+        exact = x32[:, j].astype(np.float64)  # float32 -> float64 is exact
+        np.testing.assert_array_equal(w.feature_counts(j), _by_hand(exact, e))
+    np.testing.assert_array_equal(w.bins, BinCounter(ref).count(x32.astype(np.float64), s).bins)
+
+
 def test_merging_windows_equals_counting_once() -> None:
     x, s = _data(900, 2)
     counter = BinCounter(_reference())

@@ -66,7 +66,9 @@ def test_batches_of_any_size_give_what_one_batch_gives() -> None:
         parts.append(det.update(x[i : i + n]))
         i += n
     assert tuple(a for p in parts for a in p.alarms) == whole.alarms
-    np.testing.assert_array_equal(np.vstack([p.values for p in parts]), whole.values)
+    # Equal up to rounding: the fit sums its design rows by one matrix product per
+    # batch, and a different split adds them in another order.
+    np.testing.assert_allclose(np.vstack([p.values for p in parts]), whole.values, atol=1e-9)
     np.testing.assert_array_equal(np.concatenate([p.readings for p in parts]), whole.readings)
     assert det.readings == x.shape[0]
 
