@@ -9,9 +9,10 @@ of its own (never the library's global one), made when the hub starts, with:
   devices (their state as ``GET /v1/devices`` derives it), the drift states,
   the rollouts and the pipeline runs. Nothing is counted twice: every figure
   has one source, and the API's JSON reads the same ones;
-- two instruments that only exist here: the ingest batch duration histogram
-  (observed by the ingest worker after each batch) and the API requests counter
-  (observed by :class:`RequestCounter`, by route template, never the raw path).
+- three instruments that only exist here: the ingest batch duration histogram
+  (observed by the ingest worker after each batch), and the API requests counter
+  and request duration histogram (both observed by :class:`RequestCounter`, by
+  route template, never the raw path).
 
 Labels are bounded: reasons and states come from fixed code sets, routes are
 templates (``/v1/devices/{device}``), model versions are the registry's; no
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCH_BUCKETS_S",
+    "REQUEST_BUCKETS_S",
     "HubCollector",
     "HubMetrics",
     "HubSources",
@@ -58,6 +60,23 @@ log = logging.getLogger(__name__)
 BATCH_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Buckets of the ingest batch duration (a batch is up to 500 messages; its target is
 tens of milliseconds)."""
+REQUEST_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Buckets of an API request's duration: reads take milliseconds; a model upload or a
+large batch of readings can take seconds."""
 _RUN_LIMIT: Final = 100_000
 """Pipeline runs read per scrape at most (a run is hours of work: far more than any hub has)."""
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -333,10 +352,23 @@ class HubMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.request_seconds = Histogram(
+            "edgeloop_hub_http_request_duration_seconds",
+            "Time an HTTP API request took, by method and route template: received to "
+            "its response sent.",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=self.registry,
+        )
         self.collector: HubCollector | None = None
 
     def observe_batch(self, seconds: float) -> None:
         self.batch_seconds.observe(seconds)
+
+    def observe_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        """One API request (:class:`RequestCounter`): counted and timed."""
+        self.requests.labels(method, route, status).inc()
+        self.request_seconds.labels(method, route).observe(seconds)
 
     def read_from(self, sources: HubSources) -> None:
         """Register the collector of ``sources`` (once)."""
@@ -347,22 +379,24 @@ class HubMetrics:
 
 
 class RequestCounter:
-    """ASGI middleware: counts each HTTP request by method, route template and status.
+    """ASGI middleware: counts and times each HTTP request (``observe(method, route,
+    status, seconds)``, seconds from the request's arrival to its response sent).
 
     The template is the matched route's (``/v1/devices/{device}``); a request
     refused before routing (a middleware's 401) is matched against the app's
     routes here; one matching none is ``unmatched``.
     """
 
-    def __init__(self, app: ASGIApp, count: Callable[[str, str, str], object]) -> None:
+    def __init__(self, app: ASGIApp, observe: Callable[[str, str, str, float], object]) -> None:
         self.app = app
-        self.count = count
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
+        start = time.perf_counter()
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -374,7 +408,7 @@ class RequestCounter:
             await self.app(scope, receive, send_status)
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            self.count(method, _route(scope), str(status))
+            self.observe(method, _route(scope), str(status), time.perf_counter() - start)
 
 
 def _route(scope: Scope) -> str:

@@ -266,6 +266,7 @@ class Hub:
         return Path(heavy.record.path)
 
     def _start_ingest(self, heavy_path: Path) -> None:
+        from cloud_hub.devices.budgets import ManifestBudgets  # noqa: PLC0415
         from cloud_hub.devices.states import StateRules  # noqa: PLC0415
         from cloud_hub.devices.tracker import StateTracker  # noqa: PLC0415
         from cloud_hub.inference import OnnxScorer  # noqa: PLC0415
@@ -310,6 +311,12 @@ class Hub:
         # On its own thread: the worker acks the next batch without waiting for it.
         self.drift = MonitorThread(monitor)
         self.drift.start()
+        rules = StateRules(
+            stale_after_s=s.stale_after_s,
+            buffering_outbox_messages=s.buffering_outbox_messages,
+            latency_budget_ms=s.latency_budget_ms,
+            degraded_clear_heartbeats=s.degraded_clear_heartbeats,
+        )
         self.worker = IngestWorker(
             self.store,
             self.link,
@@ -327,12 +334,9 @@ class Hub:
             observer=self.drift,
             states=StateTracker(
                 self.store,
-                StateRules(
-                    stale_after_s=s.stale_after_s,
-                    buffering_outbox_messages=s.buffering_outbox_messages,
-                    latency_budget_ms=s.latency_budget_ms,
-                    degraded_clear_heartbeats=s.degraded_clear_heartbeats,
-                ),
+                rules,
+                # A device's budget: its model version's manifest, else the setting.
+                ManifestBudgets(self.store, rules),
             ),
             on_batch=self.metrics.observe_batch if self.metrics is not None else None,
         )

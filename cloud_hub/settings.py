@@ -293,7 +293,7 @@ OPTIONS: Final = OptionTable(
             "latency_budget_ms",
             positive_float,
             20.0,
-            "a device whose heartbeat shows a latency p99 per reading over this shows as degraded (models carry no latency budget of their own yet)",
+            "the fallback latency budget: a device whose heartbeat shows a latency p99 per reading over this shows as degraded, when the manifest of the model version it runs declares no latency_budget_ms of its own (older packages)",
             "MS",
         ),
         Option(

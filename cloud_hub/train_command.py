@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from cloud_hub.recording_options import add_recording_options
-from shared.manifest import MAX_RULE_READINGS
+from shared.manifest import DEFAULT_LATENCY_BUDGET_MS, MAX_LATENCY_BUDGET_MS, MAX_RULE_READINGS
 from shared.options import positive_int
 
 if TYPE_CHECKING:
@@ -207,6 +207,9 @@ def _max_rows(text: str) -> int:
 
 _budget = _number(0.0, 0.5, "a share of readings in (0, 0.5], e.g. 1e-4 (1 in 10,000)")
 _fraction = _number(0.05, 0.5, "between 0.05 and 0.5")
+_latency_budget = _number(
+    0.0, MAX_LATENCY_BUDGET_MS, f"a number of milliseconds in (0, {MAX_LATENCY_BUDGET_MS:g}]"
+)
 
 
 def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
@@ -355,6 +358,15 @@ def add_train_parser(models_cmds: Any) -> argparse.ArgumentParser:
         help="keep at most N readings for training, every k-th of each series in time order "
         "(k doubles as needed); every reading is still read and goes through the feature "
         f"window, and memory stays bounded (default: {DEFAULT_MAX_ROWS:,})",
+    )
+    p.add_argument(
+        "--latency-budget-ms",
+        type=_latency_budget,
+        default=DEFAULT_LATENCY_BUDGET_MS,
+        metavar="MS",
+        help="written into both manifests as latency_budget_ms: the hub shows a device "
+        "running the model as degraded when its latency p99 per reading is over this "
+        f"(default: {DEFAULT_LATENCY_BUDGET_MS:g})",
     )
     OPTIONS.add_to(p, only=TRAIN_OPTIONS)
     p.set_defaults(handler=_train, parser=p)
@@ -570,6 +582,7 @@ def _run(
         "min_agreement": args.min_agreement,
         "seed": args.seed,
         "run_prefix": "train",
+        "latency_budget_ms": args.latency_budget_ms,
     }
     steps = ["train", "convert", "gate", "score", "package", "publish"]
     with _bar("training", len(steps), "step") as bar:

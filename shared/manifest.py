@@ -7,8 +7,12 @@ them) and writes (classes, which one is urgent), when to act (urgent
 thresholds), what its training data looked like (per sensor: location, scale
 and range; reference histograms per feature and for the score, which the
 hub's drift tracking counts against), how good it is (metrics), where it came from (lineage),
-and how to check it still works (test vectors), and the sha256 and size of
-every file in the package (``files``; manifests written before it have none).
+and how to check it still works (test vectors), how fast it must run on a
+device (``latency_budget_ms``: the latency p99 per reading over which the hub
+shows a device running it as degraded; optional, manifests written before it
+have none and the hub's ``--latency-budget-ms`` stands in), and the sha256 and
+size of every file in the package (``files``; manifests written before it have
+none).
 ``manifest.sig`` is an Ed25519 signature of the manifest's exact bytes
 (:mod:`shared.signing`); it is read here when present, and checked by
 :func:`shared.package_verify.verify_package` (the hub's ``models verify``; the
@@ -34,7 +38,9 @@ from shared.errors import ManifestError
 from shared.features import SensorSpec, feature_names
 
 __all__ = [
+    "DEFAULT_LATENCY_BUDGET_MS",
     "MANIFEST_FILE",
+    "MAX_LATENCY_BUDGET_MS",
     "MAX_RULE_READINGS",
     "MODEL_FILE",
     "SIGNATURE_FILE",
@@ -59,6 +65,11 @@ __all__ = [
 
 MAX_RULE_READINGS: Final = 1000
 """The most readings the urgent rule's ``consecutive`` and ``release`` may count."""
+MAX_LATENCY_BUDGET_MS: Final = 60_000.0
+"""The largest ``latency_budget_ms`` a manifest may declare (a minute per reading)."""
+DEFAULT_LATENCY_BUDGET_MS: Final = 20.0
+"""The ``latency_budget_ms`` the default build and ``models train`` write: the hub's
+``--latency-budget-ms`` default and the agent's OTA smoke budget (20 ms per reading)."""
 
 MANIFEST_FILE: Final = "manifest.json"
 MODEL_FILE: Final = "model.onnx"
@@ -195,6 +206,23 @@ def _files(o: _Obj, model: ModelFile) -> tuple[PackageFile, ...]:
             "files", f"must list {model.file!r} with the sha256 and size of the 'model' field"
         )
     return files
+
+
+def _latency_budget(o: _Obj) -> float | None:
+    """The optional ``latency_budget_ms``: absent (an older manifest) is None; present,
+    a number in (0, :data:`MAX_LATENCY_BUDGET_MS`]."""
+    if "latency_budget_ms" not in o.obj:
+        return None
+    value = o.obj["latency_budget_ms"]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and 0 < value <= MAX_LATENCY_BUDGET_MS):
+        raise o.fail(
+            "latency_budget_ms",
+            f"= {value!r} must be a number of milliseconds in (0, {MAX_LATENCY_BUDGET_MS:g}] "
+            "(the latency p99 per reading over which a device running the model is degraded); "
+            "leave it out to use the hub's --latency-budget-ms",
+        )
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +504,10 @@ class ModelManifest:
     test_vectors: TestVectors
     files: tuple[PackageFile, ...] = ()
     """Every file of the package but the manifest and its signature (empty: an older manifest)."""
+    latency_budget_ms: float | None = None
+    """The latency p99 per reading (ms) a device running this model must keep; over it,
+    the hub shows the device as degraded (None: not declared, an older manifest; the
+    hub's ``--latency-budget-ms`` stands in)."""
 
     @property
     def version_key(self) -> tuple[int, int, int]:
@@ -557,6 +589,7 @@ class ModelManifest:
                 o.sub("test_vectors"), len(inp.features), len(out.classes)
             ),
             files=_files(o, model),
+            latency_budget_ms=_latency_budget(o),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -626,6 +659,8 @@ class ModelManifest:
                 "atol": self.test_vectors.atol,
             },
         }
+        if self.latency_budget_ms is not None:
+            out["latency_budget_ms"] = self.latency_budget_ms
         if self.files:
             out["files"] = [
                 {"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files

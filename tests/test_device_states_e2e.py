@@ -6,6 +6,9 @@ inputs out of range: degraded. Paused with SIGSTOP it goes silent: stale after
 the hub's short ``--stale-after-s``; resumed, it is degraded again; stopped
 cleanly, offline. Every change is an event with its reason in
 ``GET /v1/events?kind=device_state``, and counted ``device_state:<state>``.
+The hub's fallback ``--latency-budget-ms`` is set far below any real latency:
+the agent's model declares its own budget in its manifest, so the hub judges it
+by that one and latency never makes it degraded.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
     hub = HubProcess(
         tmp_path / "hub",
         model_packages.edge.parent.parent,
-        args=("--stale-after-s", str(STALE_AFTER_S)),
+        args=("--stale-after-s", str(STALE_AFTER_S), "--latency-budget-ms", "0.001"),
         log_level="INFO",
     )
     with hub:
@@ -96,6 +99,7 @@ def test_online_degraded_stale_offline_each_an_event_with_its_reason(
         reasons = [e["reason"] for e in events]
         assert reasons[0].startswith("birth: agent ")
         assert " out of range (flow " in reasons[1]
+        assert not any("latency" in r for r in reasons), reasons  # the manifest's 20 ms held
         assert reasons[2].startswith("silent for ") and "stale timeout of 4 s" in reasons[2]
         assert reasons[4] == "its status said offline as it stopped: a clean stop"
         assert [e["at"] for e in events] == sorted(e["at"] for e in events)

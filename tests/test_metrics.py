@@ -4,7 +4,7 @@ rules, its JSON log lines, and the deploy/ files that scrape and chart it.
 One hub serves the module: a device (a raw MQTT client) publishes telemetry and a
 payload that is not JSON, and the scrape, parsed with prometheus-client's own
 parser, follows: received, stored, invalid by reason, dead letters, the batch
-histogram, API requests by route template.
+histogram, API requests by route template (counted and timed).
 """
 
 from __future__ import annotations
@@ -135,6 +135,33 @@ def test_api_requests_are_counted_by_route_template(hub: tuple[HubProcess, Probe
     assert DEVICE not in text.split("edgeloop_hub_http_requests_total", 1)[1]
     assert "dev-secret-path" not in text
     assert _value(samples, "edgeloop_hub_http_requests_total", method="GET", route="/v1/devices", status="401") >= 1  # fmt: skip
+
+
+def test_api_requests_are_timed_by_route_template(hub: tuple[HubProcess, Probe]) -> None:
+    hub_proc, _ = hub
+    name = "edgeloop_hub_http_request_duration_seconds"
+    route = {"method": "GET", "route": "/v1/devices/{device}"}
+    before = _samples(hub_proc)
+    for _ in range(3):
+        assert hub_proc.api.get(f"/v1/devices/{DEVICE}").status in (200, 404)
+    families = {f.name: f for f in text_string_to_metric_families(_scrape_text(hub_proc))}
+    assert families[name].type == "histogram"
+    after = _samples(hub_proc)
+    assert _value(after, f"{name}_count", **route) - _value(before, f"{name}_count", **route) == 3
+    buckets = sorted(
+        (float(dict(labels)["le"]), v)
+        for (n, labels), v in after.items()
+        if n == f"{name}_bucket"
+        and dict(labels)["route"] == route["route"]
+        and dict(labels)["method"] == "GET"
+    )
+    assert buckets[-1] == (float("inf"), _value(after, f"{name}_count", **route))
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert _value(after, f"{name}_sum", **route) > 0
+    # Labelled by template: no device id, no raw path, no status among the labels.
+    labels = {k for (n, ls) in after if n.startswith(name) for k, _ in ls}
+    assert labels == {"method", "route", "le"}
+    assert not any(DEVICE in str(ls) for (n, ls) in after if n.startswith(name))
 
 
 def test_metrics_need_a_token_of_the_hub_or_a_listed_address(

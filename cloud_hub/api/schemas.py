@@ -139,7 +139,8 @@ class DeviceOut(BaseModel):
     """online, degraded, buffering, offline, stale or never_seen, derived by the hub
     (:mod:`cloud_hub.devices.states`)."""
     state_reason: str
-    """Why it is in that state, e.g. ``latency p99 41 ms over the 20 ms budget``."""
+    """Why it is in that state, e.g. ``latency p99 41 ms over the 5 ms budget (model
+    machine-edge 1.0.1's manifest)``."""
     state_since: float | None
     """When it entered that state (Unix seconds; null: not known)."""
     epoch: int | None

@@ -12,7 +12,11 @@ States, by precedence (the first that holds wins):
    from it for more than ``stale_after_s``.
 3. ``degraded``: its last heartbeat shows errors since the one before (dropped
    messages, unreadable input, bad messages), inputs out of their valid range
-   since the one before, or a latency p99 over the budget.
+   since the one before, or a latency p99 over the budget: the
+   ``latency_budget_ms`` of the manifest of the model version the heartbeat
+   names, or the hub's ``--latency-budget-ms`` when that manifest declares none
+   (:class:`LatencyBudget`; the caller looks the manifest up, the rule takes the
+   budget as an input).
 4. ``buffering``: its last heartbeat shows more than ``buffering_outbox_messages``
    messages in its outbox, or the hub received messages it already had from it
    since its previous heartbeat (it is resending).
@@ -44,7 +48,10 @@ keeps the stored reason current (written only when its text changes).
 >>> rules = StateRules(stale_after_s=30.0, buffering_outbox_messages=1000)
 >>> beat = Beat(epoch=1, latency_p99_us=41_000.0, outbox_depth=1200)
 >>> judge_beat(beat, None, rules=rules)
-Verdict(state='degraded', reason='latency p99 41 ms over the 20 ms budget; also buffering: outbox 1,200 messages > 1,000')
+Verdict(state='degraded', reason='latency p99 41 ms over the 20 ms budget (--latency-budget-ms); also buffering: outbox 1,200 messages > 1,000')
+>>> slow = Beat(epoch=1, latency_p99_us=41_000.0)
+>>> judge_beat(slow, None, rules=rules, budget=LatencyBudget(30.0, "model m 1.2.0's manifest"))
+Verdict(state='degraded', reason="latency p99 41 ms over the 30 ms budget (model m 1.2.0's manifest)")
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ __all__ = [
     "STATES",
     "Beat",
     "Hold",
+    "LatencyBudget",
     "Shown",
     "State",
     "StateRules",
@@ -102,7 +110,8 @@ class StateRules:
     buffering_outbox_messages: int = 1000
     """More messages than this in a device's outbox: buffering."""
     latency_budget_ms: float = 20.0
-    """A latency p99 (per reading, the agent's heartbeat) over this: degraded."""
+    """A latency p99 (per reading, the agent's heartbeat) over this: degraded, when the
+    manifest of the device's model declares no budget of its own."""
     degraded_clear_heartbeats: int = 3
     """Clean heartbeats in a row before a degraded or buffering device shows online
     again (1: the first clean one)."""
@@ -120,6 +129,24 @@ class StateRules:
             raise ValueError(
                 f"degraded_clear_heartbeats must be >= 1, got {self.degraded_clear_heartbeats}"
             )
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyBudget:
+    """The latency p99 per reading a device must keep, and where that figure comes
+    from (named in the reason: a model's manifest, or the hub's setting)."""
+
+    ms: float
+    source: str
+
+    @classmethod
+    def fallback(cls, rules: StateRules, why: str = "") -> LatencyBudget:
+        """The hub's ``--latency-budget-ms``; ``why`` it stands in, if said."""
+        return cls(rules.latency_budget_ms, "--latency-budget-ms" + (f"; {why}" if why else ""))
+
+    def __post_init__(self) -> None:
+        if not self.ms > 0:
+            raise ValueError(f"a latency budget must be > 0 ms, got {self.ms}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +227,15 @@ def judge_beat(
     *,
     rules: StateRules,
     resent: int = 0,
+    budget: LatencyBudget | None = None,
 ) -> Verdict:
     """The state one heartbeat shows: ``degraded``, ``buffering`` or ``online``.
 
     ``previous`` is the device's heartbeat before it (None: none known); counters
     are compared with it when it is of the same epoch, else counted since the
     agent started. ``resent``: messages the hub received from the device since
-    ``previous`` that it had already stored.
+    ``previous`` that it had already stored. ``budget``: the latency budget of the
+    model the heartbeat names (None: the hub's, ``rules.latency_budget_ms``).
 
     >>> rules = StateRules()
     >>> before = Beat(epoch=7, invalid={"out_of_range:temperature": 2})
@@ -214,7 +243,7 @@ def judge_beat(
     >>> judge_beat(now, before, rules=rules).reason
     'heartbeat: 3 errors since the last one (dropped outbox_full 3); 12 inputs out of range (temperature 12)'
     >>> judge_beat(now, now, rules=rules)
-    Verdict(state='online', reason='heartbeat: no new errors, latency p99 within the 20 ms budget, outbox at most 1,000 messages')
+    Verdict(state='online', reason='heartbeat: no new errors, latency p99 within the 20 ms budget (--latency-budget-ms), outbox at most 1,000 messages')
 
     The ``online`` reason names the limits, not the figures (those are in the
     device's last heartbeat), so it reads the same from one quiet heartbeat to the
@@ -237,9 +266,11 @@ def judge_beat(
         n = sum(out_of_range.values())
         what = f"{_many(n, 'input')} out of range ({_listed(out_of_range)})"
         degraded.append(what if errors else f"heartbeat: {what} {since}")
-    budget_us = rules.latency_budget_ms * 1000.0
+    limit = budget or LatencyBudget.fallback(rules)
+    budget_us = limit.ms * 1000.0
+    the_budget = f"the {_ms(budget_us)} budget ({limit.source})"
     if beat.latency_p99_us > budget_us:
-        degraded.append(f"latency p99 {_ms(beat.latency_p99_us)} over the {_ms(budget_us)} budget")
+        degraded.append(f"latency p99 {_ms(beat.latency_p99_us)} over {the_budget}")
     buffering: list[str] = []
     if beat.outbox_depth > rules.buffering_outbox_messages:
         buffering.append(
@@ -256,7 +287,7 @@ def judge_beat(
         return Verdict("buffering", "; ".join(buffering))
     return Verdict(
         "online",
-        f"heartbeat: no new errors, latency p99 within the {_ms(budget_us)} budget, "
+        f"heartbeat: no new errors, latency p99 within {the_budget}, "
         f"outbox at most {_many(rules.buffering_outbox_messages, 'message')}",
     )
 

@@ -20,7 +20,7 @@ Used from the ingest worker's thread only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -29,6 +29,7 @@ from cloud_hub.devices.states import (
     OFFLINE_REASON,
     Beat,
     Hold,
+    LatencyBudget,
     State,
     StateRules,
     Verdict,
@@ -85,9 +86,18 @@ class StateTracker:
     >>> tracker.commit(rows)  # doctest: +SKIP
     """
 
-    def __init__(self, store: Store, rules: StateRules) -> None:
+    def __init__(
+        self,
+        store: Store,
+        rules: StateRules,
+        budgets: Callable[[str, str], LatencyBudget] | None = None,
+    ) -> None:
+        """``budgets(model, version)``: the latency budget of a device running that
+        model version (:class:`~cloud_hub.devices.budgets.ManifestBudgets`, from its
+        manifest); None: every device is judged by ``rules.latency_budget_ms``."""
         self.store = store
         self.rules = rules
+        self.budgets = budgets
         self._devices: dict[str, _Device] | None = None
         self._heard: set[str] = set()
 
@@ -177,7 +187,10 @@ class StateTracker:
             dropped=dict(health.dropped),
             invalid=dict(health.invalid),
         )
-        judged = judge_beat(beat, d.beat, rules=self.rules, resent=d.resent)
+        budget = None
+        if self.budgets is not None:
+            budget = self.budgets(health.model, health.model_version)
+        judged = judge_beat(beat, d.beat, rules=self.rules, resent=d.resent, budget=budget)
         d.verdict, d.hold = settle(judged, d.hold, rules=self.rules)
         d.beat = beat
         d.resent = 0

@@ -222,6 +222,7 @@ def complete_package(
     normal_class: str = "normal",
     min_agent_version: str = MIN_AGENT_VERSION,
     created: datetime | None = None,
+    latency_budget_ms: float | None = None,
 ) -> ModelPackage:
     """Write ``manifest.json`` for the ``model.onnx`` that :func:`save_model` wrote.
 
@@ -229,7 +230,9 @@ def complete_package(
     ``reference_x`` are the training rows and ``reference_scores`` this model's
     scores for them (scored as the model will be served); ``reference_normal``
     marks the normal ones (None: all), whose sensor statistics baselines map onto. Test vectors are
-    scored here, row by row, on the packaged file. Returns the package as
+    scored here, row by row, on the packaged file. ``latency_budget_ms``: the latency p99
+    per reading over which a device running the model shows as degraded (None: the
+    manifest declares none). Returns the package as
     :func:`load_package` reads it back.
     """
     inp = InputSpec(sensors, window)
@@ -273,6 +276,7 @@ def complete_package(
                 atol=TEST_VECTOR_ATOL,
             ),
             files=tuple(listed.values()),
+            latency_budget_ms=latency_budget_ms,
         ).to_dict()
     )
     write_manifest(directory, manifest)

@@ -67,7 +67,7 @@ from cloud_hub.pipeline.train import (
     train_heavy,
 )
 from shared.features import SensorSpec
-from shared.manifest import Lineage, UrgentSpec
+from shared.manifest import DEFAULT_LATENCY_BUDGET_MS, Lineage, UrgentSpec
 
 __all__ = [
     "DEFAULT_FALSE_ALARM_BUDGET",
@@ -145,6 +145,9 @@ class PairSpec:
     seed: int = 7
     threads: int = 1
     run_prefix: str = "build"
+    latency_budget_ms: float | None = DEFAULT_LATENCY_BUDGET_MS
+    """Written into both manifests (None: none): the latency p99 per reading over which
+    the hub shows a device running the model as degraded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +287,7 @@ def _ship(
             "test_inputs": scored.test_inputs,
             "min_agent_version": MIN_AGENT_VERSION,
             "created": created,
+            "latency_budget_ms": spec.latency_budget_ms,
         }
         edge_ref = edge.scores(reference_x, batch_size=1)
         heavy_ref = heavy.scores(reference_x)

@@ -3,7 +3,9 @@ them to arriving messages, on a real SQLite store."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +15,12 @@ from typing import cast
 import pytest
 
 from cloud_hub.devices import states
+from cloud_hub.devices.budgets import ManifestBudgets
 from cloud_hub.devices.states import (
     OFFLINE_REASON,
     Beat,
     Hold,
+    LatencyBudget,
     StateRules,
     Verdict,
     count_states,
@@ -26,11 +30,14 @@ from cloud_hub.devices.states import (
     stale_verdict,
 )
 from cloud_hub.devices.tracker import StateTracker
+from cloud_hub.registry.register import register_built
 from cloud_hub.store import SQLiteStore
 from cloud_hub.store.base import DeviceRecord, DeviceStateRow, Store
 from shared.epochs import REPLAY_EPOCH_MIN
+from shared.manifest import MANIFEST_FILE, load_package, write_manifest
 from shared.messages import Health, Status
 from tests.cloud_hub.ingest.conftest import FailingStore
+from tests.conftest import ModelPaths
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,7 +56,7 @@ def test_a_quiet_heartbeat_is_online() -> None:
     assert v.state == "online"
     # The limits, not the figures: the same text from one quiet heartbeat to the next.
     assert v.reason == (
-        "heartbeat: no new errors, latency p99 within the 20 ms budget, "
+        "heartbeat: no new errors, latency p99 within the 20 ms budget (--latency-budget-ms), "
         "outbox at most 1,000 messages"
     )
     assert judge_beat(Beat(epoch=5, latency_p99_us=9.0), None, rules=RULES) == v
@@ -81,7 +88,9 @@ def test_missing_and_out_of_distribution_inputs_are_not_errors_but_out_of_range_
 
 def test_latency_over_the_budget_is_degraded() -> None:
     v = judge_beat(Beat(epoch=1, latency_p99_us=41_000.0), None, rules=RULES)
-    assert v == states.Verdict("degraded", "latency p99 41 ms over the 20 ms budget")
+    assert v == states.Verdict(
+        "degraded", "latency p99 41 ms over the 20 ms budget (--latency-budget-ms)"
+    )
     assert judge_beat(Beat(epoch=1, latency_p99_us=20_000.0), None, rules=RULES).state == "online"
 
 
@@ -358,7 +367,12 @@ def test_the_stored_reason_follows_a_state_that_holds_without_events(tmp_path: P
         # Degraded, then degraded for another cause: one event, the reason follows.
         tracker.heartbeat(_health(latency_p99_us=41_000.0), 115.0)
         _stored(tracker, tracker.changes(115.0))
-        assert stored() == ("degraded", "latency p99 41 ms over the 20 ms budget", 115.0, 2)
+        assert stored() == (
+            "degraded",
+            "latency p99 41 ms over the 20 ms budget (--latency-budget-ms)",
+            115.0,
+            2,
+        )
         tracker.heartbeat(_health(dropped={"outbox_full": 2}), 120.0)
         _stored(tracker, tracker.changes(120.0))
         assert stored() == (
@@ -409,3 +423,121 @@ def test_a_clean_stop_that_says_so_is_one_however_late_it_arrives(tmp_path: Path
         tracker.status(late, 900.0)  # queued while the hub was down
         (off,) = _stored(tracker, tracker.changes(900.0))
         assert off.reason == "its status said offline as it stopped: a clean stop"
+
+
+# --------------------------------------------------------------------------- latency budgets
+
+
+def test_a_budget_given_to_the_rule_wins_over_the_hub_setting_and_is_named() -> None:
+    slow = Beat(epoch=1, latency_p99_us=8_000.0)  # 8 ms: within the hub's 20 ms
+    manifest = LatencyBudget(5.0, "model m 1.0.1's manifest")
+    v = judge_beat(slow, None, rules=RULES, budget=manifest)
+    assert v == Verdict(
+        "degraded", "latency p99 8 ms over the 5 ms budget (model m 1.0.1's manifest)"
+    )
+    assert judge_beat(slow, None, rules=RULES).state == "online"
+    fallback = LatencyBudget.fallback(RULES, "model m 0.9.0's manifest declares none")
+    assert judge_beat(
+        Beat(epoch=1, latency_p99_us=30_000.0), None, rules=RULES, budget=fallback
+    ) == (
+        Verdict(
+            "degraded",
+            "latency p99 30 ms over the 20 ms budget "
+            "(--latency-budget-ms; model m 0.9.0's manifest declares none)",
+        )
+    )
+    with pytest.raises(ValueError, match="latency budget must be > 0 ms"):
+        LatencyBudget(0.0, "x")
+
+
+def _register(
+    store: SQLiteStore, data_dir: Path, edge: Path, version: str, budget: float | None
+) -> None:
+    """A copy of the default edge package as ``version`` with ``budget`` in its manifest,
+    registered in the hub's registry."""
+    root = data_dir / "built" / version
+    shutil.copytree(edge, root)
+    (root / "manifest.sig").unlink(missing_ok=True)
+    manifest = load_package(root).manifest
+    write_manifest(root, dataclasses.replace(manifest, version=version, latency_budget_ms=budget))
+    assert (b'"latency_budget_ms"' in (root / MANIFEST_FILE).read_bytes()) == (budget is not None)
+    register_built(store, data_dir, None, [root], by="test")
+
+
+@pytest.mark.timeout(60)
+def test_a_device_is_judged_by_its_model_versions_manifest_budget(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    name = load_package(model_packages.edge).manifest.name
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        _register(store, tmp_path, model_packages.edge, "2.0.0", 5.0)  # tighter than the hub
+        _register(store, tmp_path, model_packages.edge, "2.0.1", 50.0)  # looser
+        _register(store, tmp_path, model_packages.edge, "2.0.2", None)  # an older package
+        tracker = StateTracker(store, CLEAR_AT_ONCE, ManifestBudgets(store, CLEAR_AT_ONCE))
+        tracker.load()
+
+        def judged(version: str, latency_ms: float, at: float) -> tuple[str, str]:
+            device = f"pi-{version}"
+            birth = Status(device, 10, 0, "online", "0.1.0", version, 0.0, name)
+            store.record_status(birth, at)
+            tracker.status(birth, at)
+            health = dataclasses.replace(
+                _health(), device=device, model=name, model_version=version
+            )
+            health = dataclasses.replace(health, latency_p99_us=latency_ms * 1000.0)
+            tracker.heartbeat(health, at)
+            _stored(tracker, tracker.changes(at))
+            record = store.device(device)
+            assert record is not None and record.state_reason is not None
+            return str(record.judged_state), record.state_reason
+
+        # 8 ms: under the hub's 20 ms, over this version's 5 ms: degraded, naming the manifest.
+        assert judged("2.0.0", 8.0, 100.0) == (
+            "degraded",
+            f"latency p99 8 ms over the 5 ms budget (model {name} 2.0.0's manifest)",
+        )
+        # 30 ms: over the hub's 20 ms, within this version's 50 ms: online.
+        state, reason = judged("2.0.1", 30.0, 101.0)
+        assert state == "online"
+        assert f"latency p99 within the 50 ms budget (model {name} 2.0.1's manifest)" in reason
+        # No budget in the manifest, or no manifest at all: the hub's setting, saying why.
+        assert judged("2.0.2", 30.0, 102.0) == (
+            "degraded",
+            "latency p99 30 ms over the 20 ms budget "
+            f"(--latency-budget-ms; model {name} 2.0.2's manifest declares none)",
+        )
+        state, reason = judged("9.9.9", 30.0, 103.0)
+        assert (state, reason) == (
+            "degraded",
+            "latency p99 30 ms over the 20 ms budget "
+            f"(--latency-budget-ms; model {name} 9.9.9 is not in the registry)",
+        )
+        events = store.device_state_events("pi-2.0.0", 0.0, 1e12, 100).items
+        assert [(e.previous, e.state, e.reason[:35]) for e in events] == [
+            ("never_seen", "degraded", "latency p99 8 ms over the 5 ms budg")
+        ]
+
+
+def test_budget_lookups_are_remembered_for_a_while_and_bounded(tmp_path: Path) -> None:
+    now = [0.0]
+    with SQLiteStore(tmp_path / "hub.db") as store:
+        budgets = ManifestBudgets(
+            store, RULES, refresh_s=30.0, max_versions=2, clock=lambda: now[0]
+        )
+        reads: list[tuple[str, str]] = []
+        real = store.model
+
+        def counted(name: str, version: str):  # type: ignore[no-untyped-def]
+            reads.append((name, version))
+            return real(name, version)
+
+        store.model = counted  # type: ignore[method-assign]
+        assert budgets("m", "1.0.0").ms == 20.0
+        assert budgets("m", "1.0.0").source.endswith("m 1.0.0 is not in the registry")
+        assert reads == [("m", "1.0.0")]  # remembered
+        now[0] = 31.0
+        budgets("m", "1.0.0")
+        assert len(reads) == 2  # looked up again: a version registered since is seen
+        budgets("m", "1.0.1")
+        budgets("m", "1.0.2")
+        assert len(budgets._known) == 2

@@ -57,7 +57,9 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     labels = labels_for(n)
     csv = write_rig_csv(tmp_path / "Test Rig.csv", apply_labels(rig_values(n, 1), labels), labels)
     argv = _train(tmp_path, "--data", str(csv), "--label", "state", "--urgent", "alarm")
-    lines, _ = _run(capsys, [*argv, "--units", "vib_rms=g,temp_in=degC"])
+    lines, _ = _run(
+        capsys, [*argv, "--units", "vib_rms=g,temp_in=degC", "--latency-budget-ms", "7.5"]
+    )
     result = json.loads(lines[-1])
     assert result["name"] == "test-rig" and result["version"] == "1.0.0"
     assert result["data_files"] == {str(csv): sha256_file(csv)}
@@ -76,6 +78,7 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         assert m.metrics["urgent_recall"] >= 0.8 and m.metrics["auc_macro"] >= 0.95
         assert m.metrics["validation_rows"] > 0
         assert (m.urgent.consecutive, m.urgent.release) == (DEFAULT_CONSECUTIVE["classifier"], 10)
+        assert m.latency_budget_ms == 7.5
     assert edge.model.quantization == "int8-dynamic" and edge.metrics["int8_fp32_agreement"] >= 0.99
     store = open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
     try:
@@ -106,6 +109,7 @@ def test_supervised_training_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         store.close()
     assert record is not None
     assert record.manifest.lineage.pipeline_run == again["run_id"] != result["run_id"]
+    assert record.manifest.latency_budget_ms == 20.0  # the default
     assert record.manifest_bytes == (Path(again["edge"]) / MANIFEST_FILE).read_bytes()
 
 
@@ -495,3 +499,12 @@ def test_rule_counts_over_the_manifest_limit_are_a_usage_error_before_reading(
     argv = _train(tmp_path, "--data", str(tmp_path / "absent.csv"), option, "1001")
     _, err = _run(capsys, argv, status=2)
     assert f"argument {option}" in err and "over 1000 readings" in err, err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "60001", "fast"])
+def test_a_bad_latency_budget_is_a_usage_error_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    argv = _train(tmp_path, "--data", str(tmp_path / "absent.csv"), "--latency-budget-ms", value)
+    _, err = _run(capsys, argv, status=2)
+    assert "argument --latency-budget-ms" in err, err

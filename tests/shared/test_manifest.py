@@ -153,6 +153,25 @@ def test_release_defaults_to_1_for_manifests_written_before_it(
     assert m.to_dict()["urgent"]["release"] == 1
 
 
+def test_latency_budget_round_trips_and_is_optional(manifest_dict: dict[str, Any]) -> None:
+    assert ModelManifest.from_dict(copy.deepcopy(manifest_dict)).latency_budget_ms is None
+    assert "latency_budget_ms" not in ModelManifest.from_dict(manifest_dict).to_dict()
+    for value, parsed in ((5, 5.0), (0.25, 0.25), (60_000, 60_000.0)):
+        manifest_dict["latency_budget_ms"] = value
+        m = ModelManifest.from_dict(copy.deepcopy(manifest_dict))
+        assert m.latency_budget_ms == parsed
+        assert ModelManifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+
+
+@pytest.mark.parametrize("bad", [0, -5.0, math.inf, math.nan, 60_001, True, "5", None, [5]])
+def test_a_bad_latency_budget_is_refused_naming_the_field(
+    manifest_dict: dict[str, Any], bad: Any
+) -> None:
+    manifest_dict["latency_budget_ms"] = bad
+    err = _expect_error(manifest_dict, "latency_budget_ms")
+    assert "milliseconds in (0, 60000]" in str(err) and "--latency-budget-ms" in str(err)
+
+
 def test_hard_limit_with_one_bound_only(manifest_dict: dict[str, Any]) -> None:
     manifest_dict["urgent"]["hard_limits"]["pressure"] = {"min": 1.5}
     m = ModelManifest.from_dict(manifest_dict)

@@ -3,6 +3,7 @@ the manifest's bytes on disk; each reason to refuse, on a real package the pipel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -161,6 +162,24 @@ def test_malformed_manifest_or_one_without_a_file_list(package: Path, key: Signi
     assert verify_package(package, [key.public]).reason is RejectReason.MALFORMED_MANIFEST
     with pytest.raises(ManifestError, match="not a directory"):
         verify_package(package / MODEL_FILE, [key.public])
+
+
+def test_a_latency_budget_is_signed_and_a_manifest_without_one_still_verifies(
+    package: Path, key: SigningKey
+) -> None:
+    mpath = package / MANIFEST_FILE
+    built = load_package(package).manifest
+    assert built.latency_budget_ms == 20.0  # the default build writes one
+    assert verify_package(package, [key.public]).ok
+    # A package written before the field: still valid, its signature still verifies.
+    mpath.write_bytes(manifest_file_bytes(dataclasses.replace(built, latency_budget_ms=None)))
+    sign_package(package, key)
+    assert b"latency_budget_ms" not in mpath.read_bytes()
+    result = verify_package(package, [key.public])
+    assert result.ok and result.manifest is not None and result.manifest.latency_budget_ms is None
+    # The budget is covered by the signature: changing it breaks it.
+    mpath.write_bytes(manifest_file_bytes(dataclasses.replace(built, latency_budget_ms=500.0)))
+    assert verify_package(package, [key.public]).reason is RejectReason.BAD_SIGNATURE
 
 
 def test_files_list_rules(package: Path) -> None:

@@ -41,7 +41,8 @@ def list_devices(access: ReadAccess, store: StoreDep, config: ConfigDep) -> Devi
     many devices are in each state.
 
     ``online``; ``degraded`` (its heartbeat shows errors, inputs out of range or a
-    latency over the budget); ``buffering`` (its outbox holds more than the hub's
+    latency over its model's manifest budget, else the hub's
+    ``--latency-budget-ms``); ``buffering`` (its outbox holds more than the hub's
     ``--buffering-outbox-messages``, or it is resending); ``offline`` (a clean stop
     or its last will); ``stale`` (nothing from it for more than ``stale_after_s``
     seconds); ``never_seen``. Changes are events: ``GET /v1/events?kind=device_state``.

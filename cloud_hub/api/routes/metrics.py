@@ -55,7 +55,8 @@ def _refusal(config: ApiConfig, access: MetricsAccess, request: Request) -> Resp
 
 
 def install(app: FastAPI, config: ApiConfig, metrics: HubMetrics, access: MetricsAccess) -> None:
-    """Add ``GET /metrics`` and count every request (outermost, so refusals count too)."""
+    """Add ``GET /metrics`` and count and time every request (outermost, so refusals
+    count too)."""
 
     def get_metrics(request: Request) -> Response:
         refusal = _refusal(config, access, request)
@@ -64,7 +65,4 @@ def install(app: FastAPI, config: ApiConfig, metrics: HubMetrics, access: Metric
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     app.add_api_route("/metrics", get_metrics, methods=["GET"], include_in_schema=False)
-    app.add_middleware(
-        RequestCounter,
-        count=lambda method, route, status: metrics.requests.labels(method, route, status).inc(),
-    )
+    app.add_middleware(RequestCounter, observe=metrics.observe_request)
