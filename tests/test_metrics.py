@@ -182,7 +182,14 @@ def test_metrics_need_a_token_of_the_hub_or_a_listed_address(
 
 
 def test_json_log_lines_parse_and_hold_no_token(hub: tuple[HubProcess, Probe]) -> None:
-    hub_proc, _ = hub
+    hub_proc, device = hub
+    # A bad payload of its own: ingest's warning names the device, whatever ran before.
+    device.publish(T.topic(DEVICE, Kind.TELEMETRY), b"not json either")
+
+    def device_named() -> bool:
+        return f'"device": "{DEVICE}"' in hub_proc.log_path.read_text(encoding="utf-8")
+
+    hub_proc.wait_until("a log line that names the device", device_named, timeout=WAIT)
     text = hub_proc.log_path.read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines if line.startswith("{")]

@@ -27,8 +27,8 @@ What each step does:
   ``max_model_bytes``. Any failed gate rejects the run: nothing is registered.
 - **register**: the package (reference statistics and test vectors by
   :func:`cloud_hub.pipeline.package.complete_package`; lineage: parent version,
-  data window and hash, run id; ``latency_budget_ms`` the latency gate's
-  ``max_latency_us``, the budget the hub then judges its devices by) under the next patch version above the highest
+  data window and hash, run id; the parent's ``latency_budget_ms``, the budget
+  the hub judges its devices by) under the next patch version above the highest
   registered, signed with the hub's key and registered as a ``candidate``
   (:func:`cloud_hub.registry.register.register_built`);
 - **canary**: only for an automatic run (trigger ``drift`` or ``schedule``)
@@ -678,8 +678,10 @@ def _package_and_register(
         urgent_class=parent.output.urgent_class,
         normal_class=normal,
         min_agent_version=parent.min_agent_version,
-        # The budget its latency gate held it to, per reading, as devices are judged.
-        latency_budget_ms=run.options.max_latency_us / 1000.0,
+        # The device's budget is the parent's: the latency gate measures the hub's
+        # CPU (5 ms a reading), not a device's, and a device that kept its parent's
+        # budget must not show degraded because its model was retrained.
+        latency_budget_ms=parent.latency_budget_ms,
     )
     (done,) = register_built(
         job.store,
