@@ -382,6 +382,32 @@ def test_a_json_log_line_is_quoted_as_text_with_its_context_and_traceback() -> N
         assert readable_line(other) == other
 
 
+@pytest.mark.timeout(30)
+def test_json_broker_logs_warnings_and_uncaught_exceptions_as_json_lines() -> None:
+    code = (
+        "import threading, warnings\n"
+        "from cloud_hub.broker.__main__ import _configure_logging\n"
+        "_configure_logging('warning', 'json')\n"
+        "warnings.warn('an old api')\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker'); t.start(); t.join()\n"
+        "raise RuntimeError('boom')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)),
+        check=False,
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    messages = [r["message"] for r in records]
+    assert any("an old api" in m for m in messages), messages
+    assert any("worker" in m and "ZeroDivisionError" in m for m in messages), messages
+    assert any("RuntimeError: boom" in m for m in messages), messages
+
+
 def test_an_unknown_log_format_is_refused() -> None:
     with pytest.raises(ValueError, match="log_format 'xml' must be one of text, json"):
         EmbeddedBroker(password_file=Path("passwd"), log_format="xml")
