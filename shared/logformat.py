@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Final
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "JsonFormatter",
     "configure_logging",
     "default_log_format",
+    "log_tail",
+    "readable_line",
 ]
 
 LOG_FORMATS: Final = ("text", "json")
@@ -79,6 +82,44 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def readable_line(line: str) -> str:
+    """A line of a log file as text: a :class:`JsonFormatter` line becomes
+    ``time LEVEL logger: message`` (then its traceback, if it has one); any other line
+    is returned as it is. For quoting the end of a child's log in an error message,
+    whichever format the child wrote.
+
+    >>> readable_line('{"time": "1970-01-01T00:00:00.000Z", "level": "INFO", "logger": "b", "message": "up"}')
+    '1970-01-01T00:00:00.000Z INFO b: up'
+    >>> readable_line("2026-11-27 10:35:53,123 INFO b: up")
+    '2026-11-27 10:35:53,123 INFO b: up'
+    """
+    if not line.startswith("{"):
+        return line
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict) or not {"time", "level", "logger", "message"} <= record.keys():
+        return line
+    text = f"{record['time']} {record['level']} {record['logger']}: {record['message']}"
+    context = " ".join(f"{name}={record[name]}" for name in CONTEXT_FIELDS if name in record)
+    text += f" ({context})" if context else ""
+    return "\n".join([text, *(str(record[k]) for k in ("exc", "stack") if k in record)])
+
+
+def log_tail(path: Path, lines: int, max_bytes: int = 64 * 1024) -> str:
+    """The last ``lines`` lines of a log file as text (:func:`readable_line`), from at
+    most its last ``max_bytes``; "" if it cannot be read."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(readable_line(line) for line in text.strip().splitlines()[-lines:])
 
 
 class ContextFilter(logging.Filter):

@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 
 from shared.endpoint import BrokerEndpoint, parse_broker_url
 from shared.errors import EdgeloopError
+from shared.logformat import log_tail as shared_log_tail
 from shared.secret_file import write_private
 from shared.topics import DEFAULT_ROOT
 
@@ -241,15 +242,9 @@ def wait_for_port_closed(host: str, port: int, timeout: float) -> None:
 
 
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file ("" if it cannot be read)."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 64 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    """The last ``lines`` lines of a log file, JSON lines (``--log-format json``) as text
+    ("" if it cannot be read)."""
+    return shared_log_tail(path, lines)
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

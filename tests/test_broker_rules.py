@@ -12,7 +12,9 @@ brokers deliver one publisher's messages to a subscriber in order).
 
 from __future__ import annotations
 
+import json
 import queue
+import re
 import subprocess
 import sys
 import uuid
@@ -28,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from cloud_hub.broker.rules import HUB_CLIENT_ID, BrokerRules
 from cloud_hub.provision import provision_device
 from shared.endpoint import BrokerEndpoint
+from shared.logformat import LOG_FORMAT_ENV
 from shared.messages import encode
 from shared.topics import EDGE_TO_HUB, Kind, Topics
 from simulators.harness import HUB_USER, AmqttBroker, ApiError, HubProcess, Mosquitto
@@ -358,14 +361,20 @@ def test_the_hub_stores_nothing_a_device_forges(
             peer.close()
 
 
-def test_the_embedded_broker_logs_and_counts_refusals(tmp_path: Path) -> None:
-    with AmqttBroker(tmp_path / "amqtt", users=SECRETS) as broker:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_embedded_broker_logs_refusals_in_either_format_without_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    # As a program's --log-format sets it; debug: the chattiest the broker gets.
+    monkeypatch.setenv(LOG_FORMAT_ENV, log_format)
+    wrong = "not-dev-b-but-close-7f3e"
+    with AmqttBroker(tmp_path / "amqtt", users=SECRETS, log_level="debug") as broker:
         peers = Peers("amqtt", broker.endpoint(HUB_USER))
         try:
             a = peers.connect(A)
             assert not a.subscribe("#") and not a.subscribe("edgeloop/v1/#")
             a.publish(T.topic(B, Kind.TELEMETRY), b"forged")
-            assert peers.refused(B, password="wrong").is_failure
+            assert peers.refused(B, password=wrong).is_failure
             wanted = (
                 "refused subscribe '#' by account 'dev-a' (client 'dev-a'), refusal 1 of this kind",
                 "refused subscribe 'edgeloop/v1/#' by account 'dev-a'",
@@ -375,11 +384,24 @@ def test_the_embedded_broker_logs_and_counts_refusals(tmp_path: Path) -> None:
             )
             broker.broker.stop()  # flush the log
             log = broker.log_path.read_text()
+            password_file = broker.password_file.read_text()
         finally:
             for peer in peers.open:
                 peer.close()
+    lines = log.splitlines()
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        assert all({"time", "level", "logger", "message"} <= r.keys() for r in records), log
+        messages = "\n".join(r["message"] for r in records)
+    else:
+        assert not any(line.startswith("{") for line in lines), log[-3000:]
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ", lines[0])
+        messages = log
     for line in wanted:
-        assert line in log, log[-3000:]
+        assert line in messages, log[-3000:]
+    hashes = [line.partition(":")[2] for line in password_file.splitlines() if ":" in line]
+    for secret in (*SECRETS.values(), wrong, *hashes, *(h.split("$")[-1] for h in hashes)):
+        assert secret not in log, f"a secret reached the broker's log: {secret[:4]}..."
 
 
 def test_the_broker_process_refuses_bad_rules_in_one_line(tmp_path: Path) -> None:
@@ -404,3 +426,33 @@ def test_the_broker_process_refuses_bad_rules_in_one_line(tmp_path: Path) -> Non
         assert done.returncode == 2, done.stderr
         assert "bad topic rules" in done.stderr and says in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_the_hubs_embedded_broker_logs_as_the_hub_does(
+    tmp_path: Path, model_packages: ModelPaths
+) -> None:
+    """``serve --log-format json``: broker.log (the child's stderr) is JSON lines too."""
+    wrong = "not-a-device-secret-0b9d"
+    hub = HubProcess(
+        tmp_path / "hub", model_packages.edge.parent.parent, args=["--log-format", "json"]
+    )
+    with hub:
+        assert hub.broker_port is not None
+        stranger = Peers("amqtt", BrokerEndpoint("127.0.0.1", hub.broker_port), {})
+        try:
+            assert stranger.refused(A, password=wrong).is_failure
+        finally:
+            for peer in stranger.open:
+                peer.close()
+        broker_log = hub.data_dir / "broker.log"
+        hub.wait_until(
+            "the refusal in broker.log",
+            lambda: "refused CONNECT" in broker_log.read_text(),
+            timeout=WAIT,
+        )
+    lines = broker_log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in records), lines
+    assert any(r["logger"] == "cloud_hub.broker.rules" for r in records), lines
+    assert wrong not in broker_log.read_text()

@@ -6,6 +6,11 @@ or SIGINT, then shuts down cleanly and exits 0. Start-up problems (port in use,
 unreadable password file) are one line on stderr saying what to do, and an exit
 code from :class:`~cloud_hub.broker.embedded.BrokerExit`; never a traceback.
 
+``--log-format json`` writes every line on stderr as one JSON object through
+:class:`shared.logformat.JsonFormatter` (the hub's format), the start-up error
+line and uncaught exceptions included; text is the default. Only a usage error
+found by the argument parser itself is plain text, before the format is known.
+
 Example::
 
     python -m cloud_hub.broker --host 127.0.0.1 --port 1883 --password-file passwd
@@ -24,6 +29,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 
 from amqtt.errors import BrokerError, PluginError, PluginLoadError
 
@@ -34,6 +40,7 @@ from cloud_hub.broker.topic_check import RulesBroker
 from cloud_hub.memory import return_large_blocks
 from shared.endpoint import BrokerEndpoint
 from shared.errors import TopicError
+from shared.logformat import LOG_FORMATS, JsonFormatter
 from shared.topics import DEFAULT_ROOT
 
 logger = logging.getLogger("cloud_hub.broker")
@@ -50,14 +57,14 @@ class _StartupError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker until SIGTERM/SIGINT; return the process exit code."""
     args = _parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     # amqtt reads every packet whole: after a flood of large ones, give the blocks back.
     return_large_blocks()
     try:
         # Read once here for a one-line error; the plugin reads it again to serve.
         users = read_password_file(args.password_file)
     except PasswordFileError as exc:
-        return _fail(str(exc), BrokerExit.PASSWORD_FILE)
+        return _fail(str(exc), BrokerExit.PASSWORD_FILE, args.log_format)
     if not users:
         logger.warning(
             "password file %s lists no users: every client will be refused", args.password_file
@@ -70,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fleet=frozenset(args.fleet),
         )
     except (ValueError, TopicError) as exc:
-        return _fail(f"bad topic rules: {exc}", BrokerExit.USAGE)
+        return _fail(f"bad topic rules: {exc}", BrokerExit.USAGE, args.log_format)
     try:
         return asyncio.run(
             _serve(
@@ -84,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     except _StartupError as exc:
-        return _fail(str(exc), exc.code)
+        return _fail(str(exc), exc.code, args.log_format)
 
 
 async def _serve(
@@ -208,40 +215,67 @@ def _without_amqtt_startup_traceback() -> Iterator[None]:
 
 
 class _OneLineFormatter(logging.Formatter):
-    """Exceptions as ``Type: message`` on the same line; full tracebacks only at debug."""
+    """``inner``'s line (text or :class:`~shared.logformat.JsonFormatter`) with an exception
+    as ``Type: message`` at the end of the message; full tracebacks only at debug."""
 
-    def __init__(self, fmt: str, *, tracebacks: bool) -> None:
-        super().__init__(fmt)
+    def __init__(self, inner: logging.Formatter, *, tracebacks: bool) -> None:
+        super().__init__()
+        self._inner = inner
         self._tracebacks = tracebacks
 
     def format(self, record: logging.LogRecord) -> str:
         if self._tracebacks or not record.exc_info:
-            return super().format(record)
+            return self._inner.format(record)
         exc = record.exc_info[1]
-        saved = record.exc_info, record.exc_text
+        saved = record.exc_info, record.exc_text, record.msg, record.args
         record.exc_info, record.exc_text = None, None
+        if exc is not None:
+            record.msg, record.args = f"{record.getMessage()} ({type(exc).__name__}: {exc})", None
         try:
-            line = super().format(record)
+            return self._inner.format(record)
         finally:
-            record.exc_info, record.exc_text = saved
-        return f"{line} ({type(exc).__name__}: {exc})" if exc is not None else line
+            record.exc_info, record.exc_text, record.msg, record.args = saved
 
 
-def _configure_logging(level_name: str) -> None:
+def _configure_logging(level_name: str, log_format: str = "text") -> None:
     level = getattr(logging, level_name.upper())
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _OneLineFormatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", tracebacks=level <= logging.DEBUG
-        )
+    inner = (
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter(inner, tracebacks=level <= logging.DEBUG))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # amqtt's state machine library logs every transition at INFO.
     logging.getLogger("transitions").setLevel(max(level, logging.WARNING))
+    if log_format == "json":
+        # What would otherwise reach stderr as plain text: warnings, uncaught exceptions.
+        logging.captureWarnings(True)
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
 
 
-def _fail(message: str, code: BrokerExit) -> int:
-    print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    logger.critical("uncaught exception, exiting", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_value is not None:
+        logger.critical(
+            "uncaught exception in thread %s",
+            hook.thread.name if hook.thread is not None else "?",
+            exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback),
+        )
+
+
+def _fail(message: str, code: BrokerExit, log_format: str = "text") -> int:
+    if log_format == "json":
+        logger.error("%s: error: %s", _PROG, message)
+    else:
+        print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
     return int(code)
 
 
@@ -317,6 +351,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="warning",
         choices=["debug", "info", "warning", "error"],
         help="stderr log level; debug also prints tracebacks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="stderr log lines as text, or one JSON object per line as the hub writes them "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--stop-on-stdin-eof",

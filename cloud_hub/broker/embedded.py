@@ -12,6 +12,9 @@ also work, but amqtt logs every probe (a connection that sends no CONNECT) as an
 error, and a probe cannot tell our child from another process on the same port.
 The child's stderr goes to a log file, never to a pipe nobody reads (a full pipe
 would stall the broker); its tail is quoted when the child fails to start.
+The child writes that log in the format of the program that starts it (its
+``--log-format``, through ``EDGELOOP_LOG_FORMAT``; see :mod:`shared.logformat`),
+and :meth:`EmbeddedBroker.log_tail` quotes JSON lines as text.
 
 This module does not import amqtt: only the child process does.
 
@@ -42,6 +45,7 @@ from typing import IO, Any, Self
 
 from cloud_hub.broker.rules import BrokerRules
 from shared.endpoint import BrokerEndpoint
+from shared.logformat import LOG_FORMATS, default_log_format, log_tail
 
 __all__ = [
     "READY_PREFIX",
@@ -162,6 +166,9 @@ class EmbeddedBroker:
 
     ``port=0`` picks a free port at the first :meth:`start`; later starts reuse
     it, so clients reconnect to the same URL after :meth:`kill` and :meth:`start`.
+    ``log_format`` (``text`` or ``json``) is the child's log format; by default
+    the running program's (:func:`shared.logformat.default_log_format`, which
+    ``--log-format`` sets), so the hub's broker logs as the hub does.
     """
 
     def __init__(
@@ -174,12 +181,17 @@ class EmbeddedBroker:
         stop_timeout: float = 5.0,
         log_path: Path | None = None,
         log_level: str = "warning",
+        log_format: str | None = None,
         hold_devices_for: str | None = None,
         rules: BrokerRules | None = None,
         tls: TlsListener | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"EmbeddedBroker: port {port} is out of range 0-65535 (0 = pick one)")
+        if log_format is not None and log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"EmbeddedBroker: log_format {log_format!r} must be one of {', '.join(LOG_FORMATS)}"
+            )
         self._host = host
         self._port = port
         self._password_file = Path(password_file)
@@ -187,6 +199,7 @@ class EmbeddedBroker:
         self._startup_timeout = startup_timeout
         self._stop_timeout = stop_timeout
         self._log_level = log_level
+        self._log_format = log_format or default_log_format()
         self._hold_devices_for = hold_devices_for
         self.tls = tls
         self._own_log = log_path is None
@@ -340,6 +353,8 @@ class EmbeddedBroker:
             str(self._password_file),
             "--log-level",
             self._log_level,
+            "--log-format",
+            self._log_format,
             *_rules_args(self._rules),
             # The child exits when our end of its stdin closes, i.e. when this
             # process dies without stopping it: no orphan brokers holding ports.
@@ -426,17 +441,8 @@ class EmbeddedBroker:
         )
 
     def log_tail(self) -> str:
-        """The last lines of the broker's log ("" if there is none)."""
-        if self._log_path is None:
-            return ""
-        try:
-            with self._log_path.open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - 16_384))
-                text = log.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        """The last lines of the broker's log ("" if there is none), JSON lines as text."""
+        return "" if self._log_path is None else log_tail(self._log_path, _LOG_TAIL_LINES)
 
     def _close_pipes(self) -> None:
         if self._proc is None:

@@ -7,8 +7,11 @@ the password-file and URL tests are pure and need no socket.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +37,7 @@ from cloud_hub.broker.auth import (
 )
 from cloud_hub.broker.embedded import BrokerExit, BrokerStartError, EmbeddedBroker
 from shared.endpoint import BrokerEndpoint, parse_broker_url
+from shared.logformat import JsonFormatter, readable_line
 from shared.topics import Topics
 from simulators import harness
 from simulators.harness import AmqttBroker, wait_for_port, wait_for_port_closed
@@ -336,17 +340,82 @@ def test_user_added_while_running_can_log_in(
 
 
 @pytest.mark.timeout(30)
-def test_start_failure_reports_the_child_log(tmp_path: Path) -> None:
-    broker = EmbeddedBroker(password_file=tmp_path / "missing", startup_timeout=20)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_start_failure_reports_the_child_log(tmp_path: Path, log_format: str) -> None:
+    log_path = tmp_path / "broker.log"
+    broker = EmbeddedBroker(
+        password_file=tmp_path / "missing",
+        startup_timeout=20,
+        log_path=log_path,
+        log_format=log_format,
+    )
     with pytest.raises(BrokerStartError) as caught:
         broker.start()
     assert caught.value.returncode == BrokerExit.PASSWORD_FILE
     assert "does not exist" in caught.value.log_tail
+    assert not caught.value.log_tail.startswith("{")  # quoted as text in either format
     assert not broker.is_running
+    (line,) = log_path.read_text().splitlines()
+    if log_format == "json":
+        record = json.loads(line)
+        assert (record["level"], record["logger"]) == ("ERROR", "cloud_hub.broker")
+        assert "does not exist" in record["message"] and record["time"].endswith("Z")
+    else:
+        assert line.startswith("python -m cloud_hub.broker: error: password file")
+
+
+def test_a_json_log_line_is_quoted_as_text_with_its_context_and_traceback() -> None:
+    try:
+        raise OSError("disk gone")
+    except OSError:
+        record = logging.LogRecord(
+            "cloud_hub.broker", logging.ERROR, "", 0, "cannot %s", ("write",), sys.exc_info()
+        )
+    record.device = "pi-07"
+    text = readable_line(JsonFormatter().format(record))
+    first, *rest = text.splitlines()
+    assert re.fullmatch(r"\S+Z ERROR cloud_hub\.broker: cannot write \(device=pi-07\)", first), (
+        first
+    )
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "OSError: disk gone"
+    for other in ("{not json", '{"time": 1}', "[1, 2]", "plain text"):
+        assert readable_line(other) == other
 
 
 @pytest.mark.timeout(30)
-def test_cli_port_in_use_is_one_line_and_no_traceback(tmp_path: Path) -> None:
+def test_json_broker_logs_warnings_and_uncaught_exceptions_as_json_lines() -> None:
+    code = (
+        "import threading, warnings\n"
+        "from cloud_hub.broker.__main__ import _configure_logging\n"
+        "_configure_logging('warning', 'json')\n"
+        "warnings.warn('an old api')\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker'); t.start(); t.join()\n"
+        "raise RuntimeError('boom')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT)),
+        check=False,
+    )
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    messages = [r["message"] for r in records]
+    assert any("an old api" in m for m in messages), messages
+    assert any("worker" in m and "ZeroDivisionError" in m for m in messages), messages
+    assert any("RuntimeError: boom" in m for m in messages), messages
+
+
+def test_an_unknown_log_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="log_format 'xml' must be one of text, json"):
+        EmbeddedBroker(password_file=Path("passwd"), log_format="xml")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_cli_port_in_use_is_one_line_and_no_traceback(tmp_path: Path, log_format: str) -> None:
     password_file = tmp_path / "passwd"
     add_user(password_file, "edgeloop", "edgeloop-test-secret")
     with socket.socket() as taken:
@@ -354,12 +423,21 @@ def test_cli_port_in_use_is_one_line_and_no_traceback(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run_cli(
-            "--host", "127.0.0.1", "--port", str(port), "--password-file", str(password_file)
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--password-file",
+            str(password_file),
+            "--log-format",
+            log_format,
         )
     assert result.returncode == BrokerExit.ADDRESS_IN_USE
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    if log_format == "json":
+        assert json.loads(lines[0])["level"] == "ERROR"
     assert f"127.0.0.1:{port}" in lines[0]
     assert "already in use" in lines[0]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import signal
 import socket
@@ -109,12 +110,16 @@ def test_a_killed_broker_is_restarted_on_its_port_and_counted(tmp_path: Path) ->
             supervisor.stop()
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_a_broker_that_cannot_start_again_is_retried_until_it_can(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, log_format: str
 ) -> None:
     password_file = tmp_path / "passwd"
     add_user(password_file, "hub", "hub-secret-0123456789")
-    with EmbeddedBroker(password_file=password_file, log_path=tmp_path / "broker.log") as broker:
+    log_path = tmp_path / "broker.log"
+    with EmbeddedBroker(
+        password_file=password_file, log_path=log_path, log_format=log_format
+    ) as broker:
         supervisor = BrokerSupervisor(broker, RestartPolicy(min_s=1.0, max_s=1.0), poll_s=0.05)
         supervisor.start()
         squatter = socket.socket()
@@ -140,4 +145,16 @@ def test_a_broker_that_cannot_start_again_is_retried_until_it_can(
         finally:
             squatter.close()
             supervisor.stop()
-    assert any("did not start again" in r.getMessage() for r in caplog.records)
+    failed = [r.getMessage() for r in caplog.records if "did not start again" in r.getMessage()]
+    assert failed
+    # The broker's log is in the format asked for; the hub's message quotes it as text.
+    quoted = failed[0].partition("(last lines) ---\n")[2]
+    assert "already in use" in quoted, failed[0]
+    assert not any(line.startswith("{") for line in quoted.splitlines()), quoted
+    lines = log_path.read_text().splitlines()
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+        assert any("already in use" in r["message"] for r in records)
+    else:
+        assert not any(line.startswith("{") for line in lines)
