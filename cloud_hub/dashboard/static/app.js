@@ -104,6 +104,8 @@ async function tick({ force = false } = {}) {
       statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
       setStatusError("");
       page.dataset.loaded = page.dataset.page;
+      // Refreshes drawn so far: a test waits for the next one to compare it with its answers.
+      page.dataset.tick = String(Number(page.dataset.tick || 0) + 1);
     } catch (err) {
       if (!handleError(err) && mine === current) setStatusError(describe(err));
     }
