@@ -35,6 +35,13 @@ from simulators.packages import variant, zip_package
 from tests.brokers import require_tool
 from tests.cloud_hub.test_broker import device_of
 from tests.conftest import ModelPaths
+from tests.contrast import (
+    contrast_ratio,
+    effective_background,
+    parse_css_color,
+    required_ratio,
+    text_color,
+)
 from tests.test_desired_state import hub_with_keys
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.browser]
@@ -858,3 +865,120 @@ def test_the_rollouts_page_shows_each_cohorts_devices_per_state_and_the_gates(ri
                 c["devices"] for c in r["cohorts"]
             ]
             assert again[r["id"]]["gates"] == r["gates"]
+
+
+# ------------------------------------------------------------------ text contrast
+
+_TEXTS_JS = """() => {
+  const backgrounds = (node) => {
+    const out = [];
+    for (let n = node; n; n = n.parentElement) out.push(getComputedStyle(n).backgroundColor);
+    return out;
+  };
+  const shown = (node) => {
+    const r = node.getBoundingClientRect();
+    const cs = getComputedStyle(node);
+    return r.width > 0 && r.height > 0 && r.right > 0 && r.bottom > 0
+      && cs.visibility === 'visible' && Number(cs.opacity) > 0;
+  };
+  const describe = (node, text) =>
+    `${node.tagName.toLowerCase()}${node.id ? '#' + node.id : ''}`
+    + `${node.className && typeof node.className === 'string' ? '.' + node.className.trim().split(/\\s+/).join('.') : ''}`
+    + ` "${text.trim().slice(0, 40)}"`;
+  const items = [];
+  for (const node of document.querySelectorAll('body *')) {
+    if (node.closest('canvas, script, style, option, [hidden]') || !shown(node)) continue;
+    const cs = getComputedStyle(node);
+    const own = [...node.childNodes].filter((c) => c.nodeType === 3).map((c) => c.textContent).join('');
+    const field = node.matches('input, select, textarea');
+    if (own.trim() || (field && node.value)) {
+      items.push({ what: describe(node, own || node.value), color: cs.color, size: parseFloat(cs.fontSize),
+        weight: Number(cs.fontWeight), backgrounds: backgrounds(node) });
+    }
+    if (node.matches('input[placeholder]') && !node.value) {
+      const ph = getComputedStyle(node, '::placeholder');
+      items.push({ what: describe(node, node.placeholder) + ' (placeholder)', color: ph.color,
+        size: parseFloat(ph.fontSize), weight: Number(ph.fontWeight), backgrounds: backgrounds(node) });
+    }
+  }
+  return items;
+}"""
+
+_PALETTE_JS = """(names) => Object.fromEntries(names.map((name) => {
+  const probe = document.createElement('span');
+  probe.style.color = `var(${name})`;
+  document.body.append(probe);
+  const rgb = getComputedStyle(probe).color;
+  probe.remove();
+  return [name, rgb];
+}))"""
+
+_TEXT_COLOURS = ("--fg", "--muted", "--link", "--ok", "--warn", "--bad")
+"""Every colour the stylesheet gives text (states, alerts, notices, links)."""
+_CANVAS = {"light": (255.0, 255.0, 255.0), "dark": (18.0, 18.0, 18.0)}
+"""Chromium's canvas behind a page with no background of its own, per scheme."""
+
+
+def _contrast_failures(items: list[dict[str, Any]], scheme: str) -> list[str]:
+    failures = []
+    for item in items:
+        background = effective_background(
+            [parse_css_color(b) for b in item["backgrounds"]], _CANVAS[scheme]
+        )
+        fg = text_color(parse_css_color(item["color"]), background)
+        ratio, need = contrast_ratio(fg, background), required_ratio(item["size"], item["weight"])
+        if ratio < need:
+            failures.append(
+                f"{item['what']}: {ratio:.2f}:1 < {need}:1 ({item['color']} on {background})"
+            )
+    return failures
+
+
+def test_every_pages_text_has_enough_contrast_in_both_schemes(rig: Rig) -> None:
+    """WCAG 2.x 1.4.3: 4.5:1 for text, 3:1 for large text, every visible text (and each
+    input's value and placeholder) against the background behind it, on every page and
+    on the sign-in form, light and dark. Every text colour of the stylesheet is also
+    checked against both backgrounds it can sit on, shown in this hub or not (a state
+    such as ``failed`` may not occur here). Plots are canvases, not text: skipped."""
+    context = rig.browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    failures: list[str] = []
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(rig.hub.base_url + "/")
+        page.wait_for_selector("#sign-in:not([hidden])")
+
+        def check(where: str) -> None:
+            for scheme in ("light", "dark"):
+                page.emulate_media(color_scheme=scheme)
+                items = page.evaluate(_TEXTS_JS)
+                assert items, where
+                failures.extend(
+                    f"{where}, {scheme}: {f}" for f in _contrast_failures(items, scheme)
+                )
+                palette = page.evaluate(_PALETTE_JS, [*_TEXT_COLOURS, "--bg", "--panel"])
+                for name in _TEXT_COLOURS:
+                    for behind in ("--bg", "--panel"):
+                        pair = {
+                            "what": f"{name} on {behind}",
+                            "color": palette[name],
+                            "size": 15.0,
+                            "weight": 400,
+                            "backgrounds": [palette[behind]],
+                        }
+                        failures.extend(
+                            f"{scheme}: {f}" for f in _contrast_failures([pair], scheme)
+                        )
+
+        check("sign-in")
+        page.fill("#token-input", rig.hub.admin_token)
+        page.click("#sign-in-form button[type=submit]")
+        page.wait_for_selector("#nav:not([hidden])")
+        pages = ["fleet", f"device/{URGENT}", "drift", "models", "rollouts", "pipeline", "ingest"]
+        for name in pages:
+            page.goto(f"{rig.hub.base_url}/#/{name}")
+            page.wait_for_selector(f"#page[data-loaded={name.split('/')[0]}]")
+            check(name)
+    finally:
+        context.close()
+    assert not failures, "\n".join(dict.fromkeys(failures))
