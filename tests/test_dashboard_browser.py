@@ -627,6 +627,19 @@ def _same_time(cell: Cell, ts: float | None) -> None:
     assert abs(shown - ts) < 0.001, (cell, ts)
 
 
+def _same_js(shown: str, value: Any) -> None:
+    """``shown`` is JavaScript's ``String(value)`` ("—" for null): numbers compared as
+    numbers (it writes 600.0 as "600", and the shortest text that reads back the same)."""
+    if value is None:
+        assert shown == "—"
+    elif isinstance(value, bool):
+        assert shown == str(value).lower()
+    elif isinstance(value, int | float):
+        assert float(shown) == value, (shown, value)
+    else:
+        assert shown == str(value)
+
+
 def _by(rows: list[Row], column: str) -> dict[str, Cell]:
     return {r["cells"][column]["text"]: r["cells"] for r in rows}
 
@@ -699,7 +712,7 @@ def test_the_device_page_shows_the_apis_health_ota_and_drift(rig: Rig) -> None:
         summary, health = held.kv("#page dl.kv >> nth=0"), held.kv("#page dl.kv >> nth=1")
         assert summary["State"]["value"] == d["state"]
         assert summary["Model"]["text"] == f"{d['model']} {d['model_version']}"
-        _same(summary["Open gaps"], len(d["gaps"]))
+        _same(summary["Open gaps"], len(d["gaps"]), 0, "+" if len(d["gaps"]) >= 100 else "")
         _same_time(summary["Last seen"], d["last_seen"])
         hl = d["last_health"]
         _same(health["Latency p99"], hl["latency_p99_us"] / 1000, 2, " ms")
@@ -847,12 +860,31 @@ def test_the_rollouts_page_shows_each_cohorts_devices_per_state_and_the_gates(ri
                 shown = gates[gate]["Threshold"]["text"]
                 if threshold is None:
                     assert shown == "off"
-                elif isinstance(threshold, bool):
-                    assert shown == str(threshold).lower()
-                elif isinstance(threshold, int | float):
-                    assert float(shown) == threshold  # JavaScript writes 600.0 as "600"
                 else:
-                    assert shown == str(threshold)
+                    _same_js(shown, threshold)
+            # The hub's last judgement: each gate's value against its threshold.
+            judged = [d for d in r["decisions"] if d.get("gates")]
+            if judged:
+                shown_gates = _by(held.table(root, "Gates as judged"), "Gate")
+                assert set(shown_gates) == set(judged[-1]["gates"])
+                for gate, v in judged[-1]["gates"].items():
+                    value, limit = (
+                        shown_gates[gate]["Value"]["text"],
+                        shown_gates[gate]["Threshold"],
+                    )
+                    if not isinstance(v, dict):
+                        _same_js(value, v)
+                        assert limit["text"] == "—"
+                        continue
+                    _same_js(value, v.get("value"))
+                    if v.get("min") is not None:
+                        assert limit["text"].startswith("≥ ")
+                        _same_js(limit["text"][2:], v["min"])
+                    elif v.get("max") is not None:
+                        assert limit["text"].startswith("≤ ")
+                        _same_js(limit["text"][2:], v["max"])
+                    else:
+                        assert limit["text"] == "—"
             decisions = held.table(root, "Decisions")
             assert [d["cells"]["What"]["text"] for d in decisions] == [
                 d["what"] for d in reversed(r["decisions"])
