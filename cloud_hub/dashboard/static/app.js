@@ -4,6 +4,7 @@ import { api, ApiError, exchangeCode, setToken, signedInHere, signOut } from "./
 import { clear, el, fmtBytes, fmtNum, fmtTime, stateBadge, table, timeText } from "./dom.js";
 
 const POLL_MS = 3000;
+const GAPS_LISTED = 100; // GET /v1/devices/{d} lists at most this many gaps
 const page = document.getElementById("page");
 const signIn = document.getElementById("sign-in");
 const statusLine = document.getElementById("status"); // routine: not announced
@@ -104,6 +105,8 @@ async function tick({ force = false } = {}) {
       statusLine.textContent = `Updated ${new Date().toLocaleTimeString()}`;
       setStatusError("");
       page.dataset.loaded = page.dataset.page;
+      // Refreshes drawn so far: a test waits for the next one to compare it with its answers.
+      page.dataset.tick = String(Number(page.dataset.tick || 0) + 1);
     } catch (err) {
       if (!handleError(err) && mine === current) setStatusError(describe(err));
     }
@@ -435,7 +438,8 @@ function devicePage(root, [device]) {
           ["Last seen", d.last_seen == null ? "never" : fmtTime(d.last_seen)],
           ["Model", d.model_version ? `${d.model || ""} ${d.model_version}` : "—"],
           ["Agent", d.agent_version || "—"],
-          ["Open gaps", fmtNum((d.gaps || []).length)],
+          // The hub lists a device's first 100 gaps only: 100 shown as "100+", not as the count.
+          ["Open gaps", `${fmtNum((d.gaps || []).length)}${(d.gaps || []).length >= GAPS_LISTED ? "+" : ""}`],
         ]),
         kv([
           ["Latency p99", hl.latency_p99_us == null ? "—" : `${fmtNum(hl.latency_p99_us / 1000, 2)} ms`],
