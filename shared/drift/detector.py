@@ -470,20 +470,36 @@ class ResidualChannels:
         return u
 
     def _fit(self) -> None:
-        """Ridge regression of each sensor's z on every design column but its own."""
+        """Ridge regression of each sensor's z on every design column but its own:
+        the sensors' normal equations solved together, in one call (a hub whose
+        devices all started a model version at once fits them all at once)."""
         assert self._gram is not None
         g = self._gram
         ns = len(self.sensors)
+        keep = np.array(
+            [
+                [
+                    c
+                    for c in range(self._p)
+                    if c not in {1 + grp * ns + j for grp in range(self._groups)}
+                ]
+                for j in range(ns)
+            ]
+        )
+        a = g[keep[:, :, None], keep[:, None, :]]
+        scale = np.sqrt(np.maximum(np.diagonal(a, axis1=1, axis2=2), 1e-12))
+        a = a / (scale[:, :, None] * scale[:, None, :])  # ridge on standardised columns
+        a[:, 1:, 1:] += self.settings.ridge * np.eye(keep.shape[1] - 1)  # not on the intercept
+        rhs = g[keep, 1 + np.arange(ns)[:, None]] / scale
+        try:
+            # Positive definite: a Gram matrix plus the ridge on every column but the
+            # intercept, whose own direction the ridge on the others covers.
+            solved = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            solved = np.stack([np.linalg.lstsq(a[j], rhs[j], rcond=None)[0] for j in range(ns)])
         beta = np.zeros((self._p, ns))
         for j in range(ns):
-            own = [1 + grp * ns + j for grp in range(self._groups)]
-            keep = np.array([c for c in range(self._p) if c not in own])
-            a = g[np.ix_(keep, keep)].copy()
-            scale = np.sqrt(np.maximum(np.diag(a), 1e-12))
-            a /= np.outer(scale, scale)  # ridge on standardised columns
-            a[1:, 1:] += self.settings.ridge * np.eye(len(keep) - 1)  # not on the intercept
-            rhs = g[keep, 1 + j] / scale
-            beta[keep, j] = np.linalg.lstsq(a, rhs, rcond=None)[0] / scale
+            beta[keep[j], j] = solved[j] / scale[j]
         self._beta = beta
         self._gram = None
 
