@@ -1020,3 +1020,70 @@ def test_every_pages_text_has_enough_contrast_in_both_schemes(rig: Rig) -> None:
     finally:
         context.close()
     assert not failures, "\n".join(dict.fromkeys(failures))
+
+
+_SECTIONS_JS = """(root) => [...root.querySelectorAll(':scope > section')].map((sec) => ({
+  title: sec.querySelector('h2').textContent.trim(),
+  counts: Object.fromEntries([...sec.querySelectorAll('ul.counts li')].map((li) =>
+    [li.querySelector('[data-value]').dataset.value, li.querySelector('strong').textContent.trim()])),
+  alarm: sec.querySelector('p.alert') ? sec.querySelector('p.alert').textContent.trim() : null,
+}))"""
+
+
+def test_the_drift_page_shows_the_apis_versions_states_and_ranked_features(rig: Rig) -> None:
+    def ranked() -> bool:
+        versions = rig.hub.api.get_json("/v1/drift")["versions"]
+        return bool(versions) and all(v["streams"] for v in versions)
+
+    rig.hub.wait_until("a model version with its features ranked", ranked, timeout=60)
+    with _held_page(rig, rig.hub.read_token) as held:
+        answers = held.show("#/drift")
+        versions = answers["/v1/drift"]["versions"]
+        assert versions, "the rig's agents are counted on their model version"
+        sections = held.page.locator("#drift").evaluate(_SECTIONS_JS)
+        tables = held.tables("#drift")
+        assert len(sections) == len(tables) == len(versions)
+        for sec, shown, v in zip(sections, tables, versions, strict=True):
+            assert sec["title"].startswith(f"{v['model']} {v['version']}: ")
+            _same(sec["title"].split(": ", 1)[1], v["devices"], unit=" devices")
+            assert sec["counts"] == {s: str(n) for s, n in v["states"].items()}
+            assert (sec["alarm"] is None) == (v["fleet_alarm"] is None)
+            assert shown["caption"] == "Features ranked by mean PSI"
+            rows = [r["cells"] for r in shown["rows"]]
+            assert [r["Feature"]["text"] for r in rows] == [s["stream"] for s in v["streams"]]
+            for cells, s in zip(rows, v["streams"], strict=True):
+                _same(cells["Mean PSI"], s["mean_psi"], 3)
+                _same(cells["Max PSI"], s["max_psi"], 3)
+                _same(cells["Devices drifting"], s["drifting_devices"])
+
+
+def test_the_pipeline_page_shows_the_apis_runs(rig: Rig) -> None:
+    # A run over a window with no data: recorded as failed, in seconds, nothing trained.
+    body = {"model": rig.edge, "window": {"from": 1.0, "to": 2.0}}
+    started = rig.hub.admin_api.request("POST", "/v1/pipeline/runs", json_body=body)
+    assert started.status == 202, started.body[:300]
+    run_id = started.json()["id"]
+
+    def finished() -> bool:
+        run = rig.hub.api.get_json(f"/v1/pipeline/runs/{run_id}")
+        return run["state"] not in ("queued", "running")
+
+    rig.hub.wait_until("the empty run recorded as finished", finished, timeout=60)
+    with _held_page(rig, rig.hub.read_token) as held:
+        answers = held.show("#/pipeline")
+        listed = answers["/v1/pipeline/runs"]
+        rows = held.table("#pipeline", f"{listed['count']} runs")
+        assert [r["cells"]["Run"]["text"] for r in rows] == [x["id"] for x in listed["runs"]]
+        for row, x in zip(rows, listed["runs"], strict=True):
+            cells = row["cells"]
+            assert cells["Model"]["text"] == x["model"]
+            assert cells["Trigger"]["text"] == x["trigger"]
+            assert cells["State"]["value"] == x["state"]
+            steps = ", ".join(f"{s['name']}: {s['status']}" for s in x["steps"]) or "—"
+            assert cells["Steps"]["text"] == steps
+            _same_js(cells["Decision"]["text"], x["decision"] or None)
+            _same_js(cells["Why"]["text"], x["why"] or None)
+            _same_js(cells["Candidate"]["text"], x["candidate"] or None)
+            _same_time(cells["Started"], x["created_at"])
+        mine = next(x for x in listed["runs"] if x["id"] == run_id)
+        assert mine["state"] == "failed" and mine["why"]
