@@ -1087,3 +1087,28 @@ def test_the_pipeline_page_shows_the_apis_runs(rig: Rig) -> None:
             _same_time(cells["Started"], x["created_at"])
         mine = next(x for x in listed["runs"] if x["id"] == run_id)
         assert mine["state"] == "failed" and mine["why"]
+
+
+def test_the_models_page_shows_the_apis_registry_with_stages_and_lineage(rig: Rig) -> None:
+    with _held_page(rig, rig.hub.read_token) as held:
+        answers = held.show("#/models")
+        listed = answers["/v1/models"]
+        rows = held.table("#models", f"{listed['count']} registered versions")
+        assert len(rows) == len(listed["models"]) >= 2  # the rig's edge and heavy models
+        for row, x in zip(rows, listed["models"], strict=True):
+            cells, lineage = row["cells"], x["lineage"]
+            assert row["attrs"]["model"] == f"{x['name']} {x['version']}"
+            assert [cells[c]["text"] for c in ("Model", "Version", "Variant")] == [
+                x["name"],
+                x["version"],
+                x["variant"],
+            ]
+            assert cells["Stage"]["value"] == x["stage"]
+            _same_js(cells["Parent"]["text"], lineage["parent"] or None)
+            _same_js(cells["Data window"]["text"], lineage["data_window"] or None)
+            hash_shown = cells["Data hash"]["text"]
+            assert hash_shown == ((lineage["data_hash"] or "")[:12] or "—")
+            _same_js(cells["Pipeline run"]["text"], lineage["pipeline_run"] or None)
+            _same_time(cells["Registered"], x["registered_at"])
+            _same_js(cells["By"]["text"], x["registered_by"] or None)
+            assert cells["Signed by"]["text"] == (x["signed_by"] or "unsigned")
