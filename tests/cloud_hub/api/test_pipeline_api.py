@@ -80,9 +80,16 @@ def test_labels_are_stored_and_bad_ones_refused_with_what_to_do(api: Api) -> Non
         reply = api.admin.post("/v1/labels", json_body=body)
         assert reply.status == code, (reason, reply.body)
         assert words in reply.json()["detail"], (reason, reply.body)
+    # The range's bounds are shown as a client writes them (ISO), not as bare floats.
+    inverted = api.admin.post("/v1/labels", json_body=_label(since=T0 + 10, until=T0))
+    assert inverted.status == 422
+    assert (
+        "'from' (2023-11-14T22:13:30Z) must be before 'to' (2023-11-14T22:13:20Z)"
+        in (inverted.json()["detail"])
+    )
     counters = api.fleet.store.counters()
     assert counters["labels_stored"] == 1
-    assert all(counters[f"labels_refused:{r}"] == 1 for r in refusals)
+    assert all(counters[f"labels_refused:{r}"] == 1 + (r == "empty_range") for r in refusals)
 
 
 @pytest.mark.timeout(30)
