@@ -32,6 +32,7 @@ from cloud_hub.api.params import (
     find_model,
     invalid,
     parse_time,
+    require_device,
     time_text,
 )
 from cloud_hub.registry.stages import Stage
@@ -191,7 +192,7 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
     return LabelOut.from_record(record)
 
 
-@router.get("", response_model=LabelListOut, responses=responses(422))
+@router.get("", response_model=LabelListOut, responses=responses(404, 422))
 def list_labels(
     *,
     access: ReadAccess,
@@ -207,5 +208,7 @@ def list_labels(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("query", "since"), "msg": "must be before until"}]
         )
+    if device is not None:
+        require_device(store, device)  # a typo is a 404 as in /v1/events, not an empty list
     found: list[Any] = store.labels(device, since, end)[:limit]
     return LabelListOut(count=len(found), labels=[LabelOut.from_record(r) for r in found])

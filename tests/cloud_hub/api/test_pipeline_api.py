@@ -68,6 +68,8 @@ def test_labels_are_stored_and_bad_ones_refused_with_what_to_do(api: Api) -> Non
     assert (got["device"], got["model"], got["class"], got["from"]) == ("pi-00", EDGE, "fault", T0)
     listed = api.read.get_json("/v1/labels?device=pi-00")
     assert listed["count"] == 1 and listed["labels"][0]["id"] == got["id"]
+    unknown = api.read.get("/v1/labels?device=pi-99")  # was 200 with no labels
+    assert unknown.status == 404 and "unknown to this hub" in unknown.json()["detail"]
     assert api.read.post("/v1/labels", json_body=_label()).status == 403
     refusals = {
         "unknown_device": (_label(device="pi-99"), 404, "unknown to this hub"),
