@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     devices = (
         None if args.devices is None else [d.strip() for d in args.devices.split(",") if d.strip()]
     )
-    with settings_and_store(args) as (settings, store):
+    with settings_and_store(args, create=False) as (settings, store):
         runner = PipelineRunner(store, runner_settings(settings, None))
         try:
             run = runner.submit(
@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from cloud_hub.retrain.runs import PipelineRun  # noqa: PLC0415
 
-    with settings_and_store(args) as (_, store):
+    with settings_and_store(args, create=False) as (_, store):
         rows = store.pipeline_runs(args.model, args.limit)
     if not rows:
         print("no pipeline runs")
@@ -149,7 +149,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from cloud_hub.retrain.runs import PipelineRun  # noqa: PLC0415
 
-    with settings_and_store(args) as (_, store):
+    with settings_and_store(args, create=False) as (_, store):
         row = store.pipeline_run(args.id)
     if row is None:
         raise ValueError(f"there is no pipeline run {args.id!r}; 'edgeloop-hub pipeline list'")

@@ -33,14 +33,17 @@ REGISTRY_OPTIONS: Final = ("data_dir", "store", "signing_key")
 
 
 @contextmanager
-def settings_and_store(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+def settings_and_store(
+    args: argparse.Namespace, *, create: bool = True
+) -> Iterator[tuple[Any, Any]]:
     """The command's settings and the store they name, closed afterwards (the
-    registry and pipeline commands)."""
+    registry and pipeline commands); ``create=False``: a store that does not exist
+    yet is an error (a mistyped --data-dir), not a new empty one."""
     from cloud_hub.settings import resolve_settings  # noqa: PLC0415
     from cloud_hub.store import open_store  # noqa: PLC0415
 
     settings = resolve_settings(args, serving=False)
-    store = open_store(settings.store)
+    store = open_store(settings.store, create=create)
     try:
         yield settings, store
     finally:

@@ -187,7 +187,7 @@ def _number(lo: float, hi: float, what: str) -> Callable[[str], float]:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number: give {what}") from None
         if not (lo < value if lo == 0 else lo <= value) or not value <= hi:
             raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
         return value

@@ -37,6 +37,7 @@ __all__ = [
     "JsonFormatter",
     "configure_logging",
     "default_log_format",
+    "log_format_env_problem",
     "log_tail",
     "readable_line",
 ]
@@ -49,9 +50,28 @@ CONTEXT_FIELDS: Final = ("device", "model_version")
 
 
 def default_log_format(env: Mapping[str, str] | None = None) -> str:
-    """``EDGELOOP_LOG_FORMAT`` when it names a format, else ``text``."""
+    """``EDGELOOP_LOG_FORMAT`` when it names a format, else ``text`` (and
+    :func:`configure_logging` warns about a value that names none)."""
     value = (os.environ if env is None else env).get(LOG_FORMAT_ENV, "").strip().lower()
     return value if value in LOG_FORMATS else "text"
+
+
+def log_format_env_problem(env: Mapping[str, str], log_format: str) -> str | None:
+    """What is wrong with ``EDGELOOP_LOG_FORMAT`` in ``env``, or None when it is unset,
+    empty or names a format; ``log_format`` is the format used instead.
+
+    >>> log_format_env_problem({"EDGELOOP_LOG_FORMAT": "JSON"}, "json") is None
+    True
+    >>> log_format_env_problem({"EDGELOOP_LOG_FORMAT": "xml"}, "text")
+    "EDGELOOP_LOG_FORMAT='xml' is not a log format (text or json): ignored, logging as text; set it to text or json, or unset it"
+    """
+    value = env.get(LOG_FORMAT_ENV, "")
+    if not value.strip() or value.strip().lower() in LOG_FORMATS:
+        return None
+    return (
+        f"{LOG_FORMAT_ENV}={value!r} is not a log format ({' or '.join(LOG_FORMATS)}): "
+        f"ignored, logging as {log_format}; set it to {' or '.join(LOG_FORMATS)}, or unset it"
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -149,7 +169,9 @@ def configure_logging(
     handler (add a :class:`ContextFilter` to it later, or pass ``context`` now).
 
     As :func:`logging.basicConfig`: a root logger that has handlers already (a program
-    run in-process by a test) is left as it is.
+    run in-process by a test) is left as it is. An ``EDGELOOP_LOG_FORMAT`` that names
+    no format is logged as a warning (:func:`log_format_env_problem`), not silently
+    ignored.
     """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format {log_format!r}: must be one of {', '.join(LOG_FORMATS)}")
@@ -159,5 +181,8 @@ def configure_logging(
     if context is not None:
         handler.addFilter(ContextFilter(context))
     logging.basicConfig(level=level, handlers=[handler])
+    problem = log_format_env_problem(os.environ, log_format)
+    if problem is not None:
+        logging.getLogger(__name__).warning(problem)
     os.environ[LOG_FORMAT_ENV] = log_format
     return handler

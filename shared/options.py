@@ -27,7 +27,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.endpoint import redact_url
 from shared.errors import ConfigError
@@ -48,38 +48,59 @@ __all__ = [
 ]
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _number(kind: type[_N], text: str, rule: str) -> _N:
+    """``kind(text)``; a text that is not one says so with ``rule`` (not Python's
+    "could not convert string to float: 'abc'").
+
+    >>> _number(float, "abc", "must be a number > 0")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a number; must be a number > 0
+    """
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"not {'an integer' if kind is int else 'a number'}; {rule}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be an integer >= 1")
-    return value
+    rule = "must be an integer >= 1"
+    if _number(int, text, rule) < 1:
+        raise ValueError(rule)
+    return int(text)
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be an integer >= 0")
-    return value
+    rule = "must be an integer >= 0"
+    if _number(int, text, rule) < 0:
+        raise ValueError(rule)
+    return int(text)
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    rule = "must be a number > 0"
+    value = _number(float, text, rule)
     if not 0.0 < value < float("inf"):
-        raise ValueError("must be a number > 0")
+        raise ValueError(rule)
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
+    rule = "must be a number >= 0"
+    value = _number(float, text, rule)
     if not 0.0 <= value < float("inf"):
-        raise ValueError("must be a number >= 0")
+        raise ValueError(rule)
     return value
 
 
 def unit_float(text: str) -> float:
-    value = float(text)
+    rule = "must be a number between 0 and 1"
+    value = _number(float, text, rule)
     if not 0.0 <= value <= 1.0:
-        raise ValueError("must be a number between 0 and 1")
+        raise ValueError(rule)
     return value
 
 

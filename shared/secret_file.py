@@ -63,6 +63,14 @@ def check_private(path: Path, *, what: str, setting: str = "") -> None:
     """Refuse ``path`` (it holds ``what``) unless only its owner may read or write it."""
     try:
         mode = path.stat().st_mode
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{what}: cannot read {path}: {exc.strerror}; check the path"
+            + ("" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})")
+            + ", or write the secret into it, alone on one line, as a file only you can read "
+            "(umask 077, or chmod 600 it)",
+            setting=setting,
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}", setting=setting) from None
     problem = mode_problem(mode)

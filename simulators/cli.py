@@ -133,6 +133,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hub_url(text: str) -> str:
+    """``replay --hub``: an http(s) URL with a host. Without its scheme
+    (``127.0.0.1:8080``) the request went nowhere and the error said the hub "does
+    not answer", as if it were down.
+
+    >>> _hub_url("http://127.0.0.1:8080/")
+    'http://127.0.0.1:8080/'
+    >>> _hub_url("127.0.0.1:8080")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '127.0.0.1:8080' is not an http:// or https:// URL with a host; give the hub's API with its scheme, e.g. http://127.0.0.1:8080
+    """
+    import urllib.parse  # noqa: PLC0415
+
+    url = urllib.parse.urlsplit(text.strip())
+    if url.scheme in ("http", "https") and url.hostname:
+        return text.strip()
+    example = text.strip() if "://" not in text and text.strip() else "127.0.0.1:8080"
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not an http:// or https:// URL with a host; give the hub's API "
+        f"with its scheme, e.g. http://{example}"
+    )
+
+
 def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cloud_hub.settings import OPTIONS, PROVISION_OPTIONS  # noqa: PLC0415
     from simulators.bench.arguments import positive_float  # noqa: PLC0415
@@ -156,6 +180,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     replay.add_argument(
         "--hub",
         required=True,
+        type=_hub_url,
         metavar="URL",
         help="the hub's HTTP API, e.g. http://127.0.0.1:8080 (asked what it stored)",
     )

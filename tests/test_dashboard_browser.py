@@ -171,6 +171,8 @@ def test_a_wrong_token_is_refused_with_the_hubs_reason(rig: Rig) -> None:
     message = _sign_in_attempt.locator("#sign-in-message")
     message.wait_for()
     assert "not one of this hub's tokens" in message.inner_text()
+    # Not signed in: no "Sign out" (its flex display used to beat the hidden attribute).
+    assert not _sign_in_attempt.is_visible("#sign-out")
     _shot(rig, "sign-in")
 
 

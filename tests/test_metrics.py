@@ -177,8 +177,11 @@ def test_metrics_need_a_token_of_the_hub_or_a_listed_address(
     assert api.with_token("x" * 32).get("/metrics").status == 401
     basic = api.with_token(None).get("/metrics", headers={"Authorization": "Basic eDp5"})
     assert basic.status == 401
-    # The metrics token reads /metrics and nothing else.
-    assert api.with_token(METRICS_TOKEN).get("/v1/devices").status == 401
+    # The metrics token reads /metrics and nothing else, and the refusal says so (it
+    # said only "not one of this hub's tokens", which the metrics token is).
+    elsewhere = api.with_token(METRICS_TOKEN).get("/v1/devices")
+    assert elsewhere.status == 401
+    assert "the metrics token reads GET /metrics only" in elsewhere.detail
 
 
 def test_json_log_lines_parse_and_hold_no_token(hub: tuple[HubProcess, Probe]) -> None:

@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import re
 import shlex
 from pathlib import Path
@@ -21,7 +22,14 @@ from cloud_hub.settings import HubSettings, resolve_settings
 from edge_agent.settings import OPTIONS as AGENT_OPTIONS
 from edge_agent.settings import load_settings
 from shared.errors import ConfigError
-from shared.logformat import LOG_FORMAT_ENV, ContextFilter, JsonFormatter, configure_logging
+from shared.logformat import (
+    LOG_FORMAT_ENV,
+    ContextFilter,
+    JsonFormatter,
+    configure_logging,
+    default_log_format,
+    log_format_env_problem,
+)
 from shared.options import OptionTable
 from shared.secret_file import write_private
 from simulators.cli import _parser as sim_parser
@@ -112,6 +120,27 @@ def test_a_json_line_has_time_level_logger_message_and_the_device_context(
     assert "ValueError: boom" in third["exc"]
     assert isinstance(JsonFormatter(), logging.Formatter)
     assert ContextFilter(dict).filter(logging.makeLogRecord({})) is True
+
+
+def test_a_log_format_variable_that_names_no_format_is_warned_about_not_ignored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # EDGELOOP_LOG_FORMAT=xml used to fall back to text without a word.
+    monkeypatch.setenv(LOG_FORMAT_ENV, "xml")
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    root.handlers[:] = []
+    out = io.StringIO()
+    try:
+        configure_logging(logging.INFO, default_log_format(), stream=out)
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert "EDGELOOP_LOG_FORMAT='xml' is not a log format (text or json)" in out.getvalue()
+    assert "logging as text; set it to text or json, or unset it" in out.getvalue()
+    assert os.environ[LOG_FORMAT_ENV] == "text"  # the children get a valid one
+    assert log_format_env_problem({LOG_FORMAT_ENV: " Json "}, "json") is None
+    assert log_format_env_problem({}, "text") is None
 
 
 def _readme_commands() -> list[list[str]]:

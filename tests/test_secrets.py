@@ -171,6 +171,32 @@ def test_a_token_file_others_may_read_stops_the_hub_with_the_chmod(tmp_path: Pat
 
 
 @pytest.mark.timeout(60)
+def test_a_missing_metrics_token_file_stops_the_hub_saying_what_to_do(tmp_path: Path) -> None:
+    # It said only "cannot read FILE: No such file or directory".
+    read, admin = tmp_path / "read-token", tmp_path / "admin-token"
+    write_private(read, "read-token-Pw7-0123456789\n")
+    write_private(admin, "admin-token-Pw7-0123456789\n")
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "cloud_hub", "serve", "--data-dir", str(tmp_path / "hub")),
+            *("--read-token-file", str(read), "--admin-token-file", str(admin)),
+            *("--metrics-token-file", "secrets/metrics-tokn"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "(--metrics-token-file): cannot read secrets/metrics-tokn" in done.stderr
+    assert f"check the path (relative to the current directory {tmp_path})" in done.stderr
+    assert "write the secret into it, alone on one line" in done.stderr
+    assert "Traceback" not in done.stderr and "Pw7" not in done.stderr + done.stdout
+    assert not (tmp_path / "hub").exists(), "refused before anything was started or made"
+
+
+@pytest.mark.timeout(60)
 def test_the_embedded_broker_child_does_not_get_the_hubs_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

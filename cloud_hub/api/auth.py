@@ -155,7 +155,8 @@ def check_access(
             )
         log.info("API: rejected an unknown bearer token for %s %s", method, path)
         return _unauthorized(
-            "the bearer token is not one of this hub's tokens; check for a typo, or ask the "
+            "the bearer token is not one of this hub's tokens for the API (its read or admin "
+            "token; the metrics token reads GET /metrics only); check for a typo, or ask the "
             "hub's operator for the current read token",
             invalid=True,
         )

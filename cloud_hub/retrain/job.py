@@ -83,7 +83,15 @@ if TYPE_CHECKING:
     from cloud_hub.retrain.dataset import Dataset
     from shared.manifest import ModelManifest
 
-__all__ = ["JobSettings", "RunAbortedError", "execute", "load_run", "main", "save_run"]
+__all__ = [
+    "JobSettings",
+    "RunAbortedError",
+    "execute",
+    "iso_time",
+    "load_run",
+    "main",
+    "save_run",
+]
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +369,7 @@ def _assemble(job: _Job, manifest: ModelManifest) -> Dataset:
             devices.append(
                 DeviceData(device, np.concatenate(ts), np.concatenate(xs), np.concatenate(hs))
             )
-    window = f"[{_iso(run.inputs.since)}, {_iso(run.inputs.until)})"
+    window = f"[{iso_time(run.inputs.since)}, {iso_time(run.inputs.until)})"
     if not devices:
         extra = f" ({sum(skipped.values())} readings of other models)" if skipped else ""
         raise RunAbortedError(
@@ -566,7 +574,7 @@ def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scor
     hx, hy = data.part(HOLDOUT)
     window = (
         f"pipeline run {run.id}: stored telemetry of {', '.join(data.devices)} with "
-        f"{_iso(run.inputs.since)} <= ts < {_iso(run.inputs.until)}; trained on the first "
+        f"{iso_time(run.inputs.since)} <= ts < {iso_time(run.inputs.until)}; trained on the first "
         f"{1 - run.options.holdout_fraction:.0%} of each device's readings, the last "
         f"{run.options.holdout_fraction:.0%} held out for the gates"
     )
@@ -812,7 +820,7 @@ def _heavy_work(job: _Job, stage: Path, data: Dataset, edge: ModelManifest) -> N
         )
     window = (
         f"pipeline run {run.id}: the operator-labelled readings of {', '.join(data.devices)} "
-        f"with {_iso(run.inputs.since)} <= ts < {_iso(run.inputs.until)}; trained on those "
+        f"with {iso_time(run.inputs.since)} <= ts < {iso_time(run.inputs.until)}; trained on those "
         f"in the first {1 - opts.holdout_fraction:.0%} of each device's readings, those in "
         f"the last {opts.holdout_fraction:.0%} held out for the gate"
     )
@@ -873,7 +881,8 @@ def _canary(job: _Job, version: str) -> None:
     )
 
 
-def _iso(t: float) -> str:
+def iso_time(t: float) -> str:
+    """Unix seconds as the run's records and messages show them (UTC, whole seconds)."""
     if not np.isfinite(t):
         return "-inf" if t < 0 else "+inf"
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

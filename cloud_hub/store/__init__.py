@@ -57,12 +57,13 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, create: bool = True) -> Store:
     """Open the store a URL names.
 
     ``sqlite:///relative/hub.db`` is relative to the working directory,
     ``sqlite:////var/lib/edgeloop/hub.db`` (four slashes) is absolute. The file
-    and its directory are created if missing.
+    and its directory are created if missing, unless ``create`` is False (a command
+    that reads what a hub stored): then a missing file is a ValueError naming it.
 
     >>> open_store("postgresql://hub@db/edgeloop")
     Traceback (most recent call last):
@@ -101,5 +102,11 @@ def open_store(url: str) -> Store:
         raise ValueError(
             "store URL sqlite:///:memory: is not supported: the store's reader and writer "
             "connections must share one database file; use sqlite:///path/to/hub.db"
+        )
+    if not create and not Path(path).is_file():
+        raise ValueError(
+            f"there is no hub store at {path}: check --data-dir (the directory 'edgeloop-hub "
+            "serve' keeps its hub.db in; default var/hub, relative to the current directory) "
+            "or --store"
         )
     return SQLiteStore(Path(path))

@@ -58,3 +58,19 @@ def test_bad_values_are_refused_by_name(flag: str, value: str, words: str) -> No
     with pytest.raises(ConfigError, match=flag.removeprefix("--").replace("-", "_")) as err:
         _settings(flag, value)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--latency-budget-ms", "abc", "= 'abc' is invalid: not a number; must be a number > 0"),
+        ("--drift-window-readings", "3e2", "is invalid: not an integer; must be an integer >= 1"),
+    ],
+)
+def test_a_value_that_is_not_a_number_says_so_and_what_to_give(
+    flag: str, value: str, words: str
+) -> None:
+    # It said "could not convert string to float: 'abc'", Python's words.
+    with pytest.raises(ConfigError) as err:
+        _settings(flag, value)
+    assert words in str(err.value) and "could not convert" not in str(err.value)

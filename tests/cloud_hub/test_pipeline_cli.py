@@ -3,6 +3,8 @@ exit 0 for a registered candidate, 1 with the reason for a rejected run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cloud_hub.cli import main
@@ -32,3 +34,18 @@ def test_run_shows_each_step_and_exits_by_the_outcome(
     shown = capsys.readouterr().out
     assert "FAIL f1_macro_vs_production" in shown and "register  skipped" in shown
     assert main(["pipeline", "show", "nope", "--data-dir", str(fleet.data_dir)]) == 2
+
+
+@pytest.mark.timeout(30)
+def test_a_data_dir_without_a_hub_store_is_named_not_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped --data-dir used to make an empty store there and then say
+    # "model 'machine-edge' is not registered; the edge models: none".
+    typo = tmp_path / "hbu"
+    window = ["--from", "2026-11-27", "--to", "2026-11-28", "--data-dir", str(typo)]
+    for argv in (["pipeline", "run", EDGE, *window], ["pipeline", "list", *window[-2:]]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"there is no hub store at {typo / 'hub.db'}: check --data-dir" in err
+    assert not typo.exists()

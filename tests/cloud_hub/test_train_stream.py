@@ -203,6 +203,16 @@ def test_a_cap_too_small_to_train_on_is_refused_at_once(
     assert "--max-rows" in err and "'999' must be at least 1000" in err
 
 
+def test_a_latency_budget_that_is_not_a_number_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = write_rig_csv(tmp_path / "rig.csv", rig_values(300, 1))
+    for given, says in (("abc", "'abc' is not a number: give"), ("0", "'0' must be")):
+        assert main(train_argv(tmp_path, "--data", str(csv), "--latency-budget-ms", given)) == 2
+        err = capsys.readouterr().err
+        assert f"--latency-budget-ms: {says} a number of milliseconds in (0, 60000]" in err
+
+
 def test_each_series_is_split_by_its_own_time_and_stretches_by_their_side() -> None:
     sample = RowSample(10_000, 1, 4, stretch=40)
     streamed = recorded.Streamed(sample, sources=["a", "b"], rows=[1000, 400])

@@ -59,6 +59,14 @@ def test_bad_arguments_give_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "nosuch" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_replay_names_a_hub_url_without_its_scheme(tmp_path: Path) -> None:
+    # It used to try the URL, fail, and say the hub "does not answer (Connection refused)".
+    done = _sim("replay", str(tmp_path), "--hub", "127.0.0.1:8080", cwd=tmp_path, timeout=50)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "argument --hub: '127.0.0.1:8080' is not an http:// or https:// URL" in done.stderr
+    assert "e.g. http://127.0.0.1:8080" in done.stderr
+
+
 @pytest.mark.timeout(180)
 def test_demo_runs_a_fleet_and_stops_cleanly(tmp_path: Path, model_packages: ModelPaths) -> None:
     models = model_packages.edge.parent.parent

@@ -25,7 +25,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from cloud_hub.api.auth import AdminAccess, ReadAccess
 from cloud_hub.api.deps import StoreDep
 from cloud_hub.api.errors import responses
-from cloud_hub.api.params import DeviceFilter, Since, Until, find_model, invalid, parse_time
+from cloud_hub.api.params import (
+    DeviceFilter,
+    Since,
+    Until,
+    find_model,
+    invalid,
+    parse_time,
+    require_device,
+    time_text,
+)
 from cloud_hub.registry.stages import Stage
 from cloud_hub.store.base import LabelRecord, Store
 
@@ -135,8 +144,8 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
             "empty_range",
             invalid(
                 ("body", "from"),
-                f"'from' ({body.since}) must be before 'to' ({body.until}); the label covers "
-                "from <= ts < to",
+                f"'from' ({time_text(body.since)}) must be before 'to' ({time_text(body.until)}); "
+                "the label covers from <= ts < to",
             ),
         )
     model = body.model or device.model
@@ -170,8 +179,9 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
             "no_telemetry",
             invalid(
                 ("body", "from"),
-                f"the hub stored no reading of {body.device!r} with {body.since} <= ts < "
-                f"{body.until}; a label applies to stored readings: check the range with "
+                f"the hub stored no reading of {body.device!r} with {time_text(body.since)} <= ts "
+                f"< {time_text(body.until)}; a label applies to stored readings: check the "
+                "range with "
                 f"GET /v1/devices/{body.device}/telemetry",
             ),
         )
@@ -182,7 +192,7 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
     return LabelOut.from_record(record)
 
 
-@router.get("", response_model=LabelListOut, responses=responses(422))
+@router.get("", response_model=LabelListOut, responses=responses(404, 422))
 def list_labels(
     *,
     access: ReadAccess,
@@ -198,5 +208,7 @@ def list_labels(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("query", "since"), "msg": "must be before until"}]
         )
+    if device is not None:
+        require_device(store, device)  # a typo is a 404 as in /v1/events, not an empty list
     found: list[Any] = store.labels(device, since, end)[:limit]
     return LabelListOut(count=len(found), labels=[LabelOut.from_record(r) for r in found])

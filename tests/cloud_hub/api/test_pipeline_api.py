@@ -68,6 +68,8 @@ def test_labels_are_stored_and_bad_ones_refused_with_what_to_do(api: Api) -> Non
     assert (got["device"], got["model"], got["class"], got["from"]) == ("pi-00", EDGE, "fault", T0)
     listed = api.read.get_json("/v1/labels?device=pi-00")
     assert listed["count"] == 1 and listed["labels"][0]["id"] == got["id"]
+    unknown = api.read.get("/v1/labels?device=pi-99")  # was 200 with no labels
+    assert unknown.status == 404 and "unknown to this hub" in unknown.json()["detail"]
     assert api.read.post("/v1/labels", json_body=_label()).status == 403
     refusals = {
         "unknown_device": (_label(device="pi-99"), 404, "unknown to this hub"),
@@ -80,9 +82,16 @@ def test_labels_are_stored_and_bad_ones_refused_with_what_to_do(api: Api) -> Non
         reply = api.admin.post("/v1/labels", json_body=body)
         assert reply.status == code, (reason, reply.body)
         assert words in reply.json()["detail"], (reason, reply.body)
+    # The range's bounds are shown as a client writes them (ISO), not as bare floats.
+    inverted = api.admin.post("/v1/labels", json_body=_label(since=T0 + 10, until=T0))
+    assert inverted.status == 422
+    assert (
+        "'from' (2023-11-14T22:13:30Z) must be before 'to' (2023-11-14T22:13:20Z)"
+        in (inverted.json()["detail"])
+    )
     counters = api.fleet.store.counters()
     assert counters["labels_stored"] == 1
-    assert all(counters[f"labels_refused:{r}"] == 1 for r in refusals)
+    assert all(counters[f"labels_refused:{r}"] == 1 + (r == "empty_range") for r in refusals)
 
 
 @pytest.mark.timeout(30)
@@ -91,7 +100,9 @@ def test_run_requests_that_cannot_start_are_refused(api: Api) -> None:
     cases = [
         ({"model": "nope", "window": window}, 404, "not registered"),
         ({"model": EDGE, "window": window, "devices": ["pi-99"]}, 404, "pi-99"),
-        ({"model": EDGE, "window": {"from": T0, "to": T0}}, 422, "from < to"),
+        # The bounds in ISO as the client may have written them (they were bare floats).
+        ({"model": EDGE, "window": {"from": T0 + 10, "to": T0}}, 422, "from < to"),
+        ({"model": EDGE, "window": {"from": T0, "to": T0}}, 422, "got from=2023-11-14T22:13:20Z"),
         ({"model": EDGE, "window": window, "options": {"learning": 1}}, 422, "the options are"),
         ({"model": EDGE, "window": window, "options": {"holdout_fraction": 0.9}}, 422, "out of"),
     ]
@@ -106,7 +117,7 @@ def test_run_requests_that_cannot_start_are_refused(api: Api) -> None:
     assert refused == {
         "pipeline_runs_refused:unknown_model": 1,
         "pipeline_runs_refused:unknown_device": 1,
-        "pipeline_runs_refused:bad_window": 1,
+        "pipeline_runs_refused:bad_window": 2,
         "pipeline_runs_refused:bad_option": 2,
     }
 
