@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -434,7 +435,13 @@ async def register_model(
                 exc.reason,
                 422,  # (starlette renamed the 422 constant; the number is stable)
             )
-            raise HTTPException(status_code=code, detail=f"{exc} (reason: {exc.reason})") from None
+            # The client knows its package, not where the hub unpacked it: name its
+            # files as the package does, never the hub's own paths.
+            message = str(exc).replace(f"{workdir / 'package'}{os.sep}", "")
+            message = message.replace(str(workdir), "the upload")
+            raise HTTPException(
+                status_code=code, detail=f"{message} (reason: {exc.reason})"
+            ) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if not out.new:

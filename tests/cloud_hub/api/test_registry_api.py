@@ -162,6 +162,16 @@ def test_uploads_that_do_not_verify_are_refused_with_the_reason(
     (changed / MANIFEST_FILE).write_text(json.dumps(m))
     reply = admin.post("/v1/models", body=_zip(changed))
     assert reply.status == 409 and "immutable" in reply.detail
+    # A bad manifest: the reason names the package's file, not where the hub unpacked it.
+    bad = registry.tmp / "v8"
+    shutil.copytree(first, bad)
+    m = json.loads((bad / MANIFEST_FILE).read_text())
+    m["version"] = "8.0.0"
+    m["latency_budget_ms"] = -1
+    (bad / MANIFEST_FILE).write_text(json.dumps(m))
+    reply = admin.post("/v1/models", body=_zip(bad))
+    assert reply.status == 422 and "latency_budget_ms" in reply.detail
+    assert str(registry.tmp) not in reply.detail and "uploads" not in reply.detail
     # No upload left behind.
     assert list((registry.tmp / "registry" / "uploads").iterdir()) == []
 
