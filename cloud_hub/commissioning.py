@@ -31,7 +31,6 @@ import logging
 import math
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Final
 
 import numpy as np
@@ -44,6 +43,7 @@ from shared.baseline import (
     compute_baseline,
     last_values,
 )
+from shared.isotime import iso_utc
 from shared.manifest import ModelManifest
 
 __all__ = ["MAX_READINGS", "Commissioner", "baseline_from_store"]
@@ -58,7 +58,7 @@ _PAGE: Final = 20_000
 def _when(ts: float) -> str:
     if not math.isfinite(ts):
         return "the end" if ts > 0 else "the start"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(ts)
 
 
 def _edge_model(

@@ -23,6 +23,7 @@ import time
 from typing import Any, Final
 
 from cloud_hub.registry_command import settings_and_store
+from shared.isotime import iso_utc
 
 __all__ = ["add_pipeline_parsers"]
 
@@ -58,7 +59,7 @@ def _time(text: str) -> float:
 
 
 def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return "-" if t is None else iso_utc(t)
 
 
 def _step_line(step: Any) -> str:

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from shared.isotime import iso_utc
+
 if TYPE_CHECKING:
     from cloud_hub.store.base import ModelRecord, StageLogEntry
 
@@ -160,7 +162,7 @@ def _show(args: argparse.Namespace) -> int:
     for f in out["files"]:
         print(f"{'file:':<15} {f['path']} ({f['size']} bytes, sha256 {f['sha256'][:16]}...)")
     for e in out["history"]:
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["at"]))
+        when = iso_utc(e["at"])
         print(
             f"{'history:':<15} {when} {e['from'] or '(new)'} -> {e['to']} by {e['by']}: {e['reason']}"
         )

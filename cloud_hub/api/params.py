@@ -36,7 +36,6 @@ __all__ = [
     "invalid",
     "parse_time",
     "require_device",
-    "time_text",
     "unknown_device",
 ]
 
@@ -87,20 +86,6 @@ def parse_time(value: Any) -> float | None:
     if not math.isfinite(seconds):
         raise PydanticCustomError("time_format", "must be a finite time; give " + _TIME_FORMS)
     return seconds
-
-
-def time_text(seconds: float) -> str:
-    """Unix seconds as a message shows them: ISO 8601 in UTC, as a client writes them
-    (a range's bounds given as ISO came back as bare floats such as 1795788235.0).
-
-    >>> time_text(1714564800.0)
-    '2024-05-01T12:00:00Z'
-    >>> time_text(1714564800.25)
-    '2024-05-01T12:00:00.250Z'
-    """
-    when = datetime.fromtimestamp(seconds, UTC)
-    millis = round(seconds * 1000) % 1000
-    return f"{when:%Y-%m-%dT%H:%M:%S}" + (f".{millis:03d}Z" if millis else "Z")
 
 
 _TIME_SCHEMA = WithJsonSchema(

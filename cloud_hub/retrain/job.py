@@ -78,6 +78,7 @@ from cloud_hub.retrain.runs import (
 )
 from cloud_hub.store.base import PipelineRunRow
 from shared.errors import EdgeloopError
+from shared.isotime import iso_utc
 
 if TYPE_CHECKING:
     from cloud_hub.retrain.dataset import Dataset
@@ -87,7 +88,6 @@ __all__ = [
     "JobSettings",
     "RunAbortedError",
     "execute",
-    "iso_time",
     "load_run",
     "main",
     "save_run",
@@ -369,7 +369,7 @@ def _assemble(job: _Job, manifest: ModelManifest) -> Dataset:
             devices.append(
                 DeviceData(device, np.concatenate(ts), np.concatenate(xs), np.concatenate(hs))
             )
-    window = f"[{iso_time(run.inputs.since)}, {iso_time(run.inputs.until)})"
+    window = f"[{iso_utc(run.inputs.since)}, {iso_utc(run.inputs.until)})"
     if not devices:
         extra = f" ({sum(skipped.values())} readings of other models)" if skipped else ""
         raise RunAbortedError(
@@ -574,7 +574,7 @@ def _register(job: _Job, stage: Path, data: Dataset, parent: ModelManifest, scor
     hx, hy = data.part(HOLDOUT)
     window = (
         f"pipeline run {run.id}: stored telemetry of {', '.join(data.devices)} with "
-        f"{iso_time(run.inputs.since)} <= ts < {iso_time(run.inputs.until)}; trained on the first "
+        f"{iso_utc(run.inputs.since)} <= ts < {iso_utc(run.inputs.until)}; trained on the first "
         f"{1 - run.options.holdout_fraction:.0%} of each device's readings, the last "
         f"{run.options.holdout_fraction:.0%} held out for the gates"
     )
@@ -820,7 +820,7 @@ def _heavy_work(job: _Job, stage: Path, data: Dataset, edge: ModelManifest) -> N
         )
     window = (
         f"pipeline run {run.id}: the operator-labelled readings of {', '.join(data.devices)} "
-        f"with {iso_time(run.inputs.since)} <= ts < {iso_time(run.inputs.until)}; trained on those "
+        f"with {iso_utc(run.inputs.since)} <= ts < {iso_utc(run.inputs.until)}; trained on those "
         f"in the first {1 - opts.holdout_fraction:.0%} of each device's readings, those in "
         f"the last {opts.holdout_fraction:.0%} held out for the gate"
     )
@@ -879,10 +879,3 @@ def _canary(job: _Job, version: str) -> None:
         f"{len(devices)} device(s), cohorts {','.join(f'{c:g}' for c in req.cohorts)} (the "
         "first is the canary)"
     )
-
-
-def iso_time(t: float) -> str:
-    """Unix seconds as the run's records and messages show them (UTC, whole seconds)."""
-    if not np.isfinite(t):
-        return "-inf" if t < 0 else "+inf"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

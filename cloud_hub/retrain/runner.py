@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from cloud_hub.retrain.job import JobSettings, iso_time, load_run, main, save_run
+from cloud_hub.retrain.job import JobSettings, load_run, main, save_run
 from cloud_hub.retrain.runs import (
     PipelineInputs,
     PipelineOptions,
@@ -46,6 +46,7 @@ from cloud_hub.retrain.runs import (
     new_run,
 )
 from shared.errors import EdgeloopError
+from shared.isotime import iso_utc
 
 if TYPE_CHECKING:
     from cloud_hub.settings import HubSettings
@@ -281,7 +282,7 @@ class PipelineRunner:
         if not (math.isfinite(since) and math.isfinite(until)) or not since < until:
             raise PipelineRequestError(
                 f"the window must be finite with from < to (the range is from <= ts < to); "
-                f"got from={iso_time(since)} to={iso_time(until)}",
+                f"got from={iso_utc(since)} to={iso_utc(until)}",
                 422,
                 "bad_window",
             )

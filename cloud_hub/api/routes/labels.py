@@ -33,10 +33,10 @@ from cloud_hub.api.params import (
     invalid,
     parse_time,
     require_device,
-    time_text,
 )
 from cloud_hub.registry.stages import Stage
 from cloud_hub.store.base import LabelRecord, Store
+from shared.isotime import iso_utc
 
 __all__ = ["LabelIn", "LabelOut", "router"]
 
@@ -144,7 +144,7 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
             "empty_range",
             invalid(
                 ("body", "from"),
-                f"'from' ({time_text(body.since)}) must be before 'to' ({time_text(body.until)}); "
+                f"'from' ({iso_utc(body.since)}) must be before 'to' ({iso_utc(body.until)}); "
                 "the label covers from <= ts < to",
             ),
         )
@@ -179,8 +179,8 @@ def post_label(access: AdminAccess, store: StoreDep, body: LabelIn) -> LabelOut:
             "no_telemetry",
             invalid(
                 ("body", "from"),
-                f"the hub stored no reading of {body.device!r} with {time_text(body.since)} <= ts "
-                f"< {time_text(body.until)}; a label applies to stored readings: check the "
+                f"the hub stored no reading of {body.device!r} with {iso_utc(body.since)} <= ts "
+                f"< {iso_utc(body.until)}; a label applies to stored readings: check the "
                 "range with "
                 f"GET /v1/devices/{body.device}/telemetry",
             ),
