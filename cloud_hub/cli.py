@@ -29,6 +29,7 @@ from typing import Any
 from cloud_hub.recording_options import add_recording_options
 from shared.errors import EdgeloopError
 from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, default_log_format
+from shared.stdout import after_broken_pipe
 
 __all__ = ["main"]
 
@@ -739,6 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("skl2onnx").setLevel(logging.WARNING)
     try:
         return handler(args)
+    except BrokenPipeError:  # `| head` read what it wanted
+        return after_broken_pipe()
     except (EdgeloopError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shared.errors import EdgeloopError
 from shared.logformat import LOG_FORMAT_ENV, LOG_FORMATS, configure_logging, default_log_format
+from shared.stdout import after_broken_pipe
 
 __all__ = ["main"]
 
@@ -297,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             module = importlib.import_module(f"simulators.bench.{args.bench}")
             print(json.dumps(module.run(args)), flush=True)
             return 0
+    except BrokenPipeError:  # `| head` read what it wanted
+        return after_broken_pipe()
     except (EdgeloopError, ValueError, OSError) as exc:
         print(f"edgeloop-sim: {exc}", file=sys.stderr)
         return 2

@@ -350,3 +350,23 @@ def test_readme_says_how_to_make_tokens_the_hub_accepts(tmp_path: Path) -> None:
     args = OPTIONS.add_to(argparse.ArgumentParser()).parse_args(flags)
     settings = resolve_settings(args, env={}, serving=True)
     assert (settings.read_token, settings.admin_token) == tuple(tokens)
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``edgeloop-hub models list | head``: the pipe closes before the hub writes; the
+    command stops with 141 (as SIGPIPE would) and prints no error."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_hub", "models", "list", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line
+    try:
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == 141, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Broken pipe" not in err and "error" not in err, err
