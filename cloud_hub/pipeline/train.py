@@ -99,7 +99,9 @@ def _check_labels(y: I64, n_classes: int, what: str) -> None:
     if counts.shape[0] != n_classes or not np.all(counts > 0):
         raise PipelineError(
             f"{what}: the training labels must cover classes 0..{n_classes - 1}, "
-            f"got counts {counts.tolist()}; simulate more devices or readings"
+            f"got counts {counts.tolist()}; give it data that covers every class: more "
+            "devices or readings, or, for a retraining run, a longer window or operator "
+            "labels of the missing classes (POST /v1/labels)"
         )
 
 
@@ -205,7 +207,8 @@ def holdout_metrics(
     if not np.all(present > 0):
         raise PipelineError(
             f"the holdout lacks a class (rows per class {present.tolist()}), so its AUC is "
-            "undefined; simulate more devices or readings, or hold out a larger fraction"
+            "undefined; give it more data that covers every class (more devices or readings, "
+            "a longer window, operator labels), or hold out a larger fraction"
         )
     pred = scores.argmax(axis=1)
     # Rows of float32 probabilities sum to 1 only within rounding; roc_auc_score

@@ -11,7 +11,7 @@ import pytest
 
 from cloud_hub.cli import _parser
 from cloud_hub.pipeline import recorded
-from cloud_hub.pipeline.train import holdout_metrics
+from cloud_hub.pipeline.train import PipelineError, holdout_metrics, train_edge
 from cloud_hub.recordings import CsvOptions
 from shared.manifest import load_package
 from simulators.rig import SENSORS, apply_labels, labels_for, rig_values, write_rig_csv
@@ -112,3 +112,13 @@ def test_a_sensor_named_twice_is_an_error(
 ) -> None:
     _, err = _run(capsys, train_argv(tmp_path, "--data", "x.csv", *given), status=2)
     assert f"argument {given[0]}" in err and "'temp_in' is given twice" in err, err
+
+
+def test_training_without_a_class_says_how_to_get_one() -> None:
+    """The trainer serves the simulator build, ``models train`` and retraining runs: its
+    refusal names the classes missing and the remedies of each, not the simulator's."""
+    x = np.zeros((20, 4), dtype=np.float32)
+    y = np.array([0] * 10 + [1] * 10, dtype=np.int64)
+    with pytest.raises(PipelineError, match=r"got counts \[10, 10, 0\]") as refused:
+        train_edge(x, y, seed=1, n_classes=3)
+    assert "operator labels" in str(refused.value) and "simulate" not in str(refused.value)
