@@ -13,8 +13,8 @@ Why a thread and not the ingest thread or a process (``bench hub --rate 50000
 ingest thread its flushes delayed the next batches' acks (390 ms); in a child
 process, pickling every batch across and a second interpreter's CPU cost more
 on this 2-core machine than sharing the interpreter lock does (413-436 ms); on
-its own thread, 283-354 ms, and 191-292 ms (median 231) since the monitor got
-cheaper. Without drift tracking, 155-246 ms (median 181).
+its own thread, 283-354 ms, and 166-292 ms (median 231) since the monitor got
+cheaper. Without drift tracking, 146-246 ms (median 180).
 
 Bounds and faults: the queue is bounded in readings (``queue_max_readings``).
 When the monitor falls that far behind, a new batch is not queued: its
