@@ -68,16 +68,18 @@ def _number(kind: type[_N], text: str, rule: str) -> _N:
 
 def positive_int(text: str) -> int:
     rule = "must be an integer >= 1"
-    if _number(int, text, rule) < 1:
+    value = _number(int, text, rule)
+    if value < 1:
         raise ValueError(rule)
-    return int(text)
+    return value
 
 
 def non_negative_int(text: str) -> int:
     rule = "must be an integer >= 0"
-    if _number(int, text, rule) < 0:
+    value = _number(int, text, rule)
+    if value < 0:
         raise ValueError(rule)
-    return int(text)
+    return value
 
 
 def positive_float(text: str) -> float:
